@@ -1,0 +1,294 @@
+"""One accepted socket: nonblocking reads into a codec, writes with backpressure.
+
+The write path follows asyncio's selector transport: ``write()`` calls
+``send`` at once and queues only what the kernel did not take, in a capped
+:class:`~netcore.ringbuffer.RingBuffer` that exists only while bytes are
+waiting. Write interest is registered with the selector only while that
+queue is non-empty, so the steady state of an up-to-date client is a single
+``send`` per message and no selector traffic.
+
+Crossing ``high_water`` queued bytes calls the handler's ``on_high_water``;
+falling back to ``low_water`` calls ``on_drain``. A peer that lets the queue
+reach ``max_output`` is disconnected as a slow consumer, with the reason
+logged, rather than being allowed to grow the server's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+from typing import TYPE_CHECKING, Any, Optional
+
+from .codec import Codec, ProtocolError
+from .loop import Readiness
+from .ringbuffer import BufferFull, BytesLike, RingBuffer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import TCPServer
+
+__all__ = ["CloseReason", "Connection"]
+
+log = logging.getLogger("netcore")
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+OPEN, CLOSING, CLOSED = 0, 1, 2
+
+_QUIET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+class CloseReason:
+    """Stable close categories: log fields and metric labels."""
+
+    PEER_CLOSED = "peer-closed"
+    RESET = "reset"
+    BAD_INPUT = "bad-input"
+    SLOW_CONSUMER = "slow-consumer"
+    ERROR = "error"
+    SERVER_CLOSE = "server-close"
+    SHUTDOWN = "shutdown"
+    LINGER_TIMEOUT = "linger-timeout"
+
+
+class Connection(Readiness):
+    """A connected peer. Slots only: tens of thousands of these stay idle."""
+
+    __slots__ = (
+        "sock",
+        "fd",
+        "server",
+        "codec",
+        "out",
+        "events",
+        "state",
+        "above_high_water",
+        "close_reason",
+        "data",
+    )
+
+    def __init__(self, sock: socket.socket, server: "TCPServer", codec: Codec) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.server = server
+        self.codec = codec
+        # Output queue; None exactly when nothing is waiting to be sent.
+        self.out: Optional[RingBuffer] = None
+        self.events = EVENT_READ
+        self.state = OPEN
+        self.above_high_water = False
+        self.close_reason = ""
+        self.data: Any = None  # the application's per-connection object
+
+    def __repr__(self) -> str:
+        return f"<Connection fd={self.fd} {('open', 'closing', 'closed')[self.state]}>"
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == OPEN
+
+    @property
+    def queued(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        out = self.out
+        return 0 if out is None else len(out)
+
+    def peername(self) -> str:
+        try:
+            addr = self.sock.getpeername()
+        except OSError:
+            return "?"
+        if isinstance(addr, tuple):
+            return f"{addr[0]}:{addr[1]}"
+        return str(addr)
+
+    # -- writing ------------------------------------------------------------
+
+    def send(self, payload: BytesLike) -> bool:
+        """Frame ``payload`` with this connection's codec and write it."""
+        return self.write(self.codec.frame(payload))
+
+    def write(self, data: BytesLike, frames: int = 1) -> bool:
+        """Send ``data`` now, queueing what the kernel does not take.
+
+        Returns False if the connection is (or just became) not open; the
+        data is then dropped. ``frames`` is only for the frames-out counter.
+        """
+        if self.state != OPEN:
+            return False
+        stats = self.server.stats
+        stats.sends += 1
+        stats.frames_out += frames
+        if self.out is None:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self.send_failed(exc)
+                return False
+            stats.bytes_out += n
+            if n == len(data):
+                return True
+            self.enqueue(memoryview(data)[n:])
+        else:
+            self.enqueue(data)
+        return self.state == OPEN
+
+    def enqueue(self, data: BytesLike) -> None:
+        """Queue ``data`` behind what is already waiting (no send attempt)."""
+        if self.state != OPEN:
+            return
+        server = self.server
+        out = self.out
+        if out is None:
+            out = self.out = RingBuffer(server.config.max_output, initial=4096)
+            self._set_events(self.events | EVENT_WRITE)
+        try:
+            out.write(data)
+        except BufferFull as full:
+            server.stats.slow_consumers += 1
+            self.close(
+                CloseReason.SLOW_CONSUMER,
+                f"{full.size + full.incoming} bytes queued > cap {full.limit}",
+            )
+            return
+        server.stats.queued_out_bytes += len(data)
+        if not self.above_high_water and len(out) >= server.config.high_water:
+            self.above_high_water = True
+            server.handler.on_high_water(self)
+
+    def send_failed(self, exc: OSError) -> None:
+        if isinstance(exc, _QUIET_ERRORS):
+            self.close(CloseReason.RESET)
+        else:
+            self.close(CloseReason.ERROR, f"send: {exc}")
+
+    def _flush(self) -> None:
+        out = self.out
+        if out is None:
+            return
+        stats = self.server.stats
+        sock = self.sock
+        while out:
+            view = out.peek()
+            try:
+                n = sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                view.release()
+                self.send_failed(exc)
+                return
+            size = len(view)
+            view.release()
+            if n:
+                out.consume(n)
+                stats.bytes_out += n
+                stats.queued_out_bytes -= n
+            if n < size:
+                break
+        left = len(out)
+        if self.above_high_water and left <= self.server.config.low_water:
+            self.above_high_water = False
+            self.server.handler.on_drain(self)
+        if left == 0 and self.out is out:
+            self.out = None
+            if self.state == CLOSING:
+                self.close(self.close_reason or CloseReason.SERVER_CLOSE)
+            elif self.state == OPEN:
+                self._set_events(self.events & ~EVENT_WRITE)
+
+    # -- reading ------------------------------------------------------------
+
+    def on_ready(self, mask: int) -> None:
+        if mask & EVENT_READ and self.state == OPEN:
+            self._read()
+        if mask & EVENT_WRITE and self.out is not None and self.state != CLOSED:
+            self._flush()
+
+    def _read(self) -> None:
+        server = self.server
+        view = server.recv_view
+        try:
+            n = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if isinstance(exc, _QUIET_ERRORS):
+                self.close(CloseReason.RESET)
+            else:
+                self.close(CloseReason.ERROR, f"recv: {exc}")
+            return
+        if n == 0:
+            self.close(CloseReason.PEER_CLOSED)
+            return
+        stats = server.stats
+        stats.bytes_in += n
+        try:
+            messages = self.codec.feed(view[:n])
+        except ProtocolError as exc:
+            server.bad_input(self, exc)
+            return
+        if messages:
+            stats.frames_in += len(messages)
+            on_message = server.handler.on_message
+            for payload in messages:
+                on_message(self, payload)
+                if self.state != OPEN:
+                    break
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("connection fd=%d: handler failed", self.fd, exc_info=exc)
+        self.close(CloseReason.ERROR, f"internal: {exc!r}")
+
+    # -- closing ------------------------------------------------------------
+
+    def close_after_flush(self, reason: str, detail: str = "") -> None:
+        """Stop reading, send what is queued, then close.
+
+        Gives up after the server's ``close_linger`` seconds, so a peer that
+        never reads cannot hold the connection open.
+        """
+        if self.state != OPEN:
+            return
+        if self.out is None:
+            self.close(reason, detail)
+            return
+        self.state = CLOSING
+        self.close_reason = reason
+        if detail:
+            log.info("fd=%d closing: %s: %s", self.fd, reason, detail)
+        self._set_events(EVENT_WRITE)
+        # Fires once; by then the connection has usually closed and ignores it.
+        self.server.loop.call_later(self.server.config.close_linger, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        if self.state == CLOSING:
+            self.close(self.close_reason or CloseReason.LINGER_TIMEOUT, "linger timeout")
+
+    def close(self, reason: str = CloseReason.SERVER_CLOSE, detail: str = "") -> None:
+        """Close now, dropping anything still queued. Idempotent."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.close_reason = reason
+        out = self.out
+        if out is not None:
+            self.server.stats.queued_out_bytes -= len(out)
+            self.out = None
+        self.server.forget(self, reason, detail)
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover - close() on Linux does not fail here
+            pass
+
+    def _set_events(self, events: int) -> None:
+        if events != self.events and self.state != CLOSED:
+            self.events = events
+            self.server.loop.modify(self.sock, events, self)

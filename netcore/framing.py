@@ -1,0 +1,170 @@
+"""Length-prefixed frames: a u16 big-endian length, then that many bytes.
+
+This is the framing of Flash's ``Socket.writeUTF``/``readUTF``, which the
+original SpellTraction client spoke. The parser is sans-IO: feed it bytes as
+they arrive, in chunks of any size, and it returns every whole frame they
+complete. It never touches a socket, so it can be tested at every byte
+boundary and fuzzed.
+
+Only a partial frame is ever buffered, in a lazily allocated
+:class:`~netcore.ringbuffer.RingBuffer` capped at one maximum frame, so a
+connection that sends whole frames holds no input buffer between reads.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from .codec import ProtocolError
+from .ringbuffer import BytesLike, RingBuffer
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HEADER_SIZE",
+    "MAX_FRAME_LIMIT",
+    "FrameError",
+    "FrameParser",
+    "OversizeFrame",
+    "ZeroLengthFrame",
+    "encode_frame",
+]
+
+HEADER_SIZE = 2
+MAX_FRAME_LIMIT = 0xFFFF
+# Small enough that no HTTP method ("GE" = 18245, "PO", "HE", ...) read as a
+# length fits, so one port can carry both protocols.
+DEFAULT_MAX_FRAME = 4096
+
+
+class FrameError(ProtocolError):
+    """The byte stream is not valid framing; the connection must close."""
+
+    reason = "bad-frame"
+
+
+class ZeroLengthFrame(FrameError):
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"zero-length frame at stream offset {offset}")
+        self.offset = offset
+
+
+class OversizeFrame(FrameError):
+    def __init__(self, length: int, limit: int, offset: int) -> None:
+        super().__init__(
+            f"frame length {length} exceeds limit {limit} at stream offset {offset}"
+        )
+        self.length = length
+        self.limit = limit
+        self.offset = offset
+
+
+def encode_frame(payload: BytesLike) -> bytes:
+    """Prefix ``payload`` with its u16 big-endian length."""
+    n = len(payload)
+    if n == 0 or n > MAX_FRAME_LIMIT:
+        raise ValueError(f"frame payload must be 1..{MAX_FRAME_LIMIT} bytes, got {n}")
+    return n.to_bytes(2, "big") + bytes(payload)
+
+
+class FrameParser:
+    """Turns a byte stream into frame payloads.
+
+    ``feed()`` returns the payloads completed by the bytes given, as ``bytes``
+    copies, so the caller may reuse its receive buffer at once. A zero or
+    over-``max_frame`` length raises a :class:`FrameError` as soon as its
+    two header bytes are seen, without waiting for the body; after that the
+    parser stays failed.
+    """
+
+    __slots__ = ("max_frame", "_partial", "_offset", "_error")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be 1..{MAX_FRAME_LIMIT}")
+        self.max_frame = max_frame
+        self._partial: Optional[RingBuffer] = None
+        self._offset = 0  # stream offset of the next byte to be fed
+        self._error: Optional[FrameError] = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held back for the next ``feed``."""
+        partial = self._partial
+        return 0 if partial is None else len(partial)
+
+    def frame(self, payload: BytesLike) -> bytes:
+        """Encode one outgoing message the way this parser reads them."""
+        return encode_frame(payload)
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        if self._error is not None:
+            raise self._error
+        frames: List[bytes] = []
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        end = len(view)
+        pos = 0
+        base = self._offset
+        self._offset = base + end
+        partial = self._partial
+        if partial is not None and partial:
+            pos = self._complete_partial(partial, view, base, frames)
+            if pos < 0:
+                return frames
+        limit = self.max_frame
+        while end - pos >= 2:
+            length = (view[pos] << 8) | view[pos + 1]
+            if length == 0 or length > limit:
+                self._fail(length, base + pos)
+            stop = pos + 2 + length
+            if stop > end:
+                break
+            frames.append(view[pos + 2 : stop].tobytes())
+            pos = stop
+        if pos < end:
+            if partial is None:
+                partial = self._partial = RingBuffer(limit + 2, initial=min(limit + 2, 512))
+            partial.write(view[pos:])
+        return frames
+
+    def _complete_partial(
+        self, partial: RingBuffer, view: memoryview, base: int, frames: List[bytes]
+    ) -> int:
+        """Finish the held frame from ``view`` (which starts at offset ``base``).
+
+        Returns how many bytes of ``view`` were used, or -1 if all of it was
+        used and the frame is still incomplete.
+        """
+        end = len(view)
+        pos = 0
+        held = len(partial)
+        frame_start = base - held
+        if held < 2:
+            take = min(2 - held, end)
+            partial.write(view[:take])
+            pos = take
+            held += take
+            if held < 2:
+                return -1
+        header = partial.peek_bytes(2)
+        length = (header[0] << 8) | header[1]
+        if length == 0 or length > self.max_frame:
+            self._fail(length, frame_start)
+        take = min(2 + length - held, end - pos)
+        partial.write(view[pos : pos + take])
+        pos += take
+        if len(partial) < 2 + length:
+            return -1
+        partial.consume(2)
+        frames.append(partial.read(length))
+        return pos
+
+    def _fail(self, length: int, offset: int) -> None:
+        err: FrameError
+        if length == 0:
+            err = ZeroLengthFrame(offset)
+        else:
+            err = OversizeFrame(length, self.max_frame, offset)
+        self._error = err
+        if self._partial is not None:
+            self._partial.release()
+        raise err

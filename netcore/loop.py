@@ -1,0 +1,303 @@
+"""The event loop: one ``selectors`` selector, timers, ticks and signals.
+
+Each registered file object carries a handler with ``on_ready(mask)``; the
+loop does nothing per event but call it, so dispatch costs one method call.
+It runs on whatever ``selectors.DefaultSelector`` picks (epoll on Linux,
+kqueue on the BSDs and macOS) and on ``PollSelector``/``SelectSelector``.
+
+One iteration: wait until the earliest of {I/O, next timer, next tick}; fire
+a due tick first (so its lateness is the loop's wake-up precision, not the
+time spent on I/O), then due timers, then I/O handlers, then ``call_soon``
+callbacks. An exception in any callback is logged and the loop goes on: one
+bad connection must not stop a server.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from .tick import Tick, TickScheduler
+
+__all__ = ["EventLoop", "Readiness", "Timer"]
+
+log = logging.getLogger("netcore")
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+
+class Readiness:
+    """What the loop calls when a registered file object is ready."""
+
+    __slots__ = ()
+
+    def on_ready(self, mask: int) -> None:
+        raise NotImplementedError
+
+    def on_error(self, exc: BaseException) -> None:
+        """``on_ready`` raised; the default just logs it."""
+        log.error("handler %r failed", self, exc_info=exc)
+
+
+class Timer:
+    """A callback at a time; ``cancel()`` before it fires to drop it."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Ticker:
+    __slots__ = ("scheduler", "callback")
+
+    def __init__(self, scheduler: TickScheduler, callback: Callable[[Tick], None]) -> None:
+        self.scheduler = scheduler
+        self.callback = callback
+
+
+class _SignalReader(Readiness):
+    """Drains the wakeup socket that ``signal.set_wakeup_fd`` writes to."""
+
+    __slots__ = ("loop", "sock")
+
+    def __init__(self, loop: "EventLoop", sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock = sock
+
+    def on_ready(self, mask: int) -> None:
+        while True:
+            try:
+                data = self.sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                self.loop._dispatch_signal(signum)
+
+
+class EventLoop:
+    def __init__(
+        self,
+        selector: Optional[selectors.BaseSelector] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.selector = selector if selector is not None else selectors.DefaultSelector()
+        self.clock = clock
+        self._timers: List[Tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._soon: Deque[Callable[[], None]] = deque()
+        self._tickers: List[_Ticker] = []
+        self._signal_callbacks: Dict[int, Callable[[int], None]] = {}
+        self._signal_reader: Optional[_SignalReader] = None
+        self._signal_writer: Optional[socket.socket] = None
+        self._old_wakeup_fd = -1
+        self._stopping = False
+        self.running = False
+        self.iterations = 0
+
+    # -- time ---------------------------------------------------------------
+
+    def time(self) -> float:
+        return self.clock()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(self.clock() + delay, callback)
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._soon.append(callback)
+
+    def start_ticker(
+        self,
+        period: float,
+        callback: Callable[[Tick], None],
+        late_after: Optional[float] = None,
+        max_catchup: int = 8,
+    ) -> TickScheduler:
+        """Call ``callback(tick)`` every ``period`` seconds, fixed-rate.
+
+        The first tick is due one period from now. Returns the scheduler,
+        whose counters report lateness; ``stop_ticker`` ends it.
+        """
+        sched = TickScheduler(period, self.clock() + period, late_after, max_catchup)
+        self._tickers.append(_Ticker(sched, callback))
+        return sched
+
+    def stop_ticker(self, scheduler: TickScheduler) -> None:
+        self._tickers = [t for t in self._tickers if t.scheduler is not scheduler]
+
+    # -- I/O registration ---------------------------------------------------
+
+    def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
+        self.selector.register(fileobj, events, handler)
+
+    def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
+        self.selector.modify(fileobj, events, handler)
+
+    def unregister(self, fileobj: Any) -> None:
+        self.selector.unregister(fileobj)
+
+    # -- signals ------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callable[[int], None]) -> None:
+        """Run ``callback(signum)`` from the loop when ``signum`` arrives.
+
+        Uses ``signal.set_wakeup_fd`` so a signal wakes a sleeping ``select``
+        at once. Main thread only, as with ``signal.signal``.
+        """
+        if self._signal_reader is None:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self._old_wakeup_fd = signal.set_wakeup_fd(
+                writer.fileno(), warn_on_full_buffer=False
+            )
+            self._signal_writer = writer
+            self._signal_reader = _SignalReader(self, reader)
+            self.register(reader, EVENT_READ, self._signal_reader)
+        self._signal_callbacks[signum] = callback
+        signal.signal(signum, _note_signal)
+
+    def remove_signal_handlers(self) -> None:
+        for signum in list(self._signal_callbacks):
+            signal.signal(signum, signal.SIG_DFL)
+        self._signal_callbacks.clear()
+        if self._signal_reader is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self.unregister(self._signal_reader.sock)
+            self._signal_reader.sock.close()
+            assert self._signal_writer is not None
+            self._signal_writer.close()
+            self._signal_reader = None
+            self._signal_writer = None
+
+    def _dispatch_signal(self, signum: int) -> None:
+        callback = self._signal_callbacks.get(signum)
+        if callback is not None:
+            self._guard(callback, signum)
+
+    # -- running ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Make ``run()`` return after the current iteration."""
+        self._stopping = True
+
+    def run(self) -> None:
+        self._stopping = False
+        self.running = True
+        try:
+            while not self._stopping:
+                self.run_once()
+        finally:
+            self.running = False
+
+    def run_for(self, seconds: float) -> None:
+        """Run until ``stop()`` or until ``seconds`` have passed."""
+        end = self.clock() + seconds
+        self._stopping = False
+        self.running = True
+        try:
+            while not self._stopping:
+                now = self.clock()
+                if now >= end:
+                    break
+                self.run_once(end - now)
+        finally:
+            self.running = False
+
+    def run_once(self, max_wait: Optional[float] = None) -> None:
+        timeout = self._timeout(max_wait)
+        events = self.selector.select(timeout)
+        self.iterations += 1
+        if self._tickers:
+            self._fire_ticks()
+        if self._timers:
+            self._fire_timers()
+        for key, mask in events:
+            handler = key.data
+            try:
+                handler.on_ready(mask)
+            except Exception as exc:  # noqa: BLE001 - one handler must not stop the loop
+                try:
+                    handler.on_error(exc)
+                except Exception:  # noqa: BLE001
+                    log.exception("error handler of %r failed", handler)
+        soon = self._soon
+        for _ in range(len(soon)):
+            self._guard(soon.popleft())
+
+    def close(self) -> None:
+        self.remove_signal_handlers()
+        self.selector.close()
+
+    # -- internals ----------------------------------------------------------
+
+    def _timeout(self, max_wait: Optional[float]) -> Optional[float]:
+        if self._soon or self._stopping:
+            return 0.0
+        deadline: Optional[float] = None
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        if timers:
+            deadline = timers[0][0]
+        for ticker in self._tickers:
+            due = ticker.scheduler.deadline
+            if deadline is None or due < deadline:
+                deadline = due
+        wait: Optional[float] = None
+        if deadline is not None:
+            wait = max(0.0, deadline - self.clock())
+        if max_wait is not None and (wait is None or max_wait < wait):
+            wait = max(0.0, max_wait)
+        return wait
+
+    def _fire_ticks(self) -> None:
+        clock = self.clock
+        for ticker in self._tickers:
+            sched = ticker.scheduler
+            tick = sched.poll(clock())
+            if tick is None:
+                continue
+            started = clock()
+            self._guard(ticker.callback, tick)
+            sched.record_duration(clock() - started)
+
+    def _fire_timers(self) -> None:
+        timers = self._timers
+        now = self.clock()
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            if not timer.cancelled:
+                timer.cancelled = True  # a timer fires once
+                self._guard(timer.callback)
+
+    @staticmethod
+    def _guard(callback: Callable[..., None], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - logged; the loop must go on
+            log.exception("callback %r failed", callback)
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    """Python-level handler: the work happens via the wakeup fd."""

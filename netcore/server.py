@@ -1,0 +1,380 @@
+"""A nonblocking TCP server: listeners, accept, limits, broadcast.
+
+Listeners accept in batches until EAGAIN. Past ``max_connections`` a new
+connection is still accepted, sent ``full_message`` and closed, so the peer
+learns why instead of hanging in the backlog. When the process runs out of
+file descriptors (EMFILE/ENFILE), a reserved spare descriptor is released to
+accept-and-refuse what is waiting, and the listener rests for a back-off
+interval if that is not enough: a level-triggered selector never spins on an
+accept it cannot complete.
+
+All connections share one receive buffer (reads are copied out as whole
+frames by each connection's codec), so reading costs no allocation per
+``recv`` and idle connections hold no buffers.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .codec import Codec, ProtocolError
+from .connection import CloseReason, Connection
+from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
+from .loop import EventLoop, Readiness
+from .stats import NetStats
+
+__all__ = ["Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
+
+log = logging.getLogger("netcore")
+
+EVENT_READ = selectors.EVENT_READ
+
+_FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
+
+RECV_BUFFER_SIZE = 64 * 1024
+
+
+@dataclass
+class ServerConfig:
+    """Limits and socket options. Defaults suit a small-message game server."""
+
+    hosts: Sequence[Optional[str]] = ("0.0.0.0",)
+    port: int = 0
+    backlog: int = 4096
+    max_connections: int = 10_000
+    max_frame: int = DEFAULT_MAX_FRAME  # largest inbound frame payload
+    max_output: int = 1 << 20  # queued output past this: slow consumer, closed
+    high_water: int = 64 << 10
+    low_water: int = 16 << 10
+    accept_batch: int = 512
+    close_linger: float = 2.0  # seconds a closing connection may take to flush
+    nodelay: bool = True
+    full_message: bytes = field(default_factory=lambda: encode_frame(b"server full"))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_water <= self.high_water <= self.max_output:
+            raise ValueError("need 0 <= low_water <= high_water <= max_output")
+        if self.max_connections < 0:
+            raise ValueError("max_connections must be >= 0")
+
+
+class Handler:
+    """Application callbacks. Override what you need; the defaults do little."""
+
+    def on_connect(self, conn: Connection) -> None:
+        """A new connection is registered and ready to read."""
+
+    def on_message(self, conn: Connection, payload: bytes) -> None:
+        """One whole message from ``conn``."""
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        """``conn`` is gone (``reason`` is a :class:`CloseReason` value)."""
+
+    def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        """The peer broke framing. Default: close with the error's reason."""
+        conn.close(exc.reason, str(exc))
+
+    def on_high_water(self, conn: Connection) -> None:
+        """``conn``'s queued output crossed ``high_water``."""
+
+    def on_drain(self, conn: Connection) -> None:
+        """``conn``'s queued output fell back to ``low_water``."""
+
+
+class Listener(Readiness):
+    __slots__ = ("sock", "server", "paused")
+
+    def __init__(self, sock: socket.socket, server: "TCPServer") -> None:
+        self.sock = sock
+        self.server = server
+        self.paused = False
+
+    def on_ready(self, mask: int) -> None:
+        self.server.accept_ready(self)
+
+
+def bind_listeners(
+    hosts: Sequence[Optional[str]], port: int, backlog: int
+) -> List[socket.socket]:
+    """Bound, listening, nonblocking sockets for every address of ``hosts``.
+
+    ``None`` or ``""`` means every local address, IPv4 and IPv6. IPv6 sockets
+    are v6-only so that ``0.0.0.0`` and ``::`` can be bound side by side. With
+    ``port`` 0 every listener gets the port the first one was given.
+    """
+    socks: List[socket.socket] = []
+    seen = set()
+    try:
+        for host in hosts:
+            infos = socket.getaddrinfo(
+                host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                socket.AI_PASSIVE,
+            )
+            for family, type_, proto, _, addr in infos:
+                if (family, addr[0]) in seen:
+                    continue
+                seen.add((family, addr[0]))
+                sock = socket.socket(family, type_, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                bind_to: Tuple[object, ...] = tuple(addr)
+                if port == 0 and len(socks) > 1:
+                    bind_to = (addr[0], socks[0].getsockname()[1]) + bind_to[2:]
+                sock.bind(bind_to)
+                sock.listen(backlog)
+                sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class TCPServer:
+    def __init__(
+        self,
+        loop: EventLoop,
+        handler: Handler,
+        config: Optional[ServerConfig] = None,
+        codec_factory: Optional[Callable[[], Codec]] = None,
+    ) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.config = config if config is not None else ServerConfig()
+        max_frame = self.config.max_frame
+        self.codec_factory: Callable[[], Codec] = (
+            codec_factory if codec_factory is not None else (lambda: FrameParser(max_frame))
+        )
+        self.stats = NetStats()
+        self.connections: Dict[int, Connection] = {}
+        self.listeners: List[Listener] = []
+        self.accepting = False
+        self.recv_view = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self._spare_fd: Optional[int] = None
+        self._backoff = 0.0
+        self._last_fd_warning = -1e9
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def listen(self) -> List[Tuple[str, int]]:
+        """Bind every configured address and start accepting."""
+        cfg = self.config
+        for sock in bind_listeners(cfg.hosts, cfg.port, cfg.backlog):
+            listener = Listener(sock, self)
+            self.listeners.append(listener)
+            self.loop.register(sock, EVENT_READ, listener)
+        self._reserve_spare_fd()
+        self.accepting = True
+        return self.addresses
+
+    @property
+    def addresses(self) -> List[Tuple[str, int]]:
+        return [l.sock.getsockname()[:2] for l in self.listeners]
+
+    @property
+    def port(self) -> int:
+        return int(self.addresses[0][1])
+
+    def stop_accepting(self) -> None:
+        """Close the listeners; existing connections carry on."""
+        self.accepting = False
+        for listener in self.listeners:
+            if not listener.paused:
+                self.loop.unregister(listener.sock)
+            listener.sock.close()
+        self.listeners.clear()
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+
+    def close(self, reason: str = CloseReason.SERVER_CLOSE) -> None:
+        """Stop accepting and close every connection now."""
+        self.stop_accepting()
+        for conn in list(self.connections.values()):
+            conn.close(reason)
+
+    # -- sending ------------------------------------------------------------
+
+    def broadcast(self, data: bytes, conns: Iterable[Connection], frames: int = 1) -> int:
+        """Send the same bytes object to each of ``conns``.
+
+        One ``send`` per connection and no per-connection copy; a connection
+        that already has output queued gets ``data`` queued behind it (in
+        order), and a short send queues only the remainder. Returns how many
+        connections it was handed to.
+        """
+        size = len(data)
+        sent = 0
+        count = 0
+        for conn in conns:
+            if conn.out is None:
+                try:
+                    n = conn.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as exc:
+                    conn.send_failed(exc)  # also reached by closed conns: a no-op
+                    continue
+                sent += n
+                if n != size:
+                    conn.enqueue(memoryview(data)[n:])
+            else:
+                conn.enqueue(data)
+            count += 1
+        stats = self.stats
+        stats.bytes_out += sent
+        stats.sends += count
+        stats.frames_out += count * frames
+        return count
+
+    # -- accepting ----------------------------------------------------------
+
+    def accept_ready(self, listener: Listener) -> None:
+        lsock = listener.sock
+        for _ in range(self.config.accept_batch):
+            try:
+                sock, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._fds_exhausted(listener, exc)
+                    return
+                if exc.errno in _ACCEPT_TRANSIENT:
+                    continue
+                self.stats.accept_errors += 1
+                log.warning("accept failed: %s", exc)
+                return
+            self.adopt(sock)
+
+    def adopt(self, sock: socket.socket) -> Optional[Connection]:
+        """Serve an already-connected socket (accepted here or handed in).
+
+        Over ``max_connections`` the socket is refused with ``full_message``
+        and None is returned.
+        """
+        stats = self.stats
+        if stats.connections >= self.config.max_connections:
+            stats.refused_full += 1
+            self._refuse(sock)
+            return None
+        try:
+            sock.setblocking(False)
+            if self.config.nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the peer is already gone
+            sock.close()
+            return None
+        conn = Connection(sock, self, self.codec_factory())
+        self.loop.register(sock, EVENT_READ, conn)
+        self.connections[conn.fd] = conn
+        stats.accepted += 1
+        stats.connections += 1
+        self.handler.on_connect(conn)
+        return conn
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Tell the peer why, then close.
+
+        Whatever the peer already sent is read first: closing a socket with
+        unread input makes the kernel send RST, which can destroy our
+        message before the peer reads it.
+        """
+        try:
+            sock.setblocking(False)
+            sock.send(self.config.full_message)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _reserve_spare_fd(self) -> None:
+        if self._spare_fd is None:
+            try:
+                self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                self._spare_fd = None
+
+    def _fds_exhausted(self, listener: Listener, exc: OSError) -> None:
+        """Out of descriptors: refuse what waits, then rest the listener."""
+        now = self.loop.time()
+        if now - self._last_fd_warning >= 10.0:
+            self._last_fd_warning = now
+            log.warning(
+                "accept: %s; refusing new connections (%d open)",
+                os.strerror(exc.errno or 0), self.stats.connections,
+            )
+        drained = False
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            drained = self._refuse_waiting(listener.sock)
+            self._reserve_spare_fd()
+        if drained and self._spare_fd is not None:
+            self._backoff = 0.0
+            return
+        # Could not drain the backlog: stop watching the listener for a while
+        # rather than be woken for it on every loop iteration.
+        self._backoff = min(1.0, max(0.05, self._backoff * 2))
+        self._pause(listener, self._backoff)
+
+    def _refuse_waiting(self, lsock: socket.socket) -> bool:
+        """Accept and refuse queued connections; True once the queue is empty."""
+        for _ in range(self.config.accept_batch):
+            try:
+                sock, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            self.stats.refused_fd_limit += 1
+            self._refuse(sock)
+        return False
+
+    def _pause(self, listener: Listener, seconds: float) -> None:
+        if listener.paused:
+            return
+        listener.paused = True
+        self.loop.unregister(listener.sock)
+
+        def resume() -> None:
+            if listener.paused and listener in self.listeners:
+                listener.paused = False
+                self.loop.register(listener.sock, EVENT_READ, listener)
+
+        self.loop.call_later(seconds, resume)
+
+    # -- called by connections ----------------------------------------------
+
+    def bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        log.info("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
+        self.handler.on_bad_input(conn, exc)
+        if conn.is_open:  # the handler neither closed it nor began to
+            conn.close(exc.reason, str(exc))
+
+    def forget(self, conn: Connection, reason: str, detail: str) -> None:
+        try:
+            self.loop.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        if self.connections.pop(conn.fd, None) is conn:
+            self.stats.count_close(reason)
+        if reason == CloseReason.SLOW_CONSUMER or reason == CloseReason.ERROR:
+            log.warning("fd=%d closed: %s: %s", conn.fd, reason, detail)
+        elif detail:
+            log.info("fd=%d closed: %s: %s", conn.fd, reason, detail)
+        else:
+            log.debug("fd=%d closed: %s", conn.fd, reason)
+        self.handler.on_close(conn, reason)

@@ -1,0 +1,122 @@
+"""A fixed-rate tick that does not drift.
+
+``sleep(period)`` after each tick drifts by however long the tick itself took.
+Here tick N is due at ``start + N * period`` whatever happened before, so an
+hour of ticks ends an hour after it began. The scheduler is pure: it is given
+the time rather than reading a clock, so tests drive it with a fake clock.
+
+A tick that fires later than ``late_after`` past its deadline is counted as
+late. If the process falls ``max_catchup`` whole periods behind (a stall, a
+suspended VM), the skipped tick numbers are counted in ``skipped`` and the
+schedule moves on rather than firing a burst of stale ticks; nothing is
+dropped without being counted.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional
+
+from .stats import Histogram, Window
+
+__all__ = ["LATENESS_BUCKETS", "Tick", "TickScheduler"]
+
+# Seconds; shared by lateness and duration so both export the same way.
+LATENESS_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+
+
+class Tick(NamedTuple):
+    number: int  # 0-based, counts scheduled ticks (skipped ones included)
+    deadline: float  # when it was due, on the scheduler's clock
+    lateness: float  # seconds after the deadline that it fired
+    skipped: int  # tick numbers jumped over just before this one
+
+
+class TickScheduler:
+    __slots__ = (
+        "period",
+        "start",
+        "next_number",
+        "late_after",
+        "max_catchup",
+        "fired",
+        "late",
+        "skipped",
+        "max_lateness",
+        "recent_lateness",
+        "recent_duration",
+        "lateness_hist",
+        "duration_hist",
+    )
+
+    def __init__(
+        self,
+        period: float,
+        start: float,
+        late_after: Optional[float] = None,
+        max_catchup: int = 8,
+        window: int = 1024,
+    ) -> None:
+        if period <= 0:
+            raise ValueError("period must be positive")
+        self.period = period
+        self.start = start
+        self.next_number = 0
+        self.late_after = period / 10 if late_after is None else late_after
+        self.max_catchup = max_catchup
+        self.fired = 0
+        self.late = 0
+        self.skipped = 0
+        self.max_lateness = 0.0
+        self.recent_lateness = Window(window)
+        self.recent_duration = Window(window)
+        self.lateness_hist = Histogram(LATENESS_BUCKETS)
+        self.duration_hist = Histogram(LATENESS_BUCKETS)
+
+    @property
+    def deadline(self) -> float:
+        """When the next tick is due."""
+        return self.start + self.next_number * self.period
+
+    def poll(self, now: float) -> Optional[Tick]:
+        """The tick due at ``now``, if any. Call again to get a further one."""
+        number = self.next_number
+        deadline = self.start + number * self.period
+        if now < deadline:
+            return None
+        lateness = now - deadline
+        jumped = 0
+        if self.max_catchup > 0 and lateness >= self.max_catchup * self.period:
+            jumped = int(lateness // self.period)
+            number += jumped
+            deadline = self.start + number * self.period
+            lateness = now - deadline
+            self.skipped += jumped
+        self.next_number = number + 1
+        self.fired += 1
+        if lateness > self.late_after:
+            self.late += 1
+        if lateness > self.max_lateness:
+            self.max_lateness = lateness
+        self.recent_lateness.add(lateness)
+        self.lateness_hist.observe(lateness)
+        return Tick(number, deadline, lateness, jumped)
+
+    def record_duration(self, seconds: float) -> None:
+        """How long the tick's work took (for stats; does not move deadlines)."""
+        self.recent_duration.add(seconds)
+        self.duration_hist.observe(seconds)
+
+    def snapshot(self) -> Dict[str, float]:
+        return {
+            "period": self.period,
+            "fired": self.fired,
+            "late": self.late,
+            "skipped": self.skipped,
+            "max_lateness": self.max_lateness,
+            "lateness_p50": self.recent_lateness.percentile(50),
+            "lateness_p99": self.recent_lateness.percentile(99),
+            "duration_p50": self.recent_duration.percentile(50),
+            "duration_p99": self.recent_duration.percentile(99),
+        }
