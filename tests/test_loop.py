@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
-from tests.conftest import read_frames
+from helpers import read_frames
 
 SELECTORS = [
     pytest.param(name, marks=pytest.mark.skipif(

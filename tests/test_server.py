@@ -12,7 +12,7 @@ import time
 import pytest
 
 from netcore import EventLoop, FrameParser, Handler, ServerConfig, TCPServer, encode_frame
-from tests.conftest import raise_nofile, read_frames, read_until_closed
+from helpers import raise_nofile, read_frames, read_until_closed
 
 
 class Echo(Handler):

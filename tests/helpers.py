@@ -1,9 +1,9 @@
+"""Shared test helpers (imported as ``helpers``: tests/ is on pytest's pythonpath)."""
+
 import resource
 import socket
 import time
 from typing import List
-
-import pytest
 
 from netcore import FrameParser
 
@@ -50,8 +50,3 @@ def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
         if not data:
             return bytes(out)
         out += data
-
-
-@pytest.fixture
-def nofile():
-    return raise_nofile
