@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""netcore's two headline costs, measured side by side in one run.
+
+1. RSS per idle connection: a server process holds N idle loopback
+   connections; RSS (``/proc/PID/statm``) after they are all accepted, minus
+   RSS before, divided by N. Measured for netcore, for a naive ``selectors``
+   server (the floor: a socket and a selector key each) and for an asyncio
+   ``Protocol`` server, each in a fresh process against the same clients.
+
+2. CPU per send of ``TCPServer.broadcast`` against a bare
+   ``for s in socks: s.send(buf)`` loop over the very same sockets, rounds
+   alternating in one process, with ``time.process_time()`` (user + system,
+   so the kernel's loopback work is included). Reported as medians and as
+   the median of per-round ratios.
+
+The server is pinned to CPU 0 and the clients, which drain every byte, to
+the other CPUs, as in ../shared/MEASURED.md.
+
+    python3 bench/netcore_bench.py                 # 10,000 connections
+    python3 bench/netcore_bench.py --count 2000 --rounds 10   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import selectors
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from procstat import fmt_table, machine, median, open_fds, rss_bytes  # noqa: E402
+
+FRAME_PAYLOAD = 100  # a 102-byte frame, the size MEASURED.md used
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pin(cpus: List[int]) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        try:
+            os.sched_setaffinity(0, set(cpus))
+        except OSError:
+            pass
+
+
+# -- server roles -------------------------------------------------------------
+
+
+def serve_netcore(args: argparse.Namespace) -> None:
+    from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
+
+    loop = EventLoop()
+    server = TCPServer(loop, Handler(), ServerConfig(hosts=["127.0.0.1"], max_connections=100_000))
+    server.listen()
+    print(server.port, flush=True)
+    if not args.rounds:
+        while True:
+            loop.run_once()
+    while server.stats.connections < args.expect:
+        loop.run_once(0.1)
+    loop.run_for(1.0)
+    conns = list(server.connections.values())
+    socks = [c.sock for c in conns]
+    frame = encode_frame(b"x" * FRAME_PAYLOAD)
+    n = len(conns)
+    ours: List[float] = []
+    bare: List[float] = []
+    ratios: List[float] = []
+    clock = time.process_time
+
+    def timed_ours() -> float:
+        t0 = clock()
+        server.broadcast(frame, conns)
+        return (clock() - t0) / n
+
+    def timed_bare() -> float:
+        t0 = clock()
+        for s in socks:
+            s.send(frame)
+        return (clock() - t0) / n
+
+    for r in range(args.rounds):
+        # Alternate which goes first so neither always meets warmer caches.
+        if r % 2 == 0:
+            a = timed_ours()
+            loop.run_for(args.gap)
+            b = timed_bare()
+        else:
+            b = timed_bare()
+            loop.run_for(args.gap)
+            a = timed_ours()
+        loop.run_for(args.gap)
+        ours.append(a)
+        bare.append(b)
+        ratios.append(a / b)
+    result = {
+        "connections": n,
+        "rounds": args.rounds,
+        "frame_bytes": len(frame),
+        "ours_us_per_send": median(ours) * 1e6,
+        "bare_us_per_send": median(bare) * 1e6,
+        "ratio_of_medians": median(ours) / median(bare),
+        "median_of_ratios": median(ratios),
+        "queued_out_bytes_after": server.stats.queued_out_bytes,
+        "slow_consumers": server.stats.slow_consumers,
+    }
+    print(json.dumps(result), flush=True)
+
+
+def serve_selectors(args: argparse.Namespace) -> None:
+    sel = selectors.DefaultSelector()
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4096)
+    lsock.setblocking(False)
+    sel.register(lsock, selectors.EVENT_READ, None)
+    clients: Dict[int, socket.socket] = {}
+    print(lsock.getsockname()[1], flush=True)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is lsock:
+                while True:
+                    try:
+                        s, _ = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    s.setblocking(False)
+                    clients[s.fileno()] = s
+                    sel.register(s, selectors.EVENT_READ, 1)
+            else:
+                s = clients[key.fd]
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(s)
+                    del clients[key.fd]
+                    s.close()
+
+
+def serve_asyncio(args: argparse.Namespace) -> None:
+    import asyncio
+
+    class Idle(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Idle, "127.0.0.1", 0, backlog=4096)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# -- client role --------------------------------------------------------------
+
+
+def clients(args: argparse.Namespace) -> None:
+    """Open ``count`` connections, report, then drain everything until told."""
+    raise_nofile()
+    socks: List[socket.socket] = []
+    linger = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT piles up
+    for _ in range(args.count):
+        s = socket.create_connection(("127.0.0.1", args.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        s.setblocking(False)
+        socks.append(s)
+    print("connected", flush=True)
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is sys.stdin:
+                return
+            try:
+                key.fileobj.recv(65536)  # type: ignore[union-attr]
+            except BlockingIOError:
+                pass
+
+
+# -- orchestration ------------------------------------------------------------
+
+
+class Proc:
+    def __init__(self, role: List[str], cpus: List[int]) -> None:
+        self.p = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *role, "--cpus", ",".join(map(str, cpus))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def line(self) -> str:
+        assert self.p.stdout is not None
+        out = self.p.stdout.readline()
+        if not out:
+            raise RuntimeError(f"{self.p.args} exited with {self.p.wait()}")
+        return out.strip()
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            try:
+                assert self.p.stdin is not None
+                self.p.stdin.close()
+                self.p.wait(timeout=5)
+            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+                self.p.kill()
+                self.p.wait()
+
+
+def spread(count: int, per_proc: int) -> List[int]:
+    procs = max(1, -(-count // per_proc))
+    base, extra = divmod(count, procs)
+    return [base + (1 if i < extra else 0) for i in range(procs)]
+
+
+def client_cpus() -> List[int]:
+    n = os.cpu_count() or 1
+    return list(range(1, n)) if n > 1 else [0]
+
+
+def idle_rss(kind: str, count: int, per_proc: int) -> Dict[str, Any]:
+    server = Proc(["server", "--kind", kind], [0])
+    holders: List[Proc] = []
+    try:
+        port = int(server.line())
+        time.sleep(1.0)
+        pid = server.p.pid
+        fds0 = open_fds(pid)
+        rss0 = rss_bytes(pid)
+        t0 = time.monotonic()
+        for n in spread(count, per_proc):
+            holders.append(Proc(["clients", "--port", str(port), "--count", str(n)], client_cpus()))
+        for h in holders:
+            assert h.line() == "connected"
+        while open_fds(pid) < fds0 + count:
+            if time.monotonic() - t0 > 120:
+                raise RuntimeError(f"{kind}: only {open_fds(pid) - fds0} of {count} accepted")
+            time.sleep(0.1)
+        time.sleep(2.0)
+        rss1 = rss_bytes(pid)
+        return {
+            "server": kind,
+            "connections": count,
+            "rss_before_mb": rss0 / 1e6,
+            "rss_after_mb": rss1 / 1e6,
+            "bytes_per_conn": (rss1 - rss0) / count,
+        }
+    finally:
+        for h in holders:
+            h.stop()
+        server.p.kill()
+        server.p.wait()
+
+
+def broadcast_cpu(count: int, per_proc: int, rounds: int, gap: float) -> Dict[str, Any]:
+    server = Proc(
+        ["server", "--kind", "netcore", "--expect", str(count), "--rounds", str(rounds),
+         "--gap", str(gap)],
+        [0],
+    )
+    holders: List[Proc] = []
+    try:
+        port = int(server.line())
+        for n in spread(count, per_proc):
+            holders.append(Proc(["clients", "--port", str(port), "--count", str(n)], client_cpus()))
+        for h in holders:
+            assert h.line() == "connected"
+        return dict(json.loads(server.line()))
+    finally:
+        for h in holders:
+            h.stop()
+        if server.p.poll() is None:
+            server.p.kill()
+        server.p.wait()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="role")
+    srv = sub.add_parser("server")
+    srv.add_argument("--kind", choices=["netcore", "selectors", "asyncio"], required=True)
+    srv.add_argument("--expect", type=int, default=0)
+    srv.add_argument("--rounds", type=int, default=0)
+    srv.add_argument("--gap", type=float, default=0.05)
+    cli = sub.add_parser("clients")
+    cli.add_argument("--port", type=int, required=True)
+    cli.add_argument("--count", type=int, required=True)
+    for p in (srv, cli):
+        p.add_argument("--cpus", default="")
+    ap.add_argument("--count", type=int, default=10_000, help="connections (default 10000)")
+    ap.add_argument("--per-proc", type=int, default=5_000, help="client connections per process")
+    ap.add_argument("--rounds", type=int, default=40, help="broadcast rounds of each kind")
+    ap.add_argument("--gap", type=float, default=0.05, help="seconds between rounds (drain time)")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "netcore_bench.json"))
+    args = ap.parse_args(argv)
+
+    if args.role:
+        if args.cpus:
+            pin([int(c) for c in args.cpus.split(",")])
+        raise_nofile()
+        if args.role == "clients":
+            clients(args)
+        else:
+            {"netcore": serve_netcore, "selectors": serve_selectors, "asyncio": serve_asyncio}[args.kind](args)
+        return 0
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"netcore bench: {args.count} connections, {args.rounds} rounds, python {sys.version.split()[0]}")
+    mem = []
+    for kind in ("netcore", "selectors", "asyncio"):
+        r = idle_rss(kind, args.count, args.per_proc)
+        print(f"  idle RSS {kind:9s}: {r['bytes_per_conn']:7.0f} B/conn "
+              f"({r['rss_before_mb']:.1f} -> {r['rss_after_mb']:.1f} MB)", flush=True)
+        mem.append(r)
+    cpu = broadcast_cpu(args.count, args.per_proc, args.rounds, args.gap)
+    print(f"  broadcast: netcore {cpu['ours_us_per_send']:.2f} us/send, bare loop "
+          f"{cpu['bare_us_per_send']:.2f} us/send, ratio {cpu['ratio_of_medians']:.3f} "
+          f"(median of per-round ratios {cpu['median_of_ratios']:.3f})")
+    print()
+    print(fmt_table(
+        ["server", "connections", "RSS before (MB)", "RSS after (MB)", "bytes / idle conn"],
+        [[r["server"], r["connections"], f"{r['rss_before_mb']:.1f}", f"{r['rss_after_mb']:.1f}",
+          f"{r['bytes_per_conn']:.0f}"] for r in mem],
+    ))
+    print()
+    print(fmt_table(
+        ["sender", "CPU per send (median of rounds)", "ratio to bare loop"],
+        [["bare `for s in socks: s.send(buf)`", f"{cpu['bare_us_per_send']:.2f} us", "1.00"],
+         ["netcore `TCPServer.broadcast`", f"{cpu['ours_us_per_send']:.2f} us",
+          f"{cpu['ratio_of_medians']:.3f}"]],
+    ))
+    result = {"started": started, "python": sys.version.split()[0], "machine": machine(),
+              "args": {k: v for k, v in vars(args).items() if k != "role"},
+              "idle_rss": mem, "broadcast": cpu}
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\n{started}, {machine()}; results in {os.path.relpath(args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
