@@ -283,8 +283,20 @@ class Connection(Readiness):
             self.server.stats.queued_out_bytes -= len(out)
             self.out = None
         self.server.forget(self, reason, detail)
+        sock = self.sock
+        if reason != CloseReason.PEER_CLOSED and reason != CloseReason.RESET:
+            # Closing with unread input makes the kernel answer RST, which
+            # can destroy what we just sent (an error, a goodbye) before the
+            # peer reads it. Read what is waiting so close() sends FIN.
+            view = self.server.recv_view
+            try:
+                for _ in range(4):
+                    if not sock.recv_into(view):
+                        break
+            except OSError:
+                pass
         try:
-            self.sock.close()
+            sock.close()
         except OSError:  # pragma: no cover - close() on Linux does not fail here
             pass
 

@@ -32,6 +32,7 @@ log = logging.getLogger("netcore")
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
+_TICK_CHECK_EVERY = 64  # events handled between checks for a due tick
 
 
 class Readiness:
@@ -232,15 +233,14 @@ class EventLoop:
             self._fire_ticks()
         if self._timers:
             self._fire_timers()
-        for key, mask in events:
-            handler = key.data
-            try:
-                handler.on_ready(mask)
-            except Exception as exc:  # noqa: BLE001 - one handler must not stop the loop
-                try:
-                    handler.on_error(exc)
-                except Exception:  # noqa: BLE001
-                    log.exception("error handler of %r failed", handler)
+        if len(events) <= _TICK_CHECK_EVERY or not self._tickers:
+            self._dispatch(events)
+        else:
+            # A burst (a join storm: thousands of events in one select) must
+            # not hold up a tick; check for a due one every few events.
+            for start in range(0, len(events), _TICK_CHECK_EVERY):
+                self._dispatch(events[start : start + _TICK_CHECK_EVERY])
+                self._fire_ticks()
         soon = self._soon
         for _ in range(len(soon)):
             self._guard(soon.popleft())
@@ -250,6 +250,18 @@ class EventLoop:
         self.selector.close()
 
     # -- internals ----------------------------------------------------------
+
+    @staticmethod
+    def _dispatch(events: List[Tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in events:
+            handler = key.data
+            try:
+                handler.on_ready(mask)
+            except Exception as exc:  # noqa: BLE001 - one handler must not stop the loop
+                try:
+                    handler.on_error(exc)
+                except Exception:  # noqa: BLE001
+                    log.exception("error handler of %r failed", handler)
 
     def _timeout(self, max_wait: Optional[float]) -> Optional[float]:
         if self._soon or self._stopping:

@@ -20,7 +20,6 @@ import logging
 import os
 import selectors
 import socket
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError
@@ -41,28 +40,53 @@ _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 RECV_BUFFER_SIZE = 64 * 1024
 
 
-@dataclass
 class ServerConfig:
-    """Limits and socket options. Defaults suit a small-message game server."""
+    """Limits and socket options. Defaults suit a small-message game server.
 
-    hosts: Sequence[Optional[str]] = ("0.0.0.0",)
-    port: int = 0
-    backlog: int = 4096
-    max_connections: int = 10_000
-    max_frame: int = DEFAULT_MAX_FRAME  # largest inbound frame payload
-    max_output: int = 1 << 20  # queued output past this: slow consumer, closed
-    high_water: int = 64 << 10
-    low_water: int = 16 << 10
-    accept_batch: int = 512
-    close_linger: float = 2.0  # seconds a closing connection may take to flush
-    nodelay: bool = True
-    full_message: bytes = field(default_factory=lambda: encode_frame(b"server full"))
+    A plain class rather than a dataclass: importing ``dataclasses`` (and
+    with it ``inspect``) costs a server ~1 MB of RSS for nothing.
+    """
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.low_water <= self.high_water <= self.max_output:
+    __slots__ = (
+        "hosts", "port", "backlog", "max_connections", "max_frame", "max_output",
+        "high_water", "low_water", "accept_batch", "close_linger", "nodelay", "full_message",
+    )
+
+    def __init__(
+        self,
+        hosts: Sequence[Optional[str]] = ("0.0.0.0",),
+        port: int = 0,
+        backlog: int = 4096,
+        max_connections: int = 10_000,
+        max_frame: int = DEFAULT_MAX_FRAME,  # largest inbound frame payload
+        max_output: int = 1 << 20,  # queued output past this: slow consumer, closed
+        high_water: int = 64 << 10,
+        low_water: int = 16 << 10,
+        accept_batch: int = 512,
+        close_linger: float = 2.0,  # seconds a closing connection may take to flush
+        nodelay: bool = True,
+        full_message: bytes = encode_frame(b"server full"),
+    ) -> None:
+        if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
-        if self.max_connections < 0:
+        if max_connections < 0:
             raise ValueError("max_connections must be >= 0")
+        self.hosts = tuple(hosts)
+        self.port = port
+        self.backlog = backlog
+        self.max_connections = max_connections
+        self.max_frame = max_frame
+        self.max_output = max_output
+        self.high_water = high_water
+        self.low_water = low_water
+        self.accept_batch = accept_batch
+        self.close_linger = close_linger
+        self.nodelay = nodelay
+        self.full_message = full_message
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"ServerConfig({fields})"
 
 
 class Handler:
@@ -211,6 +235,10 @@ class TCPServer:
         that already has output queued gets ``data`` queued behind it (in
         order), and a short send queues only the remainder. Returns how many
         connections it was handed to.
+
+        A failed send closes its connection, which calls ``on_close`` in the
+        middle of this loop: pass a list, not a dict or set that ``on_close``
+        removes from.
         """
         size = len(data)
         sent = 0
