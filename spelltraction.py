@@ -1817,8 +1817,8 @@ class NetClient:
                 return
         if joining and brain.state == "playing":
             self.failures = 0
-            log.info("joined %s as player %d at %s", self.address, brain.player_id,
-                     brain.server_pos)
+            log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
+                     brain.server_pos, brain.letters)
         if now - self.last_data > self.SILENCE_S:
             self._lost(f"nothing from the server for {self.SILENCE_S:g} s")
 
@@ -1982,6 +1982,8 @@ class TkView:
         self.tiles: List[Dict[str, int]] = []
         self.stat_values: List[int] = []
         self.markers: Dict[int, Tuple[int, int]] = {}  # player id -> (item, shape)
+        self.who_shape = -1
+        self.bar_y = 0.0
         self._looks: Dict[int, Dict[str, Any]] = {}
         self._coords: Dict[int, List[float]] = {}
         self._build()
@@ -2049,7 +2051,9 @@ class TkView:
                                       state="hidden", tags="top")
         ids["arc"] = c.create_arc(0, 0, 0, 0, style="arc", start=90, outline=TK_ATTRACTOR,
                                   width=max(1, 7 * s), state="hidden", tags="top")
-        ids["countdown"] = self._text(0, 0, 12, True, "s", TK_ATTRACTOR, tags="top")
+        ids["countdown_bg"] = c.create_rectangle(0, 0, 0, 0, fill=TK_BG, outline=TK_ATTRACTOR,
+                                                 state="hidden", tags="top")
+        ids["countdown"] = self._text(0, 0, 11, True, "center", TK_ATTRACTOR, tags="top")
         # Our own marker wears a halo, so it is found at a glance in any crowd.
         ids["halo_dark"] = c.create_oval(0, 0, 0, 0, outline="#10141b", width=max(1, 5 * s),
                                          state="hidden", tags="me")
@@ -2077,9 +2081,9 @@ class TkView:
     def _build_panel(self) -> None:
         c, ids, x = self.canvas, self.ids, PANEL_X
         right = x + PANEL_W
-        ids["title"] = self._text(x, BOARD_Y0 - 4, 25, True, text="SpellTraction")
+        self._text(x, BOARD_Y0 - 4, 25, True, text="SpellTraction")
         ids["who"] = self._text(x + 20, BOARD_Y0 + 40, 12, False, "w", TK_MUTED)
-        ids["who_mark"] = c.create_oval(0, 0, 0, 0)
+        ids["who_mark"] = c.create_oval(0, 0, 0, 0, state="hidden")
         self.who_shape = -1
         self._text(x, BOARD_Y0 + 62, 11, True, fill=TK_MUTED, text="YOUR LETTERS")
         self.tiles = []
@@ -2098,6 +2102,7 @@ class TkView:
         y += 44
         self._text(x, y, 11, True, fill=TK_MUTED, text="ATTRACTOR")
         ids["attr_text"] = self._text(x, y + 18, 12)
+        self.bar_y = y + 40
         ids["bar_bg"] = c.create_rectangle(*self._box(x, y + 40, right, y + 48), fill=TK_BOX,
                                            outline="")
         ids["bar"] = c.create_rectangle(0, 0, 0, 0, fill=TK_ATTRACTOR, outline="")
@@ -2177,7 +2182,7 @@ class TkView:
 
     def _draw_attractor(self, b: ClientBrain, playing: bool) -> None:
         ids = self.ids
-        parts = ("pulse", "arc_bg", "arc", "countdown")
+        parts = ("pulse", "arc_bg", "arc", "countdown_bg", "countdown")
         if not playing or b.attractor == PARKED or not 0 <= b.attractor < CELLS:
             for name in parts:
                 self._set(ids[name], state="hidden")
@@ -2193,9 +2198,12 @@ class TkView:
         r = 40
         self._move(ids["arc_bg"], self._box(cx - r, cy - r, cx + r, cy + r))
         self._move(ids["arc"], self._box(cx - r, cy - r, cx + r, cy + r))
-        self._set(ids["arc_bg"], outline=_hex(_mix(crowd_rgb(0.2), (0, 0, 0), 0.12)))
+        cell_fill = crowd_rgb(crowd_heat(b.counts[b.attractor], sum(b.counts)))
+        self._set(ids["arc_bg"], outline=_hex(_mix(cell_fill, (0, 0, 0), 0.14)))
         self._set(ids["arc"], extent=-min(359.9, 360 * b.countdown()))
-        self._move(ids["countdown"], list(self._xy(cx, y0 + CELL_PX - 3)))
+        label_y = y0 + CELL_PX - 13
+        self._move(ids["countdown_bg"], self._box(cx - 21, label_y - 8, cx + 21, label_y + 8))
+        self._move(ids["countdown"], list(self._xy(cx, label_y)))
         self._set(ids["countdown"], text=f"{b.seconds_to_score():.1f} s")
         for name in parts:
             self._set(ids[name], state="normal")
@@ -2284,8 +2292,8 @@ class TkView:
             text = "-"
         self._set(ids["attr_text"], text=text, fill=TK_TEXT if holding else TK_MUTED)
         fill = b.countdown() if holding else 0.0
-        self._move(ids["bar"], self._box(PANEL_X, BOARD_Y0 + 244,
-                                         PANEL_X + PANEL_W * fill, BOARD_Y0 + 252))
+        self._move(ids["bar"], self._box(PANEL_X, self.bar_y, PANEL_X + PANEL_W * fill,
+                                         self.bar_y + 8))
         self._set(ids["bar"], state="normal" if fill > 0 else "hidden")
         scored = b.scored
         if scored is not None and playing:

@@ -5,7 +5,10 @@ encoder) on a fake clock; the driver is run against a real in-process server
 with netcore's loop standing in for Tk's.
 """
 
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 import spelltraction as st
 from gamekit import Harness
 from netcore import FrameError, ProtocolError
-from serverproc import free_port
+from serverproc import GAME, free_port, run_game
 
 
 class FakeClock:
@@ -489,3 +492,23 @@ def test_unresolvable_host_is_reported_not_raised():
         if net.lookup is not None:
             net.lookup.done.wait(10)
     assert brain.state == "waiting" and brain.why.startswith("cannot find no-such-host.invalid")
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def test_the_server_side_never_imports_tkinter():
+    code = ("import sys, spelltraction as st; st.ClientBrain(); "
+            "print('tkinter' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(GAME))
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_client_without_a_display_says_so_and_exits_2():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, GAME, "client", "--port", "1"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "cannot open a window" in out.stderr, out.stderr
+    bad = run_game("client", "--colour", "orange")
+    assert bad.returncode == 2 and "colour must be 6 hex digits" in bad.stderr
