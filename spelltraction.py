@@ -2354,6 +2354,8 @@ def run_client(opts: ClientOptions) -> int:
     view = TkView(root, brain, net)
 
     def close(*_: object) -> None:
+        if view.closed:
+            return  # the window's close button and a signal may both ask
         view.close()
         net.stop()
         root.destroy()
