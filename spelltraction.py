@@ -12,6 +12,7 @@ One file, read top-down: protocol -> rules -> server -> bots -> clients -> CLI.
 
     python3 spelltraction.py                    # serve on 0.0.0.0:12150
     python3 spelltraction.py bots --count 2000  # load-test it
+    python3 spelltraction.py client             # play it, in a window
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import errno
 import heapq
 import json
 import logging
+import math
 import os
 import random
 import resource
@@ -31,12 +33,17 @@ import struct
 import sys
 import time
 from array import array
-from typing import IO, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from collections import OrderedDict
+from typing import (
+    IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
+    Union,
+)
 
 from netcore import (
     CloseReason,
     Connection,
     EventLoop,
+    FrameParser,
     Handler,
     ProtocolError,
     ServerConfig,
@@ -44,6 +51,9 @@ from netcore import (
     Tick,
     encode_frame,
 )
+
+if TYPE_CHECKING:
+    import tkinter  # the client imports it at run time: servers need no Tk
 
 __version__ = "0.1.0"
 
@@ -1365,6 +1375,1001 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
 
 
 # =============================================================================
+# Clients: the desktop client. A sans-IO brain, a nonblocking network driver
+# run from someone else's loop, and a Tk view. Tk is imported only here.
+# =============================================================================
+
+MAX_SERVER_FRAME = 4096  # docs/PROTOCOL.md: a server frame is at most this long
+
+
+class Marker:
+    """A player's marker as drawn: where it is now, and where it eases to."""
+
+    __slots__ = ("pid", "shape", "colour", "x", "y", "tx", "ty", "seen")
+
+    def __init__(self, pid: int, shape: int, colour: int, x: int, y: int, seen: float) -> None:
+        self.pid = pid
+        self.shape = shape
+        self.colour = colour
+        self.x, self.y = float(x), float(y)
+        self.tx, self.ty = x, y
+        self.seen = seen  # when the server last listed it (markers age out)
+
+    def ease(self, k: float) -> None:
+        """Cover fraction ``k`` of the way to the target (snap when close)."""
+        dx, dy = self.tx - self.x, self.ty - self.y
+        if abs(dx) < 0.3 and abs(dy) < 0.3:
+            self.x, self.y = float(self.tx), float(self.ty)
+        else:
+            self.x += dx * k
+            self.y += dy * k
+
+
+class ClientBrain:
+    """What the client knows, built from server messages. Sans-IO, no Tk.
+
+    A driver reports the connection's life (``connecting``, ``connected``,
+    ``disconnected``), feeds received bytes to ``feed`` and sends whatever
+    lands in ``outbox``. A view reads the fields, calls ``click`` on input
+    and ``animate`` once a frame. Time comes from ``clock``, so tests can age
+    markers and flashes without sleeping.
+    """
+
+    EASE_PER_S = 8.0  # others' markers cover 1 - e^-1 of the way in 1/8 s
+    OWN_EASE_PER_S = 20.0  # our own marker answers a click at once
+    PENDING_S = 1.0  # an unechoed move after this was rate-limited: show the server's truth
+    FLASH_S = 1.5
+
+    def __init__(self, shape: int = ANY_SHAPE, colour: int = ANY_COLOUR,
+                 version: int = PROTOCOL_VERSION, clock: Callable[[], float] = time.monotonic,
+                 max_markers: int = 300, marker_ttl: float = 120.0) -> None:
+        self.clock = clock
+        self.hello = Hello(version, shape, colour)
+        self.max_markers = max_markers
+        self.marker_ttl = marker_ttl
+        self.outbox: List[bytes] = []  # frames for the driver to send
+        self.state = "offline"  # offline, connecting, joining, playing, waiting, stopped
+        self.address = ""
+        self.why = ""  # why the last connection ended
+        self.retry_at: Optional[float] = None
+        self.error = ""  # the server's last ERROR, kept until the next join
+        self.error_code = 0
+        self.had_game = False  # joined at least once: "server gone", not "no server"
+        self.board = ""  # kept across reconnects so the window is never blank
+        self.cell_flash = [-1e9] * CELLS  # when each board letter last changed
+        self.hand_flash = [-1e9] * HAND_SIZE
+        self.score_flash = -1e9
+        self._animated = clock()
+        self._reset_game()
+
+    def _reset_game(self) -> None:
+        """Forget the session: a new connection is a new player."""
+        self.parser = FrameParser(MAX_SERVER_FRAME)
+        self.welcome: Optional[Welcome] = None
+        self.player_id = 0
+        self.me: Optional[Marker] = None
+        self.server_pos = (0, 0)  # where the server last said we are
+        self.letters = ""
+        self.score = 0
+        self.seq = 0  # seq of the last MOVE sent
+        self.pending: Optional[Tuple[int, float]] = None  # (seq, sent at) awaiting its echo
+        self.queued: Optional[Tuple[int, int]] = None  # a click waiting for a move token
+        self.tokens = MOVE_BUCKET  # mirrors the server's rate limit, so no click is lost
+        self.tick = -1
+        self.tick_at = 0.0
+        self.players = 0
+        self.counts: Tuple[int, ...] = (0,) * CELLS
+        self.attractor = PARKED
+        self.held = 0
+        self.markers: "OrderedDict[int, Marker]" = OrderedDict()  # stalest first
+        self.stats: Optional[Stats] = None
+        self.stats_at = 0.0
+        self.scored: Optional[Scored] = None
+        self.scored_at = -1e9
+
+    # -- the connection's life (called by the driver) -------------------------
+
+    def connecting(self, address: str) -> None:
+        self.state, self.address = "connecting", address
+
+    def connected(self) -> None:
+        """The TCP connection is up: say HELLO."""
+        self._reset_game()
+        self.state = "joining"
+        self.outbox = [frame(self.hello)]
+
+    def disconnected(self, why: str, retry_at: Optional[float]) -> None:
+        """The connection ended; ``retry_at`` None means no retry is planned."""
+        self._reset_game()
+        self.outbox = []
+        self.why = why
+        self.retry_at = retry_at
+        self.state = "waiting" if retry_at is not None else "stopped"
+
+    @property
+    def give_up(self) -> bool:
+        """The server said it will never take this client: retrying cannot help."""
+        return self.error_code == ErrorCode.VERSION
+
+    # -- input from the server ------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the server, in chunks of any size.
+
+        Raises :class:`ProtocolError` if they are not protocol 1; the driver
+        then drops the connection.
+        """
+        for payload in self.parser.feed(data):
+            self.handle(decode(payload))
+
+    def handle(self, msg: Message) -> None:
+        now = self.clock()
+        if isinstance(msg, TickMsg):
+            self._on_tick(msg, now)
+        elif isinstance(msg, You):
+            self._on_you(msg, now)
+        elif isinstance(msg, Welcome):
+            self.welcome = msg
+            self.player_id = msg.player_id
+            self.state = "playing"
+            self.had_game = True
+            self.error, self.error_code = "", 0
+        elif isinstance(msg, Scored):
+            self.scored, self.scored_at = msg, now
+            self.cell_flash[msg.cell] = now
+        elif isinstance(msg, Stats):
+            self.stats, self.stats_at = msg, now
+        elif isinstance(msg, Error):
+            self.error_code = msg.code
+            self.error = msg.text or f"error code {msg.code}"
+        else:
+            raise BadMessage(f"a server does not send {type(msg).__name__}")
+
+    def _on_tick(self, msg: TickMsg, now: float) -> None:
+        if self.board:
+            for cell, (old, new) in enumerate(zip(self.board, msg.board)):
+                if old != new:
+                    self.cell_flash[cell] = now
+        self.board = msg.board
+        if self.tick >= 0:
+            self.tokens = min(MOVE_BUCKET, self.tokens + max(0, msg.number - self.tick))
+        self.tick, self.tick_at = msg.number, now
+        self.attractor, self.held = msg.attractor, msg.held
+        self.players, self.counts = msg.players, msg.counts
+        markers = self.markers
+        for m in msg.movers:
+            if m.player_id == self.player_id:
+                continue  # our own position comes from YOU
+            marker = markers.get(m.player_id)
+            if marker is None:
+                markers[m.player_id] = Marker(m.player_id, m.shape, m.colour, m.x, m.y, now)
+            else:
+                marker.tx, marker.ty, marker.seen = m.x, m.y, now
+                marker.shape, marker.colour = m.shape, m.colour
+                markers.move_to_end(m.player_id)
+        for pid in msg.gone:
+            markers.pop(pid, None)
+        while len(markers) > self.max_markers:
+            markers.popitem(last=False)
+        self._send_queued(now)
+
+    def _on_you(self, msg: You, now: float) -> None:
+        welcome = self.welcome
+        if welcome is None:
+            raise BadMessage("YOU before WELCOME")
+        if self.me is None:
+            self.me = Marker(self.player_id, welcome.shape, welcome.colour, msg.x, msg.y, now)
+        else:
+            if msg.score != self.score:
+                self.score_flash = now
+            for i, letter in enumerate(msg.letters):
+                if letter not in self.letters:
+                    self.hand_flash[i] = now
+        self.letters, self.score = msg.letters, msg.score
+        self.server_pos = (msg.x, msg.y)
+        if self.queued is None and (self.pending is None or msg.seq == self.pending[0]):
+            # The echo of our latest move (the server may have clamped it), or
+            # news with no move of ours in flight: the server's word is final.
+            self.pending = None
+            self.me.tx, self.me.ty = msg.x, msg.y
+
+    # -- input from the player --------------------------------------------------
+
+    def click(self, x: float, y: float) -> bool:
+        """Move to board pixel (x, y): shown at once, sent as the rate limit allows."""
+        me = self.me
+        if self.state != "playing" or me is None:
+            return False
+        bx, by = _clamp(int(x), int(y))
+        me.tx, me.ty = bx, by
+        self.queued = (bx, by)
+        self._send_queued(self.clock())
+        return True
+
+    def _send_queued(self, now: float) -> None:
+        if self.queued is None or self.tokens <= 0:
+            return
+        x, y = self.queued
+        self.queued = None
+        self.tokens -= 1
+        self.seq = self.seq % 0xFFFF + 1  # 1..65535: 0 means "no move yet"
+        self.pending = (self.seq, now)
+        self.outbox.append(frame(Move(self.seq, x, y)))
+
+    # -- time passing -------------------------------------------------------------
+
+    def animate(self) -> None:
+        """One animation frame: ease markers, age out the stale, expire the unechoed."""
+        now = self.clock()
+        dt = min(max(now - self._animated, 0.0), 0.5)
+        self._animated = now
+        k = 1.0 - math.exp(-dt * self.EASE_PER_S)
+        markers = self.markers
+        for marker in markers.values():
+            marker.ease(k)
+        oldest = now - self.marker_ttl
+        while markers and next(iter(markers.values())).seen < oldest:
+            markers.popitem(last=False)
+        me = self.me
+        if me is not None:
+            pending = self.pending
+            if pending is not None and self.queued is None and now - pending[1] > self.PENDING_S:
+                self.pending = None  # the move was not taken: back to where the server has us
+                me.tx, me.ty = self.server_pos
+            me.ease(1.0 - math.exp(-dt * self.OWN_EASE_PER_S))
+
+    # -- derived, for the view ----------------------------------------------------
+
+    @property
+    def hold_ticks(self) -> int:
+        return self.welcome.hold_ticks if self.welcome is not None else HOLD_TICKS
+
+    def countdown(self) -> float:
+        """How far the attractor is towards scoring, 0..1: held / (hold ticks + 1)."""
+        if self.attractor == PARKED:
+            return 0.0
+        return min(1.0, self.held / (self.hold_ticks + 1))
+
+    def seconds_to_score(self) -> float:
+        tick_s = (self.welcome.tick_ms if self.welcome is not None else 250) / 1000.0
+        return max(0, self.hold_ticks + 1 - self.held) * tick_s
+
+    def flash(self, since: float) -> float:
+        """1.0 just after an event at time ``since``, fading to 0 over FLASH_S."""
+        age = self.clock() - since
+        return 0.0 if age < 0 or age >= self.FLASH_S else 1.0 - age / self.FLASH_S
+
+    def uptime_s(self) -> int:
+        """The server's uptime now, counted on from its last STATS."""
+        if self.stats is None:
+            return 0
+        return self.stats.uptime_s + int(self.clock() - self.stats_at)
+
+    def status_line(self) -> str:
+        state = self.state
+        if state == "connecting":
+            return f"Connecting to {self.address}..."
+        if state == "joining":
+            return f"Connected to {self.address}, joining..."
+        if state == "playing":
+            return f"Playing on {self.address} as player #{self.player_id}"
+        if state == "waiting" and self.retry_at is not None:
+            wait = max(0.0, self.retry_at - self.clock())
+            lost = "Server gone" if self.had_game else f"Cannot reach {self.address}"
+            return f"{lost}: {self.why}. Reconnecting in {wait:.1f} s..."
+        if state == "stopped":
+            return f"Disconnected: {self.why}. Not reconnecting."
+        return "Not connected"
+
+
+class NetClient:
+    """Drives a :class:`ClientBrain` over one nonblocking socket, never blocking.
+
+    It runs inside someone else's loop: ``schedule(delay, fn)`` is Tk's
+    ``after`` in the window, netcore's ``call_later`` in tests. Every
+    ``POLL_S`` it advances a connect, reads whatever has arrived through the
+    brain's sans-IO frame parser, and sends the brain's outbox. A lost
+    connection is retried with exponential backoff (0.5 s doubling to 8 s,
+    back to 0.5 s once a join succeeds). Name lookup runs in a thread, so a
+    slow DNS server cannot freeze the window either.
+    """
+
+    POLL_S = 0.015
+    BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 8.0
+    CONNECT_TIMEOUT_S = 5.0
+    SILENCE_S = 10.0  # ticks come every 250 ms: this long without data is a dead link
+    READS_PER_POLL = 16  # bounded, so a burst of data cannot starve the animation
+
+    def __init__(self, brain: ClientBrain, host: str, port: int,
+                 schedule: Callable[[float, Callable[[], None]], object],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.brain = brain
+        self.host, self.port = host, port
+        self.schedule = schedule
+        self.clock = clock
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.sock: Optional[socket.socket] = None
+        self.is_connected = False
+        self.connect_started = 0.0
+        self.last_data = 0.0
+        self.failures = 0  # connections in a row that ended before a join
+        self.retry_at = 0.0
+        self.running = False
+        self.out = bytearray()
+        self.addresses: List[Any] = []  # getaddrinfo results still to try
+        self.lookup: Optional[_Lookup] = None
+
+    def start(self) -> None:
+        self.running = True
+        self._poll()
+
+    def stop(self) -> None:
+        self.running = False
+        self._close()
+
+    def _poll(self) -> None:
+        if not self.running:
+            return
+        try:
+            self.step()
+        finally:
+            self.schedule(self.POLL_S, self._poll)
+
+    def step(self) -> None:
+        """One pass: whatever the connection needs now, without waiting."""
+        now = self.clock()
+        if self.sock is None:
+            if self.brain.state != "stopped" and now >= self.retry_at:
+                self._connect(now)
+        elif not self.is_connected:
+            self._check_connect(now)
+        else:
+            self._read(now)
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the brain's outbox now (the view calls this right after a click)."""
+        sock, brain = self.sock, self.brain
+        if sock is None or not self.is_connected:
+            return
+        if brain.outbox:
+            self.out += b"".join(brain.outbox)
+            brain.outbox.clear()
+        if not self.out:
+            return
+        try:
+            sent = sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc.strerror or str(exc))
+            return
+        del self.out[:sent]
+
+    # -- connecting --------------------------------------------------------------
+
+    def _connect(self, now: float) -> None:
+        if not self.addresses:
+            if self.lookup is None:
+                self.brain.connecting(self.address)
+                self.lookup = _Lookup(self.host, self.port)
+            if not self.lookup.done.is_set():
+                return
+            lookup, self.lookup = self.lookup, None
+            if not lookup.result:
+                self._lost(f"cannot find {self.host}: {lookup.error}", connected=False)
+                return
+            self.addresses = list(lookup.result)
+        self.brain.connecting(self.address)
+        family, kind, proto, _, addr = self.addresses.pop(0)
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            sock.close()
+            self._lost(os.strerror(err).lower(), connected=False)
+            return
+        self.sock, self.is_connected, self.connect_started = sock, False, now
+
+    def _check_connect(self, now: float) -> None:
+        sock = self.sock
+        assert sock is not None
+        _, writable, failed = select.select([], [sock], [sock], 0)
+        if writable or failed:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._lost(os.strerror(err).lower(), connected=False)
+                return
+            self.is_connected = True
+            self.last_data = now
+            self.out.clear()
+            self.brain.connected()
+            self.flush()
+        elif now - self.connect_started > self.CONNECT_TIMEOUT_S:
+            self._lost(f"no answer within {self.CONNECT_TIMEOUT_S:g} s", connected=False)
+
+    # -- playing -----------------------------------------------------------------
+
+    def _read(self, now: float) -> None:
+        sock, brain = self.sock, self.brain
+        assert sock is not None
+        joining = brain.state == "joining"
+        for _ in range(self.READS_PER_POLL):
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._lost((exc.strerror or str(exc)).lower())
+                return
+            if not data:
+                self._lost("the server closed the connection")
+                return
+            self.last_data = now
+            try:
+                brain.feed(data)
+            except ProtocolError as exc:
+                self._lost(f"bad data from the server ({exc})")
+                return
+        if joining and brain.state == "playing":
+            self.failures = 0
+            log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
+                     brain.server_pos, brain.letters)
+        if now - self.last_data > self.SILENCE_S:
+            self._lost(f"nothing from the server for {self.SILENCE_S:g} s")
+
+    def _lost(self, why: str, connected: bool = True) -> None:
+        """The attempt or connection is over: try the next address, or back off."""
+        self._close()
+        brain = self.brain
+        if not connected and self.addresses:
+            self.retry_at = self.clock()  # another address of the same host: at once
+            return
+        self.addresses = []
+        if brain.give_up:
+            log.warning("%s: %s; not reconnecting", why, brain.error)
+            brain.disconnected(why, None)
+            return
+        delay = min(self.BACKOFF_MAX_S, self.BACKOFF_MIN_S * 2 ** min(self.failures, 16))
+        self.failures += 1
+        self.retry_at = self.clock() + delay
+        log.info("%s: %s; retrying in %.1f s", self.address, why, delay)
+        brain.disconnected(why, self.retry_at)
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.is_connected = False
+        self.out.clear()
+
+
+class _Lookup:
+    """getaddrinfo in a thread, so a slow name server never freezes the window."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import threading
+
+        self.result: List[Any] = []
+        self.error = ""
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(host, port), daemon=True).start()
+
+    def _run(self, host: str, port: int) -> None:
+        try:
+            self.result = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            self.error = str(exc)
+        self.done.set()
+
+
+# The window's layout, in logical pixels; the whole picture scales to fit.
+VIEW_W, VIEW_H = 760, 470
+BOARD_X0, BOARD_Y0 = 20, 20  # the board's top-left corner, as the original's 24,24
+PANEL_X, PANEL_W = BOARD_X0 + BOARD_W + 22, 230
+# Colours: a dark room, a parchment board that warms up where the crowd is.
+TK_BG = "#161b24"
+TK_BOX = "#1f2632"
+TK_LINE = "#313a48"
+TK_TEXT = "#ece8e1"
+TK_MUTED = "#8d96a5"
+TK_GOOD = "#2fbf71"
+TK_BAD = "#ff6b6b"
+TK_WARN = "#f5b942"
+TK_ATTRACTOR = "#19b5fe"
+TK_CELL = (0xF4, 0xEC, 0xDA)
+TK_CROWD = ((0xF7, 0xCF, 0x9A), (0xEE, 0x8A, 0x45), (0xC8, 0x3A, 0x2E), (0x8E, 0x1F, 0x3A))
+TK_FLASH = (0xFF, 0xF0, 0x6A)
+TK_INK = "#2a2118"
+
+
+_Anchor = Literal["nw", "n", "ne", "w", "center", "e", "sw", "s", "se"]
+
+
+def view_transform(width: float, height: float) -> Tuple[float, float, float]:
+    """(scale, x offset, y offset) mapping the logical view into a window."""
+    scale = max(0.05, min(width / VIEW_W, height / VIEW_H))
+    return scale, (width - VIEW_W * scale) / 2, (height - VIEW_H * scale) / 2
+
+
+def _hex(rgb: Sequence[float]) -> str:
+    return "#%02x%02x%02x" % tuple(max(0, min(255, int(round(c)))) for c in rgb)
+
+
+def _mix(a: Sequence[float], b: Sequence[float], t: float) -> Tuple[float, ...]:
+    return tuple(x + (y - x) * t for x, y in zip(a, b))
+
+
+def crowd_rgb(heat: float) -> Tuple[float, ...]:
+    """Parchment at 0, through peach (a fair share) and orange to crimson at 1."""
+    if heat <= 0:
+        return TK_CELL
+    stops = (TK_CELL,) + TK_CROWD
+    pos = min(heat, 1.0) * (len(stops) - 1)
+    i = min(int(pos), len(stops) - 2)
+    return _mix(stops[i], stops[i + 1], pos - i)
+
+
+def crowd_heat(count: int, total: int) -> float:
+    """0..1: a cell with three times its fair share of the players is as hot as it gets.
+
+    Read from the complete per-cell counts, so 15,000 players shade the
+    board as clearly as 15, with no marker per player.
+    """
+    if count <= 0 or total <= 0:
+        return 0.0
+    return min(1.0, count / total * CELLS / 3.0)
+
+
+def _fmt_duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min {seconds % 60:02d} s"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} h {minutes % 60:02d} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _fmt_kib(kib: int) -> str:
+    return f"{kib / 1024:.1f} MiB" if kib else "n/a"
+
+
+def _shape_points(shape: int, x: float, y: float, r: float) -> List[float]:
+    """A marker's outline: a bounding box for a circle, polygon points otherwise."""
+    if shape == 1:  # square
+        s = r * 0.86
+        return [x - s, y - s, x + s, y - s, x + s, y + s, x - s, y + s]
+    if shape == 2:  # triangle
+        return [x, y - r * 1.1, x + r, y + r * 0.7, x - r, y + r * 0.7]
+    if shape == 3:  # diamond
+        return [x, y - r * 1.15, x + r, y, x, y + r * 1.15, x - r, y]
+    return [x - r, y - r, x + r, y + r]
+
+
+class TkView:
+    """Draws a :class:`ClientBrain` on a Tk canvas, 25 frames a second.
+
+    Items are made once per window size and then only moved and recoloured,
+    and only when their looks change, so 300 easing markers stay cheap. A
+    click on the board becomes a move.
+    """
+
+    FRAME_MS = 40
+    OTHER_R, OWN_R = 6.0, 10.5
+
+    def __init__(self, root: "tkinter.Tk", brain: ClientBrain, net: NetClient) -> None:
+        import tkinter
+
+        self.root, self.brain, self.net = root, brain, net
+        self.canvas = tkinter.Canvas(root, width=VIEW_W, height=VIEW_H, bg=TK_BG,
+                                     highlightthickness=0, cursor="crosshair")
+        self.canvas.pack(fill="both", expand=True)
+        self.canvas.bind("<Configure>", self._on_resize)
+        self.canvas.bind("<Button-1>", self._on_click)
+        self.size = (VIEW_W, VIEW_H)
+        self.scale, self.ox, self.oy = 1.0, 0.0, 0.0
+        self.closed = False
+        self.title = ""
+        self.ids: Dict[str, int] = {}
+        self.cells: List[Dict[str, int]] = []
+        self.tiles: List[Dict[str, int]] = []
+        self.stat_values: List[int] = []
+        self.markers: Dict[int, Tuple[int, int]] = {}  # player id -> (item, shape)
+        self.who_shape = -1
+        self.bar_y = 0.0
+        self._looks: Dict[int, Dict[str, Any]] = {}
+        self._coords: Dict[int, List[float]] = {}
+        self._build()
+
+    # -- geometry ------------------------------------------------------------------
+
+    def _xy(self, x: float, y: float) -> Tuple[float, float]:
+        return self.ox + x * self.scale, self.oy + y * self.scale
+
+    def _box(self, x0: float, y0: float, x1: float, y1: float) -> List[float]:
+        return [*self._xy(x0, y0), *self._xy(x1, y1)]
+
+    def _font(self, px: float, bold: bool = False) -> Tuple[str, int, str]:
+        return ("Helvetica", -max(6, int(round(px * self.scale))), "bold" if bold else "normal")
+
+    def _on_resize(self, event: Any) -> None:
+        if (event.width, event.height) != self.size:
+            self.size = (event.width, event.height)
+            self._build()
+
+    def _on_click(self, event: Any) -> None:
+        bx = (event.x - self.ox) / self.scale - BOARD_X0
+        by = (event.y - self.oy) / self.scale - BOARD_Y0
+        if 0 <= bx < BOARD_W and 0 <= by < BOARD_H and self.brain.click(bx, by):
+            self.net.flush()
+
+    # -- making the items (once per window size) ----------------------------------
+
+    def _text(self, x: float, y: float, px: float, bold: bool = False, anchor: _Anchor = "nw",
+              fill: str = TK_TEXT, text: str = "", tags: str = "") -> int:
+        return self.canvas.create_text(*self._xy(x, y), text=text, anchor=anchor, tags=tags,
+                                       fill=fill, font=self._font(px, bold))
+
+    def _build(self) -> None:
+        c = self.canvas
+        c.delete("all")
+        self._looks.clear()
+        self._coords.clear()
+        self.markers.clear()
+        self.scale, self.ox, self.oy = view_transform(*self.size)
+        s = self.scale
+        ids = self.ids = {}
+        # The board: cells, the letters you hold ringed in green, crowd counts.
+        c.create_rectangle(*self._box(BOARD_X0 - 4, BOARD_Y0 - 4, BOARD_X0 + BOARD_W + 4,
+                                      BOARD_Y0 + BOARD_H + 4), fill=TK_LINE, outline="")
+        self.cells = []
+        for cell in range(CELLS):
+            x0 = BOARD_X0 + (cell % COLS) * CELL_PX
+            y0 = BOARD_Y0 + (cell // COLS) * CELL_PX
+            cx, cy = x0 + CELL_PX / 2, y0 + CELL_PX / 2
+            self.cells.append({
+                "bg": c.create_rectangle(*self._box(x0 + 1, y0 + 1, x0 + CELL_PX - 1,
+                                                    y0 + CELL_PX - 1), outline=""),
+                "ring": c.create_rectangle(*self._box(x0 + 6, y0 + 6, x0 + CELL_PX - 6,
+                                                      y0 + CELL_PX - 6),
+                                           outline=TK_GOOD, width=max(1, 3 * s), state="hidden"),
+                "letter": self._text(cx, cy + 2, 58, True, "center", tags="top"),
+                "count": self._text(x0 + 10, y0 + 9, 13, True, tags="top"),
+                "mine": self._text(x0 + CELL_PX - 9, y0 + 7, 11, True, "ne", TK_GOOD, tags="top"),
+            })
+        # The attractor: a pulsing frame, and a ring that closes as it nears scoring.
+        ids["pulse"] = c.create_rectangle(0, 0, 0, 0, outline=TK_ATTRACTOR, state="hidden",
+                                          tags="top")
+        ids["arc_bg"] = c.create_oval(0, 0, 0, 0, outline="", width=max(1, 7 * s),
+                                      state="hidden", tags="top")
+        ids["arc"] = c.create_arc(0, 0, 0, 0, style="arc", start=90, outline=TK_ATTRACTOR,
+                                  width=max(1, 7 * s), state="hidden", tags="top")
+        ids["countdown_bg"] = c.create_rectangle(0, 0, 0, 0, fill=TK_BG, outline=TK_ATTRACTOR,
+                                                 state="hidden", tags="top")
+        ids["countdown"] = self._text(0, 0, 11, True, "center", TK_ATTRACTOR, tags="top")
+        # Our own marker wears a halo, so it is found at a glance in any crowd.
+        ids["halo_dark"] = c.create_oval(0, 0, 0, 0, outline="#10141b", width=max(1, 5 * s),
+                                         state="hidden", tags="me")
+        ids["halo"] = c.create_oval(0, 0, 0, 0, outline="#ffffff", width=max(1, 2.5 * s),
+                                    state="hidden", tags="me")
+        # A card over the (dimmed) board while there is no game to show.
+        mid_x, mid_y = BOARD_X0 + BOARD_W / 2, BOARD_Y0 + BOARD_H / 2
+        ids["veil"] = c.create_rectangle(*self._box(mid_x - 200, mid_y - 62, mid_x + 200,
+                                                    mid_y + 62),
+                                         fill=TK_BOX, width=max(1, 2 * s), tags="veil")
+        ids["veil_title"] = self._text(mid_x, mid_y - 10, 26, True, "s", tags="veil")
+        ids["veil_text"] = self._text(mid_x, mid_y + 2, 13, False, "n", tags="veil")
+        c.itemconfigure(ids["veil_text"], width=370 * s, justify="center")
+        # Below the board: the connection's status, the server's error, a hint.
+        y = BOARD_Y0 + BOARD_H + 22
+        ids["dot"] = c.create_oval(*self._box(BOARD_X0, y - 5, BOARD_X0 + 10, y + 5), outline="")
+        ids["status"] = self._text(BOARD_X0 + 18, y, 13, False, "w")
+        ids["error"] = self._text(BOARD_X0, y + 22, 12, False, "w", TK_BAD)
+        ids["hint"] = self._text(BOARD_X0, y + 44, 11, False, "w", TK_MUTED,
+                                 "Click to move. Crowd into a cell whose letter you hold: "
+                                 "it scores when the blue ring closes.")
+        c.itemconfigure(ids["hint"], width=BOARD_W * s)
+        self._build_panel()
+
+    def _build_panel(self) -> None:
+        c, ids, x = self.canvas, self.ids, PANEL_X
+        right = x + PANEL_W
+        self._text(x, BOARD_Y0 - 4, 25, True, text="SpellTraction")
+        ids["who"] = self._text(x + 20, BOARD_Y0 + 40, 12, False, "w", TK_MUTED)
+        ids["who_mark"] = c.create_oval(0, 0, 0, 0, state="hidden")
+        self.who_shape = -1
+        self._text(x, BOARD_Y0 + 62, 11, True, fill=TK_MUTED, text="YOUR LETTERS")
+        self.tiles = []
+        tile, gap = 64, (PANEL_W - 3 * 64) / 2
+        for i in range(HAND_SIZE):
+            tx = x + i * (tile + gap)
+            ty = BOARD_Y0 + 80
+            self.tiles.append({
+                "bg": c.create_rectangle(*self._box(tx, ty, tx + tile, ty + tile),
+                                         width=max(1, 3 * self.scale)),
+                "letter": self._text(tx + tile / 2, ty + tile / 2 + 1, 40, True, "center", TK_INK),
+            })
+        y = BOARD_Y0 + 160
+        self._text(x, y + 14, 11, True, "w", TK_MUTED, "SCORE")
+        ids["score"] = self._text(right, y + 14, 28, True, "e")
+        y += 44
+        self._text(x, y, 11, True, fill=TK_MUTED, text="ATTRACTOR")
+        ids["attr_text"] = self._text(x, y + 18, 12)
+        self.bar_y = y + 40
+        ids["bar_bg"] = c.create_rectangle(*self._box(x, y + 40, right, y + 48), fill=TK_BOX,
+                                           outline="")
+        ids["bar"] = c.create_rectangle(0, 0, 0, 0, fill=TK_ATTRACTOR, outline="")
+        ids["scored"] = self._text(x, y + 56, 12, True)
+        y += 86
+        c.create_rectangle(*self._box(x, y, right, VIEW_H - 20), fill=TK_BOX, outline=TK_LINE)
+        self._text(x + 12, y + 10, 11, True, fill=TK_MUTED, text="SERVER")
+        self.stat_values = []
+        for i, label in enumerate(("Players", "Connections", "Uptime", "Memory now",
+                                   "Memory at start", "Tick lateness p99")):
+            row = y + 34 + i * 20
+            self._text(x + 12, row, 12, False, "w", TK_MUTED, label)
+            self.stat_values.append(self._text(right - 12, row, 12, True, "e"))
+
+    # -- each frame: move and recolour what changed --------------------------------
+
+    def _set(self, item: int, **looks: Any) -> None:
+        old = self._looks.setdefault(item, {})
+        changed = {k: v for k, v in looks.items() if old.get(k) != v}
+        if changed:
+            self.canvas.itemconfigure(item, **changed)
+            old.update(changed)
+
+    def _move(self, item: int, coords: List[float]) -> None:
+        coords = [round(v, 1) for v in coords]
+        if self._coords.get(item) != coords:
+            self.canvas.coords(item, *coords)
+            self._coords[item] = coords
+
+    def start(self) -> None:
+        self._frame()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _frame(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.brain.animate()
+            self.draw()
+        finally:
+            self.root.after(self.FRAME_MS, self._frame)
+
+    def draw(self) -> None:
+        b = self.brain
+        playing = b.state == "playing"
+        self._draw_board(b, playing)
+        self._draw_attractor(b, playing)
+        self._draw_markers(b)
+        self._draw_panel(b, playing)
+        self._draw_status(b, playing)
+        title = (f"SpellTraction: player #{b.player_id} on {b.address}" if playing
+                 else "SpellTraction")
+        if title != self.title:
+            self.title = title
+            self.root.title(title)
+
+    def _draw_board(self, b: ClientBrain, playing: bool) -> None:
+        total = sum(b.counts)
+        hand = set(b.letters)
+        for cell, it in enumerate(self.cells):
+            count = b.counts[cell]
+            heat = crowd_heat(count, total)
+            rgb = _mix(crowd_rgb(heat), TK_FLASH, b.flash(b.cell_flash[cell]))
+            letter = b.board[cell] if b.board else ""
+            yours = playing and letter in hand
+            ink = "#fffaf0" if heat > 0.55 else TK_INK
+            if not playing:  # the last board we saw, dimmed: it may be out of date
+                rgb, ink = _mix(TK_CELL, (0x16, 0x1B, 0x24), 0.78), "#5d6470"
+            self._set(it["bg"], fill=_hex(rgb))
+            self._set(it["letter"], text=letter, fill=ink)
+            self._set(it["count"], text=f"{count:,}" if count else "",
+                      fill="#fffaf0" if heat > 0.55 else "#5c4a36")
+            self._set(it["ring"], state="normal" if yours else "hidden")
+            self._set(it["mine"], text="yours" if yours else "")
+
+    def _draw_attractor(self, b: ClientBrain, playing: bool) -> None:
+        ids = self.ids
+        parts = ("pulse", "arc_bg", "arc", "countdown_bg", "countdown")
+        if not playing or b.attractor == PARKED or not 0 <= b.attractor < CELLS:
+            for name in parts:
+                self._set(ids[name], state="hidden")
+            return
+        x0 = BOARD_X0 + (b.attractor % COLS) * CELL_PX
+        y0 = BOARD_Y0 + (b.attractor // COLS) * CELL_PX
+        cx, cy = x0 + CELL_PX / 2, y0 + CELL_PX / 2
+        pulse = 0.5 + 0.5 * math.sin(b.clock() * 2 * math.pi * 1.4)
+        inset = 2 + 2 * pulse
+        self._move(ids["pulse"], self._box(x0 + inset, y0 + inset, x0 + CELL_PX - inset,
+                                           y0 + CELL_PX - inset))
+        self._set(ids["pulse"], width=max(1.0, round((2.5 + 3 * pulse) * self.scale, 1)))
+        r = 40
+        self._move(ids["arc_bg"], self._box(cx - r, cy - r, cx + r, cy + r))
+        self._move(ids["arc"], self._box(cx - r, cy - r, cx + r, cy + r))
+        cell_fill = crowd_rgb(crowd_heat(b.counts[b.attractor], sum(b.counts)))
+        self._set(ids["arc_bg"], outline=_hex(_mix(cell_fill, (0, 0, 0), 0.14)))
+        self._set(ids["arc"], extent=-min(359.9, 360 * b.countdown()))
+        label_y = y0 + CELL_PX - 13
+        self._move(ids["countdown_bg"], self._box(cx - 21, label_y - 8, cx + 21, label_y + 8))
+        self._move(ids["countdown"], list(self._xy(cx, label_y)))
+        self._set(ids["countdown"], text=f"{b.seconds_to_score():.1f} s")
+        for name in parts:
+            self._set(ids[name], state="normal")
+
+    def _draw_markers(self, b: ClientBrain) -> None:
+        seen = set()
+        for m in b.markers.values():
+            self._draw_marker(m.pid, m, self.OTHER_R, "#1d1d1d", 1.0)
+            seen.add(m.pid)
+        me = b.me
+        for name in ("halo_dark", "halo"):
+            self._set(self.ids[name], state="hidden" if me is None else "normal")
+        if me is not None:
+            self._draw_marker(0, me, self.OWN_R, "#10141b", 2.0)  # ids start at 1: 0 is us
+            seen.add(0)
+            r = self.OWN_R + 7
+            halo = self._box(BOARD_X0 + me.x - r, BOARD_Y0 + me.y - r, BOARD_X0 + me.x + r,
+                             BOARD_Y0 + me.y + r)
+            self._move(self.ids["halo_dark"], halo)
+            self._move(self.ids["halo"], halo)
+        for pid in [p for p in self.markers if p not in seen]:
+            self.canvas.delete(self.markers.pop(pid)[0])
+        # Stacking, bottom up: cells, others' markers, letters and the attractor,
+        # our own marker, and the veil that covers the board when offline.
+        self.canvas.tag_raise("top")
+        self.canvas.tag_raise("me")
+        if 0 in self.markers:
+            self.canvas.tag_raise(self.markers[0][0])
+        self.canvas.tag_raise("veil")
+
+    def _draw_marker(self, key: int, m: Marker, r: float, outline: str, width: float) -> None:
+        x, y = self._xy(BOARD_X0 + m.x, BOARD_Y0 + m.y)
+        points = _shape_points(m.shape, x, y, r * self.scale)
+        known = self.markers.get(key)
+        if known is None or known[1] != m.shape:
+            if known is not None:
+                self.canvas.delete(known[0])
+            make = self.canvas.create_oval if len(points) == 4 else self.canvas.create_polygon
+            item = make(*points, outline=outline, width=max(1.0, width * self.scale))
+            self.markers[key] = (item, m.shape)
+        item = self.markers[key][0]
+        self._move(item, points)
+        self._set(item, fill=_hex(_rgb(m.colour)))
+
+    def _draw_panel(self, b: ClientBrain, playing: bool) -> None:
+        ids = self.ids
+        w = b.welcome
+        who = (f"player #{b.player_id}, {SHAPES[w.shape] if w.shape < len(SHAPES) else 'marker'}"
+               if playing and w is not None else "not in a game")
+        self._set(ids["who"], text=who)
+        if playing and w is not None and self.who_shape != w.shape:
+            self.canvas.delete(ids["who_mark"])
+            pts = _shape_points(w.shape, *self._xy(PANEL_X + 7, BOARD_Y0 + 40), 6 * self.scale)
+            make = self.canvas.create_oval if len(pts) == 4 else self.canvas.create_polygon
+            ids["who_mark"] = make(*pts, fill=_hex(_rgb(w.colour)), outline="#ffffff")
+            self.who_shape = w.shape
+        self._set(ids["who_mark"], state="normal" if playing else "hidden")
+        board = set(b.board)
+        for i, tile in enumerate(self.tiles):
+            letter = b.letters[i] if i < len(b.letters) else ""
+            flash = b.flash(b.hand_flash[i])
+            self._set(tile["bg"], fill=_hex(_mix(TK_CELL if letter else (0x1F, 0x26, 0x32), TK_FLASH, flash)),
+                      outline=TK_GOOD if letter and letter in board else TK_LINE)
+            self._set(tile["letter"], text=letter)
+        self._set(ids["score"], text=f"{b.score:,}" if playing else "-",
+                  fill=_hex(_mix((0xEC, 0xE8, 0xE1), TK_FLASH, b.flash(b.score_flash))))
+        self._draw_countdown(b, playing)
+        stats = b.stats
+        values = ["-"] * 6
+        if stats is not None:
+            values = [f"{b.players or stats.players:,}", f"{stats.connections:,}",
+                      _fmt_duration(b.uptime_s()), _fmt_kib(stats.rss_kb),
+                      _fmt_kib(stats.start_rss_kb), f"{stats.tick_p99_us / 1000:.1f} ms"]
+        for item, value in zip(self.stat_values, values):
+            self._set(item, text=value)
+
+    def _draw_countdown(self, b: ClientBrain, playing: bool) -> None:
+        ids = self.ids
+        holding = playing and b.attractor != PARKED and 0 <= b.attractor < CELLS
+        if holding:
+            letter = b.board[b.attractor] if b.board else "?"
+            text = f"holding {letter}: scores in {b.seconds_to_score():.1f} s"
+        elif playing:
+            text = "parked: waiting for one biggest crowd"
+        else:
+            text = "-"
+        self._set(ids["attr_text"], text=text, fill=TK_TEXT if holding else TK_MUTED)
+        fill = b.countdown() if holding else 0.0
+        self._move(ids["bar"], self._box(PANEL_X, self.bar_y, PANEL_X + PANEL_W * fill,
+                                         self.bar_y + 8))
+        self._set(ids["bar"], state="normal" if fill > 0 else "hidden")
+        scored = b.scored
+        if scored is not None and playing:
+            players = "player" if scored.scorers == 1 else "players"
+            flash = b.flash(b.scored_at)
+            self._set(ids["scored"], text=f"{scored.old} scored for {scored.scorers:,} {players}",
+                      fill=_hex(_mix((0x8D, 0x96, 0xA5), TK_FLASH, flash)))
+        else:
+            self._set(ids["scored"], text="")
+
+    def _draw_status(self, b: ClientBrain, playing: bool) -> None:
+        ids = self.ids
+        state = b.state
+        colour = TK_GOOD if playing else TK_WARN if state in ("connecting", "joining") else TK_BAD
+        self._set(ids["dot"], fill=colour)
+        self._set(ids["status"], text=b.status_line())
+        self._set(ids["error"], text=f"Server said: {b.error}" if b.error else "")
+        veiled = "hidden" if playing else "normal"
+        for name in ("veil", "veil_title", "veil_text"):
+            self._set(ids[name], state=veiled)
+        if not playing:
+            title = {"waiting": "Server gone" if b.had_game else "No server",
+                     "stopped": "Disconnected"}.get(state, "Connecting...")
+            lines = [b.status_line()] + ([f"Server said: {b.error}"] if b.error else [])
+            self._set(ids["veil_title"], text=title, fill=colour)
+            self._set(ids["veil"], outline=colour)
+            self._set(ids["veil_text"], text="\n".join(lines))
+
+
+class ClientOptions(NamedTuple):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    shape: int = ANY_SHAPE
+    colour: int = ANY_COLOUR
+    geometry: str = ""  # Tk geometry, e.g. "760x470+0+0"
+
+
+def run_client(opts: ClientOptions) -> int:
+    """Open the window and play until it is closed (or SIGINT/SIGTERM)."""
+    try:
+        import tkinter
+    except ImportError:
+        print("the client needs Tk (Debian/Ubuntu: apt-get install python3-tk)", file=sys.stderr)
+        return 2
+    try:
+        root = tkinter.Tk(className="SpellTraction")
+    except tkinter.TclError as exc:
+        print(f"cannot open a window: {exc}", file=sys.stderr)
+        return 2
+    root.title("SpellTraction")
+    root.configure(bg=TK_BG)
+    root.minsize(VIEW_W // 2, VIEW_H // 2)
+    if opts.geometry:
+        root.geometry(opts.geometry)
+    brain = ClientBrain(opts.shape, opts.colour)
+    net = NetClient(brain, opts.host, opts.port,
+                    lambda delay, fn: root.after(max(1, int(delay * 1000)), fn))
+    view = TkView(root, brain, net)
+
+    def close(*_: object) -> None:
+        if view.closed:
+            return  # the window's close button and a signal may both ask
+        view.close()
+        net.stop()
+        root.destroy()
+
+    root.protocol("WM_DELETE_WINDOW", close)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: root.after_idle(close))
+    net.start()
+    view.start()
+    root.mainloop()
+    return 0
+
+
+# =============================================================================
 # CLI
 # =============================================================================
 
@@ -1377,9 +2382,19 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _parse_colour(text: str) -> int:
+    try:
+        value = int(text.lstrip("#"), 16)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFFFF or len(text.lstrip("#")) != 6:
+        raise argparse.ArgumentTypeError(f"colour must be 6 hex digits RRGGBB, got {text!r}")
+    return value
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "bots", "-h", "--help", "--version"}
+    commands = {"serve", "bots", "client", "-h", "--help", "--version"}
     if not argv or argv[0] not in commands:
         argv.insert(0, "serve")
     parser = argparse.ArgumentParser(
@@ -1419,8 +2434,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
 
+    cp = sub.add_parser("client", help="play in a window (the Tk desktop client)")
+    cp.add_argument("--host", default="127.0.0.1", help="server to play on (default 127.0.0.1)")
+    cp.add_argument("--port", type=int, default=DEFAULT_PORT, help="its port (default 12150)")
+    cp.add_argument("--shape", choices=SHAPES, default=None,
+                    help="your marker's shape (default: the server chooses)")
+    cp.add_argument("--colour", type=_parse_colour, default=ANY_COLOUR, metavar="RRGGBB",
+                    help="your marker's colour, e.g. ff8800 (default: the server chooses)")
+    cp.add_argument("--geometry", default="", help="Tk window geometry, e.g. 760x470+0+0")
+    cp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+    if args.command == "client":
+        shape = SHAPES.index(args.shape) if args.shape is not None else ANY_SHAPE
+        return run_client(ClientOptions(host=args.host, port=args.port, shape=shape,
+                                        colour=args.colour, geometry=args.geometry))
     if args.command == "bots":
         if args.count < 1:
             parser.error("--count must be at least 1")

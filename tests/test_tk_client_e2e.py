@@ -1,0 +1,151 @@
+"""The Tk client for real: a window on Xvfb, a server, bots, and a click.
+
+Proof that a click reaches the server: an observer player sees the client's
+player listed as a mover at the clicked spot. Proof that the window draws
+the game: a screenshot (kept in test-artifacts/) has the board's colours.
+"""
+
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import spelltraction as st
+from netcore import FrameParser
+from serverproc import GAME, ROOT, ServerProcess
+from xdisplay import Xvfb, missing_tools
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("Xvfb") is None,
+    reason="no X server can be had: Xvfb is not installed (Debian: apt-get install xvfb)",
+)
+
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+
+
+class Observer:
+    """A plain player that watches the TICKs for someone's moves."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.parser = FrameParser(max_frame=st.MAX_SERVER_FRAME)
+        self.sock.sendall(st.frame(st.Hello()))
+
+    def wait_for_mover(self, pid, cell, timeout=20.0):
+        """The first listing of ``pid`` as a mover in ``cell``.
+
+        A player is also listed in the tick after it joins, where it started,
+        which the observer may or may not see: such sightings are skipped.
+        """
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            assert data, "the server closed the observer"
+            for payload in self.parser.feed(data):
+                msg = st.decode(payload)
+                if isinstance(msg, st.TickMsg):
+                    for m in msg.movers:
+                        if m.player_id == pid:
+                            if st.cell_of(m.x, m.y) == cell:
+                                return m
+                            seen.append(m)
+        raise AssertionError(f"player {pid} never moved to cell {cell}; seen: {seen}")
+
+    def close(self):
+        self.sock.close()
+
+
+def read_line_matching(proc, pattern, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+    raise AssertionError(f"no line matching {pattern!r}; client said: {''.join(seen)}")
+
+
+def stop(proc, sig=signal.SIGTERM):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_drawn():
+    assert not missing_tools(), f"install {missing_tools()} (Debian: xdotool, x11-apps)"
+    with Xvfb() as x, ServerProcess() as server:
+        bots = subprocess.Popen(
+            [sys.executable, GAME, "bots", "--port", str(server.port), "--count", "5",
+             "--move-every", "1", "--duration", "120", "--probes", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = subprocess.Popen(
+            [sys.executable, GAME, "client", "--port", str(server.port),
+             "--geometry", f"{st.VIEW_W}x{st.VIEW_H}+0+0"],
+            env=x.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        observer = None
+        try:
+            joined = read_line_matching(client, r"as player (\d+) at \((\d+), (\d+)\)")
+            pid, start = int(joined[1]), (int(joined[2]), int(joined[3]))
+            observer = Observer(server.port)
+            window = x.find_window(f"SpellTraction: player #{pid}")
+            wx, wy, width, height = x.window_geometry(window)
+            scale, ox, oy = st.view_transform(width, height)
+
+            # Click a spot in another cell than the one the player started in.
+            target = (st.cell_of(*start) + 6) % st.CELLS
+            cx, cy = st.cell_centre(target)
+            bx, by = cx + 17, cy - 11
+            x.click(window, round(ox + (st.BOARD_X0 + bx + 0.5) * scale),
+                    round(oy + (st.BOARD_Y0 + by + 0.5) * scale))
+
+            moved = observer.wait_for_mover(pid, target)
+            assert abs(moved.x - bx) <= 1 and abs(moved.y - by) <= 1, (moved, bx, by)
+
+            time.sleep(1.0)  # the marker eases into place; a tick or two arrive
+            shot = x.screenshot().crop(wx, wy, wx + width, wy + height)
+            shot.save_png(os.path.join(ARTIFACTS, "tk-client-e2e.png"))
+            colours = shot.colours()
+            total = width * height
+            bg = colours.get(_rgb(st.TK_BG), 0)
+            board_box = (round(ox + st.BOARD_X0 * scale), round(oy + st.BOARD_Y0 * scale),
+                         round(ox + (st.BOARD_X0 + st.BOARD_W) * scale),
+                         round(oy + (st.BOARD_Y0 + st.BOARD_H) * scale))
+            board = shot.colours(board_box)
+            board_total = sum(board.values())
+            # 6 players leave at least 6 of the 12 cells empty: plain parchment.
+            parchment = board.get(st.TK_CELL, 0)
+            warm = sum(n for (r, g, b), n in board.items() if r > 200 and r >= g >= b)
+            assert bg > total * 0.2, f"background {bg} of {total} pixels"
+            assert parchment > board_total * 0.2, f"parchment {parchment} of {board_total}"
+            assert warm > board_total * 0.6, f"board colours {warm} of {board_total}"
+            assert len(colours) > 50  # letters, markers, text: not a blank window
+            assert client.poll() is None, "the client exited"
+        finally:
+            if observer is not None:
+                observer.close()
+            stop(client)
+            stop(bots, signal.SIGINT)
+    assert client.returncode == 0, client.stderr.read()
+
+
+def _rgb(hex_colour):
+    return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
