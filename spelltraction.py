@@ -31,7 +31,7 @@ import struct
 import sys
 import time
 from array import array
-from typing import IO, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from netcore import (
     CloseReason,
@@ -43,6 +43,15 @@ from netcore import (
     TCPServer,
     Tick,
     encode_frame,
+)
+from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
+from netcore.metrics import (
+    CONTENT_TYPE as METRICS_CONTENT_TYPE,
+    Exposition,
+    add_net_stats,
+    add_process_stats,
+    add_tick_stats,
+    process_stats,
 )
 
 __version__ = "0.1.0"
@@ -85,6 +94,14 @@ class ErrorCode:
     FLOOD = 5
     HELLO_TIMEOUT = 6
     BAD_FRAME = 7
+
+    @classmethod
+    def name_of(cls, code: int) -> str:
+        """``FLOOD`` -> ``"flood"``: the label metrics use."""
+        for name, value in vars(cls).items():
+            if value == code and name.isupper():
+                return name.lower().replace("_", "-")
+        return str(code)
 
 
 class BadMessage(ProtocolError):
@@ -543,6 +560,32 @@ def _hand(letters: str) -> str:
 # =============================================================================
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_asset(name: str) -> bytes:
+    """The bytes of ``web/<name>``, from the source tree or from inside the zipapp.
+
+    In a bundle (``spelltraction.py bundle``) this module is imported from
+    the .pyz by ``zipimport``, so ``web/`` is not a directory on disk; the
+    module's loader reads it either way (``get_data`` takes the path with
+    the archive as a prefix). ``name`` is relative to ``web/``; a name that
+    would leave it raises ValueError, a missing one FileNotFoundError.
+    """
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise ValueError(f"bad asset name {name!r}")
+    path = os.path.join(_HERE, "web", *parts)
+    get_data = getattr(globals().get("__loader__"), "get_data", None)
+    try:
+        if get_data is not None:
+            return bytes(get_data(path))
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise FileNotFoundError(f"no asset web/{name}") from exc
+
+
 def rss_kb() -> int:
     """Resident set size from /proc/self/statm (0 where there is no /proc)."""
     try:
@@ -562,6 +605,7 @@ class ServerOptions(NamedTuple):
     seed: Optional[int] = None
     max_output: int = 64 << 10  # queued bytes past which a client is too slow
     shutdown_grace: float = 1.5  # seconds to flush goodbyes on SIGTERM
+    churn_every: float = 5.0  # seconds between connection-churn log summaries
     stats_out: str = ""  # write final figures here as JSON on exit (benchmarks)
 
 
@@ -598,19 +642,33 @@ class GameServer(Handler):
         self.msg_counts: Dict[int, int] = {}  # messages this tick, per fd (flood check)
         self.errors_sent: Dict[int, int] = {}
         self.shutting_down = False
+        self.churn = ChurnReporter(self.net.stats, log)
+        self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each churn report
+        self._report_timer: Any = None
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> List[Tuple[str, int]]:
         addresses = self.net.listen()
         self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
+        self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
+
+    def report(self) -> None:
+        """Every few seconds: one log line of connection churn, and suppressed warnings."""
+        self.churn.report()
+        if self.log_limiter is not None:
+            self.log_limiter.flush(log)
+        if not self.shutting_down:
+            self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
 
     def shutdown(self) -> None:
         """Stop accepting, say goodbye to everyone, flush, stop the loop."""
         if self.shutting_down:
             return
         self.shutting_down = True
+        if self._report_timer is not None:
+            self._report_timer.cancel()
         self.net.stop_accepting()
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
@@ -689,7 +747,7 @@ class GameServer(Handler):
 
     def reject(self, conn: Connection, code: int, text: str, reason: str = "protocol-error") -> None:
         """Tell the client what it did wrong, then close it. Others play on."""
-        log.info("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
+        log.debug("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
         self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
         if conn.write(error_frame(code, text)):
             conn.close_after_flush(reason, text)
@@ -747,6 +805,91 @@ class GameServer(Handler):
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
+        }
+
+    # -- watching it: /metrics, /stats.json ---------------------------------
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition served at ``GET /metrics``.
+
+        Reads counters the hot path keeps anyway; costs one pass over a few
+        dozen numbers and a few /proc reads, whenever a scraper asks.
+        """
+        exp = Exposition()
+        exp.family("spelltraction_build_info", "gauge", "The running server's version.",
+                   [({"version": __version__, "protocol": str(PROTOCOL_VERSION)}, 1)])
+        add_net_stats(exp, self.net.stats, "spelltraction", self.net.config.max_connections)
+        if self.ticker is not None:
+            add_tick_stats(exp, self.ticker, "spelltraction")
+        game = self.game
+        exp.gauge("spelltraction_players", "Players in the game (connections past HELLO).",
+                  len(game.players))
+        exp.gauge("spelltraction_pending_hellos", "Connections that have not sent HELLO yet.",
+                  len(self.pending))
+        exp.counter("spelltraction_letters_scored_total",
+                    "Letters scored (the attractor held a cell long enough).",
+                    game.letters_scored)
+        exp.counter("spelltraction_moves_accepted_total", "MOVE messages applied.",
+                    game.moves_accepted)
+        exp.counter("spelltraction_moves_rate_limited_total",
+                    "MOVE messages dropped by the per-player move bucket.", game.moves_limited)
+        exp.labelled("spelltraction_errors_sent_total", "counter",
+                     "ERROR messages sent to clients, by code.", "code",
+                     {ErrorCode.name_of(code): n for code, n in self.errors_sent.items()})
+        add_process_stats(exp)
+        return exp.text()
+
+    def stats_snapshot(self) -> Dict[str, Any]:
+        """Figures for the live page (``GET /stats.json``), polled every second.
+
+        Totals, not rates: the page divides differences by the time between
+        snapshots, so a missed poll costs no accuracy.
+        """
+        net = self.net.stats
+        proc = process_stats()
+        tick: Dict[str, Any] = {}
+        if self.ticker is not None:
+            t = self.ticker
+            tick = {
+                "period_s": t.period, "fired": t.fired, "late": t.late, "skipped": t.skipped,
+                "duration_sum_s": t.duration_hist.sum, "duration_count": t.duration_hist.count,
+                "duration_p99_s": t.recent_duration.percentile(99),
+                "lateness_p99_s": t.recent_lateness.percentile(99),
+                "lateness_max_s": t.max_lateness,
+            }
+        return {
+            "version": __version__,
+            "time": time.time(),
+            "uptime_s": time.time() - self.started,
+            "connections": net.connections,
+            "max_clients": self.net.config.max_connections,
+            "players": len(self.game.players),
+            "accepted": net.accepted,
+            "closed": net.closed,
+            "closed_by_reason": dict(net.closed_by_reason),
+            "bytes_in": net.bytes_in,
+            "bytes_out": net.bytes_out,
+            "frames_in": net.frames_in,
+            "frames_out": net.frames_out,
+            "queued_out_bytes": net.queued_out_bytes,
+            "slow_consumers": net.slow_consumers,
+            "letters_scored": self.game.letters_scored,
+            "game_tick": self.game.tick,
+            "rss_bytes": proc.rss_bytes,
+            "cpu_seconds": proc.cpu_seconds,
+            "open_fds": proc.open_fds,
+            "tick": tick,
+        }
+
+    def stats_json(self) -> bytes:
+        return json.dumps(self.stats_snapshot(), separators=(",", ":")).encode()
+
+    def ops_routes(self) -> Dict[str, Tuple[str, Callable[[], bytes]]]:
+        """``path -> (content type, body maker)`` for the HTTP side to serve on GET."""
+        return {
+            "/metrics": (METRICS_CONTENT_TYPE, lambda: self.metrics_text().encode()),
+            "/stats": ("text/html; charset=utf-8", lambda: read_asset("stats.html")),
+            "/stats.json": ("application/json", self.stats_json),
         }
 
     def _update_stats_frame(self) -> None:
@@ -812,7 +955,48 @@ def raise_nofile_limit() -> Tuple[int, int]:
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 
 
-def serve(opts: ServerOptions) -> int:
+class ShutdownSignals:
+    """SIGTERM/SIGINT: the first shuts down gracefully, a second one kills at once.
+
+    The first is handled from the loop (``GameServer.shutdown``: stop
+    accepting, goodbye frame to everyone, flush for up to ``shutdown_grace``
+    seconds, exit 0). It also swaps the Python-level handler for one that
+    restores the default action and re-sends the signal, so a second signal
+    ends the process by that signal (status 128+N in a shell, as if there
+    were no handler) even if the loop is busy, without waiting for flushes.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, loop: EventLoop, server: GameServer) -> None:
+        self.loop = loop
+        self.server = server
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self.loop.add_signal_handler(sig, self.on_signal)
+
+    def on_signal(self, signum: int) -> None:
+        if self.server.shutting_down:  # both arrived before the loop read either
+            _die_by_signal(signum, None)
+            return
+        log.info("%s: shutting down (a second signal exits at once)",
+                 signal.Signals(signum).name)
+        for sig in self.SIGNALS:
+            signal.signal(sig, _die_by_signal)
+        self.server.shutdown()
+
+
+def _die_by_signal(signum: int, frame: Any) -> None:
+    """End the process now, by ``signum`` itself: no flushing, no cleanup."""
+    try:
+        log.warning("second signal (%s): exiting at once", signal.Signals(signum).name)
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
     soft, hard = raise_nofile_limit()
     capacity = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else opts.max_clients
     if capacity < opts.max_clients:
@@ -825,6 +1009,7 @@ def serve(opts: ServerOptions) -> int:
         opts = opts._replace(max_clients=max(capacity, 0))
     loop = EventLoop()
     server = GameServer(loop, opts)
+    server.log_limiter = log_limiter
     try:
         addresses = server.start()
     except OSError as exc:
@@ -835,21 +1020,15 @@ def serve(opts: ServerOptions) -> int:
     print(f"max {opts.max_clients} clients, tick {opts.tick_ms} ms, open-files limit {soft}; "
           "Ctrl-C stops", flush=True)
 
-    def on_signal(signum: int) -> None:
-        if server.shutting_down:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            loop.stop()
-            return
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        server.shutdown()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    ShutdownSignals(loop, server).install()
     try:
         loop.run()
     finally:
         server.net.close(CloseReason.SHUTDOWN)
         loop.close()
+    server.churn.report()
+    if log_limiter is not None:
+        log_limiter.flush(log, force=True)
     print(f"stopped after {server.game.tick} ticks; {server.net.stats.accepted} connections "
           f"served, {server.game.letters_scored} letters scored", flush=True)
     if opts.stats_out:
@@ -1369,12 +1548,22 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
 # =============================================================================
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> RateLimitFilter:
+    """Log to stderr, one line per event (``fmt`` "json": one JSON object per line).
+
+    Returns the filter that rate-limits repeated warnings, so the server can
+    report what it held back.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    limiter = RateLimitFilter()
+    handler.addFilter(limiter)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    return limiter
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1397,6 +1586,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="connection limit; more are told 'server full' (default 15000)")
     sp.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
     sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sp.add_argument("--log-format", default="text", choices=["text", "json"],
+                    help="text lines, or one JSON object per line (default text)")
     sp.add_argument("--stats-out", default="", metavar="FILE",
                     help="on exit, write the final figures to FILE as JSON")
 
@@ -1418,9 +1609,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     bp.add_argument("--json", action="store_true", help="end with one line of JSON figures")
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
+    bp.add_argument("--log-format", default="text", choices=["text", "json"])
 
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    limiter = _setup_logging(args.log_level, args.log_format)
     if args.command == "bots":
         if args.count < 1:
             parser.error("--count must be at least 1")
@@ -1439,7 +1631,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--max-clients must be at least 1")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
-                               stats_out=args.stats_out))
+                               stats_out=args.stats_out), limiter)
 
 
 if __name__ == "__main__":
