@@ -1544,6 +1544,390 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
 
 
 # =============================================================================
+# Operations: doctor (can this host hold N clients?) and bundle (one file).
+# =============================================================================
+
+OK, WARN, BLOCK = "ok", "warn", "block"
+SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
+LIMITS_FILE = "/etc/security/limits.d/spelltraction.conf"
+UNIT_FILE = "/etc/systemd/system/spelltraction.service"
+
+# Memory budgets per client connection behind doctor's estimates. Measured on
+# a 2-core Linux 6.x box: this server ~0.7 KB of RSS per player, the kernel
+# ~5 KB of slab per TCP socket; buffers hold a tick or two of frames.
+USER_BYTES_PER_CLIENT = 2048
+KERNEL_BYTES_PER_SOCKET = 6144
+BUFFER_BYTES_PER_SOCKET = 4096
+BASE_BYTES = 64 << 20  # the interpreter, the game, headroom
+
+
+class Fix(NamedTuple):
+    where: str  # the file or place the line goes
+    line: str  # the exact line
+
+
+class Check(NamedTuple):
+    """One thing doctor looked at: what it is, what is needed, and how to fix it."""
+
+    name: str
+    status: str  # OK, WARN (works, degraded) or BLOCK (N clients will not fit)
+    current: str
+    needed: str
+    why: str = ""
+    fixes: Tuple[Fix, ...] = ()
+
+
+class HostFacts(NamedTuple):
+    """What doctor reads: kernel settings, this process's limits, free memory."""
+
+    nofile_soft: int  # -1: unlimited
+    nofile_hard: int
+    can_raise_hard: bool  # may this process raise its hard RLIMIT_NOFILE?
+    sysctl: Dict[str, Optional[str]]  # "fs.nr_open" -> "1048576" (None: unreadable)
+    mem_available_kb: Optional[int]
+    page_size: int
+
+
+DOCTOR_SYSCTLS = (
+    "fs.file-max", "fs.file-nr", "fs.nr_open", "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_syncookies", "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_mem", "net.ipv4.tcp_max_tw_buckets", "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_count",
+)
+
+
+def read_sysctl(key: str, root: str = "/") -> Optional[str]:
+    """``/proc/sys/<key with dots as slashes>`` under ``root``; None if absent."""
+    path = os.path.join(root, "proc", "sys", *key.split("."))
+    try:
+        with open(path) as f:
+            return " ".join(f.read().split())
+    except OSError:
+        return None
+
+
+def _nofile() -> Tuple[int, int]:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _may_raise_nofile_hard(target: int) -> bool:
+    """Try to raise this process's hard limit to ``target``, then put it back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= target:
+        return True
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, target))
+    except (ValueError, OSError):
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # lowering is always allowed
+    return True
+
+
+def read_host_facts(root: str = "/", clients: int = 0,
+                    rlimit: Callable[[], Tuple[int, int]] = _nofile,
+                    may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> HostFacts:
+    """Everything doctor checks, from ``root``/proc (a fake tree in tests)."""
+    soft, hard = rlimit()
+    inf = resource.RLIM_INFINITY
+    mem: Optional[int] = None
+    try:
+        with open(os.path.join(root, "proc", "meminfo")) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    mem = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return HostFacts(
+        nofile_soft=-1 if soft == inf else soft,
+        nofile_hard=-1 if hard == inf else hard,
+        can_raise_hard=may_raise(clients + FD_RESERVE),
+        sysctl={key: read_sysctl(key, root) for key in DOCTOR_SYSCTLS},
+        mem_available_kb=mem,
+        page_size=os.sysconf("SC_PAGE_SIZE"),
+    )
+
+
+def _ints(value: Optional[str]) -> Optional[List[int]]:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split()]
+    except ValueError:
+        return None
+
+
+def _nice_limit(needed: int) -> int:
+    """A round limit to recommend: a power of two, at least 65536."""
+    limit = 65536
+    while limit < needed:
+        limit *= 2
+    return limit
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"
+
+
+def _unreadable(name: str, key: str) -> Check:
+    return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
+
+
+def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
+    """What will and will not let ``clients`` connect to one server process."""
+    fds = clients + FD_RESERVE
+    checks = [_check_nofile(facts, clients)]
+    sysctl = facts.sysctl
+
+    nr_open = _ints(sysctl["fs.nr_open"])
+    if nr_open is None:
+        checks.append(_unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open"))
+    else:
+        ok = nr_open[0] >= fds
+        checks.append(Check(
+            "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
+            str(nr_open[0]), f">= {fds}",
+            "" if ok else "LimitNOFILE= and limits.d values above this are refused",
+            () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),)))
+
+    file_max, file_nr = _ints(sysctl["fs.file-max"]), _ints(sysctl["fs.file-nr"])
+    if file_max is None:
+        checks.append(_unreadable("fs.file-max (open files, whole system)", "fs.file-max"))
+    else:
+        in_use = file_nr[0] if file_nr else 0
+        want = fds + in_use
+        ok = file_max[0] >= want
+        checks.append(Check(
+            "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
+            f">= {want} ({fds} + {in_use} open now)",
+            "bots on the same host need as many again" if ok else
+            "the kernel refuses new sockets system-wide (ENFILE) past this",
+            () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),)))
+
+    storm = min(backlog, clients)
+    somaxconn = _ints(sysctl["net.core.somaxconn"])
+    if somaxconn is None:
+        checks.append(_unreadable("net.core.somaxconn", "net.core.somaxconn"))
+    else:
+        ok = somaxconn[0] >= storm
+        checks.append(Check(
+            "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
+            str(somaxconn[0]), f">= {storm}",
+            "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+            "overflows the queue and clients wait 1-3 s to retry their SYN",
+            () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),)))
+
+    syn = _ints(sysctl["net.ipv4.tcp_max_syn_backlog"])
+    cookies = _ints(sysctl["net.ipv4.tcp_syncookies"])
+    if syn is None:
+        checks.append(_unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog"))
+    else:
+        ok = syn[0] >= storm
+        on = bool(cookies and cookies[0])
+        checks.append(Check(
+            "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
+            str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
+            "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
+                           if on else "past it, SYNs are dropped and clients retry later"),
+            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),)))
+
+    ports = _ints(sysctl["net.ipv4.ip_local_port_range"])
+    if ports is None or len(ports) != 2:
+        checks.append(_unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range"))
+    else:
+        span = ports[1] - ports[0] + 1
+        ok = span >= clients
+        why = ("one source address can open at most this many connections to one server "
+               "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
+               "port (one upstream connection per client)")
+        if not ok and clients > 65535 - 10000 + 1:
+            why += ("; the widest useful range still gives one address ~55,000 ports: above "
+                    "that use several source addresses (127.0.0.2, ...) or hosts")
+        checks.append(Check(
+            "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
+            f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
+            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),)))
+
+    tcp_mem = _ints(sysctl["net.ipv4.tcp_mem"])
+    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // facts.page_size)
+    if tcp_mem is None or len(tcp_mem) != 3:
+        checks.append(_unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem"))
+    else:
+        low, pressure, high = tcp_mem
+        status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
+        page = facts.page_size
+        checks.append(Check(
+            "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
+            f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
+            f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
+            f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
+            "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
+            "past max, sends fail and connections are dropped",
+            () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
+                                                      f"{max(pressure, 2 * need_pages)} "
+                                                      f"{max(high, 3 * need_pages)}"),)))
+
+    if facts.mem_available_kb is None:
+        checks.append(Check("memory available", WARN, "unreadable", "-",
+                            "could not read MemAvailable from /proc/meminfo"))
+    else:
+        per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
+        need = BASE_BYTES + clients * per_client
+        have = facts.mem_available_kb * 1024
+        ok = have >= need
+        checks.append(Check(
+            "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
+            f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
+            "" if ok else "no setting fixes this: a bigger host, or fewer clients per host"))
+
+    tw = _ints(sysctl["net.ipv4.tcp_max_tw_buckets"])
+    if tw is not None:
+        ok = tw[0] >= clients
+        checks.append(Check(
+            "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
+            str(tw[0]), f">= {clients}",
+            "" if ok else "a shutdown closes every connection from our side; past this the "
+            "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
+            () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
+                                            f"{_nice_limit(clients)}"),)))
+
+    conntrack = _ints(sysctl["net.netfilter.nf_conntrack_max"])
+    if conntrack is not None:  # only when connection tracking (a firewall, NAT) is loaded
+        count = _ints(sysctl["net.netfilter.nf_conntrack_count"])
+        in_use = count[0] if count else 0
+        want = clients + in_use
+        ok = conntrack[0] >= want
+        checks.append(Check(
+            "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
+            str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
+            "" if ok else "when the table is full the kernel silently drops new connections "
+            "('nf_conntrack: table full, dropping packet' in dmesg)",
+            () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
+                                            f"{_nice_limit(2 * want)}"),)))
+    return checks
+
+
+def _check_nofile(facts: HostFacts, clients: int) -> Check:
+    name = "open files per process (RLIMIT_NOFILE)"
+    fds = clients + FD_RESERVE
+    soft, hard = facts.nofile_soft, facts.nofile_hard
+    current = f"soft {'unlimited' if soft < 0 else soft}, hard {'unlimited' if hard < 0 else hard}"
+    needed = f">= {fds} ({clients} clients + {FD_RESERVE} spare)"
+    if hard < 0 or hard >= fds:
+        why = ""
+        if 0 <= soft < fds:
+            why = "the server raises its soft limit to the hard limit when it starts"
+        return Check(name, OK, current, needed, why)
+    limit = _nice_limit(fds)
+    nr_open = _ints(facts.sysctl.get("fs.nr_open"))
+    if nr_open and fds <= nr_open[0] < limit:
+        limit = nr_open[0]  # a limit above fs.nr_open is refused
+    fixes: Tuple[Fix, ...] = (
+        Fix(UNIT_FILE + ", [Service]", f"LimitNOFILE={limit}"),
+        Fix(LIMITS_FILE, f"spelltraction  hard  nofile  {limit}"),
+        Fix(LIMITS_FILE, f"spelltraction  soft  nofile  {limit}"),
+    )
+    per_process = max(hard - FD_RESERVE, 0)
+    processes = -(-clients // per_process) if per_process else 0
+    spread = (f"one process holds at most {per_process} clients here: spread them over "
+              f"{processes} server processes, each on its own --port with --max-clients "
+              f"{per_process} (each is its own game)" if per_process else "")
+    if facts.can_raise_hard:
+        why = (f"The hard limit is {hard}. Raise it where the server is started, with one "
+               "of the lines below.")
+        fixes = (Fix("the shell that starts the server, as root", f"ulimit -n {limit}"),) + fixes
+        return Check(name, BLOCK, current, needed, why, fixes)
+    why = (f"The hard limit is {hard} and cannot be raised from here: this process may not "
+           "raise it (no CAP_SYS_RESOURCE, as in most containers; even root is refused).")
+    if spread:
+        why += f"\nSo {spread}."
+        why += "\nOr run it on another host"
+    else:
+        why += "\nRun it on another host"
+    why += (f", or in a container started with a higher limit (docker run --ulimit "
+            f"nofile={limit}:{limit}), using the lines below.")
+    return Check(name, BLOCK, current, needed, why, fixes)
+
+
+def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
+                        out: IO[str]) -> None:
+    w = out.write
+    w(f"SpellTraction doctor: {clients} clients in one server process on this host?\n")
+    w("(read from /proc/sys and the limits of this shell; under systemd the unit's "
+      "LimitNOFILE= applies instead)\n\n")
+    import textwrap
+
+    label = {OK: "  ok ", WARN: " WARN", BLOCK: "BLOCK"}
+    for c in checks:
+        w(f"[{label[c.status]}] {c.name}\n{'':8}now {c.current}; needs {c.needed}\n")
+        for para in c.why.splitlines():
+            w(textwrap.fill(para, 96, initial_indent=" " * 8, subsequent_indent=" " * 10) + "\n")
+        for fix in c.fixes:
+            w(f"{'':8}fix: {fix.line}\n{'':13}(in {fix.where})\n")
+    blocks = [c for c in checks if c.status == BLOCK]
+    warns = [c for c in checks if c.status == WARN]
+    w("\n")
+    wheres = {f.where for c in checks for f in c.fixes}
+    if any(where.startswith(SYSCTL_FILE) for where in wheres):
+        w(f"sysctl lines: add them to {SYSCTL_FILE} (see etc/sysctl.d/ in the source), "
+          "then run: sysctl --system\n")
+    if any(where.startswith(UNIT_FILE) for where in wheres):
+        w("unit lines: systemctl daemon-reload && systemctl restart spelltraction\n")
+    if blocks:
+        w(f"verdict: BLOCKED: {len(blocks)} check(s) stop {clients} clients "
+          f"({', '.join(c.name.split(' (')[0] for c in blocks)}).\n")
+    elif warns:
+        w(f"verdict: OK for {clients} clients, with {len(warns)} warning(s) above.\n")
+    else:
+        w(f"verdict: OK for {clients} clients.\n")
+
+
+def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = False,
+               root: str = "/", rlimit: Callable[[], Tuple[int, int]] = _nofile,
+               may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> int:
+    """Print the report; 1 if anything blocks ``clients``, else 0."""
+    out = out if out is not None else sys.stdout
+    facts = read_host_facts(root, clients, rlimit, may_raise)
+    checks = doctor_checks(facts, clients)
+    if as_json:
+        out.write(json.dumps({"clients": clients, "checks": [
+            dict(c._asdict(), fixes=[f._asdict() for f in c.fixes]) for c in checks
+        ], "blocked": any(c.status == BLOCK for c in checks)}, indent=1) + "\n")
+    else:
+        print_doctor_report(checks, clients, facts, out)
+    return 1 if any(c.status == BLOCK for c in checks) else 0
+
+
+def build_bundle(output: str, source: str = _HERE) -> List[str]:
+    """Write a zipapp of the game, netcore and web/ to ``output``; returns its members.
+
+    Run it with ``python3 spelltraction.pyz [serve|bots|doctor] ...``: the
+    one file to copy to an embedded or ARM box (stdlib only, any Python 3.8+).
+    """
+    import shutil
+    import tempfile
+    import zipapp
+
+    with tempfile.TemporaryDirectory() as stage:
+        shutil.copy2(os.path.join(source, "spelltraction.py"), stage)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+        shutil.copytree(os.path.join(source, "netcore"), os.path.join(stage, "netcore"),
+                        ignore=ignore)
+        web = os.path.join(source, "web")
+        if os.path.isdir(web):
+            shutil.copytree(web, os.path.join(stage, "web"), ignore=ignore)
+        with open(os.path.join(stage, "__main__.py"), "w") as f:
+            f.write("import sys\nimport spelltraction\n\nsys.exit(spelltraction.main())\n")
+        parent = os.path.dirname(os.path.abspath(output))
+        os.makedirs(parent, exist_ok=True)
+        zipapp.create_archive(stage, output, interpreter="/usr/bin/env python3",
+                              compressed=True)
+    import zipfile
+
+    with zipfile.ZipFile(output) as z:
+        return sorted(z.namelist())
+
+
+# =============================================================================
 # CLI
 # =============================================================================
 
@@ -1568,7 +1952,7 @@ def _setup_logging(level: str, fmt: str = "text") -> RateLimitFilter:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "bots", "-h", "--help", "--version"}
+    commands = {"serve", "bots", "doctor", "bundle", "-h", "--help", "--version"}
     if not argv or argv[0] not in commands:
         argv.insert(0, "serve")
     parser = argparse.ArgumentParser(
@@ -1611,7 +1995,29 @@ def main(argv: Optional[List[str]] = None) -> int:
                     choices=["debug", "info", "warning", "error"])
     bp.add_argument("--log-format", default="text", choices=["text", "json"])
 
+    dp = sub.add_parser("doctor", help="check this host's kernel and limits for N clients")
+    dp.add_argument("--clients", type=int, default=ServerOptions().max_clients,
+                    help="clients one server process should hold (default: the server's "
+                         "default --max-clients, 15000)")
+    dp.add_argument("--json", action="store_true", help="the checks as JSON")
+    dp.add_argument("--root", default="/", help="read proc/ under this directory instead of "
+                    "/ (a fake tree, for tests); the open-files limit is still this process's")
+
+    zp = sub.add_parser("bundle", help="build a single-file zipapp of the game")
+    zp.add_argument("-o", "--output", default=os.path.join("dist", "spelltraction.pyz"),
+                    help="where to write it (default dist/spelltraction.pyz)")
+
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        if args.clients < 1:
+            parser.error("--clients must be at least 1")
+        return run_doctor(args.clients, as_json=args.json, root=args.root)
+    if args.command == "bundle":
+        members = build_bundle(args.output)
+        size = os.path.getsize(args.output)
+        print(f"wrote {args.output}: {size} bytes, {len(members)} files; "
+              f"run it with: python3 {args.output} --port {DEFAULT_PORT}")
+        return 0
     limiter = _setup_logging(args.log_level, args.log_format)
     if args.command == "bots":
         if args.count < 1:
