@@ -1015,12 +1015,13 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
         return 2
+    # Before saying "listening": a SIGTERM right after must find the handlers.
+    ShutdownSignals(loop, server).install()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
     print(f"max {opts.max_clients} clients, tick {opts.tick_ms} ms, open-files limit {soft}; "
           "Ctrl-C stops", flush=True)
 
-    ShutdownSignals(loop, server).install()
     try:
         loop.run()
     finally:
