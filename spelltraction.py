@@ -575,8 +575,14 @@ def read_asset(name: str) -> bytes:
     parts = name.split("/")
     if not name or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
         raise ValueError(f"bad asset name {name!r}")
-    path = os.path.join(_HERE, "web", *parts)
-    get_data = getattr(globals().get("__loader__"), "get_data", None)
+    loader = globals().get("__loader__")
+    archive = getattr(loader, "archive", None)  # set by zipimport
+    if archive is not None:  # the archive path exactly as zipimport knows it
+        base = os.path.join(archive, getattr(loader, "prefix", ""))
+    else:
+        base = _HERE
+    path = os.path.join(base, "web", *parts)
+    get_data = getattr(loader, "get_data", None)
     try:
         if get_data is not None:
             return bytes(get_data(path))
@@ -1908,6 +1914,8 @@ def build_bundle(output: str, source: str = _HERE) -> List[str]:
     import tempfile
     import zipapp
 
+    if not os.path.isfile(os.path.join(source, "spelltraction.py")):
+        raise FileNotFoundError(f"bundle builds from the source tree; {source} is not one")
     with tempfile.TemporaryDirectory() as stage:
         shutil.copy2(os.path.join(source, "spelltraction.py"), stage)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
