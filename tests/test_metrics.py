@@ -88,6 +88,7 @@ def test_process_stats_are_this_process():
     times = os.times()
     assert 0 < ps.cpu_seconds <= times.user + times.system + 0.01
     assert ps.open_fds == len(os.listdir("/proc/self/fd")) - 1
+    assert process_stats(count_fds=False).open_fds is None  # the per-second path skips it
     assert ps.start_time is not None and 0 < time.time() - ps.start_time < 24 * 3600
     samples, types = parse(Exposition().text() + _process_text(ps))
     assert value(samples, "process_resident_memory_bytes") == ps.rss_bytes
