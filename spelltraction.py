@@ -8,10 +8,12 @@ ActionScript process; this is the same game in Python, standard library
 only, server-authoritative, and built so the bytes per player per tick stay
 bounded however many play.
 
-One file, read top-down: protocol -> rules -> server -> bots -> clients -> CLI.
+One file, read top-down: protocol -> rules -> server -> bots -> clients -> operations -> CLI.
 
     python3 spelltraction.py                    # serve on 0.0.0.0:12150
     python3 spelltraction.py bots --count 2000  # load-test it
+    python3 spelltraction.py doctor --clients 50000  # can this host hold them?
+    python3 spelltraction.py bundle             # dist/spelltraction.pyz, one file to copy
 """
 
 from __future__ import annotations
