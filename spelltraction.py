@@ -8,11 +8,13 @@ ActionScript process; this is the same game in Python, standard library
 only, server-authoritative, and built so the bytes per player per tick stay
 bounded however many play.
 
-One file, read top-down: protocol -> rules -> server -> bots -> clients -> CLI.
+One file, read top-down: protocol -> rules -> server -> bots -> clients -> operations -> CLI.
 
     python3 spelltraction.py                    # serve on 0.0.0.0:12150
     python3 spelltraction.py bots --count 2000  # load-test it
     python3 spelltraction.py client             # play it, in a window
+    python3 spelltraction.py doctor --clients 50000  # can this host hold them?
+    python3 spelltraction.py bundle             # dist/spelltraction.pyz, one file to copy
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ from netcore import (
     TCPServer,
     Tick,
     encode_frame,
+)
+from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
+from netcore.metrics import (
+    CONTENT_TYPE as METRICS_CONTENT_TYPE,
+    Exposition,
+    add_net_stats,
+    add_process_stats,
+    add_tick_stats,
+    process_stats,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +106,14 @@ class ErrorCode:
     FLOOD = 5
     HELLO_TIMEOUT = 6
     BAD_FRAME = 7
+
+    @classmethod
+    def name_of(cls, code: int) -> str:
+        """``FLOOD`` -> ``"flood"``: the label metrics use."""
+        for name, value in vars(cls).items():
+            if value == code and name.isupper():
+                return name.lower().replace("_", "-")
+        return str(code)
 
 
 class BadMessage(ProtocolError):
@@ -553,6 +572,38 @@ def _hand(letters: str) -> str:
 # =============================================================================
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_asset(name: str) -> bytes:
+    """The bytes of ``web/<name>``, from the source tree or from inside the zipapp.
+
+    In a bundle (``spelltraction.py bundle``) this module is imported from
+    the .pyz by ``zipimport``, so ``web/`` is not a directory on disk; the
+    module's loader reads it either way (``get_data`` takes the path with
+    the archive as a prefix). ``name`` is relative to ``web/``; a name that
+    would leave it raises ValueError, a missing one FileNotFoundError.
+    """
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise ValueError(f"bad asset name {name!r}")
+    loader = globals().get("__loader__")
+    archive = getattr(loader, "archive", None)  # set by zipimport
+    if archive is not None:  # the archive path exactly as zipimport knows it
+        base = os.path.join(archive, getattr(loader, "prefix", ""))
+    else:
+        base = _HERE
+    path = os.path.join(base, "web", *parts)
+    get_data = getattr(loader, "get_data", None)
+    try:
+        if get_data is not None:
+            return bytes(get_data(path))
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise FileNotFoundError(f"no asset web/{name}") from exc
+
+
 def rss_kb() -> int:
     """Resident set size from /proc/self/statm (0 where there is no /proc)."""
     try:
@@ -572,6 +623,7 @@ class ServerOptions(NamedTuple):
     seed: Optional[int] = None
     max_output: int = 64 << 10  # queued bytes past which a client is too slow
     shutdown_grace: float = 1.5  # seconds to flush goodbyes on SIGTERM
+    churn_every: float = 5.0  # seconds between connection-churn log summaries
     stats_out: str = ""  # write final figures here as JSON on exit (benchmarks)
 
 
@@ -608,19 +660,33 @@ class GameServer(Handler):
         self.msg_counts: Dict[int, int] = {}  # messages this tick, per fd (flood check)
         self.errors_sent: Dict[int, int] = {}
         self.shutting_down = False
+        self.churn = ChurnReporter(self.net.stats, log)
+        self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each churn report
+        self._report_timer: Any = None
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> List[Tuple[str, int]]:
         addresses = self.net.listen()
         self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
+        self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
+
+    def report(self) -> None:
+        """Every few seconds: one log line of connection churn, and suppressed warnings."""
+        self.churn.report()
+        if self.log_limiter is not None:
+            self.log_limiter.flush(log)
+        if not self.shutting_down:
+            self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
 
     def shutdown(self) -> None:
         """Stop accepting, say goodbye to everyone, flush, stop the loop."""
         if self.shutting_down:
             return
         self.shutting_down = True
+        if self._report_timer is not None:
+            self._report_timer.cancel()
         self.net.stop_accepting()
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
@@ -699,7 +765,7 @@ class GameServer(Handler):
 
     def reject(self, conn: Connection, code: int, text: str, reason: str = "protocol-error") -> None:
         """Tell the client what it did wrong, then close it. Others play on."""
-        log.info("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
+        log.debug("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
         self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
         if conn.write(error_frame(code, text)):
             conn.close_after_flush(reason, text)
@@ -757,6 +823,90 @@ class GameServer(Handler):
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
+        }
+
+    # -- watching it: /metrics, /stats.json ---------------------------------
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition served at ``GET /metrics``.
+
+        Reads counters the hot path keeps anyway; costs one pass over a few
+        dozen numbers and a few /proc reads, whenever a scraper asks.
+        """
+        exp = Exposition()
+        exp.family("spelltraction_build_info", "gauge", "The running server's version.",
+                   [({"version": __version__, "protocol": str(PROTOCOL_VERSION)}, 1)])
+        add_net_stats(exp, self.net.stats, "spelltraction", self.net.config.max_connections)
+        if self.ticker is not None:
+            add_tick_stats(exp, self.ticker, "spelltraction")
+        game = self.game
+        exp.gauge("spelltraction_players", "Players in the game (connections past HELLO).",
+                  len(game.players))
+        exp.gauge("spelltraction_pending_hellos", "Connections that have not sent HELLO yet.",
+                  len(self.pending))
+        exp.counter("spelltraction_letters_scored_total",
+                    "Letters scored (the attractor held a cell long enough).",
+                    game.letters_scored)
+        exp.counter("spelltraction_moves_accepted_total", "MOVE messages applied.",
+                    game.moves_accepted)
+        exp.counter("spelltraction_moves_rate_limited_total",
+                    "MOVE messages dropped by the per-player move bucket.", game.moves_limited)
+        exp.labelled("spelltraction_errors_sent_total", "counter",
+                     "ERROR messages sent to clients, by code.", "code",
+                     {ErrorCode.name_of(code): n for code, n in self.errors_sent.items()})
+        add_process_stats(exp)
+        return exp.text()
+
+    def stats_snapshot(self) -> Dict[str, Any]:
+        """Figures for the live page (``GET /stats.json``), polled every second.
+
+        Totals, not rates: the page divides differences by the time between
+        snapshots, so a missed poll costs no accuracy.
+        """
+        net = self.net.stats
+        proc = process_stats(count_fds=False)  # polled every second: skip the fd listdir
+        tick: Dict[str, Any] = {}
+        if self.ticker is not None:
+            t = self.ticker
+            tick = {
+                "period_s": t.period, "fired": t.fired, "late": t.late, "skipped": t.skipped,
+                "duration_sum_s": t.duration_hist.sum, "duration_count": t.duration_hist.count,
+                "duration_p99_s": t.recent_duration.percentile(99),
+                "lateness_p99_s": t.recent_lateness.percentile(99),
+                "lateness_max_s": t.max_lateness,
+            }
+        return {
+            "version": __version__,
+            "time": time.time(),
+            "uptime_s": time.time() - self.started,
+            "connections": net.connections,
+            "max_clients": self.net.config.max_connections,
+            "players": len(self.game.players),
+            "accepted": net.accepted,
+            "closed": net.closed,
+            "closed_by_reason": dict(net.closed_by_reason),
+            "bytes_in": net.bytes_in,
+            "bytes_out": net.bytes_out,
+            "frames_in": net.frames_in,
+            "frames_out": net.frames_out,
+            "queued_out_bytes": net.queued_out_bytes,
+            "slow_consumers": net.slow_consumers,
+            "letters_scored": self.game.letters_scored,
+            "game_tick": self.game.tick,
+            "rss_bytes": proc.rss_bytes,
+            "cpu_seconds": proc.cpu_seconds,
+            "tick": tick,
+        }
+
+    def stats_json(self) -> bytes:
+        return json.dumps(self.stats_snapshot(), separators=(",", ":")).encode()
+
+    def ops_routes(self) -> Dict[str, Tuple[str, Callable[[], bytes]]]:
+        """``path -> (content type, body maker)`` for the HTTP side to serve on GET."""
+        return {
+            "/metrics": (METRICS_CONTENT_TYPE, lambda: self.metrics_text().encode()),
+            "/stats": ("text/html; charset=utf-8", lambda: read_asset("stats.html")),
+            "/stats.json": ("application/json", self.stats_json),
         }
 
     def _update_stats_frame(self) -> None:
@@ -822,7 +972,48 @@ def raise_nofile_limit() -> Tuple[int, int]:
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 
 
-def serve(opts: ServerOptions) -> int:
+class ShutdownSignals:
+    """SIGTERM/SIGINT: the first shuts down gracefully, a second one kills at once.
+
+    The first is handled from the loop (``GameServer.shutdown``: stop
+    accepting, goodbye frame to everyone, flush for up to ``shutdown_grace``
+    seconds, exit 0). It also swaps the Python-level handler for one that
+    restores the default action and re-sends the signal, so a second signal
+    ends the process by that signal (status 128+N in a shell, as if there
+    were no handler) even if the loop is busy, without waiting for flushes.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, loop: EventLoop, server: GameServer) -> None:
+        self.loop = loop
+        self.server = server
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self.loop.add_signal_handler(sig, self.on_signal)
+
+    def on_signal(self, signum: int) -> None:
+        if self.server.shutting_down:  # both arrived before the loop read either
+            _die_by_signal(signum, None)
+            return
+        log.info("%s: shutting down (a second signal exits at once)",
+                 signal.Signals(signum).name)
+        for sig in self.SIGNALS:
+            signal.signal(sig, _die_by_signal)
+        self.server.shutdown()
+
+
+def _die_by_signal(signum: int, frame: Any) -> None:
+    """End the process now, by ``signum`` itself: no flushing, no cleanup."""
+    try:
+        log.warning("second signal (%s): exiting at once", signal.Signals(signum).name)
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
     soft, hard = raise_nofile_limit()
     capacity = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else opts.max_clients
     if capacity < opts.max_clients:
@@ -835,31 +1026,27 @@ def serve(opts: ServerOptions) -> int:
         opts = opts._replace(max_clients=max(capacity, 0))
     loop = EventLoop()
     server = GameServer(loop, opts)
+    server.log_limiter = log_limiter
     try:
         addresses = server.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
         return 2
+    # Before saying "listening": a SIGTERM right after must find the handlers.
+    ShutdownSignals(loop, server).install()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
     print(f"max {opts.max_clients} clients, tick {opts.tick_ms} ms, open-files limit {soft}; "
           "Ctrl-C stops", flush=True)
 
-    def on_signal(signum: int) -> None:
-        if server.shutting_down:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            loop.stop()
-            return
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        server.shutdown()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
     try:
         loop.run()
     finally:
         server.net.close(CloseReason.SHUTDOWN)
         loop.close()
+    server.churn.report()
+    if log_limiter is not None:
+        log_limiter.flush(log, force=True)
     print(f"stopped after {server.game.tick} ticks; {server.net.stats.accepted} connections "
           f"served, {server.game.letters_scored} letters scored", flush=True)
     if opts.stats_out:
@@ -2371,15 +2558,415 @@ def run_client(opts: ClientOptions) -> int:
 
 # =============================================================================
 # CLI
+
+
+# =============================================================================
+# Operations: doctor (can this host hold N clients?) and bundle (one file).
+# =============================================================================
+
+OK, WARN, BLOCK = "ok", "warn", "block"
+SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
+LIMITS_FILE = "/etc/security/limits.d/spelltraction.conf"
+UNIT_FILE = "/etc/systemd/system/spelltraction.service"
+
+# Memory budgets per client connection behind doctor's estimates. Measured on
+# a 2-core Linux 6.x box: this server ~0.7 KB of RSS per player, the kernel
+# ~5 KB of slab per TCP socket; buffers hold a tick or two of frames.
+USER_BYTES_PER_CLIENT = 2048
+KERNEL_BYTES_PER_SOCKET = 6144
+BUFFER_BYTES_PER_SOCKET = 4096
+BASE_BYTES = 64 << 20  # the interpreter, the game, headroom
+
+
+class Fix(NamedTuple):
+    where: str  # the file or place the line goes
+    line: str  # the exact line
+
+
+class Check(NamedTuple):
+    """One thing doctor looked at: what it is, what is needed, and how to fix it."""
+
+    name: str
+    status: str  # OK, WARN (works, degraded) or BLOCK (N clients will not fit)
+    current: str
+    needed: str
+    why: str = ""
+    fixes: Tuple[Fix, ...] = ()
+
+
+class HostFacts(NamedTuple):
+    """What doctor reads: kernel settings, this process's limits, free memory."""
+
+    nofile_soft: int  # -1: unlimited
+    nofile_hard: int
+    can_raise_hard: bool  # may this process raise its hard RLIMIT_NOFILE?
+    sysctl: Dict[str, Optional[str]]  # "fs.nr_open" -> "1048576" (None: unreadable)
+    mem_available_kb: Optional[int]
+    page_size: int
+
+
+DOCTOR_SYSCTLS = (
+    "fs.file-max", "fs.file-nr", "fs.nr_open", "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_syncookies", "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_mem", "net.ipv4.tcp_max_tw_buckets", "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_count",
+)
+
+
+def read_sysctl(key: str, root: str = "/") -> Optional[str]:
+    """``/proc/sys/<key with dots as slashes>`` under ``root``; None if absent."""
+    path = os.path.join(root, "proc", "sys", *key.split("."))
+    try:
+        with open(path) as f:
+            return " ".join(f.read().split())
+    except OSError:
+        return None
+
+
+def _nofile() -> Tuple[int, int]:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _may_raise_nofile_hard(target: int) -> bool:
+    """Try to raise this process's hard limit to ``target``, then put it back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= target:
+        return True
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, target))
+    except (ValueError, OSError):
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # lowering is always allowed
+    return True
+
+
+def read_host_facts(root: str = "/", clients: int = 0,
+                    rlimit: Callable[[], Tuple[int, int]] = _nofile,
+                    may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> HostFacts:
+    """Everything doctor checks, from ``root``/proc (a fake tree in tests)."""
+    soft, hard = rlimit()
+    inf = resource.RLIM_INFINITY
+    mem: Optional[int] = None
+    try:
+        with open(os.path.join(root, "proc", "meminfo")) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    mem = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return HostFacts(
+        nofile_soft=-1 if soft == inf else soft,
+        nofile_hard=-1 if hard == inf else hard,
+        can_raise_hard=may_raise(clients + FD_RESERVE),
+        sysctl={key: read_sysctl(key, root) for key in DOCTOR_SYSCTLS},
+        mem_available_kb=mem,
+        page_size=os.sysconf("SC_PAGE_SIZE"),
+    )
+
+
+def _ints(value: Optional[str]) -> Optional[List[int]]:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split()]
+    except ValueError:
+        return None
+
+
+def _nice_limit(needed: int) -> int:
+    """A round limit to recommend: a power of two, at least 65536."""
+    limit = 65536
+    while limit < needed:
+        limit *= 2
+    return limit
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"
+
+
+def _unreadable(name: str, key: str) -> Check:
+    return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
+
+
+def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
+    """What will and will not let ``clients`` connect to one server process."""
+    fds = clients + FD_RESERVE
+    checks = [_check_nofile(facts, clients)]
+    sysctl = facts.sysctl
+
+    nr_open = _ints(sysctl["fs.nr_open"])
+    if nr_open is None:
+        checks.append(_unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open"))
+    else:
+        ok = nr_open[0] >= fds
+        checks.append(Check(
+            "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
+            str(nr_open[0]), f">= {fds}",
+            "" if ok else "LimitNOFILE= and limits.d values above this are refused",
+            () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),)))
+
+    file_max, file_nr = _ints(sysctl["fs.file-max"]), _ints(sysctl["fs.file-nr"])
+    if file_max is None:
+        checks.append(_unreadable("fs.file-max (open files, whole system)", "fs.file-max"))
+    else:
+        in_use = file_nr[0] if file_nr else 0
+        want = fds + in_use
+        ok = file_max[0] >= want
+        checks.append(Check(
+            "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
+            f">= {want} ({fds} + {in_use} open now)",
+            "bots on the same host need as many again" if ok else
+            "the kernel refuses new sockets system-wide (ENFILE) past this",
+            () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),)))
+
+    storm = min(backlog, clients)
+    somaxconn = _ints(sysctl["net.core.somaxconn"])
+    if somaxconn is None:
+        checks.append(_unreadable("net.core.somaxconn", "net.core.somaxconn"))
+    else:
+        ok = somaxconn[0] >= storm
+        checks.append(Check(
+            "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
+            str(somaxconn[0]), f">= {storm}",
+            "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+            "overflows the queue and clients wait 1-3 s to retry their SYN",
+            () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),)))
+
+    syn = _ints(sysctl["net.ipv4.tcp_max_syn_backlog"])
+    cookies = _ints(sysctl["net.ipv4.tcp_syncookies"])
+    if syn is None:
+        checks.append(_unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog"))
+    else:
+        ok = syn[0] >= storm
+        on = bool(cookies and cookies[0])
+        checks.append(Check(
+            "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
+            str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
+            "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
+                           if on else "past it, SYNs are dropped and clients retry later"),
+            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),)))
+
+    ports = _ints(sysctl["net.ipv4.ip_local_port_range"])
+    if ports is None or len(ports) != 2:
+        checks.append(_unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range"))
+    else:
+        span = ports[1] - ports[0] + 1
+        ok = span >= clients
+        why = ("one source address can open at most this many connections to one server "
+               "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
+               "port (one upstream connection per client)")
+        if not ok and clients > 65535 - 10000 + 1:
+            why += ("; the widest useful range still gives one address ~55,000 ports: above "
+                    "that use several source addresses (127.0.0.2, ...) or hosts")
+        checks.append(Check(
+            "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
+            f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
+            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),)))
+
+    tcp_mem = _ints(sysctl["net.ipv4.tcp_mem"])
+    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // facts.page_size)
+    if tcp_mem is None or len(tcp_mem) != 3:
+        checks.append(_unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem"))
+    else:
+        low, pressure, high = tcp_mem
+        status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
+        page = facts.page_size
+        checks.append(Check(
+            "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
+            f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
+            f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
+            f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
+            "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
+            "past max, sends fail and connections are dropped",
+            () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
+                                                      f"{max(pressure, 2 * need_pages)} "
+                                                      f"{max(high, 3 * need_pages)}"),)))
+
+    if facts.mem_available_kb is None:
+        checks.append(Check("memory available", WARN, "unreadable", "-",
+                            "could not read MemAvailable from /proc/meminfo"))
+    else:
+        per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
+        need = BASE_BYTES + clients * per_client
+        have = facts.mem_available_kb * 1024
+        ok = have >= need
+        checks.append(Check(
+            "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
+            f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
+            "" if ok else "no setting fixes this: a bigger host, or fewer clients per host"))
+
+    tw = _ints(sysctl["net.ipv4.tcp_max_tw_buckets"])
+    if tw is not None:
+        ok = tw[0] >= clients
+        checks.append(Check(
+            "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
+            str(tw[0]), f">= {clients}",
+            "" if ok else "a shutdown closes every connection from our side; past this the "
+            "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
+            () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
+                                            f"{_nice_limit(clients)}"),)))
+
+    conntrack = _ints(sysctl["net.netfilter.nf_conntrack_max"])
+    if conntrack is not None:  # only when connection tracking (a firewall, NAT) is loaded
+        count = _ints(sysctl["net.netfilter.nf_conntrack_count"])
+        in_use = count[0] if count else 0
+        want = clients + in_use
+        ok = conntrack[0] >= want
+        checks.append(Check(
+            "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
+            str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
+            "" if ok else "when the table is full the kernel silently drops new connections "
+            "('nf_conntrack: table full, dropping packet' in dmesg)",
+            () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
+                                            f"{_nice_limit(2 * want)}"),)))
+    return checks
+
+
+def _check_nofile(facts: HostFacts, clients: int) -> Check:
+    name = "open files per process (RLIMIT_NOFILE)"
+    fds = clients + FD_RESERVE
+    soft, hard = facts.nofile_soft, facts.nofile_hard
+    current = f"soft {'unlimited' if soft < 0 else soft}, hard {'unlimited' if hard < 0 else hard}"
+    needed = f">= {fds} ({clients} clients + {FD_RESERVE} spare)"
+    if hard < 0 or hard >= fds:
+        why = ""
+        if 0 <= soft < fds:
+            why = "the server raises its soft limit to the hard limit when it starts"
+        return Check(name, OK, current, needed, why)
+    limit = _nice_limit(fds)
+    nr_open = _ints(facts.sysctl.get("fs.nr_open"))
+    if nr_open and fds <= nr_open[0] < limit:
+        limit = nr_open[0]  # a limit above fs.nr_open is refused
+    fixes: Tuple[Fix, ...] = (
+        Fix(UNIT_FILE + ", [Service]", f"LimitNOFILE={limit}"),
+        Fix(LIMITS_FILE, f"spelltraction  hard  nofile  {limit}"),
+        Fix(LIMITS_FILE, f"spelltraction  soft  nofile  {limit}"),
+    )
+    per_process = max(hard - FD_RESERVE, 0)
+    processes = -(-clients // per_process) if per_process else 0
+    spread = (f"one process holds at most {per_process} clients here: spread them over "
+              f"{processes} server processes, each on its own --port with --max-clients "
+              f"{per_process} (each is its own game)" if per_process else "")
+    if facts.can_raise_hard:
+        why = (f"The hard limit is {hard}. Raise it where the server is started, with one "
+               "of the lines below.")
+        fixes = (Fix("the shell that starts the server, as root", f"ulimit -n {limit}"),) + fixes
+        return Check(name, BLOCK, current, needed, why, fixes)
+    why = (f"The hard limit is {hard} and cannot be raised from here: this process may not "
+           "raise it (no CAP_SYS_RESOURCE, as in most containers; even root is refused).")
+    if spread:
+        why += f"\nSo {spread}."
+        why += "\nOr run it on another host"
+    else:
+        why += "\nRun it on another host"
+    why += (f", or in a container started with a higher limit (docker run --ulimit "
+            f"nofile={limit}:{limit}), using the lines below.")
+    return Check(name, BLOCK, current, needed, why, fixes)
+
+
+def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
+                        out: IO[str]) -> None:
+    w = out.write
+    w(f"SpellTraction doctor: {clients} clients in one server process on this host?\n")
+    w("(read from /proc/sys and the limits of this shell; under systemd the unit's "
+      "LimitNOFILE= applies instead)\n\n")
+    import textwrap
+
+    label = {OK: "  ok ", WARN: " WARN", BLOCK: "BLOCK"}
+    for c in checks:
+        w(f"[{label[c.status]}] {c.name}\n{'':8}now {c.current}; needs {c.needed}\n")
+        for para in c.why.splitlines():
+            w(textwrap.fill(para, 96, initial_indent=" " * 8, subsequent_indent=" " * 10) + "\n")
+        for fix in c.fixes:
+            w(f"{'':8}fix: {fix.line}\n{'':13}(in {fix.where})\n")
+    blocks = [c for c in checks if c.status == BLOCK]
+    warns = [c for c in checks if c.status == WARN]
+    w("\n")
+    wheres = {f.where for c in checks for f in c.fixes}
+    if any(where.startswith(SYSCTL_FILE) for where in wheres):
+        w(f"sysctl lines: add them to {SYSCTL_FILE} (see etc/sysctl.d/ in the source), "
+          "then run: sysctl --system\n")
+    if any(where.startswith(UNIT_FILE) for where in wheres):
+        w("unit lines: systemctl daemon-reload && systemctl restart spelltraction\n")
+    if blocks:
+        w(f"verdict: BLOCKED: {len(blocks)} check(s) stop {clients} clients "
+          f"({', '.join(c.name.split(' (')[0] for c in blocks)}).\n")
+    elif warns:
+        w(f"verdict: OK for {clients} clients, with {len(warns)} warning(s) above.\n")
+    else:
+        w(f"verdict: OK for {clients} clients.\n")
+
+
+def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = False,
+               root: str = "/", rlimit: Callable[[], Tuple[int, int]] = _nofile,
+               may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> int:
+    """Print the report; 1 if anything blocks ``clients``, else 0."""
+    out = out if out is not None else sys.stdout
+    facts = read_host_facts(root, clients, rlimit, may_raise)
+    checks = doctor_checks(facts, clients)
+    if as_json:
+        out.write(json.dumps({"clients": clients, "checks": [
+            dict(c._asdict(), fixes=[f._asdict() for f in c.fixes]) for c in checks
+        ], "blocked": any(c.status == BLOCK for c in checks)}, indent=1) + "\n")
+    else:
+        print_doctor_report(checks, clients, facts, out)
+    return 1 if any(c.status == BLOCK for c in checks) else 0
+
+
+def build_bundle(output: str, source: str = _HERE) -> List[str]:
+    """Write a zipapp of the game, netcore and web/ to ``output``; returns its members.
+
+    Run it with ``python3 spelltraction.pyz [serve|bots|doctor] ...``: the
+    one file to copy to an embedded or ARM box (stdlib only, any Python 3.8+).
+    """
+    import shutil
+    import tempfile
+    import zipapp
+
+    if not os.path.isfile(os.path.join(source, "spelltraction.py")):
+        raise FileNotFoundError(f"bundle builds from the source tree; {source} is not one")
+    with tempfile.TemporaryDirectory() as stage:
+        shutil.copy2(os.path.join(source, "spelltraction.py"), stage)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+        shutil.copytree(os.path.join(source, "netcore"), os.path.join(stage, "netcore"),
+                        ignore=ignore)
+        web = os.path.join(source, "web")
+        if os.path.isdir(web):
+            shutil.copytree(web, os.path.join(stage, "web"), ignore=ignore)
+        with open(os.path.join(stage, "__main__.py"), "w") as f:
+            f.write("import sys\nimport spelltraction\n\nsys.exit(spelltraction.main())\n")
+        parent = os.path.dirname(os.path.abspath(output))
+        os.makedirs(parent, exist_ok=True)
+        zipapp.create_archive(stage, output, interpreter="/usr/bin/env python3",
+                              compressed=True)
+    import zipfile
+
+    with zipfile.ZipFile(output) as z:
+        return sorted(z.namelist())
+
+
+# =============================================================================
+# CLI
 # =============================================================================
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> RateLimitFilter:
+    """Log to stderr, one line per event (``fmt`` "json": one JSON object per line).
+
+    Returns the filter that rate-limits repeated warnings, so the server can
+    report what it held back.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    limiter = RateLimitFilter()
+    handler.addFilter(limiter)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    return limiter
 
 
 def _parse_colour(text: str) -> int:
@@ -2394,7 +2981,7 @@ def _parse_colour(text: str) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "bots", "client", "-h", "--help", "--version"}
+    commands = {"serve", "bots", "client", "doctor", "bundle", "-h", "--help", "--version"}
     if not argv or argv[0] not in commands:
         argv.insert(0, "serve")
     parser = argparse.ArgumentParser(
@@ -2412,6 +2999,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="connection limit; more are told 'server full' (default 15000)")
     sp.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
     sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sp.add_argument("--log-format", default="text", choices=["text", "json"],
+                    help="text lines, or one JSON object per line (default text)")
     sp.add_argument("--stats-out", default="", metavar="FILE",
                     help="on exit, write the final figures to FILE as JSON")
 
@@ -2433,6 +3022,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     bp.add_argument("--json", action="store_true", help="end with one line of JSON figures")
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
+    bp.add_argument("--log-format", default="text", choices=["text", "json"])
+
+    dp = sub.add_parser("doctor", help="check this host's kernel and limits for N clients")
+    dp.add_argument("--clients", type=int, default=ServerOptions().max_clients,
+                    help="clients one server process should hold (default: the server's "
+                         "default --max-clients, 15000)")
+    dp.add_argument("--json", action="store_true", help="the checks as JSON")
+    dp.add_argument("--root", default="/", help="read proc/ under this directory instead of "
+                    "/ (a fake tree, for tests); the open-files limit is still this process's")
+
+    zp = sub.add_parser("bundle", help="build a single-file zipapp of the game")
+    zp.add_argument("-o", "--output", default=os.path.join("dist", "spelltraction.pyz"),
+                    help="where to write it (default dist/spelltraction.pyz)")
 
     cp = sub.add_parser("client", help="play in a window (the Tk desktop client)")
     cp.add_argument("--host", default="127.0.0.1", help="server to play on (default 127.0.0.1)")
@@ -2445,7 +3047,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     cp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    if args.command == "doctor":
+        if args.clients < 1:
+            parser.error("--clients must be at least 1")
+        return run_doctor(args.clients, as_json=args.json, root=args.root)
+    if args.command == "bundle":
+        members = build_bundle(args.output)
+        size = os.path.getsize(args.output)
+        print(f"wrote {args.output}: {size} bytes, {len(members)} files; "
+              f"run it with: python3 {args.output} --port {DEFAULT_PORT}")
+        return 0
+    limiter = _setup_logging(args.log_level, getattr(args, "log_format", "text"))
     if args.command == "client":
         shape = SHAPES.index(args.shape) if args.shape is not None else ANY_SHAPE
         return run_client(ClientOptions(host=args.host, port=args.port, shape=shape,
@@ -2468,7 +3080,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--max-clients must be at least 1")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
-                               stats_out=args.stats_out))
+                               stats_out=args.stats_out), limiter)
 
 
 if __name__ == "__main__":

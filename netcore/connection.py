@@ -263,7 +263,7 @@ class Connection(Readiness):
         self.state = CLOSING
         self.close_reason = reason
         if detail:
-            log.info("fd=%d closing: %s: %s", self.fd, reason, detail)
+            log.debug("fd=%d closing: %s: %s", self.fd, reason, detail)
         self._set_events(EVENT_WRITE)
         # Fires once; by then the connection has usually closed and ignores it.
         self.server.loop.call_later(self.server.config.close_linger, self._linger_expired)

@@ -387,7 +387,7 @@ class TCPServer:
     # -- called by connections ----------------------------------------------
 
     def bad_input(self, conn: Connection, exc: ProtocolError) -> None:
-        log.info("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
+        log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
         self.handler.on_bad_input(conn, exc)
         if conn.is_open:  # the handler neither closed it nor began to
             conn.close(exc.reason, str(exc))
@@ -399,10 +399,10 @@ class TCPServer:
             pass
         if self.connections.pop(conn.fd, None) is conn:
             self.stats.count_close(reason)
-        if reason == CloseReason.SLOW_CONSUMER or reason == CloseReason.ERROR:
-            log.warning("fd=%d closed: %s: %s", conn.fd, reason, detail)
-        elif detail:
-            log.info("fd=%d closed: %s: %s", conn.fd, reason, detail)
+        # Per-connection lines stay at DEBUG: 15,000 peers would flood the log.
+        # Churn, by reason, is summarised every few seconds (logs.ChurnReporter).
+        if detail:
+            log.debug("fd=%d closed: %s: %s", conn.fd, reason, detail)
         else:
             log.debug("fd=%d closed: %s", conn.fd, reason)
         self.handler.on_close(conn, reason)

@@ -50,6 +50,8 @@ class Client:
         self.parser = FrameParser(max_frame=65535)
         self.inbox: List[object] = []
         self.eof = False
+        self.bytes_received = 0
+        self.frames_received = 0
         sock.setblocking(False)
 
     def send(self, msg):
@@ -70,7 +72,10 @@ class Client:
             if not data:
                 self.eof = True
                 return
-            self.inbox += [st.decode(f) for f in self.parser.feed(data)]
+            self.bytes_received += len(data)
+            frames = self.parser.feed(data)
+            self.frames_received += len(frames)
+            self.inbox += [st.decode(f) for f in frames]
 
     def expect(self, kind, timeout=5.0):
         """The next message of ``kind``, dropping earlier ones of other kinds."""

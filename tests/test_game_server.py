@@ -115,7 +115,7 @@ def test_tick_bytes_are_bounded_whatever_the_crowd(h):
     ],
 )
 def test_bad_input_gets_a_reason_then_close_and_others_play_on(h, raw, code, text, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # per-connection lines are DEBUG
     others = [h.client() for _ in range(3)]
     bad = h.client(hello=False)
     bad.send_raw(raw)

@@ -99,7 +99,7 @@ def assert_bystanders_served(loop, socks, tag):
     ],
 )
 def test_bad_frames_close_only_that_client(bad, reason, caplog):
-    caplog.set_level(logging.INFO, logger="netcore")
+    caplog.set_level(logging.DEBUG, logger="netcore")  # per-connection lines are DEBUG
     loop, server, handler = start()
     others = bystanders(server, loop)
     bad_client = socket.create_connection(("127.0.0.1", server.port))

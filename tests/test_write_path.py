@@ -1,5 +1,6 @@
 """The write path on a real socketpair whose reader stops reading."""
 
+import logging
 import socket
 import struct
 
@@ -76,6 +77,7 @@ def test_partial_send_queues_the_rest_in_order_and_water_marks_fire():
 
 
 def test_cap_closes_the_slow_consumer_with_a_reason(caplog):
+    caplog.set_level(logging.DEBUG, logger="netcore")  # per-connection lines are DEBUG
     loop, server, handler, conn, peer = make(
         ServerConfig(high_water=16 << 10, low_water=4 << 10, max_output=64 << 10)
     )

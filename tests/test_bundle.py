@@ -1,0 +1,149 @@
+"""bundle: one .pyz, copied alone into an empty directory, serves a real game."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+
+import spelltraction as st
+from netcore import FrameParser
+from serverproc import GAME, ROOT, free_port
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "spelltraction.pyz"
+    result = subprocess.run([sys.executable, GAME, "bundle", "-o", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    return out
+
+
+@pytest.fixture
+def alone(pyz, tmp_path):
+    """The .pyz copied alone into an empty directory."""
+    run = tmp_path / "empty"
+    run.mkdir()
+    shutil.copy(pyz, run / "spelltraction.pyz")
+    assert os.listdir(run) == ["spelltraction.pyz"]
+    return run
+
+
+def isolated(*args, cwd):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}  # no PYTHONPATH
+    return subprocess.run([sys.executable, "-I", *args], cwd=cwd, env=env,
+                          capture_output=True, timeout=60)
+
+
+def test_bundle_holds_the_game_netcore_and_web(pyz):
+    with open(pyz, "rb") as f:
+        assert f.readline() == b"#!/usr/bin/env python3\n"
+    names = set(zipfile.ZipFile(pyz).namelist())
+    sources = {f"netcore/{n}" for n in os.listdir(os.path.join(ROOT, "netcore"))
+               if n.endswith(".py") or n == "py.typed"}
+    assert {"__main__.py", "spelltraction.py", "web/stats.html"} | sources <= names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_the_bundle_alone_serves_a_game_tick(alone):
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", str(port),
+         "--tick-ms", "50"],
+        cwd=alone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"listening on 127.0.0.1:{port}" in line, (line, proc.stderr.read())
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        inbox = Inbox(sock)
+        sock.sendall(st.frame(st.Hello()))
+        welcome = inbox.expect(st.Welcome)
+        assert welcome.version == st.PROTOCOL_VERSION and welcome.tick_ms == 50
+        inbox.expect(st.You)
+        sock.sendall(st.frame(st.Move(7, 100, 200)))
+        tick = inbox.expect(st.TickMsg)
+        assert tick.players == 1
+        you = inbox.expect(st.You)
+        assert (you.seq, you.x, you.y) == (7, 100, 200)
+        sock.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+class Inbox:
+    def __init__(self, sock):
+        self.sock = sock
+        self.parser = FrameParser(max_frame=65535)
+        self.messages = []
+
+    def expect(self, kind, timeout=5.0):
+        end = time.monotonic() + timeout
+        while True:
+            while self.messages:
+                msg = self.messages.pop(0)
+                if isinstance(msg, kind):
+                    return msg
+            assert time.monotonic() < end, f"no {kind.__name__}"
+            data = self.sock.recv(65536)
+            assert data, "server closed"
+            self.messages += [st.decode(f) for f in self.parser.feed(data)]
+
+
+def test_assets_load_from_inside_the_bundle(alone):
+    expected = open(os.path.join(ROOT, "web", "stats.html"), "rb").read()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import spelltraction; "
+            "assert '.pyz' in spelltraction.__file__; "
+            "sys.stdout.buffer.write(spelltraction.read_asset('stats.html'))")
+    for path in ("spelltraction.pyz", str(alone / "spelltraction.pyz")):  # relative, absolute
+        result = isolated("-c", code, path, cwd=alone)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected
+    missing = isolated("-c", "import sys; sys.path.insert(0, 'spelltraction.pyz'); "
+                       "import spelltraction; spelltraction.read_asset('nope.js')", cwd=alone)
+    assert b"FileNotFoundError: no asset web/nope.js" in missing.stderr
+
+
+def test_the_bundle_runs_its_other_commands(alone):
+    result = isolated("spelltraction.pyz", "--version", cwd=alone)
+    assert result.stdout.strip() == f"spelltraction {st.__version__}".encode()
+    result = isolated("spelltraction.pyz", "doctor", "--clients", "10", cwd=alone)
+    assert b"verdict:" in result.stdout
+
+
+def test_a_tree_without_web_bundles_without_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(GAME, src)
+    shutil.copytree(os.path.join(ROOT, "netcore"), src / "netcore")
+    out = tmp_path / "x.pyz"
+    names = st.build_bundle(str(out), str(src))
+    assert not [n for n in names if n.startswith("web")]
+    assert isolated(str(out), "--version", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["", "../spelltraction.py", "/etc/passwd", "a//b", "./x",
+                                  "a/../../b", "a\\b", "x\0y"])
+def test_asset_names_cannot_leave_web(name):
+    with pytest.raises(ValueError):
+        st.read_asset(name)
+
+
+def test_assets_load_from_the_source_tree():
+    assert st.read_asset("stats.html") == open(os.path.join(ROOT, "web", "stats.html"), "rb").read()
+    with pytest.raises(FileNotFoundError):
+        st.read_asset("no-such-file.html")

@@ -1,0 +1,343 @@
+"""/metrics and /stats.json: parsed by a real Prometheus parser, checked against what tests did."""
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import spelltraction as st
+from gamekit import Harness
+from netcore import Histogram
+from netcore.metrics import CONTENT_TYPE, Exposition, add_process_stats, process_stats
+
+
+def parse(text):
+    """{(sample name, ((label, value), ...)): value} and {family name: type}."""
+    samples, types = {}, {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples, types
+
+
+def value(samples, name, **labels):
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+# -- the generic writer --------------------------------------------------------
+
+
+def test_exposition_round_trips_through_the_prometheus_parser():
+    exp = Exposition()
+    exp.counter("demo_requests_total", "Requests.\nSecond line with a \\ backslash.", 42)
+    exp.gauge("demo_temperature", "A float gauge.", 21.5)
+    exp.labelled("demo_closed_total", "counter", "By reason.", "reason",
+                 {'quote"d': 3, "back\\slash": 4, "new\nline": 5, "plain": 0})
+    hist = Histogram((0.001, 0.01, 0.1))
+    for v in (0.0005, 0.002, 0.002, 0.05, 3.0):
+        hist.observe(v)
+    exp.histogram("demo_duration_seconds", "A histogram.", hist)
+    exp.gauge("demo_nan", "Not a number.", math.nan)
+    samples, types = parse(exp.text())
+    assert types == {"demo_requests": "counter", "demo_temperature": "gauge",
+                     "demo_closed": "counter", "demo_duration_seconds": "histogram",
+                     "demo_nan": "gauge"}
+    assert value(samples, "demo_requests_total") == 42
+    assert value(samples, "demo_temperature") == 21.5
+    assert value(samples, "demo_closed_total", reason='quote"d') == 3
+    assert value(samples, "demo_closed_total", reason="back\\slash") == 4
+    assert value(samples, "demo_closed_total", reason="new\nline") == 5
+    assert value(samples, "demo_closed_total", reason="plain") == 0
+    buckets = {le: value(samples, "demo_duration_seconds_bucket", le=le)
+               for le in ("0.001", "0.01", "0.1", "+Inf")}
+    assert buckets == {"0.001": 1, "0.01": 3, "0.1": 4, "+Inf": 5}
+    assert value(samples, "demo_duration_seconds_count") == 5
+    assert value(samples, "demo_duration_seconds_sum") == pytest.approx(3.0545)
+    assert math.isnan(value(samples, "demo_nan"))
+
+
+def test_exposition_refuses_what_prometheus_would_reject():
+    exp = Exposition()
+    exp.gauge("ok_name", "x", 1)
+    with pytest.raises(ValueError, match="twice"):
+        exp.gauge("ok_name", "x", 2)
+    with pytest.raises(ValueError, match="invalid metric name"):
+        exp.gauge("bad-name", "x", 1)
+    with pytest.raises(ValueError, match="invalid metric name"):
+        exp.gauge("9lives", "x", 1)
+    with pytest.raises(ValueError, match="_total"):
+        exp.counter("no_suffix", "x", 1)
+    assert Exposition().text() == ""
+
+
+def test_process_stats_are_this_process():
+    ps = process_stats()
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert abs(ps.rss_bytes - rss) < 8 << 20
+    times = os.times()
+    assert 0 < ps.cpu_seconds <= times.user + times.system + 0.01
+    assert ps.open_fds == len(os.listdir("/proc/self/fd")) - 1
+    assert process_stats(count_fds=False).open_fds is None  # the per-second path skips it
+    assert ps.start_time is not None and 0 < time.time() - ps.start_time < 24 * 3600
+    samples, types = parse(Exposition().text() + _process_text(ps))
+    assert value(samples, "process_resident_memory_bytes") == ps.rss_bytes
+    assert types["process_cpu_seconds"] == "counter"
+
+
+def _process_text(ps):
+    exp = Exposition()
+    add_process_stats(exp, ps)
+    return exp.text()
+
+
+# -- the game server's /metrics -------------------------------------------------
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+def quiesce(h):
+    """Stop ticking and let every queued byte reach the kernel."""
+    h.loop.stop_ticker(h.server.ticker)
+    h.run(0.05)
+    assert h.server.net.stats.queued_out_bytes == 0
+
+
+def drain(clients):
+    """Read everything already sent to ``clients`` (the loop is not run)."""
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 0.2:
+        before = sum(c.bytes_received for c in clients)
+        for c in clients:
+            c.pump()
+        if sum(c.bytes_received for c in clients) != before:
+            quiet_since = time.monotonic()
+        time.sleep(0.01)
+
+
+def test_metrics_count_what_the_clients_did(h):
+    n_clients, n_moves, n_closed = 7, 5, 2
+    clients = [h.client() for _ in range(n_clients)]
+    for i in range(n_moves):
+        clients[0].send(st.Move(i + 1, 10 * i, 10 * i))
+        h.ticks(1)
+    h.ticks(2)
+    quiesce(h)
+    samples, types = parse(h.server.metrics_text())
+    drain(clients)
+
+    assert value(samples, "spelltraction_connections") == n_clients
+    assert value(samples, "spelltraction_connections_accepted_total") == n_clients
+    assert value(samples, "spelltraction_players") == n_clients
+    assert value(samples, "spelltraction_frames_received_total") == n_clients + n_moves
+    hello, move = len(st.frame(st.Hello())), len(st.frame(st.Move(1, 1, 1)))
+    assert value(samples, "spelltraction_bytes_received_total") == \
+        n_clients * hello + n_moves * move
+    assert value(samples, "spelltraction_moves_accepted_total") == n_moves
+    # Everything the server counted as sent is exactly what the clients read.
+    assert value(samples, "spelltraction_bytes_sent_total") == \
+        sum(c.bytes_received for c in clients)
+    assert value(samples, "spelltraction_frames_sent_total") == \
+        sum(c.frames_received for c in clients)
+    assert value(samples, "spelltraction_output_queued_bytes") == 0
+    assert value(samples, "spelltraction_slow_consumer_disconnects_total") == 0
+    assert value(samples, "spelltraction_connections_max") == 15_000
+    assert value(samples, "spelltraction_build_info", version=st.__version__, protocol="1") == 1
+    assert types["spelltraction_connections_accepted"] == "counter"
+    assert types["spelltraction_connections"] == "gauge"
+    assert types["spelltraction_tick_duration_seconds"] == "histogram"
+
+    for c in clients[:n_closed]:
+        c.sock.close()
+    h.run_until(lambda: h.server.net.stats.connections == n_clients - n_closed)
+    samples, _ = parse(h.server.metrics_text())
+    assert value(samples, "spelltraction_connections") == n_clients - n_closed
+    assert value(samples, "spelltraction_players") == n_clients - n_closed
+    assert value(samples, "spelltraction_connections_accepted_total") == n_clients
+    assert value(samples, "spelltraction_connections_closed_total", reason="peer-closed") \
+        == n_closed
+
+
+def test_tick_histograms_agree_with_the_tick_count(h):
+    h.client()
+    h.ticks(12)
+    samples, _ = parse(h.server.metrics_text())
+    fired = value(samples, "spelltraction_ticks_total")
+    assert fired == h.server.ticker.fired >= 12
+    for name in ("spelltraction_tick_duration_seconds", "spelltraction_tick_lateness_seconds"):
+        les = sorted((float(dict(k[1])["le"]), v) for k, v in samples.items()
+                     if k[0] == name + "_bucket")
+        counts = [v for _, v in les]
+        assert counts == sorted(counts), "buckets are cumulative"
+        assert les[-1] == (math.inf, fired)
+        assert value(samples, name + "_count") == fired
+        assert value(samples, name + "_sum") >= 0
+    assert value(samples, "spelltraction_tick_period_seconds") == 0.02
+    assert value(samples, "spelltraction_tick_lateness_max_seconds") >= 0
+    assert value(samples, "process_resident_memory_bytes") > 1 << 20
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "process_open_fds") >= 2
+
+
+def test_slow_consumers_and_errors_sent_are_counted(h):
+    good = h.client()
+    slow = h.client()
+    bad = h.client(hello=False)
+    bad.send_raw(b"\x00\x03\x07xx")  # unknown message type
+    bad.wait_closed()
+    h.run_until(lambda: h.server.net.stats.connections == 2)
+    conn = [c for c in h.server.net.connections.values() if c.data is not None
+            and c.data.id == slow.welcome.player_id][0]
+    # The peer reads nothing; queue past the cap (max_output) as a stalled client would.
+    while conn.write(b"\x00" * 8192):
+        pass
+    samples, _ = parse(h.server.metrics_text())
+    assert value(samples, "spelltraction_slow_consumer_disconnects_total") == 1
+    assert value(samples, "spelltraction_connections_closed_total", reason="slow-consumer") == 1
+    assert value(samples, "spelltraction_errors_sent_total", code="bad-message") == 1
+    assert value(samples, "spelltraction_connections_closed_total", reason="protocol-error") == 1
+    assert value(samples, "spelltraction_connections") == 1
+    assert value(samples, "spelltraction_output_queued_bytes") == 0
+    good.send(st.Move(9, 1, 1))
+    assert good.expect(st.You).seq == 9
+
+
+def test_letters_scored_are_counted(h):
+    a, b, c = h.client(), h.client(), h.client()
+    a.send(st.Move(1, 10, 10))
+    b.send(st.Move(1, 20, 20))
+    c.expect(st.Scored, timeout=10)
+    samples, _ = parse(h.server.metrics_text())
+    assert value(samples, "spelltraction_letters_scored_total") == \
+        h.server.game.letters_scored >= 1
+
+
+def test_refused_connections_are_counted():
+    h = Harness(max_clients=2)
+    try:
+        players = [h.client(), h.client()]  # kept: a dropped client closes its socket
+        extra = socket.create_connection(("127.0.0.1", h.port))
+        h.run_until(lambda: h.server.net.stats.refused_full == 1)
+        samples, _ = parse(h.server.metrics_text())
+        assert value(samples, "spelltraction_connections_refused_total", reason="full") == 1
+        assert value(samples, "spelltraction_connections_refused_total", reason="fd-limit") == 0
+        assert value(samples, "spelltraction_connections") == len(players)
+        extra.close()
+    finally:
+        h.close()
+
+
+# -- /stats.json and the /stats page -------------------------------------------
+
+
+def test_stats_snapshot_agrees_with_metrics_and_is_json(h):
+    clients = [h.client() for _ in range(4)]
+    clients[0].send(st.Move(1, 5, 5))
+    h.ticks(3)
+    quiesce(h)
+    snap = json.loads(h.server.stats_json())
+    samples, _ = parse(h.server.metrics_text())
+    assert snap["connections"] == snap["players"] == 4
+    assert snap["accepted"] == value(samples, "spelltraction_connections_accepted_total")
+    assert snap["bytes_out"] == value(samples, "spelltraction_bytes_sent_total")
+    assert snap["frames_in"] == value(samples, "spelltraction_frames_received_total") == 5
+    assert snap["tick"]["duration_count"] == value(samples, "spelltraction_ticks_total")
+    assert snap["rss_bytes"] > 1 << 20 and snap["cpu_seconds"] > 0
+    assert abs(snap["time"] - time.time()) < 5
+
+
+def test_ops_routes_serve_all_three(h):
+    h.client()
+    routes = h.server.ops_routes()
+    assert set(routes) == {"/metrics", "/stats", "/stats.json"}
+    ctype, body = routes["/metrics"]
+    assert ctype == CONTENT_TYPE and b"spelltraction_connections 1" in body()
+    ctype, body = routes["/stats.json"]
+    assert ctype == "application/json" and json.loads(body())["connections"] == 1
+    ctype, body = routes["/stats"]
+    assert ctype.startswith("text/html") and body() == st.read_asset("stats.html")
+
+
+def test_stats_page_is_self_contained_and_reads_real_fields(h):
+    page = st.read_asset("stats.html").decode()
+    assert "<script src" not in page and "<link" not in page
+    urls = re.findall(r"https?://[^\s\"']+", page)
+    assert urls == ["http://www.w3.org/2000/svg"], "no CDN, no external fetch"
+    h.client()
+    h.ticks(2)
+    snap = h.server.stats_snapshot()
+    top = set(re.findall(r"\b[sp]\.([a-z_0-9]+)", page))
+    tick = set(re.findall(r"\bp?t\.([a-z_0-9]+)", page)) - {"toFixed"}
+    assert top and tick
+    assert top <= set(snap), top - set(snap)
+    assert tick <= set(snap["tick"]), tick - set(snap["tick"])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") \
+    or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium")
+def test_stats_page_charts_live_snapshots_in_a_browser(h):
+    clients = [h.client() for _ in range(6)]
+    snapshots = []
+    for i in range(5):
+        clients[i].send(st.Move(i + 1, 50 * i, 40 * i))
+        h.run(0.2)
+        snapshots.append(h.server.stats_json())
+    served = iter(snapshots)
+
+    class Pages(BaseHTTPRequestHandler):  # test-only: stands in for the HTTP side
+        def do_GET(self):
+            if self.path == "/stats":
+                body, ctype = st.read_asset("stats.html"), "text/html; charset=utf-8"
+            elif self.path == "/stats.json":
+                body, ctype = next(served, snapshots[-1]), "application/json"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Pages)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/stats"
+        result = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--virtual-time-budget=8000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    dom = result.stdout
+    assert "6 connections, 6 players" in dom, dom[-2000:]
+    lines = {name: pts for pts, name in re.findall(
+        r'<polyline class="s\d" points="([^"]*)" id="([a-z]+-line\d)"', dom)}
+    assert set(lines) == {"connections-line0", "connections-line1", "rss-line0", "cpu-line0",
+                          "tick-line0", "tick-line1", "bytes-line0", "bytes-line1"}
+    for name, pts in lines.items():
+        assert len(pts.split()) >= 4, f"{name} has too few points: {pts!r}"
