@@ -96,6 +96,14 @@ class FrameParser:
         """Encode one outgoing message the way this parser reads them."""
         return encode_frame(payload)
 
+    def wrap(self, stream: bytes) -> bytes:
+        """Framed bytes go on the wire as they are."""
+        return stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        """No goodbye of its own: the stream, then the connection closes."""
+        return stream
+
     def feed(self, data: BytesLike) -> List[bytes]:
         if self._error is not None:
             raise self._error
