@@ -15,12 +15,12 @@ Every file gets a strong ``ETag`` (a hash of its bytes) and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import unquote
 
+from .digest import sha1
 from .http import Request, error_response, response
 
 __all__ = ["CONTENT_TYPES", "StaticFiles"]
@@ -136,7 +136,7 @@ class StaticFiles:
             body = fh.read(self.max_size + 1)
         if len(body) > self.max_size:
             return None
-        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        etag = '"' + sha1(body).hexdigest()[:20] + '"'
         ext = os.path.splitext(filename)[1].lower()
         f = _File(body, etag, CONTENT_TYPES.get(ext, DEFAULT_TYPE), st.st_size, st.st_mtime_ns)
         self._cache[filename] = f

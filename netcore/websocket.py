@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import base64
 import codecs
-import hashlib
 import struct
 from typing import Any, List, NamedTuple, NoReturn, Optional, Sequence, Tuple, Union
 
 from .codec import ProtocolError
+from .digest import sha1
 from .http import HttpError, Request, response
 from .ringbuffer import BytesLike
 
@@ -128,7 +128,7 @@ Event = Union[Message, Ping, Pong, Close]
 
 def accept_key(key: str) -> str:
     """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key``."""
-    digest = hashlib.sha1((key + GUID).encode("ascii")).digest()
+    digest = sha1((key + GUID).encode("ascii")).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
