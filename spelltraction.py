@@ -46,6 +46,7 @@ from netcore import (
     WebConfig,
     WebFront,
     WebSocketCodec,
+    WholeFrames,
     encode_frame,
 )
 from netcore import websocket as ws
@@ -62,6 +63,7 @@ log = logging.getLogger("spelltraction")
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 12150
 WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
+WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
 WEB_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 COLS, ROWS, CELL_PX = 4, 3, 117
 CELLS = COLS * ROWS
@@ -612,7 +614,8 @@ class GameServer(Handler):
                 log.warning("web root %s is not a directory: serving no files", opts.web_root)
             web = WebFront(WebConfig(
                 static_root=root, ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
-                max_message=4 * MAX_CLIENT_FRAME, headers=WEB_HEADERS,
+                max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
+                headers=WEB_HEADERS,
             ))
         self.net = TCPServer(
             loop,

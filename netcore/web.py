@@ -61,7 +61,7 @@ class WebConfig:
     """What the front serves. A plain class, for the same reason as ServerConfig."""
 
     __slots__ = ("static_root", "ws_path", "health_path", "handshake_timeout", "max_requests",
-                 "max_message", "headers")
+                 "max_message", "message_codec", "headers")
 
     def __init__(
         self,
@@ -71,6 +71,12 @@ class WebConfig:
         handshake_timeout: float = 10.0,
         max_requests: int = 100,  # per kept-alive connection
         max_message: int = 64 << 10,  # largest WebSocket message accepted
+        # What reads the server's frames inside WebSocket messages. None: a
+        # new server codec per connection, so the messages form one stream
+        # and a frame may span messages. A stateless codec such as
+        # framing.WholeFrames (each message holds whole frames) is shared
+        # by every connection and costs none of them any memory.
+        message_codec: Optional[Codec] = None,
         headers: Sequence[Tuple[str, str]] = (),  # added to every static file response
     ) -> None:
         if handshake_timeout <= 0:
@@ -81,6 +87,7 @@ class WebConfig:
         self.handshake_timeout = handshake_timeout
         self.max_requests = max_requests
         self.max_message = max_message
+        self.message_codec = message_codec
         self.headers = tuple(headers)
 
 
@@ -200,7 +207,10 @@ class WebFront:
         self.stats.upgrades += 1
         self.watched.pop(conn, None)
         conn.write(accept)
-        ws = WebSocketCodec(conn, server.codec_factory(), self.config.max_message)
+        inner = self.config.message_codec
+        if inner is None:
+            inner = server.codec_factory()
+        ws = WebSocketCodec(conn, inner, self.config.max_message)
         conn.codec = ws
         server.handler.on_protocol(conn, WEBSOCKET)
         if rest and conn.is_open:
@@ -288,9 +298,9 @@ class HttpCodec:
 class WebSocketCodec(WebSocketParser):
     """A WebSocket connection's codec, carrying an inner byte-stream codec.
 
-    Binary messages are the inner codec's stream, in pieces of any size
-    (the inner codec reassembles its frames across messages); outgoing
-    bytes go out as one binary message per write. Pings are answered; a
+    Binary messages are fed to the inner codec (see
+    ``WebConfig.message_codec``); outgoing bytes go out as one binary
+    message per write. Pings are answered; a
     Close is answered with a Close and the connection closes once that is
     sent. Text messages are refused with 1003 (the inner stream is binary).
     """

@@ -244,23 +244,21 @@ class WebSocketParser:
     returns nothing more: the RFC allows no data after Close.
     """
 
-    __slots__ = ("max_message", "client", "_buf", "_parts", "_opcode", "_utf8", "_state")
+    __slots__ = ("max_message", "client", "_buf", "_frag", "_state")
 
     def __init__(self, max_message: int = 1 << 20, client: bool = False) -> None:
         self.max_message = max_message
         self.client = client
         self._buf: Optional[bytearray] = None  # a partial frame, if any
-        self._parts: Optional[List[bytes]] = None  # fragments of an unfinished message
-        self._opcode = 0  # TEXT or BINARY while a fragmented message is open
-        self._utf8: Any = None  # incremental decoder of a fragmented text message
+        self._frag: Optional[_Fragments] = None  # an unfinished fragmented message
         self._state: Optional[WebSocketError] = None  # the failure, or _CLOSED
 
     @property
     def buffered(self) -> int:
         """Bytes held: a partial frame plus the fragments received so far."""
         held = len(self._buf) if self._buf is not None else 0
-        if self._parts is not None:
-            held += sum(len(p) for p in self._parts)
+        if self._frag is not None:
+            held += self._frag.size
         return held
 
     @property
@@ -335,14 +333,14 @@ class WebSocketParser:
                     self._fail(CloseCode.PROTOCOL_ERROR,
                                f"control frame of {length} bytes (max {MAX_CONTROL_PAYLOAD})")
             else:
+                frag = self._frag
                 if opcode == CONTINUATION:
-                    if self._parts is None:
+                    if frag is None:
                         self._fail(CloseCode.PROTOCOL_ERROR, "continuation frame with no message")
-                elif self._parts is not None:
+                elif frag is not None:
                     self._fail(CloseCode.PROTOCOL_ERROR,
                                "new data frame before the fragmented message ended")
-                parts = self._parts
-                have = sum(len(p) for p in parts) if parts is not None else 0
+                have = frag.size if frag is not None else 0
                 if have + length > self.max_message:
                     self._fail(CloseCode.TOO_BIG,
                                f"message of {have + length}+ bytes (max {self.max_message})")
@@ -372,38 +370,25 @@ class WebSocketParser:
         if opcode != CONTINUATION:
             if fin:
                 if opcode == TEXT:
-                    self._check_utf8(payload)
+                    try:
+                        payload.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        self._fail(CloseCode.INVALID_DATA,
+                                   f"text message is not UTF-8: {exc.reason}")
                 return Message(payload, opcode == TEXT)
-            self._opcode = opcode
-            self._parts = [payload]
-            if opcode == TEXT:
-                self._utf8 = codecs.getincrementaldecoder("utf-8")()
-                self._feed_utf8(payload, False)
-            return None
-        parts = self._parts
-        assert parts is not None
-        parts.append(payload)
-        text = self._opcode == TEXT
-        if text:
-            self._feed_utf8(payload, bool(fin))
+            frag = self._frag = _Fragments(opcode == TEXT)
+        else:
+            held = self._frag
+            assert held is not None
+            frag = held
+        try:
+            frag.add(payload, fin)
+        except UnicodeDecodeError as exc:
+            self._fail(CloseCode.INVALID_DATA, f"text message is not UTF-8: {exc.reason}")
         if not fin:
             return None
-        self._parts = None
-        self._utf8 = None
-        return Message(b"".join(parts), text)
-
-    def _check_utf8(self, payload: bytes) -> None:
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self._fail(CloseCode.INVALID_DATA, f"text message is not UTF-8: {exc.reason}")
-
-    def _feed_utf8(self, payload: bytes, final: bool) -> None:
-        """Check a fragment as it comes: a bad byte fails before the message ends."""
-        try:
-            self._utf8.decode(payload, final)
-        except UnicodeDecodeError as exc:
-            self._fail(CloseCode.INVALID_DATA, f"text message is not UTF-8: {exc.reason}")
+        self._frag = None
+        return Message(b"".join(frag.parts), frag.utf8 is not None)
 
     def _close(self, payload: bytes) -> Close:
         if len(payload) == 1:
@@ -419,17 +404,37 @@ class WebSocketParser:
                 self._fail(CloseCode.INVALID_DATA, "close reason is not UTF-8")
             event = Close(code, reason)
         self._state = _CLOSED
-        self._parts = None
-        self._utf8 = None
+        self._frag = None
         return event
 
     def _fail(self, code: int, message: str) -> NoReturn:
         err = WebSocketError(code, message)
         self._state = err
         self._buf = None
-        self._parts = None
-        self._utf8 = None
+        self._frag = None
         raise err
+
+
+class _Fragments:
+    """The fragments of a message so far (only while one is unfinished).
+
+    A text message's UTF-8 is checked fragment by fragment, by an
+    incremental decoder, so a bad byte fails before the message ends.
+    """
+
+    __slots__ = ("parts", "size", "utf8")
+
+    def __init__(self, text: bool) -> None:
+        self.parts: List[bytes] = []
+        self.size = 0
+        self.utf8: Any = codecs.getincrementaldecoder("utf-8")() if text else None
+
+    def add(self, payload: bytes, final: bool) -> None:
+        """Keep ``payload``; raises UnicodeDecodeError for bad text."""
+        if self.utf8 is not None:
+            self.utf8.decode(payload, final)
+        self.parts.append(payload)
+        self.size += len(payload)
 
 
 _CLOSED = WebSocketError(CloseCode.NORMAL, "closed")
