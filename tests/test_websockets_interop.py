@@ -58,7 +58,7 @@ def test_play_over_websockets(server):
             tick = messages(c.recv(timeout=5))[0]
             movers += [m.player_id for m in tick.movers]
     # Leaving the block ran the close handshake: we answered the client's Close.
-    assert c.close_code == 1000
+    assert c.protocol.close_code == 1000
 
 
 def test_ping_pong(server):
@@ -76,8 +76,8 @@ def test_version_error_then_close_1002(server):
         assert err.code == st.ErrorCode.VERSION and "client sent 2" in err.text
         with pytest.raises(ConnectionClosed):
             c.recv(timeout=5)
-    assert c.close_code == 1002
-    assert "client sent 2" in c.close_reason
+    assert c.protocol.close_code == 1002
+    assert "client sent 2" in c.protocol.close_reason
 
 
 def test_text_messages_are_refused_with_1003(server):
@@ -87,7 +87,7 @@ def test_text_messages_are_refused_with_1003(server):
         assert err.code == st.ErrorCode.BAD_FRAME
         with pytest.raises(ConnectionClosed):
             c.recv(timeout=5)
-    assert c.close_code == 1003
+    assert c.protocol.close_code == 1003
 
 
 def test_shutdown_closes_with_1001():
@@ -101,5 +101,5 @@ def test_shutdown_closes_with_1001():
                 while True:
                     got += messages(c.recv(timeout=5))
             assert [m.code for m in got if isinstance(m, st.Error)] == [st.ErrorCode.SHUTDOWN]
-        assert c.close_code == 1001
+        assert c.protocol.close_code == 1001
         assert s.proc.wait(timeout=10) == 0
