@@ -406,14 +406,6 @@
       ctx.textAlign = "center";
       ctx.textBaseline = "middle";
       ctx.fillText(letter, cx + cell / 2, cy + cell / 2 + 3);
-      // Crowd count, top right.
-      if (n > 0) {
-        ctx.font = `700 ${Math.round(cell * 0.12)}px system-ui, sans-serif`;
-        ctx.textAlign = "right";
-        ctx.textBaseline = "top";
-        ctx.fillStyle = "rgba(231, 235, 247, 0.8)";
-        ctx.fillText(String(n), cx + cell - 12, cy + 11);
-      }
     }
     state.drawnLetters = drawn;
 
@@ -437,6 +429,8 @@
       ctx.stroke();
     }
     ctx.globalAlpha = 1;
+    drawCounts(cell);
+    drawCountdown(cell);
 
     // Me, on top: bigger, ringed, labelled.
     const me = state.me;
@@ -488,6 +482,25 @@
     ctx.closePath();
   }
 
+  // Crowd counts, top right of each cell, over the markers so they stay readable.
+  function drawCounts(cell) {
+    ctx.font = `700 ${Math.round(cell * 0.115)}px system-ui, sans-serif`;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    for (let i = 0; i < state.cols * state.rows; i++) {
+      const n = state.counts[i] || 0;
+      if (n <= 0) continue;
+      const text = n.toLocaleString();
+      const w = Math.max(22, ctx.measureText(text).width + 12), h = 20;
+      const x = (i % state.cols) * cell + cell - 9 - w, y = Math.floor(i / state.cols) * cell + 9;
+      ctx.fillStyle = "rgba(10, 14, 24, 0.55)";
+      roundRect(x, y, w, h, 10);
+      ctx.fill();
+      ctx.fillStyle = "rgba(231, 235, 247, 0.95)";
+      ctx.fillText(text, x + w / 2, y + h / 2 + 1);
+    }
+  }
+
   function drawAttractor(now, cell) {
     if (state.attractor === PARKED || state.held <= 0) return;
     const i = state.attractor;
@@ -510,13 +523,24 @@
     ctx.lineCap = "round";
     ctx.stroke();
     ctx.lineCap = "butt";
-    // Ticks left, as seconds.
-    const left = Math.max(0, goal - state.held) * state.tickMs / 1000;
-    ctx.font = `700 ${Math.round(cell * 0.11)}px system-ui, sans-serif`;
+  }
+
+  // Time left to scoring, on a pill over the markers at the cell's foot.
+  function drawCountdown(cell) {
+    if (state.attractor === PARKED || state.held <= 0) return;
+    const i = state.attractor;
+    const cx = (i % state.cols) * cell + cell / 2, cy = Math.floor(i / state.cols) * cell + cell;
+    const left = Math.max(0, state.holdTicks + 1 - state.held) * state.tickMs / 1000;
+    const text = `${left.toFixed(1)} s`;
+    ctx.font = `800 ${Math.round(cell * 0.12)}px system-ui, sans-serif`;
+    const w = ctx.measureText(text).width + 16, h = 22;
+    ctx.fillStyle = "rgba(255, 197, 77, 0.95)";
+    roundRect(cx - w / 2, cy - h - 10, w, h, 11);
+    ctx.fill();
+    ctx.fillStyle = "#2b2000";
     ctx.textAlign = "center";
-    ctx.textBaseline = "alphabetic";
-    ctx.fillStyle = "#ffd77a";
-    ctx.fillText(`${left.toFixed(1)} s`, cx, cy + cell / 2 - 11);
+    ctx.textBaseline = "middle";
+    ctx.fillText(text, cx, cy - 10 - h / 2 + 1);
   }
 
   function drawScoredFlash(now, cell) {
