@@ -1118,8 +1118,12 @@ class BotWorker:
     def _send(self, s: socket.socket, stream: bytes) -> None:
         """Send game frames: as they are, or in one masked WebSocket message."""
         if self.websocket:
-            stream = ws.frame(stream, ws.BINARY, mask_key=self.rng.getrandbits(32).to_bytes(4, "big"))
+            stream = ws.frame(stream, ws.BINARY, mask_key=self._mask_key())
         s.send(stream)
+
+    def _mask_key(self) -> bytes:
+        """RFC 6455: every client frame is masked with a fresh random key."""
+        return self.rng.getrandbits(32).to_bytes(4, "big")
 
     def _read(self, fd: int, i: int, now: float) -> None:
         s = self.socks[i]
@@ -1185,8 +1189,10 @@ class BotWorker:
                 return None
             head = data[:end]
             accept = ws.accept_key(self.ws_keys.pop(fd, "")).encode()
-            if not head.startswith(b"HTTP/1.1 101 ") or b"Sec-WebSocket-Accept: " + accept not in head:
-                self._fail(i, "WebSocket upgrade refused: " + head.split(b"\r\n")[0].decode("latin-1"))
+            accepted = b"Sec-WebSocket-Accept: " + accept in head
+            if not head.startswith(b"HTTP/1.1 101 ") or not accepted:
+                status = head.split(b"\r\n")[0].decode("latin-1")
+                self._fail(i, f"WebSocket upgrade refused: {status}")
                 return None
             self.state[i] = self.HELLO_SENT
             try:
@@ -1226,7 +1232,7 @@ class BotWorker:
 
     def _send_pong(self, s: socket.socket, payload: bytes) -> None:
         try:
-            s.send(ws.frame(payload, ws.PONG, mask_key=self.rng.getrandbits(32).to_bytes(4, "big")))
+            s.send(ws.frame(payload, ws.PONG, mask_key=self._mask_key()))
         except OSError:
             pass
 
