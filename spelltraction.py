@@ -20,6 +20,7 @@ One file, read top-down: protocol -> rules -> server -> bots -> clients -> opera
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import heapq
 import json
@@ -51,8 +52,14 @@ from netcore import (
     ServerConfig,
     TCPServer,
     Tick,
+    WebConfig,
+    WebFront,
+    WebSocketCodec,
+    WholeFrames,
     encode_frame,
 )
+from netcore import websocket as ws
+from netcore.sniff import HTTP, WEBSOCKET
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -76,6 +83,9 @@ log = logging.getLogger("spelltraction")
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 12150
+WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
+WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
+WEB_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 COLS, ROWS, CELL_PX = 4, 3, 117
 CELLS = COLS * ROWS
 BOARD_W, BOARD_H = COLS * CELL_PX, ROWS * CELL_PX
@@ -114,6 +124,19 @@ class ErrorCode:
             if value == code and name.isupper():
                 return name.lower().replace("_", "-")
         return str(code)
+
+
+# The WebSocket close code that follows each ERROR (BAD_FRAME takes the
+# code of the framing error itself: 1002, 1007, 1009...).
+WS_CLOSE_CODES = {
+    ErrorCode.VERSION: ws.CloseCode.PROTOCOL_ERROR,
+    ErrorCode.BAD_MESSAGE: ws.CloseCode.PROTOCOL_ERROR,
+    ErrorCode.SERVER_FULL: ws.CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.SHUTDOWN: ws.CloseCode.GOING_AWAY,
+    ErrorCode.FLOOD: ws.CloseCode.POLICY_VIOLATION,
+    ErrorCode.HELLO_TIMEOUT: ws.CloseCode.POLICY_VIOLATION,
+    ErrorCode.BAD_FRAME: ws.CloseCode.PROTOCOL_ERROR,
+}
 
 
 class BadMessage(ProtocolError):
@@ -604,6 +627,15 @@ def read_asset(name: str) -> bytes:
         raise FileNotFoundError(f"no asset web/{name}") from exc
 
 
+def _bundled_web() -> bool:
+    """True when ``web/`` is readable through the module's loader (a zipapp)."""
+    try:
+        read_asset("index.html")
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def rss_kb() -> int:
     """Resident set size from /proc/self/statm (0 where there is no /proc)."""
     try:
@@ -625,6 +657,18 @@ class ServerOptions(NamedTuple):
     shutdown_grace: float = 1.5  # seconds to flush goodbyes on SIGTERM
     churn_every: float = 5.0  # seconds between connection-churn log summaries
     stats_out: str = ""  # write final figures here as JSON on exit (benchmarks)
+    web: bool = True  # HTTP (the browser client) and WebSocket on the same port
+    web_root: Optional[str] = WEB_ROOT  # None: no static files
+    handshake_timeout: float = 10.0  # an HTTP request or WebSocket upgrade must finish in this
+
+
+# Sent with the browser client's files: it loads nothing from elsewhere.
+WEB_HEADERS = (
+    ("Content-Security-Policy",
+     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+     "frame-ancestors 'none'"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
 
 class GameServer(Handler):
@@ -634,6 +678,20 @@ class GameServer(Handler):
         self.loop = loop
         self.options = opts = options if options is not None else ServerOptions()
         self.game = Game(random.Random(opts.seed))
+        web = None
+        if opts.web:
+            root = opts.web_root if opts.web_root and os.path.isdir(opts.web_root) else None
+            reader = None
+            if root is None and opts.web_root == WEB_ROOT and _bundled_web():
+                reader = read_asset  # running from the zipapp: web/ is inside it
+            elif opts.web_root and root is None:
+                log.warning("web root %s is not a directory: serving no files", opts.web_root)
+            web = WebFront(WebConfig(
+                static_root=root, static_reader=reader, routes=self.ops_routes(),
+                ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
+                max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
+                headers=WEB_HEADERS,
+            ))
         self.net = TCPServer(
             loop,
             self,
@@ -650,8 +708,12 @@ class GameServer(Handler):
                     ErrorCode.SERVER_FULL, f"server full ({opts.max_clients} players); try later"
                 ),
             ),
+            web=web,
         )
         self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet
+        # Players who came over WebSocket: the tick sends them the same bytes
+        # behind one WebSocket header, built once. TCP players are the rest.
+        self.ws_players: Dict[Connection, None] = {}
         self.started = time.time()
         self.start_rss_kb = rss_kb()
         self.ticker: Any = None
@@ -690,10 +752,14 @@ class GameServer(Handler):
         self.net.stop_accepting()
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
-        bye = error_frame(ErrorCode.SHUTDOWN, "server shutting down")
-        conns = list(self.net.connections.values())
-        self.net.broadcast(bye, conns)
-        for conn in conns:
+        text = "server shutting down"
+        bye = error_frame(ErrorCode.SHUTDOWN, text)
+        for conn in list(self.net.connections.values()):
+            # TCP: the frame; WebSocket: in a message, then a close (1001);
+            # HTTP: nothing, just finish the response under way.
+            last_words = conn.codec.closing(bye, ws.CloseCode.GOING_AWAY, text)
+            if last_words:
+                conn.write(last_words)
             conn.close_after_flush(CloseReason.SHUTDOWN)
         deadline = self.loop.time() + self.options.shutdown_grace
 
@@ -710,6 +776,13 @@ class GameServer(Handler):
 
     def on_connect(self, conn: Connection) -> None:
         self.pending[conn] = self.loop.time()
+
+    def on_protocol(self, conn: Connection, protocol: str) -> None:
+        if protocol == HTTP:
+            # Not a player (yet): the web front's deadline governs it now.
+            self.pending.pop(conn, None)
+        elif protocol == WEBSOCKET:
+            self.pending[conn] = self.loop.time()  # HELLO due within the timeout from now
 
     def on_message(self, conn: Connection, payload: bytes) -> None:
         fd = conn.fd
@@ -740,10 +813,11 @@ class GameServer(Handler):
         self.join(conn, shape, colour)
 
     def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
-        self.reject(conn, ErrorCode.BAD_FRAME, str(exc), exc.reason)
+        self.reject(conn, ErrorCode.BAD_FRAME, str(exc), exc.reason, ws.close_code_for(exc))
 
     def on_close(self, conn: Connection, reason: str) -> None:
         self.pending.pop(conn, None)
+        self.ws_players.pop(conn, None)
         player = conn.data
         if player is not None:
             self.game.leave(player)
@@ -757,17 +831,26 @@ class GameServer(Handler):
         player = self.game.join(shape, colour)
         player.conn = conn
         conn.data = player
+        if isinstance(conn.codec, WebSocketCodec):
+            self.ws_players[conn] = None
         welcome = frame(Welcome(player.id, player.shape, player.colour,
                                 tick_ms=self.options.tick_ms))
         if self._stats_tick != self.game.tick:  # at most one refresh per tick in a join storm
             self._update_stats_frame()
-        conn.write(welcome + _you_frame(player) + self.stats_frame, frames=3)
+        conn.write(conn.codec.wrap(welcome + _you_frame(player) + self.stats_frame), frames=3)
 
-    def reject(self, conn: Connection, code: int, text: str, reason: str = "protocol-error") -> None:
-        """Tell the client what it did wrong, then close it. Others play on."""
+    def reject(self, conn: Connection, code: int, text: str, reason: str = "protocol-error",
+               ws_code: int = 0) -> None:
+        """Tell the client what it did wrong, then close it. Others play on.
+
+        Over WebSocket the ERROR frame goes in a message, followed by a
+        close frame with ``ws_code`` (by default the error's usual code).
+        """
         log.debug("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
         self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
-        if conn.write(error_frame(code, text)):
+        last_words = conn.codec.closing(error_frame(code, text),
+                                        ws_code or WS_CLOSE_CODES[code], text)
+        if last_words and conn.write(last_words):
             conn.close_after_flush(reason, text)
         else:
             conn.close(reason, text)
@@ -784,18 +867,29 @@ class GameServer(Handler):
         data = b"".join(shared)
         nframes = len(shared)
         dirty = result.dirty
+        ws_players = self.ws_players
+        private: Any = ()
         if dirty:
             private = set()
             for p in dirty:
                 conn = p.conn
                 if conn is not None:
-                    conn.write(data + _you_frame(p), frames=nframes + 1)
+                    # One send: the shared frames and this player's YOU,
+                    # in one WebSocket message for a WebSocket player.
+                    conn.write(conn.codec.wrap(data + _you_frame(p)), frames=nframes + 1)
                     private.add(conn)
             targets = [p.conn for p in game.players.values() if p.conn not in private]
         else:
             # A list, not a view of game.players: a failed send closes its
             # connection, and the player leaves, during the broadcast.
             targets = [p.conn for p in game.players.values()]
+        if ws_players:
+            # The same bytes for everyone; WebSocket players get them behind
+            # one header, built once and shared like the data itself.
+            ws_targets = [c for c in ws_players if c not in private]
+            targets = [c for c in targets if c not in ws_players]
+            if ws_targets:
+                self.net.broadcast(ws.frame_header(len(data)) + data, ws_targets, nframes)
         self.net.broadcast(data, targets, nframes)
         self.msg_counts.clear()
         if game.tick % 4 == 0 and self.pending:
@@ -819,6 +913,8 @@ class GameServer(Handler):
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
             "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
+            "ws_players": len(self.ws_players),
+            "web": self.net.web.stats.snapshot() if self.net.web is not None else {},
             "rss_kb": rss_kb(),
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,
@@ -901,12 +997,12 @@ class GameServer(Handler):
     def stats_json(self) -> bytes:
         return json.dumps(self.stats_snapshot(), separators=(",", ":")).encode()
 
-    def ops_routes(self) -> Dict[str, Tuple[str, Callable[[], bytes]]]:
-        """``path -> (content type, body maker)`` for the HTTP side to serve on GET."""
+    def ops_routes(self) -> Dict[str, Callable[[], Tuple[str, bytes]]]:
+        """``path -> () -> (content type, body)``, served on the game port's HTTP side."""
         return {
-            "/metrics": (METRICS_CONTENT_TYPE, lambda: self.metrics_text().encode()),
-            "/stats": ("text/html; charset=utf-8", lambda: read_asset("stats.html")),
-            "/stats.json": ("application/json", self.stats_json),
+            "/metrics": lambda: (METRICS_CONTENT_TYPE, self.metrics_text().encode()),
+            "/stats": lambda: ("text/html; charset=utf-8", read_asset("stats.html")),
+            "/stats.json": lambda: ("application/json", self.stats_json()),
         }
 
     def _update_stats_frame(self) -> None:
@@ -1036,6 +1132,10 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     ShutdownSignals(loop, server).install()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
+    if opts.web and addresses:
+        host, port = addresses[0]
+        shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
+        print(f"play in a browser: http://{shown}:{port}/", flush=True)
     print(f"max {opts.max_clients} clients, tick {opts.tick_ms} ms, open-files limit {soft}; "
           "Ctrl-C stops", flush=True)
 
@@ -1082,6 +1182,7 @@ class BotOptions(NamedTuple):
     batch: int = 200  # connects started per loop pass, per process
     seed: Optional[int] = None
     json: bool = False
+    ws: bool = False  # connect over WebSocket (/ws) instead of the binary protocol
 
 
 class _Poller:
@@ -1128,12 +1229,16 @@ class _Poller:
 class BotWorker:
     """One process's share of the bots, on one poller, state in flat arrays."""
 
-    CONNECTING, HELLO_SENT, PLAYING, DONE = 1, 2, 3, 4
+    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING = 1, 2, 3, 4, 5
 
     def __init__(self, host: str, port: int, count: int, move_every: float, probes: int,
-                 seed: int, batch: int) -> None:
+                 seed: int, batch: int, websocket: bool = False) -> None:
         info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         self.family, self.addr = info[0], info[4]
+        self.websocket = websocket
+        self.host_header = f"{host}:{port}"
+        self.ws_keys: Dict[int, str] = {}  # fd -> Sec-WebSocket-Key, while upgrading
+        self.ws_rest: Dict[int, bytes] = {}  # fd -> partial WebSocket frame or response
         self.count = count
         self.move_every = max(0.0, move_every)
         self.batch = batch
@@ -1206,13 +1311,29 @@ class BotWorker:
         if err:
             self._fail(i, os.strerror(err))
             return
+        if self.websocket:
+            key = base64.b64encode(self.rng.getrandbits(128).to_bytes(16, "big")).decode()
+            self.ws_keys[fd] = key
+            first, state = ws.client_handshake(self.host_header, WS_PATH, key), self.UPGRADING
+        else:
+            first, state = HELLO_FRAME, self.HELLO_SENT
         try:
-            s.send(HELLO_FRAME)
+            s.send(first)
         except OSError as exc:
             self._fail(i, exc.strerror or str(exc))
             return
-        self.state[i] = self.HELLO_SENT
+        self.state[i] = state
         self.poller.modify(fd, self.poller.IN)
+
+    def _send(self, s: socket.socket, stream: bytes) -> None:
+        """Send game frames: as they are, or in one masked WebSocket message."""
+        if self.websocket:
+            stream = ws.frame(stream, ws.BINARY, mask_key=self._mask_key())
+        s.send(stream)
+
+    def _mask_key(self) -> bytes:
+        """RFC 6455: every client frame is masked with a fresh random key."""
+        return self.rng.getrandbits(32).to_bytes(4, "big")
 
     def _read(self, fd: int, i: int, now: float) -> None:
         s = self.socks[i]
@@ -1227,6 +1348,11 @@ class BotWorker:
             self._lost(i, "closed by server")
             return
         self.bytes += len(data)
+        if self.websocket:
+            unwrapped = self._unwrap(fd, i, s, data)
+            if not unwrapped:
+                return
+            data = unwrapped
         rest = self.rest.pop(fd, None)
         if rest is not None:
             data = rest + data
@@ -1258,6 +1384,68 @@ class BotWorker:
         if pos < n:
             self.rest[fd] = data[pos:]
 
+    def _unwrap(self, fd: int, i: int, s: socket.socket, data: bytes) -> Optional[bytes]:
+        """The game stream inside WebSocket frames (after the upgrade response)."""
+        held = self.ws_rest.pop(fd, None)
+        if held is not None:
+            data = held + data
+        if self.state[i] == self.UPGRADING:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > 8192:
+                    self._fail(i, "WebSocket upgrade: no response head")
+                else:
+                    self.ws_rest[fd] = data
+                return None
+            head = data[:end]
+            accept = ws.accept_key(self.ws_keys.pop(fd, "")).encode()
+            accepted = b"Sec-WebSocket-Accept: " + accept in head
+            if not head.startswith(b"HTTP/1.1 101 ") or not accepted:
+                status = head.split(b"\r\n")[0].decode("latin-1")
+                self._fail(i, f"WebSocket upgrade refused: {status}")
+                return None
+            self.state[i] = self.HELLO_SENT
+            try:
+                self._send(s, HELLO_FRAME)
+            except OSError as exc:
+                self._fail(i, exc.strerror or str(exc))
+                return None
+            data = data[end + 4 :]
+        out = []
+        pos, n = 0, len(data)
+        while n - pos >= 2:
+            b0, b1 = data[pos], data[pos + 1]
+            length, head_len = b1 & 0x7F, 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, head_len = (data[pos + 2] << 8) | data[pos + 3], 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, head_len = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
+            if b1 & 0x80:
+                self._lost(i, "masked frame from the server")
+                return None
+            end = pos + head_len + length
+            if end > n:
+                break
+            opcode = b0 & 0x0F
+            if opcode in (ws.BINARY, ws.CONTINUATION):
+                out.append(data[pos + head_len : end])
+            elif opcode == ws.PING:
+                self._send_pong(s, data[pos + head_len : end])
+            pos = end  # a Close is followed by the server closing: seen as EOF
+        if pos < n:
+            self.ws_rest[fd] = data[pos:]
+        return b"".join(out)
+
+    def _send_pong(self, s: socket.socket, payload: bytes) -> None:
+        try:
+            s.send(ws.frame(payload, ws.PONG, mask_key=self._mask_key()))
+        except OSError:
+            pass
+
     def _tick(self, i: int, number: int, now: float) -> None:
         if self.first_tick[i] < 0:
             self.first_tick[i] = number
@@ -1285,7 +1473,7 @@ class BotWorker:
                 continue
             self.seq = (self.seq + 1) & 0xFFFF
             try:
-                s.send(frame(Move(self.seq, rng.randrange(BOARD_W), rng.randrange(BOARD_H))))
+                self._send(s, frame(Move(self.seq, rng.randrange(BOARD_W), rng.randrange(BOARD_H))))
             except OSError:
                 continue
             self.moves_sent += 1
@@ -1315,6 +1503,8 @@ class BotWorker:
             self.poller.unregister(fd)
             self.index.pop(fd, None)
             self.rest.pop(fd, None)
+            self.ws_rest.pop(fd, None)
+            self.ws_keys.pop(fd, None)
             s.close()
             self.socks[i] = None
 
@@ -1354,7 +1544,7 @@ def _bot_worker_main(params_json: str) -> None:
     p = json.loads(params_json)
     raise_nofile_limit()
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
-                       p["seed"], p["batch"])
+                       p["seed"], p["batch"], p.get("ws", False))
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
     stdin_fd = sys.stdin.fileno()  # the parent closes it to say "stop"
@@ -1422,7 +1612,8 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             "spelltraction._bot_worker_main(sys.argv[2])")
     max_seconds = opts.ramp_timeout + opts.duration + 30
     workers: List["subprocess.Popen[str]"] = []
-    print(f"bots: {opts.n_bots} to {opts.host}:{opts.port} over {procs} process(es), "
+    transport = "WebSocket" if opts.ws else "TCP"
+    print(f"bots: {opts.n_bots} to {opts.host}:{opts.port} ({transport}) over {procs} process(es), "
           f"moving every {opts.move_every:g} s, holding {opts.duration:g} s", file=out, flush=True)
     started = time.monotonic()
     progress: List[Dict[str, Any]] = [{} for _ in range(procs)]
@@ -1432,7 +1623,7 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
         for k in range(procs):
             params = {"host": opts.host, "port": opts.port, "count": shares[k],
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
-                      "batch": opts.batch, "max_seconds": max_seconds}
+                      "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws}
             workers.append(subprocess.Popen(
                 [sys.executable, "-c", boot, root, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -3003,6 +3194,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="text lines, or one JSON object per line (default text)")
     sp.add_argument("--stats-out", default="", metavar="FILE",
                     help="on exit, write the final figures to FILE as JSON")
+    sp.add_argument("--web-root", default=WEB_ROOT, metavar="DIR",
+                    help="serve the browser client from DIR (default: web/ beside this file)")
+    sp.add_argument("--no-web", action="store_true",
+                    help="binary protocol only: no HTTP, no WebSocket")
+    sp.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="an HTTP request or WebSocket upgrade must finish within this")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -3020,6 +3217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     bp.add_argument("--ramp-timeout", type=float, default=60.0)
     bp.add_argument("--seed", type=int, default=None)
     bp.add_argument("--json", action="store_true", help="end with one line of JSON figures")
+    bp.add_argument("--ws", action="store_true",
+                    help="connect over WebSocket (/ws), as browsers do, instead of TCP")
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
     bp.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -3069,7 +3268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = run_bots(BotOptions(
             host=args.host, port=args.port, n_bots=args.count, move_every=args.move_every,
             duration=args.duration, procs=procs, probes=args.probes,
-            ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json,
+            ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json, ws=args.ws,
         ))
         if args.json:
             print(json.dumps(summary), flush=True)
@@ -3078,9 +3277,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--tick-ms must be between 10 and 60000")
     if args.max_clients < 1:
         parser.error("--max-clients must be at least 1")
+    if args.handshake_timeout <= 0:
+        parser.error("--handshake-timeout must be positive")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
-                               stats_out=args.stats_out), limiter)
+                               stats_out=args.stats_out, web=not args.no_web,
+                               web_root=args.web_root or None,
+                               handshake_timeout=args.handshake_timeout), limiter)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def affinity(cpus: List[int]) -> Any:
 
 
 def run(count: int, duration: float, move_every: float, pin: bool, extra_server: List[str],
-        python: str = sys.executable) -> Dict[str, Any]:
+        python: str = sys.executable, extra_bots: Optional[List[str]] = None) -> Dict[str, Any]:
     port = free_port()
     ncpu = os.cpu_count() or 1
     server_cpus, bot_cpus = ([0], list(range(1, ncpu))) if pin and ncpu > 1 else ([], [])
@@ -72,7 +72,8 @@ def run(count: int, duration: float, move_every: float, pin: bool, extra_server:
         t_bots = time.monotonic()
         bots = subprocess.Popen(
             [python, GAME, "bots", "--port", str(port), "--count", str(count),
-             "--duration", str(duration), "--move-every", str(move_every), "--json"],
+             "--duration", str(duration), "--move-every", str(move_every), "--json",
+             *(extra_bots or [])],
             stdout=subprocess.PIPE, text=True,
             preexec_fn=affinity(bot_cpus) if bot_cpus else None,
         )

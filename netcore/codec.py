@@ -14,7 +14,7 @@ from typing import List, Protocol
 
 from .ringbuffer import BytesLike
 
-__all__ = ["Codec", "ProtocolError"]
+__all__ = ["CLOSED_CODEC", "ClosedCodec", "Codec", "ProtocolError"]
 
 
 class ProtocolError(ValueError):
@@ -28,8 +28,54 @@ class ProtocolError(ValueError):
 
 
 class Codec(Protocol):
+    """What a :class:`~netcore.connection.Connection` reads and writes through.
+
+    The application's messages travel as a *stream*: the bytes ``frame()``
+    makes, back to back. A plain TCP codec puts that stream on the wire as
+    it is; a carrying codec (WebSocket) wraps chunks of it in its own
+    messages. ``wrap`` and ``closing`` let an application write
+    already-framed bytes (several frames at once, a shared broadcast) and
+    say goodbye without knowing which kind of codec a connection has.
+    """
+
     def feed(self, data: BytesLike) -> List[bytes]:
         """Payloads completed by ``data``; raises :class:`ProtocolError`."""
 
     def frame(self, payload: BytesLike) -> bytes:
         """The bytes that carry ``payload`` to the peer."""
+
+    def wrap(self, stream: bytes) -> bytes:
+        """The wire bytes for ``stream``: one or more ``frame()`` results."""
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        """Last words before closing: ``stream`` wrapped, then the transport's
+        own goodbye if it has one (``code`` and ``reason`` are WebSocket close
+        fields; codecs without a close message ignore them). Empty when
+        nothing may be said (an HTTP connection mid-request)."""
+
+
+class ClosedCodec:
+    """The codec of a closed connection: reads nothing, writes nothing.
+
+    A closing :class:`~netcore.connection.Connection` swaps its codec for
+    this one, which breaks the reference cycle of codecs that hold their
+    connection (so refcounting frees both at once) and drops any partial
+    input.
+    """
+
+    __slots__ = ()
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        raise ProtocolError("connection closed")
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return b""
+
+    def wrap(self, stream: bytes) -> bytes:
+        return b""
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return b""
+
+
+CLOSED_CODEC = ClosedCodec()

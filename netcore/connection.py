@@ -20,7 +20,7 @@ import selectors
 import socket
 from typing import TYPE_CHECKING, Any, Optional
 
-from .codec import Codec, ProtocolError
+from .codec import CLOSED_CODEC, Codec, ProtocolError
 from .loop import Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
 
@@ -50,6 +50,8 @@ class CloseReason:
     SERVER_CLOSE = "server-close"
     SHUTDOWN = "shutdown"
     LINGER_TIMEOUT = "linger-timeout"
+    HANDSHAKE_TIMEOUT = "handshake-timeout"  # an HTTP request or upgrade took too long
+    DONE = "done"  # an HTTP exchange finished (not kept alive)
 
 
 class Connection(Readiness):
@@ -278,6 +280,7 @@ class Connection(Readiness):
             return
         self.state = CLOSED
         self.close_reason = reason
+        self.codec = CLOSED_CODEC  # a codec may hold this connection: break the cycle
         out = self.out
         if out is not None:
             self.server.stats.queued_out_bytes -= len(out)

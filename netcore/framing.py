@@ -25,6 +25,8 @@ __all__ = [
     "FrameError",
     "FrameParser",
     "OversizeFrame",
+    "SplitFrame",
+    "WholeFrames",
     "ZeroLengthFrame",
     "encode_frame",
 ]
@@ -56,6 +58,13 @@ class OversizeFrame(FrameError):
         self.length = length
         self.limit = limit
         self.offset = offset
+
+
+class SplitFrame(FrameError):
+    def __init__(self, held: int, size: int) -> None:
+        super().__init__(f"message ends inside a frame ({held} of {size} bytes)")
+        self.held = held
+        self.size = size
 
 
 def encode_frame(payload: BytesLike) -> bytes:
@@ -95,6 +104,14 @@ class FrameParser:
     def frame(self, payload: BytesLike) -> bytes:
         """Encode one outgoing message the way this parser reads them."""
         return encode_frame(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        """Framed bytes go on the wire as they are."""
+        return stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        """No goodbye of its own: the stream, then the connection closes."""
+        return stream
 
     def feed(self, data: BytesLike) -> List[bytes]:
         if self._error is not None:
@@ -168,3 +185,50 @@ class FrameParser:
         if self._partial is not None:
             self._partial.release()
         raise err
+
+
+class WholeFrames:
+    """Frames from messages that each hold whole frames: a stateless codec.
+
+    Where a transport has message boundaries of its own (WebSocket), each
+    message carries one or more whole frames, so nothing is held between
+    messages and one instance serves every connection. A message that
+    ends inside a frame raises :class:`SplitFrame`.
+    """
+
+    __slots__ = ("max_frame",)
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be 1..{MAX_FRAME_LIMIT}")
+        self.max_frame = max_frame
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        frames: List[bytes] = []
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        end = len(view)
+        pos = 0
+        limit = self.max_frame
+        while pos < end:
+            if end - pos < 2:
+                raise SplitFrame(end - pos, 2)
+            length = (view[pos] << 8) | view[pos + 1]
+            if length == 0:
+                raise ZeroLengthFrame(pos)
+            if length > limit:
+                raise OversizeFrame(length, limit, pos)
+            stop = pos + 2 + length
+            if stop > end:
+                raise SplitFrame(end - pos, 2 + length)
+            frames.append(view[pos + 2 : stop].tobytes())
+            pos = stop
+        return frames
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return encode_frame(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        return stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return stream

@@ -20,13 +20,16 @@ import logging
 import os
 import selectors
 import socket
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError
 from .connection import CloseReason, Connection
 from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
 from .loop import EventLoop, Readiness
 from .stats import NetStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .web import WebFront
 
 __all__ = ["Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
@@ -94,6 +97,14 @@ class Handler:
 
     def on_connect(self, conn: Connection) -> None:
         """A new connection is registered and ready to read."""
+
+    def on_protocol(self, conn: Connection, protocol: str) -> None:
+        """With a web front: what ``conn`` turned out to speak.
+
+        ``"binary"`` (the server's codec, from its first byte), ``"http"``
+        (requests the front answers; no messages will come) or
+        ``"websocket"`` (upgraded: messages come as from a binary peer).
+        """
 
     def on_message(self, conn: Connection, payload: bytes) -> None:
         """One whole message from ``conn``."""
@@ -170,6 +181,7 @@ class TCPServer:
         handler: Handler,
         config: Optional[ServerConfig] = None,
         codec_factory: Optional[Callable[[], Codec]] = None,
+        web: Optional["WebFront"] = None,
     ) -> None:
         self.loop = loop
         self.handler = handler
@@ -186,6 +198,10 @@ class TCPServer:
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
+        # Optional HTTP/WebSocket on the same port (see netcore.web).
+        self.web = web
+        if web is not None:
+            web.attach(self)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -302,7 +318,13 @@ class TCPServer:
         except OSError:  # the peer is already gone
             sock.close()
             return None
-        conn = Connection(sock, self, self.codec_factory())
+        web = self.web
+        if web is None:
+            conn = Connection(sock, self, self.codec_factory())
+        else:
+            sniffer = web.sniffer()
+            conn = Connection(sock, self, sniffer)
+            sniffer.conn = conn
         self.loop.register(sock, EVENT_READ, conn)
         self.connections[conn.fd] = conn
         stats.accepted += 1

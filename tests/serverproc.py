@@ -5,7 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import List, Optional
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GAME = os.path.join(ROOT, "spelltraction.py")

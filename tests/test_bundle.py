@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 
 import pytest
@@ -75,6 +76,16 @@ def test_the_bundle_alone_serves_a_game_tick(alone):
         you = inbox.expect(st.You)
         assert (you.seq, you.x, you.y) == (7, 100, 200)
         sock.close()
+        # The browser client comes out of the same file, on the same port.
+        for path, asset, ctype in (("/", "index.html", "text/html"),
+                                   ("/app.js", "app.js", "text/javascript"),
+                                   ("/stats", "stats.html", "text/html")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as page:
+                assert page.status == 200
+                assert page.headers["Content-Type"].startswith(ctype)
+                assert page.read() == open(os.path.join(ROOT, "web", asset), "rb").read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            assert b"spelltraction_players" in page.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import spelltraction as st
-from serverproc import GAME, ROOT, free_port
+from serverproc import ROOT, free_port
 
 ETC = os.path.join(ROOT, "etc")
 SYSCTL = os.path.join(ETC, "sysctl.d", "60-spelltraction.conf")

@@ -4,18 +4,19 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
+import sys
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import spelltraction as st
+from browserkit import CHROMIUM, CHROMIUM_ARGS, require_browser, sync_playwright
 from gamekit import Harness
+from serverproc import GAME, ServerProcess
+from webkit import RawConn
 from netcore import Histogram
 from netcore.metrics import CONTENT_TYPE, Exposition, add_process_stats, process_stats
 
@@ -265,12 +266,33 @@ def test_ops_routes_serve_all_three(h):
     h.client()
     routes = h.server.ops_routes()
     assert set(routes) == {"/metrics", "/stats", "/stats.json"}
-    ctype, body = routes["/metrics"]
-    assert ctype == CONTENT_TYPE and b"spelltraction_connections 1" in body()
-    ctype, body = routes["/stats.json"]
-    assert ctype == "application/json" and json.loads(body())["connections"] == 1
-    ctype, body = routes["/stats"]
-    assert ctype.startswith("text/html") and body() == st.read_asset("stats.html")
+    ctype, body = routes["/metrics"]()
+    assert ctype == CONTENT_TYPE and b"spelltraction_connections 1" in body
+    ctype, body = routes["/stats.json"]()
+    assert ctype == "application/json" and json.loads(body)["connections"] == 1
+    ctype, body = routes["/stats"]()
+    assert ctype.startswith("text/html") and body == st.read_asset("stats.html")
+
+
+def test_metrics_and_stats_are_served_on_the_game_port(h):
+    players = [h.client() for _ in range(3)]
+    for i, c in enumerate(players):
+        c.send(st.Move(i + 1, 10, 10))
+    h.ticks(2)
+    metrics = RawConn(h).request("/metrics")
+    assert metrics.status == 200 and metrics.headers["content-type"] == CONTENT_TYPE
+    assert metrics.headers["cache-control"] == "no-store"
+    samples, _ = parse(metrics.body.decode())
+    assert value(samples, "spelltraction_players") == 3
+    # The HTTP connection asking is itself a connection (not a player).
+    assert value(samples, "spelltraction_connections") == 4
+    assert value(samples, "spelltraction_frames_received_total") == 3 + 3
+    page = RawConn(h).request("/stats")
+    assert page.status == 200 and page.body == st.read_asset("stats.html")
+    snap = RawConn(h).request("/stats.json")
+    assert snap.status == 200 and json.loads(snap.body)["players"] == 3
+    head = RawConn(h).request("/metrics", method="HEAD")
+    assert head.status == 200 and head.body == b""
 
 
 def test_stats_page_is_self_contained_and_reads_real_fields(h):
@@ -288,53 +310,33 @@ def test_stats_page_is_self_contained_and_reads_real_fields(h):
     assert tick <= set(snap["tick"]), tick - set(snap["tick"])
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") \
-    or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium")
-def test_stats_page_charts_live_snapshots_in_a_browser(h):
-    clients = [h.client() for _ in range(6)]
-    snapshots = []
-    for i in range(5):
-        clients[i].send(st.Move(i + 1, 50 * i, 40 * i))
-        h.run(0.2)
-        snapshots.append(h.server.stats_json())
-    served = iter(snapshots)
-
-    class Pages(BaseHTTPRequestHandler):  # test-only: stands in for the HTTP side
-        def do_GET(self):
-            if self.path == "/stats":
-                body, ctype = st.read_asset("stats.html"), "text/html; charset=utf-8"
-            elif self.path == "/stats.json":
-                body, ctype = next(served, snapshots[-1]), "application/json"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Pages)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/stats"
-        result = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--virtual-time-budget=8000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=60,
-        )
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    dom = result.stdout
-    assert "6 connections, 6 players" in dom, dom[-2000:]
+def test_stats_page_charts_live_snapshots_in_a_browser():
+    """Chromium loads /stats from a live server and charts /stats.json each second."""
+    require_browser()
+    with ServerProcess("--tick-ms", "50") as server:
+        bots = subprocess.Popen(
+            [sys.executable, GAME, "bots", "--port", str(server.port), "--count", "6",
+             "--duration", "30", "--move-every", "0.5", "--probes", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{server.port}/stats")
+                end = time.monotonic() + 20
+                while "6 players" not in page.content():
+                    assert time.monotonic() < end, "the page never showed the 6 bots"
+                    time.sleep(0.2)
+                time.sleep(5.0)  # five more polls, a second apart
+                dom = page.content()
+                browser.close()
+        finally:
+            bots.kill()
+            bots.wait()
+    summary = re.search(r"(\d+) connections, (\d+) players", dom)
+    assert summary, dom[-2000:]
+    # The page's own HTTP connections count as connections, not players.
+    assert int(summary.group(2)) == 6 and int(summary.group(1)) > 6
     lines = {name: pts for pts, name in re.findall(
         r'<polyline class="s\d" points="([^"]*)" id="([a-z]+-line\d)"', dom)}
     assert set(lines) == {"connections-line0", "connections-line1", "rss-line0", "cpu-line0",

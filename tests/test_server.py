@@ -3,7 +3,6 @@
 import logging
 import os
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from netcore import EventLoop, FrameParser, Handler, ServerConfig, TCPServer, encode_frame
+from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
 from helpers import raise_nofile, read_frames, read_until_closed
 
 

@@ -1,0 +1,360 @@
+"""HTTP and WebSocket on a :class:`~netcore.server.TCPServer`'s own port.
+
+Give a server a :class:`WebFront` and each new connection starts with a
+:class:`~netcore.sniff.ProtocolSniffer`. Its first byte decides:
+
+- binary: the server's usual codec takes over, as if there were no front;
+- HTTP: an :class:`HttpCodec` answers requests (static files, ``/healthz``)
+  with keep-alive, and a valid upgrade on ``ws_path`` swaps in a
+  :class:`WebSocketCodec`, which carries the server's usual byte stream in
+  binary WebSocket messages.
+
+The handler hears ``on_protocol(conn, "binary" | "http" | "websocket")``
+at each decision, and ``on_message`` only from binary and WebSocket
+connections: HTTP traffic never reaches it. Every connection, whatever it
+speaks, is the same :class:`~netcore.connection.Connection` with the same
+output queue, backpressure, limits and counters.
+
+Slowloris: an HTTP connection must complete a request within
+``handshake_timeout`` of being recognised as HTTP (and of each response,
+when kept alive), or it is closed (``408`` if a request was under way). A
+handful of connections that trickle bytes cannot hold the server's memory
+either: a request head is capped at 16 KiB.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .codec import Codec
+from .connection import CloseReason, Connection
+from .http import HttpError, Request, RequestParser, error_response, response
+from .loop import Timer
+from .ringbuffer import BytesLike
+from .sniff import BINARY, HTTP, MAX_BINARY_FRAME, WEBSOCKET, ProtocolSniffer
+from .static import StaticFiles
+from .websocket import (
+    PONG,
+    Close,
+    CloseCode,
+    Message,
+    Ping,
+    WebSocketError,
+    WebSocketParser,
+    close_frame,
+    frame,
+    frame_header,
+    handshake_response,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import TCPServer
+
+__all__ = ["BINARY", "HTTP", "WEBSOCKET", "HttpCodec", "WebConfig", "WebFront",
+           "WebSocketCodec", "WebStats"]
+
+log = logging.getLogger("netcore")
+
+
+class WebConfig:
+    """What the front serves. A plain class, for the same reason as ServerConfig."""
+
+    __slots__ = ("static_root", "static_reader", "routes", "ws_path", "health_path",
+                 "handshake_timeout", "max_requests", "max_message", "message_codec", "headers")
+
+    def __init__(
+        self,
+        static_root: Optional[str] = None,  # None: no files, only /healthz and upgrades
+        # Instead of a directory: read("app.js") -> bytes, e.g. from a zipapp.
+        static_reader: Optional[Callable[[str], bytes]] = None,
+        # Dynamic GET/HEAD endpoints: path -> () -> (content type, body),
+        # answered with Cache-Control: no-store (metrics, live figures).
+        routes: Optional[Mapping[str, Callable[[], Tuple[str, bytes]]]] = None,
+        ws_path: Optional[str] = "/ws",  # None: no WebSocket
+        health_path: Optional[str] = "/healthz",
+        handshake_timeout: float = 10.0,
+        max_requests: int = 100,  # per kept-alive connection
+        max_message: int = 64 << 10,  # largest WebSocket message accepted
+        # What reads the server's frames inside WebSocket messages. None: a
+        # new server codec per connection, so the messages form one stream
+        # and a frame may span messages. A stateless codec such as
+        # framing.WholeFrames (each message holds whole frames) is shared
+        # by every connection and costs none of them any memory.
+        message_codec: Optional[Codec] = None,
+        headers: Sequence[Tuple[str, str]] = (),  # added to every static file response
+    ) -> None:
+        if handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
+        if static_root is not None and static_reader is not None:
+            raise ValueError("give static_root or static_reader, not both")
+        self.static_root = static_root
+        self.static_reader = static_reader
+        self.routes: Dict[str, Callable[[], Tuple[str, bytes]]] = dict(routes or {})
+        self.ws_path = ws_path
+        self.health_path = health_path
+        self.handshake_timeout = handshake_timeout
+        self.max_requests = max_requests
+        self.max_message = max_message
+        self.message_codec = message_codec
+        self.headers = tuple(headers)
+
+
+class WebStats:
+    __slots__ = ("requests", "by_status", "upgrades", "handshake_timeouts", "bad_requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_status: Dict[int, int] = {}
+        self.upgrades = 0
+        self.handshake_timeouts = 0
+        self.bad_requests = 0
+
+    def snapshot(self) -> Dict[str, object]:
+        return {"requests": self.requests, "by_status": dict(self.by_status),
+                "upgrades": self.upgrades, "handshake_timeouts": self.handshake_timeouts,
+                "bad_requests": self.bad_requests}
+
+
+class WebFront:
+    """The HTTP side of a server: routing, deadlines, upgrades."""
+
+    def __init__(self, config: Optional[WebConfig] = None) -> None:
+        self.config = cfg = config if config is not None else WebConfig()
+        self.static: Optional[StaticFiles] = None
+        if cfg.static_root is not None or cfg.static_reader is not None:
+            self.static = StaticFiles(cfg.static_root, headers=cfg.headers,
+                                      reader=cfg.static_reader)
+        self.stats = WebStats()
+        self.server: Optional["TCPServer"] = None
+        # HTTP connections and when their current deadline started.
+        self.watched: Dict[Connection, float] = {}
+        self._timer: Optional[Timer] = None
+
+    def attach(self, server: "TCPServer") -> None:
+        """Called by the server this front serves with."""
+        if server.config.max_frame > MAX_BINARY_FRAME:
+            raise ValueError(
+                f"max_frame {server.config.max_frame} > {MAX_BINARY_FRAME}: a binary frame "
+                "could then start like an HTTP request, and one port cannot carry both")
+        self.server = server
+
+    def sniffer(self) -> ProtocolSniffer:
+        """The first codec of a new connection (its ``conn`` is set by the server)."""
+        server = self.server
+        assert server is not None
+        return ProtocolSniffer(self._http_codec, server.codec_factory, self._decided)
+
+    # -- decisions ----------------------------------------------------------
+
+    def _http_codec(self, conn: Connection) -> Codec:
+        return HttpCodec(conn, self)
+
+    def _decided(self, conn: Connection, protocol: str) -> None:
+        if protocol == HTTP:
+            self._watch(conn)
+        conn.server.handler.on_protocol(conn, protocol)
+
+    # -- HTTP ---------------------------------------------------------------
+
+    def handle(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
+        """Answer one request. Returns messages (maybe none) if it upgraded."""
+        conn = codec.conn
+        cfg = self.config
+        self.stats.requests += 1
+        codec.served += 1
+        keep = request.keep_alive and codec.served < cfg.max_requests and not request.has_body
+        method = request.method
+        head_only = method == "HEAD"
+        path = request.path
+        if method not in ("GET", "HEAD"):
+            self.reply(conn, 405, error_response(405, f"{method} is not supported", not keep,
+                                                 [("Allow", "GET, HEAD")]), keep)
+        elif request.has_body:
+            self.reply(conn, 413, error_response(413, "request bodies are not accepted"), False)
+        elif cfg.ws_path is not None and path == cfg.ws_path:
+            return self.upgrade(codec, request)
+        elif cfg.health_path is not None and path == cfg.health_path:
+            self.reply(conn, 200, response(
+                200, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")],
+                b"ok\n", head_only=head_only, close=not keep), keep)
+        elif path in cfg.routes:
+            content_type, body = cfg.routes[path]()
+            self.reply(conn, 200, response(
+                200, [("Content-Type", content_type), ("Cache-Control", "no-store")],
+                body, head_only=head_only, close=not keep), keep)
+        elif self.static is not None:
+            status, data = self.static.respond(request, keep)
+            self.reply(conn, status, data, keep)
+        else:
+            self.reply(conn, 404, error_response(404, "no such resource", not keep), keep)
+        return None
+
+    def reply(self, conn: Connection, status: int, data: bytes, keep_alive: bool,
+              reason: str = CloseReason.DONE) -> None:
+        by_status = self.stats.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        conn.write(data)
+        if keep_alive:
+            self._watch(conn)  # a fresh deadline for the next request
+        else:
+            conn.close_after_flush(reason)
+
+    def bad_request(self, conn: Connection, exc: HttpError) -> None:
+        """The parser refused the input: answer its status, then close."""
+        self.stats.bad_requests += 1
+        log.info("fd=%d %s: bad HTTP request: %s", conn.fd, conn.peername(), exc)
+        self.reply(conn, exc.status, error_response(exc.status, str(exc)), False)
+
+    def upgrade(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
+        conn = codec.conn
+        try:
+            accept = handshake_response(request)
+        except HttpError as exc:
+            extra = [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
+            keep = exc.status != 400 and request.keep_alive
+            self.reply(conn, exc.status, error_response(
+                exc.status, str(exc), not keep, extra if exc.status == 426 else [],
+                head_only=request.method == "HEAD"), keep)
+            return None
+        server = conn.server
+        rest = codec.parser.take_rest()
+        self.stats.by_status[101] = self.stats.by_status.get(101, 0) + 1
+        self.stats.upgrades += 1
+        self.watched.pop(conn, None)
+        conn.write(accept)
+        inner = self.config.message_codec
+        if inner is None:
+            inner = server.codec_factory()
+        ws = WebSocketCodec(conn, inner, self.config.max_message)
+        conn.codec = ws
+        server.handler.on_protocol(conn, WEBSOCKET)
+        if rest and conn.is_open:
+            return ws.feed(rest)
+        return []
+
+    # -- deadlines ----------------------------------------------------------
+
+    def _watch(self, conn: Connection) -> None:
+        server = self.server
+        assert server is not None
+        self.watched[conn] = server.loop.time()
+        if self._timer is None:
+            period = min(1.0, self.config.handshake_timeout / 4)
+            self._timer = server.loop.call_later(period, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close HTTP connections past their deadline (runs while any are watched)."""
+        self._timer = None
+        server = self.server
+        assert server is not None
+        limit = server.loop.time() - self.config.handshake_timeout
+        watched = self.watched
+        for conn, since in list(watched.items()):
+            if not conn.is_open or not isinstance(conn.codec, HttpCodec):
+                del watched[conn]
+            elif since <= limit:
+                del watched[conn]
+                self.stats.handshake_timeouts += 1
+                if conn.codec.parser.buffered:
+                    self.reply(conn, 408, error_response(
+                        408, f"request not complete within {self.config.handshake_timeout:g} s"),
+                        False, CloseReason.HANDSHAKE_TIMEOUT)
+                else:
+                    conn.close(CloseReason.HANDSHAKE_TIMEOUT, "idle HTTP connection")
+        if watched:
+            period = min(1.0, self.config.handshake_timeout / 4)
+            self._timer = server.loop.call_later(period, self._sweep)
+
+
+class HttpCodec:
+    """An HTTP/1.1 connection's codec: requests in, responses written.
+
+    It never returns messages of its own (the handler does not see HTTP),
+    only those of the WebSocket codec it may hand over to.
+    """
+
+    __slots__ = ("conn", "front", "parser", "served")
+
+    def __init__(self, conn: Connection, front: WebFront) -> None:
+        self.conn = conn
+        self.front = front
+        self.parser = RequestParser()
+        self.served = 0
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        parser = self.parser
+        conn = self.conn
+        try:
+            parser.feed(data)
+            while conn.is_open:
+                request = parser.next_request()
+                if request is None:
+                    break
+                upgraded = self.front.handle(self, request)
+                if upgraded is not None:
+                    return upgraded
+        except HttpError as exc:
+            self.front.bad_request(conn, exc)
+        return []
+
+    # An HTTP connection carries no messages: there is nothing to say to it
+    # but its responses, and nothing to say before closing it.
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return b""
+
+    def wrap(self, stream: bytes) -> bytes:
+        return b""
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return b""
+
+
+class WebSocketCodec(WebSocketParser):
+    """A WebSocket connection's codec, carrying an inner byte-stream codec.
+
+    Binary messages are fed to the inner codec (see
+    ``WebConfig.message_codec``); outgoing bytes go out as one binary
+    message per write. Pings are answered; a
+    Close is answered with a Close and the connection closes once that is
+    sent. Text messages are refused with 1003 (the inner stream is binary).
+    """
+
+    __slots__ = ("conn", "inner")
+
+    def __init__(self, conn: Connection, inner: Codec, max_message: int = 64 << 10) -> None:
+        super().__init__(max_message=max_message, client=False)
+        self.conn = conn
+        self.inner = inner
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        events = self.parse(data)
+        if not events:
+            return []
+        conn = self.conn
+        out: List[bytes] = []
+        for event in events:
+            if isinstance(event, Message):
+                if event.text:
+                    raise WebSocketError(CloseCode.UNSUPPORTED_DATA,
+                                         "text messages are not accepted; send binary")
+                out += self.inner.feed(event.data)
+            elif isinstance(event, Ping):
+                conn.write(frame(event.data, PONG))
+            elif isinstance(event, Close):
+                code = CloseCode.NORMAL if event.code == CloseCode.NO_STATUS else event.code
+                conn.write(close_frame(code))
+                conn.close_after_flush(CloseReason.PEER_CLOSED, f"WebSocket close {event.code}")
+                return []
+        return out
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return self.wrap(self.inner.frame(payload))
+
+    def wrap(self, stream: bytes) -> bytes:
+        return frame_header(len(stream)) + stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        bye = close_frame(code, reason)
+        return frame_header(len(stream)) + stream + bye if stream else bye
