@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import statistics
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -61,7 +61,7 @@ def machine() -> Dict[str, object]:
     }
 
 
-def fmt_table(headers: List[str], rows: List[List[object]]) -> str:
+def fmt_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table."""
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
