@@ -77,7 +77,7 @@ PEER = os.path.join(HERE, "peers", "asyncio_server.py")
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from procstat import cpu_seconds, fmt_table, machine, median, rss_bytes  # noqa: E402
+from procstat import cpu_runtime, cpu_seconds, fmt_table, machine, median, rss_bytes  # noqa: E402
 
 from netcore import FrameParser  # noqa: E402
 
@@ -390,9 +390,12 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
     t0 = time.monotonic()
 
     def sample() -> None:
+        """[t, RSS bytes, user s, system s, runtime s] (runtime: ns-precise user + system)."""
         try:
             user, system = cpu_seconds(server.pid)
-            samples.append([round(time.monotonic() - t0, 4), rss_bytes(server.pid), user, system])
+            runtime = cpu_runtime(server.pid)
+            samples.append([round(time.monotonic() - t0, 4), rss_bytes(server.pid), user, system,
+                            round(runtime, 6)])
         except (OSError, ValueError, IndexError):
             pass
 
@@ -501,8 +504,13 @@ def derive(step: Dict[str, Any]) -> Dict[str, Any]:
     out["window_samples"] = len(window)
     if len(window) >= 2:
         wall = window[-1][0] - window[0][0]
-        user = window[-1][2] - window[0][2]
-        system = window[-1][3] - window[0][3]
+        # The total from the scheduler's ns-precise runtime; the user/system
+        # split from /proc/PID/stat's clock-tick counts, in proportion.
+        total = window[-1][4] - window[0][4]
+        ticks_user = window[-1][2] - window[0][2]
+        ticks_system = window[-1][3] - window[0][3]
+        user_share = ticks_user / (ticks_user + ticks_system) if ticks_user + ticks_system else 0.5
+        user, system = total * user_share, total * (1 - user_share)
         out["window_s"] = round(wall, 3)
         out["cpu_pct"] = 100.0 * (user + system) / wall
         out["cpu_user_pct"] = 100.0 * user / wall
@@ -524,7 +532,9 @@ def derive(step: Dict[str, Any]) -> Dict[str, Any]:
         out["tick_rate_nominal_hz"] = nominal
         if rate > 0 and players > 0:
             out["cpu_s_per_tick"] = (user + system) / wall / rate
+            out["cpu_user_s_per_tick"] = user / wall / rate
             out["cpu_us_per_player_tick"] = out["cpu_s_per_tick"] / players * 1e6
+            out["cpu_user_us_per_player_tick"] = out["cpu_user_s_per_tick"] / players * 1e6
     if ticks:
         out["tick_lateness_p99_ms"] = ticks["lateness_p99"] * 1000
         out["tick_lateness_p50_ms"] = ticks["lateness_p50"] * 1000
@@ -621,19 +631,26 @@ def compute_slopes(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Dict[
         rss_pts += [(0, s["derived"]["rss_start_mb"] * 1e6) for s in idle]
         cpu_pts = [(s["derived"]["players"], s["derived"]["cpu_s_per_tick"]) for s in idle
                    if "cpu_s_per_tick" in s["derived"]]
+        user_pts = [(s["derived"]["players"], s["derived"]["cpu_user_s_per_tick"]) for s in idle
+                    if "cpu_user_s_per_tick" in s["derived"]]
         rss_slope, rss_icpt = least_squares(rss_pts)
         cpu_slope, cpu_icpt = least_squares(cpu_pts)
+        user_slope, _ = least_squares(user_pts)
         entry: Dict[str, Any] = {
             "steps": len(idle),
             "bytes_per_player": rss_slope,
             "rss_intercept_mb": rss_icpt / 1e6,
             "cpu_us_per_player_tick": cpu_slope * 1e6,
             "cpu_ms_per_tick_intercept": cpu_icpt * 1e3,
+            # User time only: the part a server's own code decides (on loopback
+            # the kernel's send path, charged as system time, is most of a send).
+            "cpu_user_us_per_player_tick": user_slope * 1e6,
         }
         if active:
             d = active[-1]["derived"]
             entry["active_players"] = d["players"]
             entry["active_cpu_us_per_player_tick"] = d.get("cpu_us_per_player_tick")
+            entry["active_cpu_user_us_per_player_tick"] = d.get("cpu_user_us_per_player_tick")
             entry["active_cpu_pct"] = d.get("cpu_pct")
         out[server] = entry
     return out
@@ -711,6 +728,9 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
     """One chart as an ``<svg>`` element: players on x, each series a line."""
     left, right, top, bottom = 62, 16, 34, 44
     pw, ph = width - left - right, height - top - bottom
+    shown = [s for s in series if s.points]
+    legend_rows = (len(shown) + 1) // 2
+    height += legend_rows * 15 + 4  # the legend goes below the plot, never over a line
     xs = [p[0] for s in series for p in s.points]
     ys = [p[1] for s in series for p in s.points if not log_y or p[1] > 0]
     if target is not None:
@@ -781,7 +801,7 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
         v += step
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
                  f'stroke="#888"/>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">'
+    parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">'
                  f'{e(x_label)}</text>')
     parts.append(f'<text transform="translate(14,{top + ph / 2}) rotate(-90)" '
                  f'text-anchor="middle">{e(y_label)}</text>')
@@ -809,12 +829,10 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
             else:
                 parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{s.colour}">'
                              f'<title>{e(tip)}</title></circle>')
-    # legend
-    ly = top + 8
-    for s in series:
-        if not s.points:
-            continue
-        lx = left + 10
+    # legend: two columns under the x-axis label
+    for i, s in enumerate(shown):
+        lx = left + (i % 2) * (pw // 2)
+        ly = top + ph + bottom + 6 + (i // 2) * 15
         if s.marker == "diamond":
             parts.append(f'<path d="M{lx + 10},{ly - 5} L{lx + 15},{ly} L{lx + 10},{ly + 5} '
                          f'L{lx + 5},{ly} Z" fill="white" stroke="{s.colour}" stroke-width="2"/>')
@@ -823,7 +841,6 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
             parts.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 20}" y2="{ly}" '
                          f'stroke="{s.colour}" stroke-width="2"{dash}/>')
         parts.append(f'<text x="{lx + 26}" y="{ly + 4}">{e(s.name)}</text>')
-        ly += 15
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -855,16 +872,25 @@ def charts(steps: List[Dict[str, Any]], servers: Sequence[str]) -> List[str]:
     return [rss, cpu, late, client]
 
 
-def composite_svg(panels: List[str], caption: str, width: int = 480, height: int = 300) -> str:
+def _svg_size(panel: str) -> Tuple[int, int]:
+    head = panel[:300]
+    w = int(head.split('width="', 1)[1].split('"', 1)[0])
+    h = int(head.split('height="', 1)[1].split('"', 1)[0])
+    return w, h
+
+
+def composite_svg(panels: List[str], caption: str) -> str:
     """The four charts in a 2x2 grid, one standalone SVG (for the README)."""
     cols = 2
-    rows = (len(panels) + cols - 1) // cols
-    total_w, total_h = cols * width, rows * height + 24
+    sizes = [_svg_size(p) for p in panels]
+    width = max((w for w, _ in sizes), default=480)
+    row_heights = [max(h for _, h in sizes[r:r + cols]) for r in range(0, len(sizes), cols)]
+    total_w, total_h = cols * width, sum(row_heights) + 24
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{total_h}" '
              f'viewBox="0 0 {total_w} {total_h}" font-family="sans-serif">',
              f'<rect width="{total_w}" height="{total_h}" fill="white"/>']
     for i, panel in enumerate(panels):
-        x, y = (i % cols) * width, (i // cols) * height
+        x, y = (i % cols) * width, sum(row_heights[: i // cols])
         parts.append(panel.replace("<svg ", f'<svg x="{x}" y="{y}" ', 1))
     parts.append(f'<text x="{total_w / 2}" y="{total_h - 8}" text-anchor="middle" '
                  f'font-size="11" fill="#555">{html.escape(caption)}</text>')
@@ -918,8 +944,9 @@ def step_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[List
 
 
 def slope_rows(slopes: Dict[str, Any], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
-    headers = ["server", "bytes / player (slope)", "CPU us / player-tick, idle-ish (slope)",
-               "CPU us / player-tick, active", "vs asyncio (RSS, CPU idle, CPU active)"]
+    headers = ["server", "bytes / player", "CPU us / player-tick, idle-ish: total (user)",
+               "CPU us / player-tick, active: total (user)",
+               "vs asyncio: RSS, CPU idle-ish, CPU active"]
     base = slopes.get("asyncio") or {}
     rows = []
     for s in servers:
@@ -929,13 +956,34 @@ def slope_rows(slopes: Dict[str, Any], servers: Sequence[str]) -> Tuple[List[str
 
         def rel(key: str) -> str:
             a, b = e.get(key), base.get(key)
-            return f"{a / b:.2f}x" if a and b else "-"
+            return f"{a / b:.2f}x" if a is not None and b else "-"
 
         rows.append([LABELS[s], _f(e.get("bytes_per_player"), ".0f"),
-                     _f(e.get("cpu_us_per_player_tick"), ".2f"),
-                     _f(e.get("active_cpu_us_per_player_tick"), ".2f"),
-                     f"{rel('bytes_per_player')}, {rel('cpu_us_per_player_tick')}, "
-                     f"{rel('active_cpu_us_per_player_tick')}"])
+                     f"{_f(e.get('cpu_us_per_player_tick'), '.2f')} "
+                     f"({_f(e.get('cpu_user_us_per_player_tick'), '.2f')})",
+                     f"{_f(e.get('active_cpu_us_per_player_tick'), '.2f')} "
+                     f"({_f(e.get('active_cpu_user_us_per_player_tick'), '.2f')})",
+                     f"{rel('bytes_per_player')}, {rel('cpu_us_per_player_tick')} "
+                     f"(user {rel('cpu_user_us_per_player_tick')}), "
+                     f"{rel('active_cpu_us_per_player_tick')} "
+                     f"(user {rel('active_cpu_user_us_per_player_tick')})"])
+    return headers, rows
+
+
+def readme_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """The short table: servers x steps, RSS, CPU % and tick p99."""
+    headers = ["players", "server", "RSS MB", "CPU %", "tick lateness p99 ms", "ticks/s"]
+    order = {s: i for i, s in enumerate(servers)}
+    rows: List[List[str]] = []
+    for s in sorted(steps, key=lambda s: (s["scenario"] != IDLE, s["players_target"],
+                                          order.get(s["server"], 9))):
+        d = s["derived"]
+        players = str(d.get("players") or s["players_target"])
+        if s["scenario"] == ACTIVE:
+            players += " active"
+        rows.append([players, LABELS[s["server"]], _f(d.get("rss_mb"), ".1f"),
+                     _f(d.get("cpu_pct"), ".1f"), _f(d.get("tick_lateness_p99_ms"), ".1f"),
+                     _f(d.get("tick_rate_hz"), ".2f")])
     return headers, rows
 
 
@@ -955,11 +1003,16 @@ def markdown(result: Dict[str, Any]) -> str:
     steps = result["steps"]
     h, rows = step_rows(steps, servers)
     sh, srows = slope_rows(result["slopes"], servers)
-    out = [fmt_table(h, rows), "", fmt_table(sh, srows)]
+    rh, rrows = readme_rows(steps, servers)
+    out = [fmt_table(rh, rrows), "", footer(result), "", "Every step in detail:", "",
+           fmt_table(h, rows), "", "Slopes (least squares over the idle-ish ladder):", "",
+           fmt_table(sh, srows)]
     if result["targets"]:
         out += ["", fmt_table(["target", "measured", "limit", "met"],
                               [[t["target"], t["measured"], t["limit"],
                                 _met(t["met"])] for t in result["targets"]])]
+    if result.get("skipped"):
+        out += ["", f"Skipped to keep to the time budget: {', '.join(result['skipped'])}"]
     out += ["", footer(result)]
     return "\n".join(out)
 
@@ -988,6 +1041,9 @@ def report_html(result: Dict[str, Any], panels: List[str]) -> str:
     partial = ""
     if result.get("interrupted"):
         partial = f'<p class="warn">Interrupted ({e(result["interrupted"])}): partial results.</p>'
+    if result.get("skipped"):
+        partial += (f'<p class="warn">Skipped to keep to the time budget: '
+                    f'{e(", ".join(result["skipped"]))}.</p>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>SpellTraction capacity: netcore vs asyncio vs uvloop</title>
@@ -1153,7 +1209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "python": sys.version.split()[0], "uvloop": uv, "machine": machine(),
         "servers": servers, "ladder": args.ladder, "active_players": args.active,
         "hold_s": hold, "settle_s": settle, "budget_s": args.budget, "tick_ms": args.tick_ms,
-        "estimate_s": round(estimate), "steps": [], "slopes": {}, "targets": [],
+        "estimate_s": round(estimate), "steps": [], "skipped": [], "slopes": {}, "targets": [],
         "interrupted": None,
     }
     log(f"capacity: {', '.join(servers)}; ladder {args.ladder} idle-ish"
@@ -1171,6 +1227,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             remaining = steps_plan[i:]
             left = args.budget - elapsed
             step_hold = fit_hold(remaining, hold, left)
+            # The estimate runs ~1.4x long; skip (and say so) only when even a
+            # minimum-hold step would clearly overrun the budget.
+            if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
+                log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
+                    f"{fmt_clock(args.budget)} budget is spent")
+                result["skipped"].append(plan.label())
+                continue
             ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
             rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
             log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"

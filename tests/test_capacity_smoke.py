@@ -61,7 +61,9 @@ def test_smoke_200_players_ours_and_asyncio(tmp_path):
         assert s["bots"]["connected"] == 200 and s["bots"]["failed"] == 0
         assert s["bots"]["dropped"] == 0 and d["players"] == 200
         assert len(s["samples"]) >= 4 and d["window_samples"] >= 2
-        assert all(rss > 0 for _t, rss, _u, _s in s["samples"])
+        assert all(rss > 0 for _t, rss, _u, _s, _run in s["samples"])
+        runtimes = [run for *_rest, run in s["samples"]]
+        assert runtimes == sorted(runtimes), "CPU runtime never goes backwards"
         assert s["server_final"]["ticks"]["fired"] > 0
         assert s["server_final"]["net"]["accepted"] >= 200
         assert len(s["observer_ticks"]) > 0 and d["tick_rate_hz"] > 0
