@@ -161,12 +161,15 @@ def test_server_full_is_an_error_frame(peer):
 def test_sigterm_says_goodbye_and_writes_stats_like_the_netcore_server(tmp_path, flavour):
     out = tmp_path / "stats.json"
     p = Peer(flavour, stats_out=str(out))
-    clients = [p.connect() for _ in range(5)]
-    time.sleep(0.3)
-    p.proc.send_signal(signal.SIGTERM)
-    for c in clients:
-        assert errors_until_closed(c)[-1].code == st.ErrorCode.SHUTDOWN
-    assert p.stop() == 0
+    try:
+        clients = [p.connect() for _ in range(5)]
+        time.sleep(0.3)
+        p.proc.send_signal(signal.SIGTERM)
+        for c in clients:
+            assert errors_until_closed(c)[-1].code == st.ErrorCode.SHUTDOWN
+    finally:
+        code = p.stop()
+    assert code == 0
     ours = json.loads(out.read_text())
     h = Harness()
     try:
