@@ -61,6 +61,7 @@ import json
 import math
 import os
 import select
+import shlex
 import signal
 import socket
 import struct
@@ -1095,6 +1096,8 @@ def parse_servers(text: str) -> List[str]:
 
 
 def parse_ladder(text: str) -> List[int]:
+    if text.strip().lower() == "none":
+        return []  # the active scenario only
     try:
         ladder = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -1148,7 +1151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--server", type=parse_servers, default=parse_servers("all"),
                     help="ours, asyncio, uvloop, all, or a comma list (default all)")
     ap.add_argument("--ladder", type=parse_ladder, default=list(DEFAULT_LADDER),
-                    help="players per idle-ish step (default 1000,5000,10000,15000,19000)")
+                    help="players per idle-ish step (default 1000,5000,10000,15000,19000; "
+                         "'none': the active scenario only)")
     ap.add_argument("--active", type=int, default=5000,
                     help="players in the active scenario, every bot moving every tick "
                          "(default 5000; 0 skips it)")
@@ -1182,6 +1186,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         log("no server to measure")
         return 2
     steps_plan = plan_steps(servers, args.ladder, args.active)
+    if not steps_plan:
+        log("nothing to run: the ladder is empty and --active is 0")
+        return 2
     hold = fit_hold(steps_plan, args.hold, args.budget)
     if hold < args.hold:
         log(f"hold shortened from {args.hold:g} s to {hold:.1f} s to fit the "
@@ -1203,7 +1210,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.sched_setaffinity(0, set(load_cpus))  # keep the driver off the server's CPU
     started = time.strftime("%Y-%m-%d %H:%M")
     t_start = time.monotonic()
-    command = "python3 bench/capacity.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python3", "bench/capacity.py",
+                          *(argv if argv is not None else sys.argv[1:])])
     result: Dict[str, Any] = {
         "started": started, "finished": None, "elapsed": None, "command": command.strip(),
         "python": sys.version.split()[0], "uvloop": uv, "machine": machine(),
