@@ -1,0 +1,1277 @@
+#!/usr/bin/env python3
+"""Capacity: SpellTraction on netcore against the same game on asyncio and uvloop.
+
+For every server and every step of a ladder of player counts, this starts the
+server (pinned to CPU 0), connects ``spelltraction.py bots`` (spread over
+processes, pinned to the other CPUs), holds the load, and measures:
+
+- the server process from ``/proc/PID``: RSS, and CPU time split into user
+  and system, sampled four times a second;
+- the server's own tick timing (lateness p99/max, tick work p99, late and
+  skipped ticks), which it writes on exit (``--stats-out``);
+- the ticks it actually delivered during the hold, seen by an observer
+  client the driver keeps connected (so an overloaded server's CPU is
+  divided by the ticks it really ran, not the nominal 4 Hz);
+- what the bots saw (``bots --json``): tick interval and move->echo latency.
+
+Two scenarios: **idle-ish** (each bot moves every 80 s, as the original's
+load script) across the ladder, and **active** (every bot moves every tick)
+at 5,000 players. Steps are interleaved across servers (1,000 for each
+server, then 5,000 for each, ...) so that the servers being compared are
+measured minutes, not a quarter of an hour, apart on a shared machine.
+
+Why a fresh server per step rather than one server ramped up the ladder:
+each step then has its own clean baseline (RSS per player is the step's RSS
+minus the same process's RSS before any player joined, with no allocator
+high-water mark left over from a bigger step), its own bots run and thus its
+own latency figures (the bots report once, at the end), and a failure at
+19,000 cannot taint the 10,000 figures. It costs a few seconds of ramp per
+step, which the budget below accounts for.
+
+Ports: the bots close with RST (SO_LINGER 0), so neither side keeps
+TIME_WAIT entries; each step also uses a fresh server port, so a connection
+left in TIME_WAIT by an earlier step can never collide with a new 4-tuple.
+Before each step the driver counts the loopback sockets in use and waits if
+the ephemeral range (``/proc/sys/net/ipv4/ip_local_port_range``) would not
+hold the step.
+
+The whole default run (3 servers x 5 steps + 3 active steps) is budgeted to
+finish in under 15 minutes: ``--budget`` (default 840 s) is split between the
+steps from an estimate of each step's ramp, and holds shrink if the run falls
+behind. Every process is started in its own process group and killed (only
+those groups) on exit, on Ctrl-C and on SIGTERM; with Linux's
+PR_SET_PDEATHSIG they die even if the driver is killed outright.
+
+    python3 bench/capacity.py --server all                       # the full run
+    python3 bench/capacity.py --ladder 200,1000 --hold 5         # a quick look
+    python3 bench/capacity.py --server ours,asyncio --ladder 200 --active 200 --hold 2
+
+Outputs: ``bench/results/capacity.json`` (every sample), ``bench/report.html``
+(inline SVG charts, stdlib only), ``docs/img/capacity.svg`` (the four charts
+as one image for the README) and a Markdown table on stdout (also saved
+beside the JSON as ``capacity.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import html
+import json
+import math
+import os
+import select
+import shlex
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import IO, Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+GAME = os.path.join(ROOT, "spelltraction.py")
+PEER = os.path.join(HERE, "peers", "asyncio_server.py")
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+from procstat import cpu_runtime, cpu_seconds, fmt_table, machine, median, rss_bytes  # noqa: E402
+
+from netcore import FrameParser  # noqa: E402
+
+SERVERS = ("ours", "asyncio", "uvloop")
+LABELS = {"ours": "netcore (ours)", "asyncio": "asyncio", "uvloop": "uvloop"}
+COLOURS = {"ours": "#1b6ac9", "asyncio": "#e8710a", "uvloop": "#2a9d3c"}
+DEFAULT_LADDER = (1000, 5000, 10000, 15000, 19000)
+IDLE, ACTIVE = "idle", "active"
+IDLE_MOVE_EVERY = 80.0  # the original's load script
+ACTIVE_MOVE_EVERY = 0.25  # every tick
+TICK_MS = 250
+SAMPLE_EVERY = 0.25  # seconds between /proc samples
+
+# Budget model, calibrated on the 2-core machine this runs on: a step costs a
+# fixed overhead (start the server, settle, start the bots, stop both) plus
+# the ramp (bots connect at a few thousand per second; asyncio under load is
+# the slowest) plus the hold.
+STEP_OVERHEAD_S = 5.0
+RAMP_PLAYERS_PER_S = 1500.0
+MIN_HOLD_S = 6.0
+DEFAULT_BUDGET_S = 840.0  # 14 minutes: the run must end in under 15
+
+HOST = "127.0.0.1"
+TCP_TIME_WAIT = "06"
+
+
+# =============================================================================
+# Processes: every child in its own process group, killed only by its pgid.
+# =============================================================================
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _child_setup(cpus: Sequence[int]) -> Callable[[], None]:
+    """Runs in the child before exec: CPU pinning, die with the driver."""
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked around Popen
+        if cpus and hasattr(os, "sched_setaffinity"):
+            try:
+                os.sched_setaffinity(0, set(cpus))
+            except OSError:
+                pass
+        try:  # PR_SET_PDEATHSIG = 1: SIGKILL us if the driver dies
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    return setup
+
+
+class Children:
+    """The processes this run started; the only ones it ever signals."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.procs: List["subprocess.Popen[str]"] = []
+        self.log_dir = log_dir
+
+    def start(self, cmd: List[str], cpus: Sequence[int], name: str) -> "subprocess.Popen[str]":
+        """Start ``cmd``; its stderr goes to ``log_dir/name.log`` (a pipe nobody
+        reads could fill up and stall a server mid-measurement)."""
+        os.makedirs(self.log_dir, exist_ok=True)
+        # A Ctrl-C between Popen and the append would leak the child: hold
+        # stop signals until it is on the list (the child unblocks them).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            with open(os.path.join(self.log_dir, name + ".log"), "w") as err:
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                    text=True, bufsize=1, start_new_session=True, preexec_fn=_child_setup(cpus),
+                )
+            self.procs.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        return proc
+
+    def log_tail(self, name: str, size: int = 1500) -> str:
+        try:
+            with open(os.path.join(self.log_dir, name + ".log")) as f:
+                return f.read()[-size:]
+        except OSError:
+            return ""
+
+    @staticmethod
+    def signal_group(proc: "subprocess.Popen[str]", sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)  # the group this process leads: our own pids only
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, proc: "subprocess.Popen[str]", timeout: float = 10.0) -> Optional[int]:
+        """SIGTERM the process (and its group), then SIGKILL if it lingers."""
+        if proc.poll() is None:
+            self.signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_group(proc, signal.SIGKILL)  # stragglers (bot workers) of the group
+        if proc.poll() is None:
+            proc.wait()
+        for stream in (proc.stdout,):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        if proc in self.procs:
+            self.procs.remove(proc)
+        return proc.returncode
+
+    def kill_all(self) -> None:
+        """Stop everything still running; a second Ctrl-C must not cut this short."""
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for proc in list(self.procs):
+                self.stop(proc, timeout=3.0)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived: stop, clean up, write what we have."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+# =============================================================================
+# Observer: one quiet client that timestamps the ticks the server delivers.
+# =============================================================================
+
+
+class Observer:
+    """Counts delivered ticks during the hold (the players' view of the tick rate)."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        import spelltraction as st
+
+        self._tick_kind = st.TICK
+        self._welcome_kind = st.WELCOME
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.sendall(st.frame(st.Hello()))
+        self.parser = FrameParser(65535)
+        self.ticks: List[Tuple[float, int]] = []  # (driver clock, TICK number)
+        self.welcomed = False
+        deadline = time.monotonic() + timeout
+        while not self.welcomed:
+            if time.monotonic() > deadline:
+                raise RuntimeError("observer: no WELCOME from the server")
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            self._handle(self.sock.recv(65536), time.monotonic())
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def pump(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                data = self.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                raise RuntimeError("observer: the server closed the connection")
+            self._handle(data, now)
+
+    def _handle(self, data: bytes, now: float) -> None:
+        if not data:
+            raise RuntimeError("observer: the server closed the connection")
+        for payload in self.parser.feed(data):
+            if payload[0] == self._tick_kind:
+                self.ticks.append((now, int.from_bytes(payload[1:5], "big")))
+            elif payload[0] == self._welcome_kind:
+                self.welcomed = True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# =============================================================================
+# One step: a server, N bots, a hold; figures out.
+# =============================================================================
+
+
+class StepPlan(NamedTuple):
+    server: str
+    scenario: str  # IDLE or ACTIVE
+    players: int
+
+    @property
+    def move_every(self) -> float:
+        return ACTIVE_MOVE_EVERY if self.scenario == ACTIVE else IDLE_MOVE_EVERY
+
+    def label(self) -> str:
+        return f"{self.server} {self.scenario} {self.players}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(kind: str, port: int, max_clients: int, stats_out: str,
+                   tick_ms: int) -> List[str]:
+    common = ["--host", HOST, "--port", str(port), "--tick-ms", str(tick_ms),
+              "--max-clients", str(max_clients), "--stats-out", stats_out,
+              "--log-level", "warning"]
+    if kind == "ours":
+        return [sys.executable, GAME, "serve", *common]
+    if kind == "asyncio":
+        return [sys.executable, PEER, *common]
+    if kind == "uvloop":
+        return [sys.executable, PEER, "--uvloop", *common]
+    raise ValueError(f"unknown server {kind!r}")
+
+
+def cpu_sets() -> Tuple[List[int], List[int]]:
+    """(server CPUs, load CPUs): the server alone on CPU 0 where there are two or more."""
+    ncpu = os.cpu_count() or 1
+    if ncpu < 2 or not hasattr(os, "sched_setaffinity"):
+        return [], []
+    return [0], list(range(1, ncpu))
+
+
+def loopback_ports_in_use() -> Tuple[int, int]:
+    """(TCP sockets in the ephemeral range, of which in TIME_WAIT), from /proc/net/tcp*."""
+    lo, hi = ephemeral_range()
+    used = waiting = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split(None, 4)
+                    if len(fields) < 4:
+                        continue
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if lo <= port <= hi:
+                        used += 1
+                        if fields[3] == TCP_TIME_WAIT:
+                            waiting += 1
+        except OSError:
+            pass
+    return used, waiting
+
+
+def ephemeral_range() -> Tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def wait_for_ports(needed: int, log: Callable[[str], None], patience: float = 30.0) -> Dict[str, int]:
+    """Wait (a bounded time) until the ephemeral range has room for ``needed`` connections."""
+    lo, hi = ephemeral_range()
+    size = hi - lo + 1
+    deadline = time.monotonic() + patience
+    used, waiting = loopback_ports_in_use()
+    while used + needed + 512 > size and time.monotonic() < deadline:
+        log(f"  ports: {used} of {size} ephemeral ports in use ({waiting} TIME_WAIT); "
+            f"waiting for room for {needed}")
+        time.sleep(2.0)
+        used, waiting = loopback_ports_in_use()
+    return {"ephemeral_in_use": used, "time_wait": waiting, "ephemeral_size": size}
+
+
+def _read_line(proc: "subprocess.Popen[str]", timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        return ""
+    return proc.stdout.readline()
+
+
+def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tick_ms: int,
+             ramp_timeout: float, probes: int, log: Callable[[str], None]) -> Dict[str, Any]:
+    """Run one step and return everything measured (raw samples included)."""
+    server_cpus, load_cpus = cpu_sets()
+    port = free_port()
+    fd, stats_file = tempfile.mkstemp(prefix="capacity-", suffix=".json")
+    os.close(fd)
+    os.unlink(stats_file)  # the server creates it on exit: its presence means a clean stop
+    step: Dict[str, Any] = {
+        "server": plan.server, "scenario": plan.scenario, "players_target": plan.players,
+        "move_every_s": plan.move_every, "hold_s": hold, "settle_s": settle, "tick_ms": tick_ms,
+        "port": port, "started_at": time.strftime("%H:%M:%S"), "samples": [],
+        "observer_ticks": [], "bots": None, "server_final": None, "errors": [],
+    }
+    step["ports_before"] = wait_for_ports(plan.players + 1, log)
+    name = f"{plan.server}-{plan.scenario}-{plan.players}"
+    step["logs"] = [f"{name}-server.log", f"{name}-bots.log"]
+    server = children.start(
+        server_command(plan.server, port, plan.players + 100, stats_file, tick_ms), server_cpus,
+        f"{name}-server")
+    step["pids"] = [server.pid]
+    bots: Optional["subprocess.Popen[str]"] = None
+    observer: Optional[Observer] = None
+    samples: List[List[float]] = step["samples"]
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        """[t, RSS bytes, user s, system s, runtime s] (runtime: ns-precise user + system)."""
+        try:
+            user, system = cpu_seconds(server.pid)
+            runtime = cpu_runtime(server.pid)
+            samples.append([round(time.monotonic() - t0, 4), rss_bytes(server.pid), user, system,
+                            round(runtime, 6)])
+        except (OSError, ValueError, IndexError):
+            pass
+
+    try:
+        line = _read_line(server, 15.0)
+        if "listening" not in line:
+            raise RuntimeError(f"server did not start: {line!r} "
+                               f"{children.log_tail(name + '-server')}")
+        time.sleep(0.5)
+        sample()
+        step["rss_start"] = samples[-1][1]
+        observer = Observer(port)
+        cmd = [sys.executable, GAME, "bots", "--host", HOST, "--port", str(port),
+               "--count", str(plan.players), "--duration", str(hold),
+               "--move-every", str(plan.move_every), "--probes", str(probes),
+               "--ramp-timeout", str(ramp_timeout), "--json"]
+        bots = children.start(cmd, load_cpus, f"{name}-bots")
+        step["pids"].append(bots.pid)
+        log(f"  server pid {server.pid}, bots pid {bots.pid} (process groups)")
+        assert bots.stdout is not None
+        t_bots = time.monotonic() - t0
+        step["bots_started_s"] = round(t_bots, 3)
+        lines: List[str] = []
+        partial = ""
+        next_sample = time.monotonic()
+        hard_deadline = time.monotonic() + ramp_timeout + hold + 60
+        bots_out = bots.stdout.fileno()
+        bots_open = True
+        while bots_open or bots.poll() is None:
+            now = time.monotonic()
+            if now >= next_sample:
+                sample()
+                next_sample += SAMPLE_EVERY
+                if next_sample < now:
+                    next_sample = now + SAMPLE_EVERY
+            if now > hard_deadline:
+                raise RuntimeError("bots did not finish in time")
+            if server.poll() is not None:
+                raise RuntimeError(f"server exited with {server.returncode} during the step")
+            watch: List[Any] = [observer]
+            if bots_open:
+                watch.append(bots_out)
+            ready, _, _ = select.select(watch, [], [], max(0.0, next_sample - time.monotonic()))
+            if observer in ready:
+                observer.pump()
+            if bots_out in ready:
+                chunk = os.read(bots_out, 65536).decode()
+                if not chunk:
+                    bots_open = False
+                    continue
+                partial += chunk
+                *done, partial = partial.split("\n")
+                for text in done:
+                    lines.append(text)
+                    if text.startswith("ramp"):
+                        step["ramp_done_s"] = round(time.monotonic() - t0, 3)
+                        log(f"  {text.strip()}")
+        sample()
+        step["bots_exit"] = bots.wait()
+        if partial:
+            lines.append(partial)
+        json_lines = [x for x in lines if x.startswith("{")]
+        if not json_lines:
+            raise RuntimeError(f"bots printed no figures: {children.log_tail(name + '-bots')}")
+        step["bots"] = json.loads(json_lines[-1])
+        step["observer_ticks"] = [[round(t - t0, 4), n] for t, n in observer.ticks]
+    except Exception as exc:  # noqa: BLE001 - one failed step must not lose the run
+        step["errors"].append(f"{type(exc).__name__}: {exc}")
+        log(f"  step failed: {exc}")
+    finally:
+        if observer is not None:
+            observer.close()
+        if bots is not None:
+            children.stop(bots, timeout=5.0)
+        step["server_exit"] = children.stop(server, timeout=15.0)
+        if server.returncode not in (0, None) and not step["errors"]:
+            step["errors"].append(f"server exited with {server.returncode}")
+        try:
+            with open(stats_file) as f:
+                step["server_final"] = json.load(f)
+        except (OSError, ValueError):
+            step["errors"].append("server wrote no --stats-out figures")
+        finally:
+            if os.path.exists(stats_file):
+                os.unlink(stats_file)
+    step["derived"] = derive(step)
+    return step
+
+
+def derive(step: Dict[str, Any]) -> Dict[str, Any]:
+    """The step's figures, from its raw samples, the server's and the bots' reports."""
+    out: Dict[str, Any] = {}
+    bots = step.get("bots") or {}
+    final = step.get("server_final") or {}
+    ticks = final.get("ticks") or {}
+    players = int(bots.get("connected", 0))
+    out["players"] = players
+    samples = step.get("samples") or []
+    ramp_done = step.get("ramp_done_s")
+    hold = float(step.get("hold_s", 0.0))
+    window: List[List[float]] = []
+    if ramp_done is not None and samples:
+        start = ramp_done + float(step.get("settle_s", 0.0))
+        end = ramp_done + hold
+        window = [s for s in samples if start <= s[0] <= end]
+    out["window_samples"] = len(window)
+    if len(window) >= 2:
+        wall = window[-1][0] - window[0][0]
+        # The total from the scheduler's ns-precise runtime; the user/system
+        # split from /proc/PID/stat's clock-tick counts, in proportion.
+        total = window[-1][4] - window[0][4]
+        ticks_user = window[-1][2] - window[0][2]
+        ticks_system = window[-1][3] - window[0][3]
+        user_share = ticks_user / (ticks_user + ticks_system) if ticks_user + ticks_system else 0.5
+        user, system = total * user_share, total * (1 - user_share)
+        out["window_s"] = round(wall, 3)
+        out["cpu_pct"] = 100.0 * (user + system) / wall
+        out["cpu_user_pct"] = 100.0 * user / wall
+        out["cpu_system_pct"] = 100.0 * system / wall
+        out["rss_mb"] = median(s[1] for s in window) / 1e6
+        rss_start = step.get("rss_start", window[0][1])
+        out["rss_start_mb"] = rss_start / 1e6
+        out["bytes_per_player"] = (median(s[1] for s in window) - rss_start) / max(1, players)
+        obs = [(t, n) for t, n in step.get("observer_ticks") or []
+               if window[0][0] <= t <= window[-1][0]]
+        nominal = 1000.0 / float(step.get("tick_ms", TICK_MS))
+        if len(obs) >= 2 and obs[-1][0] > obs[0][0]:
+            rate = (obs[-1][1] - obs[0][1]) / (obs[-1][0] - obs[0][0])
+            gaps = [b[0] - a[0] for a, b in zip(obs, obs[1:])]
+            out["observer_interval_p99_ms"] = _pct(gaps, 99) * 1000
+        else:
+            rate = 0.0
+        out["tick_rate_hz"] = rate
+        out["tick_rate_nominal_hz"] = nominal
+        if rate > 0 and players > 0:
+            out["cpu_s_per_tick"] = (user + system) / wall / rate
+            out["cpu_user_s_per_tick"] = user / wall / rate
+            out["cpu_us_per_player_tick"] = out["cpu_s_per_tick"] / players * 1e6
+            out["cpu_user_us_per_player_tick"] = out["cpu_user_s_per_tick"] / players * 1e6
+    if ticks:
+        out["tick_lateness_p99_ms"] = ticks["lateness_p99"] * 1000
+        out["tick_lateness_p50_ms"] = ticks["lateness_p50"] * 1000
+        out["tick_lateness_max_ms"] = ticks["max_lateness"] * 1000
+        out["tick_work_p99_ms"] = ticks["duration_p99"] * 1000
+        out["ticks_fired"] = ticks["fired"]
+        out["ticks_late"] = ticks["late"]
+        out["ticks_skipped"] = ticks["skipped"]
+    if bots:
+        for key in ("failed", "dropped", "ramp_s", "tick_interval_ms_p50", "tick_interval_ms_p99",
+                    "move_latency_ms_p50", "move_latency_ms_p99", "latency_samples",
+                    "bots_below_95pct_ticks", "tick_fraction_min"):
+            out[key] = bots.get(key)
+    out["ok"] = bool(bots) and not step.get("errors") and "cpu_pct" in out
+    return out
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    data = sorted(values)
+    if not data:
+        return 0.0
+    rank = max(1, math.ceil(q / 100.0 * len(data)))
+    return float(data[min(rank, len(data)) - 1])
+
+
+# =============================================================================
+# Planning and the budget
+# =============================================================================
+
+
+def estimate_step(players: int, hold: float, server: str) -> float:
+    ramp = players / RAMP_PLAYERS_PER_S
+    if server != "ours":
+        ramp *= 1.5  # asyncio/uvloop accept between ticks that take most of the period
+    return STEP_OVERHEAD_S + ramp + hold + 2.0
+
+
+def plan_steps(servers: Sequence[str], ladder: Sequence[int], active: int) -> List[StepPlan]:
+    steps = [StepPlan(s, IDLE, n) for n in ladder for s in servers]
+    if active > 0:
+        steps += [StepPlan(s, ACTIVE, active) for s in servers]
+    return steps
+
+
+def fit_hold(steps: Sequence[StepPlan], hold: float, budget: float) -> float:
+    """The longest hold <= ``hold`` for which the estimate fits ``budget``."""
+    fixed = sum(estimate_step(p.players, 0.0, p.server) for p in steps)
+    if not steps:
+        return hold
+    room = (budget - fixed) / len(steps)
+    return max(min(MIN_HOLD_S, hold), min(hold, room))
+
+
+def fmt_clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# =============================================================================
+# Slopes and targets
+# =============================================================================
+
+
+def least_squares(points: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
+    """(slope, intercept) of the least-squares line through ``points``."""
+    n = len(points)
+    if n == 0:
+        return 0.0, 0.0
+    if n == 1:
+        x, y = points[0]
+        return (y / x if x else 0.0), 0.0
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    if sxx == 0:
+        return 0.0, my
+    slope = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx
+    return slope, my - slope * mx
+
+
+def ok_steps(steps: Iterable[Dict[str, Any]], server: str, scenario: str) -> List[Dict[str, Any]]:
+    return sorted((s for s in steps if s["server"] == server and s["scenario"] == scenario
+                   and s["derived"].get("ok")), key=lambda s: s["derived"]["players"])
+
+
+def compute_slopes(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Dict[str, Any]:
+    """Per server: bytes per player and CPU us per player per tick, least squares over the ladder."""
+    out: Dict[str, Any] = {}
+    for server in servers:
+        idle = ok_steps(steps, server, IDLE)
+        active = ok_steps(steps, server, ACTIVE)
+        # Each step's own RSS before any player joined is a measured point at 0 players.
+        rss_pts = [(s["derived"]["players"], s["derived"]["rss_mb"] * 1e6) for s in idle]
+        rss_pts += [(0, s["derived"]["rss_start_mb"] * 1e6) for s in idle]
+        cpu_pts = [(s["derived"]["players"], s["derived"]["cpu_s_per_tick"]) for s in idle
+                   if "cpu_s_per_tick" in s["derived"]]
+        user_pts = [(s["derived"]["players"], s["derived"]["cpu_user_s_per_tick"]) for s in idle
+                    if "cpu_user_s_per_tick" in s["derived"]]
+        rss_slope, rss_icpt = least_squares(rss_pts)
+        cpu_slope, cpu_icpt = least_squares(cpu_pts)
+        user_slope, _ = least_squares(user_pts)
+        entry: Dict[str, Any] = {
+            "steps": len(idle),
+            "bytes_per_player": rss_slope,
+            "rss_intercept_mb": rss_icpt / 1e6,
+            "cpu_us_per_player_tick": cpu_slope * 1e6,
+            "cpu_ms_per_tick_intercept": cpu_icpt * 1e3,
+            # User time only: the part a server's own code decides (on loopback
+            # the kernel's send path, charged as system time, is most of a send).
+            "cpu_user_us_per_player_tick": user_slope * 1e6,
+        }
+        if active:
+            d = active[-1]["derived"]
+            entry["active_players"] = d["players"]
+            entry["active_cpu_us_per_player_tick"] = d.get("cpu_us_per_player_tick")
+            entry["active_cpu_user_us_per_player_tick"] = d.get("cpu_user_us_per_player_tick")
+            entry["active_cpu_pct"] = d.get("cpu_pct")
+        out[server] = entry
+    return out
+
+
+def check_targets(steps: List[Dict[str, Any]], slopes: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The issue's targets, where this run has the figures to judge them."""
+    out: List[Dict[str, Any]] = []
+    ours, base = slopes.get("ours"), slopes.get("asyncio")
+
+    def ratio_target(name: str, key: str, limit: float) -> None:
+        if not ours or not base or ours.get(key) is None or base.get(key) is None:
+            return
+        a, b = ours[key], base[key]
+        if b <= 0:  # too short a hold to see any CPU time (the clock ticks at 10 ms)
+            out.append({"target": name, "measured": f"n/a ({a:.2f} vs {b:.2f})",
+                        "limit": f"<= {limit}x", "met": None})
+            return
+        out.append({"target": name, "measured": f"{a / b:.2f}x ({a:.2f} vs {b:.2f})",
+                    "limit": f"<= {limit}x", "met": a / b <= limit})
+
+    ratio_target("RSS per player, ours / asyncio", "bytes_per_player", 0.5)
+    ratio_target("CPU per player-tick (idle-ish), ours / asyncio", "cpu_us_per_player_tick", 0.8)
+    ratio_target("CPU per player-tick (active), ours / asyncio",
+                 "active_cpu_us_per_player_tick", 0.8)
+    top = ok_steps(steps, "ours", IDLE)
+    if top:
+        d = top[-1]["derived"]
+        p99 = d.get("tick_lateness_p99_ms", float("inf"))
+        rate = d.get("tick_rate_hz", 0.0)
+        held = rate >= 0.97 * d.get("tick_rate_nominal_hz", 4.0) and d.get("ticks_skipped", 1) == 0
+        out.append({"target": f"ours at {d['players']} players: tick held, p99 lateness < 50 ms",
+                    "measured": f"{rate:.2f} Hz, {d.get('ticks_skipped')} skipped, "
+                                f"p99 {p99:.1f} ms",
+                    "limit": "4 Hz, p99 < 50 ms", "met": held and p99 < 50.0})
+    return out
+
+
+# =============================================================================
+# Charts: inline SVG, standard library only
+# =============================================================================
+
+
+class Series(NamedTuple):
+    name: str
+    colour: str
+    points: List[Tuple[float, float]]
+    dash: str = ""
+    marker: str = "circle"  # or "diamond"
+    line: bool = True
+
+
+def _nice_step(span: float, count: int) -> float:
+    raw = span / max(1, count)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag
+
+
+def _fmt_num(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v / 1000:g}k"
+    if abs(v) >= 1:
+        return f"{v:g}"
+    return f"{v:.2g}"
+
+
+def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool = False,
+               target: Optional[Tuple[float, str]] = None, width: int = 480, height: int = 300,
+               x_label: str = "players") -> str:
+    """One chart as an ``<svg>`` element: players on x, each series a line."""
+    left, right, top, bottom = 62, 16, 34, 44
+    pw, ph = width - left - right, height - top - bottom
+    shown = [s for s in series if s.points]
+    legend_rows = (len(shown) + 1) // 2
+    height += legend_rows * 15 + 4  # the legend goes below the plot, never over a line
+    xs = [p[0] for s in series for p in s.points]
+    ys = [p[1] for s in series for p in s.points if not log_y or p[1] > 0]
+    if target is not None:
+        ys.append(target[0])
+    x_max = max(xs, default=1.0) * 1.05 or 1.0
+    if log_y:
+        lo = min(ys, default=1.0)
+        hi = max(ys, default=10.0)
+        y_lo = 10 ** math.floor(math.log10(max(lo, 1e-3)))
+        y_hi = 10 ** math.ceil(math.log10(max(hi, y_lo * 10)))
+        if y_hi <= y_lo:
+            y_hi = y_lo * 10
+    else:
+        y_lo = 0.0
+        y_hi = max(ys, default=1.0) * 1.1 or 1.0
+
+    def px(x: float) -> float:
+        return left + pw * x / x_max
+
+    def py(y: float) -> float:
+        if log_y:
+            y = max(y, y_lo)
+            f = (math.log10(y) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo))
+        else:
+            f = (y - y_lo) / (y_hi - y_lo)
+        return top + ph * (1 - f)
+
+    e = html.escape
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" '
+             f'font-weight="bold">{e(title)}</text>']
+    # y grid and labels
+    if log_y:
+        decade = y_lo
+        while decade <= y_hi * 1.0001:
+            for m in (1, 2, 5):
+                v = decade * m
+                if v > y_hi * 1.0001:
+                    break
+                y = py(v)
+                stroke = "#ddd" if m == 1 else "#f0f0f0"
+                parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
+                             f'stroke="{stroke}"/>')
+                if m == 1 or (math.log10(y_hi / y_lo) <= 2):
+                    parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                                 f'{_fmt_num(v)}</text>')
+            decade *= 10
+    else:
+        step = _nice_step(y_hi - y_lo, 5)
+        v = 0.0
+        while v <= y_hi + 1e-9:
+            y = py(v)
+            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
+                         f'stroke="#ddd"/>')
+            parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                         f'{_fmt_num(v)}</text>')
+            v += step
+    # x grid and labels
+    step = _nice_step(x_max, 5)
+    v = 0.0
+    while v <= x_max + 1e-9:
+        x = px(v)
+        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
+        parts.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">'
+                     f'{_fmt_num(v)}</text>')
+        v += step
+    parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
+                 f'stroke="#888"/>')
+    parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">'
+                 f'{e(x_label)}</text>')
+    parts.append(f'<text transform="translate(14,{top + ph / 2}) rotate(-90)" '
+                 f'text-anchor="middle">{e(y_label)}</text>')
+    if target is not None:
+        y = py(target[0])
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
+                     f'stroke="#c00" stroke-dasharray="6,3"/>')
+        parts.append(f'<text x="{left + pw - 4}" y="{y - 4:.1f}" text-anchor="end" '
+                     f'fill="#c00">{e(target[1])}</text>')
+    # series
+    for s in series:
+        pts = sorted(s.points)
+        if s.line and len(pts) >= 2:
+            d = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+            dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
+            parts.append(f'<polyline points="{d}" fill="none" stroke="{s.colour}" '
+                         f'stroke-width="2"{dash}/>')
+        for x, y in pts:
+            tip = f"{s.name}: {_fmt_num(x)} players, {y:.3g}"
+            cx, cy = px(x), py(y)
+            if s.marker == "diamond":
+                parts.append(f'<path d="M{cx:.1f},{cy - 6:.1f} L{cx + 6:.1f},{cy:.1f} '
+                             f'L{cx:.1f},{cy + 6:.1f} L{cx - 6:.1f},{cy:.1f} Z" fill="white" '
+                             f'stroke="{s.colour}" stroke-width="2"><title>{e(tip)}</title></path>')
+            else:
+                parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{s.colour}">'
+                             f'<title>{e(tip)}</title></circle>')
+    # legend: two columns under the x-axis label
+    for i, s in enumerate(shown):
+        lx = left + (i % 2) * (pw // 2)
+        ly = top + ph + bottom + 6 + (i // 2) * 15
+        if s.marker == "diamond":
+            parts.append(f'<path d="M{lx + 10},{ly - 5} L{lx + 15},{ly} L{lx + 10},{ly + 5} '
+                         f'L{lx + 5},{ly} Z" fill="white" stroke="{s.colour}" stroke-width="2"/>')
+        else:
+            dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
+            parts.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 20}" y2="{ly}" '
+                         f'stroke="{s.colour}" stroke-width="2"{dash}/>')
+        parts.append(f'<text x="{lx + 26}" y="{ly + 4}">{e(s.name)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def charts(steps: List[Dict[str, Any]], servers: Sequence[str]) -> List[str]:
+    """The four charts: RSS, CPU %, tick lateness p99, client-seen latency."""
+
+    def pts(server: str, scenario: str, key: str, scale: float = 1.0) -> List[Tuple[float, float]]:
+        return [(float(s["derived"]["players"]), float(s["derived"][key]) * scale)
+                for s in ok_steps(steps, server, scenario) if s["derived"].get(key) is not None]
+
+    def with_active(key: str, scale: float = 1.0) -> List[Series]:
+        out = [Series(LABELS[s], COLOURS[s], pts(s, IDLE, key, scale)) for s in servers]
+        out += [Series(f"{LABELS[s]}, active", COLOURS[s], pts(s, ACTIVE, key, scale),
+                       marker="diamond", line=False) for s in servers]
+        return out
+
+    rss = line_chart("Server RSS", "MB", with_active("rss_mb"))
+    cpu = line_chart("Server CPU (one core = 100 %)", "% of one core", with_active("cpu_pct"))
+    late = line_chart("Tick lateness p99 (server's own)", "ms (log)",
+                      with_active("tick_lateness_p99_ms"), log_y=True,
+                      target=(50.0, "target 50 ms"))
+    lat: List[Series] = []
+    for s in servers:
+        lat.append(Series(f"{LABELS[s]} p99", COLOURS[s], pts(s, IDLE, "move_latency_ms_p99")))
+        lat.append(Series(f"{LABELS[s]} p50", COLOURS[s], pts(s, IDLE, "move_latency_ms_p50"),
+                          dash="5,4"))
+    client = line_chart("Move -> echo latency seen by clients", "ms (log)", lat, log_y=True)
+    return [rss, cpu, late, client]
+
+
+def _svg_size(panel: str) -> Tuple[int, int]:
+    head = panel[:300]
+    w = int(head.split('width="', 1)[1].split('"', 1)[0])
+    h = int(head.split('height="', 1)[1].split('"', 1)[0])
+    return w, h
+
+
+def composite_svg(panels: List[str], caption: str) -> str:
+    """The four charts in a 2x2 grid, one standalone SVG (for the README)."""
+    cols = 2
+    sizes = [_svg_size(p) for p in panels]
+    width = max((w for w, _ in sizes), default=480)
+    row_heights = [max(h for _, h in sizes[r:r + cols]) for r in range(0, len(sizes), cols)]
+    total_w, total_h = cols * width, sum(row_heights) + 24
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{total_h}" '
+             f'viewBox="0 0 {total_w} {total_h}" font-family="sans-serif">',
+             f'<rect width="{total_w}" height="{total_h}" fill="white"/>']
+    for i, panel in enumerate(panels):
+        x, y = (i % cols) * width, sum(row_heights[: i // cols])
+        parts.append(panel.replace("<svg ", f'<svg x="{x}" y="{y}" ', 1))
+    parts.append(f'<text x="{total_w / 2}" y="{total_h - 8}" text-anchor="middle" '
+                 f'font-size="11" fill="#555">{html.escape(caption)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+# =============================================================================
+# Tables and the report
+# =============================================================================
+
+
+def _f(v: Any, fmt: str) -> str:
+    if v is None:
+        return "-"
+    try:
+        return format(v, fmt)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def step_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    headers = ["scenario", "players", "server", "RSS MB", "CPU % (user+sys)", "tick p99 ms",
+               "tick max ms", "ticks/s held", "client p50/p99 ms", "B/player", "us/player-tick",
+               "notes"]
+    order = {s: i for i, s in enumerate(servers)}
+    rows: List[List[str]] = []
+    for s in sorted(steps, key=lambda s: (s["scenario"] != IDLE, s["players_target"],
+                                          order.get(s["server"], 9))):
+        d = s["derived"]
+        notes = []
+        if d.get("failed"):
+            notes.append(f"{d['failed']} failed")
+        if d.get("dropped"):
+            notes.append(f"{d['dropped']} dropped")
+        if d.get("ticks_skipped"):
+            notes.append(f"{d['ticks_skipped']} ticks skipped")
+        notes += s.get("errors") or []
+        cpu = "-"
+        if "cpu_pct" in d:
+            cpu = f"{d['cpu_pct']:.1f} ({d['cpu_user_pct']:.1f}+{d['cpu_system_pct']:.1f})"
+        rows.append([
+            s["scenario"], str(d.get("players") or s["players_target"]), LABELS[s["server"]],
+            _f(d.get("rss_mb"), ".1f"), cpu, _f(d.get("tick_lateness_p99_ms"), ".1f"),
+            _f(d.get("tick_lateness_max_ms"), ".0f"), _f(d.get("tick_rate_hz"), ".2f"),
+            f"{_f(d.get('move_latency_ms_p50'), '.0f')} / {_f(d.get('move_latency_ms_p99'), '.0f')}",
+            _f(d.get("bytes_per_player"), ".0f"), _f(d.get("cpu_us_per_player_tick"), ".2f"),
+            "; ".join(notes),
+        ])
+    return headers, rows
+
+
+def slope_rows(slopes: Dict[str, Any], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    headers = ["server", "bytes / player", "CPU us / player-tick, idle-ish: total (user)",
+               "CPU us / player-tick, active: total (user)",
+               "vs asyncio: RSS, CPU idle-ish, CPU active"]
+    base = slopes.get("asyncio") or {}
+    rows = []
+    for s in servers:
+        e = slopes.get(s)
+        if not e:
+            continue
+
+        def rel(key: str) -> str:
+            a, b = e.get(key), base.get(key)
+            return f"{a / b:.2f}x" if a is not None and b else "-"
+
+        rows.append([LABELS[s], _f(e.get("bytes_per_player"), ".0f"),
+                     f"{_f(e.get('cpu_us_per_player_tick'), '.2f')} "
+                     f"({_f(e.get('cpu_user_us_per_player_tick'), '.2f')})",
+                     f"{_f(e.get('active_cpu_us_per_player_tick'), '.2f')} "
+                     f"({_f(e.get('active_cpu_user_us_per_player_tick'), '.2f')})",
+                     f"{rel('bytes_per_player')}, {rel('cpu_us_per_player_tick')} "
+                     f"(user {rel('cpu_user_us_per_player_tick')}), "
+                     f"{rel('active_cpu_us_per_player_tick')} "
+                     f"(user {rel('active_cpu_user_us_per_player_tick')})"])
+    return headers, rows
+
+
+def readme_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """The short table: servers x steps, RSS, CPU % and tick p99."""
+    headers = ["players", "server", "RSS MB", "CPU %", "tick lateness p99 ms", "ticks/s"]
+    order = {s: i for i, s in enumerate(servers)}
+    rows: List[List[str]] = []
+    for s in sorted(steps, key=lambda s: (s["scenario"] != IDLE, s["players_target"],
+                                          order.get(s["server"], 9))):
+        d = s["derived"]
+        players = str(d.get("players") or s["players_target"])
+        if s["scenario"] == ACTIVE:
+            players += " active"
+        rows.append([players, LABELS[s["server"]], _f(d.get("rss_mb"), ".1f"),
+                     _f(d.get("cpu_pct"), ".1f"), _f(d.get("tick_lateness_p99_ms"), ".1f"),
+                     _f(d.get("tick_rate_hz"), ".2f")])
+    return headers, rows
+
+
+def _met(met: Optional[bool]) -> str:
+    return "n/a" if met is None else ("yes" if met else "NO")
+
+
+def html_table(headers: List[str], rows: List[List[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    servers = result["servers"]
+    steps = result["steps"]
+    h, rows = step_rows(steps, servers)
+    sh, srows = slope_rows(result["slopes"], servers)
+    rh, rrows = readme_rows(steps, servers)
+    out = [fmt_table(rh, rrows), "", footer(result), "", "Every step in detail:", "",
+           fmt_table(h, rows), "", "Slopes (least squares over the idle-ish ladder):", "",
+           fmt_table(sh, srows)]
+    if result["targets"]:
+        out += ["", fmt_table(["target", "measured", "limit", "met"],
+                              [[t["target"], t["measured"], t["limit"],
+                                _met(t["met"])] for t in result["targets"]])]
+    if result.get("skipped"):
+        out += ["", f"Skipped to keep to the time budget: {', '.join(result['skipped'])}"]
+    out += ["", footer(result)]
+    return "\n".join(out)
+
+
+def footer(result: Dict[str, Any]) -> str:
+    m = result["machine"]
+    return (f"Measured {result['started']} to {result['finished']} ({result['elapsed']}), "
+            f"{m['cpus']} x {m['cpu_model']}, {m['mem_gib']} GiB, Linux {m['kernel']}, "
+            f"Python {result['python']}"
+            + (f", uvloop {result['uvloop']}" if result.get("uvloop") else "")
+            + f"; server pinned to CPU 0, bots on the others; hold {result['hold_s']:g} s per step. "
+            f"Command: {result['command']}")
+
+
+def report_html(result: Dict[str, Any], panels: List[str]) -> str:
+    e = html.escape
+    servers = result["servers"]
+    h, rows = step_rows(result["steps"], servers)
+    sh, srows = slope_rows(result["slopes"], servers)
+    targets = ""
+    if result["targets"]:
+        targets = "<h2>Targets</h2>" + html_table(
+            ["target", "measured", "limit", "met"],
+            [[t["target"], t["measured"], t["limit"], _met(t["met"])]
+             for t in result["targets"]])
+    partial = ""
+    if result.get("interrupted"):
+        partial = f'<p class="warn">Interrupted ({e(result["interrupted"])}): partial results.</p>'
+    if result.get("skipped"):
+        partial += (f'<p class="warn">Skipped to keep to the time budget: '
+                    f'{e(", ".join(result["skipped"]))}.</p>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>SpellTraction capacity: netcore vs asyncio vs uvloop</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 8px; }}
+table {{ border-collapse: collapse; font-size: 13px; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
+th {{ background: #f4f4f4; }} td:nth-child(-n+3) {{ text-align: left; }}
+.warn {{ color: #b00; font-weight: bold; }} .small {{ font-size: 12px; color: #555; }}
+</style></head><body>
+<h1>SpellTraction capacity: netcore vs asyncio vs uvloop</h1>
+{partial}
+<p>The same game (rules, wire format, one send per player per tick) served by netcore and by
+an asyncio <code>Protocol</code> with a drift-free tick task, on asyncio's default loop and on
+uvloop. A fresh server per step, pinned to CPU 0; <code>spelltraction.py bots</code> on the
+other CPU. Idle-ish: each bot moves every 80 s (as the original); active: every bot moves every
+tick (diamonds). CPU is user + system time of the server process over the hold, as a
+percentage of one core; CPU per player-tick divides by the ticks the server actually
+delivered.</p>
+<div class="charts">{"".join(panels)}</div>
+<h2>Slopes (least squares over the idle-ish ladder)</h2>
+{html_table(sh, srows)}
+{targets}
+<h2>Every step</h2>
+{html_table(h, rows)}
+<p class="small">{e(footer(result))}</p>
+<p class="small">Tick p99/max: the server's own lateness figures over its last 1,024 ticks
+(the whole step: ramp, hold and the bots leaving). "ticks/s held": ticks an observer client
+received per second during the hold. Client latency: move sent to its YOU echo, measured by
+20 probe bots moving about once a second.</p>
+</body></html>
+"""
+
+
+# =============================================================================
+# Main
+# =============================================================================
+
+
+def parse_servers(text: str) -> List[str]:
+    if text == "all":
+        return list(SERVERS)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    for s in names:
+        if s not in SERVERS:
+            raise argparse.ArgumentTypeError(f"unknown server {s!r} (ours, asyncio, uvloop, all)")
+    return names
+
+
+def parse_ladder(text: str) -> List[int]:
+    if text.strip().lower() == "none":
+        return []  # the active scenario only
+    try:
+        ladder = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ladder wants numbers like 1000,5000: {text!r}")
+    if not ladder or any(n < 1 or n > 19_500 for n in ladder):
+        raise argparse.ArgumentTypeError("ladder steps must be 1..19500 players")
+    return ladder
+
+
+def uvloop_version() -> Optional[str]:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return str(getattr(uvloop, "__version__", "?"))
+
+
+def write_outputs(result: Dict[str, Any], args: argparse.Namespace,
+                  log: Callable[[str], None]) -> None:
+    servers = result["servers"]
+    result["slopes"] = compute_slopes(result["steps"], servers)
+    result["targets"] = check_targets(result["steps"], result["slopes"])
+    panels = charts(result["steps"], servers)
+    for path in (args.json, args.report, args.svg):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    md = markdown(result)
+    with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
+        f.write(md + "\n")
+    with open(args.report, "w") as f:
+        f.write(report_html(result, panels))
+    if args.svg:
+        caption = (f"SpellTraction capacity, {result['started']}, "
+                   f"{result['machine']['cpus']} x {result['machine']['cpu_model']}; "
+                   f"idle-ish ladder (lines) and active (diamonds)")
+        with open(args.svg, "w") as f:
+            f.write(composite_svg(panels, caption))
+    log("")
+    log(md)
+    log("")
+    log(f"samples: {os.path.relpath(args.json)}; report: {os.path.relpath(args.report)}"
+        + (f"; chart: {os.path.relpath(args.svg)}" if args.svg else ""))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--server", type=parse_servers, default=parse_servers("all"),
+                    help="ours, asyncio, uvloop, all, or a comma list (default all)")
+    ap.add_argument("--ladder", type=parse_ladder, default=list(DEFAULT_LADDER),
+                    help="players per idle-ish step (default 1000,5000,10000,15000,19000; "
+                         "'none': the active scenario only)")
+    ap.add_argument("--active", type=int, default=5000,
+                    help="players in the active scenario, every bot moving every tick "
+                         "(default 5000; 0 skips it)")
+    ap.add_argument("--hold", type=float, default=25.0,
+                    help="seconds to hold each step once the bots are in (default 25; "
+                         "shortened to fit --budget)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="seconds after the ramp before measuring (default: 2, at most hold/4)")
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+                    help="seconds the whole run may take (default 840)")
+    ap.add_argument("--tick-ms", type=int, default=TICK_MS)
+    ap.add_argument("--probes", type=int, default=20,
+                    help="bots per step that move about once a second to measure latency")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "capacity.json"))
+    ap.add_argument("--report", default=os.path.join(HERE, "report.html"))
+    ap.add_argument("--svg", default=os.path.join(ROOT, "docs", "img", "capacity.svg"),
+                    help="the four charts as one SVG ('' to skip)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan and its time estimate, run nothing")
+    args = ap.parse_args(argv)
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    servers: List[str] = list(dict.fromkeys(args.server))
+    uv = uvloop_version()
+    if "uvloop" in servers and uv is None:
+        log("uvloop is not installed: skipping it (pip install uvloop, or '.[bench]')")
+        servers.remove("uvloop")
+    if not servers:
+        log("no server to measure")
+        return 2
+    steps_plan = plan_steps(servers, args.ladder, args.active)
+    if not steps_plan:
+        log("nothing to run: the ladder is empty and --active is 0")
+        return 2
+    hold = fit_hold(steps_plan, args.hold, args.budget)
+    if hold < args.hold:
+        log(f"hold shortened from {args.hold:g} s to {hold:.1f} s to fit the "
+            f"{fmt_clock(args.budget)} budget")
+    estimate = sum(estimate_step(p.players, hold, p.server) for p in steps_plan)
+    if estimate > args.budget:
+        log(f"warning: even at the minimum hold this plan is estimated at {fmt_clock(estimate)}, "
+            f"over the {fmt_clock(args.budget)} budget")
+    settle = args.settle if args.settle is not None else min(2.0, hold / 4)
+    if args.dry_run:
+        for i, p in enumerate(steps_plan):
+            log(f"step {i + 1}/{len(steps_plan)}: {p.label()} players, moving every "
+                f"{p.move_every:g} s: ~{fmt_clock(estimate_step(p.players, hold, p.server))}")
+        log(f"estimated {fmt_clock(estimate)} with hold {hold:.1f} s "
+            f"(budget {fmt_clock(args.budget)})")
+        return 0
+    _server_cpus, load_cpus = cpu_sets()
+    if load_cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(load_cpus))  # keep the driver off the server's CPU
+    started = time.strftime("%Y-%m-%d %H:%M")
+    t_start = time.monotonic()
+    command = shlex.join(["python3", "bench/capacity.py",
+                          *(argv if argv is not None else sys.argv[1:])])
+    result: Dict[str, Any] = {
+        "started": started, "finished": None, "elapsed": None, "command": command.strip(),
+        "python": sys.version.split()[0], "uvloop": uv, "machine": machine(),
+        "servers": servers, "ladder": args.ladder, "active_players": args.active,
+        "hold_s": hold, "settle_s": settle, "budget_s": args.budget, "tick_ms": args.tick_ms,
+        "estimate_s": round(estimate), "steps": [], "skipped": [], "slopes": {}, "targets": [],
+        "interrupted": None,
+    }
+    log(f"capacity: {', '.join(servers)}; ladder {args.ladder} idle-ish"
+        + (f", active at {args.active}" if args.active else "")
+        + f"; {len(steps_plan)} steps, hold {hold:.1f} s; estimated {fmt_clock(estimate)} "
+          f"(budget {fmt_clock(args.budget)})")
+
+    children = Children(os.path.join(os.path.dirname(os.path.abspath(args.json)),
+                                     "capacity-logs"))
+    old_handlers = {sig: signal.signal(sig, _raise_interrupted)
+                    for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for i, plan in enumerate(steps_plan):
+            elapsed = time.monotonic() - t_start
+            remaining = steps_plan[i:]
+            left = args.budget - elapsed
+            step_hold = fit_hold(remaining, hold, left)
+            # The estimate runs ~1.4x long; skip (and say so) only when even a
+            # minimum-hold step would clearly overrun the budget.
+            if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
+                log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
+                    f"{fmt_clock(args.budget)} budget is spent")
+                result["skipped"].append(plan.label())
+                continue
+            ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
+            rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
+            log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"
+                f"{len(steps_plan)}: {plan.label()} players, moving every "
+                f"{plan.move_every:g} s, hold {step_hold:.1f} s")
+            step = run_step(children, plan, step_hold, min(settle, step_hold / 4), args.tick_ms,
+                            ramp_timeout, args.probes, log)
+            result["steps"].append(step)
+            d = step["derived"]
+            if d.get("ok"):
+                log(f"  -> {d['players']} players: RSS {d['rss_mb']:.1f} MB "
+                    f"({d['bytes_per_player']:.0f} B/player), CPU {d['cpu_pct']:.1f} %, "
+                    f"{d.get('tick_rate_hz', 0):.2f} ticks/s, tick p99 "
+                    f"{_f(d.get('tick_lateness_p99_ms'), '.1f')} ms, client p99 "
+                    f"{_f(d.get('move_latency_ms_p99'), '.0f')} ms")
+    except (KeyboardInterrupt, Interrupted) as exc:
+        result["interrupted"] = str(exc) or "Ctrl-C"
+        log(f"\ninterrupted ({result['interrupted']}): stopping the processes this run started")
+    finally:
+        children.kill_all()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    result["elapsed"] = fmt_clock(time.monotonic() - t_start)
+    write_outputs(result, args, log)
+    log(f"done in {result['elapsed']} (budget {fmt_clock(args.budget)})")
+    if result["interrupted"]:
+        return 130
+    return 0 if all(s["derived"].get("ok") for s in result["steps"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
