@@ -360,6 +360,9 @@ class AsyncioGameServer:
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
+            # The peer speaks only the binary protocol: no WebSocket players, no HTTP.
+            "ws_players": 0,
+            "web": {},
         }
 
 
