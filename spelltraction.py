@@ -235,6 +235,8 @@ _U32 = struct.Struct(">I")
 # YOU with its frame header: the one message encoded per player.
 _YOU_FRAMED = struct.Struct(">HBHHHI3s")
 _YOU_FRAME_LEN = _YOU.size
+_MOVE_SIZE = _MOVE.size
+_MOVE_UNPACK = _MOVE.unpack
 
 
 def _rgb(colour: int) -> Tuple[int, int, int]:
@@ -382,7 +384,7 @@ class Player:
 
     __slots__ = (
         "id", "shape", "colour", "x", "y", "cell", "letters", "score", "seq",
-        "tokens", "token_tick", "dirty", "moved", "conn",
+        "tokens", "token_tick", "moves", "dirty", "moved", "conn",
     )
 
     def __init__(self, pid: int, shape: int, colour: int, letters: str, x: int, y: int) -> None:
@@ -396,7 +398,8 @@ class Player:
         self.score = 0
         self.seq = 0  # last accepted move's seq, echoed in YOU
         self.tokens = MOVE_BUCKET
-        self.token_tick = 0
+        self.token_tick = 0  # the tick tokens were last refilled at
+        self.moves = 0  # MOVEs received in token_tick, taken or not (flood check)
         self.dirty = False  # YOU must be sent at the next tick
         self.moved = False  # listed among this tick's movers already
         self.conn: Any = None  # the server's connection, if any
@@ -464,28 +467,45 @@ class Game:
         self._gone.append(player.id)
 
     def move(self, player: Player, seq: int, x: int, y: int) -> bool:
-        """Apply a move, clamped to the board and rate-limited. True if taken."""
-        if player.cell < 0:
+        """Apply a move, clamped to the board and rate-limited. True if taken.
+
+        Every call counts in ``player.moves`` (this tick's MOVEs), which the
+        server checks for floods. This runs for every MOVE of every player,
+        so the helpers it would call are written out inline.
+        """
+        old = player.cell
+        if old < 0:
             return False
-        if player.token_tick != self.tick:
-            player.tokens = min(MOVE_BUCKET, player.tokens + self.tick - player.token_tick)
-            player.token_tick = self.tick
+        tick = self.tick
+        if player.token_tick != tick:
+            tokens = player.tokens + tick - player.token_tick
+            player.tokens = MOVE_BUCKET if tokens > MOVE_BUCKET else tokens
+            player.token_tick = tick
+            player.moves = 0
+        player.moves += 1
         if player.tokens <= 0:
             self.moves_limited += 1
             return False
         player.tokens -= 1
         self.moves_accepted += 1
-        x, y = _clamp(x, y)
+        # _clamp(), inline; _COORD shares the int objects (see there).
+        x = _COORD[0 if x < 0 else BOARD_W - 1 if x >= BOARD_W else x]
+        y = _COORD[0 if y < 0 else BOARD_H - 1 if y >= BOARD_H else y]
         player.x = x
         player.y = y
         player.seq = seq
-        cell = cell_of(x, y)
-        if cell != player.cell:
-            self.counts[player.cell] -= 1
-            self.counts[cell] += 1
+        cell = (y // CELL_PX) * COLS + x // CELL_PX  # cell_of(), inline
+        if cell != old:
+            counts = self.counts
+            counts[old] -= 1
+            counts[cell] += 1
             player.cell = cell
-        self._mark_moved(player)
-        self._mark_dirty(player)
+        if not player.moved:  # _mark_moved(), inline
+            player.moved = True
+            self._movers.append(player)
+        if not player.dirty:  # _mark_dirty(), inline
+            player.dirty = True
+            self._dirty.append(player)
         return True
 
     def _mark_moved(self, player: Player) -> None:
@@ -739,7 +759,6 @@ class GameServer(Handler):
         self.ticker: Any = None
         self.stats_frame = b""
         self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
-        self.msg_counts: Dict[int, int] = {}  # messages this tick, per fd (flood check)
         self.errors_sent: Dict[int, int] = {}
         self.shutting_down = False
         self.churn = ChurnReporter(self.net.stats, log)
@@ -805,19 +824,17 @@ class GameServer(Handler):
             self.pending[conn] = self.loop.time()  # HELLO due within the timeout from now
 
     def on_message(self, conn: Connection, payload: bytes) -> None:
-        fd = conn.fd
-        seen = self.msg_counts.get(fd, 0) + 1
-        self.msg_counts[fd] = seen
-        if seen > FLOOD_MESSAGES:
-            self.reject(conn, ErrorCode.FLOOD, f"more than {FLOOD_MESSAGES} messages in one tick",
-                        "flood")
-            return
         player = conn.data
         kind = payload[0]
         if player is not None:
-            if kind == MOVE and len(payload) == _MOVE.size:
-                _, seq, x, y = _MOVE.unpack(payload)
+            # In the game MOVE is the only message: anything else closes at
+            # once, so counting MOVEs per tick is the whole flood check.
+            if kind == MOVE and len(payload) == _MOVE_SIZE:
+                _, seq, x, y = _MOVE_UNPACK(payload)
                 self.game.move(player, seq, x, y)
+                if player.moves > FLOOD_MESSAGES:
+                    self.reject(conn, ErrorCode.FLOOD,
+                                f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
                 return
             self.reject(conn, ErrorCode.BAD_MESSAGE, _describe_unexpected(payload, "in game"))
             return
@@ -886,32 +903,29 @@ class GameServer(Handler):
             shared.append(self.stats_frame)
         data = b"".join(shared)
         nframes = len(shared)
-        dirty = result.dirty
+        # A player whose YOU changed gets the shared frames and its YOU in
+        # one send (one WebSocket message), in its usual place in the order.
+        private = {}
+        for p in result.dirty:
+            conn = p.conn
+            if conn is not None:
+                private[conn] = conn.codec.wrap(data + _you_frame(p))
+        # Lists, not views of game.players: a failed send closes its
+        # connection, and the player leaves, during the broadcast.
         ws_players = self.ws_players
-        private: Any = ()
-        if dirty:
-            private = set()
-            for p in dirty:
-                conn = p.conn
-                if conn is not None:
-                    # One send: the shared frames and this player's YOU,
-                    # in one WebSocket message for a WebSocket player.
-                    conn.write(conn.codec.wrap(data + _you_frame(p)), frames=nframes + 1)
-                    private.add(conn)
-            targets = [p.conn for p in game.players.values() if p.conn not in private]
-        else:
-            # A list, not a view of game.players: a failed send closes its
-            # connection, and the player leaves, during the broadcast.
-            targets = [p.conn for p in game.players.values()]
         if ws_players:
+            tcp: List[Connection] = []
+            web: List[Connection] = []
+            for p in game.players.values():
+                conn = p.conn
+                (web if conn in ws_players else tcp).append(conn)
             # The same bytes for everyone; WebSocket players get them behind
             # one header, built once and shared like the data itself.
-            ws_targets = [c for c in ws_players if c not in private]
-            targets = [c for c in targets if c not in ws_players]
-            if ws_targets:
-                self.net.broadcast(ws.frame_header(len(data)) + data, ws_targets, nframes)
-        self.net.broadcast(data, targets, nframes)
-        self.msg_counts.clear()
+            self.net.broadcast(ws.frame_header(len(data)) + data, web, nframes, private,
+                               nframes + 1)
+        else:
+            tcp = [p.conn for p in game.players.values()]
+        self.net.broadcast(data, tcp, nframes, private, nframes + 1)
         if game.tick % 4 == 0 and self.pending:
             self._expire_pending()
 

@@ -20,7 +20,7 @@ import logging
 import os
 import selectors
 import socket
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError
 from .connection import CloseReason, Connection
@@ -244,13 +244,22 @@ class TCPServer:
 
     # -- sending ------------------------------------------------------------
 
-    def broadcast(self, data: bytes, conns: Iterable[Connection], frames: int = 1) -> int:
+    def broadcast(
+        self,
+        data: bytes,
+        conns: Iterable[Connection],
+        frames: int = 1,
+        overrides: Optional[Mapping[Connection, bytes]] = None,
+        override_frames: int = 1,
+    ) -> int:
         """Send the same bytes object to each of ``conns``.
 
         One ``send`` per connection and no per-connection copy; a connection
         that already has output queued gets ``data`` queued behind it (in
-        order), and a short send queues only the remainder. Returns how many
-        connections it was handed to.
+        order), and a short send queues only the remainder. A connection in
+        ``overrides`` gets its own bytes instead (e.g. ``data`` plus a
+        private message), in its place in the order, still in one send.
+        Returns how many connections it was handed to.
 
         A failed send closes its connection, which calls ``on_close`` in the
         middle of this loop: pass a list, not a dict or set that ``on_close``
@@ -259,25 +268,34 @@ class TCPServer:
         size = len(data)
         sent = 0
         count = 0
+        special = 0
+        # Connection.write(), inline: a method call per connection would be
+        # a tenth of what a loopback send costs.
         for conn in conns:
+            buf = data
+            if overrides:
+                own = overrides.get(conn)
+                if own is not None:
+                    buf = own
+                    special += 1
             if conn.out is None:
                 try:
-                    n = conn.sock.send(data)
+                    n = conn.sock.send(buf)
                 except (BlockingIOError, InterruptedError):
                     n = 0
                 except OSError as exc:
                     conn.send_failed(exc)  # also reached by closed conns: a no-op
                     continue
                 sent += n
-                if n != size:
-                    conn.enqueue(memoryview(data)[n:])
+                if n != (size if buf is data else len(buf)):
+                    conn.enqueue(memoryview(buf)[n:])
             else:
-                conn.enqueue(data)
+                conn.enqueue(buf)
             count += 1
         stats = self.stats
         stats.bytes_out += sent
         stats.sends += count
-        stats.frames_out += count * frames
+        stats.frames_out += (count - special) * frames + special * override_frames
         return count
 
     # -- accepting ----------------------------------------------------------

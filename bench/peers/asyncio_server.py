@@ -60,6 +60,7 @@ from spelltraction import (  # noqa: E402
     Welcome,
     _describe_unexpected,
     _encode_tick,
+    _YOU_FRAMED,
     _you_frame,
     error_frame,
     frame,
@@ -139,7 +140,6 @@ class AsyncioGameServer:
         self.protocols: Set[GameProtocol] = set()
         self.pending: Dict[GameProtocol, float] = {}  # connected, no HELLO yet
         self.paused: Set[GameProtocol] = set()
-        self.msg_counts: Dict[GameProtocol, int] = {}
         self.errors_sent: Dict[int, int] = {}
         self.ticker: Optional[TickScheduler] = None
         self.started = time.time()
@@ -181,18 +181,15 @@ class AsyncioGameServer:
             player.conn = None
 
     def on_message(self, proto: GameProtocol, payload: bytes) -> None:
-        seen = self.msg_counts.get(proto, 0) + 1
-        self.msg_counts[proto] = seen
-        if seen > FLOOD_MESSAGES:
-            self.reject(proto, ErrorCode.FLOOD,
-                        f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
-            return
         player = proto.player
         kind = payload[0]
         if player is not None:
             if kind == MOVE and len(payload) == _MOVE.size:
                 _, seq, x, y = _MOVE.unpack(payload)
                 self.game.move(player, seq, x, y)
+                if player.moves > FLOOD_MESSAGES:  # as GameServer: MOVEs this tick
+                    self.reject(proto, ErrorCode.FLOOD,
+                                f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
                 return
             self.reject(proto, ErrorCode.BAD_MESSAGE, _describe_unexpected(payload, "in game"))
             return
@@ -271,29 +268,24 @@ class AsyncioGameServer:
             shared.append(self.stats_frame)
         data = b"".join(shared)
         nframes = len(shared)
-        dirty = result.dirty
-        sends = 0
-        if dirty:
-            private = set()
-            for p in dirty:
-                proto = p.conn
-                if proto is not None:
-                    proto.transport.write(data + _you_frame(p))
-                    private.add(proto)
-                    sends += 1
-            targets = [p.conn.transport for p in game.players.values() if p.conn not in private]
+        # As GameServer: a player whose YOU changed gets data + YOU in one
+        # write, in its usual place in the order.
+        private = {p.conn: data + _you_frame(p) for p in result.dirty if p.conn is not None}
+        targets = [p.conn.transport for p in game.players.values()]
+        if private:
+            protos = [p.conn for p in game.players.values()]
+            for proto, transport in zip(protos, targets):
+                transport.write(private.get(proto, data))
         else:
-            targets = [p.conn.transport for p in game.players.values()]
-        for transport in targets:
-            transport.write(data)
-        sends += len(targets)
+            for transport in targets:
+                transport.write(data)
+        sends = len(targets)
         stats = self.stats
         stats.sends += sends
-        stats.frames_out += sends * nframes
-        stats.bytes_out += sends * len(data)
+        stats.frames_out += sends * nframes + len(private)
+        stats.bytes_out += sends * len(data) + len(private) * _YOU_FRAMED.size
         if self.paused:
             self._drop_slow_consumers()
-        self.msg_counts.clear()
         if game.tick % 4 == 0 and self.pending:
             self._expire_pending()
 
