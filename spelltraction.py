@@ -71,6 +71,7 @@ from netcore.metrics import (
 )
 
 if TYPE_CHECKING:
+    import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
 
 __version__ = "0.1.0"
@@ -1288,6 +1289,7 @@ class BotWorker:
         self.last_tick = array("l", [-1]) * count
         self.last_at = array("d", [0.0]) * count
         self.hist = [0] * (_INTERVAL_BINS + 1)
+        self.hold_started = 0.0  # intervals are measured from here (start_hold)
         self.moves: List[Tuple[float, int]] = []  # heap of (due, bot)
         self.probes = set(range(min(probes, count)))
         self.probe_sent: Dict[int, Tuple[int, float]] = {}
@@ -1481,10 +1483,22 @@ class BotWorker:
         except OSError:
             pass
 
+    def start_hold(self, now: float) -> None:
+        """Every bot is in: from now on, measure the steady state only.
+
+        Tick intervals and move latencies seen while thousands of bots were
+        still joining (and this process was busy connecting them) describe
+        the ramp, not the game; they are dropped here.
+        """
+        self.hold_started = now
+        self.hist = [0] * (_INTERVAL_BINS + 1)
+        self.latencies = []
+        self.probe_sent.clear()
+
     def _tick(self, i: int, number: int, now: float) -> None:
         if self.first_tick[i] < 0:
             self.first_tick[i] = number
-        else:
+        elif self.last_at[i] >= self.hold_started:
             ms = int((now - self.last_at[i]) * 1000)
             self.hist[ms if ms < _INTERVAL_BINS else _INTERVAL_BINS] += 1
         self.last_at[i] = now
@@ -1582,11 +1596,11 @@ def _bot_worker_main(params_json: str) -> None:
                        p["seed"], p["batch"], p.get("ws", False))
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
-    stdin_fd = sys.stdin.fileno()  # the parent closes it to say "stop"
+    stdin_fd = sys.stdin.fileno()  # the parent writes "hold", then closes it to say "stop"
     next_report = 0.0
     try:
         while time.monotonic() < deadline:
-            if _stdin_closed(worker, stdin_fd):
+            if _parent_says_stop(worker, stdin_fd):
                 break
             worker.step(0.05)
             now = time.monotonic()
@@ -1600,11 +1614,15 @@ def _bot_worker_main(params_json: str) -> None:
         worker.close()
 
 
-def _stdin_closed(worker: BotWorker, fd: int) -> bool:
+def _parent_says_stop(worker: BotWorker, fd: int) -> bool:
+    """Read the parent's word, if any: "hold" starts the hold, EOF means stop."""
     r, _, _ = select.select([fd], [], [], 0)
-    if r:
-        return not os.read(fd, 1024)
-    return False
+    if not r:
+        return False
+    said = os.read(fd, 1024)
+    if b"hold" in said:
+        worker.start_hold(time.monotonic())
+    return not said
 
 
 def bot_procs(count: int, requested: int) -> int:
@@ -1696,11 +1714,13 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             if ramp_s is None and conn + failed + dropped >= opts.n_bots:
                 ramp_s = now - started
                 hold_until = now + opts.duration
+                _tell(workers, b"hold\n")
                 print(f"ramp: {conn}/{opts.n_bots} connected in {ramp_s:.1f} s "
                       f"({failed} failed); holding {opts.duration:g} s", file=out, flush=True)
             elif ramp_s is None and now - started > opts.ramp_timeout:
                 ramp_s = now - started
                 hold_until = now + opts.duration
+                _tell(workers, b"hold\n")
                 print(f"ramp timed out: {conn}/{opts.n_bots} connected after {ramp_s:.1f} s; "
                       f"holding {opts.duration:g} s", file=out, flush=True)
             if now >= next_print and not stopping:
@@ -1726,6 +1746,15 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
     summary = _summarise([f for f in finals if f is not None], opts, ramp_s)
     _print_summary(summary, out)
     return summary
+
+
+def _tell(workers: List["subprocess.Popen[str]"], word: bytes) -> None:
+    for w in workers:
+        if w.stdin is not None and not w.stdin.closed:
+            try:
+                os.write(w.stdin.fileno(), word)
+            except OSError:
+                pass  # that worker has gone; its report (or absence) says so
 
 
 def _summarise(finals: List[Dict[str, Any]], opts: BotOptions,
@@ -1775,9 +1804,9 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
         f"summary: {s['connected']} connected, {s['failed']} failed, {s['dropped']} dropped; "
         f"ramp {s['ramp_s']} s\n"
         f"  received {s['frames']} frames, {s['bytes']} bytes; sent {s['moves_sent']} moves\n"
-        f"  tick interval seen by clients: p50 {s['tick_interval_ms_p50']:.0f} ms, "
+        f"  tick interval seen by clients while holding: p50 {s['tick_interval_ms_p50']:.0f} ms, "
         f"p99 {s['tick_interval_ms_p99']:.0f} ms\n"
-        f"  move->echo latency ({s['latency_samples']} probes): p50 "
+        f"  move->echo latency while holding ({s['latency_samples']} probes): p50 "
         f"{s['move_latency_ms_p50']} ms, p99 {s['move_latency_ms_p99']} ms\n"
         f"  ticks received per bot: min {s['tick_fraction_min'] * 100:.1f}%, "
         f"{s['bots_below_95pct_ticks']} bots below 95%",
