@@ -895,15 +895,7 @@ class GameServer(Handler):
 
     def on_tick(self, tick: Tick) -> None:
         game = self.game
-        result = game.step()
-        shared = [_encode_tick(game, result)]
-        if result.scored is not None:
-            shared.append(frame(result.scored))
-        if game.tick % STATS_EVERY == 0:
-            self._update_stats_frame()
-            shared.append(self.stats_frame)
-        data = b"".join(shared)
-        nframes = len(shared)
+        result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
         # A player whose YOU changed gets the shared frames and its YOU in
         # one send (one WebSocket message), in its usual place in the order.
         private = {}
@@ -1040,6 +1032,10 @@ class GameServer(Handler):
             "/stats.json": lambda: ("application/json", self.stats_json()),
         }
 
+    def _fresh_stats_frame(self) -> bytes:
+        self._update_stats_frame()
+        return self.stats_frame
+
     def _update_stats_frame(self) -> None:
         self._stats_tick = self.game.tick
         p99 = 0.0
@@ -1053,6 +1049,23 @@ class GameServer(Handler):
             start_rss_kb=self.start_rss_kb,
             tick_p99_us=min(int(p99 * 1e6), 0xFFFFFFFF),
         ))
+
+
+def step_and_encode(game: Game, stats_frame: Callable[[], bytes]) -> Tuple[StepResult, bytes, int]:
+    """Advance the game one tick and build that tick's shared frames, once.
+
+    Returns the step's result, the bytes every player gets (TICK, then
+    SCORED if a letter scored, then STATS every STATS_EVERY ticks, made by
+    ``stats_frame``) and how many frames they hold. Any server of this game
+    (netcore's, or the asyncio peer in bench/) sends exactly these bytes.
+    """
+    result = game.step()
+    shared = [_encode_tick(game, result)]
+    if result.scored is not None:
+        shared.append(frame(result.scored))
+    if game.tick % STATS_EVERY == 0:
+        shared.append(stats_frame())
+    return result, b"".join(shared), len(shared)
 
 
 def _describe_unexpected(payload: bytes, when: str) -> str:

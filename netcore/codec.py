@@ -14,7 +14,7 @@ from typing import List, Protocol
 
 from .ringbuffer import BytesLike
 
-__all__ = ["CLOSED_CODEC", "ClosedCodec", "Codec", "ProtocolError"]
+__all__ = ["CLOSED_CODEC", "ClosedCodec", "Codec", "ProtocolError", "SilentCodec"]
 
 
 class ProtocolError(ValueError):
@@ -54,7 +54,26 @@ class Codec(Protocol):
         nothing may be said (an HTTP connection mid-request)."""
 
 
-class ClosedCodec:
+class SilentCodec:
+    """The writing half of a codec that carries no application messages.
+
+    Nothing framed may be said to its peer, not even a goodbye: an HTTP
+    connection, which only gets responses, or a closed one.
+    """
+
+    __slots__ = ()
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return b""
+
+    def wrap(self, stream: bytes) -> bytes:
+        return b""
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return b""
+
+
+class ClosedCodec(SilentCodec):
     """The codec of a closed connection: reads nothing, writes nothing.
 
     A closing :class:`~netcore.connection.Connection` swaps its codec for
@@ -67,15 +86,6 @@ class ClosedCodec:
 
     def feed(self, data: BytesLike) -> List[bytes]:
         raise ProtocolError("connection closed")
-
-    def frame(self, payload: BytesLike) -> bytes:
-        return b""
-
-    def wrap(self, stream: bytes) -> bytes:
-        return b""
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        return b""
 
 
 CLOSED_CODEC = ClosedCodec()

@@ -75,7 +75,25 @@ def encode_frame(payload: BytesLike) -> bytes:
     return n.to_bytes(2, "big") + bytes(payload)
 
 
-class FrameParser:
+class LengthPrefixedOutput:
+    """The writing half of the length-prefixed codecs: frames go out as they are."""
+
+    __slots__ = ()
+
+    def frame(self, payload: BytesLike) -> bytes:
+        """Encode one outgoing message the way these parsers read them."""
+        return encode_frame(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        """Framed bytes go on the wire as they are."""
+        return stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        """No goodbye of its own: the stream, then the connection closes."""
+        return stream
+
+
+class FrameParser(LengthPrefixedOutput):
     """Turns a byte stream into frame payloads.
 
     ``feed()`` returns the payloads completed by the bytes given, as ``bytes``
@@ -100,18 +118,6 @@ class FrameParser:
         """Bytes of an incomplete frame held back for the next ``feed``."""
         partial = self._partial
         return 0 if partial is None else len(partial)
-
-    def frame(self, payload: BytesLike) -> bytes:
-        """Encode one outgoing message the way this parser reads them."""
-        return encode_frame(payload)
-
-    def wrap(self, stream: bytes) -> bytes:
-        """Framed bytes go on the wire as they are."""
-        return stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        """No goodbye of its own: the stream, then the connection closes."""
-        return stream
 
     def feed(self, data: BytesLike) -> List[bytes]:
         if self._error is not None:
@@ -187,7 +193,7 @@ class FrameParser:
         raise err
 
 
-class WholeFrames:
+class WholeFrames(LengthPrefixedOutput):
     """Frames from messages that each hold whole frames: a stateless codec.
 
     Where a transport has message boundaries of its own (WebSocket), each
@@ -224,11 +230,3 @@ class WholeFrames:
             pos = stop
         return frames
 
-    def frame(self, payload: BytesLike) -> bytes:
-        return encode_frame(payload)
-
-    def wrap(self, stream: bytes) -> bytes:
-        return stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        return stream

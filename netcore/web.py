@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .codec import Codec
+from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
 from .http import HttpError, Request, RequestParser, error_response, response
 from .loop import Timer
@@ -267,11 +267,12 @@ class WebFront:
             self._timer = server.loop.call_later(period, self._sweep)
 
 
-class HttpCodec:
+class HttpCodec(SilentCodec):
     """An HTTP/1.1 connection's codec: requests in, responses written.
 
     It never returns messages of its own (the handler does not see HTTP),
-    only those of the WebSocket codec it may hand over to.
+    only those of the WebSocket codec it may hand over to; and it carries
+    none out: there is nothing to say to it but its responses (SilentCodec).
     """
 
     __slots__ = ("conn", "front", "parser", "served")
@@ -297,18 +298,6 @@ class HttpCodec:
         except HttpError as exc:
             self.front.bad_request(conn, exc)
         return []
-
-    # An HTTP connection carries no messages: there is nothing to say to it
-    # but its responses, and nothing to say before closing it.
-
-    def frame(self, payload: BytesLike) -> bytes:
-        return b""
-
-    def wrap(self, stream: bytes) -> bytes:
-        return b""
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        return b""
 
 
 class WebSocketCodec(WebSocketParser):

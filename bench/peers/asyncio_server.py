@@ -52,14 +52,13 @@ from spelltraction import (  # noqa: E402
     MAX_CLIENT_FRAME,
     MOVE,
     PROTOCOL_VERSION,
-    STATS_EVERY,
     ErrorCode,
     Game,
     Player,
     Stats,
     Welcome,
     _describe_unexpected,
-    _encode_tick,
+    step_and_encode,
     _YOU_FRAMED,
     _you_frame,
     error_frame,
@@ -259,15 +258,7 @@ class AsyncioGameServer:
 
     def on_tick(self) -> None:
         game = self.game
-        result = game.step()
-        shared = [_encode_tick(game, result)]
-        if result.scored is not None:
-            shared.append(frame(result.scored))
-        if game.tick % STATS_EVERY == 0:
-            self._update_stats_frame()
-            shared.append(self.stats_frame)
-        data = b"".join(shared)
-        nframes = len(shared)
+        result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
         # As GameServer: a player whose YOU changed gets data + YOU in one
         # write, in its usual place in the order.
         private = {p.conn: data + _you_frame(p) for p in result.dirty if p.conn is not None}
@@ -307,6 +298,10 @@ class AsyncioGameServer:
                 del self.pending[proto]
                 self.reject(proto, ErrorCode.HELLO_TIMEOUT,
                             f"no HELLO within {self.hello_timeout:g} s", "hello-timeout")
+
+    def _fresh_stats_frame(self) -> bytes:
+        self._update_stats_frame()
+        return self.stats_frame
 
     def _update_stats_frame(self) -> None:
         self._stats_tick = self.game.tick
