@@ -86,7 +86,26 @@ PROTOCOL_VERSION = 1
 DEFAULT_PORT = 12150
 WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
 WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
-WEB_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
+
+def _find_web_root() -> str:
+    """Where the browser client's files are.
+
+    Beside this file in a source tree (or a copy of it); under
+    ``<prefix>/share/spelltraction/web`` where pip installed them as data
+    files. Inside a zipapp neither is a directory, and read_asset() reads
+    them through the module's loader instead.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    beside = os.path.join(here, "web")
+    if getattr(globals().get("__loader__"), "archive", None) is not None:
+        return beside  # a zipapp serves the files it carries
+    for where in (beside, os.path.join(sys.prefix, "share", "spelltraction", "web")):
+        if os.path.isdir(where):
+            return where
+    return beside
+
+
+WEB_ROOT = _find_web_root()
 COLS, ROWS, CELL_PX = 4, 3, 117
 CELLS = COLS * ROWS
 BOARD_W, BOARD_H = COLS * CELL_PX, ROWS * CELL_PX
@@ -634,10 +653,9 @@ def read_asset(name: str) -> bytes:
     loader = globals().get("__loader__")
     archive = getattr(loader, "archive", None)  # set by zipimport
     if archive is not None:  # the archive path exactly as zipimport knows it
-        base = os.path.join(archive, getattr(loader, "prefix", ""))
+        path = os.path.join(archive, getattr(loader, "prefix", ""), "web", *parts)
     else:
-        base = _HERE
-    path = os.path.join(base, "web", *parts)
+        path = os.path.join(WEB_ROOT, *parts)
     get_data = getattr(loader, "get_data", None)
     try:
         if get_data is not None:

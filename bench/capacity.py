@@ -1229,6 +1229,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      "capacity-logs"))
     old_handlers = {sig: signal.signal(sig, _raise_interrupted)
                     for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C is KeyboardInterrupt even if this process was started with SIGINT
+    # ignored (as under some runners): Python keeps an inherited SIG_IGN.
+    old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for i, plan in enumerate(steps_plan):
             elapsed = time.monotonic() - t_start
