@@ -68,6 +68,7 @@ from netcore.metrics import (
     add_process_stats,
     add_tick_stats,
     process_stats,
+    rss_bytes,
 )
 
 if TYPE_CHECKING:
@@ -696,12 +697,8 @@ def _bundled_web() -> bool:
 
 
 def rss_kb() -> int:
-    """Resident set size from /proc/self/statm (0 where there is no /proc)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-    except (OSError, ValueError, IndexError):
-        return 0
+    """Resident set size in KiB, as STATS reports it (0 where there is no /proc)."""
+    return rss_bytes() // 1024
 
 
 class ServerOptions(NamedTuple):

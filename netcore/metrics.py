@@ -30,6 +30,7 @@ __all__ = [
     "add_process_stats",
     "add_tick_stats",
     "process_stats",
+    "rss_bytes",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -210,7 +211,8 @@ class ProcessStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-def _read_rss_bytes(proc: str) -> int:
+def rss_bytes(proc: str = "/proc") -> int:
+    """This process's resident set size, from ``/proc/self/statm`` (0 without /proc)."""
     try:
         with open(os.path.join(proc, "self", "statm"), "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -249,7 +251,7 @@ def process_stats(proc: str = "/proc", count_fds: bool = True) -> ProcessStats:
             pass
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return ProcessStats(
-        rss_bytes=_read_rss_bytes(proc),
+        rss_bytes=rss_bytes(proc),
         cpu_seconds=times.user + times.system,
         open_fds=open_fds,
         max_fds=None if soft == resource.RLIM_INFINITY else soft,
