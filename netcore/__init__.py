@@ -13,6 +13,8 @@ modules above it):
 - :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames.
 - :mod:`netcore.http`: ``RequestParser``, sans-IO HTTP/1.1 request heads.
 - :mod:`netcore.websocket`: ``WebSocketParser``, RFC 6455 handshake and frames.
+- :mod:`netcore.resp`: ``RespParser`` and ``encode_command``, sans-IO RESP2
+  (the Redis protocol), error replies as values.
 - :mod:`netcore.connection`: ``Connection``, nonblocking I/O and backpressure,
   and ``Owner``, what a connection needs from whoever owns it.
 - :mod:`netcore.handler`: ``Handler``, the application's callbacks, their
@@ -23,6 +25,10 @@ modules above it):
 - :mod:`netcore.web`: ``WebFront``, HTTP and WebSocket on a server's port.
 - :mod:`netcore.logs`: JSON/text log formatters, rate limits, churn summaries.
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
+- :mod:`netcore.stream`: ``dial``, the byte-stream seam a client protocol
+  (Redis) rides on: connected, data, closed.
+- :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
+  commands, pipelining and pub/sub with AUTH and reconnects on the loop.
 """
 
 from .codec import CLOSED_CODEC, Codec, ProtocolError
@@ -38,6 +44,18 @@ from .framing import (
     encode_frame,
 )
 from .loop import EventLoop, Readiness, Timer
+from .redis import (
+    CommandError,
+    ConnectionLost,
+    HandshakeError,
+    NotConnected,
+    Pending,
+    Redis,
+    RedisAddress,
+    RedisError,
+    RedisSubscriber,
+)
+from .resp import ReplyError, RespParser, RespProtocolError, encode_command
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
 from .server import CodecFactory, ServerConfig, TCPServer, bind_listeners
@@ -59,17 +77,29 @@ __all__ = [
     "CloseReason",
     "Codec",
     "CodecFactory",
+    "CommandError",
     "Connection",
+    "ConnectionLost",
     "EventLoop",
     "FrameError",
     "FrameParser",
     "Handler",
+    "HandshakeError",
     "Histogram",
     "NetStats",
+    "NotConnected",
     "OversizeFrame",
     "Owner",
+    "Pending",
     "ProtocolError",
     "Readiness",
+    "Redis",
+    "RedisAddress",
+    "RedisError",
+    "RedisSubscriber",
+    "ReplyError",
+    "RespParser",
+    "RespProtocolError",
     "RingBuffer",
     "ServerConfig",
     "SplitFrame",
@@ -85,6 +115,7 @@ __all__ = [
     "ZeroLengthFrame",
     "bind_listeners",
     "close_code_for",
+    "encode_command",
     "encode_frame",
     "percentile",
 ]

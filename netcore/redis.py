@@ -431,9 +431,14 @@ class _Link:
         try:
             replies = self._parser.feed(data)
         except RespProtocolError as exc:
-            self._report(RedisError(f"bad reply from the server: {exc}"))
-            self._drop(f"protocol error: {exc}")
+            self._dispatch(generation, exc.replies)
+            if generation == self._generation:
+                self._report(RedisError(f"bad reply from the server: {exc}"))
+                self._drop(f"protocol error: {exc}")
             return
+        self._dispatch(generation, replies)
+
+    def _dispatch(self, generation: int, replies: List[Reply]) -> None:
         pending = self._pending
         for reply in replies:
             if generation != self._generation:

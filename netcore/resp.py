@@ -59,6 +59,7 @@ _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _MAX_DIGITS = 19  # len(str(2**63 - 1)); longer is an error before int() runs
 
+_TYPES = frozenset(b"+-:$*")
 _RESP3_TYPES = {
     ord("_"): "null",
     ord(","): "double",
@@ -77,7 +78,9 @@ class RespProtocolError(ProtocolError):
     """The server's byte stream is not RESP2; the connection must close.
 
     ``offset`` is the stream offset of the first byte of the faulty element
-    (counted from the parser's first byte).
+    (counted from the parser's first byte). ``replies`` holds the whole
+    replies the same ``feed`` completed before the fault, in order, so a
+    client can still hand them to the commands that wait for them.
     """
 
     reason = "bad-resp"
@@ -85,6 +88,7 @@ class RespProtocolError(ProtocolError):
     def __init__(self, message: str, offset: int) -> None:
         super().__init__(f"{message} at stream offset {offset}")
         self.offset = offset
+        self.replies: List[Reply] = []
 
 
 class ReplyError:
@@ -263,8 +267,13 @@ class RespParser:
         return bool(self._buf) or bool(self._stack)
 
     def feed(self, data: BytesLike) -> List[Reply]:
-        """The replies ``data`` completes; raises :class:`RespProtocolError`."""
+        """The replies ``data`` completes; raises :class:`RespProtocolError`.
+
+        Once failed, every later call raises the same error again (with no
+        replies: they were handed out with the first raise).
+        """
         if self._error is not None:
+            self._error.replies = []
             raise self._error
         buf = self._buf
         buf += data
@@ -274,6 +283,7 @@ class RespParser:
         try:
             pos = self._parse(buf, out)
         except RespProtocolError as exc:
+            exc.replies = out
             self._error = exc
             self._buf = bytearray()
             self._stack = []
@@ -294,15 +304,21 @@ class RespParser:
         value: Reply
         self._need = 0
         while pos < end:
+            kind = buf[pos]
+            if kind not in _TYPES:  # known at the first byte: fail without waiting for a line
+                if kind in _RESP3_TYPES:
+                    raise self._fail(
+                        f"RESP3 {_RESP3_TYPES[kind]} ({chr(kind)!r}) on a RESP2 connection", pos
+                    )
+                raise self._fail(f"bad type byte 0x{kind:02x}", pos)
             nl = buf.find(b"\n", pos, pos + self.max_line + 3)
             if nl < 0:
                 if end - pos > self.max_line + 2:
                     raise self._fail(f"line longer than {self.max_line} bytes", pos)
                 self._need = end - pos + 1
                 break
-            if nl == pos or buf[nl - 1] != 13:
+            if buf[nl - 1] != 13:
                 raise self._fail("line not terminated by CRLF", pos)
-            kind = buf[pos]
             line = bytes(buf[pos + 1 : nl - 1])
             if kind == 36:  # $ bulk string
                 length = self._number(line, pos, "bulk length")
@@ -352,17 +368,11 @@ class RespParser:
                         raise self._fail(f"arrays nested deeper than {self.max_depth}", pos_here)
                     stack.append(_Array(count))
                     continue
-            elif kind == 45:  # - error
+            else:  # 45, - error: the one type left
                 if 13 in line:
                     raise self._fail("CR inside an error reply", pos)
                 value = ReplyError(line.decode("utf-8", "surrogateescape"))
                 pos = nl + 1
-            elif kind in _RESP3_TYPES:
-                raise self._fail(
-                    f"RESP3 {_RESP3_TYPES[kind]} ({chr(kind)!r}) on a RESP2 connection", pos
-                )
-            else:
-                raise self._fail(f"bad type byte 0x{kind:02x}", pos)
             # A whole value: it ends the innermost open array or is a reply.
             while stack:
                 top = stack[-1]

@@ -19,8 +19,12 @@ PUBLIC = {
     "OversizeFrame", "Owner", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
     "SplitFrame", "TCPServer", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
+    # Redis (RESP codec and connections)
+    "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",
+    "RedisAddress", "RedisError", "RedisSubscriber", "ReplyError", "RespParser",
+    "RespProtocolError",
     # functions
-    "bind_listeners", "close_code_for", "encode_frame", "percentile",
+    "bind_listeners", "close_code_for", "encode_command", "encode_frame", "percentile",
 }
 
 HANDLER_CALLBACKS = {

@@ -172,7 +172,8 @@ MALFORMED = [
     (b"+OK\r\n\x00\r\n", "bad type byte 0x00", 5),
     (b"\r\n", "bad type byte 0x0d", 0),
     (b"+OK\n", "line not terminated by CRLF", 0),
-    (b"\n", "line not terminated by CRLF", 0),
+    (b"\n", "bad type byte 0x0a", 0),
+    (b"+\n", "line not terminated by CRLF", 0),
     (b":12\r\n:1\n", "line not terminated by CRLF", 5),
     (b"+O\rK\r\n", "CR inside a simple string", 0),
     (b"-E\rR\r\n", "CR inside an error reply", 0),
@@ -219,6 +220,13 @@ def test_malformed_input_fed_byte_by_byte_fails_the_same(data, fragment, offset)
     assert fragment in str(info.value) and info.value.offset == offset
 
 
+def test_a_bad_type_byte_fails_at_once_without_waiting_for_a_line():
+    parser = RespParser()
+    assert parser.feed(b":1\r\n") == [1]
+    with pytest.raises(RespProtocolError, match="bad type byte 0x48 at stream offset 4"):
+        parser.feed(b"HTTP/1.1 400")
+
+
 def test_offsets_count_from_the_first_byte_ever_fed():
     parser = RespParser()
     assert parser.feed(b"+OK\r\n+OK\r\n") == ["OK", "OK"]
@@ -227,13 +235,20 @@ def test_offsets_count_from_the_first_byte_ever_fed():
     assert info.value.offset == 14
 
 
+def test_replies_before_the_fault_travel_with_the_error():
+    parser = RespParser()
+    with pytest.raises(RespProtocolError) as info:
+        parser.feed(b"+OK\r\n*2\r\n:1\r\n:2\r\n*1\r\n?")
+    assert info.value.replies == ["OK", [1, 2]] and info.value.offset == 21
+
+
 def test_a_failed_parser_stays_failed():
     parser = RespParser()
     with pytest.raises(RespProtocolError) as first:
         parser.feed(b"?\r\n")
     with pytest.raises(RespProtocolError) as again:
         parser.feed(b"+OK\r\n")
-    assert again.value is first.value
+    assert again.value is first.value and again.value.replies == []
     assert parser.buffered == 0
 
 
