@@ -269,3 +269,22 @@ def test_no_web_root_serves_only_healthz_and_upgrades():
         assert RawConn(h).request("/healthz").status == 200
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("lengths, status", [
+    (["5", "5"], 405),  # identical duplicates merged: a GET with a body is answered, closed
+    (["5", "6"], 400),
+    (["²"], 400),  # int() takes it: a ValueError traceback and no answer, before
+    (["1" * 4301], 400),  # past int()'s digit limit: ValueError, before
+])
+def test_bad_content_length_gets_an_answer_and_a_close_not_a_traceback(h, caplog, lengths,
+                                                                       status):
+    c = RawConn(h)
+    fields = "".join(f"Content-Length: {v}\r\n" for v in lengths)
+    c.send(f"POST / HTTP/1.1\r\nHost: t\r\n{fields}\r\n".encode("utf-8"))
+    r = c.responses(1)[0]
+    assert r.status == status and r.headers["connection"] == "close"
+    c.wait_closed()
+    assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"
+    # The server serves the next client as before.
+    assert RawConn(h).request("/").status == 200
