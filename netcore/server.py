@@ -20,7 +20,7 @@ import logging
 import os
 import selectors
 import socket
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError
 from .connection import CloseReason, Connection
@@ -168,18 +168,11 @@ class TCPServer:
         handler: Handler,
         config: Optional[ServerConfig] = None,
         codec_factory: Optional[CodecFactory] = None,
-        web: Optional[Any] = None,
     ) -> None:
         self.loop = loop
         self.handler = handler
         self.config = config if config is not None else ServerConfig()
         max_frame = self.config.max_frame
-        if web is not None:
-            # Deprecated spelling of codec_factory=WebFront(...), whose binary
-            # side then speaks this server's max_frame, as it used to.
-            web.set_binary(lambda: FrameParser(max_frame))
-            codec_factory = web
-        self.web = web
         self.codec_factory: CodecFactory = (
             codec_factory if codec_factory is not None
             else (lambda conn: FrameParser(max_frame))
