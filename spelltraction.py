@@ -77,7 +77,7 @@ from array import array
 from collections import OrderedDict
 from typing import (
     IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
-    Union,
+    Union, cast,
 )
 
 from netcore import (
@@ -90,6 +90,8 @@ from netcore import (
     ServerConfig,
     TCPServer,
     Tick,
+    TickScheduler,
+    Timer,
     WebConfig,
     WebFront,
     WebSocketCodec,
@@ -504,7 +506,9 @@ class Player:
         self.moves = 0  # MOVEs received in token_tick, taken or not (flood check)
         self.dirty = False  # YOU must be sent at the next tick
         self.moved = False  # listed among this tick's movers already
-        self.conn: Any = None  # the server's connection, if any
+        # The server's connection while the player plays. (The asyncio peer in
+        # bench/ keeps its own protocol object here: Rules never look at it.)
+        self.conn: Optional[Connection] = None
 
     def __repr__(self) -> str:
         return f"<Player {self.id} at ({self.x},{self.y}) {self.letters} score={self.score}>"
@@ -823,14 +827,14 @@ class GameServer(Handler):
         self.ws_players: Dict[Connection, None] = {}
         self.started = time.time()
         self.start_rss_kb = rss_kb()
-        self.ticker: Any = None
+        self.ticker: Optional[TickScheduler] = None  # set by start()
         self.stats_frame = b""
         self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
         self.errors_sent: Dict[int, int] = {}
         self.shutting_down = False
         self.churn = ChurnReporter(self.net.stats, log)
         self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each churn report
-        self._report_timer: Any = None
+        self._report_timer: Optional[Timer] = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -970,21 +974,23 @@ class GameServer(Handler):
             if conn is not None:
                 private[conn] = conn.codec.wrap(data + you_frame(p))
         # Lists, not views of game.players: a failed send closes its
-        # connection, and the player leaves, during the broadcast.
+        # connection, and the player leaves, during the broadcast. No None in
+        # them: a player is in the game exactly while it has its connection
+        # (join() sets it, on_close() takes the player out before clearing it).
         ws_players = self.ws_players
         if ws_players:
-            tcp: List[Connection] = []
-            web: List[Connection] = []
+            tcp: List[Optional[Connection]] = []
+            web: List[Optional[Connection]] = []
             for p in game.players.values():
                 conn = p.conn
                 (web if conn in ws_players else tcp).append(conn)
             # The same bytes for everyone; WebSocket players get them behind
             # one header, built once and shared like the data itself.
-            self.net.broadcast(ws.frame_header(len(data)) + data, web, nframes, private,
-                               nframes + 1)
+            self.net.broadcast(ws.frame_header(len(data)) + data, cast("List[Connection]", web),
+                               nframes, private, nframes + 1)
         else:
             tcp = [p.conn for p in game.players.values()]
-        self.net.broadcast(data, tcp, nframes, private, nframes + 1)
+        self.net.broadcast(data, cast("List[Connection]", tcp), nframes, private, nframes + 1)
         if game.tick % 4 == 0 and self.pending:
             self._expire_pending()
 
