@@ -75,6 +75,7 @@ import sys
 import time
 from array import array
 from collections import OrderedDict
+from enum import Enum
 from typing import (
     IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
     Union, cast,
@@ -133,7 +134,7 @@ __all__ = [
     # Bots
     "BotOptions", "BotWorker", "bot_procs", "run_bots",
     # Clients
-    "ClientBrain", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
     "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
@@ -783,7 +784,16 @@ WEB_HEADERS = (
 
 
 class GameServer(Handler):
-    """SpellTraction on a netcore :class:`TCPServer`."""
+    """SpellTraction on a netcore :class:`TCPServer`.
+
+    A connection's life: connect -> pending (``on_connect``; HELLO due within
+    ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
+    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    On the same port the first bytes may say HTTP instead (``on_protocol``:
+    out of pending, the web front answers its requests) or a WebSocket upgrade
+    (pending again from the upgrade, then HELLO as over TCP). Whatever a
+    client gets wrong ends in ``reject``: an ERROR frame, then close.
+    """
 
     def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None) -> None:
         self.loop = loop
@@ -1976,6 +1986,31 @@ class Marker:
             self.y += dy * k
 
 
+class ClientState(Enum):
+    """Where a client is in its connection's life: ``ClientBrain.state``.
+
+    The driver moves it with ``connecting``, ``connected`` and
+    ``disconnected``; the server's WELCOME with ``handle``::
+
+        OFFLINE    --connecting()-->  CONNECTING   (TCP connect under way)
+        CONNECTING --connected()--->  JOINING      (HELLO sent)
+        JOINING    --WELCOME------->  PLAYING
+        any        --disconnected(why, retry_at)-->  WAITING   (retry due at retry_at)
+                                                     STOPPED   (retry_at None: none planned)
+        WAITING    --connecting()-->  CONNECTING
+
+    STOPPED is the end: the driver does not reconnect (the server refused
+    this client's protocol version for good, or the window is closing).
+    """
+
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    JOINING = "joining"
+    PLAYING = "playing"
+    WAITING = "waiting"
+    STOPPED = "stopped"
+
+
 class ClientBrain:
     """What the client knows, built from server messages. Sans-IO, no Tk.
 
@@ -1999,7 +2034,7 @@ class ClientBrain:
         self.max_markers = max_markers
         self.marker_ttl = marker_ttl
         self.outbox: List[bytes] = []  # frames for the driver to send
-        self.state = "offline"  # offline, connecting, joining, playing, waiting, stopped
+        self.state = ClientState.OFFLINE  # see ClientState for the transitions
         self.address = ""
         self.why = ""  # why the last connection ended
         self.retry_at: Optional[float] = None
@@ -2041,12 +2076,12 @@ class ClientBrain:
     # -- the connection's life (called by the driver) -------------------------
 
     def connecting(self, address: str) -> None:
-        self.state, self.address = "connecting", address
+        self.state, self.address = ClientState.CONNECTING, address
 
     def connected(self) -> None:
         """The TCP connection is up: say HELLO."""
         self._reset_game()
-        self.state = "joining"
+        self.state = ClientState.JOINING
         self.outbox = [frame(self.hello)]
 
     def disconnected(self, why: str, retry_at: Optional[float]) -> None:
@@ -2055,7 +2090,7 @@ class ClientBrain:
         self.outbox = []
         self.why = why
         self.retry_at = retry_at
-        self.state = "waiting" if retry_at is not None else "stopped"
+        self.state = ClientState.WAITING if retry_at is not None else ClientState.STOPPED
 
     @property
     def give_up(self) -> bool:
@@ -2082,7 +2117,7 @@ class ClientBrain:
         elif isinstance(msg, Welcome):
             self.welcome = msg
             self.player_id = msg.player_id
-            self.state = "playing"
+            self.state = ClientState.PLAYING
             self.had_game = True
             self.error, self.error_code = "", 0
         elif isinstance(msg, Scored):
@@ -2149,7 +2184,7 @@ class ClientBrain:
     def click(self, x: float, y: float) -> bool:
         """Move to board pixel (x, y): shown at once, sent as the rate limit allows."""
         me = self.me
-        if self.state != "playing" or me is None:
+        if self.state != ClientState.PLAYING or me is None:
             return False
         bx, by = _clamp(int(x), int(y))
         me.tx, me.ty = bx, by
@@ -2218,17 +2253,17 @@ class ClientBrain:
 
     def status_line(self) -> str:
         state = self.state
-        if state == "connecting":
+        if state == ClientState.CONNECTING:
             return f"Connecting to {self.address}..."
-        if state == "joining":
+        if state == ClientState.JOINING:
             return f"Connected to {self.address}, joining..."
-        if state == "playing":
+        if state == ClientState.PLAYING:
             return f"Playing on {self.address} as player #{self.player_id}"
-        if state == "waiting" and self.retry_at is not None:
+        if state == ClientState.WAITING and self.retry_at is not None:
             wait = max(0.0, self.retry_at - self.clock())
             lost = "Server gone" if self.had_game else f"Cannot reach {self.address}"
             return f"{lost}: {self.why}. Reconnecting in {wait:.1f} s..."
-        if state == "stopped":
+        if state == ClientState.STOPPED:
             return f"Disconnected: {self.why}. Not reconnecting."
         return "Not connected"
 
@@ -2295,7 +2330,7 @@ class NetClient:
         """One pass: whatever the connection needs now, without waiting."""
         now = self.clock()
         if self.sock is None:
-            if self.brain.state != "stopped" and now >= self.retry_at:
+            if self.brain.state != ClientState.STOPPED and now >= self.retry_at:
                 self._connect(now)
         elif not self.is_connected:
             self._check_connect(now)
@@ -2373,7 +2408,7 @@ class NetClient:
     def _read(self, now: float) -> None:
         sock, brain = self.sock, self.brain
         assert sock is not None
-        joining = brain.state == "joining"
+        joining = brain.state == ClientState.JOINING
         for _ in range(self.READS_PER_POLL):
             try:
                 data = sock.recv(65536)
@@ -2391,7 +2426,7 @@ class NetClient:
             except ProtocolError as exc:
                 self._lost(f"bad data from the server ({exc})")
                 return
-        if joining and brain.state == "playing":
+        if joining and brain.state == ClientState.PLAYING:
             self.failures = 0
             log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
                      brain.server_pos, brain.letters)
@@ -2729,7 +2764,7 @@ class TkView:
 
     def draw(self) -> None:
         b = self.brain
-        playing = b.state == "playing"
+        playing = b.state == ClientState.PLAYING
         self._draw_board(b, playing)
         self._draw_attractor(b, playing)
         self._draw_markers(b)
@@ -2887,7 +2922,7 @@ class TkView:
     def _draw_status(self, b: ClientBrain, playing: bool) -> None:
         ids = self.ids
         state = b.state
-        colour = TK_GOOD if playing else TK_WARN if state in ("connecting", "joining") else TK_BAD
+        colour = TK_GOOD if playing else TK_WARN if state in (ClientState.CONNECTING, ClientState.JOINING) else TK_BAD
         self._set(ids["dot"], fill=colour)
         self._set(ids["status"], text=b.status_line())
         self._set(ids["error"], text=f"Server said: {b.error}" if b.error else "")
@@ -2895,8 +2930,8 @@ class TkView:
         for name in ("veil", "veil_title", "veil_text"):
             self._set(ids[name], state=veiled)
         if not playing:
-            title = {"waiting": "Server gone" if b.had_game else "No server",
-                     "stopped": "Disconnected"}.get(state, "Connecting...")
+            title = {ClientState.WAITING: "Server gone" if b.had_game else "No server",
+                     ClientState.STOPPED: "Disconnected"}.get(state, "Connecting...")
             lines = [b.status_line()] + ([f"Server said: {b.error}"] if b.error else [])
             self._set(ids["veil_title"], text=title, fill=colour)
             self._set(ids["veil"], outline=colour)
