@@ -75,7 +75,7 @@ import sys
 import time
 from array import array
 from collections import OrderedDict
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import (
     IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
     Union, cast,
@@ -180,7 +180,9 @@ HELLO, MOVE = 0x01, 0x02
 WELCOME, TICK, SCORED, YOU, STATS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0x8F
 
 
-class ErrorCode:
+class ErrorCode(IntEnum):
+    """The code in an ERROR message (docs/PROTOCOL.md); an int on the wire."""
+
     VERSION = 1
     BAD_MESSAGE = 2
     SERVER_FULL = 3
@@ -191,16 +193,16 @@ class ErrorCode:
 
     @classmethod
     def name_of(cls, code: int) -> str:
-        """``FLOOD`` -> ``"flood"``: the label metrics use."""
-        for name, value in vars(cls).items():
-            if value == code and name.isupper():
-                return name.lower().replace("_", "-")
-        return str(code)
+        """``FLOOD`` (or 5) -> ``"flood"``: the label metrics use; unknown: the number."""
+        try:
+            return cls(code).name.lower().replace("_", "-")
+        except ValueError:
+            return str(int(code))
 
 
 # The WebSocket close code that follows each ERROR (BAD_FRAME takes the
 # code of the framing error itself: 1002, 1007, 1009...).
-WS_CLOSE_CODES = {
+WS_CLOSE_CODES: Dict[int, int] = {
     ErrorCode.VERSION: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.BAD_MESSAGE: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.SERVER_FULL: ws.CloseCode.TRY_AGAIN_LATER,
@@ -1021,7 +1023,7 @@ class GameServer(Handler):
                      "letters_scored": self.game.letters_scored,
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "ws_players": len(self.ws_players),
             "web": self.net.web.stats.snapshot() if self.net.web is not None else {},
             "rss_kb": rss_kb(),
