@@ -82,6 +82,8 @@ from typing import (
 )
 
 from netcore import (
+    HTTP,
+    WEBSOCKET,
     CloseReason,
     Connection,
     EventLoop,
@@ -100,7 +102,6 @@ from netcore import (
     encode_frame,
 )
 from netcore import websocket as ws
-from netcore.sniff import HTTP, WEBSOCKET
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -801,7 +802,7 @@ class GameServer(Handler):
         self.loop = loop
         self.options = opts = options if options is not None else ServerOptions()
         self.game = Game(random.Random(opts.seed))
-        web = None
+        self.web: Optional[WebFront] = None
         if opts.web:
             root = opts.web_root if opts.web_root and os.path.isdir(opts.web_root) else None
             reader = None
@@ -809,12 +810,12 @@ class GameServer(Handler):
                 reader = read_asset  # running from the zipapp: web/ is inside it
             elif opts.web_root and root is None:
                 log.warning("web root %s is not a directory: serving no files", opts.web_root)
-            web = WebFront(WebConfig(
+            self.web = WebFront(WebConfig(
                 static_root=root, static_reader=reader, routes=self.ops_routes(),
                 ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
                 max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
                 headers=WEB_HEADERS,
-            ))
+            ), binary=lambda: FrameParser(MAX_CLIENT_FRAME))
         self.net = TCPServer(
             loop,
             self,
@@ -831,7 +832,7 @@ class GameServer(Handler):
                     ErrorCode.SERVER_FULL, f"server full ({opts.max_clients} players); try later"
                 ),
             ),
-            web=web,
+            codec_factory=self.web,  # None: plain frames, no HTTP
         )
         self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet
         # Players who came over WebSocket: the tick sends them the same bytes
@@ -1025,7 +1026,7 @@ class GameServer(Handler):
                      "moves_limited": self.game.moves_limited},
             "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "ws_players": len(self.ws_players),
-            "web": self.net.web.stats.snapshot() if self.net.web is not None else {},
+            "web": self.web.stats.snapshot() if self.web is not None else {},
             "rss_kb": rss_kb(),
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,

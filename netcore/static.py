@@ -25,7 +25,7 @@ from .http import Request, error_response, response
 
 __all__ = ["CONTENT_TYPES", "StaticFiles"]
 
-log = logging.getLogger("netcore")
+log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",

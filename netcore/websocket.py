@@ -71,6 +71,8 @@ MAX_CLOSE_REASON = 123  # a close payload is at most 125 bytes: 2 for the code
 
 
 class CloseCode:
+    """RFC 6455 section 7.4.1 close codes."""
+
     NORMAL = 1000
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002

@@ -148,7 +148,7 @@ def test_bad_requests_get_a_short_answer_and_a_close(h, raw, status):
     assert r.headers["connection"] == "close"
     assert len(r.body) < 200 and r.body.startswith(str(status).encode())
     c.wait_closed()
-    assert h.server.net.web.stats.bad_requests == 1
+    assert h.server.web.stats.bad_requests == 1
 
 
 def test_header_flood_is_refused_before_it_ends(h):
@@ -193,7 +193,7 @@ def test_slow_request_is_closed_at_the_deadline(h):
     r = c.responses(1, timeout=5.0)[0]
     assert r.status == 408
     c.wait_closed()
-    assert h.server.net.web.stats.handshake_timeouts == 1
+    assert h.server.web.stats.handshake_timeouts == 1
     assert h.server.net.stats.closed_by_reason.get("handshake-timeout") == 1
 
 
@@ -208,7 +208,7 @@ def test_idle_kept_alive_connection_is_closed_quietly(h):
     c = RawConn(h)
     assert c.request("/").status == 200
     assert c.wait_closed() == b""
-    assert h.server.net.web.stats.handshake_timeouts == 1
+    assert h.server.web.stats.handshake_timeouts == 1
 
 
 def test_trickled_request_cannot_outlive_the_deadline(h):
