@@ -15,6 +15,10 @@ modules above it):
 - :mod:`netcore.websocket`: ``WebSocketParser``, RFC 6455 handshake and frames.
 - :mod:`netcore.resp`: ``RespParser`` and ``encode_command``, sans-IO RESP2
   (the Redis protocol), error replies as values.
+- :mod:`netcore.proxyproto`: ``ProxyHeaderReader``, the PROXY protocol v1/v2
+  (the client behind a trusted proxy).
+- :mod:`netcore.addrlimit`: ``AddressLimits``, connections and pending
+  connections per client address (IPv6 by /64), exempt networks.
 - :mod:`netcore.connection`: ``Connection``, nonblocking I/O and backpressure,
   and ``Owner``, what a connection needs from whoever owns it.
 - :mod:`netcore.handler`: ``Handler``, the application's callbacks, their
