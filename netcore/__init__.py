@@ -26,7 +26,7 @@ modules above it):
 """
 
 from .codec import CLOSED_CODEC, Codec, ProtocolError
-from .connection import CloseReason, Connection, Owner
+from .connection import CloseReason, CodecFactory, Connection, Owner
 from .framing import (
     DEFAULT_MAX_FRAME,
     FrameError,
@@ -40,7 +40,7 @@ from .framing import (
 from .loop import EventLoop, Readiness, Timer
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
-from .server import CodecFactory, ServerConfig, TCPServer, bind_listeners
+from .server import ServerConfig, TCPServer, bind_listeners
 from .sniff import HTTP, WEBSOCKET
 from .stats import Histogram, NetStats, Window, percentile
 from .tick import Tick, TickScheduler
