@@ -10,7 +10,7 @@ speaks the same codec.
 
 from __future__ import annotations
 
-from typing import List, Protocol
+from typing import List, Protocol, Sequence
 
 from .ringbuffer import BytesLike
 
@@ -25,6 +25,9 @@ class ProtocolError(ValueError):
     """
 
     reason = "bad-input"
+    # Payloads completed before the error from the same input: the
+    # connection delivers them before it reports the error.
+    messages: Sequence[bytes] = ()
 
 
 class Text(bytes):

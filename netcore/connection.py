@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
 from .loop import EventLoop, Readiness
@@ -310,15 +310,28 @@ class Connection(Readiness):
         try:
             messages = self.codec.feed(view[:n])
         except ProtocolError as exc:
-            owner._bad_input(self, exc)
+            if exc.messages:
+                self._deliver(exc.messages)
+            if self.state == OPEN:
+                owner._bad_input(self, exc)
             return
-        if messages:
+        if messages:  # _deliver(), inline: this is every read's path
             stats.frames_in += len(messages)
             on_message = owner.handler.on_message
             for payload in messages:
                 on_message(self, payload)
                 if self.state != OPEN:
                     break
+
+    def _deliver(self, messages: Sequence[bytes]) -> None:
+        """Hand ``messages`` to the handler until one of them closes us."""
+        owner = self.owner
+        owner.stats.frames_in += len(messages)
+        on_message = owner.handler.on_message
+        for payload in messages:
+            on_message(self, payload)
+            if self.state != OPEN:
+                break
 
     def on_error(self, exc: BaseException) -> None:
         log.error("connection fd=%d: handler failed", self.fd, exc_info=exc)

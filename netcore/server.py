@@ -183,10 +183,18 @@ class TCPServer:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def listen(self) -> List[Tuple[str, int]]:
-        """Bind every configured address and start accepting."""
+    def listen(self, sockets: Optional[Sequence[socket.socket]] = None) -> List[Tuple[str, int]]:
+        """Bind every configured address and start accepting.
+
+        ``sockets``: listen on these already bound, listening sockets instead
+        (inherited from a supervisor, or :func:`netcore.testing.bound_socket`);
+        the server owns and closes them.
+        """
         cfg = self.config
-        for sock in bind_listeners(cfg.hosts, cfg.port, cfg.backlog):
+        if sockets is None:
+            sockets = bind_listeners(cfg.hosts, cfg.port, cfg.backlog)
+        for sock in sockets:
+            sock.setblocking(False)
             listener = Listener(sock, self)
             self.listeners.append(listener)
             self.loop.register(sock, EVENT_READ, listener)

@@ -43,6 +43,7 @@ from .websocket import (
     TEXT,
     Close,
     CloseCode,
+    Event,
     Message,
     Ping,
     WebSocketError,
@@ -75,16 +76,24 @@ class _WebSocketEnd(WebSocketParser):
     def _mask_key(self) -> Optional[bytes]:
         return None
 
-    def _frame(self, payload: BytesLike, opcode: int) -> bytes:
+    def _out(self, payload: BytesLike, opcode: int) -> bytes:
         key = self._mask_key()
         if key is None:
             return frame_header(len(payload), opcode) + bytes(payload)
         return frame(payload, opcode, mask_key=key)
 
     def _messages(self, data: BytesLike) -> List[bytes]:
-        events = self.parse(data)
+        try:
+            events = self.parse(data)
+        except WebSocketError as exc:
+            if exc.events:  # deliver what came before the error, then fail
+                exc.messages = self._handle(exc.events)
+            raise
         if not events:
             return []
+        return self._handle(events)
+
+    def _handle(self, events: Sequence[Event]) -> List[bytes]:
         conn = self.conn
         inner = self.inner
         out: List[bytes] = []
@@ -98,7 +107,7 @@ class _WebSocketEnd(WebSocketParser):
                 else:
                     out += inner.feed(event.data)
             elif isinstance(event, Ping):
-                conn.write(self._frame(event.data, PONG))
+                conn.write(self._out(event.data, PONG))
             elif isinstance(event, Close):
                 if out:
                     # Deliver what came before the Close first; answer after.
@@ -117,7 +126,7 @@ class _WebSocketEnd(WebSocketParser):
             return
         code = CloseCode.NORMAL if event.code == CloseCode.NO_STATUS else event.code
         self.close_sent = True
-        conn.write(self._frame(code.to_bytes(2, "big"), CLOSE))
+        conn.write(self._out(code.to_bytes(2, "big"), CLOSE))
         conn.close_after_flush(CloseReason.PEER_CLOSED, f"WebSocket close {event.code}")
 
     # -- the writing half ---------------------------------------------------
@@ -126,10 +135,10 @@ class _WebSocketEnd(WebSocketParser):
         inner = self.inner
         if inner is not None:
             return self.wrap(inner.frame(payload))
-        return self._frame(payload, TEXT if isinstance(payload, Text) else BINARY)
+        return self._out(payload, TEXT if isinstance(payload, Text) else BINARY)
 
     def wrap(self, stream: bytes) -> bytes:
-        return self._frame(stream, BINARY)
+        return self._out(stream, BINARY)
 
     def closing(self, stream: bytes, code: int, reason: str) -> bytes:
         if self.close_sent:
@@ -171,7 +180,7 @@ class HandshakeError(ProtocolError):
 class WebSocketClientCodec(_WebSocketEnd):
     """The client end: handshake first, then masked frames out."""
 
-    __slots__ = ("key", "subprotocols", "subprotocol", "_head", "_early", "is_open")
+    __slots__ = ("key", "subprotocols", "subprotocol", "_reply", "_early", "is_open")
 
     def __init__(self, conn: Connection, host: str, path: str = "/",
                  inner: Optional[Codec] = None, max_message: int = 1 << 20,
@@ -181,7 +190,7 @@ class WebSocketClientCodec(_WebSocketEnd):
         self.key = base64.b64encode(os.urandom(16)).decode("ascii")
         self.subprotocols = tuple(subprotocols)
         self.subprotocol = ""
-        self._head: Optional[bytearray] = bytearray()  # None once open
+        self._reply: Optional[bytearray] = bytearray()  # None once open
         self._early: List[bytes] = []
         self.is_open = False
         extra = list(headers)
@@ -192,15 +201,15 @@ class WebSocketClientCodec(_WebSocketEnd):
     def _mask_key(self) -> Optional[bytes]:
         return os.urandom(4)
 
-    def _frame(self, payload: BytesLike, opcode: int) -> bytes:
-        data = super()._frame(payload, opcode)
+    def _out(self, payload: BytesLike, opcode: int) -> bytes:
+        data = super()._out(payload, opcode)
         if self.is_open:
             return data
         self._early.append(data)  # the RFC: nothing before the server's answer
         return b""
 
     def feed(self, data: BytesLike) -> List[bytes]:
-        head = self._head
+        head = self._reply
         if head is None:
             return self._messages(data)
         head += data
@@ -211,7 +220,7 @@ class WebSocketClientCodec(_WebSocketEnd):
             return []
         rest = bytes(head[end + 4:])
         self._accept(bytes(head[:end]))
-        self._head = None
+        self._reply = None
         self.is_open = True
         conn = self.conn
         if self._early:
