@@ -22,7 +22,7 @@ def test_hello_over_websocket_gets_welcome_you_and_stats_in_one_message(h):
     assert h.server.net.stats.sends == sends + 1
     assert len(c.messages) == 1  # WELCOME + YOU + STATS, one binary message
     assert c.welcome.tick_ms == 20 and c.stats.players == 1
-    assert h.server.net.web.stats.upgrades == 1
+    assert h.server.web.stats.upgrades == 1
 
 
 def test_handshake_and_hello_in_one_segment(h):
