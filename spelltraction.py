@@ -75,9 +75,10 @@ import sys
 import time
 from array import array
 from collections import OrderedDict
+from enum import Enum, IntEnum
 from typing import (
     IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
-    Union,
+    Union, cast,
 )
 
 from netcore import (
@@ -92,6 +93,8 @@ from netcore import (
     ServerConfig,
     TCPServer,
     Tick,
+    TickScheduler,
+    Timer,
     WebConfig,
     WebFront,
     WebSocketCodec,
@@ -133,7 +136,7 @@ __all__ = [
     # Bots
     "BotOptions", "BotWorker", "bot_procs", "run_bots",
     # Clients
-    "ClientBrain", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
     "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
@@ -179,7 +182,9 @@ HELLO, MOVE = 0x01, 0x02
 WELCOME, TICK, SCORED, YOU, STATS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0x8F
 
 
-class ErrorCode:
+class ErrorCode(IntEnum):
+    """The code in an ERROR message (docs/PROTOCOL.md); an int on the wire."""
+
     VERSION = 1
     BAD_MESSAGE = 2
     SERVER_FULL = 3
@@ -190,16 +195,16 @@ class ErrorCode:
 
     @classmethod
     def name_of(cls, code: int) -> str:
-        """``FLOOD`` -> ``"flood"``: the label metrics use."""
-        for name, value in vars(cls).items():
-            if value == code and name.isupper():
-                return name.lower().replace("_", "-")
-        return str(code)
+        """``FLOOD`` (or 5) -> ``"flood"``: the label metrics use; unknown: the number."""
+        try:
+            return cls(code).name.lower().replace("_", "-")
+        except ValueError:
+            return str(int(code))
 
 
 # The WebSocket close code that follows each ERROR (BAD_FRAME takes the
 # code of the framing error itself: 1002, 1007, 1009...).
-WS_CLOSE_CODES = {
+WS_CLOSE_CODES: Dict[int, int] = {
     ErrorCode.VERSION: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.BAD_MESSAGE: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.SERVER_FULL: ws.CloseCode.TRY_AGAIN_LATER,
@@ -506,7 +511,9 @@ class Player:
         self.moves = 0  # MOVEs received in token_tick, taken or not (flood check)
         self.dirty = False  # YOU must be sent at the next tick
         self.moved = False  # listed among this tick's movers already
-        self.conn: Any = None  # the server's connection, if any
+        # The server's connection while the player plays. (The asyncio peer in
+        # bench/ keeps its own protocol object here: Rules never look at it.)
+        self.conn: Optional[Connection] = None
 
     def __repr__(self) -> str:
         return f"<Player {self.id} at ({self.x},{self.y}) {self.letters} score={self.score}>"
@@ -805,7 +812,16 @@ class AdminHandler(Handler):
 
 
 class GameServer(Handler):
-    """SpellTraction on a netcore :class:`TCPServer`."""
+    """SpellTraction on a netcore :class:`TCPServer`.
+
+    A connection's life: connect -> pending (``on_connect``; HELLO due within
+    ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
+    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    On the same port the first bytes may say HTTP instead (``on_protocol``:
+    out of pending, the web front answers its requests) or a WebSocket upgrade
+    (pending again from the upgrade, then HELLO as over TCP). Whatever a
+    client gets wrong ends in ``reject``: an ERROR frame, then close.
+    """
 
     def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None) -> None:
         self.loop = loop
@@ -852,14 +868,14 @@ class GameServer(Handler):
         self.ws_players: Dict[Connection, None] = {}
         self.started = time.time()
         self.start_rss_kb = rss_kb()
-        self.ticker: Any = None
+        self.ticker: Optional[TickScheduler] = None  # set by start()
         self.stats_frame = b""
         self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
         self.errors_sent: Dict[int, int] = {}
         self.shutting_down = False
         self.churn = ChurnReporter(self.net.stats, log)
         self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each churn report
-        self._report_timer: Any = None
+        self._report_timer: Optional[Timer] = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -1040,21 +1056,23 @@ class GameServer(Handler):
             if conn is not None:
                 private[conn] = conn.codec.wrap(data + you_frame(p))
         # Lists, not views of game.players: a failed send closes its
-        # connection, and the player leaves, during the broadcast.
+        # connection, and the player leaves, during the broadcast. No None in
+        # them: a player is in the game exactly while it has its connection
+        # (join() sets it, on_close() takes the player out before clearing it).
         ws_players = self.ws_players
         if ws_players:
-            tcp: List[Connection] = []
-            web: List[Connection] = []
+            tcp: List[Optional[Connection]] = []
+            web: List[Optional[Connection]] = []
             for p in game.players.values():
                 conn = p.conn
                 (web if conn in ws_players else tcp).append(conn)
             # The same bytes for everyone; WebSocket players get them behind
             # one header, built once and shared like the data itself.
-            self.net.broadcast(ws.frame_header(len(data)) + data, web, nframes, private,
-                               nframes + 1)
+            self.net.broadcast(ws.frame_header(len(data)) + data, cast("List[Connection]", web),
+                               nframes, private, nframes + 1)
         else:
             tcp = [p.conn for p in game.players.values()]
-        self.net.broadcast(data, tcp, nframes, private, nframes + 1)
+        self.net.broadcast(data, cast("List[Connection]", tcp), nframes, private, nframes + 1)
         if game.tick % 4 == 0 and self.pending:
             self._expire_pending()
 
@@ -1075,7 +1093,7 @@ class GameServer(Handler):
                      "letters_scored": self.game.letters_scored,
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
             "rss_kb": rss_kb(),
@@ -2082,6 +2100,31 @@ class Marker:
             self.y += dy * k
 
 
+class ClientState(Enum):
+    """Where a client is in its connection's life: ``ClientBrain.state``.
+
+    The driver moves it with ``connecting``, ``connected`` and
+    ``disconnected``; the server's WELCOME with ``handle``::
+
+        OFFLINE    --connecting()-->  CONNECTING   (TCP connect under way)
+        CONNECTING --connected()--->  JOINING      (HELLO sent)
+        JOINING    --WELCOME------->  PLAYING
+        any        --disconnected(why, retry_at)-->  WAITING   (retry due at retry_at)
+                                                     STOPPED   (retry_at None: none planned)
+        WAITING    --connecting()-->  CONNECTING
+
+    STOPPED is the end: the driver does not reconnect (the server refused
+    this client's protocol version for good, or the window is closing).
+    """
+
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    JOINING = "joining"
+    PLAYING = "playing"
+    WAITING = "waiting"
+    STOPPED = "stopped"
+
+
 class ClientBrain:
     """What the client knows, built from server messages. Sans-IO, no Tk.
 
@@ -2105,7 +2148,7 @@ class ClientBrain:
         self.max_markers = max_markers
         self.marker_ttl = marker_ttl
         self.outbox: List[bytes] = []  # frames for the driver to send
-        self.state = "offline"  # offline, connecting, joining, playing, waiting, stopped
+        self.state = ClientState.OFFLINE  # see ClientState for the transitions
         self.address = ""
         self.why = ""  # why the last connection ended
         self.retry_at: Optional[float] = None
@@ -2147,12 +2190,12 @@ class ClientBrain:
     # -- the connection's life (called by the driver) -------------------------
 
     def connecting(self, address: str) -> None:
-        self.state, self.address = "connecting", address
+        self.state, self.address = ClientState.CONNECTING, address
 
     def connected(self) -> None:
         """The TCP connection is up: say HELLO."""
         self._reset_game()
-        self.state = "joining"
+        self.state = ClientState.JOINING
         self.outbox = [frame(self.hello)]
 
     def disconnected(self, why: str, retry_at: Optional[float]) -> None:
@@ -2161,7 +2204,7 @@ class ClientBrain:
         self.outbox = []
         self.why = why
         self.retry_at = retry_at
-        self.state = "waiting" if retry_at is not None else "stopped"
+        self.state = ClientState.WAITING if retry_at is not None else ClientState.STOPPED
 
     @property
     def give_up(self) -> bool:
@@ -2188,7 +2231,7 @@ class ClientBrain:
         elif isinstance(msg, Welcome):
             self.welcome = msg
             self.player_id = msg.player_id
-            self.state = "playing"
+            self.state = ClientState.PLAYING
             self.had_game = True
             self.error, self.error_code = "", 0
         elif isinstance(msg, Scored):
@@ -2255,7 +2298,7 @@ class ClientBrain:
     def click(self, x: float, y: float) -> bool:
         """Move to board pixel (x, y): shown at once, sent as the rate limit allows."""
         me = self.me
-        if self.state != "playing" or me is None:
+        if self.state != ClientState.PLAYING or me is None:
             return False
         bx, by = _clamp(int(x), int(y))
         me.tx, me.ty = bx, by
@@ -2324,17 +2367,17 @@ class ClientBrain:
 
     def status_line(self) -> str:
         state = self.state
-        if state == "connecting":
+        if state == ClientState.CONNECTING:
             return f"Connecting to {self.address}..."
-        if state == "joining":
+        if state == ClientState.JOINING:
             return f"Connected to {self.address}, joining..."
-        if state == "playing":
+        if state == ClientState.PLAYING:
             return f"Playing on {self.address} as player #{self.player_id}"
-        if state == "waiting" and self.retry_at is not None:
+        if state == ClientState.WAITING and self.retry_at is not None:
             wait = max(0.0, self.retry_at - self.clock())
             lost = "Server gone" if self.had_game else f"Cannot reach {self.address}"
             return f"{lost}: {self.why}. Reconnecting in {wait:.1f} s..."
-        if state == "stopped":
+        if state == ClientState.STOPPED:
             return f"Disconnected: {self.why}. Not reconnecting."
         return "Not connected"
 
@@ -2401,7 +2444,7 @@ class NetClient:
         """One pass: whatever the connection needs now, without waiting."""
         now = self.clock()
         if self.sock is None:
-            if self.brain.state != "stopped" and now >= self.retry_at:
+            if self.brain.state != ClientState.STOPPED and now >= self.retry_at:
                 self._connect(now)
         elif not self.is_connected:
             self._check_connect(now)
@@ -2479,7 +2522,7 @@ class NetClient:
     def _read(self, now: float) -> None:
         sock, brain = self.sock, self.brain
         assert sock is not None
-        joining = brain.state == "joining"
+        joining = brain.state == ClientState.JOINING
         for _ in range(self.READS_PER_POLL):
             try:
                 data = sock.recv(65536)
@@ -2497,7 +2540,7 @@ class NetClient:
             except ProtocolError as exc:
                 self._lost(f"bad data from the server ({exc})")
                 return
-        if joining and brain.state == "playing":
+        if joining and brain.state == ClientState.PLAYING:
             self.failures = 0
             log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
                      brain.server_pos, brain.letters)
@@ -2835,7 +2878,7 @@ class TkView:
 
     def draw(self) -> None:
         b = self.brain
-        playing = b.state == "playing"
+        playing = b.state == ClientState.PLAYING
         self._draw_board(b, playing)
         self._draw_attractor(b, playing)
         self._draw_markers(b)
@@ -2993,7 +3036,7 @@ class TkView:
     def _draw_status(self, b: ClientBrain, playing: bool) -> None:
         ids = self.ids
         state = b.state
-        colour = TK_GOOD if playing else TK_WARN if state in ("connecting", "joining") else TK_BAD
+        colour = TK_GOOD if playing else TK_WARN if state in (ClientState.CONNECTING, ClientState.JOINING) else TK_BAD
         self._set(ids["dot"], fill=colour)
         self._set(ids["status"], text=b.status_line())
         self._set(ids["error"], text=f"Server said: {b.error}" if b.error else "")
@@ -3001,8 +3044,8 @@ class TkView:
         for name in ("veil", "veil_title", "veil_text"):
             self._set(ids[name], state=veiled)
         if not playing:
-            title = {"waiting": "Server gone" if b.had_game else "No server",
-                     "stopped": "Disconnected"}.get(state, "Connecting...")
+            title = {ClientState.WAITING: "Server gone" if b.had_game else "No server",
+                     ClientState.STOPPED: "Disconnected"}.get(state, "Connecting...")
             lines = [b.status_line()] + ([f"Server said: {b.error}"] if b.error else [])
             self._set(ids["veil_title"], text=title, fill=colour)
             self._set(ids["veil"], outline=colour)

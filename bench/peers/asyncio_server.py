@@ -342,7 +342,7 @@ class AsyncioGameServer:
                      "letters_scored": self.game.letters_scored,
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "rss_kb": rss_kb(),
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,
