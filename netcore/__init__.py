@@ -13,6 +13,10 @@ modules above it):
 - :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames.
 - :mod:`netcore.http`: ``RequestParser``, sans-IO HTTP/1.1 request heads.
 - :mod:`netcore.websocket`: ``WebSocketParser``, RFC 6455 handshake and frames.
+- :mod:`netcore.proxyproto`: ``ProxyHeaderReader``, the PROXY protocol v1/v2
+  (the client behind a trusted proxy).
+- :mod:`netcore.addrlimit`: ``AddressLimits``, connections and pending
+  connections per client address (IPv6 by /64), exempt networks.
 - :mod:`netcore.connection`: ``Connection``, nonblocking I/O and backpressure,
   and ``Owner``, what a connection needs from whoever owns it.
 - :mod:`netcore.handler`: ``Handler``, the application's callbacks, their

@@ -153,7 +153,8 @@ class RequestParser:
     more bytes come. Each byte is scanned once, however the stream is split.
     A request with a body ends the stream (bodies are not read: the caller
     answers and closes). After an upgrade, ``take_rest()`` hands over
-    whatever followed the head, which belongs to the new protocol.
+    whatever followed the head, which belongs to the new protocol: bytes
+    after a request are looked at only by the next ``next_request()``.
     """
 
     __slots__ = (
@@ -188,8 +189,12 @@ class RequestParser:
     def next_request(self) -> Optional[Request]:
         if self._error is not None:
             raise self._error
-        if self._done or self._head_end < 0:
+        if self._done:
             return None
+        if self._head_end < 0:
+            self._advance()  # bytes that came with the last request, scanned only now
+            if self._head_end < 0:
+                return None
         buf = self._buf
         head = bytes(buf[: self._head_end - 4])
         del buf[: self._head_end]
@@ -200,8 +205,9 @@ class RequestParser:
             self._fail(exc)
         if request.has_body:
             self._done = True
-        else:
-            self._advance()  # a pipelined request may be waiting
+        # A pipelined request may be waiting, but the bytes after this one are
+        # not scanned until asked for: after an upgrade they are the new
+        # protocol's (take_rest), and must reach it untouched.
         return request
 
     def take_rest(self) -> bytes:

@@ -241,3 +241,21 @@ def test_random_mutations_raise_only_http_error():
                     req.has_body, req.keep_alive, req.path, req.content_length
         except HttpError:
             pass
+
+
+def test_bytes_after_an_upgrade_request_are_not_scanned_as_http():
+    frame_with_lf = b"\x82\x88\n\n\n\nGET \nbare LF and \x00"
+    p = RequestParser()
+    p.feed(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+           + frame_with_lf)
+    assert p.next_request().path == "/ws"
+    assert p.take_rest() == frame_with_lf
+
+
+def test_a_bad_pipelined_request_is_refused_when_it_is_asked_for():
+    p = RequestParser()
+    p.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\nHost: h\n\n")
+    assert p.next_request().path == "/a"
+    with pytest.raises(HttpError) as info:
+        p.next_request()
+    assert info.value.status == 400 and "bare LF" in str(info.value)
