@@ -357,3 +357,16 @@ def test_raw_protocol_through_the_stream_tls_block(tmp_path, nginx):
         proxy.stderr.close()
         game.stop()
 
+
+# -- the README's test command ---------------------------------------------------
+
+
+def test_ci_runs_the_readmes_test_command_word_for_word():
+    """A fresh machine runs what CI runs: one line, a venv (PEP 668), tox in it."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    command = re.search(r"```sh\n(python3 -m venv .*)\n```", readme)
+    assert command, "no test command in the README"
+    line = command[1]
+    assert "pip install tox" in line and line.endswith("tox")
+    ci = [text.strip() for text in open(os.path.join(ROOT, ".ci", "run")).read().splitlines()]
+    assert line in ci, f"{line!r} is not a line of .ci/run"
