@@ -9,6 +9,44 @@ only, server-authoritative, and built so the bytes per player per tick stay
 bounded however many play.
 
 One file, read top-down: protocol -> rules -> server -> bots -> clients -> operations -> CLI.
+Each line of the contents below is a banner in the file (``grep -n '^# ====' -A1``
+lists the sections, ``grep -n '^# ----' -A1`` their sub-sections); after ``->``,
+where to start reading (a class's methods in brackets).
+
+Protocol (docs/PROTOCOL.md): constants, messages, encode/decode. Sans-IO.
+    -> ErrorCode, Hello, Move, Welcome, TickMsg, Scored, You, Stats, Error
+  Protocol: the wire format. HELLO_STRUCT, MOVE_STRUCT, YOU_FRAMED are shared.
+    -> encode, decode, frame
+Rules: the game state and one step per tick. Pure: no I/O, seeded RNG.
+    -> Game (join, move, leave, step), Player
+Server: the game on netcore. One shared send per tick for everyone.
+  Server: the game server. Web assets, options, GameServer.
+    -> GameServer (on_message, on_tick), ServerOptions
+  Server: tick encoding, shared by every server of this game (bench/peers too).
+    -> step_and_encode, you_frame, describe_unexpected
+  Server: process and signals. Limits, memory, SIGTERM, serve().
+    -> serve, ShutdownSignals
+Bots: the load test. N players over as many processes as the fd limit needs.
+  Bots: one worker process. A poller and flat arrays, no object per bot.
+    -> BotWorker
+  Bots: the parent. Spread the bots, tell them to hold, sum up.
+    -> run_bots
+Clients: the desktop client. Brain, network driver, Tk view.
+  Clients: the brain. Sans-IO: server bytes in, state and MOVEs out.
+    -> ClientBrain
+  Clients: the network driver. One nonblocking socket, run from a loop.
+    -> NetClient
+  Clients: the Tk view (Tk is imported only here). Drawing; run_client().
+    -> TkView, run_client
+Operations: doctor (can this host hold N clients?) and bundle (one file).
+  Operations: doctor. Read the host's facts, check them, print the fixes.
+    -> doctor_checks, run_doctor
+  Operations: bundle. The game, netcore and web/ in one .pyz.
+    -> build_bundle
+CLI: serve (the default), bots, client, doctor, bundle. main().
+    -> main
+
+Run it:
 
     python3 spelltraction.py                    # serve on 0.0.0.0:12150
     python3 spelltraction.py bots --count 2000  # load-test it
@@ -37,12 +75,15 @@ import sys
 import time
 from array import array
 from collections import OrderedDict
+from enum import Enum, IntEnum
 from typing import (
     IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
-    Union,
+    Union, cast,
 )
 
 from netcore import (
+    HTTP,
+    WEBSOCKET,
     CloseReason,
     Connection,
     EventLoop,
@@ -52,6 +93,8 @@ from netcore import (
     ServerConfig,
     TCPServer,
     Tick,
+    TickScheduler,
+    Timer,
     WebConfig,
     WebFront,
     WebSocketCodec,
@@ -59,7 +102,6 @@ from netcore import (
     encode_frame,
 )
 from netcore import websocket as ws
-from netcore.sniff import HTTP, WEBSOCKET
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -77,7 +119,36 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+# The index: the public names, section by section (the banners below).
+__all__ = [
+    # Protocol
+    "PROTOCOL_VERSION", "DEFAULT_PORT", "ErrorCode", "BadMessage", "Message", "Hello", "Move",
+    "Welcome", "Mover", "TickMsg", "Scored", "You", "Stats", "Error",
+    "HELLO_STRUCT", "MOVE_STRUCT", "YOU_FRAMED", "encode", "decode", "frame", "error_frame",
+    "cell_of", "cell_centre",
+    # Rules
+    "Game", "Player", "StepResult",
+    # Server
+    "GameServer", "ServerOptions", "read_asset", "step_and_encode", "you_frame",
+    "describe_unexpected", "serve", "ShutdownSignals", "rss_kb", "release_freed_memory",
+    "raise_nofile_limit",
+    # Bots
+    "BotOptions", "BotWorker", "bot_procs", "run_bots",
+    # Clients
+    "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "view_transform", "crowd_rgb", "crowd_heat",
+    # Operations
+    "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
+    "print_doctor_report", "run_doctor", "build_bundle",
+    # CLI
+    "main",
+]
+
 log = logging.getLogger("spelltraction")
+
+# Where this file is: web/ (and, in a source tree, netcore/) sit beside it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 # =============================================================================
 # Protocol (docs/PROTOCOL.md): constants, messages, encode/decode. Sans-IO.
@@ -87,26 +158,6 @@ PROTOCOL_VERSION = 1
 DEFAULT_PORT = 12150
 WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
 WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
-
-def _find_web_root() -> str:
-    """Where the browser client's files are.
-
-    Beside this file in a source tree (or a copy of it); under
-    ``<prefix>/share/spelltraction/web`` where pip installed them as data
-    files. Inside a zipapp neither is a directory, and read_asset() reads
-    them through the module's loader instead.
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    beside = os.path.join(here, "web")
-    if getattr(globals().get("__loader__"), "archive", None) is not None:
-        return beside  # a zipapp serves the files it carries
-    for where in (beside, os.path.join(sys.prefix, "share", "spelltraction", "web")):
-        if os.path.isdir(where):
-            return where
-    return beside
-
-
-WEB_ROOT = _find_web_root()
 COLS, ROWS, CELL_PX = 4, 3, 117
 CELLS = COLS * ROWS
 BOARD_W, BOARD_H = COLS * CELL_PX, ROWS * CELL_PX
@@ -123,13 +174,16 @@ ANY_COLOUR = 0xFFFFFFFF
 SHAPES = ("circle", "square", "triangle", "diamond")
 MOVE_BUCKET = 4  # moves a player may bank; refilled by one per tick
 FLOOD_MESSAGES = 32  # more than this many messages in one tick: disconnect
+MAX_SERVER_FRAME = 4096  # docs/PROTOCOL.md: a server frame is at most this long
 
 # Message types: high bit set = server -> client.
 HELLO, MOVE = 0x01, 0x02
 WELCOME, TICK, SCORED, YOU, STATS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0x8F
 
 
-class ErrorCode:
+class ErrorCode(IntEnum):
+    """The code in an ERROR message (docs/PROTOCOL.md); an int on the wire."""
+
     VERSION = 1
     BAD_MESSAGE = 2
     SERVER_FULL = 3
@@ -140,16 +194,16 @@ class ErrorCode:
 
     @classmethod
     def name_of(cls, code: int) -> str:
-        """``FLOOD`` -> ``"flood"``: the label metrics use."""
-        for name, value in vars(cls).items():
-            if value == code and name.isupper():
-                return name.lower().replace("_", "-")
-        return str(code)
+        """``FLOOD`` (or 5) -> ``"flood"``: the label metrics use; unknown: the number."""
+        try:
+            return cls(code).name.lower().replace("_", "-")
+        except ValueError:
+            return str(int(code))
 
 
 # The WebSocket close code that follows each ERROR (BAD_FRAME takes the
 # code of the framing error itself: 1002, 1007, 1009...).
-WS_CLOSE_CODES = {
+WS_CLOSE_CODES: Dict[int, int] = {
     ErrorCode.VERSION: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.BAD_MESSAGE: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.SERVER_FULL: ws.CloseCode.TRY_AGAIN_LATER,
@@ -242,8 +296,16 @@ class Error(NamedTuple):
 
 Message = Union[Hello, Move, Welcome, TickMsg, Scored, You, Stats, Error]
 
-_HELLO = struct.Struct(">BHBI")
-_MOVE = struct.Struct(">BHHH")
+
+# -----------------------------------------------------------------------------
+# Protocol: the wire format. HELLO_STRUCT, MOVE_STRUCT, YOU_FRAMED are shared.
+# -----------------------------------------------------------------------------
+
+# HELLO_STRUCT, MOVE_STRUCT and YOU_FRAMED are public: every server of this
+# game (the asyncio peer in bench/ too) parses HELLO and MOVE and packs YOU
+# with them. The other structs are this section's own.
+HELLO_STRUCT = struct.Struct(">BHBI")
+MOVE_STRUCT = struct.Struct(">BHHH")
 _WELCOME = struct.Struct(">BHIBIHBBHBBB")
 _TICK_HEAD = struct.Struct(">BIBB12sI12IB")
 _MOVER = struct.Struct(">IHHBBBB")
@@ -254,10 +316,10 @@ _ERROR_HEAD = struct.Struct(">BB")
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 # YOU with its frame header: the one message encoded per player.
-_YOU_FRAMED = struct.Struct(">HBHHHI3s")
+YOU_FRAMED = struct.Struct(">HBHHHI3s")
 _YOU_FRAME_LEN = _YOU.size
-_MOVE_SIZE = _MOVE.size
-_MOVE_UNPACK = _MOVE.unpack
+_MOVE_SIZE = MOVE_STRUCT.size
+_MOVE_UNPACK = MOVE_STRUCT.unpack
 
 
 def _rgb(colour: int) -> Tuple[int, int, int]:
@@ -273,9 +335,9 @@ def _letters(raw: bytes, what: str) -> str:
 def encode(msg: Message) -> bytes:
     """The payload of one message (frame it with ``encode_frame``)."""
     if isinstance(msg, Hello):
-        return _HELLO.pack(HELLO, msg.version, msg.shape, msg.colour)
+        return HELLO_STRUCT.pack(HELLO, msg.version, msg.shape, msg.colour)
     if isinstance(msg, Move):
-        return _MOVE.pack(MOVE, msg.seq, msg.x, msg.y)
+        return MOVE_STRUCT.pack(MOVE, msg.seq, msg.x, msg.y)
     if isinstance(msg, Welcome):
         return _WELCOME.pack(
             WELCOME, msg.version, msg.player_id, msg.shape, msg.colour, msg.tick_ms,
@@ -319,12 +381,12 @@ def decode(payload: bytes) -> Message:
         raise BadMessage("empty message")
     kind = payload[0]
     if kind == HELLO:
-        _expect(payload, _HELLO.size, "HELLO")
-        _, version, shape, colour = _HELLO.unpack(payload)
+        _expect(payload, HELLO_STRUCT.size, "HELLO")
+        _, version, shape, colour = HELLO_STRUCT.unpack(payload)
         return Hello(version, shape, colour)
     if kind == MOVE:
-        _expect(payload, _MOVE.size, "MOVE")
-        _, seq, x, y = _MOVE.unpack(payload)
+        _expect(payload, MOVE_STRUCT.size, "MOVE")
+        _, seq, x, y = MOVE_STRUCT.unpack(payload)
         return Move(seq, x, y)
     if kind == WELCOME:
         _expect(payload, _WELCOME.size, "WELCOME")
@@ -399,6 +461,31 @@ def cell_centre(cell: int) -> Tuple[int, int]:
 # Rules: the game state and one step per tick. Pure: no I/O, seeded RNG.
 # =============================================================================
 
+# Server-chosen colours come from a palette: they stay distinct and readable
+# on the board, and 15,000 players share 24 int objects instead of owning one.
+PALETTE = (
+    0xE6194B, 0x3CB44B, 0xFFE119, 0x4363D8, 0xF58231, 0x911EB4, 0x42D4F4, 0xF032E6,
+    0xBFEF45, 0xFABED4, 0x469990, 0xDCBEFF, 0x9A6324, 0xFFFAC8, 0x800000, 0xAAFFC3,
+    0x808000, 0xFFD8B1, 0x000075, 0xA9A9A9, 0xFF6F61, 0x6B5B95, 0x88B04B, 0x00A4CC,
+)
+
+# Every coordinate value as one shared int object. Ints above 256 are not
+# cached by CPython, so each player's x and y would otherwise own an object.
+_COORD = tuple(range(max(BOARD_W, BOARD_H)))
+
+
+def _clamp(x: int, y: int) -> Tuple[int, int]:
+    return _COORD[min(max(x, 0), BOARD_W - 1)], _COORD[min(max(y, 0), BOARD_H - 1)]
+
+
+def _hand(letters: str) -> str:
+    """A hand in canonical form: sorted and interned.
+
+    There are only 2,600 three-letter hands, so interning lets players share
+    the string objects; sorted, a hand reads like a rack of tiles.
+    """
+    return sys.intern("".join(sorted(letters)))
+
 
 class Player:
     """One player. Slots only: there may be 100,000 of these."""
@@ -423,7 +510,9 @@ class Player:
         self.moves = 0  # MOVEs received in token_tick, taken or not (flood check)
         self.dirty = False  # YOU must be sent at the next tick
         self.moved = False  # listed among this tick's movers already
-        self.conn: Any = None  # the server's connection, if any
+        # The server's connection while the player plays. (The asyncio peer in
+        # bench/ keeps its own protocol object here: Rules never look at it.)
+        self.conn: Optional[Connection] = None
 
     def __repr__(self) -> str:
         return f"<Player {self.id} at ({self.x},{self.y}) {self.letters} score={self.score}>"
@@ -605,38 +694,33 @@ class Game:
         assert (self.attractor == PARKED) == (self.held == 0)
 
 
-def _clamp(x: int, y: int) -> Tuple[int, int]:
-    return _COORD[min(max(x, 0), BOARD_W - 1)], _COORD[min(max(y, 0), BOARD_H - 1)]
-
-
-# Server-chosen colours come from a palette: they stay distinct and readable
-# on the board, and 15,000 players share 24 int objects instead of owning one.
-PALETTE = (
-    0xE6194B, 0x3CB44B, 0xFFE119, 0x4363D8, 0xF58231, 0x911EB4, 0x42D4F4, 0xF032E6,
-    0xBFEF45, 0xFABED4, 0x469990, 0xDCBEFF, 0x9A6324, 0xFFFAC8, 0x800000, 0xAAFFC3,
-    0x808000, 0xFFD8B1, 0x000075, 0xA9A9A9, 0xFF6F61, 0x6B5B95, 0x88B04B, 0x00A4CC,
-)
-
-# Every coordinate value as one shared int object. Ints above 256 are not
-# cached by CPython, so each player's x and y would otherwise own an object.
-_COORD = tuple(range(max(BOARD_W, BOARD_H)))
-
-
-def _hand(letters: str) -> str:
-    """A hand in canonical form: sorted and interned.
-
-    There are only 2,600 three-letter hands, so interning lets players share
-    the string objects; sorted, a hand reads like a rack of tiles.
-    """
-    return sys.intern("".join(sorted(letters)))
-
-
 # =============================================================================
 # Server: the game on netcore. One shared send per tick for everyone.
 # =============================================================================
 
+# -----------------------------------------------------------------------------
+# Server: the game server. Web assets, options, GameServer.
+# -----------------------------------------------------------------------------
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+
+def _find_web_root() -> str:
+    """Where the browser client's files are.
+
+    Beside this file in a source tree (or a copy of it); under
+    ``<prefix>/share/spelltraction/web`` where pip installed them as data
+    files. Inside a zipapp neither is a directory, and read_asset() reads
+    them through the module's loader instead.
+    """
+    beside = os.path.join(_HERE, "web")
+    if getattr(globals().get("__loader__"), "archive", None) is not None:
+        return beside  # a zipapp serves the files it carries
+    for where in (beside, os.path.join(sys.prefix, "share", "spelltraction", "web")):
+        if os.path.isdir(where):
+            return where
+    return beside
+
+
+WEB_ROOT = _find_web_root()
 
 
 def read_asset(name: str) -> bytes:
@@ -667,26 +751,6 @@ def read_asset(name: str) -> bytes:
         raise FileNotFoundError(f"no asset web/{name}") from exc
 
 
-def release_freed_memory() -> None:
-    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``).
-
-    Python compiles this 3,000-line file every time it runs as a script (and
-    every import, where bytecode caching is off): some 10 MB of compiler
-    memory, freed at once but kept by the C allocator, scattered between
-    live blocks where the heap can't shrink on its own. A long-lived server
-    should not carry that: ``malloc_trim`` returns those pages, about 6 MB
-    here. Where there is no glibc this does nothing.
-    """
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ImportError, OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-
-
 def _bundled_web() -> bool:
     """True when ``web/`` is readable through the module's loader (a zipapp)."""
     try:
@@ -694,11 +758,6 @@ def _bundled_web() -> bool:
     except (OSError, ValueError):
         return False
     return True
-
-
-def rss_kb() -> int:
-    """Resident set size in KiB, as STATS reports it (0 where there is no /proc)."""
-    return rss_bytes() // 1024
 
 
 class ServerOptions(NamedTuple):
@@ -728,13 +787,22 @@ WEB_HEADERS = (
 
 
 class GameServer(Handler):
-    """SpellTraction on a netcore :class:`TCPServer`."""
+    """SpellTraction on a netcore :class:`TCPServer`.
+
+    A connection's life: connect -> pending (``on_connect``; HELLO due within
+    ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
+    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    On the same port the first bytes may say HTTP instead (``on_protocol``:
+    out of pending, the web front answers its requests) or a WebSocket upgrade
+    (pending again from the upgrade, then HELLO as over TCP). Whatever a
+    client gets wrong ends in ``reject``: an ERROR frame, then close.
+    """
 
     def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None) -> None:
         self.loop = loop
         self.options = opts = options if options is not None else ServerOptions()
         self.game = Game(random.Random(opts.seed))
-        web = None
+        self.web: Optional[WebFront] = None
         if opts.web:
             root = opts.web_root if opts.web_root and os.path.isdir(opts.web_root) else None
             reader = None
@@ -742,12 +810,12 @@ class GameServer(Handler):
                 reader = read_asset  # running from the zipapp: web/ is inside it
             elif opts.web_root and root is None:
                 log.warning("web root %s is not a directory: serving no files", opts.web_root)
-            web = WebFront(WebConfig(
+            self.web = WebFront(WebConfig(
                 static_root=root, static_reader=reader, routes=self.ops_routes(),
                 ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
                 max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
                 headers=WEB_HEADERS,
-            ))
+            ), binary=lambda: FrameParser(MAX_CLIENT_FRAME))
         self.net = TCPServer(
             loop,
             self,
@@ -764,7 +832,7 @@ class GameServer(Handler):
                     ErrorCode.SERVER_FULL, f"server full ({opts.max_clients} players); try later"
                 ),
             ),
-            web=web,
+            codec_factory=self.web,  # None: plain frames, no HTTP
         )
         self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet
         # Players who came over WebSocket: the tick sends them the same bytes
@@ -772,14 +840,14 @@ class GameServer(Handler):
         self.ws_players: Dict[Connection, None] = {}
         self.started = time.time()
         self.start_rss_kb = rss_kb()
-        self.ticker: Any = None
+        self.ticker: Optional[TickScheduler] = None  # set by start()
         self.stats_frame = b""
         self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
         self.errors_sent: Dict[int, int] = {}
         self.shutting_down = False
         self.churn = ChurnReporter(self.net.stats, log)
         self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each churn report
-        self._report_timer: Any = None
+        self._report_timer: Optional[Timer] = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -852,12 +920,12 @@ class GameServer(Handler):
                     self.reject(conn, ErrorCode.FLOOD,
                                 f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
                 return
-            self.reject(conn, ErrorCode.BAD_MESSAGE, _describe_unexpected(payload, "in game"))
+            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "in game"))
             return
-        if kind != HELLO or len(payload) != _HELLO.size:
-            self.reject(conn, ErrorCode.BAD_MESSAGE, _describe_unexpected(payload, "before HELLO"))
+        if kind != HELLO or len(payload) != HELLO_STRUCT.size:
+            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "before HELLO"))
             return
-        _, version, shape, colour = _HELLO.unpack(payload)
+        _, version, shape, colour = HELLO_STRUCT.unpack(payload)
         if version != PROTOCOL_VERSION:
             self.reject(conn, ErrorCode.VERSION,
                         f"server speaks protocol {PROTOCOL_VERSION}, client sent {version}",
@@ -890,7 +958,7 @@ class GameServer(Handler):
                                 tick_ms=self.options.tick_ms))
         if self._stats_tick != self.game.tick:  # at most one refresh per tick in a join storm
             self._update_stats_frame()
-        conn.write(conn.codec.wrap(welcome + _you_frame(player) + self.stats_frame), frames=3)
+        conn.write(conn.codec.wrap(welcome + you_frame(player) + self.stats_frame), frames=3)
 
     def reject(self, conn: Connection, code: int, text: str, reason: str = "protocol-error",
                ws_code: int = 0) -> None:
@@ -917,23 +985,25 @@ class GameServer(Handler):
         for p in result.dirty:
             conn = p.conn
             if conn is not None:
-                private[conn] = conn.codec.wrap(data + _you_frame(p))
+                private[conn] = conn.codec.wrap(data + you_frame(p))
         # Lists, not views of game.players: a failed send closes its
-        # connection, and the player leaves, during the broadcast.
+        # connection, and the player leaves, during the broadcast. No None in
+        # them: a player is in the game exactly while it has its connection
+        # (join() sets it, on_close() takes the player out before clearing it).
         ws_players = self.ws_players
         if ws_players:
-            tcp: List[Connection] = []
-            web: List[Connection] = []
+            tcp: List[Optional[Connection]] = []
+            web: List[Optional[Connection]] = []
             for p in game.players.values():
                 conn = p.conn
                 (web if conn in ws_players else tcp).append(conn)
             # The same bytes for everyone; WebSocket players get them behind
             # one header, built once and shared like the data itself.
-            self.net.broadcast(ws.frame_header(len(data)) + data, web, nframes, private,
-                               nframes + 1)
+            self.net.broadcast(ws.frame_header(len(data)) + data, cast("List[Connection]", web),
+                               nframes, private, nframes + 1)
         else:
             tcp = [p.conn for p in game.players.values()]
-        self.net.broadcast(data, tcp, nframes, private, nframes + 1)
+        self.net.broadcast(data, cast("List[Connection]", tcp), nframes, private, nframes + 1)
         if game.tick % 4 == 0 and self.pending:
             self._expire_pending()
 
@@ -954,9 +1024,9 @@ class GameServer(Handler):
                      "letters_scored": self.game.letters_scored,
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "ws_players": len(self.ws_players),
-            "web": self.net.web.stats.snapshot() if self.net.web is not None else {},
+            "web": self.web.stats.snapshot() if self.web is not None else {},
             "rss_kb": rss_kb(),
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,
@@ -1066,6 +1136,11 @@ class GameServer(Handler):
         ))
 
 
+# -----------------------------------------------------------------------------
+# Server: tick encoding, shared by every server of this game (bench/peers too).
+# -----------------------------------------------------------------------------
+
+
 def step_and_encode(game: Game, stats_frame: Callable[[], bytes]) -> Tuple[StepResult, bytes, int]:
     """Advance the game one tick and build that tick's shared frames, once.
 
@@ -1081,22 +1156,6 @@ def step_and_encode(game: Game, stats_frame: Callable[[], bytes]) -> Tuple[StepR
     if game.tick % STATS_EVERY == 0:
         shared.append(stats_frame())
     return result, b"".join(shared), len(shared)
-
-
-def _describe_unexpected(payload: bytes, when: str) -> str:
-    kind = payload[0]
-    names = {HELLO: "HELLO", MOVE: "MOVE"}
-    if kind in names:
-        expected = {HELLO: _HELLO.size, MOVE: _MOVE.size}[kind]
-        if len(payload) != expected:
-            return f"{names[kind]} must be {expected} bytes, got {len(payload)}"
-        return f"unexpected {names[kind]} {when}"
-    return f"unknown message type 0x{kind:02x} ({len(payload)} bytes) {when}"
-
-
-def _you_frame(p: Player) -> bytes:
-    return _YOU_FRAMED.pack(_YOU_FRAME_LEN, YOU, p.seq, p.x, p.y, p.score,
-                            p.letters.encode("ascii"))
 
 
 def _encode_tick(game: Game, result: StepResult) -> bytes:
@@ -1115,6 +1174,52 @@ def _encode_tick(game: Game, result: StepResult) -> bytes:
     size = sum(len(part) for part in parts)
     parts[0] = size.to_bytes(2, "big")
     return b"".join(parts)
+
+
+def you_frame(p: Player) -> bytes:
+    return YOU_FRAMED.pack(_YOU_FRAME_LEN, YOU, p.seq, p.x, p.y, p.score,
+                            p.letters.encode("ascii"))
+
+
+def describe_unexpected(payload: bytes, when: str) -> str:
+    kind = payload[0]
+    names = {HELLO: "HELLO", MOVE: "MOVE"}
+    if kind in names:
+        expected = {HELLO: HELLO_STRUCT.size, MOVE: MOVE_STRUCT.size}[kind]
+        if len(payload) != expected:
+            return f"{names[kind]} must be {expected} bytes, got {len(payload)}"
+        return f"unexpected {names[kind]} {when}"
+    return f"unknown message type 0x{kind:02x} ({len(payload)} bytes) {when}"
+
+
+# -----------------------------------------------------------------------------
+# Server: process and signals. Limits, memory, SIGTERM, serve().
+# -----------------------------------------------------------------------------
+
+
+def rss_kb() -> int:
+    """Resident set size in KiB, as STATS reports it (0 where there is no /proc)."""
+    return rss_bytes() // 1024
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``).
+
+    Python compiles this 3,000-line file every time it runs as a script (and
+    every import, where bytecode caching is off): some 10 MB of compiler
+    memory, freed at once but kept by the C allocator, scattered between
+    live blocks where the heap can't shrink on its own. A long-lived server
+    should not carry that: ``malloc_trim`` returns those pages, about 6 MB
+    here. Where there is no glibc this does nothing.
+    """
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
 
 
 def raise_nofile_limit() -> Tuple[int, int]:
@@ -1229,6 +1334,10 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
 # =============================================================================
 # Bots: the load test. N players over as many processes as the fd limit needs.
 # =============================================================================
+
+# -----------------------------------------------------------------------------
+# Bots: one worker process. A poller and flat arrays, no object per bot.
+# -----------------------------------------------------------------------------
 
 HELLO_FRAME = frame(Hello())
 _INTERVAL_BINS = 2000  # tick-interval histogram: 1 ms bins, the last one is ">= 2 s"
@@ -1653,6 +1762,11 @@ def _parent_says_stop(worker: BotWorker, fd: int) -> bool:
     return not said
 
 
+# -----------------------------------------------------------------------------
+# Bots: the parent. Spread the bots, tell them to hold, sum up.
+# -----------------------------------------------------------------------------
+
+
 def bot_procs(count: int, requested: int) -> int:
     """How many processes ``count`` bots need (``requested`` 0 = auto)."""
     if requested > 0:
@@ -1688,7 +1802,6 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
     shares = [opts.n_bots // procs + (1 if i < opts.n_bots % procs else 0) for i in range(procs)]
     probes = [opts.probes // procs + (1 if i < opts.probes % procs else 0) for i in range(procs)]
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 30)
-    root = os.path.dirname(os.path.abspath(__file__))
     boot = ("import sys; sys.path.insert(0, sys.argv[1]); import spelltraction; "
             "spelltraction._bot_worker_main(sys.argv[2])")
     max_seconds = opts.ramp_timeout + opts.duration + 30
@@ -1706,7 +1819,7 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
                       "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws}
             workers.append(subprocess.Popen(
-                [sys.executable, "-c", boot, root, json.dumps(params)],
+                [sys.executable, "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             ))
         readers = {w.stdout.fileno(): k for k, w in enumerate(workers) if w.stdout is not None}
@@ -1845,11 +1958,12 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
 
 
 # =============================================================================
-# Clients: the desktop client. A sans-IO brain, a nonblocking network driver
-# run from someone else's loop, and a Tk view. Tk is imported only here.
+# Clients: the desktop client. Brain, network driver, Tk view.
 # =============================================================================
 
-MAX_SERVER_FRAME = 4096  # docs/PROTOCOL.md: a server frame is at most this long
+# -----------------------------------------------------------------------------
+# Clients: the brain. Sans-IO: server bytes in, state and MOVEs out.
+# -----------------------------------------------------------------------------
 
 
 class Marker:
@@ -1875,6 +1989,31 @@ class Marker:
             self.y += dy * k
 
 
+class ClientState(Enum):
+    """Where a client is in its connection's life: ``ClientBrain.state``.
+
+    The driver moves it with ``connecting``, ``connected`` and
+    ``disconnected``; the server's WELCOME with ``handle``::
+
+        OFFLINE    --connecting()-->  CONNECTING   (TCP connect under way)
+        CONNECTING --connected()--->  JOINING      (HELLO sent)
+        JOINING    --WELCOME------->  PLAYING
+        any        --disconnected(why, retry_at)-->  WAITING   (retry due at retry_at)
+                                                     STOPPED   (retry_at None: none planned)
+        WAITING    --connecting()-->  CONNECTING
+
+    STOPPED is the end: the driver does not reconnect (the server refused
+    this client's protocol version for good, or the window is closing).
+    """
+
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    JOINING = "joining"
+    PLAYING = "playing"
+    WAITING = "waiting"
+    STOPPED = "stopped"
+
+
 class ClientBrain:
     """What the client knows, built from server messages. Sans-IO, no Tk.
 
@@ -1898,7 +2037,7 @@ class ClientBrain:
         self.max_markers = max_markers
         self.marker_ttl = marker_ttl
         self.outbox: List[bytes] = []  # frames for the driver to send
-        self.state = "offline"  # offline, connecting, joining, playing, waiting, stopped
+        self.state = ClientState.OFFLINE  # see ClientState for the transitions
         self.address = ""
         self.why = ""  # why the last connection ended
         self.retry_at: Optional[float] = None
@@ -1940,12 +2079,12 @@ class ClientBrain:
     # -- the connection's life (called by the driver) -------------------------
 
     def connecting(self, address: str) -> None:
-        self.state, self.address = "connecting", address
+        self.state, self.address = ClientState.CONNECTING, address
 
     def connected(self) -> None:
         """The TCP connection is up: say HELLO."""
         self._reset_game()
-        self.state = "joining"
+        self.state = ClientState.JOINING
         self.outbox = [frame(self.hello)]
 
     def disconnected(self, why: str, retry_at: Optional[float]) -> None:
@@ -1954,7 +2093,7 @@ class ClientBrain:
         self.outbox = []
         self.why = why
         self.retry_at = retry_at
-        self.state = "waiting" if retry_at is not None else "stopped"
+        self.state = ClientState.WAITING if retry_at is not None else ClientState.STOPPED
 
     @property
     def give_up(self) -> bool:
@@ -1981,7 +2120,7 @@ class ClientBrain:
         elif isinstance(msg, Welcome):
             self.welcome = msg
             self.player_id = msg.player_id
-            self.state = "playing"
+            self.state = ClientState.PLAYING
             self.had_game = True
             self.error, self.error_code = "", 0
         elif isinstance(msg, Scored):
@@ -2048,7 +2187,7 @@ class ClientBrain:
     def click(self, x: float, y: float) -> bool:
         """Move to board pixel (x, y): shown at once, sent as the rate limit allows."""
         me = self.me
-        if self.state != "playing" or me is None:
+        if self.state != ClientState.PLAYING or me is None:
             return False
         bx, by = _clamp(int(x), int(y))
         me.tx, me.ty = bx, by
@@ -2117,19 +2256,24 @@ class ClientBrain:
 
     def status_line(self) -> str:
         state = self.state
-        if state == "connecting":
+        if state == ClientState.CONNECTING:
             return f"Connecting to {self.address}..."
-        if state == "joining":
+        if state == ClientState.JOINING:
             return f"Connected to {self.address}, joining..."
-        if state == "playing":
+        if state == ClientState.PLAYING:
             return f"Playing on {self.address} as player #{self.player_id}"
-        if state == "waiting" and self.retry_at is not None:
+        if state == ClientState.WAITING and self.retry_at is not None:
             wait = max(0.0, self.retry_at - self.clock())
             lost = "Server gone" if self.had_game else f"Cannot reach {self.address}"
             return f"{lost}: {self.why}. Reconnecting in {wait:.1f} s..."
-        if state == "stopped":
+        if state == ClientState.STOPPED:
             return f"Disconnected: {self.why}. Not reconnecting."
         return "Not connected"
+
+
+# -----------------------------------------------------------------------------
+# Clients: the network driver. One nonblocking socket, run from a loop.
+# -----------------------------------------------------------------------------
 
 
 class NetClient:
@@ -2189,7 +2333,7 @@ class NetClient:
         """One pass: whatever the connection needs now, without waiting."""
         now = self.clock()
         if self.sock is None:
-            if self.brain.state != "stopped" and now >= self.retry_at:
+            if self.brain.state != ClientState.STOPPED and now >= self.retry_at:
                 self._connect(now)
         elif not self.is_connected:
             self._check_connect(now)
@@ -2267,7 +2411,7 @@ class NetClient:
     def _read(self, now: float) -> None:
         sock, brain = self.sock, self.brain
         assert sock is not None
-        joining = brain.state == "joining"
+        joining = brain.state == ClientState.JOINING
         for _ in range(self.READS_PER_POLL):
             try:
                 data = sock.recv(65536)
@@ -2285,7 +2429,7 @@ class NetClient:
             except ProtocolError as exc:
                 self._lost(f"bad data from the server ({exc})")
                 return
-        if joining and brain.state == "playing":
+        if joining and brain.state == ClientState.PLAYING:
             self.failures = 0
             log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
                      brain.server_pos, brain.letters)
@@ -2336,6 +2480,10 @@ class _Lookup:
             self.error = str(exc)
         self.done.set()
 
+
+# -----------------------------------------------------------------------------
+# Clients: the Tk view (Tk is imported only here). Drawing; run_client().
+# -----------------------------------------------------------------------------
 
 # The window's layout, in logical pixels; the whole picture scales to fit.
 VIEW_W, VIEW_H = 760, 470
@@ -2619,7 +2767,7 @@ class TkView:
 
     def draw(self) -> None:
         b = self.brain
-        playing = b.state == "playing"
+        playing = b.state == ClientState.PLAYING
         self._draw_board(b, playing)
         self._draw_attractor(b, playing)
         self._draw_markers(b)
@@ -2777,7 +2925,7 @@ class TkView:
     def _draw_status(self, b: ClientBrain, playing: bool) -> None:
         ids = self.ids
         state = b.state
-        colour = TK_GOOD if playing else TK_WARN if state in ("connecting", "joining") else TK_BAD
+        colour = TK_GOOD if playing else TK_WARN if state in (ClientState.CONNECTING, ClientState.JOINING) else TK_BAD
         self._set(ids["dot"], fill=colour)
         self._set(ids["status"], text=b.status_line())
         self._set(ids["error"], text=f"Server said: {b.error}" if b.error else "")
@@ -2785,8 +2933,8 @@ class TkView:
         for name in ("veil", "veil_title", "veil_text"):
             self._set(ids[name], state=veiled)
         if not playing:
-            title = {"waiting": "Server gone" if b.had_game else "No server",
-                     "stopped": "Disconnected"}.get(state, "Connecting...")
+            title = {ClientState.WAITING: "Server gone" if b.had_game else "No server",
+                     ClientState.STOPPED: "Disconnected"}.get(state, "Connecting...")
             lines = [b.status_line()] + ([f"Server said: {b.error}"] if b.error else [])
             self._set(ids["veil_title"], text=title, fill=colour)
             self._set(ids["veil"], outline=colour)
@@ -2840,12 +2988,12 @@ def run_client(opts: ClientOptions) -> int:
 
 
 # =============================================================================
-# CLI
-
-
-# =============================================================================
 # Operations: doctor (can this host hold N clients?) and bundle (one file).
 # =============================================================================
+
+# -----------------------------------------------------------------------------
+# Operations: doctor. Read the host's facts, check them, print the fixes.
+# -----------------------------------------------------------------------------
 
 OK, WARN, BLOCK = "ok", "warn", "block"
 SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
@@ -3197,6 +3345,11 @@ def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = Fals
     return 1 if any(c.status == BLOCK for c in checks) else 0
 
 
+# -----------------------------------------------------------------------------
+# Operations: bundle. The game, netcore and web/ in one .pyz.
+# -----------------------------------------------------------------------------
+
+
 def build_bundle(output: str, source: str = _HERE) -> List[str]:
     """Write a zipapp of the game, netcore and web/ to ``output``; returns its members.
 
@@ -3230,7 +3383,7 @@ def build_bundle(output: str, source: str = _HERE) -> List[str]:
 
 
 # =============================================================================
-# CLI
+# CLI: serve (the default), bots, client, doctor, bundle. main().
 # =============================================================================
 
 
@@ -3392,14 +3545,13 @@ def _serve_as_module(argv: List[str]) -> None:
     command = argv[0] if argv else "serve"
     if command in ("bots", "client", "doctor", "bundle", "-h", "--help", "--version"):
         return  # not a server: short-lived or not memory-bound
-    here = os.path.dirname(os.path.abspath(__file__))
     if (os.environ.get("SPELLTRACTION_AS_MODULE") or sys.flags.ignore_environment
-            or not os.path.isfile(os.path.join(here, "spelltraction.py"))):
+            or not os.path.isfile(os.path.join(_HERE, "spelltraction.py"))):
         return
     import subprocess
 
     env = dict(os.environ, SPELLTRACTION_AS_MODULE="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, env.get("PYTHONPATH")) if p)
     flags: List[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     sys.stdout.flush()
     sys.stderr.flush()

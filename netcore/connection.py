@@ -18,18 +18,16 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 from .codec import CLOSED_CODEC, Codec, ProtocolError
-from .loop import Readiness
+from .loop import EventLoop, Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
+from .stats import NetStats
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import TCPServer
+__all__ = ["CloseReason", "Connection", "ConnectionEvents", "Limits", "Owner"]
 
-__all__ = ["CloseReason", "Connection"]
-
-log = logging.getLogger("netcore")
+log = logging.getLogger(__name__)
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -54,13 +52,72 @@ class CloseReason:
     DONE = "done"  # an HTTP exchange finished (not kept alive)
 
 
+class ConnectionEvents(Protocol):
+    """The callbacks a :class:`Connection` (and its codecs) make.
+
+    :class:`netcore.handler.Handler` has these and more; declaring only what
+    is called from here keeps this module below the handler in the import
+    order.
+    """
+
+    def on_protocol(self, conn: "Connection", protocol: str) -> None: ...
+
+    def on_message(self, conn: "Connection", payload: bytes) -> None: ...
+
+    def on_high_water(self, conn: "Connection") -> None: ...
+
+    def on_drain(self, conn: "Connection") -> None: ...
+
+
+class Limits(Protocol):
+    """The output limits a :class:`Connection` obeys (``ServerConfig`` has them)."""
+
+    max_output: int  # queued bytes past this: closed as a slow consumer
+    high_water: int  # on_high_water when the queue reaches it
+    low_water: int  # on_drain when it falls back to this
+    close_linger: float  # seconds close_after_flush waits for the peer to read
+
+
+class Owner(Protocol):
+    """What a :class:`Connection` needs from whatever owns it.
+
+    A :class:`~netcore.server.TCPServer` owns the connections it accepts and
+    a :class:`~netcore.client.TCPClient` the ones it opens; a test can own
+    one with a few attributes (see :mod:`netcore.testing`). The two methods
+    are private: a connection calls them, applications never do.
+    """
+
+    # Read-only here (properties), so that an owner's own, richer types fit.
+    @property
+    def loop(self) -> EventLoop: ...
+
+    @property
+    def stats(self) -> NetStats: ...
+
+    @property
+    def handler(self) -> ConnectionEvents: ...
+
+    @property
+    def config(self) -> Limits: ...
+
+    @property
+    def recv_view(self) -> memoryview:
+        """A shared read buffer: one ``recv_into`` per read, no allocation."""
+
+    def _bad_input(self, conn: "Connection", exc: ProtocolError) -> None:
+        """``conn``'s codec raised ``exc``; tell the application, close ``conn``."""
+
+    def _forget(self, conn: "Connection", reason: str, detail: str) -> None:
+        """``conn`` closed: unregister it, count it, call ``on_close``."""
+
+
 class Connection(Readiness):
     """A connected peer. Slots only: tens of thousands of these stay idle."""
 
     __slots__ = (
         "sock",
         "fd",
-        "server",
+        "owner",
         "codec",
         "out",
         "events",
@@ -70,10 +127,12 @@ class Connection(Readiness):
         "data",
     )
 
-    def __init__(self, sock: socket.socket, server: "TCPServer", codec: Codec) -> None:
+    def __init__(self, sock: socket.socket, owner: Owner, codec: Codec = CLOSED_CODEC) -> None:
+        """``codec`` may be set after construction, for codecs that hold
+        their connection (the owner sets it before registering the socket)."""
         self.sock = sock
         self.fd = sock.fileno()
-        self.server = server
+        self.owner = owner
         self.codec = codec
         # Output queue; None exactly when nothing is waiting to be sent.
         self.out: Optional[RingBuffer] = None
@@ -123,7 +182,7 @@ class Connection(Readiness):
         """
         if self.state != OPEN:
             return False
-        stats = self.server.stats
+        stats = self.owner.stats
         stats.sends += 1
         stats.frames_out += frames
         if self.out is None:
@@ -132,7 +191,7 @@ class Connection(Readiness):
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
-                self.send_failed(exc)
+                self._send_failed(exc)
                 return False
             stats.bytes_out += n
             if n == len(data):
@@ -146,26 +205,26 @@ class Connection(Readiness):
         """Queue ``data`` behind what is already waiting (no send attempt)."""
         if self.state != OPEN:
             return
-        server = self.server
+        owner = self.owner
         out = self.out
         if out is None:
-            out = self.out = RingBuffer(server.config.max_output, initial=4096)
+            out = self.out = RingBuffer(owner.config.max_output, initial=4096)
             self._set_events(self.events | EVENT_WRITE)
         try:
             out.write(data)
         except BufferFull as full:
-            server.stats.slow_consumers += 1
+            owner.stats.slow_consumers += 1
             self.close(
                 CloseReason.SLOW_CONSUMER,
                 f"{full.size + full.incoming} bytes queued > cap {full.limit}",
             )
             return
-        server.stats.queued_out_bytes += len(data)
-        if not self.above_high_water and len(out) >= server.config.high_water:
+        owner.stats.queued_out_bytes += len(data)
+        if not self.above_high_water and len(out) >= owner.config.high_water:
             self.above_high_water = True
-            server.handler.on_high_water(self)
+            owner.handler.on_high_water(self)
 
-    def send_failed(self, exc: OSError) -> None:
+    def _send_failed(self, exc: OSError) -> None:
         if isinstance(exc, _QUIET_ERRORS):
             self.close(CloseReason.RESET)
         else:
@@ -175,7 +234,7 @@ class Connection(Readiness):
         out = self.out
         if out is None:
             return
-        stats = self.server.stats
+        stats = self.owner.stats
         sock = self.sock
         while out:
             view = out.peek()
@@ -185,7 +244,7 @@ class Connection(Readiness):
                 n = 0
             except OSError as exc:
                 view.release()
-                self.send_failed(exc)
+                self._send_failed(exc)
                 return
             size = len(view)
             view.release()
@@ -196,9 +255,9 @@ class Connection(Readiness):
             if n < size:
                 break
         left = len(out)
-        if self.above_high_water and left <= self.server.config.low_water:
+        if self.above_high_water and left <= self.owner.config.low_water:
             self.above_high_water = False
-            self.server.handler.on_drain(self)
+            self.owner.handler.on_drain(self)
         if left == 0 and self.out is out:
             self.out = None
             if self.state == CLOSING:
@@ -215,8 +274,8 @@ class Connection(Readiness):
             self._flush()
 
     def _read(self) -> None:
-        server = self.server
-        view = server.recv_view
+        owner = self.owner
+        view = owner.recv_view
         try:
             n = self.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
@@ -230,16 +289,16 @@ class Connection(Readiness):
         if n == 0:
             self.close(CloseReason.PEER_CLOSED)
             return
-        stats = server.stats
+        stats = owner.stats
         stats.bytes_in += n
         try:
             messages = self.codec.feed(view[:n])
         except ProtocolError as exc:
-            server.bad_input(self, exc)
+            owner._bad_input(self, exc)
             return
         if messages:
             stats.frames_in += len(messages)
-            on_message = server.handler.on_message
+            on_message = owner.handler.on_message
             for payload in messages:
                 on_message(self, payload)
                 if self.state != OPEN:
@@ -268,7 +327,7 @@ class Connection(Readiness):
             log.debug("fd=%d closing: %s: %s", self.fd, reason, detail)
         self._set_events(EVENT_WRITE)
         # Fires once; by then the connection has usually closed and ignores it.
-        self.server.loop.call_later(self.server.config.close_linger, self._linger_expired)
+        self.owner.loop.call_later(self.owner.config.close_linger, self._linger_expired)
 
     def _linger_expired(self) -> None:
         if self.state == CLOSING:
@@ -283,15 +342,15 @@ class Connection(Readiness):
         self.codec = CLOSED_CODEC  # a codec may hold this connection: break the cycle
         out = self.out
         if out is not None:
-            self.server.stats.queued_out_bytes -= len(out)
+            self.owner.stats.queued_out_bytes -= len(out)
             self.out = None
-        self.server.forget(self, reason, detail)
+        self.owner._forget(self, reason, detail)
         sock = self.sock
         if reason != CloseReason.PEER_CLOSED and reason != CloseReason.RESET:
             # Closing with unread input makes the kernel answer RST, which
             # can destroy what we just sent (an error, a goodbye) before the
             # peer reads it. Read what is waiting so close() sends FIN.
-            view = self.server.recv_view
+            view = self.owner.recv_view
             try:
                 for _ in range(4):
                     if not sock.recv_into(view):
@@ -306,4 +365,4 @@ class Connection(Readiness):
     def _set_events(self, events: int) -> None:
         if events != self.events and self.state != CLOSED:
             self.events = events
-            self.server.loop.modify(self.sock, events, self)
+            self.owner.loop.modify(self.sock, events, self)

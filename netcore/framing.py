@@ -45,12 +45,16 @@ class FrameError(ProtocolError):
 
 
 class ZeroLengthFrame(FrameError):
+    """A frame declared a length of 0 (every message has at least one byte)."""
+
     def __init__(self, offset: int) -> None:
         super().__init__(f"zero-length frame at stream offset {offset}")
         self.offset = offset
 
 
 class OversizeFrame(FrameError):
+    """A frame declared a length over the parser's ``max_frame``."""
+
     def __init__(self, length: int, limit: int, offset: int) -> None:
         super().__init__(
             f"frame length {length} exceeds limit {limit} at stream offset {offset}"
@@ -61,6 +65,8 @@ class OversizeFrame(FrameError):
 
 
 class SplitFrame(FrameError):
+    """A message (of a transport with messages) ended inside a frame."""
+
     def __init__(self, held: int, size: int) -> None:
         super().__init__(f"message ends inside a frame ({held} of {size} bytes)")
         self.held = held

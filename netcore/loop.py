@@ -28,7 +28,7 @@ from .tick import Tick, TickScheduler
 
 __all__ = ["EventLoop", "Readiness", "Timer"]
 
-log = logging.getLogger("netcore")
+log = logging.getLogger(__name__)
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -92,6 +92,17 @@ class _SignalReader(Readiness):
 
 
 class EventLoop:
+    """One thread's event loop: I/O readiness, timers, fixed-rate ticks, signals.
+
+    Register a file object with a :class:`Readiness` handler (``register``),
+    schedule callbacks (``call_soon``, ``call_later``, ``call_at``; a
+    :class:`Timer` can be cancelled), start a drift-free tick
+    (``start_ticker``) and route signals to callbacks
+    (``add_signal_handler``), then ``run()`` until ``stop()``. The order of
+    one iteration is in the module docstring. Not thread-safe: everything
+    is called from the thread that runs it. ``clock`` is injectable for tests.
+    """
+
     def __init__(
         self,
         selector: Optional[selectors.BaseSelector] = None,

@@ -20,20 +20,23 @@ import logging
 import os
 import selectors
 import socket
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError
 from .connection import CloseReason, Connection
 from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
+from .handler import Handler
 from .loop import EventLoop, Readiness
 from .stats import NetStats
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .web import WebFront
+__all__ = ["CodecFactory", "Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
-__all__ = ["Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("netcore")
+# Makes the codec of a new connection. It gets the connection, so a codec
+# that needs it (a protocol sniffer, a WebSocket front) can hold it; most
+# ignore it: ``lambda conn: FrameParser(1024)``.
+CodecFactory = Callable[[Connection], Codec]
 
 EVENT_READ = selectors.EVENT_READ
 
@@ -92,38 +95,9 @@ class ServerConfig:
         return f"ServerConfig({fields})"
 
 
-class Handler:
-    """Application callbacks. Override what you need; the defaults do little."""
-
-    def on_connect(self, conn: Connection) -> None:
-        """A new connection is registered and ready to read."""
-
-    def on_protocol(self, conn: Connection, protocol: str) -> None:
-        """With a web front: what ``conn`` turned out to speak.
-
-        ``"binary"`` (the server's codec, from its first byte), ``"http"``
-        (requests the front answers; no messages will come) or
-        ``"websocket"`` (upgraded: messages come as from a binary peer).
-        """
-
-    def on_message(self, conn: Connection, payload: bytes) -> None:
-        """One whole message from ``conn``."""
-
-    def on_close(self, conn: Connection, reason: str) -> None:
-        """``conn`` is gone (``reason`` is a :class:`CloseReason` value)."""
-
-    def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
-        """The peer broke framing. Default: close with the error's reason."""
-        conn.close(exc.reason, str(exc))
-
-    def on_high_water(self, conn: Connection) -> None:
-        """``conn``'s queued output crossed ``high_water``."""
-
-    def on_drain(self, conn: Connection) -> None:
-        """``conn``'s queued output fell back to ``low_water``."""
-
-
 class Listener(Readiness):
+    """A listening socket of a server; ready means connections wait to be accepted."""
+
     __slots__ = ("sock", "server", "paused")
 
     def __init__(self, sock: socket.socket, server: "TCPServer") -> None:
@@ -132,7 +106,7 @@ class Listener(Readiness):
         self.paused = False
 
     def on_ready(self, mask: int) -> None:
-        self.server.accept_ready(self)
+        self.server._accept_ready(self)
 
 
 def bind_listeners(
@@ -175,20 +149,33 @@ def bind_listeners(
 
 
 class TCPServer:
+    """Listens on every address of ``config.hosts`` and serves what connects.
+
+    Each accepted socket becomes a :class:`~netcore.connection.Connection`
+    owned by this server, with the codec ``codec_factory(conn)`` makes (by
+    default a u16-framed :class:`~netcore.framing.FrameParser` of
+    ``config.max_frame``; a :class:`~netcore.web.WebFront` adds HTTP and
+    WebSocket on the same port), and ``handler`` hears its events (see
+    :mod:`netcore.handler` for the order). The server enforces
+    ``config``'s limits, counts everything in ``stats`` and can
+    ``broadcast`` one bytes object to many connections. Nothing happens
+    until ``listen()``, and then only while ``loop`` runs.
+    """
+
     def __init__(
         self,
         loop: EventLoop,
         handler: Handler,
         config: Optional[ServerConfig] = None,
-        codec_factory: Optional[Callable[[], Codec]] = None,
-        web: Optional["WebFront"] = None,
+        codec_factory: Optional[CodecFactory] = None,
     ) -> None:
         self.loop = loop
         self.handler = handler
         self.config = config if config is not None else ServerConfig()
         max_frame = self.config.max_frame
-        self.codec_factory: Callable[[], Codec] = (
-            codec_factory if codec_factory is not None else (lambda: FrameParser(max_frame))
+        self.codec_factory: CodecFactory = (
+            codec_factory if codec_factory is not None
+            else (lambda conn: FrameParser(max_frame))
         )
         self.stats = NetStats()
         self.connections: Dict[int, Connection] = {}
@@ -198,10 +185,6 @@ class TCPServer:
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
-        # Optional HTTP/WebSocket on the same port (see netcore.web).
-        self.web = web
-        if web is not None:
-            web.attach(self)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -284,7 +267,7 @@ class TCPServer:
                 except (BlockingIOError, InterruptedError):
                     n = 0
                 except OSError as exc:
-                    conn.send_failed(exc)  # also reached by closed conns: a no-op
+                    conn._send_failed(exc)  # also reached by closed conns: a no-op
                     continue
                 sent += n
                 if n != (size if buf is data else len(buf)):
@@ -300,7 +283,7 @@ class TCPServer:
 
     # -- accepting ----------------------------------------------------------
 
-    def accept_ready(self, listener: Listener) -> None:
+    def _accept_ready(self, listener: Listener) -> None:
         lsock = listener.sock
         for _ in range(self.config.accept_batch):
             try:
@@ -336,13 +319,8 @@ class TCPServer:
         except OSError:  # the peer is already gone
             sock.close()
             return None
-        web = self.web
-        if web is None:
-            conn = Connection(sock, self, self.codec_factory())
-        else:
-            sniffer = web.sniffer()
-            conn = Connection(sock, self, sniffer)
-            sniffer.conn = conn
+        conn = Connection(sock, self)
+        conn.codec = self.codec_factory(conn)
         self.loop.register(sock, EVENT_READ, conn)
         self.connections[conn.fd] = conn
         stats.accepted += 1
@@ -424,15 +402,15 @@ class TCPServer:
 
         self.loop.call_later(seconds, resume)
 
-    # -- called by connections ----------------------------------------------
+    # -- called by connections (the Owner protocol) --------------------------
 
-    def bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+    def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
         log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
         self.handler.on_bad_input(conn, exc)
         if conn.is_open:  # the handler neither closed it nor began to
             conn.close(exc.reason, str(exc))
 
-    def forget(self, conn: Connection, reason: str, detail: str) -> None:
+    def _forget(self, conn: Connection, reason: str, detail: str) -> None:
         try:
             self.loop.unregister(conn.sock)
         except (KeyError, ValueError):

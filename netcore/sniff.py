@@ -15,13 +15,11 @@ and hands those bytes on to it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import Callable, List, Optional
 
 from .codec import Codec
+from .connection import Connection
 from .ringbuffer import BytesLike
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .connection import Connection
 
 __all__ = ["BINARY", "HTTP", "MAX_BINARY_FRAME", "WEBSOCKET", "ProtocolSniffer", "sniff"]
 
@@ -40,7 +38,7 @@ def sniff(first_byte: int) -> str:
 
 
 class ProtocolSniffer:
-    """The codec of a connection that has sent nothing yet.
+    """The codec of ``conn`` while it has sent nothing yet.
 
     ``http_codec(conn)`` and ``binary_codec()`` make the codec for each
     outcome; ``decided(conn, protocol)`` is told which it was (after the
@@ -51,18 +49,19 @@ class ProtocolSniffer:
 
     def __init__(
         self,
-        http_codec: Callable[["Connection"], Codec],
+        conn: Connection,
+        http_codec: Callable[[Connection], Codec],
         binary_codec: Callable[[], Codec],
-        decided: Callable[["Connection", str], None],
+        decided: Callable[[Connection, str], None],
     ) -> None:
-        self.conn: Optional["Connection"] = None  # set once the connection exists
+        self.conn: Optional[Connection] = conn  # dropped once decided
         self.http_codec = http_codec
         self.binary_codec = binary_codec
         self.decided = decided
 
     def feed(self, data: BytesLike) -> List[bytes]:
         conn = self.conn
-        assert conn is not None, "ProtocolSniffer.conn must be set before feeding"
+        assert conn is not None, "a ProtocolSniffer decides once"
         self.conn = None
         protocol = sniff(data[0])
         codec = self.http_codec(conn) if protocol == HTTP else self.binary_codec()

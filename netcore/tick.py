@@ -34,6 +34,15 @@ class Tick(NamedTuple):
 
 
 class TickScheduler:
+    """The schedule of one fixed-rate tick, fed the time by its caller.
+
+    ``poll(now)`` returns the :class:`Tick` due at ``now`` (or None), with
+    its lateness and the tick numbers skipped before it; ``deadline`` is
+    when the next one is due. It also keeps the lateness and duration
+    histograms that metrics export. :meth:`EventLoop.start_ticker
+    <netcore.loop.EventLoop.start_ticker>` makes and drives one.
+    """
+
     __slots__ = (
         "period",
         "start",

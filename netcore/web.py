@@ -1,9 +1,11 @@
 """HTTP and WebSocket on a :class:`~netcore.server.TCPServer`'s own port.
 
-Give a server a :class:`WebFront` and each new connection starts with a
-:class:`~netcore.sniff.ProtocolSniffer`. Its first byte decides:
+Give a server a :class:`WebFront` as its codec factory
+(``TCPServer(..., codec_factory=WebFront(config, binary=...))``) and each new
+connection starts with a :class:`~netcore.sniff.ProtocolSniffer`. Its first
+byte decides:
 
-- binary: the server's usual codec takes over, as if there were no front;
+- binary: the front's ``binary()`` codec takes over, as if there were no front;
 - HTTP: an :class:`HttpCodec` answers requests (static files, ``/healthz``)
   with keep-alive, and a valid upgrade on ``ws_path`` swaps in a
   :class:`WebSocketCodec`, which carries the server's usual byte stream in
@@ -25,12 +27,13 @@ either: a request head is capped at 16 KiB.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
+from .framing import DEFAULT_MAX_FRAME, FrameParser
 from .http import HttpError, Request, RequestParser, error_response, response
-from .loop import Timer
+from .loop import EventLoop, Timer
 from .ringbuffer import BytesLike
 from .sniff import BINARY, HTTP, MAX_BINARY_FRAME, WEBSOCKET, ProtocolSniffer
 from .static import StaticFiles
@@ -48,13 +51,10 @@ from .websocket import (
     handshake_response,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import TCPServer
-
 __all__ = ["BINARY", "HTTP", "WEBSOCKET", "HttpCodec", "WebConfig", "WebFront",
            "WebSocketCodec", "WebStats"]
 
-log = logging.getLogger("netcore")
+log = logging.getLogger(__name__)
 
 
 class WebConfig:
@@ -117,33 +117,46 @@ class WebStats:
 
 
 class WebFront:
-    """The HTTP side of a server: routing, deadlines, upgrades."""
+    """The HTTP side of a port: routing, deadlines, upgrades.
 
-    def __init__(self, config: Optional[WebConfig] = None) -> None:
+    A codec factory: ``TCPServer(loop, handler, config, codec_factory=front)``
+    gives each new connection ``front(conn)``, a sniffer whose first byte
+    decides between ``binary()`` (default: a u16 :class:`FrameParser` of
+    ``DEFAULT_MAX_FRAME``) and HTTP. One front may serve several servers
+    on one loop.
+    """
+
+    def __init__(self, config: Optional[WebConfig] = None,
+                 binary: Optional[Callable[[], Codec]] = None) -> None:
         self.config = cfg = config if config is not None else WebConfig()
         self.static: Optional[StaticFiles] = None
         if cfg.static_root is not None or cfg.static_reader is not None:
             self.static = StaticFiles(cfg.static_root, headers=cfg.headers,
                                       reader=cfg.static_reader)
         self.stats = WebStats()
-        self.server: Optional["TCPServer"] = None
+        self.binary: Callable[[], Codec] = lambda: FrameParser(DEFAULT_MAX_FRAME)
+        if binary is not None:
+            self.set_binary(binary)
         # HTTP connections and when their current deadline started.
         self.watched: Dict[Connection, float] = {}
         self._timer: Optional[Timer] = None
 
-    def attach(self, server: "TCPServer") -> None:
-        """Called by the server this front serves with."""
-        if server.config.max_frame > MAX_BINARY_FRAME:
-            raise ValueError(
-                f"max_frame {server.config.max_frame} > {MAX_BINARY_FRAME}: a binary frame "
-                "could then start like an HTTP request, and one port cannot carry both")
-        self.server = server
+    def set_binary(self, binary: Callable[[], Codec]) -> None:
+        """Make ``binary()`` the codec of connections that are not HTTP.
 
-    def sniffer(self) -> ProtocolSniffer:
-        """The first codec of a new connection (its ``conn`` is set by the server)."""
-        server = self.server
-        assert server is not None
-        return ProtocolSniffer(self._http_codec, server.codec_factory, self._decided)
+        Raises ValueError if its frames could be mistaken for HTTP (a
+        ``max_frame`` over :data:`~netcore.sniff.MAX_BINARY_FRAME`).
+        """
+        max_frame = getattr(binary(), "max_frame", 0)
+        if max_frame > MAX_BINARY_FRAME:
+            raise ValueError(
+                f"max_frame {max_frame} > {MAX_BINARY_FRAME}: a binary frame "
+                "could then start like an HTTP request, and one port cannot carry both")
+        self.binary = binary
+
+    def __call__(self, conn: Connection) -> Codec:
+        """The first codec of a new connection: a sniffer."""
+        return ProtocolSniffer(conn, self._http_codec, self.binary, self._decided)
 
     # -- decisions ----------------------------------------------------------
 
@@ -153,7 +166,7 @@ class WebFront:
     def _decided(self, conn: Connection, protocol: str) -> None:
         if protocol == HTTP:
             self._watch(conn)
-        conn.server.handler.on_protocol(conn, protocol)
+        conn.owner.handler.on_protocol(conn, protocol)
 
     # -- HTTP ---------------------------------------------------------------
 
@@ -217,7 +230,6 @@ class WebFront:
                 exc.status, str(exc), not keep, extra if exc.status == 426 else [],
                 head_only=request.method == "HEAD"), keep)
             return None
-        server = conn.server
         rest = codec.parser.take_rest()
         self.stats.by_status[101] = self.stats.by_status.get(101, 0) + 1
         self.stats.upgrades += 1
@@ -225,10 +237,10 @@ class WebFront:
         conn.write(accept)
         inner = self.config.message_codec
         if inner is None:
-            inner = server.codec_factory()
+            inner = self.binary()
         ws = WebSocketCodec(conn, inner, self.config.max_message)
         conn.codec = ws
-        server.handler.on_protocol(conn, WEBSOCKET)
+        conn.owner.handler.on_protocol(conn, WEBSOCKET)
         if rest and conn.is_open:
             return ws.feed(rest)
         return []
@@ -236,19 +248,16 @@ class WebFront:
     # -- deadlines ----------------------------------------------------------
 
     def _watch(self, conn: Connection) -> None:
-        server = self.server
-        assert server is not None
-        self.watched[conn] = server.loop.time()
+        loop = conn.owner.loop
+        self.watched[conn] = loop.time()
         if self._timer is None:
             period = min(1.0, self.config.handshake_timeout / 4)
-            self._timer = server.loop.call_later(period, self._sweep)
+            self._timer = loop.call_later(period, lambda: self._sweep(loop))
 
-    def _sweep(self) -> None:
+    def _sweep(self, loop: EventLoop) -> None:
         """Close HTTP connections past their deadline (runs while any are watched)."""
         self._timer = None
-        server = self.server
-        assert server is not None
-        limit = server.loop.time() - self.config.handshake_timeout
+        limit = loop.time() - self.config.handshake_timeout
         watched = self.watched
         for conn, since in list(watched.items()):
             if not conn.is_open or not isinstance(conn.codec, HttpCodec):
@@ -264,7 +273,7 @@ class WebFront:
                     conn.close(CloseReason.HANDSHAKE_TIMEOUT, "idle HTTP connection")
         if watched:
             period = min(1.0, self.config.handshake_timeout / 4)
-            self._timer = server.loop.call_later(period, self._sweep)
+            self._timer = loop.call_later(period, lambda: self._sweep(loop))
 
 
 class HttpCodec(SilentCodec):

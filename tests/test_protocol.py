@@ -48,7 +48,7 @@ def test_sizes_match_the_document():
 def test_you_fast_path_matches_the_encoder():
     p = st.Player(5, 1, 0x00FF00, "ABC", 100, 200)
     p.seq, p.score = 77, 3
-    assert st._you_frame(p) == st.frame(You(77, 100, 200, 3, "ABC"))
+    assert st.you_frame(p) == st.frame(You(77, 100, 200, 3, "ABC"))
 
 
 def test_tick_fast_path_matches_the_encoder():

@@ -4,7 +4,7 @@
 The same game as ``spelltraction.py serve``, written the way a good Python
 developer would write it on asyncio: one ``asyncio.Protocol`` per client and
 a tick task. Only the networking differs. The rules (``Game``), the wire
-format (``frame``, ``_encode_tick``, ``_you_frame``, ``error_frame``, the
+format (``frame``, ``step_and_encode``, ``you_frame``, ``error_frame``, the
 message structs) and the frame parser are the very objects the netcore
 server uses, and the per-tick logic mirrors ``GameServer.on_tick`` line for
 line: the shared tick bytes are built once and written to every transport,
@@ -45,26 +45,26 @@ sys.path.insert(0, ROOT)
 
 from netcore import FrameParser, NetStats, ProtocolError, TickScheduler  # noqa: E402
 from spelltraction import (  # noqa: E402
-    _HELLO,
-    _MOVE,
     FLOOD_MESSAGES,
     HELLO,
+    HELLO_STRUCT,
     MAX_CLIENT_FRAME,
     MOVE,
+    MOVE_STRUCT,
     PROTOCOL_VERSION,
+    YOU_FRAMED,
     ErrorCode,
     Game,
     Player,
     Stats,
     Welcome,
-    _describe_unexpected,
-    step_and_encode,
-    _YOU_FRAMED,
-    _you_frame,
+    describe_unexpected,
     error_frame,
     frame,
     raise_nofile_limit,
     rss_kb,
+    step_and_encode,
+    you_frame,
 )
 
 log = logging.getLogger("spelltraction.asyncio")
@@ -183,20 +183,20 @@ class AsyncioGameServer:
         player = proto.player
         kind = payload[0]
         if player is not None:
-            if kind == MOVE and len(payload) == _MOVE.size:
-                _, seq, x, y = _MOVE.unpack(payload)
+            if kind == MOVE and len(payload) == MOVE_STRUCT.size:
+                _, seq, x, y = MOVE_STRUCT.unpack(payload)
                 self.game.move(player, seq, x, y)
                 if player.moves > FLOOD_MESSAGES:  # as GameServer: MOVEs this tick
                     self.reject(proto, ErrorCode.FLOOD,
                                 f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
                 return
-            self.reject(proto, ErrorCode.BAD_MESSAGE, _describe_unexpected(payload, "in game"))
+            self.reject(proto, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "in game"))
             return
-        if kind != HELLO or len(payload) != _HELLO.size:
+        if kind != HELLO or len(payload) != HELLO_STRUCT.size:
             self.reject(proto, ErrorCode.BAD_MESSAGE,
-                        _describe_unexpected(payload, "before HELLO"))
+                        describe_unexpected(payload, "before HELLO"))
             return
-        _, version, shape, colour = _HELLO.unpack(payload)
+        _, version, shape, colour = HELLO_STRUCT.unpack(payload)
         if version != PROTOCOL_VERSION:
             self.reject(proto, ErrorCode.VERSION,
                         f"server speaks protocol {PROTOCOL_VERSION}, client sent {version}",
@@ -212,7 +212,7 @@ class AsyncioGameServer:
         welcome = frame(Welcome(player.id, player.shape, player.colour, tick_ms=self.tick_ms))
         if self._stats_tick != self.game.tick:
             self._update_stats_frame()
-        data = welcome + _you_frame(player) + self.stats_frame
+        data = welcome + you_frame(player) + self.stats_frame
         proto.transport.write(data)
         self.stats.sends += 1
         self.stats.frames_out += 3
@@ -261,7 +261,7 @@ class AsyncioGameServer:
         result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
         # As GameServer: a player whose YOU changed gets data + YOU in one
         # write, in its usual place in the order.
-        private = {p.conn: data + _you_frame(p) for p in result.dirty if p.conn is not None}
+        private = {p.conn: data + you_frame(p) for p in result.dirty if p.conn is not None}
         targets = [p.conn.transport for p in game.players.values()]
         if private:
             protos = [p.conn for p in game.players.values()]
@@ -274,7 +274,7 @@ class AsyncioGameServer:
         stats = self.stats
         stats.sends += sends
         stats.frames_out += sends * nframes + len(private)
-        stats.bytes_out += sends * len(data) + len(private) * _YOU_FRAMED.size
+        stats.bytes_out += sends * len(data) + len(private) * YOU_FRAMED.size
         if self.paused:
             self._drop_slow_consumers()
         if game.tick % 4 == 0 and self.pending:
@@ -342,7 +342,7 @@ class AsyncioGameServer:
                      "letters_scored": self.game.letters_scored,
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "rss_kb": rss_kb(),
             "start_rss_kb": self.start_rss_kb,
             "cpu_user_s": usage.ru_utime,

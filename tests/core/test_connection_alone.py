@@ -1,0 +1,77 @@
+"""A Connection needs only an Owner (netcore.connection.Owner), not a server."""
+
+import socket
+
+from netcore import Connection, EventLoop, FrameParser, Handler, NetStats, encode_frame
+from netcore.connection import EVENT_READ
+
+
+class Limits:
+    max_output = 1 << 16
+    high_water = 1 << 14
+    low_water = 1 << 12
+    close_linger = 1.0
+
+
+class Recorder(Handler):
+    def __init__(self):
+        self.messages = []
+        self.closed = []
+
+    def on_message(self, conn, payload):
+        self.messages.append(payload)
+        conn.send(payload.upper())
+
+    def on_close(self, conn, reason):
+        self.closed.append(reason)
+
+
+class TinyOwner:
+    """The whole Owner protocol, in a dozen lines."""
+
+    def __init__(self, loop, handler):
+        self.loop = loop
+        self.handler = handler
+        self.stats = NetStats()
+        self.config = Limits()
+        self.recv_view = memoryview(bytearray(4096))
+        self.bad = []
+
+    def _bad_input(self, conn, exc):
+        self.bad.append(exc)
+        conn.close(exc.reason, str(exc))
+
+    def _forget(self, conn, reason, detail):
+        self.loop.unregister(conn.sock)
+        self.handler.on_close(conn, reason)
+
+
+def test_a_connection_reads_frames_answers_and_closes_with_a_tiny_owner():
+    loop = EventLoop()
+    handler = Recorder()
+    owner = TinyOwner(loop, handler)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    conn = Connection(ours, owner, FrameParser())
+    loop.register(ours, EVENT_READ, conn)
+    theirs.sendall(encode_frame(b"hello") + encode_frame(b"again"))
+    theirs.settimeout(5)
+    for _ in range(100):
+        loop.run_once(0.01)
+        if len(handler.messages) == 2:
+            break
+    assert handler.messages == [b"hello", b"again"]
+    parser = FrameParser()
+    got = []
+    while len(got) < 2:
+        got += parser.feed(theirs.recv(4096))
+    assert got == [b"HELLO", b"AGAIN"]
+    theirs.sendall(b"\x00\x00")  # a zero-length frame: bad input
+    for _ in range(100):
+        loop.run_once(0.01)
+        if handler.closed:
+            break
+    assert handler.closed == ["bad-frame"] and len(owner.bad) == 1
+    assert conn.closed and owner.stats.bytes_in == 16
+    theirs.close()
+    loop.close()

@@ -1,0 +1,36 @@
+"""The hostile-test kit tells a ticking server from a stalled one (tests/hostilekit.py)."""
+
+import signal
+import time
+
+import pytest
+
+from hostilekit import Crowd, HostileServer, open_fds, rss_bytes
+
+pytestmark = pytest.mark.slow  # a subprocess server and a crowd, for a few seconds
+
+
+def test_a_quiet_server_passes_the_checks_and_a_stalled_one_fails_them():
+    with HostileServer() as server, Crowd(server.port, tcp=8, ws_count=4) as crowd:
+        before = server.resources()
+        assert 0 < before.rss and abs(rss_bytes(server.pid) - before.rss) < (4 << 20)
+        assert before.fds >= 12 + 3 and open_fds(server.pid) == before.fds  # a socket per watcher
+        crowd.mark()
+        time.sleep(1.5)
+        crowd.assert_ticking(max_gap=1.0)
+        late = crowd.lateness(0.25)
+        assert len(late) >= 12 * 4, "each watcher gets about four ticks a second"
+        numbers = [n for _, n in crowd.watchers[0].ticks]
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+        server.assert_recovered(before)
+
+        # A stall the watchers must notice: the server stopped for 1.5 s.
+        crowd.mark()
+        server.proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)
+        server.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+        with pytest.raises(AssertionError, match="without a TICK"):
+            crowd.assert_ticking(max_gap=1.0)
+        assert crowd.max_gap() >= 1.4
+        assert not crowd.dropped()
