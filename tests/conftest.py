@@ -2,12 +2,14 @@
 
 Two halves:
 
-* **Generic** (top): drive an ``EventLoop`` until a condition holds, an echo
-  handler, a bound listening socket instead of a "free port" number, a fake
-  clock, and the skip-or-fail rule for missing tools and optional packages.
-  They import netcore and the standard library only, never the game, so they
-  can move to ``netcore/testing.py`` as they are and ``tests/core/`` (netcore's
-  own tests) can use them without importing ``spelltraction``.
+* **Generic** (top): on ``netcore.testing`` (``run_until``: drive an
+  ``EventLoop`` until a condition holds; ``bound_socket``: a listening socket
+  instead of a "free port" number), an echo handler, a test client socket, a
+  refusing port, a fake clock, and the skip-or-fail rule for missing tools and
+  optional packages. They import netcore and the standard library only, never
+  the game, so they can move to ``netcore/testing.py`` as they are and
+  ``tests/core/`` (netcore's own tests) can use them without importing
+  ``spelltraction``.
 * **Game** (bottom): fixtures around ``gamekit.Harness`` (a game server in this
   process). ``gamekit`` is imported inside the fixtures, so collecting netcore's
   tests never imports the game.
@@ -27,30 +29,15 @@ import importlib
 import os
 import shutil
 import socket
-import time
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from netcore import Connection, EventLoop, Handler, ServerConfig, TCPServer
+from netcore.testing import bound_socket, run_until  # noqa: F401 - shared with the tests
 
 # -- generic: the loop, an echo server, sockets, a clock -----------------------------
-
-
-def run_until(loop: EventLoop, pred: Callable[[], object], timeout: float = 10.0,
-              what: Union[str, Callable[[], str]] = "condition", step: float = 0.005) -> None:
-    """Run ``loop`` one turn at a time until ``pred()`` is true, or fail after ``timeout`` s.
-
-    ``what`` names the condition in the failure (a callable is asked only then, so it
-    can show state gathered while waiting).
-    """
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= end:
-            raise AssertionError(f"{what() if callable(what) else what} not reached "
-                                 f"in {timeout:g} s")
-        loop.run_once(step)
 
 
 class Echo(Handler):
@@ -77,20 +64,14 @@ def serve(handler: Optional[Handler] = None, loop: Optional[EventLoop] = None,
     return loop, server, handler
 
 
-def bound_socket(host: str = "127.0.0.1", listen: bool = True) -> socket.socket:
-    """A TCP socket bound to an ephemeral port of ``host``, held for as long as it is open.
-
-    Listening (the default) it accepts connections into its backlog; bound but not
-    listening, connections to its port are refused: "nobody listens there", and no
-    other program can take the port meanwhile (a closed "free port" could be).
-    Close it when done (or use the ``listener``/``refused_port`` fixtures).
-    """
+def refusing_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to an ephemeral port of ``host`` but not listening: connections
+    to that port are refused ("nobody listens there") and no other program can take
+    the port while it is open. (``bound_socket`` is the listening kind.)"""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.bind((host, 0))
-        if listen:
-            sock.listen(128)
     except OSError:
         sock.close()
         raise
@@ -244,8 +225,9 @@ def echo_server(loop: EventLoop) -> Iterator[Tuple[EventLoop, TCPServer, Echo]]:
 
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
-    """A bound, listening socket nobody accepts on (a peer that never answers)."""
-    sock = bound_socket(listen=True)
+    """A bound, listening (blocking) socket nobody accepts on until the test does."""
+    sock = bound_socket()
+    sock.setblocking(True)
     yield sock
     sock.close()
 
@@ -253,7 +235,7 @@ def listener() -> Iterator[socket.socket]:
 @pytest.fixture
 def refused_port() -> Iterator[int]:
     """A port of 127.0.0.1 held bound but not listening: every connection to it is refused."""
-    sock = bound_socket(listen=False)
+    sock = refusing_socket()
     yield port_of(sock)
     sock.close()
 

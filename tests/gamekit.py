@@ -7,6 +7,11 @@ from conftest import LoopClient, run_until
 from netcore import EventLoop, FrameParser
 
 
+#: How long one turn of the loop may wait while a test's own sockets (which the
+#: loop does not watch) are read between turns.
+STEP = 0.005
+
+
 class Harness:
     """A ``GameServer`` on 127.0.0.1 (an ephemeral port) and its loop; use the
     ``h``/``make_harness`` fixtures, which close it after the test."""
@@ -22,7 +27,7 @@ class Harness:
         self.loop.run_for(seconds)
 
     def run_until(self, pred, timeout=10.0, what="condition"):
-        run_until(self.loop, pred, timeout, what)
+        run_until(self.loop, pred, timeout, what, step=STEP)
 
     def ticks(self, n):
         target = self.server.game.tick + n
@@ -59,7 +64,7 @@ class Expecting:
             assert not self.eof, f"closed while waiting for {kind.__name__}: {self.last_words()}"
             return False
 
-        run_until(self.h.loop, have, timeout, f"a {kind.__name__}")
+        run_until(self.h.loop, have, timeout, f"a {kind.__name__}", step=STEP)
         return found[0]
 
     def last_words(self):
@@ -100,5 +105,5 @@ class Client(Expecting, LoopClient):
             self.inbox = []
             return self.eof
 
-        run_until(self.h.loop, closed, timeout, lambda: f"close; got {got}")
+        run_until(self.h.loop, closed, timeout, lambda: f"close; got {got}", step=STEP)
         return got

@@ -24,7 +24,7 @@ def test_1000_clients_receive_every_broadcast_tick_in_order():
         clients.append(socket.create_connection(("127.0.0.1", server.port)))
         if len(clients) % 200 == 0:
             loop.run_once(0)
-    run_until(loop, lambda: server.stats.connections == 1000)
+    run_until(loop, lambda: server.stats.connections == 1000, timeout=10)
 
     ticks = []
 
@@ -46,7 +46,7 @@ def test_1000_clients_receive_every_broadcast_tick_in_order():
     assert server.stats.queued_out_bytes == 0
     for c in clients:
         c.close()
-    run_until(loop, lambda: server.stats.connections == 0)
+    run_until(loop, lambda: server.stats.connections == 0, timeout=10)
     assert server.stats.closed == 1000
     server.close()
 

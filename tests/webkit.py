@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import spelltraction as st
 from conftest import LoopClient, run_until
-from gamekit import Expecting
+from gamekit import STEP, Expecting
 from netcore import FrameParser
 from netcore import websocket as ws
 
@@ -63,7 +63,8 @@ class RawConn(LoopClient):
             self.pump()
             return pred()
 
-        run_until(self.h.loop, done, timeout, lambda: f"{what} (have {self.buf[:300]!r})")
+        run_until(self.h.loop, done, timeout, lambda: f"{what} (have {self.buf[:300]!r})",
+                  step=STEP)
 
     def responses(self, n: int, head_only: bool = False, timeout=5.0) -> List[HttpResponse]:
         got: List[HttpResponse] = []
