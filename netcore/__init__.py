@@ -22,15 +22,22 @@ modules above it):
 - :mod:`netcore.handler`: ``Handler``, the application's callbacks, their
   order and what may re-enter.
 - :mod:`netcore.server`: ``TCPServer``, listeners, limits and ``broadcast``.
+- :mod:`netcore.client`: ``TCPClient``, outbound connections (numeric
+  addresses, IPv4/IPv6, a connect timeout, failures reported once).
 - :mod:`netcore.sniff`: one port for two protocols, decided by the first byte.
 - :mod:`netcore.static`: ``StaticFiles``, GET/HEAD of a directory, with ETags.
+- :mod:`netcore.wscodec`: WebSocket codecs for connections, server end
+  and client end (``websocket_client``); text and binary messages.
 - :mod:`netcore.web`: ``WebFront``, HTTP and WebSocket on a server's port.
 - :mod:`netcore.logs`: JSON/text log formatters, rate limits, churn summaries.
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
+- :mod:`netcore.testing`: helpers for tests (run a loop until a condition,
+  a bound listening socket); never needed at run time.
 """
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError
-from .connection import CloseReason, Connection, Owner
+from .client import ClientConfig, TCPClient
+from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
+from .connection import CloseReason, CodecFactory, Connection, Owner
 from .framing import (
     DEFAULT_MAX_FRAME,
     FrameError,
@@ -44,12 +51,13 @@ from .framing import (
 from .loop import EventLoop, Readiness, Timer
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
-from .server import CodecFactory, ServerConfig, TCPServer, bind_listeners
+from .server import ServerConfig, TCPServer, bind_listeners
 from .sniff import HTTP, WEBSOCKET
 from .stats import Histogram, NetStats, Window, percentile
 from .tick import Tick, TickScheduler
 from .web import WebConfig, WebFront, WebSocketCodec
 from .websocket import CloseCode, close_code_for
+from .wscodec import websocket_client
 
 __version__ = "0.1.0"
 
@@ -59,6 +67,7 @@ __all__ = [
     "HTTP",
     "WEBSOCKET",
     "BufferFull",
+    "ClientConfig",
     "CloseCode",
     "CloseReason",
     "Codec",
@@ -77,7 +86,9 @@ __all__ = [
     "RingBuffer",
     "ServerConfig",
     "SplitFrame",
+    "TCPClient",
     "TCPServer",
+    "Text",
     "Tick",
     "TickScheduler",
     "Timer",
@@ -91,4 +102,5 @@ __all__ = [
     "close_code_for",
     "encode_frame",
     "percentile",
+    "websocket_client",
 ]
