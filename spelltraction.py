@@ -24,8 +24,8 @@ Server: the game on netcore. One shared send per tick for everyone.
     -> GameServer (on_message, on_tick), ServerOptions
   Server: tick encoding, shared by every server of this game (bench/peers too).
     -> step_and_encode, you_frame, describe_unexpected
-  Server: process and signals. Limits, memory, SIGTERM, serve().
-    -> serve, ShutdownSignals
+  Server: process and signals. Limits, memory, signals, serve().
+    -> serve, ServerSignals
 Bots: the load test. N players over as many processes as the fd limit needs.
   Bots: one worker process. A poller and flat arrays, no object per bot.
     -> BotWorker
@@ -102,6 +102,7 @@ from netcore import (
     encode_frame,
 )
 from netcore import websocket as ws
+from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -129,8 +130,8 @@ __all__ = [
     # Rules
     "Game", "Player", "StepResult",
     # Server
-    "GameServer", "ServerOptions", "read_asset", "step_and_encode", "you_frame",
-    "describe_unexpected", "serve", "ShutdownSignals", "rss_kb", "release_freed_memory",
+    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "step_and_encode", "you_frame",
+    "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit",
     # Bots
     "BotOptions", "BotWorker", "bot_procs", "run_bots",
@@ -630,6 +631,15 @@ class Game:
 
     # -- the tick -----------------------------------------------------------
 
+    def skip(self, ticks: int) -> None:
+        """The clock ran ``ticks`` ticks that the game never stepped (a stall).
+
+        The tick count moves on by as many, so the next TICK's number shows
+        the gap (docs/PROTOCOL.md: a gap means skipped ticks); nothing else
+        happened in them: the attractor held no longer, nobody scored.
+        """
+        self.tick += ticks
+
     def step(self) -> StepResult:
         self.tick += 1
         counts = self.counts
@@ -775,6 +785,10 @@ class ServerOptions(NamedTuple):
     web: bool = True  # HTTP (the browser client) and WebSocket on the same port
     web_root: Optional[str] = WEB_ROOT  # None: no static files
     handshake_timeout: float = 10.0  # an HTTP request or WebSocket upgrade must finish in this
+    # The admin listener: /healthz, /metrics, /stats(.json) over HTTP on their
+    # own port, answered whatever the game port's state (full, flooded).
+    admin_port: Optional[int] = None  # None: no admin listener; 0: any free port
+    admin_host: str = "127.0.0.1"  # loopback: for probes and scrapers on this host
 
 
 # Sent with the browser client's files: it loads nothing from elsewhere.
@@ -784,6 +798,17 @@ WEB_HEADERS = (
      "frame-ancestors 'none'"),
     ("Referrer-Policy", "no-referrer"),
 )
+
+
+ADMIN_MAX_CONNECTIONS = 64  # the admin port's own limit, apart from the players'
+
+
+class AdminHandler(Handler):
+    """The admin port speaks HTTP only: a connection that starts otherwise is closed."""
+
+    def on_protocol(self, conn: Connection, protocol: str) -> None:
+        if protocol != HTTP:
+            conn.close("not-http", "the admin port speaks HTTP only")
 
 
 class GameServer(Handler):
@@ -834,6 +859,9 @@ class GameServer(Handler):
             ),
             codec_factory=self.web,  # None: plain frames, no HTTP
         )
+        self.admin: Optional[TCPServer] = None
+        if opts.admin_port is not None:
+            self.admin = self._admin_server()
         self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet
         # Players who came over WebSocket: the tick sends them the same bytes
         # behind one WebSocket header, built once. TCP players are the rest.
@@ -851,11 +879,47 @@ class GameServer(Handler):
 
     # -- lifecycle ----------------------------------------------------------
 
+    def _admin_server(self) -> TCPServer:
+        """The admin listener: a small HTTP-only server of its own on the same loop.
+
+        Its connections don't count against ``max_clients`` and players'
+        connections don't count against its own limit, so ``/healthz``
+        answers (and says so) when the game port is full.
+        """
+        opts = self.options
+        routes = dict(self.ops_routes())
+        routes["/healthz"] = lambda: ("text/plain; charset=utf-8", self.health_text().encode())
+        front = WebFront(WebConfig(routes=routes, ws_path=None, health_path=None,
+                                   handshake_timeout=opts.handshake_timeout))
+        busy = http_response(503, [("Content-Type", "text/plain; charset=utf-8")],
+                             b"admin port busy: try again\n", close=True)
+        return TCPServer(self.loop, AdminHandler(), ServerConfig(
+            hosts=[opts.admin_host], port=opts.admin_port or 0, backlog=64,
+            max_connections=ADMIN_MAX_CONNECTIONS, full_message=busy,
+        ), codec_factory=front)
+
+    def health_text(self) -> str:
+        """``/healthz`` on the admin port: alive, and how full (200 either way)."""
+        used, limit = self.net.stats.connections, self.net.config.max_connections
+        state = "full: new players are refused" if used >= limit else "accepting players"
+        if self.shutting_down:
+            state = "shutting down"
+        return f"ok: {state}; {len(self.game.players)} players, {used} of {limit} connections\n"
+
     def start(self) -> List[Tuple[str, int]]:
+        """Listen (the game port, and the admin port if any) and start ticking."""
         addresses = self.net.listen()
+        if self.admin is not None:
+            self.admin.listen()
         self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
         self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
+
+    def close(self) -> None:
+        """Close every listener and connection, game and admin, at once."""
+        self.net.close(CloseReason.SHUTDOWN)
+        if self.admin is not None:
+            self.admin.close(CloseReason.SHUTDOWN)
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
@@ -888,7 +952,7 @@ class GameServer(Handler):
 
         def wait_for_flush() -> None:
             if not self.net.connections or self.loop.time() >= deadline:
-                self.net.close(CloseReason.SHUTDOWN)
+                self.close()
                 self.loop.stop()
             else:
                 self.loop.call_later(0.02, wait_for_flush)
@@ -978,6 +1042,11 @@ class GameServer(Handler):
 
     def on_tick(self, tick: Tick) -> None:
         game = self.game
+        if tick.skipped:  # the loop stalled for 8+ periods: the numbers jump
+            log.warning("the tick fell %.1f s behind: skipped %d ticks (TICK numbers jump by "
+                        "as many)", tick.skipped * self.options.tick_ms / 1000 + tick.lateness,
+                        tick.skipped)
+            game.skip(tick.skipped)
         result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
         # A player whose YOU changed gets the shared frames and its YOU in
         # one send (one WebSocket message), in its usual place in the order.
@@ -1106,6 +1175,24 @@ class GameServer(Handler):
             "tick": tick,
         }
 
+    def status(self) -> str:
+        """One line for the log (SIGUSR1): who is here, how the tick keeps up, memory."""
+        net = self.net.stats
+        proc = process_stats()
+        text = (f"{len(self.game.players)} players, {net.connections} connections of "
+                f"{self.net.config.max_connections}, {len(self.pending)} before HELLO, "
+                f"{len(self.ws_players)} over WebSocket; {net.accepted} accepted, "
+                f"{net.closed} closed since start")
+        if self.ticker is not None:
+            t = self.ticker
+            text += (f"; tick {self.game.tick}: {t.fired} fired, {t.late} late, {t.skipped} "
+                     f"skipped, lateness p99 {t.recent_lateness.percentile(99) * 1000:.1f} ms")
+        text += (f"; RSS {proc.rss_bytes / 1e6:.1f} MB, {proc.open_fds} fds, "
+                 f"queued out {net.queued_out_bytes} B, {net.slow_consumers} slow consumers cut")
+        if self.shutting_down:
+            text += "; shutting down"
+        return text
+
     def stats_json(self) -> bytes:
         return json.dumps(self.stats_snapshot(), separators=(",", ":")).encode()
 
@@ -1193,7 +1280,7 @@ def describe_unexpected(payload: bytes, when: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# Server: process and signals. Limits, memory, SIGTERM, serve().
+# Server: process and signals. Limits, memory, signals, serve().
 # -----------------------------------------------------------------------------
 
 
@@ -1236,18 +1323,30 @@ def raise_nofile_limit() -> Tuple[int, int]:
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 
 
-class ShutdownSignals:
-    """SIGTERM/SIGINT: the first shuts down gracefully, a second one kills at once.
+class ServerSignals:
+    """What each signal an operator or systemd may send does. None kills without the drain.
 
-    The first is handled from the loop (``GameServer.shutdown``: stop
-    accepting, goodbye frame to everyone, flush for up to ``shutdown_grace``
-    seconds, exit 0). It also swaps the Python-level handler for one that
-    restores the default action and re-sends the signal, so a second signal
-    ends the process by that signal (status 128+N in a shell, as if there
-    were no handler) even if the loop is busy, without waiting for flushes.
+    - SIGTERM, SIGINT, SIGQUIT: drain (``GameServer.shutdown``: stop accepting,
+      ERROR(SHUTDOWN) to everyone, flush for up to ``shutdown_grace`` seconds,
+      exit 0). The first also swaps the Python-level handlers for one that
+      restores the default action and re-sends the signal, so a second one
+      ends the process by that signal (status 128+N in a shell) even if the
+      loop is busy, without waiting for flushes.
+    - SIGHUP (``systemctl reload``, a closed terminal): logged and ignored.
+      There is nothing to reload: logs go to stderr (the journal), and the
+      web files are re-read when they change.
+    - SIGUSR1: one log line with the server's status (:meth:`GameServer.status`).
+    - SIGUSR2: logged and ignored (reserved).
+
+    SIGKILL cannot be caught (systemd sends it only after TimeoutStopSec);
+    SIGSTOP/SIGCONT pause and resume, and ticks missed meanwhile show as a
+    gap in TICK numbers.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)  # these drain
+    IGNORED = {signal.SIGHUP: "nothing to reload (logs go to stderr; web files are re-read "
+                              "when they change): still serving",
+               signal.SIGUSR2: "not used: ignored"}
 
     def __init__(self, loop: EventLoop, server: GameServer) -> None:
         self.loop = loop
@@ -1256,6 +1355,9 @@ class ShutdownSignals:
     def install(self) -> None:
         for sig in self.SIGNALS:
             self.loop.add_signal_handler(sig, self.on_signal)
+        for sig in self.IGNORED:
+            self.loop.add_signal_handler(sig, self.on_ignored)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.on_status)
 
     def on_signal(self, signum: int) -> None:
         if self.server.shutting_down:  # both arrived before the loop read either
@@ -1266,6 +1368,12 @@ class ShutdownSignals:
         for sig in self.SIGNALS:
             signal.signal(sig, _die_by_signal)
         self.server.shutdown()
+
+    def on_ignored(self, signum: int) -> None:
+        log.info("%s: %s", signal.Signals(signum).name, self.IGNORED[signal.Signals(signum)])
+
+    def on_status(self, signum: int) -> None:
+        log.info("SIGUSR1: status: %s", self.server.status())
 
 
 def _die_by_signal(signum: int, frame: Any) -> None:
@@ -1297,7 +1405,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
         return 2
     # Before saying "listening": a SIGTERM right after must find the handlers.
-    ShutdownSignals(loop, server).install()
+    ServerSignals(loop, server).install()
     release_freed_memory()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
@@ -1305,13 +1413,16 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         host, port = addresses[0]
         shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
         print(f"play in a browser: http://{shown}:{port}/", flush=True)
+    if server.admin is not None:
+        for host, port in server.admin.addresses:
+            print(f"admin (/healthz, /metrics, /stats) on http://{host}:{port}/", flush=True)
     print(f"max {opts.max_clients} clients, tick {opts.tick_ms} ms, open-files limit {soft}; "
           "Ctrl-C stops", flush=True)
 
     try:
         loop.run()
     finally:
-        server.net.close(CloseReason.SHUTDOWN)
+        server.close()
         loop.close()
     server.churn.report()
     if log_limiter is not None:
@@ -3445,6 +3556,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="binary protocol only: no HTTP, no WebSocket")
     sp.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="an HTTP request or WebSocket upgrade must finish within this")
+    sp.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                    help="serve /healthz, /metrics and /stats on this port too, answered "
+                         "whatever the game port's state, even when full (default: none; "
+                         "0: any free port)")
+    sp.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
+                    help="the admin port's address (default 127.0.0.1: this host only)")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -3524,11 +3641,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--max-clients must be at least 1")
     if args.handshake_timeout <= 0:
         parser.error("--handshake-timeout must be positive")
+    if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
+        parser.error("--admin-port must be 0..65535")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
                                stats_out=args.stats_out, web=not args.no_web,
                                web_root=args.web_root or None,
-                               handshake_timeout=args.handshake_timeout), limiter)
+                               handshake_timeout=args.handshake_timeout,
+                               admin_port=args.admin_port, admin_host=args.admin_host), limiter)
 
 
 def _serve_as_module(argv: List[str]) -> None:
