@@ -1096,8 +1096,8 @@ class GameServer(Handler):
             "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
-            "rss_kb": rss_kb(),
-            "start_rss_kb": self.start_rss_kb,
+            "rss_bytes": rss_bytes(),
+            "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
         }
@@ -1142,19 +1142,10 @@ class GameServer(Handler):
         """
         net = self.net.stats
         proc = process_stats(count_fds=False)  # polled every second: skip the fd listdir
-        tick: Dict[str, Any] = {}
-        if self.ticker is not None:
-            t = self.ticker
-            tick = {
-                "period_s": t.period, "fired": t.fired, "late": t.late, "skipped": t.skipped,
-                "duration_sum_s": t.duration_hist.sum, "duration_count": t.duration_hist.count,
-                "duration_p99_s": t.recent_duration.percentile(99),
-                "lateness_p99_s": t.recent_lateness.percentile(99),
-                "lateness_max_s": t.max_lateness,
-            }
+        tick = self.ticker.snapshot() if self.ticker is not None else {}
         return {
             "version": __version__,
-            "time": time.time(),
+            "time_s": time.time(),
             "uptime_s": time.time() - self.started,
             "connections": net.connections,
             "max_clients": self.net.config.max_connections,
@@ -1171,7 +1162,7 @@ class GameServer(Handler):
             "letters_scored": self.game.letters_scored,
             "game_tick": self.game.tick,
             "rss_bytes": proc.rss_bytes,
-            "cpu_seconds": proc.cpu_seconds,
+            "cpu_s": proc.cpu_seconds,
             "tick": tick,
         }
 
