@@ -145,3 +145,27 @@ def test_assets_load_from_the_source_tree():
     assert st.read_asset("stats.html") == open(os.path.join(ROOT, "web", "stats.html"), "rb").read()
     with pytest.raises(FileNotFoundError):
         st.read_asset("no-such-file.html")
+
+
+@pytest.mark.parametrize("how", [["spelltraction.py"], ["spelltraction.py", "bots"]])
+def test_the_file_copied_alone_says_what_to_copy_instead_of_a_traceback(tmp_path, how):
+    """The design card says "copy the single file"; alone it cannot run, so it says why."""
+    shutil.copy(GAME, tmp_path / "spelltraction.py")
+    # -S as well as -I: where netcore is pip-installed (tox) it must not be found either.
+    result = isolated("-S", *how, cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "Traceback" not in err and result.stdout == b""
+    assert f"needs the netcore/ package beside it, and {tmp_path} has none" in err
+    assert "copy netcore/ (and web/" in err
+    assert "python3 spelltraction.py bundle" in err and "dist/spelltraction.pyz" in err
+
+
+def test_importing_the_file_alone_raises_the_same_advice(tmp_path):
+    shutil.copy(GAME, tmp_path / "spelltraction.py")
+    result = isolated("-S", "-c", "import sys; sys.path.insert(0, '.'); import spelltraction",
+                      cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "ImportError: spelltraction.py needs the netcore/ package beside it" in err
+    assert "python3 spelltraction.py bundle" in err
