@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from netcore.loop import EventLoop
 from netcore.redis import (
     CommandError,
     ConnectionLost,
@@ -18,23 +17,8 @@ from netcore.redis import (
     RedisSubscriber,
 )
 from netcore.resp import ReplyError
+from netcore.testing import run_until
 from redisproc import RedisServer, free_port, require_redis
-
-
-def run_until(loop, condition, timeout=5.0):
-    deadline = loop.time() + timeout
-    while not condition():
-        left = deadline - loop.time()
-        if left <= 0:
-            raise AssertionError("condition not met in time")
-        loop.run_once(min(left, 0.05))
-
-
-@pytest.fixture
-def loop():
-    loop = EventLoop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
