@@ -244,10 +244,10 @@ class Pending:
     :class:`RedisError`: not sent, or connection lost) is set.
     """
 
-    __slots__ = ("command", "done", "reply", "error", "callback")
+    __slots__ = ("_name", "done", "reply", "error", "callback")
 
-    def __init__(self, command: str, callback: Optional[Callable[["Pending"], None]]) -> None:
-        self.command = command
+    def __init__(self, name: Arg, callback: Optional[Callable[["Pending"], None]]) -> None:
+        self._name = name  # the command's first argument; named only when asked
         self.done = False
         self.reply: Reply = None
         self.error: Optional[RedisError] = None
@@ -256,6 +256,16 @@ class Pending:
     def __repr__(self) -> str:
         state = "pending" if not self.done else f"error={self.error!r}" if self.error else f"reply={self.reply!r}"
         return f"<Pending {self.command} {state}>"
+
+    @property
+    def command(self) -> str:
+        """The command's name (upper case), for messages."""
+        name = self._name
+        if isinstance(name, str):
+            return name.upper()
+        if isinstance(name, (bytes, bytearray, memoryview)):
+            return bytes(name).decode("ascii", "replace").upper()
+        return repr(name)
 
     @property
     def ok(self) -> bool:
@@ -286,15 +296,6 @@ class Pending:
 
 
 Callback = Callable[[Pending], None]
-
-
-def _command_name(args: Sequence[Arg]) -> str:
-    first = args[0]
-    if isinstance(first, str):
-        return first.upper()
-    if isinstance(first, (bytes, bytearray)):
-        return bytes(first).decode("ascii", "replace").upper()
-    return repr(first)
 
 
 # -- the shared connection machinery -----------------------------------------
@@ -558,7 +559,7 @@ class _Link:
 
     def _send(self, args: Sequence[Arg], callback: Optional[Callback]) -> Pending:
         """Queue ``args`` (the connection is up) and expect one reply."""
-        pending = Pending(_command_name(args), callback)
+        pending = Pending(args[0], callback)
         self._out.append(encode_command(*args))
         self._pending.append(pending)
         self.commands_sent += 1
@@ -589,7 +590,7 @@ class _Link:
             transport.write(out[0] if len(out) == 1 else b"".join(out), len(out))
 
     def _not_ready(self, args: Sequence[Arg], callback: Optional[Callback]) -> Pending:
-        pending = Pending(_command_name(args), callback)
+        pending = Pending(args[0], callback)
         error = NotConnected(f"{pending.command}: not connected to {self.address.url()}")
         self.loop.call_soon(lambda: pending._finish(None, error))
         return pending
