@@ -109,6 +109,15 @@ class RedisServer:
         """SIGKILL this server (by pid) and wait for it."""
         self._end(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP it: connections stay open and nothing is answered."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def _end(self, sig: int) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:

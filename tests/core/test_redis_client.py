@@ -244,6 +244,20 @@ def test_pubsub_channels_and_patterns(loop, server):
     assert events.ready == 1 and events.errors == []
 
 
+def test_subscribing_while_the_resubscription_is_under_way(loop, server):
+    address = RedisAddress.from_url(server.url)
+    pub, _ = connect(loop, address)
+    events = Events()
+    sub = subscriber(loop, address, events)
+    sub.subscribe("first")
+    sub.start()
+    run_until(loop, lambda: b"c:first" in sub.active or sub._subscribing)
+    sub.subscribe("second")  # SUBSCRIBE first is on its way: this one must follow it
+    run_until(loop, lambda: sub.ready and b"c:second" in sub.active)
+    call(loop, pub, "PUBLISH", "second", "2")
+    run_until(loop, lambda: events.messages == [(b"second", b"2")])
+
+
 def test_many_messages_in_order(loop, server):
     address = RedisAddress.from_url(server.url)
     pub, _ = connect(loop, address)
@@ -300,9 +314,15 @@ def test_auth_failure_is_reported_and_retried_never_ready(loop, secured):
     client.close()
 
 
-def test_no_password_given_means_noauth_errors_as_values(loop, secured):
-    client, _ = connect(loop, RedisAddress("127.0.0.1", secured.port))
-    assert call(loop, client, "GET", "x").reply.kind == "NOAUTH"
+def test_no_password_given_is_a_handshake_error_not_a_ready_link(loop, secured):
+    events = Events()
+    client = Redis(loop, RedisAddress("127.0.0.1", secured.port), backoff_min=0.01, backoff_max=0.05,
+                   **events.kwargs())
+    client.start()
+    run_until(loop, lambda: len(events.errors) >= 2)
+    assert isinstance(events.errors[0], HandshakeError)
+    assert events.errors[0].reply.kind == "NOAUTH" and events.ready == 0
+    client.close()
 
 
 # -- faults ---------------------------------------------------------------------
@@ -357,6 +377,27 @@ def test_malformed_reply_closes_and_reconnects(loop):
     listener.close()
     for conn in accepted:
         conn.close()
+
+
+def test_a_frozen_server_is_noticed_by_keepalive(loop, server):
+    events, sev = Events(), Events()
+    address = RedisAddress.from_url(server.url)
+    client, _ = connect(loop, address, events, ping_interval=0.2, backoff_max=0.2)
+    sub = subscriber(loop, address, sev, ping_interval=0.2, backoff_max=0.2)
+    sub.subscribe("c")
+    sub.start()
+    run_until(loop, lambda: sub.ready)
+    server.pause()
+    try:
+        run_until(loop, lambda: events.lost and sev.lost, timeout=3)
+    finally:
+        server.resume()
+    assert "no reply to PING within 0.2s" in events.lost[0]
+    assert any("PING" in str(e) for e in sev.errors)
+    run_until(loop, lambda: client.ready and sub.ready, timeout=5)
+    call(loop, client, "PUBLISH", "c", "back")
+    run_until(loop, lambda: sev.messages == [(b"c", b"back")])
+    assert call(loop, client, "PING").result() == "PONG"
 
 
 @pytest.mark.slow
