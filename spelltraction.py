@@ -101,7 +101,9 @@ from netcore import (
     WholeFrames,
     encode_frame,
 )
+from netcore import process
 from netcore import websocket as ws
+from netcore.process import raise_nofile, release_freed_memory
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -876,24 +878,11 @@ class GameServer(Handler):
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
         text = "server shutting down"
-        bye = error_frame(ErrorCode.SHUTDOWN, text)
-        for conn in list(self.net.connections.values()):
-            # TCP: the frame; WebSocket: in a message, then a close (1001);
-            # HTTP: nothing, just finish the response under way.
-            last_words = conn.codec.closing(bye, ws.CloseCode.GOING_AWAY, text)
-            if last_words:
-                conn.write(last_words)
-            conn.close_after_flush(CloseReason.SHUTDOWN)
-        deadline = self.loop.time() + self.options.shutdown_grace
-
-        def wait_for_flush() -> None:
-            if not self.net.connections or self.loop.time() >= deadline:
-                self.net.close(CloseReason.SHUTDOWN)
-                self.loop.stop()
-            else:
-                self.loop.call_later(0.02, wait_for_flush)
-
-        wait_for_flush()
+        # TCP: the frame; WebSocket: in a message, then a close (1001);
+        # HTTP: nothing, just finish the response under way. The loop stops
+        # when everyone has it, or after the grace period.
+        self.net.shutdown(self.options.shutdown_grace, error_frame(ErrorCode.SHUTDOWN, text),
+                          ws.CloseCode.GOING_AWAY, text, on_done=self.loop.stop)
 
     # -- netcore callbacks --------------------------------------------------
 
@@ -1202,79 +1191,33 @@ def rss_kb() -> int:
     return rss_bytes() // 1024
 
 
-def release_freed_memory() -> None:
-    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``).
-
-    Python compiles this 3,000-line file every time it runs as a script (and
-    every import, where bytecode caching is off): some 10 MB of compiler
-    memory, freed at once but kept by the C allocator, scattered between
-    live blocks where the heap can't shrink on its own. A long-lived server
-    should not carry that: ``malloc_trim`` returns those pages, about 6 MB
-    here. Where there is no glibc this does nothing.
-    """
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ImportError, OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-
-
-def raise_nofile_limit() -> Tuple[int, int]:
-    """Raise RLIMIT_NOFILE soft to hard; returns (soft, hard) now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+# The process plumbing is netcore's (netcore.process); these names stay
+# the game's API: release_freed_memory() after start-up, raise_nofile_limit()
+# (soft to hard) before sizing --max-clients.
+raise_nofile_limit = raise_nofile
 
 
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 
 
-class ShutdownSignals:
+class ShutdownSignals(process.ShutdownSignals):
     """SIGTERM/SIGINT: the first shuts down gracefully, a second one kills at once.
 
     The first is handled from the loop (``GameServer.shutdown``: stop
     accepting, goodbye frame to everyone, flush for up to ``shutdown_grace``
-    seconds, exit 0). It also swaps the Python-level handler for one that
-    restores the default action and re-sends the signal, so a second signal
-    ends the process by that signal (status 128+N in a shell, as if there
-    were no handler) even if the loop is busy, without waiting for flushes.
+    seconds, exit 0); a second ends the process by that signal (status
+    128+N in a shell) even if the loop is busy (netcore.process).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, loop: EventLoop, server: GameServer) -> None:
-        self.loop = loop
+        super().__init__(loop, lambda signum: server.shutdown(), self.SIGNALS)
         self.server = server
 
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self.loop.add_signal_handler(sig, self.on_signal)
-
     def on_signal(self, signum: int) -> None:
-        if self.server.shutting_down:  # both arrived before the loop read either
-            _die_by_signal(signum, None)
-            return
-        log.info("%s: shutting down (a second signal exits at once)",
-                 signal.Signals(signum).name)
-        for sig in self.SIGNALS:
-            signal.signal(sig, _die_by_signal)
-        self.server.shutdown()
-
-
-def _die_by_signal(signum: int, frame: Any) -> None:
-    """End the process now, by ``signum`` itself: no flushing, no cleanup."""
-    try:
-        log.warning("second signal (%s): exiting at once", signal.Signals(signum).name)
-    finally:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        """What the loop runs for each of SIGNALS."""
+        self._on_signal(signum)
 
 
 def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:

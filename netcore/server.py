@@ -26,8 +26,9 @@ from .codec import Codec, ProtocolError
 from .connection import CloseReason, CodecFactory, Connection
 from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
 from .handler import Handler
-from .loop import EventLoop, Readiness
+from .loop import EventLoop, Readiness, Timer
 from .stats import NetStats
+from .websocket import CloseCode
 
 __all__ = ["CodecFactory", "Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
@@ -180,6 +181,8 @@ class TCPServer:
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
+        self._on_drained: Optional[Callable[[], None]] = None  # while shutting down
+        self._drain_timer: Optional[Timer] = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -221,6 +224,35 @@ class TCPServer:
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
+
+    def shutdown(self, grace: float = 2.0, last_words: bytes = b"",
+                 code: int = CloseCode.GOING_AWAY, text: str = "server shutting down",
+                 on_done: Optional[Callable[[], None]] = None) -> None:
+        """Drain: stop accepting, say goodbye to everyone, close within ``grace`` s.
+
+        Every connection gets :meth:`Connection.goodbye` (``last_words``, a
+        stream of already-framed messages, then over WebSocket a Close frame
+        with ``code``, 1001 going away by default; an HTTP response under
+        way is just finished) and closes once that is sent. Whoever has not
+        read it after ``grace`` seconds is closed anyway. ``on_done()`` runs
+        once, from the loop, when the last connection has closed (at once if
+        there are none): stop the loop there.
+        """
+        self.stop_accepting()
+        self._on_drained = on_done if on_done is not None else (lambda: None)
+        for conn in list(self.connections.values()):
+            conn.goodbye(code, text, last_words, CloseReason.SHUTDOWN)
+        self._drain_timer = self.loop.call_later(grace, lambda: self.close(CloseReason.SHUTDOWN))
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        done = self._on_drained
+        if done is not None and not self.connections:
+            self._on_drained = None
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            self.loop.call_soon(done)
 
     def close(self, reason: str = CloseReason.SERVER_CLOSE) -> None:
         """Stop accepting and close every connection now."""
@@ -427,3 +459,5 @@ class TCPServer:
         else:
             log.debug("fd=%d closed: %s", conn.fd, reason)
         self.handler.on_close(conn, reason)
+        if self._on_drained is not None:
+            self._check_drained()
