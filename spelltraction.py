@@ -24,8 +24,8 @@ Server: the game on netcore. One shared send per tick for everyone.
     -> GameServer (on_message, on_tick), ServerOptions
   Server: tick encoding, shared by every server of this game (bench/peers too).
     -> step_and_encode, you_frame, describe_unexpected
-  Server: process and signals. Limits, memory, SIGTERM, serve().
-    -> serve, ShutdownSignals
+  Server: process and signals. Limits, memory, signals, serve().
+    -> serve, ServerSignals
 Bots: the load test. N players over as many processes as the fd limit needs.
   Bots: one worker process. A poller and flat arrays, no object per bot.
     -> BotWorker
@@ -40,7 +40,7 @@ Clients: the desktop client. Brain, network driver, Tk view.
     -> TkView, run_client
 Operations: doctor (can this host hold N clients?) and bundle (one file).
   Operations: doctor. Read the host's facts, check them, print the fixes.
-    -> doctor_checks, run_doctor
+    -> doctor_checks, DOCTOR_CHECKS, run_doctor
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
 CLI: serve (the default), bots, client, doctor, bundle. main().
@@ -104,6 +104,7 @@ from netcore import (
 from netcore import process
 from netcore import websocket as ws
 from netcore.process import raise_nofile, release_freed_memory
+from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -131,8 +132,8 @@ __all__ = [
     # Rules
     "Game", "Player", "StepResult",
     # Server
-    "GameServer", "ServerOptions", "read_asset", "step_and_encode", "you_frame",
-    "describe_unexpected", "serve", "ShutdownSignals", "rss_kb", "release_freed_memory",
+    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "step_and_encode", "you_frame",
+    "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit",
     # Bots
     "BotOptions", "BotWorker", "bot_procs", "run_bots",
@@ -632,6 +633,15 @@ class Game:
 
     # -- the tick -----------------------------------------------------------
 
+    def skip(self, ticks: int) -> None:
+        """The clock ran ``ticks`` ticks that the game never stepped (a stall).
+
+        The tick count moves on by as many, so the next TICK's number shows
+        the gap (docs/PROTOCOL.md: a gap means skipped ticks); nothing else
+        happened in them: the attractor held no longer, nobody scored.
+        """
+        self.tick += ticks
+
     def step(self) -> StepResult:
         self.tick += 1
         counts = self.counts
@@ -777,6 +787,10 @@ class ServerOptions(NamedTuple):
     web: bool = True  # HTTP (the browser client) and WebSocket on the same port
     web_root: Optional[str] = WEB_ROOT  # None: no static files
     handshake_timeout: float = 10.0  # an HTTP request or WebSocket upgrade must finish in this
+    # The admin listener: /healthz, /metrics, /stats(.json) over HTTP on their
+    # own port, answered whatever the game port's state (full, flooded).
+    admin_port: Optional[int] = None  # None: no admin listener; 0: any free port
+    admin_host: str = "127.0.0.1"  # loopback: for probes and scrapers on this host
 
 
 # Sent with the browser client's files: it loads nothing from elsewhere.
@@ -786,6 +800,17 @@ WEB_HEADERS = (
      "frame-ancestors 'none'"),
     ("Referrer-Policy", "no-referrer"),
 )
+
+
+ADMIN_MAX_CONNECTIONS = 64  # the admin port's own limit, apart from the players'
+
+
+class AdminHandler(Handler):
+    """The admin port speaks HTTP only: a connection that starts otherwise is closed."""
+
+    def on_protocol(self, conn: Connection, protocol: str) -> None:
+        if protocol != HTTP:
+            conn.close("not-http", "the admin port speaks HTTP only")
 
 
 class GameServer(Handler):
@@ -836,6 +861,9 @@ class GameServer(Handler):
             ),
             codec_factory=self.web,  # None: plain frames, no HTTP
         )
+        self.admin: Optional[TCPServer] = None
+        if opts.admin_port is not None:
+            self.admin = self._admin_server()
         self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet
         # Players who came over WebSocket: the tick sends them the same bytes
         # behind one WebSocket header, built once. TCP players are the rest.
@@ -853,11 +881,47 @@ class GameServer(Handler):
 
     # -- lifecycle ----------------------------------------------------------
 
+    def _admin_server(self) -> TCPServer:
+        """The admin listener: a small HTTP-only server of its own on the same loop.
+
+        Its connections don't count against ``max_clients`` and players'
+        connections don't count against its own limit, so ``/healthz``
+        answers (and says so) when the game port is full.
+        """
+        opts = self.options
+        routes = dict(self.ops_routes())
+        routes["/healthz"] = lambda: ("text/plain; charset=utf-8", self.health_text().encode())
+        front = WebFront(WebConfig(routes=routes, ws_path=None, health_path=None,
+                                   handshake_timeout=opts.handshake_timeout))
+        busy = http_response(503, [("Content-Type", "text/plain; charset=utf-8")],
+                             b"admin port busy: try again\n", close=True)
+        return TCPServer(self.loop, AdminHandler(), ServerConfig(
+            hosts=[opts.admin_host], port=opts.admin_port or 0, backlog=64,
+            max_connections=ADMIN_MAX_CONNECTIONS, full_message=busy,
+        ), codec_factory=front)
+
+    def health_text(self) -> str:
+        """``/healthz`` on the admin port: alive, and how full (200 either way)."""
+        used, limit = self.net.stats.connections, self.net.config.max_connections
+        state = "full: new players are refused" if used >= limit else "accepting players"
+        if self.shutting_down:
+            state = "shutting down"
+        return f"ok: {state}; {len(self.game.players)} players, {used} of {limit} connections\n"
+
     def start(self) -> List[Tuple[str, int]]:
+        """Listen (the game port, and the admin port if any) and start ticking."""
         addresses = self.net.listen()
+        if self.admin is not None:
+            self.admin.listen()
         self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
         self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
+
+    def close(self) -> None:
+        """Close every listener and connection, game and admin, at once."""
+        self.net.close(CloseReason.SHUTDOWN)
+        if self.admin is not None:
+            self.admin.close(CloseReason.SHUTDOWN)
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
@@ -882,7 +946,12 @@ class GameServer(Handler):
         # HTTP: nothing, just finish the response under way. The loop stops
         # when everyone has it, or after the grace period.
         self.net.shutdown(self.options.shutdown_grace, error_frame(ErrorCode.SHUTDOWN, text),
-                          ws.CloseCode.GOING_AWAY, text, on_done=self.loop.stop)
+                          ws.CloseCode.GOING_AWAY, text, on_done=self._drained)
+
+    def _drained(self) -> None:
+        """The game port is empty (or the grace period is over): stop."""
+        self.close()
+        self.loop.stop()
 
     # -- netcore callbacks --------------------------------------------------
 
@@ -967,6 +1036,11 @@ class GameServer(Handler):
 
     def on_tick(self, tick: Tick) -> None:
         game = self.game
+        if tick.skipped:  # the loop stalled for 8+ periods: the numbers jump
+            log.warning("the tick fell %.1f s behind: skipped %d ticks (TICK numbers jump by "
+                        "as many)", tick.skipped * self.options.tick_ms / 1000 + tick.lateness,
+                        tick.skipped)
+            game.skip(tick.skipped)
         result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
         # A player whose YOU changed gets the shared frames and its YOU in
         # one send (one WebSocket message), in its usual place in the order.
@@ -1016,8 +1090,8 @@ class GameServer(Handler):
             "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
-            "rss_kb": rss_kb(),
-            "start_rss_kb": self.start_rss_kb,
+            "rss_bytes": rss_bytes(),
+            "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
         }
@@ -1062,19 +1136,10 @@ class GameServer(Handler):
         """
         net = self.net.stats
         proc = process_stats(count_fds=False)  # polled every second: skip the fd listdir
-        tick: Dict[str, Any] = {}
-        if self.ticker is not None:
-            t = self.ticker
-            tick = {
-                "period_s": t.period, "fired": t.fired, "late": t.late, "skipped": t.skipped,
-                "duration_sum_s": t.duration_hist.sum, "duration_count": t.duration_hist.count,
-                "duration_p99_s": t.recent_duration.percentile(99),
-                "lateness_p99_s": t.recent_lateness.percentile(99),
-                "lateness_max_s": t.max_lateness,
-            }
+        tick = self.ticker.snapshot() if self.ticker is not None else {}
         return {
             "version": __version__,
-            "time": time.time(),
+            "time_s": time.time(),
             "uptime_s": time.time() - self.started,
             "connections": net.connections,
             "max_clients": self.net.config.max_connections,
@@ -1091,9 +1156,27 @@ class GameServer(Handler):
             "letters_scored": self.game.letters_scored,
             "game_tick": self.game.tick,
             "rss_bytes": proc.rss_bytes,
-            "cpu_seconds": proc.cpu_seconds,
+            "cpu_s": proc.cpu_seconds,
             "tick": tick,
         }
+
+    def status(self) -> str:
+        """One line for the log (SIGUSR1): who is here, how the tick keeps up, memory."""
+        net = self.net.stats
+        proc = process_stats()
+        text = (f"{len(self.game.players)} players, {net.connections} connections of "
+                f"{self.net.config.max_connections}, {len(self.pending)} before HELLO, "
+                f"{len(self.ws_players)} over WebSocket; {net.accepted} accepted, "
+                f"{net.closed} closed since start")
+        if self.ticker is not None:
+            t = self.ticker
+            text += (f"; tick {self.game.tick}: {t.fired} fired, {t.late} late, {t.skipped} "
+                     f"skipped, lateness p99 {t.recent_lateness.percentile(99) * 1000:.1f} ms")
+        text += (f"; RSS {proc.rss_bytes / 1e6:.1f} MB, {proc.open_fds} fds, "
+                 f"queued out {net.queued_out_bytes} B, {net.slow_consumers} slow consumers cut")
+        if self.shutting_down:
+            text += "; shutting down"
+        return text
 
     def stats_json(self) -> bytes:
         return json.dumps(self.stats_snapshot(), separators=(",", ":")).encode()
@@ -1182,7 +1265,7 @@ def describe_unexpected(payload: bytes, when: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# Server: process and signals. Limits, memory, SIGTERM, serve().
+# Server: process and signals. Limits, memory, signals, serve().
 # -----------------------------------------------------------------------------
 
 
@@ -1200,24 +1283,51 @@ raise_nofile_limit = raise_nofile
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 
 
-class ShutdownSignals(process.ShutdownSignals):
-    """SIGTERM/SIGINT: the first shuts down gracefully, a second one kills at once.
+class ServerSignals(process.ShutdownSignals):
+    """What each signal an operator or systemd may send does. None kills without the drain.
 
-    The first is handled from the loop (``GameServer.shutdown``: stop
-    accepting, goodbye frame to everyone, flush for up to ``shutdown_grace``
-    seconds, exit 0); a second ends the process by that signal (status
-    128+N in a shell) even if the loop is busy (netcore.process).
+    - SIGTERM, SIGINT, SIGQUIT: drain (``GameServer.shutdown``: stop accepting,
+      ERROR(SHUTDOWN) to everyone, flush for up to ``shutdown_grace`` seconds,
+      exit 0). The first also swaps the Python-level handlers for one that
+      restores the default action and re-sends the signal, so a second one
+      ends the process by that signal (status 128+N in a shell) even if the
+      loop is busy, without waiting for flushes.
+    - SIGHUP (``systemctl reload``, a closed terminal): logged and ignored.
+      There is nothing to reload: logs go to stderr (the journal), and the
+      web files are re-read when they change.
+    - SIGUSR1: one log line with the server's status (:meth:`GameServer.status`).
+    - SIGUSR2: logged and ignored (reserved).
+
+    SIGKILL cannot be caught (systemd sends it only after TimeoutStopSec);
+    SIGSTOP/SIGCONT pause and resume, and ticks missed meanwhile show as a
+    gap in TICK numbers.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)  # these drain
+    IGNORED = {signal.SIGHUP: "nothing to reload (logs go to stderr; web files are re-read "
+                              "when they change): still serving",
+               signal.SIGUSR2: "not used: ignored"}
 
     def __init__(self, loop: EventLoop, server: GameServer) -> None:
         super().__init__(loop, lambda signum: server.shutdown(), self.SIGNALS)
         self.server = server
 
+    def install(self) -> "ServerSignals":
+        super().install()  # SIGNALS: drain, then a second one exits at once
+        for sig in self.IGNORED:
+            self.loop.add_signal_handler(sig, self.on_ignored)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.on_status)
+        return self
+
     def on_signal(self, signum: int) -> None:
         """What the loop runs for each of SIGNALS."""
         self._on_signal(signum)
+
+    def on_ignored(self, signum: int) -> None:
+        log.info("%s: %s", signal.Signals(signum).name, self.IGNORED[signal.Signals(signum)])
+
+    def on_status(self, signum: int) -> None:
+        log.info("SIGUSR1: status: %s", self.server.status())
 
 
 def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
@@ -1240,7 +1350,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
         return 2
     # Before saying "listening": a SIGTERM right after must find the handlers.
-    ShutdownSignals(loop, server).install()
+    ServerSignals(loop, server).install()
     release_freed_memory()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
@@ -1248,13 +1358,16 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         host, port = addresses[0]
         shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
         print(f"play in a browser: http://{shown}:{port}/", flush=True)
+    if server.admin is not None:
+        for host, port in server.admin.addresses:
+            print(f"admin (/healthz, /metrics, /stats) on http://{host}:{port}/", flush=True)
     print(f"max {opts.max_clients} clients, tick {opts.tick_ms} ms, open-files limit {soft}; "
           "Ctrl-C stops", flush=True)
 
     try:
         loop.run()
     finally:
-        server.net.close(CloseReason.SHUTDOWN)
+        server.close()
         loop.close()
     server.churn.report()
     if log_limiter is not None:
@@ -3064,140 +3177,17 @@ def _unreadable(name: str, key: str) -> Check:
 
 
 def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
-    """What will and will not let ``clients`` connect to one server process."""
-    fds = clients + FD_RESERVE
-    checks = [_check_nofile(facts, clients)]
-    sysctl = facts.sysctl
+    """What will and will not let ``clients`` connect to one server process.
 
-    nr_open = _ints(sysctl["fs.nr_open"])
-    if nr_open is None:
-        checks.append(_unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open"))
-    else:
-        ok = nr_open[0] >= fds
-        checks.append(Check(
-            "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
-            str(nr_open[0]), f">= {fds}",
-            "" if ok else "LimitNOFILE= and limits.d values above this are refused",
-            () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),)))
-
-    file_max, file_nr = _ints(sysctl["fs.file-max"]), _ints(sysctl["fs.file-nr"])
-    if file_max is None:
-        checks.append(_unreadable("fs.file-max (open files, whole system)", "fs.file-max"))
-    else:
-        in_use = file_nr[0] if file_nr else 0
-        want = fds + in_use
-        ok = file_max[0] >= want
-        checks.append(Check(
-            "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
-            f">= {want} ({fds} + {in_use} open now)",
-            "bots on the same host need as many again" if ok else
-            "the kernel refuses new sockets system-wide (ENFILE) past this",
-            () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),)))
-
-    storm = min(backlog, clients)
-    somaxconn = _ints(sysctl["net.core.somaxconn"])
-    if somaxconn is None:
-        checks.append(_unreadable("net.core.somaxconn", "net.core.somaxconn"))
-    else:
-        ok = somaxconn[0] >= storm
-        checks.append(Check(
-            "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
-            str(somaxconn[0]), f">= {storm}",
-            "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
-            "overflows the queue and clients wait 1-3 s to retry their SYN",
-            () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),)))
-
-    syn = _ints(sysctl["net.ipv4.tcp_max_syn_backlog"])
-    cookies = _ints(sysctl["net.ipv4.tcp_syncookies"])
-    if syn is None:
-        checks.append(_unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog"))
-    else:
-        ok = syn[0] >= storm
-        on = bool(cookies and cookies[0])
-        checks.append(Check(
-            "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
-            str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
-            "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
-                           if on else "past it, SYNs are dropped and clients retry later"),
-            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),)))
-
-    ports = _ints(sysctl["net.ipv4.ip_local_port_range"])
-    if ports is None or len(ports) != 2:
-        checks.append(_unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range"))
-    else:
-        span = ports[1] - ports[0] + 1
-        ok = span >= clients
-        why = ("one source address can open at most this many connections to one server "
-               "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
-               "port (one upstream connection per client)")
-        if not ok and clients > 65535 - 10000 + 1:
-            why += ("; the widest useful range still gives one address ~55,000 ports: above "
-                    "that use several source addresses (127.0.0.2, ...) or hosts")
-        checks.append(Check(
-            "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
-            f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
-            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),)))
-
-    tcp_mem = _ints(sysctl["net.ipv4.tcp_mem"])
-    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // facts.page_size)
-    if tcp_mem is None or len(tcp_mem) != 3:
-        checks.append(_unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem"))
-    else:
-        low, pressure, high = tcp_mem
-        status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
-        page = facts.page_size
-        checks.append(Check(
-            "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
-            f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
-            f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
-            f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
-            "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
-            "past max, sends fail and connections are dropped",
-            () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
-                                                      f"{max(pressure, 2 * need_pages)} "
-                                                      f"{max(high, 3 * need_pages)}"),)))
-
-    if facts.mem_available_kb is None:
-        checks.append(Check("memory available", WARN, "unreadable", "-",
-                            "could not read MemAvailable from /proc/meminfo"))
-    else:
-        per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
-        need = BASE_BYTES + clients * per_client
-        have = facts.mem_available_kb * 1024
-        ok = have >= need
-        checks.append(Check(
-            "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
-            f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
-            "" if ok else "no setting fixes this: a bigger host, or fewer clients per host"))
-
-    tw = _ints(sysctl["net.ipv4.tcp_max_tw_buckets"])
-    if tw is not None:
-        ok = tw[0] >= clients
-        checks.append(Check(
-            "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
-            str(tw[0]), f">= {clients}",
-            "" if ok else "a shutdown closes every connection from our side; past this the "
-            "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-            () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
-                                            f"{_nice_limit(clients)}"),)))
-
-    conntrack = _ints(sysctl["net.netfilter.nf_conntrack_max"])
-    if conntrack is not None:  # only when connection tracking (a firewall, NAT) is loaded
-        count = _ints(sysctl["net.netfilter.nf_conntrack_count"])
-        in_use = count[0] if count else 0
-        want = clients + in_use
-        ok = conntrack[0] >= want
-        checks.append(Check(
-            "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
-            str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
-            "" if ok else "when the table is full the kernel silently drops new connections "
-            "('nf_conntrack: table full, dropping packet' in dmesg)",
-            () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
-                                            f"{_nice_limit(2 * want)}"),)))
-    return checks
+    One small function per check, in the report's order (``DOCTOR_CHECKS``);
+    each takes the host's facts, the clients wanted and the listen backlog,
+    and returns None where what it looks at does not exist on this host.
+    """
+    found = (check(facts, clients, backlog) for check in DOCTOR_CHECKS)
+    return [c for c in found if c is not None]
 
 
-def _check_nofile(facts: HostFacts, clients: int) -> Check:
+def _check_nofile(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
     name = "open files per process (RLIMIT_NOFILE)"
     fds = clients + FD_RESERVE
     soft, hard = facts.nofile_soft, facts.nofile_hard
@@ -3237,6 +3227,155 @@ def _check_nofile(facts: HostFacts, clients: int) -> Check:
     why += (f", or in a container started with a higher limit (docker run --ulimit "
             f"nofile={limit}:{limit}), using the lines below.")
     return Check(name, BLOCK, current, needed, why, fixes)
+
+
+def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    fds = clients + FD_RESERVE
+    nr_open = _ints(facts.sysctl["fs.nr_open"])
+    if nr_open is None:
+        return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
+    ok = nr_open[0] >= fds
+    return Check(
+        "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
+        str(nr_open[0]), f">= {fds}",
+        "" if ok else "LimitNOFILE= and limits.d values above this are refused",
+        () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),))
+
+
+def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    fds = clients + FD_RESERVE
+    file_max, file_nr = _ints(facts.sysctl["fs.file-max"]), _ints(facts.sysctl["fs.file-nr"])
+    if file_max is None:
+        return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
+    in_use = file_nr[0] if file_nr else 0
+    want = fds + in_use
+    ok = file_max[0] >= want
+    return Check(
+        "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
+        f">= {want} ({fds} + {in_use} open now)",
+        "bots on the same host need as many again" if ok else
+        "the kernel refuses new sockets system-wide (ENFILE) past this",
+        () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),))
+
+
+def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    storm = min(backlog, clients)  # a reconnect storm: everyone at once, up to the backlog
+    somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
+    if somaxconn is None:
+        return _unreadable("net.core.somaxconn", "net.core.somaxconn")
+    ok = somaxconn[0] >= storm
+    return Check(
+        "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
+        str(somaxconn[0]), f">= {storm}",
+        "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+        "overflows the queue and clients wait 1-3 s to retry their SYN",
+        () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),))
+
+
+def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    storm = min(backlog, clients)
+    syn = _ints(facts.sysctl["net.ipv4.tcp_max_syn_backlog"])
+    cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
+    if syn is None:
+        return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
+    ok = syn[0] >= storm
+    on = bool(cookies and cookies[0])
+    return Check(
+        "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
+        str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
+        "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
+                       if on else "past it, SYNs are dropped and clients retry later"),
+        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),))
+
+
+def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    ports = _ints(facts.sysctl["net.ipv4.ip_local_port_range"])
+    if ports is None or len(ports) != 2:
+        return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
+    span = ports[1] - ports[0] + 1
+    ok = span >= clients
+    why = ("one source address can open at most this many connections to one server "
+           "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
+           "port (one upstream connection per client)")
+    if not ok and clients > 65535 - 10000 + 1:
+        why += ("; the widest useful range still gives one address ~55,000 ports: above "
+                "that use several source addresses (127.0.0.2, ...) or hosts")
+    return Check(
+        "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
+        f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
+        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),))
+
+
+def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    tcp_mem = _ints(facts.sysctl["net.ipv4.tcp_mem"])
+    page = facts.page_size
+    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // page)
+    if tcp_mem is None or len(tcp_mem) != 3:
+        return _unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem")
+    low, pressure, high = tcp_mem
+    status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
+    return Check(
+        "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
+        f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
+        f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
+        f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
+        "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
+        "past max, sends fail and connections are dropped",
+        () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
+                                                  f"{max(pressure, 2 * need_pages)} "
+                                                  f"{max(high, 3 * need_pages)}"),))
+
+
+def _check_memory(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    if facts.mem_available_kb is None:
+        return Check("memory available", WARN, "unreadable", "-",
+                     "could not read MemAvailable from /proc/meminfo")
+    per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
+    need = BASE_BYTES + clients * per_client
+    have = facts.mem_available_kb * 1024
+    ok = have >= need
+    return Check(
+        "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
+        f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
+        "" if ok else "no setting fixes this: a bigger host, or fewer clients per host")
+
+
+def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
+    if tw is None:
+        return None
+    ok = tw[0] >= clients
+    return Check(
+        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
+        str(tw[0]), f">= {clients}",
+        "" if ok else "a shutdown closes every connection from our side; past this the "
+        "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
+        () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
+                                        f"{_nice_limit(clients)}"),))
+
+
+def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    conntrack = _ints(facts.sysctl["net.netfilter.nf_conntrack_max"])
+    if conntrack is None:  # only there when connection tracking (a firewall, NAT) is loaded
+        return None
+    count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
+    in_use = count[0] if count else 0
+    want = clients + in_use
+    ok = conntrack[0] >= want
+    return Check(
+        "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
+        str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
+        "" if ok else "when the table is full the kernel silently drops new connections "
+        "('nf_conntrack: table full, dropping packet' in dmesg)",
+        () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
+                                        f"{_nice_limit(2 * want)}"),))
+
+
+# The checks, in the order doctor reports them.
+DOCTOR_CHECKS: Tuple[Callable[[HostFacts, int, int], Optional[Check]], ...] = (
+    _check_nofile, _check_nr_open, _check_file_max, _check_somaxconn, _check_syn_backlog,
+    _check_port_range, _check_tcp_mem, _check_memory, _check_tw_buckets, _check_conntrack,
+)
 
 
 def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
@@ -3388,6 +3527,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="binary protocol only: no HTTP, no WebSocket")
     sp.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="an HTTP request or WebSocket upgrade must finish within this")
+    sp.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                    help="serve /healthz, /metrics and /stats on this port too, answered "
+                         "whatever the game port's state, even when full (default: none; "
+                         "0: any free port)")
+    sp.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
+                    help="the admin port's address (default 127.0.0.1: this host only)")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -3467,11 +3612,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--max-clients must be at least 1")
     if args.handshake_timeout <= 0:
         parser.error("--handshake-timeout must be positive")
+    if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
+        parser.error("--admin-port must be 0..65535")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
                                stats_out=args.stats_out, web=not args.no_web,
                                web_root=args.web_root or None,
-                               handshake_timeout=args.handshake_timeout), limiter)
+                               handshake_timeout=args.handshake_timeout,
+                               admin_port=args.admin_port, admin_host=args.admin_host), limiter)
 
 
 def _serve_as_module(argv: List[str]) -> None:

@@ -13,6 +13,8 @@ modules above it):
 - :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames.
 - :mod:`netcore.http`: ``RequestParser``, sans-IO HTTP/1.1 request heads.
 - :mod:`netcore.websocket`: ``WebSocketParser``, RFC 6455 handshake and frames.
+- :mod:`netcore.resp`: ``RespParser`` and ``encode_command``, sans-IO RESP2
+  (the Redis protocol), error replies as values.
 - :mod:`netcore.proxyproto`: ``ProxyHeaderReader``, the PROXY protocol v1/v2
   (the client behind a trusted proxy).
 - :mod:`netcore.addrlimit`: ``AddressLimits``, connections and pending
@@ -33,6 +35,10 @@ modules above it):
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
 - :mod:`netcore.process`: process plumbing: open-files limit, ``malloc_trim``,
   the two-signal shutdown.
+- :mod:`netcore.stream`: ``dial``, the byte-stream seam a client protocol
+  (Redis) rides on: connected, data, closed.
+- :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
+  commands, pipelining and pub/sub with AUTH and reconnects on the loop.
 - :mod:`netcore.testing`: helpers for tests (run a loop until a condition,
   a bound listening socket); never needed at run time.
 """
@@ -51,6 +57,18 @@ from .framing import (
     encode_frame,
 )
 from .loop import EventLoop, Readiness, Timer
+from .redis import (
+    CommandError,
+    ConnectionLost,
+    HandshakeError,
+    NotConnected,
+    Pending,
+    Redis,
+    RedisAddress,
+    RedisError,
+    RedisSubscriber,
+)
+from .resp import ReplyError, RespParser, RespProtocolError, encode_command
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
 from .server import ServerConfig, TCPServer, bind_listeners
@@ -74,17 +92,29 @@ __all__ = [
     "CloseReason",
     "Codec",
     "CodecFactory",
+    "CommandError",
     "Connection",
+    "ConnectionLost",
     "EventLoop",
     "FrameError",
     "FrameParser",
     "Handler",
+    "HandshakeError",
     "Histogram",
     "NetStats",
+    "NotConnected",
     "OversizeFrame",
     "Owner",
+    "Pending",
     "ProtocolError",
     "Readiness",
+    "Redis",
+    "RedisAddress",
+    "RedisError",
+    "RedisSubscriber",
+    "ReplyError",
+    "RespParser",
+    "RespProtocolError",
     "RingBuffer",
     "ServerConfig",
     "SplitFrame",
@@ -102,6 +132,7 @@ __all__ = [
     "ZeroLengthFrame",
     "bind_listeners",
     "close_code_for",
+    "encode_command",
     "encode_frame",
     "percentile",
     "websocket_client",

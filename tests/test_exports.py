@@ -19,8 +19,13 @@ PUBLIC = {
     "OversizeFrame", "Owner", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
     "SplitFrame", "TCPClient", "TCPServer", "Text", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
+    # Redis (RESP codec and connections)
+    "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",
+    "RedisAddress", "RedisError", "RedisSubscriber", "ReplyError", "RespParser",
+    "RespProtocolError",
     # functions
-    "bind_listeners", "close_code_for", "encode_frame", "percentile", "websocket_client",
+    "bind_listeners", "close_code_for", "encode_command", "encode_frame", "percentile",
+    "websocket_client",
 }
 
 HANDLER_CALLBACKS = {
