@@ -35,8 +35,6 @@ modules above it):
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
 - :mod:`netcore.process`: process plumbing: open-files limit, ``malloc_trim``,
   the two-signal shutdown.
-- :mod:`netcore.stream`: ``dial``, the byte-stream seam a client protocol
-  (Redis) rides on: connected, data, closed.
 - :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
   commands, pipelining and pub/sub with AUTH and reconnects on the loop.
 - :mod:`netcore.testing`: helpers for tests (run a loop until a condition,
