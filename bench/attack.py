@@ -57,7 +57,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from hostilekit import (  # noqa: E402
-    GAME, Crowd, HostileServer, Resources, connect, loopback_source, open_fds, rss_bytes,
+    GAME, Crowd, HostileServer, Resources, connect, http_get, open_fds, rss_bytes,
 )
 from procstat import machine  # noqa: E402
 from report import fmt_table  # noqa: E402
@@ -488,17 +488,7 @@ class Target:
 
     def get(self, path: str) -> bytes:
         """The body of ``GET path`` from the admin port if any, else the game port."""
-        with socket.create_connection((self.host, self.admin_port or self.port),
-                                      timeout=3) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                      .encode())
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return data.partition(b"\r\n\r\n")[2]
+        return http_get(self.host, self.admin_port or self.port, path, timeout=3)[2]
 
     def tick_figures(self) -> Dict[str, Any]:
         """The server's tick counters from /stats.json (empty if it won't say)."""
