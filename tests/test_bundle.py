@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 import spelltraction as st
 from netcore import FrameParser
-from serverproc import GAME, ROOT, free_port
+from serverproc import GAME, ROOT, Spawned
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +53,11 @@ def test_bundle_holds_the_game_netcore_and_web(pyz):
 
 
 def test_the_bundle_alone_serves_a_game_tick(alone):
-    port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", str(port),
-         "--tick-ms", "50"],
-        cwd=alone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert f"listening on 127.0.0.1:{port}" in line, (line, proc.stderr.read())
+    argv = [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", "0",
+            "--tick-ms", "50"]
+    with Spawned(argv, cwd=alone, env=env) as server:
+        port = server.port
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         inbox = Inbox(sock)
         sock.sendall(st.frame(st.Hello()))
@@ -91,14 +85,7 @@ def test_the_bundle_alone_serves_a_game_tick(alone):
                 assert page.read() == open(os.path.join(ROOT, "web", asset), "rb").read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
             assert b"spelltraction_players" in page.read()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        assert server.stop() == 0
 
 
 class Inbox:
