@@ -244,13 +244,21 @@ def test_pubsub_channels_and_patterns(loop, server):
     assert events.ready == 1 and events.errors == []
 
 
-def test_subscribing_while_the_resubscription_is_under_way(loop, server):
+def pub_and_sub(loop, server, *channels, wait=True):
+    """A command link and a subscriber to ``channels`` (ready unless ``wait`` is false)."""
     address = RedisAddress.from_url(server.url)
     pub, _ = connect(loop, address)
     events = Events()
     sub = subscriber(loop, address, events)
-    sub.subscribe("first")
+    sub.subscribe(*channels)
     sub.start()
+    if wait:
+        run_until(loop, lambda: sub.ready)
+    return pub, sub, events
+
+
+def test_subscribing_while_the_resubscription_is_under_way(loop, server):
+    pub, sub, events = pub_and_sub(loop, server, "first", wait=False)
     run_until(loop, lambda: b"c:first" in sub.active or sub._subscribing)
     sub.subscribe("second")  # SUBSCRIBE first is on its way: this one must follow it
     run_until(loop, lambda: sub.ready and b"c:second" in sub.active)
@@ -259,13 +267,7 @@ def test_subscribing_while_the_resubscription_is_under_way(loop, server):
 
 
 def test_many_messages_in_order(loop, server):
-    address = RedisAddress.from_url(server.url)
-    pub, _ = connect(loop, address)
-    events = Events()
-    sub = subscriber(loop, address, events)
-    sub.subscribe("bus")
-    sub.start()
-    run_until(loop, lambda: sub.ready)
+    pub, sub, events = pub_and_sub(loop, server, "bus")
     pub.pipeline([("PUBLISH", "bus", b"%d" % i) for i in range(2000)])
     run_until(loop, lambda: len(events.messages) == 2000)
     assert [int(m[1]) for m in events.messages] == list(range(2000))
