@@ -77,7 +77,7 @@ class ServerConfig:
         "high_water", "low_water", "accept_batch", "close_linger", "nodelay", "full_message",
         "sndbuf", "send_backlog_limit", "send_backlog_grace", "max_per_address",
         "max_pending_per_address", "max_pending", "exempt", "trusted_proxies",
-        "limit_message",
+        "limit_message", "read_budget",
     )
 
     def __init__(
@@ -116,6 +116,10 @@ class ServerConfig:
         # What a peer refused by a per-address limit gets: limit_message(limit
         # name, client address); None: full_message.
         limit_message: Optional[Callable[[str, str], bytes]] = None,
+        # Bytes read from one connection per wake-up (the shared read
+        # buffer's size): what one flooding peer can make the loop parse
+        # before others, and a due tick, get their turn.
+        read_budget: int = RECV_BUFFER_SIZE,
     ) -> None:
         if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
@@ -142,6 +146,9 @@ class ServerConfig:
         self.exempt = parse_networks(exempt)  # ValueError for a bad CIDR
         self.trusted_proxies = parse_networks(trusted_proxies)
         self.limit_message = limit_message
+        if read_budget < 1:
+            raise ValueError("read_budget must be positive")
+        self.read_budget = read_budget
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -234,7 +241,7 @@ class TCPServer:
         self.connections: Dict[int, Connection] = {}
         self.listeners: List[Listener] = []
         self.accepting = False
-        self.recv_view = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self.recv_view = memoryview(bytearray(self.config.read_budget))
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
