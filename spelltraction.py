@@ -81,6 +81,26 @@ from typing import (
     Union, cast,
 )
 
+# Where this file is: web/ (and, in a source tree, netcore/) sit beside it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+try:
+    import netcore  # noqa: F401  (the import below names what the game uses)
+except ImportError as exc:  # this file copied alone, without the package beside it
+    if exc.name != "netcore":
+        raise
+    _ALONE = (
+        f"spelltraction.py needs the netcore/ package beside it, and {_HERE} has none.\n"
+        "Either copy netcore/ (and web/, for the browser client) from the source tree\n"
+        "beside spelltraction.py, or build the one-file bundle where the source tree is:\n"
+        "    python3 spelltraction.py bundle\n"
+        "and copy dist/spelltraction.pyz instead (run it: python3 spelltraction.pyz).\n"
+    )
+    if __name__ == "__main__":
+        sys.stderr.write(_ALONE)
+        sys.exit(2)
+    raise ImportError(_ALONE, name="netcore") from None
+
 from netcore import (
     HTTP,
     WEBSOCKET,
@@ -146,9 +166,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("spelltraction")
-
-# Where this file is: web/ (and, in a source tree, netcore/) sit beside it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # =============================================================================
