@@ -55,6 +55,8 @@ class ZeroLengthFrame(FrameError):
 class OversizeFrame(FrameError):
     """A frame declared a length over the parser's ``max_frame``."""
 
+    limit_name = "frame-size"
+
     def __init__(self, length: int, limit: int, offset: int) -> None:
         super().__init__(
             f"frame length {length} exceeds limit {limit} at stream offset {offset}"

@@ -595,6 +595,8 @@ class TCPServer:
     # -- called by connections (the Owner protocol) --------------------------
 
     def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        if exc.limit_name:
+            self.stats.limit(exc.limit_name)
         log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
         self.handler.on_bad_input(conn, exc)
         if conn.is_open:  # the handler neither closed it nor began to
