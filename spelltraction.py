@@ -96,6 +96,10 @@ except ImportError as exc:  # this file copied alone, without the package beside
         "    python3 spelltraction.py bundle\n"
         "and copy dist/spelltraction.pyz instead (run it: python3 spelltraction.pyz).\n"
     )
+    if os.path.isdir(os.path.join(_HERE, "netcore")):  # python -P or -I (3.11+)
+        _ALONE = (f"netcore/ is beside spelltraction.py in {_HERE}, but not on the import\n"
+                  "path: -P and -I (Python 3.11+) leave the script's directory out. Run\n"
+                  "it without them, or install it (pip install .), or use the .pyz bundle.\n")
     if __name__ == "__main__":
         sys.stderr.write(_ALONE)
         sys.exit(2)
@@ -1415,6 +1419,10 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     # Before saying "listening": a SIGTERM right after must find the handlers.
     ServerSignals(loop, server).install()
     release_freed_memory()
+    # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
+    # no player yet: taken before the start-up heap was released it read
+    # higher than later figures, a leak in reverse.
+    server.start_rss_kb = rss_kb()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
     if opts.web and addresses:
