@@ -32,6 +32,7 @@ from .loop import EventLoop, Readiness, Timer
 from .proxyproto import ProxyHeader, ProxyHeaderReader
 from .ringbuffer import BytesLike
 from .stats import NetStats
+from .websocket import CloseCode
 
 __all__ = ["CodecFactory", "Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
@@ -238,6 +239,8 @@ class TCPServer:
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
+        self._on_drained: Optional[Callable[[], None]] = None  # while shutting down
+        self._drain_timer: Optional[Timer] = None
         cfg = self.config
         self.address_limits = AddressLimits(cfg.max_per_address, cfg.max_pending_per_address,
                                             cfg.max_pending, cfg.exempt)
@@ -288,6 +291,35 @@ class TCPServer:
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
+
+    def shutdown(self, grace: float = 2.0, last_words: bytes = b"",
+                 code: int = CloseCode.GOING_AWAY, text: str = "server shutting down",
+                 on_done: Optional[Callable[[], None]] = None) -> None:
+        """Drain: stop accepting, say goodbye to everyone, close within ``grace`` s.
+
+        Every connection gets :meth:`Connection.goodbye` (``last_words``, a
+        stream of already-framed messages, then over WebSocket a Close frame
+        with ``code``, 1001 going away by default; an HTTP response under
+        way is just finished) and closes once that is sent. Whoever has not
+        read it after ``grace`` seconds is closed anyway. ``on_done()`` runs
+        once, from the loop, when the last connection has closed (at once if
+        there are none): stop the loop there.
+        """
+        self.stop_accepting()
+        self._on_drained = on_done if on_done is not None else (lambda: None)
+        for conn in list(self.connections.values()):
+            conn.goodbye(code, text, last_words, CloseReason.SHUTDOWN)
+        self._drain_timer = self.loop.call_later(grace, lambda: self.close(CloseReason.SHUTDOWN))
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        done = self._on_drained
+        if done is not None and not self.connections:
+            self._on_drained = None
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            self.loop.call_soon(done)
 
     def close(self, reason: str = CloseReason.SERVER_CLOSE) -> None:
         """Stop accepting and close every connection now."""
@@ -614,6 +646,8 @@ class TCPServer:
         else:
             log.debug("fd=%d closed: %s", conn.fd, reason)
         self.handler.on_close(conn, reason)
+        if self._on_drained is not None:
+            self._check_drained()
 
 
 class _ProxyHeaderCodec(SilentCodec):

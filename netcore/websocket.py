@@ -144,7 +144,7 @@ def accept_key(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def handshake_response(request: Request) -> bytes:
+def handshake_response(request: Request, headers: Sequence[Tuple[str, str]] = ()) -> bytes:
     """The 101 response accepting ``request`` as a WebSocket opening handshake.
 
     Raises :class:`HttpError` (400, or 426 with the version we speak) when
@@ -174,6 +174,7 @@ def handshake_response(request: Request) -> bytes:
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
             ("Sec-WebSocket-Accept", accept_key(key)),
+            *headers,  # e.g. the chosen Sec-WebSocket-Protocol
         ],
     )
 
