@@ -168,7 +168,7 @@ def cpu_seconds(pid):
 @pytest.mark.slow  # a subprocess server for 6 s
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc to read CPU time")
 def test_emfile_refuses_newcomers_without_spinning(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen(
         [sys.executable, "-c", EMFILE_SERVER, root, "6"],
         stdout=subprocess.PIPE, text=True,
