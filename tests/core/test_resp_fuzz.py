@@ -1,5 +1,6 @@
 """netcore.resp fuzzed with hypothesis: any reply tree under any chunking, any bytes."""
 
+import pytest
 from conftest import require_module
 
 from netcore.resp import ReplyError, RespParser, RespProtocolError, encode_command, encode_reply
@@ -7,6 +8,8 @@ from netcore.resp import ReplyError, RespParser, RespProtocolError, encode_comma
 hypothesis = require_module("hypothesis")
 st = require_module("hypothesis.strategies")
 given, settings = hypothesis.given, hypothesis.settings
+
+pytestmark = pytest.mark.slow  # hundreds of examples each: seconds of CPU
 
 
 def feed_chunks(parser, data, cuts):
