@@ -38,9 +38,20 @@ class Harness:
             c.stats = c.expect(st.Stats)
         return c
 
+    def client_v2(self, token=b"", name=b"", shape=st.ANY_SHAPE, colour=st.ANY_COLOUR):
+        """A protocol-2 player: WELCOME (with its token), YOU, STATS and FAME."""
+        c = Client(socket.create_connection(("127.0.0.1", self.port)), self)
+        c.send(st.Hello(st.PROTOCOL_V2, shape, colour, token, name))
+        c.welcome = c.expect(st.Welcome)
+        c.you = c.expect(st.You)
+        c.stats = c.expect(st.Stats)
+        c.fame = c.expect(st.Fame)
+        return c
+
     def close(self):
         self.server.net.close()
         self.loop.close()
+        self.server.close_store()
 
 
 class Client:

@@ -20,6 +20,8 @@ def free_port() -> int:
 class ServerProcess:
     def __init__(self, *args: str, port: Optional[int] = None) -> None:
         self.port = port or free_port()
+        if "--data" not in args:
+            args = ("--no-data", *args)  # never the user's own data directory
         self.proc = subprocess.Popen(
             [sys.executable, GAME, "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
