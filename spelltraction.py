@@ -26,8 +26,8 @@ Server: the game on netcore. One shared send per tick for everyone.
     -> GameServer (on_message, on_tick), ServerOptions
   Server: tick encoding, shared by every server of this game (bench/peers too).
     -> step_and_encode, you_frame, describe_unexpected
-  Server: process and signals. Limits, memory, SIGTERM, serve().
-    -> serve, ShutdownSignals
+  Server: process and signals. Limits, memory, signals, serve().
+    -> serve, ServerSignals
 Bots: the load test. N players over as many processes as the fd limit needs.
   Bots: one worker process. A poller and flat arrays, no object per bot.
     -> BotWorker
@@ -77,9 +77,10 @@ import sys
 import time
 from array import array
 from collections import OrderedDict
+from enum import Enum, IntEnum
 from typing import (
     IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
-    Union,
+    Union, cast,
 )
 
 from netcore import (
@@ -94,6 +95,8 @@ from netcore import (
     ServerConfig,
     TCPServer,
     Tick,
+    TickScheduler,
+    Timer,
     WebConfig,
     WebFront,
     WebSocketCodec,
@@ -102,6 +105,7 @@ from netcore import (
 )
 from netcore import websocket as ws
 from netcore.stats import Window
+from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -131,13 +135,13 @@ __all__ = [
     "Game", "Player", "StepResult", "ScorePlan",
     # Server
     "Store", "StoreError", "backup_store", "default_data_dir", "new_resume_token", "token_hash",
-    "GameServer", "ServerOptions", "read_asset", "step_and_encode", "you_frame",
-    "describe_unexpected", "serve", "ShutdownSignals", "rss_kb", "release_freed_memory",
+    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "step_and_encode", "you_frame",
+    "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit",
     # Bots
     "BotOptions", "BotWorker", "bot_procs", "run_bots",
     # Clients
-    "ClientBrain", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
     "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
@@ -192,7 +196,9 @@ WELCOME, TICK, SCORED, YOU, STATS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0x8F
 FAME = 0x86  # v2 only
 
 
-class ErrorCode:
+class ErrorCode(IntEnum):
+    """The code in an ERROR message (docs/PROTOCOL.md); an int on the wire."""
+
     VERSION = 1
     BAD_MESSAGE = 2
     SERVER_FULL = 3
@@ -205,16 +211,16 @@ class ErrorCode:
 
     @classmethod
     def name_of(cls, code: int) -> str:
-        """``FLOOD`` -> ``"flood"``: the label metrics use."""
-        for name, value in vars(cls).items():
-            if value == code and name.isupper():
-                return name.lower().replace("_", "-")
-        return str(code)
+        """``FLOOD`` (or 5) -> ``"flood"``: the label metrics use; unknown: the number."""
+        try:
+            return cls(code).name.lower().replace("_", "-")
+        except ValueError:
+            return str(int(code))
 
 
 # The WebSocket close code that follows each ERROR (BAD_FRAME takes the
 # code of the framing error itself: 1002, 1007, 1009...).
-WS_CLOSE_CODES = {
+WS_CLOSE_CODES: Dict[int, int] = {
     ErrorCode.VERSION: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.BAD_MESSAGE: ws.CloseCode.PROTOCOL_ERROR,
     ErrorCode.SERVER_FULL: ws.CloseCode.TRY_AGAIN_LATER,
@@ -598,7 +604,9 @@ class Player:
         self.moves = 0  # MOVEs received in token_tick, taken or not (flood check)
         self.dirty = False  # YOU must be sent at the next tick
         self.moved = False  # listed among this tick's movers already
-        self.conn: Any = None  # the server's connection, if any
+        # The server's connection while the player plays. (The asyncio peer in
+        # bench/ keeps its own protocol object here: Rules never look at it.)
+        self.conn: Optional[Connection] = None
         self.name = ""  # v2: the name the player chose, or ""
         self.resume_hash = b""  # v2: SHA-256 of the player's resume token (not move tokens)
 
@@ -761,6 +769,15 @@ class Game:
             self._dirty.append(player)
 
     # -- the tick -----------------------------------------------------------
+
+    def skip(self, ticks: int) -> None:
+        """The clock ran ``ticks`` ticks that the game never stepped (a stall).
+
+        The tick count moves on by as many, so the next TICK's number shows
+        the gap (docs/PROTOCOL.md: a gap means skipped ticks); nothing else
+        happened in them: the attractor held no longer, nobody scored.
+        """
+        self.tick += ticks
 
     def step(self) -> StepResult:
         self.tick += 1
@@ -1373,6 +1390,10 @@ class ServerOptions(NamedTuple):
     grace: float = DEFAULT_GRACE_S  # seconds a dropped v2 player's seat is kept
     prune_days: float = DEFAULT_PRUNE_DAYS  # delete rows of players unseen this long
     sync: str = "normal"  # the store's PRAGMA synchronous: normal or full
+    # The admin listener: /healthz, /metrics, /stats(.json) over HTTP on their
+    # own port, answered whatever the game port's state (full, flooded).
+    admin_port: Optional[int] = None  # None: no admin listener; 0: any free port
+    admin_host: str = "127.0.0.1"  # loopback: for probes and scrapers on this host
 
 
 # Sent with the browser client's files: it loads nothing from elsewhere.
@@ -1384,8 +1405,28 @@ WEB_HEADERS = (
 )
 
 
+ADMIN_MAX_CONNECTIONS = 64  # the admin port's own limit, apart from the players'
+
+
+class AdminHandler(Handler):
+    """The admin port speaks HTTP only: a connection that starts otherwise is closed."""
+
+    def on_protocol(self, conn: Connection, protocol: str) -> None:
+        if protocol != HTTP:
+            conn.close("not-http", "the admin port speaks HTTP only")
+
+
 class GameServer(Handler):
-    """SpellTraction on a netcore :class:`TCPServer`."""
+    """SpellTraction on a netcore :class:`TCPServer`.
+
+    A connection's life: connect -> pending (``on_connect``; HELLO due within
+    ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
+    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    On the same port the first bytes may say HTTP instead (``on_protocol``:
+    out of pending, the web front answers its requests) or a WebSocket upgrade
+    (pending again from the upgrade, then HELLO as over TCP). Whatever a
+    client gets wrong ends in ``reject``: an ERROR frame, then close.
+    """
 
     def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None) -> None:
         self.loop = loop
@@ -1445,28 +1486,68 @@ class GameServer(Handler):
             ),
             codec_factory=self.web,  # None: plain frames, no HTTP
         )
+        self.admin: Optional[TCPServer] = None
+        if opts.admin_port is not None:
+            self.admin = self._admin_server()
         self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet
         # Players who came over WebSocket: the tick sends them the same bytes
         # behind one WebSocket header, built once. TCP players are the rest.
         self.ws_players: Dict[Connection, None] = {}
         self.started = time.time()
         self.start_rss_kb = rss_kb()
-        self.ticker: Any = None
+        self.ticker: Optional[TickScheduler] = None  # set by start()
         self.stats_frame = b""
         self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
         self.errors_sent: Dict[int, int] = {}
         self.shutting_down = False
         self.churn = ChurnReporter(self.net.stats, log)
         self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each churn report
-        self._report_timer: Any = None
+        self._report_timer: Optional[Timer] = None
 
     # -- lifecycle ----------------------------------------------------------
 
+    def _admin_server(self) -> TCPServer:
+        """The admin listener: a small HTTP-only server of its own on the same loop.
+
+        Its connections don't count against ``max_clients`` and players'
+        connections don't count against its own limit, so ``/healthz``
+        answers (and says so) when the game port is full.
+        """
+        opts = self.options
+        routes = dict(self.ops_routes())
+        routes["/healthz"] = lambda: ("text/plain; charset=utf-8", self.health_text().encode())
+        front = WebFront(WebConfig(routes=routes, ws_path=None, health_path=None,
+                                   handshake_timeout=opts.handshake_timeout))
+        busy = http_response(503, [("Content-Type", "text/plain; charset=utf-8")],
+                             b"admin port busy: try again\n", close=True)
+        return TCPServer(self.loop, AdminHandler(), ServerConfig(
+            hosts=[opts.admin_host], port=opts.admin_port or 0, backlog=64,
+            max_connections=ADMIN_MAX_CONNECTIONS, full_message=busy,
+        ), codec_factory=front)
+
+    def health_text(self) -> str:
+        """``/healthz`` on the admin port: alive, and how full (200 either way)."""
+        used, limit = self.net.stats.connections, self.net.config.max_connections
+        state = "full: new players are refused" if used >= limit else "accepting players"
+        if self.shutting_down:
+            state = "shutting down"
+        return f"ok: {state}; {len(self.game.players)} players, {used} of {limit} connections\n"
+
     def start(self) -> List[Tuple[str, int]]:
+        """Listen (the game port, and the admin port if any) and start ticking."""
         addresses = self.net.listen()
+        if self.admin is not None:
+            self.admin.listen()
         self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
         self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
+
+    def close(self) -> None:
+        """Close every listener and connection, game and admin, at once."""
+        self.net.close(CloseReason.SHUTDOWN)
+        if self.admin is not None:
+            self.admin.close(CloseReason.SHUTDOWN)
+        self.close_store()
 
     def close_store(self) -> None:
         """Write what is staged and let the data directory go (at exit)."""
@@ -1505,7 +1586,7 @@ class GameServer(Handler):
 
         def wait_for_flush() -> None:
             if not self.net.connections or self.loop.time() >= deadline:
-                self.net.close(CloseReason.SHUTDOWN)
+                self.close()
                 self.loop.stop()
             else:
                 self.loop.call_later(0.02, wait_for_flush)
@@ -1705,6 +1786,11 @@ class GameServer(Handler):
 
     def on_tick(self, tick: Tick) -> None:
         game = self.game
+        if tick.skipped:  # the loop stalled for 8+ periods: the numbers jump
+            log.warning("the tick fell %.1f s behind: skipped %d ticks (TICK numbers jump by "
+                        "as many)", tick.skipped * self.options.tick_ms / 1000 + tick.lateness,
+                        tick.skipped)
+            game.skip(tick.skipped)
         store = self.store
         if store is not None:
             self._store_before_step(store)
@@ -1720,8 +1806,10 @@ class GameServer(Handler):
                 shared = data + news if v2 is not None and conn in v2 else data
                 private[conn] = conn.codec.wrap(shared + you_frame(p))
         # Lists, not views of game.players: a failed send closes its
-        # connection, and the player leaves, during the broadcast.
-        everyone = [p.conn for p in game.players.values()]
+        # connection, and the player leaves, during the broadcast. No None in
+        # them: a player is in the game exactly while it has its connection
+        # (join() sets it, on_close() takes the player out before clearing it).
+        everyone = cast("List[Connection]", [p.conn for p in game.players.values()])
         if v2:  # version-2 players also get this tick's FAME; version 1 never does
             self._broadcast(data, nframes, [c for c in everyone if c not in v2], private)
             self._broadcast(data + news, nframes + 1, [c for c in everyone if c in v2], private)
@@ -1745,8 +1833,8 @@ class GameServer(Handler):
                 (web if conn in ws_players else tcp).append(conn)
             # The same bytes for everyone; WebSocket players get them behind
             # one header, built once and shared like the data itself.
-            self.net.broadcast(ws.frame_header(len(data)) + data, web, nframes, private,
-                               nframes + 1)
+            self.net.broadcast(ws.frame_header(len(data)) + data, web,
+                               nframes, private, nframes + 1)
         else:
             tcp = conns
         self.net.broadcast(data, tcp, nframes, private, nframes + 1)
@@ -1865,14 +1953,14 @@ class GameServer(Handler):
                      "letters_scored": self.game.letters_scored,
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
             "resumes": self.resumes,
             "takeovers": self.takeovers,
             "store": self._store_stats(),
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
-            "rss_kb": rss_kb(),
-            "start_rss_kb": self.start_rss_kb,
+            "rss_bytes": rss_bytes(),
+            "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
         }
@@ -1942,19 +2030,10 @@ class GameServer(Handler):
         """
         net = self.net.stats
         proc = process_stats(count_fds=False)  # polled every second: skip the fd listdir
-        tick: Dict[str, Any] = {}
-        if self.ticker is not None:
-            t = self.ticker
-            tick = {
-                "period_s": t.period, "fired": t.fired, "late": t.late, "skipped": t.skipped,
-                "duration_sum_s": t.duration_hist.sum, "duration_count": t.duration_hist.count,
-                "duration_p99_s": t.recent_duration.percentile(99),
-                "lateness_p99_s": t.recent_lateness.percentile(99),
-                "lateness_max_s": t.max_lateness,
-            }
+        tick = self.ticker.snapshot() if self.ticker is not None else {}
         return {
             "version": __version__,
-            "time": time.time(),
+            "time_s": time.time(),
             "uptime_s": time.time() - self.started,
             "connections": net.connections,
             "max_clients": self.net.config.max_connections,
@@ -1973,7 +2052,7 @@ class GameServer(Handler):
             "resumes": self.resumes,
             "store": self._store_stats(),
             "rss_bytes": proc.rss_bytes,
-            "cpu_seconds": proc.cpu_seconds,
+            "cpu_s": proc.cpu_seconds,
             "tick": tick,
         }
 
@@ -1986,6 +2065,24 @@ class GameServer(Handler):
                 "commit_p50_s": store.commit_times.percentile(50),
                 "commit_p99_s": store.commit_times.percentile(99),
                 "rows_written": store.rows_written, "last_error": store.last_error}
+
+    def status(self) -> str:
+        """One line for the log (SIGUSR1): who is here, how the tick keeps up, memory."""
+        net = self.net.stats
+        proc = process_stats()
+        text = (f"{len(self.game.players)} players, {net.connections} connections of "
+                f"{self.net.config.max_connections}, {len(self.pending)} before HELLO, "
+                f"{len(self.ws_players)} over WebSocket; {net.accepted} accepted, "
+                f"{net.closed} closed since start")
+        if self.ticker is not None:
+            t = self.ticker
+            text += (f"; tick {self.game.tick}: {t.fired} fired, {t.late} late, {t.skipped} "
+                     f"skipped, lateness p99 {t.recent_lateness.percentile(99) * 1000:.1f} ms")
+        text += (f"; RSS {proc.rss_bytes / 1e6:.1f} MB, {proc.open_fds} fds, "
+                 f"queued out {net.queued_out_bytes} B, {net.slow_consumers} slow consumers cut")
+        if self.shutting_down:
+            text += "; shutting down"
+        return text
 
     def stats_json(self) -> bytes:
         return json.dumps(self.stats_snapshot(), separators=(",", ":")).encode()
@@ -2078,7 +2175,7 @@ def describe_unexpected(payload: bytes, when: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# Server: process and signals. Limits, memory, SIGTERM, serve().
+# Server: process and signals. Limits, memory, signals, serve().
 # -----------------------------------------------------------------------------
 
 
@@ -2121,18 +2218,30 @@ def raise_nofile_limit() -> Tuple[int, int]:
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 
 
-class ShutdownSignals:
-    """SIGTERM/SIGINT: the first shuts down gracefully, a second one kills at once.
+class ServerSignals:
+    """What each signal an operator or systemd may send does. None kills without the drain.
 
-    The first is handled from the loop (``GameServer.shutdown``: stop
-    accepting, goodbye frame to everyone, flush for up to ``shutdown_grace``
-    seconds, exit 0). It also swaps the Python-level handler for one that
-    restores the default action and re-sends the signal, so a second signal
-    ends the process by that signal (status 128+N in a shell, as if there
-    were no handler) even if the loop is busy, without waiting for flushes.
+    - SIGTERM, SIGINT, SIGQUIT: drain (``GameServer.shutdown``: stop accepting,
+      ERROR(SHUTDOWN) to everyone, flush for up to ``shutdown_grace`` seconds,
+      exit 0). The first also swaps the Python-level handlers for one that
+      restores the default action and re-sends the signal, so a second one
+      ends the process by that signal (status 128+N in a shell) even if the
+      loop is busy, without waiting for flushes.
+    - SIGHUP (``systemctl reload``, a closed terminal): logged and ignored.
+      There is nothing to reload: logs go to stderr (the journal), and the
+      web files are re-read when they change.
+    - SIGUSR1: one log line with the server's status (:meth:`GameServer.status`).
+    - SIGUSR2: logged and ignored (reserved).
+
+    SIGKILL cannot be caught (systemd sends it only after TimeoutStopSec);
+    SIGSTOP/SIGCONT pause and resume, and ticks missed meanwhile show as a
+    gap in TICK numbers.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)  # these drain
+    IGNORED = {signal.SIGHUP: "nothing to reload (logs go to stderr; web files are re-read "
+                              "when they change): still serving",
+               signal.SIGUSR2: "not used: ignored"}
 
     def __init__(self, loop: EventLoop, server: GameServer) -> None:
         self.loop = loop
@@ -2141,6 +2250,9 @@ class ShutdownSignals:
     def install(self) -> None:
         for sig in self.SIGNALS:
             self.loop.add_signal_handler(sig, self.on_signal)
+        for sig in self.IGNORED:
+            self.loop.add_signal_handler(sig, self.on_ignored)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.on_status)
 
     def on_signal(self, signum: int) -> None:
         if self.server.shutting_down:  # both arrived before the loop read either
@@ -2151,6 +2263,12 @@ class ShutdownSignals:
         for sig in self.SIGNALS:
             signal.signal(sig, _die_by_signal)
         self.server.shutdown()
+
+    def on_ignored(self, signum: int) -> None:
+        log.info("%s: %s", signal.Signals(signum).name, self.IGNORED[signal.Signals(signum)])
+
+    def on_status(self, signum: int) -> None:
+        log.info("SIGUSR1: status: %s", self.server.status())
 
 
 def _die_by_signal(signum: int, frame: Any) -> None:
@@ -2187,7 +2305,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         server.close_store()
         return 2
     # Before saying "listening": a SIGTERM right after must find the handlers.
-    ShutdownSignals(loop, server).install()
+    ServerSignals(loop, server).install()
     release_freed_memory()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
@@ -2195,6 +2313,9 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         host, port = addresses[0]
         shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
         print(f"play in a browser: http://{shown}:{port}/", flush=True)
+    if server.admin is not None:
+        for host, port in server.admin.addresses:
+            print(f"admin (/healthz, /metrics, /stats) on http://{host}:{port}/", flush=True)
     print(f"max {opts.max_clients} clients, tick {opts.tick_ms} ms, open-files limit {soft}; "
           "Ctrl-C stops", flush=True)
     where = (f"data in {opts.data} (synchronous={opts.sync})" if opts.data is not None
@@ -2204,7 +2325,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     try:
         loop.run()
     finally:
-        server.net.close(CloseReason.SHUTDOWN)
+        server.close()
         loop.close()
         server.close_store()
     server.churn.report()
@@ -2883,6 +3004,31 @@ class Marker:
             self.y += dy * k
 
 
+class ClientState(Enum):
+    """Where a client is in its connection's life: ``ClientBrain.state``.
+
+    The driver moves it with ``connecting``, ``connected`` and
+    ``disconnected``; the server's WELCOME with ``handle``::
+
+        OFFLINE    --connecting()-->  CONNECTING   (TCP connect under way)
+        CONNECTING --connected()--->  JOINING      (HELLO sent)
+        JOINING    --WELCOME------->  PLAYING
+        any        --disconnected(why, retry_at)-->  WAITING   (retry due at retry_at)
+                                                     STOPPED   (retry_at None: none planned)
+        WAITING    --connecting()-->  CONNECTING
+
+    STOPPED is the end: the driver does not reconnect (the server refused
+    this client's protocol version for good, or the window is closing).
+    """
+
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    JOINING = "joining"
+    PLAYING = "playing"
+    WAITING = "waiting"
+    STOPPED = "stopped"
+
+
 class ClientBrain:
     """What the client knows, built from server messages. Sans-IO, no Tk.
 
@@ -2906,7 +3052,7 @@ class ClientBrain:
         self.max_markers = max_markers
         self.marker_ttl = marker_ttl
         self.outbox: List[bytes] = []  # frames for the driver to send
-        self.state = "offline"  # offline, connecting, joining, playing, waiting, stopped
+        self.state = ClientState.OFFLINE  # see ClientState for the transitions
         self.address = ""
         self.why = ""  # why the last connection ended
         self.retry_at: Optional[float] = None
@@ -2948,12 +3094,12 @@ class ClientBrain:
     # -- the connection's life (called by the driver) -------------------------
 
     def connecting(self, address: str) -> None:
-        self.state, self.address = "connecting", address
+        self.state, self.address = ClientState.CONNECTING, address
 
     def connected(self) -> None:
         """The TCP connection is up: say HELLO."""
         self._reset_game()
-        self.state = "joining"
+        self.state = ClientState.JOINING
         self.outbox = [frame(self.hello)]
 
     def disconnected(self, why: str, retry_at: Optional[float]) -> None:
@@ -2962,7 +3108,7 @@ class ClientBrain:
         self.outbox = []
         self.why = why
         self.retry_at = retry_at
-        self.state = "waiting" if retry_at is not None else "stopped"
+        self.state = ClientState.WAITING if retry_at is not None else ClientState.STOPPED
 
     @property
     def give_up(self) -> bool:
@@ -2989,7 +3135,7 @@ class ClientBrain:
         elif isinstance(msg, Welcome):
             self.welcome = msg
             self.player_id = msg.player_id
-            self.state = "playing"
+            self.state = ClientState.PLAYING
             self.had_game = True
             self.error, self.error_code = "", 0
         elif isinstance(msg, Scored):
@@ -3056,7 +3202,7 @@ class ClientBrain:
     def click(self, x: float, y: float) -> bool:
         """Move to board pixel (x, y): shown at once, sent as the rate limit allows."""
         me = self.me
-        if self.state != "playing" or me is None:
+        if self.state != ClientState.PLAYING or me is None:
             return False
         bx, by = _clamp(int(x), int(y))
         me.tx, me.ty = bx, by
@@ -3125,17 +3271,17 @@ class ClientBrain:
 
     def status_line(self) -> str:
         state = self.state
-        if state == "connecting":
+        if state == ClientState.CONNECTING:
             return f"Connecting to {self.address}..."
-        if state == "joining":
+        if state == ClientState.JOINING:
             return f"Connected to {self.address}, joining..."
-        if state == "playing":
+        if state == ClientState.PLAYING:
             return f"Playing on {self.address} as player #{self.player_id}"
-        if state == "waiting" and self.retry_at is not None:
+        if state == ClientState.WAITING and self.retry_at is not None:
             wait = max(0.0, self.retry_at - self.clock())
             lost = "Server gone" if self.had_game else f"Cannot reach {self.address}"
             return f"{lost}: {self.why}. Reconnecting in {wait:.1f} s..."
-        if state == "stopped":
+        if state == ClientState.STOPPED:
             return f"Disconnected: {self.why}. Not reconnecting."
         return "Not connected"
 
@@ -3202,7 +3348,7 @@ class NetClient:
         """One pass: whatever the connection needs now, without waiting."""
         now = self.clock()
         if self.sock is None:
-            if self.brain.state != "stopped" and now >= self.retry_at:
+            if self.brain.state != ClientState.STOPPED and now >= self.retry_at:
                 self._connect(now)
         elif not self.is_connected:
             self._check_connect(now)
@@ -3280,7 +3426,7 @@ class NetClient:
     def _read(self, now: float) -> None:
         sock, brain = self.sock, self.brain
         assert sock is not None
-        joining = brain.state == "joining"
+        joining = brain.state == ClientState.JOINING
         for _ in range(self.READS_PER_POLL):
             try:
                 data = sock.recv(65536)
@@ -3298,7 +3444,7 @@ class NetClient:
             except ProtocolError as exc:
                 self._lost(f"bad data from the server ({exc})")
                 return
-        if joining and brain.state == "playing":
+        if joining and brain.state == ClientState.PLAYING:
             self.failures = 0
             log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
                      brain.server_pos, brain.letters)
@@ -3636,7 +3782,7 @@ class TkView:
 
     def draw(self) -> None:
         b = self.brain
-        playing = b.state == "playing"
+        playing = b.state == ClientState.PLAYING
         self._draw_board(b, playing)
         self._draw_attractor(b, playing)
         self._draw_markers(b)
@@ -3794,7 +3940,7 @@ class TkView:
     def _draw_status(self, b: ClientBrain, playing: bool) -> None:
         ids = self.ids
         state = b.state
-        colour = TK_GOOD if playing else TK_WARN if state in ("connecting", "joining") else TK_BAD
+        colour = TK_GOOD if playing else TK_WARN if state in (ClientState.CONNECTING, ClientState.JOINING) else TK_BAD
         self._set(ids["dot"], fill=colour)
         self._set(ids["status"], text=b.status_line())
         self._set(ids["error"], text=f"Server said: {b.error}" if b.error else "")
@@ -3802,8 +3948,8 @@ class TkView:
         for name in ("veil", "veil_title", "veil_text"):
             self._set(ids[name], state=veiled)
         if not playing:
-            title = {"waiting": "Server gone" if b.had_game else "No server",
-                     "stopped": "Disconnected"}.get(state, "Connecting...")
+            title = {ClientState.WAITING: "Server gone" if b.had_game else "No server",
+                     ClientState.STOPPED: "Disconnected"}.get(state, "Connecting...")
             lines = [b.status_line()] + ([f"Server said: {b.error}"] if b.error else [])
             self._set(ids["veil_title"], text=title, fill=colour)
             self._set(ids["veil"], outline=colour)
@@ -4331,6 +4477,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     sp.add_argument("--sync", choices=SYNC_LEVELS, default="normal",
                     help="normal (default): every commit survives the server being killed, "
                          "not a power cut; full: survives power loss too, an fsync per commit")
+    sp.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                    help="serve /healthz, /metrics and /stats on this port too, answered "
+                         "whatever the game port's state, even when full (default: none; "
+                         "0: any free port)")
+    sp.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
+                    help="the admin port's address (default 127.0.0.1: this host only)")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -4430,11 +4582,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--handshake-timeout must be positive")
     if args.grace < 0 or args.prune_days <= 0:
         parser.error("--grace must be at least 0 and --prune-days positive")
+    if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
+        parser.error("--admin-port must be 0..65535")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
                                stats_out=args.stats_out, web=not args.no_web,
                                web_root=args.web_root or None,
                                handshake_timeout=args.handshake_timeout,
+                               admin_port=args.admin_port, admin_host=args.admin_host,
                                data=None if args.no_data else args.data, grace=args.grace,
                                prune_days=args.prune_days, sync=args.sync), limiter)
 

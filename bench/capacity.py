@@ -55,21 +55,20 @@ beside the JSON as ``capacity.md``).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import html
 import json
-import math
 import os
 import select
 import shlex
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypedDict, cast,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -78,9 +77,16 @@ PEER = os.path.join(HERE, "peers", "asyncio_server.py")
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from procstat import cpu_runtime, cpu_seconds, fmt_table, machine, median, rss_bytes  # noqa: E402
+from procstat import (  # noqa: E402
+    Children, Interrupted, cpu_runtime, cpu_seconds, cpu_sets, free_port, machine, median,
+    read_line, rss_bytes, stop_signals_raise, wait_for_ports,
+)
+from report import (  # noqa: E402
+    Series, composite_svg, fmt, fmt_table, html_page, html_table, line_chart,
+)
 
 from netcore import FrameParser  # noqa: E402
+from netcore.stats import percentile  # noqa: E402
 
 SERVERS = ("ours", "asyncio", "uvloop")
 LABELS = {"ours": "netcore (ours)", "asyncio": "asyncio", "uvloop": "uvloop"}
@@ -102,111 +108,6 @@ MIN_HOLD_S = 6.0
 DEFAULT_BUDGET_S = 840.0  # 14 minutes: the run must end in under 15
 
 HOST = "127.0.0.1"
-TCP_TIME_WAIT = "06"
-
-
-# =============================================================================
-# Processes: every child in its own process group, killed only by its pgid.
-# =============================================================================
-
-
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
-def _child_setup(cpus: Sequence[int]) -> Callable[[], None]:
-    """Runs in the child before exec: CPU pinning, die with the driver."""
-
-    def setup() -> None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked around Popen
-        if cpus and hasattr(os, "sched_setaffinity"):
-            try:
-                os.sched_setaffinity(0, set(cpus))
-            except OSError:
-                pass
-        try:  # PR_SET_PDEATHSIG = 1: SIGKILL us if the driver dies
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-
-    return setup
-
-
-class Children:
-    """The processes this run started; the only ones it ever signals."""
-
-    def __init__(self, log_dir: str) -> None:
-        self.procs: List["subprocess.Popen[str]"] = []
-        self.log_dir = log_dir
-
-    def start(self, cmd: List[str], cpus: Sequence[int], name: str) -> "subprocess.Popen[str]":
-        """Start ``cmd``; its stderr goes to ``log_dir/name.log`` (a pipe nobody
-        reads could fill up and stall a server mid-measurement)."""
-        os.makedirs(self.log_dir, exist_ok=True)
-        # A Ctrl-C between Popen and the append would leak the child: hold
-        # stop signals until it is on the list (the child unblocks them).
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        try:
-            with open(os.path.join(self.log_dir, name + ".log"), "w") as err:
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                    text=True, bufsize=1, start_new_session=True, preexec_fn=_child_setup(cpus),
-                )
-            self.procs.append(proc)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        return proc
-
-    def log_tail(self, name: str, size: int = 1500) -> str:
-        try:
-            with open(os.path.join(self.log_dir, name + ".log")) as f:
-                return f.read()[-size:]
-        except OSError:
-            return ""
-
-    @staticmethod
-    def signal_group(proc: "subprocess.Popen[str]", sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)  # the group this process leads: our own pids only
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, proc: "subprocess.Popen[str]", timeout: float = 10.0) -> Optional[int]:
-        """SIGTERM the process (and its group), then SIGKILL if it lingers."""
-        if proc.poll() is None:
-            self.signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self.signal_group(proc, signal.SIGKILL)  # stragglers (bot workers) of the group
-        if proc.poll() is None:
-            proc.wait()
-        for stream in (proc.stdout,):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        if proc in self.procs:
-            self.procs.remove(proc)
-        return proc.returncode
-
-    def kill_all(self) -> None:
-        """Stop everything still running; a second Ctrl-C must not cut this short."""
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for proc in list(self.procs):
-                self.stop(proc, timeout=3.0)
-        finally:
-            signal.signal(signal.SIGINT, old)
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGHUP arrived: stop, clean up, write what we have."""
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signal.Signals(signum).name)
 
 
 # =============================================================================
@@ -283,10 +184,81 @@ class StepPlan(NamedTuple):
         return f"{self.server} {self.scenario} {self.players}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+class Derived(TypedDict, total=False):
+    """A step's figures, from its samples and the two reports (:func:`derive`).
+
+    Keys are missing where the step did not get far enough to measure them;
+    ``ok`` says whether it did.
+    """
+
+    ok: bool
+    players: int  #: bots connected (the bots' own count)
+    window_samples: int  #: /proc samples in the hold window (settle .. hold)
+    window_s: float
+    cpu_pct: float  #: user + system, % of one core, over the window
+    cpu_user_pct: float
+    cpu_system_pct: float
+    rss_mb: float  #: median RSS over the window
+    rss_start_mb: float  #: RSS before any player joined
+    bytes_per_player: float  #: (rss - rss_start) / players
+    observer_interval_p99_ms: float  #: gaps between ticks the observer received
+    tick_rate_hz: float  #: ticks the observer received per second (0 if none)
+    tick_rate_nominal_hz: float
+    cpu_s_per_tick: float  #: CPU per delivered tick (not per nominal tick)
+    cpu_user_s_per_tick: float
+    cpu_us_per_player_tick: float
+    cpu_user_us_per_player_tick: float
+    # The server's own tick figures (--stats-out), over its last 1,024 ticks.
+    tick_lateness_p99_ms: float
+    tick_lateness_p50_ms: float
+    tick_lateness_max_ms: float
+    tick_work_p99_ms: float
+    ticks_fired: int
+    ticks_late: int
+    ticks_skipped: int
+    # As the bots reported them (bots --json).
+    failed: Optional[int]
+    dropped: Optional[int]
+    ramp_s: Optional[float]
+    tick_interval_ms_p50: Optional[float]
+    tick_interval_ms_p99: Optional[float]
+    move_latency_ms_p50: Optional[float]
+    move_latency_ms_p99: Optional[float]
+    latency_samples: Optional[int]
+    bots_below_95pct_ticks: Optional[int]
+    tick_fraction_min: Optional[float]
+
+
+class _StepStart(TypedDict):
+    server: str  #: ours, asyncio or uvloop
+    scenario: str  #: IDLE or ACTIVE
+    players_target: int
+    move_every_s: float
+    hold_s: float
+    settle_s: float
+    tick_ms: int
+    port: int
+    started_at: str  #: wall clock, HH:MM:SS
+    samples: List[List[float]]  #: [t, RSS bytes, user s, system s, runtime s], t from start
+    observer_ticks: List[List[float]]  #: [t, TICK number] the observer received
+    bots: Optional[Dict[str, Any]]  #: the bots' --json report
+    server_final: Optional[Dict[str, Any]]  #: the server's --stats-out figures
+    errors: List[str]  #: what went wrong; empty for a good step
+
+
+class Step(_StepStart, total=False):
+    """One step's record, as written to capacity.json: raw samples and reports,
+    then :class:`Derived` figures. Times (``*_s``) count from the server's start."""
+
+    ports_before: Dict[str, int]  #: loopback ports in use before the step
+    logs: List[str]  #: the children's stderr, under capacity-logs/
+    pids: List[int]  #: server, bots (each the leader of its process group)
+    rss_start: float  #: bytes, before any player joined
+    bots_started_s: float
+    ramp_done_s: float  #: when the bots printed their ramp line
+    bots_exit: int
+    server_exit: Optional[int]
+    derived: Derived
 
 
 def server_command(kind: str, port: int, max_clients: int, stats_out: str,
@@ -303,76 +275,15 @@ def server_command(kind: str, port: int, max_clients: int, stats_out: str,
     raise ValueError(f"unknown server {kind!r}")
 
 
-def cpu_sets() -> Tuple[List[int], List[int]]:
-    """(server CPUs, load CPUs): the server alone on CPU 0 where there are two or more."""
-    ncpu = os.cpu_count() or 1
-    if ncpu < 2 or not hasattr(os, "sched_setaffinity"):
-        return [], []
-    return [0], list(range(1, ncpu))
-
-
-def loopback_ports_in_use() -> Tuple[int, int]:
-    """(TCP sockets in the ephemeral range, of which in TIME_WAIT), from /proc/net/tcp*."""
-    lo, hi = ephemeral_range()
-    used = waiting = 0
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f, None)
-                for line in f:
-                    fields = line.split(None, 4)
-                    if len(fields) < 4:
-                        continue
-                    port = int(fields[1].rsplit(":", 1)[1], 16)
-                    if lo <= port <= hi:
-                        used += 1
-                        if fields[3] == TCP_TIME_WAIT:
-                            waiting += 1
-        except OSError:
-            pass
-    return used, waiting
-
-
-def ephemeral_range() -> Tuple[int, int]:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = f.read().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def wait_for_ports(needed: int, log: Callable[[str], None], patience: float = 30.0) -> Dict[str, int]:
-    """Wait (a bounded time) until the ephemeral range has room for ``needed`` connections."""
-    lo, hi = ephemeral_range()
-    size = hi - lo + 1
-    deadline = time.monotonic() + patience
-    used, waiting = loopback_ports_in_use()
-    while used + needed + 512 > size and time.monotonic() < deadline:
-        log(f"  ports: {used} of {size} ephemeral ports in use ({waiting} TIME_WAIT); "
-            f"waiting for room for {needed}")
-        time.sleep(2.0)
-        used, waiting = loopback_ports_in_use()
-    return {"ephemeral_in_use": used, "time_wait": waiting, "ephemeral_size": size}
-
-
-def _read_line(proc: "subprocess.Popen[str]", timeout: float) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        return ""
-    return proc.stdout.readline()
-
-
 def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tick_ms: int,
-             ramp_timeout: float, probes: int, log: Callable[[str], None]) -> Dict[str, Any]:
+             ramp_timeout: float, probes: int, log: Callable[[str], None]) -> Step:
     """Run one step and return everything measured (raw samples included)."""
     server_cpus, load_cpus = cpu_sets()
-    port = free_port()
+    port = free_port(HOST)
     fd, stats_file = tempfile.mkstemp(prefix="capacity-", suffix=".json")
     os.close(fd)
     os.unlink(stats_file)  # the server creates it on exit: its presence means a clean stop
-    step: Dict[str, Any] = {
+    step: Step = {
         "server": plan.server, "scenario": plan.scenario, "players_target": plan.players,
         "move_every_s": plan.move_every, "hold_s": hold, "settle_s": settle, "tick_ms": tick_ms,
         "port": port, "started_at": time.strftime("%H:%M:%S"), "samples": [],
@@ -401,7 +312,7 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
             pass
 
     try:
-        line = _read_line(server, 15.0)
+        line = read_line(server, 15.0)
         if "listening" not in line:
             raise RuntimeError(f"server did not start: {line!r} "
                                f"{children.log_tail(name + '-server')}")
@@ -486,9 +397,9 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
     return step
 
 
-def derive(step: Dict[str, Any]) -> Dict[str, Any]:
+def derive(step: Step) -> Derived:
     """The step's figures, from its raw samples, the server's and the bots' reports."""
-    out: Dict[str, Any] = {}
+    out: Derived = {}
     bots = step.get("bots") or {}
     final = step.get("server_final") or {}
     ticks = final.get("ticks") or {}
@@ -526,7 +437,7 @@ def derive(step: Dict[str, Any]) -> Dict[str, Any]:
         if len(obs) >= 2 and obs[-1][0] > obs[0][0]:
             rate = (obs[-1][1] - obs[0][1]) / (obs[-1][0] - obs[0][0])
             gaps = [b[0] - a[0] for a, b in zip(obs, obs[1:])]
-            out["observer_interval_p99_ms"] = _pct(gaps, 99) * 1000
+            out["observer_interval_p99_ms"] = percentile(gaps, 99) * 1000
         else:
             rate = 0.0
         out["tick_rate_hz"] = rate
@@ -537,28 +448,26 @@ def derive(step: Dict[str, Any]) -> Dict[str, Any]:
             out["cpu_us_per_player_tick"] = out["cpu_s_per_tick"] / players * 1e6
             out["cpu_user_us_per_player_tick"] = out["cpu_user_s_per_tick"] / players * 1e6
     if ticks:
-        out["tick_lateness_p99_ms"] = ticks["lateness_p99"] * 1000
-        out["tick_lateness_p50_ms"] = ticks["lateness_p50"] * 1000
-        out["tick_lateness_max_ms"] = ticks["max_lateness"] * 1000
-        out["tick_work_p99_ms"] = ticks["duration_p99"] * 1000
+        out["tick_lateness_p99_ms"] = ticks["lateness_p99_s"] * 1000
+        out["tick_lateness_p50_ms"] = ticks["lateness_p50_s"] * 1000
+        out["tick_lateness_max_ms"] = ticks["lateness_max_s"] * 1000
+        out["tick_work_p99_ms"] = ticks["duration_p99_s"] * 1000
         out["ticks_fired"] = ticks["fired"]
         out["ticks_late"] = ticks["late"]
         out["ticks_skipped"] = ticks["skipped"]
     if bots:
-        for key in ("failed", "dropped", "ramp_s", "tick_interval_ms_p50", "tick_interval_ms_p99",
-                    "move_latency_ms_p50", "move_latency_ms_p99", "latency_samples",
-                    "bots_below_95pct_ticks", "tick_fraction_min"):
-            out[key] = bots.get(key)
+        out["failed"] = bots.get("failed")
+        out["dropped"] = bots.get("dropped")
+        out["ramp_s"] = bots.get("ramp_s")
+        out["tick_interval_ms_p50"] = bots.get("tick_interval_ms_p50")
+        out["tick_interval_ms_p99"] = bots.get("tick_interval_ms_p99")
+        out["move_latency_ms_p50"] = bots.get("move_latency_ms_p50")
+        out["move_latency_ms_p99"] = bots.get("move_latency_ms_p99")
+        out["latency_samples"] = bots.get("latency_samples")
+        out["bots_below_95pct_ticks"] = bots.get("bots_below_95pct_ticks")
+        out["tick_fraction_min"] = bots.get("tick_fraction_min")
     out["ok"] = bool(bots) and not step.get("errors") and "cpu_pct" in out
     return out
-
-
-def _pct(values: Sequence[float], q: float) -> float:
-    data = sorted(values)
-    if not data:
-        return 0.0
-    rank = max(1, math.ceil(q / 100.0 * len(data)))
-    return float(data[min(rank, len(data)) - 1])
 
 
 # =============================================================================
@@ -616,12 +525,12 @@ def least_squares(points: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
     return slope, my - slope * mx
 
 
-def ok_steps(steps: Iterable[Dict[str, Any]], server: str, scenario: str) -> List[Dict[str, Any]]:
+def ok_steps(steps: Iterable[Step], server: str, scenario: str) -> List[Step]:
     return sorted((s for s in steps if s["server"] == server and s["scenario"] == scenario
                    and s["derived"].get("ok")), key=lambda s: s["derived"]["players"])
 
 
-def compute_slopes(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Dict[str, Any]:
+def compute_slopes(steps: List[Step], servers: Sequence[str]) -> Dict[str, Any]:
     """Per server: bytes per player and CPU us per player per tick, least squares over the ladder."""
     out: Dict[str, Any] = {}
     for server in servers:
@@ -657,7 +566,7 @@ def compute_slopes(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Dict[
     return out
 
 
-def check_targets(steps: List[Dict[str, Any]], slopes: Dict[str, Any]) -> List[Dict[str, Any]]:
+def check_targets(steps: List[Step], slopes: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The issue's targets, where this run has the figures to judge them."""
     out: List[Dict[str, Any]] = []
     ours, base = slopes.get("ours"), slopes.get("asyncio")
@@ -695,163 +604,13 @@ def check_targets(steps: List[Dict[str, Any]], slopes: Dict[str, Any]) -> List[D
 # =============================================================================
 
 
-class Series(NamedTuple):
-    name: str
-    colour: str
-    points: List[Tuple[float, float]]
-    dash: str = ""
-    marker: str = "circle"  # or "diamond"
-    line: bool = True
-
-
-def _nice_step(span: float, count: int) -> float:
-    raw = span / max(1, count)
-    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
-    for m in (1, 2, 2.5, 5, 10):
-        if raw <= m * mag:
-            return m * mag
-    return 10 * mag
-
-
-def _fmt_num(v: float) -> str:
-    if v == 0:
-        return "0"
-    if abs(v) >= 1000:
-        return f"{v / 1000:g}k"
-    if abs(v) >= 1:
-        return f"{v:g}"
-    return f"{v:.2g}"
-
-
-def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool = False,
-               target: Optional[Tuple[float, str]] = None, width: int = 480, height: int = 300,
-               x_label: str = "players") -> str:
-    """One chart as an ``<svg>`` element: players on x, each series a line."""
-    left, right, top, bottom = 62, 16, 34, 44
-    pw, ph = width - left - right, height - top - bottom
-    shown = [s for s in series if s.points]
-    legend_rows = (len(shown) + 1) // 2
-    height += legend_rows * 15 + 4  # the legend goes below the plot, never over a line
-    xs = [p[0] for s in series for p in s.points]
-    ys = [p[1] for s in series for p in s.points if not log_y or p[1] > 0]
-    if target is not None:
-        ys.append(target[0])
-    x_max = max(xs, default=1.0) * 1.05 or 1.0
-    if log_y:
-        lo = min(ys, default=1.0)
-        hi = max(ys, default=10.0)
-        y_lo = 10 ** math.floor(math.log10(max(lo, 1e-3)))
-        y_hi = 10 ** math.ceil(math.log10(max(hi, y_lo * 10)))
-        if y_hi <= y_lo:
-            y_hi = y_lo * 10
-    else:
-        y_lo = 0.0
-        y_hi = max(ys, default=1.0) * 1.1 or 1.0
-
-    def px(x: float) -> float:
-        return left + pw * x / x_max
-
-    def py(y: float) -> float:
-        if log_y:
-            y = max(y, y_lo)
-            f = (math.log10(y) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo))
-        else:
-            f = (y - y_lo) / (y_hi - y_lo)
-        return top + ph * (1 - f)
-
-    e = html.escape
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" '
-             f'font-weight="bold">{e(title)}</text>']
-    # y grid and labels
-    if log_y:
-        decade = y_lo
-        while decade <= y_hi * 1.0001:
-            for m in (1, 2, 5):
-                v = decade * m
-                if v > y_hi * 1.0001:
-                    break
-                y = py(v)
-                stroke = "#ddd" if m == 1 else "#f0f0f0"
-                parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
-                             f'stroke="{stroke}"/>')
-                if m == 1 or (math.log10(y_hi / y_lo) <= 2):
-                    parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                                 f'{_fmt_num(v)}</text>')
-            decade *= 10
-    else:
-        step = _nice_step(y_hi - y_lo, 5)
-        v = 0.0
-        while v <= y_hi + 1e-9:
-            y = py(v)
-            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
-                         f'stroke="#ddd"/>')
-            parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                         f'{_fmt_num(v)}</text>')
-            v += step
-    # x grid and labels
-    step = _nice_step(x_max, 5)
-    v = 0.0
-    while v <= x_max + 1e-9:
-        x = px(v)
-        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
-        parts.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">'
-                     f'{_fmt_num(v)}</text>')
-        v += step
-    parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
-                 f'stroke="#888"/>')
-    parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">'
-                 f'{e(x_label)}</text>')
-    parts.append(f'<text transform="translate(14,{top + ph / 2}) rotate(-90)" '
-                 f'text-anchor="middle">{e(y_label)}</text>')
-    if target is not None:
-        y = py(target[0])
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
-                     f'stroke="#c00" stroke-dasharray="6,3"/>')
-        parts.append(f'<text x="{left + pw - 4}" y="{y - 4:.1f}" text-anchor="end" '
-                     f'fill="#c00">{e(target[1])}</text>')
-    # series
-    for s in series:
-        pts = sorted(s.points)
-        if s.line and len(pts) >= 2:
-            d = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-            dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-            parts.append(f'<polyline points="{d}" fill="none" stroke="{s.colour}" '
-                         f'stroke-width="2"{dash}/>')
-        for x, y in pts:
-            tip = f"{s.name}: {_fmt_num(x)} players, {y:.3g}"
-            cx, cy = px(x), py(y)
-            if s.marker == "diamond":
-                parts.append(f'<path d="M{cx:.1f},{cy - 6:.1f} L{cx + 6:.1f},{cy:.1f} '
-                             f'L{cx:.1f},{cy + 6:.1f} L{cx - 6:.1f},{cy:.1f} Z" fill="white" '
-                             f'stroke="{s.colour}" stroke-width="2"><title>{e(tip)}</title></path>')
-            else:
-                parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{s.colour}">'
-                             f'<title>{e(tip)}</title></circle>')
-    # legend: two columns under the x-axis label
-    for i, s in enumerate(shown):
-        lx = left + (i % 2) * (pw // 2)
-        ly = top + ph + bottom + 6 + (i // 2) * 15
-        if s.marker == "diamond":
-            parts.append(f'<path d="M{lx + 10},{ly - 5} L{lx + 15},{ly} L{lx + 10},{ly + 5} '
-                         f'L{lx + 5},{ly} Z" fill="white" stroke="{s.colour}" stroke-width="2"/>')
-        else:
-            dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-            parts.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 20}" y2="{ly}" '
-                         f'stroke="{s.colour}" stroke-width="2"{dash}/>')
-        parts.append(f'<text x="{lx + 26}" y="{ly + 4}">{e(s.name)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def charts(steps: List[Dict[str, Any]], servers: Sequence[str]) -> List[str]:
+def charts(steps: List[Step], servers: Sequence[str]) -> List[str]:
     """The four charts: RSS, CPU %, tick lateness p99, client-seen latency."""
 
     def pts(server: str, scenario: str, key: str, scale: float = 1.0) -> List[Tuple[float, float]]:
-        return [(float(s["derived"]["players"]), float(s["derived"][key]) * scale)
-                for s in ok_steps(steps, server, scenario) if s["derived"].get(key) is not None]
+        figures = [cast(Dict[str, Any], s["derived"]) for s in ok_steps(steps, server, scenario)]
+        return [(float(d["players"]), float(d[key]) * scale)
+                for d in figures if d.get(key) is not None]
 
     def with_active(key: str, scale: float = 1.0) -> List[Series]:
         out = [Series(LABELS[s], COLOURS[s], pts(s, IDLE, key, scale)) for s in servers]
@@ -873,47 +632,12 @@ def charts(steps: List[Dict[str, Any]], servers: Sequence[str]) -> List[str]:
     return [rss, cpu, late, client]
 
 
-def _svg_size(panel: str) -> Tuple[int, int]:
-    head = panel[:300]
-    w = int(head.split('width="', 1)[1].split('"', 1)[0])
-    h = int(head.split('height="', 1)[1].split('"', 1)[0])
-    return w, h
-
-
-def composite_svg(panels: List[str], caption: str) -> str:
-    """The four charts in a 2x2 grid, one standalone SVG (for the README)."""
-    cols = 2
-    sizes = [_svg_size(p) for p in panels]
-    width = max((w for w, _ in sizes), default=480)
-    row_heights = [max(h for _, h in sizes[r:r + cols]) for r in range(0, len(sizes), cols)]
-    total_w, total_h = cols * width, sum(row_heights) + 24
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{total_h}" '
-             f'viewBox="0 0 {total_w} {total_h}" font-family="sans-serif">',
-             f'<rect width="{total_w}" height="{total_h}" fill="white"/>']
-    for i, panel in enumerate(panels):
-        x, y = (i % cols) * width, sum(row_heights[: i // cols])
-        parts.append(panel.replace("<svg ", f'<svg x="{x}" y="{y}" ', 1))
-    parts.append(f'<text x="{total_w / 2}" y="{total_h - 8}" text-anchor="middle" '
-                 f'font-size="11" fill="#555">{html.escape(caption)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
 # =============================================================================
 # Tables and the report
 # =============================================================================
 
 
-def _f(v: Any, fmt: str) -> str:
-    if v is None:
-        return "-"
-    try:
-        return format(v, fmt)
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def step_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+def step_rows(steps: List[Step], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
     headers = ["scenario", "players", "server", "RSS MB", "CPU % (user+sys)", "tick p99 ms",
                "tick max ms", "ticks/s held", "client p50/p99 ms", "B/player", "us/player-tick",
                "notes"]
@@ -935,10 +659,10 @@ def step_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[List
             cpu = f"{d['cpu_pct']:.1f} ({d['cpu_user_pct']:.1f}+{d['cpu_system_pct']:.1f})"
         rows.append([
             s["scenario"], str(d.get("players") or s["players_target"]), LABELS[s["server"]],
-            _f(d.get("rss_mb"), ".1f"), cpu, _f(d.get("tick_lateness_p99_ms"), ".1f"),
-            _f(d.get("tick_lateness_max_ms"), ".0f"), _f(d.get("tick_rate_hz"), ".2f"),
-            f"{_f(d.get('move_latency_ms_p50'), '.0f')} / {_f(d.get('move_latency_ms_p99'), '.0f')}",
-            _f(d.get("bytes_per_player"), ".0f"), _f(d.get("cpu_us_per_player_tick"), ".2f"),
+            fmt(d.get("rss_mb"), ".1f"), cpu, fmt(d.get("tick_lateness_p99_ms"), ".1f"),
+            fmt(d.get("tick_lateness_max_ms"), ".0f"), fmt(d.get("tick_rate_hz"), ".2f"),
+            f"{fmt(d.get('move_latency_ms_p50'), '.0f')} / {fmt(d.get('move_latency_ms_p99'), '.0f')}",
+            fmt(d.get("bytes_per_player"), ".0f"), fmt(d.get("cpu_us_per_player_tick"), ".2f"),
             "; ".join(notes),
         ])
     return headers, rows
@@ -959,11 +683,11 @@ def slope_rows(slopes: Dict[str, Any], servers: Sequence[str]) -> Tuple[List[str
             a, b = e.get(key), base.get(key)
             return f"{a / b:.2f}x" if a is not None and b else "-"
 
-        rows.append([LABELS[s], _f(e.get("bytes_per_player"), ".0f"),
-                     f"{_f(e.get('cpu_us_per_player_tick'), '.2f')} "
-                     f"({_f(e.get('cpu_user_us_per_player_tick'), '.2f')})",
-                     f"{_f(e.get('active_cpu_us_per_player_tick'), '.2f')} "
-                     f"({_f(e.get('active_cpu_user_us_per_player_tick'), '.2f')})",
+        rows.append([LABELS[s], fmt(e.get("bytes_per_player"), ".0f"),
+                     f"{fmt(e.get('cpu_us_per_player_tick'), '.2f')} "
+                     f"({fmt(e.get('cpu_user_us_per_player_tick'), '.2f')})",
+                     f"{fmt(e.get('active_cpu_us_per_player_tick'), '.2f')} "
+                     f"({fmt(e.get('active_cpu_user_us_per_player_tick'), '.2f')})",
                      f"{rel('bytes_per_player')}, {rel('cpu_us_per_player_tick')} "
                      f"(user {rel('cpu_user_us_per_player_tick')}), "
                      f"{rel('active_cpu_us_per_player_tick')} "
@@ -971,7 +695,7 @@ def slope_rows(slopes: Dict[str, Any], servers: Sequence[str]) -> Tuple[List[str
     return headers, rows
 
 
-def readme_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+def readme_rows(steps: List[Step], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
     """The short table: servers x steps, RSS, CPU % and tick p99."""
     headers = ["players", "server", "RSS MB", "CPU %", "tick lateness p99 ms", "ticks/s"]
     order = {s: i for i, s in enumerate(servers)}
@@ -982,21 +706,14 @@ def readme_rows(steps: List[Dict[str, Any]], servers: Sequence[str]) -> Tuple[Li
         players = str(d.get("players") or s["players_target"])
         if s["scenario"] == ACTIVE:
             players += " active"
-        rows.append([players, LABELS[s["server"]], _f(d.get("rss_mb"), ".1f"),
-                     _f(d.get("cpu_pct"), ".1f"), _f(d.get("tick_lateness_p99_ms"), ".1f"),
-                     _f(d.get("tick_rate_hz"), ".2f")])
+        rows.append([players, LABELS[s["server"]], fmt(d.get("rss_mb"), ".1f"),
+                     fmt(d.get("cpu_pct"), ".1f"), fmt(d.get("tick_lateness_p99_ms"), ".1f"),
+                     fmt(d.get("tick_rate_hz"), ".2f")])
     return headers, rows
 
 
 def _met(met: Optional[bool]) -> str:
     return "n/a" if met is None else ("yes" if met else "NO")
-
-
-def html_table(headers: List[str], rows: List[List[str]]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def markdown(result: Dict[str, Any]) -> str:
@@ -1045,19 +762,7 @@ def report_html(result: Dict[str, Any], panels: List[str]) -> str:
     if result.get("skipped"):
         partial += (f'<p class="warn">Skipped to keep to the time budget: '
                     f'{e(", ".join(result["skipped"]))}.</p>')
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>SpellTraction capacity: netcore vs asyncio vs uvloop</title>
-<style>
-body {{ font-family: sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
-.charts {{ display: flex; flex-wrap: wrap; gap: 8px; }}
-table {{ border-collapse: collapse; font-size: 13px; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
-th {{ background: #f4f4f4; }} td:nth-child(-n+3) {{ text-align: left; }}
-.warn {{ color: #b00; font-weight: bold; }} .small {{ font-size: 12px; color: #555; }}
-</style></head><body>
-<h1>SpellTraction capacity: netcore vs asyncio vs uvloop</h1>
-{partial}
+    return html_page("SpellTraction capacity: netcore vs asyncio vs uvloop", f"""{partial}
 <p>The same game (rules, wire format, one send per player per tick) served by netcore and by
 an asyncio <code>Protocol</code> with a drift-free tick task, on asyncio's default loop and on
 uvloop. A fresh server per step, pinned to CPU 0; <code>spelltraction.py bots</code> on the
@@ -1076,8 +781,7 @@ delivered.</p>
 (the whole step: ramp, hold and the bots leaving). "ticks/s held": ticks an observer client
 received per second during the hold. Client latency: move sent to its YOU echo, measured by
 20 probe bots moving about once a second.</p>
-</body></html>
-"""
+""")
 
 
 # =============================================================================
@@ -1227,46 +931,40 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     children = Children(os.path.join(os.path.dirname(os.path.abspath(args.json)),
                                      "capacity-logs"))
-    old_handlers = {sig: signal.signal(sig, _raise_interrupted)
-                    for sig in (signal.SIGTERM, signal.SIGHUP)}
-    # Ctrl-C is KeyboardInterrupt even if this process was started with SIGINT
-    # ignored (as under some runners): Python keeps an inherited SIG_IGN.
-    old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        for i, plan in enumerate(steps_plan):
-            elapsed = time.monotonic() - t_start
-            remaining = steps_plan[i:]
-            left = args.budget - elapsed
-            step_hold = fit_hold(remaining, hold, left)
-            # The estimate runs ~1.4x long; skip (and say so) only when even a
-            # minimum-hold step would clearly overrun the budget.
-            if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
-                log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
-                    f"{fmt_clock(args.budget)} budget is spent")
-                result["skipped"].append(plan.label())
-                continue
-            ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
-            rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
-            log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"
-                f"{len(steps_plan)}: {plan.label()} players, moving every "
-                f"{plan.move_every:g} s, hold {step_hold:.1f} s")
-            step = run_step(children, plan, step_hold, min(settle, step_hold / 4), args.tick_ms,
-                            ramp_timeout, args.probes, log)
-            result["steps"].append(step)
-            d = step["derived"]
-            if d.get("ok"):
-                log(f"  -> {d['players']} players: RSS {d['rss_mb']:.1f} MB "
-                    f"({d['bytes_per_player']:.0f} B/player), CPU {d['cpu_pct']:.1f} %, "
-                    f"{d.get('tick_rate_hz', 0):.2f} ticks/s, tick p99 "
-                    f"{_f(d.get('tick_lateness_p99_ms'), '.1f')} ms, client p99 "
-                    f"{_f(d.get('move_latency_ms_p99'), '.0f')} ms")
-    except (KeyboardInterrupt, Interrupted) as exc:
-        result["interrupted"] = str(exc) or "Ctrl-C"
-        log(f"\ninterrupted ({result['interrupted']}): stopping the processes this run started")
-    finally:
-        children.kill_all()
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
+    with stop_signals_raise():
+        try:
+            for i, plan in enumerate(steps_plan):
+                elapsed = time.monotonic() - t_start
+                remaining = steps_plan[i:]
+                left = args.budget - elapsed
+                step_hold = fit_hold(remaining, hold, left)
+                # The estimate runs ~1.4x long; skip (and say so) only when even a
+                # minimum-hold step would clearly overrun the budget.
+                if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
+                    log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
+                        f"{fmt_clock(args.budget)} budget is spent")
+                    result["skipped"].append(plan.label())
+                    continue
+                ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
+                rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
+                log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"
+                    f"{len(steps_plan)}: {plan.label()} players, moving every "
+                    f"{plan.move_every:g} s, hold {step_hold:.1f} s")
+                step = run_step(children, plan, step_hold, min(settle, step_hold / 4), args.tick_ms,
+                                ramp_timeout, args.probes, log)
+                result["steps"].append(step)
+                d = step["derived"]
+                if d.get("ok"):
+                    log(f"  -> {d['players']} players: RSS {d['rss_mb']:.1f} MB "
+                        f"({d['bytes_per_player']:.0f} B/player), CPU {d['cpu_pct']:.1f} %, "
+                        f"{d.get('tick_rate_hz', 0):.2f} ticks/s, tick p99 "
+                        f"{fmt(d.get('tick_lateness_p99_ms'), '.1f')} ms, client p99 "
+                        f"{fmt(d.get('move_latency_ms_p99'), '.0f')} ms")
+        except (KeyboardInterrupt, Interrupted) as exc:
+            result["interrupted"] = str(exc) or "Ctrl-C"
+            log(f"\ninterrupted ({result['interrupted']}): stopping the processes this run started")
+        finally:
+            children.kill_all()
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")
     result["elapsed"] = fmt_clock(time.monotonic() - t_start)
     write_outputs(result, args, log)

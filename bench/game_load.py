@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,51 +30,37 @@ ROOT = os.path.dirname(HERE)
 GAME = os.path.join(ROOT, "spelltraction.py")
 sys.path.insert(0, HERE)
 
-from procstat import cpu_seconds, fmt_table, machine, median, rss_bytes  # noqa: E402
+from procstat import Children, cpu_seconds, cpu_sets, free_port, machine, median, rss_bytes  # noqa: E402
+from report import fmt_table  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def affinity(cpus: List[int]) -> Any:
-    def apply() -> None:
-        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-            os.sched_setaffinity(0, set(cpus))
-    return apply
+LOG_DIR = os.path.join(HERE, "results", "game_load-logs")
 
 
 def run(count: int, duration: float, move_every: float, pin: bool, extra_server: List[str],
         python: str = sys.executable, extra_bots: Optional[List[str]] = None) -> Dict[str, Any]:
+    """One server, ``count`` bots for ``duration`` seconds; the figures. The
+    children's stderr goes to ``bench/results/game_load-logs/``."""
     port = free_port()
-    ncpu = os.cpu_count() or 1
-    server_cpus, bot_cpus = ([0], list(range(1, ncpu))) if pin and ncpu > 1 else ([], [])
+    server_cpus, bot_cpus = cpu_sets() if pin else ([], [])
     stats_file = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-    server = subprocess.Popen(
+    children = Children(LOG_DIR)
+    server = children.start(
         [python, GAME, "serve", "--host", "127.0.0.1", "--port", str(port),
          "--max-clients", str(count + 200), "--log-level", "warning",
-         "--stats-out", stats_file, *extra_server],
-        stdout=subprocess.PIPE, text=True,
-        preexec_fn=affinity(server_cpus) if server_cpus else None,
-    )
+         "--stats-out", stats_file, *extra_server], server_cpus, "server")
     bots: Optional[subprocess.Popen[str]] = None
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
         if "listening" not in line:
-            raise RuntimeError(f"server did not start: {line!r}")
+            raise RuntimeError(f"server did not start: {line!r} {children.log_tail('server')}")
         time.sleep(1.0)
         rss_start = rss_bytes(server.pid)
         t_bots = time.monotonic()
-        bots = subprocess.Popen(
+        bots = children.start(
             [python, GAME, "bots", "--port", str(port), "--count", str(count),
              "--duration", str(duration), "--move-every", str(move_every), "--json",
-             *(extra_bots or [])],
-            stdout=subprocess.PIPE, text=True,
-            preexec_fn=affinity(bot_cpus) if bot_cpus else None,
-        )
+             *(extra_bots or [])], bot_cpus, "bots")
         samples = []
         while bots.poll() is None:
             u, s = cpu_seconds(server.pid)
@@ -84,17 +68,15 @@ def run(count: int, duration: float, move_every: float, pin: bool, extra_server:
             time.sleep(1.0)
         assert bots.stdout is not None
         lines = bots.stdout.read().strip().splitlines()
+        if not lines:
+            raise RuntimeError(f"bots printed no figures: {children.log_tail('bots')}")
         figures = json.loads(lines[-1])
         rss_end = rss_bytes(server.pid)
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+        children.stop(server, timeout=10)  # SIGTERM: the server writes --stats-out
         with open(stats_file) as f:
             final = json.load(f)
     finally:
-        for p in (bots, server):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        children.kill_all()
         if os.path.exists(stats_file):
             os.unlink(stats_file)
 
@@ -121,11 +103,11 @@ def run(count: int, duration: float, move_every: float, pin: bool, extra_server:
         "cpu_user_pct": 100.0 * user / wall,
         "cpu_system_pct": 100.0 * system / wall,
         "cpu_us_per_player_tick": (user + system) / wall / (1000.0 / 250) / max(1, players) * 1e6,
-        "tick_lateness_p99_ms": ticks["lateness_p99"] * 1000,
-        "tick_lateness_max_ms": ticks["max_lateness"] * 1000,
+        "tick_lateness_p99_ms": ticks["lateness_p99_s"] * 1000,
+        "tick_lateness_max_ms": ticks["lateness_max_s"] * 1000,
         "ticks_late": ticks["late"],
         "ticks_skipped": ticks["skipped"],
-        "tick_work_p99_ms": ticks["duration_p99"] * 1000,
+        "tick_work_p99_ms": ticks["duration_p99_s"] * 1000,
         "client_tick_interval_p50_ms": figures["tick_interval_ms_p50"],
         "client_tick_interval_p99_ms": figures["tick_interval_ms_p99"],
         "move_latency_p50_ms": figures["move_latency_ms_p50"],

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import selectors
 import socket
 import struct
@@ -38,23 +37,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from procstat import fmt_table, machine, median, open_fds, rss_bytes  # noqa: E402
+from procstat import (  # noqa: E402
+    Children, cpu_sets, machine, median, open_fds, raise_nofile, rss_bytes,
+)
+from report import fmt_table  # noqa: E402
 
 FRAME_PAYLOAD = 100  # a 102-byte frame, the size MEASURED.md used
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def pin(cpus: List[int]) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        try:
-            os.sched_setaffinity(0, set(cpus))
-        except OSError:
-            pass
+LOG_DIR = os.path.join(HERE, "results", "netcore_bench-logs")
 
 
 # -- server roles -------------------------------------------------------------
@@ -205,28 +194,31 @@ def clients(args: argparse.Namespace) -> None:
 
 
 class Proc:
-    def __init__(self, role: List[str], cpus: List[int]) -> None:
-        self.p = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *role, "--cpus", ",".join(map(str, cpus))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
+    """One role of this script (server or clients) in a child process of ``children``."""
+
+    def __init__(self, children: Children, role: List[str], cpus: List[int], name: str) -> None:
+        self.children = children
+        self.name = name
+        self.p = children.start([sys.executable, os.path.abspath(__file__), *role], cpus, name,
+                                stdin_pipe=True)
 
     def line(self) -> str:
         assert self.p.stdout is not None
         out = self.p.stdout.readline()
         if not out:
-            raise RuntimeError(f"{self.p.args} exited with {self.p.wait()}")
+            raise RuntimeError(f"{self.name} exited with {self.p.wait()}: "
+                               f"{self.children.log_tail(self.name)}")
         return out.strip()
 
     def stop(self) -> None:
-        if self.p.poll() is None:
+        """Close its stdin (a clients process returns then), then SIGTERM what is left."""
+        if self.p.poll() is None and self.p.stdin is not None:
             try:
-                assert self.p.stdin is not None
                 self.p.stdin.close()
                 self.p.wait(timeout=5)
-            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
-                self.p.kill()
-                self.p.wait()
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+        self.children.stop(self.p, timeout=5)
 
 
 def spread(count: int, per_proc: int) -> List[int]:
@@ -235,13 +227,9 @@ def spread(count: int, per_proc: int) -> List[int]:
     return [base + (1 if i < extra else 0) for i in range(procs)]
 
 
-def client_cpus() -> List[int]:
-    n = os.cpu_count() or 1
-    return list(range(1, n)) if n > 1 else [0]
-
-
-def idle_rss(kind: str, count: int, per_proc: int) -> Dict[str, Any]:
-    server = Proc(["server", "--kind", kind], [0])
+def idle_rss(children: Children, kind: str, count: int, per_proc: int) -> Dict[str, Any]:
+    server_cpus, load_cpus = cpu_sets()
+    server = Proc(children, ["server", "--kind", kind], server_cpus, f"idle-{kind}-server")
     holders: List[Proc] = []
     try:
         port = int(server.line())
@@ -250,8 +238,9 @@ def idle_rss(kind: str, count: int, per_proc: int) -> Dict[str, Any]:
         fds0 = open_fds(pid)
         rss0 = rss_bytes(pid)
         t0 = time.monotonic()
-        for n in spread(count, per_proc):
-            holders.append(Proc(["clients", "--port", str(port), "--count", str(n)], client_cpus()))
+        for i, n in enumerate(spread(count, per_proc)):
+            holders.append(Proc(children, ["clients", "--port", str(port), "--count", str(n)],
+                                load_cpus, f"idle-{kind}-clients-{i}"))
         for h in holders:
             assert h.line() == "connected"
         while open_fds(pid) < fds0 + count:
@@ -270,30 +259,31 @@ def idle_rss(kind: str, count: int, per_proc: int) -> Dict[str, Any]:
     finally:
         for h in holders:
             h.stop()
-        server.p.kill()
-        server.p.wait()
+        server.stop()
 
 
-def broadcast_cpu(count: int, per_proc: int, rounds: int, gap: float) -> Dict[str, Any]:
+def broadcast_cpu(children: Children, count: int, per_proc: int, rounds: int,
+                  gap: float) -> Dict[str, Any]:
+    server_cpus, load_cpus = cpu_sets()
     server = Proc(
+        children,
         ["server", "--kind", "netcore", "--expect", str(count), "--rounds", str(rounds),
          "--gap", str(gap)],
-        [0],
+        server_cpus, "broadcast-server",
     )
     holders: List[Proc] = []
     try:
         port = int(server.line())
-        for n in spread(count, per_proc):
-            holders.append(Proc(["clients", "--port", str(port), "--count", str(n)], client_cpus()))
+        for i, n in enumerate(spread(count, per_proc)):
+            holders.append(Proc(children, ["clients", "--port", str(port), "--count", str(n)],
+                                load_cpus, f"broadcast-clients-{i}"))
         for h in holders:
             assert h.line() == "connected"
         return dict(json.loads(server.line()))
     finally:
         for h in holders:
             h.stop()
-        if server.p.poll() is None:
-            server.p.kill()
-        server.p.wait()
+        server.stop()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -307,8 +297,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     cli = sub.add_parser("clients")
     cli.add_argument("--port", type=int, required=True)
     cli.add_argument("--count", type=int, required=True)
-    for p in (srv, cli):
-        p.add_argument("--cpus", default="")
     ap.add_argument("--count", type=int, default=10_000, help="connections (default 10000)")
     ap.add_argument("--per-proc", type=int, default=5_000, help="client connections per process")
     ap.add_argument("--rounds", type=int, default=40, help="broadcast rounds of each kind")
@@ -316,9 +304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--json", default=os.path.join(HERE, "results", "netcore_bench.json"))
     args = ap.parse_args(argv)
 
-    if args.role:
-        if args.cpus:
-            pin([int(c) for c in args.cpus.split(",")])
+    if args.role:  # a child: pinned by the driver (procstat.Children)
         raise_nofile()
         if args.role == "clients":
             clients(args)
@@ -329,12 +315,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"netcore bench: {args.count} connections, {args.rounds} rounds, python {sys.version.split()[0]}")
     mem = []
-    for kind in ("netcore", "selectors", "asyncio"):
-        r = idle_rss(kind, args.count, args.per_proc)
-        print(f"  idle RSS {kind:9s}: {r['bytes_per_conn']:7.0f} B/conn "
-              f"({r['rss_before_mb']:.1f} -> {r['rss_after_mb']:.1f} MB)", flush=True)
-        mem.append(r)
-    cpu = broadcast_cpu(args.count, args.per_proc, args.rounds, args.gap)
+    children = Children(LOG_DIR)
+    try:
+        for kind in ("netcore", "selectors", "asyncio"):
+            r = idle_rss(children, kind, args.count, args.per_proc)
+            print(f"  idle RSS {kind:9s}: {r['bytes_per_conn']:7.0f} B/conn "
+                  f"({r['rss_before_mb']:.1f} -> {r['rss_after_mb']:.1f} MB)", flush=True)
+            mem.append(r)
+        cpu = broadcast_cpu(children, args.count, args.per_proc, args.rounds, args.gap)
+    finally:
+        children.kill_all()
     print(f"  broadcast: netcore {cpu['ours_us_per_send']:.2f} us/send, bare loop "
           f"{cpu['bare_us_per_send']:.2f} us/send, ratio {cpu['ratio_of_medians']:.3f} "
           f"(median of per-round ratios {cpu['median_of_ratios']:.3f})")

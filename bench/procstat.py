@@ -1,16 +1,31 @@
-"""Reading a process's RSS and CPU time from /proc, as the benchmarks need.
+"""The benchmarks' processes: starting, pinning and stopping them, and reading /proc.
 
 RSS comes from ``/proc/PID/statm`` (resident pages x page size): the same
 quantity the original server reported, and the same file a process reads as
 ``/proc/self/statm``. CPU time comes from ``/proc/PID/stat`` (utime, stime).
+
+Every benchmark starts its servers and load generators through
+:class:`Children`: each child in its own process group, pinned to its CPUs
+(:func:`cpu_sets`: the server alone on CPU 0, the load on the others), killed
+with the driver (``PR_SET_PDEATHSIG``), and only ever signalled by its own
+process group, so a benchmark never touches a process it did not start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import resource
+import select
+import signal
+import socket
 import statistics
-from typing import Dict, Iterable, Sequence, Tuple
+import subprocess
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+TCP_TIME_WAIT = "06"  # the state column of /proc/net/tcp
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -76,9 +91,210 @@ def machine() -> Dict[str, object]:
     }
 
 
-def fmt_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        out.append("| " + " | ".join(str(c) for c in row) + " |")
-    return "\n".join(out)
+# =============================================================================
+# Processes: every child in its own process group, killed only by its pgid.
+# =============================================================================
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago, for a child server to bind (a race,
+    but the only way to tell a separate process its port before it starts)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_sets() -> Tuple[List[int], List[int]]:
+    """(server CPUs, load CPUs): the server alone on CPU 0 where there are two or more."""
+    ncpu = os.cpu_count() or 1
+    if ncpu < 2 or not hasattr(os, "sched_setaffinity"):
+        return [], []
+    return [0], list(range(1, ncpu))
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-files soft limit to its hard limit; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def child_setup(cpus: Sequence[int]) -> Callable[[], None]:
+    """Runs in the child before exec: CPU pinning, die with the driver."""
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked around Popen
+        if cpus and hasattr(os, "sched_setaffinity"):
+            try:
+                os.sched_setaffinity(0, set(cpus))
+            except OSError:
+                pass
+        try:  # PR_SET_PDEATHSIG = 1: SIGKILL us if the driver dies
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    return setup
+
+
+class Children:
+    """The processes this run started; the only ones it ever signals."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.procs: List["subprocess.Popen[str]"] = []
+        self.log_dir = log_dir
+
+    def start(self, cmd: List[str], cpus: Sequence[int], name: str,
+              stdin_pipe: bool = False) -> "subprocess.Popen[str]":
+        """Start ``cmd``; its stderr goes to ``log_dir/name.log`` (a pipe nobody
+        reads could fill up and stall a server mid-measurement). Its stdout is
+        a pipe (line-buffered text); so is its stdin with ``stdin_pipe``, for a
+        child that runs until its stdin closes."""
+        os.makedirs(self.log_dir, exist_ok=True)
+        # A Ctrl-C between Popen and the append would leak the child: hold
+        # stop signals until it is on the list (the child unblocks them).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            with open(os.path.join(self.log_dir, name + ".log"), "w") as err:
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                    start_new_session=True, preexec_fn=child_setup(cpus),
+                )
+            self.procs.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        return proc
+
+    def log_tail(self, name: str, size: int = 1500) -> str:
+        try:
+            with open(os.path.join(self.log_dir, name + ".log")) as f:
+                return f.read()[-size:]
+        except OSError:
+            return ""
+
+    @staticmethod
+    def signal_group(proc: "subprocess.Popen[str]", sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)  # the group this process leads: our own pids only
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, proc: "subprocess.Popen[str]", timeout: float = 10.0) -> Optional[int]:
+        """SIGTERM the process (and its group), then SIGKILL if it lingers."""
+        if proc.poll() is None:
+            self.signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_group(proc, signal.SIGKILL)  # stragglers (bot workers) of the group
+        if proc.poll() is None:
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        if proc in self.procs:
+            self.procs.remove(proc)
+        return proc.returncode
+
+    def kill_all(self) -> None:
+        """Stop everything still running; a second Ctrl-C must not cut this short."""
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for proc in list(self.procs):
+                self.stop(proc, timeout=3.0)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def read_line(proc: "subprocess.Popen[str]", timeout: float) -> str:
+    """A line of ``proc``'s stdout, or "" if none comes within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        return ""
+    return proc.stdout.readline()
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived: stop, clean up, write what we have."""
+
+
+def raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within: SIGTERM and SIGHUP raise :class:`Interrupted`, Ctrl-C raises
+    KeyboardInterrupt (even if this process was started with SIGINT ignored,
+    as under some runners: Python keeps an inherited SIG_IGN)."""
+    old = {sig: signal.signal(sig, raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+# =============================================================================
+# Loopback ports: room for a step's connections
+# =============================================================================
+
+
+def loopback_ports_in_use() -> Tuple[int, int]:
+    """(TCP sockets in the ephemeral range, of which in TIME_WAIT), from /proc/net/tcp*."""
+    lo, hi = ephemeral_range()
+    used = waiting = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split(None, 4)
+                    if len(fields) < 4:
+                        continue
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if lo <= port <= hi:
+                        used += 1
+                        if fields[3] == TCP_TIME_WAIT:
+                            waiting += 1
+        except OSError:
+            pass
+    return used, waiting
+
+
+def ephemeral_range() -> Tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def wait_for_ports(needed: int, log: Callable[[str], None], patience: float = 30.0) -> Dict[str, int]:
+    """Wait (a bounded time) until the ephemeral range has room for ``needed`` connections."""
+    lo, hi = ephemeral_range()
+    size = hi - lo + 1
+    deadline = time.monotonic() + patience
+    used, waiting = loopback_ports_in_use()
+    while used + needed + 512 > size and time.monotonic() < deadline:
+        log(f"  ports: {used} of {size} ephemeral ports in use ({waiting} TIME_WAIT); "
+            f"waiting for room for {needed}")
+        time.sleep(2.0)
+        used, waiting = loopback_ports_in_use()
+    return {"ephemeral_in_use": used, "time_wait": waiting, "ephemeral_size": size}

@@ -33,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from game_load import run  # noqa: E402
-from procstat import fmt_table, machine, median  # noqa: E402
+from procstat import machine, median  # noqa: E402
+from report import fmt_table  # noqa: E402
 
 TICK_S = 0.25
 TARGETS = {"memory": 1.3, "cpu": 1.2}

@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError
+from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
 from .loop import EventLoop, Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
 from .stats import NetStats
 
-__all__ = ["CloseReason", "Connection", "ConnectionEvents", "Limits", "Owner"]
+__all__ = ["CloseReason", "CodecFactory", "Connection", "ConnectionEvents", "Limits", "Owner"]
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,24 @@ class Connection(Readiness):
     # -- writing ------------------------------------------------------------
 
     def send(self, payload: BytesLike) -> bool:
-        """Frame ``payload`` with this connection's codec and write it."""
+        """Frame ``payload`` with this connection's codec and write it.
+
+        A :class:`~netcore.codec.Text` goes as a text message where the codec
+        has them (WebSocket), anything else as binary. Returns what
+        :meth:`write` returns.
+        """
         return self.write(self.codec.frame(payload))
+
+    def send_text(self, text: str) -> bool:
+        """Send ``text`` as one text message (its UTF-8 bytes where the
+        codec has no text messages)."""
+        return self.write(self.codec.frame(Text(text, "utf-8")))
+
+    def send_binary(self, data: BytesLike) -> bool:
+        """Send ``data`` as one binary message, even if it is a Text."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        return self.write(self.codec.frame(data))
 
     def write(self, data: BytesLike, frames: int = 1) -> bool:
         """Send ``data`` now, queueing what the kernel does not take.
@@ -294,15 +310,28 @@ class Connection(Readiness):
         try:
             messages = self.codec.feed(view[:n])
         except ProtocolError as exc:
-            owner._bad_input(self, exc)
+            if exc.messages:
+                self._deliver(exc.messages)
+            if self.state == OPEN:
+                owner._bad_input(self, exc)
             return
-        if messages:
+        if messages:  # _deliver(), inline: this is every read's path
             stats.frames_in += len(messages)
             on_message = owner.handler.on_message
             for payload in messages:
                 on_message(self, payload)
                 if self.state != OPEN:
                     break
+
+    def _deliver(self, messages: Sequence[bytes]) -> None:
+        """Hand ``messages`` to the handler until one of them closes us."""
+        owner = self.owner
+        owner.stats.frames_in += len(messages)
+        on_message = owner.handler.on_message
+        for payload in messages:
+            on_message(self, payload)
+            if self.state != OPEN:
+                break
 
     def on_error(self, exc: BaseException) -> None:
         log.error("connection fd=%d: handler failed", self.fd, exc_info=exc)
@@ -366,3 +395,9 @@ class Connection(Readiness):
         if events != self.events and self.state != CLOSED:
             self.events = events
             self.owner.loop.modify(self.sock, events, self)
+
+
+# Makes the codec of a new connection. It gets the connection, so a codec
+# that needs it (a protocol sniffer, a WebSocket front) can hold it; most
+# ignore it: ``lambda conn: FrameParser(1024)``.
+CodecFactory = Callable[[Connection], Codec]

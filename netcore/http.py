@@ -12,10 +12,17 @@ Hard limits (the usual web-server defaults):
 
 - ``max_line``: the request line, 8 KiB -> 414 URI Too Long;
 - ``max_headers``: header fields, 64 -> 431;
-- ``max_head``: the whole head, 16 KiB -> 431.
+- ``max_head``: the whole head, 16 KiB -> 431;
+- ``Content-Length``: ASCII digits only, at most 18 of them -> 400.
 
 Line endings must be CRLF (RFC 9112 lets a server refuse bare LF; allowing
-it is what request smuggling feeds on). Like h11, the parser knows nothing
+it is what request smuggling feeds on). ``Content-Length`` follows RFC 9112
+6.3 and RFC 9110 8.6: repeated fields (or a list in one field) holding the
+same value are merged; differing values, anything but ASCII digits (Python's
+``int()`` would take ``²`` or ``٥``), or a number too long to be sane are a
+400. Every bad input raises :class:`HttpError`, never another exception.
+
+Like h11, the parser knows nothing
 of sockets or time: slow peers are the caller's deadline to enforce.
 """
 
@@ -27,6 +34,7 @@ from .codec import ProtocolError
 from .ringbuffer import BytesLike
 
 __all__ = [
+    "MAX_CONTENT_LENGTH_DIGITS",
     "MAX_HEAD",
     "MAX_HEADERS",
     "MAX_LINE",
@@ -34,6 +42,7 @@ __all__ = [
     "HttpError",
     "Request",
     "RequestParser",
+    "content_length",
     "error_response",
     "response",
 ]
@@ -41,6 +50,7 @@ __all__ = [
 MAX_LINE = 8 * 1024
 MAX_HEAD = 16 * 1024
 MAX_HEADERS = 64
+MAX_CONTENT_LENGTH_DIGITS = 18  # < 10**18: no body anyone sends us is bigger
 
 REASONS = {
     101: "Switching Protocols",
@@ -67,6 +77,7 @@ _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 # Field values: visible ASCII, obs-text, space and tab; no other controls.
 _BAD_VALUE = frozenset(range(0x20)) - {0x09} | {0x7F}
 _BAD_TARGET = frozenset(range(0x21)) | {0x7F}
+_ASCII_DIGITS = frozenset("0123456789")
 
 
 class HttpError(ProtocolError):
@@ -119,11 +130,19 @@ class Request(NamedTuple):
         return "close" not in conn
 
     @property
+    def content_length(self) -> Optional[int]:
+        """The body's declared length, or None; :class:`HttpError` if invalid.
+
+        Never raises for a request the parser produced: it checked this.
+        """
+        return content_length([v for k, v in self.headers if k == "content-length"])
+
+    @property
     def has_body(self) -> bool:
-        length = self.header("content-length")
-        return self.header("transfer-encoding") is not None or (
-            length is not None and int(length) > 0
-        )
+        if self.header("transfer-encoding") is not None:
+            return True
+        length = self.content_length
+        return length is not None and length > 0
 
 
 class RequestParser:
@@ -134,7 +153,8 @@ class RequestParser:
     more bytes come. Each byte is scanned once, however the stream is split.
     A request with a body ends the stream (bodies are not read: the caller
     answers and closes). After an upgrade, ``take_rest()`` hands over
-    whatever followed the head, which belongs to the new protocol.
+    whatever followed the head, which belongs to the new protocol: bytes
+    after a request are looked at only by the next ``next_request()``.
     """
 
     __slots__ = (
@@ -169,8 +189,12 @@ class RequestParser:
     def next_request(self) -> Optional[Request]:
         if self._error is not None:
             raise self._error
-        if self._done or self._head_end < 0:
+        if self._done:
             return None
+        if self._head_end < 0:
+            self._advance()  # bytes that came with the last request, scanned only now
+            if self._head_end < 0:
+                return None
         buf = self._buf
         head = bytes(buf[: self._head_end - 4])
         del buf[: self._head_end]
@@ -181,8 +205,9 @@ class RequestParser:
             self._fail(exc)
         if request.has_body:
             self._done = True
-        else:
-            self._advance()  # a pipelined request may be waiting
+        # A pipelined request may be waiting, but the bytes after this one are
+        # not scanned until asked for: after an upgrade they are the new
+        # protocol's (take_rest), and must reach it untouched.
         return request
 
     def take_rest(self) -> bytes:
@@ -294,12 +319,35 @@ def _check_framing(request: Request) -> None:
     hosts = [v for k, v in request.headers if k == "host"]
     if request.version == "HTTP/1.1" and len(hosts) != 1:
         raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
-    lengths = {v for k, v in request.headers if k == "content-length"}
-    if lengths:
-        if len(lengths) > 1 or not next(iter(lengths)).isdigit():
-            raise HttpError(400, "bad Content-Length")
-        if request.header("transfer-encoding") is not None:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+    if request.content_length is not None and request.header("transfer-encoding") is not None:
+        raise HttpError(400, "both Content-Length and Transfer-Encoding")
+
+
+def content_length(values: Sequence[str]) -> Optional[int]:
+    """The one length that ``Content-Length`` field values declare, or None.
+
+    RFC 9110 8.6: a list of identical values (repeated fields, or ``5, 5``
+    in one) is that value; differing values are an error, and so is
+    anything but 1 to ``MAX_CONTENT_LENGTH_DIGITS`` ASCII digits.
+    """
+    if not values:
+        return None
+    found: Optional[str] = None
+    for value in values:
+        for item in value.split(","):
+            item = item.strip(" \t")
+            if not item or not _ASCII_DIGITS.issuperset(item):
+                raise HttpError(400, f"bad Content-Length {item[:24]!r}: ASCII digits only")
+            if len(item) > MAX_CONTENT_LENGTH_DIGITS:
+                raise HttpError(400, f"Content-Length of {len(item)} digits "
+                                     f"(max {MAX_CONTENT_LENGTH_DIGITS})")
+            item = item.lstrip("0") or "0"
+            if found is None:
+                found = item
+            elif item != found:
+                raise HttpError(400, f"differing Content-Length values {found} and {item}")
+    assert found is not None
+    return int(found)
 
 
 def response(

@@ -23,7 +23,7 @@ import socket
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError
-from .connection import CloseReason, Connection
+from .connection import CloseReason, CodecFactory, Connection
 from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
 from .handler import Handler
 from .loop import EventLoop, Readiness
@@ -32,11 +32,6 @@ from .stats import NetStats
 __all__ = ["CodecFactory", "Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
 log = logging.getLogger(__name__)
-
-# Makes the codec of a new connection. It gets the connection, so a codec
-# that needs it (a protocol sniffer, a WebSocket front) can hold it; most
-# ignore it: ``lambda conn: FrameParser(1024)``.
-CodecFactory = Callable[[Connection], Codec]
 
 EVENT_READ = selectors.EVENT_READ
 
@@ -188,10 +183,18 @@ class TCPServer:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def listen(self) -> List[Tuple[str, int]]:
-        """Bind every configured address and start accepting."""
+    def listen(self, sockets: Optional[Sequence[socket.socket]] = None) -> List[Tuple[str, int]]:
+        """Bind every configured address and start accepting.
+
+        ``sockets``: listen on these already bound, listening sockets instead
+        (inherited from a supervisor, or :func:`netcore.testing.bound_socket`);
+        the server owns and closes them.
+        """
         cfg = self.config
-        for sock in bind_listeners(cfg.hosts, cfg.port, cfg.backlog):
+        if sockets is None:
+            sockets = bind_listeners(cfg.hosts, cfg.port, cfg.backlog)
+        for sock in sockets:
+            sock.setblocking(False)
             listener = Listener(sock, self)
             self.listeners.append(listener)
             self.loop.register(sock, EVENT_READ, listener)

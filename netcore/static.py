@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote
 
 from .digest import sha1
@@ -85,6 +85,7 @@ class StaticFiles:
         self.cache_control = cache_control
         self.headers = list(headers)  # sent with every file (e.g. a CSP)
         self._cache: Dict[str, _File] = {}
+        self._too_large: Dict[str, Tuple[int, int]] = {}  # name -> (size, mtime) warned of
 
     def respond(self, request: Request, keep_alive: bool = True) -> Tuple[int, bytes]:
         """``(status, response bytes)`` for a GET or HEAD of ``request.path``."""
@@ -98,9 +99,10 @@ class StaticFiles:
         except OSError as exc:
             log.warning("static: cannot read %s: %s", where, exc)
             return 404, error_response(404, "no such file", close=close)
-        if f is None:
-            log.warning("static: %s is over %d bytes; not served", where, self.max_size)
-            return 500, error_response(500, "file too large to serve", close=close)
+        if isinstance(f, int):
+            return 413, error_response(
+                413, f"file of {f} bytes is over the {self.max_size}-byte limit for static "
+                "files", close=close)
         headers: List[Tuple[str, str]] = [
             ("Content-Type", f.content_type),
             ("ETag", f.etag),
@@ -121,7 +123,10 @@ class StaticFiles:
             return 400, None
         if "\x00" in decoded or "\\" in decoded or not decoded.startswith("/"):
             return 400, None
-        segments = decoded.split("/")[1:]
+        # "." segments go (RFC 3986 5.2.4); "/a/./" still names a directory.
+        segments = [s for s in decoded.split("/")[1:] if s != "."]
+        if decoded.endswith("/.") or not segments:
+            segments.append("")
         if any(s == ".." for s in segments):
             return 403, None
         if any(s.startswith(".") for s in segments):
@@ -137,7 +142,8 @@ class StaticFiles:
             return 404, None
         return 200, full
 
-    def _load(self, filename: str) -> Optional[_File]:
+    def _load(self, filename: str) -> Union[_File, int]:
+        """The file, or its size if it is over ``max_size``."""
         if self.reader is not None:
             return self._read(filename)
         st = os.stat(filename)
@@ -145,28 +151,39 @@ class StaticFiles:
         if cached is not None and (cached.size, cached.mtime_ns) == (st.st_size, st.st_mtime_ns):
             return cached
         if st.st_size > self.max_size:
-            return None
+            return self._refuse(filename, st.st_size, st.st_mtime_ns)
         with open(filename, "rb") as fh:
             body = fh.read(self.max_size + 1)
-        if len(body) > self.max_size:
-            return None
+        if len(body) > self.max_size:  # it grew since the stat
+            return self._refuse(filename, len(body), st.st_mtime_ns)
         f = _file(filename, body, st.st_size, st.st_mtime_ns)
         self._cache[filename] = f
         return f
 
-    def _read(self, name: str) -> Optional[_File]:
+    def _read(self, name: str) -> Union[_File, int]:
         cached = self._cache.get(name)
         if cached is not None:
             return cached
+        if name in self._too_large:
+            return self._too_large[name][0]
         assert self.reader is not None
         try:
             body = self.reader(name)
         except (FileNotFoundError, ValueError) as exc:
             raise FileNotFoundError(name) from exc
         if len(body) > self.max_size:
-            return None
+            return self._refuse(name, len(body), 0)
         f = self._cache[name] = _file(name, body, len(body), 0)
         return f
+
+    def _refuse(self, name: str, size: int, mtime_ns: int) -> int:
+        """A file over the limit: say so in the log, once per version of it."""
+        if self._too_large.get(name) != (size, mtime_ns):
+            self._too_large[name] = (size, mtime_ns)
+            log.warning("static: %s is %d bytes, over the %d-byte limit: answering 413 "
+                        "(raise StaticFiles max_size to serve it)", name, size, self.max_size)
+        self._cache.pop(name, None)
+        return size
 
 
 def _file(name: str, body: bytes, size: int, mtime_ns: int) -> _File:

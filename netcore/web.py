@@ -37,19 +37,8 @@ from .loop import EventLoop, Timer
 from .ringbuffer import BytesLike
 from .sniff import BINARY, HTTP, MAX_BINARY_FRAME, WEBSOCKET, ProtocolSniffer
 from .static import StaticFiles
-from .websocket import (
-    PONG,
-    Close,
-    CloseCode,
-    Message,
-    Ping,
-    WebSocketError,
-    WebSocketParser,
-    close_frame,
-    frame,
-    frame_header,
-    handshake_response,
-)
+from .websocket import handshake_response
+from .wscodec import WebSocketCodec
 
 __all__ = ["BINARY", "HTTP", "WEBSOCKET", "HttpCodec", "WebConfig", "WebFront",
            "WebSocketCodec", "WebStats"]
@@ -307,52 +296,3 @@ class HttpCodec(SilentCodec):
         except HttpError as exc:
             self.front.bad_request(conn, exc)
         return []
-
-
-class WebSocketCodec(WebSocketParser):
-    """A WebSocket connection's codec, carrying an inner byte-stream codec.
-
-    Binary messages are fed to the inner codec (see
-    ``WebConfig.message_codec``); outgoing bytes go out as one binary
-    message per write. Pings are answered; a
-    Close is answered with a Close and the connection closes once that is
-    sent. Text messages are refused with 1003 (the inner stream is binary).
-    """
-
-    __slots__ = ("conn", "inner")
-
-    def __init__(self, conn: Connection, inner: Codec, max_message: int = 64 << 10) -> None:
-        super().__init__(max_message=max_message, client=False)
-        self.conn = conn
-        self.inner = inner
-
-    def feed(self, data: BytesLike) -> List[bytes]:
-        events = self.parse(data)
-        if not events:
-            return []
-        conn = self.conn
-        out: List[bytes] = []
-        for event in events:
-            if isinstance(event, Message):
-                if event.text:
-                    raise WebSocketError(CloseCode.UNSUPPORTED_DATA,
-                                         "text messages are not accepted; send binary")
-                out += self.inner.feed(event.data)
-            elif isinstance(event, Ping):
-                conn.write(frame(event.data, PONG))
-            elif isinstance(event, Close):
-                code = CloseCode.NORMAL if event.code == CloseCode.NO_STATUS else event.code
-                conn.write(close_frame(code))
-                conn.close_after_flush(CloseReason.PEER_CLOSED, f"WebSocket close {event.code}")
-                return []
-        return out
-
-    def frame(self, payload: BytesLike) -> bytes:
-        return self.wrap(self.inner.frame(payload))
-
-    def wrap(self, stream: bytes) -> bytes:
-        return frame_header(len(stream)) + stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        bye = close_frame(code, reason)
-        return frame_header(len(stream)) + stream + bye if stream else bye

@@ -13,13 +13,18 @@ stream order. Anything the RFC says to fail the connection for raises
   close code;
 - 1007 invalid data: a text message (checked fragment by fragment) or a
   close reason that is not UTF-8;
+- 1008 policy violation: a message in more than ``max_fragments`` frames
+  (empty ones count), or control frames faster than the token bucket of
+  ``control_burst`` and ``control_rate`` allows;
 - 1009 too big: a message over ``max_message``, refused from its frame
   header, before its bytes are buffered.
 
-Only a partial frame (and the fragments of an unfinished message) is held
-between ``parse`` calls, so a connection that sends whole frames holds no
-input buffer. The builder never masks unless given a key: servers must not
-mask; clients (tests, bots) must.
+Between ``parse`` calls only a partial header and an unfinished message are
+held, the payload already unmasked into one buffer that never grows past
+``max_message``, so a connection that sends whole frames holds no input
+buffer and one that cuts a message into tiny or empty frames holds no more
+than the message cap. The builder never masks unless given a key: servers
+must not mask; clients (tests, bots) must.
 
 Extensions and subprotocols are not negotiated, so every RSV bit is an error.
 """
@@ -29,7 +34,8 @@ from __future__ import annotations
 import base64
 import codecs
 import struct
-from typing import Any, List, NamedTuple, NoReturn, Optional, Sequence, Tuple, Union
+import time
+from typing import Any, Callable, List, NamedTuple, NoReturn, Optional, Sequence, Tuple, Union
 
 from .codec import ProtocolError
 from .digest import sha1
@@ -53,6 +59,7 @@ __all__ = [
     "WebSocketError",
     "WebSocketParser",
     "accept_key",
+    "default_max_fragments",
     "client_handshake",
     "close_frame",
     "close_payload",
@@ -98,6 +105,9 @@ class WebSocketError(ProtocolError):
     """The peer broke RFC 6455; close with ``code``."""
 
     reason = "bad-websocket"
+    # The whole events parsed before the error from the same input, which
+    # the owner delivers before it closes (see WebSocketParser.parse).
+    events: Sequence["Event"] = ()
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -237,6 +247,22 @@ def close_frame(code: int, reason: str = "", mask_key: Optional[bytes] = None) -
 
 # -- parsing frames ----------------------------------------------------------------
 
+# The largest frame header: 2 bytes, a 64-bit length and a masking key.
+MAX_HEADER = 14
+DEFAULT_MAX_MESSAGE = 1 << 20
+DEFAULT_CONTROL_BURST = 32
+DEFAULT_CONTROL_RATE = 16.0
+
+
+def default_max_fragments(max_message: int) -> int:
+    """Frames one message may take unless told: a 64-byte average, 16 at least.
+
+    A 1 MiB cap allows 16,384 frames; 4 MiB in 64-byte fragments (65,536
+    frames) fits under a 4 MiB cap. What it stops is a message that never
+    ends, or that costs a frame header and a parser round per byte.
+    """
+    return max(16, max_message // 64)
+
 
 class WebSocketParser:
     """Events from a stream of WebSocket frames; see the module docstring.
@@ -244,23 +270,74 @@ class WebSocketParser:
     ``client=False`` (a server) requires every frame to be masked;
     ``client=True`` requires none to be. After a Close frame the parser
     returns nothing more: the RFC allows no data after Close.
+
+    Limits, each counted on the wire (a peer cannot dodge one by sending
+    its bytes in smaller or emptier frames):
+
+    - ``max_message``: payload bytes in one message, 1 MiB -> 1009, refused
+      from a frame's header before its payload is read;
+    - ``max_fragments``: frames in one message, empty ones included
+      (default :func:`default_max_fragments`) -> 1008;
+    - ``control_burst`` and ``control_rate``: Ping and Pong frames, a token
+      bucket of ``control_burst`` (32) refilled at ``control_rate`` (16) a
+      second -> 1008. The owner answers each Ping it is given, so pongs
+      are bounded by the same rate.
+
+    Memory: a payload is unmasked into the message as it arrives, so the
+    parser holds at most a partial header (13 bytes), a control frame's
+    payload (125) and one buffer for the unfinished message, which never
+    grows past ``max_message`` however the message is cut up.
+
+    When the input is bad after some whole events, the :class:`WebSocketError`
+    raised carries them in ``events`` (its owner delivers them before closing).
     """
 
-    __slots__ = ("max_message", "client", "_buf", "_frag", "_state")
+    __slots__ = ("max_message", "max_fragments", "control_burst", "control_rate", "client",
+                 "clock", "_head", "_frame", "_msg", "_state", "_tokens", "_refilled")
 
-    def __init__(self, max_message: int = 1 << 20, client: bool = False) -> None:
+    def __init__(
+        self,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        client: bool = False,
+        max_fragments: Optional[int] = None,
+        control_burst: int = DEFAULT_CONTROL_BURST,
+        control_rate: float = DEFAULT_CONTROL_RATE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_message < 0 or control_burst < 1 or control_rate < 0:
+            raise ValueError("need max_message >= 0, control_burst >= 1, control_rate >= 0")
         self.max_message = max_message
+        self.max_fragments = (default_max_fragments(max_message) if max_fragments is None
+                              else max(1, max_fragments))
+        self.control_burst = control_burst
+        self.control_rate = control_rate
         self.client = client
-        self._buf: Optional[bytearray] = None  # a partial frame, if any
-        self._frag: Optional[_Fragments] = None  # an unfinished fragmented message
+        self.clock = clock
+        self._head: Optional[bytes] = None  # a partial frame header, if any
+        self._frame: Optional[_Frame] = None  # a frame whose payload is arriving
+        self._msg: Optional[_Message] = None  # an unfinished message
         self._state: Optional[WebSocketError] = None  # the failure, or _CLOSED
+        self._tokens = float(control_burst)
+        self._refilled = -1.0  # when the token bucket was last refilled; -1: never
 
     @property
     def buffered(self) -> int:
-        """Bytes held: a partial frame plus the fragments received so far."""
-        held = len(self._buf) if self._buf is not None else 0
-        if self._frag is not None:
-            held += self._frag.size
+        """Payload bytes held: a partial header, control frame and message."""
+        held = len(self._head) if self._head is not None else 0
+        if self._frame is not None and self._frame.ctrl is not None:
+            held += len(self._frame.ctrl)
+        if self._msg is not None:
+            held += self._msg.size
+        return held
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of buffer the parser holds (capacity, not just contents)."""
+        held = len(self._head) if self._head is not None else 0
+        if self._frame is not None and self._frame.ctrl is not None:
+            held += MAX_CONTROL_PAYLOAD
+        if self._msg is not None:
+            held += len(self._msg.buf)
         return held
 
     @property
@@ -274,32 +351,63 @@ class WebSocketParser:
         if state is not None:
             if state is _CLOSED:
                 return []
+            state.events = ()
             raise state
-        buf = self._buf
-        if buf is not None:
-            buf += data
-            view = memoryview(buf)
-        else:
-            view = data if isinstance(data, memoryview) else memoryview(data)
+        view = data if isinstance(data, memoryview) else memoryview(data)
         events: List[Event] = []
-        size = len(view)
         try:
-            used = self._frames(view, events)
-        finally:
-            if buf is not None:
-                view.release()
-        if self._state is _CLOSED or used == size:
-            self._buf = None
-        elif buf is None:
-            self._buf = bytearray(view[used:])
-        else:
-            del buf[:used]
+            self._parse(view, events)
+        except WebSocketError as exc:
+            exc.events = events
+            raise
         return events
 
-    def _frames(self, view: memoryview, events: List[Event]) -> int:
-        """Parse whole frames from ``view``; returns the bytes used."""
+    def _parse(self, view: memoryview, events: List[Event]) -> None:
+        pos = 0
+        head = self._head
+        if head is not None:
+            # Finish the partial header from a small copy, then go on in ``view``.
+            self._head = None
+            take = min(MAX_HEADER - len(head), len(view))
+            chunk = head + view[:take].tobytes()
+            self._run(memoryview(chunk), events)
+            if self._state is not None:
+                return
+            left = self._head
+            pos = take
+            if left is not None:
+                if len(left) == len(chunk):
+                    return  # still one partial header, and ``view`` is all in it
+                # ``chunk`` ended inside a later header, which began in ``view``.
+                self._head = None
+                pos -= len(left)
+        if pos < len(view):
+            self._run(view[pos:] if pos else view, events)
+
+    def _run(self, view: memoryview, events: List[Event]) -> None:
+        """Frames and payloads from ``view``; a partial header is kept in ``_head``."""
         end = len(view)
         pos = 0
+        while True:
+            if self._frame is not None:
+                pos = self._payload(view, pos, events)
+                if self._frame is not None or self._state is not None:
+                    return
+            if pos >= end:
+                return
+            pos = self._frames(view, pos, events)
+            if self._state is not None:
+                return
+            if self._frame is None:
+                if pos < end:
+                    self._head = view[pos:].tobytes()
+                return
+
+    def _frames(self, view: memoryview, pos: int, events: List[Event]) -> int:
+        """Whole frames from ``view[pos:]``; stops at a partial header (returning
+        where it starts) or at a partial payload (with ``_frame`` set, returning
+        where the payload starts)."""
+        end = len(view)
         want_mask = not self.client
         while end - pos >= 2:
             b0 = view[pos]
@@ -328,6 +436,7 @@ class WebSocketParser:
                 if length >> 63:
                     self._fail(CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit set")
                 head = 10
+            msg = self._msg
             if opcode >= CLOSE:
                 if not fin:
                     self._fail(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
@@ -335,62 +444,128 @@ class WebSocketParser:
                     self._fail(CloseCode.PROTOCOL_ERROR,
                                f"control frame of {length} bytes (max {MAX_CONTROL_PAYLOAD})")
             else:
-                frag = self._frag
                 if opcode == CONTINUATION:
-                    if frag is None:
+                    if msg is None:
                         self._fail(CloseCode.PROTOCOL_ERROR, "continuation frame with no message")
-                elif frag is not None:
+                elif msg is not None:
                     self._fail(CloseCode.PROTOCOL_ERROR,
                                "new data frame before the fragmented message ended")
-                have = frag.size if frag is not None else 0
+                have = msg.size if msg is not None else 0
                 if have + length > self.max_message:
                     self._fail(CloseCode.TOO_BIG,
                                f"message of {have + length}+ bytes (max {self.max_message})")
+            key: Optional[bytes] = None
             if want_mask:
                 head += 4
-            stop = pos + head + length
-            if stop > end:
-                break
-            payload: bytes
-            if want_mask:
-                payload = mask(view[pos + head : stop], bytes(view[pos + head - 4 : pos + head]))
-            else:
-                payload = view[pos + head : stop].tobytes()
+                if end - pos < head:
+                    break
+                key = view[pos + head - 4 : pos + head].tobytes()
+            # The header is whole: count the frame.
+            if opcode < CLOSE and msg is not None:
+                msg.frames += 1
+                if msg.frames > self.max_fragments:
+                    self._fail(CloseCode.POLICY_VIOLATION,
+                               f"message in more than {self.max_fragments} frames")
+            start = pos + head
+            stop = start + length
+            if stop > end:  # the payload is still arriving
+                self._begin(opcode, bool(fin), length, key)
+                return start
+            payload = mask(view[start:stop], key) if key is not None else view[start:stop].tobytes()
             pos = stop
             if opcode >= CLOSE:
-                if opcode == CLOSE:
-                    events.append(self._close(payload))
+                if self._control(opcode, payload, events):
                     return pos
-                events.append(Ping(payload) if opcode == PING else Pong(payload))
-            else:
-                message = self._data(opcode, bool(fin), payload)
-                if message is not None:
-                    events.append(message)
-        return pos
-
-    def _data(self, opcode: int, fin: bool, payload: bytes) -> Optional[Message]:
-        if opcode != CONTINUATION:
-            if fin:
+            elif fin and msg is None:
                 if opcode == TEXT:
                     try:
                         payload.decode("utf-8")
                     except UnicodeDecodeError as exc:
                         self._fail(CloseCode.INVALID_DATA,
                                    f"text message is not UTF-8: {exc.reason}")
-                return Message(payload, opcode == TEXT)
-            frag = self._frag = _Fragments(opcode == TEXT)
+                events.append(Message(payload, opcode == TEXT))
+            else:
+                if msg is None:
+                    msg = self._msg = _Message(opcode == TEXT)
+                self._add(msg, payload, self.max_message)
+                if fin:
+                    events.append(self._finish(msg))
+        return pos
+
+    def _begin(self, opcode: int, fin: bool, length: int, key: Optional[bytes]) -> None:
+        """A frame whose payload will come in pieces."""
+        frame = self._frame = _Frame(opcode, fin, length, key)
+        if opcode >= CLOSE:
+            frame.ctrl = bytearray()
+            return
+        if self._msg is None:
+            self._msg = _Message(opcode == TEXT)
+        # An unfragmented message's size is known: its buffer grows to just that.
+        frame.limit = length if fin and self._msg.frames == 1 else self.max_message
+
+    def _payload(self, view: memoryview, pos: int, events: List[Event]) -> int:
+        """More of the current frame's payload; returns where it stopped."""
+        frame = self._frame
+        assert frame is not None
+        take = min(frame.left, len(view) - pos)
+        chunk = view[pos : pos + take]
+        key = frame.key
+        if key is not None:
+            turn = frame.done & 3
+            data = mask(chunk, key[turn:] + key[:turn] if turn else key)
         else:
-            held = self._frag
-            assert held is not None
-            frag = held
+            data = chunk.tobytes()
+        frame.done += take
+        frame.left -= take
+        if frame.ctrl is not None:
+            frame.ctrl += data
+        else:
+            msg = self._msg
+            assert msg is not None
+            self._add(msg, data, frame.limit)
+        if frame.left == 0:
+            self._frame = None
+            if frame.ctrl is not None:
+                self._control(frame.opcode, bytes(frame.ctrl), events)
+            elif frame.fin:
+                msg = self._msg
+                assert msg is not None
+                events.append(self._finish(msg))
+        return pos + take
+
+    def _add(self, msg: "_Message", data: bytes, limit: int) -> None:
         try:
-            frag.add(payload, fin)
+            msg.add(data, limit)
         except UnicodeDecodeError as exc:
             self._fail(CloseCode.INVALID_DATA, f"text message is not UTF-8: {exc.reason}")
-        if not fin:
-            return None
-        self._frag = None
-        return Message(b"".join(frag.parts), frag.utf8 is not None)
+
+    def _finish(self, msg: "_Message") -> Message:
+        self._msg = None
+        try:
+            return msg.finish()
+        except UnicodeDecodeError as exc:
+            self._fail(CloseCode.INVALID_DATA, f"text message is not UTF-8: {exc.reason}")
+
+    def _control(self, opcode: int, payload: bytes, events: List[Event]) -> bool:
+        """A whole control frame; True if it was the Close."""
+        if opcode == CLOSE:
+            events.append(self._close(payload))
+            return True
+        # The token bucket: control_burst at once, control_rate a second.
+        now = self.clock()
+        tokens = self._tokens
+        if self._refilled >= 0:
+            tokens = min(float(self.control_burst),
+                         tokens + (now - self._refilled) * self.control_rate)
+        self._refilled = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            self._fail(CloseCode.POLICY_VIOLATION,
+                       f"control frame flood (more than {self.control_burst} at once or "
+                       f"{self.control_rate:g} a second)")
+        self._tokens = tokens - 1.0
+        events.append(Ping(payload) if opcode == PING else Pong(payload))
+        return False
 
     def _close(self, payload: bytes) -> Close:
         if len(payload) == 1:
@@ -406,37 +581,79 @@ class WebSocketParser:
                 self._fail(CloseCode.INVALID_DATA, "close reason is not UTF-8")
             event = Close(code, reason)
         self._state = _CLOSED
-        self._frag = None
+        self._release()
         return event
 
     def _fail(self, code: int, message: str) -> NoReturn:
         err = WebSocketError(code, message)
         self._state = err
-        self._buf = None
-        self._frag = None
+        self._release()
         raise err
 
+    def _release(self) -> None:
+        self._head = None
+        self._frame = None
+        self._msg = None
 
-class _Fragments:
-    """The fragments of a message so far (only while one is unfinished).
 
-    A text message's UTF-8 is checked fragment by fragment, by an
-    incremental decoder, so a bad byte fails before the message ends.
+class _Frame:
+    """A frame whose payload has not all arrived."""
+
+    __slots__ = ("opcode", "fin", "left", "done", "key", "ctrl", "limit")
+
+    def __init__(self, opcode: int, fin: bool, length: int, key: Optional[bytes]) -> None:
+        self.opcode = opcode
+        self.fin = fin
+        self.left = length  # payload bytes still to come
+        self.done = 0  # payload bytes seen (the masking key turns with them)
+        self.key = key
+        self.ctrl: Optional[bytearray] = None  # a control frame's payload so far
+        self.limit = 0  # how far the message buffer may grow for this frame
+
+
+class _Message:
+    """An unfinished message: one buffer that never grows past its limit.
+
+    A list of fragments cost ~40 bytes of object per fragment (4,000
+    one-byte fragments held 34 times the 4 KiB cap); this buffer doubles
+    as needed, but never past the message cap, and holds nothing per frame.
+    A text message's UTF-8 is checked as its bytes come, by an incremental
+    decoder, so a bad byte fails before the message (or even its frame) ends.
     """
 
-    __slots__ = ("parts", "size", "utf8")
+    __slots__ = ("buf", "size", "frames", "utf8")
 
     def __init__(self, text: bool) -> None:
-        self.parts: List[bytes] = []
+        self.buf = bytearray()
         self.size = 0
+        self.frames = 1
         self.utf8: Any = codecs.getincrementaldecoder("utf-8")() if text else None
 
-    def add(self, payload: bytes, final: bool) -> None:
-        """Keep ``payload``; raises UnicodeDecodeError for bad text."""
+    def add(self, data: bytes, limit: int) -> None:
+        """Append ``data``; raises UnicodeDecodeError for bad text."""
         if self.utf8 is not None:
-            self.utf8.decode(payload, final)
-        self.parts.append(payload)
-        self.size += len(payload)
+            self.utf8.decode(data, False)
+        n = len(data)
+        if not n:
+            return
+        size = self.size
+        need = size + n
+        buf = self.buf
+        if need > len(buf):
+            grown = bytearray(min(max(limit, need), max(need, 2 * len(buf), 64)))
+            if size:
+                memoryview(grown)[:size] = memoryview(buf)[:size]
+            self.buf = buf = grown
+        buf[size:need] = data
+        self.size = need
+
+    def finish(self) -> Message:
+        if self.utf8 is not None:
+            self.utf8.decode(b"", True)
+        buf = self.buf
+        data = bytes(buf) if self.size == len(buf) else bytes(memoryview(buf)[: self.size])
+        self.buf = bytearray()
+        return Message(data, self.utf8 is not None)
 
 
 _CLOSED = WebSocketError(CloseCode.NORMAL, "closed")

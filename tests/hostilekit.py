@@ -134,6 +134,13 @@ class HostileServer:
         with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
+    def admin_port(self) -> int:
+        """The admin listener's port (started with ``--admin-port``), from its banner."""
+        for line in self.output().splitlines():
+            if line.startswith("admin ") and "http://" in line:
+                return int(line.rsplit(":", 1)[1].strip("/ "))
+        raise AssertionError(f"no admin listener in {self.output()!r}")
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -251,7 +258,11 @@ class Watcher:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            self.closed = self.closed or f"send failed: {exc}"
+            self.end(f"send failed: {exc}")
+
+    def end(self, why: str) -> None:
+        """The connection ended (the first reason stays: an ERROR before its Close)."""
+        self.closed = self.closed or why
 
     def on_readable(self, now: float) -> None:
         try:
@@ -259,10 +270,10 @@ class Watcher:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.closed = f"recv failed: {exc}"
+            self.end(f"recv failed: {exc}")
             return
         if not data:
-            self.closed = "server closed the connection"
+            self.end("server closed the connection")
             return
         if self.kind == "tcp":
             self.on_frames(now, self.frames.feed(data))
@@ -273,7 +284,7 @@ class Watcher:
             if end < 0:
                 return
             if not self.head.startswith(b"HTTP/1.1 101"):
-                self.closed = f"upgrade refused: {self.head[:80]!r}"
+                self.end(f"upgrade refused: {self.head[:80]!r}")
                 return
             data = self.head[end + 4:]
             self.ws = ws.WebSocketParser(client=True)
@@ -284,7 +295,7 @@ class Watcher:
             elif isinstance(event, ws.Ping):
                 self.send_raw(ws.frame(event.data, ws.PONG, mask_key=os.urandom(4)))
             elif isinstance(event, ws.Close):
-                self.closed = f"WebSocket close {event.code} {event.reason}"
+                self.end(f"WebSocket close {event.code} {event.reason}")
 
     def on_frames(self, now: float, frames: List[bytes]) -> None:
         for payload in frames:
@@ -295,7 +306,7 @@ class Watcher:
                 self.welcomed = True
                 self.plan_move(now)
             elif kind == st.ERROR:
-                self.closed = f"ERROR {st.decode(payload)}"
+                self.end(f"ERROR {st.decode(payload)}")
 
     def plan_move(self, now: float) -> None:
         if self.move_every is not None:

@@ -69,19 +69,19 @@ def sent(brain):
 def test_connect_says_hello_and_join_fills_player_board_and_stats():
     clock = FakeClock()
     brain = st.ClientBrain(shape=3, colour=0x123456, clock=clock)
-    assert brain.state == "offline" and brain.status_line() == "Not connected"
+    assert brain.state == st.ClientState.OFFLINE and brain.status_line() == "Not connected"
     brain.connecting("127.0.0.1:12150")
     assert "Connecting to 127.0.0.1:12150" in brain.status_line()
     brain.connected()
     assert sent(brain) == [st.Hello(st.PROTOCOL_VERSION, 3, 0x123456)]
-    assert brain.state == "joining"
+    assert brain.state == st.ClientState.JOINING
     data = (st.frame(st.Welcome(ME, shape=3, colour=0x123456))
             + st.frame(st.You(0, 100, 200, 0, "ACE"))
             + st.frame(st.Stats(3, 2, 60, 20480, 18432, 900))
             + st.frame(tick(1, counts=[0, 2] + [0] * 10)))
     for i in range(len(data)):  # one byte at a time: frames split across reads
         brain.feed(data[i:i + 1])
-    assert brain.state == "playing" and brain.player_id == ME
+    assert brain.state == st.ClientState.PLAYING and brain.player_id == ME
     assert brain.me is not None and (brain.me.tx, brain.me.ty) == (100, 200)
     assert (brain.me.shape, brain.me.colour) == (3, 0x123456)
     assert brain.letters == "ACE" and brain.score == 0
@@ -265,10 +265,11 @@ def test_the_servers_error_text_is_kept_and_a_version_error_stops_retrying():
     brain = st.ClientBrain(version=3, clock=FakeClock())
     brain.connecting("h:1")
     brain.connected()
-    brain.feed(st.frame(st.Error(st.ErrorCode.VERSION, "server speaks protocols 1 and 2, client sent 3")))
+    text = "server speaks protocols 1 and 2, client sent 3"
+    brain.feed(st.frame(st.Error(st.ErrorCode.VERSION, text)))
     assert brain.error == "server speaks protocols 1 and 2, client sent 3" and brain.give_up
     brain.disconnected("the server closed the connection", None)
-    assert brain.state == "stopped"
+    assert brain.state == st.ClientState.STOPPED
     assert brain.error == "server speaks protocols 1 and 2, client sent 3"  # still shown
     assert "Not reconnecting" in brain.status_line()
 
@@ -290,7 +291,7 @@ def test_disconnect_resets_the_session_and_says_it_is_reconnecting():
     brain.click(50, 50)
     brain.feed(st.frame(st.You(1, 50, 50, 0, "ACE"))[:5])  # half a frame, then the line dies
     brain.disconnected("connection reset by peer", clock.now + 0.5)
-    assert brain.state == "waiting"
+    assert brain.state == st.ClientState.WAITING
     assert (brain.player_id, brain.me, brain.letters, brain.score) == (0, None, "", 0)
     assert brain.markers == {} and brain.stats is None and brain.outbox == []
     assert brain.attractor == st.PARKED and brain.counts == (0,) * 12 and brain.players == 0
@@ -304,7 +305,7 @@ def test_disconnect_resets_the_session_and_says_it_is_reconnecting():
     brain.connected()
     assert sent(brain) == [st.Hello()]
     brain.feed(st.frame(st.Welcome(21, 0, 0x4363D8)) + st.frame(st.You(0, 5, 6, 0, "XYZ")))
-    assert brain.state == "playing" and brain.player_id == 21 and brain.letters == "XYZ"
+    assert brain.state == st.ClientState.PLAYING and brain.player_id == 21 and brain.letters == "XYZ"
     assert (brain.me.tx, brain.me.ty) == (5, 6) and brain.seq == 0
 
 
@@ -357,7 +358,7 @@ def test_driver_joins_sees_others_move_and_its_click_reaches_the_server():
     try:
         brain = st.ClientBrain()
         net = drive(h, brain, h.port)
-        h.run_until(lambda: brain.state == "playing" and brain.tick >= 0)
+        h.run_until(lambda: brain.state == st.ClientState.PLAYING and brain.tick >= 0)
         pid = brain.player_id
         assert pid in h.server.game.players and brain.stats is not None
         other = h.client()
@@ -381,13 +382,13 @@ def test_driver_reconnects_when_the_server_drops_it_as_a_new_player():
     try:
         brain = st.ClientBrain()
         net = drive(h, brain, h.port)
-        h.run_until(lambda: brain.state == "playing")
+        h.run_until(lambda: brain.state == st.ClientState.PLAYING)
         first = brain.player_id
         h.server.game.players[first].conn.close("test")
-        h.run_until(lambda: brain.state == "waiting")
+        h.run_until(lambda: brain.state == st.ClientState.WAITING)
         assert "Server gone: the server closed the connection" in brain.status_line()
         assert 0.4 < brain.retry_at - h.loop.time() <= 0.5
-        h.run_until(lambda: brain.state == "playing", timeout=5)
+        h.run_until(lambda: brain.state == st.ClientState.PLAYING, timeout=5)
         assert brain.player_id != first and brain.player_id in h.server.game.players
         assert net.failures == 0  # a successful join resets the backoff
         net.stop()
@@ -400,10 +401,10 @@ def test_driver_shows_a_version_error_and_stops_retrying():
     try:
         brain = st.ClientBrain(version=3)
         net = drive(h, brain, h.port)
-        h.run_until(lambda: brain.state == "stopped")
+        h.run_until(lambda: brain.state == st.ClientState.STOPPED)
         assert brain.error == "server speaks protocols 1 and 2, client sent 3"
         h.run(0.8)
-        assert net.sock is None and brain.state == "stopped"  # no retry
+        assert net.sock is None and brain.state == st.ClientState.STOPPED  # no retry
         assert h.server.net.stats.accepted == 1
         net.stop()
     finally:
@@ -419,11 +420,11 @@ def test_driver_backs_off_exponentially_while_nobody_listens():
         before = brain.retry_at
         for _ in range(2000):  # a refused loopback connect fails at once or on the next poll
             net.step()
-            if brain.state == "waiting" and brain.retry_at != before:
+            if brain.state == st.ClientState.WAITING and brain.retry_at != before:
                 break
             if net.lookup is not None:
                 net.lookup.done.wait(5)
-        assert brain.state == "waiting", brain.status_line()
+        assert brain.state == st.ClientState.WAITING, brain.status_line()
         assert "Cannot reach 127.0.0.1" in brain.status_line()
         delays.append(brain.retry_at - clock.now)
         clock.now = brain.retry_at
@@ -441,20 +442,20 @@ def test_driver_drops_a_silent_server_after_10_s():
                            clock=clock)
         for _ in range(2000):
             net.step()
-            if brain.state == "joining":
+            if brain.state == st.ClientState.JOINING:
                 break
             if net.lookup is not None:
                 net.lookup.done.wait(5)
-        assert brain.state == "joining"
+        assert brain.state == st.ClientState.JOINING
         conn, _ = listener.accept()
         conn.settimeout(5)
         assert conn.recv(100) == st.frame(st.Hello())
         clock.advance(9)
         net.step()
-        assert brain.state == "joining"
+        assert brain.state == st.ClientState.JOINING
         clock.advance(2)
         net.step()
-        assert brain.state == "waiting" and "nothing from the server for 10 s" in brain.why
+        assert brain.state == st.ClientState.WAITING and "nothing from the server for 10 s" in brain.why
         conn.close()
     finally:
         listener.close()
@@ -467,16 +468,16 @@ def test_driver_drops_a_server_that_sends_garbage():
     try:
         brain = st.ClientBrain()
         net = st.NetClient(brain, "127.0.0.1", listener.getsockname()[1], lambda d, f: None)
-        while brain.state != "joining":
+        while brain.state != st.ClientState.JOINING:
             net.step()
         conn, _ = listener.accept()
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         for _ in range(500):
             net.step()
-            if brain.state == "waiting":
+            if brain.state == st.ClientState.WAITING:
                 break
             time.sleep(0.01)
-        assert brain.state == "waiting" and brain.why.startswith("bad data from the server")
+        assert brain.state == st.ClientState.WAITING and brain.why.startswith("bad data from the server")
         conn.close()
     finally:
         listener.close()
@@ -487,11 +488,11 @@ def test_unresolvable_host_is_reported_not_raised():
     net = st.NetClient(brain, "no-such-host.invalid", 12150, lambda d, f: None)
     for _ in range(2000):
         net.step()
-        if brain.state == "waiting":
+        if brain.state == st.ClientState.WAITING:
             break
         if net.lookup is not None:
             net.lookup.done.wait(10)
-    assert brain.state == "waiting" and brain.why.startswith("cannot find no-such-host.invalid")
+    assert brain.state == st.ClientState.WAITING and brain.why.startswith("cannot find no-such-host.invalid")
 
 
 # -- the command line ------------------------------------------------------------------

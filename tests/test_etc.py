@@ -198,6 +198,17 @@ def test_unit_has_the_limits_restart_user_and_hardening_the_issue_asks_for():
     assert unit_value("WantedBy", "Install") == "multi-user.target"
 
 
+def test_unit_signals_agree_with_the_server():
+    """stop sends what drains; reload and SendSIGHUP send only what the server ignores."""
+    service = {k: v for s, k, v in unit_keys() if s == "Service"}
+    assert getattr(signal, service["KillSignal"]) in st.ServerSignals.SIGNALS
+    assert service["SendSIGHUP"] == "no"
+    assert shlex.split(service["ExecReload"])[:2] == ["/bin/kill", "-HUP"]
+    assert signal.SIGHUP in st.ServerSignals.IGNORED
+    argv = shlex.split(service["ExecStart"])
+    assert "--admin-port" in argv and "--admin-host" not in argv  # loopback, the default
+
+
 def test_every_unit_setting_is_explained():
     lines = open(UNIT).read().splitlines()
     for i, line in enumerate(lines):
@@ -217,6 +228,8 @@ def test_unit_execstart_runs_the_real_server(tmp_path):
     port = free_port()
     args[args.index("--port") + 1] = str(port)
     args[args.index("--host") + 1] = "127.0.0.1"
+    if "--admin-port" in args:
+        args[args.index("--admin-port") + 1] = str(free_port())
     pyz = tmp_path / "spelltraction.pyz"
     st.build_bundle(str(pyz))
     assert argv[1] == "-I"

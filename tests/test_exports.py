@@ -14,13 +14,18 @@ PUBLIC = {
     # constants
     "CLOSED_CODEC", "DEFAULT_MAX_FRAME", "HTTP", "WEBSOCKET",
     # classes and types
-    "BufferFull", "CloseCode", "CloseReason", "Codec", "CodecFactory", "Connection",
+    "BufferFull", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "Connection",
     "EventLoop", "FrameError", "FrameParser", "Handler", "Histogram", "NetStats",
     "OversizeFrame", "Owner", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
-    "SplitFrame", "TCPServer", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
+    "SplitFrame", "TCPClient", "TCPServer", "Text", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
+    # Redis (RESP codec and connections)
+    "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",
+    "RedisAddress", "RedisError", "RedisSubscriber", "ReplyError", "RespParser",
+    "RespProtocolError",
     # functions
-    "bind_listeners", "close_code_for", "encode_frame", "percentile",
+    "bind_listeners", "close_code_for", "encode_command", "encode_frame", "percentile",
+    "websocket_client",
 }
 
 HANDLER_CALLBACKS = {

@@ -159,3 +159,103 @@ def test_response_builder():
     assert response(204, close=True).endswith(b"Connection: close\r\n\r\n")
     err = error_response(404, "nope")
     assert err.startswith(b"HTTP/1.1 404 Not Found\r\n") and err.endswith(b"404 Not Found: nope\n")
+
+
+# -- Content-Length (RFC 9112 6.3, RFC 9110 8.6) ---------------------------------
+
+def head_with(*lengths):
+    fields = b"".join(b"Content-Length: " + v + b"\r\n" for v in lengths)
+    return b"GET / HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+
+
+@pytest.mark.parametrize("lengths, expected", [
+    ((b"5", b"5"), 5),  # a duplicate field, identical: merged
+    ((b"1, 1",), 1),  # the same, combined into one field by a proxy
+    ((b"7,7", b" 7 "), 7),
+    ((b"0",), 0),
+    ((b"0005", b"5"), 5),  # the same decimal value
+    ((b"9" * 18,), 10 ** 18 - 1),
+])
+def test_identical_content_lengths_are_merged(lengths, expected):
+    p = RequestParser()
+    p.feed(head_with(*lengths))
+    req = p.next_request()
+    assert req.content_length == expected
+    assert req.has_body == (expected > 0)
+
+
+@pytest.mark.parametrize("lengths, words", [
+    ((b"5", b"6"), "differing"),
+    ((b"1, 2",), "differing"),
+    (("²".encode(),), "ASCII digits"),  # int("²") raised ValueError before
+    (("٥".encode(),), "ASCII digits"),  # an Arabic-Indic five: int() takes it too
+    ((b"\xb2",), "ASCII digits"),  # latin-1 superscript two
+    ((b"1" * 4301,), "4301 digits"),  # past int()'s own digit limit
+    ((b"1" * 19,), "19 digits"),
+    ((b"+5",), "ASCII digits"),
+    ((b"5,",), "ASCII digits"),
+    ((b"0x10",), "ASCII digits"),
+    ((b"",), "ASCII digits"),
+])
+def test_bad_content_lengths_are_400_never_another_exception(lengths, words):
+    data = head_with(*lengths)
+    text = fails(data, 400) if len(data) < 400 else None
+    p = RequestParser(max_line=8192, max_head=16384)
+    with pytest.raises(HttpError) as info:
+        p.feed(data)
+        parse_all(p)
+    assert info.value.status == 400 and words in str(info.value)
+    assert text is None or words in text
+
+
+def test_has_body_of_a_hand_made_request_raises_only_http_error():
+    req = Request("GET", "/", "HTTP/1.1", (("host", "x"), ("content-length", "1, 2")))
+    with pytest.raises(HttpError):
+        req.has_body
+    req = Request("GET", "/", "HTTP/1.1", (("content-length", "1"), ("content-length", "1")))
+    assert req.has_body and req.content_length == 1
+
+
+def test_random_mutations_raise_only_http_error():
+    """A small random fuzz (the full one is bench/fuzz.py): nothing but HttpError."""
+    import random
+
+    rnd = random.Random(11)
+    base = (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    pieces = [b"\r\n", b"\r", b"\n", b":", b" ", b",", b"1", b"\xb2", "²".encode(),
+              b"\x00", b"\xff", b"Content-Length: ", b"GET ", b"*", b"http://"]
+    for _ in range(3000):
+        data = bytearray(base)
+        for _ in range(rnd.randint(1, 6)):
+            pos = rnd.randint(0, len(data))
+            if rnd.random() < 0.5:
+                data[pos:pos] = rnd.choice(pieces)
+            else:
+                del data[pos : pos + rnd.randint(1, 4)]
+        p = RequestParser()
+        try:
+            for i in range(0, len(data), 7):
+                p.feed(bytes(data[i : i + 7]))
+                for req in parse_all(p):
+                    req.has_body, req.keep_alive, req.path, req.content_length
+        except HttpError:
+            pass
+
+
+def test_bytes_after_an_upgrade_request_are_not_scanned_as_http():
+    frame_with_lf = b"\x82\x88\n\n\n\nGET \nbare LF and \x00"
+    p = RequestParser()
+    p.feed(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+           + frame_with_lf)
+    assert p.next_request().path == "/ws"
+    assert p.take_rest() == frame_with_lf
+
+
+def test_a_bad_pipelined_request_is_refused_when_it_is_asked_for():
+    p = RequestParser()
+    p.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\nHost: h\n\n")
+    assert p.next_request().path == "/a"
+    with pytest.raises(HttpError) as info:
+        p.next_request()
+    assert info.value.status == 400 and "bare LF" in str(info.value)

@@ -122,7 +122,7 @@ def test_after_the_first_signal_a_second_one_no_longer_waits_for_the_loop():
     loop = EventLoop()
     server = st.GameServer(loop, st.ServerOptions(host="127.0.0.1", port=0, tick_ms=20))
     server.start()
-    handlers = st.ShutdownSignals(loop, server)
+    handlers = st.ServerSignals(loop, server)
     saved = {sig: signal.getsignal(sig) for sig in handlers.SIGNALS}
     try:
         handlers.install()

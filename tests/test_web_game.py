@@ -227,3 +227,12 @@ def test_bad_handshake_is_an_http_error_not_a_game_error(h):
     assert r.status == 400 and b"16 bytes" in r.body
     c.wait_closed()
     assert not h.server.errors_sent
+
+
+@pytest.mark.parametrize("key", [b"\n\n\n\n", b"\r\n\r\n", b"a\nb\r"])
+def test_upgrade_and_a_first_frame_holding_lf_in_one_segment(h, key):
+    # The frame after the head was scanned as a pipelined HTTP request:
+    # "400 bare LF" whenever its masked bytes held 0x0A (random, 1 in ~30).
+    hello = ws.frame(st.frame(st.Hello()), mask_key=key)
+    c = WsClient(h, extra=hello)
+    assert c.expect(st.Welcome).player_id >= 1

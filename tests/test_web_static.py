@@ -269,3 +269,57 @@ def test_no_web_root_serves_only_healthz_and_upgrades():
         assert RawConn(h).request("/healthz").status == 200
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("lengths, status", [
+    (["5", "5"], 405),  # identical duplicates merged: a GET with a body is answered, closed
+    (["5", "6"], 400),
+    (["²"], 400),  # int() takes it: a ValueError traceback and no answer, before
+    (["1" * 4301], 400),  # past int()'s digit limit: ValueError, before
+])
+def test_bad_content_length_gets_an_answer_and_a_close_not_a_traceback(h, caplog, lengths,
+                                                                       status):
+    c = RawConn(h)
+    fields = "".join(f"Content-Length: {v}\r\n" for v in lengths)
+    c.send(f"POST / HTTP/1.1\r\nHost: t\r\n{fields}\r\n".encode("utf-8"))
+    r = c.responses(1)[0]
+    assert r.status == status and r.headers["connection"] == "close"
+    c.wait_closed()
+    assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"
+    # The server serves the next client as before.
+    assert RawConn(h).request("/").status == 200
+
+
+def test_a_file_over_the_size_limit_is_413_logged_once_never_500(h, root, caplog):
+    (root / "big.bin").write_bytes(b"x" * (2 << 20))  # 2 MiB, over the 1 MiB limit
+    caplog.set_level("WARNING", logger="netcore")
+    for _ in range(5):
+        r = RawConn(h).request("/big.bin")
+        assert r.status == 413 and b"over the 1048576-byte limit" in r.body
+    warned = [rec for rec in caplog.records if "big.bin" in rec.getMessage()]
+    assert len(warned) == 1 and "2097152 bytes" in warned[0].getMessage()
+    (root / "big.bin").write_bytes(b"small now")  # a new version is served at once
+    r = RawConn(h).request("/big.bin")
+    assert r.status == 200 and r.body == b"small now"
+
+
+def test_a_reader_file_over_the_limit_is_413():
+    from netcore.http import Request
+    from netcore.static import StaticFiles
+
+    files = StaticFiles(reader=lambda name: b"y" * 100, max_size=10)
+    status, data = files.respond(Request("GET", "/a.js", "HTTP/1.1", (("host", "t"),)))
+    assert status == 413 and data.startswith(b"HTTP/1.1 413 ")
+
+
+@pytest.mark.parametrize("path, name", [
+    ("/./index.html", "index.html"),
+    ("/.", "index.html"),
+    ("/img/./pic.png", "img/pic.png"),
+    ("/./img/././pic.png", "img/pic.png"),
+    ("/%2E/app.js", "app.js"),
+])
+def test_dot_segments_are_removed(h, path, name):
+    r = RawConn(h).request(path)
+    assert r.status == 200, path
+    assert r.body == FILES[name]

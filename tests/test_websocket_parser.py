@@ -247,3 +247,175 @@ def test_bad_handshakes(replace, status):
     with pytest.raises(HttpError) as info:
         handshake_response(p.next_request())
     assert info.value.status == status
+
+
+# -- limits counted on the wire (issue 11) ----------------------------------------
+
+def fragmented(sizes, opcode=BINARY, filler=b"f"):
+    """One message in frames of the given payload sizes (empty ones allowed)."""
+    frames = [cframe(filler * n, opcode if i == 0 else CONTINUATION, fin=i == len(sizes) - 1)
+              for i, n in enumerate(sizes)]
+    return b"".join(frames)
+
+
+def test_an_unfinished_message_of_tiny_fragments_holds_no_more_than_its_cap():
+    # 4,000 one-byte fragments under a 4 KiB cap held ~132 KiB (34x) as a list.
+    import tracemalloc
+
+    data = fragmented([1] * 4000)[:-7]  # the last frame not yet come: unfinished
+    p = WebSocketParser(max_message=4096, max_fragments=10 ** 6)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(0, len(data), 1500):  # arriving in packets
+        p.parse(data[i : i + 1500])
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert p.buffered == 3999
+    assert p.allocated <= 4096 + 64
+    assert held <= 4096 + 1024, held
+
+
+def test_empty_continuation_frames_count_against_the_frame_limit():
+    p = WebSocketParser(max_message=4096, max_fragments=16)
+    start = cframe(b"a", BINARY, fin=False)
+    empty = cframe(b"", CONTINUATION, fin=False)
+    with pytest.raises(WebSocketError) as info:
+        p.parse(start + empty * 15)  # 16 frames: still allowed
+        p.parse(empty)  # the 17th
+    assert info.value.code == CloseCode.POLICY_VIOLATION
+    assert "more than 16 frames" in str(info.value)
+
+
+def test_empty_continuation_frames_cost_no_memory_while_allowed():
+    # 4.2 million of these grew a server by 35.7 MB and never closed it.
+    p = WebSocketParser(max_message=4096, max_fragments=10 ** 7)
+    p.parse(cframe(b"a", BINARY, fin=False))
+    empty = cframe(b"", CONTINUATION, fin=False) * 10_000
+    for _ in range(20):
+        p.parse(empty)
+    assert p.buffered == 1 and p.allocated <= 64
+
+
+def test_the_default_frame_limit_scales_with_the_message_cap():
+    # examples/echo.py must take 4 MiB in 64-byte fragments: 65,536 frames.
+    p = WebSocketParser(max_message=4 << 20)
+    assert p.max_fragments == 65536
+    data = fragmented([64] * 65536)
+    events = []
+    for i in range(0, len(data), 65536):
+        events += p.parse(data[i : i + 65536])
+    assert events == [Message(b"f" * (4 << 20))]
+    assert WebSocketParser(max_message=4096).max_fragments == 64
+    assert WebSocketParser(max_message=100).max_fragments == 16
+    fails(fragmented([1] * 65), CloseCode.POLICY_VIOLATION, max_message=4096)
+
+
+def test_ten_back_to_back_pings_pass_with_the_default_limits():
+    events = WebSocketParser().parse(b"".join(cframe(b"%d" % i, PING) for i in range(10)))
+    assert events == [Ping(b"%d" % i) for i in range(10)]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_control_frame_flood_is_1008_and_the_bucket_refills():
+    clock = FakeClock()
+    p = WebSocketParser(control_burst=5, control_rate=2.0, clock=clock)
+    assert len(p.parse(cframe(b"", PING) * 3 + cframe(b"", PONG) * 2)) == 5  # the burst
+    clock.now += 1.0  # two more tokens
+    assert len(p.parse(cframe(b"", PING) * 2)) == 2
+    with pytest.raises(WebSocketError) as info:
+        p.parse(cframe(b"", PING))
+    assert info.value.code == CloseCode.POLICY_VIOLATION and "flood" in str(info.value)
+
+
+def test_a_steady_ping_rate_under_the_limit_runs_forever():
+    clock = FakeClock()
+    p = WebSocketParser(control_burst=4, control_rate=2.0, clock=clock)
+    for _ in range(1000):
+        assert p.parse(cframe(b"x", PING)) == [Ping(b"x")]
+        clock.now += 0.5
+
+
+def test_a_flood_in_one_chunk_is_refused_within_the_chunk():
+    p = WebSocketParser(control_burst=8, control_rate=1.0, clock=FakeClock())
+    with pytest.raises(WebSocketError) as info:
+        p.parse(cframe(b"data") + cframe(b"", PING) * 100_000)
+    assert info.value.code == CloseCode.POLICY_VIOLATION
+    assert info.value.events[:2] == [Message(b"data"), Ping(b"")]
+    assert len(info.value.events) == 9  # the message and the burst, then the refusal
+
+
+def test_events_before_an_error_travel_with_it():
+    data = cframe(b"one") + cframe(b"two") + frame(b"unmasked")
+    p = WebSocketParser()
+    with pytest.raises(WebSocketError) as info:
+        p.parse(data)
+    assert info.value.events == [Message(b"one"), Message(b"two")]
+    with pytest.raises(WebSocketError) as again:  # stays failed; nothing delivered twice
+        p.parse(cframe(b"three"))
+    assert again.value.events == ()
+
+
+def test_invalid_utf8_fails_inside_a_frame_before_it_ends():
+    head = frame_header(100_000, TEXT, mask_key=KEY)
+    start = mask(b"ok" + b"\xff" + b"x" * 10, KEY)
+    p = WebSocketParser()
+    with pytest.raises(WebSocketError) as info:
+        p.parse(head + start)
+    assert info.value.code == CloseCode.INVALID_DATA
+
+
+def test_a_large_frame_arriving_in_pieces_is_unmasked_as_it_comes():
+    payload = os.urandom(300_000)
+    data = cframe(payload)
+    p = WebSocketParser()
+    events = []
+    for i in range(0, len(data), 1000):
+        events += p.parse(data[i : i + 1000])
+        assert p.allocated <= 300_000 + 14
+    assert events == [Message(payload)]
+
+
+def random_stream(rnd):
+    """Random frames (fragments, interleaved control frames) and the events they make."""
+    data, events = [], []
+    for _ in range(rnd.randint(1, 10)):
+        if rnd.random() < 0.3:
+            payload = os.urandom(rnd.randint(0, 125))
+            opcode = rnd.choice([PING, PONG])
+            data.append(cframe(payload, opcode))
+            events.append((Ping if opcode == PING else Pong)(payload))
+            continue
+        text = rnd.random() < 0.5
+        whole = "é€a".encode() * rnd.randint(0, 3000) if text else os.urandom(rnd.randint(0, 70000))
+        cuts = sorted(rnd.sample(range(len(whole) + 1), min(len(whole) + 1, rnd.randint(0, 5))))
+        pieces = [whole[a:b] for a, b in zip([0] + cuts, cuts + [len(whole)])]
+        for i, piece in enumerate(pieces):
+            data.append(cframe(piece, (TEXT if text else BINARY) if i == 0 else CONTINUATION,
+                               fin=i == len(pieces) - 1))
+            if i < len(pieces) - 1 and rnd.random() < 0.3:
+                data.append(cframe(b"between", PING))
+                events.append(Ping(b"between"))
+        events.append(Message(whole, text))
+    return b"".join(data), events
+
+
+def test_random_streams_at_random_splits():
+    import random
+
+    rnd = random.Random(6455)
+    for _ in range(200):
+        data, expected = random_stream(rnd)
+        p = WebSocketParser(max_message=1 << 20, control_burst=1000)
+        cuts = sorted(rnd.sample(range(len(data)), min(len(data), rnd.randint(0, 30))))
+        got = []
+        for a, b in zip([0] + cuts, cuts + [len(data)]):
+            got += p.parse(data[a:b])
+        assert got == expected
+        assert p.buffered == 0

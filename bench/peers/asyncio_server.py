@@ -342,9 +342,9 @@ class AsyncioGameServer:
                      "letters_scored": self.game.letters_scored,
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(k): v for k, v in self.errors_sent.items()},
-            "rss_kb": rss_kb(),
-            "start_rss_kb": self.start_rss_kb,
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
+            "rss_bytes": rss_kb() * 1024,
+            "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
             # The peer speaks only the binary protocol: no WebSocket players, no HTTP.

@@ -1,0 +1,414 @@
+"""netcore.redis against a real redis-server: commands, pipelining, pub/sub, faults."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from netcore.loop import EventLoop
+from netcore.redis import (
+    CommandError,
+    ConnectionLost,
+    HandshakeError,
+    NotConnected,
+    Redis,
+    RedisAddress,
+    RedisSubscriber,
+)
+from netcore.resp import ReplyError
+from redisproc import RedisServer, free_port, require_redis
+
+
+def run_until(loop, condition, timeout=5.0):
+    deadline = loop.time() + timeout
+    while not condition():
+        left = deadline - loop.time()
+        if left <= 0:
+            raise AssertionError("condition not met in time")
+        loop.run_once(min(left, 0.05))
+
+
+@pytest.fixture
+def loop():
+    loop = EventLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = RedisServer(str(tmp_path)).start()
+    yield srv
+    srv.kill()
+
+
+class Events:
+    """Records a link's callbacks."""
+
+    def __init__(self):
+        self.ready = 0
+        self.lost = []
+        self.errors = []
+        self.messages = []
+
+    def kwargs(self):
+        return dict(on_ready=self.on_ready, on_lost=self.lost.append, on_error=self.errors.append)
+
+    def on_ready(self):
+        self.ready += 1
+
+
+def connect(loop, address, events=None, **kw):
+    events = events or Events()
+    client = Redis(loop, address, **events.kwargs(), **kw)
+    client.start()
+    run_until(loop, lambda: client.ready)
+    return client, events
+
+
+def call(loop, client, *args):
+    pending = client.execute(*args)
+    run_until(loop, lambda: pending.done)
+    return pending
+
+
+# -- addresses (no server) ------------------------------------------------------
+
+
+def test_url_parsing():
+    a = RedisAddress.from_url("redis://10.0.0.5:7000/3")
+    assert (a.host, a.port, a.db, a.username, a.password) == ("10.0.0.5", 7000, 3, None, None)
+    a = RedisAddress.from_url("redis://:s%40cret@[::1]")
+    assert (a.host, a.port, a.db, a.username, a.password) == ("::1", 6379, 0, None, "s@cret")
+    a = RedisAddress.from_url("redis://game:pw@redis.example:6380/")
+    assert (a.host, a.port, a.username, a.password) == ("redis.example", 6380, "game", "pw")
+    assert "pw" not in repr(a) and repr(a) == "RedisAddress('redis://game:***@redis.example:6380')"
+
+
+@pytest.mark.parametrize(
+    "url,fragment",
+    [
+        ("http://h:1", "not a redis:// URL"),
+        ("rediss://h:1", "TLS"),
+        ("redis://h:99999", "bad port"),
+        ("redis://h:x", "bad port"),
+        ("redis://:1", "no host"),
+        ("redis://h/db1", "database number"),
+        ("redis://h/1?x=2", "no query"),
+        ("redis://user@h", "needs a password"),
+    ],
+)
+def test_url_errors_say_what_is_wrong(url, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        RedisAddress.from_url(url)
+
+
+def test_password_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    assert RedisAddress.from_url("redis://h", password_file=str(secret)).password == "from-file"
+    assert RedisAddress.from_url("redis://u:x@h", password_file=str(secret)).password == "from-file"
+    monkeypatch.setenv("ST_REDIS_PW", "from-env")
+    assert RedisAddress.from_url("redis://game@h", password_env="ST_REDIS_PW").password == "from-env"
+    with pytest.raises(ValueError, match="ST_NOPE is not set"):
+        RedisAddress.from_url("redis://h", password_env="ST_NOPE")
+
+
+def test_commands_before_ready_fail_without_being_sent(loop):
+    client = Redis(loop, RedisAddress("127.0.0.1", free_port()))
+    got = []
+    pending = client.execute("PING", callback=got.append)
+    assert not pending.done  # reported on the loop, not re-entrantly
+    run_until(loop, lambda: pending.done)
+    assert got == [pending] and isinstance(pending.error, NotConnected)
+    with pytest.raises(NotConnected):
+        pending.result()
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def test_commands_and_reply_types(loop, server):
+    client, events = connect(loop, RedisAddress.from_url(server.url))
+    assert call(loop, client, "SET", "k", b"\x00v\r\n").result() == "OK"
+    assert call(loop, client, "GET", "k").result() == b"\x00v\r\n"
+    assert call(loop, client, "GET", "missing").result() is None
+    assert call(loop, client, "INCRBY", "n", 41).result() == 41
+    assert call(loop, client, "RPUSH", "l", "a", "b", 3).result() == 3
+    assert call(loop, client, "LRANGE", "l", 0, -1).result() == [b"a", b"b", b"3"]
+    big = os.urandom(1 << 20)
+    assert call(loop, client, "SET", "big", big).ok
+    assert call(loop, client, "GET", "big").result() == big
+    assert events.ready == 1 and not events.errors
+    client.close()
+
+
+def test_error_replies_are_values_and_the_connection_goes_on(loop, server):
+    client, events = connect(loop, RedisAddress.from_url(server.url))
+    call(loop, client, "SET", "s", "x")
+    wrong = call(loop, client, "LPUSH", "s", "y")
+    assert isinstance(wrong.reply, ReplyError) and wrong.reply.kind == "WRONGTYPE"
+    assert not wrong.ok
+    with pytest.raises(CommandError, match="LPUSH: WRONGTYPE"):
+        wrong.result()
+    unknown = call(loop, client, "NOSUCHCOMMAND")
+    assert unknown.reply.kind == "ERR"
+    assert call(loop, client, "GET", "s").result() == b"x"
+    assert client.ready and events.lost == []
+
+
+def test_pipelining_1000_commands_in_order(loop, server):
+    client, _ = connect(loop, RedisAddress.from_url(server.url))
+    order = []
+    pendings = [client.execute("INCR", "counter", callback=order.append) for _ in range(1000)]
+    pendings += client.pipeline([("GET", "counter"), ("LPUSH", "counter", "x"), ("PING",)])
+    run_until(loop, lambda: pendings[-1].done)
+    assert [p.result() for p in pendings[:1000]] == list(range(1, 1001))
+    assert order == pendings[:1000]
+    assert pendings[1000].result() == b"1000"
+    assert pendings[1001].reply.kind == "WRONGTYPE"
+    assert pendings[1002].result() == "PONG"
+    assert client.in_flight == 0
+
+
+def test_a_raising_callback_does_not_break_reply_matching(loop, server):
+    client, _ = connect(loop, RedisAddress.from_url(server.url))
+
+    def boom(pending):
+        raise RuntimeError("owner bug")
+
+    first = client.execute("INCR", "x", callback=boom)
+    second = client.execute("INCR", "x")
+    run_until(loop, lambda: second.done)
+    assert first.result() == 1 and second.result() == 2 and client.ready
+
+
+def test_transaction(loop, server):
+    client, _ = connect(loop, RedisAddress.from_url(server.url))
+    done = client.transaction([("SET", "a", 1), ("INCR", "a"), ("LPUSH", "a", "x")])
+    run_until(loop, lambda: done.done)
+    result = done.result()
+    assert result[:2] == ["OK", 2] and result[2].kind == "WRONGTYPE"
+
+
+def test_select_database(loop, server):
+    db2, _ = connect(loop, RedisAddress.from_url(server.url + "/2"))
+    db0, _ = connect(loop, RedisAddress.from_url(server.url))
+    call(loop, db2, "SET", "where", "two")
+    assert call(loop, db2, "GET", "where").result() == b"two"
+    assert call(loop, db0, "GET", "where").result() is None
+
+
+def test_client_name(loop, server):
+    client, _ = connect(loop, RedisAddress.from_url(server.url), name="spell-gw1")
+    assert call(loop, client, "CLIENT", "GETNAME").result() == b"spell-gw1"
+
+
+# -- pub/sub --------------------------------------------------------------------
+
+
+def subscriber(loop, address, events, **kw):
+    sub = RedisSubscriber(
+        loop,
+        address,
+        on_message=lambda ch, data: events.messages.append((ch, data)),
+        on_pmessage=lambda pat, ch, data: events.messages.append((pat, ch, data)),
+        **events.kwargs(),
+        **kw,
+    )
+    return sub
+
+
+def test_pubsub_channels_and_patterns(loop, server):
+    address = RedisAddress.from_url(server.url)
+    pub, _ = connect(loop, address)
+    events = Events()
+    sub = subscriber(loop, address, events)
+    sub.subscribe("world.tick", b"world.gw1")
+    sub.psubscribe("chat.*")
+    sub.start()
+    run_until(loop, lambda: sub.ready)
+    assert sub.active == {b"c:world.tick": True, b"c:world.gw1": True, b"p:chat.*": True}
+    receivers = call(loop, pub, "PUBLISH", "world.tick", b"\x00tick\xff")
+    assert receivers.result() == 1
+    call(loop, pub, "PUBLISH", "chat.en", "hi")
+    call(loop, pub, "PUBLISH", "nobody", "x")
+    run_until(loop, lambda: len(events.messages) == 2)
+    assert events.messages == [(b"world.tick", b"\x00tick\xff"), (b"chat.*", b"chat.en", b"hi")]
+    sub.unsubscribe("world.tick")
+    sub.subscribe("late")
+    run_until(loop, lambda: b"c:late" in sub.active and b"c:world.tick" not in sub.active)
+    call(loop, pub, "PUBLISH", "world.tick", "gone")
+    call(loop, pub, "PUBLISH", "late", "here")
+    run_until(loop, lambda: len(events.messages) == 3)
+    assert events.messages[2] == (b"late", b"here")
+    assert events.ready == 1 and events.errors == []
+
+
+def test_many_messages_in_order(loop, server):
+    address = RedisAddress.from_url(server.url)
+    pub, _ = connect(loop, address)
+    events = Events()
+    sub = subscriber(loop, address, events)
+    sub.subscribe("bus")
+    sub.start()
+    run_until(loop, lambda: sub.ready)
+    pub.pipeline([("PUBLISH", "bus", b"%d" % i) for i in range(2000)])
+    run_until(loop, lambda: len(events.messages) == 2000)
+    assert [int(m[1]) for m in events.messages] == list(range(2000))
+
+
+# -- AUTH -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def secured(tmp_path):
+    extra = "user game on >gamepw ~* &* +@all\n"
+    srv = RedisServer(str(tmp_path), password="s3cret pw", extra=extra).start()
+    yield srv
+    srv.kill()
+
+
+def test_auth_with_a_password_from_a_file(loop, secured, tmp_path):
+    pwfile = tmp_path / "redis.pw"
+    pwfile.write_text("s3cret pw\n")
+    address = RedisAddress.from_url(f"redis://127.0.0.1:{secured.port}", password_file=str(pwfile))
+    client, events = connect(loop, address)
+    assert call(loop, client, "SET", "x", 1).result() == "OK"
+    assert events.errors == []
+
+
+def test_auth_with_an_acl_username(loop, secured):
+    client, _ = connect(loop, RedisAddress.from_url(f"redis://game:gamepw@127.0.0.1:{secured.port}"))
+    assert call(loop, client, "ACL", "WHOAMI").result() == b"game"
+    events = Events()
+    sub = subscriber(loop, RedisAddress.from_url(f"redis://game:gamepw@127.0.0.1:{secured.port}"), events)
+    sub.subscribe("c")
+    sub.start()
+    run_until(loop, lambda: sub.ready)
+
+
+def test_auth_failure_is_reported_and_retried_never_ready(loop, secured):
+    events = Events()
+    client = Redis(
+        loop, RedisAddress.from_url(f"redis://:wrong@127.0.0.1:{secured.port}"), backoff_min=0.01, backoff_max=0.05, **events.kwargs()
+    )
+    client.start()
+    run_until(loop, lambda: len(events.errors) >= 3)
+    assert all(isinstance(e, HandshakeError) for e in events.errors)
+    assert "AUTH failed: WRONGPASS" in str(events.errors[0])
+    assert events.ready == 0 and not client.ready and client.connects >= 3
+    client.close()
+
+
+def test_no_password_given_means_noauth_errors_as_values(loop, secured):
+    client, _ = connect(loop, RedisAddress("127.0.0.1", secured.port))
+    assert call(loop, client, "GET", "x").reply.kind == "NOAUTH"
+
+
+# -- faults ---------------------------------------------------------------------
+
+
+def test_server_closes_the_connection(loop, server):
+    address = RedisAddress.from_url(server.url)
+    events = Events()
+    client, _ = connect(loop, address, events, name="victim")
+    blocked = client.execute("BLPOP", "never", 0)
+    run_until(loop, lambda: b"victim" in server.command("CLIENT", "LIST"))
+    assert server.command("CLIENT", "KILL", "USER", "default", "SKIPME", "yes").startswith(b":")
+    run_until(loop, lambda: blocked.done)
+    assert isinstance(blocked.error, ConnectionLost)
+    assert events.lost and events.lost[0] == "closed by the server"
+    run_until(loop, lambda: events.ready == 2)
+    assert call(loop, client, "PING").result() == "PONG"
+
+
+def test_malformed_reply_closes_and_reconnects(loop):
+    """A peer that is not Redis: its garbage is an error to the owner, then a retry."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def serve():
+        while len(accepted) < 2:
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            conn.recv(100)
+            if len(accepted) == 1:  # AUTH's reply and the garbage in one segment
+                conn.sendall(b"+OK\r\n?garbage\r\n")
+            else:  # ... and in two
+                conn.sendall(b"+OK\r\n")
+                time.sleep(0.05)
+                conn.sendall(b"?garbage\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    events = Events()
+    client = Redis(
+        loop, RedisAddress("127.0.0.1", listener.getsockname()[1], password="x"), backoff_min=0.01, **events.kwargs()
+    )
+    client.start()
+    run_until(loop, lambda: len(events.errors) >= 2)
+    assert "bad type byte 0x3f at stream offset 5" in str(events.errors[0])
+    # AUTH's +OK came before the fault: the link was ready both times.
+    assert events.ready >= 2 and len(events.lost) >= 2
+    client.close()
+    thread.join(5)
+    listener.close()
+    for conn in accepted:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_server_down_at_start_backs_off_then_connects(loop, tmp_path):
+    require_redis()
+    port = free_port()
+    events = Events()
+    client = Redis(loop, RedisAddress("127.0.0.1", port), backoff_min=0.05, backoff_max=0.4, **events.kwargs())
+    client.start()
+    loop.run_for(1.5)
+    # Backed off, not hammering: 0.05 doubling to 0.4 gives a handful of tries.
+    assert 3 <= len(events.errors) <= 12, events.errors
+    assert all(isinstance(e, NotConnected) for e in events.errors)
+    assert not client.ready and events.ready == 0
+    srv = RedisServer(str(tmp_path))
+    srv.port = port
+    srv.start()
+    try:
+        run_until(loop, lambda: client.ready, timeout=5)
+        assert call(loop, client, "PING").result() == "PONG"
+    finally:
+        srv.kill()
+
+
+@pytest.mark.slow
+def test_server_restart_reconnects_and_resubscribes(loop, server):
+    address = RedisAddress.from_url(server.url)
+    cev, sev = Events(), Events()
+    client, _ = connect(loop, address, cev, backoff_max=0.3)
+    sub = subscriber(loop, address, sev, backoff_max=0.3)
+    sub.subscribe("tick")
+    sub.psubscribe("gw.*")
+    sub.start()
+    run_until(loop, lambda: sub.ready)
+    in_flight = client.execute("BLPOP", "never", 0)
+    server.stop()
+    run_until(loop, lambda: cev.lost and sev.lost and in_flight.done)
+    assert isinstance(in_flight.error, ConnectionLost)
+    refused = client.execute("PING")
+    run_until(loop, lambda: refused.done)
+    assert isinstance(refused.error, NotConnected)
+    loop.run_for(0.5)  # a few refused retries while it is down
+    server.start()
+    run_until(loop, lambda: cev.ready == 2 and sev.ready == 2, timeout=10)
+    assert sub.active == {b"c:tick": True, b"p:gw.*": True}
+    call(loop, client, "PUBLISH", "tick", "after")
+    call(loop, client, "PUBLISH", "gw.1", "moves")
+    run_until(loop, lambda: len(sev.messages) == 2)
+    assert sev.messages == [(b"tick", b"after"), (b"gw.*", b"gw.1", b"moves")]
+    sub.close()
+    client.close()
+    assert cev.lost[-1] == "closed by the client"
