@@ -42,7 +42,7 @@ Clients: the desktop client. Brain, network driver, Tk view.
     -> TkView, run_client
 Operations: doctor (can this host hold N clients?) and bundle (one file).
   Operations: doctor. Read the host's facts, check them, print the fixes.
-    -> doctor_checks, run_doctor
+    -> doctor_checks, DOCTOR_CHECKS, run_doctor
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
 CLI: serve (the default), bots, client, doctor, bundle. main().
@@ -82,6 +82,26 @@ from typing import (
     IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
     Union, cast,
 )
+
+# Where this file is: web/ (and, in a source tree, netcore/) sit beside it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+try:
+    import netcore  # noqa: F401  (the import below names what the game uses)
+except ImportError as exc:  # this file copied alone, without the package beside it
+    if exc.name != "netcore":
+        raise
+    _ALONE = (
+        f"spelltraction.py needs the netcore/ package beside it, and {_HERE} has none.\n"
+        "Either copy netcore/ (and web/, for the browser client) from the source tree\n"
+        "beside spelltraction.py, or build the one-file bundle where the source tree is:\n"
+        "    python3 spelltraction.py bundle\n"
+        "and copy dist/spelltraction.pyz instead (run it: python3 spelltraction.pyz).\n"
+    )
+    if __name__ == "__main__":
+        sys.stderr.write(_ALONE)
+        sys.exit(2)
+    raise ImportError(_ALONE, name="netcore") from None
 
 from netcore import (
     HTTP,
@@ -151,9 +171,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("spelltraction")
-
-# Where this file is: web/ (and, in a source tree, netcore/) sit beside it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # =============================================================================
@@ -4136,140 +4153,17 @@ def _unreadable(name: str, key: str) -> Check:
 
 
 def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
-    """What will and will not let ``clients`` connect to one server process."""
-    fds = clients + FD_RESERVE
-    checks = [_check_nofile(facts, clients)]
-    sysctl = facts.sysctl
+    """What will and will not let ``clients`` connect to one server process.
 
-    nr_open = _ints(sysctl["fs.nr_open"])
-    if nr_open is None:
-        checks.append(_unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open"))
-    else:
-        ok = nr_open[0] >= fds
-        checks.append(Check(
-            "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
-            str(nr_open[0]), f">= {fds}",
-            "" if ok else "LimitNOFILE= and limits.d values above this are refused",
-            () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),)))
-
-    file_max, file_nr = _ints(sysctl["fs.file-max"]), _ints(sysctl["fs.file-nr"])
-    if file_max is None:
-        checks.append(_unreadable("fs.file-max (open files, whole system)", "fs.file-max"))
-    else:
-        in_use = file_nr[0] if file_nr else 0
-        want = fds + in_use
-        ok = file_max[0] >= want
-        checks.append(Check(
-            "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
-            f">= {want} ({fds} + {in_use} open now)",
-            "bots on the same host need as many again" if ok else
-            "the kernel refuses new sockets system-wide (ENFILE) past this",
-            () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),)))
-
-    storm = min(backlog, clients)
-    somaxconn = _ints(sysctl["net.core.somaxconn"])
-    if somaxconn is None:
-        checks.append(_unreadable("net.core.somaxconn", "net.core.somaxconn"))
-    else:
-        ok = somaxconn[0] >= storm
-        checks.append(Check(
-            "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
-            str(somaxconn[0]), f">= {storm}",
-            "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
-            "overflows the queue and clients wait 1-3 s to retry their SYN",
-            () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),)))
-
-    syn = _ints(sysctl["net.ipv4.tcp_max_syn_backlog"])
-    cookies = _ints(sysctl["net.ipv4.tcp_syncookies"])
-    if syn is None:
-        checks.append(_unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog"))
-    else:
-        ok = syn[0] >= storm
-        on = bool(cookies and cookies[0])
-        checks.append(Check(
-            "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
-            str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
-            "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
-                           if on else "past it, SYNs are dropped and clients retry later"),
-            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),)))
-
-    ports = _ints(sysctl["net.ipv4.ip_local_port_range"])
-    if ports is None or len(ports) != 2:
-        checks.append(_unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range"))
-    else:
-        span = ports[1] - ports[0] + 1
-        ok = span >= clients
-        why = ("one source address can open at most this many connections to one server "
-               "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
-               "port (one upstream connection per client)")
-        if not ok and clients > 65535 - 10000 + 1:
-            why += ("; the widest useful range still gives one address ~55,000 ports: above "
-                    "that use several source addresses (127.0.0.2, ...) or hosts")
-        checks.append(Check(
-            "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
-            f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
-            () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),)))
-
-    tcp_mem = _ints(sysctl["net.ipv4.tcp_mem"])
-    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // facts.page_size)
-    if tcp_mem is None or len(tcp_mem) != 3:
-        checks.append(_unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem"))
-    else:
-        low, pressure, high = tcp_mem
-        status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
-        page = facts.page_size
-        checks.append(Check(
-            "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
-            f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
-            f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
-            f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
-            "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
-            "past max, sends fail and connections are dropped",
-            () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
-                                                      f"{max(pressure, 2 * need_pages)} "
-                                                      f"{max(high, 3 * need_pages)}"),)))
-
-    if facts.mem_available_kb is None:
-        checks.append(Check("memory available", WARN, "unreadable", "-",
-                            "could not read MemAvailable from /proc/meminfo"))
-    else:
-        per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
-        need = BASE_BYTES + clients * per_client
-        have = facts.mem_available_kb * 1024
-        ok = have >= need
-        checks.append(Check(
-            "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
-            f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
-            "" if ok else "no setting fixes this: a bigger host, or fewer clients per host"))
-
-    tw = _ints(sysctl["net.ipv4.tcp_max_tw_buckets"])
-    if tw is not None:
-        ok = tw[0] >= clients
-        checks.append(Check(
-            "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
-            str(tw[0]), f">= {clients}",
-            "" if ok else "a shutdown closes every connection from our side; past this the "
-            "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-            () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
-                                            f"{_nice_limit(clients)}"),)))
-
-    conntrack = _ints(sysctl["net.netfilter.nf_conntrack_max"])
-    if conntrack is not None:  # only when connection tracking (a firewall, NAT) is loaded
-        count = _ints(sysctl["net.netfilter.nf_conntrack_count"])
-        in_use = count[0] if count else 0
-        want = clients + in_use
-        ok = conntrack[0] >= want
-        checks.append(Check(
-            "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
-            str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
-            "" if ok else "when the table is full the kernel silently drops new connections "
-            "('nf_conntrack: table full, dropping packet' in dmesg)",
-            () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
-                                            f"{_nice_limit(2 * want)}"),)))
-    return checks
+    One small function per check, in the report's order (``DOCTOR_CHECKS``);
+    each takes the host's facts, the clients wanted and the listen backlog,
+    and returns None where what it looks at does not exist on this host.
+    """
+    found = (check(facts, clients, backlog) for check in DOCTOR_CHECKS)
+    return [c for c in found if c is not None]
 
 
-def _check_nofile(facts: HostFacts, clients: int) -> Check:
+def _check_nofile(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
     name = "open files per process (RLIMIT_NOFILE)"
     fds = clients + FD_RESERVE
     soft, hard = facts.nofile_soft, facts.nofile_hard
@@ -4309,6 +4203,155 @@ def _check_nofile(facts: HostFacts, clients: int) -> Check:
     why += (f", or in a container started with a higher limit (docker run --ulimit "
             f"nofile={limit}:{limit}), using the lines below.")
     return Check(name, BLOCK, current, needed, why, fixes)
+
+
+def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    fds = clients + FD_RESERVE
+    nr_open = _ints(facts.sysctl["fs.nr_open"])
+    if nr_open is None:
+        return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
+    ok = nr_open[0] >= fds
+    return Check(
+        "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
+        str(nr_open[0]), f">= {fds}",
+        "" if ok else "LimitNOFILE= and limits.d values above this are refused",
+        () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),))
+
+
+def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    fds = clients + FD_RESERVE
+    file_max, file_nr = _ints(facts.sysctl["fs.file-max"]), _ints(facts.sysctl["fs.file-nr"])
+    if file_max is None:
+        return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
+    in_use = file_nr[0] if file_nr else 0
+    want = fds + in_use
+    ok = file_max[0] >= want
+    return Check(
+        "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
+        f">= {want} ({fds} + {in_use} open now)",
+        "bots on the same host need as many again" if ok else
+        "the kernel refuses new sockets system-wide (ENFILE) past this",
+        () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),))
+
+
+def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    storm = min(backlog, clients)  # a reconnect storm: everyone at once, up to the backlog
+    somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
+    if somaxconn is None:
+        return _unreadable("net.core.somaxconn", "net.core.somaxconn")
+    ok = somaxconn[0] >= storm
+    return Check(
+        "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
+        str(somaxconn[0]), f">= {storm}",
+        "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+        "overflows the queue and clients wait 1-3 s to retry their SYN",
+        () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),))
+
+
+def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    storm = min(backlog, clients)
+    syn = _ints(facts.sysctl["net.ipv4.tcp_max_syn_backlog"])
+    cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
+    if syn is None:
+        return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
+    ok = syn[0] >= storm
+    on = bool(cookies and cookies[0])
+    return Check(
+        "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
+        str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
+        "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
+                       if on else "past it, SYNs are dropped and clients retry later"),
+        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),))
+
+
+def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    ports = _ints(facts.sysctl["net.ipv4.ip_local_port_range"])
+    if ports is None or len(ports) != 2:
+        return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
+    span = ports[1] - ports[0] + 1
+    ok = span >= clients
+    why = ("one source address can open at most this many connections to one server "
+           "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
+           "port (one upstream connection per client)")
+    if not ok and clients > 65535 - 10000 + 1:
+        why += ("; the widest useful range still gives one address ~55,000 ports: above "
+                "that use several source addresses (127.0.0.2, ...) or hosts")
+    return Check(
+        "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
+        f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
+        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),))
+
+
+def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    tcp_mem = _ints(facts.sysctl["net.ipv4.tcp_mem"])
+    page = facts.page_size
+    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // page)
+    if tcp_mem is None or len(tcp_mem) != 3:
+        return _unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem")
+    low, pressure, high = tcp_mem
+    status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
+    return Check(
+        "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
+        f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
+        f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
+        f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
+        "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
+        "past max, sends fail and connections are dropped",
+        () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
+                                                  f"{max(pressure, 2 * need_pages)} "
+                                                  f"{max(high, 3 * need_pages)}"),))
+
+
+def _check_memory(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    if facts.mem_available_kb is None:
+        return Check("memory available", WARN, "unreadable", "-",
+                     "could not read MemAvailable from /proc/meminfo")
+    per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
+    need = BASE_BYTES + clients * per_client
+    have = facts.mem_available_kb * 1024
+    ok = have >= need
+    return Check(
+        "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
+        f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
+        "" if ok else "no setting fixes this: a bigger host, or fewer clients per host")
+
+
+def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
+    if tw is None:
+        return None
+    ok = tw[0] >= clients
+    return Check(
+        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
+        str(tw[0]), f">= {clients}",
+        "" if ok else "a shutdown closes every connection from our side; past this the "
+        "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
+        () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
+                                        f"{_nice_limit(clients)}"),))
+
+
+def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
+    conntrack = _ints(facts.sysctl["net.netfilter.nf_conntrack_max"])
+    if conntrack is None:  # only there when connection tracking (a firewall, NAT) is loaded
+        return None
+    count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
+    in_use = count[0] if count else 0
+    want = clients + in_use
+    ok = conntrack[0] >= want
+    return Check(
+        "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
+        str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
+        "" if ok else "when the table is full the kernel silently drops new connections "
+        "('nf_conntrack: table full, dropping packet' in dmesg)",
+        () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
+                                        f"{_nice_limit(2 * want)}"),))
+
+
+# The checks, in the order doctor reports them.
+DOCTOR_CHECKS: Tuple[Callable[[HostFacts, int, int], Optional[Check]], ...] = (
+    _check_nofile, _check_nr_open, _check_file_max, _check_somaxconn, _check_syn_backlog,
+    _check_port_range, _check_tcp_mem, _check_memory, _check_tw_buckets, _check_conntrack,
+)
 
 
 def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,

@@ -57,9 +57,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from hostilekit import (  # noqa: E402
-    GAME, Crowd, HostileServer, Resources, connect, loopback_source, open_fds, rss_bytes,
+    GAME, Crowd, HostileServer, Resources, connect, http_get, open_fds, rss_bytes,
 )
-from procstat import fmt_table, machine  # noqa: E402
+from procstat import machine  # noqa: E402
+from report import fmt_table  # noqa: E402
 
 import spelltraction as st  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
@@ -68,8 +69,9 @@ ATTACKS = ("none", "ping", "fragments", "continuations", "refuse", "never-read",
 TARGETS = {"max_gap_ms": 500, "lateness_p99_ms": 50, "rss_back_pct": 15}
 LOOPBACK = ("127.", "::1", "localhost")
 FDS_PER_PROCESS = 10_000
-SERVER_HAS_EXEMPT = "--exempt" in subprocess.run(
-    [sys.executable, GAME, "serve", "--help"], capture_output=True, text=True).stdout  # attackers per process: well under the 20,000 open-files limit
+SERVE_HELP = subprocess.run([sys.executable, GAME, "serve", "--help"], capture_output=True,
+                            text=True).stdout
+SERVER_HAS_EXEMPT = "--exempt" in SERVE_HELP  # attackers per process: well under the 20,000 open-files limit
 
 
 # =============================================================================
@@ -215,12 +217,12 @@ def _ws_crowd(host: str, port: int, count: int) -> Tuple[List[socket.socket], Di
         try:
             sock, why = ws_open(host, port, attack_source(i))
         except OSError as exc:
-            why = f"refused: {exc.__class__.__name__}"
-            sock = None  # type: ignore[assignment]
+            refused[f"refused: {exc.__class__.__name__}"] = refused.get(
+                f"refused: {exc.__class__.__name__}", 0) + 1
+            continue
         if why:
             refused[why] = refused.get(why, 0) + 1
-            if sock is not None:
-                sock.close()
+            sock.close()
         else:
             socks.append(sock)
     return socks, refused
@@ -266,8 +268,9 @@ def attack_continuations(host: str, port: int, seconds: float,
 
 
 def attack_refuse(host: str, port: int, seconds: float, fill: int = 0,
-                  rate: float = 5000.0) -> Dict[str, Any]:
+                  rate: float = 5000.0, delay: float = 0.0) -> Dict[str, Any]:
     """Fill the server with ``fill`` reading players, then connect at ``rate``/s."""
+    time.sleep(delay)  # while another process fills the server
     fillers = []
     for i in range(fill):
         try:
@@ -453,6 +456,7 @@ class Target:
         self.server: Optional[HostileServer] = None
         self.flags: List[str] = []
         self.max_clients = args.max_clients
+        self.admin_port = args.admin_port  # figures from here: it answers even when full
         if args.port:
             self.host, self.port, self.pid = args.host, args.port, args.pid
             return
@@ -464,9 +468,13 @@ class Target:
                  "--tick-ms", str(args.tick_ms)]
         if SERVER_HAS_EXEMPT:
             flags += ["--exempt", ""]  # nobody exempt from the per-address limits
+        if "--admin-port" in SERVE_HELP:
+            flags += ["--admin-port", "0"]
         self.flags = flags + list(args.server_flag)
         self.server = HostileServer(*self.flags)
         self.host, self.port, self.pid = "127.0.0.1", self.server.port, self.server.pid
+        if "--admin-port" in flags:
+            self.admin_port = self.server.admin_port()
         if args.pin and (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(self.pid, {0})
             os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
@@ -478,34 +486,56 @@ class Target:
         except OSError:
             return None
 
+    def get(self, path: str) -> bytes:
+        """The body of ``GET path`` from the admin port if any, else the game port."""
+        return http_get(self.host, self.admin_port or self.port, path, timeout=3)[2]
+
     def tick_figures(self) -> Dict[str, Any]:
         """The server's tick counters from /stats.json (empty if it won't say)."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=3) as s:
-                s.sendall(b"GET /stats.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                data = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            return dict(json.loads(data.partition(b"\r\n\r\n")[2]).get("tick", {}))
+            return dict(json.loads(self.get("/stats.json")).get("tick", {}))
         except (OSError, ValueError):
             return {}
+
+    def lateness_buckets(self) -> Dict[float, float]:
+        """The server's own tick lateness histogram from /metrics: {le: cumulative count}."""
+        out: Dict[float, float] = {}
+        try:
+            text = self.get("/metrics").decode()
+        except (OSError, UnicodeDecodeError):
+            return out
+        for line in text.splitlines():
+            if line.startswith("spelltraction_tick_lateness_seconds_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                out[float(le)] = float(line.rsplit(" ", 1)[1])
+        return out
 
     def close(self) -> None:
         if self.server is not None:
             self.server.__exit__()
 
 
-def run_attacker(name: str, target: Target, seconds: float, procs: int = 1,
-                 **params: Any) -> List["subprocess.Popen[str]"]:
-    """Start attack ``name`` in ``procs`` niced processes (each prints a JSON report)."""
+def bucket_p99(before: Dict[float, float], after: Dict[float, float]) -> Optional[float]:
+    """The histogram bucket (its upper bound, s) holding the p99 of what came in between."""
+    if not before or not after:
+        return None
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = delta[-1][1]
+    if total <= 0:
+        return None
+    for le, count in delta:
+        if count >= 0.99 * total:
+            return le
+    return None
+
+
+def run_attacker(name: str, target: Target, seconds: float,
+                 params: List[Dict[str, Any]]) -> List["subprocess.Popen[str]"]:
+    """Start attack ``name`` in one niced process per ``params`` (each prints a JSON report)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--run", name, "--host", target.host,
-           "--port", str(target.port), "--seconds", str(seconds), "--params", json.dumps(params)]
-    children = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                 preexec_fn=lambda: os.nice(5)) for _ in range(procs)]
-    return children
+           "--port", str(target.port), "--seconds", str(seconds), "--params"]
+    return [subprocess.Popen(cmd + [json.dumps(p)], stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.nice(5)) for p in params]
 
 
 def percentile(values: List[float], pct: float) -> float:
@@ -523,16 +553,18 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
     dropped_before = len(crowd.dropped())
     seconds = {"never-read": args.never_read_hold, "slowloris": args.slowloris_hold}.get(
         name, args.seconds)
-    params: Dict[str, Any] = {}
-    procs = 1
-    if name == "refuse":
+    params: List[Dict[str, Any]] = [{}]
+    if name == "refuse":  # two processes storm (one also fills the server first)
         players = sum(not w.closed for w in crowd.watchers)
-        params = {"fill": max(0, target.max_clients - players), "rate": args.connect_rate}
+        half = args.connect_rate / 2
+        params = [{"fill": max(0, target.max_clients - players), "rate": half},
+                  {"rate": half, "delay": 0.5}]
     elif name == "never-read":
         procs = max(1, math.ceil(args.never_readers / FDS_PER_PROCESS))
-        params = {"n": math.ceil(args.never_readers / procs)}
+        params = [{"n": math.ceil(args.never_readers / procs)}] * procs
+    buckets_before = target.lateness_buckets()
     start = crowd.mark()
-    children = run_attacker(name, target, seconds, procs, **params)
+    children = run_attacker(name, target, seconds, params)
     peak = before.rss if before else 0
     while any(c.poll() is None for c in children):
         now = target.resources()
@@ -555,16 +587,20 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
     until = attacked_until + 1.0
     late = crowd.lateness(period, since=start, until=until)
     ticks_after = target.tick_figures()
+    server_p99 = bucket_p99(buckets_before, target.lateness_buckets())
     row: Dict[str, Any] = {
         "attack": name,
         "seconds": round(attacked_until - start, 2),
         "max_gap_ms": round(crowd.max_gap(since=start, until=until) * 1000, 1),
         "lateness_p99_ms": round(percentile(late, 99) * 1000, 1),
         "lateness_max_ms": round(max(late) * 1000, 1) if late else None,
+        # The server's own tick lateness (its scheduler, not the players'
+        # view), as the /metrics histogram bucket that holds the p99.
+        "server_lateness_p99_le_ms": None if server_p99 is None else server_p99 * 1000,
         "players_dropped": len(crowd.dropped()) - dropped_before,
         "skipped_ticks": (ticks_after.get("skipped", 0) - ticks_before.get("skipped", 0))
         if ticks_after and ticks_before else None,
-        "attacker": reports[0] if len(reports) == 1 else reports,
+        "attacker": merge_reports(reports),
     }
     if before is not None and after is not None:
         row.update({
@@ -578,7 +614,7 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
 
 
 def meets(row: Dict[str, Any]) -> bool:
-    ok = row["max_gap_ms"] < TARGETS["max_gap_ms"] and \
+    ok: bool = row["max_gap_ms"] < TARGETS["max_gap_ms"] and \
         row["lateness_p99_ms"] < TARGETS["lateness_p99_ms"] and row["players_dropped"] == 0
     if "rss_back_pct" in row:
         ok = ok and row["rss_back_pct"] <= TARGETS["rss_back_pct"] and \
@@ -586,9 +622,21 @@ def meets(row: Dict[str, Any]) -> bool:
     return ok
 
 
-def attacker_summary(report: Any) -> str:
-    if isinstance(report, list):
-        return "; ".join(attacker_summary(r) for r in report)
+def merge_reports(reports: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The attacker processes' reports as one: counts and tallies added up."""
+    out: Dict[str, Any] = {}
+    for report in reports:
+        for key, value in report.items():
+            if isinstance(value, dict):
+                tally = out.setdefault(key, {})
+                for k, v in value.items():
+                    tally[k] = tally.get(k, 0) + v
+            elif isinstance(value, (int, float)):
+                out[key] = out.get(key, 0) + value
+    return out
+
+
+def attacker_summary(report: Dict[str, Any]) -> str:
     keys = ("endings", "outcomes", "states_at_end", "refused")
     parts = []
     for key in keys:
@@ -603,7 +651,8 @@ def attacker_summary(report: Any) -> str:
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    headers = ["attack", "max gap ms", "lateness p99 ms", "RSS MB before / peak / after",
+    headers = ["attack", "max gap ms", "lateness p99 ms", "server lateness p99",
+               "RSS MB before / peak / after",
                "fds before / after", "skipped ticks", "players dropped", "targets",
                "the attacker got"]
     out = []
@@ -611,7 +660,9 @@ def table(rows: List[Dict[str, Any]]) -> str:
         rss = f"{r['rss_before_mb']} / {r['rss_peak_mb']} / {r['rss_after_mb']}" \
             if "rss_before_mb" in r else "-"
         fds = f"{r['fds_before']} / {r['fds_after']}" if "fds_before" in r else "-"
-        out.append([r["attack"], r["max_gap_ms"], r["lateness_p99_ms"], rss, fds,
+        le = r.get("server_lateness_p99_le_ms")
+        out.append([r["attack"], r["max_gap_ms"], r["lateness_p99_ms"],
+                    "-" if le is None else f"≤ {le:g} ms", rss, fds,
                     "-" if r["skipped_ticks"] is None else r["skipped_ticks"],
                     r["players_dropped"], "met" if r["meets_targets"] else "**missed**",
                     attacker_summary(r["attacker"])])
@@ -627,6 +678,8 @@ def main() -> int:
                     "(default: start our own)")
     ap.add_argument("--pid", type=int, default=0,
                     help="with --port: the server's pid, for RSS and fds (else not shown)")
+    ap.add_argument("--admin-port", type=int, default=0,
+                    help="with --port: its admin port, for the server's figures while full")
     ap.add_argument("--attacks", default=",".join(ATTACKS),
                     help=f"comma-separated, in order (default: all: {','.join(ATTACKS)})")
     ap.add_argument("--players", type=int, default=200, help="watching players (default 200)")

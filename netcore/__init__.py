@@ -33,8 +33,6 @@ modules above it):
 - :mod:`netcore.web`: ``WebFront``, HTTP and WebSocket on a server's port.
 - :mod:`netcore.logs`: JSON/text log formatters, rate limits, churn summaries.
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
-- :mod:`netcore.stream`: ``dial``, the byte-stream seam a client protocol
-  (Redis) rides on: connected, data, closed.
 - :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
   commands, pipelining and pub/sub with AUTH and reconnects on the loop.
 - :mod:`netcore.testing`: helpers for tests (run a loop until a condition,

@@ -14,7 +14,9 @@ can do nothing else):
 - :class:`RedisSubscriber` holds ``SUBSCRIBE``/``PSUBSCRIBE`` and calls
   ``on_message(channel, data)`` (``on_pmessage(pattern, channel, data)``).
 
-Both connect in the background and never give up: a refused, failed or
+Both ride on a :class:`~netcore.client.TCPClient` of their own (one
+:class:`~netcore.connection.Connection` at a time, whose codec parses RESP)
+and connect in the background and never give up: a refused, failed or
 lost connection is retried with exponential backoff (with jitter) up to
 ``backoff_max`` seconds, forever, until ``close()``. Each (re)connection
 does ``AUTH`` (with the ACL username if there is one), ``SELECT`` and, for a
@@ -28,7 +30,10 @@ value in the pending's ``reply``; ``result()`` raises it as :class:`CommandError
 Addresses come from :meth:`RedisAddress.from_url`
 (``redis://[user:password@]host:port[/db]``); the password may come from a
 file or an environment variable instead, so it never has to be on a command
-line. TLS is not spoken: put stunnel (or Redis' own TLS port behind a local
+line. The host must be numeric (or ``localhost``), as for every netcore
+outbound connection, because name resolution blocks:
+:meth:`RedisAddress.resolve` looks a name up once, before the loop runs.
+TLS is not spoken: put stunnel (or Redis' own TLS port behind a local
 tunnel) in front.
 """
 
@@ -37,13 +42,18 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 from collections import deque
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
+from .client import ClientConfig, TCPClient
+from .codec import ProtocolError
+from .connection import CloseReason, Connection
+from .handler import Handler
 from .loop import EventLoop, Timer
 from .resp import Arg, Reply, ReplyError, RespParser, RespProtocolError, encode_command
-from .stream import StreamTransport, dial
+from .ringbuffer import BytesLike
 
 __all__ = [
     "DEFAULT_PORT",
@@ -171,6 +181,18 @@ class RedisAddress:
             raise ValueError("a username in the URL needs a password (URL, file or environment)")
         return cls(host, DEFAULT_PORT if port is None else port, int(path or 0), username, password)
 
+    def resolve(self) -> "RedisAddress":
+        """This address with ``host`` looked up (BLOCKS: call before the loop runs).
+
+        A numeric host or ``localhost`` is returned as it is.
+        """
+        if _is_numeric(self.host):
+            return self
+        family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
+        )[0]
+        return RedisAddress(str(sockaddr[0]), self.port, self.db, self.username, self.password)
+
     def url(self) -> str:
         """The URL again, with the password shown as ``***``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -190,6 +212,18 @@ class RedisAddress:
 
     def __hash__(self) -> int:
         return hash((self.host, self.port, self.db, self.username))
+
+
+def _is_numeric(host: str) -> bool:
+    if host == "localhost":
+        return True
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
 
 
 def read_password_file(path: str) -> str:
@@ -289,7 +323,13 @@ class _Link:
         backoff_min: float = 0.05,
         backoff_max: float = 5.0,
         max_bulk: Optional[int] = None,
+        max_output: int = 64 << 20,
     ) -> None:
+        if not _is_numeric(address.host):
+            raise ValueError(
+                f"{address.host!r} is not a numeric address: use address.resolve() "
+                "before the loop runs (name resolution blocks)"
+            )
         self.loop = loop
         self.address = address
         self.name = name
@@ -301,8 +341,18 @@ class _Link:
         self.backoff_max = backoff_max
         self.max_bulk = max_bulk
         self.state = IDLE
-        self._transport: Optional[StreamTransport] = None
-        self._parser = RespParser()
+        self._client = TCPClient(
+            loop,
+            _LinkEvents(self),
+            ClientConfig(
+                max_output=max_output,
+                high_water=max_output // 2,
+                low_water=max_output // 4,
+                connect_timeout=connect_timeout,
+                recv_buffer=256 << 10,
+            ),
+        )
+        self._transport: Optional[Connection] = None
         self._pending: Deque[Pending] = deque()
         self._out: List[bytes] = []
         self._flush_scheduled = False
@@ -348,8 +398,10 @@ class _Link:
         self._transport = None
         self._generation += 1
         if transport is not None:
-            self._flush()
-            transport.close()
+            self._flush_to(transport)
+            transport.close_after_flush(CloseReason.SERVER_CLOSE, "closed by the client")
+        else:
+            self._client.close()  # cancels a connect under way
         self._fail_pending(ConnectionLost("closed by the client"))
         if was_ready and self.on_lost is not None:
             self._call(self.on_lost, "closed by the client")
@@ -361,19 +413,17 @@ class _Link:
         self.state = CONNECTING
         self._generation += 1
         generation = self._generation
-        self._parser = RespParser(max_bulk=self.max_bulk) if self.max_bulk else RespParser()
         self._out = []
-        dial(
-            self.loop,
+        parser = RespParser(max_bulk=self.max_bulk) if self.max_bulk else RespParser()
+        self._client.connect(
             self.address.host,
             self.address.port,
-            self.connect_timeout,
-            lambda transport: self._connected(generation, transport),
-            lambda data: self._received(generation, data),
-            lambda reason: self._disconnected(generation, reason),
+            data=generation,
+            codec_factory=lambda conn: _RespCodec(self, generation, parser),
+            on_failed=lambda exc: self._disconnected(generation, str(exc)),
         )
 
-    def _connected(self, generation: int, transport: StreamTransport) -> None:
+    def _connected(self, generation: int, transport: Connection) -> None:
         if generation != self._generation or self.state != CONNECTING:
             transport.close()
             return
@@ -425,20 +475,14 @@ class _Link:
         if self.on_ready is not None:
             self._call(self.on_ready)
 
-    def _received(self, generation: int, data: bytes) -> None:
-        if generation != self._generation:
-            return
-        try:
-            replies = self._parser.feed(data)
-        except RespProtocolError as exc:
-            self._dispatch(generation, exc.replies)
-            if generation == self._generation:
-                self._report(RedisError(f"bad reply from the server: {exc}"))
-                self._drop(f"protocol error: {exc}")
-            return
-        self._dispatch(generation, replies)
+    def _bad_reply(self, generation: int, exc: ProtocolError) -> None:
+        if generation == self._generation:
+            self._report(RedisError(f"bad reply from the server: {exc}"))
+            self._drop(f"protocol error: {exc}")
 
     def _dispatch(self, generation: int, replies: List[Reply]) -> None:
+        if generation != self._generation:
+            return
         pending = self._pending
         for reply in replies:
             if generation != self._generation:
@@ -534,20 +578,79 @@ class _Link:
     def _flush(self) -> None:
         """One write for every command queued since the last one."""
         self._flush_scheduled = False
+        if self._transport is not None:
+            self._flush_to(self._transport)
+
+    def _flush_to(self, transport: Connection) -> None:
         out = self._out
-        transport = self._transport
-        if not out or transport is None:
-            return
-        self._out = []
-        data = out[0] if len(out) == 1 else b"".join(out)
-        if not transport.write(data):
-            pass  # the transport reports the loss through _disconnected
+        if out:
+            self._out = []
+            # A failed write closes the connection, which reports the loss.
+            transport.write(out[0] if len(out) == 1 else b"".join(out), len(out))
 
     def _not_ready(self, args: Sequence[Arg], callback: Optional[Callback]) -> Pending:
         pending = Pending(_command_name(args), callback)
         error = NotConnected(f"{pending.command}: not connected to {self.address.url()}")
         self.loop.call_soon(lambda: pending._finish(None, error))
         return pending
+
+
+# -- the link's connection: a RESP codec and the handler -----------------------
+
+
+class _RespCodec:
+    """A Redis connection's codec: replies go straight to the link.
+
+    Replies are not byte messages, so ``feed`` hands them to the link itself
+    and returns none; a malformed reply first delivers the whole replies
+    before it, then raises, and the connection's owner closes it as bad
+    input. Commands are written already encoded, so framing is identity.
+    """
+
+    __slots__ = ("link", "generation", "parser")
+
+    def __init__(self, link: _Link, generation: int, parser: RespParser) -> None:
+        self.link = link
+        self.generation = generation
+        self.parser = parser
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        try:
+            replies = self.parser.feed(data)
+        except RespProtocolError as exc:
+            self.link._dispatch(self.generation, exc.replies)
+            raise
+        self.link._dispatch(self.generation, replies)
+        return []
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return bytes(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        return stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return stream
+
+
+_LOST = {CloseReason.PEER_CLOSED: "closed by the server", CloseReason.RESET: "reset by the server"}
+
+
+class _LinkEvents(Handler):
+    """The link's TCPClient handler; ``conn.data`` is the attempt's generation."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def on_connect(self, conn: Connection) -> None:
+        self.link._connected(conn.data, conn)
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        self.link._disconnected(conn.data, _LOST.get(reason, reason))
+
+    def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        self.link._bad_reply(conn.data, exc)
+        conn.close(exc.reason, str(exc))
 
 
 # -- commands ------------------------------------------------------------------
@@ -643,6 +746,7 @@ class RedisSubscriber(_Link):
         backoff_min: float = 0.05,
         backoff_max: float = 5.0,
         max_bulk: Optional[int] = None,
+        max_output: int = 64 << 20,
     ) -> None:
         super().__init__(
             loop,
@@ -655,6 +759,7 @@ class RedisSubscriber(_Link):
             backoff_min=backoff_min,
             backoff_max=backoff_max,
             max_bulk=max_bulk,
+            max_output=max_output,
         )
         self.on_message = on_message
         self.on_pmessage = on_pmessage

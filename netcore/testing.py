@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 from .loop import EventLoop
 
@@ -23,18 +23,23 @@ __all__ = ["bound_socket", "loopback_hosts", "run_until"]
 
 
 def run_until(loop: EventLoop, condition: Callable[[], object], timeout: float = 5.0,
-              what: str = "") -> None:
+              what: Union[str, Callable[[], str]] = "", step: float = 0.05) -> None:
     """Run ``loop`` until ``condition()`` is true; AssertionError after ``timeout`` s.
 
     Returns as soon as the condition holds (it is checked before each loop
-    iteration, so it may already hold). ``what`` names it in the failure.
+    iteration, so it may already hold). ``what`` names it in the failure (a
+    callable is asked only then, so it can show state gathered while waiting).
+    Each iteration waits at most ``step`` s for the loop's own events: make it
+    short when the condition depends on sockets the loop does not watch (a
+    test's client read in the same thread).
     """
     deadline = time.monotonic() + timeout
     while not condition():
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"not within {timeout:g} s: {what or condition!r}")
-        loop.run_once(min(left, 0.05))
+            named = what() if callable(what) else what
+            raise AssertionError(f"not within {timeout:g} s: {named or condition!r}")
+        loop.run_once(min(left, step))
 
 
 def bound_socket(host: str = "127.0.0.1", backlog: int = 128,

@@ -97,6 +97,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def http_get(host: str, port: int, path: str,
+             timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
+    """``GET path`` over HTTP/1.1 with ``Connection: close``: (status, headers, body)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+                  .encode("ascii"))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1."):
+        raise AssertionError(f"not an HTTP response: {data[:200]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ")[1]), headers, body
+
+
 # -- the server ----------------------------------------------------------------------
 
 
@@ -112,7 +135,7 @@ class HostileServer:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, GAME, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 *flags],
+                 *(() if "--data" in flags else ("--no-data",)), *flags],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
         self.pid = self.proc.pid
@@ -161,25 +184,8 @@ class HostileServer:
 
     def get(self, path: str, port: Optional[int] = None,
             timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
-        """``GET path`` over HTTP/1.1 with ``Connection: close``: (status, headers, body)."""
-        with socket.create_connection(("127.0.0.1", port or self.port), timeout=timeout) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-                      .encode("ascii"))
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        if not lines[0].startswith("HTTP/1."):
-            raise AssertionError(f"not an HTTP response: {data[:200]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(lines[0].split(" ")[1]), headers, body
+        """``GET path`` on the game port (or ``port``): (status, headers, body)."""
+        return http_get("127.0.0.1", port or self.port, path, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> Optional[int]:
         """Signal the server and wait for it (killed if it outlives ``timeout``)."""

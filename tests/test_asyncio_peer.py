@@ -18,10 +18,9 @@ import time
 import pytest
 
 import spelltraction as st
-from gamekit import Harness
 from helpers import read_frames, read_until_closed
 from netcore import FrameParser, encode_frame
-from serverproc import ROOT, free_port
+from serverproc import ROOT, Spawned
 
 PEER = os.path.join(ROOT, "bench", "peers", "asyncio_server.py")
 
@@ -38,23 +37,17 @@ FLAVOURS = [
 ]
 
 
-class Peer:
+class Peer(Spawned):
     def __init__(self, flavour, *args, stats_out=""):
-        self.port = free_port()
         self.welcomes = {}
-        cmd = [sys.executable, PEER, "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [sys.executable, PEER, "--host", "127.0.0.1", "--port", "0",
                "--tick-ms", "50", "--seed", "1", *args]
         if flavour == "uvloop":
             cmd.append("--uvloop")
         if stats_out:
             cmd += ["--stats-out", stats_out]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        line = self.proc.stdout.readline()
-        if "listening" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"peer did not start: {line!r} {self.proc.stderr.read()}")
-        assert f"({flavour})" in line
+        super().__init__(cmd)
+        assert f"({flavour})" in self.first_line
 
     def connect(self, hello=True):
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -66,17 +59,11 @@ class Peer:
             self.welcomes[sock] = welcome
         return sock
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def stop(self, *args):
         try:
-            return self.proc.wait(timeout=10)
+            return super().stop(*args)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc.stdout.close()
-            self.proc.stderr.close()
+            self.close_pipes()
 
 
 @pytest.fixture(params=FLAVOURS)
@@ -158,7 +145,7 @@ def test_server_full_is_an_error_frame(peer):
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_sigterm_says_goodbye_and_writes_stats_like_the_netcore_server(tmp_path, flavour):
+def test_sigterm_says_goodbye_and_writes_stats_like_the_netcore_server(tmp_path, flavour, h):
     out = tmp_path / "stats.json"
     p = Peer(flavour, stats_out=str(out))
     try:
@@ -171,12 +158,8 @@ def test_sigterm_says_goodbye_and_writes_stats_like_the_netcore_server(tmp_path,
         code = p.stop()
     assert code == 0
     ours = json.loads(out.read_text())
-    h = Harness()
-    try:
-        reference = h.server.final_stats()
-        reference["ticks"] = h.server.ticker.snapshot()
-    finally:
-        h.close()
+    reference = h.server.final_stats()
+    reference["ticks"] = h.server.ticker.snapshot()
     assert set(reference) <= set(ours)
     for section in ("ticks", "net", "game"):
         assert set(ours[section]) == set(reference[section]), section

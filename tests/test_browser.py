@@ -17,8 +17,10 @@ import pytest
 
 import spelltraction as st
 from netcore import FrameParser
-from browserkit import CHROMIUM, CHROMIUM_ARGS, require_browser, sync_playwright
+from browserkit import require_browser
 from serverproc import GAME, ROOT, ServerProcess
+
+pytestmark = pytest.mark.slow  # a browser, a server and bots, each test seconds long
 
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
 
@@ -107,14 +109,6 @@ def game():
         bots.kill()
         bots.wait()
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def wait_for(page, js, timeout=10.0):
@@ -235,7 +229,6 @@ def test_wrong_protocol_version_shows_the_servers_error(game, browser):
 
 
 def test_reconnects_after_the_server_comes_back(browser, tmp_path):
-    require_browser()
     server = ServerProcess("--tick-ms", "100")
     port = server.port
     errors = []

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 import spelltraction as st
 from netcore import FrameParser
-from serverproc import GAME, ROOT, free_port
+from serverproc import GAME, ROOT, Spawned
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +53,12 @@ def test_bundle_holds_the_game_netcore_and_web(pyz):
 
 
 def test_the_bundle_alone_serves_a_game_tick(alone):
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", str(port),
-         "--tick-ms", "50"],
-        cwd=alone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert f"listening on 127.0.0.1:{port}" in line, (line, proc.stderr.read())
+    # Its data directory (the default: $XDG_STATE_HOME/spelltraction) inside the test's own.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_STATE_HOME": str(alone)}
+    argv = [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", "0",
+            "--tick-ms", "50"]
+    with Spawned(argv, cwd=alone, env=env) as server:
+        port = server.port
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         inbox = Inbox(sock)
         sock.sendall(st.frame(st.Hello()))
@@ -86,14 +81,7 @@ def test_the_bundle_alone_serves_a_game_tick(alone):
                 assert page.read() == open(os.path.join(ROOT, "web", asset), "rb").read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
             assert b"spelltraction_players" in page.read()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        assert server.stop() == 0
 
 
 class Inbox:
@@ -158,3 +146,27 @@ def test_assets_load_from_the_source_tree():
     assert st.read_asset("stats.html") == open(os.path.join(ROOT, "web", "stats.html"), "rb").read()
     with pytest.raises(FileNotFoundError):
         st.read_asset("no-such-file.html")
+
+
+@pytest.mark.parametrize("how", [["spelltraction.py"], ["spelltraction.py", "bots"]])
+def test_the_file_copied_alone_says_what_to_copy_instead_of_a_traceback(tmp_path, how):
+    """The design card says "copy the single file"; alone it cannot run, so it says why."""
+    shutil.copy(GAME, tmp_path / "spelltraction.py")
+    # -S as well as -I: where netcore is pip-installed (tox) it must not be found either.
+    result = isolated("-S", *how, cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "Traceback" not in err and result.stdout == b""
+    assert f"needs the netcore/ package beside it, and {tmp_path} has none" in err
+    assert "copy netcore/ (and web/" in err
+    assert "python3 spelltraction.py bundle" in err and "dist/spelltraction.pyz" in err
+
+
+def test_importing_the_file_alone_raises_the_same_advice(tmp_path):
+    shutil.copy(GAME, tmp_path / "spelltraction.py")
+    result = isolated("-S", "-c", "import sys; sys.path.insert(0, '.'); import spelltraction",
+                      cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "ImportError: spelltraction.py needs the netcore/ package beside it" in err
+    assert "python3 spelltraction.py bundle" in err

@@ -14,7 +14,11 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from serverproc import ROOT
+
+pytestmark = pytest.mark.slow  # the whole harness: servers, bot processes, sampling
 
 CAPACITY = os.path.join(ROOT, "bench", "capacity.py")
 

@@ -6,7 +6,6 @@ with netcore's loop standing in for Tk's.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,20 +13,9 @@ import time
 import pytest
 
 import spelltraction as st
-from gamekit import Harness
+from conftest import FakeClock
 from netcore import FrameError, ProtocolError
-from serverproc import GAME, free_port, run_game
-
-
-class FakeClock:
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
+from serverproc import GAME, run_game
 
 
 BOARD = "ABCDEFGHIJKL"
@@ -353,68 +341,55 @@ def drive(h, brain, port, clock=None):
     return net
 
 
-def test_driver_joins_sees_others_move_and_its_click_reaches_the_server():
-    h = Harness(tick_ms=20)
-    try:
-        brain = st.ClientBrain()
-        net = drive(h, brain, h.port)
-        h.run_until(lambda: brain.state == st.ClientState.PLAYING and brain.tick >= 0)
-        pid = brain.player_id
-        assert pid in h.server.game.players and brain.stats is not None
-        other = h.client()
-        other.send(st.Move(1, 420, 330))
-        h.run_until(lambda: other.welcome.player_id in brain.markers
-                    and brain.markers[other.welcome.player_id].tx == 420)
-        assert brain.markers[other.welcome.player_id].ty == 330
-        assert brain.click(60, 300)
-        net.flush()
-        h.run_until(lambda: (h.server.game.players[pid].x, h.server.game.players[pid].y)
-                    == (60, 300))
-        h.run_until(lambda: brain.pending is None)  # echoed
-        assert (brain.me.tx, brain.me.ty) == (60, 300)
-        net.stop()
-    finally:
-        h.close()
+def test_driver_joins_sees_others_move_and_its_click_reaches_the_server(h):
+    brain = st.ClientBrain()
+    net = drive(h, brain, h.port)
+    h.run_until(lambda: brain.state == st.ClientState.PLAYING and brain.tick >= 0)
+    pid = brain.player_id
+    assert pid in h.server.game.players and brain.stats is not None
+    other = h.client()
+    other.send(st.Move(1, 420, 330))
+    h.run_until(lambda: other.welcome.player_id in brain.markers
+                and brain.markers[other.welcome.player_id].tx == 420)
+    assert brain.markers[other.welcome.player_id].ty == 330
+    assert brain.click(60, 300)
+    net.flush()
+    h.run_until(lambda: (h.server.game.players[pid].x, h.server.game.players[pid].y)
+                == (60, 300))
+    h.run_until(lambda: brain.pending is None)  # echoed
+    assert (brain.me.tx, brain.me.ty) == (60, 300)
+    net.stop()
 
 
-def test_driver_reconnects_when_the_server_drops_it_as_a_new_player():
-    h = Harness(tick_ms=20)
-    try:
-        brain = st.ClientBrain()
-        net = drive(h, brain, h.port)
-        h.run_until(lambda: brain.state == st.ClientState.PLAYING)
-        first = brain.player_id
-        h.server.game.players[first].conn.close("test")
-        h.run_until(lambda: brain.state == st.ClientState.WAITING)
-        assert "Server gone: the server closed the connection" in brain.status_line()
-        assert 0.4 < brain.retry_at - h.loop.time() <= 0.5
-        h.run_until(lambda: brain.state == st.ClientState.PLAYING, timeout=5)
-        assert brain.player_id != first and brain.player_id in h.server.game.players
-        assert net.failures == 0  # a successful join resets the backoff
-        net.stop()
-    finally:
-        h.close()
+def test_driver_reconnects_when_the_server_drops_it_as_a_new_player(h):
+    brain = st.ClientBrain()
+    net = drive(h, brain, h.port)
+    h.run_until(lambda: brain.state == st.ClientState.PLAYING)
+    first = brain.player_id
+    h.server.game.players[first].conn.close("test")
+    h.run_until(lambda: brain.state == st.ClientState.WAITING)
+    assert "Server gone: the server closed the connection" in brain.status_line()
+    assert 0.4 < brain.retry_at - h.loop.time() <= 0.5
+    h.run_until(lambda: brain.state == st.ClientState.PLAYING, timeout=5)
+    assert brain.player_id != first and brain.player_id in h.server.game.players
+    assert net.failures == 0  # a successful join resets the backoff
+    net.stop()
 
 
-def test_driver_shows_a_version_error_and_stops_retrying():
-    h = Harness(tick_ms=20)
-    try:
-        brain = st.ClientBrain(version=3)
-        net = drive(h, brain, h.port)
-        h.run_until(lambda: brain.state == st.ClientState.STOPPED)
-        assert brain.error == "server speaks protocols 1 and 2, client sent 3"
-        h.run(0.8)
-        assert net.sock is None and brain.state == st.ClientState.STOPPED  # no retry
-        assert h.server.net.stats.accepted == 1
-        net.stop()
-    finally:
-        h.close()
+def test_driver_shows_a_version_error_and_stops_retrying(h):
+    brain = st.ClientBrain(version=3)
+    net = drive(h, brain, h.port)
+    h.run_until(lambda: brain.state == st.ClientState.STOPPED)
+    assert brain.error == "server speaks protocols 1 and 2, client sent 3"
+    h.run(0.8)
+    assert net.sock is None and brain.state == st.ClientState.STOPPED  # no retry
+    assert h.server.net.stats.accepted == 1
+    net.stop()
 
 
-def test_driver_backs_off_exponentially_while_nobody_listens():
-    clock = FakeClock()
+def test_driver_backs_off_exponentially_while_nobody_listens(clock, refused_port):
     brain = st.ClientBrain(clock=clock)
-    net = st.NetClient(brain, "127.0.0.1", free_port(), lambda d, f: None, clock=clock)
+    net = st.NetClient(brain, "127.0.0.1", refused_port, lambda d, f: None, clock=clock)
     delays = []
     for _ in range(7):
         before = brain.retry_at
@@ -431,56 +406,44 @@ def test_driver_backs_off_exponentially_while_nobody_listens():
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
-def test_driver_drops_a_silent_server_after_10_s():
-    clock = FakeClock()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)  # the kernel completes the connect; nobody ever answers
-    try:
-        brain = st.ClientBrain(clock=clock)
-        net = st.NetClient(brain, "127.0.0.1", listener.getsockname()[1], lambda d, f: None,
-                           clock=clock)
-        for _ in range(2000):
-            net.step()
-            if brain.state == st.ClientState.JOINING:
-                break
-            if net.lookup is not None:
-                net.lookup.done.wait(5)
-        assert brain.state == st.ClientState.JOINING
-        conn, _ = listener.accept()
-        conn.settimeout(5)
-        assert conn.recv(100) == st.frame(st.Hello())
-        clock.advance(9)
+def test_driver_drops_a_silent_server_after_10_s(clock, listener):
+    # The kernel completes the connect to ``listener``; nobody ever answers.
+    brain = st.ClientBrain(clock=clock)
+    net = st.NetClient(brain, "127.0.0.1", listener.getsockname()[1], lambda d, f: None,
+                       clock=clock)
+    for _ in range(2000):
         net.step()
-        assert brain.state == st.ClientState.JOINING
-        clock.advance(2)
-        net.step()
-        assert brain.state == st.ClientState.WAITING and "nothing from the server for 10 s" in brain.why
-        conn.close()
-    finally:
-        listener.close()
+        if brain.state == st.ClientState.JOINING:
+            break
+        if net.lookup is not None:
+            net.lookup.done.wait(5)
+    assert brain.state == st.ClientState.JOINING
+    conn, _ = listener.accept()
+    conn.settimeout(5)
+    assert conn.recv(100) == st.frame(st.Hello())
+    clock.advance(9)
+    net.step()
+    assert brain.state == st.ClientState.JOINING
+    clock.advance(2)
+    net.step()
+    assert brain.state == st.ClientState.WAITING and "nothing from the server for 10 s" in brain.why
+    conn.close()
 
 
-def test_driver_drops_a_server_that_sends_garbage():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    try:
-        brain = st.ClientBrain()
-        net = st.NetClient(brain, "127.0.0.1", listener.getsockname()[1], lambda d, f: None)
-        while brain.state != st.ClientState.JOINING:
-            net.step()
-        conn, _ = listener.accept()
-        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-        for _ in range(500):
-            net.step()
-            if brain.state == st.ClientState.WAITING:
-                break
-            time.sleep(0.01)
-        assert brain.state == st.ClientState.WAITING and brain.why.startswith("bad data from the server")
-        conn.close()
-    finally:
-        listener.close()
+def test_driver_drops_a_server_that_sends_garbage(listener):
+    brain = st.ClientBrain()
+    net = st.NetClient(brain, "127.0.0.1", listener.getsockname()[1], lambda d, f: None)
+    while brain.state != st.ClientState.JOINING:
+        net.step()
+    conn, _ = listener.accept()
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    for _ in range(500):
+        net.step()
+        if brain.state == st.ClientState.WAITING:
+            break
+        time.sleep(0.01)
+    assert brain.state == st.ClientState.WAITING and brain.why.startswith("bad data from the server")
+    conn.close()
 
 
 def test_unresolvable_host_is_reported_not_raised():

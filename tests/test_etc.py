@@ -15,7 +15,8 @@ import time
 import pytest
 
 import spelltraction as st
-from serverproc import ROOT, free_port
+from conftest import require, require_tool
+from serverproc import ROOT, ServerProcess, Spawned, stop_process
 
 ETC = os.path.join(ROOT, "etc")
 SYSCTL = os.path.join(ETC, "sysctl.d", "60-spelltraction.conf")
@@ -225,36 +226,27 @@ def test_unit_execstart_runs_the_real_server(tmp_path):
     """The unit's command line (on a bundle, a free port) serves and stops cleanly on SIGTERM."""
     argv = shlex.split(unit_value("ExecStart"))
     args = argv[argv.index("/opt/spelltraction/spelltraction.pyz") + 1:]
-    port = free_port()
-    args[args.index("--port") + 1] = str(port)
+    args[args.index("--port") + 1] = "0"
     args[args.index("--host") + 1] = "127.0.0.1"
     if "--admin-port" in args:
-        args[args.index("--admin-port") + 1] = str(free_port())
+        args[args.index("--admin-port") + 1] = "0"  # any free port
     pyz = tmp_path / "spelltraction.pyz"
     st.build_bundle(str(pyz))
     assert argv[1] == "-I"
-    proc = subprocess.Popen([sys.executable, "-I", str(pyz), *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert "listening" in proc.stdout.readline()
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    # systemd's StateDirectory= hands the server $STATE_DIRECTORY: its data directory.
+    env = dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state"))
+    with Spawned([sys.executable, "-I", str(pyz), *args], cwd=tmp_path, env=env) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(st.frame(st.Hello()))
             assert sock.recv(4096), "WELCOME"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        assert server.stop() == 0
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_is_clean(tmp_path):
+    analyze = require_tool("systemd-analyze")
     unit = tmp_path / "spelltraction.service"
     shutil.copy(UNIT, unit)
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     complaints = [line for line in result.stderr.splitlines() if "spelltraction" in line]
@@ -280,12 +272,22 @@ def test_nginx_files_proxy_websockets_and_put_stream_at_top_level():
     assert f"127.0.0.1:{st.DEFAULT_PORT}" in stream
 
 
-NGINX = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
-def nginx_tree(tmp_path, http_port=None, raw_port=None, game_port=None):
-    """Our two files under a minimal nginx.conf, with a throwaway certificate."""
+@pytest.fixture
+def nginx():
+    """The nginx binary, with openssl to make a certificate; else skip (fail under CI)."""
+    require_tool("openssl")
+    return require_tool("nginx")
+
+
+def nginx_tree(tmp_path, raw_socket=None, game_port=None):
+    """Our two files under a minimal nginx.conf, with a throwaway certificate.
+
+    ``raw_socket``: the stream {} block listens on that Unix socket instead of port
+    12151 (a path is ours alone; a port number could be taken by the time nginx binds).
+    """
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=localhost", "-keyout", str(tmp_path / "key.pem"),
                     "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
@@ -293,8 +295,8 @@ def nginx_tree(tmp_path, http_port=None, raw_port=None, game_port=None):
     def adapt(text):
         text = text.replace("/etc/ssl/spelltraction/fullchain.pem", str(tmp_path / "cert.pem"))
         text = text.replace("/etc/ssl/spelltraction/privkey.pem", str(tmp_path / "key.pem"))
-        if raw_port:
-            text = text.replace("listen 12151 ssl;", f"listen 127.0.0.1:{raw_port} ssl;")
+        if raw_socket:
+            text = text.replace("listen 12151 ssl;", f"listen unix:{raw_socket} ssl;")
             text = text.replace("listen [::]:12151 ssl;", "")
         if game_port:
             text = text.replace(f"127.0.0.1:{st.DEFAULT_PORT}", f"127.0.0.1:{game_port}")
@@ -303,7 +305,7 @@ def nginx_tree(tmp_path, http_port=None, raw_port=None, game_port=None):
     (tmp_path / "site.conf").write_text(adapt(open(NGINX_HTTP).read()))
     (tmp_path / "stream.conf").write_text(adapt(open(NGINX_STREAM).read()))
     load = f"load_module {STREAM_MODULE};\n" if os.path.exists(STREAM_MODULE) else ""
-    http = "" if raw_port else f"http {{ access_log off; include {tmp_path}/site.conf; }}\n"
+    http = "" if raw_socket else f"http {{ access_log off; include {tmp_path}/site.conf; }}\n"
     (tmp_path / "nginx.conf").write_text(
         f"{load}pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
         f"daemon off;\nevents {{}}\ninclude {tmp_path}/stream.conf;\n{http}"
@@ -313,43 +315,42 @@ def nginx_tree(tmp_path, http_port=None, raw_port=None, game_port=None):
     return tmp_path / "nginx.conf"
 
 
-needs_nginx = pytest.mark.skipif(
-    not NGINX or shutil.which("openssl") is None, reason="needs nginx and openssl")
+def require_stream_module(nginx_stderr=""):
+    have = os.path.exists(STREAM_MODULE) or sys.platform != "linux"
+    require(have and 'unknown directive "stream"' not in nginx_stderr,
+            "nginx's stream module is not installed", "apt-get install libnginx-mod-stream")
 
 
-@needs_nginx
-def test_nginx_accepts_both_files(tmp_path):
+def test_nginx_accepts_both_files(tmp_path, nginx):
     conf = nginx_tree(tmp_path)
-    result = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(tmp_path),
+    result = subprocess.run([nginx, "-t", "-c", str(conf), "-p", str(tmp_path),
                              "-e", str(tmp_path / "error.log")],
                             capture_output=True, text=True, timeout=60)
-    if "unknown directive \"stream\"" in result.stderr:
-        pytest.skip("nginx without the stream module")
+    require_stream_module(result.stderr)
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr
 
 
-@needs_nginx
-@pytest.mark.skipif(not os.path.exists(STREAM_MODULE) and sys.platform == "linux",
-                    reason="needs nginx's stream module")
-def test_raw_protocol_through_the_stream_tls_block(tmp_path):
+def test_raw_protocol_through_the_stream_tls_block(tmp_path, nginx):
     """A TLS client plays a tick through nginx's stream {} to a real server."""
-    from serverproc import ServerProcess
-
+    require_stream_module()
     game = ServerProcess("--tick-ms", "50")
-    raw_port = free_port()
-    conf = nginx_tree(tmp_path, raw_port=raw_port, game_port=game.port)
-    nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path),
+    raw_socket = str(tmp_path / "raw.sock")
+    conf = nginx_tree(tmp_path, raw_socket=raw_socket, game_port=game.port)
+    proxy = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path),
                               "-e", str(tmp_path / "error.log")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
-                raw = socket.create_connection(("127.0.0.1", raw_port), timeout=5)
+                raw = socket.socket(socket.AF_UNIX)
+                raw.settimeout(5)
+                raw.connect(raw_socket)
                 break
-            except ConnectionRefusedError:
-                assert nginx.poll() is None, nginx.stderr.read()
+            except (FileNotFoundError, ConnectionRefusedError):
+                raw.close()
+                assert proxy.poll() is None, proxy.stderr.read()
                 assert time.monotonic() < deadline, "nginx did not listen"
                 time.sleep(0.05)
         ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
@@ -366,12 +367,21 @@ def test_raw_protocol_through_the_stream_tls_block(tmp_path):
                 got += [st.decode(f) for f in parser.feed(data)]
             assert isinstance(got[0], st.Welcome)
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
-        nginx.stdout.close()
-        nginx.stderr.close()
+        stop_process(proxy, signal.SIGQUIT)
+        proxy.stdout.close()
+        proxy.stderr.close()
         game.stop()
+
+
+# -- the README's test command ---------------------------------------------------
+
+
+def test_ci_runs_the_readmes_test_command_word_for_word():
+    """A fresh machine runs what CI runs: one line, a venv (PEP 668), tox in it."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    command = re.search(r"```sh\n(python3 -m venv .*)\n```", readme)
+    assert command, "no test command in the README"
+    line = command[1]
+    assert "pip install tox" in line and line.endswith("tox")
+    ci = [text.strip() for text in open(os.path.join(ROOT, ".ci", "run")).read().splitlines()]
+    assert line in ci, f"{line!r} is not a line of .ci/run"

@@ -5,15 +5,7 @@ import logging
 import pytest
 
 import spelltraction as st
-from gamekit import Harness
 from netcore import encode_frame
-
-
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    harness.close()
 
 
 def test_hello_gets_welcome_you_and_stats_in_one_send(h):
@@ -144,26 +136,20 @@ def test_flooding_disconnects(h):
     assert errors[-1].code == st.ErrorCode.FLOOD
 
 
-def test_hello_timeout():
-    h = Harness(hello_timeout=0.1)
-    try:
-        c = h.client(hello=False)
-        errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
-        assert errors[-1].code == st.ErrorCode.HELLO_TIMEOUT
-    finally:
-        h.close()
+def test_hello_timeout(make_harness):
+    h = make_harness(hello_timeout=0.1)
+    c = h.client(hello=False)
+    errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+    assert errors[-1].code == st.ErrorCode.HELLO_TIMEOUT
 
 
-def test_server_full_is_an_error_frame():
-    h = Harness(max_clients=2)
-    try:
-        players = [h.client(), h.client()]
-        c = h.client(hello=False)
-        errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
-        assert errors[-1].code == st.ErrorCode.SERVER_FULL and "server full" in errors[-1].text
-        assert len(h.server.game.players) == len(players)
-    finally:
-        h.close()
+def test_server_full_is_an_error_frame(make_harness):
+    h = make_harness(max_clients=2)
+    players = [h.client(), h.client()]
+    c = h.client(hello=False)
+    errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+    assert errors[-1].code == st.ErrorCode.SERVER_FULL and "server full" in errors[-1].text
+    assert len(h.server.game.players) == len(players)
 
 
 def test_leaving_lists_the_player_as_gone(h):

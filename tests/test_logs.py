@@ -5,7 +5,6 @@ import logging
 import signal
 
 import spelltraction as st
-from gamekit import Harness
 from netcore import NetStats
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from serverproc import ServerProcess
@@ -91,27 +90,24 @@ def test_churn_is_one_line_per_report(caplog):
     assert churn.report() is None
 
 
-def test_a_ramp_of_hundreds_logs_one_summary_not_a_line_each(caplog):
+def test_a_ramp_of_hundreds_logs_one_summary_not_a_line_each(caplog, make_harness):
     caplog.set_level(logging.INFO)
-    h = Harness()
-    try:
-        clients = [h.client() for _ in range(300)]
-        bad = [h.client(hello=False) for _ in range(20)]
-        for c in bad:
-            c.send_raw(b"\x00\x01\x07")
-        for c in clients[:100]:
-            c.sock.close()
-        h.run_until(lambda: h.server.net.stats.connections == 200)
-        h.server.report()
-        records = [r for r in caplog.records if r.levelno >= logging.INFO]
-        assert len(records) == 1, [r.getMessage() for r in records]
-        assert records[0].getMessage().startswith("connections: +320 -120 (now 200); closed by")
-        by_reason = records[0].closed_by_reason
-        # A client closing with unread ticks makes its kernel send RST: "reset".
-        assert by_reason.pop("protocol-error") == 20
-        assert sum(by_reason.values()) == 100 and set(by_reason) <= {"peer-closed", "reset"}
-    finally:
-        h.close()
+    h = make_harness()
+    clients = [h.client() for _ in range(300)]
+    bad = [h.client(hello=False) for _ in range(20)]
+    for c in bad:
+        c.send_raw(b"\x00\x01\x07")
+    for c in clients[:100]:
+        c.sock.close()
+    h.run_until(lambda: h.server.net.stats.connections == 200)
+    h.server.report()
+    records = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert records[0].getMessage().startswith("connections: +320 -120 (now 200); closed by")
+    by_reason = records[0].closed_by_reason
+    # A client closing with unread ticks makes its kernel send RST: "reset".
+    assert by_reason.pop("protocol-error") == 20
+    assert sum(by_reason.values()) == 100 and set(by_reason) <= {"peer-closed", "reset"}
 
 
 def test_serve_logs_json_lines(tmp_path):

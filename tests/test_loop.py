@@ -5,7 +5,8 @@ import socket
 
 import pytest
 
-from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
+from netcore import EventLoop, ServerConfig, TCPServer, encode_frame
+from conftest import Echo
 from helpers import read_frames
 
 SELECTORS = [
@@ -13,11 +14,6 @@ SELECTORS = [
         not hasattr(selectors, name), reason=f"selectors.{name} is not available on this platform"))
     for name in ("EpollSelector", "KqueueSelector", "PollSelector", "SelectSelector", "DefaultSelector")
 ]
-
-
-class Echo(Handler):
-    def on_message(self, conn, payload):
-        conn.send(payload[::-1])
 
 
 @pytest.mark.parametrize("selector_name", SELECTORS)
@@ -30,7 +26,7 @@ def test_echo_over_every_selector(selector_name):
         c.sendall(encode_frame(b"ping%d" % i))
     loop.run_for(0.2)
     for i, c in enumerate(clients):
-        assert read_frames(c, 1) == [(b"ping%d" % i)[::-1]]
+        assert read_frames(c, 1) == [b"echo:ping%d" % i]
         c.close()
     loop.run_for(0.2)
     assert server.stats.connections == 0

@@ -10,11 +10,9 @@ import subprocess
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import spelltraction as st
-from browserkit import CHROMIUM, CHROMIUM_ARGS, require_browser, sync_playwright
-from gamekit import Harness
+from conftest import require_module
 from serverproc import GAME, ServerProcess
 from webkit import RawConn
 from netcore import Histogram
@@ -23,8 +21,9 @@ from netcore.metrics import CONTENT_TYPE, Exposition, add_process_stats, process
 
 def parse(text):
     """{(sample name, ((label, value), ...)): value} and {family name: type}."""
+    parser = require_module("prometheus_client.parser")  # only these tests need it
     samples, types = {}, {}
-    for family in text_string_to_metric_families(text):
+    for family in parser.text_string_to_metric_families(text):
         types[family.name] = family.type
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
@@ -103,13 +102,6 @@ def _process_text(ps):
 
 
 # -- the game server's /metrics -------------------------------------------------
-
-
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    harness.close()
 
 
 def quiesce(h):
@@ -228,19 +220,16 @@ def test_letters_scored_are_counted(h):
         h.server.game.letters_scored >= 1
 
 
-def test_refused_connections_are_counted():
-    h = Harness(max_clients=2)
-    try:
-        players = [h.client(), h.client()]  # kept: a dropped client closes its socket
-        extra = socket.create_connection(("127.0.0.1", h.port))
-        h.run_until(lambda: h.server.net.stats.refused_full == 1)
-        samples, _ = parse(h.server.metrics_text())
-        assert value(samples, "spelltraction_connections_refused_total", reason="full") == 1
-        assert value(samples, "spelltraction_connections_refused_total", reason="fd-limit") == 0
-        assert value(samples, "spelltraction_connections") == len(players)
-        extra.close()
-    finally:
-        h.close()
+def test_refused_connections_are_counted(make_harness):
+    h = make_harness(max_clients=2)
+    players = [h.client(), h.client()]  # kept: a dropped client closes its socket
+    extra = socket.create_connection(("127.0.0.1", h.port))
+    h.run_until(lambda: h.server.net.stats.refused_full == 1)
+    samples, _ = parse(h.server.metrics_text())
+    assert value(samples, "spelltraction_connections_refused_total", reason="full") == 1
+    assert value(samples, "spelltraction_connections_refused_total", reason="fd-limit") == 0
+    assert value(samples, "spelltraction_connections") == len(players)
+    extra.close()
 
 
 # -- /stats.json and the /stats page -------------------------------------------
@@ -312,26 +301,24 @@ def test_stats_page_is_self_contained_and_reads_real_fields(h):
     assert tick <= set(snap["tick"]), tick - set(snap["tick"])
 
 
-def test_stats_page_charts_live_snapshots_in_a_browser():
+@pytest.mark.slow
+def test_stats_page_charts_live_snapshots_in_a_browser(browser):
     """Chromium loads /stats from a live server and charts /stats.json each second."""
-    require_browser()
     with ServerProcess("--tick-ms", "50") as server:
         bots = subprocess.Popen(
             [sys.executable, GAME, "bots", "--port", str(server.port), "--count", "6",
              "--duration", "30", "--move-every", "0.5", "--probes", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{server.port}/stats")
-                end = time.monotonic() + 20
-                while "6 players" not in page.content():
-                    assert time.monotonic() < end, "the page never showed the 6 bots"
-                    time.sleep(0.2)
-                time.sleep(5.0)  # five more polls, a second apart
-                dom = page.content()
-                browser.close()
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/stats")
+            end = time.monotonic() + 20
+            while "6 players" not in page.content():
+                assert time.monotonic() < end, "the page never showed the 6 bots"
+                time.sleep(0.2)
+            time.sleep(5.0)  # five more polls, a second apart
+            dom = page.content()
+            page.close()
         finally:
             bots.kill()
             bots.wait()

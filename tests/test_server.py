@@ -10,45 +10,21 @@ import time
 
 import pytest
 
-from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
+from netcore import EventLoop, ServerConfig, TCPServer, encode_frame
+from conftest import Echo, run_until, serve
 from helpers import raise_nofile, read_frames, read_until_closed
 
 
-class Echo(Handler):
-    def __init__(self):
-        self.closed = []
-
-    def on_message(self, conn, payload):
-        conn.send(b"echo:" + payload)
-
-    def on_close(self, conn, reason):
-        self.closed.append(reason)
-
-
-def start(handler=None, **cfg):
-    loop = EventLoop()
-    handler = handler or Echo()
-    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], **cfg))
-    server.listen()
-    return loop, server, handler
-
-
-def run_until(loop, pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "condition not reached"
-        loop.run_once(0.01)
-
-
+@pytest.mark.slow
 def test_1000_clients_receive_every_broadcast_tick_in_order():
     raise_nofile(4000)
-    loop, server, _ = start()
+    loop, server, _ = serve()
     clients = []
     for _ in range(1000):
         clients.append(socket.create_connection(("127.0.0.1", server.port)))
         if len(clients) % 200 == 0:
             loop.run_once(0)
-    run_until(loop, lambda: server.stats.connections == 1000)
+    run_until(loop, lambda: server.stats.connections == 1000, timeout=10)
 
     ticks = []
 
@@ -70,7 +46,7 @@ def test_1000_clients_receive_every_broadcast_tick_in_order():
     assert server.stats.queued_out_bytes == 0
     for c in clients:
         c.close()
-    run_until(loop, lambda: server.stats.connections == 0)
+    run_until(loop, lambda: server.stats.connections == 0, timeout=10)
     assert server.stats.closed == 1000
     server.close()
 
@@ -99,7 +75,7 @@ def assert_bystanders_served(loop, socks, tag):
 )
 def test_bad_frames_close_only_that_client(bad, reason, caplog):
     caplog.set_level(logging.DEBUG, logger="netcore")  # per-connection lines are DEBUG
-    loop, server, handler = start()
+    loop, server, handler = serve()
     others = bystanders(server, loop)
     bad_client = socket.create_connection(("127.0.0.1", server.port))
     run_until(loop, lambda: server.stats.connections == 6)
@@ -113,7 +89,7 @@ def test_bad_frames_close_only_that_client(bad, reason, caplog):
 
 
 def test_half_a_frame_then_a_stall_disturbs_nobody():
-    loop, server, handler = start()
+    loop, server, handler = serve()
     others = bystanders(server, loop)
     staller = socket.create_connection(("127.0.0.1", server.port))
     staller.sendall(b"\x00\x40" + b"x" * 10)  # 64-byte frame, 10 bytes sent
@@ -129,7 +105,7 @@ def test_half_a_frame_then_a_stall_disturbs_nobody():
 
 
 def test_over_max_connections_is_told_and_closed():
-    loop, server, _ = start(max_connections=3, full_message=encode_frame(b"full!"))
+    loop, server, _ = serve(max_connections=3, full_message=encode_frame(b"full!"))
     ok = bystanders(server, loop, 3)
     extra = socket.create_connection(("127.0.0.1", server.port))
     extra.sendall(encode_frame(b"hello?"))
@@ -167,15 +143,12 @@ def test_ipv6_and_ipv4_listeners_share_the_port():
 
 EMFILE_SERVER = textwrap.dedent(
     """
-    import resource, sys
-    sys.path.insert(0, sys.argv[1])
-    from netcore import EventLoop, Handler, ServerConfig, TCPServer
+    import os, resource, sys
+    sys.path[:0] = [sys.argv[1], os.path.join(sys.argv[1], "tests")]
+    from conftest import Echo
+    from netcore import EventLoop, ServerConfig, TCPServer
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-
-    class Echo(Handler):
-        def on_message(self, conn, payload):
-            conn.send(b"echo:" + payload)
 
     loop = EventLoop()
     server = TCPServer(loop, Echo(), ServerConfig(hosts=["127.0.0.1"], max_connections=1000))
@@ -192,6 +165,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.slow  # a subprocess server for 6 s
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc to read CPU time")
 def test_emfile_refuses_newcomers_without_spinning(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,10 +24,8 @@ def data(tmp_path):
 
 
 @pytest.fixture
-def h(data):
-    harness = Harness(data=data)
-    yield harness
-    harness.close()
+def h(make_harness, data):
+    return make_harness(data=data)
 
 
 def scorer(make):

@@ -1,6 +1,7 @@
 import random
 import selectors
 
+from conftest import FakeClock
 from netcore.loop import EventLoop
 from netcore.tick import TickScheduler
 
@@ -84,16 +85,8 @@ class FakeSelector(selectors.BaseSelector):
         return {}
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 50.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_event_loop_ticks_do_not_drift_with_a_fake_clock():
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     loop = EventLoop(selector=FakeSelector(clock), clock=clock)
     fired = []
 

@@ -5,10 +5,10 @@ player listed as a mover at the clicked spot. Proof that the window draws
 the game: a screenshot (kept in test-artifacts/) has the board's colours.
 """
 
+import importlib.util
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,14 +18,23 @@ import time
 import pytest
 
 import spelltraction as st
+from conftest import require, require_tool
 from netcore import FrameParser
-from serverproc import GAME, ROOT, ServerProcess
-from xdisplay import Xvfb, missing_tools
+from serverproc import GAME, ROOT, ServerProcess, stop_process
+from xdisplay import Xvfb
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("Xvfb") is None,
-    reason="no X server can be had: Xvfb is not installed (Debian: apt-get install xvfb)",
-)
+pytestmark = pytest.mark.slow  # an X server, the Tk client, a server and bots
+
+
+@pytest.fixture
+def display():
+    """Xvfb with xdotool and xwd beside it, and a Python with Tk; else skip (fail under CI)."""
+    for tool in ("Xvfb", "xdotool", "xwd"):
+        require_tool(tool)
+    require(importlib.util.find_spec("tkinter"), "this Python has no tkinter",
+            "apt-get install python3-tk")
+    with Xvfb() as x:
+        yield x
 
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
 
@@ -80,19 +89,9 @@ def read_line_matching(proc, pattern, timeout=30.0):
     raise AssertionError(f"no line matching {pattern!r}; client said: {''.join(seen)}")
 
 
-def stop(proc, sig=signal.SIGTERM):
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_drawn():
-    assert not missing_tools(), f"install {missing_tools()} (Debian: xdotool, x11-apps)"
-    with Xvfb() as x, ServerProcess() as server:
+def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_drawn(display):
+    x = display
+    with ServerProcess() as server:
         bots = subprocess.Popen(
             [sys.executable, GAME, "bots", "--port", str(server.port), "--count", "5",
              "--move-every", "1", "--duration", "120", "--probes", "0"],
@@ -142,8 +141,8 @@ def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_d
         finally:
             if observer is not None:
                 observer.close()
-            stop(client)
-            stop(bots, signal.SIGINT)
+            stop_process(client)
+            stop_process(bots, signal.SIGINT)
     assert client.returncode == 0, client.stderr.read()
 
 

@@ -3,16 +3,8 @@
 import pytest
 
 import spelltraction as st
-from gamekit import Harness
 from netcore import websocket as ws
 from webkit import RawConn, WsClient
-
-
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    harness.close()
 
 
 def test_hello_over_websocket_gets_welcome_you_and_stats_in_one_message(h):
@@ -193,15 +185,12 @@ def test_flood_over_websocket(h):
     assert close.code == ws.CloseCode.POLICY_VIOLATION
 
 
-def test_hello_timeout_over_websocket():
-    h = Harness(hello_timeout=0.1)
-    try:
-        c = WsClient(h)
-        err, close = reject(h, c)
-        assert err.code == st.ErrorCode.HELLO_TIMEOUT
-        assert close.code == ws.CloseCode.POLICY_VIOLATION
-    finally:
-        h.close()
+def test_hello_timeout_over_websocket(make_harness):
+    h = make_harness(hello_timeout=0.1)
+    c = WsClient(h)
+    err, close = reject(h, c)
+    assert err.code == st.ErrorCode.HELLO_TIMEOUT
+    assert close.code == ws.CloseCode.POLICY_VIOLATION
 
 
 def test_shutdown_says_goodbye_to_every_transport(h):

@@ -5,7 +5,6 @@ import os
 import pytest
 
 import spelltraction as st
-from gamekit import Harness
 from netcore.web import HttpCodec
 from webkit import RawConn
 
@@ -33,10 +32,8 @@ def root(tmp_path):
 
 
 @pytest.fixture
-def h(root):
-    harness = Harness(web_root=str(root), handshake_timeout=0.4)
-    yield harness
-    harness.close()
+def h(root, make_harness):
+    return make_harness(web_root=str(root), handshake_timeout=0.4)
 
 
 @pytest.mark.parametrize("path, ctype, name", [
@@ -239,19 +236,16 @@ def test_http_connections_are_not_players_and_get_no_game_bytes(h):
     assert player.expect(st.TickMsg)
 
 
-def test_hello_timeout_does_not_hit_http_keep_alive(root):
+def test_hello_timeout_does_not_hit_http_keep_alive(root, make_harness):
     # The game's HELLO timeout is shorter than the HTTP deadline here: a kept-alive
     # HTTP connection must get neither a game ERROR frame nor an early close.
-    h = Harness(web_root=str(root), hello_timeout=0.05, handshake_timeout=3.0)
-    try:
-        c = RawConn(h)
-        assert c.request("/").status == 200
-        h.run(0.5)
-        c.pump()
-        assert not c.eof and c.buf == b""
-        assert c.request("/app.js").status == 200
-    finally:
-        h.close()
+    h = make_harness(web_root=str(root), hello_timeout=0.05, handshake_timeout=3.0)
+    c = RawConn(h)
+    assert c.request("/").status == 200
+    h.run(0.5)
+    c.pump()
+    assert not c.eof and c.buf == b""
+    assert c.request("/app.js").status == 200
 
 
 def test_binary_players_still_share_the_port(h):
@@ -262,13 +256,10 @@ def test_binary_players_still_share_the_port(h):
     assert c.expect(st.You).seq == 1
 
 
-def test_no_web_root_serves_only_healthz_and_upgrades():
-    h = Harness(web_root=None)
-    try:
-        assert RawConn(h).request("/").status == 404
-        assert RawConn(h).request("/healthz").status == 200
-    finally:
-        h.close()
+def test_no_web_root_serves_only_healthz_and_upgrades(make_harness):
+    h = make_harness(web_root=None)
+    assert RawConn(h).request("/").status == 404
+    assert RawConn(h).request("/healthz").status == 200
 
 
 @pytest.mark.parametrize("lengths, status", [

@@ -6,10 +6,11 @@ import signal
 import pytest
 
 import spelltraction as st
+from conftest import require_module
 from netcore import FrameParser
 from serverproc import ServerProcess
 
-websockets = pytest.importorskip("websockets", reason="test dependency: pip install websockets")
+websockets = require_module("websockets")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 

@@ -116,6 +116,14 @@ def test_password_from_a_file_or_the_environment(tmp_path, monkeypatch):
         RedisAddress.from_url("redis://h", password_env="ST_NOPE")
 
 
+def test_names_are_resolved_before_the_loop_never_on_it(loop):
+    with pytest.raises(ValueError, match="resolve"):
+        Redis(loop, RedisAddress("redis.invalid"))
+    for numeric in ("localhost", "127.0.0.1", "::1"):
+        address = RedisAddress(numeric, 7000, 2, "u", "p")
+        assert address.resolve() is address
+
+
 def test_commands_before_ready_fail_without_being_sent(loop):
     client = Redis(loop, RedisAddress("127.0.0.1", free_port()))
     got = []
@@ -143,6 +151,11 @@ def test_commands_and_reply_types(loop, server):
     assert call(loop, client, "GET", "big").result() == big
     assert events.ready == 1 and not events.errors
     client.close()
+
+
+def test_localhost_by_name(loop, server):
+    client, _ = connect(loop, RedisAddress("localhost", server.port))
+    assert call(loop, client, "PING").result() == "PONG"
 
 
 def test_error_replies_are_values_and_the_connection_goes_on(loop, server):

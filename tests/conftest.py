@@ -1,0 +1,317 @@
+"""Shared fixtures and helpers for every test, and the ``slow`` gate.
+
+Two halves:
+
+* **Generic** (top): on ``netcore.testing`` (``run_until``: drive an
+  ``EventLoop`` until a condition holds; ``bound_socket``: a listening socket
+  instead of a "free port" number), an echo handler, a test client socket, a
+  refusing port, a fake clock, and the skip-or-fail rule for missing tools and
+  optional packages. They import netcore and the standard library only, never
+  the game, so they can move to ``netcore/testing.py`` as they are and
+  ``tests/core/`` (netcore's own tests) can use them without importing
+  ``spelltraction``.
+* **Game** (bottom): fixtures around ``gamekit.Harness`` (a game server in this
+  process). ``gamekit`` is imported inside the fixtures, so collecting netcore's
+  tests never imports the game.
+
+Plain helpers are imported as ``from conftest import run_until, Echo``
+(``tests/`` is on pytest's pythonpath); fixtures are used by name.
+
+``slow``: bots, browsers, the Tk window, the capacity smoke test, 1,000+
+clients and subprocess servers that run for many seconds. ``pytest -m "not
+slow"`` is the quick loop; tox runs the quick tests on every interpreter and
+the slow ones on the newest; CI runs both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import socket
+from types import ModuleType
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from netcore import Connection, EventLoop, Handler, ServerConfig, TCPServer
+from netcore.testing import bound_socket, run_until  # noqa: F401 - shared with the tests
+
+# -- generic: the loop, an echo server, sockets, a clock -----------------------------
+
+
+class Echo(Handler):
+    """Sends every message back with ``prefix`` in front; records why connections closed."""
+
+    def __init__(self, prefix: bytes = b"echo:") -> None:
+        self.prefix = prefix
+        self.closed: List[str] = []
+
+    def on_message(self, conn: Connection, payload: bytes) -> None:
+        conn.send(self.prefix + payload)
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        self.closed.append(reason)
+
+
+def serve(handler: Optional[Handler] = None, loop: Optional[EventLoop] = None,
+          **config: Any) -> Tuple[EventLoop, TCPServer, Handler]:
+    """A listening ``TCPServer`` on 127.0.0.1 (an ephemeral port), ``Echo`` by default."""
+    loop = loop or EventLoop()
+    handler = handler or Echo()
+    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], **config))
+    server.listen()
+    return loop, server, handler
+
+
+def refusing_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to an ephemeral port of ``host`` but not listening: connections
+    to that port are refused ("nobody listens there") and no other program can take
+    the port while it is open. (``bound_socket`` is the listening kind.)"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+class LoopClient:
+    """A nonblocking client socket read in the same thread as the server's loop.
+
+    ``read_available()`` returns what has arrived without blocking and sets ``eof`` when
+    the peer closes (or resets); subclasses parse it.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port))
+        self.sock.setblocking(False)
+        self.eof = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_available(self) -> bytes:
+        out = bytearray()
+        while not self.eof:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                break
+            out += data
+        return bytes(out)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told: ``clock()`` reads it, ``advance`` moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# -- generic: missing tools and optional packages --------------------------------------
+
+
+def in_ci() -> bool:
+    """CI sets CI=true: there every test must run, so what is missing fails instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(ok: object, missing: str, install: str) -> None:
+    """Skip the test (outside CI) or fail it (CI=true) unless ``ok``.
+
+    ``install`` is the exact line that puts the missing piece on this machine, e.g.
+    ``apt-get install chromium``; the skip reason shows it.
+    """
+    if ok:
+        return
+    why = f"{missing} (install: {install})"
+    if in_ci():
+        pytest.fail(f"CI must run this test, but {why}", pytrace=False)
+    pytest.skip(why)
+
+
+#: Programs the end-to-end tests drive -> the Debian/Ubuntu package that installs each.
+TOOLS: Dict[str, str] = {
+    "chromium": "chromium",
+    "nginx": "nginx-light libnginx-mod-stream",
+    "openssl": "openssl",
+    "Xvfb": "xvfb",
+    "xdotool": "xdotool",
+    "xwd": "x11-apps",
+    "systemd-analyze": "systemd",
+    "redis-server": "redis-server",
+}
+
+
+def require_tool(name: str, path: Optional[str] = None) -> str:
+    """The full path of program ``name`` (or of ``path``), else skip/fail with its install line."""
+    found = (path if path and os.access(path, os.X_OK) else None) if path else (
+        shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin"))
+    require(found, f"{path or name} is not installed",
+            f"apt-get install {TOOLS.get(name, name)}")
+    assert found is not None
+    return found
+
+
+#: Optional test-only packages (the ``test`` extra) -> the line that installs each.
+PACKAGES: Dict[str, str] = {
+    "prometheus_client": "pip install prometheus_client",
+    "websockets": "pip install websockets",
+    "playwright": "pip install playwright",
+    "hypothesis": "pip install hypothesis",
+}
+
+
+_missing_in_ci: List[str] = []
+
+
+def require_module(name: str) -> ModuleType:
+    """Import optional test-only package ``name`` or skip, like ``pytest.importorskip``.
+
+    Works at module level: a missing package skips only the tests that need it and never
+    aborts the collection of the others. The skip names the install line. Under CI=true
+    the run goes on too, but ends failed, listing what was missing.
+    """
+    top = name.split(".")[0]
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        why = f"{name} is not installed (install: {PACKAGES.get(top, f'pip install {top}')})"
+        if in_ci():
+            _missing_in_ci.append(f"{why}: {exc}")
+        pytest.skip(why, allow_module_level=True)
+        raise  # not reached: skip() raises
+
+
+# -- generic fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    ev = EventLoop()
+    yield ev
+    ev.close()
+
+
+@pytest.fixture
+def echo_server(loop: EventLoop) -> Iterator[Tuple[EventLoop, TCPServer, Echo]]:
+    """``(loop, server, handler)``: an ``Echo`` ``TCPServer`` listening on 127.0.0.1."""
+    handler = Echo()
+    _, server, _ = serve(handler, loop)
+    yield loop, server, handler
+    server.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A bound, listening (blocking) socket nobody accepts on until the test does."""
+    sock = bound_socket()
+    sock.setblocking(True)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port of 127.0.0.1 held bound but not listening: every connection to it is refused."""
+    sock = refusing_socket()
+    yield port_of(sock)
+    sock.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# -- the slow gate -----------------------------------------------------------------------------
+
+_deselected = [0]
+
+
+def pytest_deselected(items: List[pytest.Item]) -> None:
+    _deselected[0] += len(items)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for why in dict.fromkeys(_missing_in_ci):
+        terminalreporter.write_line(f"CI must run every test, but {why}", red=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A ``-m`` selection that leaves no test is "nothing to do", not a failure.
+
+    tox splits the suite with ``-m "not slow"`` and ``-m slow``; a run restricted to
+    files without slow tests (``tox -e slow -- tests/test_rules.py``) must not fail
+    with pytest's exit code 5. With no ``-m``, or nothing deselected, 5 stands.
+    Under CI=true a missing optional package fails the run (see ``require_module``).
+    """
+    if (exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and _deselected[0]
+            and session.config.getoption("markexpr")):
+        session.exitstatus = pytest.ExitCode.OK
+    if _missing_in_ci and session.exitstatus in (pytest.ExitCode.OK,
+                                                  pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- game fixtures (import the game lazily) ---------------------------------------------------
+
+
+@pytest.fixture
+def make_harness() -> Iterator[Callable[..., Any]]:
+    """``make_harness(tick_ms=20, **ServerOptions)``: game servers closed after the test."""
+    from gamekit import Harness
+
+    made: List[Harness] = []
+
+    def make(**opts: Any) -> Harness:
+        made.append(Harness(**opts))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+@pytest.fixture
+def h(make_harness: Callable[..., Any]) -> Any:
+    """A game server in this process on defaults (20 ms ticks, seed 1)."""
+    return make_harness()
+
+
+# -- end-to-end fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's /usr/bin/chromium through playwright), one per session.
+
+    Missing playwright or Chromium: skipped with the line that installs it (failed under CI).
+    """
+    from browserkit import CHROMIUM, CHROMIUM_ARGS, require_browser
+
+    with require_browser()() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
