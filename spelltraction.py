@@ -98,6 +98,10 @@ except ImportError as exc:  # this file copied alone, without the package beside
         "    python3 spelltraction.py bundle\n"
         "and copy dist/spelltraction.pyz instead (run it: python3 spelltraction.pyz).\n"
     )
+    if os.path.isdir(os.path.join(_HERE, "netcore")):  # python -P or -I (3.11+)
+        _ALONE = (f"netcore/ is beside spelltraction.py in {_HERE}, but not on the import\n"
+                  "path: -P and -I (Python 3.11+) leave the script's directory out. Run\n"
+                  "it without them, or install it (pip install .), or use the .pyz bundle.\n")
     if __name__ == "__main__":
         sys.stderr.write(_ALONE)
         sys.exit(2)
@@ -123,7 +127,10 @@ from netcore import (
     WholeFrames,
     encode_frame,
 )
+from netcore import process
 from netcore import websocket as ws
+from netcore.addrlimit import parse_networks
+from netcore.process import raise_nofile, release_freed_memory
 from netcore.stats import Window
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -1411,6 +1418,26 @@ class ServerOptions(NamedTuple):
     # own port, answered whatever the game port's state (full, flooded).
     admin_port: Optional[int] = None  # None: no admin listener; 0: any free port
     admin_host: str = "127.0.0.1"  # loopback: for probes and scrapers on this host
+    # Per client address (IPv6 by /64); 0: off. "Pending": connected, no HELLO
+    # yet (HTTP connections, upgraded or not, are pending until they leave).
+    max_per_address: int = 64
+    max_pending_per_address: int = 16
+    max_pending: int = 2048  # pending connections from all addresses together
+    exempt: str = "127.0.0.0/8,::1"  # CIDRs the per-address limits never count
+    trusted_proxies: str = ""  # CIDRs whose connections start with a PROXY header
+    # The kernel memory a client can make us hold, and the slow-consumer rule:
+    # SO_SNDBUF of each socket (the kernel doubles it; 0: its autotuning, up to
+    # ~4 MB each), and a client whose unsent backlog (our queue and its
+    # socket's) stays over send_backlog bytes for send_backlog_grace s is cut.
+    sndbuf: int = 32 << 10
+    send_backlog: int = 4 << 10  # ~3 s of TICKs; 0: off
+    send_backlog_grace: float = 4.0
+
+
+def _address_limit_message(limit: str, address: str) -> bytes:
+    """What a client over a per-address limit gets before the close."""
+    return error_frame(ErrorCode.SERVER_FULL,
+                       f"too many connections from {address} ({limit}); try later")
 
 
 # Sent with the browser client's files: it loads nothing from elsewhere.
@@ -1500,6 +1527,18 @@ class GameServer(Handler):
                 full_message=error_frame(
                     ErrorCode.SERVER_FULL, f"server full ({opts.max_clients} players); try later"
                 ),
+                max_per_address=opts.max_per_address or None,
+                max_pending_per_address=opts.max_pending_per_address or None,
+                max_pending=opts.max_pending or None,
+                exempt=opts.exempt,
+                trusted_proxies=opts.trusted_proxies,
+                limit_message=_address_limit_message,
+                sndbuf=opts.sndbuf or None,
+                send_backlog_limit=opts.send_backlog or None,
+                send_backlog_grace=opts.send_backlog_grace,
+                # A client's messages are a few bytes: 16 KiB a wake-up is
+                # plenty, and bounds what one flooder makes the loop parse.
+                read_budget=16 << 10,
             ),
             codec_factory=self.web,  # None: plain frames, no HTTP
         )
@@ -1591,24 +1630,16 @@ class GameServer(Handler):
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
         text = "server shutting down"
-        bye = error_frame(ErrorCode.SHUTDOWN, text)
-        for conn in list(self.net.connections.values()):
-            # TCP: the frame; WebSocket: in a message, then a close (1001);
-            # HTTP: nothing, just finish the response under way.
-            last_words = conn.codec.closing(bye, ws.CloseCode.GOING_AWAY, text)
-            if last_words:
-                conn.write(last_words)
-            conn.close_after_flush(CloseReason.SHUTDOWN)
-        deadline = self.loop.time() + self.options.shutdown_grace
+        # TCP: the frame; WebSocket: in a message, then a close (1001);
+        # HTTP: nothing, just finish the response under way. The loop stops
+        # when everyone has it, or after the grace period.
+        self.net.shutdown(self.options.shutdown_grace, error_frame(ErrorCode.SHUTDOWN, text),
+                          ws.CloseCode.GOING_AWAY, text, on_done=self._drained)
 
-        def wait_for_flush() -> None:
-            if not self.net.connections or self.loop.time() >= deadline:
-                self.close()
-                self.loop.stop()
-            else:
-                self.loop.call_later(0.02, wait_for_flush)
-
-        wait_for_flush()
+    def _drained(self) -> None:
+        """The game port is empty (or the grace period is over): stop."""
+        self.close()
+        self.loop.stop()
 
     # -- netcore callbacks --------------------------------------------------
 
@@ -1693,6 +1724,7 @@ class GameServer(Handler):
     def join(self, conn: Connection, shape: int, colour: int) -> None:
         """A version-1 player: new every time, nothing to resume."""
         del self.pending[conn]
+        self.net.settle(conn)  # a player now: off the per-address pending count
         player = self.game.join(shape, colour)
         self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
                                             tick_ms=self.options.tick_ms))
@@ -1794,6 +1826,8 @@ class GameServer(Handler):
         """
         log.debug("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
         self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
+        if code in (ErrorCode.FLOOD, ErrorCode.HELLO_TIMEOUT):
+            self.net.stats.limit(reason)  # "flood", "hello-timeout": by name in /metrics
         last_words = conn.codec.closing(error_frame(code, text),
                                         ws_code or WS_CLOSE_CODES[code], text)
         if last_words and conn.write(last_words):
@@ -2201,41 +2235,16 @@ def rss_kb() -> int:
     return rss_bytes() // 1024
 
 
-def release_freed_memory() -> None:
-    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``).
-
-    Python compiles this 3,000-line file every time it runs as a script (and
-    every import, where bytecode caching is off): some 10 MB of compiler
-    memory, freed at once but kept by the C allocator, scattered between
-    live blocks where the heap can't shrink on its own. A long-lived server
-    should not carry that: ``malloc_trim`` returns those pages, about 6 MB
-    here. Where there is no glibc this does nothing.
-    """
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ImportError, OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-
-
-def raise_nofile_limit() -> Tuple[int, int]:
-    """Raise RLIMIT_NOFILE soft to hard; returns (soft, hard) now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+# The process plumbing is netcore's (netcore.process); these names stay
+# the game's API: release_freed_memory() after start-up, raise_nofile_limit()
+# (soft to hard) before sizing --max-clients.
+raise_nofile_limit = raise_nofile
 
 
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 
 
-class ServerSignals:
+class ServerSignals(process.ShutdownSignals):
     """What each signal an operator or systemd may send does. None kills without the drain.
 
     - SIGTERM, SIGINT, SIGQUIT: drain (``GameServer.shutdown``: stop accepting,
@@ -2261,40 +2270,25 @@ class ServerSignals:
                signal.SIGUSR2: "not used: ignored"}
 
     def __init__(self, loop: EventLoop, server: GameServer) -> None:
-        self.loop = loop
+        super().__init__(loop, lambda signum: server.shutdown(), self.SIGNALS)
         self.server = server
 
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self.loop.add_signal_handler(sig, self.on_signal)
+    def install(self) -> "ServerSignals":
+        super().install()  # SIGNALS: drain, then a second one exits at once
         for sig in self.IGNORED:
             self.loop.add_signal_handler(sig, self.on_ignored)
         self.loop.add_signal_handler(signal.SIGUSR1, self.on_status)
+        return self
 
     def on_signal(self, signum: int) -> None:
-        if self.server.shutting_down:  # both arrived before the loop read either
-            _die_by_signal(signum, None)
-            return
-        log.info("%s: shutting down (a second signal exits at once)",
-                 signal.Signals(signum).name)
-        for sig in self.SIGNALS:
-            signal.signal(sig, _die_by_signal)
-        self.server.shutdown()
+        """What the loop runs for each of SIGNALS."""
+        self._on_signal(signum)
 
     def on_ignored(self, signum: int) -> None:
         log.info("%s: %s", signal.Signals(signum).name, self.IGNORED[signal.Signals(signum)])
 
     def on_status(self, signum: int) -> None:
         log.info("SIGUSR1: status: %s", self.server.status())
-
-
-def _die_by_signal(signum: int, frame: Any) -> None:
-    """End the process now, by ``signum`` itself: no flushing, no cleanup."""
-    try:
-        log.warning("second signal (%s): exiting at once", signal.Signals(signum).name)
-    finally:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
 
 
 def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
@@ -2324,6 +2318,10 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     # Before saying "listening": a SIGTERM right after must find the handlers.
     ServerSignals(loop, server).install()
     release_freed_memory()
+    # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
+    # no player yet: taken before the start-up heap was released it read
+    # higher than later figures, a leak in reverse.
+    server.start_rss_kb = rss_kb()
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
     if opts.web and addresses:
@@ -4032,9 +4030,11 @@ SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
 LIMITS_FILE = "/etc/security/limits.d/spelltraction.conf"
 UNIT_FILE = "/etc/systemd/system/spelltraction.service"
 
-# Memory budgets per client connection behind doctor's estimates. Measured on
-# a 2-core Linux 6.x box: this server ~0.7 KB of RSS per player, the kernel
-# ~5 KB of slab per TCP socket; buffers hold a tick or two of frames.
+# Memory budgets per client connection behind doctor's estimates, with room
+# over what a 2-core Linux 6.x box measured: this server ~0.9 KB of RSS per
+# player (898 B, ``python3 bench/capacity.py --server all``: "RSS per
+# player"), the kernel ~3.5 KB of slab per idle TCP socket (3,490 B median,
+# ``python3 bench/kernel_per_socket.py``); buffers hold a tick or two of frames.
 USER_BYTES_PER_CLIENT = 2048
 KERNEL_BYTES_PER_SOCKET = 6144
 BUFFER_BYTES_PER_SOCKET = 4096
@@ -4526,6 +4526,35 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "0: any free port)")
     sp.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
                     help="the admin port's address (default 127.0.0.1: this host only)")
+    defaults = ServerOptions()
+    sp.add_argument("--max-per-address", type=int, default=defaults.max_per_address,
+                    metavar="N", help="connections from one address (IPv6: one /64); "
+                    f"0: no limit (default {defaults.max_per_address})")
+    sp.add_argument("--max-pending-per-address", type=int,
+                    default=defaults.max_pending_per_address, metavar="N",
+                    help="connections from one address that have not said HELLO yet "
+                    f"(HTTP ones included); 0: no limit (default "
+                    f"{defaults.max_pending_per_address})")
+    sp.add_argument("--max-pending", type=int, default=defaults.max_pending, metavar="N",
+                    help="such pending connections from all addresses together; 0: no "
+                    f"limit (default {defaults.max_pending})")
+    sp.add_argument("--exempt", default=defaults.exempt, metavar="CIDR,...",
+                    help="networks the per-address limits never count (default "
+                    f"{defaults.exempt}: local bots); '' to exempt nobody")
+    sp.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
+                    help="proxies whose connections start with a PROXY protocol header "
+                    "(v1/v2) naming the client "
+                    "(default: none). nginx: proxy_protocol on;")
+    sp.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
+                    help="SO_SNDBUF of each client socket; the kernel doubles it "
+                    f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
+    sp.add_argument("--send-backlog", type=int, default=defaults.send_backlog,
+                    metavar="BYTES", help="cut a client whose unsent backlog stays over "
+                    f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
+                    "; 0: off)")
+    sp.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
+                    metavar="SECONDS", help="see --send-backlog (default "
+                    f"{defaults.send_backlog_grace:g})")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -4627,12 +4656,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--grace must be at least 0 and --prune-days positive")
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
+    for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
+                 "send_backlog"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0")
+    if args.send_backlog_grace <= 0:
+        parser.error("--send-backlog-grace must be positive")
+    for flag in ("exempt", "trusted_proxies"):
+        try:
+            parse_networks(getattr(args, flag))
+        except ValueError as exc:
+            parser.error(f"--{flag.replace('_', '-')}: {exc}")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
                                stats_out=args.stats_out, web=not args.no_web,
                                web_root=args.web_root or None,
                                handshake_timeout=args.handshake_timeout,
                                admin_port=args.admin_port, admin_host=args.admin_host,
+                               max_per_address=args.max_per_address,
+                               max_pending_per_address=args.max_pending_per_address,
+                               max_pending=args.max_pending, exempt=args.exempt,
+                               trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
+                               send_backlog=args.send_backlog,
+                               send_backlog_grace=args.send_backlog_grace,
                                data=None if args.no_data else args.data, grace=args.grace,
                                prune_days=args.prune_days, sync=args.sync), limiter)
 
@@ -4642,11 +4688,13 @@ def _serve_as_module(argv: List[str]) -> None:
 
     CPython keeps the syntax tree of the script it runs alive until the
     script ends (``pyrun_file`` frees its arena only after running it): for
-    this file, some 8 MB held for the whole life of a server. A module's tree
-    is freed as soon as the module is compiled. So a server started as a
-    script replaces itself, once, with the same command run as a module:
-    same pid, same arguments and interpreter flags. Where the environment is
-    ignored (-E, -I), PYTHONPATH can't point at this file, so it stays put.
+    this file, 8.4 MiB held for the whole life of a server (26.3 against
+    18.0 MiB, medians of 7, ``python3 bench/startup_rss.py``: "script, no
+    re-run" and "as shipped"). A module's tree is freed as soon as the
+    module is compiled. So a server started as a script replaces itself,
+    once, with the same command run as a module: same pid, same arguments
+    and interpreter flags. Where the environment is ignored (-E, -I),
+    PYTHONPATH can't point at this file, so it stays put.
     """
     command = argv[0] if argv else "serve"
     if command in ("bots", "client", "doctor", "bundle", "backup", "-h", "--help", "--version"):

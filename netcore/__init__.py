@@ -33,6 +33,8 @@ modules above it):
 - :mod:`netcore.web`: ``WebFront``, HTTP and WebSocket on a server's port.
 - :mod:`netcore.logs`: JSON/text log formatters, rate limits, churn summaries.
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
+- :mod:`netcore.process`: process plumbing: open-files limit, ``malloc_trim``,
+  the two-signal shutdown.
 - :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
   commands, pipelining and pub/sub with AUTH and reconnects on the loop.
 - :mod:`netcore.testing`: helpers for tests (run a loop until a condition,

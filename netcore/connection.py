@@ -8,9 +8,12 @@ queue is non-empty, so the steady state of an up-to-date client is a single
 ``send`` per message and no selector traffic.
 
 Crossing ``high_water`` queued bytes calls the handler's ``on_high_water``;
-falling back to ``low_water`` calls ``on_drain``. A peer that lets the queue
-reach ``max_output`` is disconnected as a slow consumer, with the reason
-logged, rather than being allowed to grow the server's memory.
+falling back to ``low_water`` calls ``on_drain``. A write to a connection
+whose queue already holds ``max_output`` bytes disconnects it as a slow
+consumer, with the reason logged at DEBUG and counted, rather than letting
+it grow the server's memory. Below that, one write may take the queue past
+``max_output``: a message of any size can always be sent, and the queue
+peaks at ``max_output`` plus one message.
 """
 
 from __future__ import annotations
@@ -229,12 +232,18 @@ class Connection(Readiness):
         try:
             out.write(data)
         except BufferFull as full:
-            owner.stats.slow_consumers += 1
-            self.close(
-                CloseReason.SLOW_CONSUMER,
-                f"{full.size + full.incoming} bytes queued > cap {full.limit}",
-            )
-            return
+            cap = owner.config.max_output
+            if full.size >= cap:
+                owner.stats.slow_consumers += 1
+                self.close(
+                    CloseReason.SLOW_CONSUMER,
+                    f"{full.size} bytes queued >= cap {cap}, {full.incoming} more written",
+                )
+                return
+            # Under the cap, one write may take the queue past it: a message
+            # of any size can be sent (the queue peaks at cap + one message).
+            out.limit = full.size + full.incoming
+            out.write(data)
         owner.stats.queued_out_bytes += len(data)
         if not self.above_high_water and len(out) >= owner.config.high_water:
             self.above_high_water = True
@@ -338,6 +347,23 @@ class Connection(Readiness):
         self.close(CloseReason.ERROR, f"internal: {exc!r}")
 
     # -- closing ------------------------------------------------------------
+
+    def goodbye(self, code: int = 1000, text: str = "", last_words: bytes = b"",
+                reason: str = CloseReason.SERVER_CLOSE) -> None:
+        """Close the polite way: say why as the codec can, flush, then close.
+
+        Writes ``codec.closing(last_words, code, text)``: over WebSocket the
+        ``last_words`` stream in a message and a Close frame with ``code``
+        (a :class:`~netcore.websocket.CloseCode`) and ``text``; over plain
+        frames just ``last_words``; nothing on an HTTP connection. Then
+        :meth:`close_after_flush` with ``reason``. A no-op unless open.
+        """
+        if self.state != OPEN:
+            return
+        bye = self.codec.closing(last_words, code, text)
+        if bye and not self.write(bye):
+            return  # the write failed and closed the connection
+        self.close_after_flush(reason, text)
 
     def close_after_flush(self, reason: str, detail: str = "") -> None:
         """Stop reading, send what is queued, then close.

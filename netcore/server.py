@@ -32,6 +32,7 @@ from .loop import EventLoop, Readiness, Timer
 from .proxyproto import ProxyHeader, ProxyHeaderReader
 from .ringbuffer import BytesLike
 from .stats import NetStats
+from .websocket import CloseCode
 
 __all__ = ["CodecFactory", "Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
@@ -77,7 +78,7 @@ class ServerConfig:
         "high_water", "low_water", "accept_batch", "close_linger", "nodelay", "full_message",
         "sndbuf", "send_backlog_limit", "send_backlog_grace", "max_per_address",
         "max_pending_per_address", "max_pending", "exempt", "trusted_proxies",
-        "limit_message",
+        "limit_message", "read_budget",
     )
 
     def __init__(
@@ -116,6 +117,10 @@ class ServerConfig:
         # What a peer refused by a per-address limit gets: limit_message(limit
         # name, client address); None: full_message.
         limit_message: Optional[Callable[[str, str], bytes]] = None,
+        # Bytes read from one connection per wake-up (the shared read
+        # buffer's size): what one flooding peer can make the loop parse
+        # before others, and a due tick, get their turn.
+        read_budget: int = RECV_BUFFER_SIZE,
     ) -> None:
         if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
@@ -142,6 +147,9 @@ class ServerConfig:
         self.exempt = parse_networks(exempt)  # ValueError for a bad CIDR
         self.trusted_proxies = parse_networks(trusted_proxies)
         self.limit_message = limit_message
+        if read_budget < 1:
+            raise ValueError("read_budget must be positive")
+        self.read_budget = read_budget
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -234,10 +242,12 @@ class TCPServer:
         self.connections: Dict[int, Connection] = {}
         self.listeners: List[Listener] = []
         self.accepting = False
-        self.recv_view = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self.recv_view = memoryview(bytearray(self.config.read_budget))
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
+        self._on_drained: Optional[Callable[[], None]] = None  # while shutting down
+        self._drain_timer: Optional[Timer] = None
         cfg = self.config
         self.address_limits = AddressLimits(cfg.max_per_address, cfg.max_pending_per_address,
                                             cfg.max_pending, cfg.exempt)
@@ -288,6 +298,35 @@ class TCPServer:
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
+
+    def shutdown(self, grace: float = 2.0, last_words: bytes = b"",
+                 code: int = CloseCode.GOING_AWAY, text: str = "server shutting down",
+                 on_done: Optional[Callable[[], None]] = None) -> None:
+        """Drain: stop accepting, say goodbye to everyone, close within ``grace`` s.
+
+        Every connection gets :meth:`Connection.goodbye` (``last_words``, a
+        stream of already-framed messages, then over WebSocket a Close frame
+        with ``code``, 1001 going away by default; an HTTP response under
+        way is just finished) and closes once that is sent. Whoever has not
+        read it after ``grace`` seconds is closed anyway. ``on_done()`` runs
+        once, from the loop, when the last connection has closed (at once if
+        there are none): stop the loop there.
+        """
+        self.stop_accepting()
+        self._on_drained = on_done if on_done is not None else (lambda: None)
+        for conn in list(self.connections.values()):
+            conn.goodbye(code, text, last_words, CloseReason.SHUTDOWN)
+        self._drain_timer = self.loop.call_later(grace, lambda: self.close(CloseReason.SHUTDOWN))
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        done = self._on_drained
+        if done is not None and not self.connections:
+            self._on_drained = None
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            self.loop.call_soon(done)
 
     def close(self, reason: str = CloseReason.SERVER_CLOSE) -> None:
         """Stop accepting and close every connection now."""
@@ -588,6 +627,8 @@ class TCPServer:
     # -- called by connections (the Owner protocol) --------------------------
 
     def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        if exc.limit_name:
+            self.stats.limit(exc.limit_name)
         log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
         self.handler.on_bad_input(conn, exc)
         if conn.is_open:  # the handler neither closed it nor began to
@@ -614,6 +655,8 @@ class TCPServer:
         else:
             log.debug("fd=%d closed: %s", conn.fd, reason)
         self.handler.on_close(conn, reason)
+        if self._on_drained is not None:
+            self._check_drained()
 
 
 class _ProxyHeaderCodec(SilentCodec):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError, Text
 from .connection import CloseReason, CodecFactory, Connection
@@ -39,6 +39,7 @@ from .sniff import WEBSOCKET
 from .websocket import (
     BINARY,
     CLOSE,
+    DEFAULT_MAX_MESSAGE,
     PONG,
     TEXT,
     Close,
@@ -64,14 +65,15 @@ MAX_RESPONSE_HEAD = 16 << 10
 class _WebSocketEnd(WebSocketParser):
     """What both ends share: events to messages, Ping, Close."""
 
-    __slots__ = ("conn", "inner", "close_sent")
+    __slots__ = ("conn", "inner", "close_sent", "peer_close")
 
     def __init__(self, conn: Connection, inner: Optional[Codec], max_message: int,
-                 client: bool) -> None:
-        super().__init__(max_message=max_message, client=client)
+                 client: bool, **limits: Any) -> None:
+        super().__init__(max_message=max_message, client=client, **limits)
         self.conn = conn
         self.inner = inner
         self.close_sent = False
+        self.peer_close: Optional[Close] = None  # the peer's Close (code, reason), once read
 
     def _mask_key(self) -> Optional[bytes]:
         return None
@@ -109,6 +111,7 @@ class _WebSocketEnd(WebSocketParser):
             elif isinstance(event, Ping):
                 conn.write(self._out(event.data, PONG))
             elif isinstance(event, Close):
+                self.peer_close = event
                 if out:
                     # Deliver what came before the Close first; answer after.
                     conn.owner.loop.call_soon(lambda: self._answer_close(event))
@@ -159,8 +162,11 @@ class WebSocketCodec(_WebSocketEnd):
     __slots__ = ("subprotocol",)
 
     def __init__(self, conn: Connection, inner: Optional[Codec] = None,
-                 max_message: int = 1 << 20, subprotocol: str = "") -> None:
-        super().__init__(conn, inner, max_message, client=False)
+                 max_message: int = DEFAULT_MAX_MESSAGE, subprotocol: str = "",
+                 **limits: Any) -> None:
+        """``limits``: ``max_fragments``, ``control_burst``, ``control_rate``
+        (see :class:`~netcore.websocket.WebSocketParser`)."""
+        super().__init__(conn, inner, max_message, False, **limits)
         self.subprotocol = subprotocol
 
     def feed(self, data: BytesLike) -> List[bytes]:
@@ -183,10 +189,10 @@ class WebSocketClientCodec(_WebSocketEnd):
     __slots__ = ("key", "subprotocols", "subprotocol", "_reply", "_early", "is_open")
 
     def __init__(self, conn: Connection, host: str, path: str = "/",
-                 inner: Optional[Codec] = None, max_message: int = 1 << 20,
+                 inner: Optional[Codec] = None, max_message: int = DEFAULT_MAX_MESSAGE,
                  headers: Sequence[Tuple[str, str]] = (),
-                 subprotocols: Sequence[str] = ()) -> None:
-        super().__init__(conn, inner, max_message, client=True)
+                 subprotocols: Sequence[str] = (), **limits: Any) -> None:
+        super().__init__(conn, inner, max_message, True, **limits)
         self.key = base64.b64encode(os.urandom(16)).decode("ascii")
         self.subprotocols = tuple(subprotocols)
         self.subprotocol = ""
@@ -259,8 +265,9 @@ class WebSocketClientCodec(_WebSocketEnd):
 
 
 def websocket_client(host: str, path: str = "/", inner: Optional[Codec] = None,
-                     max_message: int = 1 << 20, headers: Sequence[Tuple[str, str]] = (),
-                     subprotocols: Sequence[str] = ()) -> CodecFactory:
+                     max_message: int = DEFAULT_MAX_MESSAGE,
+                     headers: Sequence[Tuple[str, str]] = (),
+                     subprotocols: Sequence[str] = (), **limits: Any) -> CodecFactory:
     """A codec factory for :meth:`TCPClient.connect <netcore.client.TCPClient.connect>`.
 
     ``host`` is the ``Host`` header (``"example.org:8080"``); ``path`` the
@@ -268,5 +275,6 @@ def websocket_client(host: str, path: str = "/", inner: Optional[Codec] = None,
     the connection being open (sends before it are held back, not lost).
     """
     def make(conn: Connection) -> Codec:
-        return WebSocketClientCodec(conn, host, path, inner, max_message, headers, subprotocols)
+        return WebSocketClientCodec(conn, host, path, inner, max_message, headers, subprotocols,
+                                    **limits)
     return make

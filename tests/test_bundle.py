@@ -65,6 +65,11 @@ def test_the_bundle_alone_serves_a_game_tick(alone):
         welcome = inbox.expect(st.Welcome)
         assert welcome.version == st.PROTOCOL_VERSION and welcome.tick_ms == 50
         inbox.expect(st.You)
+        stats = inbox.expect(st.Stats)
+        # "Memory at start" is the server ready to serve, so it compares with
+        # memory now (taken before the start-up heap was released, it read
+        # some 3.7 MiB above it from the bundle).
+        assert 0 < stats.start_rss_kb <= stats.rss_kb + 1024, stats
         sock.sendall(st.frame(st.Move(7, 100, 200)))
         tick = inbox.expect(st.TickMsg)
         assert tick.players == 1
@@ -170,3 +175,11 @@ def test_importing_the_file_alone_raises_the_same_advice(tmp_path):
     assert result.returncode == 1
     assert "ImportError: spelltraction.py needs the netcore/ package beside it" in err
     assert "python3 spelltraction.py bundle" in err
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="-P is new in Python 3.11")
+def test_a_tree_run_with_safe_path_says_netcore_is_not_on_the_path(tmp_path):
+    result = isolated("-S", "-P", GAME, "doctor", cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err, err
+    assert f"netcore/ is beside spelltraction.py in {ROOT}, but not on the import" in err

@@ -117,7 +117,7 @@ def test_a_second_signal_ends_the_process_at_once():
 
 def test_after_the_first_signal_a_second_one_no_longer_waits_for_the_loop():
     """The first signal swaps the Python-level handler, so a busy loop can't delay the second."""
-    from netcore import EventLoop
+    from netcore import EventLoop, process
 
     loop = EventLoop()
     server = st.GameServer(loop, st.ServerOptions(host="127.0.0.1", port=0, tick_ms=20))
@@ -129,7 +129,7 @@ def test_after_the_first_signal_a_second_one_no_longer_waits_for_the_loop():
         handlers.on_signal(signal.SIGTERM)  # as the loop dispatches the first one
         assert server.shutting_down
         for sig in handlers.SIGNALS:
-            assert signal.getsignal(sig) is st._die_by_signal
+            assert signal.getsignal(sig) is process.die_by_signal
     finally:
         loop.remove_signal_handlers()
         for sig, old in saved.items():

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from netcore import EventLoop, FrameParser, Handler, ServerConfig, TCPServer, Text, WebFront, WebConfig
+from netcore import EventLoop, FrameParser, Handler, ServerConfig, TCPServer, WebConfig, WebFront, WholeFrames
 from netcore.client import ClientConfig, TCPClient
 from netcore.testing import bound_socket, loopback_hosts, run_until
 from netcore.wscodec import HandshakeError, websocket_client
@@ -164,7 +164,7 @@ def test_client_output_obeys_its_limits():
 
 def test_websocket_client_speaks_to_a_web_front_with_an_inner_stream():
     loop = EventLoop()
-    front = WebFront(WebConfig(ws_path="/ws"))
+    front = WebFront(WebConfig(ws_path="/ws", message_codec=WholeFrames()))
     server = echo_server(loop, codec_factory=front)
     rec = Record()
     client = TCPClient(loop, rec)
