@@ -127,6 +127,7 @@ from netcore import (
 )
 from netcore import process
 from netcore import websocket as ws
+from netcore.addrlimit import parse_networks
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -812,6 +813,26 @@ class ServerOptions(NamedTuple):
     # own port, answered whatever the game port's state (full, flooded).
     admin_port: Optional[int] = None  # None: no admin listener; 0: any free port
     admin_host: str = "127.0.0.1"  # loopback: for probes and scrapers on this host
+    # Per client address (IPv6 by /64); 0: off. "Pending": connected, no HELLO
+    # yet (HTTP connections, upgraded or not, are pending until they leave).
+    max_per_address: int = 64
+    max_pending_per_address: int = 16
+    max_pending: int = 2048  # pending connections from all addresses together
+    exempt: str = "127.0.0.0/8,::1"  # CIDRs the per-address limits never count
+    trusted_proxies: str = ""  # CIDRs whose connections start with a PROXY header
+    # The kernel memory a client can make us hold, and the slow-consumer rule:
+    # SO_SNDBUF of each socket (the kernel doubles it; 0: its autotuning, up to
+    # ~4 MB each), and a client whose unsent backlog (our queue and its
+    # socket's) stays over send_backlog bytes for send_backlog_grace s is cut.
+    sndbuf: int = 32 << 10
+    send_backlog: int = 4 << 10  # ~3 s of TICKs; 0: off
+    send_backlog_grace: float = 4.0
+
+
+def _address_limit_message(limit: str, address: str) -> bytes:
+    """What a client over a per-address limit gets before the close."""
+    return error_frame(ErrorCode.SERVER_FULL,
+                       f"too many connections from {address} ({limit}); try later")
 
 
 # Sent with the browser client's files: it loads nothing from elsewhere.
@@ -879,6 +900,18 @@ class GameServer(Handler):
                 full_message=error_frame(
                     ErrorCode.SERVER_FULL, f"server full ({opts.max_clients} players); try later"
                 ),
+                max_per_address=opts.max_per_address or None,
+                max_pending_per_address=opts.max_pending_per_address or None,
+                max_pending=opts.max_pending or None,
+                exempt=opts.exempt,
+                trusted_proxies=opts.trusted_proxies,
+                limit_message=_address_limit_message,
+                sndbuf=opts.sndbuf or None,
+                send_backlog_limit=opts.send_backlog or None,
+                send_backlog_grace=opts.send_backlog_grace,
+                # A client's messages are a few bytes: 16 KiB a wake-up is
+                # plenty, and bounds what one flooder makes the loop parse.
+                read_budget=16 << 10,
             ),
             codec_factory=self.web,  # None: plain frames, no HTTP
         )
@@ -1028,6 +1061,7 @@ class GameServer(Handler):
 
     def join(self, conn: Connection, shape: int, colour: int) -> None:
         del self.pending[conn]
+        self.net.settle(conn)  # a player now: off the per-address pending count
         player = self.game.join(shape, colour)
         player.conn = conn
         conn.data = player
@@ -1048,6 +1082,8 @@ class GameServer(Handler):
         """
         log.debug("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
         self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
+        if code in (ErrorCode.FLOOD, ErrorCode.HELLO_TIMEOUT):
+            self.net.stats.limit(reason)  # "flood", "hello-timeout": by name in /metrics
         last_words = conn.codec.closing(error_frame(code, text),
                                         ws_code or WS_CLOSE_CODES[code], text)
         if last_words and conn.write(last_words):
@@ -3081,9 +3117,11 @@ SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
 LIMITS_FILE = "/etc/security/limits.d/spelltraction.conf"
 UNIT_FILE = "/etc/systemd/system/spelltraction.service"
 
-# Memory budgets per client connection behind doctor's estimates. Measured on
-# a 2-core Linux 6.x box: this server ~0.7 KB of RSS per player, the kernel
-# ~5 KB of slab per TCP socket; buffers hold a tick or two of frames.
+# Memory budgets per client connection behind doctor's estimates, with room
+# over what a 2-core Linux 6.x box measured: this server ~0.9 KB of RSS per
+# player (898 B, ``python3 bench/capacity.py --server all``: "RSS per
+# player"), the kernel ~3.5 KB of slab per idle TCP socket (3,490 B median,
+# ``python3 bench/kernel_per_socket.py``); buffers hold a tick or two of frames.
 USER_BYTES_PER_CLIENT = 2048
 KERNEL_BYTES_PER_SOCKET = 6144
 BUFFER_BYTES_PER_SOCKET = 4096
@@ -3558,6 +3596,35 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "0: any free port)")
     sp.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
                     help="the admin port's address (default 127.0.0.1: this host only)")
+    defaults = ServerOptions()
+    sp.add_argument("--max-per-address", type=int, default=defaults.max_per_address,
+                    metavar="N", help="connections from one address (IPv6: one /64); "
+                    f"0: no limit (default {defaults.max_per_address})")
+    sp.add_argument("--max-pending-per-address", type=int,
+                    default=defaults.max_pending_per_address, metavar="N",
+                    help="connections from one address that have not said HELLO yet "
+                    f"(HTTP ones included); 0: no limit (default "
+                    f"{defaults.max_pending_per_address})")
+    sp.add_argument("--max-pending", type=int, default=defaults.max_pending, metavar="N",
+                    help="such pending connections from all addresses together; 0: no "
+                    f"limit (default {defaults.max_pending})")
+    sp.add_argument("--exempt", default=defaults.exempt, metavar="CIDR,...",
+                    help="networks the per-address limits never count (default "
+                    f"{defaults.exempt}: local bots); '' to exempt nobody")
+    sp.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
+                    help="proxies whose connections start with a PROXY protocol header "
+                    "(v1/v2) naming the client "
+                    "(default: none). nginx: proxy_protocol on;")
+    sp.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
+                    help="SO_SNDBUF of each client socket; the kernel doubles it "
+                    f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
+    sp.add_argument("--send-backlog", type=int, default=defaults.send_backlog,
+                    metavar="BYTES", help="cut a client whose unsent backlog stays over "
+                    f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
+                    "; 0: off)")
+    sp.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
+                    metavar="SECONDS", help="see --send-backlog (default "
+                    f"{defaults.send_backlog_grace:g})")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -3639,12 +3706,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--handshake-timeout must be positive")
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
+    for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
+                 "send_backlog"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0")
+    if args.send_backlog_grace <= 0:
+        parser.error("--send-backlog-grace must be positive")
+    for flag in ("exempt", "trusted_proxies"):
+        try:
+            parse_networks(getattr(args, flag))
+        except ValueError as exc:
+            parser.error(f"--{flag.replace('_', '-')}: {exc}")
     return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
                                max_clients=args.max_clients, seed=args.seed,
                                stats_out=args.stats_out, web=not args.no_web,
                                web_root=args.web_root or None,
                                handshake_timeout=args.handshake_timeout,
-                               admin_port=args.admin_port, admin_host=args.admin_host), limiter)
+                               admin_port=args.admin_port, admin_host=args.admin_host,
+                               max_per_address=args.max_per_address,
+                               max_pending_per_address=args.max_pending_per_address,
+                               max_pending=args.max_pending, exempt=args.exempt,
+                               trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
+                               send_backlog=args.send_backlog,
+                               send_backlog_grace=args.send_backlog_grace), limiter)
 
 
 def _serve_as_module(argv: List[str]) -> None:
@@ -3652,11 +3736,13 @@ def _serve_as_module(argv: List[str]) -> None:
 
     CPython keeps the syntax tree of the script it runs alive until the
     script ends (``pyrun_file`` frees its arena only after running it): for
-    this file, some 8 MB held for the whole life of a server. A module's tree
-    is freed as soon as the module is compiled. So a server started as a
-    script replaces itself, once, with the same command run as a module:
-    same pid, same arguments and interpreter flags. Where the environment is
-    ignored (-E, -I), PYTHONPATH can't point at this file, so it stays put.
+    this file, 8.4 MiB held for the whole life of a server (26.3 against
+    18.0 MiB, medians of 7, ``python3 bench/startup_rss.py``: "script, no
+    re-run" and "as shipped"). A module's tree is freed as soon as the
+    module is compiled. So a server started as a script replaces itself,
+    once, with the same command run as a module: same pid, same arguments
+    and interpreter flags. Where the environment is ignored (-E, -I),
+    PYTHONPATH can't point at this file, so it stays put.
     """
     command = argv[0] if argv else "serve"
     if command in ("bots", "client", "doctor", "bundle", "-h", "--help", "--version"):

@@ -515,6 +515,30 @@ class Target:
             self.server.__exit__()
 
 
+def server_socket_memory(port: int) -> Optional[Tuple[int, int]]:
+    """(Send-Q bytes, skmem wmem_queued bytes) summed over the server's sockets on ``port``.
+
+    ``ss -tmn``: the server's own side of each connection (source port =
+    the game port), not host-wide TCP memory. None if ``ss`` is missing.
+    """
+    try:
+        out = subprocess.run(["ss", "-tmnH", "state", "established",
+                              f"( sport = :{port} )"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    send_q = queued = 0
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            send_q += int(fields[1])
+        if "skmem:(" in line:
+            for item in line.split("skmem:(", 1)[1].split(")", 1)[0].split(","):
+                if item.startswith("w") and item[1:].isdigit():
+                    queued += int(item[1:])
+    return send_q, queued
+
+
 def bucket_p99(before: Dict[float, float], after: Dict[float, float]) -> Optional[float]:
     """The histogram bucket (its upper bound, s) holding the p99 of what came in between."""
     if not before or not after:
@@ -566,9 +590,16 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
     start = crowd.mark()
     children = run_attacker(name, target, seconds, params)
     peak = before.rss if before else 0
+    sock_peak = (0, 0)
+    next_ss = time.monotonic() + 1.0
     while any(c.poll() is None for c in children):
         now = target.resources()
         peak = max(peak, now.rss if now is not None else 0)
+        if target.server is not None and time.monotonic() >= next_ss:
+            mem = server_socket_memory(target.port)
+            if mem is not None:
+                sock_peak = (max(sock_peak[0], mem[0]), max(sock_peak[1], mem[1]))
+            next_ss = time.monotonic() + 1.0
         time.sleep(0.05)
     attacked_until = time.monotonic()
     reports = [json.loads((c.stdout.read() if c.stdout else "") or "{}") for c in children]
@@ -601,6 +632,9 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
         "skipped_ticks": (ticks_after.get("skipped", 0) - ticks_before.get("skipped", 0))
         if ticks_after and ticks_before else None,
         "attacker": merge_reports(reports),
+        # The server's own sockets (ss -tm), sampled each second: the kernel
+        # memory its clients' unsent bytes hold.
+        "server_send_q_peak_bytes": sock_peak[0], "server_wmem_queued_peak_bytes": sock_peak[1],
     }
     if before is not None and after is not None:
         row.update({

@@ -25,6 +25,9 @@ class ProtocolError(ValueError):
     """
 
     reason = "bad-input"
+    # When the error is a limit the input went over (a size, a rate), the
+    # limit's name: servers count it in NetStats.limits.
+    limit_name = ""
     # Payloads completed before the error from the same input: the
     # connection delivers them before it reports the error.
     messages: Sequence[bytes] = ()

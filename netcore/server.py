@@ -78,7 +78,7 @@ class ServerConfig:
         "high_water", "low_water", "accept_batch", "close_linger", "nodelay", "full_message",
         "sndbuf", "send_backlog_limit", "send_backlog_grace", "max_per_address",
         "max_pending_per_address", "max_pending", "exempt", "trusted_proxies",
-        "limit_message",
+        "limit_message", "read_budget",
     )
 
     def __init__(
@@ -117,6 +117,10 @@ class ServerConfig:
         # What a peer refused by a per-address limit gets: limit_message(limit
         # name, client address); None: full_message.
         limit_message: Optional[Callable[[str, str], bytes]] = None,
+        # Bytes read from one connection per wake-up (the shared read
+        # buffer's size): what one flooding peer can make the loop parse
+        # before others, and a due tick, get their turn.
+        read_budget: int = RECV_BUFFER_SIZE,
     ) -> None:
         if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
@@ -143,6 +147,9 @@ class ServerConfig:
         self.exempt = parse_networks(exempt)  # ValueError for a bad CIDR
         self.trusted_proxies = parse_networks(trusted_proxies)
         self.limit_message = limit_message
+        if read_budget < 1:
+            raise ValueError("read_budget must be positive")
+        self.read_budget = read_budget
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -235,7 +242,7 @@ class TCPServer:
         self.connections: Dict[int, Connection] = {}
         self.listeners: List[Listener] = []
         self.accepting = False
-        self.recv_view = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self.recv_view = memoryview(bytearray(self.config.read_budget))
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
@@ -620,6 +627,8 @@ class TCPServer:
     # -- called by connections (the Owner protocol) --------------------------
 
     def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        if exc.limit_name:
+            self.stats.limit(exc.limit_name)
         log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
         self.handler.on_bad_input(conn, exc)
         if conn.is_open:  # the handler neither closed it nor began to

@@ -246,8 +246,12 @@ class WebFront:
     def bad_request(self, conn: Connection, exc: HttpError) -> None:
         """The parser refused the input: answer its status, then close."""
         self.stats.bad_requests += 1
-        log.info("fd=%d %s: bad HTTP request: %s", conn.fd, conn.peername(), exc)
-        self.reply(conn, exc.status, error_response(exc.status, str(exc)), False)
+        if exc.limit_name:
+            conn.owner.stats.limit(exc.limit_name)
+        # DEBUG: a thousand bad requests must not write a thousand lines; the
+        # churn summary counts them (closed by reason bad-http, limits hit).
+        log.debug("fd=%d %s: bad HTTP request: %s", conn.fd, conn.peername(), exc)
+        self.reply(conn, exc.status, error_response(exc.status, str(exc)), False, exc.reason)
 
     def upgrade(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
         conn = codec.conn
@@ -314,6 +318,7 @@ class WebFront:
             elif since <= limit:
                 del watched[conn]
                 self.stats.handshake_timeouts += 1
+                conn.owner.stats.limit("http-deadline")
                 if conn.codec.parser.buffered:
                     self.reply(conn, 408, error_response(
                         408, f"request not complete within {self.config.handshake_timeout:g} s"),

@@ -454,7 +454,8 @@ class WebSocketParser:
                 have = msg.size if msg is not None else 0
                 if have + length > self.max_message:
                     self._fail(CloseCode.TOO_BIG,
-                               f"message of {have + length}+ bytes (max {self.max_message})")
+                               f"message of {have + length}+ bytes (max {self.max_message})",
+                               "ws-message-size")
             key: Optional[bytes] = None
             if want_mask:
                 head += 4
@@ -466,7 +467,8 @@ class WebSocketParser:
                 msg.frames += 1
                 if msg.frames > self.max_fragments:
                     self._fail(CloseCode.POLICY_VIOLATION,
-                               f"message in more than {self.max_fragments} frames")
+                               f"message in more than {self.max_fragments} frames",
+                               "ws-fragments")
             start = pos + head
             stop = start + length
             if stop > end:  # the payload is still arriving
@@ -563,7 +565,7 @@ class WebSocketParser:
             self._tokens = tokens
             self._fail(CloseCode.POLICY_VIOLATION,
                        f"control frame flood (more than {self.control_burst} at once or "
-                       f"{self.control_rate:g} a second)")
+                       f"{self.control_rate:g} a second)", "ws-control-rate")
         self._tokens = tokens - 1.0
         events.append(Ping(payload) if opcode == PING else Pong(payload))
         return False
@@ -585,8 +587,9 @@ class WebSocketParser:
         self._release()
         return event
 
-    def _fail(self, code: int, message: str) -> NoReturn:
+    def _fail(self, code: int, message: str, limit: str = "") -> NoReturn:
         err = WebSocketError(code, message)
+        err.limit_name = limit
         self._state = err
         self._release()
         raise err

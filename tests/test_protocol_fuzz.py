@@ -5,17 +5,11 @@ with the reason; one that is decodes to a message that encodes back to the
 very same bytes. Drivers and corpus: tests/fuzzkit.py.
 """
 
-import os
+from conftest import require_module
 
-import pytest
+require_module("hypothesis")  # skips outside CI with the install line; fails in CI
 
-try:
-    from hypothesis import given, settings, strategies as hs
-except ImportError:  # pragma: no cover - CI installs the test extra
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("hypothesis is not installed: pip install -e '.[test]' to fuzz decode",
-                allow_module_level=True)
+from hypothesis import given, settings, strategies as hs  # noqa: E402
 
 from fuzzkit import CORPUS, DRIVERS
 

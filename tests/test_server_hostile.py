@@ -7,7 +7,6 @@ second, and that the server's RSS and fds came back.
 """
 
 import signal
-import socket
 import time
 
 import pytest

@@ -8,17 +8,13 @@ in tests/fuzzkit.py; ``bench/fuzz.py`` runs a million inputs per parser.
 Examples are bounded so the suite stays quick.
 """
 
-import os
-
 import pytest
 
-try:
-    from hypothesis import HealthCheck, given, settings, strategies as hs
-except ImportError:  # pragma: no cover - CI installs the test extra
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("hypothesis is not installed: pip install -e '.[test]' to fuzz the parsers",
-                allow_module_level=True)
+from conftest import require_module
+
+require_module("hypothesis")  # skips outside CI with the install line; fails in CI
+
+from hypothesis import HealthCheck, given, settings, strategies as hs  # noqa: E402
 
 from fuzzkit import CORPUS, DRIVERS, INTERESTING, TRICKY_LENGTHS
 from netcore import http
