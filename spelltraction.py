@@ -3117,9 +3117,11 @@ SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
 LIMITS_FILE = "/etc/security/limits.d/spelltraction.conf"
 UNIT_FILE = "/etc/systemd/system/spelltraction.service"
 
-# Memory budgets per client connection behind doctor's estimates. Measured on
-# a 2-core Linux 6.x box: this server ~0.7 KB of RSS per player, the kernel
-# ~5 KB of slab per TCP socket; buffers hold a tick or two of frames.
+# Memory budgets per client connection behind doctor's estimates, with room
+# over what a 2-core Linux 6.x box measured: this server ~0.9 KB of RSS per
+# player (898 B, ``python3 bench/capacity.py --server all``: "RSS per
+# player"), the kernel ~3.5 KB of slab per idle TCP socket (3,490 B median,
+# ``python3 bench/kernel_per_socket.py``); buffers hold a tick or two of frames.
 USER_BYTES_PER_CLIENT = 2048
 KERNEL_BYTES_PER_SOCKET = 6144
 BUFFER_BYTES_PER_SOCKET = 4096
@@ -3734,11 +3736,13 @@ def _serve_as_module(argv: List[str]) -> None:
 
     CPython keeps the syntax tree of the script it runs alive until the
     script ends (``pyrun_file`` frees its arena only after running it): for
-    this file, some 8 MB held for the whole life of a server. A module's tree
-    is freed as soon as the module is compiled. So a server started as a
-    script replaces itself, once, with the same command run as a module:
-    same pid, same arguments and interpreter flags. Where the environment is
-    ignored (-E, -I), PYTHONPATH can't point at this file, so it stays put.
+    this file, 8.4 MiB held for the whole life of a server (26.3 against
+    18.0 MiB, medians of 7, ``python3 bench/startup_rss.py``: "script, no
+    re-run" and "as shipped"). A module's tree is freed as soon as the
+    module is compiled. So a server started as a script replaces itself,
+    once, with the same command run as a module: same pid, same arguments
+    and interpreter flags. Where the environment is ignored (-E, -I),
+    PYTHONPATH can't point at this file, so it stays put.
     """
     command = argv[0] if argv else "serve"
     if command in ("bots", "client", "doctor", "bundle", "-h", "--help", "--version"):
