@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from netcore.loop import EventLoop
 from netcore.redis import (
     CommandError,
     ConnectionLost,
@@ -18,23 +17,8 @@ from netcore.redis import (
     RedisSubscriber,
 )
 from netcore.resp import ReplyError
+from netcore.testing import run_until
 from redisproc import RedisServer, free_port, require_redis
-
-
-def run_until(loop, condition, timeout=5.0):
-    deadline = loop.time() + timeout
-    while not condition():
-        left = deadline - loop.time()
-        if left <= 0:
-            raise AssertionError("condition not met in time")
-        loop.run_once(min(left, 0.05))
-
-
-@pytest.fixture
-def loop():
-    loop = EventLoop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
@@ -260,14 +244,30 @@ def test_pubsub_channels_and_patterns(loop, server):
     assert events.ready == 1 and events.errors == []
 
 
-def test_many_messages_in_order(loop, server):
+def pub_and_sub(loop, server, *channels, wait=True):
+    """A command link and a subscriber to ``channels`` (ready unless ``wait`` is false)."""
     address = RedisAddress.from_url(server.url)
     pub, _ = connect(loop, address)
     events = Events()
     sub = subscriber(loop, address, events)
-    sub.subscribe("bus")
+    sub.subscribe(*channels)
     sub.start()
-    run_until(loop, lambda: sub.ready)
+    if wait:
+        run_until(loop, lambda: sub.ready)
+    return pub, sub, events
+
+
+def test_subscribing_while_the_resubscription_is_under_way(loop, server):
+    pub, sub, events = pub_and_sub(loop, server, "first", wait=False)
+    run_until(loop, lambda: b"c:first" in sub.active or sub._subscribing)
+    sub.subscribe("second")  # SUBSCRIBE first is on its way: this one must follow it
+    run_until(loop, lambda: sub.ready and b"c:second" in sub.active)
+    call(loop, pub, "PUBLISH", "second", "2")
+    run_until(loop, lambda: events.messages == [(b"second", b"2")])
+
+
+def test_many_messages_in_order(loop, server):
+    pub, sub, events = pub_and_sub(loop, server, "bus")
     pub.pipeline([("PUBLISH", "bus", b"%d" % i) for i in range(2000)])
     run_until(loop, lambda: len(events.messages) == 2000)
     assert [int(m[1]) for m in events.messages] == list(range(2000))
@@ -316,9 +316,15 @@ def test_auth_failure_is_reported_and_retried_never_ready(loop, secured):
     client.close()
 
 
-def test_no_password_given_means_noauth_errors_as_values(loop, secured):
-    client, _ = connect(loop, RedisAddress("127.0.0.1", secured.port))
-    assert call(loop, client, "GET", "x").reply.kind == "NOAUTH"
+def test_no_password_given_is_a_handshake_error_not_a_ready_link(loop, secured):
+    events = Events()
+    client = Redis(loop, RedisAddress("127.0.0.1", secured.port), backoff_min=0.01, backoff_max=0.05,
+                   **events.kwargs())
+    client.start()
+    run_until(loop, lambda: len(events.errors) >= 2)
+    assert isinstance(events.errors[0], HandshakeError)
+    assert events.errors[0].reply.kind == "NOAUTH" and events.ready == 0
+    client.close()
 
 
 # -- faults ---------------------------------------------------------------------
@@ -373,6 +379,27 @@ def test_malformed_reply_closes_and_reconnects(loop):
     listener.close()
     for conn in accepted:
         conn.close()
+
+
+def test_a_frozen_server_is_noticed_by_keepalive(loop, server):
+    events, sev = Events(), Events()
+    address = RedisAddress.from_url(server.url)
+    client, _ = connect(loop, address, events, ping_interval=0.2, backoff_max=0.2)
+    sub = subscriber(loop, address, sev, ping_interval=0.2, backoff_max=0.2)
+    sub.subscribe("c")
+    sub.start()
+    run_until(loop, lambda: sub.ready)
+    server.pause()
+    try:
+        run_until(loop, lambda: events.lost and sev.lost, timeout=3)
+    finally:
+        server.resume()
+    assert "no reply to PING within 0.2s" in events.lost[0]
+    assert any("PING" in str(e) for e in sev.errors)
+    run_until(loop, lambda: client.ready and sub.ready, timeout=5)
+    call(loop, client, "PUBLISH", "c", "back")
+    run_until(loop, lambda: sev.messages == [(b"c", b"back")])
+    assert call(loop, client, "PING").result() == "PONG"
 
 
 @pytest.mark.slow
