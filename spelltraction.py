@@ -1479,7 +1479,8 @@ class _Poller:
     """epoll where there is one (cheapest per event), else ``selectors``."""
 
     def __init__(self) -> None:
-        self.epoll: Any = select.epoll() if hasattr(select, "epoll") else None
+        self.epoll: Optional[select.epoll] = (select.epoll() if hasattr(select, "epoll")
+                                              else None)
         if self.epoll is not None:
             self.IN, self.OUT = select.EPOLLIN, select.EPOLLOUT
             self.ERR = select.EPOLLERR | select.EPOLLHUP
@@ -2735,12 +2736,12 @@ class TkView:
     def _font(self, px: float, bold: bool = False) -> Tuple[str, int, str]:
         return ("Helvetica", -max(6, int(round(px * self.scale))), "bold" if bold else "normal")
 
-    def _on_resize(self, event: Any) -> None:
+    def _on_resize(self, event: "tkinter.Event[tkinter.Canvas]") -> None:
         if (event.width, event.height) != self.size:
             self.size = (event.width, event.height)
             self._build()
 
-    def _on_click(self, event: Any) -> None:
+    def _on_click(self, event: "tkinter.Event[tkinter.Canvas]") -> None:
         bx = (event.x - self.ox) / self.scale - BOARD_X0
         by = (event.y - self.oy) / self.scale - BOARD_Y0
         if 0 <= bx < BOARD_W and 0 <= by < BOARD_H and self.brain.click(bx, by):
