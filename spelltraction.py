@@ -36,10 +36,14 @@ Clients: the desktop client. Brain, network driver, Tk view.
     -> ClientBrain
   Clients: the network driver. One nonblocking socket, run from a loop.
     -> NetClient
-  Clients: the Tk view (Tk is imported only here). Drawing; run_client().
+  Clients: the Tk view's looks. Layout, colours, shapes; no Tk needed.
+    -> view_transform, crowd_heat, crowd_rgb
+  Clients: the Tk view (Tk is imported only here). TkView, run_client().
     -> TkView, run_client
 Operations: doctor (can this host hold N clients?) and bundle (one file).
-  Operations: doctor. Read the host's facts, check them, print the fixes.
+  Operations: doctor, the host's facts. Limits, sysctls, free memory.
+    -> read_host_facts, HostFacts
+  Operations: doctor, the checks. One function per limit, each with its fix.
     -> doctor_checks, DOCTOR_CHECKS, run_doctor
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
@@ -2601,7 +2605,7 @@ class _Lookup:
 
 
 # -----------------------------------------------------------------------------
-# Clients: the Tk view (Tk is imported only here). Drawing; run_client().
+# Clients: the Tk view's looks. Layout, colours, shapes; no Tk needed.
 # -----------------------------------------------------------------------------
 
 # The window's layout, in logical pixels; the whole picture scales to fit.
@@ -2688,6 +2692,11 @@ def _shape_points(shape: int, x: float, y: float, r: float) -> List[float]:
     if shape == 3:  # diamond
         return [x, y - r * 1.15, x + r, y, x, y + r * 1.15, x - r, y]
     return [x - r, y - r, x + r, y + r]
+
+
+# -----------------------------------------------------------------------------
+# Clients: the Tk view (Tk is imported only here). TkView, run_client().
+# -----------------------------------------------------------------------------
 
 
 class TkView:
@@ -3111,7 +3120,7 @@ def run_client(opts: ClientOptions) -> int:
 # =============================================================================
 
 # -----------------------------------------------------------------------------
-# Operations: doctor. Read the host's facts, check them, print the fixes.
+# Operations: doctor, the host's facts. Limits, sysctls, free memory.
 # -----------------------------------------------------------------------------
 
 OK, WARN, BLOCK = "ok", "warn", "block"
@@ -3214,6 +3223,11 @@ def read_host_facts(root: str = "/", clients: int = 0,
         mem_available_kb=mem,
         page_size=os.sysconf("SC_PAGE_SIZE"),
     )
+
+
+# -----------------------------------------------------------------------------
+# Operations: doctor, the checks. One function per limit, each with its fix.
+# -----------------------------------------------------------------------------
 
 
 def _ints(value: Optional[str]) -> Optional[List[int]]:
