@@ -44,17 +44,29 @@ class Harness:
             c.stats = c.expect(st.Stats)
         return c
 
+    def client_v2(self, token=b"", name=b"", shape=st.ANY_SHAPE, colour=st.ANY_COLOUR):
+        """A protocol-2 player: WELCOME (with its token), YOU, STATS and FAME."""
+        c = Client(self)
+        c.send(st.Hello(st.PROTOCOL_V2, shape, colour, token, name))
+        c.welcome = c.expect(st.Welcome)
+        c.you = c.expect(st.You)
+        c.stats = c.expect(st.Stats)
+        c.fame = c.expect(st.Fame)
+        return c
+
     def close(self):
         self.server.net.close()
         self.loop.close()
+        self.server.close_store()
 
 
 class Expecting:
     """``expect(kind)`` for a client with ``pump()``, ``inbox``, ``eof`` and a harness ``h``."""
 
     def expect(self, kind, timeout=5.0):
-        """The next game message of ``kind``, dropping earlier ones of other kinds."""
+        """The next game message of ``kind`` (a class or a tuple of them), dropping others."""
         found = []
+        name = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
 
         def have():
             self.pump()
@@ -63,10 +75,10 @@ class Expecting:
                 if isinstance(msg, kind):
                     found.append(msg)
                     return True
-            assert not self.eof, f"closed while waiting for {kind.__name__}: {self.last_words()}"
+            assert not self.eof, f"closed while waiting for {name}: {self.last_words()}"
             return False
 
-        run_until(self.h.loop, have, timeout, f"a {kind.__name__}", step=STEP)
+        run_until(self.h.loop, have, timeout, f"a {name}", step=STEP)
         return found[0]
 
     def last_words(self):

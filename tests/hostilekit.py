@@ -131,7 +131,7 @@ class HostileServer:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, GAME, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 *flags],
+                 *(() if "--data" in flags else ("--no-data",)), *flags],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
         self.pid = self.proc.pid

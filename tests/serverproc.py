@@ -72,6 +72,8 @@ class ServerProcess(Spawned):
     """``spelltraction.py serve`` on 127.0.0.1: on a port of its own choosing, or ``port``."""
 
     def __init__(self, *args: str, port: int = 0) -> None:
+        if "--data" not in args:
+            args = ("--no-data", *args)  # never the user's own data directory
         super().__init__([sys.executable, GAME, "serve", "--host", "127.0.0.1",
                           "--port", str(port), *args])
 

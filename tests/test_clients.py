@@ -250,14 +250,15 @@ def test_clicks_do_nothing_until_joined():
 
 
 def test_the_servers_error_text_is_kept_and_a_version_error_stops_retrying():
-    brain = st.ClientBrain(version=2, clock=FakeClock())
+    brain = st.ClientBrain(version=3, clock=FakeClock())
     brain.connecting("h:1")
     brain.connected()
-    brain.feed(st.frame(st.Error(st.ErrorCode.VERSION, "server speaks protocol 1, client sent 2")))
-    assert brain.error == "server speaks protocol 1, client sent 2" and brain.give_up
+    text = "server speaks protocols 1 and 2, client sent 3"
+    brain.feed(st.frame(st.Error(st.ErrorCode.VERSION, text)))
+    assert brain.error == "server speaks protocols 1 and 2, client sent 3" and brain.give_up
     brain.disconnected("the server closed the connection", None)
     assert brain.state == st.ClientState.STOPPED
-    assert brain.error == "server speaks protocol 1, client sent 2"  # still shown
+    assert brain.error == "server speaks protocols 1 and 2, client sent 3"  # still shown
     assert "Not reconnecting" in brain.status_line()
 
 
@@ -376,10 +377,10 @@ def test_driver_reconnects_when_the_server_drops_it_as_a_new_player(h):
 
 
 def test_driver_shows_a_version_error_and_stops_retrying(h):
-    brain = st.ClientBrain(version=2)
+    brain = st.ClientBrain(version=3)
     net = drive(h, brain, h.port)
     h.run_until(lambda: brain.state == st.ClientState.STOPPED)
-    assert brain.error == "server speaks protocol 1, client sent 2"
+    assert brain.error == "server speaks protocols 1 and 2, client sent 3"
     h.run(0.8)
     assert net.sock is None and brain.state == st.ClientState.STOPPED  # no retry
     assert h.server.net.stats.accepted == 1

@@ -51,7 +51,8 @@ def test_bundle_holds_the_game_netcore_and_web(pyz):
 
 
 def test_the_bundle_alone_serves_a_game_tick(alone):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    # Its data directory (the default: $XDG_STATE_HOME/spelltraction) inside the test's own.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_STATE_HOME": str(alone)}
     argv = [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", "0",
             "--tick-ms", "50"]
     with Spawned(argv, cwd=alone, env=env) as server:
