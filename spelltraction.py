@@ -22,8 +22,10 @@ Rules: the game state and one step per tick. Pure: no I/O, seeded RNG.
 Server: the game on netcore. One shared send per tick for everyone.
   Server: the store. Players and the hall of fame in sqlite3, written off the loop.
     -> Store (open, stage_player, flush, close), backup_store, default_data_dir
-  Server: the game server. Web assets, options, GameServer.
-    -> GameServer (on_message, on_tick), ServerOptions
+  Server: options, web assets and the admin port.
+    -> ServerOptions, read_asset, AdminHandler
+  Server: GameServer. A connection's life, the tick, the store, /metrics.
+    -> GameServer (on_message, on_tick, metrics_text, stats_snapshot)
   Server: tick encoding, shared by every server of this game (bench/peers too).
     -> step_and_encode, you_frame, describe_unexpected
   Server: process and signals. Limits, memory, signals, serve().
@@ -1338,7 +1340,7 @@ def backup_store(directory: str, output: str) -> int:
 
 
 # -----------------------------------------------------------------------------
-# Server: the game server. Web assets, options, GameServer.
+# Server: options, web assets and the admin port.
 # -----------------------------------------------------------------------------
 
 
@@ -1462,6 +1464,11 @@ class AdminHandler(Handler):
     def on_protocol(self, conn: Connection, protocol: str) -> None:
         if protocol != HTTP:
             conn.close("not-http", "the admin port speaks HTTP only")
+
+
+# -----------------------------------------------------------------------------
+# Server: GameServer. A connection's life, the tick, the store, /metrics.
+# -----------------------------------------------------------------------------
 
 
 class GameServer(Handler):
