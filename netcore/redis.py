@@ -370,14 +370,29 @@ class _Link:
         self._timer: Optional[Timer] = None
         self._failures = 0  # consecutive failed attempts: the backoff exponent
         self._generation = 0  # bumps per attempt, so a stale transport is ignored
-        # Counters for an owner's /metrics.
+        # Counters for an owner's /metrics (see stats()).
         self.connects = 0
+        self.losses = 0  # ready connections lost
         self.commands_sent = 0
         self.replies = 0
         self.last_error: Optional[RedisError] = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.address.url()} {_STATE_NAMES[self.state]}>"
+
+    def stats(self) -> Dict[str, Union[int, str]]:
+        """The link's figures for an owner's ``/metrics`` and ``/stats``."""
+        net = self._client.stats
+        return {
+            "state": _STATE_NAMES[self.state],
+            "connects": self.connects,
+            "losses": self.losses,
+            "commands_sent": self.commands_sent,
+            "replies": self.replies,
+            "in_flight": len(self._pending),
+            "bytes_out": net.bytes_out,
+            "bytes_in": net.bytes_in,
+        }
 
     @property
     def ready(self) -> bool:
@@ -549,6 +564,7 @@ class _Link:
         self._generation += 1
         self._out = []
         self._fail_pending(ConnectionLost(f"connection lost: {reason}"))
+        self.losses += was_ready
         self.state = WAITING
         delay = self._next_delay()
         level = logging.WARNING if was_ready or self._failures == 1 else logging.DEBUG
@@ -843,6 +859,13 @@ class RedisSubscriber(_Link):
             self._send_unanswered(("PSUBSCRIBE", *sorted(self.patterns)))
         if not self._unconfirmed:
             self._became_ready()
+
+    def stats(self) -> Dict[str, Union[int, str]]:
+        figures = super().stats()
+        figures["messages"] = self.messages
+        figures["channels"] = len(self.channels)
+        figures["patterns"] = len(self.patterns)
+        return figures
 
     def _is_push(self, reply: Reply) -> bool:
         return (

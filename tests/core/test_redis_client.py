@@ -134,6 +134,10 @@ def test_commands_and_reply_types(loop, server):
     assert call(loop, client, "SET", "big", big).ok
     assert call(loop, client, "GET", "big").result() == big
     assert events.ready == 1 and not events.errors
+    figures = client.stats()
+    assert figures["state"] == "ready" and figures["connects"] == 1 and figures["losses"] == 0
+    assert figures["commands_sent"] == figures["replies"] == 8 + 1  # and the handshake's PING
+    assert figures["bytes_out"] > 1 << 20 and figures["bytes_in"] > 1 << 20
     client.close()
 
 
@@ -449,6 +453,35 @@ def test_server_restart_reconnects_and_resubscribes(loop, server):
     call(loop, client, "PUBLISH", "gw.1", "moves")
     run_until(loop, lambda: len(sev.messages) == 2)
     assert sev.messages == [(b"tick", b"after"), (b"gw.*", b"gw.1", b"moves")]
+    assert client.stats()["losses"] == 1 and sub.stats()["losses"] == 1
+    assert sub.stats()["connects"] == 2 and sub.stats()["messages"] == 2
     sub.close()
     client.close()
     assert cev.lost[-1] == "closed by the client"
+
+
+def test_a_subscriber_over_its_output_buffer_limit_is_cut_and_comes_back(loop, tmp_path):
+    """Redis closes a pub/sub client that falls behind (client-output-buffer-limit):
+    pub/sub is at-most-once, so the subscriber loses messages, reconnects and says
+    so with on_lost/on_ready, which is where its owner resynchronises."""
+    srv = RedisServer(str(tmp_path), extra="client-output-buffer-limit pubsub 64kb 0 0\n").start()
+    try:
+        sev = Events()
+        sub = subscriber(loop, RedisAddress("127.0.0.1", srv.port), sev, backoff_max=0.2)
+        sub.subscribe("flood")
+        sub.start()
+        run_until(loop, lambda: sub.ready)
+        # The loop is not running: the subscriber reads nothing while Redis publishes.
+        payload = b"x" * 1000
+        command = b"*3\r\n$7\r\nPUBLISH\r\n$5\r\nflood\r\n$1000\r\n" + payload + b"\r\n"
+        with socket.create_connection(("127.0.0.1", srv.port)) as pub:
+            pub.sendall(command * 20000)
+            pub.sendall(b"*1\r\n$4\r\nQUIT\r\n")
+            while pub.recv(65536):
+                pass
+        run_until(loop, lambda: sev.lost and sev.ready == 2, timeout=10)
+        assert sev.lost == ["closed by the server"]
+        assert 0 < len(sev.messages) < 20000
+        assert sub.active == {b"c:flood": True}
+    finally:
+        srv.kill()
