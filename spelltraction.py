@@ -1476,7 +1476,9 @@ class GameServer(Handler):
 
     A connection's life: connect -> pending (``on_connect``; HELLO due within
     ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
-    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    ``conn.data``, then MOVEs; a version-2 HELLO goes through ``join_v2``
+    and may resume a parked player) -> close (``on_close``: the player
+    leaves; a version-2 player's seat stays parked for ``grace`` seconds).
     On the same port the first bytes may say HTTP instead (``on_protocol``:
     out of pending, the web front answers its requests) or a WebSocket upgrade
     (pending again from the upgrade, then HELLO as over TCP). Whatever a
