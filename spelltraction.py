@@ -22,8 +22,10 @@ Rules: the game state and one step per tick. Pure: no I/O, seeded RNG.
 Server: the game on netcore. One shared send per tick for everyone.
   Server: the store. Players and the hall of fame in sqlite3, written off the loop.
     -> Store (open, stage_player, flush, close), backup_store, default_data_dir
-  Server: the game server. Web assets, options, GameServer.
-    -> GameServer (on_message, on_tick), ServerOptions
+  Server: options, web assets and the admin port.
+    -> ServerOptions, read_asset, AdminHandler
+  Server: GameServer. A connection's life, the tick, the store, /metrics.
+    -> GameServer (on_message, on_tick, metrics_text, stats_snapshot)
   Server: tick encoding, shared by every server of this game (bench/peers too).
     -> step_and_encode, you_frame, describe_unexpected
   Server: process and signals. Limits, memory, signals, serve().
@@ -38,10 +40,14 @@ Clients: the desktop client. Brain, network driver, Tk view.
     -> ClientBrain
   Clients: the network driver. One nonblocking socket, run from a loop.
     -> NetClient
-  Clients: the Tk view (Tk is imported only here). Drawing; run_client().
+  Clients: the Tk view's looks. Layout, colours, shapes; no Tk needed.
+    -> view_transform, crowd_heat, crowd_rgb
+  Clients: the Tk view (Tk is imported only here). TkView, run_client().
     -> TkView, run_client
 Operations: doctor (can this host hold N clients?) and bundle (one file).
-  Operations: doctor. Read the host's facts, check them, print the fixes.
+  Operations: doctor, the host's facts. Limits, sysctls, free memory.
+    -> read_host_facts, HostFacts
+  Operations: doctor, the checks. One function per limit, each with its fix.
     -> doctor_checks, DOCTOR_CHECKS, run_doctor
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
@@ -1334,7 +1340,7 @@ def backup_store(directory: str, output: str) -> int:
 
 
 # -----------------------------------------------------------------------------
-# Server: the game server. Web assets, options, GameServer.
+# Server: options, web assets and the admin port.
 # -----------------------------------------------------------------------------
 
 
@@ -1460,12 +1466,19 @@ class AdminHandler(Handler):
             conn.close("not-http", "the admin port speaks HTTP only")
 
 
+# -----------------------------------------------------------------------------
+# Server: GameServer. A connection's life, the tick, the store, /metrics.
+# -----------------------------------------------------------------------------
+
+
 class GameServer(Handler):
     """SpellTraction on a netcore :class:`TCPServer`.
 
     A connection's life: connect -> pending (``on_connect``; HELLO due within
     ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
-    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    ``conn.data``, then MOVEs; a version-2 HELLO goes through ``join_v2``
+    and may resume a parked player) -> close (``on_close``: the player
+    leaves; a version-2 player's seat stays parked for ``grace`` seconds).
     On the same port the first bytes may say HTTP instead (``on_protocol``:
     out of pending, the web front answers its requests) or a WebSocket upgrade
     (pending again from the upgrade, then HELLO as over TCP). Whatever a
@@ -3514,7 +3527,7 @@ class _Lookup:
 
 
 # -----------------------------------------------------------------------------
-# Clients: the Tk view (Tk is imported only here). Drawing; run_client().
+# Clients: the Tk view's looks. Layout, colours, shapes; no Tk needed.
 # -----------------------------------------------------------------------------
 
 # The window's layout, in logical pixels; the whole picture scales to fit.
@@ -3601,6 +3614,11 @@ def _shape_points(shape: int, x: float, y: float, r: float) -> List[float]:
     if shape == 3:  # diamond
         return [x, y - r * 1.15, x + r, y, x, y + r * 1.15, x - r, y]
     return [x - r, y - r, x + r, y + r]
+
+
+# -----------------------------------------------------------------------------
+# Clients: the Tk view (Tk is imported only here). TkView, run_client().
+# -----------------------------------------------------------------------------
 
 
 class TkView:
@@ -4024,7 +4042,7 @@ def run_client(opts: ClientOptions) -> int:
 # =============================================================================
 
 # -----------------------------------------------------------------------------
-# Operations: doctor. Read the host's facts, check them, print the fixes.
+# Operations: doctor, the host's facts. Limits, sysctls, free memory.
 # -----------------------------------------------------------------------------
 
 OK, WARN, BLOCK = "ok", "warn", "block"
@@ -4127,6 +4145,11 @@ def read_host_facts(root: str = "/", clients: int = 0,
         mem_available_kb=mem,
         page_size=os.sysconf("SC_PAGE_SIZE"),
     )
+
+
+# -----------------------------------------------------------------------------
+# Operations: doctor, the checks. One function per limit, each with its fix.
+# -----------------------------------------------------------------------------
 
 
 def _ints(value: Optional[str]) -> Optional[List[int]]:

@@ -1,5 +1,7 @@
 """A game server in this process, and blocking test clients that speak to it."""
 
+import socket
+import time
 from typing import List
 
 import spelltraction as st
@@ -119,3 +121,48 @@ class Client(Expecting, LoopClient):
 
         run_until(self.h.loop, closed, timeout, lambda: f"close; got {got}", step=STEP)
         return got
+
+
+class Player:
+    """A plain TCP player of a server in another process: blocking reads, game messages.
+
+    Says HELLO on connecting (``hello=False`` to not); ``expect`` returns the next
+    message of a kind, ``ticks_until`` the first TICK a predicate accepts.
+    """
+
+    def __init__(self, port, hello=True, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.parser = FrameParser(max_frame=st.MAX_SERVER_FRAME)
+        self.inbox: List[object] = []
+        if hello:
+            self.send(st.Hello())
+            self.welcome = self.expect(st.Welcome)
+
+    def send(self, msg):
+        self.sock.sendall(st.frame(msg))
+
+    def expect(self, kind, timeout=5.0):
+        """The next message of ``kind`` (earlier ones of other kinds are dropped)."""
+        end = time.monotonic() + timeout
+        while True:
+            while self.inbox:
+                msg = self.inbox.pop(0)
+                if isinstance(msg, kind):
+                    return msg
+            assert time.monotonic() < end, f"no {kind.__name__} in {timeout:g} s"
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            data = self.sock.recv(65536)
+            assert data, f"the server closed the connection while waiting for {kind.__name__}"
+            self.inbox += [st.decode(f) for f in self.parser.feed(data)]
+
+    def ticks_until(self, pred, timeout=10.0, what="condition"):
+        """The first TICK for which ``pred(tick)`` is true, within ``timeout`` s."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            tick = self.expect(st.TickMsg, timeout=max(0.01, end - time.monotonic()))
+            if pred(tick):
+                return tick
+        raise AssertionError(f"{what} never seen in the ticks of {timeout:g} s")
+
+    def close(self):
+        self.sock.close()

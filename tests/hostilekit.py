@@ -19,7 +19,7 @@ not speed measurements.) Typical use::
 
 Pieces:
 
-- :class:`HostileServer`: the server as a subprocess on a free loopback port,
+- :class:`HostileServer`: the server as a subprocess on a loopback port it binds itself,
   with any ``serve`` flags; its stdout and stderr go to files (a pipe nobody
   reads would stall a server that logs under attack), readable with
   :meth:`HostileServer.log`.
@@ -42,6 +42,7 @@ import random
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ if ROOT not in sys.path:  # bench/attack.py imports this file from outside pytes
 
 import spelltraction as st  # noqa: E402
 from netcore import FrameParser  # noqa: E402
+from serverproc import LISTENING  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
 
 GAME = os.path.join(ROOT, "spelltraction.py")
@@ -91,12 +93,6 @@ class Resources(NamedTuple):
         return f"RSS {self.rss / MIB:.1f} MiB, {self.fds} fds"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_get(host: str, port: int, path: str,
              timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
     """``GET path`` over HTTP/1.1 with ``Connection: close``: (status, headers, body)."""
@@ -124,11 +120,12 @@ def http_get(host: str, port: int, path: str,
 
 
 class HostileServer:
-    """``spelltraction.py serve`` on 127.0.0.1 and a free port, with ``flags``."""
+    """``spelltraction.py serve`` on 127.0.0.1 with ``flags``, on ``port`` or (0) one the
+    kernel picks when it binds: ``self.port`` is read from its "listening on" line."""
 
-    def __init__(self, *flags: str, port: Optional[int] = None, start_timeout: float = 15.0,
+    def __init__(self, *flags: str, port: int = 0, start_timeout: float = 15.0,
                  settle: float = 0.5) -> None:
-        self.port = port or free_port()
+        self.port = port
         self._dir = tempfile.TemporaryDirectory(prefix="hostile-")
         self.stdout_path = os.path.join(self._dir.name, "stdout")
         self.stderr_path = os.path.join(self._dir.name, "stderr")
@@ -140,11 +137,12 @@ class HostileServer:
             )
         self.pid = self.proc.pid
         deadline = time.monotonic() + start_timeout
-        while "listening" not in self.output():
+        while not LISTENING.search(self.output()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop(signal.SIGKILL)
                 raise RuntimeError(f"server did not start: {self.output()!r} {self.log()!r}")
             time.sleep(0.05)
+        self.port = int(LISTENING.search(self.output())[2])  # type: ignore[index]
         time.sleep(settle)
 
     def output(self) -> str:
@@ -228,6 +226,32 @@ def connect(port: int, host: str = "127.0.0.1", source: Optional[str] = None,
     return sock
 
 
+# Kernel receive timestamps (Linux SO_TIMESTAMPNS): a TICK's arrival is when
+# the kernel got it, however late this process gets to read it, so a busy
+# test machine doesn't pass for a late server.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("qq")
+
+
+def stamp_arrivals(sock: socket.socket) -> None:
+    """Ask the kernel to timestamp what ``sock`` receives (where it can)."""
+    if sys.platform.startswith("linux"):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
+
+
+def arrival(ancillary: List[Tuple[int, int, bytes]], now: float) -> float:
+    """The kernel's receive time from ``recvmsg``'s ancillary data, on the
+    ``time.monotonic`` clock; ``now`` if there is none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec + nsec / 1e9 - (time.time() - time.monotonic())
+    return now
+
+
 class Watcher:
     """One well-behaved player: HELLO, then reads everything, moves now and then."""
 
@@ -272,7 +296,8 @@ class Watcher:
 
     def on_readable(self, now: float) -> None:
         try:
-            data = self.sock.recv(65536)
+            data, ancillary, _, _ = self.sock.recvmsg(65536, 64)
+            now = arrival(ancillary, now)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -351,6 +376,7 @@ class Crowd:
             for i in range(count):
                 sock = connect(port, host, sources[i % len(sources)])
                 sock.setblocking(False)
+                stamp_arrivals(sock)
                 w = Watcher(i, "tcp" if i < tcp else "ws", sock, random.Random(rng.random()),
                             move_every)
                 self.watchers.append(w)

@@ -15,7 +15,8 @@ from typing import Any, List, Optional, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GAME = os.path.join(ROOT, "spelltraction.py")
 
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
+#: A server's "ready" line; the newline proves the port number is complete.
+LISTENING = re.compile(r"listening on (\S+):(\d+)\r?\n")
 
 
 def stop_process(proc: "subprocess.Popen[Any]", sig: int = signal.SIGTERM,
