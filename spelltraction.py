@@ -2129,8 +2129,9 @@ class ClientState(Enum):
                                                      STOPPED   (retry_at None: none planned)
         WAITING    --connecting()-->  CONNECTING
 
-    STOPPED is the end: the driver does not reconnect (the server refused
-    this client's protocol version for good, or the window is closing).
+    STOPPED is the end: the driver does not reconnect (``give_up``: the
+    server refused this client's protocol version, which retrying cannot
+    change). Closing the window stops the driver and leaves the state be.
     """
 
     OFFLINE = "offline"

@@ -204,6 +204,27 @@ def require_module(name: str) -> ModuleType:
         raise  # not reached: skip() raises
 
 
+def parse_metrics(text: str) -> Tuple[Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float],
+                                     Dict[str, str]]:
+    """Prometheus text through prometheus_client's own parser (skips if it is missing).
+
+    ``({(sample name, ((label, value), ...)): value}, {family name: type})``.
+    """
+    parser = require_module("prometheus_client.parser")
+    samples, types = {}, {}
+    for family in parser.text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples, types
+
+
+def metric(samples: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float], name: str,
+           **labels: str) -> float:
+    """One sample's value from ``parse_metrics``'s samples."""
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
 # -- generic fixtures ------------------------------------------------------------------------
 
 

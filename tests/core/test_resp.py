@@ -323,6 +323,7 @@ if given is not None:
     )
     replies = st.recursive(leaves, lambda inner: st.lists(inner, max_size=5), max_leaves=30)
 
+    @pytest.mark.slow  # hundreds of examples: seconds of CPU
     @settings(max_examples=200, deadline=None)
     @given(st.lists(replies, min_size=1, max_size=6), st.data())
     def test_hypothesis_round_trip_under_any_chunking(values, data):
@@ -332,6 +333,7 @@ if given is not None:
         assert feed_chunks(parser, wire, sorted(cuts)) == values
         assert not parser.pending
 
+    @pytest.mark.slow  # hundreds of examples: seconds of CPU
     @settings(max_examples=500, deadline=None)
     @given(st.binary(max_size=200), st.integers(min_value=1, max_value=50))
     def test_hypothesis_arbitrary_bytes_never_raise_anything_else(blob, step):
@@ -342,6 +344,7 @@ if given is not None:
         except RespProtocolError:
             pass
 
+    @pytest.mark.slow  # hundreds of examples: seconds of CPU
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.one_of(st.binary(max_size=30), st.text(max_size=10), st.integers()), min_size=1, max_size=8))
     def test_hypothesis_commands_parse_back_as_arrays_of_bulk_strings(args):
