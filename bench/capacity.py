@@ -267,7 +267,7 @@ def server_command(kind: str, port: int, max_clients: int, stats_out: str,
               "--max-clients", str(max_clients), "--stats-out", stats_out,
               "--log-level", "warning"]
     if kind == "ours":
-        return [sys.executable, GAME, "serve", *common]
+        return [sys.executable, GAME, "serve", "--no-data", *common]  # like the peers: memory
     if kind == "asyncio":
         return [sys.executable, PEER, *common]
     if kind == "uvloop":

@@ -20,12 +20,19 @@ and connect in the background and never give up: a refused, failed or
 lost connection is retried with exponential backoff (with jitter) up to
 ``backoff_max`` seconds, forever, until ``close()``. Each (re)connection
 does ``AUTH`` (with the ACL username if there is one), ``SELECT`` and, for a
-subscriber, re-subscribes to everything, and only then calls ``on_ready()``:
+subscriber, re-subscribes to everything (at the least a ``PING``: ready
+means the server answered), and only then calls ``on_ready()``:
 that is where the owner resynchronises whatever it keeps in Redis. Commands
 issued while not ready fail at once with :class:`NotConnected`; commands in
 flight when a connection drops fail with :class:`ConnectionLost` (they may
 or may not have run). A Redis error reply is a :class:`~netcore.resp.ReplyError`
 value in the pending's ``reply``; ``result()`` raises it as :class:`CommandError`.
+
+A server that stops answering without closing (a frozen process, a
+machine gone from the network) is noticed with ``ping_interval``: a PING
+every so often, and a connection whose previous PING is still unanswered
+is dropped and retried. Leave it off (the default) on a connection that
+runs blocking commands (``BLPOP``) longer than the interval.
 
 Addresses come from :meth:`RedisAddress.from_url`
 (``redis://[user:password@]host:port[/db]``); the password may come from a
@@ -244,10 +251,10 @@ class Pending:
     :class:`RedisError`: not sent, or connection lost) is set.
     """
 
-    __slots__ = ("command", "done", "reply", "error", "callback")
+    __slots__ = ("_name", "done", "reply", "error", "callback")
 
-    def __init__(self, command: str, callback: Optional[Callable[["Pending"], None]]) -> None:
-        self.command = command
+    def __init__(self, name: Arg, callback: Optional[Callable[["Pending"], None]]) -> None:
+        self._name = name  # the command's first argument; named only when asked
         self.done = False
         self.reply: Reply = None
         self.error: Optional[RedisError] = None
@@ -256,6 +263,16 @@ class Pending:
     def __repr__(self) -> str:
         state = "pending" if not self.done else f"error={self.error!r}" if self.error else f"reply={self.reply!r}"
         return f"<Pending {self.command} {state}>"
+
+    @property
+    def command(self) -> str:
+        """The command's name (upper case), for messages."""
+        name = self._name
+        if isinstance(name, str):
+            return name.upper()
+        if isinstance(name, (bytes, bytearray, memoryview)):
+            return bytes(name).decode("ascii", "replace").upper()
+        return repr(name)
 
     @property
     def ok(self) -> bool:
@@ -288,15 +305,6 @@ class Pending:
 Callback = Callable[[Pending], None]
 
 
-def _command_name(args: Sequence[Arg]) -> str:
-    first = args[0]
-    if isinstance(first, str):
-        return first.upper()
-    if isinstance(first, (bytes, bytearray)):
-        return bytes(first).decode("ascii", "replace").upper()
-    return repr(first)
-
-
 # -- the shared connection machinery -----------------------------------------
 
 IDLE, CONNECTING, HANDSHAKE, READY, WAITING, CLOSED = range(6)
@@ -324,6 +332,7 @@ class _Link:
         backoff_max: float = 5.0,
         max_bulk: Optional[int] = None,
         max_output: int = 64 << 20,
+        ping_interval: Optional[float] = None,
     ) -> None:
         if not _is_numeric(address.host):
             raise ValueError(
@@ -340,6 +349,8 @@ class _Link:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.max_bulk = max_bulk
+        self.ping_interval = ping_interval
+        self._ping: Optional[Pending] = None
         self.state = IDLE
         self._client = TCPClient(
             loop,
@@ -359,14 +370,29 @@ class _Link:
         self._timer: Optional[Timer] = None
         self._failures = 0  # consecutive failed attempts: the backoff exponent
         self._generation = 0  # bumps per attempt, so a stale transport is ignored
-        # Counters for an owner's /metrics.
+        # Counters for an owner's /metrics (see stats()).
         self.connects = 0
+        self.losses = 0  # ready connections lost
         self.commands_sent = 0
         self.replies = 0
         self.last_error: Optional[RedisError] = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.address.url()} {_STATE_NAMES[self.state]}>"
+
+    def stats(self) -> Dict[str, Union[int, str]]:
+        """The link's figures for an owner's ``/metrics`` and ``/stats``."""
+        net = self._client.stats
+        return {
+            "state": _STATE_NAMES[self.state],
+            "connects": self.connects,
+            "losses": self.losses,
+            "commands_sent": self.commands_sent,
+            "replies": self.replies,
+            "in_flight": len(self._pending),
+            "bytes_out": net.bytes_out,
+            "bytes_in": net.bytes_in,
+        }
 
     @property
     def ready(self) -> bool:
@@ -441,8 +467,7 @@ class _Link:
             login.append(("CLIENT", "SETNAME", self.name))
         login += self._login_extra()
         if not login:
-            self._logged_in()
-            return
+            login.append(("PING",))  # ready means the server answered, not just the kernel
         last = len(login) - 1
         for i, args in enumerate(login):
             self._send(args, self._handshake_step(generation, i == last))
@@ -472,8 +497,24 @@ class _Link:
         if self._failures:
             log.info("redis %s: connected again", self.address.url())
         self._failures = 0
+        if self.ping_interval:
+            self._ping = None
+            generation = self._generation
+            self.loop.call_later(self.ping_interval, lambda: self._keepalive(generation))
         if self.on_ready is not None:
             self._call(self.on_ready)
+
+    def _keepalive(self, generation: int) -> None:
+        """Every ``ping_interval``: PING; the last one still unanswered means a dead link."""
+        if generation != self._generation or self.state != READY or not self.ping_interval:
+            return
+        if self._ping is not None and not self._ping.done:
+            error = RedisError(f"no reply to PING within {self.ping_interval:g}s")
+            self._report(error)
+            self._drop(str(error))
+            return
+        self._ping = self._send(("PING",), None)
+        self.loop.call_later(self.ping_interval, lambda: self._keepalive(generation))
 
     def _bad_reply(self, generation: int, exc: ProtocolError) -> None:
         if generation == self._generation:
@@ -523,6 +564,7 @@ class _Link:
         self._generation += 1
         self._out = []
         self._fail_pending(ConnectionLost(f"connection lost: {reason}"))
+        self.losses += was_ready
         self.state = WAITING
         delay = self._next_delay()
         level = logging.WARNING if was_ready or self._failures == 1 else logging.DEBUG
@@ -558,7 +600,7 @@ class _Link:
 
     def _send(self, args: Sequence[Arg], callback: Optional[Callback]) -> Pending:
         """Queue ``args`` (the connection is up) and expect one reply."""
-        pending = Pending(_command_name(args), callback)
+        pending = Pending(args[0], callback)
         self._out.append(encode_command(*args))
         self._pending.append(pending)
         self.commands_sent += 1
@@ -589,7 +631,7 @@ class _Link:
             transport.write(out[0] if len(out) == 1 else b"".join(out), len(out))
 
     def _not_ready(self, args: Sequence[Arg], callback: Optional[Callback]) -> Pending:
-        pending = Pending(_command_name(args), callback)
+        pending = Pending(args[0], callback)
         error = NotConnected(f"{pending.command}: not connected to {self.address.url()}")
         self.loop.call_soon(lambda: pending._finish(None, error))
         return pending
@@ -747,6 +789,7 @@ class RedisSubscriber(_Link):
         backoff_max: float = 5.0,
         max_bulk: Optional[int] = None,
         max_output: int = 64 << 20,
+        ping_interval: Optional[float] = None,
     ) -> None:
         super().__init__(
             loop,
@@ -760,6 +803,7 @@ class RedisSubscriber(_Link):
             backoff_max=backoff_max,
             max_bulk=max_bulk,
             max_output=max_output,
+            ping_interval=ping_interval,
         )
         self.on_message = on_message
         self.on_pmessage = on_pmessage
@@ -767,6 +811,7 @@ class RedisSubscriber(_Link):
         self.patterns: Set[bytes] = set()
         self.active: Dict[bytes, bool] = {}  # what Redis has confirmed, by kind+name
         self._unconfirmed = 0
+        self._subscribing = False  # this connection's (P)SUBSCRIBE are sent
         self.messages = 0
 
     def subscribe(self, *channels: Name) -> None:
@@ -789,10 +834,23 @@ class RedisSubscriber(_Link):
             names.update(changed)
         else:
             names.difference_update(changed)
-        if changed and self.state == READY:
+        if changed and self._subscribing:
             self._send_unanswered((command, *changed))
 
+    def _connected(self, generation: int, transport: Connection) -> None:
+        self._subscribing = False
+        super()._connected(generation, transport)
+
+    def _lost(self, reason: str) -> None:
+        self._subscribing = False
+        super()._lost(reason)
+
+    def close(self) -> None:
+        self._subscribing = False
+        super().close()
+
     def _logged_in(self) -> None:
+        self._subscribing = True
         self.active = {}
         self._unconfirmed = len(self.channels) + len(self.patterns)
         if self.channels:
@@ -801,6 +859,13 @@ class RedisSubscriber(_Link):
             self._send_unanswered(("PSUBSCRIBE", *sorted(self.patterns)))
         if not self._unconfirmed:
             self._became_ready()
+
+    def stats(self) -> Dict[str, Union[int, str]]:
+        figures = super().stats()
+        figures["messages"] = self.messages
+        figures["channels"] = len(self.channels)
+        figures["patterns"] = len(self.patterns)
+        return figures
 
     def _is_push(self, reply: Reply) -> bool:
         return (

@@ -160,10 +160,17 @@ def encode_command(*args: Arg) -> bytes:
         raise ValueError("a command needs at least its name")
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = _arg_bytes(arg)
-        parts.append(b"$%d\r\n" % len(data))
-        parts.append(data)
-        parts.append(b"\r\n")
+        kind = type(arg)
+        if kind is bytes:
+            data: bytes = arg  # type: ignore[assignment]
+        elif kind is str:
+            data = arg.encode("utf-8")  # type: ignore[union-attr]
+        else:
+            data = _arg_bytes(arg)
+        if len(data) <= 1024:  # one small copy beats three list items
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        else:
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(parts)
 
 

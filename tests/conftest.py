@@ -2,14 +2,12 @@
 
 Two halves:
 
-* **Generic** (top): on ``netcore.testing`` (``run_until``: drive an
-  ``EventLoop`` until a condition holds; ``bound_socket``: a listening socket
-  instead of a "free port" number), an echo handler, a test client socket, a
-  refusing port, a fake clock, and the skip-or-fail rule for missing tools and
-  optional packages. They import netcore and the standard library only, never
-  the game, so they can move to ``netcore/testing.py`` as they are and
-  ``tests/core/`` (netcore's own tests) can use them without importing
-  ``spelltraction``.
+* **Generic** (top): ``netcore.testing``'s helpers, re-exported (``run_until``:
+  drive an ``EventLoop`` until a condition holds; ``bound_socket``: a listening
+  socket instead of a "free port" number; an echo handler and server, a test
+  client socket, a refusing port, a fake clock), and the skip-or-fail rule for
+  missing tools and optional packages. They never import the game, so
+  ``tests/core/`` (netcore's own tests) can use them without ``spelltraction``.
 * **Game** (bottom): fixtures around ``gamekit.Harness`` (a game server in this
   process). ``gamekit`` is imported inside the fixtures, so collecting netcore's
   tests never imports the game.
@@ -34,100 +32,20 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from netcore import Connection, EventLoop, Handler, ServerConfig, TCPServer
-from netcore.testing import bound_socket, run_until  # noqa: F401 - shared with the tests
+from netcore import EventLoop, TCPServer
+from netcore.testing import (  # noqa: F401 - shared with the tests
+    Echo,
+    FakeClock,
+    LoopClient,
+    bound_socket,
+    port_of,
+    refusing_socket,
+    run_until,
+    serve,
+)
 
 # -- generic: the loop, an echo server, sockets, a clock -----------------------------
-
-
-class Echo(Handler):
-    """Sends every message back with ``prefix`` in front; records why connections closed."""
-
-    def __init__(self, prefix: bytes = b"echo:") -> None:
-        self.prefix = prefix
-        self.closed: List[str] = []
-
-    def on_message(self, conn: Connection, payload: bytes) -> None:
-        conn.send(self.prefix + payload)
-
-    def on_close(self, conn: Connection, reason: str) -> None:
-        self.closed.append(reason)
-
-
-def serve(handler: Optional[Handler] = None, loop: Optional[EventLoop] = None,
-          **config: Any) -> Tuple[EventLoop, TCPServer, Handler]:
-    """A listening ``TCPServer`` on 127.0.0.1 (an ephemeral port), ``Echo`` by default."""
-    loop = loop or EventLoop()
-    handler = handler or Echo()
-    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], **config))
-    server.listen()
-    return loop, server, handler
-
-
-def refusing_socket(host: str = "127.0.0.1") -> socket.socket:
-    """A socket bound to an ephemeral port of ``host`` but not listening: connections
-    to that port are refused ("nobody listens there") and no other program can take
-    the port while it is open. (``bound_socket`` is the listening kind.)"""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.bind((host, 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def port_of(sock: socket.socket) -> int:
-    return int(sock.getsockname()[1])
-
-
-class LoopClient:
-    """A nonblocking client socket read in the same thread as the server's loop.
-
-    ``read_available()`` returns what has arrived without blocking and sets ``eof`` when
-    the peer closes (or resets); subclasses parse it.
-    """
-
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port))
-        self.sock.setblocking(False)
-        self.eof = False
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_available(self) -> bytes:
-        out = bytearray()
-        while not self.eof:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                self.eof = True
-                break
-            out += data
-        return bytes(out)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told: ``clock()`` reads it, ``advance`` moves it."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+# They live in netcore.testing (they ship with netcore, for its vendoring users).
 
 # -- generic: missing tools and optional packages --------------------------------------
 

@@ -1,5 +1,7 @@
 """A game server in this process, and blocking test clients that speak to it."""
 
+import socket
+import time
 from typing import List
 
 import spelltraction as st
@@ -42,17 +44,29 @@ class Harness:
             c.stats = c.expect(st.Stats)
         return c
 
+    def client_v2(self, token=b"", name=b"", shape=st.ANY_SHAPE, colour=st.ANY_COLOUR):
+        """A protocol-2 player: WELCOME (with its token), YOU, STATS and FAME."""
+        c = Client(self)
+        c.send(st.Hello(st.PROTOCOL_V2, shape, colour, token, name))
+        c.welcome = c.expect(st.Welcome)
+        c.you = c.expect(st.You)
+        c.stats = c.expect(st.Stats)
+        c.fame = c.expect(st.Fame)
+        return c
+
     def close(self):
         self.server.net.close()
         self.loop.close()
+        self.server.close_store()
 
 
 class Expecting:
     """``expect(kind)`` for a client with ``pump()``, ``inbox``, ``eof`` and a harness ``h``."""
 
     def expect(self, kind, timeout=5.0):
-        """The next game message of ``kind``, dropping earlier ones of other kinds."""
+        """The next game message of ``kind`` (a class or a tuple of them), dropping others."""
         found = []
+        name = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
 
         def have():
             self.pump()
@@ -61,10 +75,10 @@ class Expecting:
                 if isinstance(msg, kind):
                     found.append(msg)
                     return True
-            assert not self.eof, f"closed while waiting for {kind.__name__}: {self.last_words()}"
+            assert not self.eof, f"closed while waiting for {name}: {self.last_words()}"
             return False
 
-        run_until(self.h.loop, have, timeout, f"a {kind.__name__}", step=STEP)
+        run_until(self.h.loop, have, timeout, f"a {name}", step=STEP)
         return found[0]
 
     def last_words(self):
@@ -107,3 +121,48 @@ class Client(Expecting, LoopClient):
 
         run_until(self.h.loop, closed, timeout, lambda: f"close; got {got}", step=STEP)
         return got
+
+
+class Player:
+    """A plain TCP player of a server in another process: blocking reads, game messages.
+
+    Says HELLO on connecting (``hello=False`` to not); ``expect`` returns the next
+    message of a kind, ``ticks_until`` the first TICK a predicate accepts.
+    """
+
+    def __init__(self, port, hello=True, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.parser = FrameParser(max_frame=st.MAX_SERVER_FRAME)
+        self.inbox: List[object] = []
+        if hello:
+            self.send(st.Hello())
+            self.welcome = self.expect(st.Welcome)
+
+    def send(self, msg):
+        self.sock.sendall(st.frame(msg))
+
+    def expect(self, kind, timeout=5.0):
+        """The next message of ``kind`` (earlier ones of other kinds are dropped)."""
+        end = time.monotonic() + timeout
+        while True:
+            while self.inbox:
+                msg = self.inbox.pop(0)
+                if isinstance(msg, kind):
+                    return msg
+            assert time.monotonic() < end, f"no {kind.__name__} in {timeout:g} s"
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            data = self.sock.recv(65536)
+            assert data, f"the server closed the connection while waiting for {kind.__name__}"
+            self.inbox += [st.decode(f) for f in self.parser.feed(data)]
+
+    def ticks_until(self, pred, timeout=10.0, what="condition"):
+        """The first TICK for which ``pred(tick)`` is true, within ``timeout`` s."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            tick = self.expect(st.TickMsg, timeout=max(0.01, end - time.monotonic()))
+            if pred(tick):
+                return tick
+        raise AssertionError(f"{what} never seen in the ticks of {timeout:g} s")
+
+    def close(self):
+        self.sock.close()

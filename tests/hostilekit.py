@@ -19,7 +19,7 @@ not speed measurements.) Typical use::
 
 Pieces:
 
-- :class:`HostileServer`: the server as a subprocess on a free loopback port,
+- :class:`HostileServer`: the server as a subprocess on a loopback port it binds itself,
   with any ``serve`` flags; its stdout and stderr go to files (a pipe nobody
   reads would stall a server that logs under attack), readable with
   :meth:`HostileServer.log`.
@@ -56,6 +56,7 @@ if ROOT not in sys.path:  # bench/attack.py imports this file from outside pytes
 
 import spelltraction as st  # noqa: E402
 from netcore import FrameParser  # noqa: E402
+from serverproc import LISTENING  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
 
 GAME = os.path.join(ROOT, "spelltraction.py")
@@ -91,12 +92,6 @@ class Resources(NamedTuple):
         return f"RSS {self.rss / MIB:.1f} MiB, {self.fds} fds"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_get(host: str, port: int, path: str,
              timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
     """``GET path`` over HTTP/1.1 with ``Connection: close``: (status, headers, body)."""
@@ -124,27 +119,29 @@ def http_get(host: str, port: int, path: str,
 
 
 class HostileServer:
-    """``spelltraction.py serve`` on 127.0.0.1 and a free port, with ``flags``."""
+    """``spelltraction.py serve`` on 127.0.0.1 with ``flags``, on ``port`` or (0) one the
+    kernel picks when it binds: ``self.port`` is read from its "listening on" line."""
 
-    def __init__(self, *flags: str, port: Optional[int] = None, start_timeout: float = 15.0,
+    def __init__(self, *flags: str, port: int = 0, start_timeout: float = 15.0,
                  settle: float = 0.5) -> None:
-        self.port = port or free_port()
+        self.port = port
         self._dir = tempfile.TemporaryDirectory(prefix="hostile-")
         self.stdout_path = os.path.join(self._dir.name, "stdout")
         self.stderr_path = os.path.join(self._dir.name, "stderr")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, GAME, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 *flags],
+                 *(() if "--data" in flags else ("--no-data",)), *flags],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
         self.pid = self.proc.pid
         deadline = time.monotonic() + start_timeout
-        while "listening" not in self.output():
+        while not LISTENING.search(self.output()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop(signal.SIGKILL)
                 raise RuntimeError(f"server did not start: {self.output()!r} {self.log()!r}")
             time.sleep(0.05)
+        self.port = int(LISTENING.search(self.output())[2])  # type: ignore[index]
         time.sleep(settle)
 
     def output(self) -> str:

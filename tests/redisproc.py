@@ -7,28 +7,23 @@ it answers PING. ``stop()``/``kill()`` end that one process by its pid;
 """
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from typing import Optional
 
-import pytest
-
-REDIS_SERVER = shutil.which("redis-server")
+from conftest import require_tool
 
 
 def require_redis() -> str:
     """The redis-server path; skips outside CI when it is missing, fails in CI."""
-    if REDIS_SERVER is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    return REDIS_SERVER
+    return require_tool("redis-server")
 
 
 def free_port() -> int:
+    """A port number nobody listens on now (redis-server binds it itself, so a
+    bound socket can't be handed over; start() retries if it was taken)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -113,6 +108,15 @@ class RedisServer:
     def kill(self) -> None:
         """SIGKILL this server (by pid) and wait for it."""
         self._end(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP it: connections stay open and nothing is answered."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def _end(self, sig: int) -> None:
         proc = self.proc

@@ -15,7 +15,8 @@ from typing import Any, List, Optional, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GAME = os.path.join(ROOT, "spelltraction.py")
 
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
+#: A server's "ready" line; the newline proves the port number is complete.
+LISTENING = re.compile(r"listening on (\S+):(\d+)\r?\n")
 
 
 def stop_process(proc: "subprocess.Popen[Any]", sig: int = signal.SIGTERM,
@@ -71,6 +72,8 @@ class ServerProcess(Spawned):
     """``spelltraction.py serve`` on 127.0.0.1: on a port of its own choosing, or ``port``."""
 
     def __init__(self, *args: str, port: int = 0) -> None:
+        if "--data" not in args:
+            args = ("--no-data", *args)  # never the user's own data directory
         super().__init__([sys.executable, GAME, "serve", "--host", "127.0.0.1",
                           "--port", str(port), *args])
 

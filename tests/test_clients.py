@@ -250,14 +250,15 @@ def test_clicks_do_nothing_until_joined():
 
 
 def test_the_servers_error_text_is_kept_and_a_version_error_stops_retrying():
-    brain = st.ClientBrain(version=2, clock=FakeClock())
+    brain = st.ClientBrain(version=3, clock=FakeClock())
     brain.connecting("h:1")
     brain.connected()
-    brain.feed(st.frame(st.Error(st.ErrorCode.VERSION, "server speaks protocol 1, client sent 2")))
-    assert brain.error == "server speaks protocol 1, client sent 2" and brain.give_up
+    text = "server speaks protocols 1 and 2, client sent 3"
+    brain.feed(st.frame(st.Error(st.ErrorCode.VERSION, text)))
+    assert brain.error == "server speaks protocols 1 and 2, client sent 3" and brain.give_up
     brain.disconnected("the server closed the connection", None)
     assert brain.state == st.ClientState.STOPPED
-    assert brain.error == "server speaks protocol 1, client sent 2"  # still shown
+    assert brain.error == "server speaks protocols 1 and 2, client sent 3"  # still shown
     assert "Not reconnecting" in brain.status_line()
 
 
@@ -376,14 +377,24 @@ def test_driver_reconnects_when_the_server_drops_it_as_a_new_player(h):
 
 
 def test_driver_shows_a_version_error_and_stops_retrying(h):
-    brain = st.ClientBrain(version=2)
+    brain = st.ClientBrain(version=3)
     net = drive(h, brain, h.port)
     h.run_until(lambda: brain.state == st.ClientState.STOPPED)
-    assert brain.error == "server speaks protocol 1, client sent 2"
+    assert brain.error == "server speaks protocols 1 and 2, client sent 3"
     h.run(0.8)
     assert net.sock is None and brain.state == st.ClientState.STOPPED  # no retry
     assert h.server.net.stats.accepted == 1
     net.stop()
+
+
+def step_until(net, done, steps=2000, lookup_wait=5.0):
+    """Step the driver until ``done()``, waiting for its name lookup thread when it has one."""
+    for _ in range(steps):
+        net.step()
+        if done():
+            return
+        if net.lookup is not None:
+            net.lookup.done.wait(lookup_wait)
 
 
 def test_driver_backs_off_exponentially_while_nobody_listens(clock, refused_port):
@@ -392,12 +403,9 @@ def test_driver_backs_off_exponentially_while_nobody_listens(clock, refused_port
     delays = []
     for _ in range(7):
         before = brain.retry_at
-        for _ in range(2000):  # a refused loopback connect fails at once or on the next poll
-            net.step()
-            if brain.state == st.ClientState.WAITING and brain.retry_at != before:
-                break
-            if net.lookup is not None:
-                net.lookup.done.wait(5)
+        # A refused loopback connect fails at once or on the next poll.
+        step_until(net, lambda: brain.state == st.ClientState.WAITING
+                   and brain.retry_at != before)
         assert brain.state == st.ClientState.WAITING, brain.status_line()
         assert "Cannot reach 127.0.0.1" in brain.status_line()
         delays.append(brain.retry_at - clock.now)
@@ -410,12 +418,7 @@ def test_driver_drops_a_silent_server_after_10_s(clock, listener):
     brain = st.ClientBrain(clock=clock)
     net = st.NetClient(brain, "127.0.0.1", listener.getsockname()[1], lambda d, f: None,
                        clock=clock)
-    for _ in range(2000):
-        net.step()
-        if brain.state == st.ClientState.JOINING:
-            break
-        if net.lookup is not None:
-            net.lookup.done.wait(5)
+    step_until(net, lambda: brain.state == st.ClientState.JOINING)
     assert brain.state == st.ClientState.JOINING
     conn, _ = listener.accept()
     conn.settimeout(5)
@@ -448,12 +451,7 @@ def test_driver_drops_a_server_that_sends_garbage(listener):
 def test_unresolvable_host_is_reported_not_raised():
     brain = st.ClientBrain()
     net = st.NetClient(brain, "no-such-host.invalid", 12150, lambda d, f: None)
-    for _ in range(2000):
-        net.step()
-        if brain.state == st.ClientState.WAITING:
-            break
-        if net.lookup is not None:
-            net.lookup.done.wait(10)
+    step_until(net, lambda: brain.state == st.ClientState.WAITING, lookup_wait=10)
     assert brain.state == st.ClientState.WAITING and brain.why.startswith("cannot find no-such-host.invalid")
 
 

@@ -6,7 +6,6 @@ sets CI=true, where a missing piece fails instead of skipping.
 """
 
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -16,46 +15,13 @@ import zlib
 import pytest
 
 import spelltraction as st
-from netcore import FrameParser
 from browserkit import require_browser
+from gamekit import Player
 from serverproc import GAME, ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow  # a browser, a server and bots, each test seconds long
 
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
-
-
-class Observer:
-    """A TCP player that reads ticks: the server's view, from outside."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.parser = FrameParser(65535)
-        self.inbox = []
-        self.sock.sendall(st.frame(st.Hello()))
-        self.welcome = self.next(st.Welcome)
-
-    def next(self, kind, timeout=5.0):
-        """The next message of ``kind`` (earlier ones of other kinds are dropped)."""
-        end = time.monotonic() + timeout
-        while True:
-            while self.inbox:
-                msg = self.inbox.pop(0)
-                if isinstance(msg, kind):
-                    return msg
-            assert time.monotonic() < end, f"no {kind.__name__}"
-            self.sock.settimeout(max(0.01, end - time.monotonic()))
-            data = self.sock.recv(65536)
-            assert data, "server closed the observer"
-            self.inbox += [st.decode(f) for f in self.parser.feed(data)]
-
-    def ticks_until(self, pred, timeout=10.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            tick = self.next(st.TickMsg)
-            if pred(tick):
-                return tick
-        raise AssertionError("condition never seen in ticks")
 
 
 def png_pixels(data):
@@ -157,7 +123,7 @@ CELL_INK = """() => {
 
 def test_page_renders_the_board_and_plays_with_tcp_players(game, browser):
     errors = []
-    observer = Observer(game.port)
+    observer = Player(game.port)
     page = open_page(browser, f"http://127.0.0.1:{game.port}/", errors)
     wait_for(page,
         "() => { const s = window.spelltraction.state; return s.id > 0 && s.me &&"
@@ -169,10 +135,10 @@ def test_page_renders_the_board_and_plays_with_tcp_players(game, browser):
     assert state["drawn"] == state["board"]
 
     # The page shows the server's board: compare with what a TCP player reads.
-    tick = observer.next(st.TickMsg)
+    tick = observer.expect(st.TickMsg)
     page_board = page.evaluate("() => window.spelltraction.state.board")
     if page_board != tick.board:  # a letter may just have scored: one more look
-        tick = observer.next(st.TickMsg)
+        tick = observer.expect(st.TickMsg)
         page_board = page.evaluate("() => window.spelltraction.state.board")
     assert page_board == tick.board
 

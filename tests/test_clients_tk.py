@@ -10,7 +10,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 
 import spelltraction as st
 from conftest import require, require_tool
-from netcore import FrameParser
+from gamekit import Player
 from serverproc import GAME, ROOT, ServerProcess, stop_process
 from xdisplay import Xvfb
 
@@ -39,38 +38,12 @@ def display():
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
 
 
-class Observer:
-    """A plain player that watches the TICKs for someone's moves."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.parser = FrameParser(max_frame=st.MAX_SERVER_FRAME)
-        self.sock.sendall(st.frame(st.Hello()))
-
-    def wait_for_mover(self, pid, cell, timeout=20.0):
-        """The first listing of ``pid`` as a mover in ``cell``.
-
-        A player is also listed in the tick after it joins, where it started,
-        which the observer may or may not see: such sightings are skipped.
-        """
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data = self.sock.recv(65536)
-            assert data, "the server closed the observer"
-            for payload in self.parser.feed(data):
-                msg = st.decode(payload)
-                if isinstance(msg, st.TickMsg):
-                    for m in msg.movers:
-                        if m.player_id == pid:
-                            if st.cell_of(m.x, m.y) == cell:
-                                return m
-                            seen.append(m)
-        raise AssertionError(f"player {pid} never moved to cell {cell}; seen: {seen}")
-
-    def close(self):
-        self.sock.close()
+def mover_in(tick, pid, cell):
+    """``pid``'s entry among the tick's movers if it is in ``cell``, else None."""
+    for m in tick.movers:
+        if m.player_id == pid and st.cell_of(m.x, m.y) == cell:
+            return m
+    return None
 
 
 def read_line_matching(proc, pattern, timeout=30.0):
@@ -104,7 +77,7 @@ def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_d
         try:
             joined = read_line_matching(client, r"as player (\d+) at \((\d+), (\d+)\)")
             pid, start = int(joined[1]), (int(joined[2]), int(joined[3]))
-            observer = Observer(server.port)
+            observer = Player(server.port)
             window = x.find_window(f"SpellTraction: player #{pid}")
             wx, wy, width, height = x.window_geometry(window)
             scale, ox, oy = st.view_transform(width, height)
@@ -116,7 +89,11 @@ def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_d
             x.click(window, round(ox + (st.BOARD_X0 + bx + 0.5) * scale),
                     round(oy + (st.BOARD_Y0 + by + 0.5) * scale))
 
-            moved = observer.wait_for_mover(pid, target)
+            # A player is also listed in the tick after it joins, where it started,
+            # which the observer may or may not see: only a listing in ``target`` counts.
+            tick = observer.ticks_until(lambda t: mover_in(t, pid, target), timeout=20,
+                                        what=f"player {pid} in cell {target}")
+            moved = mover_in(tick, pid, target)
             assert abs(moved.x - bx) <= 1 and abs(moved.y - by) <= 1, (moved, bx, by)
 
             time.sleep(1.0)  # the marker eases into place; a tick or two arrive

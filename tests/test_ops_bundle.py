@@ -2,17 +2,15 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 
 import pytest
 
 import spelltraction as st
-from netcore import FrameParser
+from gamekit import Player
 from serverproc import GAME, ROOT, Spawned
 
 
@@ -53,15 +51,14 @@ def test_bundle_holds_the_game_netcore_and_web(pyz):
 
 
 def test_the_bundle_alone_serves_a_game_tick(alone):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    # Its data directory (the default: $XDG_STATE_HOME/spelltraction) inside the test's own.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_STATE_HOME": str(alone)}
     argv = [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", "0",
             "--tick-ms", "50"]
     with Spawned(argv, cwd=alone, env=env) as server:
         port = server.port
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        inbox = Inbox(sock)
-        sock.sendall(st.frame(st.Hello()))
-        welcome = inbox.expect(st.Welcome)
+        inbox = Player(port)
+        welcome = inbox.welcome
         assert welcome.version == st.PROTOCOL_VERSION and welcome.tick_ms == 50
         inbox.expect(st.You)
         stats = inbox.expect(st.Stats)
@@ -69,12 +66,12 @@ def test_the_bundle_alone_serves_a_game_tick(alone):
         # memory now (taken before the start-up heap was released, it read
         # some 3.7 MiB above it from the bundle).
         assert 0 < stats.start_rss_kb <= stats.rss_kb + 1024, stats
-        sock.sendall(st.frame(st.Move(7, 100, 200)))
+        inbox.send(st.Move(7, 100, 200))
         tick = inbox.expect(st.TickMsg)
         assert tick.players == 1
         you = inbox.expect(st.You)
         assert (you.seq, you.x, you.y) == (7, 100, 200)
-        sock.close()
+        inbox.close()
         # The browser client comes out of the same file, on the same port.
         for path, asset, ctype in (("/", "index.html", "text/html"),
                                    ("/app.js", "app.js", "text/javascript"),
@@ -86,25 +83,6 @@ def test_the_bundle_alone_serves_a_game_tick(alone):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
             assert b"spelltraction_players" in page.read()
         assert server.stop() == 0
-
-
-class Inbox:
-    def __init__(self, sock):
-        self.sock = sock
-        self.parser = FrameParser(max_frame=65535)
-        self.messages = []
-
-    def expect(self, kind, timeout=5.0):
-        end = time.monotonic() + timeout
-        while True:
-            while self.messages:
-                msg = self.messages.pop(0)
-                if isinstance(msg, kind):
-                    return msg
-            assert time.monotonic() < end, f"no {kind.__name__}"
-            data = self.sock.recv(65536)
-            assert data, "server closed"
-            self.messages += [st.decode(f) for f in self.parser.feed(data)]
 
 
 def test_assets_load_from_inside_the_bundle(alone):

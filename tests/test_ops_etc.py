@@ -233,7 +233,9 @@ def test_unit_execstart_runs_the_real_server(tmp_path):
     pyz = tmp_path / "spelltraction.pyz"
     st.build_bundle(str(pyz))
     assert argv[1] == "-I"
-    with Spawned([sys.executable, "-I", str(pyz), *args], cwd=tmp_path) as server:
+    # systemd's StateDirectory= hands the server $STATE_DIRECTORY: its data directory.
+    env = dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state"))
+    with Spawned([sys.executable, "-I", str(pyz), *args], cwd=tmp_path, env=env) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(st.frame(st.Hello()))
             assert sock.recv(4096), "WELCOME"

@@ -101,7 +101,7 @@ def test_tick_bytes_are_bounded_whatever_the_crowd(h):
         (encode_frame(st.encode(st.Move(1, 2, 3))), st.ErrorCode.BAD_MESSAGE, "before HELLO"),
         (encode_frame(b"\x01\x00"), st.ErrorCode.BAD_MESSAGE, "HELLO must be 8 bytes"),
         (encode_frame(st.encode(st.Hello(version=9))), st.ErrorCode.VERSION,
-         "server speaks protocol 1, client sent 9"),
+         "server speaks protocols 1 and 2, client sent 9"),
         (b"\x00\x00", st.ErrorCode.BAD_FRAME, "zero-length frame"),
         (b"\x7f\xff" + b"x" * 10, st.ErrorCode.BAD_FRAME, "exceeds limit 256"),
     ],

@@ -167,10 +167,12 @@ def test_stats_snapshot_agrees_with_metrics_and_is_json(h):
     assert abs(snap["time_s"] - time.time()) < 5
 
 
-def test_ops_routes_serve_all_three(h):
+def test_ops_routes_serve_all_four(h):
     h.client()
     routes = h.server.ops_routes()
-    assert set(routes) == {"/metrics", "/stats", "/stats.json"}
+    assert set(routes) == {"/metrics", "/stats", "/stats.json", "/leaderboard.json"}
+    ctype, body = routes["/leaderboard.json"]()
+    assert ctype == "application/json" and json.loads(body) == {"top": []}
     ctype, body = routes["/metrics"]()
     assert ctype == CONTENT_TYPE and b"spelltraction_connections 1" in body
     ctype, body = routes["/stats.json"]()

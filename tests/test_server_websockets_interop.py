@@ -72,13 +72,13 @@ def test_ping_pong(server):
 
 def test_version_error_then_close_1002(server):
     with client(server.port) as c:
-        c.send(st.frame(st.Hello(version=2)))
+        c.send(st.frame(st.Hello(version=3)))
         (err,) = messages(c.recv(timeout=5))
-        assert err.code == st.ErrorCode.VERSION and "client sent 2" in err.text
+        assert err.code == st.ErrorCode.VERSION and "client sent 3" in err.text
         with pytest.raises(ConnectionClosed):
             c.recv(timeout=5)
     assert c.protocol.close_code == 1002
-    assert "client sent 2" in c.protocol.close_reason
+    assert "client sent 3" in c.protocol.close_reason
 
 
 def test_text_messages_are_refused_with_1003(server):

@@ -19,8 +19,15 @@ from hypothesis import HealthCheck, given, settings, strategies as hs  # noqa: E
 from fuzzkit import CORPUS, DRIVERS, INTERESTING, TRICKY_LENGTHS
 from netcore import http
 
-EXAMPLES = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(max_examples=300, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+
+
+def EXAMPLES(test):
+    """300 examples, and a slow test: seconds of CPU each, run by tox's slow env and CI."""
+    return pytest.mark.slow(_SETTINGS(test))
+
+
 CUTS = hs.lists(hs.integers(0, 1 << 16), max_size=6)
 
 
@@ -46,14 +53,12 @@ def inputs(name):
                      .map(b"".join))
 
 
-@pytest.mark.slow  # hundreds of examples: seconds of CPU each
 @EXAMPLES
 @given(inputs("framing"), CUTS)
 def test_frame_parsers_raise_only_protocol_errors(data, cuts):
     DRIVERS["framing"](data, cuts)
 
 
-@pytest.mark.slow  # hundreds of examples: seconds of CPU each
 @EXAMPLES
 @given(inputs("http"), CUTS)
 def test_http_request_parser_raises_only_protocol_errors(data, cuts):
@@ -66,7 +71,6 @@ FIELD_VALUE = hs.one_of(hs.sampled_from(TRICKY_LENGTHS), hs.binary(max_size=24),
                         hs.sampled_from([b"websocket", b"Upgrade", b"13", b"close", b"chunked"]))
 
 
-@pytest.mark.slow  # hundreds of examples: seconds of CPU each
 @EXAMPLES
 @given(hs.sampled_from([b"GET", b"HEAD", b"POST", b"G"]),
        hs.lists(hs.tuples(FIELD_NAME, FIELD_VALUE), max_size=8), CUTS)
@@ -91,14 +95,12 @@ def test_every_tricky_content_length_is_a_400_or_a_length(value):
             assert exc.status == 400, exc
 
 
-@pytest.mark.slow  # hundreds of examples: seconds of CPU each
 @EXAMPLES
 @given(inputs("websocket-server"), CUTS)
 def test_server_websocket_parser_raises_only_protocol_errors(data, cuts):
     DRIVERS["websocket-server"](data, cuts)
 
 
-@pytest.mark.slow  # hundreds of examples: seconds of CPU each
 @EXAMPLES
 @given(inputs("websocket-client"), CUTS)
 def test_client_websocket_parser_raises_only_protocol_errors(data, cuts):

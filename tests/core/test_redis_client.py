@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from netcore.loop import EventLoop
 from netcore.redis import (
     CommandError,
     ConnectionLost,
@@ -18,23 +17,8 @@ from netcore.redis import (
     RedisSubscriber,
 )
 from netcore.resp import ReplyError
+from netcore.testing import run_until
 from redisproc import RedisServer, free_port, require_redis
-
-
-def run_until(loop, condition, timeout=5.0):
-    deadline = loop.time() + timeout
-    while not condition():
-        left = deadline - loop.time()
-        if left <= 0:
-            raise AssertionError("condition not met in time")
-        loop.run_once(min(left, 0.05))
-
-
-@pytest.fixture
-def loop():
-    loop = EventLoop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
@@ -150,6 +134,10 @@ def test_commands_and_reply_types(loop, server):
     assert call(loop, client, "SET", "big", big).ok
     assert call(loop, client, "GET", "big").result() == big
     assert events.ready == 1 and not events.errors
+    figures = client.stats()
+    assert figures["state"] == "ready" and figures["connects"] == 1 and figures["losses"] == 0
+    assert figures["commands_sent"] == figures["replies"] == 8 + 1  # and the handshake's PING
+    assert figures["bytes_out"] > 1 << 20 and figures["bytes_in"] > 1 << 20
     client.close()
 
 
@@ -260,14 +248,30 @@ def test_pubsub_channels_and_patterns(loop, server):
     assert events.ready == 1 and events.errors == []
 
 
-def test_many_messages_in_order(loop, server):
+def pub_and_sub(loop, server, *channels, wait=True):
+    """A command link and a subscriber to ``channels`` (ready unless ``wait`` is false)."""
     address = RedisAddress.from_url(server.url)
     pub, _ = connect(loop, address)
     events = Events()
     sub = subscriber(loop, address, events)
-    sub.subscribe("bus")
+    sub.subscribe(*channels)
     sub.start()
-    run_until(loop, lambda: sub.ready)
+    if wait:
+        run_until(loop, lambda: sub.ready)
+    return pub, sub, events
+
+
+def test_subscribing_while_the_resubscription_is_under_way(loop, server):
+    pub, sub, events = pub_and_sub(loop, server, "first", wait=False)
+    run_until(loop, lambda: b"c:first" in sub.active or sub._subscribing)
+    sub.subscribe("second")  # SUBSCRIBE first is on its way: this one must follow it
+    run_until(loop, lambda: sub.ready and b"c:second" in sub.active)
+    call(loop, pub, "PUBLISH", "second", "2")
+    run_until(loop, lambda: events.messages == [(b"second", b"2")])
+
+
+def test_many_messages_in_order(loop, server):
+    pub, sub, events = pub_and_sub(loop, server, "bus")
     pub.pipeline([("PUBLISH", "bus", b"%d" % i) for i in range(2000)])
     run_until(loop, lambda: len(events.messages) == 2000)
     assert [int(m[1]) for m in events.messages] == list(range(2000))
@@ -316,9 +320,15 @@ def test_auth_failure_is_reported_and_retried_never_ready(loop, secured):
     client.close()
 
 
-def test_no_password_given_means_noauth_errors_as_values(loop, secured):
-    client, _ = connect(loop, RedisAddress("127.0.0.1", secured.port))
-    assert call(loop, client, "GET", "x").reply.kind == "NOAUTH"
+def test_no_password_given_is_a_handshake_error_not_a_ready_link(loop, secured):
+    events = Events()
+    client = Redis(loop, RedisAddress("127.0.0.1", secured.port), backoff_min=0.01, backoff_max=0.05,
+                   **events.kwargs())
+    client.start()
+    run_until(loop, lambda: len(events.errors) >= 2)
+    assert isinstance(events.errors[0], HandshakeError)
+    assert events.errors[0].reply.kind == "NOAUTH" and events.ready == 0
+    client.close()
 
 
 # -- faults ---------------------------------------------------------------------
@@ -375,6 +385,27 @@ def test_malformed_reply_closes_and_reconnects(loop):
         conn.close()
 
 
+def test_a_frozen_server_is_noticed_by_keepalive(loop, server):
+    events, sev = Events(), Events()
+    address = RedisAddress.from_url(server.url)
+    client, _ = connect(loop, address, events, ping_interval=0.2, backoff_max=0.2)
+    sub = subscriber(loop, address, sev, ping_interval=0.2, backoff_max=0.2)
+    sub.subscribe("c")
+    sub.start()
+    run_until(loop, lambda: sub.ready)
+    server.pause()
+    try:
+        run_until(loop, lambda: events.lost and sev.lost, timeout=3)
+    finally:
+        server.resume()
+    assert "no reply to PING within 0.2s" in events.lost[0]
+    assert any("PING" in str(e) for e in sev.errors)
+    run_until(loop, lambda: client.ready and sub.ready, timeout=5)
+    call(loop, client, "PUBLISH", "c", "back")
+    run_until(loop, lambda: sev.messages == [(b"c", b"back")])
+    assert call(loop, client, "PING").result() == "PONG"
+
+
 @pytest.mark.slow
 def test_server_down_at_start_backs_off_then_connects(loop, tmp_path):
     require_redis()
@@ -422,6 +453,35 @@ def test_server_restart_reconnects_and_resubscribes(loop, server):
     call(loop, client, "PUBLISH", "gw.1", "moves")
     run_until(loop, lambda: len(sev.messages) == 2)
     assert sev.messages == [(b"tick", b"after"), (b"gw.*", b"gw.1", b"moves")]
+    assert client.stats()["losses"] == 1 and sub.stats()["losses"] == 1
+    assert sub.stats()["connects"] == 2 and sub.stats()["messages"] == 2
     sub.close()
     client.close()
     assert cev.lost[-1] == "closed by the client"
+
+
+def test_a_subscriber_over_its_output_buffer_limit_is_cut_and_comes_back(loop, tmp_path):
+    """Redis closes a pub/sub client that falls behind (client-output-buffer-limit):
+    pub/sub is at-most-once, so the subscriber loses messages, reconnects and says
+    so with on_lost/on_ready, which is where its owner resynchronises."""
+    srv = RedisServer(str(tmp_path), extra="client-output-buffer-limit pubsub 64kb 0 0\n").start()
+    try:
+        sev = Events()
+        sub = subscriber(loop, RedisAddress("127.0.0.1", srv.port), sev, backoff_max=0.2)
+        sub.subscribe("flood")
+        sub.start()
+        run_until(loop, lambda: sub.ready)
+        # The loop is not running: the subscriber reads nothing while Redis publishes.
+        payload = b"x" * 1000
+        command = b"*3\r\n$7\r\nPUBLISH\r\n$5\r\nflood\r\n$1000\r\n" + payload + b"\r\n"
+        with socket.create_connection(("127.0.0.1", srv.port)) as pub:
+            pub.sendall(command * 20000)
+            pub.sendall(b"*1\r\n$4\r\nQUIT\r\n")
+            while pub.recv(65536):
+                pass
+        run_until(loop, lambda: sev.lost and sev.ready == 2, timeout=10)
+        assert sev.lost == ["closed by the server"]
+        assert 0 < len(sev.messages) < 20000
+        assert sub.active == {b"c:flood": True}
+    finally:
+        srv.kill()
