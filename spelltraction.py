@@ -22,8 +22,10 @@ Rules: the game state and one step per tick. Pure: no I/O, seeded RNG.
 Server: the game on netcore. One shared send per tick for everyone.
   Server: the store. Players and the hall of fame in sqlite3, written off the loop.
     -> Store (open, stage_player, flush, close), backup_store, default_data_dir
-  Server: the game server. Web assets, options, GameServer.
-    -> GameServer (on_message, on_tick), ServerOptions
+  Server: options, web assets and the admin port.
+    -> ServerOptions, read_asset, AdminHandler
+  Server: GameServer. A connection's life, the tick, the store, /metrics.
+    -> GameServer (on_message, on_tick, metrics_text, stats_snapshot)
   Server: tick encoding, shared by every server of this game (bench/peers too).
     -> step_and_encode, you_frame, describe_unexpected
   Server: process and signals. Limits, memory, signals, serve().
@@ -1341,7 +1343,7 @@ def backup_store(directory: str, output: str) -> int:
 
 
 # -----------------------------------------------------------------------------
-# Server: the game server. Web assets, options, GameServer.
+# Server: options, web assets and the admin port.
 # -----------------------------------------------------------------------------
 
 
@@ -1468,12 +1470,19 @@ class AdminHandler(Handler):
             conn.close("not-http", "the admin port speaks HTTP only")
 
 
+# -----------------------------------------------------------------------------
+# Server: GameServer. A connection's life, the tick, the store, /metrics.
+# -----------------------------------------------------------------------------
+
+
 class GameServer(Handler):
     """SpellTraction on a netcore :class:`TCPServer`.
 
     A connection's life: connect -> pending (``on_connect``; HELLO due within
     ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
-    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    ``conn.data``, then MOVEs; a version-2 HELLO goes through ``join_v2``
+    and may resume a parked player) -> close (``on_close``: the player
+    leaves; a version-2 player's seat stays parked for ``grace`` seconds).
     On the same port the first bytes may say HTTP instead (``on_protocol``:
     out of pending, the web front answers its requests) or a WebSocket upgrade
     (pending again from the upgrade, then HELLO as over TCP). Whatever a

@@ -218,13 +218,35 @@ def frame_header(length: int, opcode: int = BINARY, fin: bool = True,
     return head + mask_key if mask_key is not None else head
 
 
+_MASK_STEP = 1 << 16  # bytes unmasked per big-int XOR (a multiple of 4)
+
+
 def mask(data: BytesLike, key: bytes) -> bytes:
-    """XOR ``data`` with the 4-byte ``key`` (masking and unmasking alike)."""
+    """XOR ``data`` with the 4-byte ``key`` (masking and unmasking alike).
+
+    Pure Python, as one big-integer XOR per 64 KiB: little-endian (the
+    ints' own digit order, so no byte reversal) and in steps that stay in
+    the CPU cache, about twice as fast as one XOR over a 16 MiB message
+    (bench/netcore_bench.py --only large).
+    """
     n = len(data)
-    if n == 0:
-        return b""
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+    if n <= _MASK_STEP:
+        if n == 0:
+            return b""
+        q, r = divmod(n, 4)
+        stream = key * q + key[:r] if r else key * q
+        return (int.from_bytes(data, "little")
+                ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    step = _MASK_STEP
+    key_int = int.from_bytes(key * (step // 4), "little")
+    from_bytes = int.from_bytes
+    whole = n - n % step
+    parts = [(from_bytes(view[pos:pos + step], "little") ^ key_int).to_bytes(step, "little")
+             for pos in range(0, whole, step)]
+    if whole < n:
+        parts.append(mask(view[whole:], key))
+    return b"".join(parts)
 
 
 def frame(payload: BytesLike, opcode: int = BINARY, fin: bool = True,
