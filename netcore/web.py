@@ -208,6 +208,15 @@ class WebFront:
         method = request.method
         head_only = method == "HEAD"
         path = request.path
+        forwarded_for = getattr(conn.owner, "forwarded_for", None)  # a TCPServer's
+        if forwarded_for is not None:
+            refused = forwarded_for(conn, request.header("x-forwarded-for"))
+            if refused is not None:
+                client = request.header("x-forwarded-for") or ""
+                self.reply(conn, 503, error_response(
+                    503, f"too many connections from {client.rsplit(',', 1)[-1].strip()} "
+                    f"({refused}); try later"), False, refused)
+                return None
         if method not in ("GET", "HEAD"):
             self.reply(conn, 405, error_response(405, f"{method} is not supported", not keep,
                                                  [("Allow", "GET, HEAD")]), keep)
