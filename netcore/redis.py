@@ -882,12 +882,10 @@ class RedisLease:
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
-        self.redis = redis
-        self.key = key
-        self.owner = owner
+        self.redis, self.key, self.owner = redis, key, owner
         self.ttl = ttl
-        self.on_lost = on_lost
         self.token: Optional[str] = None
+        self.on_lost = on_lost
         self.remaining = 0.0  # seconds another holder keeps it (after a refused acquire)
         self.min_epoch = 0
         self._valid_until = 0.0
