@@ -1028,6 +1028,7 @@ class Store:
         self.commit_times = Window(1024)
         self.last_error = ""
         self._stopping = False
+        self.closed = False
 
     # -- opening: lock, check, migrate -----------------------------------------
 
@@ -1292,6 +1293,9 @@ class Store:
 
     def close(self, timeout: float = 10.0) -> bool:
         """Commit what is staged, stop the writer, release the lock. True if all landed."""
+        if self.closed:
+            return True
+        self.closed = True
         if self._thread is not None:
             self.flush()
             self._stopping = True
@@ -1503,6 +1507,7 @@ class GameServer(Handler):
         self._plan_seq = 0  # the store batch that makes it durable
         self._plan_fame: Optional[List[FameEntry]] = None  # the hall of fame once it lands
         self._prune_at = 0.0
+        self._closing = False
         if opts.data is not None:
             self.store = Store(opts.data, opts.sync)
             self.store.open()  # raises StoreError, naming the file or directory
@@ -1613,16 +1618,19 @@ class GameServer(Handler):
 
     def close(self) -> None:
         """Close every listener and connection, game and admin, at once."""
+        self._closing = True  # players cut off now were still playing: see on_close
         self.net.close(CloseReason.SHUTDOWN)
         if self.admin is not None:
             self.admin.close(CloseReason.SHUTDOWN)
         self.close_store()
 
     def close_store(self) -> None:
-        """Write what is staged and let the data directory go (at exit)."""
+        """Write what is staged and let the data directory go (at exit).
+
+        The closed store stays in ``self.store`` for its figures (--stats-out).
+        """
         if self.store is not None:
             self.store.close()
-            self.store = None
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
@@ -1730,7 +1738,10 @@ class GameServer(Handler):
                 self.parked[player.resume_hash] = self.loop.time() + self.options.grace
                 self.parked.move_to_end(player.resume_hash)
                 if self.store is not None:
-                    self.store.stage_player(self._row(player, online=0))
+                    # Cut off by the server stopping: still "online", so after the
+                    # restart they get a whole grace period (Store._load).
+                    stopping = self.shutting_down or self._closing
+                    self.store.stage_player(self._row(player, online=1 if stopping else 0))
 
     # -- game plumbing ------------------------------------------------------
 
