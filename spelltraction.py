@@ -196,6 +196,9 @@ PROTOCOL_VERSIONS = (PROTOCOL_VERSION, PROTOCOL_V2)  # what this server speaks
 DEFAULT_PORT = 12150
 WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
 WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
+WS_MAX_FRAGMENTS = 8  # frames in one client message (empty ones count): 1008 past it
+WS_CONTROL_BURST = 8  # pings/pongs a client may send at once...
+WS_CONTROL_RATE = 2.0  # ...and per second after that: 1008 past it
 COLS, ROWS, CELL_PX = 4, 3, 117
 CELLS = COLS * ROWS
 BOARD_W, BOARD_H = COLS * CELL_PX, ROWS * CELL_PX
@@ -1442,6 +1445,7 @@ class ServerOptions(NamedTuple):
     sndbuf: int = 32 << 10
     send_backlog: int = 4 << 10  # ~3 s of TICKs; 0: off
     send_backlog_grace: float = 4.0
+    allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -1529,6 +1533,12 @@ class GameServer(Handler):
                 ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
                 max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
                 headers=WEB_HEADERS,
+                # Strict WebSocket limits: a game message is one frame or a few
+                # (the browser sends one); pings are the peer's keepalive, rare.
+                max_fragments=WS_MAX_FRAGMENTS, control_burst=WS_CONTROL_BURST,
+                control_rate=WS_CONTROL_RATE,
+                allowed_origins=[o for o in opts.allowed_origins.split(",") if o.strip()]
+                or None,
             ), binary=lambda: FrameParser(MAX_CLIENT_FRAME))
         self.net = TCPServer(
             loop,
@@ -4760,6 +4770,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="proxies whose connections start with a PROXY protocol header "
                     "(v1/v2) naming the client "
                     "(default: none). nginx: proxy_protocol on;")
+    sp.add_argument("--allowed-origins", default="", metavar="ORIGIN,...",
+                    help="WebSocket upgrades only from these Origins, e.g. "
+                    "https://play.example.org (others, and requests with no Origin, get "
+                    "403; default: any)")
     sp.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
                     help="SO_SNDBUF of each client socket; the kernel doubles it "
                     f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
@@ -4899,6 +4913,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
                                send_backlog=args.send_backlog,
                                send_backlog_grace=args.send_backlog_grace,
+                               allowed_origins=args.allowed_origins,
                                data=None if args.no_data else args.data, grace=args.grace,
                                prune_days=args.prune_days, sync=args.sync), limiter)
 

@@ -771,6 +771,10 @@ class RedisSubscriber(_Link):
     mirrors cannot miss a message published in between. Pub/sub delivers at
     most once: messages published while disconnected are lost, which is
     what ``on_ready`` (resynchronise) is for.
+
+    A subscription Redis refuses (``NOPERM`` from an ACL) is reported to
+    ``on_error`` and stays asked for: while it is, a reconnection fails its
+    handshake (``HandshakeError``, retried) until the owner unsubscribes it.
     """
 
     def __init__(
@@ -877,9 +881,16 @@ class RedisSubscriber(_Link):
 
     def _unsolicited(self, reply: Reply) -> None:
         if isinstance(reply, ReplyError):
-            # SUBSCRIBE refused (an ACL without the channel, say): nothing
-            # waits for it, so the owner hears about it here.
-            self._report(CommandError(reply, "SUBSCRIBE"))
+            # (P)SUBSCRIBE refused (an ACL without the channel, say): nothing
+            # waits for it, so the owner hears about it here. While
+            # resubscribing, the link cannot become ready as asked: that is a
+            # failed handshake (retried, like a wrong password).
+            if self.state == HANDSHAKE:
+                error = HandshakeError("SUBSCRIBE", reply)
+                self._report(error)
+                self._drop(f"handshake: {error}")
+            else:
+                self._report(CommandError(reply, "SUBSCRIBE"))
             return
         if not isinstance(reply, list) or not self._is_push(reply):
             super()._unsolicited(reply)

@@ -336,7 +336,8 @@ def test_nginx_accepts_both_files(tmp_path, nginx):
 def test_raw_protocol_through_the_stream_tls_block(tmp_path, nginx):
     """A TLS client plays a tick through nginx's stream {} to a real server."""
     require_stream_module()
-    game = ServerProcess("--tick-ms", "50")
+    # The stream block sends a PROXY header from 127.0.0.2 (proxy_protocol on;).
+    game = ServerProcess("--tick-ms", "50", "--trusted-proxies", "127.0.0.2")
     raw_socket = str(tmp_path / "raw.sock")
     conf = nginx_tree(tmp_path, raw_socket=raw_socket, game_port=game.port)
     proxy = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path),
