@@ -49,6 +49,8 @@ Operations: doctor (can this host hold N clients?) and bundle (one file).
     -> read_host_facts, HostFacts
   Operations: doctor, the checks. One function per limit, each with its fix.
     -> doctor_checks, DOCTOR_CHECKS, run_doctor
+  Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
+    -> probe_redis, redis_checks
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
 CLI: serve (the default), bots, client, doctor, bundle. main().
@@ -137,6 +139,7 @@ from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
 from netcore.process import raise_nofile, release_freed_memory
+from netcore.redis import Pending, Redis, RedisAddress, RedisError
 from netcore.stats import Window
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -178,9 +181,10 @@ __all__ = [
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
     "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
-    "print_doctor_report", "run_doctor", "build_bundle",
+    "print_doctor_report", "run_doctor", "RedisProbe", "probe_redis", "redis_checks",
+    "build_bundle",
     # CLI
-    "main",
+    "main", "add_redis_options", "redis_address",
 ]
 
 log = logging.getLogger("spelltraction")
@@ -4614,11 +4618,14 @@ def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
 
 def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = False,
                root: str = "/", rlimit: Callable[[], Tuple[int, int]] = _nofile,
-               may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> int:
-    """Print the report; 1 if anything blocks ``clients``, else 0."""
+               may_raise: Callable[[int], bool] = _may_raise_nofile_hard,
+               redis: Optional[RedisAddress] = None) -> int:
+    """Print the report; 1 if anything blocks ``clients`` (or the Redis bus), else 0."""
     out = out if out is not None else sys.stdout
     facts = read_host_facts(root, clients, rlimit, may_raise)
     checks = doctor_checks(facts, clients)
+    if redis is not None:
+        checks += redis_checks(probe_redis(redis), redis)
     if as_json:
         out.write(json.dumps({"clients": clients, "checks": [
             dict(c._asdict(), fixes=[f._asdict() for f in c.fixes]) for c in checks
@@ -4627,6 +4634,138 @@ def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = Fals
         print_doctor_report(checks, clients, facts, out)
     return 1 if any(c.status == BLOCK for c in checks) else 0
 
+
+# -----------------------------------------------------------------------------
+# Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
+# -----------------------------------------------------------------------------
+
+REDIS_CONF = "/etc/redis/spelltraction.conf (etc/redis/ in the source)"
+# PING round trips past these make the bus a visible part of a 250 ms tick.
+REDIS_MEDIAN_MS, REDIS_WORST_MS = 2.0, 20.0
+REDIS_MIN_PUBSUB_HARD = 8 << 20  # a stalled gateway's backlog of ticks
+
+
+class RedisProbe(NamedTuple):
+    """What doctor learnt from one Redis: an error, or round trips and settings."""
+
+    error: str  # "" when the server answered
+    rtts_ms: Tuple[float, ...] = ()
+    version: str = ""
+    config: Tuple[Tuple[str, str], ...] = ()  # CONFIG GET answers; ("!" + key, why) if refused
+
+
+def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
+    """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
+    loop = EventLoop()
+    errors: List[RedisError] = []
+    link = Redis(loop, address, on_error=errors.append, connect_timeout=timeout,
+                 backoff_max=timeout, name="spelltraction-doctor")
+    try:
+        link.start()
+        deadline = time.monotonic() + timeout
+
+        def wait(done: Callable[[], bool]) -> bool:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0 or (errors and not link.ready):
+                    return False
+                loop.run_once(min(left, 0.05))
+            return True
+
+        if not wait(lambda: link.ready):
+            return RedisProbe(str(errors[-1]) if errors else f"no answer within {timeout:g} s")
+        deadline = time.monotonic() + timeout * 2
+        rtts: List[float] = []
+        for _ in range(pings):
+            started = time.perf_counter()
+            ping = link.execute("PING")
+            if not wait(lambda: ping.done) or not ping.ok:
+                return RedisProbe(f"PING: {ping.error or ping.reply or 'no answer'!s}")
+            rtts.append((time.perf_counter() - started) * 1000)
+        info = link.execute("INFO", "server")
+        asked = [(key, link.execute("CONFIG", "GET", key))
+                 for key in ("maxmemory-policy", "client-output-buffer-limit")]
+        wait(lambda: info.done and all(p.done for _, p in asked))
+        return RedisProbe("", tuple(rtts), _redis_version(info),
+                          tuple(_config_answer(key, p) for key, p in asked))
+    finally:
+        link.close()
+        loop.close()
+
+
+def _redis_version(info: Pending) -> str:
+    if info.ok and isinstance(info.reply, bytes):
+        for line in info.reply.decode("utf-8", "replace").splitlines():
+            if line.startswith("redis_version:"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _config_answer(key: str, pending: Pending) -> Tuple[str, str]:
+    reply = pending.reply
+    if pending.ok and isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], bytes):
+        return key, reply[1].decode("utf-8", "replace")
+    return "!" + key, str(pending.error or reply or "no answer")
+
+
+def _pubsub_hard_limit(value: str) -> Optional[int]:
+    """The pubsub class's hard limit in bytes from ``client-output-buffer-limit``."""
+    words = value.split()
+    for i in range(0, len(words) - 3, 4):
+        if words[i] == "pubsub":
+            try:
+                return int(words[i + 1])
+            except ValueError:
+                return None
+    return None
+
+
+def redis_checks(probe: RedisProbe, address: RedisAddress) -> List[Check]:
+    """The bus's checks: it answers (BLOCK if not), quickly, and keeps what it must."""
+    where = address.url()
+    if probe.error:
+        return [Check(f"Redis reachable ({where})", BLOCK, probe.error, "a Redis that answers",
+                      "game and gateway retry with backoff and wait, but no world runs "
+                      "without the bus. Check that redis-server runs, its bind and port, and the "
+                      "password (--redis-password-file or --redis-password-env).",
+                      (Fix(REDIS_CONF, "bind 127.0.0.1 <this host's private address>"),))]
+    checks = [Check(f"Redis reachable ({where})", OK, f"Redis {probe.version or '?'}",
+                    "a Redis that answers")]
+    rtts = sorted(probe.rtts_ms)
+    median = rtts[len(rtts) // 2]
+    slow = median > REDIS_MEDIAN_MS or rtts[-1] > REDIS_WORST_MS
+    checks.append(Check(
+        "Redis latency (PING round trip)", WARN if slow else OK,
+        f"median {median:.2f} ms, worst {rtts[-1]:.2f} ms of {len(rtts)}",
+        f"median <= {REDIS_MEDIAN_MS:g} ms, worst <= {REDIS_WORST_MS:g} ms",
+        "every tick crosses the bus twice (moves in, tick out): its round trip is "
+        "added to what players see as tick lateness." if slow else ""))
+    major = probe.version.split(".")[0]
+    if major.isdigit() and int(major) < 6:
+        checks.append(Check("Redis version", WARN, probe.version, "6 or later (7 tested)",
+                            "ACL usernames in the URL need Redis 6."))
+    config = dict(probe.config)
+    policy = config.get("maxmemory-policy")
+    if policy is None:
+        checks.append(Check("Redis maxmemory-policy", WARN, "unreadable", "noeviction",
+                            f"CONFIG GET was refused ({config.get('!maxmemory-policy', '?')}); "
+                            "check it by hand."))
+    else:
+        checks.append(Check(
+            "Redis maxmemory-policy", OK if policy == "noeviction" else WARN, policy, "noeviction",
+            "" if policy == "noeviction" else "the lease and heartbeat keys expire on their own "
+            "and must never be evicted: a full Redis should refuse writes instead.",
+            () if policy == "noeviction" else (Fix(REDIS_CONF, "maxmemory-policy noeviction"),)))
+    limits = config.get("client-output-buffer-limit")
+    hard = _pubsub_hard_limit(limits) if limits is not None else None
+    if hard is not None and 0 < hard < REDIS_MIN_PUBSUB_HARD:
+        checks.append(Check(
+            "Redis pub/sub output buffer", WARN, f"hard limit {_mib(hard)}",
+            f">= {_mib(REDIS_MIN_PUBSUB_HARD)}",
+            "Redis cuts a gateway whose unread ticks pass this; it then reconnects and "
+            "resynchronises, and its players miss ticks meanwhile.",
+            (Fix(REDIS_CONF, "client-output-buffer-limit pubsub 64mb 16mb 60"),)))
+    return checks
 
 # -----------------------------------------------------------------------------
 # Operations: bundle. The game, netcore and web/ in one .pyz.
@@ -4696,6 +4835,30 @@ def _parse_colour(text: str) -> int:
     if not 0 <= value <= 0xFFFFFF or len(text.lstrip("#")) != 6:
         raise argparse.ArgumentTypeError(f"colour must be 6 hex digits RRGGBB, got {text!r}")
     return value
+
+
+def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
+    """--redis URL and where its password comes from (never argv)."""
+    parser.add_argument("--redis", metavar="URL", default=None,
+                        help=help_url + "; redis://[user@]host:port[/db] (a numeric host, or a "
+                        "name resolved once at start)")
+    parser.add_argument("--redis-password-file", metavar="FILE", default=None,
+                        help="the Redis password: the first line of FILE")
+    parser.add_argument("--redis-password-env", metavar="VAR", default=None,
+                        help="the Redis password: environment variable VAR")
+
+
+def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
+    """The --redis options as an address (names resolved: this blocks), or None."""
+    if args.redis is None:
+        if args.redis_password_file or args.redis_password_env:
+            raise ValueError("--redis-password-file/--redis-password-env need --redis")
+        return None
+    if args.redis_password_file and args.redis_password_env:
+        raise ValueError("give the password by file or by environment, not both")
+    address = RedisAddress.from_url(args.redis, password_file=args.redis_password_file,
+                                    password_env=args.redis_password_env)
+    return address.resolve()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -4818,6 +4981,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     dp.add_argument("--json", action="store_true", help="the checks as JSON")
     dp.add_argument("--root", default="/", help="read proc/ under this directory instead of "
                     "/ (a fake tree, for tests); the open-files limit is still this process's")
+    add_redis_options(dp, "also check this Redis (the bus of game and gateway): reachable, "
+                          "latency, maxmemory-policy")
 
     zp = sub.add_parser("bundle", help="build a single-file zipapp of the game")
     zp.add_argument("-o", "--output", default=os.path.join("dist", "spelltraction.pyz"),
@@ -4843,7 +5008,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "doctor":
         if args.clients < 1:
             parser.error("--clients must be at least 1")
-        return run_doctor(args.clients, as_json=args.json, root=args.root)
+        try:
+            redis = redis_address(args)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
+        return run_doctor(args.clients, as_json=args.json, root=args.root, redis=redis)
     if args.command == "backup":
         try:
             pages = backup_store(args.data, args.output)
