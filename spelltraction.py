@@ -138,8 +138,9 @@ from netcore import (
 from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
-from netcore.process import raise_nofile, release_freed_memory
 from netcore.redis import Pending, Redis, RedisAddress, RedisError
+from netcore.loop import DEFAULT_COALESCE
+from netcore.process import raise_nofile, release_freed_memory
 from netcore.stats import Window
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -1450,6 +1451,10 @@ class ServerOptions(NamedTuple):
     send_backlog: int = 4 << 10  # ~3 s of TICKs; 0: off
     send_backlog_grace: float = 4.0
     allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
+    # While busy, read at most once per this many ms: one epoll_wait collects
+    # the moves of hundreds of players (applied at the next tick anyway).
+    # The most any request, handshake or ping waits for it; 0: off.
+    coalesce_ms: float = DEFAULT_COALESCE * 1000
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -2048,6 +2053,9 @@ class GameServer(Handler):
             "store": self._store_stats(),
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
+            # Polls and the ready sockets they returned (coalescing: events per poll).
+            "loop": {"polls": self.loop.iterations, "events": self.loop.events,
+                     "coalesce_s": self.loop.coalesce},
             "rss_bytes": rss_bytes(),
             "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
@@ -2340,7 +2348,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
             soft, hard, max(capacity, 0), opts.max_clients, max(capacity, 0),
         )
         opts = opts._replace(max_clients=max(capacity, 0))
-    loop = EventLoop()
+    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
     try:
         server = GameServer(loop, opts)
     except StoreError as exc:
@@ -4878,6 +4886,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     sp.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 12150)")
     sp.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
+    sp.add_argument("--coalesce-ms", type=float, default=DEFAULT_COALESCE * 1000, metavar="MS",
+                    help="while busy, read sockets at most once per MS ms, so one poll collects "
+                         "many players' moves; the most a request or ping waits for it "
+                         "(default %(default)g; 0: read as soon as anything arrives)")
     sp.add_argument("--max-clients", type=int, default=15_000,
                     help="connection limit; more are told 'server full' (default 15000)")
     sp.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
@@ -5065,6 +5077,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be >= 0")
     if args.send_backlog_grace <= 0:
         parser.error("--send-backlog-grace must be positive")
+    if args.coalesce_ms < 0:
+        parser.error("--coalesce-ms must be >= 0")
     for flag in ("exempt", "trusted_proxies"):
         try:
             parse_networks(getattr(args, flag))
@@ -5084,7 +5098,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                send_backlog_grace=args.send_backlog_grace,
                                allowed_origins=args.allowed_origins,
                                data=None if args.no_data else args.data, grace=args.grace,
-                               prune_days=args.prune_days, sync=args.sync), limiter)
+                               prune_days=args.prune_days, sync=args.sync,
+                               coalesce_ms=args.coalesce_ms), limiter)
 
 
 def _serve_as_module(argv: List[str]) -> None:

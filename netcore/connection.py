@@ -421,7 +421,7 @@ class Connection(Readiness):
     def _set_events(self, events: int) -> None:
         if events != self.events and self.state != CLOSED:
             self.events = events
-            self.owner.loop.modify(self.sock, events, self)
+            self.owner.loop.modify(self.fd, events, self)
 
 
 # Makes the codec of a new connection. It gets the connection, so a codec
