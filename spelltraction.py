@@ -139,7 +139,6 @@ from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
 from netcore.process import raise_nofile, release_freed_memory
-from netcore.redis import Pending, Redis, RedisAddress, RedisError
 from netcore.stats import Window
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -156,6 +155,9 @@ from netcore.metrics import (
 if TYPE_CHECKING:
     import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
+
+    # doctor --redis imports it at run time: a server does not carry ~1 MB of Redis client
+    from netcore.redis import Pending, RedisAddress, RedisError
 
 __version__ = "0.1.0"
 
@@ -4737,6 +4739,8 @@ class RedisProbe(NamedTuple):
 
 def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
     """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
+    from netcore.redis import Redis
+
     loop = EventLoop()
     errors: List[RedisError] = []
     link = Redis(loop, address, on_error=errors.append, connect_timeout=timeout,
@@ -4937,6 +4941,8 @@ def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
         return None
     if args.redis_password_file and args.redis_password_env:
         raise ValueError("give the password by file or by environment, not both")
+    from netcore.redis import RedisAddress
+
     address = RedisAddress.from_url(args.redis, password_file=args.redis_password_file,
                                     password_env=args.redis_password_env)
     return address.resolve()
