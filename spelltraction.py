@@ -163,7 +163,7 @@ from netcore.metrics import (
 )
 
 if TYPE_CHECKING:
-    from netcore.redis import Pending, Redis, RedisAddress, RedisSubscriber
+    from netcore.redis import RedisSubscriber
     import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
 
@@ -183,7 +183,7 @@ __all__ = [
     "Store", "StoreError", "backup_store", "default_data_dir", "new_resume_token", "token_hash",
     "GameServer", "ServerOptions", "AdminHandler", "read_asset", "step_and_encode", "you_frame",
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
-    "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world", "redis_address",
+    "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots",
@@ -2484,37 +2484,14 @@ BUS_ENTRY = struct.Struct(">IBI")  # connection id on its gateway, op, length of
 OP_HELLO, OP_MOVE, OP_LEAVE = 1, 2, 3  # up: the client's HELLO / MOVE payload; nothing
 OP_SEND, OP_YOU, OP_CLOSE, OP_RESYNC = 4, 5, 6, 7  # down: see Authority / Gateway
 _BUS_CLOSE = struct.Struct(">HBH")  # WebSocket close code, len(reason), len(text)
-LEASE_MS = 5000  # the authority's lease: renewed every LEASE_MS / 5
+LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
 HEARTBEAT_LEASE_S = 5.0  # a gateway not heard from this long is gone, its players too
 PAUSE_AFTER_S = 1.0  # no TICK from the authority this long: the game is paused
 PAUSE_EVERY_S = 2.0  # how often a paused gateway says so (to v2 players)
 TICK_AHEAD = 40  # TICK numbers reserved on disk ahead: never backwards after a crash
-REDIS_PASSWORD_ENV = "SPELLTRACTION_REDIS_PASSWORD"
-
-# KEYS: lease, epoch. ARGV: holder, highest epoch it knows, lease ms.
-# Free, or held by this same holder (a restart: the store's lock proves the
-# old process gone): take it with a new epoch. Else {0, who holds it}.
-_LEASE_ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if cur and string.sub(cur, string.find(cur, ' ') + 1) ~= ARGV[1] then return {0, cur} end
-local e = redis.call('INCR', KEYS[2])
-if e <= tonumber(ARGV[2]) then e = tonumber(ARGV[2]) + 1; redis.call('SET', KEYS[2], e) end
-redis.call('SET', KEYS[1], e .. ' ' .. ARGV[1], 'PX', ARGV[3])
-return {1, tostring(e)}
-"""
-# KEYS: lease. ARGV: "epoch holder", lease ms. 1: renewed, 0: gone, -1: another's.
-_LEASE_RENEW = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1 end
-if cur then return -1 end
-return 0
-"""
-
 
 class ClusterOptions(NamedTuple):
-    redis: str  # redis://[user:password@]host:port[/db]; the password better not in it
-    world: str = "spelltraction"
-    password_file: Optional[str] = None  # the Redis password's file (its first line)
+    world: str = "spelltraction"  # its Redis keys and channels: spelltraction:<world>:...
 
 
 def check_world(name: str) -> str:
@@ -2523,24 +2500,6 @@ def check_world(name: str) -> str:
             or not name.isascii():
         raise ValueError(f"world name must be 1-64 of A-Z a-z 0-9 _ . -, not {name!r}")
     return name
-
-
-def redis_address(cluster: ClusterOptions) -> "RedisAddress":
-    """The URL, with the password from ``--redis-password-file`` or the environment.
-
-    Raises ValueError saying what is wrong. Looks a host name up (blocks:
-    before the loop runs).
-    """
-    from netcore.redis import RedisAddress
-
-    env = REDIS_PASSWORD_ENV if os.environ.get(REDIS_PASSWORD_ENV) is not None else None
-    address = RedisAddress.from_url(cluster.redis, password_file=cluster.password_file,
-                                    password_env=None if cluster.password_file else env)
-    if cluster.password_file is None and env is None and ":" in cluster.redis.split("//", 1)[-1] \
-            .split("@", 1)[0] and "@" in cluster.redis:
-        log.warning("the Redis password is on the command line, where ps shows it: use "
-                    "--redis-password-file or $%s instead", REDIS_PASSWORD_ENV)
-    return address.resolve()
 
 
 def bus_pack(kind: int, epoch: int, number: int, body: bytes) -> bytes:
@@ -2764,13 +2723,11 @@ class Authority(_ClusterRole, GameServer):
         GameServer.__init__(self, loop, options._replace(web=False, reuse_port=False))
         self._bus_init(loop, cluster, address, f"spelltraction-{cluster.world}-authority")
         self.links: Dict[str, _GatewayLink] = {}
-        self.epoch = 0
-        self.lease_value = ""
-        self.lease_valid = 0.0  # loop time until which the lease is surely ours
+        self.epoch = 0  # the lease's, while held: on every publication (the fence)
         self.refused = ""  # set when another authority holds the world: exit non-zero
         self.down_number = 0
         self.bus_ready_at = -1.0  # loop time the subscription was (re)made; -1: not now
-        self._lease_timer: Optional[Timer] = None
+        self._acquiring = False
         store = self.store
         data = os.path.realpath(options.data) if options.data is not None else ""
         # Who holds the lease: a restart of this same authority (host and data
@@ -2778,7 +2735,12 @@ class Authority(_ClusterRole, GameServer):
         # back at once; anything else waits for it to expire.
         self.holder = f"{socket.gethostname()}:{data}" if data else \
             f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self.known_epoch = store.meta.get("epoch", 0) if store is not None else 0
+        from netcore.redis import RedisLease
+
+        self.lease = RedisLease(self.redis, self.prefix + "lease", self.holder, ttl=LEASE_S,
+                                on_lost=self._lease_lost)
+        # Past any epoch this world had, even if Redis forgot (no persistence).
+        self.lease.min_epoch = store.meta.get("epoch", 0) if store is not None else 0
         self._tick_reserved = store.meta.get("tick", 0) if store is not None else 0
         self.game.tick = self._tick_reserved  # TICK numbers go on where they stopped
 
@@ -2793,12 +2755,9 @@ class Authority(_ClusterRole, GameServer):
         self.sub.start()
         self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
         self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
-        self._lease_timer = self.loop.call_later(LEASE_MS / 5000, self._renew)
         return []
 
     def close(self) -> None:
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
         for link in self.links.values():
             _AUTHORITY.pop(link, None)
         self.bus_close()
@@ -2810,11 +2769,9 @@ class Authority(_ClusterRole, GameServer):
         self.shutting_down = True
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
-        if self.epoch and self.redis.ready:  # let a successor in at once
-            self.redis.execute("EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                               "redis.call('DEL', KEYS[1]) end", 1, self.prefix + "lease",
-                               self.lease_value, callback=lambda p: self._drained())
-            self.loop.call_later(2.0, self._drained)
+        if self.lease.token is not None and self.redis.ready:  # a successor may start at once
+            self.lease.release()
+            self.loop.call_later(0.2, self._drained)
         else:
             self._drained()
 
@@ -2824,7 +2781,7 @@ class Authority(_ClusterRole, GameServer):
             self.loop.stop()
 
     def holding(self) -> bool:
-        return bool(self.epoch) and self.loop.time() < self.lease_valid
+        return self.lease.valid()
 
     def health(self) -> Tuple[str, bytes, int]:
         if self.refused:
@@ -2845,66 +2802,41 @@ class Authority(_ClusterRole, GameServer):
         self._acquire()
 
     def _acquire(self) -> None:
-        sent = self.loop.time()
-        self.redis.execute("EVAL", _LEASE_ACQUIRE, 2, self.prefix + "lease", self.prefix + "epoch",
-                           self.holder, max(self.known_epoch, self.epoch), LEASE_MS,
-                           callback=lambda p: self._acquired(p, sent))
+        if self.lease.token is None and not self._acquiring and not self.refused:
+            self._acquiring = True
+            self.lease.acquire(self._acquired, reclaim=True)
 
-    def _acquired(self, pending: "Pending", sent: float) -> None:
-        if not pending.ok:
+    def _acquired(self, got: bool, token: str) -> None:
+        self._acquiring = False
+        if not got and not token.split(":", 1)[0].isdigit():  # no answer: try again
             log.warning("taking the lease of world %s failed (%s); retrying",
-                        self.cluster.world, pending.error or pending.reply)
-            return  # the next renewal tries again
-        reply = pending.reply
-        assert isinstance(reply, list) and len(reply) == 2
-        got, value = reply[0], reply[1]
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        if got != 1:
-            self.refused = text
-            log.error("world %s is held by another authority (epoch and holder: %s): refusing "
-                      "to start. One authority per world: stop that one, or wait for its lease "
-                      "to expire (%g s after it stops renewing it).", self.cluster.world, text,
-                      LEASE_MS / 1000)
+                        self.cluster.world, token)
+            self.loop.call_later(1.0, self._acquire)
+            return
+        if not got:
+            self.refused = token
+            log.error("world %s is held by another authority (epoch:holder %s, %.1f s left on "
+                      "its lease): refusing to start. One authority per world: stop that one, "
+                      "or start this one once its lease has expired.", self.cluster.world,
+                      token, self.lease.remaining)
             self.loop.stop()
             return
-        fresh = int(text) != self.epoch
-        self.epoch = int(text)
-        self.lease_value = f"{self.epoch} {self.holder}"
-        self.lease_valid = sent + LEASE_MS / 1000 * 0.8
+        self.epoch = self.lease.epoch
+        self.lease.min_epoch = self.epoch
         if self.store is not None:
             self.store.stage_meta("epoch", self.epoch)
-        if fresh:
-            log.info("world %s: this authority holds the lease, epoch %d; tick %d",
-                     self.cluster.world, self.epoch, self.game.tick)
-            for link in self.links.values():
-                link.number = 0  # everyone resynchronises with the new epoch
+        log.info("world %s: this authority holds the lease, epoch %d; tick %d",
+                 self.cluster.world, self.epoch, self.game.tick)
+        for link in self.links.values():
+            link.number = 0  # everyone resynchronises with the new epoch
 
-    def _renew(self) -> None:
-        self._lease_timer = self.loop.call_later(LEASE_MS / 5000, self._renew)
-        if not self.redis.ready:
-            return
-        if not self.epoch:
+    def _lease_lost(self, reason: str) -> None:
+        """Not renewed in time (Redis away), gone (Redis restarted empty) or taken:
+        try again; a lease another authority holds ends this one (refused)."""
+        log.warning("world %s: the lease was lost (%s); the world pauses", self.cluster.world,
+                    reason)
+        if self.redis.ready:
             self._acquire()
-            return
-        sent = self.loop.time()
-        self.redis.execute("EVAL", _LEASE_RENEW, 1, self.prefix + "lease", self.lease_value,
-                           LEASE_MS, callback=lambda p: self._renewed(p, sent))
-
-    def _renewed(self, pending: "Pending", sent: float) -> None:
-        if not pending.ok:
-            return
-        if pending.reply == 1:
-            self.lease_valid = sent + LEASE_MS / 1000 * 0.8
-        elif pending.reply == 0:  # gone: Redis restarted empty. Take it again.
-            log.warning("world %s: the lease key is gone (Redis restarted?): taking it again",
-                        self.cluster.world)
-            self._acquire()
-        else:
-            self.refused = "another authority took the lease"
-            log.error("world %s: another authority took the lease (this one was paused or cut "
-                      "off longer than %g s): stopping", self.cluster.world, LEASE_MS / 1000)
-            self.epoch = 0
-            self.loop.stop()
 
     # -- the bus ----------------------------------------------------------------
 
@@ -3357,15 +3289,9 @@ class Gateway(_ClusterRole, GameServer):
         self.bus.add_metrics(exp)
 
 
-def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions,
+def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: RedisAddress,
              log_limiter: Optional[RateLimitFilter] = None) -> int:
     """``game`` or ``gateway``: like :func:`serve`, for one role of a world on Redis."""
-    try:
-        check_world(cluster.world)
-        address = redis_address(cluster)
-    except (ValueError, OSError) as exc:
-        log.error("--redis: %s", exc)
-        return 2
     soft, _hard = raise_nofile_limit()
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
@@ -5891,76 +5817,74 @@ def main(argv: Optional[List[str]] = None) -> int:
     net.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     net.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 12150)")
     net.add_argument("--max-clients", type=int, default=15_000,
-                    help="connection limit; more are told 'server full' (default 15000)")
+                     help="connection limit; more are told 'server full' (default 15000)")
     net.add_argument("--web-root", default=WEB_ROOT, metavar="DIR",
-                    help="serve the browser client from DIR (default: web/ beside this file)")
+                     help="serve the browser client from DIR (default: web/ beside this file)")
     net.add_argument("--no-web", action="store_true",
-                    help="binary protocol only: no HTTP, no WebSocket")
+                     help="binary protocol only: no HTTP, no WebSocket")
     net.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
-                    help="an HTTP request or WebSocket upgrade must finish within this")
+                     help="an HTTP request or WebSocket upgrade must finish within this")
     net.add_argument("--max-per-address", type=int, default=defaults.max_per_address,
-                    metavar="N", help="connections from one address (IPv6: one /64); "
-                    f"0: no limit (default {defaults.max_per_address})")
+                     metavar="N", help="connections from one address (IPv6: one /64); "
+                     f"0: no limit (default {defaults.max_per_address})")
     net.add_argument("--max-pending-per-address", type=int,
-                    default=defaults.max_pending_per_address, metavar="N",
-                    help="connections from one address that have not said HELLO yet "
-                    f"(HTTP ones included); 0: no limit (default "
-                    f"{defaults.max_pending_per_address})")
+                     default=defaults.max_pending_per_address, metavar="N",
+                     help="connections from one address that have not said HELLO yet "
+                     f"(HTTP ones included); 0: no limit (default "
+                     f"{defaults.max_pending_per_address})")
     net.add_argument("--max-pending", type=int, default=defaults.max_pending, metavar="N",
-                    help="such pending connections from all addresses together; 0: no "
-                    f"limit (default {defaults.max_pending})")
+                     help="such pending connections from all addresses together; 0: no "
+                     f"limit (default {defaults.max_pending})")
     net.add_argument("--exempt", default=defaults.exempt, metavar="CIDR,...",
-                    help="networks the per-address limits never count (default "
-                    f"{defaults.exempt}: local bots); '' to exempt nobody")
+                     help="networks the per-address limits never count (default "
+                     f"{defaults.exempt}: local bots); '' to exempt nobody")
     net.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
-                    help="proxies whose connections start with a PROXY protocol header "
-                    "(v1/v2) naming the client "
-                    "(default: none). nginx: proxy_protocol on;")
+                     help="proxies whose connections start with a PROXY protocol header "
+                     "(v1/v2) naming the client "
+                     "(default: none). nginx: proxy_protocol on;")
     net.add_argument("--allowed-origins", default="", metavar="ORIGIN,...",
-                    help="WebSocket upgrades only from these Origins, e.g. "
-                    "https://play.example.org (others, and requests with no Origin, get "
-                    "403; default: any)")
+                     help="WebSocket upgrades only from these Origins, e.g. "
+                     "https://play.example.org (others, and requests with no Origin, get "
+                     "403; default: any)")
     net.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
-                    help="SO_SNDBUF of each client socket; the kernel doubles it "
-                    f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
+                     help="SO_SNDBUF of each client socket; the kernel doubles it "
+                     f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
     net.add_argument("--send-backlog", type=int, default=defaults.send_backlog,
-                    metavar="BYTES", help="cut a client whose unsent backlog stays over "
-                    f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
-                    "; 0: off)")
+                     metavar="BYTES", help="cut a client whose unsent backlog stays over "
+                     f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
+                     "; 0: off)")
     net.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
-                    metavar="SECONDS", help="see --send-backlog (default "
-                    f"{defaults.send_backlog_grace:g})")
+                     metavar="SECONDS", help="see --send-backlog (default "
+                     f"{defaults.send_backlog_grace:g})")
 
 
     common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     common.add_argument("--log-format", default="text", choices=["text", "json"],
-                    help="text lines, or one JSON object per line (default text)")
+                        help="text lines, or one JSON object per line (default text)")
     common.add_argument("--stats-out", default="", metavar="FILE",
-                    help="on exit, write the final figures to FILE as JSON")
+                        help="on exit, write the final figures to FILE as JSON")
     common.add_argument("--admin-port", type=int, default=None, metavar="PORT",
-                    help="serve /healthz, /metrics and /stats on this port too, answered "
-                         "whatever the game port's state, even when full (default: none; "
-                         "0: any free port)")
+                        help="serve /healthz, /metrics and /stats on this port too, answered "
+                             "whatever the game port's state, even when full (default: none; "
+                             "0: any free port)")
     common.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
-                    help="the admin port's address (default 127.0.0.1: this host only)")
+                        help="the admin port's address (default 127.0.0.1: this host only)")
     rules.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
     rules.add_argument("--data", default=default_data_dir(), metavar="DIR", help=data_help)
     rules.add_argument("--no-data", action="store_true",
-                    help="keep everything in memory: a restart forgets every player and score")
+                       help="keep everything in memory: a restart forgets every player and score")
     rules.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
-                    help="how long a dropped player can come back as itself (default "
-                         "%(default)g s)")
+                       help="how long a dropped player can come back as itself (default "
+                            "%(default)g s)")
     rules.add_argument("--prune-days", type=float, default=DEFAULT_PRUNE_DAYS, metavar="DAYS",
-                    help="delete players unseen this long; the hall of fame keeps them "
-                         "(default %(default)g)")
+                       help="delete players unseen this long; the hall of fame keeps them "
+                            "(default %(default)g)")
     rules.add_argument("--sync", choices=SYNC_LEVELS, default="normal",
-                    help="normal (default): every commit survives the server being killed, "
-                         "not a power cut; full: survives power loss too, an fsync per commit")
+                       help="normal (default): every commit survives the server being killed, "
+                            "not a power cut; full: survives power loss too, an fsync per commit")
     sub.add_parser("serve", parents=[net, common, rules],
                    help="run the game server (the default command)")
-    redis_help = ("the world's Redis: redis://[user@]host:port[/db] (the password from "
-                  f"--redis-password-file or ${REDIS_PASSWORD_ENV}, not the command line)")
     gp = sub.add_parser("game", parents=[common, rules],
                         help="a world's authority on Redis: the rules, the tick, the store "
                              "(no player sockets; see docs/CLUSTER.md)")
@@ -5968,12 +5892,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="a world's gateway on Redis: player sockets (binary, HTTP, "
                              "WebSocket); gateways on one host share the port")
     for p in (gp, wp):
-        p.add_argument("--redis", required=True, metavar="URL", help=redis_help)
+        add_redis_options(p, "the world's Redis (required)")
         p.add_argument("--world", default="spelltraction", metavar="NAME",
                        help="the world's name: its Redis keys and channels (default "
                             "%(default)s)")
-        p.add_argument("--redis-password-file", default=None, metavar="FILE",
-                       help="read the Redis password from FILE (its first line)")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -6117,8 +6039,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts = defaults._replace(**given)
     if args.command == "serve":
         return serve(opts, limiter)
-    return run_role(args.command, opts, ClusterOptions(args.redis, args.world,
-                                                       args.redis_password_file), limiter)
+    if args.redis is None:
+        parser.error(f"{args.command} needs --redis URL: the world's Redis")
+    try:
+        check_world(args.world)
+        address = redis_address(args)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    assert address is not None
+    if address.password is not None and not (args.redis_password_file
+                                             or args.redis_password_env):
+        log.warning("the Redis password is on the command line, where ps shows it: use "
+                    "--redis-password-file or --redis-password-env")
+    return run_role(args.command, opts, ClusterOptions(args.world), address, limiter)
 
 
 def _serve_as_module(argv: List[str]) -> None:

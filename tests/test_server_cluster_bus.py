@@ -31,14 +31,14 @@ def test_world_names_that_would_break_redis_keys_are_refused(name):
         st.check_world(name)
 
 
-def test_redis_password_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
-    secret = tmp_path / "pw"
-    secret.write_text("s3cret\n")
-    cluster = st.ClusterOptions("redis://game@127.0.0.1:6390/2", password_file=str(secret))
-    address = st.redis_address(cluster)
-    assert (address.username, address.password, address.db) == ("game", "s3cret", 2)
-    monkeypatch.setenv(st.REDIS_PASSWORD_ENV, "from-env")
-    assert st.redis_address(st.ClusterOptions("redis://127.0.0.1")).password == "from-env"
+def test_the_roles_need_redis_and_a_sane_world_name(capsys):
+    for argv in (["game", "--no-data"], ["gateway"]):
+        with pytest.raises(SystemExit) as exc:
+            st.main(argv)
+        assert exc.value.code == 2 and "needs --redis URL" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        st.main(["gateway", "--redis", "redis://127.0.0.1:1", "--world", "a b"])
+    assert "world name" in capsys.readouterr().err
 
 
 def test_a_v2_client_knows_the_world_is_paused_until_the_next_tick():
