@@ -49,6 +49,8 @@ Operations: doctor (can this host hold N clients?) and bundle (one file).
     -> read_host_facts, HostFacts
   Operations: doctor, the checks. One function per limit, each with its fix.
     -> doctor_checks, DOCTOR_CHECKS, run_doctor
+  Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
+    -> probe_redis, redis_checks
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
 CLI: serve (the default), bots, client, doctor, bundle. main().
@@ -137,6 +139,7 @@ from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
 from netcore.process import raise_nofile, release_freed_memory
+from netcore.redis import Pending, Redis, RedisAddress, RedisError
 from netcore.stats import Window
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -172,15 +175,17 @@ __all__ = [
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit",
     # Bots
-    "BotOptions", "BotWorker", "bot_procs", "run_bots",
+    "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots", "write_private_json",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "ClientTokens", "client_state_path",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
     "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
-    "print_doctor_report", "run_doctor", "build_bundle",
+    "print_doctor_report", "run_doctor", "RedisProbe", "probe_redis", "redis_checks",
+    "build_bundle",
     # CLI
-    "main",
+    "main", "add_redis_options", "redis_address",
 ]
 
 log = logging.getLogger("spelltraction")
@@ -1031,6 +1036,7 @@ class Store:
         self.commit_times = Window(1024)
         self.last_error = ""
         self._stopping = False
+        self.closed = False
 
     # -- opening: lock, check, migrate -----------------------------------------
 
@@ -1295,6 +1301,9 @@ class Store:
 
     def close(self, timeout: float = 10.0) -> bool:
         """Commit what is staged, stop the writer, release the lock. True if all landed."""
+        if self.closed:
+            return True
+        self.closed = True
         if self._thread is not None:
             self.flush()
             self._stopping = True
@@ -1507,6 +1516,7 @@ class GameServer(Handler):
         self._plan_seq = 0  # the store batch that makes it durable
         self._plan_fame: Optional[List[FameEntry]] = None  # the hall of fame once it lands
         self._prune_at = 0.0
+        self._closing = False
         if opts.data is not None:
             self.store = Store(opts.data, opts.sync)
             self.store.open()  # raises StoreError, naming the file or directory
@@ -1623,16 +1633,19 @@ class GameServer(Handler):
 
     def close(self) -> None:
         """Close every listener and connection, game and admin, at once."""
+        self._closing = True  # players cut off now were still playing: see on_close
         self.net.close(CloseReason.SHUTDOWN)
         if self.admin is not None:
             self.admin.close(CloseReason.SHUTDOWN)
         self.close_store()
 
     def close_store(self) -> None:
-        """Write what is staged and let the data directory go (at exit)."""
+        """Write what is staged and let the data directory go (at exit).
+
+        The closed store stays in ``self.store`` for its figures (--stats-out).
+        """
         if self.store is not None:
             self.store.close()
-            self.store = None
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
@@ -1740,7 +1753,10 @@ class GameServer(Handler):
                 self.parked[player.resume_hash] = self.loop.time() + self.options.grace
                 self.parked.move_to_end(player.resume_hash)
                 if self.store is not None:
-                    self.store.stage_player(self._row(player, online=0))
+                    # Cut off by the server stopping: still "online", so after the
+                    # restart they get a whole grace period (Store._load).
+                    stopping = self.shutting_down or self._closing
+                    self.store.stage_player(self._row(player, online=1 if stopping else 0))
 
     # -- game plumbing ------------------------------------------------------
 
@@ -2409,6 +2425,63 @@ class BotOptions(NamedTuple):
     seed: Optional[int] = None
     json: bool = False
     ws: bool = False  # connect over WebSocket (/ws) instead of the binary protocol
+    state: str = ""  # protocol 2: resume tokens and last shown scores in this file
+
+
+RETRY_FIRST, RETRY_MAX = 0.5, 8.0  # a dropped --state bot reconnects after these (doubling)
+
+
+class BotState:
+    """``bots --state FILE``: each bot's resume token, id and the last score it was shown.
+
+    Bot ``i`` is entry ``i``: a second run with the same file resumes them
+    all (a larger --count makes the rest new players; a smaller one leaves
+    the rest in the file). Written atomically (a temporary file, then a
+    rename), mode 0600: the tokens are the players.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.players: List[List[Any]] = []  # [token hex, id, shown score]
+        self.dirty = False
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return
+        self.players = [[str(p["token"]), int(p["id"]), int(p["score"])]
+                        for p in data.get("players", [])]
+
+    def slice(self, start: int, count: int) -> List[List[Any]]:
+        return [list(p) for p in self.players[start:start + count]]
+
+    def update(self, offset: int, changes: List[List[Any]]) -> None:
+        """Merge one worker's news: [bot index within the worker, token hex, id, score]."""
+        players = self.players
+        for i, token, pid, score in changes:
+            k = offset + i
+            while len(players) <= k:
+                players.append(["", 0, -1])
+            players[k] = [token, pid, score]
+        self.dirty = self.dirty or bool(changes)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        write_private_json(self.path, {"version": 1, "players": [
+            {"token": t, "id": pid, "score": score} for t, pid, score in self.players]})
+        self.dirty = False
+
+
+def write_private_json(path: str, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, then a rename), mode 0600."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class _Poller:
@@ -2456,10 +2529,11 @@ class _Poller:
 class BotWorker:
     """One process's share of the bots, on one poller, state in flat arrays."""
 
-    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING = 1, 2, 3, 4, 5
+    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING, RETRYING = 1, 2, 3, 4, 5, 6
 
     def __init__(self, host: str, port: int, count: int, move_every: float, probes: int,
-                 seed: int, batch: int, websocket: bool = False) -> None:
+                 seed: int, batch: int, websocket: bool = False,
+                 resume: Optional[List[List[Any]]] = None) -> None:
         info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         self.family, self.addr = info[0], info[4]
         self.websocket = websocket
@@ -2490,6 +2564,23 @@ class BotWorker:
         self.connected = self.failed = self.dropped = 0
         self.frames = self.bytes = self.moves_sent = 0
         self.errors: Dict[str, int] = {}
+        # Protocol 2 (bots --state): tokens, and reconnects with backoff.
+        self.v2 = resume is not None
+        self.tokens: List[bytes] = [b""] * count
+        self.ids = array("l", [0]) * count
+        self.shown = array("l", [-1]) * count  # the last score a YOU showed; -1: none yet
+        for i, (token, pid, score) in enumerate((resume or [])[:count]):
+            self.tokens[i] = bytes.fromhex(token) if token else b""
+            self.ids[i], self.shown[i] = pid, score
+        self.changed: Dict[int, None] = {}  # bots whose token or score changed since reported
+        self.resumed = bytearray(count)  # came back as themselves at least once
+        self.regressed = bytearray(count)  # came back with less than they were shown
+        self.awaiting_you = bytearray(count)  # WELCOME seen; its YOU will say the score
+        self.lost = bytearray(count)  # dropped and not back (yet)
+        self.give_up = bytearray(count)  # told not to come back (TAKEN_OVER, VERSION...)
+        self.backoff = array("d", [0.0]) * count
+        self.retries: List[Tuple[float, int]] = []  # heap of (due, bot)
+        self.reconnected = 0
 
     # -- one pass of the loop ---------------------------------------------
 
@@ -2513,24 +2604,51 @@ class BotWorker:
                 self._lost(i, "connection error")
         if self.moves and self.moves[0][0] <= now:
             self._move_due(now)
+        if self.retries and self.retries[0][0] <= now:
+            self._retry_due(now)
 
     def _start_connects(self) -> None:
         end = min(self.count, self.started + self.batch)
-        linger = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT left on loopback
         for i in range(self.started, end):
-            s = socket.socket(self.family, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            err = s.connect_ex(self.addr)
-            if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-                s.close()
-                self._fail(i, os.strerror(err))
-                continue
-            self.socks[i] = s
-            self.state[i] = self.CONNECTING
-            self.index[s.fileno()] = i
-            self.poller.register(s.fileno(), self.poller.OUT)
+            self._open(i)
         self.started = end
+
+    _LINGER = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT left on loopback
+
+    def _open(self, i: int) -> None:
+        s = socket.socket(self.family, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self._LINGER)
+        err = s.connect_ex(self.addr)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            s.close()
+            self._fail(i, os.strerror(err))
+            return
+        self.socks[i] = s
+        self.state[i] = self.CONNECTING
+        self.index[s.fileno()] = i
+        self.poller.register(s.fileno(), self.poller.OUT)
+
+    def _hello(self, i: int) -> bytes:
+        if not self.v2:
+            return HELLO_FRAME
+        return frame(Hello(PROTOCOL_V2, token=self.tokens[i]))
+
+    def _retry_due(self, now: float) -> None:
+        """Dropped --state bots whose backoff is over try again (with their token)."""
+        retries = self.retries
+        opened = 0
+        while retries and retries[0][0] <= now and opened < self.batch:
+            _, i = heapq.heappop(retries)
+            if self.state[i] == self.RETRYING:
+                self._open(i)
+                opened += 1
+
+    def _schedule_retry(self, i: int, now: float) -> None:
+        delay = min(RETRY_MAX, max(RETRY_FIRST, self.backoff[i] * 2))
+        self.backoff[i] = delay
+        self.state[i] = self.RETRYING
+        heapq.heappush(self.retries, (now + delay * self.rng.uniform(0.8, 1.2), i))
 
     def _connected(self, fd: int, i: int, now: float) -> None:
         s = self.socks[i]
@@ -2544,7 +2662,7 @@ class BotWorker:
             self.ws_keys[fd] = key
             first, state = ws.client_handshake(self.host_header, WS_PATH, key), self.UPGRADING
         else:
-            first, state = HELLO_FRAME, self.HELLO_SENT
+            first, state = self._hello(i), self.HELLO_SENT
         try:
             s.send(first)
         except OSError as exc:
@@ -2598,7 +2716,11 @@ class BotWorker:
                     if (data[pos + 3] << 8) | data[pos + 4] == seq:
                         self.latencies.append(now - sent)
                         del self.probe_sent[i]
+                if self.v2:
+                    self._score_shown(i, int.from_bytes(data[pos + 9 : pos + 13], "big"))
             elif kind == WELCOME:
+                if self.v2:
+                    self._welcomed(i, data[pos + 2 : end])
                 self.state[i] = self.PLAYING
                 self.connected += 1
                 if self.move_every > 0 or i in self.probes:
@@ -2607,6 +2729,8 @@ class BotWorker:
             elif kind == ERROR:
                 text = data[pos + 4 : end].decode("utf-8", "replace")
                 self.errors[text] = self.errors.get(text, 0) + 1
+                if data[pos + 3] in (ErrorCode.TAKEN_OVER, ErrorCode.VERSION, ErrorCode.BAD_NAME):
+                    self.give_up[i] = 1  # retrying cannot help, or would fight another client
             self.frames += 1
             pos = end
         if pos < n:
@@ -2634,7 +2758,7 @@ class BotWorker:
                 return None
             self.state[i] = self.HELLO_SENT
             try:
-                self._send(s, HELLO_FRAME)
+                self._send(s, self._hello(i))
             except OSError as exc:
                 self._fail(i, exc.strerror or str(exc))
                 return None
@@ -2667,6 +2791,38 @@ class BotWorker:
         if pos < n:
             self.ws_rest[fd] = data[pos:]
         return b"".join(out)
+
+    def _welcomed(self, i: int, payload: bytes) -> None:
+        """A v2 WELCOME: keep the token; a resumed bot's YOU is checked against its last score."""
+        welcome = decode(payload)
+        assert isinstance(welcome, Welcome)
+        if welcome.resumed == RESUMED:
+            self.resumed[i] = 1
+        self.awaiting_you[i] = 1
+        self.tokens[i] = welcome.token
+        self.ids[i] = welcome.player_id
+        self.changed[i] = None
+        if self.lost[i]:
+            self.lost[i] = 0
+            self.reconnected += 1
+        self.backoff[i] = 0.0
+        self.first_tick[i] = -1  # the tick count restarts with a restarted server:
+        self.ticks[i] = 0  # count this connection's ticks afresh
+
+    def _score_shown(self, i: int, score: int) -> None:
+        if self.awaiting_you[i]:
+            self.awaiting_you[i] = 0
+            if score < self.shown[i]:  # back (as itself or not) with less than it was shown
+                self.regressed[i] = 1
+        if score != self.shown[i]:
+            self.shown[i] = score
+            self.changed[i] = None
+
+    def state_changes(self) -> List[List[Any]]:
+        """[bot, token hex, id, score] for the bots whose entry changed since the last call."""
+        out = [[i, self.tokens[i].hex(), self.ids[i], self.shown[i]] for i in self.changed]
+        self.changed = {}
+        return out
 
     def _send_pong(self, s: socket.socket, payload: bytes) -> None:
         try:
@@ -2722,16 +2878,24 @@ class BotWorker:
             heapq.heappush(moves, (now + max(self._period(i), 0.001), i))
 
     def _fail(self, i: int, why: str) -> None:
+        if self.lost[i] and not self.give_up[i]:  # a reconnect that did not work (yet)
+            self._drop_socket(i)
+            self._schedule_retry(i, time.monotonic())
+            return
         self.failed += 1
         self.errors[why] = self.errors.get(why, 0) + 1
         self._drop_socket(i)
 
     def _lost(self, i: int, why: str) -> None:
         if self.state[i] == self.PLAYING:
-            self.dropped += 1
             self.connected -= 1
             self.errors[why] = self.errors.get(why, 0) + 1
             self._drop_socket(i)
+            if self.v2 and not self.give_up[i]:  # --state: come back as ourselves
+                self.lost[i] = 1
+                self._schedule_retry(i, time.monotonic())
+            else:
+                self.dropped += 1
         else:
             self._fail(i, why)
 
@@ -2758,7 +2922,8 @@ class BotWorker:
 
     def progress(self) -> Dict[str, Any]:
         return {"type": "progress", "connected": self.connected, "failed": self.failed,
-                "dropped": self.dropped, "started": self.started}
+                "dropped": self.dropped + sum(self.lost), "started": self.started,
+                "resumed": sum(self.resumed), "reconnected": self.reconnected}
 
     def final(self) -> Dict[str, Any]:
         fractions = []
@@ -2768,7 +2933,9 @@ class BotWorker:
                 fractions.append(self.ticks[i] / expected)
         return {
             "type": "final", "count": self.count, "connected": self.connected,
-            "failed": self.failed, "dropped": self.dropped, "frames": self.frames,
+            "failed": self.failed, "dropped": self.dropped + sum(self.lost),
+            "resumed": sum(self.resumed), "score_regressions": sum(self.regressed),
+            "reconnected": self.reconnected, "frames": self.frames,
             "bytes": self.bytes, "moves_sent": self.moves_sent,
             "hist": [[ms, n] for ms, n in enumerate(self.hist) if n],
             "latencies": [round(x, 6) for x in self.latencies],
@@ -2783,12 +2950,19 @@ def _bot_worker_main(params_json: str) -> None:
     """Entry point of a bot process: runs until stdin closes or its deadline."""
     p = json.loads(params_json)
     raise_nofile_limit()
+    resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
-                       p["seed"], p["batch"], p.get("ws", False))
+                       p["seed"], p["batch"], p.get("ws", False), resume)
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
     stdin_fd = sys.stdin.fileno()  # the parent writes "hold", then closes it to say "stop"
     next_report = 0.0
+
+    def report_state() -> None:
+        changes = worker.state_changes()
+        if changes:
+            out.write(json.dumps({"type": "state", "changes": changes}) + "\n")
+
     try:
         while time.monotonic() < deadline:
             if _parent_says_stop(worker, stdin_fd):
@@ -2796,10 +2970,14 @@ def _bot_worker_main(params_json: str) -> None:
             worker.step(0.05)
             now = time.monotonic()
             if now >= next_report:
+                if worker.v2:
+                    report_state()  # tokens and shown scores: the parent keeps the file
                 out.write(json.dumps(worker.progress()) + "\n")
                 out.flush()
                 next_report = now + 0.25
     finally:
+        if worker.v2:
+            report_state()
         out.write(json.dumps(worker.final()) + "\n")
         out.flush()
         worker.close()
@@ -2861,8 +3039,14 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
     max_seconds = opts.ramp_timeout + opts.duration + 30
     workers: List["subprocess.Popen[str]"] = []
     transport = "WebSocket" if opts.ws else "TCP"
+    state = BotState(opts.state) if opts.state else None
+    offsets = [sum(shares[:k]) for k in range(procs)]
     print(f"bots: {opts.n_bots} to {opts.host}:{opts.port} ({transport}) over {procs} process(es), "
           f"moving every {opts.move_every:g} s, holding {opts.duration:g} s", file=out, flush=True)
+    if state is not None:
+        print(f"bots: protocol 2, resuming {min(len(state.players), opts.n_bots)} from "
+              f"{opts.state}", file=out, flush=True)
+    saved_at = time.monotonic()
     started = time.monotonic()
     progress: List[Dict[str, Any]] = [{} for _ in range(procs)]
     finals: List[Optional[Dict[str, Any]]] = [None] * procs
@@ -2871,7 +3055,8 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
         for k in range(procs):
             params = {"host": opts.host, "port": opts.port, "count": shares[k],
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
-                      "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws}
+                      "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws,
+                      "state": opts.state, "offset": offsets[k]}
             workers.append(subprocess.Popen(
                 [sys.executable, "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -2898,8 +3083,14 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
                     k = readers[fd]
                     if msg["type"] == "final":
                         finals[k] = msg
+                    elif msg["type"] == "state":
+                        if state is not None:
+                            state.update(offsets[k], msg["changes"])
                     else:
                         progress[k] = msg
+            if state is not None and time.monotonic() - saved_at >= 0.5:
+                state.save()  # at least once a second while anything changes
+                saved_at = time.monotonic()
             if not buffers and any(f is None for f in finals):
                 raise RuntimeError("a bot worker exited without a report")
             conn = sum(p.get("connected", 0) for p in progress)
@@ -2938,6 +3129,8 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
                 except (subprocess.TimeoutExpired, OSError):
                     w.kill()
                     w.wait()
+        if state is not None:
+            state.save()
     summary = _summarise([f for f in finals if f is not None], opts, ramp_s)
     _print_summary(summary, out)
     return summary
@@ -2979,6 +3172,9 @@ def _summarise(finals: List[Dict[str, Any]], opts: BotOptions,
         "connected": total("connected"),
         "failed": total("failed"),
         "dropped": total("dropped"),
+        "resumed": total("resumed"),
+        "score_regressions": total("score_regressions"),
+        "reconnected": total("reconnected"),
         "frames": total("frames"),
         "bytes": total("bytes"),
         "moves_sent": total("moves_sent"),
@@ -3007,6 +3203,10 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
         f"{s['bots_below_95pct_ticks']} bots below 95%",
         file=out, flush=True,
     )
+    if s["resumed"] or s["reconnected"] or s["score_regressions"]:
+        print(f"  resumed as themselves: {s['resumed']}; reconnected after a drop: "
+              f"{s['reconnected']}; came back with a lower score than shown: "
+              f"{s['score_regressions']}", file=out, flush=True)
     if s["errors"]:
         print(f"  errors: {s['errors']}", file=out, flush=True)
 
@@ -3086,9 +3286,17 @@ class ClientBrain:
 
     def __init__(self, shape: int = ANY_SHAPE, colour: int = ANY_COLOUR,
                  version: int = PROTOCOL_VERSION, clock: Callable[[], float] = time.monotonic,
-                 max_markers: int = 300, marker_ttl: float = 120.0) -> None:
+                 max_markers: int = 300, marker_ttl: float = 120.0, token: bytes = b"",
+                 name: str = "", on_token: Optional[Callable[[bytes], None]] = None) -> None:
         self.clock = clock
         self.hello = Hello(version, shape, colour)
+        # Protocol 2: the resume token (kept across reconnects: we come back as
+        # ourselves), told to on_token whenever the server hands out a new one.
+        self.token = token
+        self.name = name
+        self.on_token = on_token
+        self.resumed = False
+        self.fame: Tuple[Tuple[int, int, str], ...] = ()  # the hall of fame, best first
         self.max_markers = max_markers
         self.marker_ttl = marker_ttl
         self.outbox: List[bytes] = []  # frames for the driver to send
@@ -3137,10 +3345,13 @@ class ClientBrain:
         self.state, self.address = ClientState.CONNECTING, address
 
     def connected(self) -> None:
-        """The TCP connection is up: say HELLO."""
+        """The TCP connection is up: say HELLO (v2: with our token, to come back as ourselves)."""
         self._reset_game()
         self.state = ClientState.JOINING
-        self.outbox = [frame(self.hello)]
+        hello = self.hello
+        if hello.version >= PROTOCOL_V2:
+            hello = hello._replace(token=self.token, name=self.name.encode("utf-8"))
+        self.outbox = [frame(hello)]
 
     def disconnected(self, why: str, retry_at: Optional[float]) -> None:
         """The connection ended; ``retry_at`` None means no retry is planned."""
@@ -3152,8 +3363,8 @@ class ClientBrain:
 
     @property
     def give_up(self) -> bool:
-        """The server said it will never take this client: retrying cannot help."""
-        return self.error_code == ErrorCode.VERSION
+        """The server said it will never take this client (or another took our player over)."""
+        return self.error_code in (ErrorCode.VERSION, ErrorCode.TAKEN_OVER, ErrorCode.BAD_NAME)
 
     # -- input from the server ------------------------------------------------
 
@@ -3178,6 +3389,14 @@ class ClientBrain:
             self.state = ClientState.PLAYING
             self.had_game = True
             self.error, self.error_code = "", 0
+            if msg.version >= PROTOCOL_V2:
+                self.resumed = msg.resumed == RESUMED
+                if msg.token != self.token:
+                    self.token = msg.token
+                    if self.on_token is not None:
+                        self.on_token(msg.token)
+        elif isinstance(msg, Fame):
+            self.fame = msg.entries
         elif isinstance(msg, Scored):
             self.scored, self.scored_at = msg, now
             self.cell_flash[msg.cell] = now
@@ -3316,11 +3535,14 @@ class ClientBrain:
         if state == ClientState.JOINING:
             return f"Connected to {self.address}, joining..."
         if state == ClientState.PLAYING:
-            return f"Playing on {self.address} as player #{self.player_id}"
+            again = " (welcome back)" if self.resumed else ""
+            return f"Playing on {self.address} as player #{self.player_id}{again}"
         if state == ClientState.WAITING and self.retry_at is not None:
             wait = max(0.0, self.retry_at - self.clock())
             lost = "Server gone" if self.had_game else f"Cannot reach {self.address}"
             return f"{lost}: {self.why}. Reconnecting in {wait:.1f} s..."
+        if state == ClientState.STOPPED and self.error_code == ErrorCode.TAKEN_OVER:
+            return "Playing elsewhere: another client resumed this player. Not reconnecting."
         if state == ClientState.STOPPED:
             return f"Disconnected: {self.why}. Not reconnecting."
         return "Not connected"
@@ -3486,8 +3708,8 @@ class NetClient:
                 return
         if joining and brain.state == ClientState.PLAYING:
             self.failures = 0
-            log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
-                     brain.server_pos, brain.letters)
+            log.info("joined %s as player %d at %s holding %s%s", self.address, brain.player_id,
+                     brain.server_pos, brain.letters, " (resumed)" if brain.resumed else "")
         if now - self.last_data > self.SILENCE_S:
             self._lost(f"nothing from the server for {self.SILENCE_S:g} s")
 
@@ -3989,6 +4211,10 @@ class TkView:
         self._set(ids["dot"], fill=colour)
         self._set(ids["status"], text=b.status_line())
         self._set(ids["error"], text=f"Server said: {b.error}" if b.error else "")
+        if b.fame:  # the hall of fame takes the hint's place once there is one
+            top = " · ".join(f"{i}. {name or f'#{pid}'} {score}"
+                             for i, (pid, score, name) in enumerate(b.fame[:5], 1))
+            self._set(ids["hint"], text=f"Hall of fame: {top}", fill=TK_ATTRACTOR)
         veiled = "hidden" if playing else "normal"
         for name in ("veil", "veil_title", "veil_text"):
             self._set(ids[name], state=veiled)
@@ -4007,6 +4233,53 @@ class ClientOptions(NamedTuple):
     shape: int = ANY_SHAPE
     colour: int = ANY_COLOUR
     geometry: str = ""  # Tk geometry, e.g. "760x470+0+0"
+    name: str = ""  # shown in the hall of fame
+    state: str = ""  # the resume-token file; "" = client_state_path()
+    new_player: bool = False  # ignore the saved token: start as a new player
+
+
+def client_state_path() -> str:
+    """Where the desktop client keeps its resume tokens: the XDG state directory."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return os.path.join(base, "spelltraction", "client.json")
+
+
+class ClientTokens:
+    """The desktop client's resume tokens, one per server (``host:port``), in a small file.
+
+    Written atomically, mode 0600 (a token is the player). A missing or
+    unreadable file is no token: the client plays as a new player.
+    """
+
+    def __init__(self, path: str, server: str) -> None:
+        self.path = path
+        self.server = server
+
+    def _all(self) -> Dict[str, Any]:
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+            return dict(data) if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def load(self) -> bytes:
+        entry = self._all().get("servers", {}).get(self.server, {})
+        try:
+            token = bytes.fromhex(entry.get("token", ""))
+        except (ValueError, AttributeError):
+            return b""
+        return token if len(token) == TOKEN_SIZE else b""
+
+    def save(self, token: bytes) -> None:
+        data = self._all()
+        data.setdefault("servers", {})[self.server] = {"token": token.hex(), "saved": time.time()}
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            write_private_json(self.path, data)
+        except OSError as exc:
+            log.warning("cannot save the resume token to %s: %s", self.path, exc)
 
 
 def run_client(opts: ClientOptions) -> int:
@@ -4026,7 +4299,9 @@ def run_client(opts: ClientOptions) -> int:
     root.minsize(VIEW_W // 2, VIEW_H // 2)
     if opts.geometry:
         root.geometry(opts.geometry)
-    brain = ClientBrain(opts.shape, opts.colour)
+    tokens = ClientTokens(opts.state or client_state_path(), f"{opts.host}:{opts.port}")
+    brain = ClientBrain(opts.shape, opts.colour, PROTOCOL_V2, name=opts.name,
+                        token=b"" if opts.new_player else tokens.load(), on_token=tokens.save)
     net = NetClient(brain, opts.host, opts.port,
                     lambda delay, fn: root.after(max(1, int(delay * 1000)), fn))
     view = TkView(root, brain, net)
@@ -4424,11 +4699,14 @@ def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
 
 def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = False,
                root: str = "/", rlimit: Callable[[], Tuple[int, int]] = _nofile,
-               may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> int:
-    """Print the report; 1 if anything blocks ``clients``, else 0."""
+               may_raise: Callable[[int], bool] = _may_raise_nofile_hard,
+               redis: Optional[RedisAddress] = None) -> int:
+    """Print the report; 1 if anything blocks ``clients`` (or the Redis bus), else 0."""
     out = out if out is not None else sys.stdout
     facts = read_host_facts(root, clients, rlimit, may_raise)
     checks = doctor_checks(facts, clients)
+    if redis is not None:
+        checks += redis_checks(probe_redis(redis), redis)
     if as_json:
         out.write(json.dumps({"clients": clients, "checks": [
             dict(c._asdict(), fixes=[f._asdict() for f in c.fixes]) for c in checks
@@ -4437,6 +4715,138 @@ def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = Fals
         print_doctor_report(checks, clients, facts, out)
     return 1 if any(c.status == BLOCK for c in checks) else 0
 
+
+# -----------------------------------------------------------------------------
+# Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
+# -----------------------------------------------------------------------------
+
+REDIS_CONF = "/etc/redis/spelltraction.conf (etc/redis/ in the source)"
+# PING round trips past these make the bus a visible part of a 250 ms tick.
+REDIS_MEDIAN_MS, REDIS_WORST_MS = 2.0, 20.0
+REDIS_MIN_PUBSUB_HARD = 8 << 20  # a stalled gateway's backlog of ticks
+
+
+class RedisProbe(NamedTuple):
+    """What doctor learnt from one Redis: an error, or round trips and settings."""
+
+    error: str  # "" when the server answered
+    rtts_ms: Tuple[float, ...] = ()
+    version: str = ""
+    config: Tuple[Tuple[str, str], ...] = ()  # CONFIG GET answers; ("!" + key, why) if refused
+
+
+def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
+    """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
+    loop = EventLoop()
+    errors: List[RedisError] = []
+    link = Redis(loop, address, on_error=errors.append, connect_timeout=timeout,
+                 backoff_max=timeout, name="spelltraction-doctor")
+    try:
+        link.start()
+        deadline = time.monotonic() + timeout
+
+        def wait(done: Callable[[], bool]) -> bool:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0 or (errors and not link.ready):
+                    return False
+                loop.run_once(min(left, 0.05))
+            return True
+
+        if not wait(lambda: link.ready):
+            return RedisProbe(str(errors[-1]) if errors else f"no answer within {timeout:g} s")
+        deadline = time.monotonic() + timeout * 2
+        rtts: List[float] = []
+        for _ in range(pings):
+            started = time.perf_counter()
+            ping = link.execute("PING")
+            if not wait(lambda: ping.done) or not ping.ok:
+                return RedisProbe(f"PING: {ping.error or ping.reply or 'no answer'!s}")
+            rtts.append((time.perf_counter() - started) * 1000)
+        info = link.execute("INFO", "server")
+        asked = [(key, link.execute("CONFIG", "GET", key))
+                 for key in ("maxmemory-policy", "client-output-buffer-limit")]
+        wait(lambda: info.done and all(p.done for _, p in asked))
+        return RedisProbe("", tuple(rtts), _redis_version(info),
+                          tuple(_config_answer(key, p) for key, p in asked))
+    finally:
+        link.close()
+        loop.close()
+
+
+def _redis_version(info: Pending) -> str:
+    if info.ok and isinstance(info.reply, bytes):
+        for line in info.reply.decode("utf-8", "replace").splitlines():
+            if line.startswith("redis_version:"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _config_answer(key: str, pending: Pending) -> Tuple[str, str]:
+    reply = pending.reply
+    if pending.ok and isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], bytes):
+        return key, reply[1].decode("utf-8", "replace")
+    return "!" + key, str(pending.error or reply or "no answer")
+
+
+def _pubsub_hard_limit(value: str) -> Optional[int]:
+    """The pubsub class's hard limit in bytes from ``client-output-buffer-limit``."""
+    words = value.split()
+    for i in range(0, len(words) - 3, 4):
+        if words[i] == "pubsub":
+            try:
+                return int(words[i + 1])
+            except ValueError:
+                return None
+    return None
+
+
+def redis_checks(probe: RedisProbe, address: RedisAddress) -> List[Check]:
+    """The bus's checks: it answers (BLOCK if not), quickly, and keeps what it must."""
+    where = address.url()
+    if probe.error:
+        return [Check(f"Redis reachable ({where})", BLOCK, probe.error, "a Redis that answers",
+                      "game and gateway retry with backoff and wait, but no world runs "
+                      "without the bus. Check that redis-server runs, its bind and port, and the "
+                      "password (--redis-password-file or --redis-password-env).",
+                      (Fix(REDIS_CONF, "bind 127.0.0.1 <this host's private address>"),))]
+    checks = [Check(f"Redis reachable ({where})", OK, f"Redis {probe.version or '?'}",
+                    "a Redis that answers")]
+    rtts = sorted(probe.rtts_ms)
+    median = rtts[len(rtts) // 2]
+    slow = median > REDIS_MEDIAN_MS or rtts[-1] > REDIS_WORST_MS
+    checks.append(Check(
+        "Redis latency (PING round trip)", WARN if slow else OK,
+        f"median {median:.2f} ms, worst {rtts[-1]:.2f} ms of {len(rtts)}",
+        f"median <= {REDIS_MEDIAN_MS:g} ms, worst <= {REDIS_WORST_MS:g} ms",
+        "every tick crosses the bus twice (moves in, tick out): its round trip is "
+        "added to what players see as tick lateness." if slow else ""))
+    major = probe.version.split(".")[0]
+    if major.isdigit() and int(major) < 6:
+        checks.append(Check("Redis version", WARN, probe.version, "6 or later (7 tested)",
+                            "ACL usernames in the URL need Redis 6."))
+    config = dict(probe.config)
+    policy = config.get("maxmemory-policy")
+    if policy is None:
+        checks.append(Check("Redis maxmemory-policy", WARN, "unreadable", "noeviction",
+                            f"CONFIG GET was refused ({config.get('!maxmemory-policy', '?')}); "
+                            "check it by hand."))
+    else:
+        checks.append(Check(
+            "Redis maxmemory-policy", OK if policy == "noeviction" else WARN, policy, "noeviction",
+            "" if policy == "noeviction" else "the lease and heartbeat keys expire on their own "
+            "and must never be evicted: a full Redis should refuse writes instead.",
+            () if policy == "noeviction" else (Fix(REDIS_CONF, "maxmemory-policy noeviction"),)))
+    limits = config.get("client-output-buffer-limit")
+    hard = _pubsub_hard_limit(limits) if limits is not None else None
+    if hard is not None and 0 < hard < REDIS_MIN_PUBSUB_HARD:
+        checks.append(Check(
+            "Redis pub/sub output buffer", WARN, f"hard limit {_mib(hard)}",
+            f">= {_mib(REDIS_MIN_PUBSUB_HARD)}",
+            "Redis cuts a gateway whose unread ticks pass this; it then reconnects and "
+            "resynchronises, and its players miss ticks meanwhile.",
+            (Fix(REDIS_CONF, "client-output-buffer-limit pubsub 64mb 16mb 60"),)))
+    return checks
 
 # -----------------------------------------------------------------------------
 # Operations: bundle. The game, netcore and web/ in one .pyz.
@@ -4506,6 +4916,30 @@ def _parse_colour(text: str) -> int:
     if not 0 <= value <= 0xFFFFFF or len(text.lstrip("#")) != 6:
         raise argparse.ArgumentTypeError(f"colour must be 6 hex digits RRGGBB, got {text!r}")
     return value
+
+
+def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
+    """--redis URL and where its password comes from (never argv)."""
+    parser.add_argument("--redis", metavar="URL", default=None,
+                        help=help_url + "; redis://[user@]host:port[/db] (a numeric host, or a "
+                        "name resolved once at start)")
+    parser.add_argument("--redis-password-file", metavar="FILE", default=None,
+                        help="the Redis password: the first line of FILE")
+    parser.add_argument("--redis-password-env", metavar="VAR", default=None,
+                        help="the Redis password: environment variable VAR")
+
+
+def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
+    """The --redis options as an address (names resolved: this blocks), or None."""
+    if args.redis is None:
+        if args.redis_password_file or args.redis_password_env:
+            raise ValueError("--redis-password-file/--redis-password-env need --redis")
+        return None
+    if args.redis_password_file and args.redis_password_env:
+        raise ValueError("give the password by file or by environment, not both")
+    address = RedisAddress.from_url(args.redis, password_file=args.redis_password_file,
+                                    password_env=args.redis_password_env)
+    return address.resolve()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -4613,6 +5047,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     bp.add_argument("--json", action="store_true", help="end with one line of JSON figures")
     bp.add_argument("--ws", action="store_true",
                     help="connect over WebSocket (/ws), as browsers do, instead of TCP")
+    bp.add_argument("--state", default="", metavar="FILE",
+                    help="protocol 2: keep each bot's resume token and last shown score in "
+                         "FILE (mode 0600, rewritten at least every second); a second run with "
+                         "the same FILE resumes them, and dropped bots reconnect with backoff")
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
     bp.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -4624,6 +5062,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     dp.add_argument("--json", action="store_true", help="the checks as JSON")
     dp.add_argument("--root", default="/", help="read proc/ under this directory instead of "
                     "/ (a fake tree, for tests); the open-files limit is still this process's")
+    add_redis_options(dp, "also check this Redis (the bus of game and gateway): reachable, "
+                          "latency, maxmemory-policy")
 
     zp = sub.add_parser("bundle", help="build a single-file zipapp of the game")
     zp.add_argument("-o", "--output", default=os.path.join("dist", "spelltraction.pyz"),
@@ -4643,13 +5083,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     cp.add_argument("--colour", type=_parse_colour, default=ANY_COLOUR, metavar="RRGGBB",
                     help="your marker's colour, e.g. ff8800 (default: the server chooses)")
     cp.add_argument("--geometry", default="", help="Tk window geometry, e.g. 760x470+0+0")
+    cp.add_argument("--name", default="", help="your name in the hall of fame (16 characters)")
+    cp.add_argument("--new-player", action="store_true",
+                    help="start as a new player instead of resuming the one saved for this "
+                         "server (the new one is saved in its place)")
+    cp.add_argument("--state", default="", metavar="FILE",
+                    help="where to keep the resume token (default: "
+                         "$XDG_STATE_HOME/spelltraction/client.json)")
     cp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     args = parser.parse_args(argv)
     if args.command == "doctor":
         if args.clients < 1:
             parser.error("--clients must be at least 1")
-        return run_doctor(args.clients, as_json=args.json, root=args.root)
+        try:
+            redis = redis_address(args)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
+        return run_doctor(args.clients, as_json=args.json, root=args.root, redis=redis)
     if args.command == "backup":
         try:
             pages = backup_store(args.data, args.output)
@@ -4671,8 +5122,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     limiter = _setup_logging(args.log_level, getattr(args, "log_format", "text"))
     if args.command == "client":
         shape = SHAPES.index(args.shape) if args.shape is not None else ANY_SHAPE
+        try:
+            check_name(args.name.encode("utf-8"))
+        except ValueError as exc:
+            parser.error(f"--name: {exc}")
         return run_client(ClientOptions(host=args.host, port=args.port, shape=shape,
-                                        colour=args.colour, geometry=args.geometry))
+                                        colour=args.colour, geometry=args.geometry,
+                                        name=args.name.strip(), state=args.state,
+                                        new_player=args.new_player))
     if args.command == "bots":
         if args.count < 1:
             parser.error("--count must be at least 1")
@@ -4681,6 +5138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             host=args.host, port=args.port, n_bots=args.count, move_every=args.move_every,
             duration=args.duration, procs=procs, probes=args.probes,
             ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json, ws=args.ws,
+            state=args.state,
         ))
         if args.json:
             print(json.dumps(summary), flush=True)
