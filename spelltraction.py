@@ -162,12 +162,12 @@ from netcore.metrics import (
 )
 
 if TYPE_CHECKING:
-    from netcore.redis import RedisSubscriber
     import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
 
-    # doctor --redis imports it at run time: a server does not carry ~1 MB of Redis client
-    from netcore.redis import Pending, RedisAddress, RedisError
+    # Imported at run time where used (doctor --redis, --cluster): a server
+    # without Redis does not carry the Redis client's code.
+    from netcore.redis import Pending, Redis, RedisAddress, RedisError, RedisSubscriber
 
 __version__ = "0.1.0"
 
