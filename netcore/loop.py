@@ -154,29 +154,25 @@ class _EpollPoller:
         self._handlers: Dict[int, Readiness] = {}
         self._events: Dict[int, int] = {}  # fd -> events, where not EVENT_READ
 
-    @staticmethod
-    def _mask(events: int) -> int:
-        return (_EPOLLIN if events & EVENT_READ else 0) | (
-            _EPOLLOUT if events & EVENT_WRITE else 0)
-
     def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        fd = _fileno(fileobj)
-        if fd in self._handlers:
-            raise KeyError(f"{fileobj!r} (fd {fd}) is already registered")
-        if not events or events & ~(EVENT_READ | EVENT_WRITE):
-            raise ValueError(f"invalid events: {events!r}")
-        self._epoll.register(fd, self._mask(events))
-        self._handlers[fd] = handler
-        if events != EVENT_READ:
-            self._events[fd] = events
+        self._set(fileobj, events, handler, new=True)
 
     def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
+        self._set(fileobj, events, handler, new=False)
+
+    def _set(self, fileobj: Any, events: int, handler: Readiness, new: bool) -> None:
         fd = _fileno(fileobj)
-        if fd not in self._handlers:
-            raise KeyError(f"{fileobj!r} (fd {fd}) is not registered")
+        if (fd in self._handlers) == new:
+            state = "already" if new else "not"
+            raise KeyError(f"{fileobj!r} (fd {fd}) is {state} registered")
         if not events or events & ~(EVENT_READ | EVENT_WRITE):
             raise ValueError(f"invalid events: {events!r}")
-        self._epoll.modify(fd, self._mask(events))
+        mask = (_EPOLLIN if events & EVENT_READ else 0) | (
+            _EPOLLOUT if events & EVENT_WRITE else 0)
+        if new:
+            self._epoll.register(fd, mask)
+        else:
+            self._epoll.modify(fd, mask)
         self._handlers[fd] = handler
         if events != EVENT_READ:
             self._events[fd] = events

@@ -48,9 +48,9 @@ def test_ticks_are_the_same_bytes_and_the_header_is_built_once(h):
     calls = []
     real = h.server.net.broadcast
 
-    def spy(data, conns, frames=1):
+    def spy(data, conns, frames=1, *private):  # private: a newcomer's YOU overrides
         calls.append((data, list(conns)))
-        return real(data, conns, frames)
+        return real(data, conns, frames, *private)
 
     h.server.net.broadcast = spy
     h.ticks(3)
@@ -77,17 +77,21 @@ def test_ticks_are_the_same_bytes_and_the_header_is_built_once(h):
         w.pump()
     ticks_tcp = {m.number for m in tcp[0].inbox if isinstance(m, st.TickMsg)}
     ticks_ws = {m.number for m in wss[0].inbox if isinstance(m, st.TickMsg)}
-    assert ticks_tcp and ticks_tcp == ticks_ws
+    # The TCP player joined first and may have seen ticks before the WebSocket
+    # one was in; from then on both saw the very same ticks.
+    assert ticks_ws and ticks_ws == {n for n in ticks_tcp if n >= min(ticks_ws)}
 
 
 def test_one_send_per_tick_per_websocket_player(h):
     clients = [WsClient(h).hello() for _ in range(5)]
     h.ticks(2)
-    before = h.server.net.stats.sends
+    before, first = h.server.net.stats.sends, h.server.game.tick
     clients[0].send_msg(st.Move(5, 10, 10))
     h.run(0.001)
     h.ticks(3)
-    assert h.server.net.stats.sends - before == 5 * 3
+    # one send per player per tick, however many ticks fired (a loaded
+    # machine may fit one into the short run above)
+    assert h.server.net.stats.sends - before == 5 * (h.server.game.tick - first)
     you = clients[0].expect(st.You)
     assert you.seq == 5
 
