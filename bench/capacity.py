@@ -78,8 +78,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from procstat import (  # noqa: E402
-    Children, Interrupted, cpu_runtime, cpu_seconds, cpu_sets, free_port, machine, median,
-    read_line, rss_bytes, stop_signals_raise, wait_for_ports,
+    Children, cpu_runtime, cpu_seconds, cpu_sets, free_port, machine, median, read_line,
+    rss_bytes, stoppable, wait_for_ports,
 )
 from report import (  # noqa: E402
     Series, composite_svg, fmt, fmt_table, html_page, html_table, line_chart,
@@ -931,40 +931,38 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     children = Children(os.path.join(os.path.dirname(os.path.abspath(args.json)),
                                      "capacity-logs"))
-    with stop_signals_raise():
-        try:
-            for i, plan in enumerate(steps_plan):
-                elapsed = time.monotonic() - t_start
-                remaining = steps_plan[i:]
-                left = args.budget - elapsed
-                step_hold = fit_hold(remaining, hold, left)
-                # The estimate runs ~1.4x long; skip (and say so) only when even a
-                # minimum-hold step would clearly overrun the budget.
-                if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
-                    log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
-                        f"{fmt_clock(args.budget)} budget is spent")
-                    result["skipped"].append(plan.label())
-                    continue
-                ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
-                rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
-                log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"
-                    f"{len(steps_plan)}: {plan.label()} players, moving every "
-                    f"{plan.move_every:g} s, hold {step_hold:.1f} s")
-                step = run_step(children, plan, step_hold, min(settle, step_hold / 4), args.tick_ms,
-                                ramp_timeout, args.probes, log)
-                result["steps"].append(step)
-                d = step["derived"]
-                if d.get("ok"):
-                    log(f"  -> {d['players']} players: RSS {d['rss_mb']:.1f} MB "
-                        f"({d['bytes_per_player']:.0f} B/player), CPU {d['cpu_pct']:.1f} %, "
-                        f"{d.get('tick_rate_hz', 0):.2f} ticks/s, tick p99 "
-                        f"{fmt(d.get('tick_lateness_p99_ms'), '.1f')} ms, client p99 "
-                        f"{fmt(d.get('move_latency_ms_p99'), '.0f')} ms")
-        except (KeyboardInterrupt, Interrupted) as exc:
-            result["interrupted"] = str(exc) or "Ctrl-C"
-            log(f"\ninterrupted ({result['interrupted']}): stopping the processes this run started")
-        finally:
-            children.kill_all()
+    def interrupted(what: str) -> None:
+        result["interrupted"] = what
+        log(f"\ninterrupted ({what}): stopping the processes this run started")
+
+    with stoppable(children, interrupted):
+        for i, plan in enumerate(steps_plan):
+            elapsed = time.monotonic() - t_start
+            remaining = steps_plan[i:]
+            left = args.budget - elapsed
+            step_hold = fit_hold(remaining, hold, left)
+            # The estimate runs ~1.4x long; skip (and say so) only when even a
+            # minimum-hold step would clearly overrun the budget.
+            if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
+                log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
+                    f"{fmt_clock(args.budget)} budget is spent")
+                result["skipped"].append(plan.label())
+                continue
+            ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
+            rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
+            log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"
+                f"{len(steps_plan)}: {plan.label()} players, moving every "
+                f"{plan.move_every:g} s, hold {step_hold:.1f} s")
+            step = run_step(children, plan, step_hold, min(settle, step_hold / 4), args.tick_ms,
+                            ramp_timeout, args.probes, log)
+            result["steps"].append(step)
+            d = step["derived"]
+            if d.get("ok"):
+                log(f"  -> {d['players']} players: RSS {d['rss_mb']:.1f} MB "
+                    f"({d['bytes_per_player']:.0f} B/player), CPU {d['cpu_pct']:.1f} %, "
+                    f"{d.get('tick_rate_hz', 0):.2f} ticks/s, tick p99 "
+                    f"{fmt(d.get('tick_lateness_p99_ms'), '.1f')} ms, client p99 "
+                    f"{fmt(d.get('move_latency_ms_p99'), '.0f')} ms")
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")
     result["elapsed"] = fmt_clock(time.monotonic() - t_start)
     write_outputs(result, args, log)

@@ -69,8 +69,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from procstat import (  # noqa: E402
-    Children, Interrupted, cpu_seconds, cpu_sets, machine, median, open_fds, raise_nofile,
-    read_line, rss_bytes, stop_signals_raise, wait_for_ports,
+    Children, cpu_seconds, cpu_sets, machine, median, open_fds, raise_nofile, read_line,
+    rss_bytes, spread, stoppable, wait_for_ports,
 )
 from report import fmt, fmt_table  # noqa: E402
 
@@ -236,12 +236,6 @@ def server_commands(servers: Sequence[str], build_dir: str, log: Any) -> Dict[st
             cmds[kind] = [sys.executable, os.path.abspath(__file__), "serve-netcore",
                           "--period", str(PERIOD_S)]
     return cmds
-
-
-def spread(count: int, per_proc: int) -> List[int]:
-    procs = max(1, -(-count // per_proc))
-    base, extra = divmod(count, procs)
-    return [base + (1 if i < extra else 0) for i in range(procs)]
 
 
 def loadavg() -> str:
@@ -497,31 +491,29 @@ def main(argv: Optional[List[str]] = None) -> int:
                                             text=True).stdout.strip()
         total = len(args.count) * args.repeats * len(servers)
         done = 0
-        with stop_signals_raise():
-            try:
-                for count in args.count:
-                    for rep in range(args.repeats):
-                        order = servers[rep % len(servers):] + servers[:rep % len(servers)]
-                        for kind in order:
-                            done += 1
-                            log(f"run {done}/{total}: {LABELS[kind]}, {count} connections, "
-                                f"repeat {rep + 1}, hold {args.hold:g} s (load {loadavg()})")
-                            r = run_one(children, kind, cmds[kind], count, args.hold,
-                                        args.settle, args.per_proc, log)
-                            r["repeat"] = rep
-                            result["runs"].append(r)
-                            d = r["derived"]
-                            if d["ok"]:
-                                log(f"  -> {d['cpu_us_per_send']:.2f} us/send, "
-                                    f"{d['rss_per_conn']:.0f} B/conn, server CPU "
-                                    f"{d['server_cpu_pct']:.1f} %, delivered "
-                                    f"{100 * d['delivered']:.1f} %, min "
-                                    f"{d['per_conn_min']} frames/conn")
-            except (KeyboardInterrupt, Interrupted) as exc:
-                result["interrupted"] = str(exc) or "Ctrl-C"
-                log(f"\ninterrupted ({result['interrupted']}): stopping what this run started")
-            finally:
-                children.kill_all()
+        def interrupted(what: str) -> None:
+            result["interrupted"] = what
+            log(f"\ninterrupted ({what}): stopping what this run started")
+
+        with stoppable(children, interrupted):
+            for count in args.count:
+                for rep in range(args.repeats):
+                    order = servers[rep % len(servers):] + servers[:rep % len(servers)]
+                    for kind in order:
+                        done += 1
+                        log(f"run {done}/{total}: {LABELS[kind]}, {count} connections, "
+                            f"repeat {rep + 1}, hold {args.hold:g} s (load {loadavg()})")
+                        r = run_one(children, kind, cmds[kind], count, args.hold,
+                                    args.settle, args.per_proc, log)
+                        r["repeat"] = rep
+                        result["runs"].append(r)
+                        d = r["derived"]
+                        if d["ok"]:
+                            log(f"  -> {d['cpu_us_per_send']:.2f} us/send, "
+                                f"{d['rss_per_conn']:.0f} B/conn, server CPU "
+                                f"{d['server_cpu_pct']:.1f} %, delivered "
+                                f"{100 * d['delivered']:.1f} %, min "
+                                f"{d['per_conn_min']} frames/conn")
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")
     result["summary"] = summarize(result["runs"], servers)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -219,6 +219,13 @@ class Children:
             signal.signal(signal.SIGINT, old)
 
 
+def spread(count: int, per_proc: int) -> List[int]:
+    """``count`` split into the fewest near-equal parts of at most ``per_proc``."""
+    procs = max(1, -(-count // per_proc))
+    base, extra = divmod(count, procs)
+    return [base + (1 if i < extra else 0) for i in range(procs)]
+
+
 def read_line(proc: "subprocess.Popen[str]", timeout: float) -> str:
     """A line of ``proc``'s stdout, or "" if none comes within ``timeout`` seconds."""
     assert proc.stdout is not None
@@ -248,6 +255,20 @@ def stop_signals_raise() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def stoppable(children: Children, interrupted: Callable[[str], None]) -> Iterator[None]:
+    """The body of a benchmark run: Ctrl-C, SIGTERM or SIGHUP end it early,
+    ``interrupted(what)`` is called and the code after the block goes on (to
+    write what was measured); on any exit every child is stopped."""
+    with stop_signals_raise():
+        try:
+            yield
+        except (KeyboardInterrupt, Interrupted) as exc:
+            interrupted(str(exc) or "Ctrl-C")
+        finally:
+            children.kill_all()
 
 
 # =============================================================================
