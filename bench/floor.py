@@ -297,7 +297,7 @@ def run_one(children: Children, kind: str, cmd: List[str], count: int, hold: flo
                 [sys.executable, os.path.abspath(__file__), "load", "--port", str(port),
                  "--count", str(n)], load_cpus, f"{name}-load-{i}", stdin_pipe=True))
             run["pids"].append(gens[-1].pid)
-        deadline = t0 + 30.0 + count / 500
+        deadline = t0 + 30.0 + count / 200  # Node accepts slowly on a busy CPU
         for i, g in enumerate(gens):
             line = read_line(g, max(0.1, deadline - time.monotonic()))
             if line.strip() != "connected":

@@ -42,6 +42,23 @@ def cpu_seconds(pid: int) -> Tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in process group ``pgid``
+    (a scan of /proc: for a load generator and its workers, about once a second)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
 def cpu_runtime(pid: int) -> float:
     """CPU seconds ``pid`` has run (user + system), to the nanosecond.
 
