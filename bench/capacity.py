@@ -290,7 +290,7 @@ def server_command(kind: str, port: int, max_clients: int, stats_out: str,
               "--max-clients", str(max_clients), "--stats-out", stats_out,
               "--log-level", "warning"]
     if kind == "ours":
-        return [sys.executable, GAME, "serve", *common]
+        return [sys.executable, GAME, "serve", "--no-data", *common]  # like the peers: memory
     if kind == "asyncio":
         return [sys.executable, PEER, *common]
     if kind == "uvloop":
@@ -481,10 +481,10 @@ def derive(step: Step) -> Derived:
             out["cpu_us_per_player_tick"] = out["cpu_s_per_tick"] / players * 1e6
             out["cpu_user_us_per_player_tick"] = out["cpu_user_s_per_tick"] / players * 1e6
     if ticks:
-        out["tick_lateness_p99_ms"] = ticks["lateness_p99"] * 1000
-        out["tick_lateness_p50_ms"] = ticks["lateness_p50"] * 1000
-        out["tick_lateness_max_ms"] = ticks["max_lateness"] * 1000
-        out["tick_work_p99_ms"] = ticks["duration_p99"] * 1000
+        out["tick_lateness_p99_ms"] = ticks["lateness_p99_s"] * 1000
+        out["tick_lateness_p50_ms"] = ticks["lateness_p50_s"] * 1000
+        out["tick_lateness_max_ms"] = ticks["lateness_max_s"] * 1000
+        out["tick_work_p99_ms"] = ticks["duration_p99_s"] * 1000
         out["ticks_fired"] = ticks["fired"]
         out["ticks_late"] = ticks["late"]
         out["ticks_skipped"] = ticks["skipped"]

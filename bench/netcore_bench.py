@@ -13,11 +13,18 @@
    so the kernel's loopback work is included). Reported as medians and as
    the median of per-round ratios.
 
+3. Large WebSocket messages: unmasking 16 MiB with netcore's
+   ``websocket.mask`` against the ``websockets`` library's pure-Python
+   ``apply_mask`` (its C speedup aside: netcore has none), parsing a masked
+   16 MiB frame fed in 64 KiB reads, and a 16 MiB binary message's round
+   trip through ``examples/echo.py`` (medians of ``--large-rounds``).
+
 The server is pinned to CPU 0 and the clients, which drain every byte, to
 the other CPUs, as in ../shared/MEASURED.md.
 
     python3 bench/netcore_bench.py                 # 10,000 connections
     python3 bench/netcore_bench.py --count 2000 --rounds 10   # quick look
+    python3 bench/netcore_bench.py --only large               # part 3 alone
 """
 
 from __future__ import annotations
@@ -44,6 +51,87 @@ from report import fmt_table  # noqa: E402
 
 FRAME_PAYLOAD = 100  # a 102-byte frame, the size MEASURED.md used
 LOG_DIR = os.path.join(HERE, "results", "netcore_bench-logs")
+
+
+# -- large messages -----------------------------------------------------------
+
+LARGE = 16 << 20
+
+
+def _timed(fn: Any, rounds: int) -> float:
+    """Median wall time of ``fn()`` over ``rounds`` calls, in ms."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return median(times)
+
+
+def large_messages(rounds: int) -> Dict[str, Any]:
+    from netcore import websocket as ws
+    from netcore.testing import spawn_listening
+
+    data = os.urandom(LARGE)
+    key = os.urandom(4)
+    out: Dict[str, Any] = {"bytes": LARGE, "rounds": rounds}
+    out["netcore_unmask_ms"] = _timed(lambda: ws.mask(data, key), rounds)
+    try:
+        from websockets.utils import apply_mask as websockets_py_mask
+    except ImportError:  # optional: pip install websockets
+        out["websockets_py_unmask_ms"] = None
+    else:
+        out["websockets_py_unmask_ms"] = _timed(lambda: websockets_py_mask(data, key), rounds)
+    wire = ws.frame(data, ws.BINARY, mask_key=key)
+
+    def parse() -> None:
+        parser = ws.WebSocketParser(max_message=LARGE)
+        view = memoryview(wire)
+        events: List[Any] = []
+        for pos in range(0, len(wire), 64 << 10):
+            events += parser.parse(view[pos:pos + (64 << 10)])
+        assert len(events) == 1 and len(events[0].data) == LARGE
+
+    out["netcore_parse_ms"] = _timed(parse, rounds)
+    proc, host, port = spawn_listening(
+        [sys.executable, os.path.join(ROOT, "examples", "echo.py"), "--host", "127.0.0.1",
+         "--port", "0", "--max-message", str(LARGE)])
+    try:
+        sock = socket.create_connection((host, port))
+        sock.sendall(ws.client_handshake(f"{host}:{port}", "/", "dGhlIHNhbXBsZSBub25jZQ=="))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        assert not rest
+
+        def echo() -> None:
+            sock.sendall(wire)
+            parser = ws.WebSocketParser(max_message=LARGE, client=True)
+            events: List[Any] = []
+            while not events:
+                events += parser.parse(sock.recv(1 << 20))
+            assert len(events[0].data) == LARGE
+
+        out["echo_round_trip_ms"] = _timed(echo, rounds)
+        sock.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    return out
+
+
+def print_large(r: Dict[str, Any]) -> None:
+    py = r["websockets_py_unmask_ms"]
+    print(fmt_table(
+        ["16 MiB message", "median (ms)"],
+        [["unmask: netcore websocket.mask", f"{r['netcore_unmask_ms']:.0f}"],
+         ["unmask: websockets.utils.apply_mask (pure Python)",
+          "not installed" if py is None else f"{py:.0f}"],
+         ["parse a masked frame in 64 KiB reads: netcore WebSocketParser",
+          f"{r['netcore_parse_ms']:.0f}"],
+         ["binary echo round trip through examples/echo.py", f"{r['echo_round_trip_ms']:.0f}"]],
+    ))
 
 
 # -- server roles -------------------------------------------------------------
@@ -296,6 +384,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rounds", type=int, default=40, help="broadcast rounds of each kind")
     ap.add_argument("--gap", type=float, default=0.05, help="seconds between rounds (drain time)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "netcore_bench.json"))
+    ap.add_argument("--large-rounds", type=int, default=5, help="rounds of the 16 MiB part")
+    ap.add_argument("--only", choices=["large"], help="run one part only")
     args = ap.parse_args(argv)
 
     if args.role:  # a child: pinned by the driver (procstat.Children)
@@ -307,6 +397,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    if args.only == "large":
+        large = large_messages(args.large_rounds)
+        print_large(large)
+        print(f"\n{started}, {machine()}")
+        return 0
     print(f"netcore bench: {args.count} connections, {args.rounds} rounds, python {sys.version.split()[0]}")
     mem = []
     children = Children(LOG_DIR)
@@ -319,6 +414,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cpu = broadcast_cpu(children, args.count, args.per_proc, args.rounds, args.gap)
     finally:
         children.kill_all()
+    large = large_messages(args.large_rounds)
     print(f"  broadcast: netcore {cpu['ours_us_per_send']:.2f} us/send, bare loop "
           f"{cpu['bare_us_per_send']:.2f} us/send, ratio {cpu['ratio_of_medians']:.3f} "
           f"(median of per-round ratios {cpu['median_of_ratios']:.3f})")
@@ -335,9 +431,11 @@ def main(argv: Optional[List[str]] = None) -> int:
          ["netcore `TCPServer.broadcast`", f"{cpu['ours_us_per_send']:.2f} us",
           f"{cpu['ratio_of_medians']:.3f}"]],
     ))
+    print()
+    print_large(large)
     result = {"started": started, "python": sys.version.split()[0], "machine": machine(),
               "args": {k: v for k, v in vars(args).items() if k != "role"},
-              "idle_rss": mem, "broadcast": cpu}
+              "idle_rss": mem, "broadcast": cpu, "large_messages": large}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

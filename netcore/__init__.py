@@ -13,6 +13,8 @@ modules above it):
 - :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames.
 - :mod:`netcore.http`: ``RequestParser``, sans-IO HTTP/1.1 request heads.
 - :mod:`netcore.websocket`: ``WebSocketParser``, RFC 6455 handshake and frames.
+- :mod:`netcore.resp`: ``RespParser`` and ``encode_command``, sans-IO RESP2
+  (the Redis protocol), error replies as values.
 - :mod:`netcore.proxyproto`: ``ProxyHeaderReader``, the PROXY protocol v1/v2
   (the client behind a trusted proxy).
 - :mod:`netcore.addrlimit`: ``AddressLimits``, connections and pending
@@ -22,15 +24,26 @@ modules above it):
 - :mod:`netcore.handler`: ``Handler``, the application's callbacks, their
   order and what may re-enter.
 - :mod:`netcore.server`: ``TCPServer``, listeners, limits and ``broadcast``.
+- :mod:`netcore.client`: ``TCPClient``, outbound connections (numeric
+  addresses, IPv4/IPv6, a connect timeout, failures reported once).
 - :mod:`netcore.sniff`: one port for two protocols, decided by the first byte.
 - :mod:`netcore.static`: ``StaticFiles``, GET/HEAD of a directory, with ETags.
+- :mod:`netcore.wscodec`: WebSocket codecs for connections, server end
+  and client end (``websocket_client``); text and binary messages.
 - :mod:`netcore.web`: ``WebFront``, HTTP and WebSocket on a server's port.
 - :mod:`netcore.logs`: JSON/text log formatters, rate limits, churn summaries.
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
+- :mod:`netcore.process`: process plumbing: open-files limit, ``malloc_trim``,
+  the two-signal shutdown.
+- :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
+  commands, pipelining and pub/sub with AUTH and reconnects on the loop.
+- :mod:`netcore.testing`: helpers for tests (run a loop until a condition,
+  a bound listening socket); never needed at run time.
 """
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError
-from .connection import CloseReason, Connection, Owner
+from .client import ClientConfig, TCPClient
+from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
+from .connection import CloseReason, CodecFactory, Connection, Owner
 from .framing import (
     DEFAULT_MAX_FRAME,
     FrameError,
@@ -42,14 +55,27 @@ from .framing import (
     encode_frame,
 )
 from .loop import EventLoop, Readiness, Timer
+from .redis import (
+    CommandError,
+    ConnectionLost,
+    HandshakeError,
+    NotConnected,
+    Pending,
+    Redis,
+    RedisAddress,
+    RedisError,
+    RedisSubscriber,
+)
+from .resp import ReplyError, RespParser, RespProtocolError, encode_command
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
-from .server import CodecFactory, ServerConfig, TCPServer, bind_listeners
+from .server import ServerConfig, TCPServer, bind_listeners
 from .sniff import HTTP, WEBSOCKET
 from .stats import Histogram, NetStats, Window, percentile
 from .tick import Tick, TickScheduler
 from .web import WebConfig, WebFront, WebSocketCodec
 from .websocket import CloseCode, close_code_for
+from .wscodec import websocket_client
 
 __version__ = "0.1.0"
 
@@ -59,25 +85,40 @@ __all__ = [
     "HTTP",
     "WEBSOCKET",
     "BufferFull",
+    "ClientConfig",
     "CloseCode",
     "CloseReason",
     "Codec",
     "CodecFactory",
+    "CommandError",
     "Connection",
+    "ConnectionLost",
     "EventLoop",
     "FrameError",
     "FrameParser",
     "Handler",
+    "HandshakeError",
     "Histogram",
     "NetStats",
+    "NotConnected",
     "OversizeFrame",
     "Owner",
+    "Pending",
     "ProtocolError",
     "Readiness",
+    "Redis",
+    "RedisAddress",
+    "RedisError",
+    "RedisSubscriber",
+    "ReplyError",
+    "RespParser",
+    "RespProtocolError",
     "RingBuffer",
     "ServerConfig",
     "SplitFrame",
+    "TCPClient",
     "TCPServer",
+    "Text",
     "Tick",
     "TickScheduler",
     "Timer",
@@ -89,6 +130,8 @@ __all__ = [
     "ZeroLengthFrame",
     "bind_listeners",
     "close_code_for",
+    "encode_command",
     "encode_frame",
     "percentile",
+    "websocket_client",
 ]

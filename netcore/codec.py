@@ -10,11 +10,11 @@ speaks the same codec.
 
 from __future__ import annotations
 
-from typing import List, Protocol
+from typing import List, Protocol, Sequence
 
 from .ringbuffer import BytesLike
 
-__all__ = ["CLOSED_CODEC", "ClosedCodec", "Codec", "ProtocolError", "SilentCodec"]
+__all__ = ["CLOSED_CODEC", "ClosedCodec", "Codec", "ProtocolError", "SilentCodec", "Text"]
 
 
 class ProtocolError(ValueError):
@@ -25,6 +25,25 @@ class ProtocolError(ValueError):
     """
 
     reason = "bad-input"
+    # When the error is a limit the input went over (a size, a rate), the
+    # limit's name: servers count it in NetStats.limits.
+    limit_name = ""
+    # Payloads completed before the error from the same input: the
+    # connection delivers them before it reports the error.
+    messages: Sequence[bytes] = ()
+
+
+class Text(bytes):
+    """A payload that is text: its UTF-8 bytes, marked as text.
+
+    WebSocket codecs deliver a text message as a ``Text`` (so
+    ``isinstance(payload, Text)`` tells text from binary, and
+    ``payload.decode()`` is the string) and send a ``Text`` as a text
+    message, so an echo is ``conn.send(payload)``. Codecs without a text
+    kind carry its bytes. ``Text(string, "utf-8")`` makes one from a str.
+    """
+
+    __slots__ = ()
 
 
 class Codec(Protocol):

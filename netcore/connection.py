@@ -8,9 +8,12 @@ queue is non-empty, so the steady state of an up-to-date client is a single
 ``send`` per message and no selector traffic.
 
 Crossing ``high_water`` queued bytes calls the handler's ``on_high_water``;
-falling back to ``low_water`` calls ``on_drain``. A peer that lets the queue
-reach ``max_output`` is disconnected as a slow consumer, with the reason
-logged, rather than being allowed to grow the server's memory.
+falling back to ``low_water`` calls ``on_drain``. A write to a connection
+whose queue already holds ``max_output`` bytes disconnects it as a slow
+consumer, with the reason logged at DEBUG and counted, rather than letting
+it grow the server's memory. Below that, one write may take the queue past
+``max_output``: a message of any size can always be sent, and the queue
+peaks at ``max_output`` plus one message.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError
+from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
 from .loop import EventLoop, Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
 from .stats import NetStats
 
-__all__ = ["CloseReason", "Connection", "ConnectionEvents", "Limits", "Owner"]
+__all__ = ["CloseReason", "CodecFactory", "Connection", "ConnectionEvents", "Limits", "Owner"]
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +174,24 @@ class Connection(Readiness):
     # -- writing ------------------------------------------------------------
 
     def send(self, payload: BytesLike) -> bool:
-        """Frame ``payload`` with this connection's codec and write it."""
+        """Frame ``payload`` with this connection's codec and write it.
+
+        A :class:`~netcore.codec.Text` goes as a text message where the codec
+        has them (WebSocket), anything else as binary. Returns what
+        :meth:`write` returns.
+        """
         return self.write(self.codec.frame(payload))
+
+    def send_text(self, text: str) -> bool:
+        """Send ``text`` as one text message (its UTF-8 bytes where the
+        codec has no text messages)."""
+        return self.write(self.codec.frame(Text(text, "utf-8")))
+
+    def send_binary(self, data: BytesLike) -> bool:
+        """Send ``data`` as one binary message, even if it is a Text."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        return self.write(self.codec.frame(data))
 
     def write(self, data: BytesLike, frames: int = 1) -> bool:
         """Send ``data`` now, queueing what the kernel does not take.
@@ -213,12 +232,18 @@ class Connection(Readiness):
         try:
             out.write(data)
         except BufferFull as full:
-            owner.stats.slow_consumers += 1
-            self.close(
-                CloseReason.SLOW_CONSUMER,
-                f"{full.size + full.incoming} bytes queued > cap {full.limit}",
-            )
-            return
+            cap = owner.config.max_output
+            if full.size >= cap:
+                owner.stats.slow_consumers += 1
+                self.close(
+                    CloseReason.SLOW_CONSUMER,
+                    f"{full.size} bytes queued >= cap {cap}, {full.incoming} more written",
+                )
+                return
+            # Under the cap, one write may take the queue past it: a message
+            # of any size can be sent (the queue peaks at cap + one message).
+            out.limit = full.size + full.incoming
+            out.write(data)
         owner.stats.queued_out_bytes += len(data)
         if not self.above_high_water and len(out) >= owner.config.high_water:
             self.above_high_water = True
@@ -294,9 +319,12 @@ class Connection(Readiness):
         try:
             messages = self.codec.feed(view[:n])
         except ProtocolError as exc:
-            owner._bad_input(self, exc)
+            if exc.messages:
+                self._deliver(exc.messages)
+            if self.state == OPEN:
+                owner._bad_input(self, exc)
             return
-        if messages:
+        if messages:  # _deliver(), inline: this is every read's path
             stats.frames_in += len(messages)
             on_message = owner.handler.on_message
             for payload in messages:
@@ -304,11 +332,38 @@ class Connection(Readiness):
                 if self.state != OPEN:
                     break
 
+    def _deliver(self, messages: Sequence[bytes]) -> None:
+        """Hand ``messages`` to the handler until one of them closes us."""
+        owner = self.owner
+        owner.stats.frames_in += len(messages)
+        on_message = owner.handler.on_message
+        for payload in messages:
+            on_message(self, payload)
+            if self.state != OPEN:
+                break
+
     def on_error(self, exc: BaseException) -> None:
         log.error("connection fd=%d: handler failed", self.fd, exc_info=exc)
         self.close(CloseReason.ERROR, f"internal: {exc!r}")
 
     # -- closing ------------------------------------------------------------
+
+    def goodbye(self, code: int = 1000, text: str = "", last_words: bytes = b"",
+                reason: str = CloseReason.SERVER_CLOSE) -> None:
+        """Close the polite way: say why as the codec can, flush, then close.
+
+        Writes ``codec.closing(last_words, code, text)``: over WebSocket the
+        ``last_words`` stream in a message and a Close frame with ``code``
+        (a :class:`~netcore.websocket.CloseCode`) and ``text``; over plain
+        frames just ``last_words``; nothing on an HTTP connection. Then
+        :meth:`close_after_flush` with ``reason``. A no-op unless open.
+        """
+        if self.state != OPEN:
+            return
+        bye = self.codec.closing(last_words, code, text)
+        if bye and not self.write(bye):
+            return  # the write failed and closed the connection
+        self.close_after_flush(reason, text)
 
     def close_after_flush(self, reason: str, detail: str = "") -> None:
         """Stop reading, send what is queued, then close.
@@ -366,3 +421,9 @@ class Connection(Readiness):
         if events != self.events and self.state != CLOSED:
             self.events = events
             self.owner.loop.modify(self.sock, events, self)
+
+
+# Makes the codec of a new connection. It gets the connection, so a codec
+# that needs it (a protocol sniffer, a WebSocket front) can hold it; most
+# ignore it: ``lambda conn: FrameParser(1024)``.
+CodecFactory = Callable[[Connection], Codec]

@@ -55,6 +55,8 @@ class ZeroLengthFrame(FrameError):
 class OversizeFrame(FrameError):
     """A frame declared a length over the parser's ``max_frame``."""
 
+    limit_name = "frame-size"
+
     def __init__(self, length: int, limit: int, offset: int) -> None:
         super().__init__(
             f"frame length {length} exceeds limit {limit} at stream offset {offset}"
@@ -205,7 +207,7 @@ class WholeFrames(LengthPrefixedOutput):
     Where a transport has message boundaries of its own (WebSocket), each
     message carries one or more whole frames, so nothing is held between
     messages and one instance serves every connection. A message that
-    ends inside a frame raises :class:`SplitFrame`.
+    ends inside a frame, or holds none (empty), raises :class:`SplitFrame`.
     """
 
     __slots__ = ("max_frame",)
@@ -219,6 +221,10 @@ class WholeFrames(LengthPrefixedOutput):
         frames: List[bytes] = []
         view = data if isinstance(data, memoryview) else memoryview(data)
         end = len(view)
+        if end == 0:
+            # Not a message of frames; and 10,000 of them in one read would
+            # cost the server a parse each and the flood count nothing.
+            raise SplitFrame(0, 2)
         pos = 0
         limit = self.max_frame
         while pos < end:

@@ -71,12 +71,7 @@ class Handler:
 
         If this returns with ``conn`` still open, it is closed at once.
         """
-        detail = str(exc)
-        bye = conn.codec.closing(b"", close_code_for(exc), detail)
-        if bye and conn.write(bye):
-            conn.close_after_flush(exc.reason, detail)
-        else:
-            conn.close(exc.reason, detail)
+        conn.goodbye(close_code_for(exc), str(exc), reason=exc.reason)
 
     def on_high_water(self, conn: Connection) -> None:
         """``conn``'s queued output crossed ``high_water``."""

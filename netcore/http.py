@@ -88,6 +88,8 @@ class HttpError(ProtocolError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+        # 414 and 431 are the head's size limits.
+        self.limit_name = {414: "http-line", 431: "http-head"}.get(status, "")
 
 
 class Request(NamedTuple):

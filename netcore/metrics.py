@@ -174,6 +174,9 @@ def add_net_stats(exp: Exposition, stats: NetStats, prefix: str,
     exp.counter(f"{p}_slow_consumer_disconnects_total",
                 "Clients closed because their output queue reached its cap.",
                 stats.slow_consumers)
+    exp.labelled(f"{p}_limits_total", "counter",
+                 "Limits that fired (a refusal or a close), by limit name.", "limit",
+                 stats.limits)
 
 
 def add_tick_stats(exp: Exposition, sched: TickScheduler, prefix: str) -> None:

@@ -20,23 +20,23 @@ import logging
 import os
 import selectors
 import socket
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+import sys
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .codec import Codec, ProtocolError
-from .connection import CloseReason, Connection
+from .addrlimit import DEFAULT_EXEMPT, AddressLimits, Key, parse_networks
+from .codec import Codec, ProtocolError, SilentCodec
+from .connection import CloseReason, CodecFactory, Connection
 from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
 from .handler import Handler
-from .loop import EventLoop, Readiness
+from .loop import EventLoop, Readiness, Timer
+from .proxyproto import ProxyHeader, ProxyHeaderReader
+from .ringbuffer import BytesLike
 from .stats import NetStats
+from .websocket import CloseCode
 
 __all__ = ["CodecFactory", "Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
 log = logging.getLogger(__name__)
-
-# Makes the codec of a new connection. It gets the connection, so a codec
-# that needs it (a protocol sniffer, a WebSocket front) can hold it; most
-# ignore it: ``lambda conn: FrameParser(1024)``.
-CodecFactory = Callable[[Connection], Codec]
 
 EVENT_READ = selectors.EVENT_READ
 
@@ -44,6 +44,26 @@ _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 
 RECV_BUFFER_SIZE = 64 * 1024
+
+try:  # the unsent bytes in a socket's send queue (SIOCOUTQ is TIOCOUTQ on Linux)
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: Optional[int] = termios.TIOCOUTQ if sys.platform.startswith("linux") else None
+except ImportError:  # pragma: no cover - not POSIX
+    _SIOCOUTQ = None
+
+_ZERO_INT = bytes(4)
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes in ``sock``'s kernel send queue not yet acknowledged (0 where unknown)."""
+    if _SIOCOUTQ is None:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), _SIOCOUTQ, _ZERO_INT), sys.byteorder)
+    except OSError:
+        return 0
 
 
 class ServerConfig:
@@ -56,6 +76,9 @@ class ServerConfig:
     __slots__ = (
         "hosts", "port", "backlog", "max_connections", "max_frame", "max_output",
         "high_water", "low_water", "accept_batch", "close_linger", "nodelay", "full_message",
+        "sndbuf", "send_backlog_limit", "send_backlog_grace", "max_per_address",
+        "max_pending_per_address", "max_pending", "exempt", "trusted_proxies",
+        "limit_message", "read_budget",
     )
 
     def __init__(
@@ -68,10 +91,36 @@ class ServerConfig:
         max_output: int = 1 << 20,  # queued output past this: slow consumer, closed
         high_water: int = 64 << 10,
         low_water: int = 16 << 10,
-        accept_batch: int = 512,
+        # Connections accepted per listener wake-up: the loop checks for a due
+        # tick between wake-ups, so a connect flood cannot hold the tick up.
+        accept_batch: int = 64,
         close_linger: float = 2.0,  # seconds a closing connection may take to flush
         nodelay: bool = True,
         full_message: bytes = encode_frame(b"server full"),
+        # SO_SNDBUF of accepted sockets (the kernel doubles it); None: the
+        # kernel's autotuning, up to net.ipv4.tcp_wmem's max (~4 MB) each.
+        sndbuf: Optional[int] = None,
+        # The slow-consumer rule: a peer whose unsent backlog at the server
+        # (netcore's queue + its socket's own, SIOCOUTQ on Linux) stays over
+        # send_backlog_limit bytes for send_backlog_grace seconds is cut.
+        # None: off (the max_output cap still applies).
+        send_backlog_limit: Optional[int] = None,
+        send_backlog_grace: float = 4.0,
+        # Per client address (IPv6 by /64; see netcore.addrlimit). None: off.
+        max_per_address: Optional[int] = None,
+        max_pending_per_address: Optional[int] = None,  # not yet settle()d
+        max_pending: Optional[int] = None,  # all addresses together
+        exempt: Union[str, Sequence[str]] = DEFAULT_EXEMPT,  # CIDRs never limited
+        # Peers whose connections start with a PROXY protocol header (v1 or
+        # v2) naming the real client; they must send one. Empty: none.
+        trusted_proxies: Union[str, Sequence[str]] = (),
+        # What a peer refused by a per-address limit gets: limit_message(limit
+        # name, client address); None: full_message.
+        limit_message: Optional[Callable[[str, str], bytes]] = None,
+        # Bytes read from one connection per wake-up (the shared read
+        # buffer's size): what one flooding peer can make the loop parse
+        # before others, and a due tick, get their turn.
+        read_budget: int = RECV_BUFFER_SIZE,
     ) -> None:
         if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
@@ -89,6 +138,18 @@ class ServerConfig:
         self.close_linger = close_linger
         self.nodelay = nodelay
         self.full_message = full_message
+        self.sndbuf = sndbuf
+        self.send_backlog_limit = send_backlog_limit
+        self.send_backlog_grace = send_backlog_grace
+        self.max_per_address = max_per_address
+        self.max_pending_per_address = max_pending_per_address
+        self.max_pending = max_pending
+        self.exempt = parse_networks(exempt)  # ValueError for a bad CIDR
+        self.trusted_proxies = parse_networks(trusted_proxies)
+        self.limit_message = limit_message
+        if read_budget < 1:
+            raise ValueError("read_budget must be positive")
+        self.read_budget = read_budget
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -181,17 +242,36 @@ class TCPServer:
         self.connections: Dict[int, Connection] = {}
         self.listeners: List[Listener] = []
         self.accepting = False
-        self.recv_view = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self.recv_view = memoryview(bytearray(self.config.read_budget))
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
+        self._on_drained: Optional[Callable[[], None]] = None  # while shutting down
+        self._drain_timer: Optional[Timer] = None
+        cfg = self.config
+        self.address_limits = AddressLimits(cfg.max_per_address, cfg.max_pending_per_address,
+                                            cfg.max_pending, cfg.exempt)
+        # Connections counted by address_limits: their key, and whether pending.
+        self._counted: Dict[Connection, Tuple[Key, bool]] = {}
+        # The real client of a connection from a trusted proxy (PROXY header).
+        self.proxied: Dict[Connection, str] = {}
+        self._over_backlog: Dict[Connection, float] = {}  # over the limit since
+        self._backlog_timer: Optional[Timer] = None
 
     # -- lifecycle ----------------------------------------------------------
 
-    def listen(self) -> List[Tuple[str, int]]:
-        """Bind every configured address and start accepting."""
+    def listen(self, sockets: Optional[Sequence[socket.socket]] = None) -> List[Tuple[str, int]]:
+        """Bind every configured address and start accepting.
+
+        ``sockets``: listen on these already bound, listening sockets instead
+        (inherited from a supervisor, or :func:`netcore.testing.bound_socket`);
+        the server owns and closes them.
+        """
         cfg = self.config
-        for sock in bind_listeners(cfg.hosts, cfg.port, cfg.backlog):
+        if sockets is None:
+            sockets = bind_listeners(cfg.hosts, cfg.port, cfg.backlog)
+        for sock in sockets:
+            sock.setblocking(False)
             listener = Listener(sock, self)
             self.listeners.append(listener)
             self.loop.register(sock, EVENT_READ, listener)
@@ -218,6 +298,35 @@ class TCPServer:
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
+
+    def shutdown(self, grace: float = 2.0, last_words: bytes = b"",
+                 code: int = CloseCode.GOING_AWAY, text: str = "server shutting down",
+                 on_done: Optional[Callable[[], None]] = None) -> None:
+        """Drain: stop accepting, say goodbye to everyone, close within ``grace`` s.
+
+        Every connection gets :meth:`Connection.goodbye` (``last_words``, a
+        stream of already-framed messages, then over WebSocket a Close frame
+        with ``code``, 1001 going away by default; an HTTP response under
+        way is just finished) and closes once that is sent. Whoever has not
+        read it after ``grace`` seconds is closed anyway. ``on_done()`` runs
+        once, from the loop, when the last connection has closed (at once if
+        there are none): stop the loop there.
+        """
+        self.stop_accepting()
+        self._on_drained = on_done if on_done is not None else (lambda: None)
+        for conn in list(self.connections.values()):
+            conn.goodbye(code, text, last_words, CloseReason.SHUTDOWN)
+        self._drain_timer = self.loop.call_later(grace, lambda: self.close(CloseReason.SHUTDOWN))
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        done = self._on_drained
+        if done is not None and not self.connections:
+            self._on_drained = None
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            self.loop.call_soon(done)
 
     def close(self, reason: str = CloseReason.SERVER_CLOSE) -> None:
         """Stop accepting and close every connection now."""
@@ -299,52 +408,164 @@ class TCPServer:
                 self.stats.accept_errors += 1
                 log.warning("accept failed: %s", exc)
                 return
-            self.adopt(sock)
+            self.adopt(sock, _addr)
 
-    def adopt(self, sock: socket.socket) -> Optional[Connection]:
+    def adopt(self, sock: socket.socket, address: object = None) -> Optional[Connection]:
         """Serve an already-connected socket (accepted here or handed in).
 
-        Over ``max_connections`` the socket is refused with ``full_message``
-        and None is returned.
+        Over ``max_connections`` the socket is refused with ``full_message``,
+        over a per-address limit with ``limit_message``, and None is returned.
+        ``address`` is what ``accept()`` said (else the socket is asked).
         """
         stats = self.stats
-        if stats.connections >= self.config.max_connections:
+        cfg = self.config
+        if stats.connections >= cfg.max_connections:
             stats.refused_full += 1
-            self._refuse(sock)
+            stats.limit("max-connections")
+            self._refuse(sock, cfg.full_message)
             return None
+        peer = _host(address) if address is not None else _peer_host(sock)
+        from_proxy = bool(cfg.trusted_proxies) and peer in cfg.trusted_proxies
+        key: Optional[Key] = None
+        if not from_proxy and self.address_limits.active:
+            key, limit = self.address_limits.admit(peer)
+            if limit is not None:
+                stats.limit(limit)
+                self._refuse(sock, self._limit_message(limit, peer))
+                return None
         try:
             sock.setblocking(False)
-            if self.config.nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                if cfg.nodelay:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if cfg.sndbuf is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.sndbuf)
         except OSError:  # the peer is already gone
+            self.address_limits.release(key, pending=True)
             sock.close()
             return None
         conn = Connection(sock, self)
-        conn.codec = self.codec_factory(conn)
+        if key is not None:
+            self._counted[conn] = (key, True)
+        conn.codec = _ProxyHeaderCodec(conn, self) if from_proxy else self.codec_factory(conn)
         self.loop.register(sock, EVENT_READ, conn)
         self.connections[conn.fd] = conn
         stats.accepted += 1
         stats.connections += 1
+        if cfg.send_backlog_limit is not None and self._backlog_timer is None:
+            self._backlog_timer = self.loop.call_later(self._backlog_period, self._check_backlogs)
         self.handler.on_connect(conn)
         return conn
 
-    def _refuse(self, sock: socket.socket) -> None:
-        """Tell the peer why, then close.
+    def _refuse(self, sock: socket.socket, message: bytes) -> None:
+        """Tell the peer why, then close: a few syscalls, whatever the peer does.
 
-        Whatever the peer already sent is read first: closing a socket with
+        What the peer already sent is read once first: closing a socket with
         unread input makes the kernel send RST, which can destroy our
-        message before the peer reads it.
+        message before the peer reads it. A peer that keeps sending gets
+        the RST anyway; it is not worth a second read.
         """
         try:
             sock.setblocking(False)
-            sock.send(self.config.full_message)
+            sock.send(message)
             sock.shutdown(socket.SHUT_WR)
-            while sock.recv(4096):
-                pass
+            sock.recv_into(self.recv_view)
         except OSError:
             pass
         finally:
             sock.close()
+
+    def _limit_message(self, limit: str, address: str) -> bytes:
+        make = self.config.limit_message
+        return make(limit, address) if make is not None else self.config.full_message
+
+    # -- per-address limits and proxies ---------------------------------------
+
+    def client_address(self, conn: Connection) -> str:
+        """The client's IP address: what a trusted proxy said, else the peer's."""
+        proxied = self.proxied.get(conn)
+        return proxied if proxied is not None else _peer_host(conn.sock)
+
+    def settle(self, conn: Connection) -> None:
+        """``conn`` is no longer pending (a player said HELLO): it stops counting
+        against the pending limits. Idempotent; a no-op for uncounted peers."""
+        counted = self._counted.get(conn)
+        if counted is not None and counted[1]:
+            self._counted[conn] = (counted[0], False)
+            self.address_limits.settle(counted[0])
+
+    def rekey(self, conn: Connection, address: str) -> Optional[str]:
+        """Count ``conn`` as coming from ``address`` (a trusted proxy named the
+        client, e.g. in X-Forwarded-For). Returns the name of the limit that
+        refuses it (the caller answers and closes), else None."""
+        limits = self.address_limits
+        self.proxied[conn] = address
+        counted = self._counted.pop(conn, None)
+        pending = True
+        if counted is not None:
+            pending = counted[1]
+            limits.release(counted[0], pending)
+        if not limits.active:
+            return None
+        key, limit = limits.admit(address)
+        if limit is not None:
+            self.stats.limit(limit)
+            return limit
+        if key is not None:
+            self._counted[conn] = (key, True)
+            if not pending:
+                self.settle(conn)
+        return None
+
+    def _proxy_header(self, conn: Connection, header: ProxyHeader, rest: bytes) -> List[bytes]:
+        """A trusted proxy said who the client is: count it, then serve it."""
+        if header.source is not None:
+            limit = self.rekey(conn, header.source[0])
+            if limit is not None:
+                conn.write(self._limit_message(limit, header.source[0]))
+                conn.close_after_flush(limit, f"refused: {limit}")
+                return []
+        codec = conn.codec = self.codec_factory(conn)
+        if rest and conn.is_open:
+            return codec.feed(rest)
+        return []
+
+    # -- the slow-consumer rule -------------------------------------------------
+
+    @property
+    def _backlog_period(self) -> float:
+        return max(0.05, min(1.0, self.config.send_backlog_grace / 4))
+
+    def _check_backlogs(self) -> None:
+        """Cut peers whose unsent backlog stayed over the limit for the grace time.
+
+        Runs every second at most (a quarter of the grace), while there are
+        connections: one ioctl per connection.
+        """
+        self._backlog_timer = None
+        limit = self.config.send_backlog_limit
+        if limit is None or not self.connections:
+            self._over_backlog.clear()
+            return
+        now = self.loop.time()
+        grace = self.config.send_backlog_grace
+        over = self._over_backlog
+        for conn in list(self.connections.values()):
+            out = conn.out
+            backlog = (0 if out is None else len(out)) + unsent_bytes(conn.sock)
+            if backlog <= limit:
+                if over:
+                    over.pop(conn, None)
+                continue
+            since = over.setdefault(conn, now)
+            if now - since >= grace:
+                del over[conn]
+                self.stats.slow_consumers += 1
+                self.stats.limit("send-backlog")
+                _abort(conn.sock)
+                conn.close(CloseReason.SLOW_CONSUMER,
+                           f"{backlog} bytes unsent for {now - since:.1f} s (limit {limit})")
+        self._backlog_timer = self.loop.call_later(self._backlog_period, self._check_backlogs)
 
     def _reserve_spare_fd(self) -> None:
         if self._spare_fd is None:
@@ -386,7 +607,8 @@ class TCPServer:
             except OSError:
                 return False
             self.stats.refused_fd_limit += 1
-            self._refuse(sock)
+            self.stats.limit("fd-limit")
+            self._refuse(sock, self.config.full_message)
         return False
 
     def _pause(self, listener: Listener, seconds: float) -> None:
@@ -405,6 +627,8 @@ class TCPServer:
     # -- called by connections (the Owner protocol) --------------------------
 
     def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        if exc.limit_name:
+            self.stats.limit(exc.limit_name)
         log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
         self.handler.on_bad_input(conn, exc)
         if conn.is_open:  # the handler neither closed it nor began to
@@ -417,6 +641,13 @@ class TCPServer:
             pass
         if self.connections.pop(conn.fd, None) is conn:
             self.stats.count_close(reason)
+        counted = self._counted.pop(conn, None)
+        if counted is not None:
+            self.address_limits.release(counted[0], counted[1])
+        if self.proxied:
+            self.proxied.pop(conn, None)
+        if self._over_backlog:
+            self._over_backlog.pop(conn, None)
         # Per-connection lines stay at DEBUG: 15,000 peers would flood the log.
         # Churn, by reason, is summarised every few seconds (logs.ChurnReporter).
         if detail:
@@ -424,3 +655,52 @@ class TCPServer:
         else:
             log.debug("fd=%d closed: %s", conn.fd, reason)
         self.handler.on_close(conn, reason)
+        if self._on_drained is not None:
+            self._check_drained()
+
+
+class _ProxyHeaderCodec(SilentCodec):
+    """The first codec of a connection from a trusted proxy: its PROXY header.
+
+    Then the server's own codec takes over with the bytes that followed.
+    Nothing is said to the proxy meanwhile (a timeout closes it silently).
+    """
+
+    __slots__ = ("conn", "server", "reader")
+
+    def __init__(self, conn: Connection, server: TCPServer) -> None:
+        self.conn = conn
+        self.server = server
+        self.reader = ProxyHeaderReader()
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        found = self.reader.feed(data)  # ProxyError: bad input, closed
+        if found is None:
+            return []
+        return self.server._proxy_header(self.conn, found[0], found[1])
+
+
+def _host(address: object) -> str:
+    """The host part of an ``accept()`` address ("" for a Unix socket's)."""
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address or "")
+
+
+def _peer_host(sock: socket.socket) -> str:
+    try:
+        return _host(sock.getpeername())
+    except OSError:
+        return ""
+
+
+_LINGER_ABORT = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
+
+
+def _abort(sock: socket.socket) -> None:
+    """Make close() reset the connection: its unsent data goes at once, not
+    after the kernel's retries (a never-reader's queue is what we are freeing)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    except OSError:
+        pass

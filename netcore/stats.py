@@ -104,6 +104,7 @@ class NetStats:
         "sends",
         "queued_out_bytes",
         "slow_consumers",
+        "limits",
     )
 
     def __init__(self) -> None:
@@ -121,6 +122,14 @@ class NetStats:
         self.sends = 0
         self.queued_out_bytes = 0
         self.slow_consumers = 0
+        # Every limit that fired, by its name ("connections-per-address",
+        # "send-backlog", "ws-control-rate"...): a refusal or a close.
+        self.limits: Dict[str, int] = {}
+
+    def limit(self, name: str) -> None:
+        """Count one firing of the limit ``name``."""
+        limits = self.limits
+        limits[name] = limits.get(name, 0) + 1
 
     def count_close(self, reason: str) -> None:
         self.closed += 1

@@ -118,14 +118,21 @@ class TickScheduler:
         self.duration_hist.observe(seconds)
 
     def snapshot(self) -> Dict[str, float]:
+        """The figures as JSON-ready numbers; a key that is a time ends in ``_s``.
+
+        Percentiles are over the last ``window`` ticks; sums and counts are
+        since the start, so a reader can take differences between snapshots.
+        """
         return {
-            "period": self.period,
+            "period_s": self.period,
             "fired": self.fired,
             "late": self.late,
             "skipped": self.skipped,
-            "max_lateness": self.max_lateness,
-            "lateness_p50": self.recent_lateness.percentile(50),
-            "lateness_p99": self.recent_lateness.percentile(99),
-            "duration_p50": self.recent_duration.percentile(50),
-            "duration_p99": self.recent_duration.percentile(99),
+            "lateness_max_s": self.max_lateness,
+            "lateness_p50_s": self.recent_lateness.percentile(50),
+            "lateness_p99_s": self.recent_lateness.percentile(99),
+            "duration_p50_s": self.recent_duration.percentile(50),
+            "duration_p99_s": self.recent_duration.percentile(99),
+            "duration_sum_s": self.duration_hist.sum,
+            "duration_count": self.duration_hist.count,
         }

@@ -27,7 +27,7 @@ either: a request head is capped at 16 KiB.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
@@ -38,30 +38,45 @@ from .ringbuffer import BytesLike
 from .sniff import BINARY, HTTP, MAX_BINARY_FRAME, WEBSOCKET, ProtocolSniffer
 from .static import StaticFiles
 from .websocket import (
-    PONG,
-    Close,
-    CloseCode,
-    Message,
-    Ping,
-    WebSocketError,
-    WebSocketParser,
-    close_frame,
-    frame,
-    frame_header,
+    DEFAULT_CONTROL_BURST,
+    DEFAULT_CONTROL_RATE,
+    DEFAULT_MAX_MESSAGE,
     handshake_response,
 )
+from .wscodec import WebSocketCodec
 
-__all__ = ["BINARY", "HTTP", "WEBSOCKET", "HttpCodec", "WebConfig", "WebFront",
+__all__ = ["BINARY", "HTTP", "WEBSOCKET", "HttpCodec", "Upgrade", "WebConfig", "WebFront",
            "WebSocketCodec", "WebStats"]
 
 log = logging.getLogger(__name__)
 
 
+class Upgrade(NamedTuple):
+    """How to serve one WebSocket upgrade: what a ``ws_accept`` hook returns."""
+
+    inner: Optional[Codec] = None  # None: raw messages (text and binary)
+    subprotocol: str = ""  # "" for none; else one the client offered
+
+
 class WebConfig:
-    """What the front serves. A plain class, for the same reason as ServerConfig."""
+    """What the front serves. A plain class, for the same reason as ServerConfig.
+
+    WebSocket upgrades: a GET on ``ws_path`` (``"*"``: on any path, when it
+    asks to upgrade) from an allowed ``Origin`` (``allowed_origins``, None:
+    any; otherwise 403) is served with ``message_codec`` as its inner codec
+    (None: raw messages, what applications want; a framing codec: a byte
+    stream in binary messages, as the game does) and the first of
+    ``subprotocols`` the client offered. ``ws_accept(request)`` replaces
+    that last choice per upgrade: it returns an :class:`Upgrade`, or an
+    HTTP status (403, 404...) to refuse with. The WebSocket limits
+    (``max_message``, ``max_fragments``, ``control_burst``,
+    ``control_rate``) are :class:`~netcore.websocket.WebSocketParser`'s.
+    """
 
     __slots__ = ("static_root", "static_reader", "routes", "ws_path", "health_path",
-                 "handshake_timeout", "max_requests", "max_message", "message_codec", "headers")
+                 "handshake_timeout", "max_requests", "max_message", "message_codec", "headers",
+                 "max_fragments", "control_burst", "control_rate", "allowed_origins",
+                 "subprotocols", "ws_accept")
 
     def __init__(
         self,
@@ -71,18 +86,24 @@ class WebConfig:
         # Dynamic GET/HEAD endpoints: path -> () -> (content type, body),
         # answered with Cache-Control: no-store (metrics, live figures).
         routes: Optional[Mapping[str, Callable[[], Tuple[str, bytes]]]] = None,
-        ws_path: Optional[str] = "/ws",  # None: no WebSocket
+        ws_path: Optional[str] = "/ws",  # None: no WebSocket; "*": any path
         health_path: Optional[str] = "/healthz",
         handshake_timeout: float = 10.0,
         max_requests: int = 100,  # per kept-alive connection
-        max_message: int = 64 << 10,  # largest WebSocket message accepted
-        # What reads the server's frames inside WebSocket messages. None: a
-        # new server codec per connection, so the messages form one stream
-        # and a frame may span messages. A stateless codec such as
-        # framing.WholeFrames (each message holds whole frames) is shared
-        # by every connection and costs none of them any memory.
+        max_message: int = DEFAULT_MAX_MESSAGE,  # largest WebSocket message accepted
+        # What reads the application's frames inside WebSocket messages.
+        # None: nothing; each message is one on_message (text as a Text).
+        # A stateless codec such as framing.WholeFrames (each message holds
+        # whole frames) is shared by every connection and costs none of
+        # them any memory.
         message_codec: Optional[Codec] = None,
         headers: Sequence[Tuple[str, str]] = (),  # added to every static file response
+        max_fragments: Optional[int] = None,  # frames per message; None: max_message // 64
+        control_burst: int = DEFAULT_CONTROL_BURST,  # pings/pongs at once...
+        control_rate: float = DEFAULT_CONTROL_RATE,  # ...and per second after that
+        allowed_origins: Optional[Sequence[str]] = None,  # None: any Origin (or none)
+        subprotocols: Sequence[str] = (),  # ours, in order of preference
+        ws_accept: Optional[Callable[[Request], Union[Upgrade, int]]] = None,
     ) -> None:
         if handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")
@@ -98,6 +119,13 @@ class WebConfig:
         self.max_message = max_message
         self.message_codec = message_codec
         self.headers = tuple(headers)
+        self.max_fragments = max_fragments
+        self.control_burst = control_burst
+        self.control_rate = control_rate
+        self.allowed_origins = (None if allowed_origins is None
+                                else frozenset(o.lower().rstrip("/") for o in allowed_origins))
+        self.subprotocols = tuple(subprotocols)
+        self.ws_accept = ws_accept
 
 
 class WebStats:
@@ -185,7 +213,9 @@ class WebFront:
                                                  [("Allow", "GET, HEAD")]), keep)
         elif request.has_body:
             self.reply(conn, 413, error_response(413, "request bodies are not accepted"), False)
-        elif cfg.ws_path is not None and path == cfg.ws_path:
+        elif cfg.ws_path is not None and (
+                path == cfg.ws_path
+                or (cfg.ws_path == "*" and "websocket" in request.tokens("upgrade"))):
             return self.upgrade(codec, request)
         elif cfg.health_path is not None and path == cfg.health_path:
             self.reply(conn, 200, response(
@@ -216,13 +246,23 @@ class WebFront:
     def bad_request(self, conn: Connection, exc: HttpError) -> None:
         """The parser refused the input: answer its status, then close."""
         self.stats.bad_requests += 1
-        log.info("fd=%d %s: bad HTTP request: %s", conn.fd, conn.peername(), exc)
-        self.reply(conn, exc.status, error_response(exc.status, str(exc)), False)
+        if exc.limit_name:
+            conn.owner.stats.limit(exc.limit_name)
+        # DEBUG: a thousand bad requests must not write a thousand lines; the
+        # churn summary counts them (closed by reason bad-http, limits hit).
+        log.debug("fd=%d %s: bad HTTP request: %s", conn.fd, conn.peername(), exc)
+        self.reply(conn, exc.status, error_response(exc.status, str(exc)), False, exc.reason)
 
     def upgrade(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
         conn = codec.conn
+        cfg = self.config
+        choice = self._choose(request)
         try:
-            accept = handshake_response(request)
+            if isinstance(choice, int):
+                raise HttpError(choice, "WebSocket upgrade refused" if choice != 403
+                                else "Origin not allowed")
+            extra = [("Sec-WebSocket-Protocol", choice.subprotocol)] if choice.subprotocol else []
+            accept = handshake_response(request, extra)
         except HttpError as exc:
             extra = [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
             keep = exc.status != 400 and request.keep_alive
@@ -235,15 +275,28 @@ class WebFront:
         self.stats.upgrades += 1
         self.watched.pop(conn, None)
         conn.write(accept)
-        inner = self.config.message_codec
-        if inner is None:
-            inner = self.binary()
-        ws = WebSocketCodec(conn, inner, self.config.max_message)
+        ws = WebSocketCodec(conn, choice.inner, cfg.max_message, choice.subprotocol,
+                            max_fragments=cfg.max_fragments, control_burst=cfg.control_burst,
+                            control_rate=cfg.control_rate)
         conn.codec = ws
         conn.owner.handler.on_protocol(conn, WEBSOCKET)
         if rest and conn.is_open:
             return ws.feed(rest)
         return []
+
+    def _choose(self, request: Request) -> Union[Upgrade, int]:
+        """The Origin check, then the hook or the configured choice."""
+        cfg = self.config
+        allowed = cfg.allowed_origins
+        if allowed is not None:
+            origin = (request.header("origin") or "").strip().lower().rstrip("/")
+            if origin not in allowed:
+                return 403
+        if cfg.ws_accept is not None:
+            return cfg.ws_accept(request)
+        offered = request.tokens("sec-websocket-protocol")
+        chosen = next((p for p in cfg.subprotocols if p.lower() in offered), "")
+        return Upgrade(cfg.message_codec, chosen)
 
     # -- deadlines ----------------------------------------------------------
 
@@ -265,6 +318,7 @@ class WebFront:
             elif since <= limit:
                 del watched[conn]
                 self.stats.handshake_timeouts += 1
+                conn.owner.stats.limit("http-deadline")
                 if conn.codec.parser.buffered:
                     self.reply(conn, 408, error_response(
                         408, f"request not complete within {self.config.handshake_timeout:g} s"),
@@ -307,52 +361,3 @@ class HttpCodec(SilentCodec):
         except HttpError as exc:
             self.front.bad_request(conn, exc)
         return []
-
-
-class WebSocketCodec(WebSocketParser):
-    """A WebSocket connection's codec, carrying an inner byte-stream codec.
-
-    Binary messages are fed to the inner codec (see
-    ``WebConfig.message_codec``); outgoing bytes go out as one binary
-    message per write. Pings are answered; a
-    Close is answered with a Close and the connection closes once that is
-    sent. Text messages are refused with 1003 (the inner stream is binary).
-    """
-
-    __slots__ = ("conn", "inner")
-
-    def __init__(self, conn: Connection, inner: Codec, max_message: int = 64 << 10) -> None:
-        super().__init__(max_message=max_message, client=False)
-        self.conn = conn
-        self.inner = inner
-
-    def feed(self, data: BytesLike) -> List[bytes]:
-        events = self.parse(data)
-        if not events:
-            return []
-        conn = self.conn
-        out: List[bytes] = []
-        for event in events:
-            if isinstance(event, Message):
-                if event.text:
-                    raise WebSocketError(CloseCode.UNSUPPORTED_DATA,
-                                         "text messages are not accepted; send binary")
-                out += self.inner.feed(event.data)
-            elif isinstance(event, Ping):
-                conn.write(frame(event.data, PONG))
-            elif isinstance(event, Close):
-                code = CloseCode.NORMAL if event.code == CloseCode.NO_STATUS else event.code
-                conn.write(close_frame(code))
-                conn.close_after_flush(CloseReason.PEER_CLOSED, f"WebSocket close {event.code}")
-                return []
-        return out
-
-    def frame(self, payload: BytesLike) -> bytes:
-        return self.wrap(self.inner.frame(payload))
-
-    def wrap(self, stream: bytes) -> bytes:
-        return frame_header(len(stream)) + stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        bye = close_frame(code, reason)
-        return frame_header(len(stream)) + stream + bye if stream else bye

@@ -1,29 +1,18 @@
 """Headless Chromium for the tests: Debian's browser, driven by playwright.
 
-No ``playwright install``: the system's /usr/bin/chromium is used. Under
-CI=true a missing piece fails the test instead of skipping it.
+No ``playwright install``: the system's /usr/bin/chromium is used. Outside CI a
+missing playwright or Chromium skips the test with the line that installs it;
+under CI=true it fails (conftest.require).
 """
 
-import os
-
-import pytest
-
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - reported by require_browser()
-    sync_playwright = None
+from conftest import require_module, require_tool
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def require(ok, why):
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser tests: {why}")
-        pytest.skip(why)
-
-
 def require_browser():
-    require(sync_playwright is not None, "playwright is not installed (pip install playwright)")
-    require(os.path.exists(CHROMIUM), f"{CHROMIUM} missing (apt-get install chromium)")
+    """playwright's ``sync_playwright``, once both it and Chromium are here."""
+    api = require_module("playwright.sync_api")
+    require_tool("chromium", CHROMIUM)
+    return api.sync_playwright

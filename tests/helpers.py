@@ -1,20 +1,15 @@
 """Shared test helpers (imported as ``helpers``: tests/ is on pytest's pythonpath)."""
 
-import resource
 import socket
 import time
 from typing import List
 
-from netcore import FrameParser
+from netcore import FrameParser, process
 
 
 def raise_nofile(want: int) -> int:
-    """Raise this process's soft open-files limit towards ``want``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    """Raise this process's soft open-files limit towards ``want``; returns it."""
+    return process.raise_nofile(want)[0]
 
 
 def read_frames(sock: socket.socket, count: int, timeout: float = 5.0) -> List[bytes]:

@@ -19,7 +19,7 @@ not speed measurements.) Typical use::
 
 Pieces:
 
-- :class:`HostileServer`: the server as a subprocess on a free loopback port,
+- :class:`HostileServer`: the server as a subprocess on a loopback port it binds itself,
   with any ``serve`` flags; its stdout and stderr go to files (a pipe nobody
   reads would stall a server that logs under attack), readable with
   :meth:`HostileServer.log`.
@@ -56,6 +56,7 @@ if ROOT not in sys.path:  # bench/attack.py imports this file from outside pytes
 
 import spelltraction as st  # noqa: E402
 from netcore import FrameParser  # noqa: E402
+from serverproc import LISTENING  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
 
 GAME = os.path.join(ROOT, "spelltraction.py")
@@ -91,37 +92,56 @@ class Resources(NamedTuple):
         return f"RSS {self.rss / MIB:.1f} MiB, {self.fds} fds"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def http_get(host: str, port: int, path: str,
+             timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
+    """``GET path`` over HTTP/1.1 with ``Connection: close``: (status, headers, body)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+                  .encode("ascii"))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1."):
+        raise AssertionError(f"not an HTTP response: {data[:200]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ")[1]), headers, body
 
 
 # -- the server ----------------------------------------------------------------------
 
 
 class HostileServer:
-    """``spelltraction.py serve`` on 127.0.0.1 and a free port, with ``flags``."""
+    """``spelltraction.py serve`` on 127.0.0.1 with ``flags``, on ``port`` or (0) one the
+    kernel picks when it binds: ``self.port`` is read from its "listening on" line."""
 
-    def __init__(self, *flags: str, port: Optional[int] = None, start_timeout: float = 15.0,
+    def __init__(self, *flags: str, port: int = 0, start_timeout: float = 15.0,
                  settle: float = 0.5) -> None:
-        self.port = port or free_port()
+        self.port = port
         self._dir = tempfile.TemporaryDirectory(prefix="hostile-")
         self.stdout_path = os.path.join(self._dir.name, "stdout")
         self.stderr_path = os.path.join(self._dir.name, "stderr")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, GAME, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 *flags],
+                 *(() if "--data" in flags else ("--no-data",)), *flags],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
         self.pid = self.proc.pid
         deadline = time.monotonic() + start_timeout
-        while "listening" not in self.output():
+        while not LISTENING.search(self.output()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop(signal.SIGKILL)
                 raise RuntimeError(f"server did not start: {self.output()!r} {self.log()!r}")
             time.sleep(0.05)
+        self.port = int(LISTENING.search(self.output())[2])  # type: ignore[index]
         time.sleep(settle)
 
     def output(self) -> str:
@@ -133,6 +153,13 @@ class HostileServer:
         """Everything the server logged on stderr so far."""
         with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
             return f.read()
+
+    def admin_port(self) -> int:
+        """The admin listener's port (started with ``--admin-port``), from its banner."""
+        for line in self.output().splitlines():
+            if line.startswith("admin ") and "http://" in line:
+                return int(line.rsplit(":", 1)[1].strip("/ "))
+        raise AssertionError(f"no admin listener in {self.output()!r}")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -154,25 +181,8 @@ class HostileServer:
 
     def get(self, path: str, port: Optional[int] = None,
             timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
-        """``GET path`` over HTTP/1.1 with ``Connection: close``: (status, headers, body)."""
-        with socket.create_connection(("127.0.0.1", port or self.port), timeout=timeout) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-                      .encode("ascii"))
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        if not lines[0].startswith("HTTP/1."):
-            raise AssertionError(f"not an HTTP response: {data[:200]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(lines[0].split(" ")[1]), headers, body
+        """``GET path`` on the game port (or ``port``): (status, headers, body)."""
+        return http_get("127.0.0.1", port or self.port, path, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> Optional[int]:
         """Signal the server and wait for it (killed if it outlives ``timeout``)."""
@@ -251,7 +261,11 @@ class Watcher:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            self.closed = self.closed or f"send failed: {exc}"
+            self.end(f"send failed: {exc}")
+
+    def end(self, why: str) -> None:
+        """The connection ended (the first reason stays: an ERROR before its Close)."""
+        self.closed = self.closed or why
 
     def on_readable(self, now: float) -> None:
         try:
@@ -259,10 +273,10 @@ class Watcher:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.closed = f"recv failed: {exc}"
+            self.end(f"recv failed: {exc}")
             return
         if not data:
-            self.closed = "server closed the connection"
+            self.end("server closed the connection")
             return
         if self.kind == "tcp":
             self.on_frames(now, self.frames.feed(data))
@@ -273,7 +287,7 @@ class Watcher:
             if end < 0:
                 return
             if not self.head.startswith(b"HTTP/1.1 101"):
-                self.closed = f"upgrade refused: {self.head[:80]!r}"
+                self.end(f"upgrade refused: {self.head[:80]!r}")
                 return
             data = self.head[end + 4:]
             self.ws = ws.WebSocketParser(client=True)
@@ -284,7 +298,7 @@ class Watcher:
             elif isinstance(event, ws.Ping):
                 self.send_raw(ws.frame(event.data, ws.PONG, mask_key=os.urandom(4)))
             elif isinstance(event, ws.Close):
-                self.closed = f"WebSocket close {event.code} {event.reason}"
+                self.end(f"WebSocket close {event.code} {event.reason}")
 
     def on_frames(self, now: float, frames: List[bytes]) -> None:
         for payload in frames:
@@ -295,7 +309,7 @@ class Watcher:
                 self.welcomed = True
                 self.plan_move(now)
             elif kind == st.ERROR:
-                self.closed = f"ERROR {st.decode(payload)}"
+                self.end(f"ERROR {st.decode(payload)}")
 
     def plan_move(self, now: float) -> None:
         if self.move_every is not None:

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from serverproc import ServerProcess, run_game
+
+pytestmark = pytest.mark.slow  # bot processes: seconds each, 20 s for the 2,000
 
 
 def test_2000_bots_for_20_seconds_all_play_every_tick():
@@ -23,10 +27,8 @@ def test_2000_bots_for_20_seconds_all_play_every_tick():
     assert server.proc.returncode == 0
 
 
-def test_bots_report_failures_and_exit_nonzero_when_nobody_listens():
-    from serverproc import free_port
-
-    result = run_game("bots", "--port", str(free_port()), "--count", "5", "--duration", "1",
+def test_bots_report_failures_and_exit_nonzero_when_nobody_listens(refused_port):
+    result = run_game("bots", "--port", str(refused_port), "--count", "5", "--duration", "1",
                       "--ramp-timeout", "5", "--json")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 1

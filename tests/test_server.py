@@ -1,253 +1,200 @@
-"""A real TCPServer on loopback: many clients, ticks, limits and bad input."""
+"""The game server on real loopback sockets, driven in this process."""
 
 import logging
-import os
-import socket
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 
-from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
-from helpers import raise_nofile, read_frames, read_until_closed
+import spelltraction as st
+from netcore import encode_frame
 
 
-class Echo(Handler):
-    def __init__(self):
-        self.closed = []
-
-    def on_message(self, conn, payload):
-        conn.send(b"echo:" + payload)
-
-    def on_close(self, conn, reason):
-        self.closed.append(reason)
-
-
-def start(handler=None, **cfg):
-    loop = EventLoop()
-    handler = handler or Echo()
-    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], **cfg))
-    server.listen()
-    return loop, server, handler
+def test_hello_gets_welcome_you_and_stats_in_one_send(h):
+    c = h.client(hello=False)
+    sends = h.server.net.stats.sends
+    c.send(st.Hello(1, 2, 0x112233))
+    welcome = c.expect(st.Welcome)
+    you = c.expect(st.You)
+    stats = c.expect(st.Stats)
+    assert h.server.net.stats.sends == sends + 1
+    assert welcome.shape == 2 and welcome.colour == 0x112233 and welcome.tick_ms == 20
+    assert (welcome.cols, welcome.rows, welcome.cell_px, welcome.hold_ticks) == (4, 3, 117, 20)
+    assert len(set(you.letters)) == 3 and you.score == 0 and you.seq == 0
+    assert stats.connections == 1 and stats.players == 1
+    assert stats.start_rss_kb > 0
 
 
-def run_until(loop, pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "condition not reached"
-        loop.run_once(0.01)
+def test_server_assigns_distinct_ids(h):
+    ids = [h.client().welcome.player_id for _ in range(5)]
+    assert len(set(ids)) == 5 and ids == sorted(ids)
 
 
-def test_1000_clients_receive_every_broadcast_tick_in_order():
-    raise_nofile(4000)
-    loop, server, _ = start()
-    clients = []
-    for _ in range(1000):
-        clients.append(socket.create_connection(("127.0.0.1", server.port)))
-        if len(clients) % 200 == 0:
-            loop.run_once(0)
-    run_until(loop, lambda: server.stats.connections == 1000)
-
-    ticks = []
-
-    def on_tick(tick):
-        frame = encode_frame(b"tick %d " % tick.number + b"." * 90)
-        server.broadcast(frame, list(server.connections.values()))
-        ticks.append(tick.number)
-        if len(ticks) == 5:
-            loop.stop()
-
-    loop.start_ticker(0.05, on_tick)
-    loop.run_for(10)
-    assert ticks == [0, 1, 2, 3, 4]
-    for c in clients:
-        frames = read_frames(c, 5)
-        assert [f.split()[1] for f in frames] == [b"0", b"1", b"2", b"3", b"4"]
-    assert server.stats.frames_out == 5000
-    assert server.stats.sends == 5000
-    assert server.stats.queued_out_bytes == 0
-    for c in clients:
-        c.close()
-    run_until(loop, lambda: server.stats.connections == 0)
-    assert server.stats.closed == 1000
-    server.close()
+def test_one_send_per_tick_per_player(h):
+    clients = [h.client() for _ in range(10)]
+    h.ticks(2)
+    before = h.server.net.stats.sends
+    clients[0].send(st.Move(5, 10, 10))
+    clients[1].send(st.Move(6, 300, 300))
+    h.run(0.001)
+    h.ticks(3)
+    assert h.server.net.stats.sends - before == 10 * 3
+    assert clients[0].expect(st.You).seq == 5
+    assert clients[1].expect(st.You).seq == 6
 
 
-def bystanders(server, loop, n=5):
-    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(n)]
-    run_until(loop, lambda: server.stats.connections >= n)
-    return socks
+def test_move_is_echoed_clamped_and_shown_to_others(h):
+    a, b = h.client(), h.client()
+    h.ticks(1)
+    a.send(st.Move(42, 9999, 9999))
+    you = a.expect(st.You)
+    assert (you.seq, you.x, you.y) == (42, st.BOARD_W - 1, st.BOARD_H - 1)
+    pid = a.welcome.player_id
+    corner = (st.BOARD_W - 1, st.BOARD_H - 1)
+    for _ in range(10):
+        tick = b.expect(st.TickMsg)
+        if any((m.player_id, m.x, m.y) == (pid, *corner) for m in tick.movers):
+            break
+    else:
+        raise AssertionError("the other player never saw the move")
+    assert tick.counts[11] >= 1
 
 
-def assert_bystanders_served(loop, socks, tag):
-    for i, s in enumerate(socks):
-        s.sendall(encode_frame(b"%s-%d" % (tag, i)))
-    loop.run_for(0.1)
-    for i, s in enumerate(socks):
-        assert read_frames(s, 1) == [b"echo:%s-%d" % (tag, i)]
+def test_join_costs_the_same_bytes_however_many_play(h):
+    first = h.client(hello=False)
+    first.send(st.Hello())
+    h.run_until(lambda: h.server.net.stats.bytes_out > 0)
+    alone = h.server.net.stats.bytes_out
+    crowd = [h.client() for _ in range(200)]
+    h.ticks(1)
+    sizes = []
+    for _ in range(3):
+        c = h.client(hello=False)
+        out = h.server.net.stats.bytes_out
+        c.send(st.Hello())
+        h.run_until(lambda: h.server.net.stats.bytes_out > out)
+        sizes.append(h.server.net.stats.bytes_out - out)
+    assert sizes == [alone] * 3, "WELCOME + YOU + STATS, never the list of players"
+    assert crowd
+
+
+def test_tick_bytes_are_bounded_whatever_the_crowd(h):
+    clients = [h.client() for _ in range(120)]
+    h.ticks(2)
+    for i, c in enumerate(clients):
+        c.send(st.Move(i, (i * 37) % 468, (i * 53) % 351))
+    for c in clients[:40]:
+        c.sock.close()
+    h.ticks(2)
+    watcher = clients[-1]
+    biggest = 0
+    for _ in range(3):
+        tick = watcher.expect(st.TickMsg)
+        biggest = max(biggest, len(st.encode(tick)))
+        assert len(tick.movers) <= st.MAX_MOVERS and len(tick.gone) <= st.MAX_MOVERS
+    assert biggest <= 329
+    assert sum(tick.counts) == tick.players == 80
 
 
 @pytest.mark.parametrize(
-    "bad, reason",
+    "raw, code, text",
     [
-        (b"\x00\x00GARBAGE", "zero-length"),
-        (b"GET / HTTP/1.1\r\n\r\n", "exceeds limit"),  # 'GE' = 18245 > max frame
-        (b"\xff\xff" + b"x" * 100, "exceeds limit"),
+        (encode_frame(b"\x07hello"), st.ErrorCode.BAD_MESSAGE, "unknown message type 0x07"),
+        (encode_frame(st.encode(st.Move(1, 2, 3))), st.ErrorCode.BAD_MESSAGE, "before HELLO"),
+        (encode_frame(b"\x01\x00"), st.ErrorCode.BAD_MESSAGE, "HELLO must be 8 bytes"),
+        (encode_frame(st.encode(st.Hello(version=9))), st.ErrorCode.VERSION,
+         "server speaks protocols 1 and 2, client sent 9"),
+        (b"\x00\x00", st.ErrorCode.BAD_FRAME, "zero-length frame"),
+        (b"\x7f\xff" + b"x" * 10, st.ErrorCode.BAD_FRAME, "exceeds limit 256"),
     ],
 )
-def test_bad_frames_close_only_that_client(bad, reason, caplog):
-    caplog.set_level(logging.DEBUG, logger="netcore")  # per-connection lines are DEBUG
-    loop, server, handler = start()
-    others = bystanders(server, loop)
-    bad_client = socket.create_connection(("127.0.0.1", server.port))
-    run_until(loop, lambda: server.stats.connections == 6)
-    bad_client.sendall(bad)
-    run_until(loop, lambda: server.stats.connections == 5)
-    assert read_until_closed(bad_client) == b""
-    assert handler.closed == ["bad-frame"]
-    assert reason in caplog.text, "the reason is logged"
-    assert_bystanders_served(loop, others, b"after")
-    server.close()
+def test_bad_input_gets_a_reason_then_close_and_others_play_on(h, raw, code, text, caplog):
+    caplog.set_level(logging.DEBUG)  # per-connection lines are DEBUG
+    others = [h.client() for _ in range(3)]
+    bad = h.client(hello=False)
+    bad.send_raw(raw)
+    got = bad.wait_closed()
+    errors = [m for m in got if isinstance(m, st.Error)]
+    assert errors and errors[-1].code == code and text in errors[-1].text
+    assert text in caplog.text, "the reason is logged"
+    for c in others:
+        c.send(st.Move(77, 5, 5))
+        assert c.expect(st.You).seq == 77
+    assert len(h.server.game.players) == 3
 
 
-def test_half_a_frame_then_a_stall_disturbs_nobody():
-    loop, server, handler = start()
-    others = bystanders(server, loop)
-    staller = socket.create_connection(("127.0.0.1", server.port))
-    staller.sendall(b"\x00\x40" + b"x" * 10)  # 64-byte frame, 10 bytes sent
-    loop.run_for(0.1)
-    assert_bystanders_served(loop, others, b"during")
-    conn = [c for c in server.connections.values() if c.codec.buffered][0]
-    assert conn.codec.buffered == 12
-    staller.sendall(b"y" * 54)  # the rest arrives late: still one good frame
-    loop.run_for(0.1)
-    assert read_frames(staller, 1) == [b"echo:" + b"x" * 10 + b"y" * 54]
-    assert handler.closed == []
-    server.close()
+def test_a_second_hello_is_an_error(h):
+    c = h.client()
+    c.send(st.Hello())
+    errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+    assert errors[-1].code == st.ErrorCode.BAD_MESSAGE and "unexpected HELLO in game" in errors[-1].text
 
 
-def test_over_max_connections_is_told_and_closed():
-    loop, server, _ = start(max_connections=3, full_message=encode_frame(b"full!"))
-    ok = bystanders(server, loop, 3)
-    extra = socket.create_connection(("127.0.0.1", server.port))
-    extra.sendall(encode_frame(b"hello?"))
-    loop.run_for(0.1)
-    assert read_until_closed(extra) == encode_frame(b"full!")
-    assert server.stats.refused_full == 1
-    assert server.stats.connections == 3
-    assert_bystanders_served(loop, ok, b"still")
-    server.close()
+def test_flooding_disconnects(h):
+    c = h.client()
+    h.ticks(1)
+    c.send_raw(st.frame(st.Move(1, 1, 1)) * (st.FLOOD_MESSAGES + 5))
+    errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+    assert errors[-1].code == st.ErrorCode.FLOOD
 
 
-def test_ipv6_and_ipv4_listeners_share_the_port():
-    if not socket.has_ipv6:
-        pytest.skip("this Python has no IPv6 support")
-    try:
-        probe = socket.socket(socket.AF_INET6)
-        probe.bind(("::1", 0))
-        probe.close()
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback here: {exc}")
-    loop = EventLoop()
-    server = TCPServer(loop, Echo(), ServerConfig(hosts=["127.0.0.1", "::1"]))
-    addrs = server.listen()
-    assert {a[0] for a in addrs} == {"127.0.0.1", "::1"}
-    assert len({a[1] for a in addrs}) == 1
-    c4 = socket.create_connection(("127.0.0.1", server.port))
-    c6 = socket.create_connection(("::1", server.port))
-    c4.sendall(encode_frame(b"v4"))
-    c6.sendall(encode_frame(b"v6"))
-    loop.run_for(0.1)
-    assert read_frames(c4, 1) == [b"echo:v4"]
-    assert read_frames(c6, 1) == [b"echo:v6"]
-    server.close()
+def test_hello_timeout(make_harness):
+    h = make_harness(hello_timeout=0.1)
+    c = h.client(hello=False)
+    errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+    assert errors[-1].code == st.ErrorCode.HELLO_TIMEOUT
 
 
-EMFILE_SERVER = textwrap.dedent(
-    """
-    import resource, sys
-    sys.path.insert(0, sys.argv[1])
-    from netcore import EventLoop, Handler, ServerConfig, TCPServer
-
-    resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-
-    class Echo(Handler):
-        def on_message(self, conn, payload):
-            conn.send(b"echo:" + payload)
-
-    loop = EventLoop()
-    server = TCPServer(loop, Echo(), ServerConfig(hosts=["127.0.0.1"], max_connections=1000))
-    server.listen()
-    print(server.port, flush=True)
-    loop.run_for(float(sys.argv[2]))
-    print("stats", server.stats.refused_fd_limit, server.stats.connections, flush=True)
-    """
-)
+def test_server_full_is_an_error_frame(make_harness):
+    h = make_harness(max_clients=2)
+    players = [h.client(), h.client()]
+    c = h.client(hello=False)
+    errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+    assert errors[-1].code == st.ErrorCode.SERVER_FULL and "server full" in errors[-1].text
+    assert len(h.server.game.players) == len(players)
 
 
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def test_leaving_lists_the_player_as_gone(h):
+    a, b = h.client(), h.client()
+    h.ticks(1)
+    a.sock.close()
+    pid = a.welcome.player_id
+    for _ in range(10):
+        tick = b.expect(st.TickMsg)
+        if pid in tick.gone:
+            break
+    assert pid in tick.gone and tick.players == 1
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc to read CPU time")
-def test_emfile_refuses_newcomers_without_spinning(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", EMFILE_SERVER, root, "6"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        port = int(proc.stdout.readline())
-        # More clients than the fd table holds (40 minus stdio, selector,
-        # listener and the spare): the first ones are served, the rest refused.
-        clients = []
-        for _ in range(40):
-            clients.append(socket.create_connection(("127.0.0.1", port)))
-        time.sleep(0.3)
-        served = []
-        for i, c in enumerate(clients):
-            c.sendall(encode_frame(b"%d" % i))
-        for i, c in enumerate(clients):
-            c.settimeout(2)
-            try:
-                data = c.recv(100)
-            except (ConnectionResetError, socket.timeout):
-                data = b""
-            if data == encode_frame(b"echo:%d" % i):
-                served.append(c)
-        assert 25 <= len(served) < 40, f"{len(served)} served"
-        # Past the limit: a burst of newcomers is refused, not left hanging,
-        # and the server does not spin on accept while they keep coming.
-        cpu_before = cpu_seconds(proc.pid)
-        wall_before = time.monotonic()
-        refused = 0
-        for _ in range(40):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.settimeout(3)
-            try:
-                data = s.recv(100)
-            except ConnectionResetError:
-                data = b""
-            assert data in (b"", encode_frame(b"server full")), data
-            refused += 1
-            s.close()
-            time.sleep(0.02)
-        time.sleep(0.5)
-        cpu_used = cpu_seconds(proc.pid) - cpu_before
-        wall = time.monotonic() - wall_before
-        assert refused == 40
-        assert cpu_used < 0.25 * wall, f"server used {cpu_used:.2f}s CPU in {wall:.2f}s"
-        # Existing clients are still served.
-        for i, c in enumerate(served):
-            c.sendall(encode_frame(b"again%d" % i))
-            assert read_frames(c, 1) == [b"echo:again%d" % i]
-        out, _ = proc.communicate(timeout=10)
-        stats = out.split()
-        assert stats[0] == "stats" and int(stats[1]) >= 40
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def test_scoring_reaches_everyone(h):
+    a, b, c = h.client(), h.client(), h.client()
+    a.send(st.Move(1, 10, 10))
+    b.send(st.Move(1, 20, 20))
+    c.send(st.Move(1, 400, 300))
+    board = None
+    for _ in range(40):
+        tick = c.expect(st.TickMsg)
+        board = board or tick.board
+        if tick.attractor == 0:
+            break
+    assert tick.attractor == 0
+    scored = c.expect(st.Scored, timeout=10)
+    assert scored.cell == 0 and scored.old == board[0]
+    holders = [x for x in h.server.game.players.values() if x.score == 1]
+    assert scored.scorers == len(holders)
+
+
+def test_stats_every_51_ticks(h):
+    c = h.client()
+    c.expect(st.Stats)
+    h.ticks(st.STATS_EVERY + 1)
+    s = c.expect(st.Stats)
+    assert s.players == 1 and s.uptime_s >= 0 and s.rss_kb > 0
+
+
+def test_sigterm_style_shutdown_says_goodbye(h):
+    clients = [h.client() for _ in range(20)]
+    h.server.shutdown()
+    h.loop.run_for(3)
+    assert not h.loop.running
+    for c in clients:
+        errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+        assert errors[-1].code == st.ErrorCode.SHUTDOWN

@@ -2,11 +2,11 @@
 
 import base64
 import os
-import socket
-import time
 from typing import Dict, List, Optional, Tuple
 
 import spelltraction as st
+from conftest import LoopClient, run_until
+from gamekit import STEP, Expecting
 from netcore import FrameParser
 from netcore import websocket as ws
 
@@ -47,41 +47,24 @@ def parse_responses(data: bytes, head_only: bool = False) -> Tuple[List[HttpResp
             return out, data
 
 
-class RawConn:
+class RawConn(LoopClient):
     """A nonblocking client socket, pumped together with the harness's loop."""
 
     def __init__(self, h):
+        super().__init__(h.port)
         self.h = h
-        self.sock = socket.create_connection(("127.0.0.1", h.port))
-        self.sock.setblocking(False)
         self.buf = b""
-        self.eof = False
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def pump(self) -> None:
-        while not self.eof:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                return
-            except ConnectionResetError:
-                self.eof = True
-                return
-            if not data:
-                self.eof = True
-                return
-            self.buf += data
+        self.buf += self.read_available()
 
     def run_until(self, pred, timeout=5.0, what="condition"):
-        end = time.monotonic() + timeout
-        while True:
+        def done():
             self.pump()
-            if pred():
-                return
-            assert time.monotonic() < end, f"{what} not reached; have {self.buf[:300]!r}"
-            self.h.loop.run_once(0.005)
+            return pred()
+
+        run_until(self.h.loop, done, timeout, lambda: f"{what} (have {self.buf[:300]!r})",
+                  step=STEP)
 
     def responses(self, n: int, head_only: bool = False, timeout=5.0) -> List[HttpResponse]:
         got: List[HttpResponse] = []
@@ -105,15 +88,12 @@ class RawConn:
         self.run_until(lambda: self.eof, timeout, "close")
         return self.buf
 
-    def close(self):
-        self.sock.close()
-
 
 def ws_key() -> str:
     return base64.b64encode(os.urandom(16)).decode()
 
 
-class WsClient(RawConn):
+class WsClient(Expecting, RawConn):
     """A WebSocket game client: masked frames out, game messages in."""
 
     def __init__(self, h, upgrade=True, extra: bytes = b""):
@@ -147,21 +127,8 @@ class WsClient(RawConn):
                     self.inbox += [st.decode(f) for f in FrameParser(65535).feed(event.data)]
             self.buf = b""
 
-    def expect(self, kind, timeout=5.0):
-        """The next game message of ``kind``, dropping others before it."""
-        found = []
-
-        def have():
-            while self.inbox:
-                msg = self.inbox.pop(0)
-                if isinstance(msg, kind):
-                    found.append(msg)
-                    return True
-            assert not self.eof, f"closed while waiting for {kind.__name__}: {self.events[-3:]}"
-            return False
-
-        self.run_until(have, timeout, kind.__name__)
-        return found[0]
+    def last_words(self):
+        return repr(self.events[-3:])
 
     def hello(self):
         self.send_msg(st.Hello())

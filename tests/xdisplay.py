@@ -6,12 +6,13 @@ as PNG here with the stdlib, so no image library is needed.
 
 import os
 import select
-import shutil
 import struct
 import subprocess
 import time
 import zlib
 from typing import List, Optional, Tuple
+
+from serverproc import stop_process
 
 
 class Screenshot:
@@ -152,20 +153,10 @@ class Xvfb:
         return parse_xwd(dump)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=5)
 
     def __enter__(self) -> "Xvfb":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def missing_tools() -> List[str]:
-    return [tool for tool in ("xdotool", "xwd") if shutil.which(tool) is None]

@@ -343,13 +343,17 @@ class AsyncioGameServer:
                      "moves_accepted": self.game.moves_accepted,
                      "moves_limited": self.game.moves_limited},
             "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
-            "rss_kb": rss_kb(),
-            "start_rss_kb": self.start_rss_kb,
+            "rss_bytes": rss_kb() * 1024,
+            "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
             "cpu_system_s": usage.ru_stime,
             # The peer speaks only the binary protocol: no WebSocket players, no HTTP.
             "ws_players": 0,
             "web": {},
+            # Protocol 1 only, in memory: nothing to resume, no store.
+            "resumes": 0,
+            "takeovers": 0,
+            "store": None,
         }
 
 

@@ -110,3 +110,14 @@ def test_netcore_never_imports_the_game():
                 else:
                     continue
                 assert not any(m.split(".")[0] in ("spelltraction", "tests") for m in mods), name
+
+
+def test_the_package_docstring_lists_modules_in_dependency_order():
+    import re
+
+    listed = re.findall(r":mod:`netcore\.(\w+)`", netcore.__doc__ or "")
+    graph = import_graph()
+    assert sorted(listed) == sorted(graph), "every module listed once"
+    for i, module in enumerate(listed):
+        later = set(listed[i + 1:])
+        assert not graph[module] & later, f"{module} imports {graph[module] & later}, listed below it"

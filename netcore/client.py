@@ -1,0 +1,295 @@
+"""Outbound TCP connections on the loop: the client side of netcore.
+
+:class:`TCPClient` opens nonblocking connections and owns them as a
+:class:`~netcore.server.TCPServer` owns the ones it accepts: each is the
+same :class:`~netcore.connection.Connection`, with a codec, the same output
+queue, backpressure and limits, and the same :class:`~netcore.handler.Handler`
+callbacks (``on_connect`` once connected, then ``on_message*``,
+``on_close``)::
+
+    client = TCPClient(loop, handler)                  # u16 frames by default
+    client.connect("127.0.0.1", 9000, on_failed=print)  # -> a Connecting
+    loop.run()
+
+A connect that fails (refused, unreachable, past ``timeout``) is reported
+once, to ``on_failed(exc)`` (or logged at WARNING when there is none), and
+never from inside ``connect()`` itself: always later, from the loop. A
+connect that succeeds calls ``handler.on_connect(conn)``; ``data`` given to
+``connect`` is already in ``conn.data`` then.
+
+Addresses are **numeric only** (``127.0.0.1``, ``::1``; ``localhost`` is
+taken as 127.0.0.1 then ::1): name resolution (``getaddrinfo``) blocks, and
+a loop must not. Resolve names before the loop runs, or in a thread, with
+:func:`resolve`. Where several addresses are given or implied, they are
+tried in turn within the one timeout. TLS is not offered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+from .codec import ProtocolError
+from .connection import CloseReason, CodecFactory, Connection
+from .framing import DEFAULT_MAX_FRAME, FrameParser
+from .handler import Handler
+from .loop import EventLoop, Readiness, Timer
+from .stats import NetStats
+
+__all__ = ["ClientConfig", "Connecting", "TCPClient", "resolve"]
+
+log = logging.getLogger(__name__)
+
+Address = Tuple[Any, ...]
+_LOCALHOST = (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6))
+
+
+class ClientConfig:
+    """Limits of a client's connections; the same meaning as in ServerConfig."""
+
+    __slots__ = ("max_output", "high_water", "low_water", "close_linger", "nodelay",
+                 "connect_timeout", "recv_buffer")
+
+    def __init__(
+        self,
+        max_output: int = 1 << 20,  # queued output past this (before a write): closed
+        high_water: int = 64 << 10,
+        low_water: int = 16 << 10,
+        close_linger: float = 2.0,
+        nodelay: bool = True,
+        connect_timeout: float = 10.0,  # default for connect(); the whole attempt
+        recv_buffer: int = 64 << 10,  # one shared read buffer per client
+    ) -> None:
+        if not 0 <= low_water <= high_water <= max_output:
+            raise ValueError("need 0 <= low_water <= high_water <= max_output")
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+        self.max_output = max_output
+        self.high_water = high_water
+        self.low_water = low_water
+        self.close_linger = close_linger
+        self.nodelay = nodelay
+        self.connect_timeout = connect_timeout
+        self.recv_buffer = recv_buffer
+
+
+def resolve(host: str, port: int, family: int = socket.AF_UNSPEC) -> List[Address]:
+    """The numeric addresses of ``host`` (BLOCKS: call it off the loop).
+
+    ``connect()`` accepts the result as its ``host`` argument.
+    """
+    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    seen: List[Address] = []
+    for _family, _type, _proto, _name, addr in infos:
+        if addr not in seen:
+            seen.append(addr)
+    return seen
+
+
+def _candidates(host: Union[str, Sequence[Address]], port: int) -> List[Tuple[int, Address]]:
+    """(family, sockaddr) pairs to try, without any name lookup."""
+    if not isinstance(host, str):
+        return [(socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET, tuple(addr))
+                for addr in host]
+    if host == "localhost":
+        return [(family, (ip, port)) for ip, family in _LOCALHOST]
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+    except socket.gaierror:
+        raise ValueError(
+            f"{host!r} is not a numeric address: resolve it first (netcore.client.resolve "
+            "blocks, so call it before the loop runs or in a thread)") from None
+    return [(family, tuple(addr)) for family, _t, _p, _n, addr in infos]
+
+
+class Connecting(Readiness):
+    """One ``connect()`` under way. ``cancel()`` gives up without a report."""
+
+    __slots__ = ("client", "host", "port", "data", "codec_factory", "on_failed",
+                 "sock", "_left", "_timer", "_error", "done")
+
+    def __init__(self, client: "TCPClient", host: str, port: int,
+                 candidates: List[Tuple[int, Address]], timeout: float, data: Any,
+                 codec_factory: CodecFactory,
+                 on_failed: Optional[Callable[[OSError], None]]) -> None:
+        self.client = client
+        self.host = host
+        self.port = port
+        self.data = data
+        self.codec_factory = codec_factory
+        self.on_failed = on_failed
+        self.sock: Optional[socket.socket] = None
+        self._left = candidates
+        self._error: Optional[OSError] = None
+        self.done = False  # connected, failed or cancelled
+        self._timer: Optional[Timer] = client.loop.call_later(timeout, self._timed_out)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "connecting"
+        return f"<Connecting {self.host}:{self.port} {state}>"
+
+    def cancel(self) -> None:
+        """Stop trying; nothing is reported. A no-op once done."""
+        if not self.done:
+            self._finish()
+
+    def _next(self) -> None:
+        """Start a connect to the next candidate, or report the failure."""
+        loop = self.client.loop
+        while self._left:
+            family, addr = self._left.pop(0)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(addr)
+            except (BlockingIOError, InterruptedError):
+                pass  # EINPROGRESS: writable once decided
+            except OSError as exc:
+                sock.close()
+                self._error = exc
+                continue
+            self.sock = sock
+            loop.register(sock, selectors.EVENT_WRITE, self)
+            return
+        self._fail(self._error or OSError(f"no address to connect to for {self.host}"))
+
+    def on_ready(self, mask: int) -> None:
+        sock = self.sock
+        if self.done or sock is None:
+            return
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.client.loop.unregister(sock)
+            sock.close()
+            self.sock = None
+            self._error = OSError(err, f"{os.strerror(err)} ({self.host}:{self.port})")
+            self._next()
+            return
+        self.sock = None
+        self._finish(keep_socket=True)
+        self.client._connected(sock, self)
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("connect to %s:%d: handler failed", self.host, self.port, exc_info=exc)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.done:
+            self._fail(socket.timeout(f"connect to {self.host}:{self.port} timed out"))
+
+    def _fail(self, exc: OSError) -> None:
+        self._finish()
+        self.client.connect_failures += 1
+        if self.on_failed is not None:
+            self.on_failed(exc)
+        else:
+            log.warning("connect to %s:%d failed: %s", self.host, self.port, exc)
+
+    def _finish(self, keep_socket: bool = False) -> None:
+        self.done = True
+        self.client._attempts.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sock = self.sock
+        if sock is not None and not keep_socket:
+            self.client.loop.unregister(sock)
+            sock.close()
+            self.sock = None
+
+
+class TCPClient:
+    """Opens outbound connections and owns them (the connections' Owner).
+
+    ``codec_factory(conn)`` makes each connection's codec (default: u16
+    frames of ``DEFAULT_MAX_FRAME``; ``connect`` may give another per call,
+    e.g. :func:`netcore.wscodec.websocket_client`). ``connections`` holds
+    the open ones by file descriptor; ``close()`` closes them all and
+    cancels the attempts under way.
+    """
+
+    def __init__(self, loop: EventLoop, handler: Handler,
+                 config: Optional[ClientConfig] = None,
+                 codec_factory: Optional[CodecFactory] = None) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.config = config if config is not None else ClientConfig()
+        self.codec_factory: CodecFactory = (
+            codec_factory if codec_factory is not None
+            else (lambda conn: FrameParser(DEFAULT_MAX_FRAME)))
+        self.stats = NetStats()
+        self.connections: Dict[int, Connection] = {}
+        self.connect_failures = 0
+        self.recv_view = memoryview(bytearray(self.config.recv_buffer))
+        self._attempts: Set[Connecting] = set()
+
+    def connect(
+        self,
+        host: Union[str, Sequence[Address]],
+        port: int,
+        *,
+        timeout: Optional[float] = None,
+        data: Any = None,
+        codec_factory: Optional[CodecFactory] = None,
+        on_failed: Optional[Callable[[OSError], None]] = None,
+    ) -> Connecting:
+        """Start connecting to ``host`` (numeric, or :func:`resolve`'s list) at ``port``.
+
+        Raises ValueError at once for a name that is not numeric; every
+        network outcome comes later, from the loop (see the module docstring).
+        """
+        candidates = _candidates(host, port)
+        name = host if isinstance(host, str) else "/".join(str(a[0]) for a in host)
+        attempt = Connecting(
+            self, name, port, candidates, self.config.connect_timeout if timeout is None else timeout, data,
+            codec_factory if codec_factory is not None else self.codec_factory, on_failed)
+        self._attempts.add(attempt)
+        self.loop.call_soon(lambda: attempt._next() if not attempt.done else None)
+        return attempt
+
+    def close(self, reason: str = CloseReason.SERVER_CLOSE) -> None:
+        """Cancel every attempt under way and close every connection now."""
+        for attempt in list(self._attempts):
+            attempt.cancel()
+        for conn in list(self.connections.values()):
+            conn.close(reason)
+
+    # -- the Owner protocol -------------------------------------------------
+
+    def _connected(self, sock: socket.socket, attempt: Connecting) -> None:
+        if self.config.nodelay:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        conn = Connection(sock, self)
+        conn.data = attempt.data
+        # The socket is registered (for write) by the attempt: hand it over.
+        self.loop.modify(sock, selectors.EVENT_READ, conn)
+        self.connections[conn.fd] = conn
+        self.stats.accepted += 1
+        self.stats.connections += 1
+        # A codec that speaks first (a WebSocket handshake) queues its bytes
+        # with conn.enqueue(), which cannot fail here, so on_connect comes first.
+        conn.codec = attempt.codec_factory(conn)
+        self.handler.on_connect(conn)
+
+    def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
+        self.handler.on_bad_input(conn, exc)
+        if conn.is_open:
+            conn.close(exc.reason, str(exc))
+
+    def _forget(self, conn: Connection, reason: str, detail: str) -> None:
+        try:
+            self.loop.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        if self.connections.pop(conn.fd, None) is conn:
+            self.stats.count_close(reason)
+        log.debug("fd=%d closed: %s %s", conn.fd, reason, detail)
+        self.handler.on_close(conn, reason)

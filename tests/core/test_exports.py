@@ -1,0 +1,74 @@
+"""netcore's public API, pinned: a change here is a change for every vendoring user.
+
+Adding a name is fine (add it here too); removing or renaming one breaks
+someone's copy, so it must be a decision, not an accident.
+"""
+
+import importlib
+import inspect
+import os
+
+import netcore
+
+PUBLIC = {
+    # constants
+    "CLOSED_CODEC", "DEFAULT_MAX_FRAME", "HTTP", "WEBSOCKET",
+    # classes and types
+    "BufferFull", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "Connection",
+    "EventLoop", "FrameError", "FrameParser", "Handler", "Histogram", "NetStats",
+    "OversizeFrame", "Owner", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
+    "SplitFrame", "TCPClient", "TCPServer", "Text", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
+    "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
+    # Redis (RESP codec and connections)
+    "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",
+    "RedisAddress", "RedisError", "RedisSubscriber", "ReplyError", "RespParser",
+    "RespProtocolError",
+    # functions
+    "bind_listeners", "close_code_for", "encode_command", "encode_frame", "percentile",
+    "websocket_client",
+}
+
+HANDLER_CALLBACKS = {
+    "on_connect", "on_protocol", "on_message", "on_close", "on_bad_input",
+    "on_high_water", "on_drain",
+}
+
+
+def test_the_top_level_exports_exactly_the_public_api():
+    assert set(netcore.__all__) == PUBLIC
+    assert len(netcore.__all__) == len(PUBLIC)  # no duplicates
+    for name in PUBLIC:
+        assert getattr(netcore, name) is not None, name
+
+
+def test_protocol_names_are_the_strings_on_protocol_receives():
+    assert (netcore.HTTP, netcore.WEBSOCKET) == ("http", "websocket")
+    assert netcore.close_code_for(netcore.ProtocolError("x")) == netcore.CloseCode.PROTOCOL_ERROR
+
+
+def test_handler_callbacks_are_pinned():
+    ours = {n for n, _ in inspect.getmembers(netcore.Handler, inspect.isfunction)}
+    assert ours == HANDLER_CALLBACKS
+
+
+def test_every_module_is_listed_and_its_all_resolves():
+    modules = sorted(n[:-3] for n in os.listdir(os.path.dirname(netcore.__file__))
+                     if n.endswith(".py") and n != "__init__.py")
+    for name in modules:
+        assert f":mod:`netcore.{name}`" in (netcore.__doc__ or ""), name
+        module = importlib.import_module(f"netcore.{name}")
+        for public in getattr(module, "__all__", ()):
+            assert hasattr(module, public), f"netcore.{name}.{public}"
+
+
+def test_modules_log_under_their_own_names():
+    for name in ("connection", "loop", "server", "static", "web"):
+        module = importlib.import_module(f"netcore.{name}")
+        assert module.log.name == f"netcore.{name}"
+
+
+def test_public_classes_say_what_they_are():
+    for name in PUBLIC:
+        obj = getattr(netcore, name)
+        if inspect.isclass(obj) and obj.__module__.startswith("netcore"):
+            assert obj.__doc__ and obj.__doc__.strip(), name

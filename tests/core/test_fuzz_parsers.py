@@ -1,0 +1,107 @@
+"""Fuzzing netcore's sans-IO parsers: any input, any chunking, only ProtocolError.
+
+Issue 11: a parser must raise only its own ``ProtocolError`` for any input;
+anything else (ValueError from ``int()``, IndexError, an assertion) escapes
+the connection's error handling and drops the connection without a
+response, with a traceback in the log. The drivers and the seed corpus are
+in tests/fuzzkit.py; ``bench/fuzz.py`` runs a million inputs per parser.
+Examples are bounded so the suite stays quick.
+"""
+
+import pytest
+
+from conftest import require_module
+
+require_module("hypothesis")  # skips outside CI with the install line; fails in CI
+
+from hypothesis import HealthCheck, given, settings, strategies as hs  # noqa: E402
+
+from fuzzkit import CORPUS, DRIVERS, INTERESTING, TRICKY_LENGTHS
+from netcore import http
+
+_SETTINGS = settings(max_examples=300, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+
+
+def EXAMPLES(test):
+    """300 examples, and a slow test: seconds of CPU each, run by tox's slow env and CI."""
+    return pytest.mark.slow(_SETTINGS(test))
+
+
+CUTS = hs.lists(hs.integers(0, 1 << 16), max_size=6)
+
+
+def mutated(corpus):
+    """A corpus item with up to four edits: a byte string put in, replaced or cut out."""
+    edit = hs.tuples(hs.integers(0, 1 << 16), hs.integers(0, 16),
+                     hs.one_of(hs.binary(max_size=8), hs.sampled_from(INTERESTING)))
+
+    def apply(args):
+        data, edits = args
+        buf = bytearray(data)
+        for at, cut, new in edits:
+            at %= len(buf) + 1
+            buf[at:at + cut] = new
+        return bytes(buf)
+
+    return hs.tuples(hs.sampled_from(corpus), hs.lists(edit, max_size=4)).map(apply)
+
+
+def inputs(name):
+    return hs.one_of(hs.binary(max_size=512), mutated(CORPUS[name]),
+                     hs.lists(hs.sampled_from(CORPUS[name]), min_size=2, max_size=4)
+                     .map(b"".join))
+
+
+@EXAMPLES
+@given(inputs("framing"), CUTS)
+def test_frame_parsers_raise_only_protocol_errors(data, cuts):
+    DRIVERS["framing"](data, cuts)
+
+
+@EXAMPLES
+@given(inputs("http"), CUTS)
+def test_http_request_parser_raises_only_protocol_errors(data, cuts):
+    DRIVERS["http"](data, cuts)
+
+
+FIELD_NAME = hs.sampled_from(["Host", "Content-Length", "Transfer-Encoding", "Connection",
+                              "Upgrade", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "X-A"])
+FIELD_VALUE = hs.one_of(hs.sampled_from(TRICKY_LENGTHS), hs.binary(max_size=24),
+                        hs.sampled_from([b"websocket", b"Upgrade", b"13", b"close", b"chunked"]))
+
+
+@EXAMPLES
+@given(hs.sampled_from([b"GET", b"HEAD", b"POST", b"G"]),
+       hs.lists(hs.tuples(FIELD_NAME, FIELD_VALUE), max_size=8), CUTS)
+def test_http_requests_built_from_tricky_fields_raise_only_protocol_errors(method, fields, cuts):
+    head = method + b" /ws HTTP/1.1\r\n" + b"".join(
+        name.encode() + b": " + value + b"\r\n" for name, value in fields) + b"\r\n"
+    DRIVERS["http"](head, cuts)
+
+
+@pytest.mark.parametrize("value", TRICKY_LENGTHS, ids=lambda v: repr(v[:12]) + f"x{len(v)}")
+def test_every_tricky_content_length_is_a_400_or_a_length(value):
+    """The issue's cases by name: non-ASCII digits, 4,301 digits, '5, 5' joined."""
+    for fields in ([b"Content-Length: " + value], [b"Content-Length: " + value] * 2):
+        head = b"POST / HTTP/1.1\r\nHost: x\r\n" + b"\r\n".join(fields) + b"\r\n\r\n"
+        parser = http.RequestParser()
+        try:
+            parser.feed(head)
+            request = parser.next_request()
+            assert request is not None
+            assert request.has_body in (True, False)
+        except http.HttpError as exc:
+            assert exc.status == 400, exc
+
+
+@EXAMPLES
+@given(inputs("websocket-server"), CUTS)
+def test_server_websocket_parser_raises_only_protocol_errors(data, cuts):
+    DRIVERS["websocket-server"](data, cuts)
+
+
+@EXAMPLES
+@given(inputs("websocket-client"), CUTS)
+def test_client_websocket_parser_raises_only_protocol_errors(data, cuts):
+    DRIVERS["websocket-client"](data, cuts)

@@ -1,0 +1,218 @@
+"""TCPServer's defences: per-address limits, PROXY headers, SO_SNDBUF, the slow-consumer rule."""
+
+import socket
+import sys
+import time
+
+import pytest
+
+from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
+from netcore.metrics import Exposition, add_net_stats
+from helpers import read_frames, read_until_closed
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="127.0.0.0/8 source addresses and SIOCOUTQ are Linux's")
+
+
+class Echo(Handler):
+    def __init__(self):
+        self.closed = []
+        self.conns = []
+
+    def on_connect(self, conn):
+        self.conns.append(conn)
+
+    def on_message(self, conn, payload):
+        conn.send(b"echo:" + payload)
+
+    def on_close(self, conn, reason):
+        self.closed.append(reason)
+
+
+def start(**cfg):
+    loop = EventLoop()
+    handler = Echo()
+    cfg.setdefault("limit_message", lambda limit, addr: encode_frame(f"{limit} {addr}".encode()))
+    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], **cfg))
+    server.listen()
+    return loop, server, handler
+
+
+def run_until(loop, pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "condition not reached"
+        loop.run_once(0.01)
+
+
+def connect(server, source=None):
+    s = socket.socket()
+    if source is not None:
+        s.bind((source, 0))
+    s.connect(("127.0.0.1", server.port))
+    return s
+
+
+def served(loop, sock, tag):
+    sock.sendall(encode_frame(tag))
+    loop.run_for(0.05)
+    return read_frames(sock, 1) == [b"echo:" + tag]
+
+
+@linux_only
+def test_connections_per_address_refuse_the_next_one_with_the_reason():
+    loop, server, handler = start(max_per_address=2, exempt="")
+    mine = [connect(server, "127.0.3.1") for _ in range(2)]
+    other = connect(server, "127.0.3.2")
+    run_until(loop, lambda: server.stats.connections == 3)
+    extra = connect(server, "127.0.3.1")
+    extra.sendall(b"whatever it sends")
+    loop.run_for(0.1)
+    assert read_until_closed(extra) == encode_frame(b"connections-per-address 127.0.3.1")
+    assert server.stats.limits == {"connections-per-address": 1}
+    assert all(served(loop, s, b"still") for s in mine + [other])
+    mine[0].close()
+    run_until(loop, lambda: server.stats.connections == 2)
+    again = connect(server, "127.0.3.1")
+    assert served(loop, again, b"room again")
+    server.close()
+
+
+@linux_only
+def test_pending_connections_per_address_and_in_total():
+    loop, server, handler = start(max_pending_per_address=2, max_pending=3, exempt="")
+    a = [connect(server, "127.0.4.1") for _ in range(2)]
+    run_until(loop, lambda: server.stats.connections == 2)
+    squatter = connect(server, "127.0.4.1")
+    loop.run_for(0.1)
+    assert read_until_closed(squatter) == encode_frame(b"pending-per-address 127.0.4.1")
+    server.settle(handler.conns[0])  # one said HELLO: no longer pending
+    server.settle(handler.conns[0])  # idempotent
+    b = connect(server, "127.0.4.1")
+    c = connect(server, "127.0.4.2")
+    run_until(loop, lambda: server.stats.connections == 4)
+    over = connect(server, "127.0.4.3")  # 3 pending in all: the total is reached
+    loop.run_for(0.1)
+    assert read_until_closed(over) == encode_frame(b"pending-total 127.0.4.3")
+    assert server.stats.limits == {"pending-per-address": 1, "pending-total": 1}
+    assert all(served(loop, s, b"ok") for s in a + [b, c])
+    server.close()
+
+
+def test_loopback_is_exempt_by_default():
+    loop, server, _ = start(max_per_address=1, max_pending_per_address=1, max_pending=1)
+    socks = [connect(server) for _ in range(5)]
+    run_until(loop, lambda: server.stats.connections == 5)
+    assert all(served(loop, s, b"exempt") for s in socks)
+    assert server.stats.limits == {}
+    server.close()
+
+
+def proxy_v1(client, port=40000):
+    return f"PROXY TCP4 {client} 127.0.0.1 {port} 7777\r\n".encode()
+
+
+def test_proxy_protocol_from_a_trusted_proxy_names_the_client():
+    loop, server, handler = start(trusted_proxies="127.0.0.1/32", max_per_address=1, exempt="")
+    first = connect(server)
+    first.sendall(proxy_v1("203.0.113.7") + encode_frame(b"hi"))
+    loop.run_for(0.1)
+    assert read_frames(first, 1) == [b"echo:hi"]
+    assert server.client_address(handler.conns[0]) == "203.0.113.7"
+    # The same client through the proxy again: over its limit, though the proxy is one address.
+    second = connect(server)
+    second.sendall(proxy_v1("203.0.113.7", 40001))
+    loop.run_for(0.1)
+    assert read_until_closed(second) == encode_frame(b"connections-per-address 203.0.113.7")
+    third = connect(server)  # another client: fine
+    third.sendall(proxy_v1("198.51.100.9") + encode_frame(b"yo"))
+    loop.run_for(0.1)
+    assert read_frames(third, 1) == [b"echo:yo"]
+    # A header split across packets, and a LOCAL v2 header (a health check).
+    fourth = connect(server)
+    data = proxy_v1("192.0.2.44") + encode_frame(b"split")
+    for i in range(len(data)):
+        fourth.sendall(data[i : i + 1])
+        loop.run_once(0.001)
+    loop.run_for(0.05)
+    assert read_frames(fourth, 1) == [b"echo:split"]
+    server.close()
+
+
+def test_a_trusted_proxy_must_send_the_header():
+    loop, server, handler = start(trusted_proxies="127.0.0.0/8")
+    s = connect(server)
+    s.sendall(encode_frame(b"no header"))
+    loop.run_for(0.1)
+    read_until_closed(s)
+    assert handler.closed == ["bad-proxy-header"]
+    server.close()
+
+
+def test_untrusted_peers_cannot_claim_an_address():
+    loop, server, handler = start(trusted_proxies="192.0.2.0/24")
+    s = connect(server)
+    s.sendall(proxy_v1("203.0.113.7"))  # 'P' = 0x50: a frame length of 20,000+
+    loop.run_for(0.1)
+    read_until_closed(s)
+    assert handler.closed == ["bad-frame"]
+    server.close()
+
+
+@linux_only
+def test_sndbuf_is_set_on_accepted_sockets():
+    loop, server, handler = start(sndbuf=16384)
+    s = connect(server)
+    run_until(loop, lambda: handler.conns)
+    assert handler.conns[0].sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 32768
+    server.close()
+
+
+@linux_only
+def test_a_never_reader_is_cut_soon_after_a_backlog_appears_and_readers_are_not():
+    loop, server, handler = start(sndbuf=8192, send_backlog_limit=4096, send_backlog_grace=0.5)
+    never = socket.socket()
+    never.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its own buffer fills fast
+    never.connect(("127.0.0.1", server.port))
+    readers = [connect(server) for _ in range(3)]
+    run_until(loop, lambda: len(handler.conns) == 4)
+    chunk = b"t" * 1000
+    appeared = None
+    start_time = time.monotonic()
+    got = {id(r): 0 for r in readers}
+    for r in readers:
+        r.setblocking(False)
+    while "slow-consumer" not in handler.closed:
+        assert time.monotonic() - start_time < 15, "the never-reader was not cut"
+        server.broadcast(encode_frame(chunk), list(server.connections.values()))
+        loop.run_for(0.02)
+        for r in readers:
+            try:
+                while True:
+                    got[id(r)] += len(r.recv(65536))
+            except BlockingIOError:
+                pass
+        conn = handler.conns[0]
+        if appeared is None and not conn.closed:
+            from netcore.server import unsent_bytes
+            if conn.queued + unsent_bytes(conn.sock) > 4096:
+                appeared = time.monotonic()
+    cut = time.monotonic()
+    assert appeared is not None and cut - appeared < 0.5 + 1.5  # grace + a sweep, with slack
+    assert handler.closed == ["slow-consumer"]
+    assert server.stats.limits == {"send-backlog": 1}
+    assert all(n > 0 for n in got.values())
+    for r in readers:
+        r.setblocking(True)
+        assert served(loop, r, b"readers play on")
+    server.close()
+
+
+def test_limits_are_exported_by_name():
+    loop, server, _ = start()
+    server.stats.limit("pending-total")
+    server.stats.limit("pending-total")
+    exp = Exposition()
+    add_net_stats(exp, server.stats, "x")
+    assert 'x_limits_total{limit="pending-total"} 2' in exp.text()
+    server.close()

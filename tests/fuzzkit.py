@@ -1,0 +1,206 @@
+"""What fuzzing the sans-IO parsers feeds them, and the rule they must keep.
+
+The rule: **whatever bytes arrive, a parser returns results or raises its own
+``ProtocolError``** (netcore's ``FrameError``, ``HttpError``,
+``WebSocketError``, the game's ``BadMessage``), never anything else. Each
+*driver* here pushes one input through one parser the way the server does,
+split into chunks at the given cut points, and uses what comes out (a
+parsed HTTP request's body framing, keep-alive, WebSocket handshake), so a
+bug that only shows when a result is used is found too.
+
+Two users: the hypothesis tests (tests/core/test_fuzz_parsers.py,
+tests/test_protocol_fuzz.py), bounded and quick, and ``bench/fuzz.py``,
+which mutates :data:`CORPUS` a million times per parser.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Callable, Dict, List, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # bench/fuzz.py imports this file from outside pytest
+    sys.path.insert(0, ROOT)
+
+import spelltraction as st  # noqa: E402
+from netcore import FrameParser, ProtocolError, WholeFrames  # noqa: E402
+from netcore import http, websocket as ws  # noqa: E402
+
+Driver = Callable[[bytes, Sequence[int]], None]
+
+
+def chunks(data: bytes, cuts: Sequence[int]) -> List[bytes]:
+    """``data`` cut at the offsets ``cuts`` (any ints: taken modulo its length + 1)."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:])] or [b""]
+
+
+def drive_frames(data: bytes, cuts: Sequence[int]) -> None:
+    """The game's TCP framing (max 256), streamed; and WholeFrames on the whole."""
+    parser = FrameParser(max_frame=st.MAX_CLIENT_FRAME)
+    try:
+        for chunk in chunks(data, cuts):
+            for payload in parser.feed(chunk):
+                assert 1 <= len(payload) <= st.MAX_CLIENT_FRAME
+    except ProtocolError:
+        pass
+    try:
+        WholeFrames(st.MAX_CLIENT_FRAME).feed(data)
+    except ProtocolError:
+        pass
+
+
+def drive_http(data: bytes, cuts: Sequence[int]) -> None:
+    """Request heads, streamed; each request's framing used as the server uses it."""
+    parser = http.RequestParser()
+    try:
+        for chunk in chunks(data, cuts):
+            parser.feed(chunk)
+            while True:
+                request = parser.next_request()
+                if request is None:
+                    break
+                _ = (request.path, request.keep_alive, request.has_body,
+                     request.tokens("connection"), request.header("host"))
+                if "websocket" in request.tokens("upgrade"):
+                    ws.handshake_response(request)
+                    parser.take_rest()
+    except ProtocolError:
+        pass
+
+
+def drive_ws_server(data: bytes, cuts: Sequence[int]) -> None:
+    """A server's WebSocket parser (masked frames in), at the game's 4 KiB message cap."""
+    _drive_ws(ws.WebSocketParser(max_message=st.WS_MAX_MESSAGE), data, cuts)
+
+
+def drive_ws_client(data: bytes, cuts: Sequence[int]) -> None:
+    """A client's WebSocket parser (unmasked frames in), as bots and the kit use it."""
+    _drive_ws(ws.WebSocketParser(max_message=1 << 16, client=True), data, cuts)
+
+
+def _drive_ws(parser: ws.WebSocketParser, data: bytes, cuts: Sequence[int]) -> None:
+    try:
+        for chunk in chunks(data, cuts):
+            for event in parser.parse(chunk):
+                if isinstance(event, ws.Message) and not event.text:
+                    WholeFrames(st.MAX_CLIENT_FRAME).feed(event.data)
+    except ProtocolError:
+        pass
+
+
+def drive_decode(data: bytes, cuts: Sequence[int] = ()) -> None:
+    """The game's message decoder on one payload."""
+    try:
+        msg = st.decode(data)
+    except ProtocolError:
+        return
+    assert st.encode(msg) == data or isinstance(msg, st.Error), (data, msg)
+
+
+DRIVERS: Dict[str, Driver] = {
+    "framing": drive_frames,
+    "http": drive_http,
+    "websocket-server": drive_ws_server,
+    "websocket-client": drive_ws_client,
+    "decode": drive_decode,
+}
+
+
+# -- the seed corpus: valid inputs, and the known-tricky ones ----------------------
+
+KEY = b"x3JJHMbDL1EzLkh9GBhXDw=="
+_MASK = b"\x11\x22\x33\x44"
+
+
+def _req(*fields: bytes, line: bytes = b"GET / HTTP/1.1") -> bytes:
+    return b"\r\n".join((line,) + fields) + b"\r\n\r\n"
+
+
+_UPGRADE = (b"Host: x", b"Upgrade: websocket", b"Connection: Upgrade",
+            b"Sec-WebSocket-Key: " + KEY, b"Sec-WebSocket-Version: 13")
+
+# Content-Length values that tripped int(): the issue's list and neighbours.
+TRICKY_LENGTHS = (b"5", b"0", b"\xc2\xb2", b"\xd9\xa3", b"+5", b"-1", b" 5 ", b"1_0",
+                  b"0x10", b"5, 5", b"1, 1", b"9" * 4301, b"0" * 5000 + b"1", b"", b"\xb2")
+
+
+def _ws_samples(masked: bool) -> List[bytes]:
+    key = _MASK if masked else None
+    return [
+        ws.frame(st.frame(st.Hello()), mask_key=key),
+        ws.frame(st.frame(st.Move(1, 2, 3)) * 3, mask_key=key),
+        ws.frame(b"ping!", ws.PING, mask_key=key),
+        ws.frame(b"", ws.PONG, mask_key=key),
+        ws.frame(ws.close_payload(1000, "bye"), ws.CLOSE, mask_key=key),
+        ws.frame(b"\x03\xe8\xff", ws.CLOSE, mask_key=key),  # bad UTF-8 reason
+        ws.frame(b"ab", ws.BINARY, fin=False, mask_key=key)
+        + ws.frame(b"", ws.PING, mask_key=key)
+        + ws.frame(b"", ws.CONTINUATION, fin=False, mask_key=key)
+        + ws.frame(b"cd", ws.CONTINUATION, mask_key=key),
+        ws.frame("h\u00e9".encode(), ws.TEXT, mask_key=key),
+        ws.frame(b"\xce", ws.TEXT, fin=False, mask_key=key)
+        + ws.frame(b"\xbb", ws.CONTINUATION, mask_key=key),
+        ws.frame(b"x" * 200, mask_key=key),
+        ws.frame(b"x" * 70000, mask_key=key)[:20],  # a 64-bit length header
+        bytes([0x82, 0xFF]) + b"\xff" * 8 + _MASK,
+    ]
+
+
+CORPUS: Dict[str, List[bytes]] = {
+    "framing": [
+        st.frame(st.Hello()), st.frame(st.Move(7, 100, 200)) * 4, b"\x00\x00",
+        b"\x01\x00" + b"x" * 256, b"\x00\xff" + b"y" * 255, b"GET / HTTP/1.1\r\n",
+        st.frame(st.Hello())[:3],
+    ],
+    "http": [
+        _req(b"Host: x"),
+        _req(b"Host: x", line=b"HEAD /index.html?x=1 HTTP/1.1"),
+        _req(b"Host: x") + _req(b"Host: y", line=b"GET /healthz HTTP/1.1"),
+        _req(line=b"GET http://x/a HTTP/1.0"),
+        _req(*_UPGRADE, line=b"GET /ws HTTP/1.1") + ws.frame(b"\n\n", mask_key=_MASK),
+        _req(b"Host: x", b"Transfer-Encoding: chunked", line=b"POST / HTTP/1.1"),
+        _req(b"Host: x", b"Connection: keep-alive, close", b"X: \t y"),
+        b"\r\n\r\n" + _req(b"Host: x"),
+    ] + [_req(b"Host: x", b"Content-Length: " + v, line=b"POST / HTTP/1.1")
+         for v in TRICKY_LENGTHS]
+      + [_req(b"Host: x", b"Content-Length: 5", b"Content-Length: " + v) for v in (b"5", b"6")],
+    "websocket-server": _ws_samples(masked=True),
+    "websocket-client": _ws_samples(masked=False),
+    "decode": [st.encode(m) for m in (
+        st.Hello(), st.Move(1, 2, 3), st.Welcome(1, 2, 3), st.Scored(1, "A", "B", 3),
+        st.You(1, 2, 3, 4, "ABC"), st.Stats(1, 2, 3, 4, 5, 6), st.Error(3, "full \u00e9"),
+        st.TickMsg(9, 255, 0, "ABCDEFGHIJKL", 2, tuple(range(12)),
+                   (st.Mover(1, 2, 3, 0, 0xFF00FF),), (4, 5)),
+    )],
+}
+
+INTERESTING = [b"\r\n", b"\n", b"\r", b"\x00", b"\xff", b":", b",", b" ", b"\x80", b"\x7f",
+               b"\xc2\xb2", b"9" * 40, b"Content-Length: ", b"\x88\x02", b"\x00\x00\x00"]
+
+
+def mutate(data: bytes, rng: random.Random, corpus: Sequence[bytes]) -> bytes:
+    """One to four random edits of ``data``: flips, inserts, deletes, splices."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(7)
+        at = rng.randrange(len(buf) + 1)
+        if op == 0 and buf:
+            buf[min(at, len(buf) - 1)] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            buf[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+        elif op == 2:
+            del buf[at:at + rng.randint(1, 16)]
+        elif op == 3:
+            buf[at:at] = rng.choice(INTERESTING)
+        elif op == 4:
+            other = rng.choice(corpus)
+            start = rng.randrange(len(other) + 1)
+            buf[at:] = other[start:]
+        elif op == 5 and buf:
+            buf[at:at] = buf[at:at + rng.randint(1, 64)] * rng.randint(1, 8)
+        else:
+            buf[at:at + 1] = bytes([rng.choice((0, 1, 0x7F, 0x80, 0xFE, 0xFF))])
+    return bytes(buf)
