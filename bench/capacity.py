@@ -116,6 +116,7 @@ HELD_LATENESS_P99_MS = 10.0
 HELD_TICK_FRACTION = 0.99
 DEFAULT_TICK_LADDER = (1000, 2500, 5000, 10000, 15000)
 SAMPLE_EVERY = 0.25  # seconds between /proc samples
+BOTS_SAMPLE_EVERY = 0.5  # the bots' CPU: a scan of all of /proc, so less often
 
 # Budget model, calibrated on the 2-core machine this runs on: a step costs a
 # fixed overhead (start the server, settle, start the bots, stop both) plus
@@ -280,7 +281,7 @@ class Step(_StepStart, total=False):
     ramp_done_s: float  #: when the bots printed their ramp line
     bots_exit: int
     server_exit: Optional[int]
-    bots_cpu: List[List[float]]  #: [t, CPU s of the bots' process group], once a second
+    bots_cpu: List[List[float]]  #: [t, CPU s of the bots' process group], twice a second
     derived: Derived
 
 
@@ -369,9 +370,9 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
                 next_sample += SAMPLE_EVERY
                 if next_sample < now:
                     next_sample = now + SAMPLE_EVERY
-            if now >= next_bots_sample:  # bots and their workers: a /proc scan, once a second
+            if now >= next_bots_sample:  # bots and their workers: a /proc scan
                 bots_cpu.append([round(now - t0, 4), round(group_cpu_seconds(bots.pid), 3)])
-                next_bots_sample = now + 1.0
+                next_bots_sample = now + BOTS_SAMPLE_EVERY
             if now > hard_deadline:
                 raise RuntimeError("bots did not finish in time")
             if server.poll() is not None:

@@ -42,7 +42,9 @@ in time and the whole thing stops by itself.
     python3 bench/floor.py --count 1000 --hold 5 --repeats 1          # a quick look
 
 Prints a Markdown table; writes every run to ``--json``
-(``bench/results/floor.json`` by default).
+(``bench/results/floor.json`` by default); ``--summarize FILE...`` prints the
+table of saved runs again. The README's table and the load it ran under:
+README.md, "At the floor".
 """
 
 from __future__ import annotations
@@ -375,7 +377,8 @@ def derive(run: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def summarize(runs: List[Dict[str, Any]], servers: Sequence[str]) -> List[Dict[str, Any]]:
-    """Per (N, server): medians over the repeats, and ratios to C from them."""
+    """Per (N, server): medians over the repeats, ratios to C from them, and the
+    median of the CPU ratios to C within each repeat (the runs nearest in time)."""
     out: List[Dict[str, Any]] = []
     for count in sorted({r["count"] for r in runs}):
         rows: Dict[str, Dict[str, Any]] = {}
@@ -390,10 +393,17 @@ def summarize(runs: List[Dict[str, Any]], servers: Sequence[str]) -> List[Dict[s
                         "delivered"):
                 rows[kind][key] = median(d[key] for d in ok)
         floor = rows.get("c")
-        for row in rows.values():
+        by_repeat: Dict[Any, Dict[str, float]] = {}
+        for r in runs:
+            if r["count"] == count and r["derived"]["ok"]:
+                by_repeat.setdefault(r.get("repeat"), {})[r["server"]] = \
+                    r["derived"]["cpu_us_per_send"]
+        for kind, row in rows.items():
             for key in ("cpu_us_per_send", "rss_per_conn"):
                 base = floor[key] if floor else None
                 row[key + "_vs_c"] = row[key] / base if base and base > 0 else None
+            pairs = [v[kind] / v["c"] for v in by_repeat.values() if kind in v and v.get("c")]
+            row["cpu_vs_c_per_repeat"] = median(pairs) if pairs else None
             out.append(row)
     return out
 
@@ -405,12 +415,13 @@ def ratio(v: Optional[float], spec: str = ".2f") -> str:
 def table(summary: List[Dict[str, Any]]) -> str:
     rows = [[str(s["count"]), LABELS[s["server"]],
              f"{s['cpu_us_per_send']:.2f} ({fmt(s['cpu_user_us_per_send'], '.2f')})",
-             ratio(s["cpu_us_per_send_vs_c"]),
+             f"{ratio(s['cpu_us_per_send_vs_c'])} ({ratio(s.get('cpu_vs_c_per_repeat'))})",
              f"{s['rss_per_conn']:.0f}", ratio(s["rss_per_conn_vs_c"], ".1f"),
              f"{s['rss_empty_mb']:.1f} -> {s['rss_mb']:.1f}", f"{s['server_cpu_pct']:.1f}",
              f"{100 * s['delivered']:.1f} %", str(s["repeats"])]
             for s in summary]
-    return fmt_table(["connections", "server", "CPU us / send (user)", "CPU vs C",
+    return fmt_table(["connections", "server", "CPU us / send (user)",
+                      "CPU vs C (median of per-repeat ratios)",
                       "RSS B / conn", "RSS vs C", "RSS MB empty -> loaded", "server CPU %",
                       "frames delivered", "runs"], rows)
 
@@ -457,6 +468,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--servers", type=parse_servers, default=list(SERVERS),
                     help="c, netcore, node, or a comma list of them (default all three)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "floor.json"))
+    ap.add_argument("--summarize", metavar="JSON", nargs="+",
+                    help="run nothing: print the table of earlier runs (one or more --json files)")
     args = ap.parse_args(argv)
     if args.role == "serve-netcore":
         return serve_netcore(args.period)
@@ -466,6 +479,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     def log(text: str) -> None:
         print(text, flush=True)
 
+    if args.summarize:
+        for path in args.summarize:
+            with open(path) as f:
+                saved = json.load(f)
+            log(table(summarize(saved["runs"], saved["servers"])))
+            log(f"({path}: {saved['started']} to {saved.get('finished')}; {saved['command']})")
+        return 0
     if args.hold <= 0 or args.repeats < 1 or args.per_proc < 1:
         ap.error("--hold, --repeats and --per-proc must be positive")
     _server_cpus, load_cpus = cpu_sets()

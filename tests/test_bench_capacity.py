@@ -152,7 +152,7 @@ def test_tick_rate_axis_runs_each_period_and_reports_the_most_players_held(tmp_p
         assert s["scenario"] == "rate" and s["errors"] == [], s["errors"]
         d = s["derived"]
         assert d["tick_rate_nominal_hz"] == 1000.0 / s["tick_ms"]
-        assert d["tick_rate_hz"] > 0 and s["server_final"]["ticks"]["period"] == s["tick_ms"] / 1000
+        assert d["tick_rate_hz"] > 0 and s["server_final"]["ticks"]["period_s"] == s["tick_ms"] / 1000
         assert isinstance(d["bots_cpu_pct"], float) and d["bots_cpu_pct"] >= 0
         assert len(s["bots_cpu"]) >= 2
     md = (tmp_path / "capacity.md").read_text()

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from serverproc import ROOT
-from test_capacity_smoke import process_groups_alive
+from test_bench_capacity import process_groups_alive
 
 FLOOR = os.path.join(ROOT, "bench", "floor.py")
 
