@@ -294,9 +294,14 @@ def stoppable(children: Children, interrupted: Callable[[str], None]) -> Iterato
 
 
 def loopback_ports_in_use() -> Tuple[int, int]:
-    """(TCP sockets in the ephemeral range, of which in TIME_WAIT), from /proc/net/tcp*."""
+    """(local TCP ports in the ephemeral range that some socket holds, of which held
+    only by TIME_WAIT sockets), from /proc/net/tcp*.
+
+    Ports, not sockets: a server on an ephemeral port holds one port however many
+    connections it accepted (15,000 sockets on one port must not read as a full range).
+    """
     lo, hi = ephemeral_range()
-    used = waiting = 0
+    held: Dict[int, bool] = {}  # port -> only TIME_WAIT sockets on it so far
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as f:
@@ -307,12 +312,10 @@ def loopback_ports_in_use() -> Tuple[int, int]:
                         continue
                     port = int(fields[1].rsplit(":", 1)[1], 16)
                     if lo <= port <= hi:
-                        used += 1
-                        if fields[3] == TCP_TIME_WAIT:
-                            waiting += 1
+                        held[port] = held.get(port, True) and fields[3] == TCP_TIME_WAIT
         except OSError:
             pass
-    return used, waiting
+    return len(held), sum(held.values())
 
 
 def ephemeral_range() -> Tuple[int, int]:
