@@ -42,10 +42,9 @@ def cpu_seconds(pid: int) -> Tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of the live processes in process group ``pgid``
-    (a scan of /proc: for a load generator and its workers, about once a second)."""
-    total = 0
+def all_proc_stats() -> Iterator[Tuple[int, List[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command's name) of every process:
+    ``fields[0]`` is the state, ``[2]`` the process group, ``[11]``/``[12]`` utime/stime."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -54,9 +53,14 @@ def group_cpu_seconds(pgid: int) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+        yield int(entry), fields
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in process group ``pgid``
+    (a scan of /proc: for a load generator and its workers, twice a second)."""
+    ticks = sum(int(f[11]) + int(f[12]) for _pid, f in all_proc_stats() if int(f[2]) == pgid)
+    return ticks / TICKS
 
 
 def cpu_runtime(pid: int) -> float:

@@ -18,6 +18,9 @@ import pytest
 
 from serverproc import ROOT
 
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from procstat import all_proc_stats  # noqa: E402
+
 pytestmark = pytest.mark.slow  # the whole harness: servers, bot processes, sampling
 
 CAPACITY = os.path.join(ROOT, "bench", "capacity.py")
@@ -25,19 +28,7 @@ CAPACITY = os.path.join(ROOT, "bench", "capacity.py")
 
 def process_groups_alive(pgids):
     """Processes still running in any of ``pgids`` (zombies excluded)."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp in pgids and state != "Z":
-            alive.append(int(entry))
-    return alive
+    return [pid for pid, fields in all_proc_stats() if int(fields[2]) in pgids and fields[0] != "Z"]
 
 
 def outputs(tmp_path):
