@@ -49,6 +49,8 @@ Operations: doctor (can this host hold N clients?) and bundle (one file).
     -> read_host_facts, HostFacts
   Operations: doctor, the checks. One function per limit, each with its fix.
     -> doctor_checks, DOCTOR_CHECKS, run_doctor
+  Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
+    -> probe_redis, redis_checks
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
 CLI: serve (the default), bots, client, doctor, bundle. main().
@@ -137,6 +139,7 @@ from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
 from netcore.process import raise_nofile, release_freed_memory
+from netcore.redis import Pending, Redis, RedisAddress, RedisError
 from netcore.stats import Window
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -172,15 +175,16 @@ __all__ = [
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit",
     # Bots
-    "BotOptions", "BotWorker", "bot_procs", "run_bots",
+    "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
     "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
-    "print_doctor_report", "run_doctor", "build_bundle",
+    "print_doctor_report", "run_doctor", "RedisProbe", "probe_redis", "redis_checks",
+    "build_bundle",
     # CLI
-    "main",
+    "main", "add_redis_options", "redis_address",
 ]
 
 log = logging.getLogger("spelltraction")
@@ -196,6 +200,9 @@ PROTOCOL_VERSIONS = (PROTOCOL_VERSION, PROTOCOL_V2)  # what this server speaks
 DEFAULT_PORT = 12150
 WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
 WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
+WS_MAX_FRAGMENTS = 8  # frames in one client message (empty ones count): 1008 past it
+WS_CONTROL_BURST = 8  # pings/pongs a client may send at once...
+WS_CONTROL_RATE = 2.0  # ...and per second after that: 1008 past it
 COLS, ROWS, CELL_PX = 4, 3, 117
 CELLS = COLS * ROWS
 BOARD_W, BOARD_H = COLS * CELL_PX, ROWS * CELL_PX
@@ -1028,6 +1035,7 @@ class Store:
         self.commit_times = Window(1024)
         self.last_error = ""
         self._stopping = False
+        self.closed = False
 
     # -- opening: lock, check, migrate -----------------------------------------
 
@@ -1292,6 +1300,9 @@ class Store:
 
     def close(self, timeout: float = 10.0) -> bool:
         """Commit what is staged, stop the writer, release the lock. True if all landed."""
+        if self.closed:
+            return True
+        self.closed = True
         if self._thread is not None:
             self.flush()
             self._stopping = True
@@ -1438,6 +1449,7 @@ class ServerOptions(NamedTuple):
     sndbuf: int = 32 << 10
     send_backlog: int = 4 << 10  # ~3 s of TICKs; 0: off
     send_backlog_grace: float = 4.0
+    allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -1476,7 +1488,9 @@ class GameServer(Handler):
 
     A connection's life: connect -> pending (``on_connect``; HELLO due within
     ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
-    ``conn.data``, then MOVEs) -> close (``on_close``: the player leaves).
+    ``conn.data``, then MOVEs; a version-2 HELLO goes through ``join_v2``
+    and may resume a parked player) -> close (``on_close``: the player
+    leaves; a version-2 player's seat stays parked for ``grace`` seconds).
     On the same port the first bytes may say HTTP instead (``on_protocol``:
     out of pending, the web front answers its requests) or a WebSocket upgrade
     (pending again from the upgrade, then HELLO as over TCP). Whatever a
@@ -1501,6 +1515,7 @@ class GameServer(Handler):
         self._plan_seq = 0  # the store batch that makes it durable
         self._plan_fame: Optional[List[FameEntry]] = None  # the hall of fame once it lands
         self._prune_at = 0.0
+        self._closing = False
         if opts.data is not None:
             self.store = Store(opts.data, opts.sync)
             self.store.open()  # raises StoreError, naming the file or directory
@@ -1522,6 +1537,12 @@ class GameServer(Handler):
                 ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
                 max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
                 headers=WEB_HEADERS,
+                # Strict WebSocket limits: a game message is one frame or a few
+                # (the browser sends one); pings are the peer's keepalive, rare.
+                max_fragments=WS_MAX_FRAGMENTS, control_burst=WS_CONTROL_BURST,
+                control_rate=WS_CONTROL_RATE,
+                allowed_origins=[o for o in opts.allowed_origins.split(",") if o.strip()]
+                or None,
             ), binary=lambda: FrameParser(MAX_CLIENT_FRAME))
         self.net = TCPServer(
             loop,
@@ -1611,16 +1632,19 @@ class GameServer(Handler):
 
     def close(self) -> None:
         """Close every listener and connection, game and admin, at once."""
+        self._closing = True  # players cut off now were still playing: see on_close
         self.net.close(CloseReason.SHUTDOWN)
         if self.admin is not None:
             self.admin.close(CloseReason.SHUTDOWN)
         self.close_store()
 
     def close_store(self) -> None:
-        """Write what is staged and let the data directory go (at exit)."""
+        """Write what is staged and let the data directory go (at exit).
+
+        The closed store stays in ``self.store`` for its figures (--stats-out).
+        """
         if self.store is not None:
             self.store.close()
-            self.store = None
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
@@ -1728,7 +1752,10 @@ class GameServer(Handler):
                 self.parked[player.resume_hash] = self.loop.time() + self.options.grace
                 self.parked.move_to_end(player.resume_hash)
                 if self.store is not None:
-                    self.store.stage_player(self._row(player, online=0))
+                    # Cut off by the server stopping: still "online", so after the
+                    # restart they get a whole grace period (Store._load).
+                    stopping = self.shutting_down or self._closing
+                    self.store.stage_player(self._row(player, online=1 if stopping else 0))
 
     # -- game plumbing ------------------------------------------------------
 
@@ -2397,6 +2424,58 @@ class BotOptions(NamedTuple):
     seed: Optional[int] = None
     json: bool = False
     ws: bool = False  # connect over WebSocket (/ws) instead of the binary protocol
+    state: str = ""  # protocol 2: resume tokens and last shown scores in this file
+
+
+RETRY_FIRST, RETRY_MAX = 0.5, 8.0  # a dropped --state bot reconnects after these (doubling)
+
+
+class BotState:
+    """``bots --state FILE``: each bot's resume token, id and the last score it was shown.
+
+    Bot ``i`` is entry ``i``: a second run with the same file resumes them
+    all (a larger --count makes the rest new players; a smaller one leaves
+    the rest in the file). Written atomically (a temporary file, then a
+    rename), mode 0600: the tokens are the players.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.players: List[List[Any]] = []  # [token hex, id, shown score]
+        self.dirty = False
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return
+        self.players = [[str(p["token"]), int(p["id"]), int(p["score"])]
+                        for p in data.get("players", [])]
+
+    def slice(self, start: int, count: int) -> List[List[Any]]:
+        return [list(p) for p in self.players[start:start + count]]
+
+    def update(self, offset: int, changes: List[List[Any]]) -> None:
+        """Merge one worker's news: [bot index within the worker, token hex, id, score]."""
+        players = self.players
+        for i, token, pid, score in changes:
+            k = offset + i
+            while len(players) <= k:
+                players.append(["", 0, -1])
+            players[k] = [token, pid, score]
+        self.dirty = self.dirty or bool(changes)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": 1, "players": [
+                {"token": t, "id": pid, "score": score} for t, pid, score in self.players]}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.dirty = False
 
 
 class _Poller:
@@ -2444,10 +2523,11 @@ class _Poller:
 class BotWorker:
     """One process's share of the bots, on one poller, state in flat arrays."""
 
-    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING = 1, 2, 3, 4, 5
+    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING, RETRYING = 1, 2, 3, 4, 5, 6
 
     def __init__(self, host: str, port: int, count: int, move_every: float, probes: int,
-                 seed: int, batch: int, websocket: bool = False) -> None:
+                 seed: int, batch: int, websocket: bool = False,
+                 resume: Optional[List[List[Any]]] = None) -> None:
         info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         self.family, self.addr = info[0], info[4]
         self.websocket = websocket
@@ -2478,6 +2558,23 @@ class BotWorker:
         self.connected = self.failed = self.dropped = 0
         self.frames = self.bytes = self.moves_sent = 0
         self.errors: Dict[str, int] = {}
+        # Protocol 2 (bots --state): tokens, and reconnects with backoff.
+        self.v2 = resume is not None
+        self.tokens: List[bytes] = [b""] * count
+        self.ids = array("l", [0]) * count
+        self.shown = array("l", [-1]) * count  # the last score a YOU showed; -1: none yet
+        for i, (token, pid, score) in enumerate((resume or [])[:count]):
+            self.tokens[i] = bytes.fromhex(token) if token else b""
+            self.ids[i], self.shown[i] = pid, score
+        self.changed: Dict[int, None] = {}  # bots whose token or score changed since reported
+        self.resumed = bytearray(count)  # came back as themselves at least once
+        self.regressed = bytearray(count)  # came back with less than they were shown
+        self.awaiting_you = bytearray(count)  # WELCOME seen; its YOU will say the score
+        self.lost = bytearray(count)  # dropped and not back (yet)
+        self.give_up = bytearray(count)  # told not to come back (TAKEN_OVER, VERSION...)
+        self.backoff = array("d", [0.0]) * count
+        self.retries: List[Tuple[float, int]] = []  # heap of (due, bot)
+        self.reconnected = 0
 
     # -- one pass of the loop ---------------------------------------------
 
@@ -2501,24 +2598,51 @@ class BotWorker:
                 self._lost(i, "connection error")
         if self.moves and self.moves[0][0] <= now:
             self._move_due(now)
+        if self.retries and self.retries[0][0] <= now:
+            self._retry_due(now)
 
     def _start_connects(self) -> None:
         end = min(self.count, self.started + self.batch)
-        linger = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT left on loopback
         for i in range(self.started, end):
-            s = socket.socket(self.family, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            err = s.connect_ex(self.addr)
-            if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-                s.close()
-                self._fail(i, os.strerror(err))
-                continue
-            self.socks[i] = s
-            self.state[i] = self.CONNECTING
-            self.index[s.fileno()] = i
-            self.poller.register(s.fileno(), self.poller.OUT)
+            self._open(i)
         self.started = end
+
+    _LINGER = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT left on loopback
+
+    def _open(self, i: int) -> None:
+        s = socket.socket(self.family, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self._LINGER)
+        err = s.connect_ex(self.addr)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            s.close()
+            self._fail(i, os.strerror(err))
+            return
+        self.socks[i] = s
+        self.state[i] = self.CONNECTING
+        self.index[s.fileno()] = i
+        self.poller.register(s.fileno(), self.poller.OUT)
+
+    def _hello(self, i: int) -> bytes:
+        if not self.v2:
+            return HELLO_FRAME
+        return frame(Hello(PROTOCOL_V2, token=self.tokens[i]))
+
+    def _retry_due(self, now: float) -> None:
+        """Dropped --state bots whose backoff is over try again (with their token)."""
+        retries = self.retries
+        opened = 0
+        while retries and retries[0][0] <= now and opened < self.batch:
+            _, i = heapq.heappop(retries)
+            if self.state[i] == self.RETRYING:
+                self._open(i)
+                opened += 1
+
+    def _schedule_retry(self, i: int, now: float) -> None:
+        delay = min(RETRY_MAX, max(RETRY_FIRST, self.backoff[i] * 2))
+        self.backoff[i] = delay
+        self.state[i] = self.RETRYING
+        heapq.heappush(self.retries, (now + delay * self.rng.uniform(0.8, 1.2), i))
 
     def _connected(self, fd: int, i: int, now: float) -> None:
         s = self.socks[i]
@@ -2532,7 +2656,7 @@ class BotWorker:
             self.ws_keys[fd] = key
             first, state = ws.client_handshake(self.host_header, WS_PATH, key), self.UPGRADING
         else:
-            first, state = HELLO_FRAME, self.HELLO_SENT
+            first, state = self._hello(i), self.HELLO_SENT
         try:
             s.send(first)
         except OSError as exc:
@@ -2586,7 +2710,11 @@ class BotWorker:
                     if (data[pos + 3] << 8) | data[pos + 4] == seq:
                         self.latencies.append(now - sent)
                         del self.probe_sent[i]
+                if self.v2:
+                    self._score_shown(i, int.from_bytes(data[pos + 9 : pos + 13], "big"))
             elif kind == WELCOME:
+                if self.v2:
+                    self._welcomed(i, data[pos + 2 : end])
                 self.state[i] = self.PLAYING
                 self.connected += 1
                 if self.move_every > 0 or i in self.probes:
@@ -2595,6 +2723,8 @@ class BotWorker:
             elif kind == ERROR:
                 text = data[pos + 4 : end].decode("utf-8", "replace")
                 self.errors[text] = self.errors.get(text, 0) + 1
+                if data[pos + 3] in (ErrorCode.TAKEN_OVER, ErrorCode.VERSION, ErrorCode.BAD_NAME):
+                    self.give_up[i] = 1  # retrying cannot help, or would fight another client
             self.frames += 1
             pos = end
         if pos < n:
@@ -2622,7 +2752,7 @@ class BotWorker:
                 return None
             self.state[i] = self.HELLO_SENT
             try:
-                self._send(s, HELLO_FRAME)
+                self._send(s, self._hello(i))
             except OSError as exc:
                 self._fail(i, exc.strerror or str(exc))
                 return None
@@ -2655,6 +2785,38 @@ class BotWorker:
         if pos < n:
             self.ws_rest[fd] = data[pos:]
         return b"".join(out)
+
+    def _welcomed(self, i: int, payload: bytes) -> None:
+        """A v2 WELCOME: keep the token; a resumed bot's YOU is checked against its last score."""
+        welcome = decode(payload)
+        assert isinstance(welcome, Welcome)
+        if welcome.resumed == RESUMED:
+            self.resumed[i] = 1
+        self.awaiting_you[i] = 1
+        self.tokens[i] = welcome.token
+        self.ids[i] = welcome.player_id
+        self.changed[i] = None
+        if self.lost[i]:
+            self.lost[i] = 0
+            self.reconnected += 1
+        self.backoff[i] = 0.0
+        self.first_tick[i] = -1  # the tick count restarts with a restarted server:
+        self.ticks[i] = 0  # count this connection's ticks afresh
+
+    def _score_shown(self, i: int, score: int) -> None:
+        if self.awaiting_you[i]:
+            self.awaiting_you[i] = 0
+            if score < self.shown[i]:  # back (as itself or not) with less than it was shown
+                self.regressed[i] = 1
+        if score != self.shown[i]:
+            self.shown[i] = score
+            self.changed[i] = None
+
+    def state_changes(self) -> List[List[Any]]:
+        """[bot, token hex, id, score] for the bots whose entry changed since the last call."""
+        out = [[i, self.tokens[i].hex(), self.ids[i], self.shown[i]] for i in self.changed]
+        self.changed = {}
+        return out
 
     def _send_pong(self, s: socket.socket, payload: bytes) -> None:
         try:
@@ -2710,16 +2872,24 @@ class BotWorker:
             heapq.heappush(moves, (now + max(self._period(i), 0.001), i))
 
     def _fail(self, i: int, why: str) -> None:
+        if self.lost[i] and not self.give_up[i]:  # a reconnect that did not work (yet)
+            self._drop_socket(i)
+            self._schedule_retry(i, time.monotonic())
+            return
         self.failed += 1
         self.errors[why] = self.errors.get(why, 0) + 1
         self._drop_socket(i)
 
     def _lost(self, i: int, why: str) -> None:
         if self.state[i] == self.PLAYING:
-            self.dropped += 1
             self.connected -= 1
             self.errors[why] = self.errors.get(why, 0) + 1
             self._drop_socket(i)
+            if self.v2 and not self.give_up[i]:  # --state: come back as ourselves
+                self.lost[i] = 1
+                self._schedule_retry(i, time.monotonic())
+            else:
+                self.dropped += 1
         else:
             self._fail(i, why)
 
@@ -2746,7 +2916,8 @@ class BotWorker:
 
     def progress(self) -> Dict[str, Any]:
         return {"type": "progress", "connected": self.connected, "failed": self.failed,
-                "dropped": self.dropped, "started": self.started}
+                "dropped": self.dropped + sum(self.lost), "started": self.started,
+                "resumed": sum(self.resumed), "reconnected": self.reconnected}
 
     def final(self) -> Dict[str, Any]:
         fractions = []
@@ -2756,7 +2927,9 @@ class BotWorker:
                 fractions.append(self.ticks[i] / expected)
         return {
             "type": "final", "count": self.count, "connected": self.connected,
-            "failed": self.failed, "dropped": self.dropped, "frames": self.frames,
+            "failed": self.failed, "dropped": self.dropped + sum(self.lost),
+            "resumed": sum(self.resumed), "score_regressions": sum(self.regressed),
+            "reconnected": self.reconnected, "frames": self.frames,
             "bytes": self.bytes, "moves_sent": self.moves_sent,
             "hist": [[ms, n] for ms, n in enumerate(self.hist) if n],
             "latencies": [round(x, 6) for x in self.latencies],
@@ -2771,12 +2944,19 @@ def _bot_worker_main(params_json: str) -> None:
     """Entry point of a bot process: runs until stdin closes or its deadline."""
     p = json.loads(params_json)
     raise_nofile_limit()
+    resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
-                       p["seed"], p["batch"], p.get("ws", False))
+                       p["seed"], p["batch"], p.get("ws", False), resume)
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
     stdin_fd = sys.stdin.fileno()  # the parent writes "hold", then closes it to say "stop"
     next_report = 0.0
+
+    def report_state() -> None:
+        changes = worker.state_changes()
+        if changes:
+            out.write(json.dumps({"type": "state", "changes": changes}) + "\n")
+
     try:
         while time.monotonic() < deadline:
             if _parent_says_stop(worker, stdin_fd):
@@ -2784,10 +2964,14 @@ def _bot_worker_main(params_json: str) -> None:
             worker.step(0.05)
             now = time.monotonic()
             if now >= next_report:
+                if worker.v2:
+                    report_state()  # tokens and shown scores: the parent keeps the file
                 out.write(json.dumps(worker.progress()) + "\n")
                 out.flush()
                 next_report = now + 0.25
     finally:
+        if worker.v2:
+            report_state()
         out.write(json.dumps(worker.final()) + "\n")
         out.flush()
         worker.close()
@@ -2849,8 +3033,14 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
     max_seconds = opts.ramp_timeout + opts.duration + 30
     workers: List["subprocess.Popen[str]"] = []
     transport = "WebSocket" if opts.ws else "TCP"
+    state = BotState(opts.state) if opts.state else None
+    offsets = [sum(shares[:k]) for k in range(procs)]
     print(f"bots: {opts.n_bots} to {opts.host}:{opts.port} ({transport}) over {procs} process(es), "
           f"moving every {opts.move_every:g} s, holding {opts.duration:g} s", file=out, flush=True)
+    if state is not None:
+        print(f"bots: protocol 2, resuming {min(len(state.players), opts.n_bots)} from "
+              f"{opts.state}", file=out, flush=True)
+    saved_at = time.monotonic()
     started = time.monotonic()
     progress: List[Dict[str, Any]] = [{} for _ in range(procs)]
     finals: List[Optional[Dict[str, Any]]] = [None] * procs
@@ -2859,7 +3049,8 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
         for k in range(procs):
             params = {"host": opts.host, "port": opts.port, "count": shares[k],
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
-                      "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws}
+                      "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws,
+                      "state": opts.state, "offset": offsets[k]}
             workers.append(subprocess.Popen(
                 [sys.executable, "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -2886,8 +3077,14 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
                     k = readers[fd]
                     if msg["type"] == "final":
                         finals[k] = msg
+                    elif msg["type"] == "state":
+                        if state is not None:
+                            state.update(offsets[k], msg["changes"])
                     else:
                         progress[k] = msg
+            if state is not None and time.monotonic() - saved_at >= 0.5:
+                state.save()  # at least once a second while anything changes
+                saved_at = time.monotonic()
             if not buffers and any(f is None for f in finals):
                 raise RuntimeError("a bot worker exited without a report")
             conn = sum(p.get("connected", 0) for p in progress)
@@ -2926,6 +3123,8 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
                 except (subprocess.TimeoutExpired, OSError):
                     w.kill()
                     w.wait()
+        if state is not None:
+            state.save()
     summary = _summarise([f for f in finals if f is not None], opts, ramp_s)
     _print_summary(summary, out)
     return summary
@@ -2967,6 +3166,9 @@ def _summarise(finals: List[Dict[str, Any]], opts: BotOptions,
         "connected": total("connected"),
         "failed": total("failed"),
         "dropped": total("dropped"),
+        "resumed": total("resumed"),
+        "score_regressions": total("score_regressions"),
+        "reconnected": total("reconnected"),
         "frames": total("frames"),
         "bytes": total("bytes"),
         "moves_sent": total("moves_sent"),
@@ -2995,6 +3197,10 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
         f"{s['bots_below_95pct_ticks']} bots below 95%",
         file=out, flush=True,
     )
+    if s["resumed"] or s["reconnected"] or s["score_regressions"]:
+        print(f"  resumed as themselves: {s['resumed']}; reconnected after a drop: "
+              f"{s['reconnected']}; came back with a lower score than shown: "
+              f"{s['score_regressions']}", file=out, flush=True)
     if s["errors"]:
         print(f"  errors: {s['errors']}", file=out, flush=True)
 
@@ -4412,11 +4618,14 @@ def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
 
 def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = False,
                root: str = "/", rlimit: Callable[[], Tuple[int, int]] = _nofile,
-               may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> int:
-    """Print the report; 1 if anything blocks ``clients``, else 0."""
+               may_raise: Callable[[int], bool] = _may_raise_nofile_hard,
+               redis: Optional[RedisAddress] = None) -> int:
+    """Print the report; 1 if anything blocks ``clients`` (or the Redis bus), else 0."""
     out = out if out is not None else sys.stdout
     facts = read_host_facts(root, clients, rlimit, may_raise)
     checks = doctor_checks(facts, clients)
+    if redis is not None:
+        checks += redis_checks(probe_redis(redis), redis)
     if as_json:
         out.write(json.dumps({"clients": clients, "checks": [
             dict(c._asdict(), fixes=[f._asdict() for f in c.fixes]) for c in checks
@@ -4425,6 +4634,138 @@ def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = Fals
         print_doctor_report(checks, clients, facts, out)
     return 1 if any(c.status == BLOCK for c in checks) else 0
 
+
+# -----------------------------------------------------------------------------
+# Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
+# -----------------------------------------------------------------------------
+
+REDIS_CONF = "/etc/redis/spelltraction.conf (etc/redis/ in the source)"
+# PING round trips past these make the bus a visible part of a 250 ms tick.
+REDIS_MEDIAN_MS, REDIS_WORST_MS = 2.0, 20.0
+REDIS_MIN_PUBSUB_HARD = 8 << 20  # a stalled gateway's backlog of ticks
+
+
+class RedisProbe(NamedTuple):
+    """What doctor learnt from one Redis: an error, or round trips and settings."""
+
+    error: str  # "" when the server answered
+    rtts_ms: Tuple[float, ...] = ()
+    version: str = ""
+    config: Tuple[Tuple[str, str], ...] = ()  # CONFIG GET answers; ("!" + key, why) if refused
+
+
+def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
+    """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
+    loop = EventLoop()
+    errors: List[RedisError] = []
+    link = Redis(loop, address, on_error=errors.append, connect_timeout=timeout,
+                 backoff_max=timeout, name="spelltraction-doctor")
+    try:
+        link.start()
+        deadline = time.monotonic() + timeout
+
+        def wait(done: Callable[[], bool]) -> bool:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0 or (errors and not link.ready):
+                    return False
+                loop.run_once(min(left, 0.05))
+            return True
+
+        if not wait(lambda: link.ready):
+            return RedisProbe(str(errors[-1]) if errors else f"no answer within {timeout:g} s")
+        deadline = time.monotonic() + timeout * 2
+        rtts: List[float] = []
+        for _ in range(pings):
+            started = time.perf_counter()
+            ping = link.execute("PING")
+            if not wait(lambda: ping.done) or not ping.ok:
+                return RedisProbe(f"PING: {ping.error or ping.reply or 'no answer'!s}")
+            rtts.append((time.perf_counter() - started) * 1000)
+        info = link.execute("INFO", "server")
+        asked = [(key, link.execute("CONFIG", "GET", key))
+                 for key in ("maxmemory-policy", "client-output-buffer-limit")]
+        wait(lambda: info.done and all(p.done for _, p in asked))
+        return RedisProbe("", tuple(rtts), _redis_version(info),
+                          tuple(_config_answer(key, p) for key, p in asked))
+    finally:
+        link.close()
+        loop.close()
+
+
+def _redis_version(info: Pending) -> str:
+    if info.ok and isinstance(info.reply, bytes):
+        for line in info.reply.decode("utf-8", "replace").splitlines():
+            if line.startswith("redis_version:"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _config_answer(key: str, pending: Pending) -> Tuple[str, str]:
+    reply = pending.reply
+    if pending.ok and isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], bytes):
+        return key, reply[1].decode("utf-8", "replace")
+    return "!" + key, str(pending.error or reply or "no answer")
+
+
+def _pubsub_hard_limit(value: str) -> Optional[int]:
+    """The pubsub class's hard limit in bytes from ``client-output-buffer-limit``."""
+    words = value.split()
+    for i in range(0, len(words) - 3, 4):
+        if words[i] == "pubsub":
+            try:
+                return int(words[i + 1])
+            except ValueError:
+                return None
+    return None
+
+
+def redis_checks(probe: RedisProbe, address: RedisAddress) -> List[Check]:
+    """The bus's checks: it answers (BLOCK if not), quickly, and keeps what it must."""
+    where = address.url()
+    if probe.error:
+        return [Check(f"Redis reachable ({where})", BLOCK, probe.error, "a Redis that answers",
+                      "game and gateway retry with backoff and wait, but no world runs "
+                      "without the bus. Check that redis-server runs, its bind and port, and the "
+                      "password (--redis-password-file or --redis-password-env).",
+                      (Fix(REDIS_CONF, "bind 127.0.0.1 <this host's private address>"),))]
+    checks = [Check(f"Redis reachable ({where})", OK, f"Redis {probe.version or '?'}",
+                    "a Redis that answers")]
+    rtts = sorted(probe.rtts_ms)
+    median = rtts[len(rtts) // 2]
+    slow = median > REDIS_MEDIAN_MS or rtts[-1] > REDIS_WORST_MS
+    checks.append(Check(
+        "Redis latency (PING round trip)", WARN if slow else OK,
+        f"median {median:.2f} ms, worst {rtts[-1]:.2f} ms of {len(rtts)}",
+        f"median <= {REDIS_MEDIAN_MS:g} ms, worst <= {REDIS_WORST_MS:g} ms",
+        "every tick crosses the bus twice (moves in, tick out): its round trip is "
+        "added to what players see as tick lateness." if slow else ""))
+    major = probe.version.split(".")[0]
+    if major.isdigit() and int(major) < 6:
+        checks.append(Check("Redis version", WARN, probe.version, "6 or later (7 tested)",
+                            "ACL usernames in the URL need Redis 6."))
+    config = dict(probe.config)
+    policy = config.get("maxmemory-policy")
+    if policy is None:
+        checks.append(Check("Redis maxmemory-policy", WARN, "unreadable", "noeviction",
+                            f"CONFIG GET was refused ({config.get('!maxmemory-policy', '?')}); "
+                            "check it by hand."))
+    else:
+        checks.append(Check(
+            "Redis maxmemory-policy", OK if policy == "noeviction" else WARN, policy, "noeviction",
+            "" if policy == "noeviction" else "the lease and heartbeat keys expire on their own "
+            "and must never be evicted: a full Redis should refuse writes instead.",
+            () if policy == "noeviction" else (Fix(REDIS_CONF, "maxmemory-policy noeviction"),)))
+    limits = config.get("client-output-buffer-limit")
+    hard = _pubsub_hard_limit(limits) if limits is not None else None
+    if hard is not None and 0 < hard < REDIS_MIN_PUBSUB_HARD:
+        checks.append(Check(
+            "Redis pub/sub output buffer", WARN, f"hard limit {_mib(hard)}",
+            f">= {_mib(REDIS_MIN_PUBSUB_HARD)}",
+            "Redis cuts a gateway whose unread ticks pass this; it then reconnects and "
+            "resynchronises, and its players miss ticks meanwhile.",
+            (Fix(REDIS_CONF, "client-output-buffer-limit pubsub 64mb 16mb 60"),)))
+    return checks
 
 # -----------------------------------------------------------------------------
 # Operations: bundle. The game, netcore and web/ in one .pyz.
@@ -4494,6 +4835,30 @@ def _parse_colour(text: str) -> int:
     if not 0 <= value <= 0xFFFFFF or len(text.lstrip("#")) != 6:
         raise argparse.ArgumentTypeError(f"colour must be 6 hex digits RRGGBB, got {text!r}")
     return value
+
+
+def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
+    """--redis URL and where its password comes from (never argv)."""
+    parser.add_argument("--redis", metavar="URL", default=None,
+                        help=help_url + "; redis://[user@]host:port[/db] (a numeric host, or a "
+                        "name resolved once at start)")
+    parser.add_argument("--redis-password-file", metavar="FILE", default=None,
+                        help="the Redis password: the first line of FILE")
+    parser.add_argument("--redis-password-env", metavar="VAR", default=None,
+                        help="the Redis password: environment variable VAR")
+
+
+def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
+    """The --redis options as an address (names resolved: this blocks), or None."""
+    if args.redis is None:
+        if args.redis_password_file or args.redis_password_env:
+            raise ValueError("--redis-password-file/--redis-password-env need --redis")
+        return None
+    if args.redis_password_file and args.redis_password_env:
+        raise ValueError("give the password by file or by environment, not both")
+    address = RedisAddress.from_url(args.redis, password_file=args.redis_password_file,
+                                    password_env=args.redis_password_env)
+    return address.resolve()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -4568,6 +4933,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="proxies whose connections start with a PROXY protocol header "
                     "(v1/v2) naming the client "
                     "(default: none). nginx: proxy_protocol on;")
+    sp.add_argument("--allowed-origins", default="", metavar="ORIGIN,...",
+                    help="WebSocket upgrades only from these Origins, e.g. "
+                    "https://play.example.org (others, and requests with no Origin, get "
+                    "403; default: any)")
     sp.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
                     help="SO_SNDBUF of each client socket; the kernel doubles it "
                     f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
@@ -4597,6 +4966,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     bp.add_argument("--json", action="store_true", help="end with one line of JSON figures")
     bp.add_argument("--ws", action="store_true",
                     help="connect over WebSocket (/ws), as browsers do, instead of TCP")
+    bp.add_argument("--state", default="", metavar="FILE",
+                    help="protocol 2: keep each bot's resume token and last shown score in "
+                         "FILE (mode 0600, rewritten at least every second); a second run with "
+                         "the same FILE resumes them, and dropped bots reconnect with backoff")
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
     bp.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -4608,6 +4981,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     dp.add_argument("--json", action="store_true", help="the checks as JSON")
     dp.add_argument("--root", default="/", help="read proc/ under this directory instead of "
                     "/ (a fake tree, for tests); the open-files limit is still this process's")
+    add_redis_options(dp, "also check this Redis (the bus of game and gateway): reachable, "
+                          "latency, maxmemory-policy")
 
     zp = sub.add_parser("bundle", help="build a single-file zipapp of the game")
     zp.add_argument("-o", "--output", default=os.path.join("dist", "spelltraction.pyz"),
@@ -4633,7 +5008,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "doctor":
         if args.clients < 1:
             parser.error("--clients must be at least 1")
-        return run_doctor(args.clients, as_json=args.json, root=args.root)
+        try:
+            redis = redis_address(args)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
+        return run_doctor(args.clients, as_json=args.json, root=args.root, redis=redis)
     if args.command == "backup":
         try:
             pages = backup_store(args.data, args.output)
@@ -4665,6 +5044,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             host=args.host, port=args.port, n_bots=args.count, move_every=args.move_every,
             duration=args.duration, procs=procs, probes=args.probes,
             ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json, ws=args.ws,
+            state=args.state,
         ))
         if args.json:
             print(json.dumps(summary), flush=True)
@@ -4702,6 +5082,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
                                send_backlog=args.send_backlog,
                                send_backlog_grace=args.send_backlog_grace,
+                               allowed_origins=args.allowed_origins,
                                data=None if args.no_data else args.data, grace=args.grace,
                                prune_days=args.prune_days, sync=args.sync), limiter)
 

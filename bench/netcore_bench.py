@@ -386,6 +386,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--json", default=os.path.join(HERE, "results", "netcore_bench.json"))
     ap.add_argument("--large-rounds", type=int, default=5, help="rounds of the 16 MiB part")
     ap.add_argument("--only", choices=["large"], help="run one part only")
+    ap.add_argument("--skip-large", action="store_true",
+                    help="parts 1 and 2 only (e.g. against an older netcore without examples/)")
     args = ap.parse_args(argv)
 
     if args.role:  # a child: pinned by the driver (procstat.Children)
@@ -398,8 +400,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     if args.only == "large":
-        large = large_messages(args.large_rounds)
-        print_large(large)
+        print_large(large_messages(args.large_rounds))
         print(f"\n{started}, {machine()}")
         return 0
     print(f"netcore bench: {args.count} connections, {args.rounds} rounds, python {sys.version.split()[0]}")
@@ -414,7 +415,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         cpu = broadcast_cpu(children, args.count, args.per_proc, args.rounds, args.gap)
     finally:
         children.kill_all()
-    large = large_messages(args.large_rounds)
+    large: Optional[Dict[str, Any]] = None
+    if not args.skip_large:
+        large = large_messages(args.large_rounds)
     print(f"  broadcast: netcore {cpu['ours_us_per_send']:.2f} us/send, bare loop "
           f"{cpu['bare_us_per_send']:.2f} us/send, ratio {cpu['ratio_of_medians']:.3f} "
           f"(median of per-round ratios {cpu['median_of_ratios']:.3f})")
@@ -431,8 +434,9 @@ def main(argv: Optional[List[str]] = None) -> int:
          ["netcore `TCPServer.broadcast`", f"{cpu['ours_us_per_send']:.2f} us",
           f"{cpu['ratio_of_medians']:.3f}"]],
     ))
-    print()
-    print_large(large)
+    if large is not None:
+        print()
+        print_large(large)
     result = {"started": started, "python": sys.version.split()[0], "machine": machine(),
               "args": {k: v for k, v in vars(args).items() if k != "role"},
               "idle_rss": mem, "broadcast": cpu, "large_messages": large}

@@ -64,7 +64,9 @@ from .redis import (
     Redis,
     RedisAddress,
     RedisError,
+    RedisLease,
     RedisSubscriber,
+    Script,
 )
 from .resp import ReplyError, RespParser, RespProtocolError, encode_command
 from .ringbuffer import BufferFull, RingBuffer
@@ -109,11 +111,13 @@ __all__ = [
     "Redis",
     "RedisAddress",
     "RedisError",
+    "RedisLease",
     "RedisSubscriber",
     "ReplyError",
     "RespParser",
     "RespProtocolError",
     "RingBuffer",
+    "Script",
     "ServerConfig",
     "SplitFrame",
     "TCPClient",

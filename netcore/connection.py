@@ -235,6 +235,7 @@ class Connection(Readiness):
             cap = owner.config.max_output
             if full.size >= cap:
                 owner.stats.slow_consumers += 1
+                owner.stats.limit("output-queue")
                 self.close(
                     CloseReason.SLOW_CONSUMER,
                     f"{full.size} bytes queued >= cap {cap}, {full.incoming} more written",

@@ -35,6 +35,7 @@ __all__ = [
     "ProxyHeader",
     "ProxyHeaderReader",
     "parse_proxy_header",
+    "starts_proxy_header",
 ]
 
 V1_PREFIX = b"PROXY "
@@ -124,6 +125,22 @@ def _parse_v2(head: bytes, body: bytes) -> ProxyHeader:
     ports = body[2 * size : 2 * size + 4]
     return ProxyHeader(2, (src, int.from_bytes(ports[:2], "big")),
                        (dst, int.from_bytes(ports[2:], "big")))
+
+
+def starts_proxy_header(data: BytesLike) -> Optional[bool]:
+    """Whether a stream starting with ``data`` starts with a PROXY header:
+    True, False, or None while ``data`` is too short to tell (at most 11
+    bytes: "PROXY " and the v2 signature share no first byte)."""
+    n = len(data)
+    if n == 0:
+        return None
+    sig = V1_PREFIX if data[0] == 0x50 else V2_SIGNATURE if data[0] == 0x0D else b""
+    if not sig:
+        return False
+    head = bytes(data[: len(sig)])
+    if head != sig[: len(head)]:
+        return False
+    return True if len(head) == len(sig) else None
 
 
 def parse_proxy_header(data: bytes, max_header: int = MAX_HEADER

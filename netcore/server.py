@@ -21,15 +21,15 @@ import os
 import selectors
 import socket
 import sys
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .addrlimit import DEFAULT_EXEMPT, AddressLimits, Key, parse_networks
+from .addrlimit import DEFAULT_EXEMPT, AddressLimits, Key, address_key, parse_networks
 from .codec import Codec, ProtocolError, SilentCodec
 from .connection import CloseReason, CodecFactory, Connection
 from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
 from .handler import Handler
 from .loop import EventLoop, Readiness, Timer
-from .proxyproto import ProxyHeader, ProxyHeaderReader
+from .proxyproto import ProxyHeader, ProxyHeaderReader, starts_proxy_header
 from .ringbuffer import BytesLike
 from .stats import NetStats
 from .websocket import CloseCode
@@ -255,6 +255,7 @@ class TCPServer:
         self._counted: Dict[Connection, Tuple[Key, bool]] = {}
         # The real client of a connection from a trusted proxy (PROXY header).
         self.proxied: Dict[Connection, str] = {}
+        self._by_xff: Set[Connection] = set()  # ...named by X-Forwarded-For
         self._over_backlog: Dict[Connection, float] = {}  # over the limit since
         self._backlog_timer: Optional[Timer] = None
 
@@ -486,6 +487,32 @@ class TCPServer:
         proxied = self.proxied.get(conn)
         return proxied if proxied is not None else _peer_host(conn.sock)
 
+    def forwarded_for(self, conn: Connection, forwarded: Optional[str]) -> Optional[str]:
+        """An HTTP request on ``conn`` came with ``X-Forwarded-For: forwarded``.
+
+        Believed only from a trusted proxy that sent no PROXY header: the
+        last address in it (the one the proxy added) becomes ``conn``'s
+        client, counted as :meth:`rekey` does; returns the name of a limit
+        that refuses it, else None. Anyone else's header is ignored.
+        """
+        trusted = self.config.trusted_proxies
+        if not forwarded or not trusted:
+            return None
+        current = self.proxied.get(conn)
+        if current is not None and conn not in self._by_xff:
+            return None  # a PROXY header named the client: that is the truth
+        if _peer_host(conn.sock) not in trusted:
+            return None
+        client = forwarded.rsplit(",", 1)[-1].strip()
+        try:
+            address_key(client)
+        except ValueError:
+            return None
+        if client == current:
+            return None
+        self._by_xff.add(conn)
+        return self.rekey(conn, client)
+
     def settle(self, conn: Connection) -> None:
         """``conn`` is no longer pending (a player said HELLO): it stops counting
         against the pending limits. Idempotent; a no-op for uncounted peers."""
@@ -646,6 +673,7 @@ class TCPServer:
             self.address_limits.release(counted[0], counted[1])
         if self.proxied:
             self.proxied.pop(conn, None)
+            self._by_xff.discard(conn)
         if self._over_backlog:
             self._over_backlog.pop(conn, None)
         # Per-connection lines stay at DEBUG: 15,000 peers would flood the log.
@@ -662,18 +690,32 @@ class TCPServer:
 class _ProxyHeaderCodec(SilentCodec):
     """The first codec of a connection from a trusted proxy: its PROXY header.
 
-    Then the server's own codec takes over with the bytes that followed.
+    Then the server's own codec takes over with the bytes that followed. A
+    connection that does not start with a header (an HTTP proxy's, whose
+    client is in X-Forwarded-For) goes to the server's codec as it is.
     Nothing is said to the proxy meanwhile (a timeout closes it silently).
     """
 
-    __slots__ = ("conn", "server", "reader")
+    __slots__ = ("conn", "server", "reader", "start")
 
     def __init__(self, conn: Connection, server: TCPServer) -> None:
         self.conn = conn
         self.server = server
         self.reader = ProxyHeaderReader()
+        self.start: Optional[bytes] = b""  # the first bytes, until they tell header or not
 
     def feed(self, data: BytesLike) -> List[bytes]:
+        if self.start is not None:
+            start = self.start + bytes(data)
+            header = starts_proxy_header(start)
+            if header is None:
+                self.start = start
+                return []
+            self.start = None
+            if not header:
+                codec = self.conn.codec = self.server.codec_factory(self.conn)
+                return codec.feed(start)
+            data = start
         found = self.reader.feed(data)  # ProxyError: bad input, closed
         if found is None:
             return []

@@ -27,7 +27,7 @@ either: a request head is capped at 16 KiB.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
@@ -41,6 +41,9 @@ from .websocket import (
     DEFAULT_CONTROL_BURST,
     DEFAULT_CONTROL_RATE,
     DEFAULT_MAX_MESSAGE,
+    PING,
+    CloseCode,
+    frame_header,
     handshake_response,
 )
 from .wscodec import WebSocketCodec
@@ -76,7 +79,7 @@ class WebConfig:
     __slots__ = ("static_root", "static_reader", "routes", "ws_path", "health_path",
                  "handshake_timeout", "max_requests", "max_message", "message_codec", "headers",
                  "max_fragments", "control_burst", "control_rate", "allowed_origins",
-                 "subprotocols", "ws_accept")
+                 "subprotocols", "ws_accept", "ping_interval", "idle_timeout")
 
     def __init__(
         self,
@@ -104,6 +107,12 @@ class WebConfig:
         allowed_origins: Optional[Sequence[str]] = None,  # None: any Origin (or none)
         subprotocols: Sequence[str] = (),  # ours, in order of preference
         ws_accept: Optional[Callable[[Request], Union[Upgrade, int]]] = None,
+        # A WebSocket peer that sent nothing for ping_interval seconds gets a
+        # Ping; one that sent nothing (not even the Pong) for idle_timeout is
+        # closed with 1011: a peer gone without a FIN is otherwise held until
+        # TCP gives up (~15 min). None: off.
+        ping_interval: Optional[float] = 20.0,
+        idle_timeout: Optional[float] = 60.0,
     ) -> None:
         if handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")
@@ -119,6 +128,8 @@ class WebConfig:
         self.max_message = max_message
         self.message_codec = message_codec
         self.headers = tuple(headers)
+        self.ping_interval = ping_interval
+        self.idle_timeout = idle_timeout
         self.max_fragments = max_fragments
         self.control_burst = control_burst
         self.control_rate = control_rate
@@ -168,6 +179,10 @@ class WebFront:
         # HTTP connections and when their current deadline started.
         self.watched: Dict[Connection, float] = {}
         self._timer: Optional[Timer] = None
+        # Upgraded connections: [their codec's reads when last seen, when
+        # they last sent something, pinged since].
+        self.ws_watched: Dict[Connection, List[Any]] = {}
+        self._ws_timer: Optional[Timer] = None
 
     def set_binary(self, binary: Callable[[], Codec]) -> None:
         """Make ``binary()`` the codec of connections that are not HTTP.
@@ -208,6 +223,15 @@ class WebFront:
         method = request.method
         head_only = method == "HEAD"
         path = request.path
+        forwarded_for = getattr(conn.owner, "forwarded_for", None)  # a TCPServer's
+        if forwarded_for is not None:
+            refused = forwarded_for(conn, request.header("x-forwarded-for"))
+            if refused is not None:
+                client = request.header("x-forwarded-for") or ""
+                self.reply(conn, 503, error_response(
+                    503, f"too many connections from {client.rsplit(',', 1)[-1].strip()} "
+                    f"({refused}); try later"), False, refused)
+                return None
         if method not in ("GET", "HEAD"):
             self.reply(conn, 405, error_response(405, f"{method} is not supported", not keep,
                                                  [("Allow", "GET, HEAD")]), keep)
@@ -279,6 +303,8 @@ class WebFront:
                             max_fragments=cfg.max_fragments, control_burst=cfg.control_burst,
                             control_rate=cfg.control_rate)
         conn.codec = ws
+        if cfg.ping_interval is not None or cfg.idle_timeout is not None:
+            self._watch_ws(conn)
         conn.owner.handler.on_protocol(conn, WEBSOCKET)
         if rest and conn.is_open:
             return ws.feed(rest)
@@ -328,6 +354,53 @@ class WebFront:
         if watched:
             period = min(1.0, self.config.handshake_timeout / 4)
             self._timer = loop.call_later(period, lambda: self._sweep(loop))
+
+
+    # -- WebSocket keepalive ----------------------------------------------------
+
+    def _ws_period(self) -> float:
+        cfg = self.config
+        spans = [t for t in (cfg.ping_interval, cfg.idle_timeout) if t is not None]
+        return max(0.05, min(5.0, min(spans) / 4))
+
+    def _watch_ws(self, conn: Connection) -> None:
+        loop = conn.owner.loop
+        self.ws_watched[conn] = [0, loop.time(), False]
+        if self._ws_timer is None:
+            self._ws_timer = loop.call_later(self._ws_period(), lambda: self._ws_sweep(loop))
+
+    def _ws_sweep(self, loop: EventLoop) -> None:
+        """Ping quiet WebSocket peers; close those quiet past the idle timeout."""
+        self._ws_timer = None
+        cfg = self.config
+        now = loop.time()
+        watched = self.ws_watched
+        for conn, seen in list(watched.items()):
+            codec = conn.codec
+            if not conn.is_open or not isinstance(codec, WebSocketCodec):
+                del watched[conn]
+                continue
+            if codec.reads != seen[0]:
+                seen[0], seen[1], seen[2] = codec.reads, now, False
+                continue
+            idle = now - seen[1]
+            if cfg.idle_timeout is not None and idle >= cfg.idle_timeout:
+                del watched[conn]
+                conn.owner.stats.limit("ws-idle")
+                text = f"nothing received for {idle:.0f} s, not even a pong"
+                bye = codec.closing(b"", CloseCode.INTERNAL_ERROR, text)
+                if bye and conn.write(bye):
+                    conn.close_after_flush("ws-idle", text)
+                else:
+                    conn.close("ws-idle", text)
+            elif cfg.ping_interval is not None and not seen[2] and idle >= cfg.ping_interval:
+                seen[2] = True
+                conn.write(_PING)
+        if watched:
+            self._ws_timer = loop.call_later(self._ws_period(), lambda: self._ws_sweep(loop))
+
+
+_PING = frame_header(0, PING)  # a server's Ping: unmasked, empty
 
 
 class HttpCodec(SilentCodec):

@@ -159,7 +159,7 @@ class WebSocketCodec(_WebSocketEnd):
     ``subprotocol`` is what the handshake agreed on ("" for none).
     """
 
-    __slots__ = ("subprotocol",)
+    __slots__ = ("subprotocol", "reads")
 
     def __init__(self, conn: Connection, inner: Optional[Codec] = None,
                  max_message: int = DEFAULT_MAX_MESSAGE, subprotocol: str = "",
@@ -168,8 +168,10 @@ class WebSocketCodec(_WebSocketEnd):
         (see :class:`~netcore.websocket.WebSocketParser`)."""
         super().__init__(conn, inner, max_message, False, **limits)
         self.subprotocol = subprotocol
+        self.reads = 0  # reads fed so far: the front's keepalive watches it move
 
     def feed(self, data: BytesLike) -> List[bytes]:
+        self.reads += 1
         return self._messages(data)
 
     def wrap(self, stream: bytes) -> bytes:

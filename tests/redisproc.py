@@ -30,11 +30,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: str, password: Optional[str] = None, extra: str = "") -> None:
+    def __init__(self, directory: str, password: Optional[str] = None, extra: str = "",
+                 include: Optional[str] = None) -> None:
         self.binary = require_redis()
         self.directory = directory
         self.password = password
         self.extra = extra
+        self.include = include  # a config file read first: the lines below override it
         self.port = 0
         self.proc: Optional["subprocess.Popen[bytes]"] = None
 
@@ -44,7 +46,8 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}"
 
     def _config(self) -> str:
-        lines = [
+        lines = [f"include {self.include}"] if self.include else []
+        lines += [
             f"port {self.port}",
             "bind 127.0.0.1",
             "save ''",

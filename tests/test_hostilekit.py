@@ -1,15 +1,33 @@
 """The hostile-test kit tells a ticking server from a stalled one (tests/hostilekit.py)."""
 
 import signal
+import socket
+import sys
 import time
 
 import pytest
 
-from hostilekit import Crowd, HostileServer, open_fds, rss_bytes
-
-pytestmark = pytest.mark.slow  # a subprocess server and a crowd, for a few seconds
+from hostilekit import Crowd, HostileServer, arrival, open_fds, rss_bytes, stamp_arrivals
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_TIMESTAMPNS is Linux's")
+def test_arrival_is_the_kernels_receive_time_not_when_we_got_round_to_reading():
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        with socket.create_connection(lsock.getsockname()) as client:
+            server, _ = lsock.accept()
+            with server:
+                stamp_arrivals(client)
+                server.sendall(b"tick")
+                time.sleep(0.3)  # a busy test process reads late
+                data, ancillary, _, _ = client.recvmsg(100, 64)
+                now = time.monotonic()
+                assert data == b"tick"
+                assert 0.25 < now - arrival(ancillary, now) < 1.0
+
+
+@pytest.mark.slow  # a subprocess server and a crowd, for a few seconds
 def test_a_quiet_server_passes_the_checks_and_a_stalled_one_fails_them():
     with HostileServer() as server, Crowd(server.port, tcp=8, ws_count=4) as crowd:
         before = server.resources()

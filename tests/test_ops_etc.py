@@ -234,12 +234,14 @@ def test_unit_execstart_runs_the_real_server(tmp_path):
     st.build_bundle(str(pyz))
     assert argv[1] == "-I"
     # systemd's StateDirectory= hands the server $STATE_DIRECTORY: its data directory.
+    assert unit_value("StateDirectory") == "spelltraction"
     env = dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state"))
     with Spawned([sys.executable, "-I", str(pyz), *args], cwd=tmp_path, env=env) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(st.frame(st.Hello()))
             assert sock.recv(4096), "WELCOME"
         assert server.stop() == 0
+    assert os.path.isfile(tmp_path / "state" / st.DATA_FILE)
 
 
 def test_systemd_analyze_verify_is_clean(tmp_path):
@@ -334,7 +336,8 @@ def test_nginx_accepts_both_files(tmp_path, nginx):
 def test_raw_protocol_through_the_stream_tls_block(tmp_path, nginx):
     """A TLS client plays a tick through nginx's stream {} to a real server."""
     require_stream_module()
-    game = ServerProcess("--tick-ms", "50")
+    # The stream block sends a PROXY header from 127.0.0.2 (proxy_protocol on;).
+    game = ServerProcess("--tick-ms", "50", "--trusted-proxies", "127.0.0.2")
     raw_socket = str(tmp_path / "raw.sock")
     conf = nginx_tree(tmp_path, raw_socket=raw_socket, game_port=game.port)
     proxy = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path),

@@ -225,3 +225,27 @@ def test_upgrade_and_a_first_frame_holding_lf_in_one_segment(h, key):
     hello = ws.frame(st.frame(st.Hello()), mask_key=key)
     c = WsClient(h, extra=hello)
     assert c.expect(st.Welcome).player_id >= 1
+
+
+def test_allowed_origins_refuse_other_origins_with_403(make_harness):
+    h = make_harness(allowed_origins="https://play.example.org")
+    good = WsClient(h, upgrade=False)
+    good.send(ws.client_handshake("test", "/ws", "dGhlIHNhbXBsZSBub25jZQ==",
+                                  [("Origin", "https://play.example.org")]))
+    assert good.responses(1)[0].status == 101
+    bad = RawConn(h)
+    bad.send(ws.client_handshake("test", "/ws", "dGhlIHNhbXBsZSBub25jZQ==",
+                                 [("Origin", "https://evil.example")]))
+    r = bad.responses(1)[0]
+    assert r.status == 403 and b"Origin" in r.body
+
+
+def test_the_game_allows_few_fragments_per_message(h):
+    c = WsClient(h).hello()
+    c.send_frame(b"\x00", fin=False)
+    for _ in range(st.WS_MAX_FRAGMENTS):
+        c.send_frame(b"", ws.CONTINUATION, fin=False)
+    c.wait_closed()
+    close = c.close_event()
+    assert close.code == ws.CloseCode.POLICY_VIOLATION and "frames" in close.reason
+    assert h.server.net.stats.limits.get("ws-fragments") == 1

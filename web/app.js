@@ -1,4 +1,6 @@
-// SpellTraction browser client: protocol v1 (docs/PROTOCOL.md) over WebSocket.
+// SpellTraction browser client: protocol v2 (docs/PROTOCOL.md) over WebSocket.
+// The resume token lives in localStorage: a reload (or a blink of Wi-Fi) is the
+// same player, with the same letters and score.
 // Plain JS and a canvas; no build step, nothing loaded from elsewhere.
 "use strict";
 
@@ -6,11 +8,14 @@
   // ---------------------------------------------------------------------------
   // Protocol
   // ---------------------------------------------------------------------------
-  const PROTOCOL_VERSION = 1;
+  const PROTOCOL_VERSION = 2;
   const HELLO = 0x01, MOVE = 0x02;
-  const WELCOME = 0x81, TICK = 0x82, SCORED = 0x83, YOU = 0x84, STATS = 0x85, ERROR = 0x8f;
+  const WELCOME = 0x81, TICK = 0x82, SCORED = 0x83, YOU = 0x84, STATS = 0x85, FAME = 0x86,
+        ERROR = 0x8f;
   const ERR = { VERSION: 1, BAD_MESSAGE: 2, SERVER_FULL: 3, SHUTDOWN: 4, FLOOD: 5,
-                HELLO_TIMEOUT: 6, BAD_FRAME: 7 };
+                HELLO_TIMEOUT: 6, BAD_FRAME: 7, TAKEN_OVER: 8, BAD_NAME: 9 };
+  const RESUMED = 1, TOKEN_UNKNOWN = 2;  // WELCOME v2: how we came in
+  const TOKEN_KEY = "spelltraction.token", NAME_KEY = "spelltraction.name";
   const PARKED = 0xff;
   const SHAPES = ["circle", "square", "triangle", "diamond"];
   const MOVE_BUCKET = 4;          // the server's per-player move allowance
@@ -25,15 +30,33 @@
     return out;
   }
 
-  function helloFrame(version) {
-    const b = new Uint8Array(8);
+  // Version 1: 8 bytes. Version 2: + the 16-byte resume token (zeros: none) and a name.
+  function helloFrame(version, token, name) {
+    const nameBytes = new TextEncoder().encode(name || "");
+    const b = new Uint8Array(version >= 2 ? 25 + nameBytes.length : 8);
     const v = new DataView(b.buffer);
     v.setUint8(0, HELLO);
     v.setUint16(1, version);
     v.setUint8(3, 0xff);          // shape: server's choice
     v.setUint32(4, 0xffffffff);   // colour: server's choice
+    if (version >= 2) {
+      if (token && token.length === 16) b.set(token, 8);
+      v.setUint8(24, nameBytes.length);
+      b.set(nameBytes, 25);
+    }
     return framed(b);
   }
+
+  const toHex = (bytes) => Array.from(bytes, (x) => x.toString(16).padStart(2, "0")).join("");
+  function fromHex(text) {
+    if (!/^[0-9a-f]{32}$/.test(text || "")) return null;
+    const out = new Uint8Array(16);
+    for (let i = 0; i < 16; i++) out[i] = parseInt(text.substr(2 * i, 2), 16);
+    return out;
+  }
+  // localStorage may be missing or refuse (private modes): play on without it.
+  function stored(key) { try { return localStorage.getItem(key); } catch (e) { return null; } }
+  function store(key, value) { try { localStorage.setItem(key, value); } catch (e) { /* ok */ } }
 
   function moveFrame(seq, x, y) {
     const b = new Uint8Array(7);
@@ -54,11 +77,29 @@
   function decode(view) {
     const type = view.getUint8(0);
     switch (type) {
-      case WELCOME:
-        return { type, version: view.getUint16(1), id: view.getUint32(3), shape: view.getUint8(7),
-                 colour: view.getUint32(8), tickMs: view.getUint16(12), cols: view.getUint8(14),
-                 rows: view.getUint8(15), cellPx: view.getUint16(16), holdTicks: view.getUint8(18),
-                 statsEvery: view.getUint8(19), maxMovers: view.getUint8(20) };
+      case WELCOME: {
+        const m = { type, version: view.getUint16(1), id: view.getUint32(3), shape: view.getUint8(7),
+                    colour: view.getUint32(8), tickMs: view.getUint16(12), cols: view.getUint8(14),
+                    rows: view.getUint8(15), cellPx: view.getUint16(16), holdTicks: view.getUint8(18),
+                    statsEvery: view.getUint8(19), maxMovers: view.getUint8(20),
+                    resumed: 0, token: null };
+        if (m.version >= 2 && view.byteLength >= 38) {
+          m.resumed = view.getUint8(21);
+          m.token = new Uint8Array(view.buffer, view.byteOffset + 22, 16).slice();
+        }
+        return m;
+      }
+      case FAME: {
+        const m = { type, entries: [] };
+        let p = 2;
+        for (let i = 0, n = view.getUint8(1); i < n && p + 9 <= view.byteLength; i++) {
+          const id = view.getUint32(p), score = view.getUint32(p + 4), len = view.getUint8(p + 8);
+          const name = new TextDecoder().decode(new Uint8Array(view.buffer, view.byteOffset + p + 9, len));
+          m.entries.push({ id, score, name });
+          p += 9 + len;
+        }
+        return m;
+      }
       case TICK: {
         const m = { type, number: view.getUint32(1), attractor: view.getUint8(5),
                     held: view.getUint8(6), board: ascii(view, 7, 12), players: view.getUint32(19),
@@ -114,6 +155,9 @@
     drawnLetters: "",          // what the last frame drew, cell 0 first
     moves: { sent: 0, seq: 0, tokens: MOVE_BUCKET, queued: null },
     error: null,
+    resumed: false,            // this session came back as the player we were
+    fame: [],                  // the hall of fame: [{id, score, name}], best first
+    elsewhere: false,          // a newer tab (or device) took our player over
   };
   window.spelltraction = { state, version: PROTOCOL_VERSION };
 
@@ -135,6 +179,9 @@
     stopRetrying = false;
     setStatus("wait", `Connecting to ${location.host}…`);
     const version = Number(params.get("protocol") || PROTOCOL_VERSION);  // ?protocol=N to test errors
+    if (params.has("name")) store(NAME_KEY, params.get("name"));  // ?name=Ada: shown in the hall of fame
+    const token = fromHex(stored(TOKEN_KEY));
+    const name = stored(NAME_KEY) || "";
     let sock;
     try {
       sock = new WebSocket(wsUrl());
@@ -144,7 +191,7 @@
     }
     ws = sock;
     sock.binaryType = "arraybuffer";
-    sock.onopen = () => sock.send(helloFrame(version));
+    sock.onopen = () => sock.send(helloFrame(version, token, name));
     sock.onmessage = (ev) => { if (ws === sock) receive(ev.data); };
     sock.onclose = (ev) => {
       if (ws !== sock) return;
@@ -189,16 +236,21 @@
                                error: null, status: "playing" });
         state.others.clear();
         state.moves.tokens = MOVE_BUCKET;
+        state.resumed = m.resumed === RESUMED;
+        state.elsewhere = false;
+        if (m.token) store(TOKEN_KEY, toHex(m.token));
         retryDelay = 1000;
         const colour = colourName(m.colour);
         const article = /^[aeiou]/.test(colour) ? "an" : "a";
-        setStatus("ok", `Playing as #${m.id}, ${article} ${colour} ${SHAPES[m.shape] || "marker"}`);
+        const again = state.resumed ? "Welcome back! " : "";
+        setStatus("ok", `${again}Playing as #${m.id}, ${article} ${colour} ${SHAPES[m.shape] || "marker"}`);
         ui.whoami.textContent = `Player #${m.id} · ${SHAPES[m.shape] || "?"}`;
         break;
       case YOU: onYou(m); break;
       case TICK: onTick(m); break;
       case SCORED: onScored(m); break;
       case STATS: state.stats = m; renderStats(); break;
+      case FAME: state.fame = m.entries; renderFame(); break;
       case ERROR: onError(m); break;
       default: break;  // newer server, unknown message: ignore
     }
@@ -257,7 +309,15 @@
 
   function onError(m) {
     state.error = m;
-    if (m.code === ERR.VERSION) {
+    if (m.code === ERR.TAKEN_OVER) {
+      // Another tab (or device) resumed our player: don't take it back by
+      // ourselves, or two tabs would kick each other forever.
+      stopRetrying = true;
+      state.elsewhere = true;
+      setStatus("error", "Playing in another tab");
+      ui.retry.textContent = "Play here";
+      ui.retry.hidden = false;
+    } else if (m.code === ERR.VERSION || m.code === ERR.BAD_NAME) {
       stopRetrying = true;
       setStatus("error", m.text);
       ui.retry.hidden = false;
@@ -301,6 +361,7 @@
     hand: document.getElementById("hand"),
     score: document.getElementById("score"),
     whoami: document.getElementById("whoami"),
+    fame: document.getElementById("fame"),
     attractor: document.getElementById("attractor"),
     toast: document.getElementById("toast"),
     stats: {
@@ -466,7 +527,8 @@
       ctx.font = "700 18px system-ui, sans-serif";
       ctx.textAlign = "center";
       ctx.textBaseline = "middle";
-      ctx.fillText(state.error && !ws ? state.error.text : (ws ? "Joining…" : "Not connected"),
+      const why = state.elsewhere ? "Playing in another tab" : state.error && !ws ? state.error.text : null;
+      ctx.fillText(why || (ws ? "Joining…" : "Not connected"),
                    W / 2, H / 2, W - 40);
     }
     requestAnimationFrame(draw);
@@ -610,6 +672,29 @@
     ui.stats.p99.textContent = (s.tickP99Us / 1000).toFixed(1) + " ms";
   }
 
+  function renderFame() {
+    const list = ui.fame;
+    if (!list) return;
+    list.textContent = "";
+    if (!state.fame.length) {
+      const li = document.createElement("li");
+      li.className = "empty";
+      li.textContent = "No scores yet.";
+      list.append(li);
+      return;
+    }
+    for (const e of state.fame) {
+      const li = document.createElement("li");
+      if (e.id === state.id) li.className = "me";
+      const who = document.createElement("span");
+      who.textContent = e.name || `#${e.id}`;
+      const score = document.createElement("strong");
+      score.textContent = String(e.score);
+      li.append(who, score);
+      list.append(li);
+    }
+  }
+
   function duration(sec) {
     const d = Math.floor(sec / 86400), h = Math.floor(sec / 3600) % 24, m = Math.floor(sec / 60) % 60;
     if (d) return `${d} d ${h} h`;
@@ -636,7 +721,13 @@
     const p = boardPoint(ev);
     sendMove(p.x, p.y);
   });
-  ui.retry.addEventListener("click", () => { retryDelay = 1000; state.error = null; connect(); });
+  ui.retry.addEventListener("click", () => {
+    retryDelay = 1000;
+    state.error = null;
+    state.elsewhere = false;
+    ui.retry.textContent = "Try again";
+    connect();
+  });
   window.addEventListener("resize", resize);
   document.addEventListener("visibilitychange", () => {
     // Reconnect at once when a tab that lost its connection comes back.

@@ -21,7 +21,8 @@ PUBLIC = {
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
     # Redis (RESP codec and connections)
     "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",
-    "RedisAddress", "RedisError", "RedisSubscriber", "ReplyError", "RespParser",
+    "RedisAddress", "RedisError", "RedisLease", "RedisSubscriber", "Script", "ReplyError",
+    "RespParser",
     "RespProtocolError",
     # functions
     "bind_listeners", "close_code_for", "encode_command", "encode_frame", "percentile",

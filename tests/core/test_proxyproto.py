@@ -13,6 +13,7 @@ from netcore.proxyproto import (
     ProxyHeader,
     ProxyHeaderReader,
     parse_proxy_header,
+    starts_proxy_header,
 )
 
 
@@ -112,3 +113,14 @@ def test_random_bytes_raise_only_proxy_error():
             parse_proxy_header(bytes(data))
         except ProxyError:
             pass
+
+
+def test_starts_proxy_header_decides_on_the_first_bytes():
+    assert starts_proxy_header(b"") is None
+    assert starts_proxy_header(b"PRO") is None
+    assert starts_proxy_header(b"PROXY ") is True
+    assert starts_proxy_header(b"POST /") is False
+    assert starts_proxy_header(b"\x00\x08") is False
+    assert starts_proxy_header(V2_SIGNATURE[:5]) is None
+    assert starts_proxy_header(V2_SIGNATURE + b"!") is True
+    assert starts_proxy_header(b"\r\n\r\nGET") is False

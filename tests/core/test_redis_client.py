@@ -282,7 +282,7 @@ def test_many_messages_in_order(loop, server):
 
 @pytest.fixture
 def secured(tmp_path):
-    extra = "user game on >gamepw ~* &* +@all\n"
+    extra = "user game on >gamepw ~* &* +@all\nuser narrow on >narrowpw ~* &allowed.* +@all\n"
     srv = RedisServer(str(tmp_path), password="s3cret pw", extra=extra).start()
     yield srv
     srv.kill()
@@ -305,6 +305,26 @@ def test_auth_with_an_acl_username(loop, secured):
     sub.subscribe("c")
     sub.start()
     run_until(loop, lambda: sub.ready)
+
+
+def test_a_channel_the_acl_refuses(loop, secured):
+    address = RedisAddress.from_url(f"redis://narrow:narrowpw@127.0.0.1:{secured.port}")
+    events = Events()
+    sub = subscriber(loop, address, events, backoff_min=0.01, backoff_max=0.05)
+    sub.subscribe("allowed.1", "forbidden")
+    sub.start()
+    # Resubscribing can't be done as asked: a handshake error, retried, never ready.
+    run_until(loop, lambda: len(events.errors) >= 2)
+    assert isinstance(events.errors[0], HandshakeError) and events.errors[0].reply.kind == "NOPERM"
+    assert not sub.ready and events.ready == 0
+    # Once the owner drops the channel, the link comes up; later refusals are reported.
+    sub.unsubscribe("forbidden")
+    run_until(loop, lambda: sub.ready)
+    events.errors.clear()
+    sub.subscribe("forbidden.too")
+    run_until(loop, lambda: events.errors)
+    assert isinstance(events.errors[0], CommandError) and "NOPERM" in str(events.errors[0])
+    assert sub.ready and sub.active == {b"c:allowed.1": True}
 
 
 def test_auth_failure_is_reported_and_retried_never_ready(loop, secured):

@@ -139,13 +139,64 @@ def test_proxy_protocol_from_a_trusted_proxy_names_the_client():
     server.close()
 
 
-def test_a_trusted_proxy_must_send_the_header():
-    loop, server, handler = start(trusted_proxies="127.0.0.0/8")
+def test_a_trusted_proxy_without_a_header_is_served_as_it_is():
+    # An HTTP proxy's connections carry no header (the client is in
+    # X-Forwarded-For); they go to the server's codec untouched.
+    loop, server, handler = start(trusted_proxies="127.0.0.0/8", max_per_address=1, exempt="")
     s = connect(server)
     s.sendall(encode_frame(b"no header"))
     loop.run_for(0.1)
-    read_until_closed(s)
+    assert read_frames(s, 1) == [b"echo:no header"]
+    p = connect(server)  # undecided after "PRO", then a broken header: refused
+    p.sendall(b"PRO")
+    loop.run_for(0.05)
+    p.sendall(b"XY TCP9 x\r\n")
+    loop.run_for(0.1)
+    read_until_closed(p)
     assert handler.closed == ["bad-proxy-header"]
+    server.close()
+
+
+def test_x_forwarded_for_from_a_trusted_proxy_names_the_http_client():
+    from netcore import WebFront
+
+    loop = EventLoop()
+    handler = Echo()
+    server = TCPServer(loop, handler, ServerConfig(
+        hosts=["127.0.0.1"], trusted_proxies="127.0.0.1/32", max_per_address=1, exempt=""),
+        codec_factory=WebFront())
+    server.listen()
+
+    def get(xff):
+        s = connect(server)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: " + xff + b"\r\n\r\n")
+        loop.run_for(0.1)
+        s.settimeout(2)
+        return s, s.recv(4096)
+
+    first, answer = get(b"198.51.100.1, 203.0.113.9")  # the last is the one nginx added
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert server.client_address(handler.conns[0]) == "203.0.113.9"
+    second, answer = get(b"203.0.113.9")
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"203.0.113.9 (connections-per-address)" in answer
+    third, answer = get(b"not an address")  # ignored: counted as the proxy (uncounted)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    server.close()
+
+
+def test_x_forwarded_for_from_anyone_else_means_nothing():
+    from netcore import WebFront
+
+    loop = EventLoop()
+    handler = Echo()
+    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], max_per_address=5,
+                                                   exempt=""), codec_factory=WebFront())
+    server.listen()
+    s = connect(server)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+    loop.run_for(0.1)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+    assert server.client_address(handler.conns[0]) == "127.0.0.1"
     server.close()
 
 

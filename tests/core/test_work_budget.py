@@ -38,15 +38,18 @@ def test_a_due_tick_fires_between_two_slow_events_not_after_the_burst():
         lateness.append(tick.lateness)
         log.append("tick")
 
-    sched = loop.start_ticker(0.03, on_tick)
+    loop.start_ticker(0.03, on_tick)
     end = time.monotonic() + 1.0
     while time.monotonic() < end:
         loop.run_once(0.05)
-    # 12 events of 20 ms: the burst takes 240 ms, but no tick waits for more
-    # than the event under way (checking every 64 events, it waited the burst).
+    # 12 events of at least 20 ms each: the burst takes 240 ms or more, but no
+    # tick waits for more than the event under way (checking every 64 events,
+    # it waited the whole burst). Counted in events, not seconds, so a loaded
+    # machine (slower events) only makes ticks due sooner.
     assert len(lateness) >= 10
-    assert max(lateness) < 0.1, max(lateness)
-    assert sched.skipped == 0 or max(lateness) < 0.1
+    longest_run = max(len(run) for run in "".join(
+        "t" if entry == "tick" else "i" for entry in log).split("t"))
+    assert longest_run <= 3, (longest_run, "".join(e[0] for e in log))
     for ours, theirs in pairs:
         ours.close()
         theirs.close()
