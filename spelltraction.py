@@ -175,9 +175,10 @@ __all__ = [
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit",
     # Bots
-    "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots",
+    "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots", "write_private_json",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "ClientTokens", "client_state_path",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
     "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
@@ -2467,15 +2468,20 @@ class BotState:
     def save(self) -> None:
         if not self.dirty:
             return
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "players": [
-                {"token": t, "id": pid, "score": score} for t, pid, score in self.players]}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, {"version": 1, "players": [
+            {"token": t, "id": pid, "score": score} for t, pid, score in self.players]})
         self.dirty = False
+
+
+def write_private_json(path: str, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, then a rename), mode 0600."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class _Poller:
@@ -3280,9 +3286,17 @@ class ClientBrain:
 
     def __init__(self, shape: int = ANY_SHAPE, colour: int = ANY_COLOUR,
                  version: int = PROTOCOL_VERSION, clock: Callable[[], float] = time.monotonic,
-                 max_markers: int = 300, marker_ttl: float = 120.0) -> None:
+                 max_markers: int = 300, marker_ttl: float = 120.0, token: bytes = b"",
+                 name: str = "", on_token: Optional[Callable[[bytes], None]] = None) -> None:
         self.clock = clock
         self.hello = Hello(version, shape, colour)
+        # Protocol 2: the resume token (kept across reconnects: we come back as
+        # ourselves), told to on_token whenever the server hands out a new one.
+        self.token = token
+        self.name = name
+        self.on_token = on_token
+        self.resumed = False
+        self.fame: Tuple[Tuple[int, int, str], ...] = ()  # the hall of fame, best first
         self.max_markers = max_markers
         self.marker_ttl = marker_ttl
         self.outbox: List[bytes] = []  # frames for the driver to send
@@ -3331,10 +3345,13 @@ class ClientBrain:
         self.state, self.address = ClientState.CONNECTING, address
 
     def connected(self) -> None:
-        """The TCP connection is up: say HELLO."""
+        """The TCP connection is up: say HELLO (v2: with our token, to come back as ourselves)."""
         self._reset_game()
         self.state = ClientState.JOINING
-        self.outbox = [frame(self.hello)]
+        hello = self.hello
+        if hello.version >= PROTOCOL_V2:
+            hello = hello._replace(token=self.token, name=self.name.encode("utf-8"))
+        self.outbox = [frame(hello)]
 
     def disconnected(self, why: str, retry_at: Optional[float]) -> None:
         """The connection ended; ``retry_at`` None means no retry is planned."""
@@ -3346,8 +3363,8 @@ class ClientBrain:
 
     @property
     def give_up(self) -> bool:
-        """The server said it will never take this client: retrying cannot help."""
-        return self.error_code == ErrorCode.VERSION
+        """The server said it will never take this client (or another took our player over)."""
+        return self.error_code in (ErrorCode.VERSION, ErrorCode.TAKEN_OVER, ErrorCode.BAD_NAME)
 
     # -- input from the server ------------------------------------------------
 
@@ -3372,6 +3389,14 @@ class ClientBrain:
             self.state = ClientState.PLAYING
             self.had_game = True
             self.error, self.error_code = "", 0
+            if msg.version >= PROTOCOL_V2:
+                self.resumed = msg.resumed == RESUMED
+                if msg.token != self.token:
+                    self.token = msg.token
+                    if self.on_token is not None:
+                        self.on_token(msg.token)
+        elif isinstance(msg, Fame):
+            self.fame = msg.entries
         elif isinstance(msg, Scored):
             self.scored, self.scored_at = msg, now
             self.cell_flash[msg.cell] = now
@@ -3510,11 +3535,14 @@ class ClientBrain:
         if state == ClientState.JOINING:
             return f"Connected to {self.address}, joining..."
         if state == ClientState.PLAYING:
-            return f"Playing on {self.address} as player #{self.player_id}"
+            again = " (welcome back)" if self.resumed else ""
+            return f"Playing on {self.address} as player #{self.player_id}{again}"
         if state == ClientState.WAITING and self.retry_at is not None:
             wait = max(0.0, self.retry_at - self.clock())
             lost = "Server gone" if self.had_game else f"Cannot reach {self.address}"
             return f"{lost}: {self.why}. Reconnecting in {wait:.1f} s..."
+        if state == ClientState.STOPPED and self.error_code == ErrorCode.TAKEN_OVER:
+            return "Playing elsewhere: another client resumed this player. Not reconnecting."
         if state == ClientState.STOPPED:
             return f"Disconnected: {self.why}. Not reconnecting."
         return "Not connected"
@@ -3680,8 +3708,8 @@ class NetClient:
                 return
         if joining and brain.state == ClientState.PLAYING:
             self.failures = 0
-            log.info("joined %s as player %d at %s holding %s", self.address, brain.player_id,
-                     brain.server_pos, brain.letters)
+            log.info("joined %s as player %d at %s holding %s%s", self.address, brain.player_id,
+                     brain.server_pos, brain.letters, " (resumed)" if brain.resumed else "")
         if now - self.last_data > self.SILENCE_S:
             self._lost(f"nothing from the server for {self.SILENCE_S:g} s")
 
@@ -4183,6 +4211,10 @@ class TkView:
         self._set(ids["dot"], fill=colour)
         self._set(ids["status"], text=b.status_line())
         self._set(ids["error"], text=f"Server said: {b.error}" if b.error else "")
+        if b.fame:  # the hall of fame takes the hint's place once there is one
+            top = " · ".join(f"{i}. {name or f'#{pid}'} {score}"
+                             for i, (pid, score, name) in enumerate(b.fame[:5], 1))
+            self._set(ids["hint"], text=f"Hall of fame: {top}", fill=TK_ATTRACTOR)
         veiled = "hidden" if playing else "normal"
         for name in ("veil", "veil_title", "veil_text"):
             self._set(ids[name], state=veiled)
@@ -4201,6 +4233,53 @@ class ClientOptions(NamedTuple):
     shape: int = ANY_SHAPE
     colour: int = ANY_COLOUR
     geometry: str = ""  # Tk geometry, e.g. "760x470+0+0"
+    name: str = ""  # shown in the hall of fame
+    state: str = ""  # the resume-token file; "" = client_state_path()
+    new_player: bool = False  # ignore the saved token: start as a new player
+
+
+def client_state_path() -> str:
+    """Where the desktop client keeps its resume tokens: the XDG state directory."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return os.path.join(base, "spelltraction", "client.json")
+
+
+class ClientTokens:
+    """The desktop client's resume tokens, one per server (``host:port``), in a small file.
+
+    Written atomically, mode 0600 (a token is the player). A missing or
+    unreadable file is no token: the client plays as a new player.
+    """
+
+    def __init__(self, path: str, server: str) -> None:
+        self.path = path
+        self.server = server
+
+    def _all(self) -> Dict[str, Any]:
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+            return dict(data) if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def load(self) -> bytes:
+        entry = self._all().get("servers", {}).get(self.server, {})
+        try:
+            token = bytes.fromhex(entry.get("token", ""))
+        except (ValueError, AttributeError):
+            return b""
+        return token if len(token) == TOKEN_SIZE else b""
+
+    def save(self, token: bytes) -> None:
+        data = self._all()
+        data.setdefault("servers", {})[self.server] = {"token": token.hex(), "saved": time.time()}
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            write_private_json(self.path, data)
+        except OSError as exc:
+            log.warning("cannot save the resume token to %s: %s", self.path, exc)
 
 
 def run_client(opts: ClientOptions) -> int:
@@ -4220,7 +4299,9 @@ def run_client(opts: ClientOptions) -> int:
     root.minsize(VIEW_W // 2, VIEW_H // 2)
     if opts.geometry:
         root.geometry(opts.geometry)
-    brain = ClientBrain(opts.shape, opts.colour)
+    tokens = ClientTokens(opts.state or client_state_path(), f"{opts.host}:{opts.port}")
+    brain = ClientBrain(opts.shape, opts.colour, PROTOCOL_V2, name=opts.name,
+                        token=b"" if opts.new_player else tokens.load(), on_token=tokens.save)
     net = NetClient(brain, opts.host, opts.port,
                     lambda delay, fn: root.after(max(1, int(delay * 1000)), fn))
     view = TkView(root, brain, net)
@@ -5002,6 +5083,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     cp.add_argument("--colour", type=_parse_colour, default=ANY_COLOUR, metavar="RRGGBB",
                     help="your marker's colour, e.g. ff8800 (default: the server chooses)")
     cp.add_argument("--geometry", default="", help="Tk window geometry, e.g. 760x470+0+0")
+    cp.add_argument("--name", default="", help="your name in the hall of fame (16 characters)")
+    cp.add_argument("--new-player", action="store_true",
+                    help="start as a new player instead of resuming the one saved for this "
+                         "server (the new one is saved in its place)")
+    cp.add_argument("--state", default="", metavar="FILE",
+                    help="where to keep the resume token (default: "
+                         "$XDG_STATE_HOME/spelltraction/client.json)")
     cp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     args = parser.parse_args(argv)
@@ -5034,8 +5122,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     limiter = _setup_logging(args.log_level, getattr(args, "log_format", "text"))
     if args.command == "client":
         shape = SHAPES.index(args.shape) if args.shape is not None else ANY_SHAPE
+        try:
+            check_name(args.name.encode("utf-8"))
+        except ValueError as exc:
+            parser.error(f"--name: {exc}")
         return run_client(ClientOptions(host=args.host, port=args.port, shape=shape,
-                                        colour=args.colour, geometry=args.geometry))
+                                        colour=args.colour, geometry=args.geometry,
+                                        name=args.name.strip(), state=args.state,
+                                        new_player=args.new_player))
     if args.command == "bots":
         if args.count < 1:
             parser.error("--count must be at least 1")
