@@ -1448,7 +1448,7 @@ class ServerOptions(NamedTuple):
     # ~4 MB each), and a client whose unsent backlog (our queue and its
     # socket's) stays over send_backlog bytes for send_backlog_grace s is cut.
     sndbuf: int = 32 << 10
-    send_backlog: int = 4 << 10  # ~3 s of TICKs; 0: off
+    send_backlog: int = 1 << 10  # a few TICKs more than any live link has in flight; 0: off
     send_backlog_grace: float = 4.0
     allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
 
