@@ -268,19 +268,30 @@ def attack_continuations(host: str, port: int, seconds: float,
 
 
 def attack_refuse(host: str, port: int, seconds: float, fill: int = 0,
-                  rate: float = 5000.0, delay: float = 0.0) -> Dict[str, Any]:
-    """Fill the server with ``fill`` reading players, then connect at ``rate``/s."""
-    time.sleep(delay)  # while another process fills the server
+                  rate: float = 5000.0, start_at: float = 0.0) -> Dict[str, Any]:
+    """Fill the server with ``fill`` reading players, then connect at ``rate``/s.
+
+    The storm starts at ``start_at`` (``time.time()``), the same moment in
+    every storming process, once the filling one has its players in.
+    """
     fillers = []
+    welcomed = 0
+    filler_said: Dict[str, int] = {}
     for i in range(fill):
         try:
             s = connect(port, host, f"127.0.4.{1 + i % 250}" if i < 250 else None)
+            s.sendall(st.frame(st.Hello()))
+            said = s.recv(4096)
+            if said[2:3] == bytes([st.WELCOME]):
+                welcomed += 1
+            else:
+                filler_said[describe(said)] = filler_said.get(describe(said), 0) + 1
         except OSError:
             continue
-        s.sendall(st.frame(st.Hello()))
         s.setblocking(False)
         fillers.append(s)
-    time.sleep(0.5)
+    time.sleep(max(0.0, start_at - time.time()))
+    seconds -= max(0.0, time.time() - start_at)
     outcomes: Dict[str, int] = {}
     live: Dict[socket.socket, bytes] = {}
     attempts = 0
@@ -338,7 +349,7 @@ def attack_refuse(host: str, port: int, seconds: float, fill: int = 0,
     for f in fillers:
         f.close()
     elapsed = time.monotonic() - t0
-    return {"fillers": len(fillers), "attempts": attempts, "rate_per_s": attempts / elapsed,
+    return {"fillers": len(fillers), "fillers_welcomed": welcomed, "fillers_refused": filler_said, "attempts": attempts, "rate_per_s": attempts / elapsed,
             "outcomes": outcomes}
 
 
@@ -581,8 +592,9 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
     if name == "refuse":  # two processes storm (one also fills the server first)
         players = sum(not w.closed for w in crowd.watchers)
         half = args.connect_rate / 2
-        params = [{"fill": max(0, target.max_clients - players), "rate": half},
-                  {"rate": half, "delay": 0.5}]
+        start_at = time.time() + 3.0  # time to fill the server first
+        params = [{"fill": max(0, target.max_clients - players), "rate": half,
+                   "start_at": start_at}, {"rate": half, "start_at": start_at}]
     elif name == "never-read":
         procs = max(1, math.ceil(args.never_readers / FDS_PER_PROCESS))
         params = [{"n": math.ceil(args.never_readers / procs)}] * procs
