@@ -45,7 +45,8 @@ def run(count: int, duration: float, move_every: float, pin: bool, extra_server:
     stats_file = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
     children = Children(LOG_DIR)
     server = children.start(
-        [python, GAME, "serve", "--no-data", "--host", "127.0.0.1", "--port", str(port),
+        [python, GAME, "serve", *([] if "--data" in extra_server else ["--no-data"]),
+         "--host", "127.0.0.1", "--port", str(port),
          "--max-clients", str(count + 200), "--log-level", "warning",
          "--stats-out", stats_file, *extra_server], server_cpus, "server")
     bots: Optional[subprocess.Popen[str]] = None

@@ -55,9 +55,8 @@ class Harness:
         return c
 
     def close(self):
-        self.server.net.close()
+        self.server.close()  # listeners, connections, the store
         self.loop.close()
-        self.server.close_store()
 
 
 class Expecting:

@@ -62,7 +62,13 @@ def read_line_matching(proc, pattern, timeout=30.0):
     raise AssertionError(f"no line matching {pattern!r}; client said: {''.join(seen)}")
 
 
-def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_drawn(display):
+def state_file(tmp_path):
+    """The client's resume-token file: the test's own, never the user's."""
+    return str(tmp_path / "client.json")
+
+
+def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_drawn(display,
+                                                                                   tmp_path):
     x = display
     with ServerProcess() as server:
         bots = subprocess.Popen(
@@ -71,7 +77,7 @@ def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_d
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = subprocess.Popen(
             [sys.executable, GAME, "client", "--port", str(server.port),
-             "--geometry", f"{st.VIEW_W}x{st.VIEW_H}+0+0"],
+             "--geometry", f"{st.VIEW_W}x{st.VIEW_H}+0+0", "--state", state_file(tmp_path)],
             env=x.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         observer = None
         try:
@@ -125,3 +131,31 @@ def test_a_click_in_the_window_moves_the_player_on_the_server_and_the_board_is_d
 
 def _rgb(hex_colour):
     return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def test_the_window_comes_back_as_the_same_player_from_its_state_file(display, tmp_path):
+    """Close the client, start it again: the same player (its token is in the state file);
+    --new-player starts afresh and saves the new one."""
+    state = state_file(tmp_path)
+
+    def session(*extra):
+        client = subprocess.Popen(
+            [sys.executable, GAME, "client", "--port", str(server.port), "--state", state,
+             "--geometry", f"{st.VIEW_W}x{st.VIEW_H}+0+0", *extra],
+            env=display.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            joined = read_line_matching(client, r"as player (\d+) at .* holding \w+( \(resumed\))?")
+            return int(joined[1]), bool(joined[2])
+        finally:
+            stop_process(client)
+
+    with ServerProcess("--data", str(tmp_path / "data")) as server:
+        first, resumed = session("--name", "tk")
+        assert not resumed
+        assert oct(os.stat(state).st_mode & 0o777) == "0o600"
+        again, resumed = session()
+        assert (again, resumed) == (first, True)
+        fresh, resumed = session("--new-player")
+        assert fresh != first and not resumed
+        back, resumed = session()
+        assert (back, resumed) == (fresh, True)

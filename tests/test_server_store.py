@@ -246,6 +246,8 @@ def test_resume_across_a_restart_and_ids_are_never_reused(data):
         highest = b.welcome.player_id
     finally:
         h.close()
+    # Cut off by the server stopping, not gone: a whole grace period from the restart.
+    assert stored(data, a.welcome.player_id)[6] == 1
     h = Harness(data=data)
     try:
         back = h.client_v2(token=a.welcome.token)
