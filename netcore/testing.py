@@ -12,7 +12,8 @@
   thread; :func:`refusing_socket`: a port where connections are refused;
   :class:`FakeClock`: a clock that moves only when told (``EventLoop(clock=)``);
 - :func:`spawn_listening`: start a server script that prints ``listening on
-  HOST:PORT`` (as netcore's examples do) and return it with its address.
+  HOST:PORT`` (as netcore's examples do) and return it with its address;
+  :func:`stop_process`: SIGTERM it (SIGKILL if it lingers) and collect it.
 
 Nothing here is needed at run time; no test framework is imported.
 """
@@ -32,7 +33,7 @@ from .loop import EventLoop
 from .server import ServerConfig, TCPServer
 
 __all__ = ["Echo", "FakeClock", "LoopClient", "bound_socket", "loopback_hosts", "port_of",
-           "refusing_socket", "run_until", "serve", "spawn_listening"]
+           "refusing_socket", "run_until", "serve", "spawn_listening", "stop_process"]
 
 
 def run_until(loop: EventLoop, condition: Callable[[], object], timeout: float = 5.0,
@@ -204,3 +205,15 @@ def spawn_listening(argv: Sequence[str], timeout: float = 15.0,
             _, err = proc.communicate()
             raise AssertionError(f"{' '.join(argv)} did not say 'listening on' in {timeout:g} s "
                                  f"(exit {proc.returncode}): {seen!r} {err[-2000:]!r}")
+
+
+def stop_process(proc: "subprocess.Popen[str]", timeout: float = 10.0) -> Tuple[int, str, str]:
+    """SIGTERM ``proc`` (SIGKILL after ``timeout`` s); returns (exit status, stdout, stderr)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out, err = proc.communicate()
+    return proc.returncode, out or "", err or ""
