@@ -12,10 +12,16 @@ import pytest
 from conftest import require_module
 from netcore import websocket as ws
 from netcore.framing import FrameParser, encode_frame
-from netcore.testing import spawn_listening, stop_process as stop
+from netcore.testing import spawn_listening, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def stop(proc):
+    stop_process(proc)
+    out, err = proc.communicate()
+    return proc.returncode, out, err
 
 
 def example(name, *args, **popen):

@@ -27,17 +27,23 @@ ECHO = os.path.join(ROOT, "examples", "echo.py")
 MAX = 16 << 20
 
 
-def start_echo(*args):
-    proc, _host, port = spawn_listening(
-        [sys.executable, ECHO, "--host", "127.0.0.1", "--port", "0", *args], cwd=ROOT)
+def start_echo(*args, cwd=ROOT, script=ECHO, env=None):
+    proc, _, port = spawn_listening(
+        [sys.executable, script, "--host", "127.0.0.1", "--port", "0", *args], cwd=cwd, env=env)
     return proc, port
+
+
+def stop(proc):
+    stop_process(proc)
+    proc.stdout.close()
+    proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
 def echo():
     proc, port = start_echo("--max-message", str(MAX))
     yield port
-    stop_process(proc)
+    stop(proc)
 
 
 class Peer:
@@ -296,4 +302,4 @@ def test_shutdown_says_going_away_1001():
         p.expect_close(ws.CloseCode.GOING_AWAY)
         assert proc.wait(timeout=10) == 0
     finally:
-        stop_process(proc)
+        stop(proc)
