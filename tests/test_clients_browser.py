@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 import spelltraction as st
-from browserkit import require_browser
+from browserkit import require_browser, wait_for
 from gamekit import Player
 from serverproc import GAME, ROOT, ServerProcess
 
@@ -75,21 +75,6 @@ def game():
         bots.kill()
         bots.wait()
         server.stop()
-
-
-def wait_for(page, js, timeout=10.0):
-    """Poll ``js`` (a function expression) until it returns something truthy.
-
-    Not ``page.wait_for_function``: some playwright versions run that through
-    ``new Function``, which the page's Content-Security-Policy forbids.
-    """
-    end = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(js)
-        if value:
-            return value
-        assert time.monotonic() < end, f"timed out waiting for {js}"
-        time.sleep(0.05)
 
 
 def open_page(browser, url, errors):
