@@ -30,6 +30,12 @@ Server: the game on netcore. One shared send per tick for everyone.
     -> step_and_encode, you_frame, describe_unexpected
   Server: process and signals. Limits, memory, signals, serve().
     -> serve, ServerSignals
+  Server: the cluster bus. One world over Redis: channels, messages, the lease.
+    -> ClusterOptions, BusStats, bus_pack, bus_entries
+  Server: the authority (game). The rules, the tick and the store; no sockets.
+    -> Authority (on_bus, on_tick, health)
+  Server: the gateway. Player sockets as serve holds them; the world is elsewhere.
+    -> Gateway (on_message, on_bus, on_tick), run_role
 Bots: the load test. N players over as many processes as the fd limit needs.
   Bots: one worker process. A poller and flat arrays, no object per bot.
     -> BotWorker
@@ -53,7 +59,7 @@ Operations: doctor (can this host hold N clients?) and bundle (one file).
     -> probe_redis, redis_checks
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
-CLI: serve (the default), bots, client, doctor, bundle. main().
+CLI: serve (the default), game, gateway, bots, client, doctor, bundle. main().
     -> main
 
 Run it:
@@ -62,6 +68,8 @@ Run it:
     python3 spelltraction.py bots --count 2000  # load-test it
     python3 spelltraction.py client             # play it, in a window
     python3 spelltraction.py doctor --clients 50000  # can this host hold them?
+    python3 spelltraction.py game --redis redis://127.0.0.1:6379     # a world's authority
+    python3 spelltraction.py gateway --redis redis://127.0.0.1:6379  # ...and its gateways
     python3 spelltraction.py bundle             # dist/spelltraction.pyz, one file to copy
 """
 
@@ -141,6 +149,7 @@ from netcore.addrlimit import parse_networks
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.redis import Pending, Redis, RedisAddress, RedisError
 from netcore.stats import Window
+from netcore.web import Route
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
@@ -154,6 +163,7 @@ from netcore.metrics import (
 )
 
 if TYPE_CHECKING:
+    from netcore.redis import RedisSubscriber
     import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
 
@@ -164,7 +174,7 @@ __all__ = [
     # Protocol
     "PROTOCOL_VERSION", "DEFAULT_PORT", "ErrorCode", "BadMessage", "Message", "Hello", "Move",
     "Welcome", "Mover", "TickMsg", "Scored", "You", "Stats", "Error", "Fame",
-    "PROTOCOL_V2", "PROTOCOL_VERSIONS", "check_name",
+    "PROTOCOL_V2", "PROTOCOL_VERSIONS", "PAUSED_P99", "check_name",
     "HELLO_STRUCT", "MOVE_STRUCT", "YOU_FRAMED", "encode", "decode", "frame", "error_frame",
     "cell_of", "cell_centre",
     # Rules
@@ -173,7 +183,8 @@ __all__ = [
     "Store", "StoreError", "backup_store", "default_data_dir", "new_resume_token", "token_hash",
     "GameServer", "ServerOptions", "AdminHandler", "read_asset", "step_and_encode", "you_frame",
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
-    "raise_nofile_limit",
+    "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
+    "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots", "write_private_json",
     # Clients
@@ -227,6 +238,7 @@ MAX_NAME_CHARS = 16
 MAX_NAME_BYTES = 64  # 16 characters of at most 4 UTF-8 bytes each
 FAME_SIZE = 10  # the hall of fame lists the top 10
 NEW_PLAYER, RESUMED, TOKEN_UNKNOWN = 0, 1, 2  # WELCOME v2: how the player came in
+PAUSED_P99 = 0xFFFFFFFF  # v2: STATS' tick-lateness field while the world is paused
 
 # Message types: high bit set = server -> client.
 HELLO, MOVE = 0x01, 0x02
@@ -1030,6 +1042,7 @@ class Store:
         self.next_id = 1  # the first id not handed out yet
         self.reserved_id = 1  # ids below this are reserved on disk
         self.fame: List[FameEntry] = []
+        self.meta: Dict[str, int] = {}  # the meta table as loaded, and stage_meta()'s since
         self.seq = 1  # the batch now being staged
         self.durable = 0  # the last batch on disk
         self._batch = self._empty_batch()
@@ -1167,6 +1180,7 @@ class Store:
         db.execute("COMMIT")
         self.fame = [(pid, score, name or "") for pid, score, name in
                      db.execute("SELECT id, score, name FROM fame ORDER BY rank")]
+        self.meta = {key: value for key, value in db.execute("SELECT key, value FROM meta")}
         self.returning = {row[1]: tuple(row) for row in db.execute(
             "SELECT id, token_hash, letters, score, shape, colour, name, last_seen, online "
             "FROM players WHERE last_seen >= ?", (now - self.grace,))}
@@ -1208,6 +1222,13 @@ class Store:
 
     def stage_prune(self, before: float) -> int:
         self._batch["prune"] = before
+        self._staged = True
+        return self.seq
+
+    def stage_meta(self, key: str, value: int) -> int:
+        """A number kept across restarts (the cluster's tick and epoch)."""
+        self.meta[key] = value
+        self._batch["meta"][key] = value
         self._staged = True
         return self.seq
 
@@ -1473,9 +1494,10 @@ class ServerOptions(NamedTuple):
     # ~4 MB each), and a client whose unsent backlog (our queue and its
     # socket's) stays over send_backlog bytes for send_backlog_grace s is cut.
     sndbuf: int = 32 << 10
-    send_backlog: int = 4 << 10  # ~3 s of TICKs; 0: off
+    send_backlog: int = 1 << 10  # a few TICKs more than any live link has in flight; 0: off
     send_backlog_grace: float = 4.0
     allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
+    reuse_port: bool = False  # SO_REUSEPORT: gateways of one world only, never serve
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -1597,6 +1619,7 @@ class GameServer(Handler):
                 # A client's messages are a few bytes: 16 KiB a wake-up is
                 # plenty, and bounds what one flooder makes the loop parse.
                 read_budget=16 << 10,
+                reuse_port=opts.reuse_port,
             ),
             codec_factory=self.web,  # None: plain frames, no HTTP
         )
@@ -1628,8 +1651,8 @@ class GameServer(Handler):
         answers (and says so) when the game port is full.
         """
         opts = self.options
-        routes = dict(self.ops_routes())
-        routes["/healthz"] = lambda: ("text/plain; charset=utf-8", self.health_text().encode())
+        routes: Dict[str, Route] = dict(self.ops_routes())
+        routes["/healthz"] = self.health
         front = WebFront(WebConfig(routes=routes, ws_path=None, health_path=None,
                                    handshake_timeout=opts.handshake_timeout))
         busy = http_response(503, [("Content-Type", "text/plain; charset=utf-8")],
@@ -1638,6 +1661,10 @@ class GameServer(Handler):
             hosts=[opts.admin_host], port=opts.admin_port or 0, backlog=64,
             max_connections=ADMIN_MAX_CONNECTIONS, full_message=busy,
         ), codec_factory=front)
+
+    def health(self) -> Tuple[str, bytes, int]:
+        """``/healthz`` on the admin port: (content type, body, status)."""
+        return "text/plain; charset=utf-8", self.health_text().encode(), 200
 
     def health_text(self) -> str:
         """``/healthz`` on the admin port: alive, and how full (200 either way)."""
@@ -1911,25 +1938,13 @@ class GameServer(Handler):
             self._store_before_step(store)
         result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
         news = self._after_step(result)
-        v2 = self.v2_conns if news else None
-        # A player whose YOU changed gets the shared frames and its YOU in
-        # one send (one WebSocket message), in its usual place in the order.
-        private = {}
-        for p in result.dirty:
-            conn = p.conn
-            if conn is not None:
-                shared = data + news if v2 is not None and conn in v2 else data
-                private[conn] = conn.codec.wrap(shared + you_frame(p))
         # Lists, not views of game.players: a failed send closes its
         # connection, and the player leaves, during the broadcast. No None in
         # them: a player is in the game exactly while it has its connection
         # (join() sets it, on_close() takes the player out before clearing it).
         everyone = cast("List[Connection]", [p.conn for p in game.players.values()])
-        if v2:  # version-2 players also get this tick's FAME; version 1 never does
-            self._broadcast(data, nframes, [c for c in everyone if c not in v2], private)
-            self._broadcast(data + news, nframes + 1, [c for c in everyone if c in v2], private)
-        else:
-            self._broadcast(data, nframes, everyone, private)
+        yous = [(p.conn, you_frame(p)) for p in result.dirty if p.conn is not None]
+        self._send_tick(data, nframes, news, yous, everyone)
         if game.tick % 4 == 0:
             if self.pending:
                 self._expire_pending()
@@ -1939,6 +1954,22 @@ class GameServer(Handler):
                 store.expire_returning()
         if store is not None:
             store.flush()
+
+    def _send_tick(self, data: bytes, nframes: int, news: bytes,
+                   yous: List[Tuple[Connection, bytes]], everyone: List[Connection]) -> None:
+        """One tick to everyone: the shared frames, and each changed YOU with them."""
+        v2 = self.v2_conns if news else None
+        # A player whose YOU changed gets the shared frames and its YOU in
+        # one send (one WebSocket message), in its usual place in the order.
+        private = {}
+        for conn, you in yous:
+            shared = data + news if v2 is not None and conn in v2 else data
+            private[conn] = conn.codec.wrap(shared + you)
+        if v2:  # version-2 players also get this tick's FAME; version 1 never does
+            self._broadcast(data, nframes, [c for c in everyone if c not in v2], private)
+            self._broadcast(data + news, nframes + 1, [c for c in everyone if c in v2], private)
+        else:
+            self._broadcast(data, nframes, everyone, private)
 
     def _broadcast(self, data: bytes, nframes: int, conns: List[Connection],
                    private: Dict[Connection, bytes]) -> None:
@@ -2136,8 +2167,12 @@ class GameServer(Handler):
                       store.backlog)
             exp.counter("spelltraction_store_pruned_total",
                         "Rows of long-unseen players deleted.", store.pruned)
+        self.role_metrics(exp)
         add_process_stats(exp)
         return exp.text()
+
+    def role_metrics(self, exp: Exposition) -> None:
+        """A cluster role's own figures (the authority's, a gateway's); serve has none."""
 
     def stats_snapshot(self) -> Dict[str, Any]:
         """Figures for the live page (``GET /stats.json``), polled every second.
@@ -2357,6 +2392,43 @@ class ServerSignals(process.ShutdownSignals):
         log.info("SIGUSR1: status: %s", self.server.status())
 
 
+def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerOptions,
+                  log_limiter: Optional[RateLimitFilter]) -> Optional[Tuple[Any, List[Tuple[str, int]]]]:
+    """Make the server, listen, install the signals: (server, addresses), or None
+    (the reason logged) for a data directory or a port that can't be used."""
+    try:
+        server = make()
+    except StoreError as exc:
+        log.error("%s", exc)
+        return None
+    server.log_limiter = log_limiter
+    try:
+        addresses = server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
+        server.close()
+        server.close_store()
+        return None
+    # Before saying "listening": a SIGTERM right after must find the handlers.
+    ServerSignals(loop, server).install()
+    release_freed_memory()
+    # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
+    # no player yet: taken before the start-up heap was released it read
+    # higher than later figures, a leak in reverse.
+    server.start_rss_kb = rss_kb()
+    return server, addresses
+
+
+def _run_server(loop: EventLoop, server: GameServer) -> None:
+    """Run until stopped; close every listener, the loop and the store, whatever happens."""
+    try:
+        loop.run()
+    finally:
+        server.close()
+        loop.close()
+        server.close_store()
+
+
 def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
     soft, hard = raise_nofile_limit()
     capacity = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else opts.max_clients
@@ -2369,25 +2441,10 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         )
         opts = opts._replace(max_clients=max(capacity, 0))
     loop = EventLoop()
-    try:
-        server = GameServer(loop, opts)
-    except StoreError as exc:
-        log.error("%s", exc)
+    started = _start_server(loop, lambda: GameServer(loop, opts), opts, log_limiter)
+    if started is None:
         return 2
-    server.log_limiter = log_limiter
-    try:
-        addresses = server.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
-        server.close_store()
-        return 2
-    # Before saying "listening": a SIGTERM right after must find the handlers.
-    ServerSignals(loop, server).install()
-    release_freed_memory()
-    # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
-    # no player yet: taken before the start-up heap was released it read
-    # higher than later figures, a leak in reverse.
-    server.start_rss_kb = rss_kb()
+    server, addresses = started
     for host, port in addresses:
         print(f"SpellTraction listening on {host}:{port}", flush=True)
     if opts.web and addresses:
@@ -2402,13 +2459,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     where = (f"data in {opts.data} (synchronous={opts.sync})" if opts.data is not None
              else "no data directory: scores live in memory only (--no-data)")
     print(f"{where}; dropped players are kept {opts.grace:g} s", flush=True)
-
-    try:
-        loop.run()
-    finally:
-        server.close()
-        loop.close()
-        server.close_store()
+    _run_server(loop, server)
     server.churn.report()
     if log_limiter is not None:
         log_limiter.flush(log, force=True)
@@ -2424,6 +2475,877 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
               f"p99 {t.recent_lateness.percentile(99) * 1000:.2f} ms, "
               f"max {t.max_lateness * 1000:.2f} ms; tick work p99 "
               f"{t.recent_duration.percentile(99) * 1000:.1f} ms", flush=True)
+    return 0
+
+
+# -----------------------------------------------------------------------------
+# Server: the cluster bus. One world over Redis: channels, messages, the lease.
+# -----------------------------------------------------------------------------
+#
+# docs/CLUSTER.md has the picture. A world is one authority (``game``: the
+# rules, the tick, the store; no player sockets) and any number of gateways
+# (``gateway``: the player sockets, exactly as ``serve`` holds them), talking
+# through Redis pub/sub on three kinds of channel, ``spelltraction:<world>:``
+#
+#   down      authority -> every gateway, once per tick: the tick's shared frames
+#   gw:<id>   authority -> one gateway, once per tick when there is any: its
+#             players' private frames (WELCOME bundles, YOU, ERROR + close)
+#   up        gateway -> authority, once per tick: its players' HELLOs, MOVEs
+#             (the last per player) and leaves; an empty one is the heartbeat
+#
+# Each message starts with BUS_HEAD: the bus version, the kind, the
+# authority's epoch (0 upward) and a number per sender and channel, so a
+# receiver sees a gap (pub/sub is at-most-once) and resynchronises: the
+# gateway sends every player it holds (BUS_FULL), the authority makes its
+# player set match (idempotent: a HELLO for a seat it has is ignored).
+# Keys: ``lease`` (the authority's, with an expiry, renewed every second)
+# and ``epoch`` (bumped by every new holder: gateways ignore publications
+# from an older epoch, so a paused old authority can no longer be heard).
+
+BUS_VERSION = 1
+BUS_HEAD = struct.Struct(">BBII")  # bus version, kind, authority epoch, number
+BUS_TICK, BUS_PRIVATE, BUS_BATCH, BUS_FULL = 1, 2, 3, 4
+# A TICK: game tick, frames in the shared data, world players, len(data),
+# publish time (unix s); the data follow, then the v2-only news (FAME).
+BUS_TICK_HEAD = struct.Struct(">IHIId")
+BUS_ENTRY = struct.Struct(">IBI")  # connection id on its gateway, op, length of the body
+OP_HELLO, OP_MOVE, OP_LEAVE = 1, 2, 3  # up: the client's HELLO / MOVE payload; nothing
+OP_SEND, OP_YOU, OP_CLOSE, OP_RESYNC = 4, 5, 6, 7  # down: see Authority / Gateway
+_BUS_CLOSE = struct.Struct(">HBH")  # WebSocket close code, len(reason), len(text)
+LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
+HEARTBEAT_LEASE_S = 5.0  # a gateway not heard from this long is gone, its players too
+PAUSE_AFTER_S = 1.0  # no TICK from the authority this long: the game is paused
+PAUSE_EVERY_S = 2.0  # how often a paused gateway says so (to v2 players)
+TICK_AHEAD = 40  # TICK numbers reserved on disk ahead: never backwards after a crash
+
+class ClusterOptions(NamedTuple):
+    world: str = "spelltraction"  # its Redis keys and channels: spelltraction:<world>:...
+
+
+def check_world(name: str) -> str:
+    """A world's name becomes part of Redis keys: 1-64 of [A-Za-z0-9_.-]."""
+    if not 0 < len(name) <= 64 or not all(c.isalnum() or c in "_.-" for c in name) \
+            or not name.isascii():
+        raise ValueError(f"world name must be 1-64 of A-Z a-z 0-9 _ . -, not {name!r}")
+    return name
+
+
+def bus_pack(kind: int, epoch: int, number: int, body: bytes) -> bytes:
+    return BUS_HEAD.pack(BUS_VERSION, kind, epoch, number & 0xFFFFFFFF) + body
+
+
+def bus_head(data: bytes) -> Tuple[int, int, int]:
+    """(kind, epoch, number) of a bus message; BadMessage if it is not one we speak."""
+    if len(data) < BUS_HEAD.size:
+        raise BadMessage(f"bus message of {len(data)} bytes")
+    version, kind, epoch, number = BUS_HEAD.unpack_from(data)
+    if version != BUS_VERSION:
+        raise BadMessage(f"bus version {version}, this process speaks {BUS_VERSION}")
+    return kind, epoch, number
+
+
+def bus_entry(cid: int, op: int, body: bytes = b"") -> bytes:
+    return BUS_ENTRY.pack(cid, op, len(body)) + body
+
+
+def bus_entries(data: bytes, offset: int) -> List[Tuple[int, int, bytes]]:
+    """The (connection id, op, body) entries from ``offset`` to the end."""
+    out = []
+    end = len(data)
+    size = BUS_ENTRY.size
+    while offset < end:
+        if offset + size > end:
+            raise BadMessage("a bus entry cut short")
+        cid, op, n = BUS_ENTRY.unpack_from(data, offset)
+        offset += size
+        if offset + n > end:
+            raise BadMessage("a bus entry's body cut short")
+        out.append((cid, op, data[offset:offset + n]))
+        offset += n
+    return out
+
+
+class BusStats:
+    """What the bus costs one process: messages and bytes each way, per tick."""
+
+    def __init__(self) -> None:
+        self.messages_out = self.bytes_out = self.messages_in = self.bytes_in = 0
+        self.gaps = self.resyncs = self.fenced = self.bad = 0
+        self.latency = Window(1024)  # gateway: authority publish -> our broadcast done, s
+
+    def snapshot(self, ticks: int) -> Dict[str, Any]:
+        per = max(ticks, 1)
+        return {"messages_out": self.messages_out, "bytes_out": self.bytes_out,
+                "messages_in": self.messages_in, "bytes_in": self.bytes_in,
+                "messages_per_tick": (self.messages_out + self.messages_in) / per,
+                "bytes_per_tick": (self.bytes_out + self.bytes_in) / per,
+                "gaps": self.gaps, "resyncs": self.resyncs, "fenced": self.fenced,
+                "bad": self.bad, "latency_p50_s": self.latency.percentile(50),
+                "latency_p99_s": self.latency.percentile(99)}
+
+    def add_metrics(self, exp: Exposition) -> None:
+        exp.counter("spelltraction_bus_messages_total", "Bus messages published and received.",
+                    self.messages_out + self.messages_in)
+        exp.counter("spelltraction_bus_bytes_total", "Bus bytes published and received.",
+                    self.bytes_out + self.bytes_in)
+        exp.counter("spelltraction_bus_gaps_total",
+                    "Bus publications missed (a number skipped): each one resynchronises.",
+                    self.gaps)
+        exp.counter("spelltraction_bus_resyncs_total", "Full player-set resynchronisations.",
+                    self.resyncs)
+        exp.gauge("spelltraction_bus_latency_p50_seconds",
+                  "Tick publish by the authority -> sent to players here, median.",
+                  self.latency.percentile(50))
+        exp.gauge("spelltraction_bus_latency_p99_seconds",
+                  "Tick publish by the authority -> sent to players here, p99.",
+                  self.latency.percentile(99))
+
+
+class _ClusterRole:
+    """What the authority and a gateway share: the two Redis connections and the bus."""
+
+    loop: EventLoop
+    redis: "Redis"
+    sub: "RedisSubscriber"
+
+    def _bus_init(self, loop: EventLoop, cluster: ClusterOptions, address: "RedisAddress",
+                  name: str) -> None:
+        from netcore.redis import Redis, RedisSubscriber
+
+        self.cluster = cluster
+        self.prefix = f"spelltraction:{cluster.world}:"
+        self.down_channel = (self.prefix + "down").encode()
+        self.up_channel = (self.prefix + "up").encode()
+        self.bus = BusStats()
+        self.redis = Redis(loop, address, name=name + "-commands", ping_interval=2.0,
+                           on_ready=self._redis_ready, on_lost=self._redis_lost)
+        self.sub = RedisSubscriber(loop, address, self._on_bus_message, name=name + "-bus",
+                                   ping_interval=2.0, on_ready=self._bus_ready,
+                                   on_lost=self._redis_lost)
+
+    def private_channel(self, gateway: str) -> bytes:
+        return (self.prefix + "gw:" + gateway).encode()
+
+    def publish(self, channel: bytes, message: bytes) -> None:
+        self.bus.messages_out += 1
+        self.bus.bytes_out += len(message)
+        self.redis.execute("PUBLISH", channel, message)
+
+    def _on_bus_message(self, channel: bytes, data: bytes) -> None:
+        self.bus.messages_in += 1
+        self.bus.bytes_in += len(data)
+        try:
+            self.on_bus(channel, data)
+        except (BadMessage, struct.error, UnicodeDecodeError) as exc:
+            self.bus.bad += 1
+            log.warning("bad bus message on %s (%d bytes): %s", channel.decode(), len(data), exc)
+
+    def on_bus(self, channel: bytes, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _redis_ready(self) -> None:
+        log.info("redis %s: connected", self.redis.address.url())
+
+    def _bus_ready(self) -> None:
+        pass
+
+    def _redis_lost(self, reason: str) -> None:
+        log.warning("redis %s: connection lost (%s); reconnecting with backoff",
+                    self.redis.address.url(), reason)
+
+    def bus_close(self) -> None:
+        self.redis.close()
+        self.sub.close()
+
+
+# -----------------------------------------------------------------------------
+# Server: the authority (game). The rules, the tick and the store; no sockets.
+# -----------------------------------------------------------------------------
+
+
+class _GatewayLink:
+    """One gateway as the authority knows it: its players and its outbox."""
+
+    __slots__ = ("gateway", "channel", "conns", "out", "number", "sent", "heard")
+
+    def __init__(self, gateway: str, channel: bytes, now: float) -> None:
+        self.gateway = gateway
+        self.channel = channel
+        self.conns: Dict[int, _RemoteConn] = {}
+        self.out: List[bytes] = []  # this tick's private entries
+        self.number = 0  # the last up message heard; 0: none yet (resync first)
+        self.sent = 0  # private messages sent to it
+        self.heard = now
+
+
+class _RemoteConn:
+    """A player's connection on a gateway, as the authority's GameServer sees it.
+
+    It quacks like the few parts of a netcore Connection the game uses:
+    writes become private entries for the gateway (sent with the next
+    tick), a close becomes an ERROR-and-close order for it. ``codec`` is the
+    object itself: the gateway wraps for WebSocket, the authority never does.
+    """
+
+    __slots__ = ("link", "cid", "data", "fd", "closed", "_last")
+
+    def __init__(self, link: _GatewayLink, cid: int) -> None:
+        self.link = link
+        self.cid = cid
+        self.data: Any = None
+        self.fd = cid
+        self.closed = False
+        self._last: Tuple[bytes, int] = (b"", 0)
+
+    @property
+    def codec(self) -> "_RemoteConn":
+        return self
+
+    def peername(self) -> str:
+        return f"gateway {self.link.gateway} #{self.cid}"
+
+    def wrap(self, stream: bytes) -> bytes:
+        return stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        self._last = (stream, code)
+        return b""  # so reject() calls close(): the last words go with it
+
+    def write(self, data: bytes, frames: int = 1) -> bool:
+        self.link.out.append(bus_entry(self.cid, OP_SEND, bytes([min(frames, 255)]) + data))
+        return True
+
+    def close(self, reason: str = "", text: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        last, code = self._last
+        r, t = reason.encode()[:255], text.encode()[:1000]
+        self.link.out.append(bus_entry(self.cid, OP_CLOSE,
+                                       _BUS_CLOSE.pack(code, len(r), len(t)) + r + t + last))
+        self.link.conns.pop(self.cid, None)
+        authority = _AUTHORITY.get(self.link)
+        if authority is not None:
+            authority.on_close(cast(Connection, self), reason)
+
+    close_after_flush = close
+
+
+# The authority of each link, so a _RemoteConn (slots kept small) finds it.
+_AUTHORITY: Dict[_GatewayLink, "Authority"] = {}
+
+
+class Authority(_ClusterRole, GameServer):
+    """``spelltraction.py game``: one world's rules, tick and store, players on gateways.
+
+    It is a :class:`GameServer` whose connections are :class:`_RemoteConn`
+    (a gateway's connection id): every rule, the resume tokens, the store and
+    the hall of fame are the same code as ``serve``. Each tick it publishes
+    the shared frames once (``down``) and one message of private entries per
+    gateway that has any; it listens to ``up``. It ticks only while it holds
+    the world's lease (a Redis key with an expiry, fenced with an epoch).
+    """
+
+    def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
+                 address: "RedisAddress") -> None:
+        GameServer.__init__(self, loop, options._replace(web=False, reuse_port=False))
+        self._bus_init(loop, cluster, address, f"spelltraction-{cluster.world}-authority")
+        self.links: Dict[str, _GatewayLink] = {}
+        self.epoch = 0  # the lease's, while held: on every publication (the fence)
+        self.refused = ""  # set when another authority holds the world: exit non-zero
+        self.down_number = 0
+        self.bus_ready_at = -1.0  # loop time the subscription was (re)made; -1: not now
+        self._acquiring = False
+        store = self.store
+        data = os.path.realpath(options.data) if options.data is not None else ""
+        # Who holds the lease: a restart of this same authority (host and data
+        # directory; the store's lock proves the old process gone) may take it
+        # back at once; anything else waits for it to expire.
+        self.holder = f"{socket.gethostname()}:{data}" if data else \
+            f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        from netcore.redis import RedisLease
+
+        self.lease = RedisLease(self.redis, self.prefix + "lease", self.holder, ttl=LEASE_S,
+                                on_lost=self._lease_lost)
+        # Past any epoch this world had, even if Redis forgot (no persistence).
+        self.lease.min_epoch = store.meta.get("epoch", 0) if store is not None else 0
+        self._tick_reserved = store.meta.get("tick", 0) if store is not None else 0
+        self.game.tick = self._tick_reserved  # TICK numbers go on where they stopped
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> List[Tuple[str, int]]:
+        """Connect to Redis (in the background, forever), the admin port, the ticker."""
+        if self.admin is not None:
+            self.admin.listen()
+        self.sub.subscribe(self.up_channel)
+        self.redis.start()
+        self.sub.start()
+        self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
+        self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
+        return []
+
+    def close(self) -> None:
+        for link in self.links.values():
+            _AUTHORITY.pop(link, None)
+        self.bus_close()
+        GameServer.close(self)
+
+    def shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        if self.ticker is not None:
+            self.loop.stop_ticker(self.ticker)
+        if self.lease.token is not None and self.redis.ready:  # a successor may start at once
+            self.lease.release()
+            self.loop.call_later(0.2, self._drained)
+        else:
+            self._drained()
+
+    def _drained(self) -> None:
+        if self.loop.running:
+            self.close()
+            self.loop.stop()
+
+    def holding(self) -> bool:
+        return self.lease.valid()
+
+    def health(self) -> Tuple[str, bytes, int]:
+        if self.refused:
+            text, status = f"not ready: the world is held by another authority ({self.refused})", 503
+        elif not self.redis.ready or not self.sub.ready:
+            text, status = f"not ready: waiting for Redis at {self.redis.address.url()}", 503
+        elif not self.holding():
+            text, status = "not ready: taking the world's lease", 503
+        else:
+            text, status = (f"ok: authority of {self.cluster.world}, epoch {self.epoch}; "
+                            f"{len(self.game.players)} players on {len(self.links)} gateways"), 200
+        return "text/plain; charset=utf-8", (text + "\n").encode(), status
+
+    # -- the lease ------------------------------------------------------------
+
+    def _redis_ready(self) -> None:
+        _ClusterRole._redis_ready(self)
+        self._acquire()
+
+    def _acquire(self) -> None:
+        if self.lease.token is None and not self._acquiring and not self.refused:
+            self._acquiring = True
+            self.lease.acquire(self._acquired, reclaim=True)
+
+    def _acquired(self, got: bool, token: str) -> None:
+        self._acquiring = False
+        if not got and not token.split(":", 1)[0].isdigit():  # no answer: try again
+            log.warning("taking the lease of world %s failed (%s); retrying",
+                        self.cluster.world, token)
+            self.loop.call_later(1.0, self._acquire)
+            return
+        if not got:
+            self.refused = token
+            log.error("world %s is held by another authority (epoch:holder %s, %.1f s left on "
+                      "its lease): refusing to start. One authority per world: stop that one, "
+                      "or start this one once its lease has expired.", self.cluster.world,
+                      token, self.lease.remaining)
+            self.loop.stop()
+            return
+        self.epoch = self.lease.epoch
+        self.lease.min_epoch = self.epoch
+        if self.store is not None:
+            self.store.stage_meta("epoch", self.epoch)
+        log.info("world %s: this authority holds the lease, epoch %d; tick %d",
+                 self.cluster.world, self.epoch, self.game.tick)
+        for link in self.links.values():
+            link.number = 0  # everyone resynchronises with the new epoch
+
+    def _lease_lost(self, reason: str) -> None:
+        """Not renewed in time (Redis away), gone (Redis restarted empty) or taken:
+        try again; a lease another authority holds ends this one (refused)."""
+        log.warning("world %s: the lease was lost (%s); the world pauses", self.cluster.world,
+                    reason)
+        if self.redis.ready:
+            self._acquire()
+
+    # -- the bus ----------------------------------------------------------------
+
+    def _bus_ready(self) -> None:
+        now = self.loop.time()
+        self.bus_ready_at = now
+        for link in self.links.values():  # what we missed meanwhile: resynchronise
+            link.number = 0
+            link.heard = now
+
+    def _redis_lost(self, reason: str) -> None:
+        _ClusterRole._redis_lost(self, reason)
+        if not self.sub.ready:
+            self.bus_ready_at = -1.0
+
+    def on_bus(self, channel: bytes, data: bytes) -> None:
+        kind, _epoch, number = bus_head(data)
+        if channel != self.up_channel or kind not in (BUS_BATCH, BUS_FULL):
+            return
+        n = data[BUS_HEAD.size]
+        offset = BUS_HEAD.size + 1 + n
+        gateway = data[BUS_HEAD.size + 1:offset].decode("ascii")
+        link = self.links.get(gateway)
+        now = self.loop.time()
+        if link is None:
+            link = self.links[gateway] = _GatewayLink(gateway, self.private_channel(gateway), now)
+            _AUTHORITY[link] = self
+            log.info("gateway %s joined world %s", gateway, self.cluster.world)
+        link.heard = now
+        entries = bus_entries(data, offset)
+        if kind == BUS_FULL:
+            self.bus.resyncs += 1
+            link.number = number
+            self._reconcile(link, entries)
+            return
+        if link.number == 0 or number != (link.number + 1) & 0xFFFFFFFF:
+            if link.number:
+                self.bus.gaps += 1
+            link.out.append(bus_entry(0, OP_RESYNC))  # send me all your players
+        link.number = number
+        for cid, op, body in entries:
+            rc = link.conns.get(cid)
+            if op == OP_HELLO:
+                if rc is None:
+                    self._hello(link, cid, body)
+            elif rc is not None:
+                if op == OP_MOVE:
+                    self.on_message(cast(Connection, rc), body)
+                elif op == OP_LEAVE:
+                    del link.conns[cid]
+                    rc.closed = True
+                    self.on_close(cast(Connection, rc), "left")
+
+    def _hello(self, link: _GatewayLink, cid: int, hello: bytes) -> None:
+        rc = _RemoteConn(link, cid)
+        link.conns[cid] = rc
+        conn = cast(Connection, rc)
+        self.pending[conn] = self.loop.time()
+        if hello:
+            self.on_message(conn, hello)
+        else:
+            self.reject(conn, ErrorCode.BAD_MESSAGE, "an empty message before HELLO")
+
+    def _reconcile(self, link: _GatewayLink, entries: List[Tuple[int, int, bytes]]) -> None:
+        """A gateway's whole player set: make ours match it (idempotent)."""
+        seen = set()
+        for cid, op, body in entries:
+            if op != OP_HELLO:
+                continue
+            seen.add(cid)
+            if cid not in link.conns:
+                self._hello(link, cid, body)
+        for cid in [c for c in link.conns if c not in seen]:
+            rc = link.conns.pop(cid)
+            rc.closed = True
+            self.on_close(cast(Connection, rc), "gone-from-gateway")
+
+    def _expire_gateways(self) -> None:
+        """A gateway unheard of for HEARTBEAT_LEASE_S: its players leave (v2: park)."""
+        now = self.loop.time()
+        if self.bus_ready_at < 0 or now - self.bus_ready_at < HEARTBEAT_LEASE_S:
+            return  # we are the deaf one, or have just been: no verdicts
+        for gateway, link in list(self.links.items()):
+            if now - link.heard < HEARTBEAT_LEASE_S:
+                continue
+            log.warning("gateway %s silent for %.1f s: its %d players leave the world",
+                        gateway, now - link.heard, len(link.conns))
+            del self.links[gateway]
+            _AUTHORITY.pop(link, None)
+            for rc in list(link.conns.values()):
+                rc.closed = True
+                self.on_close(cast(Connection, rc), "gateway-lost")
+            link.conns.clear()
+
+    # -- the tick ---------------------------------------------------------------
+
+    def on_tick(self, tick: Tick) -> None:
+        if not self.holding() or not self.sub.ready:
+            return  # no lease (or deaf): the world is paused, TICK numbers wait
+        self._expire_gateways()
+        GameServer.on_tick(self, tick._replace(skipped=0))
+        store = self.store
+        if store is not None and self.game.tick + TICK_AHEAD // 2 >= self._tick_reserved:
+            self._tick_reserved = self.game.tick + TICK_AHEAD
+            store.stage_meta("tick", self._tick_reserved)
+
+    def _send_tick(self, data: bytes, nframes: int, news: bytes,
+                   yous: List[Tuple[Connection, bytes]], everyone: List[Connection]) -> None:
+        """Private entries first (one message per gateway), then the shared frames once."""
+        for conn, you in yous:
+            rc = cast(_RemoteConn, conn)
+            rc.link.out.append(bus_entry(rc.cid, OP_YOU, you))
+        for link in self.links.values():
+            if link.out:
+                link.sent += 1
+                self.publish(link.channel, bus_pack(BUS_PRIVATE, self.epoch, link.sent,
+                                                    b"".join(link.out)))
+                link.out = []
+        self.down_number += 1
+        head = BUS_TICK_HEAD.pack(self.game.tick, nframes, len(self.game.players), len(data),
+                                  time.time())
+        self.publish(self.down_channel, bus_pack(BUS_TICK, self.epoch, self.down_number,
+                                                 head + data + news))
+
+    def _update_stats_frame(self) -> None:
+        """STATS describes the world: its players, and their connections on every gateway."""
+        GameServer._update_stats_frame(self)
+        conns = sum(len(link.conns) for link in self.links.values())
+        stats = cast(Stats, decode(self.stats_frame[2:]))
+        self.stats_frame = frame(stats._replace(connections=conns))
+
+    def cluster_stats(self) -> Dict[str, Any]:
+        return {"role": "authority", "world": self.cluster.world, "epoch": self.epoch,
+                "holding": self.holding(),
+                "gateways": {g: len(link.conns) for g, link in self.links.items()},
+                "bus": self.bus.snapshot(self.ticker.fired if self.ticker else 0),
+                "redis": self.redis.stats()}
+
+    def stats_snapshot(self) -> Dict[str, Any]:
+        snap = GameServer.stats_snapshot(self)
+        snap["cluster"] = self.cluster_stats()
+        return snap
+
+    def role_metrics(self, exp: Exposition) -> None:
+        exp.labelled("spelltraction_gateway_players", "gauge",
+                     "Players on each gateway, as the authority has them.", "gateway",
+                     {g: len(link.conns) for g, link in self.links.items()})
+        exp.gauge("spelltraction_authority_epoch", "The lease epoch held (0: none).",
+                  self.epoch if self.holding() else 0)
+        self.bus.add_metrics(exp)
+
+
+# -----------------------------------------------------------------------------
+# Server: the gateway. Player sockets as serve holds them; the world is elsewhere.
+# -----------------------------------------------------------------------------
+
+
+class _Seat:
+    """A player's connection on a gateway: its id on the bus, and how to re-join."""
+
+    __slots__ = ("cid", "hello", "pid", "welcomed", "moves")
+
+    def __init__(self, cid: int, hello: bytes) -> None:
+        self.cid = cid
+        self.hello = hello  # what a resync sends: v2 with the token once it is known
+        self.pid = 0
+        self.welcomed = False
+        self.moves = 0  # MOVEs this tick (the flood check)
+
+
+class Gateway(_ClusterRole, GameServer):
+    """``spelltraction.py gateway``: one world's players' sockets; the rules are elsewhere.
+
+    The player side is :class:`GameServer`'s (binary, HTTP, WebSocket on one
+    port, the same limits, the same ERRORs); a player's HELLO, MOVEs and
+    leaving go to the authority in one message per tick (MOVEs: the last of
+    each player's), and each TICK from the authority goes to every player
+    here with one ``send`` each (plus its YOU, when it has one, in the same
+    send). While no TICK comes (the authority restarting, Redis down), every
+    socket stays open and version-2 players get a STATS whose tick-lateness
+    field is 0xFFFFFFFF every 2 s: the game is paused.
+    """
+
+    def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
+                 address: "RedisAddress") -> None:
+        GameServer.__init__(self, loop, options._replace(data=None, reuse_port=True))
+        self.gateway = f"{socket.gethostname()[:40]}-{os.getpid()}-{os.urandom(3).hex()}"
+        self._bus_init(loop, cluster, address, f"spelltraction-{cluster.world}-{self.gateway}")
+        self.private = self.private_channel(self.gateway)
+        self.seats: Dict[int, Connection] = {}  # connection id -> connection
+        self.players: Dict[Connection, None] = {}  # welcomed: the tick's broadcast list
+        self._next_cid = 1
+        self.up_hellos: List[bytes] = []
+        self.up_moves: Dict[int, bytes] = {}  # the last MOVE of each player this tick
+        self.up_leaves: List[bytes] = []
+        self.yous: Dict[int, bytes] = {}  # YOU frames for the next TICK
+        self.moved: List[_Seat] = []
+        self.number = 0  # our up messages
+        self.epoch = 0  # the authority's, highest seen
+        self.down_number = 0
+        self.private_number = 0
+        self.full_due = True
+        self.world_players = 0
+        self.world_tick = -1
+        self.ticks_in = 0
+        self.last_tick_at = loop.time()
+        self.paused = False
+        self._paused_said = 0.0
+
+    def start(self) -> List[Tuple[str, int]]:
+        self.sub.subscribe(self.down_channel, self.private)
+        self.redis.start()
+        self.sub.start()
+        return GameServer.start(self)  # the ticker is ours: the up batch, the pause
+
+    def close(self) -> None:
+        self.bus_close()
+        GameServer.close(self)
+
+    def health(self) -> Tuple[str, bytes, int]:
+        used, limit = self.net.stats.connections, self.net.config.max_connections
+        if not self.redis.ready or not self.sub.ready:
+            text, status = f"not ready: waiting for Redis at {self.redis.address.url()}", 503
+        elif self.paused or self.world_tick < 0:
+            text, status = "not ready: no tick from the authority (the world is paused)", 503
+        elif self.shutting_down:
+            text, status = "shutting down", 503
+        else:
+            text, status = (f"ok: gateway {self.gateway} of {self.cluster.world}; "
+                            f"{len(self.players)} players here, {self.world_players} in the "
+                            f"world, {used} of {limit} connections"), 200
+        return "text/plain; charset=utf-8", (text + "\n").encode(), status
+
+    # -- players ------------------------------------------------------------
+
+    def on_message(self, conn: Connection, payload: bytes) -> None:
+        seat = conn.data
+        kind = payload[0]
+        if seat is not None:
+            if kind == MOVE and len(payload) == _MOVE_SIZE:
+                seat.moves += 1
+                if seat.moves == 1:
+                    self.moved.append(seat)
+                elif seat.moves > FLOOD_MESSAGES:
+                    self.reject(conn, ErrorCode.FLOOD,
+                                f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
+                    return
+                self.up_moves[seat.cid] = payload
+                return
+            if not seat.welcomed:
+                self.reject(conn, ErrorCode.BAD_MESSAGE,
+                            describe_unexpected(payload, "before WELCOME"))
+                return
+            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "in game"))
+            return
+        if kind != HELLO or len(payload) < 3:
+            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "before HELLO"))
+            return
+        # The authority checks the rest of the HELLO, as serve does, and answers.
+        del self.pending[conn]
+        self.net.settle(conn)
+        cid = self._next_cid
+        self._next_cid = cid % 0xFFFFFFFF + 1
+        seat = conn.data = _Seat(cid, payload)
+        self.seats[cid] = conn
+        self.up_hellos.append(bus_entry(cid, OP_HELLO, payload))
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        self.pending.pop(conn, None)
+        self.ws_players.pop(conn, None)
+        self.v2_conns.pop(conn, None)
+        seat = conn.data
+        if seat is not None:
+            conn.data = None
+            self.players.pop(conn, None)
+            self.seats.pop(seat.cid, None)
+            self.up_moves.pop(seat.cid, None)
+            self.yous.pop(seat.cid, None)
+            self.up_leaves.append(bus_entry(seat.cid, OP_LEAVE))
+
+    # -- our tick: the up batch, the hello timeouts, the pause ---------------
+
+    def on_tick(self, tick: Tick) -> None:
+        for seat in self.moved:
+            seat.moves = 0
+        self.moved = []
+        now = self.loop.time()
+        if self.redis.ready:
+            me = bytes([len(self.gateway)]) + self.gateway.encode()
+            if self.full_due:
+                self.full_due = False
+                self.bus.resyncs += 1
+                self.up_hellos, self.up_leaves = [], []
+                self.number += 1
+                self.publish(self.up_channel, bus_pack(BUS_FULL, self.epoch, self.number, me + b"".join(
+                    bus_entry(cid, OP_HELLO, c.data.hello) for cid, c in self.seats.items())))
+            body = b"".join(self.up_hellos) + b"".join(
+                bus_entry(cid, OP_MOVE, move) for cid, move in self.up_moves.items()) + \
+                b"".join(self.up_leaves)
+            self.number += 1
+            self.publish(self.up_channel, bus_pack(BUS_BATCH, self.epoch, self.number, me + body))
+        else:
+            self.number += 1  # lost: the authority sees the gap and asks for everything
+        self.up_hellos, self.up_leaves = [], []
+        self.up_moves = {}
+        if tick.number % 4 == 0 and self.pending:
+            self._expire_pending()
+        if now - self.last_tick_at > PAUSE_AFTER_S:
+            if not self.paused:
+                self.paused = True
+                log.warning("no tick from the authority of %s for %.1f s: the game is paused",
+                            self.cluster.world, now - self.last_tick_at)
+            if now - self._paused_said >= PAUSE_EVERY_S:
+                self._paused_said = now
+                self._say_paused()
+
+    def _say_paused(self) -> None:
+        """Version-2 players hear that the game is paused: STATS with p99 = 0xFFFFFFFF."""
+        v2 = [c for c in self.players if c in self.v2_conns]
+        if not v2:
+            return
+        data = frame(Stats(self.net.stats.connections, self.world_players,
+                           int(time.time() - self.started), rss_kb(), self.start_rss_kb,
+                           PAUSED_P99))
+        self._broadcast(data, 1, v2, {})
+
+    # -- the bus ----------------------------------------------------------------
+
+    def _bus_ready(self) -> None:
+        self.full_due = True  # Redis (re)connected: whatever it lost, send all we hold
+        self.down_number = self.private_number = 0
+
+    def on_bus(self, channel: bytes, data: bytes) -> None:
+        kind, epoch, number = bus_head(data)
+        if epoch < self.epoch:
+            self.bus.fenced += 1  # an authority that lost the world: not heard
+            return
+        if epoch > self.epoch:
+            if self.epoch:
+                log.info("world %s: a new authority, epoch %d", self.cluster.world, epoch)
+            self.epoch = epoch
+            self.down_number = self.private_number = 0
+        if kind == BUS_TICK and channel == self.down_channel:
+            if self.down_number and number != (self.down_number + 1) & 0xFFFFFFFF:
+                self.bus.gaps += 1  # a tick missed: players see a jump in TICK numbers
+            self.down_number = number
+            self._on_tick_message(data)
+        elif kind == BUS_PRIVATE and channel == self.private:
+            if self.private_number and number != (self.private_number + 1) & 0xFFFFFFFF:
+                self.bus.gaps += 1  # WELCOMEs or closes lost: resynchronise
+                self.full_due = True
+            self.private_number = number
+            self._on_private(bus_entries(data, BUS_HEAD.size))
+
+    def _on_private(self, entries: List[Tuple[int, int, bytes]]) -> None:
+        seats = self.seats
+        for cid, op, body in entries:
+            if op == OP_RESYNC:
+                self.full_due = True
+                continue
+            conn = seats.get(cid)
+            if conn is None:
+                continue  # gone meanwhile: its LEAVE is on its way
+            if op == OP_YOU:
+                self.yous[cid] = body
+            elif op == OP_SEND:
+                self._send_now(conn, conn.data, body[1:], body[0])
+            elif op == OP_CLOSE:
+                code, nr, nt = _BUS_CLOSE.unpack_from(body)
+                at = _BUS_CLOSE.size
+                reason = body[at:at + nr].decode("utf-8", "replace")
+                text = body[at + nr:at + nr + nt].decode("utf-8", "replace")
+                last = body[at + nr + nt:]
+                self.players.pop(conn, None)
+                del seats[cid]
+                conn.data = None  # the authority has dropped it already: no LEAVE
+                self.errors_sent[last[3] if len(last) > 3 else 0] = \
+                    self.errors_sent.get(last[3] if len(last) > 3 else 0, 0) + 1
+                words = conn.codec.closing(last, code, text) if last else b""
+                if words and conn.write(words):
+                    conn.close_after_flush(reason or "closed", text)
+                else:
+                    conn.close(reason or "closed", text)
+
+    def _send_now(self, conn: Connection, seat: _Seat, frames: bytes, nframes: int) -> None:
+        """A WELCOME bundle (or a rejoin's): learn the player's id and token, pass it on."""
+        if len(frames) > 2 + _WELCOME.size and frames[2] == WELCOME:
+            size = int.from_bytes(frames[:2], "big")
+            version = int.from_bytes(frames[3:5], "big")
+            pid = int.from_bytes(frames[5:9], "big")
+            if version >= PROTOCOL_V2:
+                at = 2 + _WELCOME.size + 1
+                token = frames[at:at + TOKEN_BYTES]
+                _, _, shape, colour = HELLO_STRUCT.unpack_from(seat.hello)
+                seat.hello = _HELLO2.pack(HELLO, PROTOCOL_V2, shape, colour, token, 0)
+                self.v2_conns[conn] = None
+            if seat.welcomed and pid == seat.pid:  # a resync's re-join: the client knows
+                frames, nframes = frames[2 + size:], nframes - 1
+            seat.pid, seat.welcomed = pid, True
+            self.players[conn] = None
+            if isinstance(conn.codec, WebSocketCodec):
+                self.ws_players[conn] = None
+        if frames:
+            conn.write(conn.codec.wrap(frames), frames=max(nframes, 1))
+
+    def _on_tick_message(self, data: bytes) -> None:
+        at = BUS_HEAD.size
+        tick, nframes, players, n, published = BUS_TICK_HEAD.unpack_from(data, at)
+        at += BUS_TICK_HEAD.size
+        shared, news = data[at:at + n], data[at + n:]
+        self.world_tick, self.world_players = tick, players
+        self.ticks_in += 1
+        self.last_tick_at = self.loop.time()
+        if self.paused:
+            self.paused = False
+            log.info("world %s: ticking again (tick %d)", self.cluster.world, tick)
+        seats = self.seats
+        yous = []
+        for cid, you in self.yous.items():
+            conn = seats.get(cid)
+            if conn is not None and conn in self.players:
+                yous.append((conn, you))
+        self.yous = {}
+        self._send_tick(shared, nframes, news, yous, list(self.players))
+        self.bus.latency.add(max(time.time() - published, 0.0))
+
+    # -- figures ------------------------------------------------------------------
+
+    def cluster_stats(self) -> Dict[str, Any]:
+        return {"role": "gateway", "world": self.cluster.world, "gateway": self.gateway,
+                "epoch": self.epoch, "players_here": len(self.players),
+                "world_players": self.world_players, "world_tick": self.world_tick,
+                "ticks_in": self.ticks_in, "paused": self.paused,
+                "bus": self.bus.snapshot(self.ticker.fired if self.ticker else 0),
+                "redis": self.redis.stats()}
+
+    def stats_snapshot(self) -> Dict[str, Any]:
+        snap = GameServer.stats_snapshot(self)
+        snap["players"] = len(self.players)
+        snap["game_tick"] = self.world_tick
+        snap["cluster"] = self.cluster_stats()
+        return snap
+
+    def role_metrics(self, exp: Exposition) -> None:
+        exp.gauge("spelltraction_gateway_players", "Players on this gateway.", len(self.players))
+        exp.gauge("spelltraction_world_players", "Players in the world (the authority's count).",
+                  self.world_players)
+        exp.gauge("spelltraction_world_paused", "1 while no tick comes from the authority.",
+                  int(self.paused))
+        self.bus.add_metrics(exp)
+
+
+def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: RedisAddress,
+             log_limiter: Optional[RateLimitFilter] = None) -> int:
+    """``game`` or ``gateway``: like :func:`serve`, for one role of a world on Redis."""
+    soft, _hard = raise_nofile_limit()
+    if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
+        log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
+        opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
+    loop = EventLoop()
+    role_class = Authority if role == "game" else Gateway
+    started = _start_server(loop, lambda: role_class(loop, opts, cluster, address), opts,
+                            log_limiter)
+    if started is None:
+        return 2
+    server, addresses = started
+    what = f"{'authority' if role == 'game' else 'gateway'} of world {cluster.world}"
+    for host, port in addresses:
+        print(f"SpellTraction {what} listening on {host}:{port}", flush=True)
+    if server.admin is not None:
+        for host, port in server.admin.addresses:
+            if role == "game":
+                print(f"SpellTraction {what}: admin listening on {host}:{port}", flush=True)
+            else:
+                print(f"admin (/healthz, /metrics, /stats) on http://{host}:{port}/", flush=True)
+    elif role == "game":
+        print(f"SpellTraction {what}: no admin port", flush=True)
+    print(f"redis {address.url()}; tick {opts.tick_ms} ms", flush=True)
+    _run_server(loop, server)
+    if isinstance(server, Authority) and server.refused:
+        return 3
     return 0
 
 
@@ -3392,6 +4314,13 @@ class ClientBrain:
     def give_up(self) -> bool:
         """The server said it will never take this client (or another took our player over)."""
         return self.error_code in (ErrorCode.VERSION, ErrorCode.TAKEN_OVER, ErrorCode.BAD_NAME)
+
+    @property
+    def paused(self) -> bool:
+        """v2: the world's authority is away (a STATS said so, no TICK since)."""
+        stats = self.stats
+        return (stats is not None and stats.tick_p99_us == PAUSED_P99
+                and self.stats_at >= self.tick_at)
 
     # -- input from the server ------------------------------------------------
 
@@ -4913,7 +5842,7 @@ def build_bundle(output: str, source: str = _HERE) -> List[str]:
 
 
 # =============================================================================
-# CLI: serve (the default), bots, client, doctor, bundle. main().
+# CLI: serve (the default), game, gateway, bots, client, doctor, bundle. main().
 # =============================================================================
 
 
@@ -4971,8 +5900,8 @@ def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "bots", "client", "doctor", "bundle", "backup", "-h", "--help",
-                "--version"}
+    commands = {"serve", "game", "gateway", "bots", "client", "doctor", "bundle", "backup", "-h",
+                "--help", "--version"}
     if not argv or argv[0] not in commands:
         argv.insert(0, "serve")
     parser = argparse.ArgumentParser(
@@ -4982,79 +5911,99 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--version", action="version", version=f"spelltraction {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    sp = sub.add_parser("serve", help="run the game server (the default command)")
-    sp.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 12150)")
-    sp.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
-    sp.add_argument("--max-clients", type=int, default=15_000,
-                    help="connection limit; more are told 'server full' (default 15000)")
-    sp.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
-    sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sp.add_argument("--log-format", default="text", choices=["text", "json"],
-                    help="text lines, or one JSON object per line (default text)")
-    sp.add_argument("--stats-out", default="", metavar="FILE",
-                    help="on exit, write the final figures to FILE as JSON")
-    sp.add_argument("--web-root", default=WEB_ROOT, metavar="DIR",
-                    help="serve the browser client from DIR (default: web/ beside this file)")
-    sp.add_argument("--no-web", action="store_true",
-                    help="binary protocol only: no HTTP, no WebSocket")
-    sp.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
-                    help="an HTTP request or WebSocket upgrade must finish within this")
+    # The options, by who takes them: the player side (serve, gateway), every
+    # server process (serve, game, gateway), the world's rules and store
+    # (serve, game).
+    net = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False)
+    rules = argparse.ArgumentParser(add_help=False)
     data_help = ("directory for the players, scores and hall of fame (sqlite3, one server per "
                  "directory; created if missing). Default: $STATE_DIRECTORY when set (systemd's "
                  "StateDirectory=), else $XDG_STATE_HOME/spelltraction, i.e. "
                  "~/.local/state/spelltraction; here: %(default)s")
-    sp.add_argument("--data", default=default_data_dir(), metavar="DIR", help=data_help)
-    sp.add_argument("--no-data", action="store_true",
-                    help="keep everything in memory: a restart forgets every player and score")
-    sp.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
-                    help="how long a dropped player can come back as itself (default "
-                         "%(default)g s)")
-    sp.add_argument("--prune-days", type=float, default=DEFAULT_PRUNE_DAYS, metavar="DAYS",
-                    help="delete players unseen this long; the hall of fame keeps them "
-                         "(default %(default)g)")
-    sp.add_argument("--sync", choices=SYNC_LEVELS, default="normal",
-                    help="normal (default): every commit survives the server being killed, "
-                         "not a power cut; full: survives power loss too, an fsync per commit")
-    sp.add_argument("--admin-port", type=int, default=None, metavar="PORT",
-                    help="serve /healthz, /metrics and /stats on this port too, answered "
-                         "whatever the game port's state, even when full (default: none; "
-                         "0: any free port)")
-    sp.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
-                    help="the admin port's address (default 127.0.0.1: this host only)")
     defaults = ServerOptions()
-    sp.add_argument("--max-per-address", type=int, default=defaults.max_per_address,
-                    metavar="N", help="connections from one address (IPv6: one /64); "
-                    f"0: no limit (default {defaults.max_per_address})")
-    sp.add_argument("--max-pending-per-address", type=int,
-                    default=defaults.max_pending_per_address, metavar="N",
-                    help="connections from one address that have not said HELLO yet "
-                    f"(HTTP ones included); 0: no limit (default "
-                    f"{defaults.max_pending_per_address})")
-    sp.add_argument("--max-pending", type=int, default=defaults.max_pending, metavar="N",
-                    help="such pending connections from all addresses together; 0: no "
-                    f"limit (default {defaults.max_pending})")
-    sp.add_argument("--exempt", default=defaults.exempt, metavar="CIDR,...",
-                    help="networks the per-address limits never count (default "
-                    f"{defaults.exempt}: local bots); '' to exempt nobody")
-    sp.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
-                    help="proxies whose connections start with a PROXY protocol header "
-                    "(v1/v2) naming the client "
-                    "(default: none). nginx: proxy_protocol on;")
-    sp.add_argument("--allowed-origins", default="", metavar="ORIGIN,...",
-                    help="WebSocket upgrades only from these Origins, e.g. "
-                    "https://play.example.org (others, and requests with no Origin, get "
-                    "403; default: any)")
-    sp.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
-                    help="SO_SNDBUF of each client socket; the kernel doubles it "
-                    f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
-    sp.add_argument("--send-backlog", type=int, default=defaults.send_backlog,
-                    metavar="BYTES", help="cut a client whose unsent backlog stays over "
-                    f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
-                    "; 0: off)")
-    sp.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
-                    metavar="SECONDS", help="see --send-backlog (default "
-                    f"{defaults.send_backlog_grace:g})")
+    net.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    net.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 12150)")
+    net.add_argument("--max-clients", type=int, default=15_000,
+                     help="connection limit; more are told 'server full' (default 15000)")
+    net.add_argument("--web-root", default=WEB_ROOT, metavar="DIR",
+                     help="serve the browser client from DIR (default: web/ beside this file)")
+    net.add_argument("--no-web", action="store_true",
+                     help="binary protocol only: no HTTP, no WebSocket")
+    net.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                     help="an HTTP request or WebSocket upgrade must finish within this")
+    net.add_argument("--max-per-address", type=int, default=defaults.max_per_address,
+                     metavar="N", help="connections from one address (IPv6: one /64); "
+                     f"0: no limit (default {defaults.max_per_address})")
+    net.add_argument("--max-pending-per-address", type=int,
+                     default=defaults.max_pending_per_address, metavar="N",
+                     help="connections from one address that have not said HELLO yet "
+                     f"(HTTP ones included); 0: no limit (default "
+                     f"{defaults.max_pending_per_address})")
+    net.add_argument("--max-pending", type=int, default=defaults.max_pending, metavar="N",
+                     help="such pending connections from all addresses together; 0: no "
+                     f"limit (default {defaults.max_pending})")
+    net.add_argument("--exempt", default=defaults.exempt, metavar="CIDR,...",
+                     help="networks the per-address limits never count (default "
+                     f"{defaults.exempt}: local bots); '' to exempt nobody")
+    net.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
+                     help="proxies whose connections start with a PROXY protocol header "
+                     "(v1/v2) naming the client "
+                     "(default: none). nginx: proxy_protocol on;")
+    net.add_argument("--allowed-origins", default="", metavar="ORIGIN,...",
+                     help="WebSocket upgrades only from these Origins, e.g. "
+                     "https://play.example.org (others, and requests with no Origin, get "
+                     "403; default: any)")
+    net.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
+                     help="SO_SNDBUF of each client socket; the kernel doubles it "
+                     f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
+    net.add_argument("--send-backlog", type=int, default=defaults.send_backlog,
+                     metavar="BYTES", help="cut a client whose unsent backlog stays over "
+                     f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
+                     "; 0: off)")
+    net.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
+                     metavar="SECONDS", help="see --send-backlog (default "
+                     f"{defaults.send_backlog_grace:g})")
+
+
+    common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
+    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text lines, or one JSON object per line (default text)")
+    common.add_argument("--stats-out", default="", metavar="FILE",
+                        help="on exit, write the final figures to FILE as JSON")
+    common.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                        help="serve /healthz, /metrics and /stats on this port too, answered "
+                             "whatever the game port's state, even when full (default: none; "
+                             "0: any free port)")
+    common.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
+                        help="the admin port's address (default 127.0.0.1: this host only)")
+    rules.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
+    rules.add_argument("--data", default=default_data_dir(), metavar="DIR", help=data_help)
+    rules.add_argument("--no-data", action="store_true",
+                       help="keep everything in memory: a restart forgets every player and score")
+    rules.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
+                       help="how long a dropped player can come back as itself (default "
+                            "%(default)g s)")
+    rules.add_argument("--prune-days", type=float, default=DEFAULT_PRUNE_DAYS, metavar="DAYS",
+                       help="delete players unseen this long; the hall of fame keeps them "
+                            "(default %(default)g)")
+    rules.add_argument("--sync", choices=SYNC_LEVELS, default="normal",
+                       help="normal (default): every commit survives the server being killed, "
+                            "not a power cut; full: survives power loss too, an fsync per commit")
+    sub.add_parser("serve", parents=[net, common, rules],
+                   help="run the game server (the default command)")
+    gp = sub.add_parser("game", parents=[common, rules],
+                        help="a world's authority on Redis: the rules, the tick, the store "
+                             "(no player sockets; see docs/CLUSTER.md)")
+    wp = sub.add_parser("gateway", parents=[net, common],
+                        help="a world's gateway on Redis: player sockets (binary, HTTP, "
+                             "WebSocket); gateways on one host share the port")
+    for p in (gp, wp):
+        add_redis_options(p, "the world's Redis (required)")
+        p.add_argument("--world", default="spelltraction", metavar="NAME",
+                       help="the world's name: its Redis keys and channels (default "
+                            "%(default)s)")
 
     bp = sub.add_parser("bots", help="load-test a server with bot players")
     bp.add_argument("--host", default="127.0.0.1")
@@ -5172,40 +6121,58 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if summary["failed"] == 0 and summary["dropped"] == 0 else 1
     if args.tick_ms < 10 or args.tick_ms > 60_000:
         parser.error("--tick-ms must be between 10 and 60000")
-    if args.max_clients < 1:
-        parser.error("--max-clients must be at least 1")
-    if args.handshake_timeout <= 0:
-        parser.error("--handshake-timeout must be positive")
-    if args.grace < 0 or args.prune_days <= 0:
-        parser.error("--grace must be at least 0 and --prune-days positive")
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
-    for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
-                 "send_backlog"):
-        if getattr(args, flag) < 0:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 0")
-    if args.send_backlog_grace <= 0:
-        parser.error("--send-backlog-grace must be positive")
-    for flag in ("exempt", "trusted_proxies"):
-        try:
-            parse_networks(getattr(args, flag))
-        except ValueError as exc:
-            parser.error(f"--{flag.replace('_', '-')}: {exc}")
-    return serve(ServerOptions(host=args.host, port=args.port, tick_ms=args.tick_ms,
-                               max_clients=args.max_clients, seed=args.seed,
-                               stats_out=args.stats_out, web=not args.no_web,
-                               web_root=args.web_root or None,
-                               handshake_timeout=args.handshake_timeout,
-                               admin_port=args.admin_port, admin_host=args.admin_host,
-                               max_per_address=args.max_per_address,
-                               max_pending_per_address=args.max_pending_per_address,
-                               max_pending=args.max_pending, exempt=args.exempt,
-                               trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
-                               send_backlog=args.send_backlog,
-                               send_backlog_grace=args.send_backlog_grace,
-                               allowed_origins=args.allowed_origins,
-                               data=None if args.no_data else args.data, grace=args.grace,
-                               prune_days=args.prune_days, sync=args.sync), limiter)
+    defaults = ServerOptions()
+    given = {"tick_ms": args.tick_ms, "stats_out": args.stats_out, "admin_port": args.admin_port,
+             "admin_host": args.admin_host}
+    if args.command in ("serve", "gateway"):
+        if args.max_clients < 1:
+            parser.error("--max-clients must be at least 1")
+        if args.handshake_timeout <= 0:
+            parser.error("--handshake-timeout must be positive")
+        for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
+                     "send_backlog"):
+            if getattr(args, flag) < 0:
+                parser.error(f"--{flag.replace('_', '-')} must be >= 0")
+        if args.send_backlog_grace <= 0:
+            parser.error("--send-backlog-grace must be positive")
+        for flag in ("exempt", "trusted_proxies"):
+            try:
+                parse_networks(getattr(args, flag))
+            except ValueError as exc:
+                parser.error(f"--{flag.replace('_', '-')}: {exc}")
+        given.update(host=args.host, port=args.port, max_clients=args.max_clients,
+                     web=not args.no_web, web_root=args.web_root or None,
+                     handshake_timeout=args.handshake_timeout,
+                     max_per_address=args.max_per_address,
+                     max_pending_per_address=args.max_pending_per_address,
+                     max_pending=args.max_pending, exempt=args.exempt,
+                     trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
+                     send_backlog=args.send_backlog,
+                     send_backlog_grace=args.send_backlog_grace,
+                     allowed_origins=args.allowed_origins)
+    if args.command in ("serve", "game"):
+        if args.grace < 0 or args.prune_days <= 0:
+            parser.error("--grace must be at least 0 and --prune-days positive")
+        given.update(seed=args.seed, data=None if args.no_data else args.data, grace=args.grace,
+                     prune_days=args.prune_days, sync=args.sync)
+    opts = defaults._replace(**given)
+    if args.command == "serve":
+        return serve(opts, limiter)
+    if args.redis is None:
+        parser.error(f"{args.command} needs --redis URL: the world's Redis")
+    try:
+        check_world(args.world)
+        address = redis_address(args)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    assert address is not None
+    if address.password is not None and not (args.redis_password_file
+                                             or args.redis_password_env):
+        log.warning("the Redis password is on the command line, where ps shows it: use "
+                    "--redis-password-file or --redis-password-env")
+    return run_role(args.command, opts, ClusterOptions(args.world), address, limiter)
 
 
 def _serve_as_module(argv: List[str]) -> None:

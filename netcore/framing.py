@@ -128,9 +128,23 @@ class FrameParser(LengthPrefixedOutput):
         return 0 if partial is None else len(partial)
 
     def feed(self, data: BytesLike) -> List[bytes]:
+        """Payloads completed by ``data``.
+
+        Raises :class:`FrameError` for bad framing, carrying the frames
+        that came before it in ``data`` (``exc.messages``): they are the
+        peer's, and the connection delivers them before it closes.
+        """
         if self._error is not None:
+            self._error.messages = ()  # delivered with the first raise
             raise self._error
         frames: List[bytes] = []
+        try:
+            return self._feed(data, frames)
+        except FrameError as exc:
+            exc.messages = frames
+            raise
+
+    def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
         view = data if isinstance(data, memoryview) else memoryview(data)
         end = len(view)
         pos = 0
@@ -218,7 +232,16 @@ class WholeFrames(LengthPrefixedOutput):
         self.max_frame = max_frame
 
     def feed(self, data: BytesLike) -> List[bytes]:
+        """Payloads of the whole frames in ``data``; FrameError carries the
+        frames before a bad one in ``exc.messages``."""
         frames: List[bytes] = []
+        try:
+            return self._feed(data, frames)
+        except FrameError as exc:
+            exc.messages = frames
+            raise
+
+    def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
         view = data if isinstance(data, memoryview) else memoryview(data)
         end = len(view)
         if end == 0:

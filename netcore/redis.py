@@ -821,7 +821,9 @@ class Redis(_Link):
 
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
-if holder then return {0, holder, redis.call('PTTL', KEYS[1])} end
+if holder and not (ARGV[4] == '1' and string.sub(holder, (string.find(holder, ':') or 0) + 1) == ARGV[1]) then
+  return {0, holder, redis.call('PTTL', KEYS[1])}
+end
 local epoch = redis.call('INCR', KEYS[2])
 if epoch <= tonumber(ARGV[3]) then
   epoch = tonumber(ARGV[3]) + 1
@@ -902,7 +904,12 @@ class RedisLease:
     def valid(self) -> bool:
         return self.token is not None and self.redis.loop.time() < self._valid_until
 
-    def acquire(self, callback: Callable[[bool, str], None]) -> None:
+    def acquire(self, callback: Callable[[bool, str], None], reclaim: bool = False) -> None:
+        """Try once; ``callback(got, token)``. ``reclaim``: a lease held under
+        this same ``owner`` is taken over at once (with a new epoch) instead
+        of refused: for an owner that knows its previous incarnation is dead
+        (it holds a lock that one held), restarting without waiting out the ttl.
+        """
         if self.token is not None:
             raise RuntimeError("the lease is already held")
         sent = self.redis.loop.time()
@@ -926,7 +933,7 @@ class RedisLease:
                 callback(False, token_text)
 
         self.redis.run(self._acquire, (self.key, self.key + ":epoch"),
-                       (self.owner, ms, self.min_epoch), answered)
+                       (self.owner, ms, self.min_epoch, 1 if reclaim else 0), answered)
 
     def release(self) -> None:
         """Give the lease up (deleted in Redis only if still ours)."""

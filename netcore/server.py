@@ -78,7 +78,7 @@ class ServerConfig:
         "high_water", "low_water", "accept_batch", "close_linger", "nodelay", "full_message",
         "sndbuf", "send_backlog_limit", "send_backlog_grace", "max_per_address",
         "max_pending_per_address", "max_pending", "exempt", "trusted_proxies",
-        "limit_message", "read_budget",
+        "limit_message", "read_budget", "reuse_port",
     )
 
     def __init__(
@@ -121,6 +121,9 @@ class ServerConfig:
         # buffer's size): what one flooding peer can make the loop parse
         # before others, and a due tick, get their turn.
         read_budget: int = RECV_BUFFER_SIZE,
+        # SO_REUSEPORT on the listeners: processes that share the port share
+        # its connections (only where that is meant: gateways of one world).
+        reuse_port: bool = False,
     ) -> None:
         if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
@@ -138,6 +141,7 @@ class ServerConfig:
         self.close_linger = close_linger
         self.nodelay = nodelay
         self.full_message = full_message
+        self.reuse_port = reuse_port
         self.sndbuf = sndbuf
         self.send_backlog_limit = send_backlog_limit
         self.send_backlog_grace = send_backlog_grace
@@ -171,13 +175,15 @@ class Listener(Readiness):
 
 
 def bind_listeners(
-    hosts: Sequence[Optional[str]], port: int, backlog: int
+    hosts: Sequence[Optional[str]], port: int, backlog: int, reuse_port: bool = False
 ) -> List[socket.socket]:
     """Bound, listening, nonblocking sockets for every address of ``hosts``.
 
     ``None`` or ``""`` means every local address, IPv4 and IPv6. IPv6 sockets
     are v6-only so that ``0.0.0.0`` and ``::`` can be bound side by side. With
     ``port`` 0 every listener gets the port the first one was given.
+    ``reuse_port``: SO_REUSEPORT, so several processes (of one user) can
+    listen on the same port and the kernel spreads connections over them.
     """
     socks: List[socket.socket] = []
     seen = set()
@@ -194,6 +200,8 @@ def bind_listeners(
                 sock = socket.socket(family, type_, proto)
                 socks.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_REUSEPORT"), 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 bind_to: Tuple[object, ...] = tuple(addr)
@@ -270,7 +278,7 @@ class TCPServer:
         """
         cfg = self.config
         if sockets is None:
-            sockets = bind_listeners(cfg.hosts, cfg.port, cfg.backlog)
+            sockets = bind_listeners(cfg.hosts, cfg.port, cfg.backlog, cfg.reuse_port)
         for sock in sockets:
             sock.setblocking(False)
             listener = Listener(sock, self)

@@ -95,7 +95,9 @@ class Echo(Handler):
         self.closed: List[str] = []
 
     def on_message(self, conn: Connection, payload: bytes) -> None:
-        conn.send(self.prefix + payload)
+        # With no prefix the message goes back as it came: a WebSocket text
+        # message (a ``Text``) stays text.
+        conn.send(self.prefix + payload if self.prefix else payload)
 
     def on_close(self, conn: Connection, reason: str) -> None:
         self.closed.append(reason)

@@ -61,6 +61,11 @@ class Upgrade(NamedTuple):
     subprotocol: str = ""  # "" for none; else one the client offered
 
 
+#: A route's answer: ``() -> (content type, body)``, or ``(content type, body,
+#: status)`` for a route whose answer is not always 200 (a readiness probe).
+Route = Callable[[], Union[Tuple[str, bytes], Tuple[str, bytes, int]]]
+
+
 class WebConfig:
     """What the front serves. A plain class, for the same reason as ServerConfig.
 
@@ -88,7 +93,7 @@ class WebConfig:
         static_reader: Optional[Callable[[str], bytes]] = None,
         # Dynamic GET/HEAD endpoints: path -> () -> (content type, body),
         # answered with Cache-Control: no-store (metrics, live figures).
-        routes: Optional[Mapping[str, Callable[[], Tuple[str, bytes]]]] = None,
+        routes: Optional[Mapping[str, Route]] = None,
         ws_path: Optional[str] = "/ws",  # None: no WebSocket; "*": any path
         health_path: Optional[str] = "/healthz",
         handshake_timeout: float = 10.0,
@@ -120,7 +125,7 @@ class WebConfig:
             raise ValueError("give static_root or static_reader, not both")
         self.static_root = static_root
         self.static_reader = static_reader
-        self.routes: Dict[str, Callable[[], Tuple[str, bytes]]] = dict(routes or {})
+        self.routes: Dict[str, Route] = dict(routes or {})
         self.ws_path = ws_path
         self.health_path = health_path
         self.handshake_timeout = handshake_timeout
@@ -246,9 +251,11 @@ class WebFront:
                 200, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")],
                 b"ok\n", head_only=head_only, close=not keep), keep)
         elif path in cfg.routes:
-            content_type, body = cfg.routes[path]()
-            self.reply(conn, 200, response(
-                200, [("Content-Type", content_type), ("Cache-Control", "no-store")],
+            answer = cfg.routes[path]()
+            content_type, body = answer[0], answer[1]
+            status = answer[2] if len(answer) > 2 else 200
+            self.reply(conn, status, response(
+                status, [("Content-Type", content_type), ("Cache-Control", "no-store")],
                 body, head_only=head_only, close=not keep), keep)
         elif self.static is not None:
             status, data = self.static.respond(request, keep)

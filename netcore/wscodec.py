@@ -103,11 +103,15 @@ class _WebSocketEnd(WebSocketParser):
             if isinstance(event, Message):
                 if inner is None:
                     out.append(Text(event.data) if event.text else event.data)
-                elif event.text:
-                    raise WebSocketError(CloseCode.UNSUPPORTED_DATA,
-                                         "text messages are not accepted; send binary")
-                else:
+                    continue
+                try:
+                    if event.text:
+                        raise WebSocketError(CloseCode.UNSUPPORTED_DATA,
+                                             "text messages are not accepted; send binary")
                     out += inner.feed(event.data)
+                except ProtocolError as exc:  # what came before it is still delivered
+                    exc.messages = out + list(exc.messages)
+                    raise
             elif isinstance(event, Ping):
                 conn.write(self._out(event.data, PONG))
             elif isinstance(event, Close):

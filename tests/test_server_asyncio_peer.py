@@ -66,9 +66,22 @@ class Peer(Spawned):
             self.close_pipes()
 
 
+def start_peer(flavour):
+    return Peer(flavour, "--max-clients", "6", "--hello-timeout", "0.3")
+
+
 @pytest.fixture(params=FLAVOURS)
 def peer(request):
-    p = Peer(request.param, "--max-clients", "6", "--hello-timeout", "0.3")
+    p = start_peer(request.param)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def shared_peer(request):
+    """One peer per flavour for tests that leave it as they found it (they close what
+    they open): a process start each (about half a second) is most of their time."""
+    p = start_peer(request.param)
     yield p
     p.stop()
 
@@ -118,14 +131,16 @@ def test_hello_welcome_and_moves_echoed_clamped_and_seen_by_others(peer):
         (b"\x7f\xff" + b"x" * 10, st.ErrorCode.BAD_FRAME, "exceeds limit 256"),
     ],
 )
-def test_bad_input_gets_the_same_reason_and_others_play_on(peer, raw, code, text):
-    other = peer.connect()
-    bad = peer.connect(hello=False)
+def test_bad_input_gets_the_same_reason_and_others_play_on(shared_peer, raw, code, text):
+    other = shared_peer.connect()
+    bad = shared_peer.connect(hello=False)
     bad.sendall(raw)
     errors = errors_until_closed(bad)
     assert errors and errors[-1].code == code and text in errors[-1].text
     other.sendall(st.frame(st.Move(77, 5, 5)))
     assert next_of(other, st.You).seq == 77
+    other.close()
+    bad.close()
 
 
 def test_flood_and_hello_timeout(peer):

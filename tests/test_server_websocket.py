@@ -83,11 +83,13 @@ def test_ticks_are_the_same_bytes_and_the_header_is_built_once(h):
 def test_one_send_per_tick_per_websocket_player(h):
     clients = [WsClient(h).hello() for _ in range(5)]
     h.ticks(2)
-    before = h.server.net.stats.sends
+    before, first = h.server.net.stats.sends, h.server.game.tick
     clients[0].send_msg(st.Move(5, 10, 10))
     h.run(0.001)
     h.ticks(3)
-    assert h.server.net.stats.sends - before == 5 * 3
+    # one send per player per tick, however many ticks fired (a loaded
+    # machine may fit one into the short run above)
+    assert h.server.net.stats.sends - before == 5 * (h.server.game.tick - first)
     you = clients[0].expect(st.You)
     assert you.seq == 5
 

@@ -6,13 +6,8 @@ import pytest
 
 from netcore import EventLoop, FrameParser, Handler, ServerConfig, TCPServer, WebConfig, WebFront, WholeFrames
 from netcore.client import ClientConfig, TCPClient
-from netcore.testing import bound_socket, loopback_hosts, run_until
+from netcore.testing import Echo, bound_socket, loopback_hosts, run_until
 from netcore.wscodec import HandshakeError, websocket_client
-
-
-class Echo(Handler):
-    def on_message(self, conn, payload):
-        conn.send(payload)
 
 
 class Record(Handler):
@@ -38,7 +33,8 @@ class Record(Handler):
 
 
 def echo_server(loop, host="127.0.0.1", codec_factory=None):
-    server = TCPServer(loop, Echo(), ServerConfig(hosts=[host]), codec_factory=codec_factory)
+    server = TCPServer(loop, Echo(prefix=b""), ServerConfig(hosts=[host]),
+                       codec_factory=codec_factory)
     server.listen()
     return server
 

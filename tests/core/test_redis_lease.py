@@ -118,3 +118,21 @@ def test_min_epoch_survives_a_redis_that_forgot(loop, server):
     lease = RedisLease(client, "m", "a", ttl=5)
     lease.min_epoch = 41  # the owner's own record of the last epoch it held
     assert acquire(loop, lease) == (True, "42:a")
+
+
+def test_reclaim_takes_back_only_a_lease_held_under_the_same_owner(loop, server):
+    first = RedisLease(link(loop, server), "world:lease", "host-a:/data", ttl=30)
+    assert acquire(loop, first)[0]
+    # The same owner restarted (it knows the old one is dead): at once, a new epoch.
+    again = RedisLease(link(loop, server), "world:lease", "host-a:/data", ttl=30)
+    assert acquire(loop, again)[0] is False  # without reclaim: refused, as anyone
+    got = []
+    again.acquire(lambda ok, token: got.append((ok, token)), reclaim=True)
+    run_until(loop, lambda: got)
+    assert got[0] == (True, "2:host-a:/data") and again.epoch == 2
+    # Someone else reclaiming is refused all the same.
+    other = RedisLease(link(loop, server), "world:lease", "host-b:/data", ttl=30)
+    got = []
+    other.acquire(lambda ok, token: got.append((ok, token)), reclaim=True)
+    run_until(loop, lambda: got)
+    assert got[0] == (False, "2:host-a:/data")

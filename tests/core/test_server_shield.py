@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from netcore import EventLoop, Handler, ServerConfig, TCPServer, encode_frame
+from netcore import EventLoop, ServerConfig, TCPServer, encode_frame, testing
+from netcore.testing import run_until
 from netcore.metrics import Exposition, add_net_stats
 from helpers import read_frames, read_until_closed
 
@@ -14,19 +15,15 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="127.0.0.0/8 source addresses and SIOCOUTQ are Linux's")
 
 
-class Echo(Handler):
+class Echo(testing.Echo):
+    """netcore.testing's echo ("echo:" + payload), keeping its connections too."""
+
     def __init__(self):
-        self.closed = []
+        super().__init__()
         self.conns = []
 
     def on_connect(self, conn):
         self.conns.append(conn)
-
-    def on_message(self, conn, payload):
-        conn.send(b"echo:" + payload)
-
-    def on_close(self, conn, reason):
-        self.closed.append(reason)
 
 
 def start(**cfg):
@@ -36,13 +33,6 @@ def start(**cfg):
     server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], **cfg))
     server.listen()
     return loop, server, handler
-
-
-def run_until(loop, pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "condition not reached"
-        loop.run_once(0.01)
 
 
 def connect(server, source=None):

@@ -4,19 +4,20 @@ from netcore import (
     EventLoop, FrameParser, Handler, ServerConfig, TCPClient, TCPServer, Text, WebConfig, WebFront,
     WholeFrames, websocket_client,
 )
+from netcore import testing
 from netcore.testing import run_until
 from netcore.web import Upgrade
 
 
-class Echo(Handler):
+class Echo(testing.Echo):
+    """Every message back as it came; records each connection's protocol."""
+
     def __init__(self):
+        super().__init__(prefix=b"")
         self.protocols = []
 
     def on_protocol(self, conn, protocol):
         self.protocols.append(protocol)
-
-    def on_message(self, conn, payload):
-        conn.send(payload)
 
 
 class Client(Handler):

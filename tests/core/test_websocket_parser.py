@@ -5,6 +5,7 @@ import os
 import pytest
 
 from netcore.http import HttpError, RequestParser
+from netcore.testing import FakeClock
 from netcore.websocket import (
     BINARY,
     CLOSE,
@@ -315,16 +316,8 @@ def test_ten_back_to_back_pings_pass_with_the_default_limits():
     assert events == [Ping(b"%d" % i) for i in range(10)]
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_control_frame_flood_is_1008_and_the_bucket_refills():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     p = WebSocketParser(control_burst=5, control_rate=2.0, clock=clock)
     assert len(p.parse(cframe(b"", PING) * 3 + cframe(b"", PONG) * 2)) == 5  # the burst
     clock.now += 1.0  # two more tokens
@@ -335,7 +328,7 @@ def test_a_control_frame_flood_is_1008_and_the_bucket_refills():
 
 
 def test_a_steady_ping_rate_under_the_limit_runs_forever():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     p = WebSocketParser(control_burst=4, control_rate=2.0, clock=clock)
     for _ in range(1000):
         assert p.parse(cframe(b"x", PING)) == [Ping(b"x")]
@@ -343,7 +336,7 @@ def test_a_steady_ping_rate_under_the_limit_runs_forever():
 
 
 def test_a_flood_in_one_chunk_is_refused_within_the_chunk():
-    p = WebSocketParser(control_burst=8, control_rate=1.0, clock=FakeClock())
+    p = WebSocketParser(control_burst=8, control_rate=1.0, clock=FakeClock(100.0))
     with pytest.raises(WebSocketError) as info:
         p.parse(cframe(b"data") + cframe(b"", PING) * 100_000)
     assert info.value.code == CloseCode.POLICY_VIOLATION

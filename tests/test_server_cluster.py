@@ -1,0 +1,249 @@
+"""One world over Redis: an authority, gateways, and the faults (docs/CLUSTER.md).
+
+Real processes on a real redis-server: ``spelltraction.py game`` and
+``gateway``, players on plain sockets. Every fault test asserts what a
+player must not see: a dropped socket, a lost score, TICK numbers going
+backwards.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import spelltraction as st
+from clusterkit import Player, World, http_get, wait_for
+from redisproc import RedisServer, free_port
+from serverproc import GAME, Spawned
+
+pytestmark = pytest.mark.slow
+
+FAST = ("--tick-ms", "50")  # 20 ticks to score: a second
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(str(tmp_path))
+    yield w
+    w.close()
+
+
+def cluster_stats(port):
+    status, body = http_get(port, "/stats.json")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def crowd(gateways, n, version=st.PROTOCOL_V2):
+    players = [Player(gateways[i % len(gateways)].port, version=version) for i in range(n)]
+    for p in players:
+        p.until(lambda p=p: p.welcome is not None)
+    return players
+
+
+def play(players, seconds, rng, stop=None):
+    """Everyone to one cell and stay: the attractor comes and holds it, letters
+    score (each scoring step, for everyone holding the old letter)."""
+    x, y = st.cell_centre(rng.randrange(st.CELLS))
+    for p in players:
+        p.move(1, x, y)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not (stop and stop()):
+        for p in players:
+            p.pump(0.0)
+        time.sleep(0.02)
+
+
+def pump_all(players, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for p in players:
+            p.pump(0.0)
+        time.sleep(0.02)
+
+
+def test_two_gateways_one_world_same_bytes_and_each_others_crowds(world):
+    a = world.game(*FAST)
+    g1, g2 = world.gateway(), world.gateway()
+    wait_for(lambda: http_get(g2.admin, "/healthz")[0] == 200)
+    on1 = crowd([g1], 5)
+    on2 = crowd([g2], 4) + crowd([g2], 1, version=st.PROTOCOL_VERSION)
+    ids1 = {p.welcome.player_id for p in on1}
+    ids2 = {p.welcome.player_id for p in on2}
+    assert len(ids1 | ids2) == 10
+    for i, p in enumerate(on1 + on2):
+        p.move(1, 20 + 30 * i, 20 + 20 * i)
+    pump_all(on1 + on2, 3.5)  # STATS comes every 51 ticks: 2.55 s
+    seen_on2 = {m.player_id for p in on2 for payload in p.ticks.values()
+                for m in st.decode(payload).movers}
+    seen_on1 = {m.player_id for p in on1 for payload in p.ticks.values()
+                for m in st.decode(payload).movers}
+    assert ids1 <= seen_on2 and ids2 <= seen_on1
+    # The same TICK bytes on both gateways, tick for tick.
+    common = set(on1[0].ticks) & set(on2[0].ticks) & set(on2[-1].ticks)
+    assert len(common) >= 5
+    for n in common:
+        assert on1[0].ticks[n] == on2[0].ticks[n] == on2[-1].ticks[n]
+    assert st.decode(on1[0].ticks[max(common)]).players == 10
+    # STATS describes the world: 10 players, wherever they are.
+    stats = [st.decode(f) for f in on1[0].frames if f[0] == st.STATS]
+    assert len(stats) >= 2 and stats[-1].players == 10 and stats[-1].connections == 10
+    snap = cluster_stats(a.admin)
+    auth = snap["cluster"]
+    assert sorted(auth["gateways"].values()) == [5, 5]
+    g1s = cluster_stats(g1.admin)
+    assert g1s["players"] == 5 and g1s["cluster"]["world_players"] == 10
+    # The authority's traffic: a tick is one shared message plus a private
+    # message only for a gateway with something in it.
+    assert auth["bus"]["messages_out"] <= 3 * snap["tick"]["fired"] + 3
+    for p in on1 + on2:
+        assert not p.closed and not p.errors
+
+
+def test_gateways_share_one_port(world):
+    world.game()
+    g1 = world.gateway()
+    g2 = world.gateway(port=g1.port)
+    assert g2.port == g1.port
+    players = crowd([g1], 8)
+    assert all(p.welcome is not None for p in players)
+    served = [cluster_stats(g.admin)["players"] for g in (g1, g2)]
+    assert sum(served) == 8
+
+
+def test_authority_kill_9_and_restart_keeps_every_socket_and_score(world):
+    rng = random.Random(7)
+    a = world.game(*FAST)
+    gws = [world.gateway(), world.gateway()]
+    players = crowd(gws, 16)
+    v1 = crowd(gws, 2, version=st.PROTOCOL_VERSION)
+    play(players + v1, 15, rng, stop=lambda: sum(max(p.score, 0) for p in players) >= 3)
+    shown = [p.score for p in players]
+    assert sum(shown) > 0, "nothing scored: the test would prove nothing"
+    ids = [p.welcome.player_id for p in players]
+    a.stop(signal.SIGKILL)
+    pump_all(players + v1, 0.5)  # what was on its way
+    last = max(p.last_tick() for p in players)
+    pump_all(players + v1, 2.5)  # paused: v2 players are told, nobody is dropped
+    assert all(p.paused_stats >= 1 for p in players)
+    assert max(p.last_tick() for p in players + v1) == last
+    restarted = time.monotonic()
+    world.game(*FAST)
+    for p in players + v1:
+        p.until(lambda p=p: p.last_tick() > last, timeout=15)
+    took = time.monotonic() - restarted
+    assert took < 10, f"play resumed {took:.1f} s after the restart"
+    assert not any(p.closed for p in players + v1)
+    assert [p.welcome.player_id for p in players] == ids  # WELCOME not sent again
+    pump_all(players, 1.0)
+    lost = [(p.welcome.player_id, s, p.score) for p, s in zip(players, shown) if p.score < s]
+    assert not lost, f"(id, shown before, now): {lost}"
+    # TICK numbers went on from where they were.
+    for p in players:
+        after = [n for n in p.ticks if n > last]
+        assert after and min(after) > last
+
+
+def test_redis_restart_everyone_reconnects_and_resynchronises(world):
+    rng = random.Random(3)
+    a = world.game(*FAST)
+    gws = [world.gateway(), world.gateway()]
+    players = crowd(gws, 12)
+    play(players, 12, rng, stop=lambda: sum(max(p.score, 0) for p in players) >= 2)
+    shown = [p.score for p in players]
+    assert sum(shown) > 0
+    world.redis.kill()
+    pump_all(players, 0.5)
+    last = max(p.last_tick() for p in players)
+    pump_all(players, 2.0)
+    assert all(p.paused_stats >= 1 for p in players)
+    for g in gws:
+        assert http_get(g.admin, "/healthz")[0] == 503
+    world.redis.start()  # the same port, empty: no lease, no epoch
+    for p in players:
+        p.until(lambda p=p: p.last_tick() > last, timeout=20)
+    wait_for(lambda: all(http_get(x.admin, "/healthz")[0] == 200 for x in gws + [a]))
+    pump_all(players, 1.0)
+    assert not any(p.closed for p in players)
+    assert all(p.score >= s for p, s in zip(players, shown))
+    auth = cluster_stats(a.admin)
+    assert auth["players"] == 12  # resynchronised once each, not doubled
+    assert sorted(auth["cluster"]["gateways"].values()) == [6, 6]
+
+
+def test_gateway_killed_its_players_resume_on_another(world):
+    rng = random.Random(5)
+    a = world.game(*FAST)
+    g1, g2 = world.gateway(), world.gateway()
+    players = crowd([g1, g2], 12)
+    play(players, 12, rng, stop=lambda: sum(max(p.score, 0) for p in players) >= 2)
+    on1 = [p for p in players if p.sock.getpeername()[1] == g1.port]
+    others = [p for p in players if p not in on1]
+    g1.stop(signal.SIGKILL)
+    pump_all(players, 0.5)
+    assert all(p.closed for p in on1) and not any(p.closed for p in others)
+    back = []
+    for p in on1:  # what the clients do: back off, retry, with the token
+        q = Player(g2.port, token=p.welcome.token)
+        q.until(lambda q=q: q.welcome is not None)
+        assert q.welcome.resumed == st.RESUMED and q.welcome.player_id == p.welcome.player_id
+        q.until(lambda q=q: q.score >= 0)
+        assert q.score >= p.score
+        back.append(q)
+    # The dead gateway's lease runs out: the authority forgets it.
+    wait_for(lambda: len(cluster_stats(a.admin)["cluster"]["gateways"]) == 1, timeout=15)
+    assert cluster_stats(a.admin)["players"] == 12
+    pump_all(others + back, 1.0)
+    assert not any(p.closed for p in others + back)
+
+
+def test_a_second_authority_for_the_world_refuses(world, tmp_path):
+    world.game()
+    second = subprocess.run([sys.executable, GAME, "game", "--redis", world.redis.url, "--world",
+                             world.name, "--data", str(tmp_path / "other")],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode != 0
+    assert "held by another authority" in second.stderr
+
+
+def test_redis_down_at_start_is_waited_for_not_fatal(tmp_path):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}"
+    world = World.__new__(World)  # the roles first; Redis later
+    game = subprocess.Popen([sys.executable, GAME, "game", "--redis", url, "--world", "late",
+                             "--admin-port", "0", "--data", str(tmp_path / "data")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    redis = None
+    gateway = None
+    try:
+        line = game.stdout.readline()
+        admin = int(line.rsplit(":", 1)[1])
+        gateway = Spawned([sys.executable, GAME, "gateway", "--redis", url, "--world", "late",
+                           "--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+        gw_admin = int(gateway.proc.stdout.readline().rsplit(":", 1)[1].strip("/\n"))
+        time.sleep(1.5)
+        assert game.poll() is None and gateway.proc.poll() is None
+        assert http_get(admin, "/healthz")[0] == 503
+        status, body = http_get(gw_admin, "/healthz")
+        assert status == 503 and "Redis" in body
+        redis = RedisServer(str(tmp_path))
+        redis.port = port
+        redis.start()
+        wait_for(lambda: http_get(gw_admin, "/healthz")[0] == 200, timeout=15)
+        p = Player(gateway.port)
+        p.until(lambda: p.welcome is not None and p.last_tick() >= 0)
+        p.close()
+    finally:
+        game.kill()
+        game.wait()
+        if gateway is not None:
+            gateway.stop(signal.SIGKILL)
+            gateway.close_pipes()
+        if redis is not None:
+            redis.kill()
+    del world
