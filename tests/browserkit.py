@@ -20,7 +20,7 @@ def require_browser():
     return api.sync_playwright
 
 
-def wait_for(page, js, timeout=10.0):
+def wait_for(page, js, timeout=15.0):
     """Poll ``js`` (a function expression) until it returns something truthy.
 
     Not ``page.wait_for_function``: some playwright versions run that through
@@ -33,3 +33,11 @@ def wait_for(page, js, timeout=10.0):
             return value
         assert time.monotonic() < end, f"timed out waiting for {js}"
         time.sleep(0.05)
+
+
+def open_page(browser, url, errors):
+    page = browser.new_page(viewport={"width": 1100, "height": 720})
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.goto(url)
+    return page

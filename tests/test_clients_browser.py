@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 import spelltraction as st
-from browserkit import require_browser, wait_for
+from browserkit import open_page, require_browser, wait_for
 from gamekit import Player
 from serverproc import GAME, ROOT, ServerProcess
 
@@ -75,14 +75,6 @@ def game():
         bots.kill()
         bots.wait()
         server.stop()
-
-
-def open_page(browser, url, errors):
-    page = browser.new_page(viewport={"width": 1100, "height": 720})
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-    page.goto(url)
-    return page
 
 
 CELL_INK = """() => {
