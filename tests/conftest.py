@@ -16,7 +16,8 @@ Plain helpers are imported as ``from conftest import run_until, Echo``
 (``tests/`` is on pytest's pythonpath); fixtures are used by name.
 
 ``slow``: bots, browsers, the Tk window, the capacity smoke test, 1,000+
-clients and subprocess servers that run for many seconds. ``pytest -m "not
+clients, subprocess servers that run for many seconds, and fuzzing with
+hundreds of examples. ``pytest -m "not
 slow"`` is the quick loop; tox runs the quick tests on every interpreter and
 the slow ones on the newest; CI runs both.
 """
@@ -242,9 +243,12 @@ def h(make_harness: Callable[..., Any]) -> Any:
 # -- end-to-end fixtures -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium (Debian's /usr/bin/chromium through playwright), one per session.
+    """Headless Chromium (Debian's /usr/bin/chromium through playwright), one per module.
+
+    Not one per session: playwright's sync API keeps an event loop in this thread
+    while it runs, and later tests that call ``asyncio.run`` would find it.
 
     Missing playwright or Chromium: skipped with the line that installs it (failed under CI).
     """

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import spelltraction as st
+from browserkit import wait_for
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -17,16 +18,6 @@ pytestmark = pytest.mark.slow
 STATE = "() => { const s = window.spelltraction.state; return {id: s.id, status: s.status," \
         " resumed: s.resumed, elsewhere: s.elsewhere, text: s.statusText, fame: s.fame," \
         " ticks: s.ticksSeen, score: s.me ? s.me.score : -1}; }"
-
-
-def wait_for(page, js, timeout=15.0):
-    end = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(js)
-        if value:
-            return value
-        assert time.monotonic() < end, f"timed out waiting for {js}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -44,7 +35,7 @@ def test_a_reload_is_the_same_player_and_an_older_tab_steps_aside(server, browse
     url = f"http://127.0.0.1:{server.port}/?name=Ada"
     page.goto(url)
     first = wait_for(page, "() => { const s = window.spelltraction.state;"
-                           " return s.id > 0 && s.me && s.ticksSeen > 2 && s; }")
+                           " return s.id > 0 && s.me && s.ticksSeen > 2 && s; }", 15)
     assert not first["resumed"]
     token = page.evaluate("() => localStorage.getItem('spelltraction.token')")
     assert token and len(token) == 32
