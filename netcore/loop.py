@@ -244,9 +244,10 @@ class EventLoop:
 
         ``coalesce``: while busy, poll at most once per this many seconds.
         After a poll that found something ready, the next one waits until
-        ``coalesce`` seconds after it (never past a due tick or timer), so
-        what arrives meanwhile is collected by one poll rather than one wake-up
-        each: with thousands of players moving, one ``epoll_wait`` returns
+        ``coalesce`` seconds after it (unless a tick or timer is due before
+        that: then it polls as usual, so input that arrives just before a
+        tick is read before it), so what arrives meanwhile is collected by
+        one poll rather than one wake-up each: with thousands of players moving, one ``epoll_wait`` returns
         hundreds of sockets. An idle loop still wakes at once for the first
         event, so the added delay is at most ``coalesce`` for anything
         (a request, a handshake, a ping) and only on a busy loop. 0: off.
@@ -398,15 +399,15 @@ class EventLoop:
     def run_once(self, max_wait: Optional[float] = None) -> None:
         timeout = self._timeout(max_wait)
         if self._busy_until and timeout != 0.0:
-            # Busy: let events gather until the coalescing interval is up
-            # (a due tick or timer, or max_wait, cuts the pause short).
+            # Busy: let events gather until the coalescing interval is up,
+            # if the whole pause fits before the next tick, timer or max_wait.
+            # If not, poll as usual, so what arrives just before a tick is
+            # still read before it (a move makes the tick it was sent for).
             pause = self._busy_until - self.clock()
-            if timeout is not None and timeout < pause:
-                pause = timeout
-            if pause > 0:
+            if pause > 0 and (timeout is None or pause < timeout):
                 self.sleep(pause)
                 if timeout is not None:
-                    timeout = max(0.0, timeout - pause)
+                    timeout -= pause
         events = self.poller.poll(timeout)
         self.iterations += 1
         if events:
