@@ -147,7 +147,6 @@ from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
 from netcore.process import raise_nofile, release_freed_memory
-from netcore.redis import Pending, Redis, RedisAddress, RedisError
 from netcore.stats import Window
 from netcore.web import Route
 from netcore.http import response as http_response
@@ -163,9 +162,12 @@ from netcore.metrics import (
 )
 
 if TYPE_CHECKING:
-    from netcore.redis import RedisSubscriber
     import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
+
+    # Imported at run time where used (doctor --redis, --cluster): a server
+    # without Redis does not carry the Redis client's code.
+    from netcore.redis import Pending, Redis, RedisAddress, RedisError, RedisSubscriber
 
 __version__ = "0.1.0"
 
@@ -5666,6 +5668,8 @@ class RedisProbe(NamedTuple):
 
 def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
     """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
+    from netcore.redis import Redis
+
     loop = EventLoop()
     errors: List[RedisError] = []
     link = Redis(loop, address, on_error=errors.append, connect_timeout=timeout,
@@ -5866,6 +5870,8 @@ def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
         return None
     if args.redis_password_file and args.redis_password_env:
         raise ValueError("give the password by file or by environment, not both")
+    from netcore.redis import RedisAddress
+
     address = RedisAddress.from_url(args.redis, password_file=args.redis_password_file,
                                     password_env=args.redis_password_env)
     return address.resolve()

@@ -41,6 +41,9 @@ modules above it):
   a bound listening socket); never needed at run time.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .client import ClientConfig, TCPClient
 from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
 from .connection import CloseReason, CodecFactory, Connection, Owner
@@ -55,20 +58,6 @@ from .framing import (
     encode_frame,
 )
 from .loop import EventLoop, Readiness, Timer
-from .redis import (
-    CommandError,
-    ConnectionLost,
-    HandshakeError,
-    NotConnected,
-    Pending,
-    Redis,
-    RedisAddress,
-    RedisError,
-    RedisLease,
-    RedisSubscriber,
-    Script,
-)
-from .resp import ReplyError, RespParser, RespProtocolError, encode_command
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
 from .server import ServerConfig, TCPServer, bind_listeners
@@ -78,6 +67,42 @@ from .tick import Tick, TickScheduler
 from .web import WebConfig, WebFront, WebSocketCodec
 from .websocket import CloseCode, close_code_for
 from .wscodec import websocket_client
+
+if TYPE_CHECKING:  # imported on first use (below); named here for type checkers
+    from .redis import (
+        CommandError,
+        ConnectionLost,
+        HandshakeError,
+        NotConnected,
+        Pending,
+        Redis,
+        RedisAddress,
+        RedisError,
+        RedisLease,
+        RedisSubscriber,
+        Script,
+    )
+    from .resp import ReplyError, RespParser, RespProtocolError, encode_command
+
+# The Redis client is imported when first asked for: a server that never
+# talks to Redis does not carry its ~1 MB of code (PEP 562).
+_LAZY = {
+    **dict.fromkeys(("CommandError", "ConnectionLost", "HandshakeError", "NotConnected",
+                     "Pending", "Redis", "RedisAddress", "RedisError", "RedisLease",
+                     "RedisSubscriber", "Script"), "redis"),
+    **dict.fromkeys(("ReplyError", "RespParser", "RespProtocolError", "encode_command"),
+                    "resp"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -7,11 +7,12 @@ import os
 import pytest
 
 import spelltraction as st
+from netcore.redis import RedisAddress
 from redisproc import RedisServer, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNIPPET = os.path.join(ROOT, "etc", "redis", "spelltraction.conf")
-ADDRESS = st.RedisAddress("127.0.0.1", 6379)
+ADDRESS = RedisAddress("127.0.0.1", 6379)
 GOOD_CONFIG = (("maxmemory-policy", "noeviction"),
                ("client-output-buffer-limit", "normal 0 0 0 replica 268435456 67108864 60 "
                                               "pubsub 67108864 16777216 60"))

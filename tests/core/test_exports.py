@@ -73,3 +73,15 @@ def test_public_classes_say_what_they_are():
         obj = getattr(netcore, name)
         if inspect.isclass(obj) and obj.__module__.startswith("netcore"):
             assert obj.__doc__ and obj.__doc__.strip(), name
+
+
+def test_the_redis_client_is_imported_only_when_asked_for():
+    import subprocess
+    import sys
+
+    code = ("import sys, netcore; print('netcore.redis' in sys.modules); "
+            "from netcore import Redis, encode_command; print('netcore.redis' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(netcore.__file__))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split() == ["False", "True"], out.stderr
