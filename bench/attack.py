@@ -48,6 +48,7 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -268,19 +269,33 @@ def attack_continuations(host: str, port: int, seconds: float,
 
 
 def attack_refuse(host: str, port: int, seconds: float, fill: int = 0,
-                  rate: float = 5000.0, delay: float = 0.0) -> Dict[str, Any]:
-    """Fill the server with ``fill`` reading players, then connect at ``rate``/s."""
-    time.sleep(delay)  # while another process fills the server
+                  rate: float = 5000.0, ready_file: str = "") -> Dict[str, Any]:
+    """Fill the server with ``fill`` reading players, then connect at ``rate``/s.
+
+    The process that fills creates the file ``ready_file`` once its players are
+    in; every storming process starts when that file exists (at most 30 s on).
+    """
     fillers = []
+    welcomed = 0
+    filler_said: Dict[str, int] = {}
     for i in range(fill):
         try:
             s = connect(port, host, f"127.0.4.{1 + i % 250}" if i < 250 else None)
+            s.sendall(st.frame(st.Hello()))
+            first = s.recv(4096)
+            if first[2:3] == bytes([st.WELCOME]):
+                welcomed += 1
+            else:
+                filler_said[describe(first)] = filler_said.get(describe(first), 0) + 1
         except OSError:
             continue
-        s.sendall(st.frame(st.Hello()))
         s.setblocking(False)
         fillers.append(s)
-    time.sleep(0.5)
+    if fill:
+        open(ready_file, "w").close()
+    give_up = time.monotonic() + 30
+    while not os.path.exists(ready_file) and time.monotonic() < give_up:
+        time.sleep(0.01)
     outcomes: Dict[str, int] = {}
     live: Dict[socket.socket, bytes] = {}
     attempts = 0
@@ -338,7 +353,7 @@ def attack_refuse(host: str, port: int, seconds: float, fill: int = 0,
     for f in fillers:
         f.close()
     elapsed = time.monotonic() - t0
-    return {"fillers": len(fillers), "attempts": attempts, "rate_per_s": attempts / elapsed,
+    return {"fillers": len(fillers), "fillers_welcomed": welcomed, "fillers_refused": filler_said, "attempts": attempts, "rate_per_s": attempts / elapsed,
             "outcomes": outcomes}
 
 
@@ -581,8 +596,9 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
     if name == "refuse":  # two processes storm (one also fills the server first)
         players = sum(not w.closed for w in crowd.watchers)
         half = args.connect_rate / 2
-        params = [{"fill": max(0, target.max_clients - players), "rate": half},
-                  {"rate": half, "delay": 0.5}]
+        ready = os.path.join(tempfile.mkdtemp(prefix="attack-"), "filled")
+        params = [{"fill": max(0, target.max_clients - players), "rate": half,
+                   "ready_file": ready}, {"rate": half, "ready_file": ready}]
     elif name == "never-read":
         procs = max(1, math.ceil(args.never_readers / FDS_PER_PROCESS))
         params = [{"n": math.ceil(args.never_readers / procs)}] * procs

@@ -12,7 +12,8 @@
   thread; :func:`refusing_socket`: a port where connections are refused;
   :class:`FakeClock`: a clock that moves only when told (``EventLoop(clock=)``);
 - :func:`spawn_listening`: start a server script that prints ``listening on
-  HOST:PORT`` (as netcore's examples do) and return it with its address.
+  HOST:PORT`` (as netcore's examples do) and return it with its address;
+  :func:`stop_process`: signal it, wait, kill it if it does not go.
 
 Nothing here is needed at run time; no test framework is imported.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 import select
+import signal
 import socket
 import subprocess
 import time
@@ -32,7 +34,7 @@ from .loop import EventLoop
 from .server import ServerConfig, TCPServer
 
 __all__ = ["Echo", "FakeClock", "LoopClient", "bound_socket", "loopback_hosts", "port_of",
-           "refusing_socket", "run_until", "serve", "spawn_listening"]
+           "refusing_socket", "run_until", "serve", "spawn_listening", "stop_process"]
 
 
 def run_until(loop: EventLoop, condition: Callable[[], object], timeout: float = 5.0,
@@ -184,7 +186,7 @@ def spawn_listening(argv: Sequence[str], timeout: float = 15.0,
 
     Returns (process, host, port); stdout and stderr are pipes (text). On a
     timeout or an early exit the process is killed and AssertionError says
-    what it printed. Stop it with ``proc.terminate()`` and ``proc.wait()``.
+    what it printed. Stop it with :func:`stop_process`.
     """
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)
@@ -204,3 +206,18 @@ def spawn_listening(argv: Sequence[str], timeout: float = 15.0,
             _, err = proc.communicate()
             raise AssertionError(f"{' '.join(argv)} did not say 'listening on' in {timeout:g} s "
                                  f"(exit {proc.returncode}): {seen!r} {err[-2000:]!r}")
+
+
+def stop_process(proc: "subprocess.Popen[Any]", sig: int = signal.SIGTERM,
+                 timeout: float = 10.0) -> int:
+    """Send ``sig`` (if it still runs), wait up to ``timeout`` s, then kill; its exit status.
+
+    Its pipes stay open for the caller to read what is left.
+    """
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

@@ -242,9 +242,12 @@ def h(make_harness: Callable[..., Any]) -> Any:
 # -- end-to-end fixtures -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium (Debian's /usr/bin/chromium through playwright), one per session.
+    """Headless Chromium (Debian's /usr/bin/chromium through playwright), one per module.
+
+    Not one per session: playwright's sync API keeps an event loop in this thread
+    while it runs, and later tests that call ``asyncio.run`` would find it.
 
     Missing playwright or Chromium: skipped with the line that installs it (failed under CI).
     """

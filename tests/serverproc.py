@@ -12,24 +12,13 @@ import subprocess
 import sys
 from typing import Any, List, Optional, Sequence
 
+from netcore.testing import stop_process  # noqa: F401 - the tests import it from here too
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GAME = os.path.join(ROOT, "spelltraction.py")
 
 #: A server's "ready" line; the newline proves the port number is complete.
 LISTENING = re.compile(r"listening on (\S+):(\d+)\r?\n")
-
-
-def stop_process(proc: "subprocess.Popen[Any]", sig: int = signal.SIGTERM,
-                 timeout: float = 10.0) -> int:
-    """Send ``sig`` (if still running), wait up to ``timeout`` s, then kill; the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        return proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 class Spawned:

@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 import spelltraction as st
-from browserkit import require_browser
+from browserkit import open_page, require_browser, wait_for
 from gamekit import Player
 from serverproc import GAME, ROOT, ServerProcess
 
@@ -75,29 +75,6 @@ def game():
         bots.kill()
         bots.wait()
         server.stop()
-
-
-def wait_for(page, js, timeout=10.0):
-    """Poll ``js`` (a function expression) until it returns something truthy.
-
-    Not ``page.wait_for_function``: some playwright versions run that through
-    ``new Function``, which the page's Content-Security-Policy forbids.
-    """
-    end = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(js)
-        if value:
-            return value
-        assert time.monotonic() < end, f"timed out waiting for {js}"
-        time.sleep(0.05)
-
-
-def open_page(browser, url, errors):
-    page = browser.new_page(viewport={"width": 1100, "height": 720})
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-    page.goto(url)
-    return page
 
 
 CELL_INK = """() => {

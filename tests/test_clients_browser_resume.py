@@ -10,6 +10,7 @@ import time
 import pytest
 
 import spelltraction as st
+from browserkit import wait_for
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -17,16 +18,6 @@ pytestmark = pytest.mark.slow
 STATE = "() => { const s = window.spelltraction.state; return {id: s.id, status: s.status," \
         " resumed: s.resumed, elsewhere: s.elsewhere, text: s.statusText, fame: s.fame," \
         " ticks: s.ticksSeen, score: s.me ? s.me.score : -1}; }"
-
-
-def wait_for(page, js, timeout=15.0):
-    end = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(js)
-        if value:
-            return value
-        assert time.monotonic() < end, f"timed out waiting for {js}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

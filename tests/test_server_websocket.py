@@ -251,3 +251,22 @@ def test_the_game_allows_few_fragments_per_message(h):
     close = c.close_event()
     assert close.code == ws.CloseCode.POLICY_VIOLATION and "frames" in close.reason
     assert h.server.net.stats.limits.get("ws-fragments") == 1
+
+
+def test_a_hello_and_a_close_in_one_packet_get_a_welcome_then_the_close(h):
+    # The HELLO parsed before the Close in the same read was dropped.
+    c = WsClient(h)
+    c.send(ws.frame(st.frame(st.Hello()), mask_key=b"abcd")
+           + ws.close_frame(1000, "bye", mask_key=b"abcd"))
+    events = c.wait_closed()
+    assert isinstance(events[-1], ws.Close) and events[-1].code == 1000
+    assert any(isinstance(m, st.Welcome) for m in c.inbox)
+
+
+def test_a_hello_and_a_bad_frame_in_one_packet_get_a_welcome_then_the_error(h):
+    c = WsClient(h)
+    c.send(ws.frame(st.frame(st.Hello()), mask_key=b"abcd") + ws.frame(b"unmasked"))
+    events = c.wait_closed()
+    assert any(isinstance(m, st.Welcome) for m in c.inbox)
+    assert [e.code for e in c.errors()] == [st.ErrorCode.BAD_FRAME]
+    assert events[-1].code == ws.CloseCode.PROTOCOL_ERROR

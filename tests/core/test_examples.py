@@ -4,7 +4,6 @@ import asyncio
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -13,20 +12,14 @@ import pytest
 from conftest import require_module
 from netcore import websocket as ws
 from netcore.framing import FrameParser, encode_frame
-from netcore.testing import spawn_listening
+from netcore.testing import spawn_listening, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
 def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
     out, err = proc.communicate()
     return proc.returncode, out, err
 

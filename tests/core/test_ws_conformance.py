@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 
@@ -21,6 +20,7 @@ import pytest
 
 from netcore import websocket as ws
 from netcore.framing import FrameParser, encode_frame
+from netcore.testing import spawn_listening, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ECHO = os.path.join(ROOT, "examples", "echo.py")
@@ -28,25 +28,13 @@ MAX = 16 << 20
 
 
 def start_echo(*args, cwd=ROOT, script=ECHO, env=None):
-    proc = subprocess.Popen(
-        [sys.executable, script, "--host", "127.0.0.1", "--port", "0", *args],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    if "listening on " not in line:
-        proc.kill()
-        raise AssertionError(f"echo.py did not start: {line!r} {proc.stderr.read()}")
-    port = int(line.rsplit(":", 1)[1])
+    proc, _, port = spawn_listening(
+        [sys.executable, script, "--host", "127.0.0.1", "--port", "0", *args], cwd=cwd, env=env)
     return proc, port
 
 
 def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
     proc.stdout.close()
     proc.stderr.close()
 
