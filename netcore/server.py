@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from .addrlimit import DEFAULT_EXEMPT, AddressLimits, Key, address_key, parse_networks
 from .codec import Codec, ProtocolError, SilentCodec
-from .connection import CloseReason, CodecFactory, Connection
+from .connection import CloseReason, CodecFactory, Connection, OwnerBase
 from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
 from .handler import Handler
 from .loop import EventLoop, Readiness, Timer
@@ -217,7 +217,7 @@ def bind_listeners(
     return socks
 
 
-class TCPServer:
+class TCPServer(OwnerBase):
     """Listens on every address of ``config.hosts`` and serves what connects.
 
     Each accepted socket becomes a :class:`~netcore.connection.Connection`
@@ -230,6 +230,8 @@ class TCPServer:
     ``broadcast`` one bytes object to many connections. Nothing happens
     until ``listen()``, and then only while ``loop`` runs.
     """
+
+    handler: Handler  # all the callbacks, not only those a connection makes
 
     def __init__(
         self,
@@ -661,21 +663,8 @@ class TCPServer:
 
     # -- called by connections (the Owner protocol) --------------------------
 
-    def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
-        if exc.limit_name:
-            self.stats.limit(exc.limit_name)
-        log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
-        self.handler.on_bad_input(conn, exc)
-        if conn.is_open:  # the handler neither closed it nor began to
-            conn.close(exc.reason, str(exc))
-
     def _forget(self, conn: Connection, reason: str, detail: str) -> None:
-        try:
-            self.loop.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-        if self.connections.pop(conn.fd, None) is conn:
-            self.stats.count_close(reason)
+        self._release(conn, reason)
         counted = self._counted.pop(conn, None)
         if counted is not None:
             self.address_limits.release(counted[0], counted[1])
