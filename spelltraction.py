@@ -1023,17 +1023,23 @@ class Store:
     """The game's durable state: one sqlite3 file in WAL mode, in a locked directory."""
 
     def __init__(self, directory: str, sync: str = "normal", queue_size: int = STORE_QUEUE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, grace: float = DEFAULT_GRACE_S) -> None:
         if sync not in SYNC_LEVELS:
             raise ValueError(f"sync must be one of {SYNC_LEVELS}")
         self.directory = directory
         self.path = os.path.join(directory, DATA_FILE)
         self.sync = sync
         self.clock = clock
+        self.grace = grace
+        # Players of earlier runs who may still come back (seen within the grace
+        # period), by token hash: read once at start, so the loop never waits
+        # on a read (nor the writer thread for the GIL); emptied as they return
+        # and dropped once the grace period since the start is over.
+        self.returning: Dict[bytes, PlayerRow] = {}
+        self._returning_until = 0.0
         self._queue: Any = None
         self._queue_size = queue_size
         self._lock_fd = -1
-        self._reader: Any = None
         self._thread: Any = None
         self.next_id = 1  # the first id not handed out yet
         self.reserved_id = 1  # ids below this are reserved on disk
@@ -1080,11 +1086,8 @@ class Store:
             self._unlock()
             raise
         import queue
-        import sqlite3
         import threading
 
-        self._reader = sqlite3.connect(self.path)
-        self._reader.execute("PRAGMA query_only = 1")
         self._queue = queue.Queue(self._queue_size)
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
@@ -1180,15 +1183,29 @@ class Store:
         self.fame = [(pid, score, name or "") for pid, score, name in
                      db.execute("SELECT id, score, name FROM fame ORDER BY rank")]
         self.meta = {key: value for key, value in db.execute("SELECT key, value FROM meta")}
+        self.returning = {row[1]: tuple(row) for row in db.execute(
+            "SELECT id, token_hash, letters, score, shape, colour, name, last_seen, online "
+            "FROM players WHERE last_seen >= ?", (now - self.grace,))}
+        self._returning_until = now + self.grace
 
     # -- the loop's side: reads, and staging changes ---------------------------------
 
-    def lookup(self, hashed: bytes) -> Optional[PlayerRow]:
-        """The stored row for a token hash, or None (a read on the loop thread)."""
-        row = self._reader.execute(
-            "SELECT id, token_hash, letters, score, shape, colour, name, last_seen, online "
-            "FROM players WHERE token_hash = ?", (hashed,)).fetchone()
-        return tuple(row) if row is not None else None
+    def take_returning(self, hashed: bytes) -> Optional[PlayerRow]:
+        """The row of a player of an earlier run coming back within its grace period, once."""
+        if not self.returning or self.expire_returning():
+            return None
+        now = self.clock()
+        row = self.returning.pop(hashed, None)
+        if row is None or row[7] < now - self.grace:
+            return None
+        return row
+
+    def expire_returning(self) -> bool:
+        """Once the grace period since the start is over, nobody else can come back."""
+        if self.returning and self.clock() > self._returning_until:
+            self.returning = {}  # let the memory go
+            return True
+        return False
 
     @staticmethod
     def _empty_batch() -> Dict[str, Any]:
@@ -1253,7 +1270,18 @@ class Store:
 
     # -- the writer thread ---------------------------------------------------------
 
+    WRITER_NICE = 10  # the writer yields the CPU to the loop (on Linux, threads have a nice)
+
     def _writer(self) -> None:
+        # On one core (or a busy box) a commit of thousands of rows competes
+        # with the tick for the CPU, and every socket send hands the GIL over:
+        # a nicer writer commits in the loop's idle time between ticks instead.
+        import threading
+
+        try:  # this thread's kernel id: on Linux each thread has its own nice
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.WRITER_NICE)
+        except (AttributeError, OSError):
+            pass  # not Linux, or not allowed: commits still run, just less politely
         db = None
         delay = 0.1
         failing_since = 0.0
@@ -1342,9 +1370,6 @@ class Store:
                 pass
             self._thread.join(max(0.0, deadline - time.monotonic()))
             self._thread = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         self._unlock()
         done = self.durable >= self.seq - 1 and not self._staged
         if not done:
@@ -1542,7 +1567,7 @@ class GameServer(Handler):
         self._prune_at = 0.0
         self._closing = False
         if opts.data is not None:
-            self.store = Store(opts.data, opts.sync)
+            self.store = Store(opts.data, opts.sync, grace=opts.grace)
             self.store.open()  # raises StoreError, naming the file or directory
             self.game.take_id = self.store.take_id
             self.game.defer_scoring = True
@@ -1822,10 +1847,10 @@ class GameServer(Handler):
             self.joining[conn] = (seq, player, token, status)
 
     def _from_store(self, hashed: bytes) -> Optional[Player]:
-        """A player stored by an earlier run (or long dropped), if within its grace period."""
+        """A player of an earlier run, if within its grace period."""
         assert self.store is not None
-        row = self.store.lookup(hashed)
-        if row is None or row[7] < time.time() - self.options.grace:
+        row = self.store.take_returning(hashed)
+        if row is None:
             return None
         pid, _, letters, score, shape, colour, name, _, _ = row
         player = self.game.new_player(shape, colour, pid=pid, letters=letters)
@@ -1927,6 +1952,8 @@ class GameServer(Handler):
                 self._expire_pending()
             if self.parked:
                 self._expire_parked()
+            if store is not None:
+                store.expire_returning()
         if store is not None:
             store.flush()
 
