@@ -5428,6 +5428,17 @@ def _unreadable(name: str, key: str) -> Check:
     return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
 
 
+def _at_least(name: str, have: int, want: int, short: str, why: str, fix: str, *,
+              current: Optional[str] = None, needed: Optional[str] = None,
+              why_ok: str = "") -> Check:
+    """The check of a setting that wants ``have >= want``: ``short`` (WARN or
+    BLOCK) with ``why`` and the sysctl line ``fix`` when it falls short."""
+    ok = have >= want
+    return Check(name, OK if ok else short, str(have) if current is None else current,
+                 f">= {want}" if needed is None else needed, why_ok if ok else why,
+                 () if ok else (Fix(SYSCTL_FILE, fix),))
+
+
 def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
     """What will and will not let ``clients`` connect to one server process.
 
@@ -5486,12 +5497,10 @@ def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Che
     nr_open = _ints(facts.sysctl["fs.nr_open"])
     if nr_open is None:
         return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
-    ok = nr_open[0] >= fds
-    return Check(
-        "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
-        str(nr_open[0]), f">= {fds}",
-        "" if ok else "LimitNOFILE= and limits.d values above this are refused",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),))
+    return _at_least(
+        "fs.nr_open (ceiling for any process's open-files limit)", nr_open[0], fds, BLOCK,
+        "LimitNOFILE= and limits.d values above this are refused",
+        f"fs.nr_open = {_nice_limit(fds)}")
 
 
 def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5501,13 +5510,12 @@ def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Ch
         return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
     in_use = file_nr[0] if file_nr else 0
     want = fds + in_use
-    ok = file_max[0] >= want
-    return Check(
-        "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
-        f">= {want} ({fds} + {in_use} open now)",
-        "bots on the same host need as many again" if ok else
+    return _at_least(
+        "fs.file-max (open files, whole system)", file_max[0], want, BLOCK,
         "the kernel refuses new sockets system-wide (ENFILE) past this",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),))
+        f"fs.file-max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({fds} + {in_use} open now)",
+        why_ok="bots on the same host need as many again")
 
 
 def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5515,13 +5523,11 @@ def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
     if somaxconn is None:
         return _unreadable("net.core.somaxconn", "net.core.somaxconn")
-    ok = somaxconn[0] >= storm
-    return Check(
-        "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
-        str(somaxconn[0]), f">= {storm}",
-        "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+    return _at_least(
+        "net.core.somaxconn (accept queue; caps our listen backlog)", somaxconn[0], storm, WARN,
+        f"the server asks for {backlog}; a reconnect storm after a restart "
         "overflows the queue and clients wait 1-3 s to retry their SYN",
-        () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),))
+        f"net.core.somaxconn = {backlog}")
 
 
 def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5530,14 +5536,13 @@ def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional
     cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
     if syn is None:
         return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
-    ok = syn[0] >= storm
     on = bool(cookies and cookies[0])
-    return Check(
-        "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
-        str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
-        "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
-                       if on else "past it, SYNs are dropped and clients retry later"),
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),))
+    return _at_least(
+        "net.ipv4.tcp_max_syn_backlog (half-open connections)", syn[0], storm, WARN,
+        "past it, SYN cookies answer instead: connections still succeed"
+        if on else "past it, SYNs are dropped and clients retry later",
+        "net.ipv4.tcp_max_syn_backlog = 8192",
+        current=str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"))
 
 
 def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5545,17 +5550,16 @@ def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[
     if ports is None or len(ports) != 2:
         return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
     span = ports[1] - ports[0] + 1
-    ok = span >= clients
     why = ("one source address can open at most this many connections to one server "
            "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
            "port (one upstream connection per client)")
-    if not ok and clients > 65535 - 10000 + 1:
+    if clients > 65535 - 10000 + 1:
         why += ("; the widest useful range still gives one address ~55,000 ports: above "
                 "that use several source addresses (127.0.0.2, ...) or hosts")
-    return Check(
-        "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
-        f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),))
+    return _at_least(
+        "net.ipv4.ip_local_port_range (load generators, proxies)", span, clients, WARN, why,
+        "net.ipv4.ip_local_port_range = 10000 65535",
+        current=f"{ports[0]}-{ports[1]} ({span} ports)", needed=f">= {clients} ports")
 
 
 def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5596,14 +5600,11 @@ def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[
     tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
     if tw is None:
         return None
-    ok = tw[0] >= clients
-    return Check(
-        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
-        str(tw[0]), f">= {clients}",
-        "" if ok else "a shutdown closes every connection from our side; past this the "
+    return _at_least(
+        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", tw[0], clients, WARN,
+        "a shutdown closes every connection from our side; past this the "
         "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-        () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
-                                        f"{_nice_limit(clients)}"),))
+        f"net.ipv4.tcp_max_tw_buckets = {_nice_limit(clients)}")
 
 
 def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5613,14 +5614,12 @@ def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
     in_use = count[0] if count else 0
     want = clients + in_use
-    ok = conntrack[0] >= want
-    return Check(
-        "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
-        str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
-        "" if ok else "when the table is full the kernel silently drops new connections "
+    return _at_least(
+        "net.netfilter.nf_conntrack_max (firewall connection tracking)", conntrack[0], want,
+        BLOCK, "when the table is full the kernel silently drops new connections "
         "('nf_conntrack: table full, dropping packet' in dmesg)",
-        () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
-                                        f"{_nice_limit(2 * want)}"),))
+        f"-net.netfilter.nf_conntrack_max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({clients} + {in_use} tracked now)")
 
 
 # The checks, in the order doctor reports them.
