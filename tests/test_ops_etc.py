@@ -279,6 +279,28 @@ def test_nginx_files_proxy_websockets_and_put_stream_at_top_level():
     assert f"127.0.0.1:{st.DEFAULT_PORT}" in stream
 
 
+def test_shipped_listeners_never_share_a_port():
+    """nginx's TLS ports, each unit's admin port and the game port are one host's
+    ports: two of them alike and one service fails to bind at boot."""
+    etc = os.path.join(ROOT, "etc")
+    nginx_ports = []
+    for name in (NGINX_HTTP, NGINX_STREAM):
+        code = "\n".join(line.split("#", 1)[0] for line in open(name).read().splitlines())
+        nginx_ports += {int(p) for p in re.findall(r"listen\s+(?:\[::\]:)?(\d+)", code)}
+    admin_ports = []
+    for unit in sorted(os.listdir(os.path.join(etc, "systemd"))):
+        text = open(os.path.join(etc, "systemd", unit)).read()
+        start = re.search(r"^ExecStart=(.*)$", text, re.M).group(1)
+        instances = range(1, 5) if "%i" in start else [None]
+        for i in instances:
+            line = start.replace("%i", str(i)) if i is not None else start
+            admin_ports += [int(p) for p in re.findall(r"--admin-port (\d+)", line)]
+            assert str(st.DEFAULT_PORT) in line or "--port" not in line, unit
+    ports = nginx_ports + admin_ports + [st.DEFAULT_PORT]
+    assert all(0 < p < 65536 for p in ports), ports
+    assert len(ports) == len(set(ports)), sorted(ports)
+
+
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
