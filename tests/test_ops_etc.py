@@ -210,8 +210,13 @@ def test_unit_signals_agree_with_the_server():
     assert "--admin-port" in argv and "--admin-host" not in argv  # loopback, the default
 
 
-def test_every_unit_setting_is_explained():
-    lines = open(UNIT).read().splitlines()
+UNITS = sorted(os.path.join(ETC, "systemd", n) for n in os.listdir(os.path.join(ETC, "systemd")))
+
+
+@pytest.mark.parametrize("path", UNITS, ids=os.path.basename)
+def test_every_unit_setting_is_explained(path):
+    """In every unit (the single server's and the cluster's), each setting has a comment."""
+    lines = open(path).read().splitlines()
     for i, line in enumerate(lines):
         s = line.strip()
         if not s or s[0] in "#;[":
