@@ -53,7 +53,8 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
     poller = srv.loop.poller
     rows: List[Tuple[str, float]] = [
         ("Connection", sys.getsizeof(conn)),
-        ("socket.socket", sys.getsizeof(conn.sock)),
+        (f"socket ({type(conn.sock).__module__}.{type(conn.sock).__name__})",
+         sys.getsizeof(conn.sock)),
         (f"codec ({type(conn.codec).__name__})", sys.getsizeof(conn.codec)),
         ("Player", sys.getsizeof(player)),
     ]
@@ -137,9 +138,11 @@ def main() -> int:
         print(json.dumps(out))
         return 0
     n = out["players"]
-    print(f"{n} players; RSS {out['rss_before'] / 1e6:.1f} -> {out['rss_after'] / 1e6:.1f} MB: "
-          f"{out['rss_per_player']:.0f} B per player"
-          + (" (tracemalloc on: inflated)" if not args.rss else ""))
+    if args.rss:
+        print(f"{n} players; RSS {out['rss_before'] / 1e6:.1f} -> {out['rss_after'] / 1e6:.1f} MB:"
+              f" {out['rss_per_player']:.0f} B per player")
+    else:
+        print(f"{n} players (RSS with tracemalloc on means nothing: see --rss)")
     print("\n| per-player object | bytes |\n|---|---|")
     for name, size in out["objects"]:
         print(f"| {name} | {size:.0f} |")
