@@ -50,7 +50,7 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
         return []
     conn = conns[len(conns) // 2]
     player = conn.data
-    poller = srv.loop.poller
+    poller = getattr(srv.loop, "poller", None)  # None: a netcore before the epoll poller
     rows: List[Tuple[str, float]] = [
         ("Connection", sys.getsizeof(conn)),
         (f"socket ({type(conn.sock).__module__}.{type(conn.sock).__name__})",
@@ -63,10 +63,11 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
             and not -5 <= getattr(player, name) <= 256]
     rows.append((f"Player's own ints ({len(ints)} outside the small-int cache)",
                  sum(sys.getsizeof(i) for i in ints)))
-    if hasattr(poller, "selector"):  # a selectors selector: a SelectorKey per socket
-        key = poller.selector.get_key(conn.fd)
+    if poller is None or hasattr(poller, "selector"):  # selectors: a SelectorKey per socket
+        sel = srv.loop.selector if poller is None else poller.selector
+        key = sel.get_key(conn.fd)
         rows.append(("SelectorKey (selectors)", sys.getsizeof(key)))
-        rows.append(("selector's fd->key dict, per entry", _deep_entry(poller.selector._fd_to_key)))
+        rows.append(("selector's fd->key dict, per entry", _deep_entry(sel._fd_to_key)))
     else:
         rows.append(("epoll poller's fd->handler dict, per entry", _deep_entry(poller._handlers)))
     rows.append(("server.connections dict, per entry", _deep_entry(srv.net.connections)))
