@@ -109,8 +109,14 @@ def restart(count: int, hold: float, tick_ms: int, sync: str, pin: bool) -> Dict
                 break
         ramp_s = time.monotonic() - t0
         time.sleep(hold)
-        before = stats(port) or {}
-        in_game = before.get("players", 0)  # who is there to come back
+        before: Optional[Dict[str, Any]] = None
+        for _ in range(5):  # a loaded server may take a while to answer
+            before = stats(port)
+            if before is not None:
+                break
+        if before is None:
+            raise RuntimeError("the server did not answer /stats.json before the kill")
+        in_game = before["players"]  # who is there to come back
         rss_loaded = rss_bytes(server.pid)
         scored_before = before.get("letters_scored", 0)
         os.kill(server.pid, signal.SIGKILL)  # our own child, by pid
