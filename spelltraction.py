@@ -1023,17 +1023,23 @@ class Store:
     """The game's durable state: one sqlite3 file in WAL mode, in a locked directory."""
 
     def __init__(self, directory: str, sync: str = "normal", queue_size: int = STORE_QUEUE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, grace: float = DEFAULT_GRACE_S) -> None:
         if sync not in SYNC_LEVELS:
             raise ValueError(f"sync must be one of {SYNC_LEVELS}")
         self.directory = directory
         self.path = os.path.join(directory, DATA_FILE)
         self.sync = sync
         self.clock = clock
+        self.grace = grace
+        # Players of earlier runs who may still come back (seen within the grace
+        # period), by token hash: read once at start, so the loop never waits
+        # on a read (nor the writer thread for the GIL); emptied as they return
+        # and dropped once the grace period since the start is over.
+        self.returning: Dict[bytes, PlayerRow] = {}
+        self._returning_until = 0.0
         self._queue: Any = None
         self._queue_size = queue_size
         self._lock_fd = -1
-        self._reader: Any = None
         self._thread: Any = None
         self.next_id = 1  # the first id not handed out yet
         self.reserved_id = 1  # ids below this are reserved on disk
@@ -1080,11 +1086,8 @@ class Store:
             self._unlock()
             raise
         import queue
-        import sqlite3
         import threading
 
-        self._reader = sqlite3.connect(self.path)
-        self._reader.execute("PRAGMA query_only = 1")
         self._queue = queue.Queue(self._queue_size)
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
@@ -1180,15 +1183,29 @@ class Store:
         self.fame = [(pid, score, name or "") for pid, score, name in
                      db.execute("SELECT id, score, name FROM fame ORDER BY rank")]
         self.meta = {key: value for key, value in db.execute("SELECT key, value FROM meta")}
+        self.returning = {row[1]: tuple(row) for row in db.execute(
+            "SELECT id, token_hash, letters, score, shape, colour, name, last_seen, online "
+            "FROM players WHERE last_seen >= ?", (now - self.grace,))}
+        self._returning_until = now + self.grace
 
     # -- the loop's side: reads, and staging changes ---------------------------------
 
-    def lookup(self, hashed: bytes) -> Optional[PlayerRow]:
-        """The stored row for a token hash, or None (a read on the loop thread)."""
-        row = self._reader.execute(
-            "SELECT id, token_hash, letters, score, shape, colour, name, last_seen, online "
-            "FROM players WHERE token_hash = ?", (hashed,)).fetchone()
-        return tuple(row) if row is not None else None
+    def take_returning(self, hashed: bytes) -> Optional[PlayerRow]:
+        """The row of a player of an earlier run coming back within its grace period, once."""
+        if not self.returning or self.expire_returning():
+            return None
+        now = self.clock()
+        row = self.returning.pop(hashed, None)
+        if row is None or row[7] < now - self.grace:
+            return None
+        return row
+
+    def expire_returning(self) -> bool:
+        """Once the grace period since the start is over, nobody else can come back."""
+        if self.returning and self.clock() > self._returning_until:
+            self.returning = {}  # let the memory go
+            return True
+        return False
 
     @staticmethod
     def _empty_batch() -> Dict[str, Any]:
@@ -1253,7 +1270,18 @@ class Store:
 
     # -- the writer thread ---------------------------------------------------------
 
+    WRITER_NICE = 10  # the writer yields the CPU to the loop (on Linux, threads have a nice)
+
     def _writer(self) -> None:
+        # On one core (or a busy box) a commit of thousands of rows competes
+        # with the tick for the CPU, and every socket send hands the GIL over:
+        # a nicer writer commits in the loop's idle time between ticks instead.
+        import threading
+
+        try:  # this thread's kernel id: on Linux each thread has its own nice
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.WRITER_NICE)
+        except (AttributeError, OSError):
+            pass  # not Linux, or not allowed: commits still run, just less politely
         db = None
         delay = 0.1
         failing_since = 0.0
@@ -1342,9 +1370,6 @@ class Store:
                 pass
             self._thread.join(max(0.0, deadline - time.monotonic()))
             self._thread = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         self._unlock()
         done = self.durable >= self.seq - 1 and not self._staged
         if not done:
@@ -1542,7 +1567,7 @@ class GameServer(Handler):
         self._prune_at = 0.0
         self._closing = False
         if opts.data is not None:
-            self.store = Store(opts.data, opts.sync)
+            self.store = Store(opts.data, opts.sync, grace=opts.grace)
             self.store.open()  # raises StoreError, naming the file or directory
             self.game.take_id = self.store.take_id
             self.game.defer_scoring = True
@@ -1822,10 +1847,10 @@ class GameServer(Handler):
             self.joining[conn] = (seq, player, token, status)
 
     def _from_store(self, hashed: bytes) -> Optional[Player]:
-        """A player stored by an earlier run (or long dropped), if within its grace period."""
+        """A player of an earlier run, if within its grace period."""
         assert self.store is not None
-        row = self.store.lookup(hashed)
-        if row is None or row[7] < time.time() - self.options.grace:
+        row = self.store.take_returning(hashed)
+        if row is None:
             return None
         pid, _, letters, score, shape, colour, name, _, _ = row
         player = self.game.new_player(shape, colour, pid=pid, letters=letters)
@@ -1927,6 +1952,8 @@ class GameServer(Handler):
                 self._expire_pending()
             if self.parked:
                 self._expire_parked()
+            if store is not None:
+                store.expire_returning()
         if store is not None:
             store.flush()
 
@@ -5393,6 +5420,17 @@ def _unreadable(name: str, key: str) -> Check:
     return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
 
 
+def _at_least(name: str, have: int, want: int, short: str, why: str, fix: str, *,
+              current: Optional[str] = None, needed: Optional[str] = None,
+              why_ok: str = "") -> Check:
+    """The check of a setting that wants ``have >= want``: ``short`` (WARN or
+    BLOCK) with ``why`` and the sysctl line ``fix`` when it falls short."""
+    ok = have >= want
+    return Check(name, OK if ok else short, str(have) if current is None else current,
+                 f">= {want}" if needed is None else needed, why_ok if ok else why,
+                 () if ok else (Fix(SYSCTL_FILE, fix),))
+
+
 def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
     """What will and will not let ``clients`` connect to one server process.
 
@@ -5451,12 +5489,10 @@ def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Che
     nr_open = _ints(facts.sysctl["fs.nr_open"])
     if nr_open is None:
         return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
-    ok = nr_open[0] >= fds
-    return Check(
-        "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
-        str(nr_open[0]), f">= {fds}",
-        "" if ok else "LimitNOFILE= and limits.d values above this are refused",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),))
+    return _at_least(
+        "fs.nr_open (ceiling for any process's open-files limit)", nr_open[0], fds, BLOCK,
+        "LimitNOFILE= and limits.d values above this are refused",
+        f"fs.nr_open = {_nice_limit(fds)}")
 
 
 def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5466,13 +5502,12 @@ def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Ch
         return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
     in_use = file_nr[0] if file_nr else 0
     want = fds + in_use
-    ok = file_max[0] >= want
-    return Check(
-        "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
-        f">= {want} ({fds} + {in_use} open now)",
-        "bots on the same host need as many again" if ok else
+    return _at_least(
+        "fs.file-max (open files, whole system)", file_max[0], want, BLOCK,
         "the kernel refuses new sockets system-wide (ENFILE) past this",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),))
+        f"fs.file-max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({fds} + {in_use} open now)",
+        why_ok="bots on the same host need as many again")
 
 
 def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5480,13 +5515,11 @@ def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
     if somaxconn is None:
         return _unreadable("net.core.somaxconn", "net.core.somaxconn")
-    ok = somaxconn[0] >= storm
-    return Check(
-        "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
-        str(somaxconn[0]), f">= {storm}",
-        "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+    return _at_least(
+        "net.core.somaxconn (accept queue; caps our listen backlog)", somaxconn[0], storm, WARN,
+        f"the server asks for {backlog}; a reconnect storm after a restart "
         "overflows the queue and clients wait 1-3 s to retry their SYN",
-        () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),))
+        f"net.core.somaxconn = {backlog}")
 
 
 def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5495,14 +5528,13 @@ def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional
     cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
     if syn is None:
         return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
-    ok = syn[0] >= storm
     on = bool(cookies and cookies[0])
-    return Check(
-        "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
-        str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
-        "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
-                       if on else "past it, SYNs are dropped and clients retry later"),
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),))
+    return _at_least(
+        "net.ipv4.tcp_max_syn_backlog (half-open connections)", syn[0], storm, WARN,
+        "past it, SYN cookies answer instead: connections still succeed"
+        if on else "past it, SYNs are dropped and clients retry later",
+        "net.ipv4.tcp_max_syn_backlog = 8192",
+        current=str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"))
 
 
 def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5510,17 +5542,16 @@ def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[
     if ports is None or len(ports) != 2:
         return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
     span = ports[1] - ports[0] + 1
-    ok = span >= clients
     why = ("one source address can open at most this many connections to one server "
            "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
            "port (one upstream connection per client)")
-    if not ok and clients > 65535 - 10000 + 1:
+    if clients > 65535 - 10000 + 1:
         why += ("; the widest useful range still gives one address ~55,000 ports: above "
                 "that use several source addresses (127.0.0.2, ...) or hosts")
-    return Check(
-        "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
-        f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),))
+    return _at_least(
+        "net.ipv4.ip_local_port_range (load generators, proxies)", span, clients, WARN, why,
+        "net.ipv4.ip_local_port_range = 10000 65535",
+        current=f"{ports[0]}-{ports[1]} ({span} ports)", needed=f">= {clients} ports")
 
 
 def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5561,14 +5592,11 @@ def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[
     tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
     if tw is None:
         return None
-    ok = tw[0] >= clients
-    return Check(
-        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
-        str(tw[0]), f">= {clients}",
-        "" if ok else "a shutdown closes every connection from our side; past this the "
+    return _at_least(
+        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", tw[0], clients, WARN,
+        "a shutdown closes every connection from our side; past this the "
         "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-        () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
-                                        f"{_nice_limit(clients)}"),))
+        f"net.ipv4.tcp_max_tw_buckets = {_nice_limit(clients)}")
 
 
 def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5578,14 +5606,12 @@ def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
     in_use = count[0] if count else 0
     want = clients + in_use
-    ok = conntrack[0] >= want
-    return Check(
-        "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
-        str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
-        "" if ok else "when the table is full the kernel silently drops new connections "
+    return _at_least(
+        "net.netfilter.nf_conntrack_max (firewall connection tracking)", conntrack[0], want,
+        BLOCK, "when the table is full the kernel silently drops new connections "
         "('nf_conntrack: table full, dropping packet' in dmesg)",
-        () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
-                                        f"{_nice_limit(2 * want)}"),))
+        f"-net.netfilter.nf_conntrack_max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({clients} + {in_use} tracked now)")
 
 
 # The checks, in the order doctor reports them.

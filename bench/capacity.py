@@ -20,6 +20,17 @@ at 5,000 players. Steps are interleaved across servers (1,000 for each
 server, then 5,000 for each, ...) so that the servers being compared are
 measured minutes, not a quarter of an hour, apart on a shared machine.
 
+A third, the **tick-rate axis** (``--tick-axis 250,100,50``), asks what the
+servers do at 10 or 20 Hz: for each tick period, an idle-ish ladder
+(``--tick-ladder``) per server, and the most players each holds, "held"
+meaning the server's tick lateness p99 under 10 ms and every player
+receiving at least 99 % of the ticks (counted by tick number, so skipped
+ticks count as missed). Once a step misses, that server's larger steps at
+that period are not run. Where a server cannot hold the rate, the table
+gives the ticks it delivered (the observer's count), not the nominal rate;
+the bots' CPU is reported next to the server's, since at 20 Hz the Python
+bots on one core may be what gives out first.
+
 Why a fresh server per step rather than one server ramped up the ladder:
 each step then has its own clean baseline (RSS per player is the step's RSS
 minus the same process's RSS before any player joined, with no allocator
@@ -45,6 +56,8 @@ PR_SET_PDEATHSIG they die even if the driver is killed outright.
     python3 bench/capacity.py --server all                       # the full run
     python3 bench/capacity.py --ladder 200,1000 --hold 5         # a quick look
     python3 bench/capacity.py --server ours,asyncio --ladder 200 --active 200 --hold 2
+    python3 bench/capacity.py --ladder none --active 0 --tick-axis 250,100,50 --hold 8 \
+        --budget 1800 --json bench/results/tick-rates.json --report '' --svg ''
 
 Outputs: ``bench/results/capacity.json`` (every sample), ``bench/report.html``
 (inline SVG charts, stdlib only), ``docs/img/capacity.svg`` (the four charts
@@ -78,8 +91,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from procstat import (  # noqa: E402
-    Children, Interrupted, cpu_runtime, cpu_seconds, cpu_sets, free_port, machine, median,
-    read_line, rss_bytes, stop_signals_raise, wait_for_ports,
+    Children, cpu_runtime, cpu_seconds, cpu_sets, free_port, group_cpu_seconds, machine, median,
+    read_line, rss_bytes, stoppable, wait_for_ports,
 )
 from report import (  # noqa: E402
     Series, composite_svg, fmt, fmt_table, html_page, html_table, line_chart,
@@ -92,11 +105,18 @@ SERVERS = ("ours", "asyncio", "uvloop")
 LABELS = {"ours": "netcore (ours)", "asyncio": "asyncio", "uvloop": "uvloop"}
 COLOURS = {"ours": "#1b6ac9", "asyncio": "#e8710a", "uvloop": "#2a9d3c"}
 DEFAULT_LADDER = (1000, 5000, 10000, 15000, 19000)
-IDLE, ACTIVE = "idle", "active"
+IDLE, ACTIVE, RATE = "idle", "active", "rate"
+SCENARIO_ORDER = {IDLE: 0, ACTIVE: 1, RATE: 2}
 IDLE_MOVE_EVERY = 80.0  # the original's load script
 ACTIVE_MOVE_EVERY = 0.25  # every tick
 TICK_MS = 250
+# The tick-rate axis: a step "holds" its tick period when the server's own
+# tick lateness p99 stays under this and every player gets this share of ticks.
+HELD_LATENESS_P99_MS = 10.0
+HELD_TICK_FRACTION = 0.99
+DEFAULT_TICK_LADDER = (1000, 2500, 5000, 10000, 15000)
 SAMPLE_EVERY = 0.25  # seconds between /proc samples
+BOTS_SAMPLE_EVERY = 0.5  # the bots' CPU: a scan of all of /proc, so less often
 
 # Budget model, calibrated on the 2-core machine this runs on: a step costs a
 # fixed overhead (start the server, settle, start the bots, stop both) plus
@@ -173,15 +193,17 @@ class Observer:
 
 class StepPlan(NamedTuple):
     server: str
-    scenario: str  # IDLE or ACTIVE
+    scenario: str  # IDLE, ACTIVE or RATE (idle-ish, on the tick-rate axis)
     players: int
+    tick_ms: int = TICK_MS
 
     @property
     def move_every(self) -> float:
         return ACTIVE_MOVE_EVERY if self.scenario == ACTIVE else IDLE_MOVE_EVERY
 
     def label(self) -> str:
-        return f"{self.server} {self.scenario} {self.players}"
+        text = f"{self.server} {self.scenario} {self.players}"
+        return text + f" @{self.tick_ms} ms" if self.scenario == RATE else text
 
 
 class Derived(TypedDict, total=False):
@@ -227,11 +249,12 @@ class Derived(TypedDict, total=False):
     latency_samples: Optional[int]
     bots_below_95pct_ticks: Optional[int]
     tick_fraction_min: Optional[float]
+    bots_cpu_pct: float  #: the bots' process group, % of one core, over the window
 
 
 class _StepStart(TypedDict):
     server: str  #: ours, asyncio or uvloop
-    scenario: str  #: IDLE or ACTIVE
+    scenario: str  #: IDLE, ACTIVE or RATE
     players_target: int
     move_every_s: float
     hold_s: float
@@ -258,6 +281,7 @@ class Step(_StepStart, total=False):
     ramp_done_s: float  #: when the bots printed their ramp line
     bots_exit: int
     server_exit: Optional[int]
+    bots_cpu: List[List[float]]  #: [t, CPU s of the bots' process group], twice a second
     derived: Derived
 
 
@@ -299,6 +323,7 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
     bots: Optional["subprocess.Popen[str]"] = None
     observer: Optional[Observer] = None
     samples: List[List[float]] = step["samples"]
+    bots_cpu: List[List[float]] = []
     t0 = time.monotonic()
 
     def sample() -> None:
@@ -330,6 +355,8 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
         assert bots.stdout is not None
         t_bots = time.monotonic() - t0
         step["bots_started_s"] = round(t_bots, 3)
+        step["bots_cpu"] = bots_cpu
+        next_bots_sample = time.monotonic()
         lines: List[str] = []
         partial = ""
         next_sample = time.monotonic()
@@ -343,6 +370,9 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
                 next_sample += SAMPLE_EVERY
                 if next_sample < now:
                     next_sample = now + SAMPLE_EVERY
+            if now >= next_bots_sample:  # bots and their workers: a /proc scan
+                bots_cpu.append([round(now - t0, 4), round(group_cpu_seconds(bots.pid), 3)])
+                next_bots_sample = now + BOTS_SAMPLE_EVERY
             if now > hard_deadline:
                 raise RuntimeError("bots did not finish in time")
             if server.poll() is not None:
@@ -441,6 +471,10 @@ def derive(step: Step) -> Derived:
         else:
             rate = 0.0
         out["tick_rate_hz"] = rate
+        bots_window = [b for b in step.get("bots_cpu") or [] if start <= b[0] <= end]
+        if len(bots_window) >= 2 and bots_window[-1][0] > bots_window[0][0]:
+            out["bots_cpu_pct"] = 100.0 * ((bots_window[-1][1] - bots_window[0][1])
+                                           / (bots_window[-1][0] - bots_window[0][0]))
         out["tick_rate_nominal_hz"] = nominal
         if rate > 0 and players > 0:
             out["cpu_s_per_tick"] = (user + system) / wall / rate
@@ -482,11 +516,22 @@ def estimate_step(players: int, hold: float, server: str) -> float:
     return STEP_OVERHEAD_S + ramp + hold + 2.0
 
 
-def plan_steps(servers: Sequence[str], ladder: Sequence[int], active: int) -> List[StepPlan]:
-    steps = [StepPlan(s, IDLE, n) for n in ladder for s in servers]
+def plan_steps(servers: Sequence[str], ladder: Sequence[int], active: int,
+               tick_ms: int = TICK_MS, tick_axis: Sequence[int] = (),
+               tick_ladder: Sequence[int] = DEFAULT_TICK_LADDER) -> List[StepPlan]:
+    steps = [StepPlan(s, IDLE, n, tick_ms) for n in ladder for s in servers]
     if active > 0:
-        steps += [StepPlan(s, ACTIVE, active) for s in servers]
+        steps += [StepPlan(s, ACTIVE, active, tick_ms) for s in servers]
+    steps += [StepPlan(s, RATE, n, period) for period in tick_axis for n in tick_ladder
+              for s in servers]
     return steps
+
+
+def held(d: Derived) -> bool:
+    """Did this step hold its tick period (the tick-rate axis's criterion)?"""
+    return (bool(d.get("ok")) and not d.get("failed") and not d.get("dropped")
+            and d.get("tick_lateness_p99_ms", float("inf")) < HELD_LATENESS_P99_MS
+            and (d.get("tick_fraction_min") or 0.0) >= HELD_TICK_FRACTION)
 
 
 def fit_hold(steps: Sequence[StepPlan], hold: float, budget: float) -> float:
@@ -637,14 +682,23 @@ def charts(steps: List[Step], servers: Sequence[str]) -> List[str]:
 # =============================================================================
 
 
+def step_order(s: Step, servers: Dict[str, int]) -> Tuple[int, int, int, int]:
+    """Idle-ish, then active, then the tick-rate axis (slowest tick first); by players."""
+    return (SCENARIO_ORDER.get(s["scenario"], 9), -s["tick_ms"], s["players_target"],
+            servers.get(s["server"], 9))
+
+
+def scenario_label(s: Step) -> str:
+    return f"rate {s['tick_ms']} ms" if s["scenario"] == RATE else s["scenario"]
+
+
 def step_rows(steps: List[Step], servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
     headers = ["scenario", "players", "server", "RSS MB", "CPU % (user+sys)", "tick p99 ms",
                "tick max ms", "ticks/s held", "client p50/p99 ms", "B/player", "us/player-tick",
                "notes"]
     order = {s: i for i, s in enumerate(servers)}
     rows: List[List[str]] = []
-    for s in sorted(steps, key=lambda s: (s["scenario"] != IDLE, s["players_target"],
-                                          order.get(s["server"], 9))):
+    for s in sorted(steps, key=lambda s: step_order(s, order)):
         d = s["derived"]
         notes = []
         if d.get("failed"):
@@ -658,7 +712,7 @@ def step_rows(steps: List[Step], servers: Sequence[str]) -> Tuple[List[str], Lis
         if "cpu_pct" in d:
             cpu = f"{d['cpu_pct']:.1f} ({d['cpu_user_pct']:.1f}+{d['cpu_system_pct']:.1f})"
         rows.append([
-            s["scenario"], str(d.get("players") or s["players_target"]), LABELS[s["server"]],
+            scenario_label(s), str(d.get("players") or s["players_target"]), LABELS[s["server"]],
             fmt(d.get("rss_mb"), ".1f"), cpu, fmt(d.get("tick_lateness_p99_ms"), ".1f"),
             fmt(d.get("tick_lateness_max_ms"), ".0f"), fmt(d.get("tick_rate_hz"), ".2f"),
             f"{fmt(d.get('move_latency_ms_p50'), '.0f')} / {fmt(d.get('move_latency_ms_p99'), '.0f')}",
@@ -700,15 +754,61 @@ def readme_rows(steps: List[Step], servers: Sequence[str]) -> Tuple[List[str], L
     headers = ["players", "server", "RSS MB", "CPU %", "tick lateness p99 ms", "ticks/s"]
     order = {s: i for i, s in enumerate(servers)}
     rows: List[List[str]] = []
-    for s in sorted(steps, key=lambda s: (s["scenario"] != IDLE, s["players_target"],
-                                          order.get(s["server"], 9))):
+    for s in sorted(steps, key=lambda s: step_order(s, order)):
         d = s["derived"]
         players = str(d.get("players") or s["players_target"])
         if s["scenario"] == ACTIVE:
             players += " active"
+        elif s["scenario"] == RATE:
+            players += f" @{s['tick_ms']} ms"
         rows.append([players, LABELS[s["server"]], fmt(d.get("rss_mb"), ".1f"),
                      fmt(d.get("cpu_pct"), ".1f"), fmt(d.get("tick_lateness_p99_ms"), ".1f"),
                      fmt(d.get("tick_rate_hz"), ".2f")])
+    return headers, rows
+
+
+def tick_rate_rows(steps: List[Step],
+                   servers: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """The tick-rate axis: per tick period and server, the most players held."""
+    headers = ["tick period", "server",
+               f"most players held (tick p99 < {HELD_LATENESS_P99_MS:g} ms, every player "
+               f">= {HELD_TICK_FRACTION:.0%} of ticks)", "server CPU % there", "bots CPU % there",
+               "next step up: players, ticks/s delivered (nominal), tick p99 ms, "
+               "fewest ticks a player got"]
+    rate = [s for s in steps if s["scenario"] == RATE]
+    rows: List[List[str]] = []
+    for period in sorted({s["tick_ms"] for s in rate}, reverse=True):
+        for server in servers:
+            mine = sorted((s for s in rate if s["tick_ms"] == period and s["server"] == server),
+                          key=lambda s: s["players_target"])
+            if not mine:
+                continue
+            best: Optional[Step] = None
+            miss: Optional[Step] = None
+            for s in mine:
+                if not held(s["derived"]):
+                    miss = s
+                    break
+                best = s
+            cells = [f"{period} ms ({1000 / period:g} Hz)", LABELS[server]]
+            if best is not None:
+                b = best["derived"]
+                cells += [str(b.get("players")) + ("" if miss else " (all)"),
+                          fmt(b.get("cpu_pct"), ".1f"), fmt(b.get("bots_cpu_pct"), ".1f")]
+            else:
+                cells += [f"< {mine[0]['players_target']}", "-", "-"]
+            if miss is not None:
+                m = miss["derived"]
+                frac = m.get("tick_fraction_min")
+                cells.append(f"{m.get('players') or miss['players_target']}: "
+                             f"{fmt(m.get('tick_rate_hz'), '.2f')} "
+                             f"({fmt(m.get('tick_rate_nominal_hz'), 'g')}), "
+                             f"{fmt(m.get('tick_lateness_p99_ms'), '.1f')}, "
+                             + ("-" if frac is None else f"{frac:.1%}")
+                             + ("; " + "; ".join(miss["errors"]) if miss["errors"] else ""))
+            else:
+                cells.append("-")
+            rows.append(cells)
     return headers, rows
 
 
@@ -725,6 +825,12 @@ def markdown(result: Dict[str, Any]) -> str:
     out = [fmt_table(rh, rrows), "", footer(result), "", "Every step in detail:", "",
            fmt_table(h, rows), "", "Slopes (least squares over the idle-ish ladder):", "",
            fmt_table(sh, srows)]
+    if any(s["scenario"] == RATE for s in steps):
+        th, trows = tick_rate_rows(steps, servers)
+        out += ["", "Tick-rate axis (idle-ish players):", "", fmt_table(th, trows)]
+        if result.get("not_run"):
+            out += ["", "Not run (a smaller step at that tick period had already missed): "
+                    + ", ".join(result["not_run"])]
     if result["targets"]:
         out += ["", fmt_table(["target", "measured", "limit", "met"],
                               [[t["target"], t["measured"], t["limit"],
@@ -756,6 +862,10 @@ def report_html(result: Dict[str, Any], panels: List[str]) -> str:
             ["target", "measured", "limit", "met"],
             [[t["target"], t["measured"], t["limit"], _met(t["met"])]
              for t in result["targets"]])
+    rates = ""
+    if any(s["scenario"] == RATE for s in result["steps"]):
+        rates = "<h2>Tick-rate axis (idle-ish players)</h2>" + html_table(
+            *tick_rate_rows(result["steps"], servers))
     partial = ""
     if result.get("interrupted"):
         partial = f'<p class="warn">Interrupted ({e(result["interrupted"])}): partial results.</p>'
@@ -773,7 +883,7 @@ delivered.</p>
 <div class="charts">{"".join(panels)}</div>
 <h2>Slopes (least squares over the idle-ish ladder)</h2>
 {html_table(sh, srows)}
-{targets}
+{targets}{rates}
 <h2>Every step</h2>
 {html_table(h, rows)}
 <p class="small">{e(footer(result))}</p>
@@ -811,6 +921,17 @@ def parse_ladder(text: str) -> List[int]:
     return ladder
 
 
+def parse_periods(text: str) -> List[int]:
+    try:
+        periods = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tick-axis wants periods in ms like 250,100,50: "
+                                         f"{text!r}")
+    if any(p < 10 or p > 60_000 for p in periods):
+        raise argparse.ArgumentTypeError("tick periods must be 10..60000 ms")
+    return periods
+
+
 def uvloop_version() -> Optional[str]:
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
@@ -833,8 +954,9 @@ def write_outputs(result: Dict[str, Any], args: argparse.Namespace,
     md = markdown(result)
     with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
         f.write(md + "\n")
-    with open(args.report, "w") as f:
-        f.write(report_html(result, panels))
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(report_html(result, panels))
     if args.svg:
         caption = (f"SpellTraction capacity, {result['started']}, "
                    f"{result['machine']['cpus']} x {result['machine']['cpu_model']}; "
@@ -844,7 +966,8 @@ def write_outputs(result: Dict[str, Any], args: argparse.Namespace,
     log("")
     log(md)
     log("")
-    log(f"samples: {os.path.relpath(args.json)}; report: {os.path.relpath(args.report)}"
+    log(f"samples: {os.path.relpath(args.json)}"
+        + (f"; report: {os.path.relpath(args.report)}" if args.report else "")
         + (f"; chart: {os.path.relpath(args.svg)}" if args.svg else ""))
 
 
@@ -868,10 +991,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                     help="seconds the whole run may take (default 840)")
     ap.add_argument("--tick-ms", type=int, default=TICK_MS)
+    ap.add_argument("--tick-axis", type=parse_periods, default=[],
+                    help="tick periods in ms for the tick-rate axis, e.g. 250,100,50 (default: "
+                         "none): --tick-ladder idle-ish at each, for each server; once a step "
+                         "misses (tick p99 >= 10 ms or a player below 99 %% of ticks), that "
+                         "server's larger steps at that period are not run")
+    ap.add_argument("--tick-ladder", type=parse_ladder, default=list(DEFAULT_TICK_LADDER),
+                    help="players per step on the tick-rate axis (default 1000,2500,5000,10000,"
+                         "15000)")
     ap.add_argument("--probes", type=int, default=20,
                     help="bots per step that move about once a second to measure latency")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "capacity.json"))
-    ap.add_argument("--report", default=os.path.join(HERE, "report.html"))
+    ap.add_argument("--report", default=os.path.join(HERE, "report.html"),
+                    help="the HTML report ('' to skip)")
     ap.add_argument("--svg", default=os.path.join(ROOT, "docs", "img", "capacity.svg"),
                     help="the four charts as one SVG ('' to skip)")
     ap.add_argument("--dry-run", action="store_true",
@@ -889,7 +1021,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not servers:
         log("no server to measure")
         return 2
-    steps_plan = plan_steps(servers, args.ladder, args.active)
+    steps_plan = plan_steps(servers, args.ladder, args.active, args.tick_ms, args.tick_axis,
+                            args.tick_ladder)
     if not steps_plan:
         log("nothing to run: the ladder is empty and --active is 0")
         return 2
@@ -922,49 +1055,58 @@ def main(argv: Optional[List[str]] = None) -> int:
         "servers": servers, "ladder": args.ladder, "active_players": args.active,
         "hold_s": hold, "settle_s": settle, "budget_s": args.budget, "tick_ms": args.tick_ms,
         "estimate_s": round(estimate), "steps": [], "skipped": [], "slopes": {}, "targets": [],
+        "tick_axis": args.tick_axis, "tick_ladder": args.tick_ladder, "not_run": [],
         "interrupted": None,
     }
     log(f"capacity: {', '.join(servers)}; ladder {args.ladder} idle-ish"
         + (f", active at {args.active}" if args.active else "")
+        + (f", tick-rate axis {args.tick_axis} ms over {args.tick_ladder}"
+           if args.tick_axis else "")
         + f"; {len(steps_plan)} steps, hold {hold:.1f} s; estimated {fmt_clock(estimate)} "
           f"(budget {fmt_clock(args.budget)})")
 
     children = Children(os.path.join(os.path.dirname(os.path.abspath(args.json)),
                                      "capacity-logs"))
-    with stop_signals_raise():
-        try:
-            for i, plan in enumerate(steps_plan):
-                elapsed = time.monotonic() - t_start
-                remaining = steps_plan[i:]
-                left = args.budget - elapsed
-                step_hold = fit_hold(remaining, hold, left)
-                # The estimate runs ~1.4x long; skip (and say so) only when even a
-                # minimum-hold step would clearly overrun the budget.
-                if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
-                    log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
-                        f"{fmt_clock(args.budget)} budget is spent")
-                    result["skipped"].append(plan.label())
-                    continue
-                ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
-                rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
-                log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"
-                    f"{len(steps_plan)}: {plan.label()} players, moving every "
-                    f"{plan.move_every:g} s, hold {step_hold:.1f} s")
-                step = run_step(children, plan, step_hold, min(settle, step_hold / 4), args.tick_ms,
-                                ramp_timeout, args.probes, log)
-                result["steps"].append(step)
-                d = step["derived"]
-                if d.get("ok"):
-                    log(f"  -> {d['players']} players: RSS {d['rss_mb']:.1f} MB "
-                        f"({d['bytes_per_player']:.0f} B/player), CPU {d['cpu_pct']:.1f} %, "
-                        f"{d.get('tick_rate_hz', 0):.2f} ticks/s, tick p99 "
-                        f"{fmt(d.get('tick_lateness_p99_ms'), '.1f')} ms, client p99 "
-                        f"{fmt(d.get('move_latency_ms_p99'), '.0f')} ms")
-        except (KeyboardInterrupt, Interrupted) as exc:
-            result["interrupted"] = str(exc) or "Ctrl-C"
-            log(f"\ninterrupted ({result['interrupted']}): stopping the processes this run started")
-        finally:
-            children.kill_all()
+    def interrupted(what: str) -> None:
+        result["interrupted"] = what
+        log(f"\ninterrupted ({what}): stopping the processes this run started")
+
+    missed: Dict[Tuple[str, int], int] = {}  # (server, tick ms) -> players that missed it
+    with stoppable(children, interrupted):
+        for i, plan in enumerate(steps_plan):
+            elapsed = time.monotonic() - t_start
+            if plan.scenario == RATE and (plan.server, plan.tick_ms) in missed:
+                log(f"not running {plan.label()}: {missed[plan.server, plan.tick_ms]} players "
+                    f"already missed {plan.tick_ms} ms ticks")
+                result["not_run"].append(plan.label())
+                continue
+            remaining = steps_plan[i:]
+            left = args.budget - elapsed
+            step_hold = fit_hold(remaining, hold, left)
+            # The estimate runs ~1.4x long; skip (and say so) only when even a
+            # minimum-hold step would clearly overrun the budget.
+            if 0.6 * estimate_step(plan.players, step_hold, plan.server) > left:
+                log(f"[{fmt_clock(elapsed)} elapsed] skipping {plan.label()}: the "
+                    f"{fmt_clock(args.budget)} budget is spent")
+                result["skipped"].append(plan.label())
+                continue
+            ramp_timeout = max(15.0, min(60.0, 3.0 * plan.players / RAMP_PLAYERS_PER_S + 10))
+            rest = sum(estimate_step(p.players, step_hold, p.server) for p in remaining)
+            log(f"[{fmt_clock(elapsed)} elapsed, ~{fmt_clock(rest)} to go] step {i + 1}/"
+                f"{len(steps_plan)}: {plan.label()} players, moving every "
+                f"{plan.move_every:g} s, hold {step_hold:.1f} s")
+            step = run_step(children, plan, step_hold, min(settle, step_hold / 4), plan.tick_ms,
+                            ramp_timeout, args.probes, log)
+            result["steps"].append(step)
+            d = step["derived"]
+            if plan.scenario == RATE and not held(d):
+                missed[plan.server, plan.tick_ms] = plan.players
+            if d.get("ok"):
+                log(f"  -> {d['players']} players: RSS {d['rss_mb']:.1f} MB "
+                    f"({d['bytes_per_player']:.0f} B/player), CPU {d['cpu_pct']:.1f} %, "
+                    f"{d.get('tick_rate_hz', 0):.2f} ticks/s, tick p99 "
+                    f"{fmt(d.get('tick_lateness_p99_ms'), '.1f')} ms, client p99 "
+                    f"{fmt(d.get('move_latency_ms_p99'), '.0f')} ms")
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")
     result["elapsed"] = fmt_clock(time.monotonic() - t_start)
     write_outputs(result, args, log)

@@ -45,7 +45,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from procstat import (  # noqa: E402
-    Children, cpu_sets, machine, median, open_fds, raise_nofile, rss_bytes,
+    Children, cpu_sets, machine, median, open_fds, raise_nofile, rss_bytes, spread,
 )
 from report import fmt_table  # noqa: E402
 
@@ -307,12 +307,6 @@ class Proc:
             except (subprocess.TimeoutExpired, OSError):
                 pass
         self.children.stop(self.p, timeout=5)
-
-
-def spread(count: int, per_proc: int) -> List[int]:
-    procs = max(1, -(-count // per_proc))
-    base, extra = divmod(count, procs)
-    return [base + (1 if i < extra else 0) for i in range(procs)]
 
 
 def idle_rss(children: Children, kind: str, count: int, per_proc: int) -> Dict[str, Any]:

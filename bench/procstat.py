@@ -42,6 +42,27 @@ def cpu_seconds(pid: int) -> Tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def all_proc_stats() -> Iterator[Tuple[int, List[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command's name) of every process:
+    ``fields[0]`` is the state, ``[2]`` the process group, ``[11]``/``[12]`` utime/stime."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        yield int(entry), fields
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in process group ``pgid``
+    (a scan of /proc: for a load generator and its workers, twice a second)."""
+    ticks = sum(int(f[11]) + int(f[12]) for _pid, f in all_proc_stats() if int(f[2]) == pgid)
+    return ticks / TICKS
+
+
 def cpu_runtime(pid: int) -> float:
     """CPU seconds ``pid`` has run (user + system), to the nanosecond.
 
@@ -219,6 +240,13 @@ class Children:
             signal.signal(signal.SIGINT, old)
 
 
+def spread(count: int, per_proc: int) -> List[int]:
+    """``count`` split into the fewest near-equal parts of at most ``per_proc``."""
+    procs = max(1, -(-count // per_proc))
+    base, extra = divmod(count, procs)
+    return [base + (1 if i < extra else 0) for i in range(procs)]
+
+
 def read_line(proc: "subprocess.Popen[str]", timeout: float) -> str:
     """A line of ``proc``'s stdout, or "" if none comes within ``timeout`` seconds."""
     assert proc.stdout is not None
@@ -250,15 +278,34 @@ def stop_signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def stoppable(children: Children, interrupted: Callable[[str], None]) -> Iterator[None]:
+    """The body of a benchmark run: Ctrl-C, SIGTERM or SIGHUP end it early,
+    ``interrupted(what)`` is called and the code after the block goes on (to
+    write what was measured); on any exit every child is stopped."""
+    with stop_signals_raise():
+        try:
+            yield
+        except (KeyboardInterrupt, Interrupted) as exc:
+            interrupted(str(exc) or "Ctrl-C")
+        finally:
+            children.kill_all()
+
+
 # =============================================================================
 # Loopback ports: room for a step's connections
 # =============================================================================
 
 
 def loopback_ports_in_use() -> Tuple[int, int]:
-    """(TCP sockets in the ephemeral range, of which in TIME_WAIT), from /proc/net/tcp*."""
+    """(local TCP ports in the ephemeral range that some socket holds, of which held
+    only by TIME_WAIT sockets), from /proc/net/tcp*.
+
+    Ports, not sockets: a server on an ephemeral port holds one port however many
+    connections it accepted (15,000 sockets on one port must not read as a full range).
+    """
     lo, hi = ephemeral_range()
-    used = waiting = 0
+    held: Dict[int, bool] = {}  # port -> only TIME_WAIT sockets on it so far
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as f:
@@ -269,12 +316,10 @@ def loopback_ports_in_use() -> Tuple[int, int]:
                         continue
                     port = int(fields[1].rsplit(":", 1)[1], 16)
                     if lo <= port <= hi:
-                        used += 1
-                        if fields[3] == TCP_TIME_WAIT:
-                            waiting += 1
+                        held[port] = held.get(port, True) and fields[3] == TCP_TIME_WAIT
         except OSError:
             pass
-    return used, waiting
+    return len(held), sum(held.values())
 
 
 def ephemeral_range() -> Tuple[int, int]:

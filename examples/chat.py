@@ -17,17 +17,14 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _root in (HERE, os.path.dirname(HERE)):
-    if os.path.isdir(os.path.join(_root, "netcore")):
-        sys.path.insert(0, _root)
-        break
+_here = os.path.dirname(os.path.abspath(__file__))  # netcore/ beside this file or examples/
+sys.path[:0] = [d for d in (_here, os.path.dirname(_here)) if os.path.isdir(d + "/netcore")][:1]
 
 from netcore import (  # noqa: E402 - after finding netcore
     WEBSOCKET, CloseCode, Connection, EventLoop, Handler, ServerConfig, TCPServer, Text, WebConfig,
     WebFront,
 )
-from netcore.process import ShutdownSignals  # noqa: E402
+from netcore.process import run_server  # noqa: E402
 from netcore.websocket import TEXT, frame_header  # noqa: E402
 
 MAX_MESSAGE = 4096
@@ -94,21 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     def page() -> Tuple[str, bytes]:
         return "text/html; charset=utf-8", PAGE
 
-    loop = EventLoop()
     room = Room()
     front = WebFront(WebConfig(routes={"/": page}, ws_path="/ws", max_message=MAX_MESSAGE))
-    server = room.server = TCPServer(loop, room, ServerConfig(hosts=[args.host], port=args.port),
-                                     codec_factory=front)
-    host, port = server.listen()[0][:2]
-    ShutdownSignals(loop, lambda signum: server.shutdown(on_done=loop.stop)).install()
-    print(f"listening on {host}:{port}", flush=True)
-    try:
-        loop.run()
-    finally:
-        server.close()
-        loop.close()
+    room.server = TCPServer(EventLoop(), room, ServerConfig(hosts=[args.host], port=args.port),
+                            codec_factory=front)
+    run_server(room.server)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,16 +22,13 @@ import os
 import sys
 from typing import List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _root in (HERE, os.path.dirname(HERE)):
-    if os.path.isdir(os.path.join(_root, "netcore")):
-        sys.path.insert(0, _root)
-        break
+_here = os.path.dirname(os.path.abspath(__file__))  # netcore/ beside this file or examples/
+sys.path[:0] = [d for d in (_here, os.path.dirname(_here)) if os.path.isdir(d + "/netcore")][:1]
 
 from netcore import (  # noqa: E402 - after finding netcore
     Connection, EventLoop, FrameParser, Handler, ServerConfig, TCPServer, WebConfig, WebFront,
 )
-from netcore.process import ShutdownSignals  # noqa: E402
+from netcore.process import run_server  # noqa: E402
 from netcore.sniff import MAX_BINARY_FRAME  # noqa: E402
 
 
@@ -51,18 +48,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     loop = EventLoop()
     front = WebFront(WebConfig(ws_path="*", max_message=args.max_message),
                      binary=lambda: FrameParser(MAX_BINARY_FRAME))
-    server = TCPServer(loop, Echo(), ServerConfig(hosts=[args.host], port=args.port),
-                       codec_factory=front)
-    host, port = server.listen()[0][:2]
-    ShutdownSignals(loop, lambda signum: server.shutdown(on_done=loop.stop)).install()
-    print(f"listening on {host}:{port}", flush=True)
-    try:
-        loop.run()
-    finally:
-        server.close()
-        loop.close()
+    run_server(TCPServer(loop, Echo(), ServerConfig(hosts=[args.host], port=args.port),
+                         codec_factory=front))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,11 +19,8 @@ import sys
 import time
 from typing import List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _root in (HERE, os.path.dirname(HERE)):
-    if os.path.isdir(os.path.join(_root, "netcore")):
-        sys.path.insert(0, _root)
-        break
+_here = os.path.dirname(os.path.abspath(__file__))  # netcore/ beside this file or examples/
+sys.path[:0] = [d for d in (_here, os.path.dirname(_here)) if os.path.isdir(d + "/netcore")][:1]
 
 from netcore import (  # noqa: E402 - after finding netcore
     WEBSOCKET, Connection, EventLoop, FrameParser, Handler, TCPClient, percentile, websocket_client,

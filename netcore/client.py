@@ -32,8 +32,7 @@ import selectors
 import socket
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-from .codec import ProtocolError
-from .connection import CloseReason, CodecFactory, Connection
+from .connection import CloseReason, CodecFactory, Connection, OwnerBase
 from .framing import DEFAULT_MAX_FRAME, FrameParser
 from .handler import Handler
 from .loop import EventLoop, Readiness, Timer
@@ -202,7 +201,7 @@ class Connecting(Readiness):
             self.sock = None
 
 
-class TCPClient:
+class TCPClient(OwnerBase):
     """Opens outbound connections and owns them (the connections' Owner).
 
     ``codec_factory(conn)`` makes each connection's codec (default: u16
@@ -211,6 +210,8 @@ class TCPClient:
     the open ones by file descriptor; ``close()`` closes them all and
     cancels the attempts under way.
     """
+
+    handler: Handler  # all the callbacks, not only those a connection makes
 
     def __init__(self, loop: EventLoop, handler: Handler,
                  config: Optional[ClientConfig] = None,
@@ -278,18 +279,7 @@ class TCPClient:
         conn.codec = attempt.codec_factory(conn)
         self.handler.on_connect(conn)
 
-    def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
-        log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
-        self.handler.on_bad_input(conn, exc)
-        if conn.is_open:
-            conn.close(exc.reason, str(exc))
-
     def _forget(self, conn: Connection, reason: str, detail: str) -> None:
-        try:
-            self.loop.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-        if self.connections.pop(conn.fd, None) is conn:
-            self.stats.count_close(reason)
+        self._release(conn, reason)
         log.debug("fd=%d closed: %s %s", conn.fd, reason, detail)
         self.handler.on_close(conn, reason)

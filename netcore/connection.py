@@ -21,14 +21,15 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence
 
 from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
 from .loop import EventLoop, Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
 from .stats import NetStats
 
-__all__ = ["CloseReason", "CodecFactory", "Connection", "ConnectionEvents", "Limits", "Owner"]
+__all__ = ["CloseReason", "CodecFactory", "Connection", "ConnectionEvents", "Limits", "Owner",
+           "OwnerBase"]
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,17 @@ class CloseReason:
 
 
 class ConnectionEvents(Protocol):
-    """The callbacks a :class:`Connection` (and its codecs) make.
+    """The callbacks a :class:`Connection`, its codecs and its owner make.
 
-    :class:`netcore.handler.Handler` has these and more; declaring only what
-    is called from here keeps this module below the handler in the import
-    order.
+    :class:`netcore.handler.Handler` has them all (with defaults); declaring
+    them here keeps this module below the handler in the import order.
     """
 
     def on_protocol(self, conn: "Connection", protocol: str) -> None: ...
+
+    def on_bad_input(self, conn: "Connection", exc: ProtocolError) -> None: ...
+
+    def on_close(self, conn: "Connection", reason: str) -> None: ...
 
     def on_message(self, conn: "Connection", payload: bytes) -> None: ...
 
@@ -428,3 +432,34 @@ class Connection(Readiness):
 # that needs it (a protocol sniffer, a WebSocket front) can hold it; most
 # ignore it: ``lambda conn: FrameParser(1024)``.
 CodecFactory = Callable[[Connection], Codec]
+
+
+class OwnerBase:
+    """What every owner does the same way (TCPServer and TCPClient subclass it).
+
+    Subclasses set ``loop``, ``stats``, ``handler`` and ``connections`` (open
+    connections by file descriptor) and implement ``_forget``, starting with
+    :meth:`_release`.
+    """
+
+    loop: EventLoop
+    stats: NetStats
+    handler: ConnectionEvents
+    connections: Dict[int, Connection]
+
+    def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        if exc.limit_name:
+            self.stats.limit(exc.limit_name)
+        log.debug("fd=%d %s: bad input: %s", conn.fd, conn.peername(), exc)
+        self.handler.on_bad_input(conn, exc)
+        if conn.is_open:  # the handler neither closed it nor began to
+            conn.close(exc.reason, str(exc))
+
+    def _release(self, conn: Connection, reason: str) -> None:
+        """Stop watching ``conn`` and count its close (once)."""
+        try:
+            self.loop.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        if self.connections.pop(conn.fd, None) is conn:
+            self.stats.count_close(reason)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from .codec import ProtocolError
+from .codec import PlainOutput, ProtocolError
 from .ringbuffer import BytesLike, RingBuffer
 
 __all__ = [
@@ -83,22 +83,32 @@ def encode_frame(payload: BytesLike) -> bytes:
     return n.to_bytes(2, "big") + bytes(payload)
 
 
-class LengthPrefixedOutput:
-    """The writing half of the length-prefixed codecs: frames go out as they are."""
+class LengthPrefixedOutput(PlainOutput):
+    """What the length-prefixed codecs share: ``feed`` around each one's
+    ``_feed``, and the writing half (frames go out as they are)."""
 
     __slots__ = ()
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        """Payloads completed by ``data``.
+
+        Raises :class:`FrameError` for bad framing, carrying the frames
+        that came before it in ``data`` (``exc.messages``): they are the
+        peer's, and the connection delivers them before it closes.
+        """
+        frames: List[bytes] = []
+        try:
+            return self._feed(data, frames)
+        except FrameError as exc:
+            exc.messages = frames
+            raise
+
+    def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
+        raise NotImplementedError
 
     def frame(self, payload: BytesLike) -> bytes:
         """Encode one outgoing message the way these parsers read them."""
         return encode_frame(payload)
-
-    def wrap(self, stream: bytes) -> bytes:
-        """Framed bytes go on the wire as they are."""
-        return stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        """No goodbye of its own: the stream, then the connection closes."""
-        return stream
 
 
 class FrameParser(LengthPrefixedOutput):
@@ -127,24 +137,9 @@ class FrameParser(LengthPrefixedOutput):
         partial = self._partial
         return 0 if partial is None else len(partial)
 
-    def feed(self, data: BytesLike) -> List[bytes]:
-        """Payloads completed by ``data``.
-
-        Raises :class:`FrameError` for bad framing, carrying the frames
-        that came before it in ``data`` (``exc.messages``): they are the
-        peer's, and the connection delivers them before it closes.
-        """
-        if self._error is not None:
-            self._error.messages = ()  # delivered with the first raise
-            raise self._error
-        frames: List[bytes] = []
-        try:
-            return self._feed(data, frames)
-        except FrameError as exc:
-            exc.messages = frames
-            raise
-
     def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
+        if self._error is not None:
+            raise self._error  # feed() empties its messages: delivered once
         view = data if isinstance(data, memoryview) else memoryview(data)
         end = len(view)
         pos = 0
@@ -230,16 +225,6 @@ class WholeFrames(LengthPrefixedOutput):
         if not 1 <= max_frame <= MAX_FRAME_LIMIT:
             raise ValueError(f"max_frame must be 1..{MAX_FRAME_LIMIT}")
         self.max_frame = max_frame
-
-    def feed(self, data: BytesLike) -> List[bytes]:
-        """Payloads of the whole frames in ``data``; FrameError carries the
-        frames before a bad one in ``exc.messages``."""
-        frames: List[bytes] = []
-        try:
-            return self._feed(data, frames)
-        except FrameError as exc:
-            exc.messages = frames
-            raise
 
     def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
         view = data if isinstance(data, memoryview) else memoryview(data)

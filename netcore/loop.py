@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
+INF = float("inf")
 
 class Readiness:
     """What the loop calls when a registered file object is ready."""
@@ -242,10 +243,7 @@ class EventLoop:
             self._fire_ticks()
         if self._timers:
             self._fire_timers()
-        if len(events) <= 1 or not self._tickers:
-            self._dispatch(events)
-        else:
-            self._dispatch_ticking(events)
+        self._dispatch(events)
         soon = self._soon
         for _ in range(len(soon)):
             self._guard(soon.popleft())
@@ -256,28 +254,18 @@ class EventLoop:
 
     # -- internals ----------------------------------------------------------
 
-    @staticmethod
-    def _dispatch(events: List[Tuple[selectors.SelectorKey, int]]) -> None:
-        for key, mask in events:
-            handler = key.data
-            try:
-                handler.on_ready(mask)
-            except Exception as exc:  # noqa: BLE001 - one handler must not stop the loop
-                try:
-                    handler.on_error(exc)
-                except Exception:  # noqa: BLE001
-                    log.exception("error handler of %r failed", handler)
-
-    def _dispatch_ticking(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
-        """Dispatch, and fire a tick the moment one is due between two events.
+    def _dispatch(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
+        """Call each handler; with tickers, fire a tick the moment one is due
+        between two events.
 
         A burst (a join storm: thousands of events in one select) or a few
         handlers that each take milliseconds (64 KiB of tiny frames to
         parse) must not hold up a tick: the clock is read after each event
         (~60 ns), and a due tick goes before the next one.
         """
+        tickers = self._tickers
+        due = min(t.scheduler.deadline for t in tickers) if tickers and len(events) > 1 else INF
         clock = self.clock
-        due = min(t.scheduler.deadline for t in self._tickers)
         for key, mask in events:
             handler = key.data
             try:
@@ -287,12 +275,10 @@ class EventLoop:
                     handler.on_error(exc)
                 except Exception:  # noqa: BLE001
                     log.exception("error handler of %r failed", handler)
-            if clock() >= due:
+            if due != INF and clock() >= due:
                 self._fire_ticks()
-                if not self._tickers:
-                    due = float("inf")
-                else:
-                    due = min(t.scheduler.deadline for t in self._tickers)
+                tickers = self._tickers
+                due = min(t.scheduler.deadline for t in tickers) if tickers else INF
 
     def _timeout(self, max_wait: Optional[float]) -> Optional[float]:
         if self._soon or self._stopping:

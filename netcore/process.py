@@ -6,7 +6,9 @@
   OS (glibc's ``malloc_trim``) after start-up's garbage;
 - :class:`ShutdownSignals`: the first SIGTERM/SIGINT starts a graceful
   shutdown from the loop (typically ``TCPServer.shutdown``, which drains);
-  a second one ends the process at once, by that signal.
+  a second one ends the process at once, by that signal;
+- :func:`run_server`: all of it for a small server: listen, say where,
+  serve until a signal, drain, close.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import signal
 from typing import Any, Callable, Sequence, Tuple
 
 from .loop import EventLoop
+from .server import TCPServer
 
-__all__ = ["ShutdownSignals", "die_by_signal", "raise_nofile", "release_freed_memory"]
+__all__ = ["ShutdownSignals", "die_by_signal", "raise_nofile", "release_freed_memory",
+           "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +110,21 @@ class ShutdownSignals:
         for sig in self.signals:
             signal.signal(sig, die_by_signal)
         self.on_first(signum)
+
+
+def run_server(server: TCPServer, grace: float = 2.0) -> None:
+    """Listen, print ``listening on HOST:PORT``, serve until SIGTERM/SIGINT.
+
+    The first signal drains (:meth:`TCPServer.shutdown` with ``grace``
+    seconds, then the loop stops), a second exits at once. The server and
+    its loop are closed on the way out, however it ends.
+    """
+    loop = server.loop
+    try:
+        host, port = server.listen()[0][:2]
+        ShutdownSignals(loop, lambda signum: server.shutdown(grace, on_done=loop.stop)).install()
+        print(f"listening on {host}:{port}", flush=True)
+        loop.run()
+    finally:
+        server.close()
+        loop.close()

@@ -18,6 +18,9 @@ import pytest
 
 from serverproc import ROOT
 
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from procstat import all_proc_stats  # noqa: E402
+
 pytestmark = pytest.mark.slow  # the whole harness: servers, bot processes, sampling
 
 CAPACITY = os.path.join(ROOT, "bench", "capacity.py")
@@ -25,19 +28,7 @@ CAPACITY = os.path.join(ROOT, "bench", "capacity.py")
 
 def process_groups_alive(pgids):
     """Processes still running in any of ``pgids`` (zombies excluded)."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp in pgids and state != "Z":
-            alive.append(int(entry))
-    return alive
+    return [pid for pid, fields in all_proc_stats() if int(fields[2]) in pgids and fields[0] != "Z"]
 
 
 def outputs(tmp_path):
@@ -131,3 +122,32 @@ def test_ctrl_c_stops_everything_and_leaves_a_report(tmp_path):
     assert data["interrupted"]
     assert (tmp_path / "report.html").exists()
     assert process_groups_alive(pids) == []
+
+
+def test_tick_rate_axis_runs_each_period_and_reports_the_most_players_held(tmp_path):
+    result = subprocess.run(
+        [sys.executable, CAPACITY, "--server", "ours", "--ladder", "none", "--active", "0",
+         "--tick-axis", "100,50", "--tick-ladder", "100,200", "--hold", "2",
+         *outputs(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert data["tick_axis"] == [100, 50] and data["tick_ladder"] == [100, 200]
+    ran = [(s["tick_ms"], s["players_target"]) for s in data["steps"]]
+    not_run = data["not_run"]
+    # Every planned step either ran or was left out because a smaller one missed.
+    assert len(ran) + len(not_run) == 4
+    assert (100, 100) in ran and (50, 100) in ran
+    for s in data["steps"]:
+        assert s["scenario"] == "rate" and s["errors"] == [], s["errors"]
+        d = s["derived"]
+        assert d["tick_rate_nominal_hz"] == 1000.0 / s["tick_ms"]
+        assert d["tick_rate_hz"] > 0 and s["server_final"]["ticks"]["period_s"] == s["tick_ms"] / 1000
+        assert isinstance(d["bots_cpu_pct"], float) and d["bots_cpu_pct"] >= 0
+        assert len(s["bots_cpu"]) >= 2
+    md = (tmp_path / "capacity.md").read_text()
+    assert "Tick-rate axis" in md
+    assert "| 100 ms (10 Hz) | netcore (ours) |" in md and "| 50 ms (20 Hz) | netcore (ours) |" in md
+    assert "| rate 100 ms | 100 | netcore (ours) |" in md
+    assert "Tick-rate axis" in (tmp_path / "report.html").read_text()

@@ -35,7 +35,7 @@ def test_a_reload_is_the_same_player_and_an_older_tab_steps_aside(server, browse
     url = f"http://127.0.0.1:{server.port}/?name=Ada"
     page.goto(url)
     first = wait_for(page, "() => { const s = window.spelltraction.state;"
-                           " return s.id > 0 && s.me && s.ticksSeen > 2 && s; }")
+                           " return s.id > 0 && s.me && s.ticksSeen > 2 && s; }", 15)
     assert not first["resumed"]
     token = page.evaluate("() => localStorage.getItem('spelltraction.token')")
     assert token and len(token) == 32

@@ -143,19 +143,16 @@ def test_resume_within_grace_is_the_same_player_and_leaves_the_board_meanwhile(h
     assert h.server.resumes == 1 and len(h.server.game.players) == players + 1
 
 
-def test_after_the_grace_period_a_token_gets_a_new_player(data):
-    h = Harness(data=data, grace=0.2)
-    try:
-        a = h.client_v2()
-        a.sock.close()
-        h.run(0.5)
-        h.ticks(8)  # the seat is forgotten on a tick
-        b = h.client_v2(token=a.welcome.token)
-        assert b.welcome.resumed == st.TOKEN_UNKNOWN
-        assert b.welcome.player_id != a.welcome.player_id and b.welcome.token != a.welcome.token
-        assert h.server.grace_expired == 1
-    finally:
-        h.close()
+def test_after_the_grace_period_a_token_gets_a_new_player(make_harness, data):
+    h = make_harness(data=data, grace=0.2)
+    a = h.client_v2()
+    a.sock.close()
+    h.run(0.5)
+    h.ticks(8)  # the seat is forgotten on a tick
+    b = h.client_v2(token=a.welcome.token)
+    assert b.welcome.resumed == st.TOKEN_UNKNOWN
+    assert b.welcome.player_id != a.welcome.player_id and b.welcome.token != a.welcome.token
+    assert h.server.grace_expired == 1
 
 
 def test_unknown_and_malformed_tokens(h):

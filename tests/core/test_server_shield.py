@@ -257,3 +257,21 @@ def test_limits_are_exported_by_name():
     add_net_stats(exp, server.stats, "x")
     assert 'x_limits_total{limit="pending-total"} 2' in exp.text()
     server.close()
+
+
+def test_the_backlog_sweep_goes_in_slices_with_the_loop_between(monkeypatch):
+    import netcore.server as server_module
+
+    monkeypatch.setattr(server_module, "_BACKLOG_SLICE", 2)
+    loop, server, handler = start(send_backlog_limit=1 << 20, send_backlog_grace=0.2)
+    socks = [connect(server) for _ in range(5)]
+    run_until(loop, lambda: server.stats.connections == 5)
+    checked = []
+    real = server_module.unsent_bytes
+    monkeypatch.setattr(server_module, "unsent_bytes", lambda s: checked.append(s) or real(s))
+    server._check_backlogs()
+    assert len(checked) == 2  # one slice now; the rest on the next turns of the loop
+    loop.run_once(0)
+    loop.run_once(0)
+    assert len(checked) == 5
+    server.close()
