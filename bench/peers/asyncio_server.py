@@ -353,6 +353,7 @@ class AsyncioGameServer:
             # The peer speaks only the binary protocol: no WebSocket players, no HTTP.
             "ws_players": 0,
             "web": {},
+            "loop": {},  # no poll counters: asyncio and uvloop keep none we can read
             # Protocol 1 only, in memory: nothing to resume, no store.
             "resumes": 0,
             "takeovers": 0,
