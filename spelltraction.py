@@ -146,6 +146,7 @@ from netcore import (
 from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
+from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.stats import Window
 from netcore.web import Route
@@ -1500,6 +1501,10 @@ class ServerOptions(NamedTuple):
     send_backlog_grace: float = 4.0
     allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
     reuse_port: bool = False  # SO_REUSEPORT: gateways of one world only, never serve
+    # While busy, read at most once per this many ms: one epoll_wait collects
+    # the moves of hundreds of players (applied at the next tick anyway).
+    # The most any request, handshake or ping waits for it; 0: off.
+    coalesce_ms: float = DEFAULT_COALESCE * 1000
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -2110,6 +2115,9 @@ class GameServer(Handler):
             "store": self._store_stats(),
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
+            # Polls and the ready sockets they returned (coalescing: events per poll).
+            "loop": {"polls": self.loop.iterations, "events": self.loop.events,
+                     "coalesce_s": self.loop.coalesce},
             "rss_bytes": rss_bytes(),
             "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
@@ -2443,7 +2451,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
             soft, hard, max(capacity, 0), opts.max_clients, max(capacity, 0),
         )
         opts = opts._replace(max_clients=max(capacity, 0))
-    loop = EventLoop()
+    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
     started = _start_server(loop, lambda: GameServer(loop, opts), opts, log_limiter)
     if started is None:
         return 2
@@ -3327,7 +3335,7 @@ def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: R
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
-    loop = EventLoop()
+    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
     role_class = Authority if role == "game" else Gateway
     started = _start_server(loop, lambda: role_class(loop, opts, cluster, address), opts,
                             log_limiter)
@@ -5421,6 +5429,17 @@ def _unreadable(name: str, key: str) -> Check:
     return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
 
 
+def _at_least(name: str, have: int, want: int, short: str, why: str, fix: str, *,
+              current: Optional[str] = None, needed: Optional[str] = None,
+              why_ok: str = "") -> Check:
+    """The check of a setting that wants ``have >= want``: ``short`` (WARN or
+    BLOCK) with ``why`` and the sysctl line ``fix`` when it falls short."""
+    ok = have >= want
+    return Check(name, OK if ok else short, str(have) if current is None else current,
+                 f">= {want}" if needed is None else needed, why_ok if ok else why,
+                 () if ok else (Fix(SYSCTL_FILE, fix),))
+
+
 def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
     """What will and will not let ``clients`` connect to one server process.
 
@@ -5479,12 +5498,10 @@ def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Che
     nr_open = _ints(facts.sysctl["fs.nr_open"])
     if nr_open is None:
         return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
-    ok = nr_open[0] >= fds
-    return Check(
-        "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
-        str(nr_open[0]), f">= {fds}",
-        "" if ok else "LimitNOFILE= and limits.d values above this are refused",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),))
+    return _at_least(
+        "fs.nr_open (ceiling for any process's open-files limit)", nr_open[0], fds, BLOCK,
+        "LimitNOFILE= and limits.d values above this are refused",
+        f"fs.nr_open = {_nice_limit(fds)}")
 
 
 def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5494,13 +5511,12 @@ def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Ch
         return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
     in_use = file_nr[0] if file_nr else 0
     want = fds + in_use
-    ok = file_max[0] >= want
-    return Check(
-        "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
-        f">= {want} ({fds} + {in_use} open now)",
-        "bots on the same host need as many again" if ok else
+    return _at_least(
+        "fs.file-max (open files, whole system)", file_max[0], want, BLOCK,
         "the kernel refuses new sockets system-wide (ENFILE) past this",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),))
+        f"fs.file-max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({fds} + {in_use} open now)",
+        why_ok="bots on the same host need as many again")
 
 
 def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5508,13 +5524,11 @@ def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
     if somaxconn is None:
         return _unreadable("net.core.somaxconn", "net.core.somaxconn")
-    ok = somaxconn[0] >= storm
-    return Check(
-        "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
-        str(somaxconn[0]), f">= {storm}",
-        "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+    return _at_least(
+        "net.core.somaxconn (accept queue; caps our listen backlog)", somaxconn[0], storm, WARN,
+        f"the server asks for {backlog}; a reconnect storm after a restart "
         "overflows the queue and clients wait 1-3 s to retry their SYN",
-        () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),))
+        f"net.core.somaxconn = {backlog}")
 
 
 def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5523,14 +5537,13 @@ def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional
     cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
     if syn is None:
         return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
-    ok = syn[0] >= storm
     on = bool(cookies and cookies[0])
-    return Check(
-        "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
-        str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
-        "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
-                       if on else "past it, SYNs are dropped and clients retry later"),
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),))
+    return _at_least(
+        "net.ipv4.tcp_max_syn_backlog (half-open connections)", syn[0], storm, WARN,
+        "past it, SYN cookies answer instead: connections still succeed"
+        if on else "past it, SYNs are dropped and clients retry later",
+        "net.ipv4.tcp_max_syn_backlog = 8192",
+        current=str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"))
 
 
 def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5538,17 +5551,16 @@ def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[
     if ports is None or len(ports) != 2:
         return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
     span = ports[1] - ports[0] + 1
-    ok = span >= clients
     why = ("one source address can open at most this many connections to one server "
            "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
            "port (one upstream connection per client)")
-    if not ok and clients > 65535 - 10000 + 1:
+    if clients > 65535 - 10000 + 1:
         why += ("; the widest useful range still gives one address ~55,000 ports: above "
                 "that use several source addresses (127.0.0.2, ...) or hosts")
-    return Check(
-        "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
-        f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),))
+    return _at_least(
+        "net.ipv4.ip_local_port_range (load generators, proxies)", span, clients, WARN, why,
+        "net.ipv4.ip_local_port_range = 10000 65535",
+        current=f"{ports[0]}-{ports[1]} ({span} ports)", needed=f">= {clients} ports")
 
 
 def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5589,14 +5601,11 @@ def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[
     tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
     if tw is None:
         return None
-    ok = tw[0] >= clients
-    return Check(
-        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
-        str(tw[0]), f">= {clients}",
-        "" if ok else "a shutdown closes every connection from our side; past this the "
+    return _at_least(
+        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", tw[0], clients, WARN,
+        "a shutdown closes every connection from our side; past this the "
         "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-        () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
-                                        f"{_nice_limit(clients)}"),))
+        f"net.ipv4.tcp_max_tw_buckets = {_nice_limit(clients)}")
 
 
 def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5606,14 +5615,12 @@ def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
     in_use = count[0] if count else 0
     want = clients + in_use
-    ok = conntrack[0] >= want
-    return Check(
-        "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
-        str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
-        "" if ok else "when the table is full the kernel silently drops new connections "
+    return _at_least(
+        "net.netfilter.nf_conntrack_max (firewall connection tracking)", conntrack[0], want,
+        BLOCK, "when the table is full the kernel silently drops new connections "
         "('nf_conntrack: table full, dropping packet' in dmesg)",
-        () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
-                                        f"{_nice_limit(2 * want)}"),))
+        f"-net.netfilter.nf_conntrack_max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({clients} + {in_use} tracked now)")
 
 
 # The checks, in the order doctor reports them.
@@ -5974,6 +5981,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
     common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
+    common.add_argument("--coalesce-ms", type=float, default=DEFAULT_COALESCE * 1000,
+                        metavar="MS", help="while busy, read sockets at most once per MS ms, so "
+                        "one poll collects many players' moves; the most a request or ping "
+                        "waits for it (default %(default)g; 0: read as soon as anything arrives)")
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     common.add_argument("--log-format", default="text", choices=["text", "json"],
                         help="text lines, or one JSON object per line (default text)")
@@ -6128,10 +6139,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if summary["failed"] == 0 and summary["dropped"] == 0 else 1
     if args.tick_ms < 10 or args.tick_ms > 60_000:
         parser.error("--tick-ms must be between 10 and 60000")
+    if args.coalesce_ms < 0:
+        parser.error("--coalesce-ms must be >= 0")
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
     defaults = ServerOptions()
-    given = {"tick_ms": args.tick_ms, "stats_out": args.stats_out, "admin_port": args.admin_port,
+    given = {"tick_ms": args.tick_ms, "coalesce_ms": args.coalesce_ms,
+             "stats_out": args.stats_out, "admin_port": args.admin_port,
              "admin_host": args.admin_host}
     if args.command in ("serve", "gateway"):
         if args.max_clients < 1:

@@ -182,11 +182,11 @@ class WebFront:
         if binary is not None:
             self.set_binary(binary)
         # HTTP connections and when their current deadline started.
-        self.watched: Dict[Connection, float] = {}
+        self._watched: Dict[Connection, float] = {}
         self._timer: Optional[Timer] = None
         # Upgraded connections: [their codec's reads when last seen, when
         # they last sent something, pinged since].
-        self.ws_watched: Dict[Connection, List[Any]] = {}
+        self._ws_watched: Dict[Connection, List[Any]] = {}
         self._ws_timer: Optional[Timer] = None
 
     def set_binary(self, binary: Callable[[], Codec]) -> None:
@@ -218,7 +218,7 @@ class WebFront:
 
     # -- HTTP ---------------------------------------------------------------
 
-    def handle(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
+    def _handle(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
         """Answer one request. Returns messages (maybe none) if it upgraded."""
         conn = codec.conn
         cfg = self.config
@@ -233,38 +233,38 @@ class WebFront:
             refused = forwarded_for(conn, request.header("x-forwarded-for"))
             if refused is not None:
                 client = request.header("x-forwarded-for") or ""
-                self.reply(conn, 503, error_response(
+                self._reply(conn, 503, error_response(
                     503, f"too many connections from {client.rsplit(',', 1)[-1].strip()} "
                     f"({refused}); try later"), False, refused)
                 return None
         if method not in ("GET", "HEAD"):
-            self.reply(conn, 405, error_response(405, f"{method} is not supported", not keep,
+            self._reply(conn, 405, error_response(405, f"{method} is not supported", not keep,
                                                  [("Allow", "GET, HEAD")]), keep)
         elif request.has_body:
-            self.reply(conn, 413, error_response(413, "request bodies are not accepted"), False)
+            self._reply(conn, 413, error_response(413, "request bodies are not accepted"), False)
         elif cfg.ws_path is not None and (
                 path == cfg.ws_path
                 or (cfg.ws_path == "*" and "websocket" in request.tokens("upgrade"))):
-            return self.upgrade(codec, request)
+            return self._upgrade(codec, request)
         elif cfg.health_path is not None and path == cfg.health_path:
-            self.reply(conn, 200, response(
+            self._reply(conn, 200, response(
                 200, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")],
                 b"ok\n", head_only=head_only, close=not keep), keep)
         elif path in cfg.routes:
             answer = cfg.routes[path]()
             content_type, body = answer[0], answer[1]
             status = answer[2] if len(answer) > 2 else 200
-            self.reply(conn, status, response(
+            self._reply(conn, status, response(
                 status, [("Content-Type", content_type), ("Cache-Control", "no-store")],
                 body, head_only=head_only, close=not keep), keep)
         elif self.static is not None:
             status, data = self.static.respond(request, keep)
-            self.reply(conn, status, data, keep)
+            self._reply(conn, status, data, keep)
         else:
-            self.reply(conn, 404, error_response(404, "no such resource", not keep), keep)
+            self._reply(conn, 404, error_response(404, "no such resource", not keep), keep)
         return None
 
-    def reply(self, conn: Connection, status: int, data: bytes, keep_alive: bool,
+    def _reply(self, conn: Connection, status: int, data: bytes, keep_alive: bool,
               reason: str = CloseReason.DONE) -> None:
         by_status = self.stats.by_status
         by_status[status] = by_status.get(status, 0) + 1
@@ -274,7 +274,7 @@ class WebFront:
         else:
             conn.close_after_flush(reason)
 
-    def bad_request(self, conn: Connection, exc: HttpError) -> None:
+    def _bad_request(self, conn: Connection, exc: HttpError) -> None:
         """The parser refused the input: answer its status, then close."""
         self.stats.bad_requests += 1
         if exc.limit_name:
@@ -282,9 +282,9 @@ class WebFront:
         # DEBUG: a thousand bad requests must not write a thousand lines; the
         # churn summary counts them (closed by reason bad-http, limits hit).
         log.debug("fd=%d %s: bad HTTP request: %s", conn.fd, conn.peername(), exc)
-        self.reply(conn, exc.status, error_response(exc.status, str(exc)), False, exc.reason)
+        self._reply(conn, exc.status, error_response(exc.status, str(exc)), False, exc.reason)
 
-    def upgrade(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
+    def _upgrade(self, codec: "HttpCodec", request: Request) -> Optional[List[bytes]]:
         conn = codec.conn
         cfg = self.config
         choice = self._choose(request)
@@ -297,14 +297,14 @@ class WebFront:
         except HttpError as exc:
             extra = [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
             keep = exc.status != 400 and request.keep_alive
-            self.reply(conn, exc.status, error_response(
+            self._reply(conn, exc.status, error_response(
                 exc.status, str(exc), not keep, extra if exc.status == 426 else [],
                 head_only=request.method == "HEAD"), keep)
             return None
         rest = codec.parser.take_rest()
         self.stats.by_status[101] = self.stats.by_status.get(101, 0) + 1
         self.stats.upgrades += 1
-        self.watched.pop(conn, None)
+        self._watched.pop(conn, None)
         conn.write(accept)
         ws = WebSocketCodec(conn, choice.inner, cfg.max_message, choice.subprotocol,
                             max_fragments=cfg.max_fragments, control_burst=cfg.control_burst,
@@ -335,7 +335,7 @@ class WebFront:
 
     def _watch(self, conn: Connection) -> None:
         loop = conn.owner.loop
-        self.watched[conn] = loop.time()
+        self._watched[conn] = loop.time()
         if self._timer is None:
             period = min(1.0, self.config.handshake_timeout / 4)
             self._timer = loop.call_later(period, lambda: self._sweep(loop))
@@ -344,7 +344,7 @@ class WebFront:
         """Close HTTP connections past their deadline (runs while any are watched)."""
         self._timer = None
         limit = loop.time() - self.config.handshake_timeout
-        watched = self.watched
+        watched = self._watched
         for conn, since in list(watched.items()):
             if not conn.is_open or not isinstance(conn.codec, HttpCodec):
                 del watched[conn]
@@ -353,7 +353,7 @@ class WebFront:
                 self.stats.handshake_timeouts += 1
                 conn.owner.stats.limit("http-deadline")
                 if conn.codec.parser.buffered:
-                    self.reply(conn, 408, error_response(
+                    self._reply(conn, 408, error_response(
                         408, f"request not complete within {self.config.handshake_timeout:g} s"),
                         False, CloseReason.HANDSHAKE_TIMEOUT)
                 else:
@@ -372,7 +372,7 @@ class WebFront:
 
     def _watch_ws(self, conn: Connection) -> None:
         loop = conn.owner.loop
-        self.ws_watched[conn] = [0, loop.time(), False]
+        self._ws_watched[conn] = [0, loop.time(), False]
         if self._ws_timer is None:
             self._ws_timer = loop.call_later(self._ws_period(), lambda: self._ws_sweep(loop))
 
@@ -381,7 +381,7 @@ class WebFront:
         self._ws_timer = None
         cfg = self.config
         now = loop.time()
-        watched = self.ws_watched
+        watched = self._ws_watched
         for conn, seen in list(watched.items()):
             codec = conn.codec
             if not conn.is_open or not isinstance(codec, WebSocketCodec):
@@ -435,9 +435,9 @@ class HttpCodec(SilentCodec):
                 request = parser.next_request()
                 if request is None:
                     break
-                upgraded = self.front.handle(self, request)
+                upgraded = self.front._handle(self, request)
                 if upgraded is not None:
                     return upgraded
         except HttpError as exc:
-            self.front.bad_request(conn, exc)
+            self.front._bad_request(conn, exc)
         return []

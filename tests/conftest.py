@@ -16,7 +16,8 @@ Plain helpers are imported as ``from conftest import run_until, Echo``
 (``tests/`` is on pytest's pythonpath); fixtures are used by name.
 
 ``slow``: bots, browsers, the Tk window, the capacity smoke test, 1,000+
-clients and subprocess servers that run for many seconds. ``pytest -m "not
+clients, subprocess servers that run for many seconds, and fuzzing with
+hundreds of examples. ``pytest -m "not
 slow"`` is the quick loop; tox runs the quick tests on every interpreter and
 the slow ones on the newest; CI runs both.
 """

@@ -8,7 +8,7 @@ split into chunks at the given cut points, and uses what comes out (a
 parsed HTTP request's body framing, keep-alive, WebSocket handshake), so a
 bug that only shows when a result is used is found too.
 
-Two users: the hypothesis tests (tests/core/test_fuzz_parsers.py,
+Two users: the hypothesis tests (tests/test_server_fuzz_parsers.py,
 tests/test_protocol_fuzz.py), bounded and quick, and ``bench/fuzz.py``,
 which mutates :data:`CORPUS` a million times per parser.
 """
