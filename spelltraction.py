@@ -146,6 +146,7 @@ from netcore import (
 from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
+from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.stats import Window
 from netcore.web import Route
@@ -1500,6 +1501,10 @@ class ServerOptions(NamedTuple):
     send_backlog_grace: float = 4.0
     allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
     reuse_port: bool = False  # SO_REUSEPORT: gateways of one world only, never serve
+    # While busy, read at most once per this many ms: one epoll_wait collects
+    # the moves of hundreds of players (applied at the next tick anyway).
+    # The most any request, handshake or ping waits for it; 0: off.
+    coalesce_ms: float = DEFAULT_COALESCE * 1000
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -2109,6 +2114,9 @@ class GameServer(Handler):
             "store": self._store_stats(),
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
+            # Polls and the ready sockets they returned (coalescing: events per poll).
+            "loop": {"polls": self.loop.iterations, "events": self.loop.events,
+                     "coalesce_s": self.loop.coalesce},
             "rss_bytes": rss_bytes(),
             "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
@@ -2442,7 +2450,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
             soft, hard, max(capacity, 0), opts.max_clients, max(capacity, 0),
         )
         opts = opts._replace(max_clients=max(capacity, 0))
-    loop = EventLoop()
+    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
     started = _start_server(loop, lambda: GameServer(loop, opts), opts, log_limiter)
     if started is None:
         return 2
@@ -3331,7 +3339,7 @@ def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: R
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
-    loop = EventLoop()
+    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
     role_class = Authority if role == "game" else Gateway
     started = _start_server(loop, lambda: role_class(loop, opts, cluster, address), opts,
                             log_limiter)
@@ -6020,6 +6028,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
     common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
+    common.add_argument("--coalesce-ms", type=float, default=DEFAULT_COALESCE * 1000,
+                        metavar="MS", help="while busy, read sockets at most once per MS ms, so "
+                        "one poll collects many players' moves; the most a request or ping "
+                        "waits for it (default %(default)g; 0: read as soon as anything arrives)")
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     common.add_argument("--log-format", default="text", choices=["text", "json"],
                         help="text lines, or one JSON object per line (default text)")
@@ -6179,10 +6191,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if summary["failed"] == 0 and summary["dropped"] == 0 else 1
     if args.tick_ms < 10 or args.tick_ms > 60_000:
         parser.error("--tick-ms must be between 10 and 60000")
+    if args.coalesce_ms < 0:
+        parser.error("--coalesce-ms must be >= 0")
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
     defaults = ServerOptions()
-    given = {"tick_ms": args.tick_ms, "stats_out": args.stats_out, "admin_port": args.admin_port,
+    given = {"tick_ms": args.tick_ms, "coalesce_ms": args.coalesce_ms,
+             "stats_out": args.stats_out, "admin_port": args.admin_port,
              "admin_host": args.admin_host}
     if args.command in ("serve", "gateway"):
         if args.max_clients < 1:

@@ -20,8 +20,11 @@ import logging
 import os
 import selectors
 import socket
+import _socket
 import sys
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast,
+)
 
 from .addrlimit import DEFAULT_EXEMPT, AddressLimits, Key, address_key, parse_networks
 from .codec import Codec, ProtocolError, SilentCodec
@@ -55,6 +58,23 @@ except ImportError:  # pragma: no cover - not POSIX
     _SIOCOUTQ = None
 
 _ZERO_INT = bytes(4)
+
+
+def accept_lean(lsock: socket.socket) -> Tuple[socket.socket, Any]:
+    """``lsock.accept()``, but the new socket a plain ``_socket.socket``.
+
+    The ``socket.socket`` subclass adds what a connection never uses
+    (``makefile``/``sendfile`` bookkeeping, a ``__weakref__`` slot): 88 bytes
+    against 48, 40 bytes a player. Everything netcore calls (``send``,
+    ``recv_into``, ``setsockopt``, ``getpeername``, ``close``) is the base's.
+    """
+    fd, addr = lsock._accept()  # type: ignore[attr-defined]
+    try:
+        sock = _socket.socket(lsock.family, lsock.type, lsock.proto, fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return cast(socket.socket, sock), addr
 
 
 def unsent_bytes(sock: socket.socket) -> int:
@@ -408,7 +428,7 @@ class TCPServer(OwnerBase):
         lsock = listener.sock
         for _ in range(self.config.accept_batch):
             try:
-                sock, _addr = lsock.accept()
+                sock, _addr = accept_lean(lsock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -460,7 +480,7 @@ class TCPServer(OwnerBase):
         if key is not None:
             self._counted[conn] = (key, True)
         conn.codec = _ProxyHeaderCodec(conn, self) if from_proxy else self.codec_factory(conn)
-        self.loop.register(sock, EVENT_READ, conn)
+        self.loop.register(conn.fd, EVENT_READ, conn)  # the int conn holds: no copy
         self.connections[conn.fd] = conn
         stats.accepted += 1
         stats.connections += 1
@@ -650,7 +670,7 @@ class TCPServer(OwnerBase):
         """Accept and refuse queued connections; True once the queue is empty."""
         for _ in range(self.config.accept_batch):
             try:
-                sock, _addr = lsock.accept()
+                sock, _addr = accept_lean(lsock)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:

@@ -50,19 +50,6 @@ def test_units_share_one_user_and_the_gateways_one_port():
     assert game["RestartPreventExitStatus"] == "3"
 
 
-@pytest.mark.parametrize("path", [GAME_UNIT, GATEWAY_UNIT])
-def test_every_cluster_unit_setting_is_explained(path):
-    lines = open(path).read().splitlines()
-    for i, line in enumerate(lines):
-        s = line.strip()
-        if not s or s[0] in "#;[":
-            continue
-        j = i - 1
-        while j >= 0 and lines[j].strip() and not lines[j].strip().startswith("#"):
-            j -= 1
-        assert j >= 0 and lines[j].strip().startswith("#"), f"no comment for: {s}"
-
-
 def test_systemd_analyze_verifies_the_cluster_units(tmp_path):
     analyze = require_tool("systemd-analyze")
     shutil.copy(GAME_UNIT, tmp_path / "spelltraction-game.service")
