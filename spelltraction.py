@@ -189,7 +189,7 @@ __all__ = [
     "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
     # Bots
-    "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots", "write_private_json",
+    "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots", "write_private_json",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "ClientTokens", "client_state_path",
@@ -2001,12 +2001,13 @@ class GameServer(Handler):
         durable = store.durable
         if self._planned is not None and durable >= self._plan_seq:
             self.game.release_score()
-        if self.joining:
-            for conn, (seq, player, token, status) in list(self.joining.items()):
-                if seq > durable:
-                    break  # in order of their batches
-                del self.joining[conn]
-                self._enter(conn, player, token, status)
+        joining = self.joining
+        while joining:  # in order of their batches: stop at the first not on disk yet
+            conn, (seq, player, token, status) = next(iter(joining.items()))
+            if seq > durable:
+                break
+            del joining[conn]
+            self._enter(conn, player, token, status)
         now = time.time()
         if now >= self._prune_at:
             store.stage_prune(now - self.options.prune_days * 86400)
@@ -2523,7 +2524,10 @@ OP_HELLO, OP_MOVE, OP_LEAVE = 1, 2, 3  # up: the client's HELLO / MOVE payload; 
 OP_SEND, OP_YOU, OP_CLOSE, OP_RESYNC = 4, 5, 6, 7  # down: see Authority / Gateway
 _BUS_CLOSE = struct.Struct(">HBH")  # WebSocket close code, len(reason), len(text)
 LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
-HEARTBEAT_LEASE_S = 5.0  # a gateway not heard from this long is gone, its players too
+# A gateway not heard from this long is gone, its players too. Generous: a
+# gateway whose loop is busy (an accept storm of thousands, a shared CPU) is
+# not dead, and dropping its players would make v1 players new players.
+HEARTBEAT_LEASE_S = 15.0
 PAUSE_AFTER_S = 1.0  # no TICK from the authority this long: the game is paused
 PAUSE_EVERY_S = 2.0  # how often a paused gateway says so (to v2 players)
 TICK_AHEAD = 40  # TICK numbers reserved on disk ahead: never backwards after a crash
@@ -2627,10 +2631,12 @@ class _ClusterRole:
         self.down_channel = (self.prefix + "down").encode()
         self.up_channel = (self.prefix + "up").encode()
         self.bus = BusStats()
-        self.redis = Redis(loop, address, name=name + "-commands", ping_interval=2.0,
+        # Keepalive PINGs every 10 s: a frozen Redis is noticed within ~20 s, and
+        # a loop slowed by load (or a reply behind a big publication) is not.
+        self.redis = Redis(loop, address, name=name + "-commands", ping_interval=10.0,
                            on_ready=self._redis_ready, on_lost=self._redis_lost)
         self.sub = RedisSubscriber(loop, address, self._on_bus_message, name=name + "-bus",
-                                   ping_interval=2.0, on_ready=self._bus_ready,
+                                   ping_interval=10.0, on_ready=self._bus_ready,
                                    on_lost=self._redis_lost)
 
     def private_channel(self, gateway: str) -> bytes:
@@ -3385,6 +3391,29 @@ class BotOptions(NamedTuple):
     json: bool = False
     ws: bool = False  # connect over WebSocket (/ws) instead of the binary protocol
     state: str = ""  # protocol 2: resume tokens and last shown scores in this file
+    # Source addresses to spread the bots over, comma-separated; "auto": past
+    # SOURCE_SPREAD bots toward a 127.x target, 127.0.0.2, 127.0.0.3, ... (one
+    # source address has ~28,000 ephemeral ports toward one server port).
+    sources: str = "auto"
+
+
+SOURCE_SPREAD = 20_000  # bots per loopback source address when spreading
+
+
+def bot_sources(host: str, count: int, spec: str = "auto") -> List[str]:
+    """The source addresses bots bind before connecting ([]: the kernel's choice).
+
+    ``spec``: "auto", "none", or addresses ("127.0.0.2,127.0.0.3"). Auto
+    spreads only a loopback IPv4 target with more bots than one address's
+    ephemeral ports hold comfortably (the whole 127/8 is local on Linux).
+    """
+    if spec in ("", "none"):
+        return []
+    if spec != "auto":
+        return [a.strip() for a in spec.split(",") if a.strip()]
+    if not host.startswith("127.") or count <= SOURCE_SPREAD:
+        return []
+    return [f"127.0.0.{2 + k}" for k in range(-(-count // SOURCE_SPREAD))]
 
 
 RETRY_FIRST, RETRY_MAX = 0.5, 8.0  # a dropped --state bot reconnects after these (doubling)
@@ -3492,9 +3521,12 @@ class BotWorker:
 
     def __init__(self, host: str, port: int, count: int, move_every: float, probes: int,
                  seed: int, batch: int, websocket: bool = False,
-                 resume: Optional[List[List[Any]]] = None) -> None:
+                 resume: Optional[List[List[Any]]] = None, sources: Sequence[str] = (),
+                 offset: int = 0) -> None:
         info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         self.family, self.addr = info[0], info[4]
+        self.sources = list(sources)  # bot i binds sources[(offset + i) % n] first
+        self.offset = offset
         self.websocket = websocket
         self.host_header = f"{host}:{port}"
         self.ws_keys: Dict[int, str] = {}  # fd -> Sec-WebSocket-Key, while upgrading
@@ -3578,6 +3610,16 @@ class BotWorker:
         s = socket.socket(self.family, socket.SOCK_STREAM)
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self._LINGER)
+        if self.sources:
+            # The port is picked at connect() (IP_BIND_ADDRESS_NO_PORT, Linux
+            # 4.2+), per destination: each source address gets its own range.
+            s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+            try:
+                s.bind((self.sources[(self.offset + i) % len(self.sources)], 0))
+            except OSError as exc:
+                s.close()
+                self._fail(i, f"bind: {exc.strerror or exc}")
+                return
         err = s.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
             s.close()
@@ -3911,7 +3953,8 @@ def _bot_worker_main(params_json: str) -> None:
     raise_nofile_limit()
     resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
-                       p["seed"], p["batch"], p.get("ws", False), resume)
+                       p["seed"], p["batch"], p.get("ws", False), resume,
+                       p.get("sources", ()), p.get("offset", 0))
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
     stdin_fd = sys.stdin.fileno()  # the parent writes "hold", then closes it to say "stop"
@@ -4000,6 +4043,10 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
     transport = "WebSocket" if opts.ws else "TCP"
     state = BotState(opts.state) if opts.state else None
     offsets = [sum(shares[:k]) for k in range(procs)]
+    sources = bot_sources(opts.host, opts.n_bots, opts.sources)
+    if sources:
+        print(f"bots: from {len(sources)} source addresses ({', '.join(sources)})", file=out,
+              flush=True)
     print(f"bots: {opts.n_bots} to {opts.host}:{opts.port} ({transport}) over {procs} process(es), "
           f"moving every {opts.move_every:g} s, holding {opts.duration:g} s", file=out, flush=True)
     if state is not None:
@@ -4015,7 +4062,7 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             params = {"host": opts.host, "port": opts.port, "count": shares[k],
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
                       "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws,
-                      "state": opts.state, "offset": offsets[k]}
+                      "state": opts.state, "offset": offsets[k], "sources": sources}
             workers.append(subprocess.Popen(
                 [sys.executable, "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -4144,6 +4191,8 @@ def _summarise(finals: List[Dict[str, Any]], opts: BotOptions,
         "move_latency_ms_p99": round(lat(99) * 1000, 1),
         "latency_samples": len(latencies),
         "tick_fraction_min": round(min((f["tick_fraction_min"] for f in finals), default=0.0), 4),
+        "tick_fraction_mean": round(sum(f["tick_fraction_mean"] * f["connected"] for f in finals)
+                                    / max(1, total("connected")), 4),
         "bots_below_95pct_ticks": total("below_95"),
         "errors": errors,
     }
@@ -6044,6 +6093,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="protocol 2: keep each bot's resume token and last shown score in "
                          "FILE (mode 0600, rewritten at least every second); a second run with "
                          "the same FILE resumes them, and dropped bots reconnect with backoff")
+    bp.add_argument("--source-addresses", default="auto", metavar="auto|none|ADDR,...",
+                    help="bind each bot to one of these source addresses, in turn (one address "
+                    "has ~28,000 ephemeral ports toward one server port); auto (default): "
+                    f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots")
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
     bp.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -6131,6 +6184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             host=args.host, port=args.port, n_bots=args.count, move_every=args.move_every,
             duration=args.duration, procs=procs, probes=args.probes,
             ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json, ws=args.ws,
+            sources=args.source_addresses,
             state=args.state,
         ))
         if args.json:

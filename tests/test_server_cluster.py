@@ -208,7 +208,8 @@ def test_gateway_killed_its_players_resume_on_another(world):
         assert q.score >= p.score
         back.append(q)
     # The dead gateway's lease runs out: the authority forgets it.
-    wait_for(lambda: len(cluster_stats(a.admin)["cluster"]["gateways"]) == 1, timeout=15)
+    wait_for(lambda: len(cluster_stats(a.admin)["cluster"]["gateways"]) == 1,
+             timeout=st.HEARTBEAT_LEASE_S + 15)
     assert cluster_stats(a.admin)["players"] == 12
     pump_all(others + back, 1.0)
     assert not any(p.closed for p in others + back)
