@@ -2001,12 +2001,13 @@ class GameServer(Handler):
         durable = store.durable
         if self._planned is not None and durable >= self._plan_seq:
             self.game.release_score()
-        if self.joining:
-            for conn, (seq, player, token, status) in list(self.joining.items()):
-                if seq > durable:
-                    break  # in order of their batches
-                del self.joining[conn]
-                self._enter(conn, player, token, status)
+        joining = self.joining
+        while joining:  # in order of their batches: stop at the first not on disk yet
+            conn, (seq, player, token, status) = next(iter(joining.items()))
+            if seq > durable:
+                break
+            del joining[conn]
+            self._enter(conn, player, token, status)
         now = time.time()
         if now >= self._prune_at:
             store.stage_prune(now - self.options.prune_days * 86400)

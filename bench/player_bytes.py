@@ -50,10 +50,11 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
         return []
     conn = conns[len(conns) // 2]
     player = conn.data
-    poller = srv.loop.poller
+    poller = getattr(srv.loop, "poller", None)  # None: a netcore before the epoll poller
     rows: List[Tuple[str, float]] = [
         ("Connection", sys.getsizeof(conn)),
-        ("socket.socket", sys.getsizeof(conn.sock)),
+        (f"socket ({type(conn.sock).__module__}.{type(conn.sock).__name__})",
+         sys.getsizeof(conn.sock)),
         (f"codec ({type(conn.codec).__name__})", sys.getsizeof(conn.codec)),
         ("Player", sys.getsizeof(player)),
     ]
@@ -62,10 +63,11 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
             and not -5 <= getattr(player, name) <= 256]
     rows.append((f"Player's own ints ({len(ints)} outside the small-int cache)",
                  sum(sys.getsizeof(i) for i in ints)))
-    if hasattr(poller, "selector"):  # a selectors selector: a SelectorKey per socket
-        key = poller.selector.get_key(conn.fd)
+    if poller is None or hasattr(poller, "selector"):  # selectors: a SelectorKey per socket
+        sel = srv.loop.selector if poller is None else poller.selector
+        key = sel.get_key(conn.fd)
         rows.append(("SelectorKey (selectors)", sys.getsizeof(key)))
-        rows.append(("selector's fd->key dict, per entry", _deep_entry(poller.selector._fd_to_key)))
+        rows.append(("selector's fd->key dict, per entry", _deep_entry(sel._fd_to_key)))
     else:
         rows.append(("epoll poller's fd->handler dict, per entry", _deep_entry(poller._handlers)))
     rows.append(("server.connections dict, per entry", _deep_entry(srv.net.connections)))
@@ -137,9 +139,11 @@ def main() -> int:
         print(json.dumps(out))
         return 0
     n = out["players"]
-    print(f"{n} players; RSS {out['rss_before'] / 1e6:.1f} -> {out['rss_after'] / 1e6:.1f} MB: "
-          f"{out['rss_per_player']:.0f} B per player"
-          + (" (tracemalloc on: inflated)" if not args.rss else ""))
+    if args.rss:
+        print(f"{n} players; RSS {out['rss_before'] / 1e6:.1f} -> {out['rss_after'] / 1e6:.1f} MB:"
+              f" {out['rss_per_player']:.0f} B per player")
+    else:
+        print(f"{n} players (RSS with tracemalloc on means nothing: see --rss)")
     print("\n| per-player object | bytes |\n|---|---|")
     for name, size in out["objects"]:
         print(f"| {name} | {size:.0f} |")

@@ -282,8 +282,11 @@ class TCPServer(OwnerBase):
         cfg = self.config
         self.address_limits = AddressLimits(cfg.max_per_address, cfg.max_pending_per_address,
                                             cfg.max_pending, cfg.exempt)
-        # Connections counted by address_limits: their key, and whether pending.
-        self._counted: Dict[Connection, Tuple[Key, bool]] = {}
+        # Connections counted by address_limits, by their key: pending (no
+        # settle() yet) or settled. Two dicts, not one of (key, pending) tuples:
+        # a tuple per player is 56 bytes for one bit.
+        self._counted: Dict[Connection, Key] = {}
+        self._counted_pending: Dict[Connection, Key] = {}
         # The real client of a connection from a trusted proxy (PROXY header).
         self.proxied: Dict[Connection, str] = {}
         self._by_xff: Set[Connection] = set()  # ...named by X-Forwarded-For
@@ -478,7 +481,7 @@ class TCPServer(OwnerBase):
             return None
         conn = Connection(sock, self)
         if key is not None:
-            self._counted[conn] = (key, True)
+            self._counted_pending[conn] = key
         conn.codec = _ProxyHeaderCodec(conn, self) if from_proxy else self.codec_factory(conn)
         self.loop.register(conn.fd, EVENT_READ, conn)  # the int conn holds: no copy
         self.connections[conn.fd] = conn
@@ -547,10 +550,15 @@ class TCPServer(OwnerBase):
     def settle(self, conn: Connection) -> None:
         """``conn`` is no longer pending (a player said HELLO): it stops counting
         against the pending limits. Idempotent; a no-op for uncounted peers."""
-        counted = self._counted.get(conn)
-        if counted is not None and counted[1]:
-            self._counted[conn] = (counted[0], False)
-            self.address_limits.settle(counted[0])
+        key = self._counted_pending.pop(conn, None)
+        if key is not None:
+            self._counted[conn] = key
+            self.address_limits.settle(key)
+
+    def _uncount(self, conn: Connection) -> Optional[Key]:
+        """Forget ``conn``'s address-limit key (pending or not); None if uncounted."""
+        key = self._counted.pop(conn, None)
+        return self._counted_pending.pop(conn, None) if key is None else key
 
     def rekey(self, conn: Connection, address: str) -> Optional[str]:
         """Count ``conn`` as coming from ``address`` (a trusted proxy named the
@@ -558,11 +566,10 @@ class TCPServer(OwnerBase):
         refuses it (the caller answers and closes), else None."""
         limits = self.address_limits
         self.proxied[conn] = address
-        counted = self._counted.pop(conn, None)
-        pending = True
-        if counted is not None:
-            pending = counted[1]
-            limits.release(counted[0], pending)
+        pending = conn not in self._counted
+        old = self._uncount(conn)
+        if old is not None:
+            limits.release(old, pending)
         if not limits.active:
             return None
         key, limit = limits.admit(address)
@@ -570,7 +577,7 @@ class TCPServer(OwnerBase):
             self.stats.limit(limit)
             return limit
         if key is not None:
-            self._counted[conn] = (key, True)
+            self._counted_pending[conn] = key
             if not pending:
                 self.settle(conn)
         return None
@@ -697,9 +704,10 @@ class TCPServer(OwnerBase):
 
     def _forget(self, conn: Connection, reason: str, detail: str) -> None:
         self._release(conn, reason)
-        counted = self._counted.pop(conn, None)
-        if counted is not None:
-            self.address_limits.release(counted[0], counted[1])
+        pending = conn not in self._counted
+        key = self._uncount(conn)
+        if key is not None:
+            self.address_limits.release(key, pending)
         if self.proxied:
             self.proxied.pop(conn, None)
             self._by_xff.discard(conn)
