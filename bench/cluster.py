@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -319,27 +319,32 @@ def report(world: Dict[str, Any], serve: Optional[Dict[str, Any]]) -> str:
     bus = game.get("bus") or {}
     lat = [(r, (v or {}).get("bus", {})) for r, v in world["roles"].items() if r != "game"]
     head = ["", "world (cluster)"] + (["serve"] if serve else [])
-    rows = []
-    rows.append(["players connected / failed / dropped",
-                 f"{world['players']} / {world['failed']} / {world['dropped']}"]
-                + ([f"{serve['players']} / {serve['failed']} / {serve['dropped']}"] if serve else []))
-    rows.append(["tick interval players saw p50 / p99 (ms)",
-                 f"{world['tick_interval_ms_p50']:.0f} / {world['tick_interval_ms_p99']:.0f}"]
-                + ([f"{serve['client_tick_interval_p50_ms']:.0f} / "
-                    f"{serve['client_tick_interval_p99_ms']:.0f}"] if serve else []))
-    rows.append(["tick lateness p99 as players see it (ms)",
-                 f"{world['tick_lateness_p99_ms']:.0f}"]
-                + ([f"{max(0.0, serve['client_tick_interval_p99_ms'] - 250):.0f}"] if serve else []))
-    rows.append(["share of ticks received (mean; min bot)",
-                 f"{world['tick_share_mean'] * 100:.1f} %; {world['tick_share_min'] * 100:.1f} %"]
-                + ([f"- ; {serve['bots_below_95pct_ticks']} bots < 95 %"] if serve else []))
-    rows.append(["CPU µs per player-tick (server side)",
-                 f"{world['cpu_us_per_player_tick']:.2f}"]
-                + ([f"{serve['cpu_us_per_player_tick']:.2f}"] if serve else []))
-    rows.append(["memory per player (gateways' / serve's RSS growth, B)",
-                 f"{world['bytes_per_player']:.0f}"]
-                + ([f"{serve['bytes_per_player']:.0f}"] if serve else []))
-    out.append(fmt_table(head, rows))
+
+    def row(label: str, ours: str, alone: Callable[[Dict[str, Any]], str]) -> List[str]:
+        """A figure of the world, and of serve alone when it ran side by side."""
+        return [label, ours] + ([alone(serve)] if serve else [])
+
+    out.append(fmt_table(head, [
+        row("players connected / failed / dropped",
+            f"{world['players']} / {world['failed']} / {world['dropped']}",
+            lambda s: f"{s['players']} / {s['failed']} / {s['dropped']}"),
+        row("tick interval players saw p50 / p99 (ms)",
+            f"{world['tick_interval_ms_p50']:.0f} / {world['tick_interval_ms_p99']:.0f}",
+            lambda s: f"{s['client_tick_interval_p50_ms']:.0f} / "
+                      f"{s['client_tick_interval_p99_ms']:.0f}"),
+        row("tick lateness p99 as players see it (ms)",
+            f"{world['tick_lateness_p99_ms']:.0f}",
+            lambda s: f"{max(0.0, s['client_tick_interval_p99_ms'] - 250):.0f}"),
+        row("share of ticks received (mean; min bot)",
+            f"{world['tick_share_mean'] * 100:.1f} %; {world['tick_share_min'] * 100:.1f} %",
+            lambda s: f"- ; {s['bots_below_95pct_ticks']} bots < 95 %"),
+        row("CPU µs per player-tick (server side)",
+            f"{world['cpu_us_per_player_tick']:.2f}",
+            lambda s: f"{s['cpu_us_per_player_tick']:.2f}"),
+        row("memory per player (gateways' / serve's RSS growth, B)",
+            f"{world['bytes_per_player']:.0f}",
+            lambda s: f"{s['bytes_per_player']:.0f}"),
+    ]))
     out.append(f"bus, the authority: {bus.get('messages_per_tick', 0):.2f} messages and "
                f"{bus.get('bytes_per_tick', 0):.0f} bytes per tick (in and out)")
     for r, b in lat:
