@@ -513,11 +513,17 @@ class _Link:
         if self.on_ready is not None:
             self._call(self.on_ready)
 
-    def _keepalive(self, generation: int) -> None:
+    def _keepalive(self, generation: int, judging: bool = False) -> None:
         """Every ``ping_interval``: PING; the last one still unanswered means a dead link."""
         if generation != self._generation or self.state != READY or not self.ping_interval:
             return
         if self._ping is not None and not self._ping.done:
+            if not judging:
+                # Timers fire before a turn's ready sockets are read: after a
+                # long turn (a busy or starved loop) the reply may be waiting
+                # unread in the socket. Judge once this turn's reading is done.
+                self.loop.call_soon(lambda: self._keepalive(generation, True))
+                return
             error = RedisError(f"no reply to PING within {self.ping_interval:g}s")
             self._report(error)
             self._drop(str(error))

@@ -426,6 +426,26 @@ def test_a_frozen_server_is_noticed_by_keepalive(loop, server):
     assert call(loop, client, "PING").result() == "PONG"
 
 
+def test_a_busy_loop_does_not_take_an_unread_pong_for_a_dead_server(loop, server):
+    """The loop stalls (a long handler: a busy or starved process) right after
+    sending a keepalive PING, past the next one: the PONG is in the socket, unread
+    when the timer fires. The link reads it before judging, and stays up."""
+    events = Events()
+    address = RedisAddress.from_url(server.url)
+    client = Redis(loop, address, ping_interval=0.2, **events.kwargs())
+
+    def stall_after_the_first_ping():  # due with the keepalive, after it: once it is sent
+        if events.ready == 1:
+            loop.call_later(0.2, lambda: loop.call_soon(lambda: time.sleep(0.5)))
+
+    client.on_ready = lambda: (events.on_ready(), stall_after_the_first_ping())
+    client.start()
+    loop.run_for(2.5)
+    assert client.ready and events.lost == [] and client.losses == 0, events.lost
+    assert events.errors == []
+    assert call(loop, client, "PING").result() == "PONG"
+
+
 @pytest.mark.slow
 def test_server_down_at_start_backs_off_then_connects(loop, tmp_path):
     require_redis()
