@@ -95,8 +95,8 @@ from array import array
 from collections import OrderedDict
 from enum import Enum, IntEnum
 from typing import (
-    IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple,
-    Union, cast,
+    IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Set,
+    Tuple, Union, cast,
 )
 
 # Where this file is: web/ (and, in a source tree, netcore/) sit beside it.
@@ -2585,6 +2585,7 @@ class BusStats:
     def __init__(self) -> None:
         self.messages_out = self.bytes_out = self.messages_in = self.bytes_in = 0
         self.gaps = self.resyncs = self.fenced = self.bad = 0
+        self.coalesced = 0  # gateway: TICKs read behind a newer one, so never sent
         self.latency = Window(1024)  # gateway: authority publish -> our broadcast done, s
 
     def snapshot(self, ticks: int) -> Dict[str, Any]:
@@ -2594,7 +2595,7 @@ class BusStats:
                 "messages_per_tick": (self.messages_out + self.messages_in) / per,
                 "bytes_per_tick": (self.bytes_out + self.bytes_in) / per,
                 "gaps": self.gaps, "resyncs": self.resyncs, "fenced": self.fenced,
-                "bad": self.bad, "latency_p50_s": self.latency.percentile(50),
+                "bad": self.bad, "coalesced": self.coalesced, "latency_p50_s": self.latency.percentile(50),
                 "latency_p99_s": self.latency.percentile(99)}
 
     def add_metrics(self, exp: Exposition) -> None:
@@ -2607,6 +2608,9 @@ class BusStats:
                     self.gaps)
         exp.counter("spelltraction_bus_resyncs_total", "Full player-set resynchronisations.",
                     self.resyncs)
+        exp.counter("spelltraction_bus_ticks_coalesced_total",
+                    "TICKs a gateway read behind a newer one and skipped (it was behind).",
+                    self.coalesced)
         exp.gauge("spelltraction_bus_latency_p50_seconds",
                   "Tick publish by the authority -> sent to players here, median.",
                   self.latency.percentile(50))
@@ -3086,6 +3090,11 @@ class Gateway(_ClusterRole, GameServer):
         self.world_players = 0
         self.world_tick = -1
         self.ticks_in = 0
+        # The newest TICK read and not yet sent (see on_bus), the YOUs that go
+        # with it, and who got private frames after it came (not sent it).
+        self._tick_due: Optional[bytes] = None
+        self._due_yous: Dict[int, bytes] = {}
+        self._after_due: Set[Connection] = set()
         self.last_tick_at = loop.time()
         self.paused = False
         self._paused_said = 0.0
@@ -3159,6 +3168,8 @@ class Gateway(_ClusterRole, GameServer):
             self.seats.pop(seat.cid, None)
             self.up_moves.pop(seat.cid, None)
             self.yous.pop(seat.cid, None)
+            self._due_yous.pop(seat.cid, None)
+            self._after_due.discard(conn)
             self.up_leaves.append(bus_entry(seat.cid, OP_LEAVE))
 
     # -- our tick: the up batch, the hello timeouts, the pause ---------------
@@ -3227,7 +3238,22 @@ class Gateway(_ClusterRole, GameServer):
             if self.down_number and number != (self.down_number + 1) & 0xFFFFFFFF:
                 self.bus.gaps += 1  # a tick missed: players see a jump in TICK numbers
             self.down_number = number
-            self._on_tick_message(data)
+            # Sent once this loop turn's reading is done, and only the newest:
+            # a gateway that fell behind (a join storm, a starved CPU) reads a
+            # backlog of TICKs in one go, and broadcasting each of them would
+            # cost more than a tick period per tick: it would fall further
+            # behind every turn, for seconds, with its heartbeat and Redis
+            # PINGs waiting (the authority then drops all its players).
+            # Players see a jump in TICK numbers, as for a gap; scores come
+            # in YOU, the newest of which goes with the TICK that is sent.
+            if self._tick_due is None:
+                self.loop.call_soon(self._send_due_tick)
+            else:
+                self.bus.coalesced += 1
+            self._tick_due = data
+            self._due_yous.update(self.yous)
+            self.yous = {}
+            self._after_due.clear()
         elif kind == BUS_PRIVATE and channel == self.private:
             if self.private_number and number != (self.private_number + 1) & 0xFFFFFFFF:
                 self.bus.gaps += 1  # WELCOMEs or closes lost: resynchronise
@@ -3244,6 +3270,8 @@ class Gateway(_ClusterRole, GameServer):
             conn = seats.get(cid)
             if conn is None:
                 continue  # gone meanwhile: its LEAVE is on its way
+            if self._tick_due is not None and op != OP_YOU:
+                self._after_due.add(conn)  # its frames came after that TICK: not sent it
             if op == OP_YOU:
                 self.yous[cid] = body
             elif op == OP_SEND:
@@ -3286,6 +3314,11 @@ class Gateway(_ClusterRole, GameServer):
         if frames:
             conn.write(conn.codec.wrap(frames), frames=max(nframes, 1))
 
+    def _send_due_tick(self) -> None:
+        data, self._tick_due = self._tick_due, None
+        if data is not None:
+            self._on_tick_message(data)
+
     def _on_tick_message(self, data: bytes) -> None:
         at = BUS_HEAD.size
         tick, nframes, players, n, published = BUS_TICK_HEAD.unpack_from(data, at)
@@ -3298,13 +3331,19 @@ class Gateway(_ClusterRole, GameServer):
             self.paused = False
             log.info("world %s: ticking again (tick %d)", self.cluster.world, tick)
         seats = self.seats
+        after = self._after_due
         yous = []
-        for cid, you in self.yous.items():
+        for cid, you in self._due_yous.items():
             conn = seats.get(cid)
             if conn is not None and conn in self.players:
-                yous.append((conn, you))
-        self.yous = {}
-        self._send_tick(shared, nframes, news, yous, list(self.players))
+                if conn in after:
+                    self.yous.setdefault(cid, you)  # with its next TICK
+                else:
+                    yous.append((conn, you))
+        self._due_yous = {}
+        everyone = [c for c in self.players if c not in after] if after else list(self.players)
+        after.clear()
+        self._send_tick(shared, nframes, news, yous, everyone)
         self.bus.latency.add(max(time.time() - published, 0.0))
 
     # -- figures ------------------------------------------------------------------

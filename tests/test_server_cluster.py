@@ -10,8 +10,10 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -260,3 +262,50 @@ def test_redis_down_at_start_is_waited_for_not_fatal(tmp_path):
         if redis is not None:
             redis.kill()
     del world
+
+
+def test_a_gateway_behind_on_ticks_keeps_its_heartbeat_and_its_players(world):
+    """A join storm on a gateway that cannot broadcast every TICK in time (the
+    authority ticks every 10 ms): it must skip to the newest TICK, not replay
+    the backlog (each turn longer than the last: seconds without its heartbeat
+    or its Redis PINGs answered, then the authority drops all its players)."""
+    from netcore.resp import RespParser
+
+    world.game("--tick-ms", "10")
+    gw = world.gateway()
+    wait_for(lambda: http_get(gw.admin, "/healthz")[0] == 200)
+    sub = socket.create_connection(("127.0.0.1", world.redis.port), timeout=1)
+    sub.sendall(b"SUBSCRIBE spelltraction:test:up\r\n")
+    arrivals = []
+
+    def listen():
+        parser = RespParser()
+        while not done:
+            try:
+                data = sub.recv(1 << 20)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            arrivals.extend(now for r in parser.feed(data) if r[0] == b"message")
+
+    done = False
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        bots = subprocess.run(
+            [sys.executable, GAME, "bots", "--port", str(gw.port), "--count", "3000",
+             "--duration", "15", "--ramp-timeout", "30", "--probes", "0", "--json"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        done = True
+        listener.join()
+        sub.close()
+    figures = json.loads(bots.stdout.strip().splitlines()[-1])
+    # The gateway's up messages (its heartbeat: 4 a second), to the end.
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:] + [time.monotonic()])]
+    assert arrivals and max(gaps) < st.HEARTBEAT_LEASE_S / 3, sorted(gaps)[-5:]
+    assert (figures["connected"], figures["failed"], figures["dropped"]) == (3000, 0, 0), figures
+    redis = cluster_stats(gw.admin)["cluster"]["redis"]
+    assert redis["losses"] == 0, redis  # no PING went unanswered
