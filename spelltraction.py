@@ -146,6 +146,7 @@ from netcore import (
 from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
+from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.server import unread_bytes
 from netcore.stats import Window
@@ -189,7 +190,7 @@ __all__ = [
     "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
     # Bots
-    "BotOptions", "BotState", "BotWorker", "bot_procs", "run_bots", "write_private_json",
+    "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots", "write_private_json",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "ClientTokens", "client_state_path",
@@ -1501,6 +1502,10 @@ class ServerOptions(NamedTuple):
     send_backlog_grace: float = 4.0
     allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
     reuse_port: bool = False  # SO_REUSEPORT: gateways of one world only, never serve
+    # While busy, read at most once per this many ms: one epoll_wait collects
+    # the moves of hundreds of players (applied at the next tick anyway).
+    # The most any request, handshake or ping waits for it; 0: off.
+    coalesce_ms: float = DEFAULT_COALESCE * 1000
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -1997,12 +2002,13 @@ class GameServer(Handler):
         durable = store.durable
         if self._planned is not None and durable >= self._plan_seq:
             self.game.release_score()
-        if self.joining:
-            for conn, (seq, player, token, status) in list(self.joining.items()):
-                if seq > durable:
-                    break  # in order of their batches
-                del self.joining[conn]
-                self._enter(conn, player, token, status)
+        joining = self.joining
+        while joining:  # in order of their batches: stop at the first not on disk yet
+            conn, (seq, player, token, status) = next(iter(joining.items()))
+            if seq > durable:
+                break
+            del joining[conn]
+            self._enter(conn, player, token, status)
         now = time.time()
         if now >= self._prune_at:
             store.stage_prune(now - self.options.prune_days * 86400)
@@ -2111,6 +2117,9 @@ class GameServer(Handler):
             "store": self._store_stats(),
             "ws_players": len(self.ws_players),
             "web": self.web.stats.snapshot() if self.web is not None else {},
+            # Polls and the ready sockets they returned (coalescing: events per poll).
+            "loop": {"polls": self.loop.iterations, "events": self.loop.events,
+                     "coalesce_s": self.loop.coalesce},
             "rss_bytes": rss_bytes(),
             "start_rss_bytes": self.start_rss_kb * 1024,
             "cpu_user_s": usage.ru_utime,
@@ -2444,7 +2453,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
             soft, hard, max(capacity, 0), opts.max_clients, max(capacity, 0),
         )
         opts = opts._replace(max_clients=max(capacity, 0))
-    loop = EventLoop()
+    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
     started = _start_server(loop, lambda: GameServer(loop, opts), opts, log_limiter)
     if started is None:
         return 2
@@ -2517,7 +2526,10 @@ OP_HELLO, OP_MOVE, OP_LEAVE = 1, 2, 3  # up: the client's HELLO / MOVE payload; 
 OP_SEND, OP_YOU, OP_CLOSE, OP_RESYNC = 4, 5, 6, 7  # down: see Authority / Gateway
 _BUS_CLOSE = struct.Struct(">HBH")  # WebSocket close code, len(reason), len(text)
 LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
-HEARTBEAT_LEASE_S = 5.0  # a gateway not heard from this long is gone, its players too
+# A gateway not heard from this long is gone, its players too. Generous: a
+# gateway whose loop is busy (an accept storm of thousands, a shared CPU) is
+# not dead, and dropping its players would make v1 players new players.
+HEARTBEAT_LEASE_S = 15.0
 PAUSE_AFTER_S = 1.0  # no TICK from the authority this long: the game is paused
 PAUSE_EVERY_S = 2.0  # how often a paused gateway says so (to v2 players)
 TICK_AHEAD = 40  # TICK numbers reserved on disk ahead: never backwards after a crash
@@ -2621,10 +2633,12 @@ class _ClusterRole:
         self.down_channel = (self.prefix + "down").encode()
         self.up_channel = (self.prefix + "up").encode()
         self.bus = BusStats()
-        self.redis = Redis(loop, address, name=name + "-commands", ping_interval=2.0,
+        # Keepalive PINGs every 10 s: a frozen Redis is noticed within ~20 s, and
+        # a loop slowed by load (or a reply behind a big publication) is not.
+        self.redis = Redis(loop, address, name=name + "-commands", ping_interval=10.0,
                            on_ready=self._redis_ready, on_lost=self._redis_lost)
         self.sub = RedisSubscriber(loop, address, self._on_bus_message, name=name + "-bus",
-                                   ping_interval=2.0, on_ready=self._bus_ready,
+                                   ping_interval=10.0, on_ready=self._bus_ready,
                                    on_lost=self._redis_lost)
 
     def private_channel(self, gateway: str) -> bytes:
@@ -3328,7 +3342,7 @@ def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: R
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
-    loop = EventLoop()
+    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
     role_class = Authority if role == "game" else Gateway
     started = _start_server(loop, lambda: role_class(loop, opts, cluster, address), opts,
                             log_limiter)
@@ -3379,6 +3393,29 @@ class BotOptions(NamedTuple):
     json: bool = False
     ws: bool = False  # connect over WebSocket (/ws) instead of the binary protocol
     state: str = ""  # protocol 2: resume tokens and last shown scores in this file
+    # Source addresses to spread the bots over, comma-separated; "auto": past
+    # SOURCE_SPREAD bots toward a 127.x target, 127.0.0.2, 127.0.0.3, ... (one
+    # source address has ~28,000 ephemeral ports toward one server port).
+    sources: str = "auto"
+
+
+SOURCE_SPREAD = 20_000  # bots per loopback source address when spreading
+
+
+def bot_sources(host: str, count: int, spec: str = "auto") -> List[str]:
+    """The source addresses bots bind before connecting ([]: the kernel's choice).
+
+    ``spec``: "auto", "none", or addresses ("127.0.0.2,127.0.0.3"). Auto
+    spreads only a loopback IPv4 target with more bots than one address's
+    ephemeral ports hold comfortably (the whole 127/8 is local on Linux).
+    """
+    if spec in ("", "none"):
+        return []
+    if spec != "auto":
+        return [a.strip() for a in spec.split(",") if a.strip()]
+    if not host.startswith("127.") or count <= SOURCE_SPREAD:
+        return []
+    return [f"127.0.0.{2 + k}" for k in range(-(-count // SOURCE_SPREAD))]
 
 
 RETRY_FIRST, RETRY_MAX = 0.5, 8.0  # a dropped --state bot reconnects after these (doubling)
@@ -3486,9 +3523,12 @@ class BotWorker:
 
     def __init__(self, host: str, port: int, count: int, move_every: float, probes: int,
                  seed: int, batch: int, websocket: bool = False,
-                 resume: Optional[List[List[Any]]] = None) -> None:
+                 resume: Optional[List[List[Any]]] = None, sources: Sequence[str] = (),
+                 offset: int = 0) -> None:
         info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         self.family, self.addr = info[0], info[4]
+        self.sources = list(sources)  # bot i binds sources[(offset + i) % n] first
+        self.offset = offset
         self.websocket = websocket
         self.host_header = f"{host}:{port}"
         self.ws_keys: Dict[int, str] = {}  # fd -> Sec-WebSocket-Key, while upgrading
@@ -3572,6 +3612,16 @@ class BotWorker:
         s = socket.socket(self.family, socket.SOCK_STREAM)
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self._LINGER)
+        if self.sources:
+            # The port is picked at connect() (IP_BIND_ADDRESS_NO_PORT, Linux
+            # 4.2+), per destination: each source address gets its own range.
+            s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+            try:
+                s.bind((self.sources[(self.offset + i) % len(self.sources)], 0))
+            except OSError as exc:
+                s.close()
+                self._fail(i, f"bind: {exc.strerror or exc}")
+                return
         err = s.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
             s.close()
@@ -3905,7 +3955,8 @@ def _bot_worker_main(params_json: str) -> None:
     raise_nofile_limit()
     resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
-                       p["seed"], p["batch"], p.get("ws", False), resume)
+                       p["seed"], p["batch"], p.get("ws", False), resume,
+                       p.get("sources", ()), p.get("offset", 0))
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
     stdin_fd = sys.stdin.fileno()  # the parent writes "hold", then closes it to say "stop"
@@ -3994,6 +4045,10 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
     transport = "WebSocket" if opts.ws else "TCP"
     state = BotState(opts.state) if opts.state else None
     offsets = [sum(shares[:k]) for k in range(procs)]
+    sources = bot_sources(opts.host, opts.n_bots, opts.sources)
+    if sources:
+        print(f"bots: from {len(sources)} source addresses ({', '.join(sources)})", file=out,
+              flush=True)
     print(f"bots: {opts.n_bots} to {opts.host}:{opts.port} ({transport}) over {procs} process(es), "
           f"moving every {opts.move_every:g} s, holding {opts.duration:g} s", file=out, flush=True)
     if state is not None:
@@ -4009,7 +4064,7 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             params = {"host": opts.host, "port": opts.port, "count": shares[k],
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
                       "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws,
-                      "state": opts.state, "offset": offsets[k]}
+                      "state": opts.state, "offset": offsets[k], "sources": sources}
             workers.append(subprocess.Popen(
                 [sys.executable, "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -4138,6 +4193,8 @@ def _summarise(finals: List[Dict[str, Any]], opts: BotOptions,
         "move_latency_ms_p99": round(lat(99) * 1000, 1),
         "latency_samples": len(latencies),
         "tick_fraction_min": round(min((f["tick_fraction_min"] for f in finals), default=0.0), 4),
+        "tick_fraction_mean": round(sum(f["tick_fraction_mean"] * f["connected"] for f in finals)
+                                    / max(1, total("connected")), 4),
         "bots_below_95pct_ticks": total("below_95"),
         "errors": errors,
     }
@@ -5422,6 +5479,17 @@ def _unreadable(name: str, key: str) -> Check:
     return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
 
 
+def _at_least(name: str, have: int, want: int, short: str, why: str, fix: str, *,
+              current: Optional[str] = None, needed: Optional[str] = None,
+              why_ok: str = "") -> Check:
+    """The check of a setting that wants ``have >= want``: ``short`` (WARN or
+    BLOCK) with ``why`` and the sysctl line ``fix`` when it falls short."""
+    ok = have >= want
+    return Check(name, OK if ok else short, str(have) if current is None else current,
+                 f">= {want}" if needed is None else needed, why_ok if ok else why,
+                 () if ok else (Fix(SYSCTL_FILE, fix),))
+
+
 def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
     """What will and will not let ``clients`` connect to one server process.
 
@@ -5480,12 +5548,10 @@ def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Che
     nr_open = _ints(facts.sysctl["fs.nr_open"])
     if nr_open is None:
         return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
-    ok = nr_open[0] >= fds
-    return Check(
-        "fs.nr_open (ceiling for any process's open-files limit)", OK if ok else BLOCK,
-        str(nr_open[0]), f">= {fds}",
-        "" if ok else "LimitNOFILE= and limits.d values above this are refused",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.nr_open = {_nice_limit(fds)}"),))
+    return _at_least(
+        "fs.nr_open (ceiling for any process's open-files limit)", nr_open[0], fds, BLOCK,
+        "LimitNOFILE= and limits.d values above this are refused",
+        f"fs.nr_open = {_nice_limit(fds)}")
 
 
 def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5495,13 +5561,12 @@ def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Ch
         return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
     in_use = file_nr[0] if file_nr else 0
     want = fds + in_use
-    ok = file_max[0] >= want
-    return Check(
-        "fs.file-max (open files, whole system)", OK if ok else BLOCK, str(file_max[0]),
-        f">= {want} ({fds} + {in_use} open now)",
-        "bots on the same host need as many again" if ok else
+    return _at_least(
+        "fs.file-max (open files, whole system)", file_max[0], want, BLOCK,
         "the kernel refuses new sockets system-wide (ENFILE) past this",
-        () if ok else (Fix(SYSCTL_FILE, f"fs.file-max = {_nice_limit(2 * want)}"),))
+        f"fs.file-max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({fds} + {in_use} open now)",
+        why_ok="bots on the same host need as many again")
 
 
 def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5509,13 +5574,11 @@ def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
     if somaxconn is None:
         return _unreadable("net.core.somaxconn", "net.core.somaxconn")
-    ok = somaxconn[0] >= storm
-    return Check(
-        "net.core.somaxconn (accept queue; caps our listen backlog)", OK if ok else WARN,
-        str(somaxconn[0]), f">= {storm}",
-        "" if ok else f"the server asks for {backlog}; a reconnect storm after a restart "
+    return _at_least(
+        "net.core.somaxconn (accept queue; caps our listen backlog)", somaxconn[0], storm, WARN,
+        f"the server asks for {backlog}; a reconnect storm after a restart "
         "overflows the queue and clients wait 1-3 s to retry their SYN",
-        () if ok else (Fix(SYSCTL_FILE, f"net.core.somaxconn = {backlog}"),))
+        f"net.core.somaxconn = {backlog}")
 
 
 def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5524,14 +5587,13 @@ def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional
     cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
     if syn is None:
         return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
-    ok = syn[0] >= storm
     on = bool(cookies and cookies[0])
-    return Check(
-        "net.ipv4.tcp_max_syn_backlog (half-open connections)", OK if ok else WARN,
-        str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"), f">= {storm}",
-        "" if ok else ("past it, SYN cookies answer instead: connections still succeed"
-                       if on else "past it, SYNs are dropped and clients retry later"),
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.tcp_max_syn_backlog = 8192"),))
+    return _at_least(
+        "net.ipv4.tcp_max_syn_backlog (half-open connections)", syn[0], storm, WARN,
+        "past it, SYN cookies answer instead: connections still succeed"
+        if on else "past it, SYNs are dropped and clients retry later",
+        "net.ipv4.tcp_max_syn_backlog = 8192",
+        current=str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"))
 
 
 def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5539,17 +5601,16 @@ def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[
     if ports is None or len(ports) != 2:
         return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
     span = ports[1] - ports[0] + 1
-    ok = span >= clients
     why = ("one source address can open at most this many connections to one server "
            "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
            "port (one upstream connection per client)")
-    if not ok and clients > 65535 - 10000 + 1:
+    if clients > 65535 - 10000 + 1:
         why += ("; the widest useful range still gives one address ~55,000 ports: above "
                 "that use several source addresses (127.0.0.2, ...) or hosts")
-    return Check(
-        "net.ipv4.ip_local_port_range (load generators, proxies)", OK if ok else WARN,
-        f"{ports[0]}-{ports[1]} ({span} ports)", f">= {clients} ports", "" if ok else why,
-        () if ok else (Fix(SYSCTL_FILE, "net.ipv4.ip_local_port_range = 10000 65535"),))
+    return _at_least(
+        "net.ipv4.ip_local_port_range (load generators, proxies)", span, clients, WARN, why,
+        "net.ipv4.ip_local_port_range = 10000 65535",
+        current=f"{ports[0]}-{ports[1]} ({span} ports)", needed=f">= {clients} ports")
 
 
 def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5590,14 +5651,11 @@ def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[
     tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
     if tw is None:
         return None
-    ok = tw[0] >= clients
-    return Check(
-        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", OK if ok else WARN,
-        str(tw[0]), f">= {clients}",
-        "" if ok else "a shutdown closes every connection from our side; past this the "
+    return _at_least(
+        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", tw[0], clients, WARN,
+        "a shutdown closes every connection from our side; past this the "
         "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-        () if ok else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_max_tw_buckets = "
-                                        f"{_nice_limit(clients)}"),))
+        f"net.ipv4.tcp_max_tw_buckets = {_nice_limit(clients)}")
 
 
 def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
@@ -5607,14 +5665,12 @@ def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[C
     count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
     in_use = count[0] if count else 0
     want = clients + in_use
-    ok = conntrack[0] >= want
-    return Check(
-        "net.netfilter.nf_conntrack_max (firewall connection tracking)", OK if ok else BLOCK,
-        str(conntrack[0]), f">= {want} ({clients} + {in_use} tracked now)",
-        "" if ok else "when the table is full the kernel silently drops new connections "
+    return _at_least(
+        "net.netfilter.nf_conntrack_max (firewall connection tracking)", conntrack[0], want,
+        BLOCK, "when the table is full the kernel silently drops new connections "
         "('nf_conntrack: table full, dropping packet' in dmesg)",
-        () if ok else (Fix(SYSCTL_FILE, f"-net.netfilter.nf_conntrack_max = "
-                                        f"{_nice_limit(2 * want)}"),))
+        f"-net.netfilter.nf_conntrack_max = {_nice_limit(2 * want)}",
+        needed=f">= {want} ({clients} + {in_use} tracked now)")
 
 
 # The checks, in the order doctor reports them.
@@ -5975,6 +6031,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
     common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
+    common.add_argument("--coalesce-ms", type=float, default=DEFAULT_COALESCE * 1000,
+                        metavar="MS", help="while busy, read sockets at most once per MS ms, so "
+                        "one poll collects many players' moves; the most a request or ping "
+                        "waits for it (default %(default)g; 0: read as soon as anything arrives)")
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     common.add_argument("--log-format", default="text", choices=["text", "json"],
                         help="text lines, or one JSON object per line (default text)")
@@ -6035,6 +6095,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="protocol 2: keep each bot's resume token and last shown score in "
                          "FILE (mode 0600, rewritten at least every second); a second run with "
                          "the same FILE resumes them, and dropped bots reconnect with backoff")
+    bp.add_argument("--source-addresses", default="auto", metavar="auto|none|ADDR,...",
+                    help="bind each bot to one of these source addresses, in turn (one address "
+                    "has ~28,000 ephemeral ports toward one server port); auto (default): "
+                    f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots")
     bp.add_argument("--log-level", default="warning",
                     choices=["debug", "info", "warning", "error"])
     bp.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -6122,6 +6186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             host=args.host, port=args.port, n_bots=args.count, move_every=args.move_every,
             duration=args.duration, procs=procs, probes=args.probes,
             ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json, ws=args.ws,
+            sources=args.source_addresses,
             state=args.state,
         ))
         if args.json:
@@ -6129,10 +6194,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if summary["failed"] == 0 and summary["dropped"] == 0 else 1
     if args.tick_ms < 10 or args.tick_ms > 60_000:
         parser.error("--tick-ms must be between 10 and 60000")
+    if args.coalesce_ms < 0:
+        parser.error("--coalesce-ms must be >= 0")
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
     defaults = ServerOptions()
-    given = {"tick_ms": args.tick_ms, "stats_out": args.stats_out, "admin_port": args.admin_port,
+    given = {"tick_ms": args.tick_ms, "coalesce_ms": args.coalesce_ms,
+             "stats_out": args.stats_out, "admin_port": args.admin_port,
              "admin_host": args.admin_host}
     if args.command in ("serve", "gateway"):
         if args.max_clients < 1:

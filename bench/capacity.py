@@ -285,13 +285,17 @@ class Step(_StepStart, total=False):
     derived: Derived
 
 
+OURS_EXTRA: List[str] = []  # --ours-args: more arguments for our server
+
+
 def server_command(kind: str, port: int, max_clients: int, stats_out: str,
                    tick_ms: int) -> List[str]:
     common = ["--host", HOST, "--port", str(port), "--tick-ms", str(tick_ms),
               "--max-clients", str(max_clients), "--stats-out", stats_out,
               "--log-level", "warning"]
     if kind == "ours":
-        return [sys.executable, GAME, "serve", "--no-data", *common]  # like the peers: memory
+        # like the peers: memory only
+        return [sys.executable, GAME, "serve", "--no-data", *common, *OURS_EXTRA]
     if kind == "asyncio":
         return [sys.executable, PEER, *common]
     if kind == "uvloop":
@@ -314,6 +318,9 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
         "observer_ticks": [], "bots": None, "server_final": None, "errors": [],
     }
     step["ports_before"] = wait_for_ports(plan.players + 1, log)
+    # Picked again after the wait: on a shared host another process's client
+    # may have taken the first pick as its ephemeral port meanwhile.
+    step["port"] = port = free_port(HOST)
     name = f"{plan.server}-{plan.scenario}-{plan.players}"
     step["logs"] = [f"{name}-server.log", f"{name}-bots.log"]
     server = children.start(
@@ -991,6 +998,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                     help="seconds the whole run may take (default 840)")
     ap.add_argument("--tick-ms", type=int, default=TICK_MS)
+    ap.add_argument("--ours-args", default="", metavar="ARGS",
+                    help="more arguments for our server, e.g. '--coalesce-ms 0'")
     ap.add_argument("--tick-axis", type=parse_periods, default=[],
                     help="tick periods in ms for the tick-rate axis, e.g. 250,100,50 (default: "
                          "none): --tick-ladder idle-ish at each, for each server; once a step "
@@ -1009,6 +1018,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan and its time estimate, run nothing")
     args = ap.parse_args(argv)
+    OURS_EXTRA[:] = shlex.split(args.ours_args)
 
     def log(text: str) -> None:
         print(text, flush=True)

@@ -121,15 +121,20 @@ def run(count: int, duration: float, move_every: float, pin: bool, extra_server:
     }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
+def load_options(doc: str, count: int, duration: float, name: str) -> argparse.ArgumentParser:
+    """The options of every script that drives ``run``: bots, hold, moves, pinning, JSON."""
+    ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=15_000)
-    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--count", type=int, default=count)
+    ap.add_argument("--duration", type=float, default=duration)
     ap.add_argument("--move-every", type=float, default=80.0)
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and bots to CPUs")
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "game_load.json"))
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", default=os.path.join(HERE, "results", name + ".json"))
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = load_options(__doc__, 15_000, 60.0, "game_load").parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M")
     r = run(args.count, args.duration, args.move_every, not args.no_pin, [])
     print(fmt_table(["figure", "value"], [

@@ -22,7 +22,6 @@ CPU <= 1.2x).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from typing import Any, Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from game_load import run  # noqa: E402
+from game_load import load_options, run  # noqa: E402
 from procstat import machine, median  # noqa: E402
 from report import fmt_table  # noqa: E402
 
@@ -66,14 +65,8 @@ def one(transport: str, count: int, duration: float, move_every: float,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=10_000)
-    ap.add_argument("--duration", type=float, default=30.0)
+    ap = load_options(__doc__, 10_000, 30.0, "ws_vs_tcp")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--move-every", type=float, default=80.0)
-    ap.add_argument("--no-pin", action="store_true")
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "ws_vs_tcp.json"))
     args = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M")
     results: List[Dict[str, Any]] = []

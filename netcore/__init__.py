@@ -44,7 +44,6 @@ modules above it):
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .client import ClientConfig, TCPClient
 from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
 from .connection import CloseReason, CodecFactory, Connection, Owner
 from .framing import (
@@ -69,6 +68,7 @@ from .websocket import CloseCode, close_code_for
 from .wscodec import websocket_client
 
 if TYPE_CHECKING:  # imported on first use (below); named here for type checkers
+    from .client import ClientConfig, TCPClient
     from .redis import (
         CommandError,
         ConnectionLost,
@@ -87,6 +87,7 @@ if TYPE_CHECKING:  # imported on first use (below); named here for type checkers
 # The Redis client is imported when first asked for: a server that never
 # talks to Redis does not carry its ~1 MB of code (PEP 562).
 _LAZY = {
+    **dict.fromkeys(("ClientConfig", "TCPClient"), "client"),  # outbound: a server needs none
     **dict.fromkeys(("CommandError", "ConnectionLost", "HandshakeError", "NotConnected",
                      "Pending", "Redis", "RedisAddress", "RedisError", "RedisLease",
                      "RedisSubscriber", "Script"), "redis"),

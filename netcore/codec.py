@@ -73,6 +73,28 @@ class Codec(Protocol):
         nothing may be said (an HTTP connection mid-request)."""
 
 
+class PlainOutput:
+    """The writing half of a codec whose stream goes on the wire as it is.
+
+    No transport of its own around the messages and no goodbye: the
+    length-prefixed codecs (which override ``frame``) and Redis's RESP
+    (commands are written already encoded).
+    """
+
+    __slots__ = ()
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return bytes(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        """Framed bytes go on the wire as they are."""
+        return stream
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        """No goodbye of its own: the stream, then the connection closes."""
+        return stream
+
+
 class SilentCodec:
     """The writing half of a codec that carries no application messages.
 

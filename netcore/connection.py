@@ -425,7 +425,7 @@ class Connection(Readiness):
     def _set_events(self, events: int) -> None:
         if events != self.events and self.state != CLOSED:
             self.events = events
-            self.owner.loop.modify(self.sock, events, self)
+            self.owner.loop.modify(self.fd, events, self)
 
 
 # Makes the codec of a new connection. It gets the connection, so a codec
@@ -458,7 +458,7 @@ class OwnerBase:
     def _release(self, conn: Connection, reason: str) -> None:
         """Stop watching ``conn`` and count its close (once)."""
         try:
-            self.loop.unregister(conn.sock)
+            self.loop.unregister(conn.fd)  # by fd: the poller's key, whoever registered it
         except (KeyError, ValueError):
             pass
         if self.connections.pop(conn.fd, None) is conn:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from .codec import ProtocolError
+from .codec import PlainOutput, ProtocolError
 from .ringbuffer import BytesLike, RingBuffer
 
 __all__ = [
@@ -83,7 +83,7 @@ def encode_frame(payload: BytesLike) -> bytes:
     return n.to_bytes(2, "big") + bytes(payload)
 
 
-class LengthPrefixedOutput:
+class LengthPrefixedOutput(PlainOutput):
     """What the length-prefixed codecs share: ``feed`` around each one's
     ``_feed``, and the writing half (frames go out as they are)."""
 
@@ -109,14 +109,6 @@ class LengthPrefixedOutput:
     def frame(self, payload: BytesLike) -> bytes:
         """Encode one outgoing message the way these parsers read them."""
         return encode_frame(payload)
-
-    def wrap(self, stream: bytes) -> bytes:
-        """Framed bytes go on the wire as they are."""
-        return stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        """No goodbye of its own: the stream, then the connection closes."""
-        return stream
 
 
 class FrameParser(LengthPrefixedOutput):

@@ -1,9 +1,14 @@
-"""The event loop: one ``selectors`` selector, timers, ticks and signals.
+"""The event loop: one poller (epoll, or a ``selectors`` selector), timers, ticks and signals.
 
 Each registered file object carries a handler with ``on_ready(mask)``; the
 loop does nothing per event but call it, so dispatch costs one method call.
-It runs on whatever ``selectors.DefaultSelector`` picks (epoll on Linux,
-kqueue on the BSDs and macOS) and on ``PollSelector``/``SelectSelector``.
+On Linux it polls ``select.epoll`` directly (one dict entry per socket, no
+``SelectorKey``); elsewhere, or when given one, whatever ``selectors``
+selector (kqueue on the BSDs and macOS, ``PollSelector``, ``SelectSelector``).
+
+While busy it polls at most once per ``coalesce`` seconds (default 4 ms), so
+one poll collects what arrived meanwhile instead of waking up for each
+message; an idle loop wakes at once (see :class:`EventLoop`).
 
 One iteration: wait until the earliest of {I/O, next timer, next tick}; fire
 a due tick first (so its lateness is the loop's wake-up precision, not the
@@ -26,6 +31,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
+import select
 import selectors
 import signal
 import socket
@@ -35,12 +42,22 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .tick import Tick, TickScheduler
 
-__all__ = ["EventLoop", "Readiness", "Timer"]
+__all__ = ["DEFAULT_COALESCE", "EventLoop", "Readiness", "Timer"]
 
 log = logging.getLogger(__name__)
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
+INF = float("inf")
+
+# Seconds between two polls while the loop is busy (see EventLoop): what a
+# request arriving on a busy loop may wait before it is read, at most.
+DEFAULT_COALESCE = 0.004
+
+Ready = List[Tuple["Readiness", int]]
+
+_EPOLLIN = getattr(select, "EPOLLIN", 1)
+_EPOLLOUT = getattr(select, "EPOLLOUT", 4)
 
 class Readiness:
     """What the loop calls when a registered file object is ready."""
@@ -77,7 +94,7 @@ class _Ticker:
         self.scheduler = scheduler
         self.callback = callback
         self.io_time = io_time  # seconds of I/O kept after each tick
-        self.io_until = float("-inf")  # waiting I/O runs until then before the next tick
+        self.io_until = -INF  # waiting I/O runs until then before the next tick
 
     @property
     def due(self) -> float:
@@ -107,6 +124,121 @@ class _SignalReader(Readiness):
                 self.loop._dispatch_signal(signum)
 
 
+def _fileno(fileobj: Any) -> int:
+    fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    if fd < 0:
+        raise ValueError(f"invalid file object {fileobj!r}")
+    return int(fd)
+
+
+class _SelectorPoller:
+    """A ``selectors`` selector, as the loop's poller (any platform, any selector)."""
+
+    __slots__ = ("selector",)
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+
+    def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
+        self.selector.register(fileobj, events, handler)
+
+    def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
+        self.selector.modify(fileobj, events, handler)
+
+    def unregister(self, fileobj: Any) -> None:
+        self.selector.unregister(fileobj)
+
+    def poll(self, timeout: Optional[float]) -> Ready:
+        return [(key.data, mask) for key, mask in self.selector.select(timeout)]
+
+    def close(self) -> None:
+        self.selector.close()
+
+
+class _EpollPoller:
+    """``select.epoll`` with one dict entry per fd: the handler itself.
+
+    What ``selectors.EpollSelector`` does, less what a server with tens of
+    thousands of idle sockets pays for: a ``SelectorKey`` tuple (and the fd
+    as a second int object) per socket, ~110 bytes, and a method call and
+    mask conversion per ready event. Registered events other than read-only
+    (write interest: a backlog, a connect under way) are kept in a side dict
+    that stays small, to filter the error/hangup bits as selectors does.
+    """
+
+    __slots__ = ("_epoll", "_handlers", "_events")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: Dict[int, Readiness] = {}
+        self._events: Dict[int, int] = {}  # fd -> events, where not EVENT_READ
+
+    def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
+        self._set(fileobj, events, handler, new=True)
+
+    def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
+        self._set(fileobj, events, handler, new=False)
+
+    def _set(self, fileobj: Any, events: int, handler: Readiness, new: bool) -> None:
+        fd = _fileno(fileobj)
+        if (fd in self._handlers) == new:
+            state = "already" if new else "not"
+            raise KeyError(f"{fileobj!r} (fd {fd}) is {state} registered")
+        if not events or events & ~(EVENT_READ | EVENT_WRITE):
+            raise ValueError(f"invalid events: {events!r}")
+        mask = (_EPOLLIN if events & EVENT_READ else 0) | (
+            _EPOLLOUT if events & EVENT_WRITE else 0)
+        if new:
+            self._epoll.register(fd, mask)
+        else:
+            self._epoll.modify(fd, mask)
+        self._handlers[fd] = handler
+        if events != EVENT_READ:
+            self._events[fd] = events
+        else:
+            self._events.pop(fd, None)
+
+    def unregister(self, fileobj: Any) -> None:
+        fd = _fileno(fileobj)
+        if self._handlers.pop(fd, None) is None:
+            raise KeyError(f"{fileobj!r} (fd {fd}) is not registered")
+        self._events.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # already closed: the kernel dropped it (as selectors does)
+            pass
+
+    def poll(self, timeout: Optional[float]) -> Ready:
+        if timeout is None:
+            wait = -1.0
+        elif timeout <= 0:
+            wait = 0.0
+        else:  # epoll counts in ms: round up, or a short wait would spin
+            wait = math.ceil(timeout * 1e3) * 1e-3
+        handlers = self._handlers
+        ready = self._epoll.poll(wait, max(len(handlers), 1))
+        out: Ready = []
+        append = out.append
+        for fd, ev in ready:
+            handler = handlers.get(fd)
+            if handler is None:
+                continue
+            if ev == _EPOLLIN:
+                append((handler, EVENT_READ))
+                continue
+            mask = (EVENT_READ if ev & ~_EPOLLOUT else 0) | (
+                EVENT_WRITE if ev & ~_EPOLLIN else 0)
+            mask &= self._events.get(fd, EVENT_READ)
+            if mask:
+                append((handler, mask))
+        return out
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._handlers.clear()
+        self._events.clear()
+
+
 class EventLoop:
     """One thread's event loop: I/O readiness, timers, fixed-rate ticks, signals.
 
@@ -123,9 +255,34 @@ class EventLoop:
         self,
         selector: Optional[selectors.BaseSelector] = None,
         clock: Callable[[], float] = time.monotonic,
+        coalesce: float = DEFAULT_COALESCE,
     ) -> None:
-        self.selector = selector if selector is not None else selectors.DefaultSelector()
+        """``selector``: a ``selectors`` selector to poll with; by default
+        ``select.epoll`` directly where there is one (Linux), else
+        ``selectors.DefaultSelector()``.
+
+        ``coalesce``: while busy, poll at most once per this many seconds.
+        After a poll that found something ready, the next one waits until
+        ``coalesce`` seconds after it (unless a tick or timer is due before
+        that: then it polls as usual, so input that arrives just before a
+        tick is read before it), so what arrives meanwhile is collected by
+        one poll rather than one wake-up each: with thousands of players moving, one ``epoll_wait`` returns
+        hundreds of sockets. An idle loop still wakes at once for the first
+        event, so the added delay is at most ``coalesce`` for anything
+        (a request, a handshake, a ping) and only on a busy loop. 0: off.
+        """
+        if coalesce < 0:
+            raise ValueError("coalesce must be >= 0")
+        if selector is not None:
+            self.poller: Any = _SelectorPoller(selector)
+        elif hasattr(select, "epoll"):
+            self.poller = _EpollPoller()
+        else:  # pragma: no cover - kqueue, poll or select: not Linux
+            self.poller = _SelectorPoller(selectors.DefaultSelector())
         self.clock = clock
+        self.sleep: Callable[[float], None] = time.sleep  # the coalescing pause (tests swap it)
+        self.coalesce = coalesce
+        self._busy_until = 0.0  # while busy: no poll before this (clock time)
         self._timers: List[Tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._soon: Deque[Callable[[], None]] = deque()
@@ -137,6 +294,7 @@ class EventLoop:
         self._stopping = False
         self.running = False
         self.iterations = 0
+        self.events = 0  # ready events dispatched, all polls together
 
     # -- time ---------------------------------------------------------------
 
@@ -181,13 +339,18 @@ class EventLoop:
     # -- I/O registration ---------------------------------------------------
 
     def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        self.selector.register(fileobj, events, handler)
+        """Call ``handler.on_ready(mask)`` when ``fileobj`` (or an fd) is ready.
+
+        Passing the int fd the caller already holds (as ``Connection.fd``)
+        rather than the socket spares the poller an int object per socket.
+        """
+        self.poller.register(fileobj, events, handler)
 
     def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        self.selector.modify(fileobj, events, handler)
+        self.poller.modify(fileobj, events, handler)
 
     def unregister(self, fileobj: Any) -> None:
-        self.selector.unregister(fileobj)
+        self.poller.unregister(fileobj)
 
     # -- signals ------------------------------------------------------------
 
@@ -259,50 +422,52 @@ class EventLoop:
 
     def run_once(self, max_wait: Optional[float] = None) -> None:
         timeout = self._timeout(max_wait)
-        events = self.selector.select(timeout)
+        if self._busy_until and timeout != 0.0:
+            # Busy: let events gather until the coalescing interval is up,
+            # if the whole pause fits before the next tick, timer or max_wait.
+            # If not, poll as usual, so what arrives just before a tick is
+            # still read before it (a move makes the tick it was sent for).
+            pause = self._busy_until - self.clock()
+            if pause > 0 and (timeout is None or pause < timeout):
+                self.sleep(pause)
+                if timeout is not None:
+                    timeout -= pause
+        events = self.poller.poll(timeout)
         self.iterations += 1
+        if events:
+            self.events += len(events)
+            if self.coalesce:
+                self._busy_until = self.clock() + self.coalesce
+        else:
+            self._busy_until = 0.0
         if self._tickers:
             self._fire_ticks(bool(events))
         if self._timers:
             self._fire_timers()
-        if len(events) <= 1 or not self._tickers:
-            self._dispatch(events)
-        else:
-            self._dispatch_ticking(events)
+        self._dispatch(events)
         soon = self._soon
         for _ in range(len(soon)):
             self._guard(soon.popleft())
 
     def close(self) -> None:
         self.remove_signal_handlers()
-        self.selector.close()
+        self.poller.close()
 
     # -- internals ----------------------------------------------------------
 
-    @staticmethod
-    def _dispatch(events: List[Tuple[selectors.SelectorKey, int]]) -> None:
-        for key, mask in events:
-            handler = key.data
-            try:
-                handler.on_ready(mask)
-            except Exception as exc:  # noqa: BLE001 - one handler must not stop the loop
-                try:
-                    handler.on_error(exc)
-                except Exception:  # noqa: BLE001
-                    log.exception("error handler of %r failed", handler)
-
-    def _dispatch_ticking(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
-        """Dispatch, and fire a tick the moment one is due between two events.
+    def _dispatch(self, events: Ready) -> None:
+        """Call each handler; with tickers, fire a tick the moment one is due
+        between two events.
 
         A burst (a join storm: thousands of events in one select) or a few
         handlers that each take milliseconds (64 KiB of tiny frames to
         parse) must not hold up a tick: the clock is read after each event
         (~60 ns), and a due tick goes before the next one.
         """
+        tickers = self._tickers
+        due = min(t.due for t in tickers) if tickers and len(events) > 1 else INF
         clock = self.clock
-        due = min(t.due for t in self._tickers)
-        for key, mask in events:
-            handler = key.data
+        for handler, mask in events:
             try:
                 handler.on_ready(mask)
             except Exception as exc:  # noqa: BLE001 - one handler must not stop the loop
@@ -310,12 +475,10 @@ class EventLoop:
                     handler.on_error(exc)
                 except Exception:  # noqa: BLE001
                     log.exception("error handler of %r failed", handler)
-            if clock() >= due:
+            if due != INF and clock() >= due:
                 self._fire_ticks(True)
-                if not self._tickers:
-                    due = float("inf")
-                else:
-                    due = min(t.due for t in self._tickers)
+                tickers = self._tickers
+                due = min(t.due for t in tickers) if tickers else INF
 
     def _timeout(self, max_wait: Optional[float]) -> Optional[float]:
         if self._soon or self._stopping:

@@ -60,7 +60,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, 
 from urllib.parse import unquote, urlsplit
 
 from .client import ClientConfig, TCPClient
-from .codec import ProtocolError
+from .codec import PlainOutput, ProtocolError
 from .connection import CloseReason, Connection
 from .digest import sha1
 from .handler import Handler
@@ -649,7 +649,7 @@ class _Link:
 # -- the link's connection: a RESP codec and the handler -----------------------
 
 
-class _RespCodec:
+class _RespCodec(PlainOutput):
     """A Redis connection's codec: replies go straight to the link.
 
     Replies are not byte messages, so ``feed`` hands them to the link itself
@@ -673,15 +673,6 @@ class _RespCodec:
             raise
         self.link._dispatch(self.generation, replies)
         return []
-
-    def frame(self, payload: BytesLike) -> bytes:
-        return bytes(payload)
-
-    def wrap(self, stream: bytes) -> bytes:
-        return stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        return stream
 
 
 _LOST = {CloseReason.PEER_CLOSED: "closed by the server", CloseReason.RESET: "reset by the server"}

@@ -31,10 +31,10 @@ ADMIN = re.compile(r"admin listening on (\S+):(\d+)")
 class Authority:
     """``spelltraction.py game``: started, read for its admin port, stopped by pid."""
 
-    def __init__(self, argv: List[str]) -> None:
+    def __init__(self, argv: List[str], env: Optional[dict] = None) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, env=env)
         line = self.proc.stdout.readline()
         found = ADMIN.search(line)
         if not found:

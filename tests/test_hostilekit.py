@@ -19,6 +19,15 @@ def test_arrival_is_the_kernels_receive_time_not_when_we_got_round_to_reading():
             server, _ = lsock.accept()
             with server:
                 stamp_arrivals(client)
+                # Linux turns receive timestamps on for the whole host from a
+                # work queue, a moment after the first socket asks: until then
+                # segments arrive unstamped (seen on a loaded CI box). Wait for
+                # a stamped one before measuring.
+                for _ in range(100):
+                    server.sendall(b"w")
+                    if client.recvmsg(1, 64)[1]:
+                        break
+                    time.sleep(0.01)
                 server.sendall(b"tick")
                 time.sleep(0.3)  # a busy test process reads late
                 data, ancillary, _, _ = client.recvmsg(100, 64)

@@ -210,8 +210,13 @@ def test_unit_signals_agree_with_the_server():
     assert "--admin-port" in argv and "--admin-host" not in argv  # loopback, the default
 
 
-def test_every_unit_setting_is_explained():
-    lines = open(UNIT).read().splitlines()
+UNITS = sorted(os.path.join(ETC, "systemd", n) for n in os.listdir(os.path.join(ETC, "systemd")))
+
+
+@pytest.mark.parametrize("path", UNITS, ids=os.path.basename)
+def test_every_unit_setting_is_explained(path):
+    """In every unit (the single server's and the cluster's), each setting has a comment."""
+    lines = open(path).read().splitlines()
     for i, line in enumerate(lines):
         s = line.strip()
         if not s or s[0] in "#;[":
@@ -272,6 +277,28 @@ def test_nginx_files_proxy_websockets_and_put_stream_at_top_level():
     stream = "\n".join(line.split("#", 1)[0] for line in open(NGINX_STREAM).read().splitlines())
     assert stream.strip().startswith("stream {")
     assert f"127.0.0.1:{st.DEFAULT_PORT}" in stream
+
+
+def test_shipped_listeners_never_share_a_port():
+    """nginx's TLS ports, each unit's admin port and the game port are one host's
+    ports: two of them alike and one service fails to bind at boot."""
+    etc = os.path.join(ROOT, "etc")
+    nginx_ports = []
+    for name in (NGINX_HTTP, NGINX_STREAM):
+        code = "\n".join(line.split("#", 1)[0] for line in open(name).read().splitlines())
+        nginx_ports += {int(p) for p in re.findall(r"listen\s+(?:\[::\]:)?(\d+)", code)}
+    admin_ports = []
+    for unit in sorted(os.listdir(os.path.join(etc, "systemd"))):
+        text = open(os.path.join(etc, "systemd", unit)).read()
+        start = re.search(r"^ExecStart=(.*)$", text, re.M).group(1)
+        instances = range(1, 5) if "%i" in start else [None]
+        for i in instances:
+            line = start.replace("%i", str(i)) if i is not None else start
+            admin_ports += [int(p) for p in re.findall(r"--admin-port (\d+)", line)]
+            assert str(st.DEFAULT_PORT) in line or "--port" not in line, unit
+    ports = nginx_ports + admin_ports + [st.DEFAULT_PORT]
+    assert all(0 < p < 65536 for p in ports), ports
+    assert len(ports) == len(set(ports)), sorted(ports)
 
 
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"

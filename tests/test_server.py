@@ -90,10 +90,14 @@ def test_tick_bytes_are_bounded_whatever_the_crowd(h):
     h.ticks(2)
     watcher = clients[-1]
     biggest = 0
-    for _ in range(3):
+    # Every tick from the watcher's join on, until the server has seen all 40
+    # leave (a loaded machine may take more than the two ticks above).
+    for _ in range(100):
         tick = watcher.expect(st.TickMsg)
         biggest = max(biggest, len(st.encode(tick)))
         assert len(tick.movers) <= st.MAX_MOVERS and len(tick.gone) <= st.MAX_MOVERS
+        if tick.players == 80:
+            break
     assert biggest <= 329
     assert sum(tick.counts) == tick.players == 80
 

@@ -17,6 +17,7 @@ import time
 import pytest
 
 import spelltraction as st
+from conftest import metric, parse_metrics
 from clusterkit import Player, World, http_get, wait_for
 from redisproc import RedisServer, free_port
 from serverproc import GAME, Spawned
@@ -101,6 +102,17 @@ def test_two_gateways_one_world_same_bytes_and_each_others_crowds(world):
     # The authority's traffic: a tick is one shared message plus a private
     # message only for a gateway with something in it.
     assert auth["bus"]["messages_out"] <= 3 * snap["tick"]["fired"] + 3
+    # /metrics per role: players per gateway, the bus and its latency.
+    samples, _ = parse_metrics(http_get(g1.admin, "/metrics")[1])
+    assert metric(samples, "spelltraction_gateway_players") == 5
+    assert metric(samples, "spelltraction_world_players") == 10
+    assert 0 < metric(samples, "spelltraction_bus_latency_p99_seconds") < 1.0
+    assert metric(samples, "spelltraction_bus_messages_total") > 0
+    samples, _ = parse_metrics(http_get(a.admin, "/metrics")[1])
+    per_gateway = {dict(labels)["gateway"]: v for (name, labels), v in samples.items()
+                   if name == "spelltraction_gateway_players"}
+    assert sorted(per_gateway.values()) == [5, 5]
+    assert metric(samples, "spelltraction_authority_epoch") == 1
     for p in on1 + on2:
         assert not p.closed and not p.errors
 
@@ -196,7 +208,8 @@ def test_gateway_killed_its_players_resume_on_another(world):
         assert q.score >= p.score
         back.append(q)
     # The dead gateway's lease runs out: the authority forgets it.
-    wait_for(lambda: len(cluster_stats(a.admin)["cluster"]["gateways"]) == 1, timeout=15)
+    wait_for(lambda: len(cluster_stats(a.admin)["cluster"]["gateways"]) == 1,
+             timeout=st.HEARTBEAT_LEASE_S + 15)
     assert cluster_stats(a.admin)["players"] == 12
     pump_all(others + back, 1.0)
     assert not any(p.closed for p in others + back)

@@ -53,16 +53,12 @@ def inputs(name):
                      .map(b"".join))
 
 
+@pytest.mark.parametrize("name", ["framing", "http", "websocket-server", "websocket-client"])
 @EXAMPLES
-@given(inputs("framing"), CUTS)
-def test_frame_parsers_raise_only_protocol_errors(data, cuts):
-    DRIVERS["framing"](data, cuts)
-
-
-@EXAMPLES
-@given(inputs("http"), CUTS)
-def test_http_request_parser_raises_only_protocol_errors(data, cuts):
-    DRIVERS["http"](data, cuts)
+@given(data=hs.data(), cuts=CUTS)
+def test_parsers_raise_only_protocol_errors(name, data, cuts):
+    """Any bytes, any split: each parser raises only its own ProtocolError."""
+    DRIVERS[name](data.draw(inputs(name), label="input"), cuts)
 
 
 FIELD_NAME = hs.sampled_from(["Host", "Content-Length", "Transfer-Encoding", "Connection",
@@ -93,15 +89,3 @@ def test_every_tricky_content_length_is_a_400_or_a_length(value):
             assert request.has_body in (True, False)
         except http.HttpError as exc:
             assert exc.status == 400, exc
-
-
-@EXAMPLES
-@given(inputs("websocket-server"), CUTS)
-def test_server_websocket_parser_raises_only_protocol_errors(data, cuts):
-    DRIVERS["websocket-server"](data, cuts)
-
-
-@EXAMPLES
-@given(inputs("websocket-client"), CUTS)
-def test_client_websocket_parser_raises_only_protocol_errors(data, cuts):
-    DRIVERS["websocket-client"](data, cuts)

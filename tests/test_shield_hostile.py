@@ -7,6 +7,7 @@ once a second, and that the server's RSS and fds came back afterwards.
 """
 
 import base64
+import contextlib
 import os
 import socket
 import time
@@ -21,6 +22,18 @@ from netcore import websocket as ws
 pytestmark = pytest.mark.slow  # subprocess servers and crowds, seconds each
 
 NOBODY_EXEMPT = ("--exempt", "")
+
+
+@contextlib.contextmanager
+def under_attack(*flags):
+    """A server (nobody exempt) and its watching crowd; on the way out, every
+    watcher must have kept ticking and the server's RSS and fds come back."""
+    with HostileServer(*flags, *NOBODY_EXEMPT) as server, Crowd(server.port) as crowd:
+        before = server.resources()
+        crowd.mark()
+        yield server
+        crowd.assert_ticking()
+        server.assert_recovered(before)
 
 
 def upgraded(port, source):
@@ -50,6 +63,14 @@ def close_event(sock, already=b"", timeout=10.0):
     return closes[0]
 
 
+def assert_closed(attackers, code, words):
+    """Each attacker got a Close frame with ``code`` and ``words`` in its reason."""
+    for sock, rest in attackers:
+        close = close_event(sock, rest)
+        assert close.code == code and words in close.reason, close
+        sock.close()
+
+
 def errors_in(data):
     """The ERROR frames in a binary-protocol byte stream."""
     return [m for m in (st.decode(f) for f in st.FrameParser(65535).feed(data))
@@ -59,10 +80,7 @@ def errors_in(data):
 def test_slot_squatting_is_bounded_per_address_and_real_players_still_join():
     # One address held 100 never-HELLO sockets and a full server's spare slots:
     # 28 of 28 real joins were refused.
-    with HostileServer("--max-clients", "40", "--max-pending-per-address", "4",
-                       *NOBODY_EXEMPT) as server, Crowd(server.port) as crowd:
-        before = server.resources()
-        crowd.mark()
+    with under_attack("--max-clients", "40", "--max-pending-per-address", "4") as server:
         squat = [connect(server.port, source="127.0.9.1") for _ in range(60)]
         time.sleep(0.5)
         refused = []
@@ -87,20 +105,15 @@ def test_slot_squatting_is_bounded_per_address_and_real_players_still_join():
         for c in joined:
             c.settimeout(5)
             assert st.decode(st.FrameParser(65535).feed(c.recv(4096))[0]).__class__ is st.Welcome
-        crowd.assert_ticking()
         metrics = server.get("/metrics")[2].decode()
         assert 'limits_total{limit="pending-per-address"} 56' in metrics
         for s in squat + joined:
             s.close()
-        server.assert_recovered(before)
 
 
 def test_never_readers_are_cut_and_free_their_memory():
     # A client that never reads was held forever (netcore's cap engaged after ~29 min).
-    with HostileServer("--send-backlog-grace", "2", *NOBODY_EXEMPT) as server, \
-            Crowd(server.port) as crowd:
-        before = server.resources()
-        crowd.mark()
+    with under_attack("--send-backlog-grace", "2") as server:
         never = []
         for i in range(40):
             s = socket.socket()
@@ -117,7 +130,6 @@ def test_never_readers_are_cut_and_free_their_memory():
         else:
             raise AssertionError("not every never-reader was cut: "
                                  + server.get("/metrics")[2].decode()[-3000:])
-        crowd.assert_ticking()
         for s in never:  # each finds its connection reset or ended
             s.settimeout(5)
             try:
@@ -126,14 +138,11 @@ def test_never_readers_are_cut_and_free_their_memory():
             except ConnectionResetError:
                 pass
             s.close()
-        server.assert_recovered(before)
 
 
 def test_a_ping_flood_is_closed_1008_and_the_game_ticks_on():
     # 20 connections pinging as fast as they could: 2.5 s without a TICK.
-    with HostileServer(*NOBODY_EXEMPT) as server, Crowd(server.port) as crowd:
-        before = server.resources()
-        crowd.mark()
+    with under_attack() as server:
         attackers = [upgraded(server.port, f"127.0.11.{i + 1}") for i in range(20)]
         ping = ws.frame(b"p" * 125, ws.PING, mask_key=b"abcd") * 500
         for sock, _ in attackers:
@@ -142,22 +151,14 @@ def test_a_ping_flood_is_closed_1008_and_the_game_ticks_on():
                     sock.sendall(ping)
             except OSError:
                 pass  # closed under it: that is the point
-        for sock, rest in attackers:
-            close = close_event(sock, rest)
-            assert close.code == ws.CloseCode.POLICY_VIOLATION, close
-            assert "control frame flood" in close.reason
-            sock.close()
-        crowd.assert_ticking()
-        server.assert_recovered(before)
+        assert_closed(attackers, ws.CloseCode.POLICY_VIOLATION, "control frame flood")
 
 
 @pytest.mark.parametrize("attack", ["empty continuations", "tiny fragments"])
 def test_endless_fragmented_messages_are_closed_1008(attack):
     # 4.2 million empty continuations grew RSS by 35.7 MB and were never closed;
     # 200 x 4,000 one-byte fragments held ~132 KiB each and stalled the tick.
-    with HostileServer(*NOBODY_EXEMPT) as server, Crowd(server.port) as crowd:
-        before = server.resources()
-        crowd.mark()
+    with under_attack() as server:
         payload = b"" if attack == "empty continuations" else b"x"
         body = ws.frame(payload, ws.CONTINUATION, fin=False, mask_key=b"abcd") * 4000
         attackers = [upgraded(server.port, f"127.0.12.{i + 1}") for i in range(50)]
@@ -166,22 +167,13 @@ def test_endless_fragmented_messages_are_closed_1008(attack):
                 sock.sendall(ws.frame(b"\x00", ws.BINARY, fin=False, mask_key=b"abcd") + body)
             except OSError:
                 pass
-        for sock, rest in attackers:
-            close = close_event(sock, rest)
-            assert close.code == ws.CloseCode.POLICY_VIOLATION, close
-            assert "frames" in close.reason
-            sock.close()
-        crowd.assert_ticking()
-        server.assert_recovered(before)
+        assert_closed(attackers, ws.CloseCode.POLICY_VIOLATION, "frames")
 
 
 def test_a_refused_connection_storm_does_not_stall_the_tick():
     # At --max-clients 300, reconnecting at once after each SERVER_FULL (with
     # data sent) made players' tick lateness p99 437 ms.
-    with HostileServer("--max-clients", "12", *NOBODY_EXEMPT) as server, \
-            Crowd(server.port) as crowd:
-        before = server.resources()
-        crowd.mark()
+    with under_attack("--max-clients", "12") as server:
         refused = 0
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
@@ -197,8 +189,6 @@ def test_a_refused_connection_storm_does_not_stall_the_tick():
                 assert err.code == st.ErrorCode.SERVER_FULL
             refused += 1
         assert refused > 300
-        crowd.assert_ticking()
-        server.assert_recovered(before)
 
 
 def test_a_thousand_bad_http_requests_do_not_write_a_thousand_lines():

@@ -38,7 +38,7 @@ import signal
 import sys
 import time
 import os
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, cast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -207,7 +207,9 @@ class AsyncioGameServer:
     def join(self, proto: GameProtocol, shape: int, colour: int) -> None:
         del self.pending[proto]
         player = self.game.join(shape, colour)
-        player.conn = proto
+        # Player.conn is typed for GameServer's netcore Connection; the rules
+        # never look at it, so this peer keeps its GameProtocol there.
+        player.conn = cast(Any, proto)
         proto.player = player
         welcome = frame(Welcome(player.id, player.shape, player.colour, tick_ms=self.tick_ms))
         if self._stats_tick != self.game.tick:
@@ -261,10 +263,11 @@ class AsyncioGameServer:
         result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
         # As GameServer: a player whose YOU changed gets data + YOU in one
         # write, in its usual place in the order.
+        players: Iterable[Any] = game.players.values()  # conn: a GameProtocol (see join)
         private = {p.conn: data + you_frame(p) for p in result.dirty if p.conn is not None}
-        targets = [p.conn.transport for p in game.players.values()]
+        targets = [p.conn.transport for p in players]
         if private:
-            protos = [p.conn for p in game.players.values()]
+            protos = [p.conn for p in players]
             for proto, transport in zip(protos, targets):
                 transport.write(private.get(proto, data))
         else:
@@ -350,6 +353,7 @@ class AsyncioGameServer:
             # The peer speaks only the binary protocol: no WebSocket players, no HTTP.
             "ws_players": 0,
             "web": {},
+            "loop": {},  # no poll counters: asyncio and uvloop keep none we can read
             # Protocol 1 only, in memory: nothing to resume, no store.
             "resumes": 0,
             "takeovers": 0,

@@ -7,7 +7,7 @@ packet: they are delivered, then on_bad_input, then the close.
 import pytest
 
 from netcore import (
-    EventLoop, FrameParser, Handler, ServerConfig, TCPClient, TCPServer, WebConfig, WebFront,
+    FrameParser, Handler, ServerConfig, TCPClient, TCPServer, WebConfig, WebFront,
     WholeFrames, encode_frame, websocket_client,
 )
 from netcore.framing import FrameError
@@ -45,15 +45,46 @@ class Record(Handler):
     def on_close(self, conn, reason):
         self.events.append(("close", reason))
 
+    def closed(self):
+        return self.events and self.events[-1][0] == "close"
 
-def test_a_server_delivers_good_frames_then_reports_the_bad_one():
-    loop = EventLoop()
+
+class WsPeer(Handler):
+    """The WebSocket client's side: open once upgraded, keeps what it receives."""
+
+    def __init__(self):
+        self.open = False
+        self.got = []
+
+    def on_protocol(self, conn, protocol):
+        self.open = True
+
+    def on_message(self, conn, payload):
+        self.got.append(payload)
+
+
+def upgraded(loop, handler, config, **client_options):
+    """A server with ``handler`` behind a WebFront(``config``) and one client
+    upgraded to it: (server, client, peer, the client's connection)."""
+    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"]),
+                       codec_factory=WebFront(config))
+    server.listen()
+    peer = WsPeer()
+    client = TCPClient(loop, peer)
+    client.connect("127.0.0.1", server.port,
+                   codec_factory=websocket_client("h", "/ws", **client_options))
+    run_until(loop, lambda: peer.open)
+    (conn,) = client.connections.values()
+    return server, client, peer, conn
+
+
+def test_a_server_delivers_good_frames_then_reports_the_bad_one(loop):
     handler = Record()
     server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"]))
     server.listen()
     client = LoopClient(server.port)
     client.send(encode_frame(b"hello") + encode_frame(b"world") + b"\x00\x00")
-    run_until(loop, lambda: handler.events and handler.events[-1][0] == "close")
+    run_until(loop, handler.closed)
     assert handler.events == [("message", b"hello"), ("message", b"world"), ("bad", "bad-frame"),
                               ("close", "bad-frame")]
     got = bytearray()
@@ -61,70 +92,31 @@ def test_a_server_delivers_good_frames_then_reports_the_bad_one():
     assert bytes(got) == encode_frame(b"hello") + encode_frame(b"world")
     client.close()
     server.close()
-    loop.close()
 
 
-def test_websocket_messages_before_a_bad_frame_or_a_close_are_delivered():
-    loop = EventLoop()
+def test_websocket_messages_before_a_bad_frame_or_a_close_are_delivered(loop):
     handler = Record()
-    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"]),
-                       codec_factory=WebFront(WebConfig(message_codec=WholeFrames())))
-    server.listen()
-
-    class Opened(Handler):
-        def __init__(self):
-            self.open = False
-
-        def on_protocol(self, conn, protocol):
-            self.open = True
-
-    opened = Opened()
-    client = TCPClient(loop, opened)
-    client.connect("127.0.0.1", server.port,
-                   codec_factory=websocket_client("h", "/ws", inner=FrameParser()))
-    run_until(loop, lambda: opened.open)
-    (conn,) = client.connections.values()
+    server, client, _, conn = upgraded(loop, handler, WebConfig(message_codec=WholeFrames()),
+                                       inner=FrameParser())
     # One write: a message of two frames, then one whose second frame is bad.
     codec = conn.codec
     conn.write(codec.wrap(encode_frame(b"a") + encode_frame(b"b"))
                + codec.wrap(encode_frame(b"c") + b"\x00\x00"))
-    run_until(loop, lambda: handler.events and handler.events[-1][0] == "close")
+    run_until(loop, handler.closed)
     assert handler.events == [("message", b"a"), ("message", b"b"), ("message", b"c"),
                               ("bad", "bad-frame"), ("close", "bad-frame")]
     client.close()
     server.close()
-    loop.close()
 
 
-def test_a_websocket_message_and_a_close_in_one_read_both_count():
-    loop = EventLoop()
+def test_a_websocket_message_and_a_close_in_one_read_both_count(loop):
     handler = Record()
-    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"]),
-                       codec_factory=WebFront(WebConfig()))
-    server.listen()
-
-    class Client(Handler):
-        def __init__(self):
-            self.open = False
-            self.got = []
-
-        def on_protocol(self, conn, protocol):
-            self.open = True
-
-        def on_message(self, conn, payload):
-            self.got.append(payload)
-
-    peer = Client()
-    client = TCPClient(loop, peer)
-    client.connect("127.0.0.1", server.port, codec_factory=websocket_client("h", "/ws"))
-    run_until(loop, lambda: peer.open)
-    (conn,) = client.connections.values()
+    server, client, peer, conn = upgraded(loop, handler, WebConfig())
     codec = conn.codec
     conn.write(codec.frame(b"last words") + codec.closing(b"", 1000, "bye"))
-    run_until(loop, lambda: handler.events and handler.events[-1][0] == "close")
+    run_until(loop, handler.closed)
     assert handler.events == [("message", b"last words"), ("close", "peer-closed")]
     run_until(loop, lambda: not client.connections)
     assert peer.got == [b"last words"]  # the echo went out before the Close answer
     assert codec.peer_close.code == 1000
     server.close()
-    loop.close()

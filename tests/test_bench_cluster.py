@@ -1,0 +1,50 @@
+"""bench/cluster.py, run small: the harness works (a world started, measured, stopped).
+
+Not how fast anything is: no figure is compared with a threshold, except
+that every bot got in and stayed. The --netns variant runs where ``ip
+netns`` is permitted and must leave no namespace behind.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import require_tool
+from serverproc import ROOT
+
+pytestmark = pytest.mark.slow
+
+CLUSTER = os.path.join(ROOT, "bench", "cluster.py")
+
+
+def netns_list():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+@pytest.mark.parametrize("netns", [False, True])
+def test_the_cluster_bench_runs_a_small_world_and_cleans_up(tmp_path, netns):
+    require_tool("redis-server")
+    out = tmp_path / "cluster.json"
+    argv = [sys.executable, CLUSTER, "--count", "300", "--serve-count", "0" if netns else "150",
+            "--duration", "4", "--json", str(out)]
+    before = netns_list() if netns else set()
+    result = subprocess.run(argv + (["--netns"] if netns else []), capture_output=True,
+                            text=True, timeout=300)
+    if netns and "--netns skipped" in result.stdout:
+        pytest.skip(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    world = figures["world"]
+    assert (world["players"], world["failed"], world["dropped"]) == (300, 0, 0)
+    assert {"redis", "game", "gateway1", "gateway2"} <= set(world["processes"])
+    assert sum(world["players_per_gateway"].values()) == 300
+    assert "| players connected / failed / dropped | 300 / 0 / 0" in result.stdout
+    if netns:
+        assert netns_list() == before  # every namespace it made is gone
+        assert "namespaces removed" in result.stdout
+    else:
+        assert figures["serve"]["players"] == 150
