@@ -6,7 +6,7 @@ On Linux it polls ``select.epoll`` directly (one dict entry per socket, no
 ``SelectorKey``); elsewhere, or when given one, whatever ``selectors``
 selector (kqueue on the BSDs and macOS, ``PollSelector``, ``SelectSelector``).
 
-While busy it polls at most once per ``coalesce`` seconds (default 4 ms), so
+While busy it polls at most once per ``coalesce`` seconds (default 2 ms), so
 one poll collects what arrived meanwhile instead of waking up for each
 message; an idle loop wakes at once (see :class:`EventLoop`).
 
@@ -52,7 +52,7 @@ INF = float("inf")
 
 # Seconds between two polls while the loop is busy (see EventLoop): what a
 # request arriving on a busy loop may wait before it is read, at most.
-DEFAULT_COALESCE = 0.004
+DEFAULT_COALESCE = 0.002
 
 Ready = List[Tuple["Readiness", int]]
 
@@ -427,11 +427,12 @@ class EventLoop:
             # if the whole pause fits before the next tick, timer or max_wait.
             # If not, poll as usual, so what arrives just before a tick is
             # still read before it (a move makes the tick it was sent for).
-            pause = self._busy_until - self.clock()
+            now = self.clock()
+            pause = self._busy_until - now
             if pause > 0 and (timeout is None or pause < timeout):
                 self.sleep(pause)
-                if timeout is not None:
-                    timeout -= pause
+                if timeout is not None:  # what is left, even if the sleep overshot
+                    timeout = max(0.0, timeout - (self.clock() - now))
         events = self.poller.poll(timeout)
         self.iterations += 1
         if events:
