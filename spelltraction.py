@@ -148,6 +148,7 @@ from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
 from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
+from netcore.server import unread_bytes
 from netcore.stats import Window
 from netcore.web import Route
 from netcore.http import response as http_response
@@ -2095,7 +2096,8 @@ class GameServer(Handler):
     def _expire_pending(self) -> None:
         limit = self.loop.time() - self.options.hello_timeout
         for conn, since in list(self.pending.items()):
-            if since < limit:
+            # Input waiting unread: the client spoke, we were too busy to listen.
+            if since < limit and not unread_bytes(conn.sock):
                 self.reject(conn, ErrorCode.HELLO_TIMEOUT,
                             f"no HELLO within {self.options.hello_timeout:g} s", "hello-timeout")
 

@@ -13,8 +13,17 @@ message; an idle loop wakes at once (see :class:`EventLoop`).
 One iteration: wait until the earliest of {I/O, next timer, next tick}; fire
 a due tick first (so its lateness is the loop's wake-up precision, not the
 time spent on I/O), then due timers, then I/O handlers (with a tick fired
-between two of them as soon as it is due), then ``call_soon`` callbacks. An exception in any callback is logged and the loop goes on: one
-bad connection must not stop a server.
+between two of them as soon as it is due), then ``call_soon`` callbacks. An
+exception in any callback is logged and the loop goes on: one bad connection
+must not stop a server.
+
+I/O keeps a share of the loop: after a tick, handlers with work waiting get
+at least ``io_share`` of a period before the next tick fires. A tick whose
+work outgrows its period then runs late (and is counted late) instead of
+firing back to back with a single event handled between two ticks, which
+starves every connection: a join storm's HELLOs would wait unread for
+seconds. While ticks take less than ``1 - io_share`` of the period, this
+never delays one.
 """
 
 from __future__ import annotations
@@ -78,11 +87,20 @@ class Timer:
 
 
 class _Ticker:
-    __slots__ = ("scheduler", "callback")
+    __slots__ = ("scheduler", "callback", "io_time", "io_until")
 
-    def __init__(self, scheduler: TickScheduler, callback: Callable[[Tick], None]) -> None:
+    def __init__(self, scheduler: TickScheduler, callback: Callable[[Tick], None],
+                 io_time: float) -> None:
         self.scheduler = scheduler
         self.callback = callback
+        self.io_time = io_time  # seconds of I/O kept after each tick
+        self.io_until = -INF  # waiting I/O runs until then before the next tick
+
+    @property
+    def due(self) -> float:
+        """When the next tick fires if I/O is waiting."""
+        deadline = self.scheduler.deadline
+        return deadline if deadline >= self.io_until else self.io_until
 
 
 class _SignalReader(Readiness):
@@ -300,14 +318,19 @@ class EventLoop:
         callback: Callable[[Tick], None],
         late_after: Optional[float] = None,
         max_catchup: int = 8,
+        io_share: float = 0.25,
     ) -> TickScheduler:
         """Call ``callback(tick)`` every ``period`` seconds, fixed-rate.
 
         The first tick is due one period from now. Returns the scheduler,
         whose counters report lateness; ``stop_ticker`` ends it.
+        ``io_share``: the part of a period that I/O waiting after a tick gets
+        before the next one fires (see the module docstring); 0: none.
         """
+        if not 0 <= io_share < 1:
+            raise ValueError("io_share must be in [0, 1)")
         sched = TickScheduler(period, self.clock() + period, late_after, max_catchup)
-        self._tickers.append(_Ticker(sched, callback))
+        self._tickers.append(_Ticker(sched, callback, io_share * period))
         return sched
 
     def stop_ticker(self, scheduler: TickScheduler) -> None:
@@ -419,7 +442,7 @@ class EventLoop:
         else:
             self._busy_until = 0.0
         if self._tickers:
-            self._fire_ticks()
+            self._fire_ticks(bool(events))
         if self._timers:
             self._fire_timers()
         self._dispatch(events)
@@ -443,7 +466,7 @@ class EventLoop:
         (~60 ns), and a due tick goes before the next one.
         """
         tickers = self._tickers
-        due = min(t.scheduler.deadline for t in tickers) if tickers and len(events) > 1 else INF
+        due = min(t.due for t in tickers) if tickers and len(events) > 1 else INF
         clock = self.clock
         for handler, mask in events:
             try:
@@ -454,9 +477,9 @@ class EventLoop:
                 except Exception:  # noqa: BLE001
                     log.exception("error handler of %r failed", handler)
             if due != INF and clock() >= due:
-                self._fire_ticks()
+                self._fire_ticks(True)
                 tickers = self._tickers
-                due = min(t.scheduler.deadline for t in tickers) if tickers else INF
+                due = min(t.due for t in tickers) if tickers else INF
 
     def _timeout(self, max_wait: Optional[float]) -> Optional[float]:
         if self._soon or self._stopping:
@@ -478,16 +501,22 @@ class EventLoop:
             wait = max(0.0, max_wait)
         return wait
 
-    def _fire_ticks(self) -> None:
+    def _fire_ticks(self, io_waiting: bool) -> None:
+        """Fire the due ticks; with ``io_waiting``, not one whose I/O time is still on."""
         clock = self.clock
         for ticker in self._tickers:
+            now = clock()
+            if io_waiting and now < ticker.io_until:
+                continue
             sched = ticker.scheduler
-            tick = sched.poll(clock())
+            tick = sched.poll(now)
             if tick is None:
                 continue
             started = clock()
             self._guard(ticker.callback, tick)
-            sched.record_duration(clock() - started)
+            ended = clock()
+            sched.record_duration(ended - started)
+            ticker.io_until = ended + ticker.io_time
 
     def _fire_timers(self) -> None:
         timers = self._timers

@@ -54,10 +54,30 @@ try:  # the unsent bytes in a socket's send queue (SIOCOUTQ is TIOCOUTQ on Linux
     import termios
 
     _SIOCOUTQ: Optional[int] = termios.TIOCOUTQ if sys.platform.startswith("linux") else None
+    _FIONREAD: Optional[int] = termios.FIONREAD  # the unread bytes of a receive queue
 except ImportError:  # pragma: no cover - not POSIX
-    _SIOCOUTQ = None
+    _SIOCOUTQ = _FIONREAD = None
 
 _ZERO_INT = bytes(4)
+
+
+def _queue_bytes(sock: socket.socket, request: Optional[int]) -> int:
+    """The byte count the ioctl ``request`` reads for ``sock`` (0 where unknown)."""
+    if request is None:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), request, _ZERO_INT), sys.byteorder)
+    except OSError:
+        return 0
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes that arrived on ``sock`` and wait unread in its receive queue (0 where unknown).
+
+    Non-zero for a peer that did send while this process was too busy to read
+    it: a timeout for the peer's silence must not fire then.
+    """
+    return _queue_bytes(sock, _FIONREAD)
 
 
 def accept_lean(lsock: socket.socket) -> Tuple[socket.socket, Any]:
@@ -79,12 +99,7 @@ def accept_lean(lsock: socket.socket) -> Tuple[socket.socket, Any]:
 
 def unsent_bytes(sock: socket.socket) -> int:
     """Bytes in ``sock``'s kernel send queue not yet acknowledged (0 where unknown)."""
-    if _SIOCOUTQ is None:
-        return 0
-    try:
-        return int.from_bytes(fcntl.ioctl(sock.fileno(), _SIOCOUTQ, _ZERO_INT), sys.byteorder)
-    except OSError:
-        return 0
+    return _queue_bytes(sock, _SIOCOUTQ)
 
 
 class ServerConfig:

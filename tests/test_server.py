@@ -1,6 +1,7 @@
 """The game server on real loopback sockets, driven in this process."""
 
 import logging
+import time
 
 import pytest
 
@@ -147,6 +148,30 @@ def test_hello_timeout(make_harness):
     h = make_harness(hello_timeout=0.1)
     c = h.client(hello=False)
     errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
+    assert errors[-1].code == st.ErrorCode.HELLO_TIMEOUT
+
+
+def test_a_hello_waiting_unread_is_no_hello_timeout(make_harness):
+    """A server too busy to read (a join storm on a loaded box) does not kick a
+    player for silence while its HELLO waits in the server's own socket."""
+    from netcore.server import unread_bytes
+
+    h = make_harness(hello_timeout=0.05)
+    c = h.client(hello=False)
+    h.run_until(lambda: len(h.server.pending) == 1, what="the connection accepted")
+    (conn,) = h.server.pending
+    c.send(st.Hello())  # the loop does not run: nobody reads it
+    end = time.monotonic() + 5
+    while not unread_bytes(conn.sock) and time.monotonic() < end:
+        time.sleep(0.001)
+    time.sleep(0.1)  # twice the hello timeout
+    h.server._expire_pending()
+    assert conn in h.server.pending and conn.is_open
+    assert isinstance(c.expect(st.Welcome), st.Welcome)  # read at last: a player
+    time.sleep(0.1)
+    h.server._expire_pending()  # a silent one is still timed out
+    silent = h.client(hello=False)
+    errors = [m for m in silent.wait_closed() if isinstance(m, st.Error)]
     assert errors[-1].code == st.ErrorCode.HELLO_TIMEOUT
 
 

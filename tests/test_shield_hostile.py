@@ -9,6 +9,7 @@ once a second, and that the server's RSS and fds came back afterwards.
 import base64
 import contextlib
 import os
+import re
 import socket
 import time
 
@@ -202,4 +203,6 @@ def test_a_thousand_bad_http_requests_do_not_write_a_thousand_lines():
         time.sleep(6)  # a churn summary
         new = server.log().splitlines()[lines_before:]
         assert len(new) < 20, new[:30]
-        assert any("bad-http 1000" in line for line in new), new
+        # one summary per 5 s: a slow machine may spread the 1,000 over two
+        counted = [int(n) for line in new for n in re.findall(r"bad-http (\d+)", line)]
+        assert sum(counted) == 1000 and len(counted) <= 3, new

@@ -56,6 +56,40 @@ def test_a_due_tick_fires_between_two_slow_events_not_after_the_burst():
     loop.close()
 
 
+def test_a_tick_longer_than_its_period_leaves_io_its_share():
+    """Ticks that outgrow their period (a join storm's broadcasts on a loaded box)
+    still leave waiting I/O a quarter of a period after each one, instead of
+    firing back to back with one event between two ticks: then a HELLO waits
+    unread until its sender is timed out for not sending it."""
+    loop = EventLoop()
+    log = []
+    pairs = [socket.socketpair() for _ in range(40)]
+    for ours, theirs in pairs:
+        theirs.send(b"x")
+        loop.register(ours, 1, Slow(ours, 0.001, log))
+
+    def on_tick(tick):
+        end = time.perf_counter() + 0.12  # one and a half periods
+        while time.perf_counter() < end:
+            pass
+        log.append("tick")
+
+    sched = loop.start_ticker(0.08, on_tick)
+    end = time.monotonic() + 1.2
+    while time.monotonic() < end:
+        loop.run_once(0.05)
+    runs = [len(run) for run in "".join(
+        "t" if entry == "tick" else "i" for entry in log).split("t")[1:-1]]
+    assert sched.fired >= 5 and sched.late >= 3  # late, and counted so
+    # 20 ms of I/O after each tick: about 20 events of 1 ms (3 on a machine so
+    # loaded that each takes 6 ms); before, 1.
+    assert sorted(runs)[len(runs) // 2] >= 3, runs
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
+    loop.close()
+
+
 class Counter(Handler):
     def __init__(self):
         self.messages = 0
