@@ -214,6 +214,7 @@ def test_scoring_reaches_everyone(h):
     assert scored.scorers == len(holders)
 
 
+@pytest.mark.slow  # a second or more of timers
 def test_stats_every_51_ticks(h):
     c = h.client()
     c.expect(st.Stats)

@@ -384,6 +384,7 @@ def test_one_server_per_data_directory(data):
     st.Store(data).open()  # free again once the first let go
 
 
+@pytest.mark.slow  # a second or more of timers
 def test_a_failing_commit_is_counted_retried_and_scoring_waits(h, data, caplog):
     a, b = scorer(h.client_v2), h.client_v2()
     cell = next(i for i, letter in enumerate(a.tick.board) if letter in a.you.letters)

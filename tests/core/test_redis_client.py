@@ -426,6 +426,7 @@ def test_a_frozen_server_is_noticed_by_keepalive(loop, server):
     assert call(loop, client, "PING").result() == "PONG"
 
 
+@pytest.mark.slow  # a second or more of timers
 def test_a_busy_loop_does_not_take_an_unread_pong_for_a_dead_server(loop, server):
     """The loop stalls (a long handler: a busy or starved process) right after
     sending a keepalive PING, past the next one: the PONG is in the socket, unread

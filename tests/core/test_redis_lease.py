@@ -71,6 +71,7 @@ def test_one_holder_at_a_time_and_the_epoch_grows(loop, server):
     assert acquire(loop, b) == (True, "2:game-b") and b.epoch == 2
 
 
+@pytest.mark.slow  # a second or more of timers
 def test_renewal_keeps_it_past_its_ttl(loop, server):
     holder = RedisLease(link(loop, server), "k", "a", ttl=0.3)
     other = RedisLease(link(loop, server), "k", "b", ttl=0.3)

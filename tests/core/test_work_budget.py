@@ -25,6 +25,7 @@ class Slow(Readiness):
         self.log.append("io")
 
 
+@pytest.mark.slow  # a second or more of timers
 def test_a_due_tick_fires_between_two_slow_events_not_after_the_burst():
     loop = EventLoop()
     log = []
@@ -56,6 +57,7 @@ def test_a_due_tick_fires_between_two_slow_events_not_after_the_burst():
     loop.close()
 
 
+@pytest.mark.slow  # a second or more of timers
 def test_a_tick_longer_than_its_period_leaves_io_its_share():
     """Ticks that outgrow their period (a join storm's broadcasts on a loaded box)
     still leave waiting I/O a quarter of a period after each one, instead of

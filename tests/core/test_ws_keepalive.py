@@ -5,6 +5,8 @@ import os
 import socket
 import time
 
+import pytest
+
 from netcore import EventLoop, Handler, ServerConfig, TCPServer, WebConfig, WebFront
 from netcore import websocket as ws
 
@@ -16,6 +18,7 @@ def upgrade(port):
     return s
 
 
+@pytest.mark.slow  # a second or more of timers
 def test_quiet_peers_are_pinged_and_the_silent_one_is_closed_1011():
     loop = EventLoop()
     front = WebFront(WebConfig(ping_interval=0.2, idle_timeout=0.6))
