@@ -167,7 +167,7 @@ def ready(host: str, port: int, ns: Optional[Netns], role: str) -> bool:
         return out.returncode == 0
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 
@@ -213,7 +213,8 @@ def run_world(count: int, gateways: int, duration: float, move_every: float,
                 # loopback is by default.
                 *(["--exempt", f"{ns.address['bots']}/32"] if ns is not None else [])]), [], name)
             for _ in range(3):  # they come together: readline, not select on a buffered pipe
-                line = procs[name].stdout.readline() if procs[name].stdout else ""
+                pipe = procs[name].stdout
+                line = pipe.readline() if pipe is not None else ""
                 found = re.search(r"http://\S+:(\d+)/", line)
                 if found:
                     admins[name] = int(found[1])
@@ -261,7 +262,8 @@ def run_world(count: int, gateways: int, duration: float, move_every: float,
             time.sleep(1.0)
         figures = []
         for b in bot_names:
-            out = (procs[b].stdout.read() if procs[b].stdout else "").strip().splitlines()
+            pipe = procs[b].stdout
+            out = (pipe.read() if pipe is not None else "").strip().splitlines()
             if not out:
                 raise RuntimeError(f"bots printed no figures: {children.log_tail(b)}")
             figures.append(json.loads(out[-1]))
