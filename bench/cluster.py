@@ -350,10 +350,18 @@ def report(world: Dict[str, Any], serve: Optional[Dict[str, Any]]) -> str:
     out.append(f"bus, the authority: {bus.get('messages_per_tick', 0):.2f} messages and "
                f"{bus.get('bytes_per_tick', 0):.0f} bytes per tick (in and out)")
     for r, b in lat:
-        out.append(f"bus, {r}: publish->sent p50 {b.get('latency_p50_s', 0) * 1000:.1f} ms, "
-                   f"p99 {b.get('latency_p99_s', 0) * 1000:.1f} ms; "
+        def ms(key: str, b: Dict[str, Any] = b) -> str:
+            return f"{b.get(key, 0) * 1000:.1f}"
+
+        # publish->sent = publish->first send (the bus and the gateway's loop
+        # turn) + the broadcast itself (first send -> last, O(its players)).
+        out.append(f"bus, {r}: publish->sent p50 {ms('latency_p50_s')} ms, "
+                   f"p99 {ms('latency_p99_s')} ms (publish->first send p50 "
+                   f"{ms('to_first_send_p50_s')}, p99 {ms('to_first_send_p99_s')}; "
+                   f"broadcast p50 {ms('broadcast_p50_s')}, p99 {ms('broadcast_p99_s')}); "
                    f"{b.get('messages_per_tick', 0):.2f} messages, "
-                   f"{b.get('bytes_per_tick', 0):.0f} bytes per tick; gaps {b.get('gaps', 0)}")
+                   f"{b.get('bytes_per_tick', 0):.0f} bytes per tick; gaps {b.get('gaps', 0)}, "
+                   f"ticks skipped (behind) {b.get('coalesced', 0)}")
     return "\n".join(out)
 
 
