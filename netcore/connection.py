@@ -23,7 +23,7 @@ import selectors
 import socket
 from typing import Any, Callable, Dict, Optional, Protocol, Sequence
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
+from .codec import CLOSED_CODEC, Codec, CodecHandoff, ProtocolError, Text
 from .loop import EventLoop, Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
 from .stats import NetStats
@@ -329,6 +329,10 @@ class Connection(Readiness):
             if self.state == OPEN:
                 owner._bad_input(self, exc)
             return
+        except CodecHandoff as handoff:  # a shared codec left this one part of a message
+            if self.state != CLOSED:
+                self.codec = handoff.codec
+            messages = handoff.messages
         if messages:  # _deliver(), inline: this is every read's path
             stats.frames_in += len(messages)
             on_message = owner.handler.on_message
