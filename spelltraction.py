@@ -2601,7 +2601,13 @@ class BusStats:
         self.messages_out = self.bytes_out = self.messages_in = self.bytes_in = 0
         self.gaps = self.resyncs = self.fenced = self.bad = 0
         self.coalesced = 0  # gateway: TICKs read behind a newer one, so never sent
-        self.latency = Window(1024)  # gateway: authority publish -> our broadcast done, s
+        # Gateway, seconds: authority publish -> sent to every player here, and
+        # its two parts: publish -> the first send (the bus and our loop turn:
+        # a few ms) and the first send -> the last (the broadcast itself,
+        # O(players here), as long as serve's).
+        self.latency = Window(1024)
+        self.to_first = Window(1024)
+        self.broadcast = Window(1024)
 
     def snapshot(self, ticks: int) -> Dict[str, Any]:
         per = max(ticks, 1)
@@ -2610,8 +2616,13 @@ class BusStats:
                 "messages_per_tick": (self.messages_out + self.messages_in) / per,
                 "bytes_per_tick": (self.bytes_out + self.bytes_in) / per,
                 "gaps": self.gaps, "resyncs": self.resyncs, "fenced": self.fenced,
-                "bad": self.bad, "coalesced": self.coalesced, "latency_p50_s": self.latency.percentile(50),
-                "latency_p99_s": self.latency.percentile(99)}
+                "bad": self.bad, "coalesced": self.coalesced,
+                "latency_p50_s": self.latency.percentile(50),
+                "latency_p99_s": self.latency.percentile(99),
+                "to_first_send_p50_s": self.to_first.percentile(50),
+                "to_first_send_p99_s": self.to_first.percentile(99),
+                "broadcast_p50_s": self.broadcast.percentile(50),
+                "broadcast_p99_s": self.broadcast.percentile(99)}
 
     def add_metrics(self, exp: Exposition) -> None:
         exp.counter("spelltraction_bus_messages_total", "Bus messages published and received.",
@@ -2632,6 +2643,14 @@ class BusStats:
         exp.gauge("spelltraction_bus_latency_p99_seconds",
                   "Tick publish by the authority -> sent to players here, p99.",
                   self.latency.percentile(99))
+        for q in (50, 99):
+            exp.gauge(f"spelltraction_bus_to_first_send_p{q}_seconds",
+                      f"Tick publish by the authority -> the first player's send here, p{q}.",
+                      self.to_first.percentile(q))
+        for q in (50, 99):
+            exp.gauge(f"spelltraction_tick_broadcast_p{q}_seconds",
+                      f"A TICK's sends to every player here, first to last, p{q}.",
+                      self.broadcast.percentile(q))
 
 
 class _ClusterRole:
@@ -3358,8 +3377,13 @@ class Gateway(_ClusterRole, GameServer):
         self._due_yous = {}
         everyone = [c for c in self.players if c not in after] if after else list(self.players)
         after.clear()
+        bus = self.bus
+        first = time.time()
         self._send_tick(shared, nframes, news, yous, everyone)
-        self.bus.latency.add(max(time.time() - published, 0.0))
+        last = time.time()
+        bus.to_first.add(max(first - published, 0.0))
+        bus.broadcast.add(last - first)
+        bus.latency.add(max(last - published, 0.0))
 
     # -- figures ------------------------------------------------------------------
 
