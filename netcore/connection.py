@@ -298,6 +298,7 @@ class Connection(Readiness):
         if left <= self.owner.config.low_water and self in _ABOVE_HIGH_WATER:
             _ABOVE_HIGH_WATER.discard(self)
             self.owner.handler.on_drain(self)
+            left = len(out)  # what on_drain wrote went into this queue: keep it
         if left == 0 and self.out is out:
             self.out = None
             if self.state == CLOSING:
