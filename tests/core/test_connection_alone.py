@@ -3,7 +3,7 @@
 import socket
 
 from netcore import Connection, EventLoop, FrameParser, Handler, NetStats, encode_frame
-from netcore.connection import EVENT_READ
+from netcore.connection import EVENT_READ, EVENT_WRITE
 
 
 class Limits:
@@ -99,7 +99,7 @@ def test_what_on_drain_writes_is_sent_even_when_the_queue_just_emptied():
     backlog = b"x" * 4000
     while conn.queued < Limits.high_water:  # past high water: on_drain is due
         assert conn.send(backlog)
-    assert conn.above_high_water
+    assert conn.above_high_water and conn.events == EVENT_READ | EVENT_WRITE
     parser = FrameParser(65535)
     theirs.setblocking(False)
     got = []
@@ -114,6 +114,7 @@ def test_what_on_drain_writes_is_sent_even_when_the_queue_just_emptied():
     assert handler.drains == 1
     assert got[-1] == b"after the drain" and conn.queued == 0
     assert owner.stats.queued_out_bytes == 0
+    assert conn.events == EVENT_READ and not conn.above_high_water
     conn.close()
     theirs.close()
     loop.close()
