@@ -2524,9 +2524,10 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
 # receiver sees a gap (pub/sub is at-most-once) and resynchronises: the
 # gateway sends every player it holds (BUS_FULL), the authority makes its
 # player set match (idempotent: a HELLO for a seat it has is ignored).
-# Keys: ``lease`` (the authority's, with an expiry, renewed every second)
-# and ``epoch`` (bumped by every new holder: gateways ignore publications
-# from an older epoch, so a paused old authority can no longer be heard).
+# Keys: ``lease`` (the authority's, with an expiry, renewed every second),
+# ``epoch`` (bumped by every new holder: gateways ignore publications
+# from an older epoch, so a paused old authority can no longer be heard)
+# and ``tick`` (TICK numbers reserved ahead, written by the holder only).
 
 BUS_VERSION = 1
 BUS_HEAD = struct.Struct(">BBII")  # bus version, kind, authority epoch, number
@@ -2545,7 +2546,25 @@ LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
 HEARTBEAT_LEASE_S = 15.0
 PAUSE_AFTER_S = 1.0  # no TICK from the authority this long: the game is paused
 PAUSE_EVERY_S = 2.0  # how often a paused gateway says so (to v2 players)
-TICK_AHEAD = 40  # TICK numbers reserved on disk ahead: never backwards after a crash
+TICK_AHEAD = 40  # TICK numbers reserved (on disk, in Redis) ahead: never backwards after a crash
+# The ``tick`` key: a TICK number at or above every one the world has sent.
+# Fenced (KEYS[1] the lease, ARGV[1] its token): only the holder writes it.
+# Taking the world: start above what it holds, reserve ARGV[3] ahead, and
+# return {the tick to go on from, the reservation}.
+_TICK_TAKE = """
+local start = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], start + tonumber(ARGV[3]))
+return {start, start + tonumber(ARGV[3])}
+"""
+# While ticking: raise the reservation to ARGV[2] (never lower it); the reservation.
+_TICK_RESERVE = """
+local held = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > held then
+  held = tonumber(ARGV[2])
+  redis.call('SET', KEYS[2], held)
+end
+return held
+"""
 
 class ClusterOptions(NamedTuple):
     world: str = "spelltraction"  # its Redis keys and channels: spelltraction:<world>:...
@@ -2825,6 +2844,15 @@ class Authority(_ClusterRole, GameServer):
         self.lease.min_epoch = store.meta.get("epoch", 0) if store is not None else 0
         self._tick_reserved = store.meta.get("tick", 0) if store is not None else 0
         self.game.tick = self._tick_reserved  # TICK numbers go on where they stopped
+        # The same reservation in Redis (the ``tick`` key), so TICK numbers go
+        # on after a restart without a data directory too: no tick is sent
+        # above what Redis has confirmed (``_tick_held``; 0 until the world
+        # is taken, see _take_tick).
+        self.tick_key = self.prefix + "tick"
+        self._tick_take = self.lease.fenced(_TICK_TAKE)
+        self._tick_reserve = self.lease.fenced(_TICK_RESERVE)
+        self._tick_held = 0
+        self._tick_asking = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -2911,12 +2939,59 @@ class Authority(_ClusterRole, GameServer):
                  self.cluster.world, self.epoch, self.game.tick)
         for link in self.links.values():
             link.number = 0  # everyone resynchronises with the new epoch
+        self._take_tick()
+
+    def _take_tick(self) -> None:
+        """Go on above the world's last TICK number in Redis; tick once it is known."""
+        token = self.lease.token
+        self._tick_held = 0
+        if token is None:
+            return
+
+        def answered(pending: "Pending") -> None:
+            reply = pending.reply
+            if self.lease.token != token:
+                return  # the lease went meanwhile: the next holding asks again
+            if not pending.ok or not isinstance(reply, list) or len(reply) != 2 \
+                    or not all(isinstance(x, int) for x in reply):
+                log.warning("world %s: reading the TICK number from Redis failed (%s); "
+                            "retrying", self.cluster.world, pending.error or reply)
+                self.loop.call_later(0.5, self._take_tick)
+                return
+            start, held = cast(List[int], reply)
+            if start > self.game.tick:
+                log.info("world %s: TICK numbers go on from %d (Redis)", self.cluster.world,
+                         start)
+                self.game.tick = start
+            self._tick_held = held
+
+        self.redis.run(self._tick_take, (self.lease.key, self.tick_key),
+                       (token, self.game.tick, TICK_AHEAD), answered)
+
+    def _reserve_ticks(self) -> None:
+        """Half the reservation used: reserve TICK_AHEAD ahead again (fenced)."""
+        token = self.lease.token
+        if token is None or self._tick_asking:
+            return
+        self._tick_asking = True
+
+        def answered(pending: "Pending") -> None:
+            self._tick_asking = False
+            if self.lease.token == token and pending.ok and isinstance(pending.reply, int):
+                self._tick_held = max(self._tick_held, pending.reply)
+            elif self.lease.token == token:  # the lease is being lost, or Redis is: not past it
+                log.warning("world %s: reserving TICK numbers in Redis failed (%s)",
+                            self.cluster.world, pending.error or pending.reply)
+
+        self.redis.run(self._tick_reserve, (self.lease.key, self.tick_key),
+                       (token, self.game.tick + TICK_AHEAD), answered)
 
     def _lease_lost(self, reason: str) -> None:
         """Not renewed in time (Redis away), gone (Redis restarted empty) or taken:
         try again; a lease another authority holds ends this one (refused)."""
         log.warning("world %s: the lease was lost (%s); the world pauses", self.cluster.world,
                     reason)
+        self._tick_held = 0  # what Redis confirmed may be gone with it: ask again
         if self.redis.ready:
             self._acquire()
 
@@ -3016,10 +3091,16 @@ class Authority(_ClusterRole, GameServer):
     # -- the tick ---------------------------------------------------------------
 
     def on_tick(self, tick: Tick) -> None:
-        if not self.holding() or not self.sub.ready:
-            return  # no lease (or deaf): the world is paused, TICK numbers wait
+        if not self.holding() or not self.sub.ready or self.game.tick >= self._tick_held:
+            # No lease (or deaf), or no TICK number confirmed in Redis yet:
+            # the world is paused, TICK numbers wait.
+            if self.game.tick >= self._tick_held and self._tick_held and self.holding():
+                self._reserve_ticks()
+            return
         self._expire_gateways()
         GameServer.on_tick(self, tick._replace(skipped=0))
+        if self.game.tick + TICK_AHEAD // 2 >= self._tick_held:
+            self._reserve_ticks()
         store = self.store
         if store is not None and self.game.tick + TICK_AHEAD // 2 >= self._tick_reserved:
             self._tick_reserved = self.game.tick + TICK_AHEAD
