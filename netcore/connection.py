@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Callable, Dict, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Set
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
+from .codec import CLOSED_CODEC, Codec, CodecHandoff, ProtocolError, Text
 from .loop import EventLoop, Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
 from .stats import NetStats
@@ -118,6 +118,15 @@ class Owner(Protocol):
         """``conn`` closed: unregister it, count it, call ``on_close``."""
 
 
+# State that few connections have at once, kept here rather than in a slot
+# every connection would carry (8 bytes each, for tens of thousands):
+# why each closing connection (close_after_flush, still flushing) will close,
+# and the connections whose output queue went over high water and has not
+# yet drained to low water. close() takes a connection out of both.
+_CLOSING: Dict["Connection", str] = {}
+_ABOVE_HIGH_WATER: Set["Connection"] = set()
+
+
 class Connection(Readiness):
     """A connected peer. Slots only: tens of thousands of these stay idle."""
 
@@ -129,8 +138,6 @@ class Connection(Readiness):
         "out",
         "events",
         "state",
-        "above_high_water",
-        "close_reason",
         "data",
     )
 
@@ -145,12 +152,15 @@ class Connection(Readiness):
         self.out: Optional[RingBuffer] = None
         self.events = EVENT_READ
         self.state = OPEN
-        self.above_high_water = False
-        self.close_reason = ""
         self.data: Any = None  # the application's per-connection object
 
     def __repr__(self) -> str:
         return f"<Connection fd={self.fd} {('open', 'closing', 'closed')[self.state]}>"
+
+    @property
+    def above_high_water(self) -> bool:
+        """Whether ``on_high_water`` was called and ``on_drain`` not yet since."""
+        return self in _ABOVE_HIGH_WATER
 
     @property
     def closed(self) -> bool:
@@ -250,8 +260,8 @@ class Connection(Readiness):
             out.limit = full.size + full.incoming
             out.write(data)
         owner.stats.queued_out_bytes += len(data)
-        if not self.above_high_water and len(out) >= owner.config.high_water:
-            self.above_high_water = True
+        if len(out) >= owner.config.high_water and self not in _ABOVE_HIGH_WATER:
+            _ABOVE_HIGH_WATER.add(self)
             owner.handler.on_high_water(self)
 
     def _send_failed(self, exc: OSError) -> None:
@@ -285,13 +295,13 @@ class Connection(Readiness):
             if n < size:
                 break
         left = len(out)
-        if self.above_high_water and left <= self.owner.config.low_water:
-            self.above_high_water = False
+        if left <= self.owner.config.low_water and self in _ABOVE_HIGH_WATER:
+            _ABOVE_HIGH_WATER.discard(self)
             self.owner.handler.on_drain(self)
         if left == 0 and self.out is out:
             self.out = None
             if self.state == CLOSING:
-                self.close(self.close_reason or CloseReason.SERVER_CLOSE)
+                self.close(_CLOSING.get(self) or CloseReason.SERVER_CLOSE)
             elif self.state == OPEN:
                 self._set_events(self.events & ~EVENT_WRITE)
 
@@ -329,6 +339,10 @@ class Connection(Readiness):
             if self.state == OPEN:
                 owner._bad_input(self, exc)
             return
+        except CodecHandoff as handoff:  # a shared codec left this one part of a message
+            if self.state != CLOSED:
+                self.codec = handoff.codec
+            messages = handoff.messages
         if messages:  # _deliver(), inline: this is every read's path
             stats.frames_in += len(messages)
             on_message = owner.handler.on_message
@@ -382,7 +396,7 @@ class Connection(Readiness):
             self.close(reason, detail)
             return
         self.state = CLOSING
-        self.close_reason = reason
+        _CLOSING[self] = reason
         if detail:
             log.debug("fd=%d closing: %s: %s", self.fd, reason, detail)
         self._set_events(EVENT_WRITE)
@@ -391,14 +405,15 @@ class Connection(Readiness):
 
     def _linger_expired(self) -> None:
         if self.state == CLOSING:
-            self.close(self.close_reason or CloseReason.LINGER_TIMEOUT, "linger timeout")
+            self.close(_CLOSING.get(self) or CloseReason.LINGER_TIMEOUT, "linger timeout")
 
     def close(self, reason: str = CloseReason.SERVER_CLOSE, detail: str = "") -> None:
         """Close now, dropping anything still queued. Idempotent."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        self.close_reason = reason
+        _CLOSING.pop(self, None)
+        _ABOVE_HIGH_WATER.discard(self)
         self.codec = CLOSED_CODEC  # a codec may hold this connection: break the cycle
         out = self.out
         if out is not None:
