@@ -136,7 +136,6 @@ class Connection(Readiness):
         "owner",
         "codec",
         "out",
-        "events",
         "state",
         "data",
     )
@@ -150,12 +149,23 @@ class Connection(Readiness):
         self.codec = codec
         # Output queue; None exactly when nothing is waiting to be sent.
         self.out: Optional[RingBuffer] = None
-        self.events = EVENT_READ
         self.state = OPEN
         self.data: Any = None  # the application's per-connection object
 
     def __repr__(self) -> str:
         return f"<Connection fd={self.fd} {('open', 'closing', 'closed')[self.state]}>"
+
+    @property
+    def events(self) -> int:
+        """What the poller watches for: kept by the state, not in a slot.
+
+        Open: reading, and writing while output is queued; closing: writing
+        only (the queue is never empty then); closed: nothing. Each change
+        of state or queue below makes exactly the poller change it implies.
+        """
+        if self.state == OPEN:
+            return EVENT_READ if self.out is None else EVENT_READ | EVENT_WRITE
+        return EVENT_WRITE if self.state == CLOSING else 0
 
     @property
     def above_high_water(self) -> bool:
@@ -242,7 +252,7 @@ class Connection(Readiness):
         out = self.out
         if out is None:
             out = self.out = RingBuffer(owner.config.max_output, initial=4096)
-            self._set_events(self.events | EVENT_WRITE)
+            owner.loop.modify(self.fd, EVENT_READ | EVENT_WRITE, self)
         try:
             out.write(data)
         except BufferFull as full:
@@ -298,12 +308,13 @@ class Connection(Readiness):
         if left <= self.owner.config.low_water and self in _ABOVE_HIGH_WATER:
             _ABOVE_HIGH_WATER.discard(self)
             self.owner.handler.on_drain(self)
+            left = len(out)  # what on_drain wrote went into this queue: keep it
         if left == 0 and self.out is out:
             self.out = None
             if self.state == CLOSING:
                 self.close(_CLOSING.get(self) or CloseReason.SERVER_CLOSE)
             elif self.state == OPEN:
-                self._set_events(self.events & ~EVENT_WRITE)
+                self.owner.loop.modify(self.fd, EVENT_READ, self)
 
     # -- reading ------------------------------------------------------------
 
@@ -399,7 +410,7 @@ class Connection(Readiness):
         _CLOSING[self] = reason
         if detail:
             log.debug("fd=%d closing: %s: %s", self.fd, reason, detail)
-        self._set_events(EVENT_WRITE)
+        self.owner.loop.modify(self.fd, EVENT_WRITE, self)
         # Fires once; by then the connection has usually closed and ignores it.
         self.owner.loop.call_later(self.owner.config.close_linger, self._linger_expired)
 
@@ -437,10 +448,6 @@ class Connection(Readiness):
         except OSError:  # pragma: no cover - close() on Linux does not fail here
             pass
 
-    def _set_events(self, events: int) -> None:
-        if events != self.events and self.state != CLOSED:
-            self.events = events
-            self.owner.loop.modify(self.fd, events, self)
 
 
 # Makes the codec of a new connection. It gets the connection, so a codec
