@@ -133,6 +133,7 @@ from netcore import (
     Handler,
     ProtocolError,
     ServerConfig,
+    StreamFrames,
     TCPServer,
     Tick,
     TickScheduler,
@@ -635,12 +636,16 @@ def _hand(letters: str) -> str:
     return sys.intern("".join(sorted(letters)))
 
 
+_MOVED, _DIRTY = 1, 2  # Player.marks
+_MARKED = _MOVED | _DIRTY
+
+
 class Player:
     """One player. Slots only: there may be 100,000 of these."""
 
     __slots__ = (
         "id", "shape", "colour", "x", "y", "cell", "letters", "score", "seq",
-        "tokens", "token_tick", "moves", "dirty", "moved", "conn", "name", "resume_hash",
+        "tokens", "token_tick", "moves", "marks", "conn", "name", "resume_hash",
     )
 
     def __init__(self, pid: int, shape: int, colour: int, letters: str, x: int, y: int) -> None:
@@ -656,8 +661,9 @@ class Player:
         self.tokens = MOVE_BUCKET
         self.token_tick = 0  # the tick tokens were last refilled at
         self.moves = 0  # MOVEs received in token_tick, taken or not (flood check)
-        self.dirty = False  # YOU must be sent at the next tick
-        self.moved = False  # listed among this tick's movers already
+        # _MOVED: listed among this tick's movers already; _DIRTY: YOU must be
+        # sent at the next tick. One int, not two slots: 8 B less per player.
+        self.marks = 0
         # The server's connection while the player plays. (The asyncio peer in
         # bench/ keeps its own protocol object here: Rules never look at it.)
         self.conn: Optional[Connection] = None
@@ -804,22 +810,23 @@ class Game:
             counts[old] -= 1
             counts[cell] += 1
             player.cell = cell
-        if not player.moved:  # _mark_moved(), inline
-            player.moved = True
-            self._movers.append(player)
-        if not player.dirty:  # _mark_dirty(), inline
-            player.dirty = True
-            self._dirty.append(player)
+        marks = player.marks
+        if marks != _MARKED:  # _mark_moved() and _mark_dirty(), inline
+            if not marks & _MOVED:
+                self._movers.append(player)
+            if not marks & _DIRTY:
+                self._dirty.append(player)
+            player.marks = _MARKED
         return True
 
     def _mark_moved(self, player: Player) -> None:
-        if not player.moved:
-            player.moved = True
+        if not player.marks & _MOVED:
+            player.marks |= _MOVED
             self._movers.append(player)
 
     def _mark_dirty(self, player: Player) -> None:
-        if not player.dirty:
-            player.dirty = True
+        if not player.marks & _DIRTY:
+            player.marks |= _DIRTY
             self._dirty.append(player)
 
     # -- the tick -----------------------------------------------------------
@@ -861,13 +868,14 @@ class Game:
                     scored = self._apply_score(plan)
                     self.attractor, self.held = PARKED, 0
 
+        # Both lists start again empty: whoever is in either has no mark left.
         movers = self._movers
         for p in movers:
-            p.moved = False
+            p.marks = 0
         present = [p for p in movers if p.cell >= 0]
         dirty = self._dirty
         for p in dirty:
-            p.dirty = False
+            p.marks = 0
         result = StepResult(
             self.tick,
             scored,
@@ -1580,6 +1588,10 @@ class GameServer(Handler):
             self.fame = list(self.store.fame)
         self.fame_frame = frame(Fame(tuple(self.fame)))
         self._fame_news = b""  # FAME for v2 clients in this tick's shared frames
+        # One parser for every binary player: a connection gets its own only
+        # while a frame of it is split between reads (StreamFrames), which
+        # saves an object per player (64 B; bench/player_bytes.py).
+        frames = StreamFrames(MAX_CLIENT_FRAME)
         self.web: Optional[WebFront] = None
         if opts.web:
             root = opts.web_root if opts.web_root and os.path.isdir(opts.web_root) else None
@@ -1599,7 +1611,7 @@ class GameServer(Handler):
                 control_rate=WS_CONTROL_RATE,
                 allowed_origins=[o for o in opts.allowed_origins.split(",") if o.strip()]
                 or None,
-            ), binary=lambda: FrameParser(MAX_CLIENT_FRAME))
+            ), binary=lambda: frames)
         self.net = TCPServer(
             loop,
             self,
@@ -1629,7 +1641,8 @@ class GameServer(Handler):
                 read_budget=16 << 10,
                 reuse_port=opts.reuse_port,
             ),
-            codec_factory=self.web,  # None: plain frames, no HTTP
+            # Without the web front: plain frames, no HTTP.
+            codec_factory=self.web if self.web is not None else lambda conn: frames,
         )
         self.admin: Optional[TCPServer] = None
         if opts.admin_port is not None:
@@ -2511,9 +2524,10 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
 # receiver sees a gap (pub/sub is at-most-once) and resynchronises: the
 # gateway sends every player it holds (BUS_FULL), the authority makes its
 # player set match (idempotent: a HELLO for a seat it has is ignored).
-# Keys: ``lease`` (the authority's, with an expiry, renewed every second)
-# and ``epoch`` (bumped by every new holder: gateways ignore publications
-# from an older epoch, so a paused old authority can no longer be heard).
+# Keys: ``lease`` (the authority's, with an expiry, renewed every second),
+# ``epoch`` (bumped by every new holder: gateways ignore publications
+# from an older epoch, so a paused old authority can no longer be heard)
+# and ``tick`` (TICK numbers reserved ahead, written by the holder only).
 
 BUS_VERSION = 1
 BUS_HEAD = struct.Struct(">BBII")  # bus version, kind, authority epoch, number
@@ -2532,7 +2546,25 @@ LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
 HEARTBEAT_LEASE_S = 15.0
 PAUSE_AFTER_S = 1.0  # no TICK from the authority this long: the game is paused
 PAUSE_EVERY_S = 2.0  # how often a paused gateway says so (to v2 players)
-TICK_AHEAD = 40  # TICK numbers reserved on disk ahead: never backwards after a crash
+TICK_AHEAD = 40  # TICK numbers reserved (on disk, in Redis) ahead: never backwards after a crash
+# The ``tick`` key: a TICK number at or above every one the world has sent.
+# Fenced (KEYS[1] the lease, ARGV[1] its token): only the holder writes it.
+# Taking the world: start above what it holds, reserve ARGV[3] ahead, and
+# return {the tick to go on from, the reservation}.
+_TICK_TAKE = """
+local start = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], start + tonumber(ARGV[3]))
+return {start, start + tonumber(ARGV[3])}
+"""
+# While ticking: raise the reservation to ARGV[2] (never lower it); the reservation.
+_TICK_RESERVE = """
+local held = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > held then
+  held = tonumber(ARGV[2])
+  redis.call('SET', KEYS[2], held)
+end
+return held
+"""
 
 class ClusterOptions(NamedTuple):
     world: str = "spelltraction"  # its Redis keys and channels: spelltraction:<world>:...
@@ -2588,7 +2620,13 @@ class BusStats:
         self.messages_out = self.bytes_out = self.messages_in = self.bytes_in = 0
         self.gaps = self.resyncs = self.fenced = self.bad = 0
         self.coalesced = 0  # gateway: TICKs read behind a newer one, so never sent
-        self.latency = Window(1024)  # gateway: authority publish -> our broadcast done, s
+        # Gateway, seconds: authority publish -> sent to every player here, and
+        # its two parts: publish -> the first send (the bus and our loop turn:
+        # a few ms) and the first send -> the last (the broadcast itself,
+        # O(players here), as long as serve's).
+        self.latency = Window(1024)
+        self.to_first = Window(1024)
+        self.broadcast = Window(1024)
 
     def snapshot(self, ticks: int) -> Dict[str, Any]:
         per = max(ticks, 1)
@@ -2597,8 +2635,13 @@ class BusStats:
                 "messages_per_tick": (self.messages_out + self.messages_in) / per,
                 "bytes_per_tick": (self.bytes_out + self.bytes_in) / per,
                 "gaps": self.gaps, "resyncs": self.resyncs, "fenced": self.fenced,
-                "bad": self.bad, "coalesced": self.coalesced, "latency_p50_s": self.latency.percentile(50),
-                "latency_p99_s": self.latency.percentile(99)}
+                "bad": self.bad, "coalesced": self.coalesced,
+                "latency_p50_s": self.latency.percentile(50),
+                "latency_p99_s": self.latency.percentile(99),
+                "to_first_send_p50_s": self.to_first.percentile(50),
+                "to_first_send_p99_s": self.to_first.percentile(99),
+                "broadcast_p50_s": self.broadcast.percentile(50),
+                "broadcast_p99_s": self.broadcast.percentile(99)}
 
     def add_metrics(self, exp: Exposition) -> None:
         exp.counter("spelltraction_bus_messages_total", "Bus messages published and received.",
@@ -2619,6 +2662,14 @@ class BusStats:
         exp.gauge("spelltraction_bus_latency_p99_seconds",
                   "Tick publish by the authority -> sent to players here, p99.",
                   self.latency.percentile(99))
+        for q in (50, 99):
+            exp.gauge(f"spelltraction_bus_to_first_send_p{q}_seconds",
+                      f"Tick publish by the authority -> the first player's send here, p{q}.",
+                      self.to_first.percentile(q))
+        for q in (50, 99):
+            exp.gauge(f"spelltraction_tick_broadcast_p{q}_seconds",
+                      f"A TICK's sends to every player here, first to last, p{q}.",
+                      self.broadcast.percentile(q))
 
 
 class _ClusterRole:
@@ -2793,6 +2844,15 @@ class Authority(_ClusterRole, GameServer):
         self.lease.min_epoch = store.meta.get("epoch", 0) if store is not None else 0
         self._tick_reserved = store.meta.get("tick", 0) if store is not None else 0
         self.game.tick = self._tick_reserved  # TICK numbers go on where they stopped
+        # The same reservation in Redis (the ``tick`` key), so TICK numbers go
+        # on after a restart without a data directory too: no tick is sent
+        # above what Redis has confirmed (``_tick_held``; 0 until the world
+        # is taken, see _take_tick).
+        self.tick_key = self.prefix + "tick"
+        self._tick_take = self.lease.fenced(_TICK_TAKE)
+        self._tick_reserve = self.lease.fenced(_TICK_RESERVE)
+        self._tick_held = 0
+        self._tick_asking = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -2879,12 +2939,59 @@ class Authority(_ClusterRole, GameServer):
                  self.cluster.world, self.epoch, self.game.tick)
         for link in self.links.values():
             link.number = 0  # everyone resynchronises with the new epoch
+        self._take_tick()
+
+    def _take_tick(self) -> None:
+        """Go on above the world's last TICK number in Redis; tick once it is known."""
+        token = self.lease.token
+        self._tick_held = 0
+        if token is None:
+            return
+
+        def answered(pending: "Pending") -> None:
+            reply = pending.reply
+            if self.lease.token != token:
+                return  # the lease went meanwhile: the next holding asks again
+            if not pending.ok or not isinstance(reply, list) or len(reply) != 2 \
+                    or not all(isinstance(x, int) for x in reply):
+                log.warning("world %s: reading the TICK number from Redis failed (%s); "
+                            "retrying", self.cluster.world, pending.error or reply)
+                self.loop.call_later(0.5, self._take_tick)
+                return
+            start, held = cast(List[int], reply)
+            if start > self.game.tick:
+                log.info("world %s: TICK numbers go on from %d (Redis)", self.cluster.world,
+                         start)
+                self.game.tick = start
+            self._tick_held = held
+
+        self.redis.run(self._tick_take, (self.lease.key, self.tick_key),
+                       (token, self.game.tick, TICK_AHEAD), answered)
+
+    def _reserve_ticks(self) -> None:
+        """Half the reservation used: reserve TICK_AHEAD ahead again (fenced)."""
+        token = self.lease.token
+        if token is None or self._tick_asking:
+            return
+        self._tick_asking = True
+
+        def answered(pending: "Pending") -> None:
+            self._tick_asking = False
+            if self.lease.token == token and pending.ok and isinstance(pending.reply, int):
+                self._tick_held = max(self._tick_held, pending.reply)
+            elif self.lease.token == token:  # the lease is being lost, or Redis is: not past it
+                log.warning("world %s: reserving TICK numbers in Redis failed (%s)",
+                            self.cluster.world, pending.error or pending.reply)
+
+        self.redis.run(self._tick_reserve, (self.lease.key, self.tick_key),
+                       (token, self.game.tick + TICK_AHEAD), answered)
 
     def _lease_lost(self, reason: str) -> None:
         """Not renewed in time (Redis away), gone (Redis restarted empty) or taken:
         try again; a lease another authority holds ends this one (refused)."""
         log.warning("world %s: the lease was lost (%s); the world pauses", self.cluster.world,
                     reason)
+        self._tick_held = 0  # what Redis confirmed may be gone with it: ask again
         if self.redis.ready:
             self._acquire()
 
@@ -2984,10 +3091,16 @@ class Authority(_ClusterRole, GameServer):
     # -- the tick ---------------------------------------------------------------
 
     def on_tick(self, tick: Tick) -> None:
-        if not self.holding() or not self.sub.ready:
-            return  # no lease (or deaf): the world is paused, TICK numbers wait
+        if not self.holding() or not self.sub.ready or self.game.tick >= self._tick_held:
+            # No lease (or deaf), or no TICK number confirmed in Redis yet:
+            # the world is paused, TICK numbers wait.
+            if self.game.tick >= self._tick_held and self._tick_held and self.holding():
+                self._reserve_ticks()
+            return
         self._expire_gateways()
         GameServer.on_tick(self, tick._replace(skipped=0))
+        if self.game.tick + TICK_AHEAD // 2 >= self._tick_held:
+            self._reserve_ticks()
         store = self.store
         if store is not None and self.game.tick + TICK_AHEAD // 2 >= self._tick_reserved:
             self._tick_reserved = self.game.tick + TICK_AHEAD
@@ -3345,8 +3458,13 @@ class Gateway(_ClusterRole, GameServer):
         self._due_yous = {}
         everyone = [c for c in self.players if c not in after] if after else list(self.players)
         after.clear()
+        bus = self.bus
+        first = time.time()
         self._send_tick(shared, nframes, news, yous, everyone)
-        self.bus.latency.add(max(time.time() - published, 0.0))
+        last = time.time()
+        bus.to_first.add(max(first - published, 0.0))
+        bus.broadcast.add(last - first)
+        bus.latency.add(max(last - published, 0.0))
 
     # -- figures ------------------------------------------------------------------
 

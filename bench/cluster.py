@@ -167,7 +167,7 @@ def ready(host: str, port: int, ns: Optional[Netns], role: str) -> bool:
         return out.returncode == 0
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 
@@ -213,7 +213,8 @@ def run_world(count: int, gateways: int, duration: float, move_every: float,
                 # loopback is by default.
                 *(["--exempt", f"{ns.address['bots']}/32"] if ns is not None else [])]), [], name)
             for _ in range(3):  # they come together: readline, not select on a buffered pipe
-                line = procs[name].stdout.readline() if procs[name].stdout else ""
+                pipe = procs[name].stdout
+                line = pipe.readline() if pipe is not None else ""
                 found = re.search(r"http://\S+:(\d+)/", line)
                 if found:
                     admins[name] = int(found[1])
@@ -261,7 +262,8 @@ def run_world(count: int, gateways: int, duration: float, move_every: float,
             time.sleep(1.0)
         figures = []
         for b in bot_names:
-            out = (procs[b].stdout.read() if procs[b].stdout else "").strip().splitlines()
+            pipe = procs[b].stdout
+            out = (pipe.read() if pipe is not None else "").strip().splitlines()
             if not out:
                 raise RuntimeError(f"bots printed no figures: {children.log_tail(b)}")
             figures.append(json.loads(out[-1]))
@@ -348,10 +350,18 @@ def report(world: Dict[str, Any], serve: Optional[Dict[str, Any]]) -> str:
     out.append(f"bus, the authority: {bus.get('messages_per_tick', 0):.2f} messages and "
                f"{bus.get('bytes_per_tick', 0):.0f} bytes per tick (in and out)")
     for r, b in lat:
-        out.append(f"bus, {r}: publish->sent p50 {b.get('latency_p50_s', 0) * 1000:.1f} ms, "
-                   f"p99 {b.get('latency_p99_s', 0) * 1000:.1f} ms; "
+        def ms(key: str, b: Dict[str, Any] = b) -> str:
+            return f"{b.get(key, 0) * 1000:.1f}"
+
+        # publish->sent = publish->first send (the bus and the gateway's loop
+        # turn) + the broadcast itself (first send -> last, O(its players)).
+        out.append(f"bus, {r}: publish->sent p50 {ms('latency_p50_s')} ms, "
+                   f"p99 {ms('latency_p99_s')} ms (publish->first send p50 "
+                   f"{ms('to_first_send_p50_s')}, p99 {ms('to_first_send_p99_s')}; "
+                   f"broadcast p50 {ms('broadcast_p50_s')}, p99 {ms('broadcast_p99_s')}); "
                    f"{b.get('messages_per_tick', 0):.2f} messages, "
-                   f"{b.get('bytes_per_tick', 0):.0f} bytes per tick; gaps {b.get('gaps', 0)}")
+                   f"{b.get('bytes_per_tick', 0):.0f} bytes per tick; gaps {b.get('gaps', 0)}, "
+                   f"ticks skipped (behind) {b.get('coalesced', 0)}")
     return "\n".join(out)
 
 

@@ -51,25 +51,39 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
     conn = conns[len(conns) // 2]
     player = conn.data
     poller = getattr(srv.loop, "poller", None)  # None: a netcore before the epoll poller
+    codec_users = sum(1 for c in conns if c.codec is conn.codec)
+    codec = f"codec ({type(conn.codec).__name__})"
     rows: List[Tuple[str, float]] = [
         ("Connection", sys.getsizeof(conn)),
         (f"socket ({type(conn.sock).__module__}.{type(conn.sock).__name__})",
          sys.getsizeof(conn.sock)),
-        (f"codec ({type(conn.codec).__name__})", sys.getsizeof(conn.codec)),
+        (f"{codec}, one shared by {codec_users} players" if codec_users > 1 else codec,
+         sys.getsizeof(conn.codec) / codec_users),
         ("Player", sys.getsizeof(player)),
     ]
-    ints = [getattr(player, name) for name in player.__slots__
-            if isinstance(getattr(player, name, None), int)
-            and not -5 <= getattr(player, name) <= 256]
-    rows.append((f"Player's own ints ({len(ints)} outside the small-int cache)",
-                 sum(sys.getsizeof(i) for i in ints)))
+    # An int is the player's own only if no other player holds the same object
+    # (ids are; a palette colour or the tick a player joined at is shared).
+    players = [c.data for c in conns]
+    ints = []
+    for name in player.__slots__:
+        value = getattr(player, name, None)
+        if isinstance(value, int) and not -5 <= value <= 256 and sum(
+                1 for p in players if getattr(p, name) is value) == 1:
+            ints.append(name)
+    rows.append((f"Player's own ints ({', '.join(ints) or 'none'})",
+                 sum(sys.getsizeof(getattr(player, name)) for name in ints)))
+    if not -5 <= conn.fd <= 256:
+        rows.append(("Connection.fd (an int > 256, also the dicts' key)", sys.getsizeof(conn.fd)))
     if poller is None or hasattr(poller, "selector"):  # selectors: a SelectorKey per socket
         sel = srv.loop.selector if poller is None else poller.selector
         key = sel.get_key(conn.fd)
         rows.append(("SelectorKey (selectors)", sys.getsizeof(key)))
         rows.append(("selector's fd->key dict, per entry", _deep_entry(sel._fd_to_key)))
-    else:
+    elif isinstance(poller._handlers, dict):  # before the list by fd
         rows.append(("epoll poller's fd->handler dict, per entry", _deep_entry(poller._handlers)))
+    else:
+        rows.append(("epoll poller's handler list by fd, per player",
+                     sys.getsizeof(poller._handlers) / len(conns)))
     rows.append(("server.connections dict, per entry", _deep_entry(srv.net.connections)))
     rows.append(("game.players, per entry", _deep_entry(srv.game.players)))
     for name in ("_counted", "proxied", "_over_backlog"):

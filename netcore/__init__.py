@@ -10,7 +10,8 @@ modules above it):
 - :mod:`netcore.stats`: counters, histograms, percentiles.
 - :mod:`netcore.tick`: ``TickScheduler``, a fixed-rate tick that never drifts.
 - :mod:`netcore.loop`: ``EventLoop`` on ``selectors``, timers, signals.
-- :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames.
+- :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames
+  (``StreamFrames``: the same, one instance shared by all connections).
 - :mod:`netcore.http`: ``RequestParser``, sans-IO HTTP/1.1 request heads.
 - :mod:`netcore.websocket`: ``WebSocketParser``, RFC 6455 handshake and frames.
 - :mod:`netcore.resp`: ``RespParser`` and ``encode_command``, sans-IO RESP2
@@ -44,7 +45,7 @@ modules above it):
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
+from .codec import CLOSED_CODEC, Codec, CodecHandoff, ProtocolError, Text
 from .connection import CloseReason, CodecFactory, Connection, Owner
 from .framing import (
     DEFAULT_MAX_FRAME,
@@ -52,6 +53,7 @@ from .framing import (
     FrameParser,
     OversizeFrame,
     SplitFrame,
+    StreamFrames,
     WholeFrames,
     ZeroLengthFrame,
     encode_frame,
@@ -118,6 +120,7 @@ __all__ = [
     "CloseReason",
     "Codec",
     "CodecFactory",
+    "CodecHandoff",
     "CommandError",
     "Connection",
     "ConnectionLost",
@@ -146,6 +149,7 @@ __all__ = [
     "Script",
     "ServerConfig",
     "SplitFrame",
+    "StreamFrames",
     "TCPClient",
     "TCPServer",
     "Text",

@@ -14,7 +14,9 @@ from typing import List, Protocol, Sequence
 
 from .ringbuffer import BytesLike
 
-__all__ = ["CLOSED_CODEC", "ClosedCodec", "Codec", "ProtocolError", "SilentCodec", "Text"]
+__all__ = [
+    "CLOSED_CODEC", "ClosedCodec", "Codec", "CodecHandoff", "ProtocolError", "SilentCodec", "Text",
+]
 
 
 class ProtocolError(ValueError):
@@ -31,6 +33,25 @@ class ProtocolError(ValueError):
     # Payloads completed before the error from the same input: the
     # connection delivers them before it reports the error.
     messages: Sequence[bytes] = ()
+
+
+class CodecHandoff(Exception):
+    """A shared codec's ``feed``: this connection needs a codec of its own.
+
+    A codec that keeps no state between reads can be one instance for every
+    connection (:class:`~netcore.framing.StreamFrames`), which saves an
+    object per connection. When a read leaves part of a message behind, the
+    connection that read it must hold that part: the shared codec raises
+    this with ``codec``, a codec of its own already holding the part, and
+    ``messages``, the payloads the read completed. The connection takes
+    ``codec`` as its codec and delivers ``messages``; the application sees
+    nothing of it. Not a :class:`ProtocolError`: nothing is wrong.
+    """
+
+    def __init__(self, codec: "Codec", messages: List[bytes]) -> None:
+        super().__init__("the connection takes a codec of its own")
+        self.codec = codec
+        self.messages = messages
 
 
 class Text(bytes):

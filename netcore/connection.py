@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Callable, Dict, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Set
 
-from .codec import CLOSED_CODEC, Codec, ProtocolError, Text
+from .codec import CLOSED_CODEC, Codec, CodecHandoff, ProtocolError, Text
 from .loop import EventLoop, Readiness
 from .ringbuffer import BufferFull, BytesLike, RingBuffer
 from .stats import NetStats
@@ -118,6 +118,15 @@ class Owner(Protocol):
         """``conn`` closed: unregister it, count it, call ``on_close``."""
 
 
+# State that few connections have at once, kept here rather than in a slot
+# every connection would carry (8 bytes each, for tens of thousands):
+# why each closing connection (close_after_flush, still flushing) will close,
+# and the connections whose output queue went over high water and has not
+# yet drained to low water. close() takes a connection out of both.
+_CLOSING: Dict["Connection", str] = {}
+_ABOVE_HIGH_WATER: Set["Connection"] = set()
+
+
 class Connection(Readiness):
     """A connected peer. Slots only: tens of thousands of these stay idle.
 
@@ -134,10 +143,7 @@ class Connection(Readiness):
         "owner",
         "codec",
         "out",
-        "events",
         "state",
-        "above_high_water",
-        "close_reason",
         "data",
     )
 
@@ -150,14 +156,28 @@ class Connection(Readiness):
         self.codec = codec
         # Output queue; None exactly when nothing is waiting to be sent.
         self.out: Optional[RingBuffer] = None
-        self.events = EVENT_READ
         self.state = OPEN
-        self.above_high_water = False
-        self.close_reason = ""
         self.data: Any = None  # the application's per-connection object
 
     def __repr__(self) -> str:
         return f"<Connection fd={self.fd} {('open', 'closing', 'closed')[self.state]}>"
+
+    @property
+    def events(self) -> int:
+        """What the poller watches for: kept by the state, not in a slot.
+
+        Open: reading, and writing while output is queued; closing: writing
+        only (the queue is never empty then); closed: nothing. Each change
+        of state or queue below makes exactly the poller change it implies.
+        """
+        if self.state == OPEN:
+            return EVENT_READ if self.out is None else EVENT_READ | EVENT_WRITE
+        return EVENT_WRITE if self.state == CLOSING else 0
+
+    @property
+    def above_high_water(self) -> bool:
+        """Whether ``on_high_water`` was called and ``on_drain`` not yet since."""
+        return self in _ABOVE_HIGH_WATER
 
     @property
     def closed(self) -> bool:
@@ -239,7 +259,7 @@ class Connection(Readiness):
         out = self.out
         if out is None:
             out = self.out = RingBuffer(owner.config.max_output, initial=4096)
-            self._set_events(self.events | EVENT_WRITE)
+            owner.loop.modify(self.fd, EVENT_READ | EVENT_WRITE, self)
         try:
             out.write(data)
         except BufferFull as full:
@@ -257,8 +277,8 @@ class Connection(Readiness):
             out.limit = full.size + full.incoming
             out.write(data)
         owner.stats.queued_out_bytes += len(data)
-        if not self.above_high_water and len(out) >= owner.config.high_water:
-            self.above_high_water = True
+        if len(out) >= owner.config.high_water and self not in _ABOVE_HIGH_WATER:
+            _ABOVE_HIGH_WATER.add(self)
             owner.handler.on_high_water(self)
 
     def _send_failed(self, exc: OSError) -> None:
@@ -292,15 +312,16 @@ class Connection(Readiness):
             if n < size:
                 break
         left = len(out)
-        if self.above_high_water and left <= self.owner.config.low_water:
-            self.above_high_water = False
+        if left <= self.owner.config.low_water and self in _ABOVE_HIGH_WATER:
+            _ABOVE_HIGH_WATER.discard(self)
             self.owner.handler.on_drain(self)
+            left = len(out)  # what on_drain wrote went into this queue: keep it
         if left == 0 and self.out is out:
             self.out = None
             if self.state == CLOSING:
-                self.close(self.close_reason or CloseReason.SERVER_CLOSE)
+                self.close(_CLOSING.get(self) or CloseReason.SERVER_CLOSE)
             elif self.state == OPEN:
-                self._set_events(self.events & ~EVENT_WRITE)
+                self.owner.loop.modify(self.fd, EVENT_READ, self)
 
     # -- reading ------------------------------------------------------------
 
@@ -336,6 +357,10 @@ class Connection(Readiness):
                     if self.state == OPEN:
                         owner._bad_input(self, exc)
                     return
+                except CodecHandoff as handoff:  # a shared codec left this one part of a message
+                    if self.state != CLOSED:
+                        self.codec = handoff.codec
+                    messages = handoff.messages
                 if messages:  # _deliver(), inline
                     stats.frames_in += len(messages)
                     on_message = owner.handler.on_message
@@ -391,23 +416,24 @@ class Connection(Readiness):
             self.close(reason, detail)
             return
         self.state = CLOSING
-        self.close_reason = reason
+        _CLOSING[self] = reason
         if detail:
             log.debug("fd=%d closing: %s: %s", self.fd, reason, detail)
-        self._set_events(EVENT_WRITE)
+        self.owner.loop.modify(self.fd, EVENT_WRITE, self)
         # Fires once; by then the connection has usually closed and ignores it.
         self.owner.loop.call_later(self.owner.config.close_linger, self._linger_expired)
 
     def _linger_expired(self) -> None:
         if self.state == CLOSING:
-            self.close(self.close_reason or CloseReason.LINGER_TIMEOUT, "linger timeout")
+            self.close(_CLOSING.get(self) or CloseReason.LINGER_TIMEOUT, "linger timeout")
 
     def close(self, reason: str = CloseReason.SERVER_CLOSE, detail: str = "") -> None:
         """Close now, dropping anything still queued. Idempotent."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        self.close_reason = reason
+        _CLOSING.pop(self, None)
+        _ABOVE_HIGH_WATER.discard(self)
         self.codec = CLOSED_CODEC  # a codec may hold this connection: break the cycle
         out = self.out
         if out is not None:
@@ -431,10 +457,6 @@ class Connection(Readiness):
         except OSError:  # pragma: no cover - close() on Linux does not fail here
             pass
 
-    def _set_events(self, events: int) -> None:
-        if events != self.events and self.state != CLOSED:
-            self.events = events
-            self.owner.loop.modify(self.fd, events, self)
 
 
 # Makes the codec of a new connection. It gets the connection, so a codec

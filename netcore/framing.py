@@ -9,13 +9,16 @@ boundary and fuzzed.
 Only a partial frame is ever buffered, in a lazily allocated
 :class:`~netcore.ringbuffer.RingBuffer` capped at one maximum frame, so a
 connection that sends whole frames holds no input buffer between reads.
+:class:`StreamFrames` goes one step further: one instance parses for every
+connection until a read ends inside a frame, and only that connection then
+gets a :class:`FrameParser` of its own.
 """
 
 from __future__ import annotations
 
 from typing import List, Optional
 
-from .codec import PlainOutput, ProtocolError
+from .codec import CodecHandoff, PlainOutput, ProtocolError
 from .ringbuffer import BytesLike, RingBuffer
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "FrameParser",
     "OversizeFrame",
     "SplitFrame",
+    "StreamFrames",
     "WholeFrames",
     "ZeroLengthFrame",
     "encode_frame",
@@ -223,6 +227,62 @@ class FrameParser(LengthPrefixedOutput):
         if self._partial is not None:
             self._partial.release()
         raise err
+
+
+class StreamFrames(LengthPrefixedOutput):
+    """:class:`FrameParser`'s frames, one instance shared by every connection.
+
+    Most reads hold whole frames (a client writes one message at a time),
+    and between them a :class:`FrameParser` holds nothing but its settings,
+    yet costs an object per connection (64 bytes; a server with tens of
+    thousands of players keeps one each). This codec keeps no state: it
+    parses the whole frames of a read, and when the read ends inside a
+    frame it makes a :class:`FrameParser` holding the rest and raises
+    :class:`~netcore.codec.CodecHandoff`, and the connection keeps that
+    parser from then on. Same frames, same errors (as soon as a bad header
+    is seen), but an error's offset counts from the start of the read, not
+    of the stream. For streams only: inside a carrying codec (WebSocket
+    messages) use :class:`WholeFrames`, which has no handoff.
+    """
+
+    __slots__ = ("max_frame",)
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be 1..{MAX_FRAME_LIMIT}")
+        self.max_frame = max_frame
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        """Payloads completed by ``data`` (see :meth:`LengthPrefixedOutput.feed`)."""
+        # The common case first: ``data`` is exactly one whole frame (a move).
+        n = len(data)
+        if n > 2:
+            length = (data[0] << 8) | data[1]
+            if length == n - 2 and length <= self.max_frame:
+                return [bytes(data[2:])]
+        return LengthPrefixedOutput.feed(self, data)
+
+    def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        end = len(view)
+        pos = 0
+        limit = self.max_frame
+        while end - pos >= 2:
+            length = (view[pos] << 8) | view[pos + 1]
+            if length == 0:
+                raise ZeroLengthFrame(pos)
+            if length > limit:
+                raise OversizeFrame(length, limit, pos)
+            stop = pos + 2 + length
+            if stop > end:
+                break
+            frames.append(view[pos + 2 : stop].tobytes())
+            pos = stop
+        if pos < end:
+            own = FrameParser(limit)
+            own.feed(view[pos:])  # a part of a frame (a valid header, if it has one)
+            raise CodecHandoff(own, frames)
+        return frames
 
 
 class WholeFrames(LengthPrefixedOutput):

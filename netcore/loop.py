@@ -169,7 +169,7 @@ class _SelectorPoller:
 
 
 class _EpollPoller:
-    """``select.epoll`` with one dict entry per fd: the handler itself.
+    """``select.epoll`` with the handlers in a list indexed by fd.
 
     Edge-triggered for handlers that ask for it (``Readiness.edge_triggered``:
     connections): a level-triggered fd is put back on the kernel's ready
@@ -179,18 +179,22 @@ class _EpollPoller:
     What ``selectors.EpollSelector`` does, less what a server with tens of
     thousands of idle sockets pays for: a ``SelectorKey`` tuple (and the fd
     as a second int object) per socket, ~110 bytes, and a method call and
-    mask conversion per ready event. Registered events other than read-only
-    (write interest: a backlog, a connect under way) are kept in a side dict
-    that stays small, to filter the error/hangup bits as selectors does.
+    mask conversion per ready event. File descriptors are small and dense
+    (the kernel hands out the lowest free one), so a list slot per fd (8
+    bytes) holds the handler where a dict entry would cost ~30. Registered
+    events other than read-only (write interest: a backlog, a connect under
+    way) are kept in a side dict that stays small, to filter the
+    error/hangup bits as selectors does.
     """
 
-    __slots__ = ("_epoll", "_handlers", "_events")
+    __slots__ = ("_epoll", "_handlers", "_count", "_events")
 
     edge_triggered = True
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._handlers: Dict[int, Readiness] = {}
+        self._handlers: List[Optional[Readiness]] = []  # by fd; None: not registered
+        self._count = 0  # registered fds
         self._events: Dict[int, int] = {}  # fd -> events, where not EVENT_READ
 
     def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
@@ -201,7 +205,8 @@ class _EpollPoller:
 
     def _set(self, fileobj: Any, events: int, handler: Readiness, new: bool) -> None:
         fd = _fileno(fileobj)
-        if (fd in self._handlers) == new:
+        handlers = self._handlers
+        if (fd < len(handlers) and handlers[fd] is not None) == new:
             state = "already" if new else "not"
             raise KeyError(f"{fileobj!r} (fd {fd}) is {state} registered")
         if not events or events & ~(EVENT_READ | EVENT_WRITE):
@@ -212,9 +217,12 @@ class _EpollPoller:
             mask |= _EPOLLET
         if new:
             self._epoll.register(fd, mask)
+            if fd >= len(handlers):  # grows in steps, as a list does
+                handlers.extend([None] * (fd + 1 - len(handlers)))
+            self._count += 1
         else:
             self._epoll.modify(fd, mask)
-        self._handlers[fd] = handler
+        handlers[fd] = handler
         if events != EVENT_READ:
             self._events[fd] = events
         else:
@@ -222,8 +230,11 @@ class _EpollPoller:
 
     def unregister(self, fileobj: Any) -> None:
         fd = _fileno(fileobj)
-        if self._handlers.pop(fd, None) is None:
+        handlers = self._handlers
+        if fd >= len(handlers) or handlers[fd] is None:
             raise KeyError(f"{fileobj!r} (fd {fd}) is not registered")
+        handlers[fd] = None
+        self._count -= 1
         self._events.pop(fd, None)
         try:
             self._epoll.unregister(fd)
@@ -238,11 +249,11 @@ class _EpollPoller:
         else:  # epoll counts in ms: round up, or a short wait would spin
             wait = math.ceil(timeout * 1e3) * 1e-3
         handlers = self._handlers
-        ready = self._epoll.poll(wait, max(len(handlers), 1))
+        ready = self._epoll.poll(wait, max(self._count, 1))
         out: Ready = []
         append = out.append
         for fd, ev in ready:
-            handler = handlers.get(fd)
+            handler = handlers[fd]  # epoll reports registered fds only: in range
             if handler is None:
                 continue
             if ev == _EPOLLIN:
@@ -258,6 +269,7 @@ class _EpollPoller:
     def close(self) -> None:
         self._epoll.close()
         self._handlers.clear()
+        self._count = 0
         self._events.clear()
 
 

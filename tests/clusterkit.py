@@ -71,10 +71,12 @@ class World:
         self.redis = RedisServer(directory).start()
         self.procs: List[object] = []
 
-    def game(self, *extra: str, data: str = "data") -> Authority:
+    def game(self, *extra: str, data: Optional[str] = "data") -> Authority:
+        """An authority; ``data=None``: without a data directory (``--no-data``)."""
+        store = ["--data", os.path.join(self.directory, data)] if data is not None \
+            else ["--no-data"]
         a = Authority([sys.executable, GAME, "game", "--redis", self.redis.url, "--world",
-                       self.name, "--admin-port", "0", "--data",
-                       os.path.join(self.directory, data), *extra])
+                       self.name, "--admin-port", "0", *store, *extra])
         self.procs.append(a)
         return a
 

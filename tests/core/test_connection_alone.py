@@ -3,7 +3,7 @@
 import socket
 
 from netcore import Connection, EventLoop, FrameParser, Handler, NetStats, encode_frame
-from netcore.connection import EVENT_READ
+from netcore.connection import EVENT_READ, EVENT_WRITE
 
 
 class Limits:
@@ -73,5 +73,48 @@ def test_a_connection_reads_frames_answers_and_closes_with_a_tiny_owner():
             break
     assert handler.closed == ["bad-frame"] and len(owner.bad) == 1
     assert conn.closed and owner.stats.bytes_in == 16
+    theirs.close()
+    loop.close()
+
+
+class Refill(Handler):
+    """Writes again as soon as it hears its queue drained (what on_drain is for)."""
+
+    def __init__(self):
+        self.drains = 0
+
+    def on_drain(self, conn):
+        self.drains += 1
+        conn.send(b"after the drain")
+
+
+def test_what_on_drain_writes_is_sent_even_when_the_queue_just_emptied():
+    loop = EventLoop()
+    handler = Refill()
+    owner = TinyOwner(loop, handler)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    conn = Connection(ours, owner, FrameParser())
+    loop.register(ours, EVENT_READ, conn)
+    backlog = b"x" * 4000
+    while conn.queued < Limits.high_water:  # past high water: on_drain is due
+        assert conn.send(backlog)
+    assert conn.above_high_water and conn.events == EVENT_READ | EVENT_WRITE
+    parser = FrameParser(65535)
+    theirs.setblocking(False)
+    got = []
+    for _ in range(500):  # read everything: the kernel takes the whole queue
+        loop.run_once(0.01)
+        try:
+            got += parser.feed(theirs.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        if got and got[-1] == b"after the drain":
+            break
+    assert handler.drains == 1
+    assert got[-1] == b"after the drain" and conn.queued == 0
+    assert owner.stats.queued_out_bytes == 0
+    assert conn.events == EVENT_READ and not conn.above_high_water
+    conn.close()
     theirs.close()
     loop.close()

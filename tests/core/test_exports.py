@@ -14,10 +14,11 @@ PUBLIC = {
     # constants
     "CLOSED_CODEC", "DEFAULT_MAX_FRAME", "HTTP", "WEBSOCKET",
     # classes and types
-    "BufferFull", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "Connection",
+    "BufferFull", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "CodecHandoff",
+    "Connection",
     "EventLoop", "FrameError", "FrameParser", "Handler", "Histogram", "NetStats",
     "OversizeFrame", "Owner", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
-    "SplitFrame", "TCPClient", "TCPServer", "Text", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
+    "SplitFrame", "StreamFrames", "TCPClient", "TCPServer", "Text", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
     # Redis (RESP codec and connections)
     "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",

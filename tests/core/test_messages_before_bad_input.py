@@ -7,14 +7,14 @@ packet: they are delivered, then on_bad_input, then the close.
 import pytest
 
 from netcore import (
-    FrameParser, Handler, ServerConfig, TCPClient, TCPServer, WebConfig, WebFront,
+    FrameParser, Handler, ServerConfig, StreamFrames, TCPClient, TCPServer, WebConfig, WebFront,
     WholeFrames, encode_frame, websocket_client,
 )
 from netcore.framing import FrameError
 from netcore.testing import LoopClient, run_until
 
 
-@pytest.mark.parametrize("codec", [FrameParser(), WholeFrames()])
+@pytest.mark.parametrize("codec", [FrameParser(), StreamFrames(), WholeFrames()])
 def test_frame_codecs_hand_over_the_frames_before_the_error(codec):
     with pytest.raises(FrameError) as err:
         codec.feed(encode_frame(b"one") + encode_frame(b"two") + b"\x00\x00rest")
