@@ -17,6 +17,7 @@
   const RESUMED = 1, TOKEN_UNKNOWN = 2;  // WELCOME v2: how we came in
   const TOKEN_KEY = "spelltraction.token", NAME_KEY = "spelltraction.name";
   const PARKED = 0xff;
+  const PAUSED_P99 = 0xffffffff;  // STATS' tick-lateness field while the world is paused (v2)
   const SHAPES = ["circle", "square", "triangle", "diamond"];
   const MOVE_BUCKET = 4;          // the server's per-player move allowance
   const FORGET_AFTER_MS = 120000; // drop markers not seen moving for this long
@@ -158,6 +159,7 @@
     resumed: false,            // this session came back as the player we were
     fame: [],                  // the hall of fame: [{id, score, name}], best first
     elsewhere: false,          // a newer tab (or device) took our player over
+    paused: false,             // v2: the world's server is away; a STATS said so, no TICK since
   };
   window.spelltraction = { state, version: PROTOCOL_VERSION };
 
@@ -197,6 +199,7 @@
       if (ws !== sock) return;
       ws = null;
       state.me = null;
+      setPaused(false);  // the connection's status line says what happens now
       state.status = state.error && stopRetrying ? "error" : "waiting";
       if (stopRetrying) return;
       const why = state.error ? state.error.text : (ev.code === 1006 ? "connection lost" : `closed (${ev.code})`);
@@ -249,7 +252,16 @@
       case YOU: onYou(m); break;
       case TICK: onTick(m); break;
       case SCORED: onScored(m); break;
-      case STATS: state.stats = m; renderStats(); break;
+      case STATS:
+        if (m.tickP99Us === PAUSED_P99) {  // v2: the world is paused (not a lateness)
+          m.tickP99Us = state.stats ? state.stats.tickP99Us : 0;
+          state.stats = m;
+          setPaused(true);
+        } else {
+          state.stats = m;
+        }
+        renderStats();
+        break;
       case FAME: state.fame = m.entries; renderFame(); break;
       case ERROR: onError(m); break;
       default: break;  // newer server, unknown message: ignore
@@ -274,6 +286,7 @@
   }
 
   function onTick(m) {
+    if (state.paused) setPaused(false);
     const now = performance.now();
     state.tick = m.number;
     state.ticksSeen += 1;
@@ -364,6 +377,7 @@
     fame: document.getElementById("fame"),
     attractor: document.getElementById("attractor"),
     toast: document.getElementById("toast"),
+    paused: document.getElementById("paused"),
     stats: {
       players: document.getElementById("st-players"), conns: document.getElementById("st-conns"),
       uptime: document.getElementById("st-uptime"), mem: document.getElementById("st-mem"),
@@ -371,6 +385,22 @@
       p99: document.getElementById("st-p99"),
     },
   };
+
+  // A paused world keeps our socket and our place: say so over the board
+  // until the next TICK; no reconnecting.
+  let statusBeforePause = null;
+  function setPaused(on) {
+    if (state.paused === on) return;
+    state.paused = on;
+    ui.paused.hidden = !on;
+    if (on) {
+      statusBeforePause = [ui.status.className.replace("status ", ""), state.statusText];
+      setStatus("wait", "Game paused: the server is restarting");
+    } else if (statusBeforePause && ws) {
+      setStatus(...statusBeforePause);
+    }
+    renderStats();
+  }
 
   function setStatus(kind, text) {
     state.statusText = text;
@@ -669,7 +699,7 @@
     ui.stats.uptime.textContent = duration(s.uptime);
     ui.stats.mem.textContent = mb(s.rssKb);
     ui.stats.mem0.textContent = mb(s.startRssKb);
-    ui.stats.p99.textContent = (s.tickP99Us / 1000).toFixed(1) + " ms";
+    ui.stats.p99.textContent = state.paused ? "paused" : (s.tickP99Us / 1000).toFixed(1) + " ms";
   }
 
   function renderFame() {
