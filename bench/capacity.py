@@ -14,6 +14,12 @@ processes, pinned to the other CPUs), holds the load, and measures:
   divided by the ticks it really ran, not the nominal 4 Hz);
 - what the bots saw (``bots --json``): tick interval and move->echo latency.
 
+``--load c`` replaces the Python bots with ``bench/peers/loadgen.c`` (built
+with ``cc``): the same protocol and schedule, but enough moves for every
+player moving at 15,000 players, which the Python bots, on the one core they
+get, cannot send (they fall to about half the moves there). Its latency is
+timed on every move, not on probes.
+
 Two scenarios: **idle-ish** (each bot moves every 80 s, as the original's
 load script) across the ladder, and **active** (every bot moves every tick)
 at 5,000 players. Steps are interleaved across servers (1,000 for each
@@ -91,7 +97,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from procstat import (  # noqa: E402
-    Children, cpu_runtime, cpu_seconds, cpu_sets, free_port, group_cpu_seconds, machine, median,
+    Children, build_c, cpu_runtime, cpu_seconds, cpu_sets, free_port, group_cpu_seconds, machine, median,
     read_line, rss_bytes, stoppable, wait_for_ports,
 )
 from report import (  # noqa: E402
@@ -286,6 +292,18 @@ class Step(_StepStart, total=False):
 
 
 OURS_EXTRA: List[str] = []  # --ours-args: more arguments for our server
+LOAD_LABELS = {"python": "bots", "c": "C players (bench/peers/loadgen.c)"}
+# --load c: the C players (bench/peers/loadgen.c), built at start; else the Python bots
+LOADGEN: List[str] = []
+
+
+def load_command(port: int, players: int, hold: float, move_every: float, probes: int,
+                 ramp_timeout: float) -> List[str]:
+    """The players: ``spelltraction.py bots``, or the C load generator (--load c)."""
+    head = LOADGEN or [sys.executable, GAME, "bots"]
+    return [*head, "--host", HOST, "--port", str(port), "--count", str(players),
+            "--duration", str(hold), "--move-every", str(move_every), "--probes", str(probes),
+            "--ramp-timeout", str(ramp_timeout), "--json"]
 
 
 def server_command(kind: str, port: int, max_clients: int, stats_out: str,
@@ -352,10 +370,7 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
         sample()
         step["rss_start"] = samples[-1][1]
         observer = Observer(port)
-        cmd = [sys.executable, GAME, "bots", "--host", HOST, "--port", str(port),
-               "--count", str(plan.players), "--duration", str(hold),
-               "--move-every", str(plan.move_every), "--probes", str(probes),
-               "--ramp-timeout", str(ramp_timeout), "--json"]
+        cmd = load_command(port, plan.players, hold, plan.move_every, probes, ramp_timeout)
         bots = children.start(cmd, load_cpus, f"{name}-bots")
         step["pids"].append(bots.pid)
         log(f"  server pid {server.pid}, bots pid {bots.pid} (process groups)")
@@ -854,7 +869,8 @@ def footer(result: Dict[str, Any]) -> str:
             f"{m['cpus']} x {m['cpu_model']}, {m['mem_gib']} GiB, Linux {m['kernel']}, "
             f"Python {result['python']}"
             + (f", uvloop {result['uvloop']}" if result.get("uvloop") else "")
-            + f"; server pinned to CPU 0, bots on the others; hold {result['hold_s']:g} s per step. "
+            + f"; server pinned to CPU 0, {LOAD_LABELS[result.get('load', 'python')]} on the "
+              f"others; hold {result['hold_s']:g} s per step. "
             f"Command: {result['command']}")
 
 
@@ -1010,6 +1026,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "15000)")
     ap.add_argument("--probes", type=int, default=20,
                     help="bots per step that move about once a second to measure latency")
+    ap.add_argument("--load", choices=("python", "c"), default="python",
+                    help="the players: 'python' (spelltraction.py bots, default) or 'c' "
+                         "(bench/peers/loadgen.c, built with cc: for every player moving at "
+                         "15,000, which the Python bots on one core cannot send)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "capacity.json"))
     ap.add_argument("--report", default=os.path.join(HERE, "report.html"),
                     help="the HTML report ('' to skip)")
@@ -1077,6 +1097,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     children = Children(os.path.join(os.path.dirname(os.path.abspath(args.json)),
                                      "capacity-logs"))
+    if args.load == "c":
+        build_dir = tempfile.mkdtemp(prefix="capacity-loadgen-")
+        exe = build_c(os.path.join(HERE, "peers", "loadgen.c"), build_dir, log, "--load c")
+        if exe is None:
+            return 2
+        LOADGEN[:] = [exe]
+    result["load"] = args.load
     def interrupted(what: str) -> None:
         result["interrupted"] = what
         log(f"\ninterrupted ({what}): stopping the processes this run started")

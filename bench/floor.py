@@ -71,7 +71,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from procstat import (  # noqa: E402
-    Children, cpu_seconds, cpu_sets, machine, median, open_fds, raise_nofile, read_line,
+    Children, build_c, cpu_seconds, cpu_sets, machine, median, open_fds, raise_nofile, read_line,
     rss_bytes, spread, stoppable, wait_for_ports,
 )
 from report import fmt, fmt_table  # noqa: E402
@@ -205,27 +205,12 @@ def load(port: int, count: int) -> int:
 # =============================================================================
 
 
-def build_c(out_dir: str, log: Any) -> Optional[str]:
-    """Compile the C floor into ``out_dir``; None (and say why) if it can't be."""
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        log("skipping the C floor: no C compiler (cc) on PATH; e.g. apt-get install gcc")
-        return None
-    exe = os.path.join(out_dir, "floor")
-    proc = subprocess.run([cc, "-O2", "-o", exe, os.path.join(PEERS, "floor.c")],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        log(f"skipping the C floor: {cc} failed: {proc.stderr.strip()[-500:]}")
-        return None
-    return exe
-
-
 def server_commands(servers: Sequence[str], build_dir: str, log: Any) -> Dict[str, List[str]]:
     period_ms = str(int(PERIOD_S * 1000))
     cmds: Dict[str, List[str]] = {}
     for kind in servers:
         if kind == "c":
-            exe = build_c(build_dir, log)
+            exe = build_c(os.path.join(PEERS, "floor.c"), build_dir, log, "the C floor")
             if exe:
                 cmds[kind] = [exe, "0", period_ms]
         elif kind == "node":

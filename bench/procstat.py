@@ -82,6 +82,23 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def build_c(source: str, out_dir: str, log: Callable[[str], None], what: str) -> Optional[str]:
+    """Compile ``source`` with ``cc -O2`` into ``out_dir``; the executable's
+    path, or None (and ``log`` why, naming ``what`` is skipped) if it can't be."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        log(f"skipping {what}: no C compiler (cc) on PATH; e.g. apt-get install gcc")
+        return None
+    exe = os.path.join(out_dir, os.path.splitext(os.path.basename(source))[0])
+    proc = subprocess.run([cc, "-O2", "-o", exe, source], capture_output=True, text=True)
+    if proc.returncode != 0:
+        log(f"skipping {what}: {cc} failed: {proc.stderr.strip()[-500:]}")
+        return None
+    return exe
+
+
 def median(values: Iterable[float]) -> float:
     data = list(values)
     return statistics.median(data) if data else 0.0

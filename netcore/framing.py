@@ -135,6 +135,21 @@ class FrameParser(LengthPrefixedOutput):
         self._offset = 0  # stream offset of the next byte to be fed
         self._error: Optional[FrameError] = None
 
+    def feed(self, data: BytesLike) -> List[bytes]:
+        """Payloads completed by ``data`` (see :meth:`LengthPrefixedOutput.feed`)."""
+        # The common case, checked before anything else: nothing held back
+        # and ``data`` exactly one whole frame (a player's move per read).
+        if self._error is None:
+            partial = self._partial
+            if partial is None or not partial:
+                n = len(data)
+                if n > 2:
+                    length = (data[0] << 8) | data[1]
+                    if length == n - 2 and length <= self.max_frame:
+                        self._offset += n
+                        return [bytes(data[2:])]
+        return LengthPrefixedOutput.feed(self, data)
+
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete frame held back for the next ``feed``."""
@@ -243,6 +258,16 @@ class StreamFrames(_StatelessFrames):
     """
 
     __slots__ = ()
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        """Payloads completed by ``data`` (see :meth:`LengthPrefixedOutput.feed`)."""
+        # The common case first: ``data`` is exactly one whole frame (a move).
+        n = len(data)
+        if n > 2:
+            length = (data[0] << 8) | data[1]
+            if length == n - 2 and length <= self.max_frame:
+                return [bytes(data[2:])]
+        return LengthPrefixedOutput.feed(self, data)
 
     def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
         # Every read of every player comes here: the loop is written out (as

@@ -58,11 +58,22 @@ Ready = List[Tuple["Readiness", int]]
 
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 _EPOLLOUT = getattr(select, "EPOLLOUT", 4)
+_EPOLLET = getattr(select, "EPOLLET", 1 << 31)
 
 class Readiness:
-    """What the loop calls when a registered file object is ready."""
+    """What the loop calls when a registered file object is ready.
+
+    ``edge_triggered``: a class that sets it True is polled edge-triggered
+    where the poller can (epoll: ``EPOLLET``), so a socket it has read
+    costs the kernel no second readiness check at the next poll. Such a
+    handler must read until the kernel has nothing left (a short read), or
+    else ask for another turn with :meth:`EventLoop.ready_again`: no new
+    event comes for what is already waiting.
+    """
 
     __slots__ = ()
+
+    edge_triggered = False
 
     def on_ready(self, mask: int) -> None:
         raise NotImplementedError
@@ -136,6 +147,8 @@ class _SelectorPoller:
 
     __slots__ = ("selector",)
 
+    edge_triggered = False  # level-triggered only
+
     def __init__(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
 
@@ -158,6 +171,11 @@ class _SelectorPoller:
 class _EpollPoller:
     """``select.epoll`` with the handlers in a list indexed by fd.
 
+    Edge-triggered for handlers that ask for it (``Readiness.edge_triggered``:
+    connections): a level-triggered fd is put back on the kernel's ready
+    list after each event and polled once more at the next ``epoll_wait``,
+    a second ``tcp_poll`` per message read when every player moves.
+
     What ``selectors.EpollSelector`` does, less what a server with tens of
     thousands of idle sockets pays for: a ``SelectorKey`` tuple (and the fd
     as a second int object) per socket, ~110 bytes, and a method call and
@@ -170,6 +188,8 @@ class _EpollPoller:
     """
 
     __slots__ = ("_epoll", "_handlers", "_count", "_events")
+
+    edge_triggered = True
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -193,6 +213,8 @@ class _EpollPoller:
             raise ValueError(f"invalid events: {events!r}")
         mask = (_EPOLLIN if events & EVENT_READ else 0) | (
             _EPOLLOUT if events & EVENT_WRITE else 0)
+        if handler.edge_triggered:
+            mask |= _EPOLLET
         if new:
             self._epoll.register(fd, mask)
             if fd >= len(handlers):  # grows in steps, as a list does
@@ -298,6 +320,9 @@ class EventLoop:
         self._timers: List[Tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._soon: Deque[Callable[[], None]] = deque()
+        self._again: Ready = []  # handlers with input left over: dispatched with the next poll
+        #: True where handlers that ask for it are polled edge-triggered (epoll).
+        self.edge_triggered: bool = self.poller.edge_triggered
         self._tickers: List[_Ticker] = []
         self._signal_callbacks: Dict[int, Callable[[int], None]] = {}
         self._signal_reader: Optional[_SignalReader] = None
@@ -363,6 +388,16 @@ class EventLoop:
 
     def unregister(self, fileobj: Any) -> None:
         self.poller.unregister(fileobj)
+
+    def ready_again(self, handler: Readiness) -> None:
+        """Call ``handler.on_ready(EVENT_READ)`` again with the next poll's events.
+
+        For an edge-triggered handler that stopped reading before the kernel
+        ran dry (its read budget was used up): the next poll does not wait,
+        and the handler takes its turn after the ones that poll returns, so
+        one busy peer cannot keep the others (or a due tick) waiting.
+        """
+        self._again.append((handler, EVENT_READ))
 
     # -- signals ------------------------------------------------------------
 
@@ -446,6 +481,10 @@ class EventLoop:
                 if timeout is not None:  # what is left, even if the sleep overshot
                     timeout = max(0.0, timeout - (self.clock() - now))
         events = self.poller.poll(timeout)
+        again = self._again
+        if again:
+            self._again = []
+            events = events + again if events else again
         self.iterations += 1
         if events:
             self.events += len(events)
@@ -494,7 +533,7 @@ class EventLoop:
                 due = min(t.due for t in tickers) if tickers else INF
 
     def _timeout(self, max_wait: Optional[float]) -> Optional[float]:
-        if self._soon or self._stopping:
+        if self._soon or self._again or self._stopping:
             return 0.0
         deadline: Optional[float] = None
         timers = self._timers

@@ -8,6 +8,7 @@ written), not how fast anything is: no figure is compared with a threshold.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,33 @@ def test_smoke_200_players_ours_and_asyncio(tmp_path):
     pgids = {pid for s in steps for pid in s["pids"]}
     assert len(pgids) == 8
     assert process_groups_alive(pgids) == []
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="--load c needs a C compiler (cc)")
+def test_c_players_make_every_player_move_and_report_like_the_bots(tmp_path):
+    """--load c: the C players join, move every tick and report what the bots report."""
+    result = subprocess.run(
+        [sys.executable, CAPACITY, "--server", "ours", "--ladder", "none", "--active", "300",
+         "--hold", "3", "--load", "c", *outputs(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert data["load"] == "c"
+    (step,) = data["steps"]
+    d = step["derived"]
+    assert step["errors"] == [] and d["ok"], step["errors"]
+    bots = step["bots"]
+    assert bots["load"] == "c"
+    assert bots["connected"] == 300 and bots["failed"] == 0 and bots["dropped"] == 0
+    # every player moved every tick: at least 3 s x 4 moves each while holding
+    assert bots["moves_sent"] >= 300 * 4 * 3
+    assert bots["tick_fraction_min"] >= 0.9
+    assert bots["latency_samples"] > 300  # moves echoed in a YOU, timed
+    assert 0 < bots["move_latency_ms_p50"] <= bots["move_latency_ms_p99"]
+    assert step["server_final"]["net"]["frames_in"] >= bots["moves_sent"] * 0.9
+    assert "C players (bench/peers/loadgen.c)" in (tmp_path / "capacity.md").read_text()
+    assert process_groups_alive(set(step["pids"])) == []
 
 
 def test_ctrl_c_stops_everything_and_leaves_a_report(tmp_path):
