@@ -2826,6 +2826,7 @@ class Authority(_ClusterRole, GameServer):
         self.links: Dict[str, _GatewayLink] = {}
         self.epoch = 0  # the lease's, while held: on every publication (the fence)
         self.refused = ""  # set when another authority holds the world: exit non-zero
+        self._waited_for = ""  # the other holder's token whose lease we waited out once
         self.down_number = 0
         self.bus_ready_at = -1.0  # loop time the subscription was (re)made; -1: not now
         self._acquiring = False
@@ -2923,11 +2924,21 @@ class Authority(_ClusterRole, GameServer):
                         self.cluster.world, token)
             self.loop.call_later(1.0, self._acquire)
             return
+        if not got and token != self._waited_for:
+            # A holder that died (kill -9, no data directory to prove it: a
+            # lock) lets its lease expire; a live one renews it. Wait out what
+            # is left once: then take the world, or refuse.
+            self._waited_for = token
+            log.warning("world %s is held by another authority (epoch:holder %s): waiting "
+                        "%.1f s for its lease to expire", self.cluster.world, token,
+                        self.lease.remaining)
+            self.loop.call_later(self.lease.remaining + 0.5, self._acquire)
+            return
         if not got:
             self.refused = token
             log.error("world %s is held by another authority (epoch:holder %s, %.1f s left on "
-                      "its lease): refusing to start. One authority per world: stop that one, "
-                      "or start this one once its lease has expired.", self.cluster.world,
+                      "its lease, renewed while we waited): refusing to start. One authority "
+                      "per world: stop that one first.", self.cluster.world,
                       token, self.lease.remaining)
             self.loop.stop()
             return
