@@ -758,6 +758,21 @@ def table(rows: List[Dict[str, Any]]) -> str:
     return fmt_table(headers, out)
 
 
+def add_attack_options(ap: argparse.ArgumentParser) -> None:
+    """The options :func:`one_attack` reads (bench/soak.py offers them too)."""
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each flood (default 5)")
+    ap.add_argument("--never-readers", type=int, default=1000)
+    ap.add_argument("--never-read-hold", type=float, default=20.0,
+                    help="seconds the never-readers stay (default 20)")
+    ap.add_argument("--slowloris-hold", type=float, default=15.0,
+                    help="seconds the slowloris connections trickle (default 15)")
+    ap.add_argument("--connect-rate", type=float, default=5000.0,
+                    help="connects per second in the refuse storm (default 5000)")
+    ap.add_argument("--quiet", type=float, default=2.0, help="calm seconds before each attack")
+    ap.add_argument("--recovery", type=float, default=10.0,
+                    help="seconds to wait for RSS and fds to come back (default 10)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -776,17 +791,7 @@ def main() -> int:
                     help="of which over WebSocket (default 20)")
     ap.add_argument("--max-clients", type=int, default=300,
                     help="our server's --max-clients; the refuse attack fills it (default 300)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="length of each flood (default 5)")
-    ap.add_argument("--never-readers", type=int, default=1000)
-    ap.add_argument("--never-read-hold", type=float, default=20.0,
-                    help="seconds the never-readers stay (default 20)")
-    ap.add_argument("--slowloris-hold", type=float, default=15.0,
-                    help="seconds the slowloris connections trickle (default 15)")
-    ap.add_argument("--connect-rate", type=float, default=5000.0,
-                    help="connects per second in the refuse storm (default 5000)")
-    ap.add_argument("--quiet", type=float, default=2.0, help="calm seconds before each attack")
-    ap.add_argument("--recovery", type=float, default=10.0,
-                    help="seconds to wait for RSS and fds to come back (default 10)")
+    add_attack_options(ap)
     ap.add_argument("--tick-ms", type=int, default=250, help="the server's tick (default 250)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="don't pin the server to CPU 0 and the rest to the other CPUs")

@@ -47,9 +47,12 @@ every churn wave; observers' tick lateness p99 < 50 ms in every minute;
     python3 bench/soak.py                                   # 30 min, 15,000 players
     python3 bench/soak.py --count 2000 --duration 300 --cycle 120 --churn-every 30
 
-Loopback only; bounded in time (``--duration`` plus the ramp, at most one
-attack window's overrun, and the stop); every child (server, bot
-processes, attackers) is killed by its pid on exit, on error and on Ctrl-C.
+Loopback only, and it stops by itself: ``--duration`` after the ramp (an
+attack window that would run past the end is not started; a churn wave
+waits 60 s at most), then the stop. Every child (server, bot processes,
+attackers) is ours, killed by its pid on exit, on error and on Ctrl-C;
+bot processes and attackers also die with this process, and bot processes
+end by themselves ``--ramp-timeout`` + ``--duration`` + 600 s after start.
 """
 
 from __future__ import annotations
@@ -465,8 +468,8 @@ class AttackWindow(threading.Thread):
 def window_estimate(names: Sequence[str], args: argparse.Namespace) -> float:
     """Seconds an attack window takes, roughly (to start none that would overrun the run)."""
     hold: Dict[str, float] = {"never-read": args.never_read_hold,
-                              "slowloris": args.slowloris_hold, "refuse": args.attack_seconds + 5}
-    return float(sum(args.quiet + hold.get(n, args.attack_seconds) + 3.0 for n in names))
+                              "slowloris": args.slowloris_hold, "refuse": args.seconds + 5}
+    return float(sum(args.quiet + hold.get(n, args.seconds) + 3.0 for n in names))
 
 
 # =============================================================================
@@ -534,10 +537,6 @@ def run(args: argparse.Namespace, log: IO[str]) -> Dict[str, Any]:
     flags = ["--host", "127.0.0.1", "--port", "0", "--max-clients", str(max_clients),
              "--data", os.path.join(work, "data"), "--admin-port", "0",
              "--tick-ms", str(args.tick_ms), "--log-level", "warning"] + list(args.server_flag)
-    attack_args = argparse.Namespace(
-        quiet=args.quiet, seconds=args.attack_seconds, never_read_hold=args.never_read_hold,
-        slowloris_hold=args.slowloris_hold, connect_rate=args.connect_rate,
-        never_readers=args.never_readers, recovery=args.recovery)
     result: Dict[str, Any] = {
         "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(), "load_at_start": load_average(),
@@ -606,8 +605,8 @@ def run(args: argparse.Namespace, log: IO[str]) -> Dict[str, Any]:
                 total_bots = bots_tcp + bots_ws
                 while True:
                     bots.pump(0.5)
-                    in_game = bots.total("connected")
-                    if in_game + bots.total("failed") >= total_bots:
+                    in_game = bots.total("connected")  # dropped: counted, coming back
+                    if in_game + bots.total("failed") + bots.total("dropped") >= total_bots:
                         break
                     if time.monotonic() - ramp_started > args.ramp_timeout:
                         result["errors"].append(f"ramp timed out: {in_game} of {total_bots} in")
@@ -620,8 +619,7 @@ def run(args: argparse.Namespace, log: IO[str]) -> Dict[str, Any]:
                     f"in after {result['ramp_s']} s ({result['ramp_failed']} failed)")
                 t0 = time.monotonic()
                 result["t0_monotonic"] = t0
-                schedule(args, result, server, bots, crowd, t0, period, attack_args, say,
-                         windows)
+                schedule(args, result, server, bots, crowd, t0, period, say, windows)
             finally:
                 wind_down()  # a second Ctrl-C here cuts it short: stoppable kills the rest
     finally:
@@ -644,7 +642,7 @@ def run(args: argparse.Namespace, log: IO[str]) -> Dict[str, Any]:
 
 def schedule(args: argparse.Namespace, result: Dict[str, Any], server: Server, bots: Bots,
              crowd: "Crowd", t0: float, period: float,
-             attack_args: argparse.Namespace, say: Callable[[str], None],
+             say: Callable[[str], None],
              windows: List[AttackWindow]) -> None:
     """The run itself, from t0 for --duration: what is due, in order, until the end."""
     end = args.duration
@@ -732,7 +730,7 @@ def schedule(args: argparse.Namespace, result: Dict[str, Any], server: Server, b
         attack_due = cycle * args.cycle + args.attack_at
         if not busy and args.attacks and now >= attack_due:
             if now + est <= end:
-                window = AttackWindow(cycle, args.attacks, server, crowd, attack_args, period, t0)
+                window = AttackWindow(cycle, args.attacks, server, crowd, args, period, t0)
                 window.start()
                 windows.append(window)
                 say(f"[{now:7.1f} s] attack window {cycle}: {', '.join(args.attacks)}")
@@ -960,15 +958,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                     help="bench/attack.py's attacks, in order ('' for none; "
                          f"default {','.join(DEFAULT_ATTACKS)})")
-    ap.add_argument("--attack-seconds", type=float, default=5.0,
-                    help="length of each flood (default 5, as attack.py)")
-    ap.add_argument("--never-readers", type=int, default=1000)
-    ap.add_argument("--never-read-hold", type=float, default=20.0)
-    ap.add_argument("--slowloris-hold", type=float, default=15.0)
-    ap.add_argument("--connect-rate", type=float, default=5000.0)
-    ap.add_argument("--quiet", type=float, default=2.0, help="calm seconds before each attack")
-    ap.add_argument("--recovery", type=float, default=10.0,
-                    help="seconds to wait for RSS and fds after an attack (default 10)")
     ap.add_argument("--rss-before", type=float, default=10.0,
                     help="each cycle's RSS point: this many seconds before its end (default 10)")
     ap.add_argument("--sample", type=float, default=10.0, help="seconds (default 10)")
@@ -982,11 +971,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--json", default=os.path.join(HERE, "results", "soak.json"))
     ap.add_argument("--svg", default=os.path.join(HERE, "results", "soak.svg"))
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        worker_main(args.worker)
+    if "--worker" in (sys.argv[1:] if argv is None else argv):  # a bot process: no attack.py
+        worker_main(ap.parse_known_args(argv)[0].worker)
         return 0
     import attack
+
+    attack.add_attack_options(ap)  # the attacks' own options, as bench/attack.py has them
+    args = ap.parse_args(argv)
 
     args.attacks = [a for a in args.attacks.split(",") if a]
     for name in args.attacks:

@@ -25,7 +25,7 @@ def test_soak_bench_runs_every_phase_and_writes_its_figures(tmp_path):
         [sys.executable, os.path.join(ROOT, "bench", "soak.py"), "--count", "300",
          "--ws-players", "30", "--duration", "40", "--cycle", "20", "--attack-at", "3",
          "--churn-every", "10", "--sample", "5", "--rss-before", "3",
-         "--attacks", "ping,never-read", "--attack-seconds", "2", "--never-readers", "100",
+         "--attacks", "ping,never-read", "--seconds", "2", "--never-readers", "100",
          "--never-read-hold", "4", "--quiet", "0.5", "--recovery", "3", "--no-pin",
          "--json", str(out), "--svg", str(svg)],
         capture_output=True, text=True, timeout=150)
