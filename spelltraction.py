@@ -3217,6 +3217,7 @@ class Gateway(_ClusterRole, GameServer):
         self.private_number = 0
         self.full_due = True
         self.world_players = 0
+        self.world_connections = 0  # from the authority's last STATS: a paused STATS says it
         self.world_tick = -1
         self.ticks_in = 0
         # The newest TICK read and not yet sent (see on_bus), the YOUs that go
@@ -3342,7 +3343,7 @@ class Gateway(_ClusterRole, GameServer):
         v2 = [c for c in self.players if c in self.v2_conns]
         if not v2:
             return
-        data = frame(Stats(self.net.stats.connections, self.world_players,
+        data = frame(Stats(self.world_connections, self.world_players,
                            int(time.time() - self.started), rss_kb(), self.start_rss_kb,
                            PAUSED_P99))
         self._broadcast(data, 1, v2, {})
@@ -3454,6 +3455,13 @@ class Gateway(_ClusterRole, GameServer):
         at += BUS_TICK_HEAD.size
         shared, news = data[at:at + n], data[at + n:]
         self.world_tick, self.world_players = tick, players
+        if nframes > 1:  # TICK, then SCORED and/or STATS (every 51 ticks)
+            at = 0
+            while at + 3 <= len(shared):
+                size = int.from_bytes(shared[at:at + 2], "big")
+                if shared[at + 2] == STATS and size == _STATS.size:
+                    self.world_connections = _STATS.unpack_from(shared, at + 2)[1]
+                at += 2 + size
         self.ticks_in += 1
         self.last_tick_at = self.loop.time()
         if self.paused:
