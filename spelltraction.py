@@ -2627,6 +2627,7 @@ class BusStats:
         self.latency = Window(1024)
         self.to_first = Window(1024)
         self.broadcast = Window(1024)
+        self.broadcast_cpu = Window(1024)  # this process's CPU in it: wall - CPU = waiting for a core
 
     def snapshot(self, ticks: int) -> Dict[str, Any]:
         per = max(ticks, 1)
@@ -2641,7 +2642,9 @@ class BusStats:
                 "to_first_send_p50_s": self.to_first.percentile(50),
                 "to_first_send_p99_s": self.to_first.percentile(99),
                 "broadcast_p50_s": self.broadcast.percentile(50),
-                "broadcast_p99_s": self.broadcast.percentile(99)}
+                "broadcast_p99_s": self.broadcast.percentile(99),
+                "broadcast_cpu_p50_s": self.broadcast_cpu.percentile(50),
+                "broadcast_cpu_p99_s": self.broadcast_cpu.percentile(99)}
 
     def add_metrics(self, exp: Exposition) -> None:
         exp.counter("spelltraction_bus_messages_total", "Bus messages published and received.",
@@ -3470,9 +3473,12 @@ class Gateway(_ClusterRole, GameServer):
         everyone = [c for c in self.players if c not in after] if after else list(self.players)
         after.clear()
         bus = self.bus
-        first = time.time()
+        first, cpu = time.time(), time.thread_time()
         self._send_tick(shared, nframes, news, yous, everyone)
+        if not everyone:
+            return  # sent to nobody: no figure (an empty gateway would make the p50 0)
         last = time.time()
+        bus.broadcast_cpu.add(time.thread_time() - cpu)
         bus.to_first.add(max(first - published, 0.0))
         bus.broadcast.add(last - first)
         bus.latency.add(max(last - published, 0.0))
