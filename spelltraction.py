@@ -6434,7 +6434,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _serve_as_module(argv: List[str]) -> None:
-    """Re-run ``python3 spelltraction.py [serve ...]`` as ``python3 -m spelltraction``.
+    """Re-run ``python3 spelltraction.py [serve ...]`` as a module (``-m spelltraction``).
 
     CPython keeps the syntax tree of the script it runs alive until the
     script ends (``pyrun_file`` frees its arena only after running it): for
@@ -6459,8 +6459,12 @@ def _serve_as_module(argv: List[str]) -> None:
     flags: List[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     sys.stdout.flush()
     sys.stderr.flush()
+    # What -m does, but from this file's directory: -m would look in the
+    # current directory first, and run whatever spelltraction.py is there.
+    boot = ("import runpy, sys; sys.path[0] = sys.argv.pop(1); "
+            "runpy._run_module_as_main('spelltraction')")
     try:
-        os.execve(sys.executable, [sys.executable, *flags, "-m", "spelltraction", *argv], env)
+        os.execve(sys.executable, [sys.executable, *flags, "-c", boot, _HERE, *argv], env)
     except OSError:
         pass  # run as a script after all
 
