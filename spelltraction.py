@@ -2632,6 +2632,7 @@ class BusStats:
         self.latency = Window(1024)
         self.to_first = Window(1024)
         self.broadcast = Window(1024)
+        self.broadcast_cpu = Window(1024)  # this process's CPU in it: wall - CPU = waiting for a core
 
     def snapshot(self, ticks: int) -> Dict[str, Any]:
         per = max(ticks, 1)
@@ -2646,7 +2647,9 @@ class BusStats:
                 "to_first_send_p50_s": self.to_first.percentile(50),
                 "to_first_send_p99_s": self.to_first.percentile(99),
                 "broadcast_p50_s": self.broadcast.percentile(50),
-                "broadcast_p99_s": self.broadcast.percentile(99)}
+                "broadcast_p99_s": self.broadcast.percentile(99),
+                "broadcast_cpu_p50_s": self.broadcast_cpu.percentile(50),
+                "broadcast_cpu_p99_s": self.broadcast_cpu.percentile(99)}
 
     def add_metrics(self, exp: Exposition) -> None:
         exp.counter("spelltraction_bus_messages_total", "Bus messages published and received.",
@@ -2831,6 +2834,7 @@ class Authority(_ClusterRole, GameServer):
         self.links: Dict[str, _GatewayLink] = {}
         self.epoch = 0  # the lease's, while held: on every publication (the fence)
         self.refused = ""  # set when another authority holds the world: exit non-zero
+        self._waited_for = ""  # the other holder's token whose lease we waited out once
         self.down_number = 0
         self.bus_ready_at = -1.0  # loop time the subscription was (re)made; -1: not now
         self._acquiring = False
@@ -2928,11 +2932,21 @@ class Authority(_ClusterRole, GameServer):
                         self.cluster.world, token)
             self.loop.call_later(1.0, self._acquire)
             return
+        if not got and token != self._waited_for:
+            # A holder that died (kill -9, no data directory to prove it: a
+            # lock) lets its lease expire; a live one renews it. Wait out what
+            # is left once: then take the world, or refuse.
+            self._waited_for = token
+            log.warning("world %s is held by another authority (epoch:holder %s): waiting "
+                        "%.1f s for its lease to expire", self.cluster.world, token,
+                        self.lease.remaining)
+            self.loop.call_later(self.lease.remaining + 0.5, self._acquire)
+            return
         if not got:
             self.refused = token
             log.error("world %s is held by another authority (epoch:holder %s, %.1f s left on "
-                      "its lease): refusing to start. One authority per world: stop that one, "
-                      "or start this one once its lease has expired.", self.cluster.world,
+                      "its lease, renewed while we waited): refusing to start. One authority "
+                      "per world: stop that one first.", self.cluster.world,
                       token, self.lease.remaining)
             self.loop.stop()
             return
@@ -3464,9 +3478,12 @@ class Gateway(_ClusterRole, GameServer):
         everyone = [c for c in self.players if c not in after] if after else list(self.players)
         after.clear()
         bus = self.bus
-        first = time.time()
+        first, cpu = time.time(), time.thread_time()
         self._send_tick(shared, nframes, news, yous, everyone)
+        if not everyone:
+            return  # sent to nobody: no figure (an empty gateway would make the p50 0)
         last = time.time()
+        bus.broadcast_cpu.add(time.thread_time() - cpu)
         bus.to_first.add(max(first - published, 0.0))
         bus.broadcast.add(last - first)
         bus.latency.add(max(last - published, 0.0))
@@ -6414,7 +6431,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _serve_as_module(argv: List[str]) -> None:
-    """Re-run ``python3 spelltraction.py [serve ...]`` as ``python3 -m spelltraction``.
+    """Re-run ``python3 spelltraction.py [serve ...]`` as a module (``-m spelltraction``).
 
     CPython keeps the syntax tree of the script it runs alive until the
     script ends (``pyrun_file`` frees its arena only after running it): for
@@ -6439,8 +6456,12 @@ def _serve_as_module(argv: List[str]) -> None:
     flags: List[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     sys.stdout.flush()
     sys.stderr.flush()
+    # What -m does, but from this file's directory: -m would look in the
+    # current directory first, and run whatever spelltraction.py is there.
+    boot = ("import runpy, sys; sys.path[0] = sys.argv.pop(1); "
+            "runpy._run_module_as_main('spelltraction')")
     try:
-        os.execve(sys.executable, [sys.executable, *flags, "-m", "spelltraction", *argv], env)
+        os.execve(sys.executable, [sys.executable, *flags, "-c", boot, _HERE, *argv], env)
     except OSError:
         pass  # run as a script after all
 

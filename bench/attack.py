@@ -58,10 +58,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from hostilekit import (  # noqa: E402
+from hostilekit import (  # type: ignore[import-not-found]  # noqa: E402
     GAME, Crowd, HostileServer, Resources, connect, http_get, open_fds, rss_bytes,
 )
-from procstat import machine  # noqa: E402
+from procstat import child_setup, machine  # noqa: E402
 from report import fmt_table  # noqa: E402
 
 import spelltraction as st  # noqa: E402
@@ -504,7 +504,7 @@ class Target:
 
     def get(self, path: str) -> bytes:
         """The body of ``GET path`` from the admin port if any, else the game port."""
-        return http_get(self.host, self.admin_port or self.port, path, timeout=3)[2]
+        return bytes(http_get(self.host, self.admin_port or self.port, path, timeout=3)[2])
 
     def tick_figures(self) -> Dict[str, Any]:
         """The server's tick counters from /stats.json (empty if it won't say)."""
@@ -512,6 +512,13 @@ class Target:
             return dict(json.loads(self.get("/stats.json")).get("tick", {}))
         except (OSError, ValueError):
             return {}
+
+    def connections(self) -> Optional[int]:
+        """Connections the server holds now, from /stats.json (None if it won't say)."""
+        try:
+            return int(json.loads(self.get("/stats.json"))["connections"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def lateness_buckets(self) -> Dict[float, float]:
         """The server's own tick lateness histogram from /metrics: {le: cumulative count}."""
@@ -569,13 +576,37 @@ def bucket_p99(before: Dict[float, float], after: Dict[float, float]) -> Optiona
     return None
 
 
+# Attacker processes still running: a driver stopped early (Ctrl-C, a soak's
+# end) kills them by pid with stop_attackers(); they also die with the driver.
+LIVE_ATTACKERS: List["subprocess.Popen[str]"] = []
+
+
+def _attacker_setup() -> None:
+    """In the attacker before exec: niced, and killed if the driver dies."""
+    os.nice(5)
+    child_setup(())()
+
+
 def run_attacker(name: str, target: Target, seconds: float,
                  params: List[Dict[str, Any]]) -> List["subprocess.Popen[str]"]:
     """Start attack ``name`` in one niced process per ``params`` (each prints a JSON report)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--run", name, "--host", target.host,
            "--port", str(target.port), "--seconds", str(seconds), "--params"]
-    return [subprocess.Popen(cmd + [json.dumps(p)], stdout=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: os.nice(5)) for p in params]
+    procs = [subprocess.Popen(cmd + [json.dumps(p)], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=_attacker_setup) for p in params]
+    LIVE_ATTACKERS.extend(procs)
+    return procs
+
+
+def stop_attackers() -> None:
+    """Kill every attacker process still running (ours, by pid) and reap it."""
+    for proc in list(LIVE_ATTACKERS):
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        LIVE_ATTACKERS.remove(proc)
 
 
 def percentile(values: List[float], pct: float) -> float:
@@ -595,7 +626,9 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
         name, args.seconds)
     params: List[Dict[str, Any]] = [{}]
     if name == "refuse":  # two processes storm (one also fills the server first)
-        players = sum(not w.closed for w in crowd.watchers)
+        players = target.connections()  # the crowd and whoever else is connected
+        if players is None:
+            players = sum(not w.closed for w in crowd.watchers)
         half = args.connect_rate / 2
         ready = os.path.join(tempfile.mkdtemp(prefix="attack-"), "filled")
         params = [{"fill": max(0, target.max_clients - players), "rate": half,
@@ -620,6 +653,11 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
         time.sleep(0.05)
     attacked_until = time.monotonic()
     reports = [json.loads((c.stdout.read() if c.stdout else "") or "{}") for c in children]
+    for c in children:
+        if c in LIVE_ATTACKERS:
+            LIVE_ATTACKERS.remove(c)
+            if c.stdout is not None:
+                c.stdout.close()
     after = before
     if before is not None:
         deadline = time.monotonic() + args.recovery
@@ -720,6 +758,21 @@ def table(rows: List[Dict[str, Any]]) -> str:
     return fmt_table(headers, out)
 
 
+def add_attack_options(ap: argparse.ArgumentParser) -> None:
+    """The options :func:`one_attack` reads (bench/soak.py offers them too)."""
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each flood (default 5)")
+    ap.add_argument("--never-readers", type=int, default=1000)
+    ap.add_argument("--never-read-hold", type=float, default=20.0,
+                    help="seconds the never-readers stay (default 20)")
+    ap.add_argument("--slowloris-hold", type=float, default=15.0,
+                    help="seconds the slowloris connections trickle (default 15)")
+    ap.add_argument("--connect-rate", type=float, default=5000.0,
+                    help="connects per second in the refuse storm (default 5000)")
+    ap.add_argument("--quiet", type=float, default=2.0, help="calm seconds before each attack")
+    ap.add_argument("--recovery", type=float, default=10.0,
+                    help="seconds to wait for RSS and fds to come back (default 10)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -738,17 +791,7 @@ def main() -> int:
                     help="of which over WebSocket (default 20)")
     ap.add_argument("--max-clients", type=int, default=300,
                     help="our server's --max-clients; the refuse attack fills it (default 300)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="length of each flood (default 5)")
-    ap.add_argument("--never-readers", type=int, default=1000)
-    ap.add_argument("--never-read-hold", type=float, default=20.0,
-                    help="seconds the never-readers stay (default 20)")
-    ap.add_argument("--slowloris-hold", type=float, default=15.0,
-                    help="seconds the slowloris connections trickle (default 15)")
-    ap.add_argument("--connect-rate", type=float, default=5000.0,
-                    help="connects per second in the refuse storm (default 5000)")
-    ap.add_argument("--quiet", type=float, default=2.0, help="calm seconds before each attack")
-    ap.add_argument("--recovery", type=float, default=10.0,
-                    help="seconds to wait for RSS and fds to come back (default 10)")
+    add_attack_options(ap)
     ap.add_argument("--tick-ms", type=int, default=250, help="the server's tick (default 250)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="don't pin the server to CPU 0 and the rest to the other CPUs")

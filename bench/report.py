@@ -83,19 +83,23 @@ def fmt_num(v: float) -> str:
 
 def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool = False,
                target: Optional[Tuple[float, str]] = None, width: int = 480, height: int = 300,
-               x_label: str = "players") -> str:
+               x_label: str = "players", bands: Sequence[Tuple[float, float]] = (),
+               band_label: str = "", zero_y: bool = True) -> str:
     """One chart as an ``<svg>`` element: ``x_label`` on x, each series a line.
 
     ``log_y`` draws a log scale (decades, with 2 and 5 in between on short
-    spans); ``target`` is a dashed red line at (value, label). The legend goes
+    spans); ``target`` is a dashed red line at (value, label); ``bands`` are
+    x ranges (from, to) shaded behind the lines (e.g. when something was
+    going on), named ``band_label`` in the legend; ``zero_y=False`` fits a
+    linear y axis to the data instead of starting it at 0. The legend goes
     below the plot in two columns, never over a line.
     """
     left, right, top, bottom = 62, 16, 34, 44
     pw, ph = width - left - right, height - top - bottom
     shown = [s for s in series if s.points]
-    legend_rows = (len(shown) + 1) // 2
+    legend_rows = (len(shown) + (1 if bands and band_label else 0) + 1) // 2
     height += legend_rows * 15 + 4  # the legend goes below the plot, never over a line
-    xs = [p[0] for s in series for p in s.points]
+    xs = [p[0] for s in series for p in s.points] + [b[1] for b in bands]
     ys = [p[1] for s in series for p in s.points if not log_y or p[1] > 0]
     if target is not None:
         ys.append(target[0])
@@ -107,9 +111,15 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
         y_hi = 10 ** math.ceil(math.log10(max(hi, y_lo * 10)))
         if y_hi <= y_lo:
             y_hi = y_lo * 10
-    else:
+    elif zero_y or not ys:
         y_lo = 0.0
         y_hi = max(ys, default=1.0) * 1.1 or 1.0
+    else:  # around the data: small changes (a drift of a few %) show
+        lo, hi = min(ys), max(ys)
+        pad = max((hi - lo) * 0.1, abs(hi) * 0.01, 1e-9)
+        step = nice_step(hi - lo + 2 * pad, 5)
+        y_lo = math.floor((lo - pad) / step) * step
+        y_hi = math.ceil((hi + pad) / step) * step
 
     def px(x: float) -> float:
         return left + pw * x / x_max
@@ -146,7 +156,7 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
             decade *= 10
     else:
         step = nice_step(y_hi - y_lo, 5)
-        v = 0.0
+        v = y_lo
         while v <= y_hi + 1e-9:
             y = py(v)
             parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
@@ -163,6 +173,9 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
         parts.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">'
                      f'{fmt_num(v)}</text>')
         v += step
+    for x0, x1 in bands:
+        parts.append(f'<rect x="{px(x0):.1f}" y="{top}" width="{max(1.0, px(x1) - px(x0)):.1f}" '
+                     f'height="{ph}" fill="#f6dada" opacity="0.7"/>')
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
                  f'stroke="#888"/>')
     parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">'
@@ -205,6 +218,12 @@ def line_chart(title: str, y_label: str, series: Sequence[Series], log_y: bool =
             parts.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 20}" y2="{ly}" '
                          f'stroke="{s.colour}" stroke-width="2"{dash}/>')
         parts.append(f'<text x="{lx + 26}" y="{ly + 4}">{e(s.name)}</text>')
+    if bands and band_label:
+        i = len(shown)
+        lx = left + (i % 2) * (pw // 2)
+        ly = top + ph + bottom + 6 + (i // 2) * 15
+        parts.append(f'<rect x="{lx}" y="{ly - 5}" width="20" height="10" fill="#f6dada"/>')
+        parts.append(f'<text x="{lx + 26}" y="{ly + 4}">{e(band_label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
