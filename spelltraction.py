@@ -1982,10 +1982,15 @@ class GameServer(Handler):
         v2 = self.v2_conns if news else None
         # A player whose YOU changed gets the shared frames and its YOU in
         # one send (one WebSocket message), in its usual place in the order.
-        private = {}
-        for conn, you in yous:
-            shared = data + news if v2 is not None and conn in v2 else data
-            private[conn] = conn.codec.wrap(shared + you)
+        if v2 is None and not self.ws_players:
+            # The common case (no FAME, no WebSocket player): the frames go
+            # as they are, so no per-player wrap (every player's, all moving).
+            private = {conn: data + you for conn, you in yous}
+        else:
+            private = {}
+            for conn, you in yous:
+                shared = data + news if v2 is not None and conn in v2 else data
+                private[conn] = conn.codec.wrap(shared + you)
         if v2:  # version-2 players also get this tick's FAME; version 1 never does
             self._broadcast(data, nframes, [c for c in everyone if c not in v2], private)
             self._broadcast(data + news, nframes + 1, [c for c in everyone if c in v2], private)
