@@ -1982,10 +1982,15 @@ class GameServer(Handler):
         v2 = self.v2_conns if news else None
         # A player whose YOU changed gets the shared frames and its YOU in
         # one send (one WebSocket message), in its usual place in the order.
-        private = {}
-        for conn, you in yous:
-            shared = data + news if v2 is not None and conn in v2 else data
-            private[conn] = conn.codec.wrap(shared + you)
+        if v2 is None and not self.ws_players:
+            # The common case (no FAME, no WebSocket player): the frames go
+            # as they are, so no per-player wrap (every player's, all moving).
+            private = {conn: data + you for conn, you in yous}
+        else:
+            private = {}
+            for conn, you in yous:
+                shared = data + news if v2 is not None and conn in v2 else data
+                private[conn] = conn.codec.wrap(shared + you)
         if v2:  # version-2 players also get this tick's FAME; version 1 never does
             self._broadcast(data, nframes, [c for c in everyone if c not in v2], private)
             self._broadcast(data + news, nframes + 1, [c for c in everyone if c in v2], private)
@@ -2627,6 +2632,7 @@ class BusStats:
         self.latency = Window(1024)
         self.to_first = Window(1024)
         self.broadcast = Window(1024)
+        self.broadcast_cpu = Window(1024)  # this process's CPU in it: wall - CPU = waiting for a core
 
     def snapshot(self, ticks: int) -> Dict[str, Any]:
         per = max(ticks, 1)
@@ -2641,7 +2647,9 @@ class BusStats:
                 "to_first_send_p50_s": self.to_first.percentile(50),
                 "to_first_send_p99_s": self.to_first.percentile(99),
                 "broadcast_p50_s": self.broadcast.percentile(50),
-                "broadcast_p99_s": self.broadcast.percentile(99)}
+                "broadcast_p99_s": self.broadcast.percentile(99),
+                "broadcast_cpu_p50_s": self.broadcast_cpu.percentile(50),
+                "broadcast_cpu_p99_s": self.broadcast_cpu.percentile(99)}
 
     def add_metrics(self, exp: Exposition) -> None:
         exp.counter("spelltraction_bus_messages_total", "Bus messages published and received.",
@@ -3470,9 +3478,12 @@ class Gateway(_ClusterRole, GameServer):
         everyone = [c for c in self.players if c not in after] if after else list(self.players)
         after.clear()
         bus = self.bus
-        first = time.time()
+        first, cpu = time.time(), time.thread_time()
         self._send_tick(shared, nframes, news, yous, everyone)
+        if not everyone:
+            return  # sent to nobody: no figure (an empty gateway would make the p50 0)
         last = time.time()
+        bus.broadcast_cpu.add(time.thread_time() - cpu)
         bus.to_first.add(max(first - published, 0.0))
         bus.broadcast.add(last - first)
         bus.latency.add(max(last - published, 0.0))
@@ -6420,7 +6431,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _serve_as_module(argv: List[str]) -> None:
-    """Re-run ``python3 spelltraction.py [serve ...]`` as ``python3 -m spelltraction``.
+    """Re-run ``python3 spelltraction.py [serve ...]`` as a module (``-m spelltraction``).
 
     CPython keeps the syntax tree of the script it runs alive until the
     script ends (``pyrun_file`` frees its arena only after running it): for
@@ -6445,8 +6456,12 @@ def _serve_as_module(argv: List[str]) -> None:
     flags: List[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     sys.stdout.flush()
     sys.stderr.flush()
+    # What -m does, but from this file's directory: -m would look in the
+    # current directory first, and run whatever spelltraction.py is there.
+    boot = ("import runpy, sys; sys.path[0] = sys.argv.pop(1); "
+            "runpy._run_module_as_main('spelltraction')")
     try:
-        os.execve(sys.executable, [sys.executable, *flags, "-m", "spelltraction", *argv], env)
+        os.execve(sys.executable, [sys.executable, *flags, "-c", boot, _HERE, *argv], env)
     except OSError:
         pass  # run as a script after all
 

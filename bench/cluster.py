@@ -358,7 +358,8 @@ def report(world: Dict[str, Any], serve: Optional[Dict[str, Any]]) -> str:
         out.append(f"bus, {r}: publish->sent p50 {ms('latency_p50_s')} ms, "
                    f"p99 {ms('latency_p99_s')} ms (publish->first send p50 "
                    f"{ms('to_first_send_p50_s')}, p99 {ms('to_first_send_p99_s')}; "
-                   f"broadcast p50 {ms('broadcast_p50_s')}, p99 {ms('broadcast_p99_s')}); "
+                   f"broadcast p50 {ms('broadcast_p50_s')}, p99 {ms('broadcast_p99_s')}, "
+                   f"its CPU p50 {ms('broadcast_cpu_p50_s')}); "
                    f"{b.get('messages_per_tick', 0):.2f} messages, "
                    f"{b.get('bytes_per_tick', 0):.0f} bytes per tick; gaps {b.get('gaps', 0)}, "
                    f"ticks skipped (behind) {b.get('coalesced', 0)}")

@@ -229,7 +229,19 @@ class FrameParser(LengthPrefixedOutput):
         raise err
 
 
-class StreamFrames(LengthPrefixedOutput):
+class _StatelessFrames(LengthPrefixedOutput):
+    """A length-prefixed codec that holds nothing between feeds: one
+    instance can serve every connection."""
+
+    __slots__ = ("max_frame",)
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be 1..{MAX_FRAME_LIMIT}")
+        self.max_frame = max_frame
+
+
+class StreamFrames(_StatelessFrames):
     """:class:`FrameParser`'s frames, one instance shared by every connection.
 
     Most reads hold whole frames (a client writes one message at a time),
@@ -245,12 +257,7 @@ class StreamFrames(LengthPrefixedOutput):
     messages) use :class:`WholeFrames`, which has no handoff.
     """
 
-    __slots__ = ("max_frame",)
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
-            raise ValueError(f"max_frame must be 1..{MAX_FRAME_LIMIT}")
-        self.max_frame = max_frame
+    __slots__ = ()
 
     def feed(self, data: BytesLike) -> List[bytes]:
         """Payloads completed by ``data`` (see :meth:`LengthPrefixedOutput.feed`)."""
@@ -263,6 +270,8 @@ class StreamFrames(LengthPrefixedOutput):
         return LengthPrefixedOutput.feed(self, data)
 
     def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
+        # Every read of every player comes here: the loop is written out (as
+        # in WholeFrames) rather than called, a call costing ~10 % of a feed.
         view = data if isinstance(data, memoryview) else memoryview(data)
         end = len(view)
         pos = 0
@@ -280,12 +289,12 @@ class StreamFrames(LengthPrefixedOutput):
             pos = stop
         if pos < end:
             own = FrameParser(limit)
-            own.feed(view[pos:])  # a part of a frame (a valid header, if it has one)
+            own.feed(view[pos:])  # a part of a frame (its header checked, if whole)
             raise CodecHandoff(own, frames)
         return frames
 
 
-class WholeFrames(LengthPrefixedOutput):
+class WholeFrames(_StatelessFrames):
     """Frames from messages that each hold whole frames: a stateless codec.
 
     Where a transport has message boundaries of its own (WebSocket), each
@@ -294,12 +303,7 @@ class WholeFrames(LengthPrefixedOutput):
     ends inside a frame, or holds none (empty), raises :class:`SplitFrame`.
     """
 
-    __slots__ = ("max_frame",)
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
-            raise ValueError(f"max_frame must be 1..{MAX_FRAME_LIMIT}")
-        self.max_frame = max_frame
+    __slots__ = ()
 
     def _feed(self, data: BytesLike, frames: List[bytes]) -> List[bytes]:
         view = data if isinstance(data, memoryview) else memoryview(data)
@@ -324,4 +328,3 @@ class WholeFrames(LengthPrefixedOutput):
             frames.append(view[pos + 2 : stop].tobytes())
             pos = stop
         return frames
-

@@ -368,6 +368,7 @@ def test_a_gateway_sends_a_tick_as_soon_as_it_reads_it(world):
     bus = cluster_stats(gw.admin)["cluster"]["bus"]
     assert bus["to_first_send_p50_s"] < period / 5, bus
     assert bus["broadcast_p50_s"] <= bus["latency_p50_s"], bus
+    assert 0 < bus["broadcast_cpu_p50_s"] <= bus["broadcast_p99_s"] + 0.001, bus
     assert not any(p.closed for p in players)
 
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from serverproc import GAME, ROOT, Spawned
 
 
 def test_importing_the_game_loads_no_redis_client_tk_or_test_helpers():
@@ -15,3 +15,26 @@ def test_importing_the_game_loads_no_redis_client_tk_or_test_helpers():
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_server_started_as_a_script_runs_this_file_whatever_the_current_directory(tmp_path):
+    """It re-runs itself as a module (for memory's sake): the module must be this
+    file, not a spelltraction.py that happens to be in the current directory."""
+    (tmp_path / "spelltraction.py").write_text("raise SystemExit('the wrong spelltraction.py ran')\n")
+    with Spawned([sys.executable, GAME, "serve", "--no-data", "--host", "127.0.0.1",
+                  "--port", "0"], cwd=str(tmp_path)) as server:
+        with open(f"/proc/{server.proc.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert b"-c" in argv and ROOT.encode() in argv  # re-run, from here
+
+
+def test_listening_on_an_ascii_host_loads_no_idna_codec():
+    """getaddrinfo encodes a str host with the idna codec (and loads unicodedata):
+    the server gives it bytes, so a server never carries them."""
+    code = ("import sys; from netcore.server import bind_listeners; "
+            "socks = bind_listeners(['127.0.0.1', 'localhost'], 0, 8); "
+            "print(len(socks) > 0, 'encodings.idna' in sys.modules, 'unicodedata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False"]

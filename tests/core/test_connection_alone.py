@@ -46,14 +46,20 @@ class TinyOwner:
         self.handler.on_close(conn, reason)
 
 
-def test_a_connection_reads_frames_answers_and_closes_with_a_tiny_owner():
+def connected(handler):
+    """``(loop, owner, conn, theirs)``: ``conn`` on one end of a socket pair."""
     loop = EventLoop()
-    handler = Recorder()
     owner = TinyOwner(loop, handler)
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     conn = Connection(ours, owner, FrameParser())
     loop.register(ours, EVENT_READ, conn)
+    return loop, owner, conn, theirs
+
+
+def test_a_connection_reads_frames_answers_and_closes_with_a_tiny_owner():
+    handler = Recorder()
+    loop, owner, conn, theirs = connected(handler)
     theirs.sendall(encode_frame(b"hello") + encode_frame(b"again"))
     theirs.settimeout(5)
     for _ in range(100):
@@ -89,13 +95,8 @@ class Refill(Handler):
 
 
 def test_what_on_drain_writes_is_sent_even_when_the_queue_just_emptied():
-    loop = EventLoop()
     handler = Refill()
-    owner = TinyOwner(loop, handler)
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    conn = Connection(ours, owner, FrameParser())
-    loop.register(ours, EVENT_READ, conn)
+    loop, owner, conn, theirs = connected(handler)
     backlog = b"x" * 4000
     while conn.queued < Limits.high_water:  # past high water: on_drain is due
         assert conn.send(backlog)
