@@ -1654,6 +1654,10 @@ class GameServer(Handler):
         self.started = time.time()
         self.start_rss_kb = rss_kb()
         self.ticker: Optional[TickScheduler] = None  # set by start()
+        # The TICK number last stepped and when it was due (on the loop's clock,
+        # time.monotonic: CLOCK_MONOTONIC, one clock for every process on the
+        # machine), so a bench can tell players' arrivals from the schedule.
+        self.last_tick_due: Tuple[int, float] = (0, 0.0)
         self.stats_frame = b""
         self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
         self.errors_sent: Dict[int, int] = {}
@@ -1958,6 +1962,7 @@ class GameServer(Handler):
         if store is not None:
             self._store_before_step(store)
         result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
+        self.last_tick_due = (game.tick, tick.deadline)  # /stats.json: the schedule, for benches
         news = self._after_step(result)
         # Lists, not views of game.players: a failed send closes its
         # connection, and the player leaves, during the broadcast. No None in
@@ -2237,6 +2242,7 @@ class GameServer(Handler):
             "rss_bytes": proc.rss_bytes,
             "cpu_s": proc.cpu_seconds,
             "tick": tick,
+            "last_tick": {"number": self.last_tick_due[0], "due_monotonic_s": self.last_tick_due[1]},
         }
 
     def _store_stats(self) -> Optional[Dict[str, Any]]:
@@ -3510,6 +3516,7 @@ class Gateway(_ClusterRole, GameServer):
         snap = GameServer.stats_snapshot(self)
         snap["players"] = len(self.players)
         snap["game_tick"] = self.world_tick
+        del snap["last_tick"]  # the schedule is the authority's: its /stats.json has it
         snap["cluster"] = self.cluster_stats()
         return snap
 

@@ -165,11 +165,17 @@ def raise_nofile() -> int:
     return soft
 
 
-def child_setup(cpus: Sequence[int]) -> Callable[[], None]:
-    """Runs in the child before exec: CPU pinning, die with the driver."""
+def child_setup(cpus: Sequence[int], nice: int = 0) -> Callable[[], None]:
+    """Runs in the child before exec: CPU pinning, niceness (a load generator
+    at +10 yields a core to the system it measures), die with the driver."""
 
     def setup() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked around Popen
+        if nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)  # kept across exec
+            except OSError:
+                pass
         if cpus and hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(0, set(cpus))
@@ -191,11 +197,11 @@ class Children:
         self.log_dir = log_dir
 
     def start(self, cmd: List[str], cpus: Sequence[int], name: str,
-              stdin_pipe: bool = False) -> "subprocess.Popen[str]":
+              stdin_pipe: bool = False, nice: int = 0) -> "subprocess.Popen[str]":
         """Start ``cmd``; its stderr goes to ``log_dir/name.log`` (a pipe nobody
         reads could fill up and stall a server mid-measurement). Its stdout is
         a pipe (line-buffered text); so is its stdin with ``stdin_pipe``, for a
-        child that runs until its stdin closes."""
+        child that runs until its stdin closes. ``nice``: its niceness."""
         os.makedirs(self.log_dir, exist_ok=True)
         # A Ctrl-C between Popen and the append would leak the child: hold
         # stop signals until it is on the list (the child unblocks them).
@@ -205,7 +211,7 @@ class Children:
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
-                    start_new_session=True, preexec_fn=child_setup(cpus),
+                    start_new_session=True, preexec_fn=child_setup(cpus, nice),
                 )
             self.procs.append(proc)
         finally:

@@ -58,7 +58,6 @@ end by themselves ``--ramp-timeout`` + ``--duration`` + 600 s after start.
 from __future__ import annotations
 
 import argparse
-import bisect
 import heapq
 import json
 import math
@@ -477,26 +476,6 @@ def window_estimate(names: Sequence[str], args: argparse.Namespace) -> float:
 # =============================================================================
 
 
-def lateness_by_window(crowd: "Crowd", period: float, t0: float,
-                       edges: Sequence[float]) -> List[List[float]]:
-    """Observers' TICK lateness (s) in each window [edges[k], edges[k+1]) after ``t0``.
-
-    A TICK n is due at base + n x period; base is the earliest any observer
-    was served in the whole run (hostilekit ``Crowd.lateness``'s rule, with
-    one base for every window).
-    """
-    ticks = [(t, n) for w in crowd.watchers for t, n in list(w.ticks)]
-    out: List[List[float]] = [[] for _ in edges[1:]]
-    if not ticks:
-        return out
-    base = min(t - n * period for t, n in ticks)
-    for t, n in ticks:
-        k = bisect.bisect_right(edges, t - t0) - 1
-        if 0 <= k < len(out):
-            out[k].append(t - (base + n * period))
-    return out
-
-
 def server_p99_ms(before: Dict[float, float], after: Dict[float, float]) -> Optional[float]:
     import attack
 
@@ -779,7 +758,7 @@ def finish_observers(result: Dict[str, Any], crowd: "Crowd", t0: float, period: 
     if not t0:
         return
     edges = [float(k * 60) for k in range(math.ceil(args.duration / 60))] + [args.duration]
-    late = lateness_by_window(crowd, period, t0, edges)
+    late = crowd.lateness_by_window(period, t0, edges)
     by_minute = {m["minute"]: m for m in result["minutes"]}
     result["minutes"] = []
     for k, values in enumerate(late):
@@ -792,7 +771,7 @@ def finish_observers(result: Dict[str, Any], crowd: "Crowd", t0: float, period: 
     samples = result["samples"]
     if len(samples) >= 2:
         edges = [s["t_s"] for s in samples]
-        for s, values in zip(samples[1:], lateness_by_window(crowd, period, t0, edges)):
+        for s, values in zip(samples[1:], crowd.lateness_by_window(period, t0, edges)):
             s["lateness_p99_ms"] = round(percentile(values, 99) * 1000, 1) if values else None
 
 

@@ -37,6 +37,7 @@ Pieces:
 from __future__ import annotations
 
 import base64
+import bisect
 import os
 import random
 import selectors
@@ -48,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -453,6 +454,11 @@ class Crowd:
         base = min(t - n * period for t, n in ticks)
         return [t - (base + n * period) for t, n in ticks if t >= since]
 
+    def lateness_by_window(self, period: float, t0: float, edges: Sequence[float],
+                           due: Optional[Callable[[int], float]] = None) -> List[List[float]]:
+        """:func:`lateness_by_window` of every watcher."""
+        return lateness_by_window(self.watchers, period, t0, edges, due)
+
     def dropped(self) -> List[Tuple[int, str]]:
         """(index, why) of every watcher whose connection ended."""
         return [(w.index, w.closed) for w in self.watchers if w.closed]
@@ -479,6 +485,31 @@ class Crowd:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def lateness_by_window(watchers: Sequence[Watcher], period: float, t0: float,
+                       edges: Sequence[float],
+                       due: Optional[Callable[[int], float]] = None) -> List[List[float]]:
+    """The watchers' TICK lateness (s) in each window [edges[k], edges[k+1]) after ``t0``.
+
+    With ``due`` (TICK number -> when the server's schedule had it due, on the
+    ``time.monotonic`` clock) a TICK's lateness is its arrival minus that.
+    Without it, TICK n is due at base + n x period, base the earliest any
+    watcher was served in the whole run (:meth:`Crowd.lateness`'s rule, one
+    base for every window): that hides a delay every TICK has.
+    """
+    ticks = [(t, n) for w in watchers for t, n in list(w.ticks)]
+    out: List[List[float]] = [[] for _ in edges[1:]]
+    if not ticks:
+        return out
+    if due is None:
+        base = min(t - n * period for t, n in ticks)
+        due = lambda n: base + n * period  # noqa: E731
+    for t, n in ticks:
+        k = bisect.bisect_right(edges, t - t0) - 1
+        if 0 <= k < len(out):
+            out[k].append(t - due(n))
+    return out
 
 
 def snapshot(server: HostileServer) -> Dict[str, Any]:

@@ -30,7 +30,7 @@ def test_the_cluster_bench_runs_a_small_world_and_cleans_up(tmp_path, netns):
     require_tool("redis-server")
     out = tmp_path / "cluster.json"
     argv = [sys.executable, CLUSTER, "--count", "300", "--serve-count", "0" if netns else "150",
-            "--duration", "4", "--json", str(out)]
+            "--duration", "4", "--observers", "2", "--json", str(out)]
     before = netns_list() if netns else set()
     result = subprocess.run(argv + (["--netns"] if netns else []), capture_output=True,
                             text=True, timeout=300)
@@ -41,10 +41,18 @@ def test_the_cluster_bench_runs_a_small_world_and_cleans_up(tmp_path, netns):
     world = figures["world"]
     assert (world["players"], world["failed"], world["dropped"]) == (300, 0, 0)
     assert {"redis", "game", "gateway1", "gateway2"} <= set(world["processes"])
-    assert sum(world["players_per_gateway"].values()) == 300
+    assert sum(world["players_per_process"].values()) == 300 + world["observers_joined"]
+    # Observers on every gateway, timed against the authority's schedule.
+    assert world["lateness_source"] == "schedule" and world["lateness_p99_ms"] is not None
+    assert {r: v["observers"] for r, v in world["observers"].items()} == \
+        {"gateway1": 2, "gateway2": 2}
+    assert world["observers_dropped"] == 0
+    assert all(v["tick_share"] > 0 for v in world["observers"].values())
+    assert world["bots_nice"] == 10 and "bots" in world["processes"]
     assert "| players connected / failed / dropped | 300 / 0 / 0" in result.stdout
     if netns:
         assert netns_list() == before  # every namespace it made is gone
         assert "namespaces removed" in result.stdout
     else:
         assert figures["serve"]["players"] == 150
+        assert figures["serve"]["observers"]["serve"]["observers"] == 2

@@ -165,6 +165,9 @@ def test_stats_snapshot_agrees_with_metrics_and_is_json(h):
     assert snap["tick"]["duration_count"] == value(samples, "spelltraction_ticks_total")
     assert snap["rss_bytes"] > 1 << 20 and snap["cpu_s"] > 0
     assert abs(snap["time_s"] - time.time()) < 5
+    ticker = h.server.ticker  # the schedule, for benches: the last TICK's number and due time
+    assert snap["last_tick"]["number"] == snap["game_tick"]
+    assert snap["last_tick"]["due_monotonic_s"] == pytest.approx(ticker.deadline - ticker.period)
 
 
 def test_ops_routes_serve_all_four(h):
