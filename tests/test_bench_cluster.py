@@ -44,10 +44,10 @@ def test_the_cluster_bench_runs_a_small_world_and_cleans_up(tmp_path, netns):
     assert sum(world["players_per_process"].values()) == 300 + world["observers_joined"]
     # Observers on every gateway, timed against the authority's schedule.
     assert world["lateness_source"] == "schedule" and world["lateness_p99_ms"] is not None
-    assert {r: v["observers"] for r, v in world["observers"].items()} == \
-        {"gateway1": 2, "gateway2": 2}
+    assert {r: {e: v["observers"] for e, v in o.items()} for r, o in world["observers"].items()} == \
+        {"gateway1": {"first": 2, "last": 2}, "gateway2": {"first": 2, "last": 2}}
     assert world["observers_dropped"] == 0
-    assert all(v["tick_share"] > 0 for v in world["observers"].values())
+    assert all(v["tick_share"] > 0 for o in world["observers"].values() for v in o.values())
     assert world["bots_nice"] == 10 and "bots" in world["processes"]
     assert "| players connected / failed / dropped | 300 / 0 / 0" in result.stdout
     if netns:
@@ -55,4 +55,4 @@ def test_the_cluster_bench_runs_a_small_world_and_cleans_up(tmp_path, netns):
         assert "namespaces removed" in result.stdout
     else:
         assert figures["serve"]["players"] == 150
-        assert figures["serve"]["observers"]["serve"]["observers"] == 2
+        assert figures["serve"]["observers"]["serve"]["last"]["observers"] == 2
