@@ -30,8 +30,11 @@ Both sides get the same treatment:
   machines). Their own figures stay: players connected, failed, dropped,
   the share of ticks each received, and the tick interval they read (their
   own CPU wait in it, so not the lateness figure).
-- ``--pin-gateways``: gateway k on CPU k % ncpu (serve on gateway 1's);
-  off by default (see docs/CLUSTER.md for what it did here).
+- **Pinned**: gateway k on CPU k % ncpu, serve on gateway 1's (``--no-pin``:
+  none). Both gateways are woken by the same publication and broadcast at
+  once; unpinned, at 3,000 players each, a broadcast took ~70 ms of wall
+  time for ~31 ms of its CPU, pinned ~40 ms, and serve's last players' p99
+  fell too (docs/CLUSTER.md). Redis, the authority and the bots float.
 
 Samples each process's CPU time and RSS (/proc/PID/stat, statm) once a second
 and the roles' /stats.json every 5 s, and reports over the hold: CPU % and
@@ -324,7 +327,7 @@ def exempt_bots(ns: Optional[Netns]) -> List[str]:
 
 
 def pinned(k: int, pin: bool) -> List[int]:
-    """--pin-gateways: gateway k (and serve, as gateway 0) on CPU k % ncpu; else none."""
+    """Gateway k (serve as gateway 0) on CPU k % ncpu; with --no-pin, anywhere."""
     if not pin or not hasattr(os, "sched_setaffinity"):
         return []
     return [k % (os.cpu_count() or 1)]
@@ -490,6 +493,7 @@ def run_system(children: Children, system: System, count: int, duration: float,
         best_players = 0
         last_joined = False
         while any(procs[b].poll() is None for b in bot_names):
+            just_joined = False
             if not last_joined:
                 now = {r: http_json("127.0.0.1", admins[r], "/stats.json", ns, home(r))
                        for r in system.player_roles}
@@ -499,7 +503,7 @@ def run_system(children: Children, system: System, count: int, duration: float,
                     more, last = join_observers(system, observers, ns, seed=2)
                     crowds += more
                     by_role.update({(r, "last"): v for r, v in last.items()})
-                    last_joined = True
+                    last_joined = just_joined = True
                     say(f"{system.name}: {players} players in after "
                         f"{time.monotonic() - bots_started:.0f} s; last observers " +
                         ", ".join(f"{r} {len(v)}" for r, v in last.items()))
@@ -514,7 +518,7 @@ def run_system(children: Children, system: System, count: int, duration: float,
                 except OSError:
                     row[r] = (0.0, 0)
             samples.append(row)
-            if len(samples) % 5 == 0:  # the roles' own figures, at the fullest moment
+            if len(samples) % 5 == 0 or just_joined:  # the roles' own figures, at the fullest
                 now = {r: http_json("127.0.0.1", p, "/stats.json", ns, home(r))
                        for r, p in admins.items()}
                 schedule.add(now.get(system.schedule_role))
@@ -747,8 +751,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--bots-nice", type=int, default=10,
                     help="niceness of the bot processes, both runs (default 10: the load "
                          "generator yields to what it measures; 0: none)")
-    ap.add_argument("--pin-gateways", action="store_true",
-                    help="gateway k on CPU k %% ncpu, serve on gateway 1's (default: no pinning)")
+    ap.add_argument("--no-pin", dest="pin_gateways", action="store_false",
+                    help="don't pin gateway k to CPU k %% ncpu and serve to gateway 1's "
+                         "(pinned by default: two gateways broadcasting the same TICK at the "
+                         "same moment no longer share a core; see docs/CLUSTER.md)")
     ap.add_argument("--netns", action="store_true",
                     help="across network namespaces (root; 10.99.0.0/24 inside them only)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "cluster.json"),
@@ -808,12 +814,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             ns.close()
             print("namespaces removed", flush=True)
     print(report(world, serve), flush=True)
+    print(f"gateways (and serve) {'pinned, gateway k on CPU k % ncpu' if args.pin_gateways else 'not pinned'}; "
+          f"bots at nice +{args.bots_nice}; {args.observers} observers per process at each end "
+          "of the broadcast", flush=True)
     load_after = load_average()
     print(f"load average after: {load_after}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"world": world, "serve": serve, "netns": args.netns,
-                   "pin_gateways": args.pin_gateways, "bots_nice": args.bots_nice,
+                   "pinned": args.pin_gateways, "bots_nice": args.bots_nice,
                    "lateness_source": LATENESS_SOURCES[world["lateness_source"]],
                    "targets": [dict(zip(("target", "measured", "limit", "met"), t))
                                for t in targets(world)],
