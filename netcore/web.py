@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
-from .framing import DEFAULT_MAX_FRAME, FrameParser
+from .framing import DEFAULT_MAX_FRAME, StreamFrames
 from .http import HttpError, Request, RequestParser, error_response, response
 from .loop import EventLoop, Timer
 from .ringbuffer import BytesLike
@@ -165,8 +165,8 @@ class WebFront:
 
     A codec factory: ``TCPServer(loop, handler, config, codec_factory=front)``
     gives each new connection ``front(conn)``, a sniffer whose first byte
-    decides between ``binary()`` (default: a u16 :class:`FrameParser` of
-    ``DEFAULT_MAX_FRAME``) and HTTP. One front may serve several servers
+    decides between ``binary()`` (default: u16 frames of
+    ``DEFAULT_MAX_FRAME``, one :class:`StreamFrames` for all) and HTTP. One front may serve several servers
     on one loop.
     """
 
@@ -178,7 +178,8 @@ class WebFront:
             self.static = StaticFiles(cfg.static_root, headers=cfg.headers,
                                       reader=cfg.static_reader)
         self.stats = WebStats()
-        self.binary: Callable[[], Codec] = lambda: FrameParser(DEFAULT_MAX_FRAME)
+        frames = StreamFrames(DEFAULT_MAX_FRAME)
+        self.binary: Callable[[], Codec] = lambda: frames
         if binary is not None:
             self.set_binary(binary)
         # HTTP connections and when their current deadline started.
