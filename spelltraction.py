@@ -1982,10 +1982,15 @@ class GameServer(Handler):
         v2 = self.v2_conns if news else None
         # A player whose YOU changed gets the shared frames and its YOU in
         # one send (one WebSocket message), in its usual place in the order.
-        private = {}
-        for conn, you in yous:
-            shared = data + news if v2 is not None and conn in v2 else data
-            private[conn] = conn.codec.wrap(shared + you)
+        if v2 is None and not self.ws_players:
+            # The common case (no FAME, no WebSocket player): the frames go
+            # as they are, so no per-player wrap (every player's, all moving).
+            private = {conn: data + you for conn, you in yous}
+        else:
+            private = {}
+            for conn, you in yous:
+                shared = data + news if v2 is not None and conn in v2 else data
+                private[conn] = conn.codec.wrap(shared + you)
         if v2:  # version-2 players also get this tick's FAME; version 1 never does
             self._broadcast(data, nframes, [c for c in everyone if c not in v2], private)
             self._broadcast(data + news, nframes + 1, [c for c in everyone if c in v2], private)
@@ -3217,6 +3222,7 @@ class Gateway(_ClusterRole, GameServer):
         self.private_number = 0
         self.full_due = True
         self.world_players = 0
+        self.world_connections = 0  # from the authority's last STATS: a paused STATS says it
         self.world_tick = -1
         self.ticks_in = 0
         # The newest TICK read and not yet sent (see on_bus), the YOUs that go
@@ -3342,7 +3348,7 @@ class Gateway(_ClusterRole, GameServer):
         v2 = [c for c in self.players if c in self.v2_conns]
         if not v2:
             return
-        data = frame(Stats(self.net.stats.connections, self.world_players,
+        data = frame(Stats(self.world_connections, self.world_players,
                            int(time.time() - self.started), rss_kb(), self.start_rss_kb,
                            PAUSED_P99))
         self._broadcast(data, 1, v2, {})
@@ -3454,6 +3460,13 @@ class Gateway(_ClusterRole, GameServer):
         at += BUS_TICK_HEAD.size
         shared, news = data[at:at + n], data[at + n:]
         self.world_tick, self.world_players = tick, players
+        if nframes > 1:  # TICK, then SCORED and/or STATS (every 51 ticks)
+            at = 0
+            while at + 3 <= len(shared):
+                size = int.from_bytes(shared[at:at + 2], "big")
+                if shared[at + 2] == STATS and size == _STATS.size:
+                    self.world_connections = _STATS.unpack_from(shared, at + 2)[1]
+                at += 2 + size
         self.ticks_in += 1
         self.last_tick_at = self.loop.time()
         if self.paused:

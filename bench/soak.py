@@ -620,6 +620,9 @@ def run(args: argparse.Namespace, log: IO[str]) -> Dict[str, Any]:
                 t0 = time.monotonic()
                 result["t0_monotonic"] = t0
                 schedule(args, result, server, bots, crowd, t0, period, say, windows)
+            except Exception as exc:  # keep what was measured: it is written all the same
+                result["errors"].append(f"{type(exc).__name__}: {exc}")
+                say(f"error: {type(exc).__name__}: {exc}")
             finally:
                 wind_down()  # a second Ctrl-C here cuts it short: stoppable kills the rest
     finally:
@@ -677,6 +680,13 @@ def schedule(args: argparse.Namespace, result: Dict[str, Any], server: Server, b
             break
         if now >= end + 300:  # a window or wave that never ends: give up on it
             result["errors"].append("the last attack window or churn wave did not finish")
+            break
+        if server.proc.poll() is not None:
+            result["errors"].append(f"the server exited ({server.proc.returncode}) at {now:.0f} s")
+            break
+        gone = [k for k, p in enumerate(bots.procs) if p.poll() is not None]
+        if gone:
+            result["errors"].append(f"bot process(es) {gone} exited at {now:.0f} s")
             break
         if now >= next_sample:
             cpu_then, cpu_before = bots_cpu
@@ -775,6 +785,7 @@ def finish_observers(result: Dict[str, Any], crowd: "Crowd", t0: float, period: 
     for k, values in enumerate(late):
         row = by_minute.get(k, {"minute": k, "server_lateness_p99_le_ms": None})
         row["ticks_seen"] = len(values)
+        row["lateness_p50_ms"] = round(percentile(values, 50) * 1000, 1) if values else None
         row["lateness_p99_ms"] = round(percentile(values, 99) * 1000, 1) if values else None
         row["lateness_max_ms"] = round(max(values) * 1000, 1) if values else None
         result["minutes"].append(row)
@@ -847,8 +858,8 @@ def report_text(result: Dict[str, Any]) -> str:
     lines += ["Per minute (tick lateness: observers' kernel receive times; server: its "
               "scheduler, the /metrics bucket holding the p99):", ""]
     lines.append(fmt_table(
-        ["minute", "lateness p99 ms", "lateness max ms", "server p99 (bucket)", "ticks seen"],
-        [[m["minute"], fmt(m.get("lateness_p99_ms"), ""), fmt(m.get("lateness_max_ms"), ""),
+        ["minute", "lateness p50 ms", "p99 ms", "max ms", "server p99 (bucket)", "ticks seen"],
+        [[m["minute"], fmt(m.get("lateness_p50_ms"), ""), fmt(m.get("lateness_p99_ms"), ""), fmt(m.get("lateness_max_ms"), ""),
           "-" if m.get("server_lateness_p99_le_ms") is None
           else f"≤ {m['server_lateness_p99_le_ms']:g} ms", m.get("ticks_seen", 0)]
          for m in result["minutes"]]))
@@ -996,7 +1007,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f.write(chart(result))
     print(f"wrote {args.json} and {args.svg}")
     return 0 if all(t["met"] is not False for t in result["targets"]) \
-        and not result["interrupted"] else 1
+        and not result["interrupted"] and not result["errors"] else 1
 
 
 if __name__ == "__main__":

@@ -112,6 +112,8 @@ class Player:
         self.welcomes = 0
         self.score = -1
         self.paused_stats = 0
+        self.stat: Optional[st.Stats] = None  # the last STATS, and the last "paused" one
+        self.paused_stat: Optional[st.Stats] = None
         self.errors: List[st.Error] = []
         self.closed = False
         if version == st.PROTOCOL_V2:
@@ -148,6 +150,9 @@ class Player:
                     self.score = msg.score
                 elif isinstance(msg, st.Stats) and msg.tick_p99_us == st.PAUSED_P99:
                     self.paused_stats += 1
+                    self.paused_stat = msg
+                elif isinstance(msg, st.Stats):
+                    self.stat = msg
                 elif isinstance(msg, st.Error):
                     self.errors.append(msg)
 

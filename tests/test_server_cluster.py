@@ -141,12 +141,16 @@ def test_authority_kill_9_and_restart_keeps_every_socket_and_score(world):
     shown = [p.score for p in players]
     assert sum(shown) > 0, "nothing scored: the test would prove nothing"
     ids = [p.welcome.player_id for p in players]
+    pump_all(players + v1, 2.7)  # a world STATS (every 51 ticks) passes the gateways
     a.stop(signal.SIGKILL)
     pump_all(players + v1, 0.5)  # what was on its way
     last = max(p.last_tick() for p in players)
     pump_all(players + v1, 2.5)  # paused: v2 players are told, nobody is dropped
     assert all(p.paused_stats >= 1 for p in players)
     assert max(p.last_tick() for p in players + v1) == last
+    # A paused STATS still describes the world, as the authority last did.
+    for p in players:
+        assert (p.paused_stat.players, p.paused_stat.connections) == (18, 18), p.paused_stat
     restarted = time.monotonic()
     world.game(*FAST)
     for p in players + v1:

@@ -82,6 +82,34 @@ static int count, connected, failed, dropped, epfd;
 static long long frames, bytes_in, moves_sent, latency_samples;
 static double hold_start = 1e300;
 
+/* The players' next moves: a binary min-heap of bot indices by move_at. */
+static int *heap, heap_len;
+
+static void heap_push(int i) {
+    int k = heap_len++;
+    while (k > 0) {
+        int parent = (k - 1) / 2;
+        if (bots[heap[parent]].move_at <= bots[i].move_at) break;
+        heap[k] = heap[parent];
+        k = parent;
+    }
+    heap[k] = i;
+}
+
+static int heap_pop(void) {
+    int top = heap[0], last = heap[--heap_len], k = 0;
+    for (;;) {
+        int c = 2 * k + 1;
+        if (c >= heap_len) break;
+        if (c + 1 < heap_len && bots[heap[c + 1]].move_at < bots[heap[c]].move_at) c++;
+        if (bots[last].move_at <= bots[heap[c]].move_at) break;
+        heap[k] = heap[c];
+        k = c;
+    }
+    if (heap_len) heap[k] = last;
+    return top;
+}
+
 static void drop(Bot *b, int was_playing) {
     epoll_ctl(epfd, EPOLL_CTL_DEL, b->fd, NULL);
     close(b->fd);
@@ -132,8 +160,10 @@ static void on_readable(Bot *b, double t, double move_every) {
             if (end - pos < 2 + len) break;
             int was = b->state;
             on_frame(b, b->buf + pos + 2, len, t);
-            if (was != PLAYING && b->state == PLAYING)
+            if (was != PLAYING && b->state == PLAYING && move_every > 0) {
                 b->move_at = t + uniform() * move_every; /* a random phase */
+                heap_push((int)(b - bots));
+            }
             pos += 2 + len;
         }
         if (end - pos >= BUF) { drop(b, b->state == PLAYING); return; } /* a frame > BUF */
@@ -188,6 +218,7 @@ int main(int argc, char **argv) {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &addr.sin_addr);
     bots = calloc(count, sizeof *bots);
+    heap = malloc(sizeof *heap * (size_t)(count > 0 ? count : 1));
     unsigned char *bufs = malloc((size_t)count * BUF);
     epfd = epoll_create1(0);
     for (int i = 0; i < count; i++) bots[i].buf = bufs + (size_t)i * BUF, bots[i].fd = -1;
@@ -201,8 +232,10 @@ int main(int argc, char **argv) {
     uint16_t seq = 0;
     for (;;) {
         double t = now();
-        /* open up to 256 at a time, 1,024 connects outstanding at most */
-        for (int k = 0; k < 256 && opened < count && outstanding < 1024; k++, opened++) {
+        /* Up to 256 at a time, and at most 512 players between connect() and
+         * WELCOME: paced by how fast the server lets players in, so its
+         * accept queue never overflows (a dropped SYN waits 1, 3, 7... s). */
+        for (int k = 0; k < 256 && opened < count && outstanding < 512; k++, opened++) {
             if (start_connect(&bots[opened], &addr) < 0) { failed++; bots[opened].state = DONE; }
             else outstanding++;
         }
@@ -222,30 +255,29 @@ int main(int argc, char **argv) {
             }
         }
         if (t >= end) break;
-        /* moves due: a scan (60,000 a second at 15,000 players is cheap in C) */
+        /* moves due, earliest first, with those due within the next millisecond:
+         * the loop sleeps at least 1 ms instead of spinning between moves */
         double next_move = t + 0.05;
-        if (move_every > 0) {
-            for (int i = 0; i < count; i++) {
-                Bot *b = &bots[i];
-                if (b->state != PLAYING) continue;
-                if (b->move_at <= t) {
-                    seq++;
-                    uint16_t x = (uint16_t)(uniform() * BOARD_W), y = (uint16_t)(uniform() * BOARD_H);
-                    unsigned char m[9] = {0, 7, MOVE, seq >> 8, seq & 0xFF, x >> 8, x & 0xFF,
-                                          y >> 8, y & 0xFF};
-                    if (send(b->fd, m, sizeof m, MSG_NOSIGNAL) == (ssize_t)sizeof m) {
-                        moves_sent++;
-                        b->seq = seq;
-                        b->sent_at = t;
-                    }
-                    b->move_at += move_every;
-                    if (b->move_at <= t) b->move_at = t + move_every; /* fell behind: no burst */
-                }
-                if (b->move_at < next_move) next_move = b->move_at;
+        while (heap_len && bots[heap[0]].move_at <= t + 0.001) {
+            int i = heap_pop();
+            Bot *b = &bots[i];
+            if (b->state != PLAYING) continue; /* gone: out of the schedule */
+            seq++;
+            uint16_t x = (uint16_t)(uniform() * BOARD_W), y = (uint16_t)(uniform() * BOARD_H);
+            unsigned char m[9] = {0, 7, MOVE, seq >> 8, seq & 0xFF, x >> 8, x & 0xFF,
+                                  y >> 8, y & 0xFF};
+            if (send(b->fd, m, sizeof m, MSG_NOSIGNAL) == (ssize_t)sizeof m) {
+                moves_sent++;
+                b->seq = seq;
+                b->sent_at = t;
             }
+            b->move_at += move_every;
+            if (b->move_at <= t) b->move_at = t + move_every; /* fell behind: no burst */
+            heap_push(i);
         }
+        if (heap_len && bots[heap[0]].move_at < next_move) next_move = bots[heap[0]].move_at;
         int timeout = (int)((next_move - now()) * 1000);
-        if (timeout < 0) timeout = 0;
+        if (timeout < 1) timeout = 1;
         if (opened < count) timeout = 0;
         int n = epoll_wait(epfd, events, 1024, timeout);
         t = now();
@@ -256,8 +288,8 @@ int main(int argc, char **argv) {
                 int err = 0;
                 socklen_t len = sizeof err;
                 getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-                outstanding--;
                 if (err || send(b->fd, hello, sizeof hello, MSG_NOSIGNAL) != sizeof hello) {
+                    outstanding--;
                     drop(b, 0);
                     continue;
                 }
@@ -266,7 +298,9 @@ int main(int argc, char **argv) {
                 epoll_ctl(epfd, EPOLL_CTL_MOD, b->fd, &ev);
                 continue;
             }
+            int was = b->state;
             on_readable(b, t, move_every);
+            if (was == HELLO_SENT && b->state != HELLO_SENT) outstanding--; /* in, or gone */
         }
     }
     /* tick fraction per player: ticks received / ticks the server numbered meanwhile */
