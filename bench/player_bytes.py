@@ -15,6 +15,7 @@ reports, divided by the number of players:
 
     python3 bench/player_bytes.py --count 5000          # the table, traced
     python3 bench/player_bytes.py --count 5000 --rss    # RSS per player only
+    python3 bench/player_bytes.py --count 2000 --ws     # browser players (WebSocket)
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
     return rows
 
 
-def run(count: int, trace: bool, hold: float) -> Dict[str, Any]:
+def run(count: int, trace: bool, hold: float, ws: bool = False) -> Dict[str, Any]:
     import spelltraction as st
     from netcore import EventLoop
 
@@ -110,7 +111,8 @@ def run(count: int, trace: bool, hold: float) -> Dict[str, Any]:
     snap0 = tracemalloc.take_snapshot() if trace else None
     bots = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "spelltraction.py"), "bots", "--port", str(port),
-         "--count", str(count), "--duration", str(hold + 30), "--log-level", "error"],
+         "--count", str(count), "--duration", str(hold + 30), "--log-level", "error",
+         *(["--ws"] if ws else [])],
         stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -146,9 +148,10 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=5000)
     ap.add_argument("--hold", type=float, default=2.0)
     ap.add_argument("--rss", action="store_true", help="RSS only, no tracemalloc")
+    ap.add_argument("--ws", action="store_true", help="the bots come over WebSocket")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    out = run(args.count, not args.rss, args.hold)
+    out = run(args.count, not args.rss, args.hold, args.ws)
     if args.json:
         print(json.dumps(out))
         return 0

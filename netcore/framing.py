@@ -259,6 +259,11 @@ class StreamFrames(_StatelessFrames):
 
     __slots__ = ()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held (as a FrameParser says): never any."""
+        return 0
+
     def feed(self, data: BytesLike) -> List[bytes]:
         """Payloads completed by ``data`` (see :meth:`LengthPrefixedOutput.feed`)."""
         # The common case first: ``data`` is exactly one whole frame (a move).

@@ -29,7 +29,7 @@ from typing import (
 from .addrlimit import DEFAULT_EXEMPT, AddressLimits, Key, address_key, parse_networks
 from .codec import Codec, ProtocolError, SilentCodec
 from .connection import CloseReason, CodecFactory, Connection, OwnerBase
-from .framing import DEFAULT_MAX_FRAME, FrameParser, encode_frame
+from .framing import DEFAULT_MAX_FRAME, StreamFrames, encode_frame
 from .handler import Handler
 from .loop import EventLoop, Readiness, Timer
 from .proxyproto import ProxyHeader, ProxyHeaderReader, starts_proxy_header
@@ -263,8 +263,9 @@ class TCPServer(OwnerBase):
 
     Each accepted socket becomes a :class:`~netcore.connection.Connection`
     owned by this server, with the codec ``codec_factory(conn)`` makes (by
-    default a u16-framed :class:`~netcore.framing.FrameParser` of
-    ``config.max_frame``; a :class:`~netcore.web.WebFront` adds HTTP and
+    default u16 frames of ``config.max_frame``: one
+    :class:`~netcore.framing.StreamFrames` for all, a connection getting a
+    parser of its own only for a split frame; a :class:`~netcore.web.WebFront` adds HTTP and
     WebSocket on the same port), and ``handler`` hears its events (see
     :mod:`netcore.handler` for the order). The server enforces
     ``config``'s limits, counts everything in ``stats`` and can
@@ -284,10 +285,9 @@ class TCPServer(OwnerBase):
         self.loop = loop
         self.handler = handler
         self.config = config if config is not None else ServerConfig()
-        max_frame = self.config.max_frame
+        frames = StreamFrames(self.config.max_frame)
         self.codec_factory: CodecFactory = (
-            codec_factory if codec_factory is not None
-            else (lambda conn: FrameParser(max_frame))
+            codec_factory if codec_factory is not None else (lambda conn: frames)
         )
         self.stats = NetStats()
         self.connections: Dict[int, Connection] = {}

@@ -27,11 +27,13 @@ either: a request head is capped at 16 KiB.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (
+    Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union,
+)
 
 from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
-from .framing import DEFAULT_MAX_FRAME, FrameParser
+from .framing import DEFAULT_MAX_FRAME, StreamFrames
 from .http import HttpError, Request, RequestParser, error_response, response
 from .loop import EventLoop, Timer
 from .ringbuffer import BytesLike
@@ -165,8 +167,8 @@ class WebFront:
 
     A codec factory: ``TCPServer(loop, handler, config, codec_factory=front)``
     gives each new connection ``front(conn)``, a sniffer whose first byte
-    decides between ``binary()`` (default: a u16 :class:`FrameParser` of
-    ``DEFAULT_MAX_FRAME``) and HTTP. One front may serve several servers
+    decides between ``binary()`` (default: u16 frames of
+    ``DEFAULT_MAX_FRAME``, one :class:`StreamFrames` for all) and HTTP. One front may serve several servers
     on one loop.
     """
 
@@ -178,7 +180,8 @@ class WebFront:
             self.static = StaticFiles(cfg.static_root, headers=cfg.headers,
                                       reader=cfg.static_reader)
         self.stats = WebStats()
-        self.binary: Callable[[], Codec] = lambda: FrameParser(DEFAULT_MAX_FRAME)
+        frames = StreamFrames(DEFAULT_MAX_FRAME)
+        self.binary: Callable[[], Codec] = lambda: frames
         if binary is not None:
             self.set_binary(binary)
         # HTTP connections and when their current deadline started.
@@ -186,7 +189,10 @@ class WebFront:
         self._timer: Optional[Timer] = None
         # Upgraded connections: [their codec's reads when last seen, when
         # they last sent something, pinged since].
-        self._ws_watched: Dict[Connection, List[Any]] = {}
+        # WebSocket connections kept alive: when each was last heard from (one
+        # float shared by all those a sweep saw), and those pinged since.
+        self._ws_watched: Dict[Connection, float] = {}
+        self._ws_pinged: Set[Connection] = set()
         self._ws_timer: Optional[Timer] = None
 
     def set_binary(self, binary: Callable[[], Codec]) -> None:
@@ -372,7 +378,7 @@ class WebFront:
 
     def _watch_ws(self, conn: Connection) -> None:
         loop = conn.owner.loop
-        self._ws_watched[conn] = [0, loop.time(), False]
+        self._ws_watched[conn] = loop.time()
         if self._ws_timer is None:
             self._ws_timer = loop.call_later(self._ws_period(), lambda: self._ws_sweep(loop))
 
@@ -381,18 +387,22 @@ class WebFront:
         self._ws_timer = None
         cfg = self.config
         now = loop.time()
-        watched = self._ws_watched
-        for conn, seen in list(watched.items()):
+        watched, pinged = self._ws_watched, self._ws_pinged
+        for conn, since in list(watched.items()):
             codec = conn.codec
             if not conn.is_open or not isinstance(codec, WebSocketCodec):
                 del watched[conn]
+                pinged.discard(conn)
                 continue
-            if codec.reads != seen[0]:
-                seen[0], seen[1], seen[2] = codec.reads, now, False
+            if codec.reads:  # heard from since the last sweep
+                codec.reads = 0
+                watched[conn] = now
+                pinged.discard(conn)
                 continue
-            idle = now - seen[1]
+            idle = now - since
             if cfg.idle_timeout is not None and idle >= cfg.idle_timeout:
                 del watched[conn]
+                pinged.discard(conn)
                 conn.owner.stats.limit("ws-idle")
                 text = f"nothing received for {idle:.0f} s, not even a pong"
                 bye = codec.closing(b"", CloseCode.INTERNAL_ERROR, text)
@@ -400,8 +410,8 @@ class WebFront:
                     conn.close_after_flush("ws-idle", text)
                 else:
                     conn.close("ws-idle", text)
-            elif cfg.ping_interval is not None and not seen[2] and idle >= cfg.ping_interval:
-                seen[2] = True
+            elif cfg.ping_interval is not None and conn not in pinged and idle >= cfg.ping_interval:
+                pinged.add(conn)
                 conn.write(_PING)
         if watched:
             self._ws_timer = loop.call_later(self._ws_period(), lambda: self._ws_sweep(loop))

@@ -172,7 +172,7 @@ class WebSocketCodec(_WebSocketEnd):
         (see :class:`~netcore.websocket.WebSocketParser`)."""
         super().__init__(conn, inner, max_message, False, **limits)
         self.subprotocol = subprotocol
-        self.reads = 0  # reads fed so far: the front's keepalive watches it move
+        self.reads = 0  # reads fed since the front's keepalive last looked (it resets it)
 
     def feed(self, data: BytesLike) -> List[bytes]:
         self.reads += 1
