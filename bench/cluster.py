@@ -746,8 +746,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds to hold")
     ap.add_argument("--move-every", type=float, default=80.0)
     ap.add_argument("--observers", type=int, default=4,
-                    help="observer players per gateway and on serve (one in four over "
-                         "WebSocket; default 4)")
+                    help="observer players per gateway and on serve, at each end of the "
+                         "broadcast order (one in four over WebSocket; default 4)")
     ap.add_argument("--bots-nice", type=int, default=10,
                     help="niceness of the bot processes, both runs (default 10: the load "
                          "generator yields to what it measures; 0: none)")
