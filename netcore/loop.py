@@ -59,6 +59,12 @@ Ready = List[Tuple["Readiness", int]]
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 _EPOLLOUT = getattr(select, "EPOLLOUT", 4)
 _EPOLLET = getattr(select, "EPOLLET", 1 << 31)
+_EPOLLRDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
+# The peer hung up (FIN: RDHUP; RST or error: HUP, ERR). No further edge will
+# come for that, so an edge-triggered socket reporting it goes back to level
+# triggering: a read that returned the data before the FIN does not see the
+# EOF, and the next poll must report the socket again until it is closed.
+_HANGUP = _EPOLLRDHUP | getattr(select, "EPOLLHUP", 0x10) | getattr(select, "EPOLLERR", 0x8)
 
 class Readiness:
     """What the loop calls when a registered file object is ready.
@@ -68,7 +74,9 @@ class Readiness:
     costs the kernel no second readiness check at the next poll. Such a
     handler must read until the kernel has nothing left (a short read), or
     else ask for another turn with :meth:`EventLoop.ready_again`: no new
-    event comes for what is already waiting.
+    event comes for what is already waiting. A socket whose peer hung up
+    (FIN or RST, perhaps queued behind data one short read returned) is
+    polled level-triggered from then on, so its end is always seen.
     """
 
     __slots__ = ()
@@ -214,7 +222,7 @@ class _EpollPoller:
         mask = (_EPOLLIN if events & EVENT_READ else 0) | (
             _EPOLLOUT if events & EVENT_WRITE else 0)
         if handler.edge_triggered:
-            mask |= _EPOLLET
+            mask |= _EPOLLET | _EPOLLRDHUP
         if new:
             self._epoll.register(fd, mask)
             if fd >= len(handlers):  # grows in steps, as a list does
@@ -259,12 +267,24 @@ class _EpollPoller:
             if ev == _EPOLLIN:
                 append((handler, EVENT_READ))
                 continue
+            events = self._events.get(fd, EVENT_READ)
+            if ev & _HANGUP and handler.edge_triggered:
+                self._level_triggered(fd, events)
             mask = (EVENT_READ if ev & ~_EPOLLOUT else 0) | (
                 EVENT_WRITE if ev & ~_EPOLLIN else 0)
-            mask &= self._events.get(fd, EVENT_READ)
+            mask &= events
             if mask:
                 append((handler, mask))
         return out
+
+    def _level_triggered(self, fd: int, events: int) -> None:
+        """Poll ``fd`` level-triggered from now on (until a ``modify``): it hung up."""
+        mask = (_EPOLLIN if events & EVENT_READ else 0) | (
+            _EPOLLOUT if events & EVENT_WRITE else 0)
+        try:
+            self._epoll.modify(fd, mask)
+        except OSError:  # closed meanwhile: nothing left to report
+            pass
 
     def close(self) -> None:
         self._epoll.close()

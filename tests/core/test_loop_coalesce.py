@@ -12,7 +12,7 @@ import pytest
 
 from netcore import EventLoop, Readiness, ServerConfig, TCPServer, encode_frame
 from netcore.loop import DEFAULT_COALESCE, EVENT_READ, EVENT_WRITE, _EpollPoller
-from conftest import Echo, FakeClock
+from conftest import Echo, FakeClock, run_until, serve
 from helpers import read_frames
 
 
@@ -230,3 +230,61 @@ def test_connections_are_polled_edge_triggered_and_listeners_not():
     from netcore.server import Listener
     assert Connection.edge_triggered
     assert not Listener.edge_triggered  # accepts a batch per wake-up: must be told again
+
+
+class ShortReader(Readiness):
+    """Edge-triggered; reads once per event, as a connection does after a short read."""
+
+    edge_triggered = True
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.reads = []
+
+    def on_ready(self, mask):
+        try:
+            self.reads.append(self.sock.recv(4096))
+        except ConnectionResetError:
+            self.reads.append("reset")
+
+
+@pytest.mark.parametrize("hang_up", ["fin", "rst"])
+def test_epoll_poller_reports_a_hung_up_edge_triggered_socket_until_it_is_read_dry(hang_up):
+    """Data and the hang-up arrive before one poll: the read that gets the data does
+    not see the EOF, and no new edge will come, so the next poll must report it again."""
+    if not hasattr(__import__("select"), "epoll"):
+        pytest.skip("select.epoll is Linux-only")
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    ours.setblocking(False)
+    poller = _EpollPoller()
+    h = ShortReader(ours)
+    poller.register(ours, EVENT_READ, h)
+    peer.send(b"half a frame")
+    if hang_up == "rst":
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    peer.close()
+    for _ in range(2):
+        for handler, mask in poller.poll(1.0):
+            handler.on_ready(mask)
+    # the data first, then the EOF, or the reset's error
+    assert h.reads[:2] == [b"half a frame", b"" if hang_up == "fin" else "reset"]
+    poller.close()
+    ours.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("linger", [False, True])
+def test_a_connection_that_sends_then_hangs_up_before_the_first_poll_is_closed(linger):
+    """Accepted with half a frame and the FIN (or RST) already queued: the server reads
+    the half frame, then must still see the hang-up and close (no fd left behind)."""
+    loop, server, handler = serve()
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.send(encode_frame(b"hello")[:3])
+    if linger:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    client.close()
+    run_until(loop, lambda: handler.closed, timeout=5.0)
+    assert not server.connections
+    server.close()
