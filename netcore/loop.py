@@ -66,6 +66,11 @@ _EPOLLRDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
 # EOF, and the next poll must report the socket again until it is closed.
 _HANGUP = _EPOLLRDHUP | getattr(select, "EPOLLHUP", 0x10) | getattr(select, "EPOLLERR", 0x8)
 
+def _epoll_mask(events: int) -> int:
+    """The level-triggered epoll mask for selectors' ``EVENT_READ``/``EVENT_WRITE``."""
+    return (_EPOLLIN if events & EVENT_READ else 0) | (_EPOLLOUT if events & EVENT_WRITE else 0)
+
+
 class Readiness:
     """What the loop calls when a registered file object is ready.
 
@@ -219,8 +224,7 @@ class _EpollPoller:
             raise KeyError(f"{fileobj!r} (fd {fd}) is {state} registered")
         if not events or events & ~(EVENT_READ | EVENT_WRITE):
             raise ValueError(f"invalid events: {events!r}")
-        mask = (_EPOLLIN if events & EVENT_READ else 0) | (
-            _EPOLLOUT if events & EVENT_WRITE else 0)
+        mask = _epoll_mask(events)
         if handler.edge_triggered:
             mask |= _EPOLLET | _EPOLLRDHUP
         if new:
@@ -279,10 +283,8 @@ class _EpollPoller:
 
     def _level_triggered(self, fd: int, events: int) -> None:
         """Poll ``fd`` level-triggered from now on (until a ``modify``): it hung up."""
-        mask = (_EPOLLIN if events & EVENT_READ else 0) | (
-            _EPOLLOUT if events & EVENT_WRITE else 0)
         try:
-            self._epoll.modify(fd, mask)
+            self._epoll.modify(fd, _epoll_mask(events))
         except OSError:  # closed meanwhile: nothing left to report
             pass
 
