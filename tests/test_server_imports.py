@@ -1,20 +1,24 @@
 """What a game server carries: not the code only doctor or tests use."""
 
-import os
 import subprocess
 import sys
 
 from serverproc import GAME, ROOT, Spawned
 
 
+def python_prints(code: str) -> str:
+    """What a fresh interpreter running ``code`` in the project's root prints; it must succeed."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_importing_the_game_loads_no_redis_client_tk_or_test_helpers():
     code = ("import sys, spelltraction; "
             "print(sorted(m for m in ('netcore.redis', 'netcore.resp', 'netcore.testing', "
             "'tkinter', 'pytest') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert python_prints(code).strip() == "[]"
 
 
 def test_a_server_started_as_a_script_runs_this_file_whatever_the_current_directory(tmp_path):
@@ -34,7 +38,4 @@ def test_listening_on_an_ascii_host_loads_no_idna_codec():
     code = ("import sys; from netcore.server import bind_listeners; "
             "socks = bind_listeners(['127.0.0.1', 'localhost'], 0, 8); "
             "print(len(socks) > 0, 'encodings.idna' in sys.modules, 'unicodedata' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "False", "False"]
+    assert python_prints(code).split() == ["True", "False", "False"]
