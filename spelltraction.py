@@ -2448,6 +2448,7 @@ def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerO
         return None
     # Before saying "listening": a SIGTERM right after must find the handlers.
     ServerSignals(loop, server).install()
+    _forget_precompiled()
     release_freed_memory()
     # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
     # no player yet: taken before the start-up heap was released it read
@@ -6130,6 +6131,37 @@ def _parse_colour(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, without its ``import shutil`` to learn the width.
+
+    That import brings fnmatch, bz2 and lzma into every server that parses
+    its command line: 0.6 MiB of a process that runs with ``-S`` (see
+    ``_serve_as_module``), for a width only ``--help`` uses. The width
+    comes from where ``shutil.get_terminal_size`` would look.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        if width is None:
+            try:
+                width = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                try:
+                    width = os.get_terminal_size(1).columns  # standard output
+                except (ValueError, OSError):
+                    width = 80
+            width -= 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser (and its subcommands' parsers) laid out by ``_HelpFormatter``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
     """--redis URL and where its password comes from (never argv)."""
     parser.add_argument("--redis", metavar="URL", default=None,
@@ -6162,7 +6194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "--help", "--version"}
     if not argv or argv[0] not in commands:
         argv.insert(0, "serve")
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="spelltraction",
         description="SpellTraction: a massively multiplayer letter game on netcore.",
     )
@@ -6172,9 +6204,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # The options, by who takes them: the player side (serve, gateway), every
     # server process (serve, game, gateway), the world's rules and store
     # (serve, game).
-    net = argparse.ArgumentParser(add_help=False)
-    common = argparse.ArgumentParser(add_help=False)
-    rules = argparse.ArgumentParser(add_help=False)
+    net = _ArgumentParser(add_help=False)
+    common = _ArgumentParser(add_help=False)
+    rules = _ArgumentParser(add_help=False)
     data_help = ("directory for the players, scores and hall of fame (sqlite3, one server per "
                  "directory; created if missing). Default: $STATE_DIRECTORY when set (systemd's "
                  "StateDirectory=), else $XDG_STATE_HOME/spelltraction, i.e. "
@@ -6445,18 +6477,135 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_role(args.command, opts, ClusterOptions(args.world), address, limiter)
 
 
-def _serve_as_module(argv: List[str]) -> None:
-    """Re-run ``python3 spelltraction.py [serve ...]`` as a module (``-m spelltraction``).
+# The server's first lines, run by ``_serve_as_module``'s exec: serve this
+# game's modules (spelltraction, netcore.*) from the code objects the script
+# process compiled and wrote to the file descriptor in argv[2], read as each is
+# imported, then run ``spelltraction`` as ``-m`` would, from argv[1]'s folder.
+# Any module the file lacks is imported the usual way.
+_BOOT = """\
+def boot():  # a function: what runs next shares this namespace (__main__)
+    import marshal, os, sys
+    from importlib.machinery import ModuleSpec, SourceFileLoader
+    here, fd = sys.argv.pop(1), int(sys.argv.pop(1))
+    sys.path[0] = here
+    size = int.from_bytes(os.pread(fd, 8, 0), 'little')
+    index = marshal.loads(os.pread(fd, size, 8))
 
-    CPython keeps the syntax tree of the script it runs alive until the
-    script ends (``pyrun_file`` frees its arena only after running it): for
-    this file, 8.4 MiB held for the whole life of a server (26.3 against
-    18.0 MiB, medians of 7, ``python3 bench/startup_rss.py``: "script, no
-    re-run" and "as shipped"). A module's tree is freed as soon as the
-    module is compiled. So a server started as a script replaces itself,
-    once, with the same command run as a module: same pid, same arguments
-    and interpreter flags. Where the environment is ignored (-E, -I),
-    PYTHONPATH can't point at this file, so it stays put.
+    class Precompiled(SourceFileLoader):
+        def __init__(self, name, path, where):
+            super().__init__(name, path)
+            self.where = where
+
+        def get_code(self, fullname):
+            where, self.where = self.where, None
+            if where is None or fullname != self.name:
+                return super().get_code(fullname)
+            return marshal.loads(os.pread(fd, where[1], where[0]))
+
+    class PrecompiledFinder:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            found = index.pop(name, None)
+            if found is None:
+                return None
+            file, package, where = found
+            loader = Precompiled(name, file, where)
+            spec = ModuleSpec(name, loader, origin=file, is_package=package)
+            spec.has_location = True
+            if package:
+                spec.submodule_search_locations = [os.path.dirname(file)]
+            return spec
+
+    PrecompiledFinder.fd = fd
+    sys.meta_path.insert(0, PrecompiledFinder)
+boot()
+del boot
+import runpy
+runpy._run_module_as_main('spelltraction')
+"""
+
+
+def _precompile(fileobj: IO[bytes]) -> None:
+    """Write this game's modules, compiled, for ``_BOOT`` to import.
+
+    The code comes from each module's bytecode cache when it is fresh; else
+    this process compiles it (and caches it where Python may write). Layout:
+    8 bytes of index length, the marshalled index (module -> file, whether a
+    package, (offset, length)), then each module's marshalled code.
+    """
+    import importlib.machinery
+    import marshal
+
+    modules = [("spelltraction", os.path.join(_HERE, "spelltraction.py"), False)]
+    package = os.path.join(_HERE, "netcore")
+    for entry in sorted(os.listdir(package)):
+        if entry.endswith(".py"):
+            stem = entry[:-3]
+            name = "netcore" if stem == "__init__" else f"netcore.{stem}"
+            modules.append((name, os.path.join(package, entry), stem == "__init__"))
+    blobs = []
+    for name, path, _ in modules:
+        code = importlib.machinery.SourceFileLoader(name, path).get_code(name)
+        blobs.append(marshal.dumps(code))
+    offsets: Dict[str, Tuple[str, bool, Tuple[int, int]]] = {}
+    while True:  # the index's length moves the offsets it holds: settle it
+        head = len(marshal.dumps(offsets)) if offsets else 0
+        at = 8 + head
+        fresh = {}
+        for (name, path, is_package), blob in zip(modules, blobs):
+            fresh[name] = (path, is_package, (at, len(blob)))
+            at += len(blob)
+        if fresh == offsets:
+            break
+        offsets = fresh
+    index = marshal.dumps(offsets)
+    fileobj.write(len(index).to_bytes(8, "little") + index + b"".join(blobs))
+    fileobj.flush()
+
+
+def _forget_precompiled() -> None:
+    """Drop ``_BOOT``'s finder and close its file, once start-up has imported what it needs.
+
+    Later imports of this game's modules (none in a server's life so far) then
+    compile as usual.
+    """
+    for finder in list(sys.meta_path):
+        fd = getattr(finder, "fd", None)
+        if getattr(finder, "__name__", "") == "PrecompiledFinder" and isinstance(fd, int):
+            sys.meta_path.remove(finder)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _serve_as_module(argv: List[str]) -> None:
+    """Re-run ``python3 spelltraction.py [serve ...]`` as a module, compiled here.
+
+    Three start-up costs stay in this process, which the exec then discards,
+    instead of in the server, which keeps its memory for its whole life:
+
+    - **The script's syntax tree.** CPython keeps the tree of the script it
+      runs alive until the script ends (``pyrun_file`` frees its arena only
+      after running it): for this file, 8.4 MiB (26.3 against 18.0 MiB,
+      medians of 7, ``python3 bench/startup_rss.py``: "script, no re-run"
+      and "as shipped"). A module's tree is freed once it is compiled.
+    - **Compiling at all.** Where Python may not write its bytecode cache
+      (``PYTHONDONTWRITEBYTECODE``, a read-only install, a fresh checkout
+      the first time), the server would compile this file and netcore
+      itself, and the compiler's garbage leaves the server's small-object
+      arenas part-used for good: 1.9 MiB more at start. This process
+      compiles them instead (or reads the cache where it is fresh) and hands
+      the code over in an unlinked file (``_precompile``, ``_BOOT``).
+    - **site.** The server imports only the standard library, so it runs
+      with ``-S``: no site-packages, and no ``.pth`` file of another
+      project's imported into it (on one test host, certifi's pulled in
+      zipfile, pathlib and tempfile: 1.5 MiB).
+
+    Same pid, same arguments and other interpreter flags.
+    ``SPELLTRACTION_AS_MODULE=1`` turns all of this off. Where the
+    environment is ignored (-E, -I) PYTHONPATH can't point at this file, so
+    it stays put.
     """
     command = argv[0] if argv else "serve"
     if command in ("bots", "client", "doctor", "bundle", "backup", "-h", "--help", "--version"):
@@ -6465,18 +6614,26 @@ def _serve_as_module(argv: List[str]) -> None:
             or not os.path.isfile(os.path.join(_HERE, "spelltraction.py"))):
         return
     import subprocess
+    import tempfile
 
     env = dict(os.environ, SPELLTRACTION_AS_MODULE="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, env.get("PYTHONPATH")) if p)
     flags: List[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    if not sys.flags.no_site:
+        flags.append("-S")
+    try:
+        code = tempfile.TemporaryFile()  # unlinked: gone with the server's descriptor
+        _precompile(code)
+    except (OSError, SyntaxError, ValueError):
+        return  # run as a script after all
+    os.set_inheritable(code.fileno(), True)
     sys.stdout.flush()
     sys.stderr.flush()
     # What -m does, but from this file's directory: -m would look in the
     # current directory first, and run whatever spelltraction.py is there.
-    boot = ("import runpy, sys; sys.path[0] = sys.argv.pop(1); "
-            "runpy._run_module_as_main('spelltraction')")
     try:
-        os.execve(sys.executable, [sys.executable, *flags, "-c", boot, _HERE, *argv], env)
+        os.execve(sys.executable, [sys.executable, *flags, "-c", _BOOT, _HERE,
+                                   str(code.fileno()), *argv], env)
     except OSError:
         pass  # run as a script after all
 

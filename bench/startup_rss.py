@@ -8,8 +8,9 @@ is read ``--settle`` seconds after the server says it is listening, with no
 player. Medians:
 
 - ``as shipped``: ``python3 spelltraction.py``, which re-runs itself as
-  a module (``-m spelltraction``, from its own directory; bytecode cache as usual)
-  and trims the heap.
+  a module (``-m spelltraction``, from its own directory) with ``-S``,
+  importing the code it compiled (or read from the bytecode cache) before
+  the re-run, and trims the heap (``_serve_as_module``).
 - ``script, no re-run``: ``SPELLTRACTION_AS_MODULE=1`` keeps it a script, so
   CPython holds the file's syntax tree for the server's life (``_serve_as_module``).
 - ``compiled, trimmed`` / ``compiled, not trimmed``: imported as a module with

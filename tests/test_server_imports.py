@@ -1,5 +1,7 @@
 """What a game server carries: not the code only doctor or tests use."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -39,3 +41,45 @@ def test_listening_on_an_ascii_host_loads_no_idna_codec():
             "socks = bind_listeners(['127.0.0.1', 'localhost'], 0, 8); "
             "print(len(socks) > 0, 'encodings.idna' in sys.modules, 'unicodedata' in sys.modules)")
     assert python_prints(code).split() == ["True", "False", "False"]
+
+
+def test_a_server_started_as_a_script_runs_without_site_or_the_compilers_leftovers():
+    """The re-run drops ``site`` (-S) and imports code the script process
+    compiled: no temporary file stays open once the server listens, and
+    argparse's ``import shutil`` (bz2, lzma) is not in it."""
+    with Spawned([sys.executable, GAME, "serve", "--no-data", "--host", "127.0.0.1",
+                  "--port", "0"]) as server:
+        pid = server.proc.pid
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert b"-S" in argv
+        fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert not [target for target in fds if target.endswith("(deleted)")]
+        with open(f"/proc/{pid}/maps") as f:
+            maps = f.read()
+        assert "_bz2" not in maps and "_lzma" not in maps
+
+
+def test_the_re_run_imports_the_code_the_script_compiled_not_the_files(tmp_path):
+    """What ``_BOOT`` imports comes from ``_precompile``'s file: with every
+    source removed after compiling, the game still starts."""
+    copy = tmp_path / "game"
+    copy.mkdir()
+    shutil.copy(GAME, copy / "spelltraction.py")
+    shutil.copytree(os.path.join(ROOT, "netcore"), copy / "netcore")
+    compiled = tmp_path / "compiled"
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    subprocess.run([sys.executable, "-c",
+                    "import sys; sys.path.insert(0, sys.argv[1]); import spelltraction as st\n"
+                    "with open(sys.argv[2], 'wb') as f: st._precompile(f)",
+                    str(copy), str(compiled)], check=True, timeout=60, env=env)
+    for source in [copy / "spelltraction.py", *(copy / "netcore").glob("*.py")]:
+        source.unlink()
+    from spelltraction import _BOOT
+
+    with open(compiled, "rb") as f:
+        out = subprocess.run([sys.executable, "-S", "-c", _BOOT, str(copy), str(f.fileno()),
+                              "--version"], pass_fds=[f.fileno()], capture_output=True,
+                             text=True, timeout=60, env=env, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("spelltraction ")
