@@ -2380,6 +2380,7 @@ raise_nofile_limit = raise_nofile
 
 
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
+RELEASE_EVERY_S = 60.0  # the C heap's free pages go back to the OS this often (after bursts)
 
 
 class ServerSignals(process.ShutdownSignals):
@@ -2450,6 +2451,7 @@ def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerO
     ServerSignals(loop, server).install()
     _forget_precompiled()
     release_freed_memory()
+    process.release_freed_memory_every(loop, RELEASE_EVERY_S)
     # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
     # no player yet: taken before the start-up heap was released it read
     # higher than later figures, a leak in reverse.
