@@ -37,6 +37,11 @@ gives the ticks it delivered (the observer's count), not the nominal rate;
 the bots' CPU is reported next to the server's, since at 20 Hz the Python
 bots on one core may be what gives out first.
 
+Our server runs as shipped, its store on (sqlite3 in a fresh ``--data``
+directory per step, removed after it): the issue's memory targets are for
+the default configuration. ``--ours-store off`` runs it memory only
+(``--no-data``), as the peers are.
+
 Why a fresh server per step rather than one server ramped up the ladder:
 each step then has its own clean baseline (RSS per player is the step's RSS
 minus the same process's RSS before any player joined, with no allocator
@@ -79,6 +84,7 @@ import json
 import os
 import select
 import shlex
+import shutil
 import socket
 import struct
 import subprocess
@@ -279,6 +285,7 @@ class Step(_StepStart, total=False):
     """One step's record, as written to capacity.json: raw samples and reports,
     then :class:`Derived` figures. Times (``*_s``) count from the server's start."""
 
+    store: bool  #: our server ran with its store on (a --data directory), as shipped
     ports_before: Dict[str, int]  #: loopback ports in use before the step
     logs: List[str]  #: the children's stderr, under capacity-logs/
     pids: List[int]  #: server, bots (each the leader of its process group)
@@ -292,6 +299,9 @@ class Step(_StepStart, total=False):
 
 
 OURS_EXTRA: List[str] = []  # --ours-args: more arguments for our server
+# --ours-store: our server as shipped, its store on (a fresh --data directory per step),
+# or memory only (--no-data) like the peers
+OURS_STORE = [True]
 LOAD_LABELS = {"python": "bots", "c": "C players (bench/peers/loadgen.c)"}
 # --load c: the C players (bench/peers/loadgen.c), built at start; else the Python bots
 LOADGEN: List[str] = []
@@ -307,13 +317,13 @@ def load_command(port: int, players: int, hold: float, move_every: float, probes
 
 
 def server_command(kind: str, port: int, max_clients: int, stats_out: str,
-                   tick_ms: int) -> List[str]:
+                   tick_ms: int, data: Optional[str] = None) -> List[str]:
     common = ["--host", HOST, "--port", str(port), "--tick-ms", str(tick_ms),
               "--max-clients", str(max_clients), "--stats-out", stats_out,
               "--log-level", "warning"]
     if kind == "ours":
-        # like the peers: memory only
-        return [sys.executable, GAME, "serve", "--no-data", *common, *OURS_EXTRA]
+        store = ["--data", data] if data else ["--no-data"]
+        return [sys.executable, GAME, "serve", *store, *common, *OURS_EXTRA]
     if kind == "asyncio":
         return [sys.executable, PEER, *common]
     if kind == "uvloop":
@@ -341,9 +351,12 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
     step["port"] = port = free_port(HOST)
     name = f"{plan.server}-{plan.scenario}-{plan.players}"
     step["logs"] = [f"{name}-server.log", f"{name}-bots.log"]
+    data = (tempfile.mkdtemp(prefix="capacity-data-")
+            if plan.server == "ours" and OURS_STORE[0] else None)
+    step["store"] = data is not None
     server = children.start(
-        server_command(plan.server, port, plan.players + 100, stats_file, tick_ms), server_cpus,
-        f"{name}-server")
+        server_command(plan.server, port, plan.players + 100, stats_file, tick_ms, data),
+        server_cpus, f"{name}-server")
     step["pids"] = [server.pid]
     bots: Optional["subprocess.Popen[str]"] = None
     observer: Optional[Observer] = None
@@ -445,6 +458,8 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
         finally:
             if os.path.exists(stats_file):
                 os.unlink(stats_file)
+            if data is not None:
+                shutil.rmtree(data, ignore_errors=True)
     step["derived"] = derive(step)
     return step
 
@@ -869,6 +884,8 @@ def footer(result: Dict[str, Any]) -> str:
             f"{m['cpus']} x {m['cpu_model']}, {m['mem_gib']} GiB, Linux {m['kernel']}, "
             f"Python {result['python']}"
             + (f", uvloop {result['uvloop']}" if result.get("uvloop") else "")
+            + ("; ours with its store on (as shipped)" if result.get("ours_store")
+               else "; ours memory only (--no-data)")
             + f"; server pinned to CPU 0, {LOAD_LABELS[result.get('load', 'python')]} on the "
               f"others; hold {result['hold_s']:g} s per step. "
             f"Command: {result['command']}")
@@ -1016,6 +1033,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--tick-ms", type=int, default=TICK_MS)
     ap.add_argument("--ours-args", default="", metavar="ARGS",
                     help="more arguments for our server, e.g. '--coalesce-ms 0'")
+    ap.add_argument("--ours-store", choices=("on", "off"), default="on",
+                    help="our server's store: 'on' as shipped (default: a fresh --data "
+                         "directory per step), 'off' memory only (--no-data) like the peers")
     ap.add_argument("--tick-axis", type=parse_periods, default=[],
                     help="tick periods in ms for the tick-rate axis, e.g. 250,100,50 (default: "
                          "none): --tick-ladder idle-ish at each, for each server; once a step "
@@ -1039,6 +1059,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="print the plan and its time estimate, run nothing")
     args = ap.parse_args(argv)
     OURS_EXTRA[:] = shlex.split(args.ours_args)
+    OURS_STORE[0] = args.ours_store == "on"
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -1104,6 +1125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         LOADGEN[:] = [exe]
     result["load"] = args.load
+    result["ours_store"] = OURS_STORE[0]
     def interrupted(what: str) -> None:
         result["interrupted"] = what
         log(f"\ninterrupted ({what}): stopping the processes this run started")
