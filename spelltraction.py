@@ -2238,8 +2238,10 @@ class GameServer(Handler):
             "letters_scored": self.game.letters_scored,
             "game_tick": self.game.tick,
             "resumes": self.resumes,
+            "seats_parked": len(self.parked),
             "store": self._store_stats(),
             "rss_bytes": proc.rss_bytes,
+            "python_blocks": sys.getallocatedblocks(),  # live objects: a leak shows here
             "cpu_s": proc.cpu_seconds,
             "tick": tick,
             "last_tick": {"number": self.last_tick_due[0], "due_monotonic_s": self.last_tick_due[1]},

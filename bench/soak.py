@@ -678,6 +678,8 @@ def schedule(args: argparse.Namespace, result: Dict[str, Any], server: Server, b
                                       / max(1e-6, bots_cpu[0] - cpu_then), 1),
                 "players_in_game": stats.get("players"),
                 "server_connections": stats.get("connections"),
+                "python_blocks": stats.get("python_blocks"),
+                "seats_parked": stats.get("seats_parked"),
                 "players_connected": bots.total("connected")
                 + sum(1 for w in crowd.watchers if not w.closed),
                 "players_away": bots.total("away"),
@@ -730,9 +732,12 @@ def schedule(args: argparse.Namespace, result: Dict[str, Any], server: Server, b
             continue
         rss_due = (rss_cycle + 1) * args.cycle - args.rss_before
         if rss_due <= end and now >= rss_due and not busy:
+            held = server.stats()  # what the server holds then: live blocks, parked seats
             result["rss_points"].append({"cycle": rss_cycle, "due_s": round(rss_due, 1),
                                          "t_s": round(now, 1),
-                                         "rss_bytes": rss_bytes(server.pid)})
+                                         "rss_bytes": rss_bytes(server.pid),
+                                         "python_blocks": held.get("python_blocks"),
+                                         "seats_parked": held.get("seats_parked")})
             rss_cycle += 1
 
 
@@ -856,9 +861,11 @@ def report_text(result: Dict[str, Any]) -> str:
         lines += ["", "Attack windows (bench/attack.py's figures and targets, per attack):", ""]
         lines.append(attack.table(rows))
     if result["rss_points"]:
-        lines += ["", "RSS at the same point of each cycle: " + ", ".join(
-            f"cycle {p['cycle']} at {p['t_s']} s: {p['rss_bytes'] / 1e6:.2f} MB"
-            for p in result["rss_points"])]
+        lines += ["", "RSS at the same point of each cycle (with the server's live Python "
+                  "blocks and parked seats then): " + ", ".join(
+                      f"cycle {p['cycle']} at {p['t_s']} s: {p['rss_bytes'] / 1e6:.2f} MB "
+                      f"({p.get('python_blocks')} blocks, {p.get('seats_parked')} parked)"
+                      for p in result["rss_points"])]
     lines += ["", fmt_table(["target", "measured", "limit", "met"],
                             [[t["target"], t["measured"], t["limit"], _met(t["met"])]
                              for t in result["targets"]])]
