@@ -1569,6 +1569,12 @@ class GameServer(Handler):
         # period) by the hash of their resume token; the store has the rest.
         self.by_token: Dict[bytes, Player] = {}
         self.parked: "OrderedDict[bytes, float]" = OrderedDict()  # hash -> grace ends (loop time)
+        # Of those, the seats with nothing scored, oldest first: the first to go
+        # when there are more parked seats than the server has room for players
+        # (``_park``), so a flood of joins that drop at once cannot grow memory.
+        self.parked_unscored: "OrderedDict[bytes, None]" = OrderedDict()
+        self.seats_evicted = 0
+        self.players_peak = 0  # the most players in the game at a tick, since the start
         self.joining: Dict[Connection, Tuple[int, Player, bytes, int]] = {}  # v2 newcomers
         self.v2_conns: Dict[Connection, None] = {}  # connections that said version 2
         self.resumes = self.takeovers = self.grace_expired = 0
@@ -1827,8 +1833,7 @@ class GameServer(Handler):
             conn.data = None
             player.conn = None
             if player.resume_hash:  # v2: the seat is kept for the grace period
-                self.parked[player.resume_hash] = self.loop.time() + self.options.grace
-                self.parked.move_to_end(player.resume_hash)
+                self._park(player)
                 if self.store is not None:
                     # Cut off by the server stopping: still "online", so after the
                     # restart they get a whole grace period (Store._load).
@@ -1844,6 +1849,32 @@ class GameServer(Handler):
         player = self.game.join(shape, colour)
         self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
                                             tick_ms=self.options.tick_ms))
+
+    def _park(self, player: Player) -> None:
+        """Keep a dropped v2 player's seat for the grace period, within the cap.
+
+        At most as many seats are parked as the server has room for players
+        (``--max-clients``), or as it has had players at once, if more (an
+        authority's world spans gateways: a gateway that dies parks all its
+        players). Past that, the oldest seat with nothing scored goes first
+        (there is nothing in it to lose but the place), else the oldest:
+        without a cap, a client that joins and drops 5,000 times a second
+        would have the server keep a million seats for 300 s.
+        """
+        hashed = player.resume_hash
+        self.parked[hashed] = self.loop.time() + self.options.grace
+        self.parked.move_to_end(hashed)
+        if not player.score:
+            self.parked_unscored[hashed] = None
+        cap = max(self.net.config.max_connections, self.players_peak)
+        while len(self.parked) > cap:
+            if self.parked_unscored:
+                gone, _ = self.parked_unscored.popitem(last=False)
+                del self.parked[gone]
+            else:
+                gone, _ = self.parked.popitem(last=False)
+            self.by_token.pop(gone, None)
+            self.seats_evicted += 1
 
     def join_v2(self, conn: Connection, hello: Hello, name: str) -> None:
         """A version-2 player: resumed by its token if it can be, else new."""
@@ -1893,6 +1924,7 @@ class GameServer(Handler):
                         "taken-over")
         else:
             self.parked.pop(player.resume_hash, None)
+            self.parked_unscored.pop(player.resume_hash, None)
             self.game.add(player)
         self.resumes += 1
         if name and name != player.name:
@@ -1971,6 +2003,8 @@ class GameServer(Handler):
         everyone = cast("List[Connection]", [p.conn for p in game.players.values()])
         yous = [(p.conn, you_frame(p)) for p in result.dirty if p.conn is not None]
         self._send_tick(data, nframes, news, yous, everyone)
+        if len(game.players) > self.players_peak:
+            self.players_peak = len(game.players)
         if game.tick % 4 == 0:
             if self.pending:
                 self._expire_pending()
@@ -2112,6 +2146,7 @@ class GameServer(Handler):
             if until > now:
                 break
             del parked[hashed]
+            self.parked_unscored.pop(hashed, None)
             player = self.by_token.pop(hashed, None)
             if player is not None and player.conn is None:
                 self.grace_expired += 1
@@ -2184,6 +2219,9 @@ class GameServer(Handler):
                     "Resumes that took a player over from an older connection.", self.takeovers)
         exp.gauge("spelltraction_players_in_grace",
                   "Dropped v2 players whose seat is kept (the grace period).", len(self.parked))
+        exp.counter("spelltraction_seats_evicted_total",
+                    "Parked seats let go before their grace period ended: more were parked "
+                    "than --max-clients (unscored ones first).", self.seats_evicted)
         store = self.store
         if store is not None:
             times = store.commit_times
@@ -2239,6 +2277,7 @@ class GameServer(Handler):
             "game_tick": self.game.tick,
             "resumes": self.resumes,
             "seats_parked": len(self.parked),
+            "seats_evicted": self.seats_evicted,
             "store": self._store_stats(),
             "rss_bytes": proc.rss_bytes,
             "python_blocks": sys.getallocatedblocks(),  # live objects: a leak shows here

@@ -447,3 +447,35 @@ def test_default_data_dir_follows_systemd_then_xdg(monkeypatch):
     assert st.default_data_dir() == "/x/state/spelltraction"
     monkeypatch.delenv("XDG_STATE_HOME")
     assert st.default_data_dir() == os.path.expanduser("~/.local/state/spelltraction")
+
+
+def test_parked_seats_are_capped_at_max_clients_the_unscored_going_first(make_harness):
+    """A flood of joins that drop at once cannot grow the parked seats past
+    --max-clients; a seat with a score outlives the ones with nothing in it."""
+    h = make_harness(max_clients=4)
+    watcher = h.client_v2()
+    a, b = scorer(h.client_v2), h.client_v2()
+    assert score_once(h, [a, b]).score == 1
+    kept = a.welcome.token
+    a.sock.close()
+    b.sock.close()
+    gone = (a.welcome.player_id, b.welcome.player_id)
+    h.run_until(lambda: not any(pid in h.server.game.players for pid in gone), what="a, b gone")
+    before = len(h.server.parked)  # a, b, and whoever scorer() sent away
+    tokens = []
+    for _ in range(6):  # join and drop, like a flood
+        c = h.client_v2()
+        tokens.append(c.welcome.token)
+        c.sock.close()
+        h.run_until(lambda: c.welcome.player_id not in h.server.game.players, what="gone")
+    evicted = before + 6 - 4
+    assert len(h.server.parked) == 4 and h.server.seats_evicted == evicted
+    assert len(h.server.by_token) == 4 + 1  # the parked, and the watcher playing
+    back = h.client_v2(token=kept)
+    assert back.welcome.resumed == st.RESUMED and back.you.score == 1
+    late = h.client_v2(token=tokens[-1])  # the newest unscored seat is still kept
+    assert late.welcome.resumed == st.RESUMED
+    early = h.client_v2(token=tokens[0])
+    assert early.welcome.resumed == st.TOKEN_UNKNOWN
+    assert f'spelltraction_seats_evicted_total {evicted}' in h.server.metrics_text()
+    watcher.sock.close()
