@@ -147,6 +147,7 @@ from netcore import (
 from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
+from netcore.connection import COMPACT_AFTER
 from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.server import unread_bytes
@@ -705,6 +706,7 @@ class Game:
         self.max_movers = max_movers
         self.board: List[str] = self.rng.sample(LETTERS, CELLS)
         self.players: Dict[int, Player] = {}
+        self.removed = 0  # players who left since ``players`` was last rebuilt (compact)
         self.counts = [0] * CELLS
         self.attractor = PARKED
         self.held = 0
@@ -772,6 +774,7 @@ class Game:
     def leave(self, player: Player) -> None:
         if self.players.pop(player.id, None) is None:
             return
+        self.removed += 1
         self.counts[player.cell] -= 1
         player.cell = -1  # also tells step() to skip it in movers/dirty
         self._gone.append(player.id)
@@ -839,6 +842,19 @@ class Game:
         happened in them: the attractor held no longer, nobody scored.
         """
         self.tick += ticks
+
+    def compact(self) -> bool:
+        """Rebuild ``players`` if enough have left since the last time; True if it did.
+
+        Churn (players leaving and coming back) grows a dict's table to
+        twice what it needs (see ``netcore``'s ``OwnerBase.compact``): for
+        15,000 players, 0.6 -> 1.3 MB after ~7,000 leaves.
+        """
+        if self.removed < COMPACT_AFTER:
+            return False
+        self.players = dict(self.players)
+        self.removed = 0
+        return True
 
     def step(self) -> StepResult:
         self.tick += 1
@@ -2137,6 +2153,19 @@ class GameServer(Handler):
         return {"top": [{"rank": rank, "id": pid, "name": name or None, "score": score}
                         for rank, (pid, score, name) in enumerate(self.fame, 1)]}
 
+    def compact(self) -> None:
+        """Rebuild the per-connection tables that churn has grown (once a minute).
+
+        netcore's table of connections, the game's players, and with them
+        the tables keyed by the same players or connections (version-2
+        connections, tokens): each would otherwise keep the size it grew to
+        at its busiest churn, 1-2 MB in all at 15,000 players.
+        """
+        self.net.compact()
+        if self.game.compact():
+            self.v2_conns = dict(self.v2_conns)
+            self.by_token = dict(self.by_token)
+
     def _expire_parked(self) -> None:
         """Dropped players whose grace period is over are forgotten (the disk keeps them)."""
         now = self.loop.time()
@@ -2492,7 +2521,7 @@ def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerO
     ServerSignals(loop, server).install()
     _forget_precompiled()
     release_freed_memory()
-    process.release_freed_memory_every(loop, RELEASE_EVERY_S)
+    process.release_freed_memory_every(loop, RELEASE_EVERY_S, before=server.compact)
     # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
     # no player yet: taken before the start-up heap was released it read
     # higher than later figures, a leak in reverse.
@@ -3341,6 +3370,14 @@ class Gateway(_ClusterRole, GameServer):
         seat = conn.data = _Seat(cid, payload)
         self.seats[cid] = conn
         self.up_hellos.append(bus_entry(cid, OP_HELLO, payload))
+
+    def compact(self) -> None:
+        """A gateway's own per-player tables churn as its connections do."""
+        churned = self.net.removed >= COMPACT_AFTER
+        GameServer.compact(self)
+        if churned:
+            self.seats = dict(self.seats)
+            self.players = dict(self.players)
 
     def on_close(self, conn: Connection, reason: str) -> None:
         self.pending.pop(conn, None)

@@ -40,6 +40,8 @@ OPEN, CLOSING, CLOSED = 0, 1, 2
 
 _QUIET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
+COMPACT_AFTER = 256  # removals from a table of connections before compact() rebuilds it
+
 
 class CloseReason:
     """Stable close categories: log fields and metric labels."""
@@ -477,6 +479,21 @@ class OwnerBase:
     stats: NetStats
     handler: ConnectionEvents
     connections: Dict[int, Connection]
+    removed = 0  # connections forgotten since ``connections`` was last rebuilt (compact)
+
+    def compact(self) -> None:
+        """Rebuild ``connections`` if connections have closed since the last time.
+
+        A dict keeps a slot for every key deleted from it until it next
+        grows, and then sizes the new table for three times what it holds:
+        under churn, 15,000 connections' table goes from 0.6 to 1.3 MB after
+        ~7,000 closes, and stays there. A copy is sized for what it holds
+        now (~1 ms for 15,000). Call it now and then (once a minute), not
+        per close.
+        """
+        if self.removed >= COMPACT_AFTER:
+            self.connections = dict(self.connections)
+            self.removed = 0
 
     def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
         if exc.limit_name:
@@ -493,4 +510,5 @@ class OwnerBase:
         except (KeyError, ValueError):
             pass
         if self.connections.pop(conn.fd, None) is conn:
+            self.removed += 1
             self.stats.count_close(reason)

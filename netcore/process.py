@@ -18,7 +18,7 @@ import logging
 import os
 import resource
 import signal
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .loop import EventLoop
 from .server import TCPServer
@@ -76,8 +76,12 @@ def release_freed_memory() -> bool:
     return True
 
 
-def release_freed_memory_every(loop: EventLoop, seconds: float = 60.0) -> Callable[[], None]:
+def release_freed_memory_every(loop: EventLoop, seconds: float = 60.0,
+                               before: Optional[Callable[[], None]] = None) -> Callable[[], None]:
     """Run :func:`release_freed_memory` on ``loop`` every ``seconds``; returns a stop function.
+
+    ``before`` runs first each time: what frees memory for the trim to give
+    back (``TCPServer.compact``, for one).
 
     Why: glibc returns free memory to the OS only from the top of its heap.
     A burst of big short-lived buffers (a flood of clients that never read,
@@ -90,6 +94,8 @@ def release_freed_memory_every(loop: EventLoop, seconds: float = 60.0) -> Callab
     timer: List[Any] = [None]
 
     def run() -> None:
+        if before is not None:
+            before()
         if release_freed_memory():
             timer[0] = loop.call_later(seconds, run)
 

@@ -1,10 +1,13 @@
 """netcore.process's memory release: free pages between live blocks go back to the OS."""
 
+import socket
 import subprocess
 import sys
 import textwrap
 
 from netcore import EventLoop, process
+from netcore.connection import COMPACT_AFTER
+from netcore.testing import run_until, serve
 
 
 def test_a_burst_of_buffers_freed_mid_heap_leaves_rss_once_released():
@@ -66,4 +69,49 @@ def test_release_every_stops_by_itself_where_there_is_nothing_to_release(monkeyp
         loop.run()
         assert len(calls) == 1
     finally:
+        loop.close()
+
+
+def test_release_every_runs_before_first_what_frees_memory(monkeypatch):
+    order = []
+    monkeypatch.setattr(process, "release_freed_memory", lambda: order.append("trim") or True)
+    loop = EventLoop()
+    try:
+        process.release_freed_memory_every(loop, 0.01, before=lambda: order.append("before"))
+        loop.call_later(0.1, loop.stop)
+        loop.run()
+        assert order[:4] == ["before", "trim", "before", "trim"]
+    finally:
+        loop.close()
+
+
+def test_a_server_counts_closes_and_compact_rebuilds_its_table_after_enough():
+    """Closed connections are counted; compact() rebuilds ``connections`` (same
+    entries, a new table) once COMPACT_AFTER have gone, and not before."""
+    loop, server, _ = serve()
+    try:
+        port = server.port
+        keep = socket.create_connection(("127.0.0.1", port))
+        run_until(loop, lambda: len(server.connections) == 1)
+        for _ in range(COMPACT_AFTER - 1):
+            s = socket.create_connection(("127.0.0.1", port))
+            run_until(loop, lambda: len(server.connections) == 2)
+            s.close()
+            run_until(loop, lambda: len(server.connections) == 1)
+        assert server.removed == COMPACT_AFTER - 1
+        table = server.connections
+        server.compact()
+        assert server.connections is table  # not yet
+        s = socket.create_connection(("127.0.0.1", port))
+        run_until(loop, lambda: len(server.connections) == 2)
+        s.close()
+        run_until(loop, lambda: len(server.connections) == 1)
+        server.compact()
+        assert server.connections is not table and server.removed == 0
+        assert list(server.connections.values()) == list(table.values())
+        keep.close()  # its close is found through the new table
+        run_until(loop, lambda: not server.connections)
+        assert server.removed == 1
+    finally:
+        server.close()
         loop.close()
