@@ -6682,7 +6682,8 @@ def _serve_as_module(argv: List[str]) -> None:
       itself, and the compiler's garbage leaves the server's small-object
       arenas part-used for good: 1.9 MiB more at start. This process
       compiles them instead (or reads the cache where it is fresh) and hands
-      the code over in an unlinked file (``_precompile``, ``_BOOT``).
+      the code over in a memfd (an unlinked file where there is none;
+      ``_precompile``, ``_BOOT``), closed once the server listens.
     - **site.** The server imports only the standard library, so it runs
       with ``-S``: no site-packages, and no ``.pth`` file of another
       project's imported into it (on one test host, certifi's pulled in
@@ -6708,7 +6709,10 @@ def _serve_as_module(argv: List[str]) -> None:
     if not sys.flags.no_site:
         flags.append("-S")
     try:
-        code = tempfile.TemporaryFile()  # unlinked: gone with the server's descriptor
+        if hasattr(os, "memfd_create"):  # Linux: in memory, no writable /tmp needed
+            code: IO[bytes] = os.fdopen(os.memfd_create("spelltraction-code", 0), "w+b")
+        else:
+            code = tempfile.TemporaryFile()  # unlinked: gone with the server's descriptor
         _precompile(code)
     except (OSError, SyntaxError, ValueError):
         return  # run as a script after all
