@@ -147,7 +147,7 @@ from netcore import (
 from netcore import process
 from netcore import websocket as ws
 from netcore.addrlimit import parse_networks
-from netcore.connection import COMPACT_AFTER
+from netcore.connection import churned
 from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.server import unread_bytes
@@ -850,7 +850,7 @@ class Game:
         twice what it needs (see ``netcore``'s ``OwnerBase.compact``): for
         15,000 players, 0.6 -> 1.3 MB after ~7,000 leaves.
         """
-        if self.removed < COMPACT_AFTER:
+        if not churned(self.removed, len(self.players)):
             return False
         self.players = dict(self.players)
         self.removed = 0
@@ -2526,6 +2526,7 @@ def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerO
     # Before saying "listening": a SIGTERM right after must find the handlers.
     ServerSignals(loop, server).install()
     _forget_precompiled()
+    process.map_large_blocks_apart()
     release_freed_memory()
     process.release_freed_memory_every(loop, RELEASE_EVERY_S, before=server.compact)
     # "Memory at start" (STATS, --stats-out) is the server ready to serve, with
@@ -3379,9 +3380,9 @@ class Gateway(_ClusterRole, GameServer):
 
     def compact(self) -> None:
         """A gateway's own per-player tables churn as its connections do."""
-        churned = self.net.removed >= COMPACT_AFTER
+        rebuild = churned(self.net.removed, len(self.net.connections))
         GameServer.compact(self)
-        if churned:
+        if rebuild:
             self.seats = dict(self.seats)
             self.players = dict(self.players)
 

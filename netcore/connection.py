@@ -43,6 +43,16 @@ _QUIET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 COMPACT_AFTER = 256  # removals from a table of connections before compact() rebuilds it
 
 
+def churned(removed: int, size: int) -> bool:
+    """Whether a table now ``size`` long, ``removed`` removals since it was last
+    built, is worth copying (see :meth:`OwnerBase.compact`): after a quarter of
+    its size in removals, and at least ``COMPACT_AFTER``. A copy sized afresh
+    has room for up to a third more, so this rebuilds it well before churn
+    would grow it, without copying 15,000 entries for every few closes.
+    """
+    return removed >= COMPACT_AFTER and removed >= size // 4
+
+
 class CloseReason:
     """Stable close categories: log fields and metric labels."""
 
@@ -491,7 +501,7 @@ class OwnerBase:
         now (~1 ms for 15,000). Call it now and then (once a minute), not
         per close.
         """
-        if self.removed >= COMPACT_AFTER:
+        if churned(self.removed, len(self.connections)):
             self.connections = dict(self.connections)
             self.removed = 0
 

@@ -23,8 +23,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from .loop import EventLoop
 from .server import TCPServer
 
-__all__ = ["ShutdownSignals", "die_by_signal", "raise_nofile", "release_freed_memory",
-           "release_freed_memory_every", "run_server"]
+__all__ = ["ShutdownSignals", "die_by_signal", "map_large_blocks_apart", "raise_nofile",
+           "release_freed_memory", "release_freed_memory_every", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,23 @@ def raise_nofile(want: int = 0) -> Tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-_malloc_trim: Any = None  # glibc's malloc_trim once looked up; False where there is none
+_libc: Any = None  # glibc's functions once looked up; False where there is none
+M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter
+
+
+def _glibc() -> Any:
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL(None)
+            lib.malloc_trim.argtypes = [ctypes.c_size_t]
+            lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            _libc = lib
+        except (ImportError, OSError, AttributeError):
+            _libc = False
+    return _libc
 
 
 def release_freed_memory() -> bool:
@@ -61,19 +77,28 @@ def release_freed_memory() -> bool:
     between live blocks (see :func:`release_freed_memory_every`).
     Returns False where there is no glibc (nothing is done).
     """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-            _malloc_trim.argtypes = [ctypes.c_size_t]
-        except (ImportError, OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim is False:
+    libc = _glibc()
+    if libc is False:
         return False
-    _malloc_trim(0)
+    libc.malloc_trim(0)
     return True
+
+
+def map_large_blocks_apart(threshold: int = 128 * 1024) -> bool:
+    """Have glibc give every block of ``threshold`` bytes or more a mapping of its own, for good.
+
+    glibc starts so, but raises that bar to the size of each such block
+    freed (up to 32 MB), after which a server's big tables (the dict of
+    15,000 connections is 0.6 MB) are carved from the heap, and the heap's
+    top never comes down past the newest: in a 15,000-player soak the
+    heap's extent crept from 5.1 to 7.8 MB over 20 minutes. Mapped apart, a
+    freed table goes straight back to the OS. Returns False where there is
+    no glibc (nothing is done).
+    """
+    libc = _glibc()
+    if libc is False:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def release_freed_memory_every(loop: EventLoop, seconds: float = 60.0,

@@ -115,3 +115,33 @@ def test_a_server_counts_closes_and_compact_rebuilds_its_table_after_enough():
     finally:
         server.close()
         loop.close()
+
+
+def test_large_blocks_mapped_apart_go_back_to_the_os_when_freed():
+    """Once glibc has raised its bar (a 1 MB block freed), 600 KB tables would
+    come from the heap; mapped apart, each freed table goes back at once,
+    whatever was allocated after it."""
+    code = textwrap.dedent("""
+        from netcore.process import map_large_blocks_apart
+        def rss():
+            with open('/proc/self/statm') as f:
+                return int(f.read().split()[1]) * 4096
+        if not map_large_blocks_apart():
+            print('no-glibc'); raise SystemExit
+        junk = bytearray(1 << 20)
+        del junk
+        keep, tables = [], []
+        before = rss()
+        for _ in range(10):
+            tables.append(bytearray(600_000))
+            keep.append(bytearray(2_000))  # live blocks allocated after each table
+        held = rss()
+        del tables
+        print(held - before, rss() - before)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    if out == ["no-glibc"]:
+        return
+    held, after = map(int, out)
+    assert held > 5_000_000 and after < 500_000  # ten tables held, then all given back
