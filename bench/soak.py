@@ -897,8 +897,11 @@ def chart(result: Dict[str, Any]) -> str:
 
     minutes = [(m["minute"] + 0.5, m["lateness_p99_ms"]) for m in result["minutes"]
                if m.get("lateness_p99_ms") is not None]
-    server_min = [(m["minute"] + 0.5, m["server_lateness_p99_le_ms"]) for m in result["minutes"]
-                  if m.get("server_lateness_p99_le_ms") is not None]
+    # A minute whose p99 fell past the histogram's last bucket reads inf: drawn
+    # at the top of what was measured (the table says "inf").
+    ceiling = max([y for _, y in minutes if math.isfinite(y)], default=1000.0)
+    server_min = [(m["minute"] + 0.5, min(m["server_lateness_p99_le_ms"], ceiling))
+                  for m in result["minutes"] if m.get("server_lateness_p99_le_ms") is not None]
     panels = [
         line_chart("Server RSS (y axis not from 0)", "MB", [
             Series("RSS", "#1b6ac9", pts("rss_bytes", 1e-6)),
