@@ -57,7 +57,15 @@ def test_a_server_started_as_a_script_runs_without_site_or_the_compilers_leftove
         assert not [target for target in fds if target.endswith("(deleted)")]
         with open(f"/proc/{pid}/maps") as f:
             maps = f.read()
-        assert "_bz2" not in maps and "_lzma" not in maps
+        if not argparse_imports_shutil():  # Python 3.8's does, at import: nothing to save
+            assert "_bz2" not in maps and "_lzma" not in maps
+
+
+def argparse_imports_shutil() -> bool:
+    out = subprocess.run([sys.executable, "-S", "-c",
+                          "import sys, argparse; print('shutil' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.strip() == "True"
 
 
 def test_the_re_run_imports_the_code_the_script_compiled_not_the_files(tmp_path):
