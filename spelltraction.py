@@ -6577,6 +6577,7 @@ def boot():  # a function: what runs next shares this namespace (__main__)
     sys.path[0] = here
     size = int.from_bytes(os.pread(fd, 8, 0), 'little')
     index = marshal.loads(os.pread(fd, size, 8))
+    base = 8 + size  # where the code starts: the index's offsets count from here
 
     class Precompiled(SourceFileLoader):
         def __init__(self, name, path, where):
@@ -6587,7 +6588,7 @@ def boot():  # a function: what runs next shares this namespace (__main__)
             where, self.where = self.where, None
             if where is None or fullname != self.name:
                 return super().get_code(fullname)
-            return marshal.loads(os.pread(fd, where[1], where[0]))
+            return marshal.loads(os.pread(fd, where[1], base + where[0]))
 
     class PrecompiledFinder:
         @staticmethod
@@ -6618,7 +6619,8 @@ def _precompile(fileobj: IO[bytes]) -> None:
     The code comes from each module's bytecode cache when it is fresh; else
     this process compiles it (and caches it where Python may write). Layout:
     8 bytes of index length, the marshalled index (module -> file, whether a
-    package, (offset, length)), then each module's marshalled code.
+    package, (offset, length), the offset counted from the end of the index),
+    then each module's marshalled code.
     """
     import importlib.machinery
     import marshal
@@ -6630,21 +6632,14 @@ def _precompile(fileobj: IO[bytes]) -> None:
             stem = entry[:-3]
             name = "netcore" if stem == "__init__" else f"netcore.{stem}"
             modules.append((name, os.path.join(package, entry), stem == "__init__"))
-    blobs = []
-    for name, path, _ in modules:
+    blobs: List[bytes] = []
+    offsets: Dict[str, Tuple[str, bool, Tuple[int, int]]] = {}
+    at = 0
+    for name, path, is_package in modules:
         code = importlib.machinery.SourceFileLoader(name, path).get_code(name)
         blobs.append(marshal.dumps(code))
-    offsets: Dict[str, Tuple[str, bool, Tuple[int, int]]] = {}
-    while True:  # the index's length moves the offsets it holds: settle it
-        head = len(marshal.dumps(offsets)) if offsets else 0
-        at = 8 + head
-        fresh = {}
-        for (name, path, is_package), blob in zip(modules, blobs):
-            fresh[name] = (path, is_package, (at, len(blob)))
-            at += len(blob)
-        if fresh == offsets:
-            break
-        offsets = fresh
+        offsets[name] = (path, is_package, (at, len(blobs[-1])))
+        at += len(blobs[-1])
     index = marshal.dumps(offsets)
     fileobj.write(len(index).to_bytes(8, "little") + index + b"".join(blobs))
     fileobj.flush()
