@@ -2159,18 +2159,20 @@ class GameServer(Handler):
         return {"top": [{"rank": rank, "id": pid, "name": name or None, "score": score}
                         for rank, (pid, score, name) in enumerate(self.fame, 1)]}
 
-    def compact(self) -> None:
+    def compact(self) -> bool:
         """Rebuild the per-connection tables that churn has grown (once a minute).
 
         netcore's table of connections, the game's players, and with them
         the tables keyed by the same players or connections (version-2
         connections, tokens): each would otherwise keep the size it grew to
-        at its busiest churn, 1-2 MB in all at 15,000 players.
+        at its busiest churn, 1-2 MB in all at 15,000 players. True if the
+        table of connections was rebuilt (a subclass's own tables follow it).
         """
-        self.net.compact()
+        rebuilt = self.net.compact()
         if self.game.compact():
             self.v2_conns = dict(self.v2_conns)
             self.by_token = dict(self.by_token)
+        return rebuilt
 
     def _expire_parked(self) -> None:
         """Dropped players whose grace period is over are forgotten (the disk keeps them)."""
@@ -3378,13 +3380,13 @@ class Gateway(_ClusterRole, GameServer):
         self.seats[cid] = conn
         self.up_hellos.append(bus_entry(cid, OP_HELLO, payload))
 
-    def compact(self) -> None:
+    def compact(self) -> bool:
         """A gateway's own per-player tables churn as its connections do."""
-        rebuild = churned(self.net.removed, len(self.net.connections))
-        GameServer.compact(self)
-        if rebuild:
-            self.seats = dict(self.seats)
-            self.players = dict(self.players)
+        if not GameServer.compact(self):
+            return False
+        self.seats = dict(self.seats)
+        self.players = dict(self.players)
+        return True
 
     def on_close(self, conn: Connection, reason: str) -> None:
         self.pending.pop(conn, None)

@@ -491,8 +491,8 @@ class OwnerBase:
     connections: Dict[int, Connection]
     removed = 0  # connections forgotten since ``connections`` was last rebuilt (compact)
 
-    def compact(self) -> None:
-        """Rebuild ``connections`` if connections have closed since the last time.
+    def compact(self) -> bool:
+        """Rebuild ``connections`` if enough have closed since the last time; True if it did.
 
         A dict keeps a slot for every key deleted from it until it next
         grows, and then sizes the new table for three times what it holds:
@@ -501,9 +501,11 @@ class OwnerBase:
         now (~1 ms for 15,000). Call it now and then (once a minute), not
         per close.
         """
-        if churned(self.removed, len(self.connections)):
-            self.connections = dict(self.connections)
-            self.removed = 0
+        if not churned(self.removed, len(self.connections)):
+            return False
+        self.connections = dict(self.connections)
+        self.removed = 0
+        return True
 
     def _bad_input(self, conn: Connection, exc: ProtocolError) -> None:
         if exc.limit_name:

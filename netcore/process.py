@@ -102,7 +102,7 @@ def map_large_blocks_apart(threshold: int = 128 * 1024) -> bool:
 
 
 def release_freed_memory_every(loop: EventLoop, seconds: float = 60.0,
-                               before: Optional[Callable[[], None]] = None) -> Callable[[], None]:
+                               before: Optional[Callable[[], object]] = None) -> Callable[[], None]:
     """Run :func:`release_freed_memory` on ``loop`` every ``seconds``; returns a stop function.
 
     ``before`` runs first each time: what frees memory for the trim to give
