@@ -94,10 +94,6 @@ import time
 from array import array
 from collections import OrderedDict
 from enum import Enum, IntEnum
-from typing import (
-    IO, TYPE_CHECKING, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Set,
-    Tuple, Union, cast,
-)
 
 # Where this file is: web/ (and, in a source tree, netcore/) sit beside it.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,7 +148,6 @@ from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.server import unread_bytes
 from netcore.stats import Window
-from netcore.web import Route
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
 from netcore.metrics import (
@@ -164,10 +159,16 @@ from netcore.metrics import (
     process_stats,
     rss_bytes,
 )
+from netcore.typing_shim import TYPE_CHECKING, NamedTuple, cast
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # names for type checkers: a server loads neither typing nor these
     import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
+    from typing import (
+        IO, Any, Callable, Dict, List, Literal, Optional, Sequence, Set, Tuple, Union,
+    )
+
+    from netcore.web import Route
 
     # Imported at run time where used (doctor --redis, --cluster): a server
     # without Redis does not carry the Redis client's code.
@@ -175,10 +176,11 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-# The index: the public names, section by section (the banners below).
+# The index: the public names, section by section (the banners below). Type aliases
+# (Message, PlayerRow, FameEntry) are for type checkers only, as typing itself is.
 __all__ = [
     # Protocol
-    "PROTOCOL_VERSION", "DEFAULT_PORT", "ErrorCode", "BadMessage", "Message", "Hello", "Move",
+    "PROTOCOL_VERSION", "DEFAULT_PORT", "ErrorCode", "BadMessage", "Hello", "Move",
     "Welcome", "Mover", "TickMsg", "Scored", "You", "Stats", "Error", "Fame",
     "PROTOCOL_V2", "PROTOCOL_VERSIONS", "PAUSED_P99", "check_name",
     "HELLO_STRUCT", "MOVE_STRUCT", "YOU_FRAMED", "encode", "decode", "frame", "error_frame",
@@ -379,7 +381,8 @@ class Fame(NamedTuple):
     entries: Tuple[Tuple[int, int, str], ...]
 
 
-Message = Union[Hello, Move, Welcome, TickMsg, Scored, You, Stats, Error, Fame]
+if TYPE_CHECKING:
+    Message = Union[Hello, Move, Welcome, TickMsg, Scored, You, Stats, Error, Fame]
 
 
 # -----------------------------------------------------------------------------
@@ -997,8 +1000,9 @@ MIGRATIONS = (
 
 # A player's row, column for column: (id, token_hash, letters, score, shape,
 # colour, name, last_seen, online).
-PlayerRow = Tuple[int, bytes, str, int, int, int, Optional[str], float, int]
-FameEntry = Tuple[int, int, str]  # (player id, score, name or "")
+if TYPE_CHECKING:
+    PlayerRow = Tuple[int, bytes, str, int, int, int, Optional[str], float, int]
+    FameEntry = Tuple[int, int, str]  # (player id, score, name or "")
 
 
 def _sha256_function() -> Callable[[bytes], bytes]:
@@ -3065,7 +3069,7 @@ class Authority(_ClusterRole, GameServer):
                             "retrying", self.cluster.world, pending.error or reply)
                 self.loop.call_later(0.5, self._take_tick)
                 return
-            start, held = cast(List[int], reply)
+            start, held = cast("List[int]", reply)
             if start > self.game.tick:
                 log.info("world %s: TICK numbers go on from %d (Redis)", self.cluster.world,
                          start)
@@ -5083,7 +5087,8 @@ TK_FLASH = (0xFF, 0xF0, 0x6A)
 TK_INK = "#2a2118"
 
 
-_Anchor = Literal["nw", "n", "ne", "w", "center", "e", "sw", "s", "se"]
+if TYPE_CHECKING:
+    _Anchor = Literal["nw", "n", "ne", "w", "center", "e", "sw", "s", "se"]
 
 
 def view_transform(width: float, height: float) -> Tuple[float, float, float]:

@@ -28,7 +28,11 @@ when it closes, with what ``admit`` returned as the connection's key.
 from __future__ import annotations
 
 import socket
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "DEFAULT_EXEMPT",

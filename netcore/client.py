@@ -30,19 +30,25 @@ import logging
 import os
 import selectors
 import socket
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-from .connection import CloseReason, CodecFactory, Connection, OwnerBase
+from .connection import CloseReason, Connection, OwnerBase
 from .framing import DEFAULT_MAX_FRAME, FrameParser
 from .handler import Handler
 from .loop import EventLoop, Readiness, Timer
 from .stats import NetStats
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+    from .connection import CodecFactory
 
 __all__ = ["ClientConfig", "Connecting", "TCPClient", "resolve"]
 
 log = logging.getLogger(__name__)
 
-Address = Tuple[Any, ...]
+if TYPE_CHECKING:
+    Address = Tuple[Any, ...]
 _LOCALHOST = (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6))
 
 

@@ -10,9 +10,12 @@ speaks the same codec.
 
 from __future__ import annotations
 
-from typing import List, Protocol, Sequence
+from .typing_shim import TYPE_CHECKING, Protocol
 
-from .ringbuffer import BytesLike
+if TYPE_CHECKING:
+    from typing import List, Sequence
+
+    from .ringbuffer import BytesLike
 
 __all__ = [
     "CLOSED_CODEC", "ClosedCodec", "Codec", "CodecHandoff", "ProtocolError", "SilentCodec", "Text",

@@ -21,15 +21,19 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Set
 
 from .codec import CLOSED_CODEC, Codec, CodecHandoff, ProtocolError, Text
 from .loop import EventLoop, Readiness
-from .ringbuffer import BufferFull, BytesLike, RingBuffer
+from .ringbuffer import BufferFull, RingBuffer
 from .stats import NetStats
+from .typing_shim import TYPE_CHECKING, Protocol
 
-__all__ = ["CloseReason", "CodecFactory", "Connection", "ConnectionEvents", "Limits", "Owner",
-           "OwnerBase"]
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Optional, Sequence, Set
+
+    from .ringbuffer import BytesLike
+
+__all__ = ["CloseReason", "Connection", "ConnectionEvents", "Limits", "Owner", "OwnerBase"]
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +478,8 @@ class Connection(Readiness):
 # Makes the codec of a new connection. It gets the connection, so a codec
 # that needs it (a protocol sniffer, a WebSocket front) can hold it; most
 # ignore it: ``lambda conn: FrameParser(1024)``.
-CodecFactory = Callable[[Connection], Codec]
+if TYPE_CHECKING:
+    CodecFactory = Callable[[Connection], Codec]
 
 
 class OwnerBase:

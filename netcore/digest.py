@@ -8,7 +8,7 @@ built-in ``_sha1`` module computes just as well.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from .typing_shim import TYPE_CHECKING
 
 __all__ = ["sha1"]
 

@@ -16,10 +16,14 @@ gets a :class:`FrameParser` of its own.
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 from .codec import CodecHandoff, PlainOutput, ProtocolError
-from .ringbuffer import BytesLike, RingBuffer
+from .ringbuffer import RingBuffer
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import List, Optional
+
+    from .ringbuffer import BytesLike
 
 __all__ = [
     "DEFAULT_MAX_FRAME",

@@ -28,10 +28,13 @@ of sockets or time: slow peers are the caller's deadline to enforce.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, NoReturn, Optional, Sequence, Tuple
-
 from .codec import ProtocolError
-from .ringbuffer import BytesLike
+from .typing_shim import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import List, NoReturn, Optional, Sequence, Tuple
+
+    from .ringbuffer import BytesLike
 
 __all__ = [
     "MAX_CONTENT_LENGTH_DIGITS",

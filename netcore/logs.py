@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
 
 from .stats import NetStats
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Optional, Tuple
 
 __all__ = ["ChurnReporter", "JsonFormatter", "RateLimitFilter", "TextFormatter", "extra_fields"]
 

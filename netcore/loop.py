@@ -38,9 +38,12 @@ import signal
 import socket
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .tick import Tick, TickScheduler
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 __all__ = ["DEFAULT_COALESCE", "EventLoop", "Readiness", "Timer"]
 
@@ -54,7 +57,8 @@ INF = float("inf")
 # request arriving on a busy loop may wait before it is read, at most.
 DEFAULT_COALESCE = 0.002
 
-Ready = List[Tuple["Readiness", int]]
+if TYPE_CHECKING:
+    Ready = List[Tuple["Readiness", int]]
 
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 _EPOLLOUT = getattr(select, "EPOLLOUT", 4)

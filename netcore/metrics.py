@@ -17,10 +17,13 @@ from __future__ import annotations
 import math
 import os
 import resource
-from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .stats import Histogram, NetStats
 from .tick import TickScheduler
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 __all__ = [
     "CONTENT_TYPE",
@@ -35,8 +38,9 @@ __all__ = [
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-Labels = Mapping[str, str]
-Sample = Tuple[Labels, float]
+if TYPE_CHECKING:
+    Labels = Mapping[str, str]
+    Sample = Tuple[Labels, float]
 
 _KINDS = ("counter", "gauge", "histogram", "untyped")
 

@@ -18,10 +18,13 @@ import logging
 import os
 import resource
 import signal
-from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .loop import EventLoop
 from .server import TCPServer
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["ShutdownSignals", "die_by_signal", "map_large_blocks_apart", "raise_nofile",
            "release_freed_memory", "release_freed_memory_every", "run_server"]

@@ -22,10 +22,14 @@ anyone else it is a lie about their address. It never holds more than
 from __future__ import annotations
 
 import socket
-from typing import NamedTuple, Optional, Tuple
 
 from .codec import ProtocolError
-from .ringbuffer import BytesLike
+from .typing_shim import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
+
+    from .ringbuffer import BytesLike
 
 __all__ = [
     "MAX_HEADER",
@@ -43,7 +47,8 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MAX_V1 = 107  # the spec's bound for a v1 line, CRLF included
 MAX_HEADER = 4096
 
-Address = Tuple[str, int]
+if TYPE_CHECKING:
+    Address = Tuple[str, int]
 
 
 class ProxyError(ProtocolError):

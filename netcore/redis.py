@@ -56,7 +56,6 @@ import os
 import random
 import socket
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 from .client import ClientConfig, TCPClient
@@ -65,8 +64,14 @@ from .connection import CloseReason, Connection
 from .digest import sha1
 from .handler import Handler
 from .loop import EventLoop, Timer
-from .resp import Arg, Reply, ReplyError, RespParser, RespProtocolError, encode_command
-from .ringbuffer import BytesLike
+from .resp import ReplyError, RespParser, RespProtocolError, encode_command
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+    from .resp import Arg, Reply
+    from .ringbuffer import BytesLike
 
 __all__ = [
     "DEFAULT_PORT",
@@ -310,7 +315,8 @@ class Pending:
                 log.exception("redis: callback for %s failed", self.command)
 
 
-Callback = Callable[[Pending], None]
+if TYPE_CHECKING:
+    Callback = Callable[[Pending], None]
 
 
 # -- the shared connection machinery -----------------------------------------
@@ -992,7 +998,8 @@ _PUSH_KINDS = {
     b"punsubscribe",
 }
 
-Name = Union[str, bytes]
+if TYPE_CHECKING:
+    Name = Union[str, bytes]
 
 
 def _name(value: Name) -> bytes:

@@ -31,17 +31,18 @@ are reported as an error naming the type.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
-
 from .codec import ProtocolError
-from .ringbuffer import BytesLike
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, Union
+
+    from .ringbuffer import BytesLike
 
 __all__ = [
     "DEFAULT_MAX_BULK",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_LINE",
-    "Arg",
-    "Reply",
     "ReplyError",
     "RespParser",
     "RespProtocolError",
@@ -124,11 +125,12 @@ class ReplyError:
         return self.message
 
 
-Reply = Union[str, bytes, int, None, ReplyError, List["Reply"]]
-"""One parsed reply; see the module docstring for the mapping."""
+if TYPE_CHECKING:
+    Reply = Union[str, bytes, int, None, ReplyError, List["Reply"]]
+    """One parsed reply; see the module docstring for the mapping."""
 
-Arg = Union[bytes, bytearray, memoryview, str, int, float]
-"""One command argument: bytes as they are, str as UTF-8, numbers in decimal."""
+    Arg = Union[bytes, bytearray, memoryview, str, int, float]
+    """One command argument: bytes as they are, str as UTF-8, numbers in decimal."""
 
 
 # -- encoding ----------------------------------------------------------------

@@ -11,9 +11,12 @@ drains, so ``RingBuffer`` on its own is a few machine words.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from .typing_shim import TYPE_CHECKING
 
-BytesLike = Union[bytes, bytearray, memoryview]
+if TYPE_CHECKING:
+    from typing import Optional, Union
+
+    BytesLike = Union[bytes, bytearray, memoryview]
 
 __all__ = ["BufferFull", "RingBuffer"]
 

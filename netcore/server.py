@@ -22,22 +22,27 @@ import selectors
 import socket
 import _socket
 import sys
-from typing import (
-    Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast,
-)
 
 from .addrlimit import DEFAULT_EXEMPT, AddressLimits, Key, address_key, parse_networks
 from .codec import Codec, ProtocolError, SilentCodec
-from .connection import CloseReason, CodecFactory, Connection, OwnerBase
+from .connection import CloseReason, Connection, OwnerBase
 from .framing import DEFAULT_MAX_FRAME, StreamFrames, encode_frame
 from .handler import Handler
 from .loop import EventLoop, Readiness, Timer
 from .proxyproto import ProxyHeader, ProxyHeaderReader, starts_proxy_header
-from .ringbuffer import BytesLike
 from .stats import NetStats
 from .websocket import CloseCode
+from .typing_shim import TYPE_CHECKING, cast
 
-__all__ = ["CodecFactory", "Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
+if TYPE_CHECKING:
+    from typing import (
+        Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union,
+    )
+
+    from .connection import CodecFactory
+    from .ringbuffer import BytesLike
+
+__all__ = ["Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
 log = logging.getLogger(__name__)
 

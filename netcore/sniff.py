@@ -15,11 +15,14 @@ and hands those bytes on to it.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
-
 from .codec import Codec
 from .connection import Connection
-from .ringbuffer import BytesLike
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Callable, List, Optional
+
+    from .ringbuffer import BytesLike
 
 __all__ = ["BINARY", "HTTP", "MAX_BINARY_FRAME", "WEBSOCKET", "ProtocolSniffer", "sniff"]
 

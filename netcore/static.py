@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote
 
 from .digest import sha1
 from .http import Request, error_response, response
+from .typing_shim import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["CONTENT_TYPES", "StaticFiles"]
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 import bisect
 import math
 from array import array
-from typing import Dict, Iterable, List, Sequence, Tuple
+
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Sequence, Tuple
 
 __all__ = ["Histogram", "NetStats", "Window", "percentile"]
 

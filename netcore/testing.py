@@ -26,12 +26,15 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from .connection import Connection
 from .handler import Handler
 from .loop import EventLoop
 from .server import ServerConfig, TCPServer
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["Echo", "FakeClock", "LoopClient", "bound_socket", "loopback_hosts", "port_of",
            "refusing_socket", "run_until", "serve", "spawn_listening", "stop_process"]

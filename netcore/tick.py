@@ -14,9 +14,11 @@ dropped without being counted.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
-
 from .stats import Histogram, Window
+from .typing_shim import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Dict, Optional
 
 __all__ = ["LATENESS_BUCKETS", "Tick", "TickScheduler"]
 

@@ -27,16 +27,12 @@ either: a request head is capped at 16 KiB.
 from __future__ import annotations
 
 import logging
-from typing import (
-    Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union,
-)
 
 from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
 from .framing import DEFAULT_MAX_FRAME, StreamFrames
 from .http import HttpError, Request, RequestParser, error_response, response
 from .loop import EventLoop, Timer
-from .ringbuffer import BytesLike
 from .sniff import BINARY, HTTP, MAX_BINARY_FRAME, WEBSOCKET, ProtocolSniffer
 from .static import StaticFiles
 from .websocket import (
@@ -49,6 +45,12 @@ from .websocket import (
     handshake_response,
 )
 from .wscodec import WebSocketCodec
+from .typing_shim import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+    from .ringbuffer import BytesLike
 
 __all__ = ["BINARY", "HTTP", "WEBSOCKET", "HttpCodec", "Upgrade", "WebConfig", "WebFront",
            "WebSocketCodec", "WebStats"]
@@ -65,7 +67,8 @@ class Upgrade(NamedTuple):
 
 #: A route's answer: ``() -> (content type, body)``, or ``(content type, body,
 #: status)`` for a route whose answer is not always 200 (a readiness probe).
-Route = Callable[[], Union[Tuple[str, bytes], Tuple[str, bytes, int]]]
+if TYPE_CHECKING:
+    Route = Callable[[], Union[Tuple[str, bytes], Tuple[str, bytes, int]]]
 
 
 class WebConfig:

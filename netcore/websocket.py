@@ -35,12 +35,16 @@ import base64
 import codecs
 import struct
 import time
-from typing import Any, Callable, List, NamedTuple, NoReturn, Optional, Sequence, Tuple, Union
 
 from .codec import ProtocolError
 from .digest import sha1
 from .http import HttpError, Request, response
-from .ringbuffer import BytesLike
+from .typing_shim import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple, Union
+
+    from .ringbuffer import BytesLike
 
 __all__ = [
     "BINARY",
@@ -52,7 +56,6 @@ __all__ = [
     "TEXT",
     "Close",
     "CloseCode",
-    "Event",
     "Message",
     "Ping",
     "Pong",
@@ -132,7 +135,8 @@ class Close(NamedTuple):
     reason: str = ""
 
 
-Event = Union[Message, Ping, Pong, Close]
+if TYPE_CHECKING:
+    Event = Union[Message, Ping, Pong, Close]
 
 
 # -- handshake -----------------------------------------------------------------

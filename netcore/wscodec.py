@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .codec import Codec, ProtocolError, Text
-from .connection import CloseReason, CodecFactory, Connection
-from .ringbuffer import BytesLike
+from .connection import CloseReason, Connection
 from .sniff import WEBSOCKET
 from .websocket import (
     BINARY,
@@ -44,7 +42,6 @@ from .websocket import (
     TEXT,
     Close,
     CloseCode,
-    Event,
     Message,
     Ping,
     WebSocketError,
@@ -56,6 +53,14 @@ from .websocket import (
     frame_header,
     mask,
 )
+from .typing_shim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+    from .connection import CodecFactory
+    from .ringbuffer import BytesLike
+    from .websocket import Event
 
 __all__ = ["HandshakeError", "WebSocketClientCodec", "WebSocketCodec", "websocket_client"]
 
