@@ -12,19 +12,19 @@ from netcore.testing import run_until, serve
 
 def test_a_burst_of_buffers_freed_mid_heap_leaves_rss_once_released():
     """A thousand 40 KB buffers (what clients that never read may hold) freed
-    between small live objects stay resident until the heap is trimmed."""
+    between live blocks stay resident until the heap is trimmed."""
     code = textwrap.dedent("""
         from netcore.process import release_freed_memory
         def rss():
             with open('/proc/self/statm') as f:
                 return int(f.read().split()[1]) * 4096
-        keep, burst = [], []
-        for i in range(1000):
-            burst.append(bytearray(40_000))
-            keep.append(bytearray(600))  # live blocks after each buffer
-        keep.append(bytearray(600))
+        # Every other block stays live, so each freed one sits between two
+        # live ones whatever holes the heap had: none can merge into the top
+        # of the heap, where free() itself would give it back.
+        blocks = [bytearray(40_000) for _ in range(2001)]
+        keep = blocks[::2]
         high = rss()
-        del burst
+        del blocks
         freed = rss()
         if not release_freed_memory():
             print('no-glibc')
