@@ -89,3 +89,21 @@ def test_every_tricky_content_length_is_a_400_or_a_length(value):
             assert request.has_body in (True, False)
         except http.HttpError as exc:
             assert exc.status == 400, exc
+
+
+@settings(max_examples=500, deadline=None)
+@given(hs.text(alphabet="%%%0123456789aAfFgG/.-_~z\u00e9\x7f", max_size=24))
+def test_percent_decoding_is_urllib_s_unquote(path):
+    """The static files' own decoder (no ``urllib.parse``, which imports
+    ``ipaddress``) decodes what ``unquote(path, errors="strict")`` does, and
+    refuses what it refuses."""
+    from urllib.parse import unquote
+
+    from netcore.static import percent_decode
+    try:
+        expected = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        with pytest.raises(UnicodeDecodeError):
+            percent_decode(path)
+    else:
+        assert percent_decode(path) == expected
