@@ -2,9 +2,13 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
+import spelltraction as st
+from helpers import read_frames
+from hostilekit import http_get
 from serverproc import GAME, ROOT, Spawned
 
 
@@ -91,3 +95,33 @@ def test_the_re_run_imports_the_code_the_script_compiled_not_the_files(tmp_path)
                              text=True, timeout=60, env=env, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("spelltraction ")
+
+
+def test_a_server_that_served_every_kind_of_client_loaded_no_typing_or_urllib(tmp_path):
+    """``typing`` (0.45 MB of RSS) is for type checkers, and ``urllib.parse``
+    pulls in ``ipaddress`` (0.45 MB more): after serving a player, a browser's
+    page, a WebSocket handshake, /metrics and /stats.json, and shutting down,
+    the server has imported none of them."""
+    code = ("import atexit, sys; sys.path.insert(0, sys.argv[1])\n"
+            "atexit.register(lambda: print(sorted(m for m in ('typing', 'urllib.parse', "
+            "'ipaddress') if m in sys.modules), file=sys.stderr))\n"
+            "import spelltraction\n"
+            "sys.exit(spelltraction.main(['serve', '--host', '127.0.0.1', '--port', '0', "
+            "'--data', sys.argv[2]]))\n")
+    server = Spawned([sys.executable, "-S", "-c", code, ROOT, str(tmp_path / "data")])
+    try:
+        with socket.create_connection((server.host, server.port), timeout=5) as player:
+            player.sendall(st.frame(st.Hello(version=2, name=b"ann")))
+            assert isinstance(st.decode(read_frames(player, 1)[0]), st.Welcome)
+        for path in ("/", "/metrics", "/stats.json", "/web/%61bsent.js"):
+            http_get(server.host, server.port, path)
+        with socket.create_connection((server.host, server.port), timeout=5) as browser:
+            browser.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            assert browser.recv(1024).startswith(b"HTTP/1.1 101")
+        assert server.stop() == 0
+        assert server.proc.stderr.read().strip().splitlines()[-1] == "[]"
+    finally:
+        server.stop()
+        server.close_pipes()
