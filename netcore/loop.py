@@ -17,13 +17,15 @@ between two of them as soon as it is due), then ``call_soon`` callbacks. An
 exception in any callback is logged and the loop goes on: one bad connection
 must not stop a server.
 
-I/O keeps a share of the loop: after a tick, handlers with work waiting get
-at least ``io_share`` of a period before the next tick fires. A tick whose
-work outgrows its period then runs late (and is counted late) instead of
-firing back to back with a single event handled between two ticks, which
-starves every connection: a join storm's HELLOs would wait unread for
-seconds. While ticks take less than ``1 - io_share`` of the period, this
-never delays one.
+I/O keeps a share of the loop. After a tick, what arrived during it is
+served, one round of every ready handler, before the next tick fires (for
+``io_share`` of a period at most); and after a tick that outgrew its
+period, waiting I/O gets all of ``io_share`` of a period. Such ticks then run
+late (and are counted late) instead of firing back to back with a single
+event handled between two ticks, which starves every connection: a join
+storm's HELLOs would wait unread for seconds. A trickle of I/O (moves
+arriving all the time) never holds a tick past that one round: a tick that
+takes 90 % of its period is still on time.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 INF = float("inf")
+_FULL_IO_TIME = 1 << 62  # an io_round no iteration reaches: I/O keeps all of io_time
 
 # Seconds between two polls while the loop is busy (see EventLoop): what a
 # request arriving on a busy loop may wait before it is read, at most.
@@ -115,20 +118,29 @@ class Timer:
 
 
 class _Ticker:
-    __slots__ = ("scheduler", "callback", "io_time", "io_until")
+    __slots__ = ("scheduler", "callback", "io_time", "io_until", "io_round")
 
     def __init__(self, scheduler: TickScheduler, callback: Callable[[Tick], None],
                  io_time: float) -> None:
         self.scheduler = scheduler
         self.callback = callback
-        self.io_time = io_time  # seconds of I/O kept after each tick
-        self.io_until = -INF  # waiting I/O runs until then before the next tick
+        self.io_time = io_time  # seconds of I/O kept after each tick, at most
+        self.io_until = -INF  # waiting I/O may run until then before the next tick
+        # The loop iteration whose poll and handlers must be done first: the
+        # one after the tick (what arrived during it), or, for a tick that
+        # ended when the next was already due, none (io_time in full).
+        self.io_round = -1
 
-    @property
-    def due(self) -> float:
+    def holds(self, iteration: int, now: float) -> bool:
+        """Whether waiting I/O still goes before this ticker's due tick."""
+        return now < self.io_until and iteration <= self.io_round
+
+    def due(self, iteration: int) -> float:
         """When the next tick fires if I/O is waiting."""
         deadline = self.scheduler.deadline
-        return deadline if deadline >= self.io_until else self.io_until
+        if iteration > self.io_round or deadline >= self.io_until:
+            return deadline
+        return self.io_until
 
 
 class _SignalReader(Readiness):
@@ -387,8 +399,10 @@ class EventLoop:
 
         The first tick is due one period from now. Returns the scheduler,
         whose counters report lateness; ``stop_ticker`` ends it.
-        ``io_share``: the part of a period that I/O waiting after a tick gets
-        before the next one fires (see the module docstring); 0: none.
+        ``io_share``: the most of a period that waiting I/O gets after a tick
+        before the next one fires: one round of the handlers that are ready,
+        or all of it after a tick that outgrew its period (see the module
+        docstring); 0: none.
         """
         if not 0 <= io_share < 1:
             raise ValueError("io_share must be in [0, 1)")
@@ -543,7 +557,8 @@ class EventLoop:
         (~60 ns), and a due tick goes before the next one.
         """
         tickers = self._tickers
-        due = min(t.due for t in tickers) if tickers and len(events) > 1 else INF
+        iteration = self.iterations
+        due = min(t.due(iteration) for t in tickers) if tickers and len(events) > 1 else INF
         clock = self.clock
         for handler, mask in events:
             try:
@@ -556,7 +571,7 @@ class EventLoop:
             if due != INF and clock() >= due:
                 self._fire_ticks(True)
                 tickers = self._tickers
-                due = min(t.due for t in tickers) if tickers else INF
+                due = min(t.due(iteration) for t in tickers) if tickers else INF
 
     def _timeout(self, max_wait: Optional[float]) -> Optional[float]:
         if self._soon or self._again or self._stopping:
@@ -583,7 +598,7 @@ class EventLoop:
         clock = self.clock
         for ticker in self._tickers:
             now = clock()
-            if io_waiting and now < ticker.io_until:
+            if io_waiting and ticker.holds(self.iterations, now):
                 continue
             sched = ticker.scheduler
             tick = sched.poll(now)
@@ -594,6 +609,9 @@ class EventLoop:
             ended = clock()
             sched.record_duration(ended - started)
             ticker.io_until = ended + ticker.io_time
+            # On time (the next tick not yet due): one round of what waits,
+            # capped at io_time. Outgrown (already due): io_time in full.
+            ticker.io_round = self.iterations + 1 if sched.deadline > ended else _FULL_IO_TIME
 
     def _fire_timers(self) -> None:
         timers = self._timers
