@@ -1073,7 +1073,7 @@ class Store:
         self._lock_fd = -1
         self._thread: Any = None
         self.next_id = 1  # the first id not handed out yet
-        self.reserved_id = 1  # ids below this are reserved on disk
+        self.reserved_id = 1  # ids below this are reserved on disk (committed)
         self.fame: List[FameEntry] = []
         self.meta: Dict[str, int] = {}  # the meta table as loaded, and stage_meta()'s since
         self.seq = 1  # the batch now being staged
@@ -1359,6 +1359,9 @@ class Store:
                 failing_since = 0.0
             delay = 0.1
             self.commits += 1
+            reserved = batch["meta"].get("reserved_id")
+            if reserved is not None and reserved > self.reserved_id:
+                self.reserved_id = reserved  # the ids below it are now safe to hand out
             self.durable = seq
             item = None
         if db is not None:

@@ -479,3 +479,36 @@ def test_parked_seats_are_capped_at_max_clients_the_unscored_going_first(make_ha
     assert early.welcome.resumed == st.TOKEN_UNKNOWN
     assert f'spelltraction_seats_evicted_total {evicted}' in h.server.metrics_text()
     watcher.sock.close()
+
+
+def test_each_committed_block_of_ids_moves_the_reservation_on(data, monkeypatch, caplog):
+    """A long-running server hands out more ids than one reserved block (every
+    version-1 join takes a new one): each block the writer commits must count as
+    reserved, or past the first block every join warned that ids ran ahead of
+    the disk, and the warning meant nothing any more."""
+    monkeypatch.setattr(st, "ID_BLOCK", 100)
+    store = st.Store(data)
+    store.open()
+    try:
+        first = store.next_id
+        for _ in range(15):  # three blocks, 20 joins a tick
+            for _ in range(20):
+                store.take_id()
+            store.flush()
+            deadline = time.monotonic() + 10
+            while store.backlog and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert store.next_id == first + 300
+        assert store.reserved_id > store.next_id  # the disk is ahead of every id given
+        assert "running ahead of the disk" not in caplog.text
+    finally:
+        store.close()
+    with sqlite3.connect(os.path.join(data, st.DATA_FILE)) as db:
+        on_disk = db.execute("SELECT value FROM meta WHERE key = 'reserved_id'").fetchone()[0]
+    assert on_disk > first + 300
+    reopened = st.Store(data)
+    reopened.open()
+    try:
+        assert reopened.next_id >= on_disk  # never an id handed out before
+    finally:
+        reopened.close()
