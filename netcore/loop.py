@@ -23,9 +23,9 @@ served, one round of every ready handler, before the next tick fires (for
 period, waiting I/O gets all of ``io_share`` of a period. Such ticks then run
 late (and are counted late) instead of firing back to back with a single
 event handled between two ticks, which starves every connection: a join
-storm's HELLOs would wait unread for seconds. A trickle of I/O (moves
-arriving all the time) never holds a tick past that one round: a tick that
-takes 90 % of its period is still on time.
+storm's HELLOs would wait unread for seconds. I/O that keeps coming (moves
+arriving all the time) holds a tick back by that one round, no more: a tick
+that takes 90 % of its period stays on time if the round fits in the rest.
 """
 
 from __future__ import annotations
