@@ -74,11 +74,11 @@ from .websocket import CloseCode, close_code_for
 from .wscodec import websocket_client
 from .typing_shim import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported on first use (below); named here for type checkers
+if TYPE_CHECKING:  # names for type checkers; at run time, built or imported on first use
     from typing import Any
 
-    from .connection import CodecFactory
     from .client import ClientConfig, TCPClient
+    from .connection import CodecFactory  # a type alias: typing builds it (below)
     from .redis import (
         CommandError,
         ConnectionLost,
