@@ -107,6 +107,31 @@ def unsent_bytes(sock: socket.socket) -> int:
     return _queue_bytes(sock, _SIOCOUTQ)
 
 
+def unsent_counter() -> Callable[[int], int]:
+    """:func:`unsent_bytes` by descriptor, for a sweep of many sockets in a row.
+
+    The ioctl fills one buffer in place instead of returning a new bytes
+    object that is then converted: ~0.5 us a socket against ~1 us, which at
+    15,000 players is a few percent of the loop's CPU. One counter per sweep
+    (the buffer is its own, so no thread shares it).
+    """
+    request = _SIOCOUTQ
+    if request is None:
+        return lambda fd: 0
+    buf = bytearray(4)
+    count = memoryview(buf).cast("i")
+    ioctl = fcntl.ioctl
+
+    def unsent(fd: int) -> int:
+        try:
+            ioctl(fd, request, buf, True)
+        except OSError:
+            return 0
+        return int(count[0])
+
+    return unsent
+
+
 class ServerConfig:
     """Limits and socket options. Defaults suit a small-message game server.
 
@@ -644,12 +669,13 @@ class TCPServer(OwnerBase):
         now = self.loop.time()
         grace = self.config.send_backlog_grace
         over = self._over_backlog
+        unsent = unsent_counter()
         todo, rest = pending[:_BACKLOG_SLICE], pending[_BACKLOG_SLICE:]
         for conn in todo:
             if conn.closed:
                 continue
             out = conn.out
-            backlog = (0 if out is None else len(out)) + unsent_bytes(conn.sock)
+            backlog = (0 if out is None else len(out)) + unsent(conn.fd)
             if backlog <= limit:
                 if over:
                     over.pop(conn, None)

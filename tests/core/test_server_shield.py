@@ -267,11 +267,41 @@ def test_the_backlog_sweep_goes_in_slices_with_the_loop_between(monkeypatch):
     socks = [connect(server) for _ in range(5)]
     run_until(loop, lambda: server.stats.connections == 5)
     checked = []
-    real = server_module.unsent_bytes
-    monkeypatch.setattr(server_module, "unsent_bytes", lambda s: checked.append(s) or real(s))
+    real = server_module.unsent_counter
+
+    def counting():
+        unsent = real()
+        return lambda fd: checked.append(fd) or unsent(fd)
+
+    monkeypatch.setattr(server_module, "unsent_counter", counting)
     server._check_backlogs()
     assert len(checked) == 2  # one slice now; the rest on the next turns of the loop
     loop.run_once(0)
     loop.run_once(0)
     assert len(checked) == 5
     server.close()
+
+
+@linux_only
+def test_the_sweeps_unsent_counter_reads_what_unsent_bytes_reads():
+    from netcore.server import unsent_bytes, unsent_counter
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once: never read
+    sock, _ = listener.accept()
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.send(b"x" * 4096)
+    except BlockingIOError:
+        pass
+    unsent = unsent_counter()
+    assert unsent_bytes(sock) > 0
+    assert unsent(sock.fileno()) == unsent_bytes(sock)
+    assert unsent(peer.fileno()) == unsent_bytes(peer) == 0  # sent nothing
+    fd = sock.fileno()
+    sock.close()
+    assert unsent(fd) == 0  # a descriptor closed meanwhile (EBADF): 0, no exception
+    for s in (peer, listener):
+        s.close()
