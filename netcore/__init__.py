@@ -62,7 +62,7 @@ from .framing import (
     ZeroLengthFrame,
     encode_frame,
 )
-from .loop import EventLoop, Readiness, Timer
+from .loop import EventLoop, LateTick, Readiness, Timer
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
 from .server import ServerConfig, TCPServer, bind_listeners
@@ -142,6 +142,7 @@ __all__ = [
     "Handler",
     "HandshakeError",
     "Histogram",
+    "LateTick",
     "NetStats",
     "NotConnected",
     "OversizeFrame",

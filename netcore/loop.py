@@ -26,6 +26,11 @@ event handled between two ticks, which starves every connection: a join
 storm's HELLOs would wait unread for seconds. I/O that keeps coming (moves
 arriving all the time) holds a tick back by that one round, no more: a tick
 that takes 90 % of its period stays on time if the round fits in the rest.
+
+The loop keeps where its time went (``EventLoop.spent``: waiting, I/O
+handlers, timers, ticks; a few clock reads per iteration, none per event),
+and a tick that fires late says why: what ran since the tick before ended,
+biggest cause first (:class:`LateTick`, logged at most every 10 s).
 """
 
 from __future__ import annotations
@@ -42,12 +47,12 @@ import time
 from collections import deque
 
 from .tick import Tick, TickScheduler
-from .typing_shim import TYPE_CHECKING
+from .typing_shim import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-__all__ = ["DEFAULT_COALESCE", "EventLoop", "Readiness", "Timer"]
+__all__ = ["DEFAULT_COALESCE", "EventLoop", "LateTick", "LoopTime", "Readiness", "Timer"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +122,81 @@ class Timer:
         self.cancelled = True
 
 
+class LoopTime:
+    """Where the loop's time went: seconds since it started, sums that only grow.
+
+    ``waiting``: in the poll and the coalescing pause (idle, or letting
+    events gather); ``io``: in ready handlers and ``call_soon`` callbacks;
+    ``timers`` and ``ticks``: in their callbacks. Wall time less all four
+    is time the loop's thread did not run: another thread held the GIL,
+    the process was not scheduled, or the loop's own bookkeeping.
+    """
+
+    __slots__ = ("waiting", "io", "timers", "ticks")
+
+    def __init__(self) -> None:
+        self.waiting = 0.0
+        self.io = 0.0
+        self.timers = 0.0
+        self.ticks = 0.0
+
+
+class LateTick(NamedTuple):
+    """Why a tick fired late: what the loop did since the tick before it ended.
+
+    The loop logs :meth:`describe` (at most once per
+    ``EventLoop.late_report_every`` seconds) and keeps the newest as
+    ``EventLoop.last_late_tick``. Times in seconds.
+    """
+
+    number: int  # the late tick's number
+    lateness: float
+    period: float
+    previous: float  # how long the tick before it took
+    since: float  # from the end of the tick before to this one firing
+    io: float  # in ready handlers (and call_soon callbacks) meanwhile
+    events: int  # ready events they handled
+    longest_round: float  # the longest single poll's worth of handlers
+    timers: float  # in timer callbacks meanwhile
+    longest_timer: float
+    longest_timer_name: str  # what the longest timer called ("" if none ran)
+    other_ticks: float  # in other tickers' ticks meanwhile
+    waiting: float  # in the poll and the coalescing pause
+    not_running: float  # the rest: other threads, the scheduler, bookkeeping
+
+    def describe(self) -> str:
+        """One log line: the numbers, biggest cause first."""
+        ms = 1e3
+        causes = [
+            (self.previous - self.period, f"the tick before took {self.previous * ms:.0f} ms "
+                                          f"of its {self.period * ms:.0f} ms period"),
+            (self.io, f"I/O handlers {self.io * ms:.1f} ms ({self.events} events, the longest "
+                      f"round {self.longest_round * ms:.1f} ms)"),
+            (self.timers, f"timers {self.timers * ms:.1f} ms" + (
+                f" (the longest {self.longest_timer * ms:.1f} ms: {self.longest_timer_name})"
+                if self.longest_timer_name else "")),
+            (self.other_ticks, f"other ticks {self.other_ticks * ms:.1f} ms"),
+            (self.not_running, f"not running {self.not_running * ms:.1f} ms "
+                               "(other threads, the scheduler)"),
+        ]
+        causes.sort(key=lambda cause: -cause[0])
+        return (f"tick {self.number} fired {self.lateness * ms:.0f} ms late; since the tick "
+                f"before ended ({self.since * ms:.0f} ms): "
+                + ", ".join(text for _, text in causes)
+                + f", waiting {self.waiting * ms:.1f} ms")
+
+
+def _callable_name(callback: Callable[..., Any]) -> str:
+    name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
+    owner = getattr(callback, "__self__", None)
+    if owner is not None and "." not in name:
+        name = f"{type(owner).__qualname__}.{name}"
+    return name
+
+
 class _Ticker:
-    __slots__ = ("scheduler", "callback", "io_time", "io_until", "io_round")
+    __slots__ = ("scheduler", "callback", "io_time", "io_until", "io_round", "previous",
+                 "mark")
 
     def __init__(self, scheduler: TickScheduler, callback: Callable[[Tick], None],
                  io_time: float) -> None:
@@ -130,6 +208,10 @@ class _Ticker:
         # one after the tick (what arrived during it), or, for a tick that
         # ended when the next was already due, none (io_time in full).
         self.io_round = -1
+        self.previous = 0.0  # how long the last tick took
+        # At the end of the last tick: the clock, LoopTime's four sums and
+        # the events count, for the report of a late tick after it.
+        self.mark: Optional[Tuple[float, float, float, float, float, int]] = None
 
     def holds(self, iteration: int, now: float) -> bool:
         """Whether waiting I/O still goes before this ticker's due tick."""
@@ -370,6 +452,18 @@ class EventLoop:
         self.running = False
         self.iterations = 0
         self.events = 0  # ready events dispatched, all polls together
+        self.spent = LoopTime()
+        # Since the last tick (of any ticker): the longest poll's worth of
+        # handlers, and the longest timer callback, for LateTick.
+        self._longest_round = 0.0
+        self._longest_timer = 0.0
+        self._longest_timer_callback: Optional[Callable[[], None]] = None
+        #: The newest late tick's report (see LateTick); logged at most once
+        #: per ``late_report_every`` seconds, with a count of those left out.
+        self.last_late_tick: Optional[LateTick] = None
+        self.late_report_every = 10.0
+        self._late_logged_at = -INF
+        self._late_unlogged = 0
 
     # -- time ---------------------------------------------------------------
 
@@ -508,19 +602,23 @@ class EventLoop:
             self.running = False
 
     def run_once(self, max_wait: Optional[float] = None) -> None:
+        clock = self.clock
+        spent = self.spent
         timeout = self._timeout(max_wait)
+        began = clock()
         if self._busy_until and timeout != 0.0:
             # Busy: let events gather until the coalescing interval is up,
             # if the whole pause fits before the next tick, timer or max_wait.
             # If not, poll as usual, so what arrives just before a tick is
             # still read before it (a move makes the tick it was sent for).
-            now = self.clock()
-            pause = self._busy_until - now
+            pause = self._busy_until - began
             if pause > 0 and (timeout is None or pause < timeout):
                 self.sleep(pause)
                 if timeout is not None:  # what is left, even if the sleep overshot
-                    timeout = max(0.0, timeout - (self.clock() - now))
+                    timeout = max(0.0, timeout - (clock() - began))
         events = self.poller.poll(timeout)
+        polled = clock()
+        spent.waiting += polled - began
         again = self._again
         if again:
             self._again = []
@@ -529,17 +627,24 @@ class EventLoop:
         if events:
             self.events += len(events)
             if self.coalesce:
-                self._busy_until = self.clock() + self.coalesce
+                self._busy_until = polled + self.coalesce
         else:
             self._busy_until = 0.0
         if self._tickers:
             self._fire_ticks(bool(events))
         if self._timers:
             self._fire_timers()
-        self._dispatch(events)
         soon = self._soon
-        for _ in range(len(soon)):
-            self._guard(soon.popleft())
+        if events or soon:
+            ticks = spent.ticks
+            start = clock()
+            self._dispatch(events)
+            for _ in range(len(soon)):
+                self._guard(soon.popleft())
+            took = clock() - start - (spent.ticks - ticks)  # less the ticks fired between
+            spent.io += took
+            if took > self._longest_round:
+                self._longest_round = took
 
     def close(self) -> None:
         self.remove_signal_handlers()
@@ -604,23 +709,67 @@ class EventLoop:
             tick = sched.poll(now)
             if tick is None:
                 continue
+            if tick.lateness > sched.late_after and ticker.mark is not None:
+                self._late_tick(ticker, tick, now)
             started = clock()
             self._guard(ticker.callback, tick)
             ended = clock()
-            sched.record_duration(ended - started)
+            took = ended - started
+            sched.record_duration(took)
+            spent = self.spent
+            spent.ticks += took
+            ticker.previous = took
+            ticker.mark = (ended, spent.waiting, spent.io, spent.timers, spent.ticks, self.events)
+            self._longest_round = self._longest_timer = 0.0
+            self._longest_timer_callback = None
             ticker.io_until = ended + ticker.io_time
             # On time (the next tick not yet due): one round of what waits,
             # capped at io_time. Outgrown (already due): io_time in full.
             ticker.io_round = self.iterations + 1 if sched.deadline > ended else _FULL_IO_TIME
 
+    def _late_tick(self, ticker: _Ticker, tick: Tick, now: float) -> None:
+        """Account for a late tick: keep the report, and log it (rate-limited)."""
+        assert ticker.mark is not None
+        ended, waiting, io, timers, ticks, events = ticker.mark
+        spent = self.spent
+        since = now - ended
+        callback = self._longest_timer_callback
+        report = LateTick(
+            number=tick.number, lateness=tick.lateness, period=ticker.scheduler.period,
+            previous=ticker.previous, since=since, io=spent.io - io,
+            events=self.events - events, longest_round=self._longest_round,
+            timers=spent.timers - timers, longest_timer=self._longest_timer,
+            longest_timer_name=_callable_name(callback) if callback is not None else "",
+            other_ticks=spent.ticks - ticks, waiting=spent.waiting - waiting,
+            not_running=max(0.0, since - (spent.io - io) - (spent.timers - timers)
+                            - (spent.ticks - ticks) - (spent.waiting - waiting)),
+        )
+        self.last_late_tick = report
+        if now - self._late_logged_at < self.late_report_every:
+            self._late_unlogged += 1
+            return
+        more = (f" ({self._late_unlogged} more late ticks since the last report)"
+                if self._late_unlogged else "")
+        self._late_logged_at = now
+        self._late_unlogged = 0
+        log.warning("%s%s", report.describe(), more)
+
     def _fire_timers(self) -> None:
         timers = self._timers
-        now = self.clock()
+        clock = self.clock
+        now = started = clock()  # what is due now; one added meanwhile waits a turn
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
             if not timer.cancelled:
                 timer.cancelled = True  # a timer fires once
                 self._guard(timer.callback)
+                ended = clock()
+                took = ended - started
+                self.spent.timers += took
+                if took > self._longest_timer:
+                    self._longest_timer = took
+                    self._longest_timer_callback = timer.callback
+                started = ended
 
     @staticmethod
     def _guard(callback: Callable[..., None], *args: Any) -> None:

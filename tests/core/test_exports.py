@@ -16,7 +16,7 @@ PUBLIC = {
     # classes and types
     "BufferFull", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "CodecHandoff",
     "Connection",
-    "EventLoop", "FrameError", "FrameParser", "Handler", "Histogram", "NetStats",
+    "EventLoop", "FrameError", "FrameParser", "Handler", "Histogram", "LateTick", "NetStats",
     "OversizeFrame", "Owner", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
     "SplitFrame", "StreamFrames", "TCPClient", "TCPServer", "Text", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",

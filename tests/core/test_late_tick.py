@@ -1,0 +1,151 @@
+"""A late tick says why: what the loop did between the tick before and it (LateTick)."""
+
+import logging
+import socket
+import time
+
+from netcore import EventLoop
+from netcore.loop import LateTick, Readiness
+
+PERIOD = 0.05
+
+
+def work(seconds):
+    """Hold the loop's thread, as real work would (a busy wait, not a sleep)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class OnceSlow(Readiness):
+    """Reads its socket; the first read costs ``cost`` seconds."""
+
+    def __init__(self, sock, cost):
+        self.sock = sock
+        self.cost = cost
+
+    def on_ready(self, mask):
+        self.sock.recv(64)
+        work(self.cost)
+        self.cost = 0.0
+
+
+def run_until_late(loop, limit=2.0):
+    end = time.monotonic() + limit
+    while loop.last_late_tick is None and time.monotonic() < end:
+        loop.run_once(0.01)
+    assert loop.last_late_tick is not None, "no tick was late"
+    return loop.last_late_tick
+
+
+def ticking_loop(on_tick=None):
+    loop = EventLoop()
+    loop.late_report_every = 0.0
+    ticks = []
+    loop.start_ticker(PERIOD, on_tick or ticks.append, io_share=0.0)
+    # Two ticks on time first: the report covers the span after a tick.
+    end = time.monotonic() + 2
+    while len(ticks) < 2 and time.monotonic() < end and on_tick is None:
+        loop.run_once(0.01)
+    return loop
+
+
+def test_a_slow_handler_is_named_as_the_cause():
+    loop = ticking_loop()
+    ours, theirs = socket.socketpair()
+    try:
+        loop.register(ours, 1, OnceSlow(ours, 3 * PERIOD))
+        theirs.send(b"move")
+        report = run_until_late(loop)
+        assert report.lateness > PERIOD
+        assert report.io >= 3 * PERIOD * 0.9
+        assert report.longest_round >= 3 * PERIOD * 0.9
+        assert report.events >= 1
+        assert report.describe().split("; since the tick before ended")[1].startswith(
+            f" ({report.since * 1e3:.0f} ms): I/O handlers")
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()
+
+
+def test_a_slow_timer_is_named_with_what_it_called():
+    loop = ticking_loop()
+
+    def compact_the_world():
+        work(3 * PERIOD)
+
+    loop.call_later(0.005, compact_the_world)
+    report = run_until_late(loop)
+    assert report.timers >= 3 * PERIOD * 0.9
+    assert report.longest_timer >= 3 * PERIOD * 0.9
+    assert "compact_the_world" in report.longest_timer_name
+    assert "timers" in report.describe().split(": ", 1)[1].split(",")[0]
+    loop.close()
+
+
+def test_a_tick_that_outgrew_its_period_is_the_cause_of_the_next_ones_lateness():
+    seen = []
+
+    def on_tick(tick):
+        seen.append(tick.number)
+        if len(seen) == 3:
+            work(2.5 * PERIOD)
+
+    loop = ticking_loop(on_tick)
+    report = run_until_late(loop)
+    assert report.number == seen[2] + 1  # the one after the slow tick
+    assert report.previous >= 2.5 * PERIOD * 0.9
+    assert report.io < PERIOD and report.timers < PERIOD
+    assert report.describe().split(": ", 1)[1].startswith("the tick before took")
+    loop.close()
+
+
+def test_the_times_add_up_to_the_span_and_nothing_is_counted_twice():
+    loop = ticking_loop()
+    ours, theirs = socket.socketpair()
+    try:
+        loop.register(ours, 1, OnceSlow(ours, 2 * PERIOD))
+        loop.call_later(0.005, lambda: work(PERIOD))
+        theirs.send(b"x")
+        report = run_until_late(loop)
+        accounted = (report.io + report.timers + report.other_ticks + report.waiting
+                     + report.not_running)
+        # Counted twice (a tick inside the handlers' time, say), the parts
+        # would outgrow the span by that much.
+        assert abs(accounted - report.since) < 0.005
+        spent = loop.spent
+        assert spent.io >= 2 * PERIOD * 0.9 and spent.timers >= PERIOD * 0.9
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()
+
+
+def test_late_ticks_are_logged_at_most_once_per_interval_with_a_count(caplog):
+    caplog.set_level(logging.WARNING, logger="netcore.loop")
+    loop = ticking_loop()
+    loop.late_report_every = 60.0
+    for _ in range(3):
+        loop.call_later(0.0, lambda: work(2 * PERIOD))
+        loop.last_late_tick = None
+        run_until_late(loop)
+    lines = [r.getMessage() for r in caplog.records if "late" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("tick ")
+    loop.late_report_every = 0.0
+    loop.call_later(0.0, lambda: work(2 * PERIOD))
+    loop.last_late_tick = None
+    run_until_late(loop)
+    lines = [r.getMessage() for r in caplog.records if "late" in r.getMessage()]
+    assert len(lines) == 2 and "more late ticks since the last report" in lines[1]
+    loop.close()
+
+
+def test_describe_puts_the_biggest_cause_first():
+    report = LateTick(number=7, lateness=0.3, period=0.25, previous=0.1, since=0.4, io=0.01,
+                      events=3, longest_round=0.01, timers=0.0, longest_timer=0.0,
+                      longest_timer_name="", other_ticks=0.0, waiting=0.0, not_running=0.38)
+    text = report.describe()
+    assert text.startswith("tick 7 fired 300 ms late; since the tick before ended (400 ms): "
+                           "not running 380.0 ms")
+    assert "waiting 0.0 ms" in text
