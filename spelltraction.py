@@ -153,6 +153,7 @@ from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextForm
 from netcore.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
     Exposition,
+    add_loop_stats,
     add_net_stats,
     add_process_stats,
     add_tick_stats,
@@ -2242,6 +2243,7 @@ class GameServer(Handler):
         add_net_stats(exp, self.net.stats, "spelltraction", self.net.config.max_connections)
         if self.ticker is not None:
             add_tick_stats(exp, self.ticker, "spelltraction")
+        add_loop_stats(exp, self.loop, "spelltraction")
         game = self.game
         exp.gauge("spelltraction_players", "Players in the game (connections past HELLO).",
                   len(game.players))

@@ -4,8 +4,9 @@ Nothing here runs on the hot path: the server bumps plain ``int`` slots in
 :class:`~netcore.stats.NetStats` and the tick scheduler fills its fixed
 :class:`~netcore.stats.Histogram`; this module only reads them when a scrape
 asks. :class:`Exposition` is a small generic writer (HELP/TYPE lines, label
-escaping, histograms); ``add_net_stats``, ``add_tick_stats`` and
-``add_process_stats`` map netcore's own figures onto conventional names.
+escaping, histograms); ``add_net_stats``, ``add_tick_stats``,
+``add_loop_stats`` and ``add_process_stats`` map netcore's own figures onto
+conventional names.
 
 The process figures use the names the official client libraries use
 (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ...) so
@@ -25,10 +26,13 @@ from .typing_shim import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
+    from .loop import EventLoop
+
 __all__ = [
     "CONTENT_TYPE",
     "Exposition",
     "ProcessStats",
+    "add_loop_stats",
     "add_net_stats",
     "add_process_stats",
     "add_tick_stats",
@@ -199,6 +203,21 @@ def add_tick_stats(exp: Exposition, sched: TickScheduler, prefix: str) -> None:
                   sched.lateness_hist)
     exp.gauge(f"{p}_tick_lateness_max_seconds", "Largest tick lateness since start.",
               sched.max_lateness)
+
+
+def add_loop_stats(exp: Exposition, loop: EventLoop, prefix: str) -> None:
+    """Where the event loop's time went, by phase: a CPU split without a profiler.
+
+    ``waiting`` is idle (the poll, the coalescing pause); wall time less all
+    four phases is time the loop's thread did not run (see ``LoopTime``).
+    """
+    spent = loop.spent
+    exp.labelled(f"{prefix}_loop_seconds_total", "counter",
+                 "Event loop time by phase: waiting (poll and coalescing pause), io (ready "
+                 "handlers), timers, ticks.", "phase",
+                 {"waiting": spent.waiting, "io": spent.io, "timers": spent.timers,
+                  "ticks": spent.ticks})
+    exp.counter(f"{prefix}_loop_events_total", "Ready events the loop handled.", loop.events)
 
 
 class ProcessStats:

@@ -103,6 +103,20 @@ def test_tick_histograms_agree_with_the_tick_count(h):
     assert value(samples, "process_open_fds") >= 2
 
 
+def test_the_loops_time_by_phase_adds_up_and_counts_the_ticks(h):
+    h.client().send(st.Move(1, 5, 5))
+    h.ticks(8)
+    samples, types = parse(h.server.metrics_text())
+    assert types["spelltraction_loop_seconds"] == "counter"
+    phases = {p: value(samples, "spelltraction_loop_seconds_total", phase=p)
+              for p in ("waiting", "io", "timers", "ticks")}
+    assert all(v >= 0 for v in phases.values())
+    assert phases["ticks"] == pytest.approx(
+        value(samples, "spelltraction_tick_duration_seconds_sum"))
+    assert phases["io"] > 0 and phases["waiting"] > 0  # the HELLO and MOVE; idle between ticks
+    assert value(samples, "spelltraction_loop_events_total") >= 2
+
+
 def test_slow_consumers_and_errors_sent_are_counted(h):
     good = h.client()
     slow = h.client()
