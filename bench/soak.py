@@ -567,6 +567,7 @@ def run(args: argparse.Namespace, log: IO[str]) -> Dict[str, Any]:
             crowd.close()
         if server is not None:
             result["server_log_tail"] = children.log_tail("server", 3000)
+            result["late_tick_reports"] = late_tick_reports(children.log_tail("server", 1 << 24))
 
     try:
         with stoppable(children, interrupted):
@@ -830,6 +831,17 @@ def check_targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def late_tick_reports(log: str) -> List[str]:
+    """The server's own account of each late tick it logged (netcore's LateTick lines).
+
+    The loop logs one at most every 10 s (with a count of the late ticks
+    left out), naming where the time went since the tick before: that tick's
+    own length, I/O handlers, timers, or time the loop did not run at all.
+    """
+    return [line.replace(" WARNING netcore.loop:", "", 1) for line in log.splitlines()
+            if " ms late; since the tick before ended " in line]
+
+
 def _met(met: Optional[bool]) -> str:
     return "n/a" if met is None else ("met" if met else "**missed**")
 
@@ -876,6 +888,10 @@ def report_text(result: Dict[str, Any]) -> str:
                   f"run; fds {s[0]['fds']} -> {s[-1]['fds']}; server CPU median "
                   f"{sorted(x['cpu_pct'] for x in s)[len(s) // 2]:.0f} %, bots "
                   f"{sorted(x['bots_cpu_pct'] for x in s)[len(s) // 2]:.0f} % of a core"]
+    late = result.get("late_tick_reports")
+    if late:
+        lines += ["", f"The server's late-tick reports ({len(late)}; at most one every 10 s):", ""]
+        lines += [f"- {line}" for line in late]
     if result["errors"] or result["notes"]:
         lines += ["", "; ".join(result["errors"] + result["notes"])]
     if result["interrupted"]:

@@ -16,9 +16,32 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.slow  # a server, bot processes and attackers for ~50 s
+
+def test_the_late_tick_reports_are_read_from_the_servers_log_as_the_loop_writes_them():
+    import logging
+
+    from netcore.logs import TextFormatter
+    from netcore.loop import LateTick
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import soak
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    report = LateTick(number=9, lateness=0.12, period=0.25, previous=0.3, since=0.07,
+                      io=0.05, events=40, longest_round=0.05, timers=0.0, longest_timer=0.0,
+                      longest_timer_name="", other_ticks=0.0, waiting=0.01, not_running=0.01)
+    record = logging.LogRecord("netcore.loop", logging.WARNING, __file__, 1, "%s%s",
+                               (report.describe(), " (2 more late ticks since the last report)"),
+                               None)
+    log = "\n".join(["2026-12-02T02:00:00.000Z WARNING spelltraction: something else",
+                     TextFormatter().format(record)])
+    (line,) = soak.late_tick_reports(log)
+    assert line.endswith(report.describe() + " (2 more late ticks since the last report)")
+    assert line.startswith("20") and "WARNING" not in line  # the time stays, the level goes
 
 
+@pytest.mark.slow  # a server, bot processes and attackers for ~50 s
 def test_soak_bench_runs_every_phase_and_writes_its_figures(tmp_path):
     out, svg = tmp_path / "soak.json", tmp_path / "soak.svg"
     run = subprocess.run(
@@ -57,6 +80,7 @@ def test_soak_bench_runs_every_phase_and_writes_its_figures(tmp_path):
                                "observer_reasons": [], "players": 0}
     assert result["minutes"] and result["minutes"][0]["ticks_seen"] > 0
     assert result["rss_points"]
+    assert isinstance(result["late_tick_reports"], list)
     assert {t["target"] for t in result["targets"]} >= {
         "players dropped who did not choose to leave", "rejoining players refused"}
     assert "| target | measured | limit | met |" in run.stdout
