@@ -60,6 +60,9 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 INF = float("inf")
 _FULL_IO_TIME = 1 << 62  # an io_round no iteration reaches: I/O keeps all of io_time
+# This thread's CPU time (user + system), read twice a tick: a tick whose
+# wall time is well over it waited (another thread held the GIL, the host).
+_thread_time: Callable[[], float] = getattr(time, "thread_time", time.process_time)
 
 # Seconds between two polls while the loop is busy (see EventLoop): what a
 # request arriving on a busy loop may wait before it is read, at most.
@@ -145,7 +148,8 @@ class LateTick(NamedTuple):
     """Why a tick fired late: what the loop did since the tick before it ended.
 
     The loop logs :meth:`describe` (at most once per
-    ``EventLoop.late_report_every`` seconds) and keeps the newest as
+    ``EventLoop.late_report_every`` seconds, unless a tick is twice as late
+    as the last one logged) and keeps the newest as
     ``EventLoop.last_late_tick``. Times in seconds.
     """
 
@@ -153,6 +157,7 @@ class LateTick(NamedTuple):
     lateness: float
     period: float
     previous: float  # how long the tick before it took
+    previous_cpu: float  # of which on the CPU (this thread's user + system time)
     since: float  # from the end of the tick before to this one firing
     io: float  # in ready handlers (and call_soon callbacks) meanwhile
     events: int  # ready events they handled
@@ -169,7 +174,8 @@ class LateTick(NamedTuple):
         ms = 1e3
         causes = [
             (self.previous - self.period, f"the tick before took {self.previous * ms:.0f} ms "
-                                          f"of its {self.period * ms:.0f} ms period"),
+                                          f"of its {self.period * ms:.0f} ms period "
+                                          f"({self.previous_cpu * ms:.0f} ms of it on the CPU)"),
             (self.io, f"I/O handlers {self.io * ms:.1f} ms ({self.events} events, the longest "
                       f"round {self.longest_round * ms:.1f} ms)"),
             (self.timers, f"timers {self.timers * ms:.1f} ms" + (
@@ -196,7 +202,7 @@ def _callable_name(callback: Callable[..., Any]) -> str:
 
 class _Ticker:
     __slots__ = ("scheduler", "callback", "io_time", "io_until", "io_round", "previous",
-                 "mark")
+                 "previous_cpu", "mark")
 
     def __init__(self, scheduler: TickScheduler, callback: Callable[[Tick], None],
                  io_time: float) -> None:
@@ -209,6 +215,7 @@ class _Ticker:
         # ended when the next was already due, none (io_time in full).
         self.io_round = -1
         self.previous = 0.0  # how long the last tick took
+        self.previous_cpu = 0.0  # of which on the CPU: less if it waited (the GIL, the host)
         # At the end of the last tick: the clock, LoopTime's four sums and
         # the events count, for the report of a late tick after it.
         self.mark: Optional[Tuple[float, float, float, float, float, int]] = None
@@ -463,6 +470,7 @@ class EventLoop:
         self.last_late_tick: Optional[LateTick] = None
         self.late_report_every = 10.0
         self._late_logged_at = -INF
+        self._late_logged_lateness = 0.0
         self._late_unlogged = 0
 
     # -- time ---------------------------------------------------------------
@@ -712,7 +720,9 @@ class EventLoop:
             if tick.lateness > sched.late_after and ticker.mark is not None:
                 self._late_tick(ticker, tick, now)
             started = clock()
+            cpu = _thread_time()
             self._guard(ticker.callback, tick)
+            ticker.previous_cpu = _thread_time() - cpu
             ended = clock()
             took = ended - started
             sched.record_duration(took)
@@ -736,7 +746,7 @@ class EventLoop:
         callback = self._longest_timer_callback
         report = LateTick(
             number=tick.number, lateness=tick.lateness, period=ticker.scheduler.period,
-            previous=ticker.previous, since=since, io=spent.io - io,
+            previous=ticker.previous, previous_cpu=ticker.previous_cpu, since=since, io=spent.io - io,
             events=self.events - events, longest_round=self._longest_round,
             timers=spent.timers - timers, longest_timer=self._longest_timer,
             longest_timer_name=_callable_name(callback) if callback is not None else "",
@@ -745,11 +755,15 @@ class EventLoop:
                             - (spent.ticks - ticks) - (spent.waiting - waiting)),
         )
         self.last_late_tick = report
-        if now - self._late_logged_at < self.late_report_every:
+        if (now - self._late_logged_at < self.late_report_every
+                and tick.lateness < 2 * self._late_logged_lateness):
             self._late_unlogged += 1
             return
         more = (f" ({self._late_unlogged} more late ticks since the last report)"
                 if self._late_unlogged else "")
+        # Within the interval a tick is logged only if it is twice as late as
+        # the last one logged: the worst of a bad spell is always on record.
+        self._late_logged_lateness = tick.lateness
         self._late_logged_at = now
         self._late_unlogged = 0
         log.warning("%s%s", report.describe(), more)

@@ -1,6 +1,7 @@
 """A late tick says why: what the loop did between the tick before and it (LateTick)."""
 
 import logging
+import re
 import socket
 import time
 
@@ -42,7 +43,7 @@ def ticking_loop(on_tick=None):
     loop = EventLoop()
     loop.late_report_every = 0.0
     ticks = []
-    loop.start_ticker(PERIOD, on_tick or ticks.append, io_share=0.0)
+    loop.sched = loop.start_ticker(PERIOD, on_tick or ticks.append, io_share=0.0)
     # Two ticks on time first: the report covers the span after a tick.
     end = time.monotonic() + 2
     while len(ticks) < 2 and time.monotonic() < end and on_tick is None:
@@ -96,8 +97,27 @@ def test_a_tick_that_outgrew_its_period_is_the_cause_of_the_next_ones_lateness()
     report = run_until_late(loop)
     assert report.number == seen[2] + 1  # the one after the slow tick
     assert report.previous >= 2.5 * PERIOD * 0.9
+    assert report.previous_cpu >= 2.5 * PERIOD * 0.5  # it worked: on the CPU, mostly
     assert report.io < PERIOD and report.timers < PERIOD
     assert report.describe().split(": ", 1)[1].startswith("the tick before took")
+    loop.close()
+
+
+def test_a_tick_that_waited_shows_less_cpu_than_wall_time():
+    """A tick held up without working (another thread's GIL, a blocking call)
+    is told apart from one that had too much to do."""
+    seen = []
+
+    def on_tick(tick):
+        seen.append(tick.number)
+        if len(seen) == 3:
+            time.sleep(2.5 * PERIOD)
+
+    loop = ticking_loop(on_tick)
+    report = run_until_late(loop)
+    assert report.previous >= 2.5 * PERIOD * 0.9
+    assert report.previous_cpu < 0.5 * PERIOD
+    assert f"({report.previous_cpu * 1e3:.0f} ms of it on the CPU)" in report.describe()
     loop.close()
 
 
@@ -122,27 +142,47 @@ def test_the_times_add_up_to_the_span_and_nothing_is_counted_twice():
         loop.close()
 
 
-def test_late_ticks_are_logged_at_most_once_per_interval_with_a_count(caplog):
+def late_by(loop, seconds):
+    """Hold the loop ``seconds`` past the next tick's deadline; the report.
+
+    First the ticks catch up (a tick late from the last hold is not this
+    one), so that the hold starts just before a deadline still ahead."""
+    end = time.monotonic() + 2
+    while loop.sched.deadline - loop.time() < PERIOD / 2 and time.monotonic() < end:
+        loop.run_once(0.005)
+    lead = PERIOD / 4  # the poll's wake-up may overshoot a little: start well before
+    loop.call_at(loop.sched.deadline - lead, lambda: work(seconds + lead))
+    loop.last_late_tick = None
+    return run_until_late(loop)
+
+
+def test_late_ticks_are_logged_once_per_interval_unless_twice_as_late(caplog):
     caplog.set_level(logging.WARNING, logger="netcore.loop")
     loop = ticking_loop()
     loop.late_report_every = 60.0
-    for _ in range(3):
-        loop.call_later(0.0, lambda: work(2 * PERIOD))
-        loop.last_late_tick = None
-        run_until_late(loop)
-    lines = [r.getMessage() for r in caplog.records if "late" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith("tick ")
+
+    def logged():
+        return [r.getMessage() for r in caplog.records if " ms late; " in r.getMessage()]
+
+    first = late_by(loop, 1.5 * PERIOD)
+    for _ in range(2):  # no later than the first: counted, not logged
+        assert late_by(loop, 1.0 * PERIOD).lateness < 2 * first.lateness
+    assert len(logged()) == 1 and logged()[0].startswith(f"tick {first.number} ")
+    worse = late_by(loop, 4 * PERIOD)  # twice as late as the one logged: logged too
+    assert worse.lateness >= 2 * first.lateness
+    assert len(logged()) == 2 and logged()[1].startswith(f"tick {worse.number} ")
+    # The two counted, and the ticks that caught up after each hold, late too.
+    more = re.search(r"\((\d+) more late ticks since the last report\)$", logged()[1])
+    assert more and int(more.group(1)) >= 2
     loop.late_report_every = 0.0
-    loop.call_later(0.0, lambda: work(2 * PERIOD))
-    loop.last_late_tick = None
-    run_until_late(loop)
-    lines = [r.getMessage() for r in caplog.records if "late" in r.getMessage()]
-    assert len(lines) == 2 and "more late ticks since the last report" in lines[1]
+    last = late_by(loop, 1.0 * PERIOD)
+    assert len(logged()) >= 3 and logged()[-1].startswith(f"tick {last.number} ")
     loop.close()
 
 
 def test_describe_puts_the_biggest_cause_first():
-    report = LateTick(number=7, lateness=0.3, period=0.25, previous=0.1, since=0.4, io=0.01,
+    report = LateTick(number=7, lateness=0.3, period=0.25, previous=0.1, previous_cpu=0.1,
+                      since=0.4, io=0.01,
                       events=3, longest_round=0.01, timers=0.0, longest_timer=0.0,
                       longest_timer_name="", other_ticks=0.0, waiting=0.0, not_running=0.38)
     text = report.describe()
