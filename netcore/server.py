@@ -53,6 +53,10 @@ _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 
 RECV_BUFFER_SIZE = 64 * 1024
 _BACKLOG_SLICE = 2048  # connections checked for a send backlog per loop turn
+# ...or fewer: a slice that has cut slow consumers for this long stops there.
+# A cut costs ~100 times a check (the handler's on_close: a player leaving),
+# and a soak's attack once cut hundreds in one slice, holding the loop 40 ms.
+_BACKLOG_SLICE_TIME = 0.005
 
 try:  # the unsent bytes in a socket's send queue (SIOCOUTQ is TIOCOUTQ on Linux)
     import fcntl
@@ -144,7 +148,7 @@ class ServerConfig:
         "high_water", "low_water", "accept_batch", "close_linger", "nodelay", "full_message",
         "sndbuf", "send_backlog_limit", "send_backlog_grace", "max_per_address",
         "max_pending_per_address", "max_pending", "exempt", "trusted_proxies",
-        "limit_message", "read_budget", "reuse_port",
+        "limit_message", "read_budget", "reuse_port", "refuse_rate",
     )
 
     def __init__(
@@ -190,6 +194,12 @@ class ServerConfig:
         # SO_REUSEPORT on the listeners: processes that share the port share
         # its connections (only where that is meant: gateways of one world).
         reuse_port: bool = False,
+        # At max_connections, refusals per second at most (in bursts of a
+        # quarter second's worth); past it the listeners rest and connects
+        # wait in the kernel's queue (then its SYN retries), costing the loop
+        # nothing: a connect storm at a full server cannot take the tick's
+        # CPU. None: every connect is accepted and refused at once.
+        refuse_rate: Optional[float] = 1000.0,
     ) -> None:
         if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
@@ -220,6 +230,9 @@ class ServerConfig:
         if read_budget < 1:
             raise ValueError("read_budget must be positive")
         self.read_budget = read_budget
+        if refuse_rate is not None and refuse_rate <= 0:
+            raise ValueError("refuse_rate must be positive (None: no limit)")
+        self.refuse_rate = refuse_rate
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -327,6 +340,9 @@ class TCPServer(OwnerBase):
         self._spare_fd: Optional[int] = None
         self._backoff = 0.0
         self._last_fd_warning = -1e9
+        # The refusal token bucket (see _may_refuse): full at the start.
+        self._refuse_tokens = (self.config.refuse_rate or 0.0) / 4
+        self._refuse_at = loop.time()
         self._on_drained: Optional[Callable[[], None]] = None  # while shutting down
         self._drain_timer: Optional[Timer] = None
         cfg = self.config
@@ -479,7 +495,11 @@ class TCPServer(OwnerBase):
 
     def _accept_ready(self, listener: Listener) -> None:
         lsock = listener.sock
-        for _ in range(self.config.accept_batch):
+        cfg = self.config
+        stats = self.stats
+        for _ in range(cfg.accept_batch):
+            if stats.connections >= cfg.max_connections and not self._may_refuse(listener):
+                return
             try:
                 sock, _addr = accept_lean(lsock)
             except (BlockingIOError, InterruptedError):
@@ -655,9 +675,11 @@ class TCPServer(OwnerBase):
         """Cut peers whose unsent backlog stayed over the limit for the grace time.
 
         A sweep runs every second at most (a quarter of the grace), while
-        there are connections: one ioctl each (~2 us), in slices of
+        there are connections: one ioctl each (~0.8 us), in slices of
         ``_BACKLOG_SLICE`` connections with the loop (and a due tick) between
-        them, so 15,000 connections never hold the loop for 30 ms at once.
+        them, so 15,000 connections never hold the loop for 30 ms at once. A
+        slice that cuts many (each close runs the handler's ``on_close``)
+        ends early, after ``_BACKLOG_SLICE_TIME``, and the next goes on.
         """
         self._backlog_timer = None
         limit = self.config.send_backlog_limit
@@ -670,8 +692,10 @@ class TCPServer(OwnerBase):
         grace = self.config.send_backlog_grace
         over = self._over_backlog
         unsent = unsent_counter()
-        todo, rest = pending[:_BACKLOG_SLICE], pending[_BACKLOG_SLICE:]
+        todo = pending[:_BACKLOG_SLICE]
+        done = 0
         for conn in todo:
+            done += 1
             if conn.closed:
                 continue
             out = conn.out
@@ -688,6 +712,9 @@ class TCPServer(OwnerBase):
                 _abort(conn.sock)
                 conn.close(CloseReason.SLOW_CONSUMER,
                            f"{backlog} bytes unsent for {now - since:.1f} s (limit {limit})")
+                if self.loop.time() - now >= _BACKLOG_SLICE_TIME:
+                    break
+        rest = pending[done:]
         if rest:
             self._backlog_timer = self.loop.call_later(0.0, lambda: self._check_backlogs(rest))
         else:
@@ -736,6 +763,30 @@ class TCPServer(OwnerBase):
             self.stats.refused_fd_limit += 1
             self.stats.limit("fd-limit")
             self._refuse(sock, self.config.full_message)
+        return False
+
+    def _may_refuse(self, listener: Listener) -> bool:
+        """Full: whether one more connect may be accepted and refused now.
+
+        A token bucket of ``config.refuse_rate`` a second (a quarter second's
+        worth at most). When it is empty the listener rests until a token
+        is due (20 ms at least, so a storm costs a few epoll_ctl calls a
+        second, not one each): what connects meanwhile waits in the
+        kernel's queue, and past its length the kernel drops the SYNs and
+        the clients retry. Counted as ``refuse-rate`` in ``stats.limits``.
+        """
+        rate = self.config.refuse_rate
+        if rate is None:
+            return True
+        now = self.loop.time()
+        tokens = min(rate / 4, self._refuse_tokens + (now - self._refuse_at) * rate)
+        self._refuse_at = now
+        if tokens >= 1.0:
+            self._refuse_tokens = tokens - 1.0
+            return True
+        self._refuse_tokens = tokens
+        self.stats.limit("refuse-rate")
+        self._pause(listener, max(0.02, (1.0 - tokens) / rate))
         return False
 
     def _pause(self, listener: Listener, seconds: float) -> None:

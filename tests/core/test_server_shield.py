@@ -305,3 +305,80 @@ def test_the_sweeps_unsent_counter_reads_what_unsent_bytes_reads():
     assert unsent(fd) == 0  # a descriptor closed meanwhile (EBADF): 0, no exception
     for s in (peer, listener):
         s.close()
+
+
+def test_a_slice_that_cuts_stops_at_its_time_and_the_next_turn_goes_on(monkeypatch):
+    """Cutting a slow consumer runs the handler's on_close: a slice that cuts
+    hundreds must not hold the loop (a due tick) for all of them."""
+    import netcore.server as server_module
+
+    monkeypatch.setattr(server_module, "_BACKLOG_SLICE_TIME", 0.0)  # one cut per slice
+    monkeypatch.setattr(server_module, "unsent_counter", lambda: (lambda fd: 1 << 20))
+    loop, server, handler = start(send_backlog_limit=1024, send_backlog_grace=0.05)
+    socks = [connect(server) for _ in range(4)]
+    run_until(loop, lambda: server.stats.connections == 4)
+    server._backlog_timer.cancel()  # the sweeps below are this test's own
+    server._check_backlogs()  # every one is over: noted, none cut before the grace
+    assert server.stats.slow_consumers == 0
+    time.sleep(0.06)
+    server._check_backlogs()
+    assert server.stats.slow_consumers == 1  # the slice stopped after its first cut
+    for _ in range(3):
+        loop.run_once(0)  # the rest of the sweep, a slice a turn
+    assert server.stats.slow_consumers == 4
+    assert handler.closed == ["slow-consumer"] * 4
+    for s in socks:
+        s.close()
+    server.close()
+
+
+def _refusals(socks):
+    """How many of ``socks`` have been told "server full" (and closed) so far."""
+    told = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            data = s.recv(100)
+        except BlockingIOError:
+            continue
+        except ConnectionResetError:
+            data = b""
+        assert data in (b"", encode_frame(b"server full")), data
+        told += 1
+    return told
+
+
+def test_a_full_server_refuses_at_its_refuse_rate_and_the_rest_wait_in_the_kernel():
+    loop, server, handler = start(max_connections=1, refuse_rate=40.0)  # bursts of 10
+    player = connect(server)
+    run_until(loop, lambda: server.stats.connections == 1)
+    storm = [connect(server) for _ in range(30)]
+    loop.run_for(0.1)
+    told = [s for s in storm if _refusals([s])]
+    # The burst was refused at once; the others wait, unaccepted (no fd, no
+    # Connection, no CPU here), while the listener rests.
+    assert 10 <= len(told) <= 16, len(told)
+    assert server.stats.refused_full == len(told)
+    assert server.stats.limits.get("refuse-rate", 0) >= 1
+    assert served(loop, player, b"ticks on")
+    waiting = [s for s in storm if s not in told]
+    run_until(loop, lambda: server.stats.refused_full == 30, timeout=3)
+    assert _refusals(waiting) == len(waiting)  # each told in the end, none dropped
+    for s in storm + [player]:
+        s.close()
+    server.close()
+
+
+def test_without_a_refuse_rate_every_connect_is_refused_at_once():
+    loop, server, handler = start(max_connections=1, refuse_rate=None)
+    player = connect(server)
+    run_until(loop, lambda: server.stats.connections == 1)
+    storm = [connect(server) for _ in range(30)]
+    loop.run_for(0.1)
+    assert _refusals(storm) == 30 == server.stats.refused_full
+    assert "refuse-rate" not in server.stats.limits
+    for s in storm + [player]:
+        s.close()
+    server.close()
+    with pytest.raises(ValueError):
+        ServerConfig(refuse_rate=0)
