@@ -1538,6 +1538,9 @@ class ServerOptions(NamedTuple):
     sndbuf: int = 32 << 10
     send_backlog: int = 1 << 10  # a few TICKs more than any live link has in flight; 0: off
     send_backlog_grace: float = 4.0
+    # A full server refuses this many connects a second at most; the rest
+    # wait in the kernel's queue (a connect storm costs the tick nothing). 0: no limit.
+    refuse_rate: float = 1000.0
     allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
     reuse_port: bool = False  # SO_REUSEPORT: gateways of one world only, never serve
     # While busy, read at most once per this many ms: one epoll_wait collects
@@ -1672,6 +1675,7 @@ class GameServer(Handler):
                 sndbuf=opts.sndbuf or None,
                 send_backlog_limit=opts.send_backlog or None,
                 send_backlog_grace=opts.send_backlog_grace,
+                refuse_rate=opts.refuse_rate or None,
                 # A client's messages are a few bytes: 16 KiB a wake-up is
                 # plenty, and bounds what one flooder makes the loop parse.
                 read_budget=16 << 10,
@@ -6353,6 +6357,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     net.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
                      metavar="SECONDS", help="see --send-backlog (default "
                      f"{defaults.send_backlog_grace:g})")
+    net.add_argument("--refuse-rate", type=float, default=defaults.refuse_rate,
+                     metavar="PER_SECOND", help="at --max-clients, refuse at most this many "
+                     "connects a second with SERVER_FULL; the rest wait in the kernel's "
+                     f"queue, costing the tick nothing (default {defaults.refuse_rate:g}; "
+                     "0: no limit)")
 
 
     common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
@@ -6533,7 +6542,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.handshake_timeout <= 0:
             parser.error("--handshake-timeout must be positive")
         for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
-                     "send_backlog"):
+                     "send_backlog", "refuse_rate"):
             if getattr(args, flag) < 0:
                 parser.error(f"--{flag.replace('_', '-')} must be >= 0")
         if args.send_backlog_grace <= 0:
@@ -6552,6 +6561,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
                      send_backlog=args.send_backlog,
                      send_backlog_grace=args.send_backlog_grace,
+                     refuse_rate=args.refuse_rate,
                      allowed_origins=args.allowed_origins)
     if args.command in ("serve", "game"):
         if args.grace < 0 or args.prune_days <= 0:
