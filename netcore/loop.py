@@ -35,6 +35,7 @@ biggest cause first (:class:`LateTick`, logged at most every 10 s).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -60,8 +61,12 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 INF = float("inf")
 _FULL_IO_TIME = 1 << 62  # an io_round no iteration reaches: I/O keeps all of io_time
+# A poll (and coalescing pause) back later than its timeout by more than
+# this (epoll rounds up to whole ms) was not waiting: its thread did not run.
+_WAKE_SLACK = 0.002
 # This thread's CPU time (user + system), read twice a tick: a tick whose
-# wall time is well over it waited (another thread held the GIL, the host).
+# wall time is well over it waited (another thread held the GIL, the host);
+# with the process's (time.process_time), what the other threads used.
 _thread_time: Callable[[], float] = getattr(time, "thread_time", time.process_time)
 
 # Seconds between two polls while the loop is busy (see EventLoop): what a
@@ -129,10 +134,11 @@ class LoopTime:
     """Where the loop's time went: seconds since it started, sums that only grow.
 
     ``waiting``: in the poll and the coalescing pause (idle, or letting
-    events gather); ``io``: in ready handlers and ``call_soon`` callbacks;
-    ``timers`` and ``ticks``: in their callbacks. Wall time less all four
-    is time the loop's thread did not run: another thread held the GIL,
-    the process was not scheduled, or the loop's own bookkeeping.
+    events gather) up to the time they were asked to last; ``io``: in
+    ready handlers and ``call_soon`` callbacks; ``timers`` and ``ticks``:
+    in their callbacks. Wall time less all four is time the loop's thread
+    did not run: a poll back later than its timeout (another thread held
+    the GIL, or the host ran something else), or the loop's bookkeeping.
     """
 
     __slots__ = ("waiting", "io", "timers", "ticks")
@@ -158,6 +164,7 @@ class LateTick(NamedTuple):
     period: float
     previous: float  # how long the tick before it took
     previous_cpu: float  # of which on the CPU (this thread's user + system time)
+    previous_others: float  # CPU the process's other threads used meanwhile
     since: float  # from the end of the tick before to this one firing
     io: float  # in ready handlers (and call_soon callbacks) meanwhile
     events: int  # ready events they handled
@@ -166,6 +173,9 @@ class LateTick(NamedTuple):
     longest_timer: float
     longest_timer_name: str  # what the longest timer called ("" if none ran)
     other_ticks: float  # in other tickers' ticks meanwhile
+    gc: float  # in the garbage collector, from the tick before's start (inside the above)
+    longest_gc: float  # its longest pass then
+    gc_generation: int  # that pass's generation (-1: none)
     waiting: float  # in the poll and the coalescing pause
     not_running: float  # the rest: other threads, the scheduler, bookkeeping
 
@@ -175,7 +185,8 @@ class LateTick(NamedTuple):
         causes = [
             (self.previous - self.period, f"the tick before took {self.previous * ms:.0f} ms "
                                           f"of its {self.period * ms:.0f} ms period "
-                                          f"({self.previous_cpu * ms:.0f} ms of it on the CPU)"),
+                                          f"({self.previous_cpu * ms:.0f} ms of it on the CPU; "
+                                          f"other threads {self.previous_others * ms:.0f} ms)"),
             (self.io, f"I/O handlers {self.io * ms:.1f} ms ({self.events} events, the longest "
                       f"round {self.longest_round * ms:.1f} ms)"),
             (self.timers, f"timers {self.timers * ms:.1f} ms" + (
@@ -186,10 +197,44 @@ class LateTick(NamedTuple):
                                "(other threads, the scheduler)"),
         ]
         causes.sort(key=lambda cause: -cause[0])
+        collector = (f"; garbage collection {self.gc * ms:.1f} ms of the above and the tick "
+                     f"before (the longest pass {self.longest_gc * ms:.1f} ms, generation "
+                     f"{self.gc_generation})" if self.gc >= 0.001 else "")
         return (f"tick {self.number} fired {self.lateness * ms:.0f} ms late; since the tick "
                 f"before ended ({self.since * ms:.0f} ms): "
                 + ", ".join(text for _, text in causes)
-                + f", waiting {self.waiting * ms:.1f} ms")
+                + f", waiting {self.waiting * ms:.1f} ms" + collector)
+
+
+class _GcClock:
+    """Time in the cyclic garbage collector, process-wide (a ``gc.callbacks`` entry).
+
+    A pass runs inside whatever allocated last (a tick, a handler), so it is
+    reported beside the phases, not as one: a late tick then says whether a
+    full collection of the players' objects (tens of ms) was behind it.
+    """
+
+    __slots__ = ("total", "started", "longest", "generation")
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.started = 0.0
+        self.longest = 0.0  # since the last reset (each tick's start)
+        self.generation = -1
+
+    def __call__(self, phase: str, info: Dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self.started = now
+            return
+        took = now - self.started
+        self.total += took
+        if took > self.longest:
+            self.longest = took
+            self.generation = int(info.get("generation", -1))
+
+
+_GC = _GcClock()
 
 
 def _callable_name(callback: Callable[..., Any]) -> str:
@@ -202,7 +247,7 @@ def _callable_name(callback: Callable[..., Any]) -> str:
 
 class _Ticker:
     __slots__ = ("scheduler", "callback", "io_time", "io_until", "io_round", "previous",
-                 "previous_cpu", "mark")
+                 "previous_cpu", "previous_others", "mark", "gc_mark")
 
     def __init__(self, scheduler: TickScheduler, callback: Callable[[Tick], None],
                  io_time: float) -> None:
@@ -216,9 +261,11 @@ class _Ticker:
         self.io_round = -1
         self.previous = 0.0  # how long the last tick took
         self.previous_cpu = 0.0  # of which on the CPU: less if it waited (the GIL, the host)
+        self.previous_others = 0.0  # the other threads' CPU meanwhile (the GIL's holders)
         # At the end of the last tick: the clock, LoopTime's four sums and
         # the events count, for the report of a late tick after it.
         self.mark: Optional[Tuple[float, float, float, float, float, int]] = None
+        self.gc_mark = 0.0  # _GC.total when the last tick started
 
     def holds(self, iteration: int, now: float) -> bool:
         """Whether waiting I/O still goes before this ticker's due tick."""
@@ -509,6 +556,8 @@ class EventLoop:
         if not 0 <= io_share < 1:
             raise ValueError("io_share must be in [0, 1)")
         sched = TickScheduler(period, self.clock() + period, late_after, max_catchup)
+        if _GC not in gc.callbacks:  # once per process; costs a call per collection
+            gc.callbacks.append(_GC)
         self._tickers.append(_Ticker(sched, callback, io_share * period))
         return sched
 
@@ -612,7 +661,7 @@ class EventLoop:
     def run_once(self, max_wait: Optional[float] = None) -> None:
         clock = self.clock
         spent = self.spent
-        timeout = self._timeout(max_wait)
+        timeout = wait = self._timeout(max_wait)
         began = clock()
         if self._busy_until and timeout != 0.0:
             # Busy: let events gather until the coalescing interval is up,
@@ -626,7 +675,12 @@ class EventLoop:
                     timeout = max(0.0, timeout - (clock() - began))
         events = self.poller.poll(timeout)
         polled = clock()
-        spent.waiting += polled - began
+        waited = polled - began
+        if wait is not None and waited > wait + _WAKE_SLACK:
+            # Back later than asked: the thread did not run meanwhile (another
+            # held the GIL, or the host ran something else), not idle time.
+            waited = wait + _WAKE_SLACK
+        spent.waiting += waited
         again = self._again
         if again:
             self._again = []
@@ -720,15 +774,20 @@ class EventLoop:
             if tick.lateness > sched.late_after and ticker.mark is not None:
                 self._late_tick(ticker, tick, now)
             started = clock()
-            cpu = _thread_time()
+            gc_mark = _GC.total
+            _GC.longest, _GC.generation = 0.0, -1  # the next report's longest pass: from here
+            cpu, all_cpu = _thread_time(), time.process_time()
             self._guard(ticker.callback, tick)
             ticker.previous_cpu = _thread_time() - cpu
+            ticker.previous_others = max(0.0, time.process_time() - all_cpu
+                                         - ticker.previous_cpu)
             ended = clock()
             took = ended - started
             sched.record_duration(took)
             spent = self.spent
             spent.ticks += took
             ticker.previous = took
+            ticker.gc_mark = gc_mark
             ticker.mark = (ended, spent.waiting, spent.io, spent.timers, spent.ticks, self.events)
             self._longest_round = self._longest_timer = 0.0
             self._longest_timer_callback = None
@@ -746,11 +805,14 @@ class EventLoop:
         callback = self._longest_timer_callback
         report = LateTick(
             number=tick.number, lateness=tick.lateness, period=ticker.scheduler.period,
-            previous=ticker.previous, previous_cpu=ticker.previous_cpu, since=since, io=spent.io - io,
+            previous=ticker.previous, previous_cpu=ticker.previous_cpu,
+            previous_others=ticker.previous_others, since=since, io=spent.io - io,
             events=self.events - events, longest_round=self._longest_round,
             timers=spent.timers - timers, longest_timer=self._longest_timer,
             longest_timer_name=_callable_name(callback) if callback is not None else "",
-            other_ticks=spent.ticks - ticks, waiting=spent.waiting - waiting,
+            other_ticks=spent.ticks - ticks, gc=_GC.total - ticker.gc_mark,
+            longest_gc=_GC.longest, gc_generation=_GC.generation if _GC.longest else -1,
+            waiting=spent.waiting - waiting,
             not_running=max(0.0, since - (spent.io - io) - (spent.timers - timers)
                             - (spent.ticks - ticks) - (spent.waiting - waiting)),
         )

@@ -29,9 +29,11 @@ def test_the_late_tick_reports_are_read_from_the_servers_log_as_the_loop_writes_
     finally:
         sys.path.remove(os.path.join(ROOT, "bench"))
     report = LateTick(number=9, lateness=0.12, period=0.25, previous=0.3, previous_cpu=0.28,
+                      previous_others=0.0,
                       since=0.07,
                       io=0.05, events=40, longest_round=0.05, timers=0.0, longest_timer=0.0,
-                      longest_timer_name="", other_ticks=0.0, waiting=0.01, not_running=0.01)
+                      longest_timer_name="", other_ticks=0.0, gc=0.04, longest_gc=0.039,
+                      gc_generation=2, waiting=0.01, not_running=0.01)
     record = logging.LogRecord("netcore.loop", logging.WARNING, __file__, 1, "%s%s",
                                (report.describe(), " (2 more late ticks since the last report)"),
                                None)
