@@ -30,7 +30,8 @@ that takes 90 % of its period stays on time if the round fits in the rest.
 The loop keeps where its time went (``EventLoop.spent``: waiting, I/O
 handlers, timers, ticks; a few clock reads per iteration, none per event),
 and a tick that fires late says why: what ran since the tick before ended,
-biggest cause first (:class:`LateTick`, logged at most every 10 s).
+biggest cause first (:class:`LateTick`, logged at most every 10 s, or at
+once for a tick twice as late as the last one logged).
 """
 
 from __future__ import annotations
