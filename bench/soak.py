@@ -985,7 +985,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--server-flag", action="append", default=[],
                     help="extra flag for the server (repeatable)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "soak.json"))
-    ap.add_argument("--svg", default=os.path.join(HERE, "results", "soak.svg"))
+    ap.add_argument("--svg", default=os.path.join(HERE, "results", "soak.svg"),
+                    help="the chart over time ('': none)")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     if "--worker" in (sys.argv[1:] if argv is None else argv):  # a bot process: no attack.py
         worker_main(ap.parse_known_args(argv)[0].worker)
@@ -1004,13 +1005,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = run(args, sys.stdout)
     print()
     print(report_text(result), flush=True)
-    for path in (args.json, args.svg):
+    written = [path for path in (args.json, args.svg) if path]
+    for path in written:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
-    with open(args.svg, "w") as f:
-        f.write(chart(result))
-    print(f"wrote {args.json} and {args.svg}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.svg:
+        with open(args.svg, "w") as f:
+            f.write(chart(result))
+    print(f"wrote {' and '.join(written) or 'nothing (--json and --svg are empty)'}")
     return 0 if all(t["met"] is not False for t in result["targets"]) \
         and not result["interrupted"] and not result["errors"] else 1
 
