@@ -803,19 +803,19 @@ class EventLoop:
         ended, waiting, io, timers, ticks, events = ticker.mark
         spent = self.spent
         since = now - ended
+        waiting, io = spent.waiting - waiting, spent.io - io  # meanwhile
+        timers, ticks = spent.timers - timers, spent.ticks - ticks
         callback = self._longest_timer_callback
         report = LateTick(
             number=tick.number, lateness=tick.lateness, period=ticker.scheduler.period,
             previous=ticker.previous, previous_cpu=ticker.previous_cpu,
-            previous_others=ticker.previous_others, since=since, io=spent.io - io,
+            previous_others=ticker.previous_others, since=since, io=io,
             events=self.events - events, longest_round=self._longest_round,
-            timers=spent.timers - timers, longest_timer=self._longest_timer,
+            timers=timers, longest_timer=self._longest_timer,
             longest_timer_name=_callable_name(callback) if callback is not None else "",
-            other_ticks=spent.ticks - ticks, gc=_GC.total - ticker.gc_mark,
-            longest_gc=_GC.longest, gc_generation=_GC.generation if _GC.longest else -1,
-            waiting=spent.waiting - waiting,
-            not_running=max(0.0, since - (spent.io - io) - (spent.timers - timers)
-                            - (spent.ticks - ticks) - (spent.waiting - waiting)),
+            other_ticks=ticks, gc=_GC.total - ticker.gc_mark,
+            longest_gc=_GC.longest, gc_generation=_GC.generation, waiting=waiting,
+            not_running=max(0.0, since - io - timers - ticks - waiting),
         )
         self.last_late_tick = report
         if (now - self._late_logged_at < self.late_report_every
