@@ -192,6 +192,21 @@ def test_a_refused_connection_storm_does_not_stall_the_tick():
         assert refused > 300
 
 
+def test_a_storm_past_the_refuse_rate_waits_in_the_kernel_and_every_connect_is_told():
+    # 160 connects at once against a full server refusing 40 a second: most
+    # wait unaccepted in the kernel's queue, the watchers keep their ticks,
+    # and each connect still gets its SERVER_FULL, in about four seconds.
+    with under_attack("--max-clients", "12", "--refuse-rate", "40") as server:
+        storm = [connect(server.port, source=f"127.0.15.{i % 200 + 1}") for i in range(160)]
+        started = time.monotonic()
+        for s in storm:
+            data = read_until_closed(s, 15)
+            s.close()
+            (err,) = errors_in(data)
+            assert err.code == st.ErrorCode.SERVER_FULL
+        assert time.monotonic() - started >= 2.0  # paced: 10 at once, then 40 a second
+
+
 def test_a_thousand_bad_http_requests_do_not_write_a_thousand_lines():
     with HostileServer(*NOBODY_EXEMPT) as server:
         lines_before = len(server.log().splitlines())
