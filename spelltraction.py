@@ -1833,6 +1833,10 @@ class GameServer(Handler):
             self.reject(conn, ErrorCode.VERSION,
                         f"server speaks protocols 1 and 2, client sent {version}", "bad-version")
             return
+        # A HELLO: no longer pending, here (the HELLO timeout) and in netcore's
+        # per-address count, exactly once whichever join follows (new, resumed,
+        # or waiting for the store). A bad HELLO below closes the connection.
+        self._settle(conn)
         if version == PROTOCOL_VERSION:
             if len(payload) != HELLO_STRUCT.size:
                 self.reject(conn, ErrorCode.BAD_MESSAGE,
@@ -1876,10 +1880,13 @@ class GameServer(Handler):
 
     # -- game plumbing ------------------------------------------------------
 
+    def _settle(self, conn: Connection) -> None:
+        """``conn`` said HELLO: off the pending table and the per-address pending count."""
+        self.pending.pop(conn, None)
+        self.net.settle(conn)
+
     def join(self, conn: Connection, shape: int, colour: int) -> None:
         """A version-1 player: new every time, nothing to resume."""
-        del self.pending[conn]
-        self.net.settle(conn)  # a player now: off the per-address pending count
         player = self.game.join(shape, colour)
         self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
                                             tick_ms=self.options.tick_ms))
@@ -1912,7 +1919,6 @@ class GameServer(Handler):
 
     def join_v2(self, conn: Connection, hello: Hello, name: str) -> None:
         """A version-2 player: resumed by its token if it can be, else new."""
-        del self.pending[conn]
         game = self.game
         status = NEW_PLAYER
         if hello.token:
@@ -3385,8 +3391,7 @@ class Gateway(_ClusterRole, GameServer):
             self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "before HELLO"))
             return
         # The authority checks the rest of the HELLO, as serve does, and answers.
-        del self.pending[conn]
-        self.net.settle(conn)
+        self._settle(conn)
         cid = self._next_cid
         self._next_cid = cid % 0xFFFFFFFF + 1
         seat = conn.data = _Seat(cid, payload)
