@@ -147,6 +147,7 @@ from netcore.connection import churned
 from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.server import unread_bytes
+from netcore.web import SAME_ORIGIN
 from netcore.stats import Window
 from netcore.http import response as http_response
 from netcore.logs import ChurnReporter, JsonFormatter, RateLimitFilter, TextFormatter
@@ -1541,12 +1542,26 @@ class ServerOptions(NamedTuple):
     # A full server refuses this many connects a second at most; the rest
     # wait in the kernel's queue (a connect storm costs the tick nothing). 0: no limit.
     refuse_rate: float = 1000.0
-    allowed_origins: str = ""  # WebSocket Origins allowed, comma-separated; "": any
+    # WebSocket upgrades from pages of these Origins, comma-separated ("same-origin":
+    # the host the request names); "*": any page. Requests with no Origin (not
+    # a browser) are always allowed.
+    allowed_origins: str = SAME_ORIGIN
     reuse_port: bool = False  # SO_REUSEPORT: gateways of one world only, never serve
     # While busy, read at most once per this many ms: one epoll_wait collects
     # the moves of hundreds of players (applied at the next tick anyway).
     # The most any request, handshake or ping waits for it; 0: off.
     coalesce_ms: float = DEFAULT_COALESCE * 1000
+    # /metrics, /stats and /stats.json on the game port too (always on the
+    # admin port): off by default, the public port answers the players.
+    public_stats: bool = False
+
+
+def origin_policy(spec: str) -> Optional[List[str]]:
+    """``--allowed-origins`` for netcore's WebConfig: None for ``*`` (any page)."""
+    origins = [o.strip() for o in spec.split(",") if o.strip()]
+    if "*" in origins:
+        return None
+    return origins or [SAME_ORIGIN]
 
 
 def _address_limit_message(limit: str, address: str) -> bytes:
@@ -1626,6 +1641,7 @@ class GameServer(Handler):
             self.game.defer_scoring = True
             self.fame = list(self.store.fame)
         self.fame_frame = frame(Fame(tuple(self.fame)))
+        self._answers: Dict[str, Tuple[int, bytes]] = {}  # HTTP answers of this tick (answer())
         self._fame_news = b""  # FAME for v2 clients in this tick's shared frames
         # One parser for every binary player: a connection gets its own only
         # while a frame of it is split between reads (StreamFrames), which
@@ -1640,7 +1656,7 @@ class GameServer(Handler):
             elif opts.web_root and root is None:
                 log.warning("web root %s is not a directory: serving no files", opts.web_root)
             self.web = WebFront(WebConfig(
-                static_root=root, static_reader=reader, routes=self.ops_routes(),
+                static_root=root, static_reader=reader, routes=self.ops_routes(public=True),
                 ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
                 max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
                 headers=WEB_HEADERS,
@@ -1648,8 +1664,7 @@ class GameServer(Handler):
                 # (the browser sends one); pings are the peer's keepalive, rare.
                 max_fragments=WS_MAX_FRAGMENTS, control_burst=WS_CONTROL_BURST,
                 control_rate=WS_CONTROL_RATE,
-                allowed_origins=[o for o in opts.allowed_origins.split(",") if o.strip()]
-                or None,
+                allowed_origins=origin_policy(opts.allowed_origins),
             ), binary=lambda: frames)
         self.net = TCPServer(
             loop,
@@ -1716,7 +1731,7 @@ class GameServer(Handler):
         answers (and says so) when the game port is full.
         """
         opts = self.options
-        routes: Dict[str, Route] = dict(self.ops_routes())
+        routes: Dict[str, Route] = dict(self.ops_routes(public=False))
         routes["/healthz"] = self.health
         front = WebFront(WebConfig(routes=routes, ws_path=None, health_path=None,
                                    handshake_timeout=opts.handshake_timeout))
@@ -2370,18 +2385,52 @@ class GameServer(Handler):
             text += "; shutting down"
         return text
 
-    def stats_json(self) -> bytes:
-        return json.dumps(self.stats_snapshot(), separators=(",", ":")).encode()
+    def stats_json(self, public: bool = False) -> bytes:
+        """``/stats.json``; ``public``: without what names the host's files or errors."""
+        snap = self.stats_snapshot()
+        if public:
+            store = snap.get("store")
+            if store:
+                snap["store"] = {k: v for k, v in store.items() if k not in ("path", "last_error")}
+            snap.get("cluster", {}).pop("redis", None)
+        return json.dumps(snap, separators=(",", ":")).encode()
 
-    def ops_routes(self) -> Dict[str, Callable[[], Tuple[str, bytes]]]:
-        """``path -> () -> (content type, body)``, served on the game port's HTTP side."""
-        return {
-            "/metrics": lambda: (METRICS_CONTENT_TYPE, self.metrics_text().encode()),
-            "/stats": lambda: ("text/html; charset=utf-8", read_asset("stats.html")),
-            "/stats.json": lambda: ("application/json", self.stats_json()),
-            "/leaderboard.json": lambda: ("application/json",
-                                          json.dumps(self.leaderboard()).encode()),
+    def ops_routes(self, public: bool) -> Dict[str, Callable[[], Tuple[str, bytes]]]:
+        """``path -> () -> (content type, body)``: the admin port's (``public`` False),
+        or the game port's (True: the hall of fame, and the figures only with
+        ``--public-stats``, without the host's paths and errors).
+
+        Every answer is made at most once per tick and shared by whoever asks
+        within it (:meth:`answer`): a scrape costs milliseconds at 15,000
+        players (it lists /proc/self/fd), and a hundred pipelined ones must
+        not cost a hundred times that. Nothing is made when nobody asks.
+        """
+        routes: Dict[str, Callable[[], Tuple[str, bytes]]] = {
+            "/leaderboard.json": lambda: ("application/json", self.answer(
+                "leaderboard", lambda: json.dumps(self.leaderboard()).encode())),
         }
+        if public and not self.options.public_stats:
+            return routes
+        key = "public" if public else "admin"
+        routes.update({
+            "/metrics": lambda: (METRICS_CONTENT_TYPE, self.answer(
+                "metrics", lambda: self.metrics_text().encode())),
+            "/stats": lambda: ("text/html; charset=utf-8", read_asset("stats.html")),
+            "/stats.json": lambda: ("application/json", self.answer(
+                "stats-" + key, lambda: self.stats_json(public))),
+        })
+        return routes
+
+    def answer(self, key: str, make: Callable[[], bytes]) -> bytes:
+        """``make()``, made at most once per tick for every request that asks for ``key``."""
+        ticker = self.ticker
+        now = ticker.fired if ticker is not None else -1
+        made = self._answers.get(key)
+        if made is not None and made[0] == now:
+            return made[1]
+        body = make()
+        self._answers[key] = (now, body)
+        return body
 
     def _fresh_stats_frame(self) -> bytes:
         self._update_stats_frame()
@@ -6348,10 +6397,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                      help="proxies whose connections start with a PROXY protocol header "
                      "(v1/v2) naming the client "
                      "(default: none). nginx: proxy_protocol on;")
-    net.add_argument("--allowed-origins", default="", metavar="ORIGIN,...",
-                     help="WebSocket upgrades only from these Origins, e.g. "
-                     "https://play.example.org (others, and requests with no Origin, get "
-                     "403; default: any)")
+    net.add_argument("--allowed-origins", default=SAME_ORIGIN, metavar="ORIGIN,...",
+                     help="browsers may join from pages of these Origins only, e.g. "
+                     "https://play.example.org; same-origin: pages of the host the browser "
+                     "asked for (its Host header); '*': any page. Requests with no Origin "
+                     "(bots, native clients) are always allowed (default %(default)s)")
+    net.add_argument("--public-stats", action="store_true",
+                     help="serve /metrics, /stats and /stats.json on the game port too "
+                     "(default: only on --admin-port, which is this host's alone)")
     net.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
                      help="SO_SNDBUF of each client socket; the kernel doubles it "
                      f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
@@ -6567,7 +6620,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                      send_backlog=args.send_backlog,
                      send_backlog_grace=args.send_backlog_grace,
                      refuse_rate=args.refuse_rate,
-                     allowed_origins=args.allowed_origins)
+                     allowed_origins=args.allowed_origins,
+                     public_stats=args.public_stats)
     if args.command in ("serve", "game"):
         if args.grace < 0 or args.prune_days <= 0:
             parser.error("--grace must be at least 0 and --prune-days positive")

@@ -75,7 +75,8 @@ def start_server(children: Children, port: int, data: str, count: int, cpus: Lis
                  name: str, extra: List[str]) -> "subprocess.Popen[str]":
     server = children.start(
         [sys.executable, GAME, "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--data", data, "--max-clients", str(count + 500), "--log-level", "warning", *extra],
+         "--data", data, "--max-clients", str(count + 500), "--log-level", "warning",
+         "--public-stats", *extra],  # /stats.json on the one port both servers use
         cpus, name)
     line = read_line(server, 30)
     if "listening" not in line:

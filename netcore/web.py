@@ -32,7 +32,7 @@ from .codec import Codec, SilentCodec
 from .connection import CloseReason, Connection
 from .framing import DEFAULT_MAX_FRAME, StreamFrames
 from .http import HttpError, Request, RequestParser, error_response, response
-from .loop import EventLoop, Timer
+from .loop import EventLoop, Readiness, Timer
 from .sniff import BINARY, HTTP, MAX_BINARY_FRAME, WEBSOCKET, ProtocolSniffer
 from .static import StaticFiles
 from .websocket import (
@@ -48,14 +48,20 @@ from .wscodec import WebSocketCodec
 from .typing_shim import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+    from typing import (
+        Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union,
+    )
 
     from .ringbuffer import BytesLike
 
-__all__ = ["BINARY", "HTTP", "WEBSOCKET", "HttpCodec", "Upgrade", "WebConfig", "WebFront",
-           "WebSocketCodec", "WebStats"]
+__all__ = ["BINARY", "HTTP", "SAME_ORIGIN", "WEBSOCKET", "HttpCodec", "Upgrade", "WebConfig",
+           "WebFront", "WebSocketCodec", "WebStats", "origin_allowed"]
 
 log = logging.getLogger(__name__)
+
+#: In ``WebConfig.allowed_origins``: a page of the host the request names
+#: (its ``Host`` header) may upgrade, whatever its scheme.
+SAME_ORIGIN = "same-origin"
 
 
 class Upgrade(NamedTuple):
@@ -75,8 +81,10 @@ class WebConfig:
     """What the front serves. A plain class, for the same reason as ServerConfig.
 
     WebSocket upgrades: a GET on ``ws_path`` (``"*"``: on any path, when it
-    asks to upgrade) from an allowed ``Origin`` (``allowed_origins``, None:
-    any; otherwise 403) is served with ``message_codec`` as its inner codec
+    asks to upgrade) from an allowed ``Origin`` (``allowed_origins``: None,
+    any; else these origins, and the request's own host if the list holds
+    :data:`SAME_ORIGIN`; others get 403, and a request without an Origin is
+    allowed, see :func:`origin_allowed`) is served with ``message_codec`` as its inner codec
     (None: raw messages, what applications want; a framing codec: a byte
     stream in binary messages, as the game does) and the first of
     ``subprotocols`` the client offered. ``ws_accept(request)`` replaces
@@ -114,7 +122,7 @@ class WebConfig:
         max_fragments: Optional[int] = None,  # frames per message; None: max_message // 64
         control_burst: int = DEFAULT_CONTROL_BURST,  # pings/pongs at once...
         control_rate: float = DEFAULT_CONTROL_RATE,  # ...and per second after that
-        allowed_origins: Optional[Sequence[str]] = None,  # None: any Origin (or none)
+        allowed_origins: Optional[Sequence[str]] = None,  # None: any; may hold SAME_ORIGIN
         subprotocols: Sequence[str] = (),  # ours, in order of preference
         ws_accept: Optional[Callable[[Request], Union[Upgrade, int]]] = None,
         # A WebSocket peer that sent nothing for ping_interval seconds gets a
@@ -147,6 +155,30 @@ class WebConfig:
                                 else frozenset(o.lower().rstrip("/") for o in allowed_origins))
         self.subprotocols = tuple(subprotocols)
         self.ws_accept = ws_accept
+
+
+def origin_allowed(request: Request, allowed: FrozenSet[str]) -> bool:
+    """Whether a WebSocket upgrade's ``Origin`` is one of ``allowed``.
+
+    ``allowed`` holds lower-case origins (``https://play.example.org``) and
+    may hold :data:`SAME_ORIGIN`: an Origin whose host[:port] is the
+    request's ``Host`` (the scheme is not compared, so a page served over
+    https by a proxy that passes ``Host`` on still matches). A request with
+    no Origin at all is not a browser's (bots, native clients, scripts, which
+    could send any Origin they liked): it is allowed. Origins guard players'
+    browsers against other sites' pages, not the server against programs.
+    """
+    origin = request.header("origin")
+    if origin is None:
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    if origin in allowed:
+        return True
+    if SAME_ORIGIN in allowed:
+        host = (request.header("host") or "").strip().lower()
+        scheme, sep, rest = origin.partition("://")
+        return bool(sep and scheme and host and rest == host)
+    return False
 
 
 class WebStats:
@@ -329,11 +361,8 @@ class WebFront:
     def _choose(self, request: Request) -> Union[Upgrade, int]:
         """The Origin check, then the hook or the configured choice."""
         cfg = self.config
-        allowed = cfg.allowed_origins
-        if allowed is not None:
-            origin = (request.header("origin") or "").strip().lower().rstrip("/")
-            if origin not in allowed:
-                return 403
+        if cfg.allowed_origins is not None and not origin_allowed(request, cfg.allowed_origins):
+            return 403
         if cfg.ws_accept is not None:
             return cfg.ws_accept(request)
         offered = request.tokens("sec-websocket-protocol")
@@ -422,6 +451,35 @@ class WebFront:
 
 _PING = frame_header(0, PING)  # a server's Ping: unmasked, empty
 
+#: Requests of one connection answered per turn of the loop. The rest of a
+#: pipelined burst waits its turn after the other ready connections (and a
+#: due tick): a hundred pipelined requests cost the loop four at a time.
+REQUESTS_PER_TURN = 4
+#: Input waiting behind the request being answered, at most (then 429, close):
+#: a client that pipelines faster than it is answered cannot grow our memory.
+MAX_PIPELINED = 64 * 1024
+
+
+class _Resume(Readiness):
+    """Answers the next requests of a pipelined burst, a turn of the loop later."""
+
+    __slots__ = ("codec",)
+
+    def __init__(self, codec: "HttpCodec") -> None:
+        self.codec = codec
+
+    def on_ready(self, mask: int) -> None:
+        codec = self.codec
+        codec.resume = None
+        conn = codec.conn
+        if conn.codec is codec and conn.is_open:
+            messages = codec.serve()
+            if messages:  # the burst ended in an upgrade, with messages behind it
+                conn._deliver(messages)
+
+    def on_error(self, exc: BaseException) -> None:
+        self.codec.conn.on_error(exc)
+
 
 class HttpCodec(SilentCodec):
     """An HTTP/1.1 connection's codec: requests in, responses written.
@@ -431,26 +489,46 @@ class HttpCodec(SilentCodec):
     none out: there is nothing to say to it but its responses (SilentCodec).
     """
 
-    __slots__ = ("conn", "front", "parser", "served")
+    __slots__ = ("conn", "front", "parser", "served", "resume")
 
     def __init__(self, conn: Connection, front: WebFront) -> None:
         self.conn = conn
         self.front = front
         self.parser = RequestParser()
         self.served = 0
+        self.resume: Optional[_Resume] = None  # scheduled: the rest of a pipelined burst
 
     def feed(self, data: BytesLike) -> List[bytes]:
         parser = self.parser
-        conn = self.conn
         try:
             parser.feed(data)
-            while conn.is_open:
+            if parser.buffered > MAX_PIPELINED:
+                raise HttpError(429, f"more than {MAX_PIPELINED} bytes of requests "
+                                "pipelined ahead of their answers")
+        except HttpError as exc:
+            self.front._bad_request(self.conn, exc)
+            return []
+        if self.resume is not None:
+            return []  # a burst is being answered a turn at a time: these wait in order
+        return self.serve()
+
+    def serve(self) -> List[bytes]:
+        """Answer up to REQUESTS_PER_TURN parsed requests; schedule the rest."""
+        parser = self.parser
+        conn = self.conn
+        try:
+            for _ in range(REQUESTS_PER_TURN):
+                if not conn.is_open:
+                    return []
                 request = parser.next_request()
                 if request is None:
-                    break
+                    return []
                 upgraded = self.front._handle(self, request)
                 if upgraded is not None:
                     return upgraded
+            if conn.is_open and parser.buffered:
+                self.resume = _Resume(self)
+                conn.owner.loop.ready_again(self.resume)
         except HttpError as exc:
             self.front._bad_request(conn, exc)
         return []

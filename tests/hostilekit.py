@@ -120,9 +120,15 @@ def http_get(host: str, port: int, path: str,
 # -- the server ----------------------------------------------------------------------
 
 
+#: Served on the admin port (on the game port only with --public-stats).
+OPERATOR_PATHS = ("/metrics", "/stats", "/stats.json")
+
+
 class HostileServer:
     """``spelltraction.py serve`` on 127.0.0.1 with ``flags``, on ``port`` or (0) one the
-    kernel picks when it binds: ``self.port`` is read from its "listening on" line."""
+    kernel picks when it binds: ``self.port`` is read from its "listening on" line.
+    It has an admin port (``--admin-port 0`` unless ``flags`` name one), where
+    :meth:`get` asks for the operator's paths (/metrics, /stats, /stats.json)."""
 
     def __init__(self, *flags: str, port: int = 0, start_timeout: float = 15.0,
                  settle: float = 0.5) -> None:
@@ -133,7 +139,8 @@ class HostileServer:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, GAME, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 *(() if "--data" in flags else ("--no-data",)), *flags],
+                 *(() if "--data" in flags else ("--no-data",)),
+                 *(() if "--admin-port" in flags else ("--admin-port", "0")), *flags],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
         self.pid = self.proc.pid
@@ -183,8 +190,11 @@ class HostileServer:
 
     def get(self, path: str, port: Optional[int] = None,
             timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
-        """``GET path`` on the game port (or ``port``): (status, headers, body)."""
-        return http_get("127.0.0.1", port or self.port, path, timeout)
+        """``GET path`` on the game port, or the admin port for the operator's paths
+        (or on ``port``): (status, headers, body)."""
+        if port is None:
+            port = self.admin_port() if path in OPERATOR_PATHS else self.port
+        return http_get("127.0.0.1", port, path, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> Optional[int]:
         """Signal the server and wait for it (killed if it outlives ``timeout``)."""
@@ -513,7 +523,7 @@ def lateness_by_window(watchers: Sequence[Watcher], period: float, t0: float,
 
 
 def snapshot(server: HostileServer) -> Dict[str, Any]:
-    """The server's /stats.json (over its game port)."""
+    """The server's /stats.json (over its admin port)."""
     import json
 
     status, _, body = server.get("/stats.json")

@@ -54,7 +54,7 @@ def test_the_bundle_alone_serves_a_game_tick(alone):
     # Its data directory (the default: $XDG_STATE_HOME/spelltraction) inside the test's own.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_STATE_HOME": str(alone)}
     argv = [sys.executable, "-I", "spelltraction.pyz", "--host", "127.0.0.1", "--port", "0",
-            "--tick-ms", "50"]
+            "--tick-ms", "50", "--public-stats"]
     with Spawned(argv, cwd=alone, env=env) as server:
         port = server.port
         inbox = Player(port)

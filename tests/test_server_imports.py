@@ -107,7 +107,7 @@ def test_a_server_that_served_every_kind_of_client_loaded_no_typing_or_urllib(tm
             "'ipaddress') if m in sys.modules), file=sys.stderr))\n"
             "import spelltraction\n"
             "sys.exit(spelltraction.main(['serve', '--host', '127.0.0.1', '--port', '0', "
-            "'--data', sys.argv[2]]))\n")
+            "'--data', sys.argv[2], '--public-stats']))\n")
     server = Spawned([sys.executable, "-S", "-c", code, ROOT, str(tmp_path / "data")])
     try:
         with socket.create_connection((server.host, server.port), timeout=5) as player:

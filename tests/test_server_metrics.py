@@ -7,6 +7,7 @@ import socket
 import sys
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -184,9 +185,15 @@ def test_stats_snapshot_agrees_with_metrics_and_is_json(h):
     assert snap["last_tick"]["due_monotonic_s"] == pytest.approx(ticker.deadline - ticker.period)
 
 
-def test_ops_routes_serve_all_four(h):
+def test_ops_routes_serve_all_four_on_the_admin_side_and_the_hall_of_fame_in_public(
+        make_harness):
+    h = make_harness()
+    assert set(h.server.ops_routes(public=True)) == {"/leaderboard.json"}
+    h = make_harness(public_stats=True)
+    assert set(h.server.ops_routes(public=True)) == {"/metrics", "/stats", "/stats.json",
+                                                     "/leaderboard.json"}
     h.client()
-    routes = h.server.ops_routes()
+    routes = h.server.ops_routes(public=False)
     assert set(routes) == {"/metrics", "/stats", "/stats.json", "/leaderboard.json"}
     ctype, body = routes["/leaderboard.json"]()
     assert ctype == "application/json" and json.loads(body) == {"top": []}
@@ -198,7 +205,46 @@ def test_ops_routes_serve_all_four(h):
     assert ctype.startswith("text/html") and body == st.read_asset("stats.html")
 
 
-def test_metrics_and_stats_are_served_on_the_game_port(h):
+def test_metrics_and_stats_are_not_on_the_game_port_by_default(make_harness, tmp_path):
+    """The operator's figures are on the admin port; the game port answers the players
+    (and probes: /healthz), and with --public-stats names no file or error of the host."""
+    h = make_harness(admin_port=0, data=str(tmp_path))
+    for path in ("/metrics", "/stats", "/stats.json"):
+        assert RawConn(h).request(path).status == 404, path
+    assert RawConn(h).request("/healthz").status == 200
+    assert RawConn(h).request("/leaderboard.json").status == 200
+    admin = SimpleNamespace(port=h.server.admin.port, loop=h.loop)
+    for path in ("/metrics", "/stats", "/stats.json", "/healthz"):
+        assert RawConn(admin).request(path).status == 200, path
+    private = json.loads(h.server.stats_json())
+    assert private["store"]["path"].startswith(str(tmp_path))
+    public = h.server.stats_json(public=True)
+    assert str(tmp_path).encode() not in public and b"last_error" not in public
+    assert json.loads(public)["store"]["commits"] == private["store"]["commits"]
+
+
+def test_a_scrape_is_made_once_per_tick_however_many_ask(make_harness):
+    """100 pipelined GET /metrics in one tick make the figures once; the next tick's
+    scrape makes them afresh, and no tick makes them when nobody asks."""
+    h = make_harness(public_stats=True, tick_ms=1000)
+    made = []
+    real = h.server.metrics_text
+    h.server.metrics_text = lambda: made.append(1) or real()
+    h.run(0.05)
+    assert not made  # nobody asked: nothing made
+    conn = RawConn(h)
+    conn.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n" * 98)
+    answers = conn.responses(98, timeout=10)
+    assert all(a.status == 200 for a in answers)
+    assert len({a.body for a in answers}) == 1
+    assert len(made) == 1, "one scrape's figures for the whole tick"
+    h.ticks(1)
+    assert conn.request("/metrics").status == 200
+    assert len(made) == 2
+
+
+def test_metrics_and_stats_are_served_on_the_game_port_with_public_stats(make_harness):
+    h = make_harness(public_stats=True)
     players = [h.client() for _ in range(3)]
     for i, c in enumerate(players):
         c.send(st.Move(i + 1, 10, 10))
@@ -237,7 +283,7 @@ def test_stats_page_is_self_contained_and_reads_real_fields(h):
 @pytest.mark.slow
 def test_stats_page_charts_live_snapshots_in_a_browser(browser):
     """Chromium loads /stats from a live server and charts /stats.json each second."""
-    with ServerProcess("--tick-ms", "50") as server:
+    with ServerProcess("--tick-ms", "50", "--public-stats") as server:
         bots = subprocess.Popen(
             [sys.executable, GAME, "bots", "--port", str(server.port), "--count", "6",
              "--duration", "30", "--move-every", "0.5", "--probes", "0"],

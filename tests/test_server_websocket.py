@@ -244,6 +244,37 @@ def test_allowed_origins_refuse_other_origins_with_403(make_harness):
     assert r.status == 403 and b"Origin" in r.body
 
 
+def upgrade_status(h, origin=None, host="test"):
+    conn = RawConn(h)
+    headers = [("Origin", origin)] if origin is not None else []
+    conn.send(ws.client_handshake(host, "/ws", "dGhlIHNhbXBsZSBub25jZQ==", headers))
+    status = conn.responses(1)[0].status
+    conn.sock.close()
+    return status
+
+
+def test_by_default_only_pages_of_the_host_asked_for_may_join(h):
+    """Same origin: the Origin's host[:port] is the request's Host (any scheme, so a
+    page served over https by nginx still joins); programs send no Origin and join."""
+    assert upgrade_status(h, "http://test") == 101
+    assert upgrade_status(h, "https://test") == 101
+    assert upgrade_status(h, "https://game.example.org:8443", host="game.example.org:8443") == 101
+    assert upgrade_status(h, None) == 101
+    for other in ("https://evil.example", "http://test.evil.example", "http://test:8080",
+                  "null", "test", "http://evil.example/http://test"):
+        assert upgrade_status(h, other) == 403, other
+    assert upgrade_status(h, "http://game.example.org", host="game.example.org:12150") == 403
+
+
+def test_any_origin_with_a_star_and_no_origin_always(make_harness):
+    assert upgrade_status(make_harness(allowed_origins="*"), "https://evil.example") == 101
+    listed = make_harness(allowed_origins="https://play.example.org")
+    assert upgrade_status(listed, None) == 101  # not a browser: an Origin guards browsers
+    assert upgrade_status(listed, "http://test") == 403  # the list replaces same-origin...
+    both = make_harness(allowed_origins="https://play.example.org,same-origin")
+    assert upgrade_status(both, "http://test") == 101  # ...unless it names it
+
+
 def test_the_game_allows_few_fragments_per_message(h):
     c = WsClient(h).hello()
     c.send_frame(b"\x00", fin=False)

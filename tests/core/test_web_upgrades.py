@@ -96,6 +96,8 @@ def test_origins_not_allowed_get_403_and_allowed_ones_upgrade():
     h.events.clear()
     ev = open_ws(loop, server, client, h, headers=[("Origin", "https://GOOD.example/")])
     assert ev == ("open", "")
+    h.events.clear()  # no Origin: not a browser's request, allowed with or without a list
+    assert open_ws(loop, server, client, h) == ("open", "")
     server.close()
     loop.close()
 
