@@ -142,7 +142,7 @@ from netcore import (
 )
 from netcore import process
 from netcore import websocket as ws
-from netcore.addrlimit import parse_networks
+from netcore.addrlimit import AddressRates, parse_networks
 from netcore.connection import churned
 from netcore.loop import DEFAULT_COALESCE
 from netcore.process import raise_nofile, release_freed_memory
@@ -188,10 +188,10 @@ __all__ = [
     "HELLO_STRUCT", "MOVE_STRUCT", "YOU_FRAMED", "encode", "decode", "frame", "error_frame",
     "cell_of", "cell_centre",
     # Rules
-    "Game", "Player", "StepResult", "ScorePlan",
+    "Game", "Player", "StepResult", "ScorePlan", "IdsExhausted", "MAX_PLAYER_ID",
     # Server
     "Store", "StoreError", "backup_store", "default_data_dir", "new_resume_token", "token_hash",
-    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "step_and_encode", "you_frame",
+    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "origin_policy", "step_and_encode", "you_frame",
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
@@ -247,6 +247,7 @@ NO_TOKEN = bytes(TOKEN_SIZE)  # a v2 HELLO without a token
 MAX_NAME_CHARS = 16
 MAX_NAME_BYTES = 64  # 16 characters of at most 4 UTF-8 bytes each
 FAME_SIZE = 10  # the hall of fame lists the top 10
+MAX_PLAYER_ID = 0xFFFFFFFF  # ids are u32 on the wire, never reused: none is handed out past this
 NEW_PLAYER, RESUMED, TOKEN_UNKNOWN = 0, 1, 2  # WELCOME v2: how the player came in
 PAUSED_P99 = 0xFFFFFFFF  # v2: STATS' tick-lateness field while the world is paused
 
@@ -701,6 +702,10 @@ class StepResult(NamedTuple):
     dirty: List[Player]  # players whose YOU changed (present players only)
 
 
+class IdsExhausted(Exception):
+    """Every player id the protocol can carry (u32) has been handed out."""
+
+
 class Game:
     """The board, the players and the attractor, advanced one tick at a time."""
 
@@ -759,6 +764,8 @@ class Game:
 
     def _take_id(self) -> int:
         pid = self._next_id
+        if pid > MAX_PLAYER_ID:
+            raise IdsExhausted(f"player ids are used up (the next would be {pid})")
         self._next_id += 1
         return pid
 
@@ -1064,12 +1071,14 @@ class Store:
         self.sync = sync
         self.clock = clock
         self.grace = grace
-        # Players of earlier runs who may still come back (seen within the grace
-        # period), by token hash: read once at start, so the loop never waits
-        # on a read (nor the writer thread for the GIL); emptied as they return
-        # and dropped once the grace period since the start is over.
-        self.returning: Dict[bytes, PlayerRow] = {}
-        self._returning_until = 0.0
+        # Players who may come back (seen within the grace period) are read on
+        # demand, by token hash, by a reader thread: the loop never waits on a
+        # read, and start-up memory does not grow with the rows on disk.
+        # ``lookup()`` asks; ``answers()`` gives what was read since.
+        self._asks: Any = None
+        self._answers: Any = None
+        self._reader: Any = None
+        self.lookups = 0
         self._queue: Any = None
         self._queue_size = queue_size
         self._lock_fd = -1
@@ -1124,6 +1133,10 @@ class Store:
         self._queue = queue.Queue(self._queue_size)
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
+        self._asks = queue.SimpleQueue()
+        self._answers = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, name="store-reader", daemon=True)
+        self._reader.start()
 
     def _lock(self) -> None:
         import fcntl
@@ -1221,37 +1234,67 @@ class Store:
         self.fame = [(pid, score, name or "") for pid, score, name in
                      db.execute("SELECT id, score, name FROM fame ORDER BY rank")]
         self.meta = {key: value for key, value in db.execute("SELECT key, value FROM meta")}
-        self.returning = {row[1]: tuple(row) for row in db.execute(
-            "SELECT id, token_hash, letters, score, shape, colour, name, last_seen, online "
-            "FROM players WHERE last_seen >= ?", (now - self.grace,))}
-        self._returning_until = now + self.grace
 
     # -- the loop's side: reads, and staging changes ---------------------------------
 
-    def take_returning(self, hashed: bytes) -> Optional[PlayerRow]:
-        """The row of a player of an earlier run coming back within its grace period, once."""
-        if not self.returning or self.expire_returning():
-            return None
-        now = self.clock()
-        row = self.returning.pop(hashed, None)
-        if row is None or row[7] < now - self.grace:
-            return None
-        return row
+    def lookup(self, hashed: bytes) -> None:
+        """Ask for the row of the player with this token hash, if seen within the
+        grace period; its answer comes out of :meth:`answers` a moment later."""
+        self.lookups += 1
+        self._asks.put(hashed)
 
-    def expire_returning(self) -> bool:
-        """Once the grace period since the start is over, nobody else can come back."""
-        if self.returning and self.clock() > self._returning_until:
-            self.returning = {}  # let the memory go
-            return True
-        return False
+    def answers(self) -> List[Tuple[bytes, Optional[PlayerRow]]]:
+        """(token hash, row or None) for the lookups answered since the last call."""
+        import queue
+
+        out = []
+        while True:
+            try:
+                out.append(self._answers.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _read(self) -> None:
+        """The reader thread: one indexed read per lookup, on a connection of its own
+        (WAL: reads never wait for the writer)."""
+        db = None
+        while True:
+            hashed = self._asks.get()
+            if hashed is None:
+                break
+            row: Optional[PlayerRow] = None
+            try:
+                if db is None:
+                    db = self._connect()
+                found = db.execute(
+                    "SELECT id, token_hash, letters, score, shape, colour, name, last_seen, "
+                    "online FROM players WHERE token_hash = ? AND last_seen >= ?",
+                    (hashed, self.clock() - self.grace)).fetchone()
+                row = tuple(found) if found is not None else None
+            except Exception as exc:  # unreadable now: this player starts anew
+                self.last_error = str(exc)
+                log.warning("store: reading a returning player from %s failed: %s",
+                            self.path, exc)
+                db = None
+            self._answers.put((hashed, row))
+        if db is not None:
+            db.close()
 
     @staticmethod
     def _empty_batch() -> Dict[str, Any]:
-        return {"players": {}, "fame": None, "meta": {}, "prune": None}
+        return {"players": {}, "fame": None, "meta": {}, "prune": None, "delete": set()}
 
     def stage_player(self, row: PlayerRow) -> int:
         """Write this row (whole): returns the batch number that makes it durable."""
         self._batch["players"][row[0]] = row
+        self._batch["delete"].discard(row[0])
+        self._staged = True
+        return self.seq
+
+    def stage_delete(self, pid: int) -> int:
+        """Delete this player's row (a newcomer who left before its WELCOME)."""
+        self._batch["players"].pop(pid, None)
+        self._batch["delete"].add(pid)
         self._staged = True
         return self.seq
 
@@ -1273,8 +1316,14 @@ class Store:
         return self.seq
 
     def take_id(self) -> int:
-        """The next player id; reserves another block on disk when half used."""
+        """The next player id; reserves another block on disk when half used.
+
+        Raises :class:`IdsExhausted` past the protocol's range (``MAX_PLAYER_ID``).
+        """
         pid = self.next_id
+        if pid > MAX_PLAYER_ID:
+            raise IdsExhausted(f"player ids are used up in {self.path} (the next would be "
+                               f"{pid})")
         self.next_id += 1
         if self.next_id > self.reserved_id - ID_BLOCK // 2:
             reserve = self.next_id + ID_BLOCK
@@ -1388,6 +1437,8 @@ class Store:
             cur = db.execute("DELETE FROM players WHERE online = 0 AND last_seen < ?",
                              (batch["prune"],))
             self.pruned += max(cur.rowcount, 0)
+        if batch["delete"]:
+            db.executemany("DELETE FROM players WHERE id = ?", [(pid,) for pid in batch["delete"]])
         db.execute("COMMIT")
         self.rows_written += len(rows)
 
@@ -1411,6 +1462,10 @@ class Store:
                 pass
             self._thread.join(max(0.0, deadline - time.monotonic()))
             self._thread = None
+        if self._reader is not None:
+            self._asks.put(None)
+            self._reader.join(1.0)  # a read takes milliseconds; daemon thread past that
+            self._reader = None
         self._unlock()
         done = self.durable >= self.seq - 1 and not self._staged
         if not done:
@@ -1502,6 +1557,11 @@ def _bundled_web() -> bool:
     return True
 
 
+DEFAULT_NEW_PLAYER_BURST = 64
+DEFAULT_NEW_PLAYER_RATE = 1.0  # a second, after the burst
+NEW_PLAYERS_LIMIT = "new-players-per-address"  # the limit's name in /metrics and ERRORs
+
+
 class ServerOptions(NamedTuple):
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
@@ -1551,6 +1611,11 @@ class ServerOptions(NamedTuple):
     # the moves of hundreds of players (applied at the next tick anyway).
     # The most any request, handshake or ping waits for it; 0: off.
     coalesce_ms: float = DEFAULT_COALESCE * 1000
+    # New players (each a new id and a new row in the store) per client address:
+    # a burst of this many, then new_player_rate a second. A school behind one
+    # NAT joins at once; a script making identities is slowed. --exempt is exempt.
+    new_player_burst: int = DEFAULT_NEW_PLAYER_BURST  # 0: no limit
+    new_player_rate: float = DEFAULT_NEW_PLAYER_RATE
     # /metrics, /stats and /stats.json on the game port too (always on the
     # admin port): off by default, the public port answers the players.
     public_stats: bool = False
@@ -1624,6 +1689,15 @@ class GameServer(Handler):
         self.seats_evicted = 0
         self.players_peak = 0  # the most players in the game at a tick, since the start
         self.joining: Dict[Connection, Tuple[int, Player, bytes, int]] = {}  # v2 newcomers
+        # Resumes waiting for the store's answer: by token hash, and the reverse.
+        self.asking: Dict[bytes, List[Tuple[Connection, Hello, str]]] = {}
+        self.waiting: Dict[Connection, bytes] = {}
+        # New players (new ids, new rows) per client address: a token bucket.
+        self.new_players: Optional[AddressRates] = None
+        if opts.new_player_burst:
+            self.new_players = AddressRates(opts.new_player_burst, opts.new_player_rate,
+                                            opts.exempt)
+        self.ids_exhausted_logged = False
         self.v2_conns: Dict[Connection, None] = {}  # connections that said version 2
         self.resumes = self.takeovers = self.grace_expired = 0
         self.fame: List[FameEntry] = []
@@ -1836,7 +1910,7 @@ class GameServer(Handler):
                 return
             self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "in game"))
             return
-        if conn in self.joining:
+        if conn in self.joining or conn in self.waiting:
             self.reject(conn, ErrorCode.BAD_MESSAGE,
                         describe_unexpected(payload, "before WELCOME"))
             return
@@ -1879,7 +1953,10 @@ class GameServer(Handler):
         self.pending.pop(conn, None)
         self.ws_players.pop(conn, None)
         self.v2_conns.pop(conn, None)
-        self.joining.pop(conn, None)  # its row stays, known to no one: pruned in time
+        self.waiting.pop(conn, None)
+        newcomer = self.joining.pop(conn, None)
+        if newcomer is not None and self.store is not None:
+            self.store.stage_delete(newcomer[1].id)  # it never heard its token: nobody's row
         player = conn.data
         if player is not None:
             self.game.leave(player)
@@ -1902,7 +1979,9 @@ class GameServer(Handler):
 
     def join(self, conn: Connection, shape: int, colour: int) -> None:
         """A version-1 player: new every time, nothing to resume."""
-        player = self.game.join(shape, colour)
+        player = self._new_player(conn, lambda: self.game.join(shape, colour))
+        if player is None:
+            return
         self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
                                             tick_ms=self.options.tick_ms))
 
@@ -1933,39 +2012,89 @@ class GameServer(Handler):
             self.seats_evicted += 1
 
     def join_v2(self, conn: Connection, hello: Hello, name: str) -> None:
-        """A version-2 player: resumed by its token if it can be, else new."""
-        game = self.game
-        status = NEW_PLAYER
+        """A version-2 player: resumed by its token if it can be, else new.
+
+        A token not in memory may be a player of an earlier run (or one whose
+        seat was let go) within its grace period: the store is asked, and the
+        join goes on when it answers (``_store_answers``, at the next tick).
+        """
         if hello.token:
             hashed = token_hash(hello.token)
             player = self.by_token.get(hashed)
-            if player is None and self.store is not None:
-                player = self._from_store(hashed)
             if player is not None:
                 self._resume(conn, player, hello.token, name)
                 return
-            status = TOKEN_UNKNOWN
+            if self.store is not None:
+                asking = self.asking.get(hashed)
+                if asking is None:
+                    asking = self.asking[hashed] = []
+                    self.store.lookup(hashed)
+                asking.append((conn, hello, name))
+                self.waiting[conn] = hashed
+                return
+            self._new_v2(conn, hello, name, TOKEN_UNKNOWN)
+            return
+        self._new_v2(conn, hello, name, NEW_PLAYER)
+
+    def _new_v2(self, conn: Connection, hello: Hello, name: str, status: int) -> None:
+        """A new identity: its token, its row (written before its WELCOME goes)."""
+        player = self._new_player(conn, lambda: self.game.new_player(hello.shape, hello.colour))
+        if player is None:
+            return
         token = new_resume_token()
-        player = game.new_player(hello.shape, hello.colour)
         player.name = name
         player.resume_hash = token_hash(token)
         if self.store is None:
             self._enter(conn, player, token, status)
         else:  # WELCOME once the row is on disk: the token then works after a crash
-            seq = self.store.stage_player(self._row(player, online=1))
+            seq = self.store.stage_player(self._row(player, online=0))
             self.joining[conn] = (seq, player, token, status)
 
-    def _from_store(self, hashed: bytes) -> Optional[Player]:
-        """A player of an earlier run, if within its grace period."""
-        assert self.store is not None
-        row = self.store.take_returning(hashed)
-        if row is None:
+    def _new_player(self, conn: Connection, make: Callable[[], Player]) -> Optional[Player]:
+        """``make()``: a player with a new id; or None (``conn`` rejected): over the rate
+        of new players from its address, or no id left in the protocol's range."""
+        rates = self.new_players
+        if rates is not None and isinstance(conn, Connection):
+            address = self.net.client_address(conn)
+            if not rates.take(address, self.loop.time()):
+                self.net.stats.limit(NEW_PLAYERS_LIMIT)
+                self.reject(conn, ErrorCode.SERVER_FULL,
+                            f"too many new players from {address} ({NEW_PLAYERS_LIMIT}); try "
+                            "later, or come back as yourself with your token", NEW_PLAYERS_LIMIT)
+                return None
+        try:
+            return make()
+        except IdsExhausted as exc:
+            self.net.stats.limit("player-ids")
+            if not self.ids_exhausted_logged:
+                self.ids_exhausted_logged = True
+                log.error("%s: new players are refused; returning players still come back", exc)
+            self.reject(conn, ErrorCode.SERVER_FULL,
+                        "this server has no player ids left for new players; returning "
+                        "players (with a token) still come back", "player-ids")
             return None
-        pid, _, letters, score, shape, colour, name, _, _ = row
+
+    def _store_answers(self, store: Store) -> None:
+        """Joins that waited for the store: resume the player it found, else a new one."""
+        for hashed, row in store.answers():
+            for conn, hello, name in self.asking.pop(hashed, ()):
+                if self.waiting.pop(conn, None) is None:
+                    continue  # it left meanwhile
+                player = self.by_token.get(hashed)  # another connection brought it back first
+                if player is None and row is not None:
+                    player = self._from_row(row)
+                if player is not None:
+                    self._resume(conn, player, hello.token, name)
+                else:
+                    self._new_v2(conn, hello, name, TOKEN_UNKNOWN)
+
+    def _from_row(self, row: PlayerRow) -> Player:
+        """A player of an earlier run (or let go from memory), from its row."""
+        pid, hashed, letters, score, shape, colour, name, _, _ = row
         player = self.game.new_player(shape, colour, pid=pid, letters=letters)
         player.score = score
         player.name = name or ""
-        player.resume_hash = hashed
+        player.resume_hash = bytes(hashed)
         return player
 
     def _resume(self, conn: Connection, player: Player, token: bytes, name: str) -> None:
@@ -1986,11 +2115,11 @@ class GameServer(Handler):
             player.name = name
             self._rename_in_fame(player)
         self.by_token[player.resume_hash] = player
-        if self.store is not None:
-            self.store.stage_player(self._row(player, online=1))
         self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
                                             PROTOCOL_V2, self.options.tick_ms, resumed=RESUMED,
                                             token=token))
+        if self.store is not None:  # online: after a crash it gets a whole grace period
+            self.store.stage_player(self._row(player, online=1))
 
     def _enter(self, conn: Connection, player: Player, token: bytes, status: int) -> None:
         """A new v2 player goes on the board and hears its token."""
@@ -1999,6 +2128,8 @@ class GameServer(Handler):
         self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
                                             PROTOCOL_V2, self.options.tick_ms, resumed=status,
                                             token=token))
+        if self.store is not None:  # its row was written not online: it is now
+            self.store.stage_player(self._row(player, online=1))
 
     def _detach(self, conn: Connection) -> None:
         conn.data = None
@@ -2065,8 +2196,8 @@ class GameServer(Handler):
                 self._expire_pending()
             if self.parked:
                 self._expire_parked()
-            if store is not None:
-                store.expire_returning()
+            if self.new_players is not None:
+                self.new_players.forget_full(self.loop.time())
         if store is not None:
             store.flush()
 
@@ -2111,6 +2242,7 @@ class GameServer(Handler):
 
     def _store_before_step(self, store: Store) -> None:
         """What reached the disk since the last tick may now be announced."""
+        self._store_answers(store)
         durable = store.durable
         if self._planned is not None and durable >= self._plan_seq:
             self.game.release_score()
@@ -6402,6 +6534,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "https://play.example.org; same-origin: pages of the host the browser "
                      "asked for (its Host header); '*': any page. Requests with no Origin "
                      "(bots, native clients) are always allowed (default %(default)s)")
+    net.add_argument("--new-player-burst", type=int, default=DEFAULT_NEW_PLAYER_BURST,
+                     metavar="N", help="new players (new ids and saved rows) one address may "
+                     "make at once; --exempt networks are not counted; 0: no limit (default "
+                     "%(default)s)")
+    net.add_argument("--new-player-rate", type=float, default=DEFAULT_NEW_PLAYER_RATE,
+                     metavar="PER_SECOND", help="...and a second after that burst; returning "
+                     "players are never counted (default %(default)g)")
     net.add_argument("--public-stats", action="store_true",
                      help="serve /metrics, /stats and /stats.json on the game port too "
                      "(default: only on --admin-port, which is this host's alone)")
@@ -6600,7 +6739,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.handshake_timeout <= 0:
             parser.error("--handshake-timeout must be positive")
         for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
-                     "send_backlog", "refuse_rate"):
+                     "send_backlog", "refuse_rate", "new_player_burst", "new_player_rate"):
             if getattr(args, flag) < 0:
                 parser.error(f"--{flag.replace('_', '-')} must be >= 0")
         if args.send_backlog_grace <= 0:
@@ -6621,7 +6760,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                      send_backlog_grace=args.send_backlog_grace,
                      refuse_rate=args.refuse_rate,
                      allowed_origins=args.allowed_origins,
-                     public_stats=args.public_stats)
+                     public_stats=args.public_stats,
+                     new_player_burst=args.new_player_burst,
+                     new_player_rate=args.new_player_rate)
     if args.command in ("serve", "game"):
         if args.grace < 0 or args.prune_days <= 0:
             parser.error("--grace must be at least 0 and --prune-days positive")

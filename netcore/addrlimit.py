@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_EXEMPT",
     "AddressLimits",
+    "AddressRates",
     "Networks",
     "address_key",
     "describe_key",
@@ -220,3 +221,54 @@ class AddressLimits:
             counts[key] = left
         else:
             counts.pop(key, None)
+
+
+class AddressRates:
+    """A token bucket per address group (grouped as :class:`AddressLimits` does):
+    ``burst`` at once, then ``rate`` a second. For what one address may do
+    often but not endlessly, such as making new identities.
+
+    Only addresses that used some of their burst are kept, and
+    :meth:`forget_full` drops those whose bucket has filled again, so memory
+    follows the addresses active in the last ``burst / rate`` seconds.
+    """
+
+    __slots__ = ("burst", "rate", "exempt", "_buckets", "refused")
+
+    def __init__(self, burst: int, rate: float,
+                 exempt: Union[Networks, str, Sequence[str], None] = DEFAULT_EXEMPT) -> None:
+        if burst < 1 or rate < 0:
+            raise ValueError("burst must be at least 1 and rate at least 0")
+        self.burst = burst
+        self.rate = rate
+        self.exempt = exempt if isinstance(exempt, Networks) else parse_networks(exempt)
+        self._buckets: Dict[Key, Tuple[float, float]] = {}  # key -> (tokens, when)
+        self.refused = 0
+
+    def take(self, address: str, now: float) -> bool:
+        """One for ``address`` at ``now`` (seconds, any monotonic clock): True if allowed."""
+        if address in self.exempt:
+            return True
+        try:
+            key = address_key(address)
+        except ValueError:
+            return True  # not an IP peer (a Unix socket): not limited
+        tokens, when = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - when) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            self.refused += 1
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+    def forget_full(self, now: float) -> None:
+        """Drop the buckets that have filled up again: they are as good as new."""
+        burst, rate = self.burst, self.rate
+        full = [key for key, (tokens, when) in self._buckets.items()
+                if tokens + (now - when) * rate >= burst]
+        for key in full:
+            del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
