@@ -2727,7 +2727,7 @@ def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerO
         return None
     # Before saying "listening": a SIGTERM right after must find the handlers.
     ServerSignals(loop, server).install()
-    _forget_precompiled()
+    _forget_compiled()
     process.map_large_blocks_apart()
     release_freed_memory()
     process.release_freed_memory_every(loop, RELEASE_EVERY_S, before=server.compact)
@@ -6425,7 +6425,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     That import brings fnmatch, bz2 and lzma into every server that parses
     its command line: 0.6 MiB of a process that runs with ``-S`` (see
-    ``_serve_as_module``), for a width only ``--help`` uses. The width
+    ``_run_as_module``), for a width only ``--help`` uses. The width
     comes from where ``shutil.get_terminal_size`` would look.
     """
 
@@ -6786,167 +6786,141 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_role(args.command, opts, ClusterOptions(args.world), address, limiter)
 
 
-# The server's first lines, run by ``_serve_as_module``'s exec: serve this
-# game's modules (spelltraction, netcore.*) from the code objects the script
-# process compiled and wrote to the file descriptor in argv[2], read as each is
-# imported, then run ``spelltraction`` as ``-m`` would, from argv[1]'s folder.
-# Any module the file lacks is imported the usual way.
-_BOOT = """\
-def boot():  # a function: what runs next shares this namespace (__main__)
-    import marshal, os, sys
-    from importlib.machinery import ModuleSpec, SourceFileLoader
-    here, fd = sys.argv.pop(1), int(sys.argv.pop(1))
-    sys.path[0] = here
+# -----------------------------------------------------------------------------
+# CLI: the start-up. A server runs as an imported module, not as a script.
+# -----------------------------------------------------------------------------
+
+#: What a server started as a script runs instead (see _run_as_module), with
+#: argv: the game's folder, a descriptor holding the game's modules compiled,
+#: then the server's arguments. ``sys`` is built in: the path is fixed before
+#: anything else is imported, so nothing comes from the current directory.
+_AS_MODULE = """\
+import sys
+sys.path[:] = [sys.argv.pop(1)] + [p for p in sys.path if p]  # never the current directory
+import marshal, os
+from importlib.machinery import ModuleSpec
+
+
+class Compiled:
+    # Finds and loads the modules the script compiled; index: name -> (file,
+    # package, offset, size), the offsets from the end of the index.
+    fd = int(sys.argv.pop(1))
     size = int.from_bytes(os.pread(fd, 8, 0), 'little')
     index = marshal.loads(os.pread(fd, size, 8))
-    base = 8 + size  # where the code starts: the index's offsets count from here
+    base = 8 + size
 
-    class Precompiled(SourceFileLoader):
-        def __init__(self, name, path, where):
-            super().__init__(name, path)
-            self.where = where
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name not in cls.index:
+            return None
+        file, package, _, _ = cls.index[name]
+        spec = ModuleSpec(name, cls, origin=file, is_package=package)
+        spec.has_location = True
+        if package:
+            spec.submodule_search_locations = [os.path.dirname(file)]
+        return spec
 
-        def get_code(self, fullname):
-            where, self.where = self.where, None
-            if where is None or fullname != self.name:
-                return super().get_code(fullname)
-            return marshal.loads(os.pread(fd, where[1], base + where[0]))
+    @staticmethod
+    def create_module(spec):
+        return None
 
-    class PrecompiledFinder:
-        @staticmethod
-        def find_spec(name, path=None, target=None):
-            found = index.pop(name, None)
-            if found is None:
-                return None
-            file, package, where = found
-            loader = Precompiled(name, file, where)
-            spec = ModuleSpec(name, loader, origin=file, is_package=package)
-            spec.has_location = True
-            if package:
-                spec.submodule_search_locations = [os.path.dirname(file)]
-            return spec
+    @classmethod
+    def exec_module(cls, module):
+        _, _, at, size = cls.index.pop(module.__name__)
+        exec(marshal.loads(os.pread(cls.fd, size, cls.base + at)), module.__dict__)
 
-    PrecompiledFinder.fd = fd
-    sys.meta_path.insert(0, PrecompiledFinder)
-boot()
-del boot
-import runpy
-runpy._run_module_as_main('spelltraction')
+
+sys.meta_path.insert(0, Compiled)
+import spelltraction
+sys.exit(spelltraction.main())
 """
+_SHORT_LIVED = ("bots", "client", "doctor", "bundle", "backup", "-h", "--help", "--version")
 
 
-def _precompile(fileobj: IO[bytes]) -> None:
-    """Write this game's modules, compiled, for ``_BOOT`` to import.
+def _run_as_module(argv: List[str]) -> None:
+    """Re-run ``python3 spelltraction.py [serve ...]`` as ``import spelltraction``.
 
-    The code comes from each module's bytecode cache when it is fresh; else
-    this process compiles it (and caches it where Python may write). Layout:
-    8 bytes of index length, the marshalled index (module -> file, whether a
-    package, (offset, length), the offset counted from the end of the index),
-    then each module's marshalled code.
+    Same pid, same arguments and interpreter options; ``bench/startup_rss.py``
+    measures what each of the three parts saves:
+
+    - **A module, not a script.** CPython keeps the syntax tree of the script
+      it runs until the script ends: 14-18 MiB of a server's 19, for its
+      whole life. A module's tree is freed once it is compiled.
+    - **Compiled here.** Compiling leaves the compiler's garbage in the heap
+      for good (about 1 MiB); where no bytecode cache can be read
+      (``PYTHONDONTWRITEBYTECODE``, a read-only install) the server would
+      compile itself. This process compiles the game and netcore (or reads
+      their cache) into a memfd, which ``_AS_MODULE``'s ``Compiled`` imports
+      them from; ``_forget_compiled`` closes it once the server listens.
+    - **-S.** The server needs only the standard library; other projects'
+      ``.pth`` files import their code into every interpreter (3.2 MiB here).
+
+    ``SPELLTRACTION_AS_MODULE=1`` keeps the script as it is.
     """
-    import importlib.machinery
-    import marshal
-
-    modules = [("spelltraction", os.path.join(_HERE, "spelltraction.py"), False)]
-    package = os.path.join(_HERE, "netcore")
-    for entry in sorted(os.listdir(package)):
-        if entry.endswith(".py"):
-            stem = entry[:-3]
-            name = "netcore" if stem == "__init__" else f"netcore.{stem}"
-            modules.append((name, os.path.join(package, entry), stem == "__init__"))
-    blobs: List[bytes] = []
-    offsets: Dict[str, Tuple[str, bool, Tuple[int, int]]] = {}
-    at = 0
-    for name, path, is_package in modules:
-        code = importlib.machinery.SourceFileLoader(name, path).get_code(name)
-        blobs.append(marshal.dumps(code))
-        offsets[name] = (path, is_package, (at, len(blobs[-1])))
-        at += len(blobs[-1])
-    index = marshal.dumps(offsets)
-    fileobj.write(len(index).to_bytes(8, "little") + index + b"".join(blobs))
-    fileobj.flush()
-
-
-def _forget_precompiled() -> None:
-    """Drop ``_BOOT``'s finder and close its file, once start-up has imported what it needs.
-
-    Later imports of this game's modules (none in a server's life so far) then
-    compile as usual.
-    """
-    for finder in list(sys.meta_path):
-        fd = getattr(finder, "fd", None)
-        if getattr(finder, "__name__", "") == "PrecompiledFinder" and isinstance(fd, int):
-            sys.meta_path.remove(finder)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-def _serve_as_module(argv: List[str]) -> None:
-    """Re-run ``python3 spelltraction.py [serve ...]`` as a module, compiled here.
-
-    Three start-up costs stay in this process, which the exec then discards,
-    instead of in the server, which keeps its memory for its whole life:
-
-    - **The script's syntax tree.** CPython keeps the tree of the script it
-      runs alive until the script ends (``pyrun_file`` frees its arena only
-      after running it): for this file, 8.4 MiB (26.3 against 18.0 MiB,
-      medians of 7, ``python3 bench/startup_rss.py``: "script, no re-run"
-      and "as shipped"). A module's tree is freed once it is compiled.
-    - **Compiling at all.** Where Python may not write its bytecode cache
-      (``PYTHONDONTWRITEBYTECODE``, a read-only install, a fresh checkout
-      the first time), the server would compile this file and netcore
-      itself, and the compiler's garbage leaves the server's small-object
-      arenas part-used for good: 1.9 MiB more at start. This process
-      compiles them instead (or reads the cache where it is fresh) and hands
-      the code over in a memfd (an unlinked file where there is none;
-      ``_precompile``, ``_BOOT``), closed once the server listens.
-    - **site.** The server imports only the standard library, so it runs
-      with ``-S``: no site-packages, and no ``.pth`` file of another
-      project's imported into it (on one test host, certifi's pulled in
-      zipfile, pathlib and tempfile: 1.5 MiB).
-
-    Same pid, same arguments and other interpreter flags.
-    ``SPELLTRACTION_AS_MODULE=1`` turns all of this off. Where the
-    environment is ignored (-E, -I) PYTHONPATH can't point at this file, so
-    it stays put.
-    """
-    command = argv[0] if argv else "serve"
-    if command in ("bots", "client", "doctor", "bundle", "backup", "-h", "--help", "--version"):
-        return  # not a server: short-lived or not memory-bound
-    if (os.environ.get("SPELLTRACTION_AS_MODULE") or sys.flags.ignore_environment
-            or not os.path.isfile(os.path.join(_HERE, "spelltraction.py"))):
+    if (argv and argv[0] in _SHORT_LIVED) or os.environ.get("SPELLTRACTION_AS_MODULE") \
+            or not os.path.isfile(os.path.join(_HERE, "spelltraction.py")):
         return
-    import subprocess
-    import tempfile
-
-    env = dict(os.environ, SPELLTRACTION_AS_MODULE="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, env.get("PYTHONPATH")) if p)
-    flags: List[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    if not sys.flags.no_site:
-        flags.append("-S")
     try:
-        if hasattr(os, "memfd_create"):  # Linux: in memory, no writable /tmp needed
-            code: IO[bytes] = os.fdopen(os.memfd_create("spelltraction-code", 0), "w+b")
-        else:
-            code = tempfile.TemporaryFile()  # unlinked: gone with the server's descriptor
-        _precompile(code)
+        fd = _write_compiled()
     except (OSError, SyntaxError, ValueError):
         return  # run as a script after all
-    os.set_inheritable(code.fileno(), True)
+    flags = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
+    for flag, on in (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment),
+                     ("-s", sys.flags.no_user_site), ("-B", sys.flags.dont_write_bytecode)):
+        if on:
+            flags.append(flag)
+    flags += [f"-W{w}" for w in sys.warnoptions]
     sys.stdout.flush()
     sys.stderr.flush()
-    # What -m does, but from this file's directory: -m would look in the
-    # current directory first, and run whatever spelltraction.py is there.
     try:
-        os.execve(sys.executable, [sys.executable, *flags, "-c", _BOOT, _HERE,
-                                   str(code.fileno()), *argv], env)
+        os.execv(sys.executable, [sys.executable, *flags, "-S", "-c", _AS_MODULE, _HERE,
+                                  str(fd), *argv])
     except OSError:
-        pass  # run as a script after all
+        os.close(fd)  # run as a script after all
+
+
+def _write_compiled() -> int:
+    """The game and netcore compiled, in an inheritable descriptor: 8 bytes of the
+    index's size, the index ({module: (file, package, offset, size)}), the code."""
+    import marshal
+    from importlib.machinery import SourceFileLoader
+
+    modules = [("spelltraction", os.path.join(_HERE, "spelltraction.py"), False)]
+    for entry in sorted(os.listdir(os.path.join(_HERE, "netcore"))):
+        if entry.endswith(".py"):
+            name = "netcore" if entry == "__init__.py" else "netcore." + entry[:-3]
+            modules.append((name, os.path.join(_HERE, "netcore", entry), name == "netcore"))
+    index: Dict[str, Tuple[str, bool, int, int]] = {}
+    code = []
+    at = 0
+    for name, path, package in modules:  # get_code: the bytecode cache where it is fresh
+        code.append(marshal.dumps(SourceFileLoader(name, path).get_code(name)))
+        index[name] = (path, package, at, len(code[-1]))
+        at += len(code[-1])
+    head = marshal.dumps(index)
+    if hasattr(os, "memfd_create"):  # Linux: in memory, no writable /tmp needed
+        fd = os.memfd_create("spelltraction-code", 0)
+    else:
+        import tempfile
+
+        fd, path = tempfile.mkstemp()
+        os.unlink(path)
+    os.write(fd, len(head).to_bytes(8, "little") + head + b"".join(code))
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def _forget_compiled() -> None:
+    """Once the server listens: stop importing from the descriptor, and close it."""
+    for finder in [f for f in sys.meta_path if getattr(f, "__name__", "") == "Compiled"]:
+        sys.meta_path.remove(finder)
+        try:
+            os.close(getattr(finder, "fd"))
+        except (AttributeError, OSError):
+            pass
 
 
 if __name__ == "__main__":
     if __spec__ is None:  # run as a script, not with -m
-        _serve_as_module(sys.argv[1:])
+        _run_as_module(sys.argv[1:])
     sys.exit(main())

@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""A server's RSS once it is ready, by how it was started: the figures behind its start-up code.
+"""A server's RSS once it is ready, by how it was started: what each part of the start-up saves.
 
-spelltraction.py does two things at start for memory's sake, and its
-comments quote what they save; this measures them. Each way of starting is
-run ``--rounds`` times, the ways alternating, and RSS (``/proc/PID/statm``)
-is read ``--settle`` seconds after the server says it is listening, with no
+spelltraction.py's start-up does four things for memory's sake: it re-runs
+a script as a module, compiles the code for it beforehand, runs it with
+``-S`` (``_run_as_module``), and trims the heap once it is ready
+(``release_freed_memory``). Each way below leaves one out. Each is run
+``--rounds`` times, the ways alternating, and RSS (``/proc/PID/statm``) is
+read ``--settle`` seconds after the server says it is listening, with no
 player. Medians:
 
-- ``as shipped``: ``python3 spelltraction.py``, which re-runs itself as
-  a module (``-m spelltraction``, from its own directory) with ``-S``,
-  importing the code it compiled (or read from the bytecode cache) before
-  the re-run, and trims the heap (``_serve_as_module``).
+- ``as shipped``: ``python3 spelltraction.py``;
 - ``script, no re-run``: ``SPELLTRACTION_AS_MODULE=1`` keeps it a script, so
-  CPython holds the file's syntax tree for the server's life (``_serve_as_module``).
-- ``compiled, trimmed`` / ``compiled, not trimmed``: imported as a module with
-  an empty bytecode cache (``PYTHONPYCACHEPREFIX``), so the compiler runs; with
-  and without ``release_freed_memory`` (glibc ``malloc_trim``).
+  CPython holds the file's syntax tree for the server's life;
+- ``imported, compiling``: ``python3 -S -c "import spelltraction ..."`` with
+  no bytecode cache to read, so the server compiles the game itself;
+- ``imported, with site``: the same without ``-S``;
+- ``imported, not trimmed``: the same as "compiling" without ``malloc_trim``.
+
+Where ``PYTHONDONTWRITEBYTECODE`` is unset and the cache is fresh, a server
+imported without the shipped start-up reads the cache instead of compiling:
+"compiling" is the server on a read-only install, or the first run.
 
     python3 bench/startup_rss.py                 # 7 rounds
     python3 bench/startup_rss.py --rounds 3 --json
@@ -37,17 +41,22 @@ from procstat import Children, free_port, machine, median, read_line, rss_bytes 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GAME = os.path.join(ROOT, "spelltraction.py")
-# main() with release_freed_memory() optionally replaced, imported (not run as a script).
-IMPORTED = ("import sys; sys.path.insert(0, sys.argv[1]); import spelltraction as st\n"
-            "if sys.argv[2] == 'no-trim': st.release_freed_memory = lambda: None\n"
-            "sys.exit(st.main(sys.argv[3:]))")
+# The game imported as a module, optionally without the trim.
+IMPORTED = ("import sys; sys.path[:] = [sys.argv.pop(1)] + [p for p in sys.path if p]; "
+            "import spelltraction as st\n"
+            "if sys.argv[1] == 'no-trim': st.release_freed_memory = lambda: None\n"
+            "del sys.argv[1]; sys.exit(st.main())")
 
 # name -> (extra environment, whether the bytecode cache starts empty, command before args)
 WAYS: Dict[str, Tuple[Dict[str, str], bool, List[str]]] = {
     "as shipped": ({}, False, [GAME]),
     "script, no re-run": ({"SPELLTRACTION_AS_MODULE": "1"}, False, [GAME]),
-    "compiled, trimmed": ({}, True, ["-c", IMPORTED, ROOT, "trim"]),
-    "compiled, not trimmed": ({}, True, ["-c", IMPORTED, ROOT, "no-trim"]),
+    "imported, compiling": ({"PYTHONDONTWRITEBYTECODE": "1"}, True,
+                            ["-S", "-c", IMPORTED, ROOT, "trim"]),
+    "imported, with site": ({"PYTHONDONTWRITEBYTECODE": "1"}, True,
+                            ["-c", IMPORTED, ROOT, "trim"]),
+    "imported, not trimmed": ({"PYTHONDONTWRITEBYTECODE": "1"}, True,
+                              ["-S", "-c", IMPORTED, ROOT, "no-trim"]),
 }
 
 
@@ -95,10 +104,12 @@ def main() -> int:
     print(f"server RSS {args.settle:g} s after 'listening', no player; median of {args.rounds}:")
     for way, value in mib.items():
         print(f"  {way:24} {value:6.1f} MiB")
-    print(f"  syntax tree a script holds:      {mib['script, no re-run'] - mib['as shipped']:.1f} MiB")
-    print(f"  compiler memory malloc_trim returns: "
-          f"{mib['compiled, not trimmed'] - mib['compiled, trimmed']:.1f} MiB")
-    print(f"  compiler memory kept even so:    {mib['compiled, trimmed'] - mib['as shipped']:.1f} MiB")
+    shipped, compiling = mib["as shipped"], mib["imported, compiling"]
+    for part, saved in (("the re-run (a script's syntax tree)", mib["script, no re-run"] - shipped),
+                        ("compiling before the re-run", compiling - shipped),
+                        ("-S (no site)", mib["imported, with site"] - compiling),
+                        ("malloc_trim once ready", mib["imported, not trimmed"] - compiling)):
+        print(f"  {part:40} saves {saved:5.1f} MiB")
     return 0
 
 

@@ -1,7 +1,6 @@
 """What a game server carries: not the code only doctor or tests use."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -72,29 +71,30 @@ def argparse_imports_shutil() -> bool:
     return out.stdout.strip() == "True"
 
 
-def test_the_re_run_imports_the_code_the_script_compiled_not_the_files(tmp_path):
-    """What ``_BOOT`` imports comes from ``_precompile``'s file: with every
-    source removed after compiling, the game still starts."""
-    copy = tmp_path / "game"
-    copy.mkdir()
-    shutil.copy(GAME, copy / "spelltraction.py")
-    shutil.copytree(os.path.join(ROOT, "netcore"), copy / "netcore")
-    compiled = tmp_path / "compiled"
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    subprocess.run([sys.executable, "-c",
-                    "import sys; sys.path.insert(0, sys.argv[1]); import spelltraction as st\n"
-                    "with open(sys.argv[2], 'wb') as f: st._precompile(f)",
-                    str(copy), str(compiled)], check=True, timeout=60, env=env)
-    for source in [copy / "spelltraction.py", *(copy / "netcore").glob("*.py")]:
-        source.unlink()
-    from spelltraction import _BOOT
-
-    with open(compiled, "rb") as f:
-        out = subprocess.run([sys.executable, "-S", "-c", _BOOT, str(copy), str(f.fileno()),
-                              "--version"], pass_fds=[f.fileno()], capture_output=True,
-                             text=True, timeout=60, env=env, cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("spelltraction ")
+def test_nothing_is_imported_from_the_directory_the_server_starts_in(tmp_path):
+    """Started from a directory of booby-trapped modules (every top-level module this
+    test process has loaded, the game's own names and the start-up's), the server
+    starts, serves, and imports none of them: only the standard library and its folder."""
+    marker = tmp_path / "imported"
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    names = {name.split(".")[0] for name in sys.modules} | {
+        "spelltraction", "netcore", "importlib", "runpy", "py_compile", "marshal", "encodings"}
+    body = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in sorted(n for n in names if n.isidentifier()):
+        (trap / f"{name}.py").write_text(body)
+        (trap / name).mkdir(exist_ok=True)
+        (trap / name / "__init__.py").write_text(body)
+    with Spawned([sys.executable, GAME, "serve", "--no-data", "--host", "127.0.0.1",
+                  "--port", "0"], cwd=str(trap)) as server:
+        with socket.create_connection((server.host, server.port), timeout=5) as player:
+            player.sendall(st.frame(st.Hello()))
+            assert isinstance(st.decode(read_frames(player, 1)[0]), st.Welcome)
+        with open(f"/proc/{server.proc.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert b"-c" in argv and ROOT.encode() in argv  # it did re-run itself, from here
+        assert server.stop() == 0
+    assert not marker.exists(), marker.read_text()
 
 
 def test_a_server_that_served_every_kind_of_client_loaded_no_typing_or_urllib(tmp_path):
