@@ -22,6 +22,13 @@ refuse         the server filled to --max-clients, then 5,000 connects/s,
 never-read     1,000 players that send HELLO and never read (small receive
                buffers, so a backlog reaches the server within seconds)
 slowloris      300 connections trickling an HTTP request head, a byte a second
+metrics        3,000 players joined (so a scrape costs what it does on a
+               full server), then 20 connections sending 99 pipelined
+               ``GET /metrics`` each, again and again; the server runs with
+               ``--public-stats``, so the scrapes reach the figures
+hello-close    a version-2 HELLO, then close, from one address, as fast as
+               it goes: the server runs with a store (``--data``), and the
+               row shows the players' rows it holds after
 =============  ===========================================================
 
 For each it prints the players' longest wait for a TICK, the TICKs' delivery
@@ -67,7 +74,8 @@ from report import fmt_table  # noqa: E402
 import spelltraction as st  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
 
-ATTACKS = ("none", "ping", "fragments", "continuations", "refuse", "never-read", "slowloris")
+ATTACKS = ("none", "ping", "fragments", "continuations", "refuse", "never-read", "slowloris",
+           "metrics", "hello-close")
 TARGETS = {"max_gap_ms": 500, "lateness_p99_ms": 50, "rss_back_pct": 15}
 LOOPBACK = ("127.", "::1", "localhost")
 FDS_PER_PROCESS = 10_000
@@ -443,6 +451,80 @@ def attack_slowloris(host: str, port: int, seconds: float, n: int = 300) -> Dict
     return {"connections": len(socks), "connect_failed": refused, "endings": endings}
 
 
+def attack_metrics(host: str, port: int, seconds: float, fill: int = 3000, n: int = 20,
+                   pipelined: int = 99, ready_file: str = "") -> Dict[str, Any]:
+    """``fill`` players (open files: a scrape lists them), then ``n`` connections that
+    each send ``pipelined`` GET /metrics at once, read the answers, and do it again.
+    ``ready_file`` is created once the players are in: the driver's "before"."""
+    fillers = []
+    for i in range(fill):
+        try:
+            s = connect(port, host, f"127.0.7.{1 + i % 250}")
+            s.sendall(st.frame(st.Hello()))
+            s.setblocking(False)
+            fillers.append(s)
+        except OSError:
+            continue
+    time.sleep(1.0)  # their WELCOMEs, and a tick or two
+    if ready_file:
+        open(ready_file, "w").close()
+        time.sleep(1.0)  # the driver's "before"
+    burst = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * pipelined
+    answers: Dict[str, int] = {}
+    bursts = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        socks = []
+        for i in range(n):
+            try:
+                s = connect(port, host, attack_source(i))
+                s.sendall(burst)
+                s.setblocking(False)
+                socks.append(s)
+            except OSError:
+                answers["connect failed"] = answers.get("connect failed", 0) + 1
+        got = {s: b"" for s in socks}
+        live = set(socks)
+        while live and time.monotonic() < deadline + 5:
+            r, _ = ready(list(live) + fillers, [], 0.05)
+            for s in r:
+                try:
+                    data = s.recv(1 << 20)
+                except OSError:
+                    data = b""
+                if s in live:
+                    got[s] += data
+                    if not data or got[s].count(b"HTTP/1.1 ") >= pipelined:
+                        live.discard(s)
+        for s, data in got.items():
+            for status in data.split(b"HTTP/1.1 ")[1:]:
+                key = f"HTTP {status[:3].decode('latin-1')}"
+                answers[key] = answers.get(key, 0) + 1
+            s.close()
+        bursts += 1
+    for f in fillers:
+        f.close()
+    return {"fillers": len(fillers), "bursts": bursts, "outcomes": answers}
+
+
+def attack_hello_close(host: str, port: int, seconds: float) -> Dict[str, Any]:
+    """Version-2 HELLOs, each on a new connection closed at once, from one address."""
+    hello = st.frame(st.Hello(st.PROTOCOL_V2, st.ANY_SHAPE, st.ANY_COLOUR, b"", b""))
+    sent = failed = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            s = connect(port, host, "127.0.8.1")
+            s.sendall(hello)
+            s.close()
+            sent += 1
+        except OSError:
+            failed += 1
+            time.sleep(0.001)
+    return {"hellos": sent, "rate_per_s": sent / seconds, "attempts": sent,
+            "outcomes": {"connect failed": failed} if failed else {}}
+
+
 def attack_none(host: str, port: int, seconds: float) -> Dict[str, Any]:
     """No attack: the measurement's own floor on this machine, right now."""
     time.sleep(seconds)
@@ -457,6 +539,8 @@ RUNNERS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "refuse": attack_refuse,
     "never-read": attack_never_read,
     "slowloris": attack_slowloris,
+    "metrics": attack_metrics,
+    "hello-close": attack_hello_close,
 }
 
 
@@ -473,6 +557,7 @@ class Target:
         self.flags: List[str] = []
         self.max_clients = args.max_clients
         self.admin_port = args.admin_port  # figures from here: it answers even when full
+        self.data = ""  # our server's store, for the attacks that need one
         if args.port:
             self.host, self.port, self.pid = args.host, args.port, args.pid
             return
@@ -486,6 +571,11 @@ class Target:
             flags += ["--exempt", ""]  # nobody exempt from the per-address limits
         if "--admin-port" in SERVE_HELP:
             flags += ["--admin-port", "0"]
+        if attack == "metrics" and "--public-stats" in SERVE_HELP:
+            flags += ["--public-stats"]  # the scrapes reach the figures, as a careless setup's
+        if attack == "hello-close":
+            self.data = tempfile.mkdtemp(prefix="attack-data-")
+            flags += ["--data", self.data]
         self.flags = flags + list(args.server_flag)
         self.server = HostileServer(*self.flags)
         self.host, self.port, self.pid = "127.0.0.1", self.server.port, self.server.pid
@@ -533,9 +623,27 @@ class Target:
                 out[float(le)] = float(line.rsplit(" ", 1)[1])
         return out
 
+    def stored_players(self) -> Optional[Tuple[int, int]]:
+        """(rows, of which online) in our server's store, if it has one."""
+        if not self.data:
+            return None
+        import sqlite3
+
+        db = sqlite3.connect(f"file:{os.path.join(self.data, st.DATA_FILE)}?mode=ro", uri=True)
+        try:
+            rows, online = db.execute("SELECT count(*), coalesce(sum(online), 0) "
+                                      "FROM players").fetchone()
+        finally:
+            db.close()
+        return int(rows), int(online)
+
     def close(self) -> None:
         if self.server is not None:
             self.server.__exit__()
+        if self.data:
+            import shutil
+
+            shutil.rmtree(self.data, ignore_errors=True)
 
 
 def server_socket_memory(port: int) -> Optional[Tuple[int, int]]:
@@ -636,9 +744,22 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
     elif name == "never-read":
         procs = max(1, math.ceil(args.never_readers / FDS_PER_PROCESS))
         params = [{"n": math.ceil(args.never_readers / procs)}] * procs
+    setup = ""
+    if name == "metrics":  # its players join first: "before" is with them in
+        setup = os.path.join(tempfile.mkdtemp(prefix="attack-"), "ready")
+        params = [{"ready_file": setup}]
     buckets_before = target.lateness_buckets()
     start = crowd.mark()
     children = run_attacker(name, target, seconds, params)
+    if setup:
+        give_up = time.monotonic() + 60
+        while not os.path.exists(setup) and time.monotonic() < give_up \
+                and any(c.poll() is None for c in children):
+            time.sleep(0.05)
+        before = target.resources()
+        ticks_before = target.tick_figures()
+        buckets_before = target.lateness_buckets()
+        start = crowd.mark()
     peak = before.rss if before else 0
     sock_peak = (0, 0)
     next_ss = time.monotonic() + 1.0
@@ -698,6 +819,9 @@ def one_attack(name: str, target: Target, crowd: Crowd, args: argparse.Namespace
             "rss_back_pct": round(100 * (after.rss - before.rss) / before.rss, 1),
             "fds_before": before.fds, "fds_after": after.fds,
         })
+    stored = target.stored_players()
+    if stored is not None:
+        row["store_rows"], row["store_rows_online"] = stored
     row["meets_targets"] = meets(row)
     return row
 
@@ -734,6 +858,8 @@ def attacker_summary(report: Dict[str, Any]) -> str:
                                                                  key=lambda kv: -kv[1])))
     if "rate_per_s" in report:
         parts.insert(0, f"{report['attempts']} connects ({report['rate_per_s']:.0f}/s)")
+    if "bursts" in report:
+        parts.insert(0, f"{report['bursts']} rounds of 20 x 99 pipelined scrapes")
     if "mb_sent" in report:
         parts.insert(0, f"{report['mb_sent']:.1f} MB sent")
     return "; ".join(parts)
@@ -750,11 +876,14 @@ def table(rows: List[Dict[str, Any]]) -> str:
             if "rss_before_mb" in r else "-"
         fds = f"{r['fds_before']} / {r['fds_after']}" if "fds_before" in r else "-"
         le = r.get("server_lateness_p99_le_ms")
+        attacker = attacker_summary(r["attacker"])
+        if "store_rows" in r:
+            attacker += f"; the store holds {r['store_rows']} rows ({r['store_rows_online']} online)"
         out.append([r["attack"], r["max_gap_ms"], r["lateness_p99_ms"],
                     "-" if le is None else f"≤ {le:g} ms", rss, fds,
                     "-" if r["skipped_ticks"] is None else r["skipped_ticks"],
                     r["players_dropped"], "met" if r["meets_targets"] else "**missed**",
-                    attacker_summary(r["attacker"])])
+                    attacker])
     return fmt_table(headers, out)
 
 

@@ -331,6 +331,9 @@ class Connection(Readiness):
         if left <= self.owner.config.low_water and self in _ABOVE_HIGH_WATER:
             _ABOVE_HIGH_WATER.discard(self)
             self.owner.handler.on_drain(self)
+            codec_drained = getattr(self.codec, "on_drain", None)  # e.g. an HTTP codec
+            if codec_drained is not None:  # that stopped answering until the peer read
+                codec_drained()
             left = len(out)  # what on_drain wrote went into this queue: keep it
         if left == 0 and self.out is out:
             self.out = None

@@ -489,7 +489,7 @@ class HttpCodec(SilentCodec):
     none out: there is nothing to say to it but its responses (SilentCodec).
     """
 
-    __slots__ = ("conn", "front", "parser", "served", "resume")
+    __slots__ = ("conn", "front", "parser", "served", "resume", "paused")
 
     def __init__(self, conn: Connection, front: WebFront) -> None:
         self.conn = conn
@@ -497,6 +497,14 @@ class HttpCodec(SilentCodec):
         self.parser = RequestParser()
         self.served = 0
         self.resume: Optional[_Resume] = None  # scheduled: the rest of a pipelined burst
+        self.paused = False  # answers wait for the peer to read them (above high water)
+
+    def on_drain(self) -> None:
+        """The peer read our answers down to the low water mark: go on with its burst."""
+        if self.paused and self.resume is None and self.conn.is_open:
+            self.paused = False
+            self.resume = _Resume(self)
+            self.conn.owner.loop.ready_again(self.resume)
 
     def feed(self, data: BytesLike) -> List[bytes]:
         parser = self.parser
@@ -508,7 +516,7 @@ class HttpCodec(SilentCodec):
         except HttpError as exc:
             self.front._bad_request(self.conn, exc)
             return []
-        if self.resume is not None:
+        if self.resume is not None or self.paused:
             return []  # a burst is being answered a turn at a time: these wait in order
         return self.serve()
 
@@ -519,6 +527,9 @@ class HttpCodec(SilentCodec):
         try:
             for _ in range(REQUESTS_PER_TURN):
                 if not conn.is_open:
+                    return []
+                if conn.above_high_water:  # answers pile up unread: wait until it reads
+                    self.paused = True
                     return []
                 request = parser.next_request()
                 if request is None:

@@ -133,3 +133,35 @@ def test_requests_pipelined_too_far_ahead_are_refused():
     sock.close()
     server.close()
     loop.close()
+
+
+def test_a_burst_waits_for_its_reader_instead_of_overflowing_the_output_queue():
+    """Answers bigger than the output queue: the front stops answering while the
+    client has not read (above high water) and goes on as it reads; nobody is cut.
+    (Without the pause, four answers a turn overflow the 32 KiB queue at once.)"""
+    big = b"x" * 9_000
+    loop = EventLoop()
+    server = TCPServer(loop, Handler(), ServerConfig(
+        hosts=["127.0.0.1"], max_output=32 << 10, high_water=8 << 10, low_water=2 << 10,
+        sndbuf=4096), codec_factory=WebFront(WebConfig(
+            routes={"/big": lambda: ("text/plain", big)}, max_requests=1000)))
+    server.listen()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    sock.sendall(get("/big") * 40)
+    got = b""
+
+    def slowly():
+        nonlocal got
+        try:
+            got += sock.recv(16384)  # some each turn
+        except BlockingIOError:
+            pass
+        return got.count(b"HTTP/1.1 200") == 40 and got.endswith(big)
+
+    run_until(loop, slowly, 30, "every answer, read slowly")
+    assert server.stats.slow_consumers == 0 and server.stats.connections == 1
+    sock.close()
+    server.close()
+    loop.close()
