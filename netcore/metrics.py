@@ -185,6 +185,11 @@ def add_net_stats(exp: Exposition, stats: NetStats, prefix: str,
     exp.labelled(f"{p}_limits_total", "counter",
                  "Limits that fired (a refusal or a close), by limit name.", "limit",
                  stats.limits)
+    exp.labelled(f"{p}_untrusted_forwarding_total", "counter",
+                 "X-Forwarded-For headers (ignored) and PROXY headers (closed) from peers "
+                 "that are not trusted proxies, by kind.", "kind",
+                 {"x-forwarded-for": stats.untrusted.get("x-forwarded-for", 0),
+                  "proxy-header": stats.untrusted.get("proxy-header", 0)})
 
 
 def add_tick_stats(exp: Exposition, sched: TickScheduler, prefix: str) -> None:
