@@ -6340,9 +6340,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      help="networks the per-address limits never count (default "
                      f"{defaults.exempt}: local bots); '' to exempt nobody")
     net.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
-                     help="proxies whose connections start with a PROXY protocol header "
-                     "(v1/v2) naming the client "
-                     "(default: none). nginx: proxy_protocol on;")
+                     help="proxies whose connections may start with a PROXY protocol "
+                     "header (v1/v2; nginx: proxy_protocol on;) and whose HTTP "
+                     "X-Forwarded-For is believed: either names the client, whom the "
+                     "per-address limits then count (default: none; the shipped nginx "
+                     "files connect from 127.0.0.2). From anyone else a PROXY header is "
+                     "refused and X-Forwarded-For ignored, logged and counted")
     net.add_argument("--allowed-origins", default="", metavar="ORIGIN,...",
                      help="WebSocket upgrades only from these Origins, e.g. "
                      "https://play.example.org (others, and requests with no Origin, get "

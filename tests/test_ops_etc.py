@@ -301,6 +301,110 @@ def test_shipped_listeners_never_share_a_port():
     assert len(ports) == len(set(ports)), sorted(ports)
 
 
+SERVE_UNIT = UNIT
+GATEWAY_UNIT = os.path.join(ETC, "systemd", "spelltraction-gateway@.service")
+GAME_UNIT = os.path.join(ETC, "systemd", "spelltraction-game.service")
+
+
+def exec_args(path):
+    """A unit's ExecStart as a list, from its subcommand on."""
+    start = re.search(r"^ExecStart=(.*)$", open(path).read(), re.M).group(1)
+    argv = shlex.split(start)
+    return argv[argv.index("/opt/spelltraction/spelltraction.pyz") + 1:]
+
+
+def flag(args, name):
+    assert args.count(name) == 1, f"{name} once in {args}"
+    return args[args.index(name) + 1]
+
+
+def nginx_blocks(path, kind):
+    """{name: body} of the uncommented ``location``/``upstream`` blocks of an nginx file."""
+    code = "\n".join(line.split("#", 1)[0] for line in open(path).read().splitlines())
+    if kind == "location":
+        found = re.findall(r"location\s+(?:=|\^~)?\s*(\S+)\s*\{([^}]*)\}", code)
+    else:
+        found = re.findall(r"upstream\s+(\w+)\s*\{([^}]*)\}", code)
+    return dict(found)
+
+
+def nginx_values(path, directive):
+    code = "\n".join(line.split("#", 1)[0] for line in open(path).read().splitlines())
+    return re.findall(rf"^\s*{directive}\s+([^;]+);", code, re.M)
+
+
+def test_the_units_trust_exactly_the_address_nginx_connects_from():
+    """Issue 22, finding 4: serve and the gateways behind the shipped nginx believe
+    its X-Forwarded-For and PROXY headers, and nobody else's."""
+    binds = set(nginx_values(NGINX_HTTP, "proxy_bind")) | set(
+        nginx_values(NGINX_STREAM, "proxy_bind"))
+    assert len(binds) == 1, f"both nginx proxies connect from one address: {binds}"
+    proxy = binds.pop()
+    assert proxy in st.parse_networks(st.ServerOptions().exempt), \
+        "loopback: the reason the unit must trust it (an untrusted one would be exempt)"
+    for unit in (SERVE_UNIT, GATEWAY_UNIT):
+        args = exec_args(unit)
+        trusted = flag(args, "--trusted-proxies")
+        assert trusted == proxy, f"{unit}: trusts {trusted!r}, nginx connects from {proxy}"
+        assert proxy in st.parse_networks(trusted)
+        assert "127.0.0.3" not in st.parse_networks(trusted), "exactly the proxy, not a range"
+        assert flag(args, "--port") == str(st.DEFAULT_PORT)
+    assert "--trusted-proxies" not in exec_args(GAME_UNIT), "the authority has no player port"
+    # ... and the address nginx proxies to is that port.
+    game = nginx_blocks(NGINX_HTTP, "upstream")["spelltraction_game"]
+    assert re.findall(r"server\s+([\d.]+:\d+)", game) == [f"127.0.0.1:{st.DEFAULT_PORT}"]
+    stream = nginx_blocks(NGINX_STREAM, "upstream")["spelltraction_raw"]
+    assert re.findall(r"server\s+([\d.]+:\d+)", stream) == [f"127.0.0.1:{st.DEFAULT_PORT}"]
+    assert nginx_values(NGINX_STREAM, "proxy_protocol") == ["on"]
+
+
+def test_nginx_sends_operators_to_the_admin_port_and_players_to_the_game_port():
+    upstreams = {name: re.findall(r"server\s+([\d.]+):(\d+)", body)
+                 for name, body in nginx_blocks(NGINX_HTTP, "upstream").items()}
+    locations = nginx_blocks(NGINX_HTTP, "location")
+    admin_port = flag(exec_args(SERVE_UNIT), "--admin-port")
+    assert "--admin-host" not in exec_args(SERVE_UNIT), "loopback: nginx is on this host"
+
+    def target(path):
+        upstream = re.search(r"proxy_pass\s+http://(\w+)\s*;", locations[path])[1]
+        return upstreams[upstream]
+
+    for path in ("/metrics", "/stats"):
+        assert target(path) == [("127.0.0.1", admin_port)], f"{path}: the admin port"
+        assert "deny all;" in locations[path]
+    for path in ("/ws", "/"):
+        assert target(path) == [("127.0.0.1", str(st.DEFAULT_PORT))], path
+        assert "X-Forwarded-For $proxy_add_x_forwarded_for" in locations[path], path
+    # The gateways' admin ports (1216N) and the authority's (12160) are distinct.
+    game_admin = flag(exec_args(GAME_UNIT), "--admin-port")
+    gateways = {flag(exec_args(GATEWAY_UNIT), "--admin-port").replace("%i", str(i))
+                for i in range(1, 10)}
+    assert len(gateways) == 9 and game_admin not in gateways and admin_port not in gateways
+
+
+@pytest.mark.slow
+def test_behind_the_shipped_nginx_players_are_counted_by_their_own_address(tmp_path):
+    """The serve unit's command line behind the shipped nginx files: one client
+    address is limited to its 16 pending connections over WebSocket (X-Forwarded-For)
+    and raw TLS (PROXY header), and another address behind the same nginx is not."""
+    from nginxkit import ShippedNginx, check_players_are_limited_per_address
+
+    args = exec_args(SERVE_UNIT)
+    args[args.index("--port") + 1] = "0"
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--admin-port") + 1] = "0"
+    # Loopback players (our 127.0.0.3...) are exempt by default: exempt only 127.0.0.1,
+    # as a host sees players who come from outside. Nothing else changes.
+    args += ["--exempt", "127.0.0.1", "--no-data"]
+    with Spawned([sys.executable, st.__file__, *args], cwd=tmp_path) as server:
+        admin = int(re.search(r":(\d+)/", server.proc.stdout.readline())[1])
+        nginx = ShippedNginx(tmp_path, server.port, admin)
+        try:
+            check_players_are_limited_per_address(nginx)
+        finally:
+            nginx.stop()
+
+
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
