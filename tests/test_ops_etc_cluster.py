@@ -34,10 +34,16 @@ def service(path):
     return found
 
 
-def test_units_share_one_user_and_the_gateways_one_port():
+def test_the_authority_has_a_user_of_its_own_and_the_gateways_one_port():
     game, gateway = service(GAME_UNIT), service(GATEWAY_UNIT)
-    assert game["User"] == gateway["User"] == "spelltraction"
-    assert "DynamicUser" not in game and "DynamicUser" not in gateway  # SO_REUSEPORT needs one uid
+    # Issue 22, finding 9: a compromised gateway must not signal the authority or
+    # read its store, so not one user for both; the gateways share one (SO_REUSEPORT).
+    assert gateway["User"] == gateway["Group"] == "spelltraction"
+    assert game["User"] == game["Group"] == "spelltraction-game"
+    assert "DynamicUser" not in gateway  # SO_REUSEPORT needs one uid for every instance
+    assert game["StateDirectoryMode"] == "0700" and game["ProtectProc"] == "invisible"
+    assert f"useradd --system --home /var/lib/spelltraction-game {game['User']}" in open(
+        GAME_UNIT).read(), "the install lines make the user it runs as"
     argv = shlex.split(gateway["ExecStart"])
     assert argv[argv.index("--port") + 1] == "12150"  # the same for every instance
     assert argv[argv.index("--admin-port") + 1] == "1216%i"
