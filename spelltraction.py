@@ -190,8 +190,10 @@ __all__ = [
     # Rules
     "Game", "Player", "StepResult", "ScorePlan", "IdsExhausted", "MAX_PLAYER_ID",
     # Server
-    "Store", "StoreError", "backup_store", "default_data_dir", "new_resume_token", "token_hash",
-    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "origin_policy", "step_and_encode", "you_frame",
+    "Store", "StoreError", "backup_store", "check_data_directory", "default_data_dir",
+    "new_resume_token", "token_hash",
+    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "origin_policy",
+    "step_and_encode", "you_frame",
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
@@ -1059,6 +1061,94 @@ class StoreError(Exception):
     """The data directory can't be used; the message says which file and why."""
 
 
+def _user_name(uid: int) -> str:
+    """``name (uid N)``, or ``uid N`` for a uid with no name."""
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_data_directory(directory: str, allow_shared: bool = False) -> None:
+    """Refuse a data directory others could write to: world-writable, or not ours.
+
+    Whoever can write there can replace the store, its ``-wal``/``-shm`` or its
+    lock before the server opens them (a file or a symlink placed in advance).
+    Raises :class:`StoreError` naming the directory and the fix;
+    ``allow_shared`` (``--allow-shared-data``) logs a warning and goes on.
+    """
+    import stat
+
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise StoreError(f"cannot use data directory {directory}: "
+                         f"{exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"data directory {directory} is not a directory")
+    problems = []
+    me = os.geteuid()
+    if st.st_uid != me:
+        problems.append((
+            f"belongs to {_user_name(st.st_uid)}, not to this server's user "
+            f"{_user_name(me)}",
+            f"chown {me} {directory} (or run the server as its owner)"))
+    if st.st_mode & stat.S_IWOTH:
+        problems.append((
+            f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})",
+            f"chmod o-w {directory} (0700 is what the server creates)"))
+    if not problems:
+        return
+    why = " and ".join(p[0] for p in problems)
+    fix = "; ".join(p[1] for p in problems)
+    if allow_shared:
+        log.warning("data directory %s %s: others could replace the store or its lock "
+                    "(--allow-shared-data: used anyway)", directory, why)
+        return
+    raise StoreError(
+        f"data directory {directory} {why}: others could replace the store or its lock, so "
+        f"the server refuses it. Fix: {fix}; or give another --data; or, if every user who "
+        f"can write there is trusted, --allow-shared-data")
+
+
+def _create_private_file(path: str) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists; tighten ours if it does.
+
+    sqlite creates a database 0644 (less the umask) and gives its ``-wal`` and
+    ``-shm`` the database's mode: made 0600 first, all three stay private.
+    Existing files of ours (an older version's, or left by a crash) that others
+    may read are made 0600 too; never through a symlink.
+    """
+    import stat
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    try:
+        os.close(os.open(path, flags, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            st = os.lstat(name)
+        except OSError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and mode & 0o077:
+            try:
+                os.chmod(name, mode & 0o700)
+            except OSError as exc:
+                log.warning("store: %s is mode %04o and could not be made private: %s",
+                            name, mode, exc.strerror or exc)
+                continue
+            log.info("store: %s was mode %04o, readable by others: now %04o", name, mode,
+                     mode & 0o700)
+
+
 class Store:
     """The game's durable state: one sqlite3 file in WAL mode, in a locked directory."""
 
@@ -1103,20 +1193,25 @@ class Store:
 
     # -- opening: lock, check, migrate -----------------------------------------
 
-    def open(self) -> None:
+    def open(self, allow_shared: bool = False) -> None:
         """Lock the directory, check and migrate the database, start the writer.
 
         Raises :class:`StoreError` naming the file for a directory another
         server holds, or a file that is corrupt, foreign, or from a newer
-        schema. Nothing is ever overwritten.
+        schema; naming the directory for one that is world-writable or not
+        this user's (:func:`check_data_directory`; ``allow_shared``: only a
+        warning). Nothing is ever overwritten. The directory is created 0700
+        and the database 0600 (its ``-wal`` and ``-shm`` follow its mode).
         """
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create data directory {self.directory}: "
                              f"{exc.strerror or exc}") from exc
+        check_data_directory(self.directory, allow_shared)
         self._lock()
         try:
+            _create_private_file(self.path)
             self._check_file()
             db = self._connect()
             try:
@@ -1143,7 +1238,7 @@ class Store:
 
         path = os.path.join(self.directory, LOCK_FILE)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
         try:
@@ -1474,22 +1569,46 @@ class Store:
 
 
 def backup_store(directory: str, output: str) -> int:
-    """Copy a live (or stopped) store with sqlite3's online backup API; returns pages."""
+    """Copy a live (or stopped) store with sqlite3's online backup API; returns pages.
+
+    The copy is written in a directory of its own made next to ``output``
+    (``<output>.tmp-XXXXXXXX``, mode 0700: no one else can place a file or a
+    symlink in it), into a file created exclusively (``O_EXCL``, ``O_NOFOLLOW``)
+    with mode 0600, and then renamed over ``output`` (a rename replaces a
+    symlink there; it never writes through one). Nothing is ever written
+    through a path someone else prepared, and the copy is private like the store.
+    """
     import sqlite3
+    import tempfile
 
     source = os.path.join(directory, DATA_FILE)
     if not os.path.isfile(source):
         raise StoreError(f"no database at {source} (is --data right?)")
+    out_dir = os.path.dirname(os.path.abspath(output))
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
-        tmp = output + ".tmp"
-        dst = sqlite3.connect(tmp)
+        private = tempfile.mkdtemp(prefix=os.path.basename(output) + ".tmp-", dir=out_dir)
+        tmp = os.path.join(private, "backup.sqlite3")
         try:
-            src.backup(dst)
-            pages = dst.execute("PRAGMA page_count").fetchone()[0]
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
+                getattr(os, "O_CLOEXEC", 0)
+            os.close(os.open(tmp, flags, 0o600))
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst)
+                pages = dst.execute("PRAGMA page_count").fetchone()[0]
+            finally:
+                dst.close()
+            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                os.fsync(fd)  # on disk before it takes the backup's name
+            finally:
+                os.close(fd)
+            os.replace(tmp, output)
         finally:
-            dst.close()
-        os.replace(tmp, output)
+            for leftover in os.listdir(private):  # a failed copy, its journal
+                os.unlink(os.path.join(private, leftover))
+            os.rmdir(private)
     finally:
         src.close()
     return int(pages)
@@ -1581,6 +1700,9 @@ class ServerOptions(NamedTuple):
     grace: float = DEFAULT_GRACE_S  # seconds a dropped v2 player's seat is kept
     prune_days: float = DEFAULT_PRUNE_DAYS  # delete rows of players unseen this long
     sync: str = "normal"  # the store's PRAGMA synchronous: normal or full
+    # A data directory others can write to (world-writable, another user's) is
+    # refused unless this is set (serve/game --allow-shared-data).
+    allow_shared_data: bool = False
     # The admin listener: /healthz, /metrics, /stats(.json) over HTTP on their
     # own port, answered whatever the game port's state (full, flooded).
     admin_port: Optional[int] = None  # None: no admin listener; 0: any free port
@@ -1710,7 +1832,8 @@ class GameServer(Handler):
         self._closing = False
         if opts.data is not None:
             self.store = Store(opts.data, opts.sync, grace=opts.grace)
-            self.store.open()  # raises StoreError, naming the file or directory
+            # Raises StoreError, naming the file or directory.
+            self.store.open(allow_shared=opts.allow_shared_data)
             self.game.take_id = self.store.take_id
             self.game.defer_scoring = True
             self.fame = list(self.store.fame)
@@ -6526,9 +6649,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      help="networks the per-address limits never count (default "
                      f"{defaults.exempt}: local bots); '' to exempt nobody")
     net.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
-                     help="proxies whose connections start with a PROXY protocol header "
-                     "(v1/v2) naming the client "
-                     "(default: none). nginx: proxy_protocol on;")
+                     help="proxies whose connections may start with a PROXY protocol "
+                     "header (v1/v2; nginx: proxy_protocol on;) and whose HTTP "
+                     "X-Forwarded-For is believed: either names the client, whom the "
+                     "per-address limits then count (default: none; the shipped nginx "
+                     "files connect from 127.0.0.2). From anyone else a PROXY header is "
+                     "refused and X-Forwarded-For ignored, logged and counted")
     net.add_argument("--allowed-origins", default=SAME_ORIGIN, metavar="ORIGIN,...",
                      help="browsers may join from pages of these Origins only, e.g. "
                      "https://play.example.org; same-origin: pages of the host the browser "
@@ -6579,6 +6705,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="the admin port's address (default 127.0.0.1: this host only)")
     rules.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
     rules.add_argument("--data", default=default_data_dir(), metavar="DIR", help=data_help)
+    rules.add_argument("--allow-shared-data", action="store_true",
+                       help="use a --data directory that is writable by every user or "
+                            "owned by another user (refused by default: whoever can write "
+                            "there can replace the store or its lock)")
     rules.add_argument("--no-data", action="store_true",
                        help="keep everything in memory: a restart forgets every player and score")
     rules.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
@@ -6767,7 +6897,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.grace < 0 or args.prune_days <= 0:
             parser.error("--grace must be at least 0 and --prune-days positive")
         given.update(seed=args.seed, data=None if args.no_data else args.data, grace=args.grace,
-                     prune_days=args.prune_days, sync=args.sync)
+                     prune_days=args.prune_days, sync=args.sync,
+                     allow_shared_data=args.allow_shared_data)
     opts = defaults._replace(**given)
     if args.command == "serve":
         return serve(opts, limiter)

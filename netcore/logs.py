@@ -153,6 +153,7 @@ class ChurnReporter:
         self._refused_fd = stats.refused_fd_limit
         self._slow = stats.slow_consumers
         self._limits = dict(stats.limits)
+        self._untrusted = dict(stats.untrusted)
 
     def report(self) -> Optional[str]:
         """Log the summary if anything changed; returns the message logged."""
@@ -163,9 +164,12 @@ class ChurnReporter:
         refused_fd = s.refused_fd_limit - self._refused_fd
         limits = {name: n - self._limits.get(name, 0)
                   for name, n in s.limits.items() if n != self._limits.get(name, 0)}
-        if not (opened or closed or refused_full or refused_fd or limits):
+        untrusted = {kind: n - self._untrusted.get(kind, 0)
+                     for kind, n in s.untrusted.items() if n != self._untrusted.get(kind, 0)}
+        if not (opened or closed or refused_full or refused_fd or limits or untrusted):
             return None
         self._limits = dict(s.limits)
+        self._untrusted = dict(s.untrusted)
         before = self._by_reason
         by_reason = {reason: n - before.get(reason, 0)
                      for reason, n in s.closed_by_reason.items() if n != before.get(reason, 0)}
@@ -184,11 +188,15 @@ class ChurnReporter:
             msg += f"; refused {refused_fd} (out of file descriptors)"
         if limits:
             msg += "; limits hit " + ", ".join(f"{name} {n}" for name, n in sorted(limits.items()))
+        if untrusted:
+            msg += "; from peers not trusted as proxies " + ", ".join(
+                f"{kind} {n}" for kind, n in sorted(untrusted.items()))
         troubled = slow > 0 or refused_fd > 0 or by_reason.get("error", 0) > 0
         self.logger.log(  # no args: the line is its own template, and holds no '%'
             logging.WARNING if troubled else logging.INFO, msg,
             extra={"opened": opened, "closed": closed, "connections": s.connections,
                    "closed_by_reason": by_reason, "refused_full": refused_full,
-                   "refused_fd_limit": refused_fd, "limits": limits},
+                   "refused_fd_limit": refused_fd, "limits": limits,
+                   "untrusted": untrusted},
         )
         return msg

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import time
 
 from .stats import Histogram, NetStats
 from .tick import TickScheduler
@@ -185,6 +186,11 @@ def add_net_stats(exp: Exposition, stats: NetStats, prefix: str,
     exp.labelled(f"{p}_limits_total", "counter",
                  "Limits that fired (a refusal or a close), by limit name.", "limit",
                  stats.limits)
+    exp.labelled(f"{p}_untrusted_forwarding_total", "counter",
+                 "X-Forwarded-For headers (ignored) and PROXY headers (closed) from peers "
+                 "that are not trusted proxies, by kind.", "kind",
+                 {"x-forwarded-for": stats.untrusted.get("x-forwarded-for", 0),
+                  "proxy-header": stats.untrusted.get("proxy-header", 0)})
 
 
 def add_tick_stats(exp: Exposition, sched: TickScheduler, prefix: str) -> None:
@@ -246,19 +252,36 @@ def rss_bytes(proc: str = "/proc") -> int:
         return 0
 
 
+def _boot_time(proc: str) -> Optional[float]:
+    """When the machine booted, seconds since the epoch.
+
+    ``btime`` in ``/proc/stat``; where that is hidden (systemd's
+    ``ProcSubset=pid`` leaves only the processes' directories), the wall
+    clock less ``CLOCK_BOOTTIME``, the clock ``/proc/self/stat`` counts in.
+    """
+    try:
+        with open(os.path.join(proc, "stat"), "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(int(line.split()[1]))
+    except (OSError, ValueError, IndexError):
+        pass
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return None
+    return time.time() - time.clock_gettime(boottime)
+
+
 def _read_start_time(proc: str) -> Optional[float]:
     """Process start, seconds since the epoch (from boot time + start ticks)."""
     try:
         with open(os.path.join(proc, "self", "stat"), "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         start_ticks = int(fields[19])  # field 22 of stat; fields[0] is field 3
-        with open(os.path.join(proc, "stat"), "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return int(line.split()[1]) + start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
+    booted = _boot_time(proc)
+    return None if booted is None else booted + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def process_stats(proc: str = "/proc", count_fds: bool = True) -> ProcessStats:

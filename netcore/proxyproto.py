@@ -38,6 +38,7 @@ __all__ = [
     "ProxyError",
     "ProxyHeader",
     "ProxyHeaderReader",
+    "UntrustedProxyHeader",
     "parse_proxy_header",
     "starts_proxy_header",
 ]
@@ -55,6 +56,16 @@ class ProxyError(ProtocolError):
     """Not a valid PROXY protocol header; the connection must close."""
 
     reason = "bad-proxy-header"
+
+
+class UntrustedProxyHeader(ProtocolError):
+    """A PROXY header from a peer that is not a trusted proxy: not believed, closed.
+
+    Either a proxy the server was not told to trust (a configuration error,
+    logged and counted) or someone claiming another address.
+    """
+
+    reason = "untrusted-proxy-header"
 
 
 class ProxyHeader(NamedTuple):

@@ -29,7 +29,9 @@ from .connection import CloseReason, Connection, OwnerBase
 from .framing import DEFAULT_MAX_FRAME, StreamFrames, encode_frame
 from .handler import Handler
 from .loop import EventLoop, Readiness, Timer
-from .proxyproto import ProxyHeader, ProxyHeaderReader, starts_proxy_header
+from .proxyproto import (
+    ProxyHeader, ProxyHeaderReader, UntrustedProxyHeader, starts_proxy_header,
+)
 from .stats import NetStats
 from .websocket import CloseCode
 from .typing_shim import TYPE_CHECKING, cast
@@ -57,6 +59,11 @@ _BACKLOG_SLICE = 2048  # connections checked for a send backlog per loop turn
 # A cut costs ~100 times a check (the handler's on_close: a player leaving),
 # and a soak's attack once cut hundreds in one slice, holding the loop 40 ms.
 _BACKLOG_SLICE_TIME = 0.005
+# A peer that is not a trusted proxy but sends X-Forwarded-For or a PROXY
+# header (a proxy nobody told us to trust, usually) is named in the log at
+# most once per this many seconds per kind; the rest are only counted
+# (NetStats.untrusted, summarised by logs.ChurnReporter).
+UNTRUSTED_LOG_EVERY = 60.0
 
 try:  # the unsent bytes in a socket's send queue (SIOCOUTQ is TIOCOUTQ on Linux)
     import fcntl
@@ -358,6 +365,7 @@ class TCPServer(OwnerBase):
         self._by_xff: Set[Connection] = set()  # ...named by X-Forwarded-For
         self._over_backlog: Dict[Connection, float] = {}  # over the limit since
         self._backlog_timer: Optional[Timer] = None
+        self._untrusted_logged: Dict[str, float] = {}  # kind -> when last logged
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -552,7 +560,8 @@ class TCPServer(OwnerBase):
         conn = Connection(sock, self)
         if key is not None:
             self._counted_pending[conn] = key
-        conn.codec = _ProxyHeaderCodec(conn, self) if from_proxy else self.codec_factory(conn)
+        conn.codec = (_ProxyHeaderCodec(conn, self) if from_proxy
+                      else _UntrustedStart(conn, self, self.codec_factory(conn)))
         self.loop.register(conn.fd, EVENT_READ, conn)  # the int conn holds: no copy
         self.connections[conn.fd] = conn
         stats.accepted += 1
@@ -597,15 +606,17 @@ class TCPServer(OwnerBase):
         Believed only from a trusted proxy that sent no PROXY header: the
         last address in it (the one the proxy added) becomes ``conn``'s
         client, counted as :meth:`rekey` does; returns the name of a limit
-        that refuses it, else None. Anyone else's header is ignored.
+        that refuses it, else None. Anyone else's header is ignored, and
+        counted (:meth:`untrusted_forwarding`).
         """
-        trusted = self.config.trusted_proxies
-        if not forwarded or not trusted:
+        if not forwarded:
             return None
+        trusted = self.config.trusted_proxies
         current = self.proxied.get(conn)
         if current is not None and conn not in self._by_xff:
             return None  # a PROXY header named the client: that is the truth
-        if _peer_host(conn.sock) not in trusted:
+        if not trusted or _peer_host(conn.sock) not in trusted:
+            self.untrusted_forwarding(conn, "x-forwarded-for")
             return None
         client = forwarded.rsplit(",", 1)[-1].strip()
         try:
@@ -616,6 +627,30 @@ class TCPServer(OwnerBase):
             return None
         self._by_xff.add(conn)
         return self.rekey(conn, client)
+
+    def untrusted_forwarding(self, conn: Connection, kind: str) -> None:
+        """``conn``'s peer, not a trusted proxy, sent what only one may send:
+        ``kind`` is ``"x-forwarded-for"`` (ignored) or ``"proxy-header"``
+        (the connection is closed). Counted in ``stats.untrusted``; the
+        first of each kind in ``UNTRUSTED_LOG_EVERY`` seconds is logged with
+        the peer's address (usually a proxy that should be in
+        ``trusted_proxies``), the rest only in the churn summary.
+        """
+        untrusted = self.stats.untrusted
+        untrusted[kind] = untrusted.get(kind, 0) + 1
+        now = self.loop.time()
+        last = self._untrusted_logged.get(kind)
+        if last is not None and now - last < UNTRUSTED_LOG_EVERY:
+            return
+        self._untrusted_logged[kind] = now
+        what = "a PROXY header (closed)" if kind == "proxy-header" else \
+            "X-Forwarded-For (ignored)"
+        trusted = self.config.trusted_proxies.text or "none"
+        log.warning("%s from %s, which is not a trusted proxy (trusted_proxies: %s): if it is "
+                    "your proxy, trust its address, or every client behind it counts as it; "
+                    "more of these in the next %.0f s are only counted", what,
+                    _peer_host(conn.sock) or "?", trusted, UNTRUSTED_LOG_EVERY,
+                    extra={"untrusted": kind})
 
     def settle(self, conn: Connection) -> None:
         """``conn`` is no longer pending (a player said HELLO): it stops counting
@@ -859,6 +894,50 @@ class _ProxyHeaderCodec(SilentCodec):
         if found is None:
             return []
         return self.server._proxy_header(self.conn, found[0], found[1])
+
+
+class _UntrustedStart:
+    """The first codec of a connection from anyone but a trusted proxy.
+
+    A stream that starts with a PROXY header is not believed: it is counted
+    and logged (:meth:`TCPServer.untrusted_forwarding`) and the connection
+    closed (:class:`UntrustedProxyHeader`, reason ``untrusted-proxy-header``).
+    Anything else goes to ``inner``, the server's codec, with the bytes read
+    so far; until then ``inner`` frames what the server says. It looks at the
+    first read only, unless that is a strict prefix of a header (at most 11
+    bytes, held).
+    """
+
+    __slots__ = ("conn", "server", "inner", "start")
+
+    def __init__(self, conn: Connection, server: TCPServer, inner: Codec) -> None:
+        self.conn = conn
+        self.server = server
+        self.inner = inner
+        self.start = b""
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        if self.start:
+            data = self.start + bytes(data)
+        found = starts_proxy_header(data)
+        if found is None:
+            self.start = bytes(data)
+            return []
+        conn = self.conn
+        conn.codec = self.inner
+        if found:
+            self.server.untrusted_forwarding(conn, "proxy-header")
+            raise UntrustedProxyHeader("a PROXY header from a peer that is not a trusted proxy")
+        return self.inner.feed(data)
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return self.inner.frame(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        return self.inner.wrap(stream)
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return self.inner.closing(stream, code, reason)
 
 
 def _host(address: object) -> str:

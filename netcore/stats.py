@@ -109,6 +109,7 @@ class NetStats:
         "queued_out_bytes",
         "slow_consumers",
         "limits",
+        "untrusted",
     )
 
     def __init__(self) -> None:
@@ -129,6 +130,10 @@ class NetStats:
         # Every limit that fired, by its name ("connections-per-address",
         # "send-backlog", "ws-control-rate"...): a refusal or a close.
         self.limits: Dict[str, int] = {}
+        # What peers that are not trusted proxies sent as if they were, by
+        # kind: "x-forwarded-for" (an HTTP request's header, ignored) and
+        # "proxy-header" (a PROXY header: the connection is closed).
+        self.untrusted: Dict[str, int] = {}
 
     def limit(self, name: str) -> None:
         """Count one firing of the limit ``name``."""

@@ -249,15 +249,114 @@ def test_unit_execstart_runs_the_real_server(tmp_path):
     assert os.path.isfile(tmp_path / "state" / st.DATA_FILE)
 
 
+HARDENING_22 = {"ProtectProc": "invisible", "ProcSubset": "pid", "ProtectClock": "yes",
+                "ProtectHostname": "yes", "RemoveIPC": "yes", "PrivateMounts": "yes",
+                "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
+                "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
+                "ProtectControlGroups": "yes", "RestrictSUIDSGID": "yes", "LockPersonality": "yes",
+                "MemoryDenyWriteExecute": "yes", "CapabilityBoundingSet": "", "UMask": "0077"}
+
+
+def service_settings(path):
+    found, section = {}, ""
+    for line in open(path).read().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and line[0] not in "#;" and section == "Service":
+            key, _, value = line.partition("=")
+            found.setdefault(key, value)
+    return found
+
+
+@pytest.mark.parametrize("path", UNITS, ids=os.path.basename)
+def test_every_unit_has_the_same_hardening(path):
+    """Issue 22, finding 9: the game and gateway units had little of what the
+    serve unit has, and none had ProcSubset=pid."""
+    service = service_settings(path)
+    for key, value in HARDENING_22.items():
+        assert service.get(key) == value, f"{os.path.basename(path)}: {key}={value}"
+    assert service.get("User") not in (None, "root") or service.get("DynamicUser") == "yes"
+
+
+#: `systemd-analyze security --offline=true` per unit, after issue 22 (before: 1.2,
+#: 1.8, 1.8). A unit that loses hardening scores higher and fails here.
+EXPOSURE = {"spelltraction.service": 1.2, "spelltraction-game.service": 1.2,
+            "spelltraction-gateway@.service": 1.4}
+
+
+@pytest.mark.parametrize("path", UNITS, ids=os.path.basename)
+def test_systemd_analyze_security_exposure_stays_low(path, tmp_path):
+    analyze = require_tool("systemd-analyze")
+    name = os.path.basename(path).replace("@.", "@1.")
+    shutil.copy(path, tmp_path / name)
+    result = subprocess.run([analyze, "security", "--offline=true", str(tmp_path / name)],
+                            capture_output=True, text=True, timeout=60)
+    require("offline" not in result.stderr, "this systemd-analyze has no --offline",
+            "apt-get install systemd  # 250 or newer")
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout[-2000:] + result.stderr
+    assert float(found[1]) <= EXPOSURE[os.path.basename(path)], result.stdout
+
+
+@pytest.mark.slow
+def test_the_unit_server_works_with_only_its_own_proc(tmp_path):
+    """ProcSubset=pid and ProtectProc=invisible, as systemd mounts them (a /proc of
+    the processes' directories only; /proc/stat, /proc/sys, /proc/meminfo gone):
+    the unit's command line serves players, /healthz and every process_* metric."""
+    unshare = require_tool("unshare")
+    require(os.geteuid() == 0 and sys.platform == "linux",
+            "mounting a /proc with subset=pid needs root (CI runs as root)", "sudo")
+    args = exec_args(SERVE_UNIT)
+    args[args.index("--port") + 1] = "0"
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--admin-port") + 1] = "0"
+    pyz = tmp_path / "spelltraction.pyz"
+    st.build_bundle(str(pyz))
+    env = dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state"))
+    mount = "mount -t proc -o subset=pid,hidepid=invisible proc /proc && exec \"$@\""
+    argv = [unshare, "--mount", "--propagation", "private", "sh", "-c", mount, "sh",
+            sys.executable, "-I", str(pyz), *args]
+    with Spawned(argv, cwd=tmp_path, env=env) as server:
+        admin = int(re.search(r":(\d+)/", server.proc.stdout.readline())[1])
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(st.frame(st.Hello()))
+            assert sock.recv(4096), "WELCOME"
+        from clusterkit import http_get
+
+        pid = server.proc.pid
+        assert http_get(admin, "/healthz")[0] == 200
+        status, metrics = http_get(admin, "/metrics")
+        assert status == 200
+        for name in ("process_resident_memory_bytes", "process_open_fds",
+                     "process_start_time_seconds", "process_cpu_seconds_total"):
+            assert re.search(rf"^{name} [0-9.e+]+$", metrics, re.M), name
+        started = float(re.search(r"^process_start_time_seconds (\S+)$", metrics, re.M)[1])
+        assert abs(started - os.stat(f"/proc/{pid}").st_ctime) < 60
+        assert http_get(admin, "/stats.json")[0] == 200
+        # It really ran in such a /proc: what its mount namespace shows.
+        mounts = open(f"/proc/{pid}/mounts").read()
+        assert re.search(r"^proc /proc proc \S*subset=pid", mounts, re.M), mounts
+        assert server.stop() == 0
+
+
 def test_systemd_analyze_verify_is_clean(tmp_path):
     analyze = require_tool("systemd-analyze")
     unit = tmp_path / "spelltraction.service"
     shutil.copy(UNIT, unit)
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    complaints = [line for line in result.stderr.splitlines() if "spelltraction" in line]
-    assert complaints == [], complaints  # unknown keys and bad values are only warnings
+    # ... and with its optional doctor line on ("-+": failure ignored, outside the sandbox).
+    text = open(UNIT).read()
+    assert "\n#ExecStartPre=-+/usr/bin/python3 -I" in text
+    with_doctor = tmp_path / "with-doctor" / "spelltraction.service"
+    with_doctor.parent.mkdir()
+    with_doctor.write_text(text.replace("\n#ExecStartPre=", "\nExecStartPre="))
+    for path in (unit, with_doctor):
+        result = subprocess.run([analyze, "verify", str(path)], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        complaints = [line for line in result.stderr.splitlines() if "spelltraction" in line]
+        assert complaints == [], complaints  # unknown keys and bad values are only warnings
 
 
 # -- nginx -----------------------------------------------------------------------
@@ -299,6 +398,110 @@ def test_shipped_listeners_never_share_a_port():
     ports = nginx_ports + admin_ports + [st.DEFAULT_PORT]
     assert all(0 < p < 65536 for p in ports), ports
     assert len(ports) == len(set(ports)), sorted(ports)
+
+
+SERVE_UNIT = UNIT
+GATEWAY_UNIT = os.path.join(ETC, "systemd", "spelltraction-gateway@.service")
+GAME_UNIT = os.path.join(ETC, "systemd", "spelltraction-game.service")
+
+
+def exec_args(path):
+    """A unit's ExecStart as a list, from its subcommand on."""
+    start = re.search(r"^ExecStart=(.*)$", open(path).read(), re.M).group(1)
+    argv = shlex.split(start)
+    return argv[argv.index("/opt/spelltraction/spelltraction.pyz") + 1:]
+
+
+def flag(args, name):
+    assert args.count(name) == 1, f"{name} once in {args}"
+    return args[args.index(name) + 1]
+
+
+def nginx_blocks(path, kind):
+    """{name: body} of the uncommented ``location``/``upstream`` blocks of an nginx file."""
+    code = "\n".join(line.split("#", 1)[0] for line in open(path).read().splitlines())
+    if kind == "location":
+        found = re.findall(r"location\s+(?:=|\^~)?\s*(\S+)\s*\{([^}]*)\}", code)
+    else:
+        found = re.findall(r"upstream\s+(\w+)\s*\{([^}]*)\}", code)
+    return dict(found)
+
+
+def nginx_values(path, directive):
+    code = "\n".join(line.split("#", 1)[0] for line in open(path).read().splitlines())
+    return re.findall(rf"^\s*{directive}\s+([^;]+);", code, re.M)
+
+
+def test_the_units_trust_exactly_the_address_nginx_connects_from():
+    """Issue 22, finding 4: serve and the gateways behind the shipped nginx believe
+    its X-Forwarded-For and PROXY headers, and nobody else's."""
+    binds = set(nginx_values(NGINX_HTTP, "proxy_bind")) | set(
+        nginx_values(NGINX_STREAM, "proxy_bind"))
+    assert len(binds) == 1, f"both nginx proxies connect from one address: {binds}"
+    proxy = binds.pop()
+    assert proxy in st.parse_networks(st.ServerOptions().exempt), \
+        "loopback: the reason the unit must trust it (an untrusted one would be exempt)"
+    for unit in (SERVE_UNIT, GATEWAY_UNIT):
+        args = exec_args(unit)
+        trusted = flag(args, "--trusted-proxies")
+        assert trusted == proxy, f"{unit}: trusts {trusted!r}, nginx connects from {proxy}"
+        assert proxy in st.parse_networks(trusted)
+        assert "127.0.0.3" not in st.parse_networks(trusted), "exactly the proxy, not a range"
+        assert flag(args, "--port") == str(st.DEFAULT_PORT)
+    assert "--trusted-proxies" not in exec_args(GAME_UNIT), "the authority has no player port"
+    # ... and the address nginx proxies to is that port.
+    game = nginx_blocks(NGINX_HTTP, "upstream")["spelltraction_game"]
+    assert re.findall(r"server\s+([\d.]+:\d+)", game) == [f"127.0.0.1:{st.DEFAULT_PORT}"]
+    stream = nginx_blocks(NGINX_STREAM, "upstream")["spelltraction_raw"]
+    assert re.findall(r"server\s+([\d.]+:\d+)", stream) == [f"127.0.0.1:{st.DEFAULT_PORT}"]
+    assert nginx_values(NGINX_STREAM, "proxy_protocol") == ["on"]
+
+
+def test_nginx_sends_operators_to_the_admin_port_and_players_to_the_game_port():
+    upstreams = {name: re.findall(r"server\s+([\d.]+):(\d+)", body)
+                 for name, body in nginx_blocks(NGINX_HTTP, "upstream").items()}
+    locations = nginx_blocks(NGINX_HTTP, "location")
+    admin_port = flag(exec_args(SERVE_UNIT), "--admin-port")
+    assert "--admin-host" not in exec_args(SERVE_UNIT), "loopback: nginx is on this host"
+
+    def target(path):
+        upstream = re.search(r"proxy_pass\s+http://(\w+)\s*;", locations[path])[1]
+        return upstreams[upstream]
+
+    for path in ("/metrics", "/stats"):
+        assert target(path) == [("127.0.0.1", admin_port)], f"{path}: the admin port"
+        assert "deny all;" in locations[path]
+    for path in ("/ws", "/"):
+        assert target(path) == [("127.0.0.1", str(st.DEFAULT_PORT))], path
+        assert "X-Forwarded-For $proxy_add_x_forwarded_for" in locations[path], path
+    # The gateways' admin ports (1216N) and the authority's (12160) are distinct.
+    game_admin = flag(exec_args(GAME_UNIT), "--admin-port")
+    gateways = {flag(exec_args(GATEWAY_UNIT), "--admin-port").replace("%i", str(i))
+                for i in range(1, 10)}
+    assert len(gateways) == 9 and game_admin not in gateways and admin_port not in gateways
+
+
+@pytest.mark.slow
+def test_behind_the_shipped_nginx_players_are_counted_by_their_own_address(tmp_path):
+    """The serve unit's command line behind the shipped nginx files: one client
+    address is limited to its 16 pending connections over WebSocket (X-Forwarded-For)
+    and raw TLS (PROXY header), and another address behind the same nginx is not."""
+    from nginxkit import ShippedNginx, check_players_are_limited_per_address
+
+    args = exec_args(SERVE_UNIT)
+    args[args.index("--port") + 1] = "0"
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--admin-port") + 1] = "0"
+    # Loopback players (our 127.0.0.3...) are exempt by default: exempt only 127.0.0.1,
+    # as a host sees players who come from outside. Nothing else changes.
+    args += ["--exempt", "127.0.0.1", "--no-data"]
+    with Spawned([sys.executable, st.__file__, *args], cwd=tmp_path) as server:
+        admin = int(re.search(r":(\d+)/", server.proc.stdout.readline())[1])
+        nginx = ShippedNginx(tmp_path, server.port, admin)
+        try:
+            check_players_are_limited_per_address(nginx)
+        finally:
+            nginx.stop()
 
 
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"

@@ -34,10 +34,16 @@ def service(path):
     return found
 
 
-def test_units_share_one_user_and_the_gateways_one_port():
+def test_the_authority_has_a_user_of_its_own_and_the_gateways_one_port():
     game, gateway = service(GAME_UNIT), service(GATEWAY_UNIT)
-    assert game["User"] == gateway["User"] == "spelltraction"
-    assert "DynamicUser" not in game and "DynamicUser" not in gateway  # SO_REUSEPORT needs one uid
+    # Issue 22, finding 9: a compromised gateway must not signal the authority or
+    # read its store, so not one user for both; the gateways share one (SO_REUSEPORT).
+    assert gateway["User"] == gateway["Group"] == "spelltraction"
+    assert game["User"] == game["Group"] == "spelltraction-game"
+    assert "DynamicUser" not in gateway  # SO_REUSEPORT needs one uid for every instance
+    assert game["StateDirectoryMode"] == "0700" and game["ProtectProc"] == "invisible"
+    assert f"useradd --system --home /var/lib/spelltraction-game {game['User']}" in open(
+        GAME_UNIT).read(), "the install lines make the user it runs as"
     argv = shlex.split(gateway["ExecStart"])
     assert argv[argv.index("--port") + 1] == "12150"  # the same for every instance
     assert argv[argv.index("--admin-port") + 1] == "1216%i"
@@ -95,6 +101,42 @@ def test_the_units_command_lines_run_a_world_on_a_password_protected_redis(tmp_p
         assert os.path.isfile(tmp_path / "state" / st.DATA_FILE)
         assert game.stop(signal.SIGTERM) == 0
     finally:
+        if gateway is not None:
+            gateway.stop(signal.SIGKILL)
+            gateway.close_pipes()
+        if game is not None:
+            game.stop(signal.SIGKILL)
+        redis.kill()
+
+
+@pytest.mark.slow
+def test_behind_the_shipped_nginx_gateway_players_are_counted_by_their_own_address(tmp_path):
+    """Issue 22, finding 4: the gateway unit's command line behind the shipped nginx
+    files counts players by their own address (X-Forwarded-For over WebSocket,
+    the PROXY header over raw TLS), as serve's does (tests/test_ops_etc.py)."""
+    from nginxkit import ShippedNginx, check_players_are_limited_per_address
+
+    redis = RedisServer(str(tmp_path), password="unit-secret").start()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "redis-password").write_text("unit-secret\n")
+    url = f"redis://127.0.0.1:{redis.port}"
+    game = gateway = nginx = None
+    try:
+        game = Authority([sys.executable, st.__file__, *unit_args(
+            GAME_UNIT, str(credentials), url, admin_port="0"), "--no-data"])
+        # Loopback players (127.0.0.3...) are exempt by default: exempt only
+        # 127.0.0.1, as a host sees players who come from outside.
+        gateway = Spawned([sys.executable, st.__file__, *unit_args(
+            GATEWAY_UNIT, str(credentials), url, admin_port="0", host="127.0.0.1", port="0"),
+            "--exempt", "127.0.0.1"])
+        admin = int(re.search(r":(\d+)/", gateway.proc.stdout.readline())[1])
+        wait_for(lambda: http_get(admin, "/healthz")[0] == 200)
+        nginx = ShippedNginx(tmp_path, gateway.port, admin)
+        check_players_are_limited_per_address(nginx)
+    finally:
+        if nginx is not None:
+            nginx.stop()
         if gateway is not None:
             gateway.stop(signal.SIGKILL)
             gateway.close_pipes()

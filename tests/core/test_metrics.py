@@ -76,3 +76,17 @@ def _process_text(ps):
     exp = Exposition()
     add_process_stats(exp, ps)
     return exp.text()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux's /proc")
+def test_start_time_without_proc_stat_as_under_procsubset_pid(tmp_path):
+    """systemd's ProcSubset=pid hides /proc/stat (btime) but not /proc/self:
+    the start time then comes from CLOCK_BOOTTIME, and agrees."""
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "statm").write_bytes(open("/proc/self/statm", "rb").read())
+    (tmp_path / "self" / "stat").write_bytes(open("/proc/self/stat", "rb").read())
+    hidden = process_stats(proc=str(tmp_path), count_fds=False)
+    assert not (tmp_path / "stat").exists()
+    assert hidden.start_time is not None, "process_start_time_seconds would vanish"
+    assert abs(hidden.start_time - process_stats(count_fds=False).start_time) < 1.5
+    assert hidden.rss_bytes > 0

@@ -1,5 +1,6 @@
 """TCPServer's defences: per-address limits, PROXY headers, SO_SNDBUF, the slow-consumer rule."""
 
+import logging
 import socket
 import sys
 import time
@@ -187,6 +188,115 @@ def test_x_forwarded_for_from_anyone_else_means_nothing():
     loop.run_for(0.1)
     assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
     assert server.client_address(handler.conns[0]) == "127.0.0.1"
+    assert server.stats.untrusted == {"x-forwarded-for": 1}
+    server.close()
+
+
+V2_HEADER = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + (12).to_bytes(2, "big")
+             + bytes([203, 0, 113, 7, 127, 0, 0, 1]) + (40000).to_bytes(2, "big")
+             + (7777).to_bytes(2, "big"))
+
+
+def untrusted_metrics(server):
+    exp = Exposition()
+    add_net_stats(exp, server.stats, "t")
+    return {line.split(" ")[0]: line.split(" ")[1] for line in exp.text().splitlines()
+            if line.startswith("t_untrusted_forwarding_total")}
+
+
+@pytest.mark.parametrize("web", [False, True], ids=["frames", "web-front"])
+def test_untrusted_proxy_headers_are_refused_counted_and_logged_once(caplog, web):
+    """A proxy nobody trusted (a gateway without --trusted-proxies behind nginx's
+    stream proxy): its PROXY headers, v1 or v2, whole or split, close the
+    connection as untrusted-proxy-header; all are counted, one line is logged."""
+    from netcore import WebFront
+    from netcore.logs import ChurnReporter
+
+    loop = EventLoop()
+    handler = Echo()
+    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], trusted_proxies="192.0.2.1"),
+                       codec_factory=WebFront() if web else None)
+    server.listen()
+    churn = ChurnReporter(server.stats, logging.getLogger("churn"))
+    caplog.set_level(logging.INFO)
+    headers = [proxy_v1("203.0.113.7") + encode_frame(b"hi"), V2_HEADER + encode_frame(b"hi")]
+    for i in range(20):
+        s = connect(server)
+        data = headers[i % 2]
+        if i % 4 >= 2:  # split: the first read is a strict prefix of the signature
+            s.sendall(data[:3])
+            loop.run_for(0.02)
+            assert not handler.closed[i:], "a prefix alone decides nothing"
+            data = data[3:]
+        s.sendall(data)
+        loop.run_for(0.02)
+        read_until_closed(s)
+        s.close()
+    run_until(loop, lambda: len(handler.closed) == 20)
+    assert handler.closed == ["untrusted-proxy-header"] * 20
+    assert server.stats.untrusted == {"proxy-header": 20}
+    assert untrusted_metrics(server) == {
+        't_untrusted_forwarding_total{kind="proxy-header"}': "20",
+        't_untrusted_forwarding_total{kind="x-forwarded-for"}': "0"}
+    named = [r for r in caplog.records if r.name == "netcore.server"]
+    assert len(named) == 1 and named[0].levelname == "WARNING", [r.message for r in named]
+    assert "PROXY header" in named[0].message and "127.0.0.1" in named[0].message
+    assert "proxy-header 20" in churn.report()
+    # Who is not a proxy at all is served as before, and not counted.
+    plain = connect(server)
+    assert served(loop, plain, b"plain")
+    assert server.stats.untrusted == {"proxy-header": 20}
+    server.close()
+
+
+def test_untrusted_x_forwarded_for_is_counted_per_request_and_logged_once(caplog):
+    """Behind an HTTP proxy that is not trusted (or with none configured), each
+    request's X-Forwarded-For is ignored and counted; one line names the peer."""
+    from netcore import WebFront
+    from netcore.logs import ChurnReporter
+
+    loop = EventLoop()
+    handler = Echo()
+    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], max_pending_per_address=2,
+                                                   exempt=""), codec_factory=WebFront())
+    server.listen()
+    churn = ChurnReporter(server.stats, logging.getLogger("churn"))
+    caplog.set_level(logging.INFO)
+    s = connect(server)
+    request = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
+    for _ in range(30):  # kept alive: one connection, 30 requests
+        s.sendall(request)
+        loop.run_for(0.01)
+    s.settimeout(2)
+    got = b""
+    while got.count(b"HTTP/1.1 200 ") < 30:
+        got += s.recv(65536)
+    assert server.client_address(handler.conns[0]) == "127.0.0.1"
+    assert server.stats.untrusted == {"x-forwarded-for": 30}
+    named = [r for r in caplog.records if r.name == "netcore.server"]
+    assert len(named) == 1 and "X-Forwarded-For" in named[0].message, [r.message for r in named]
+    assert "from 127.0.0.1" in named[0].message and "trusted_proxies: none" in named[0].message
+    assert "x-forwarded-for 30" in churn.report()
+    server.close()
+
+
+def test_a_trusted_proxys_forwarding_is_not_counted_as_untrusted():
+    from netcore import WebFront
+
+    loop = EventLoop()
+    handler = Echo()
+    server = TCPServer(loop, handler, ServerConfig(hosts=["127.0.0.1"], trusted_proxies="127.0.0.1"),
+                       codec_factory=WebFront())
+    server.listen()
+    s = connect(server)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+    loop.run_for(0.1)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+    p = connect(server)
+    p.sendall(proxy_v1("198.51.100.3") + encode_frame(b"hi"))
+    loop.run_for(0.1)
+    assert read_frames(p, 1) == [b"echo:hi"]
+    assert server.stats.untrusted == {}
     server.close()
 
 
@@ -196,7 +306,8 @@ def test_untrusted_peers_cannot_claim_an_address():
     s.sendall(proxy_v1("203.0.113.7"))  # 'P' = 0x50: a frame length of 20,000+
     loop.run_for(0.1)
     read_until_closed(s)
-    assert handler.closed == ["bad-frame"]
+    assert handler.closed == ["untrusted-proxy-header"]
+    assert server.stats.untrusted == {"proxy-header": 1}
     server.close()
 
 
