@@ -194,6 +194,7 @@ __all__ = [
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
+    "bus_gateway", "check_tick_message", "check_private_entries",
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots", "write_private_json",
     # Clients

@@ -41,6 +41,18 @@ def test_the_roles_need_redis_and_a_sane_world_name(capsys):
     assert "world name" in capsys.readouterr().err
 
 
+URL_SECRET = "hunter2-Zq9"
+
+
+def test_a_bad_url_on_the_command_line_is_refused_without_its_password(capsys):
+    for url in (f"redis://:{URL_SECRET}@h:x", f"redis://:{URL_SECRET}/x@h:1",
+                f"redis://:{URL_SECRET}@[::1"):
+        with pytest.raises(SystemExit):
+            st.main(["gateway", "--redis", url])
+        err = capsys.readouterr().err
+        assert "redis" in err and URL_SECRET not in err, err
+
+
 def test_a_v2_client_knows_the_world_is_paused_until_the_next_tick():
     now = [100.0]
     brain = st.ClientBrain(version=st.PROTOCOL_V2, clock=lambda: now[0])
