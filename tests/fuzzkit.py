@@ -245,7 +245,11 @@ _UPGRADE = (b"Host: x", b"Upgrade: websocket", b"Connection: Upgrade",
 
 # Content-Length values that tripped int(): the list and neighbours.
 TRICKY_LENGTHS = (b"5", b"0", b"\xc2\xb2", b"\xd9\xa3", b"+5", b"-1", b" 5 ", b"1_0",
-                  b"0x10", b"5, 5", b"1, 1", b"9" * 4301, b"0" * 5000 + b"1", b"", b"\xb2")
+                  b"0x10", b"5, 5", b"1, 1", b"9" * 4301, b"0" * 5000 + b"1", b"", b"\xb2",
+                  b"-5", b"5 5", b"\xa05", b" 5", b"5 ")
+# The lengths of those that are one (OWS, SP and HTAB, around a value is not
+# part of it; a list of equal values is that value); every other is a 400.
+TRICKY_VALID = {b"5": 5, b"0": 0, b" 5 ": 5, b"5, 5": 5, b"1, 1": 1, b" 5": 5, b"5 ": 5}
 
 
 def _ws_samples(masked: bool) -> List[bytes]:
