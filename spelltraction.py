@@ -61,6 +61,8 @@ Operations: doctor (can this host hold N clients?) and bundle (one file).
     -> build_bundle
 CLI: serve (the default), game, gateway, bots, client, doctor, bundle. main().
     -> main
+  CLI: the start-up. A server runs as an imported module, not as a script.
+    -> _run_as_module
 
 Run it:
 
@@ -197,6 +199,7 @@ __all__ = [
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
     "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
+    "bus_gateway", "check_tick_message", "check_private_entries",
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots", "write_private_json",
     # Clients
@@ -2942,7 +2945,8 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
 # player set match (idempotent: a HELLO for a seat it has is ignored).
 # Keys: ``lease`` (the authority's, with an expiry, renewed every second),
 # ``epoch`` (bumped by every new holder: gateways ignore publications
-# from an older epoch, so a paused old authority can no longer be heard)
+# from an older epoch, so a paused old authority can no longer be heard,
+# and take a newer epoch only from the lease, never from a publication)
 # and ``tick`` (TICK numbers reserved ahead, written by the holder only).
 
 BUS_VERSION = 1
@@ -2962,6 +2966,15 @@ LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
 HEARTBEAT_LEASE_S = 15.0
 PAUSE_AFTER_S = 1.0  # no TICK from the authority this long: the game is paused
 PAUSE_EVERY_S = 2.0  # how often a paused gateway says so (to v2 players)
+# A publication from an epoch above a gateway's is held until the lease in
+# Redis confirms that epoch (a GET of the ``lease`` key: "epoch:holder");
+# anyone who can PUBLISH could otherwise fence the real authority for good.
+# At most one GET per LEASE_CHECK_EVERY_S, whatever arrives; at most
+# HELD_MAX messages (HELD_BYTES bytes) wait for it, the rest are dropped.
+LEASE_CHECK_EVERY_S = 0.25
+HELD_MAX = 64
+HELD_BYTES = 4 << 20
+BAD_LOG_EVERY_S = 5.0  # a bad or forged bus message is logged at most this often
 TICK_AHEAD = 40  # TICK numbers reserved (on disk, in Redis) ahead: never backwards after a crash
 # The ``tick`` key: a TICK number at or above every one the world has sent.
 # Fenced (KEYS[1] the lease, ARGV[1] its token): only the holder writes it.
@@ -3029,12 +3042,57 @@ def bus_entries(data: bytes, offset: int) -> List[Tuple[int, int, bytes]]:
     return out
 
 
+def bus_gateway(data: bytes) -> Tuple[str, int]:
+    """An up message's gateway name (1-255 ASCII bytes after the head) and
+    where its entries start; BadMessage if it is not there."""
+    at = BUS_HEAD.size
+    if len(data) <= at or data[at] == 0 or at + 1 + data[at] > len(data):
+        raise BadMessage("an up message without its gateway's name")
+    end = at + 1 + data[at]
+    name = data[at + 1:end]
+    if not name.isascii():
+        raise BadMessage("a gateway's name that is not ASCII")
+    return name.decode("ascii"), end
+
+
+def check_tick_message(data: bytes) -> None:
+    """A down TICK's head and shared data are all there; BadMessage if not."""
+    at = BUS_HEAD.size
+    if len(data) < at + BUS_TICK_HEAD.size:
+        raise BadMessage(f"a bus TICK of {len(data)} bytes")
+    n = BUS_TICK_HEAD.unpack_from(data, at)[3]
+    if at + BUS_TICK_HEAD.size + n > len(data):
+        raise BadMessage(f"a bus TICK's {n} bytes of frames cut short")
+
+
+def check_private_entries(entries: List[Tuple[int, int, bytes]]) -> None:
+    """Each private entry's body is whole for its op; BadMessage if not."""
+    for _cid, op, body in entries:
+        if op == OP_SEND:
+            if not body:
+                raise BadMessage("a bus SEND without its frame count")
+            frames = body[1:]
+            if len(frames) > 2 + _WELCOME.size and frames[2] == WELCOME \
+                    and int.from_bytes(frames[3:5], "big") >= PROTOCOL_V2 \
+                    and len(frames) < 2 + _WELCOME.size + 1 + TOKEN_BYTES:
+                raise BadMessage("a bus WELCOME without its token")
+        elif op == OP_CLOSE:
+            if len(body) < _BUS_CLOSE.size:
+                raise BadMessage(f"a bus CLOSE of {len(body)} bytes")
+            _code, nr, nt = _BUS_CLOSE.unpack_from(body)
+            if _BUS_CLOSE.size + nr + nt > len(body):
+                raise BadMessage("a bus CLOSE's reason cut short")
+        elif op not in (OP_YOU, OP_RESYNC):
+            raise BadMessage(f"bus op {op} on a gateway's channel")
+
+
 class BusStats:
     """What the bus costs one process: messages and bytes each way, per tick."""
 
     def __init__(self) -> None:
         self.messages_out = self.bytes_out = self.messages_in = self.bytes_in = 0
         self.gaps = self.resyncs = self.fenced = self.bad = 0
+        self.forged = 0  # gateway: from an epoch the lease in Redis did not confirm
         self.coalesced = 0  # gateway: TICKs read behind a newer one, so never sent
         # Gateway, seconds: authority publish -> sent to every player here, and
         # its two parts: publish -> the first send (the bus and our loop turn:
@@ -3052,7 +3110,7 @@ class BusStats:
                 "messages_per_tick": (self.messages_out + self.messages_in) / per,
                 "bytes_per_tick": (self.bytes_out + self.bytes_in) / per,
                 "gaps": self.gaps, "resyncs": self.resyncs, "fenced": self.fenced,
-                "bad": self.bad, "coalesced": self.coalesced,
+                "bad": self.bad, "forged": self.forged, "coalesced": self.coalesced,
                 "latency_p50_s": self.latency.percentile(50),
                 "latency_p99_s": self.latency.percentile(99),
                 "to_first_send_p50_s": self.to_first.percentile(50),
@@ -3072,6 +3130,15 @@ class BusStats:
                     self.gaps)
         exp.counter("spelltraction_bus_resyncs_total", "Full player-set resynchronisations.",
                     self.resyncs)
+        exp.counter("spelltraction_bus_bad_total",
+                    "Bus messages dropped as malformed (cut short, unknown kind or op).",
+                    self.bad)
+        exp.counter("spelltraction_bus_fenced_total",
+                    "Bus messages dropped as from an older epoch (a deposed authority).",
+                    self.fenced)
+        exp.counter("spelltraction_bus_forged_total",
+                    "Bus messages dropped as from an epoch the lease in Redis did not confirm.",
+                    self.forged)
         exp.counter("spelltraction_bus_ticks_coalesced_total",
                     "TICKs a gateway read behind a newer one and skipped (it was behind).",
                     self.coalesced)
@@ -3107,6 +3174,7 @@ class _ClusterRole:
         self.down_channel = (self.prefix + "down").encode()
         self.up_channel = (self.prefix + "up").encode()
         self.bus = BusStats()
+        self._said_at: Dict[str, float] = {}  # _bus_warning's last time, per kind
         # Keepalive PINGs every 10 s: a frozen Redis is noticed within ~20 s, and
         # a loop slowed by load (or a reply behind a big publication) is not.
         self.redis = Redis(loop, address, name=name + "-commands", ping_interval=10.0,
@@ -3126,11 +3194,25 @@ class _ClusterRole:
     def _on_bus_message(self, channel: bytes, data: bytes) -> None:
         self.bus.messages_in += 1
         self.bus.bytes_in += len(data)
+        self._judge(channel, data)
+
+    def _judge(self, channel: bytes, data: bytes) -> None:
+        """``on_bus``; a malformed message is counted and logged (summarised), not raised."""
         try:
             self.on_bus(channel, data)
         except (BadMessage, struct.error, UnicodeDecodeError) as exc:
             self.bus.bad += 1
-            log.warning("bad bus message on %s (%d bytes): %s", channel.decode(), len(data), exc)
+            self._bus_warning("bad", "a bad bus message on %s (%d bytes): %s",
+                              channel.decode("ascii", "replace"), len(data), exc)
+
+    def _bus_warning(self, what: str, fmt: str, *args: Any) -> None:
+        """Log at most once per BAD_LOG_EVERY_S per ``what``, with the count so far:
+        whoever can PUBLISH must not be able to fill the log."""
+        said = self._said_at
+        now = self.loop.time()
+        if now - said.get(what, -BAD_LOG_EVERY_S) >= BAD_LOG_EVERY_S:
+            said[what] = now
+            log.warning(fmt + " (%d %s so far)", *args, getattr(self.bus, what), what)
 
     def on_bus(self, channel: bytes, data: bytes) -> None:
         raise NotImplementedError
@@ -3442,10 +3524,12 @@ class Authority(_ClusterRole, GameServer):
     def on_bus(self, channel: bytes, data: bytes) -> None:
         kind, _epoch, number = bus_head(data)
         if channel != self.up_channel or kind not in (BUS_BATCH, BUS_FULL):
-            return
-        n = data[BUS_HEAD.size]
-        offset = BUS_HEAD.size + 1 + n
-        gateway = data[BUS_HEAD.size + 1:offset].decode("ascii")
+            raise BadMessage(f"bus kind {kind} on the up channel")
+        gateway, offset = bus_gateway(data)
+        entries = bus_entries(data, offset)
+        for _cid, op, body in entries:
+            if op not in (OP_HELLO, OP_MOVE, OP_LEAVE) or (op == OP_MOVE and not body):
+                raise BadMessage(f"bus op {op} with {len(body)} bytes on the up channel")
         link = self.links.get(gateway)
         now = self.loop.time()
         if link is None:
@@ -3453,7 +3537,6 @@ class Authority(_ClusterRole, GameServer):
             _AUTHORITY[link] = self
             log.info("gateway %s joined world %s", gateway, self.cluster.world)
         link.heard = now
-        entries = bus_entries(data, offset)
         if kind == BUS_FULL:
             self.bus.resyncs += 1
             link.number = number
@@ -3644,6 +3727,14 @@ class Gateway(_ClusterRole, GameServer):
         self.last_tick_at = loop.time()
         self.paused = False
         self._paused_said = 0.0
+        # Publications from an epoch above ours, waiting for the lease in
+        # Redis to confirm it (see on_bus); one check at a time.
+        self.lease_key = self.prefix + "lease"
+        self._held: List[Tuple[bytes, bytes]] = []
+        self._held_bytes = 0
+        self._checking = False
+        self._checked_at = -LEASE_CHECK_EVERY_S
+        self.lease_checks = 0
 
     def start(self) -> List[Tuple[str, int]]:
         self.sub.subscribe(self.down_channel, self.private)
@@ -3778,15 +3869,32 @@ class Gateway(_ClusterRole, GameServer):
         self.down_number = self.private_number = 0
 
     def on_bus(self, channel: bytes, data: bytes) -> None:
+        self._on_bus(channel, data, held=False)
+
+    def _on_bus(self, channel: bytes, data: bytes, held: bool) -> None:
+        """A publication on ``down`` or ours: checked whole before it has any
+        effect (BadMessage), heard only from the epoch the lease confirmed."""
         kind, epoch, number = bus_head(data)
+        entries: List[Tuple[int, int, bytes]] = []
+        if kind == BUS_TICK and channel == self.down_channel:
+            check_tick_message(data)
+        elif kind == BUS_PRIVATE and channel == self.private:
+            entries = bus_entries(data, BUS_HEAD.size)
+            check_private_entries(entries)
+        else:
+            raise BadMessage(f"bus kind {kind} on {channel.decode('ascii', 'replace')}")
         if epoch < self.epoch:
             self.bus.fenced += 1  # an authority that lost the world: not heard
             return
         if epoch > self.epoch:
-            if self.epoch:
-                log.info("world %s: a new authority, epoch %d", self.cluster.world, epoch)
-            self.epoch = epoch
-            self.down_number = self.private_number = 0
+            if held:  # the lease was asked since it came, and said otherwise
+                self.bus.forged += 1
+                self._bus_warning("forged", "a bus message of epoch %d on %s, but the lease in "
+                                  "Redis says epoch %d: dropped", epoch,
+                                  channel.decode("ascii", "replace"), self.epoch)
+                return
+            self._hold(channel, data)
+            return
         if kind == BUS_TICK and channel == self.down_channel:
             if self.down_number and number != (self.down_number + 1) & 0xFFFFFFFF:
                 self.bus.gaps += 1  # a tick missed: players see a jump in TICK numbers
@@ -3812,7 +3920,55 @@ class Gateway(_ClusterRole, GameServer):
                 self.bus.gaps += 1  # WELCOMEs or closes lost: resynchronise
                 self.full_due = True
             self.private_number = number
-            self._on_private(bus_entries(data, BUS_HEAD.size))
+            self._on_private(entries)
+
+    def _hold(self, channel: bytes, data: bytes) -> None:
+        """A publication from a higher epoch: kept until the lease is read."""
+        if len(self._held) >= HELD_MAX or self._held_bytes + len(data) > HELD_BYTES:
+            self.bus.forged += 1  # a flood of them while the lease is read: not all kept
+            self._bus_warning("forged", "more than %d bus messages from an unconfirmed epoch "
+                              "on %s: dropped", HELD_MAX, channel.decode("ascii", "replace"))
+            return
+        self._held.append((channel, data))
+        self._held_bytes += len(data)
+        if not self._checking:
+            self._checking = True
+            wait = self._checked_at + LEASE_CHECK_EVERY_S - self.loop.time()
+            if wait > 0:
+                self.loop.call_later(wait, self._check_lease)
+            else:
+                self._check_lease()
+
+    def _check_lease(self) -> None:
+        self.lease_checks += 1
+        self.redis.execute("GET", self.lease_key, callback=self._lease_read)
+
+    def _lease_read(self, pending: "Pending") -> None:
+        """The lease ("epoch:holder"): raise our epoch to its, then judge what was held."""
+        self._checking = False
+        self._checked_at = self.loop.time()
+        reply = pending.reply if pending.ok else None
+        epoch = 0
+        if isinstance(reply, bytes):
+            head = reply.split(b":", 1)[0]
+            if head.isdigit() and len(head) <= 10:
+                epoch = int(head)
+        if epoch > self.epoch:
+            if self.epoch:
+                log.info("world %s: a new authority, epoch %d", self.cluster.world, epoch)
+            self.epoch = epoch
+            self.down_number = self.private_number = 0
+        held, self._held, self._held_bytes = self._held, [], 0
+        for channel, data in held:
+            self._judge_held(channel, data)
+
+    def _judge_held(self, channel: bytes, data: bytes) -> None:
+        try:
+            self._on_bus(channel, data, held=True)
+        except (BadMessage, struct.error, UnicodeDecodeError) as exc:  # checked once already
+            self.bus.bad += 1
+            self._bus_warning("bad", "a bad bus message on %s (%d bytes): %s",
+                              channel.decode("ascii", "replace"), len(data), exc)
 
     def _on_private(self, entries: List[Tuple[int, int, bytes]]) -> None:
         seats = self.seats
@@ -3882,7 +4038,8 @@ class Gateway(_ClusterRole, GameServer):
             at = 0
             while at + 3 <= len(shared):
                 size = int.from_bytes(shared[at:at + 2], "big")
-                if shared[at + 2] == STATS and size == _STATS.size:
+                if shared[at + 2] == STATS and size == _STATS.size \
+                        and at + 2 + size <= len(shared):
                     self.world_connections = _STATS.unpack_from(shared, at + 2)[1]
                 at += 2 + size
         self.ticks_in += 1

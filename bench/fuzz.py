@@ -2,7 +2,8 @@
 """A million inputs per sans-IO parser; any exception but ProtocolError is a bug.
 
 For each parser (the game's TCP framing, HTTP request heads, the WebSocket
-frame parser on both sides, the game's ``decode``) it feeds ``--count``
+frame parser on both sides, the game's ``decode``, the cluster bus's
+decoders and the authority's and a gateway's ``on_bus``) it feeds ``--count``
 inputs: mutations of a seed corpus of valid and known-tricky inputs
 (tests/fuzzkit.py: flips, inserts, deletes, splices, "interesting" bytes),
 one in eight plain random bytes, each split into chunks at random points.

@@ -169,23 +169,27 @@ class RedisAddress:
         escapes in the user and password are decoded. Raises ``ValueError``
         with what is wrong.
         """
-        parts = urlsplit(url)
+        shown = _redacted(url)  # what an error may echo: never the password
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # its message may quote the netloc, password and all
+            raise ValueError(f"not a URL: {shown!r}") from None
         if parts.scheme == "rediss":
             raise ValueError("rediss:// (TLS) is not spoken; put stunnel in front and use redis://")
         if parts.scheme != "redis":
-            raise ValueError(f"not a redis:// URL: {url!r}")
+            raise ValueError(f"not a redis:// URL: {shown!r}")
         if parts.query or parts.fragment:
             raise ValueError("a redis:// URL takes no query or fragment here")
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"bad port in {url!r}") from None
+            raise ValueError(f"bad port in {shown!r}") from None
         host = parts.hostname
         if not host:
-            raise ValueError(f"no host in {url!r}")
+            raise ValueError(f"no host in {shown!r}")
         path = parts.path.strip("/")
-        if path and not path.isdigit():
-            raise ValueError(f"the path must be a database number, not {parts.path!r}")
+        if path and not (path.isascii() and path.isdigit()):
+            raise ValueError(f"the path must be a database number, in {shown!r}")
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         if password_file is not None:
@@ -232,6 +236,17 @@ class RedisAddress:
 
     def __hash__(self) -> int:
         return hash((self.host, self.port, self.db, self.username))
+
+
+def _redacted(url: str) -> str:
+    """``url`` as an error message may show it: everything between the scheme
+    and the last ``@`` (the user and password, however malformed the rest)
+    becomes ``***``."""
+    if "@" not in url:
+        return url
+    scheme, sep, _ = url.partition("://")
+    head = scheme + sep if sep else ""
+    return head + "***@" + url.rsplit("@", 1)[1]
 
 
 def _is_numeric(host: str) -> bool:

@@ -80,6 +80,7 @@ TOOLS: Dict[str, str] = {
     "xwd": "x11-apps",
     "systemd-analyze": "systemd",
     "redis-server": "redis-server",
+    "ip": "iproute2",
 }
 
 
@@ -100,6 +101,18 @@ PACKAGES: Dict[str, str] = {
     "playwright": "pip install playwright",
     "hypothesis": "pip install hypothesis",
 }
+
+
+def require_ipv6_loopback() -> None:
+    """Skip (outside CI) or fail (CI=true) unless this host can bind ``::1``."""
+    why = "" if socket.has_ipv6 else "this Python has no IPv6 support"
+    if not why:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError as exc:
+            why = f"no IPv6 loopback here ({exc})"
+    require(not why, why, "sysctl -w net.ipv6.conf.lo.disable_ipv6=0")
 
 
 _missing_in_ci: List[str] = []

@@ -2,7 +2,8 @@
 
 A hostile test attacks a real ``python3 spelltraction.py serve`` process and
 checks what the issue promises the other players: **every watcher got a TICK
-at least once a second during the attack, and after the attacker left the
+at least once a second during the attack and for at least 2 s after it
+reached the server (``MIN_WINDOW``), and after the attacker left the
 server's RSS came back within max(4 MiB, 15 %) and its open descriptors to
 the baseline.** (Functional bounds with wide margins against a 250 ms tick,
 not speed measurements.) Typical use::
@@ -65,6 +66,9 @@ GAME = os.path.join(ROOT, "spelltraction.py")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1 << 20
 TICK_TYPE = st.TICK
+# A hostile check watches the players at least this long after the attack
+# reached the server (its mark), so a stall of a second after it shows.
+MIN_WINDOW = 2.0
 
 
 # -- the server's resources ------------------------------------------------------
@@ -379,6 +383,7 @@ class Crowd:
         self.sel = selectors.DefaultSelector()
         self._stop = threading.Event()
         self._marks: List[float] = []
+        self._stopped_at: Optional[float] = None  # close(): no TICK is recorded after it
         rng = random.Random(seed)
         count = tcp + ws_count
         if sources is None:
@@ -474,14 +479,36 @@ class Crowd:
         return [(w.index, w.closed) for w in self.watchers if w.closed]
 
     def assert_ticking(self, max_gap: float = 1.0, since: Optional[float] = None,
-                       until: Optional[float] = None) -> None:
-        """Every watcher is connected and got a TICK at least every ``max_gap`` s."""
+                       until: Optional[float] = None, min_window: float = MIN_WINDOW) -> None:
+        """Every watcher is connected and got a TICK at least every ``max_gap`` s,
+        watched for at least ``min_window`` s from ``since`` (the last mark).
+
+        An attack rejected in a few ms would otherwise be judged on a window of
+        a few ms, and a server that stalls a second right after it would pass:
+        this waits until ``since + min_window`` if that is still to come, and
+        fails if the window asked for (``until``) or the crowd's data (closed,
+        or its thread gone) ends before it.
+        """
+        since = self._marks[-1] if since is None else since
+        end = since + min_window
+        if until is None:
+            while time.monotonic() < end:
+                time.sleep(min(end - time.monotonic(), 0.1) + 0.001)
+            until = time.monotonic()
+        assert until >= end, (f"watched {until - since:.2f} s after the attack, "
+                              f"less than the {min_window} s a stall must show in")
+        stopped = self._stopped_at if self._stopped_at is not None else (
+            None if self._thread.is_alive() else since)
+        assert stopped is None or stopped >= until, \
+            f"the crowd stopped watching {until - stopped:.2f} s before the window's end"
         assert not self.dropped(), f"watchers were dropped: {self.dropped()}"
         worst, w = self.gaps(since, until)[0]
         assert worst <= max_gap, \
             f"watcher {w.index} ({w.kind}) went {worst:.2f} s without a TICK (limit {max_gap} s)"
 
     def close(self) -> None:
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
         self._stop.set()
         thread = getattr(self, "_thread", None)
         if thread is not None:

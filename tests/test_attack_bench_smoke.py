@@ -21,7 +21,8 @@ def test_fuzz_bench_runs_every_parser_and_reports_counts(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(out.read_text())
     assert [r["parser"] for r in results] == ["framing", "http", "websocket-server",
-                                              "websocket-client", "decode"]
+                                              "websocket-client", "decode", "bus",
+                                              "bus-authority", "bus-gateway"]
     assert all(r["inputs"] == 300 and r["bugs"] == {} for r in results)
     assert "0 non-ProtocolError exceptions" in run.stdout
 

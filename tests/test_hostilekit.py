@@ -42,9 +42,13 @@ def test_a_quiet_server_passes_the_checks_and_a_stalled_one_fails_them():
         before = server.resources()
         assert 0 < before.rss and abs(rss_bytes(server.pid) - before.rss) < (4 << 20)
         assert before.fds >= 12 + 3 and open_fds(server.pid) == before.fds  # a socket per watcher
-        crowd.mark()
-        time.sleep(1.5)
+        start = crowd.mark()
+        time.sleep(0.2)  # an attack rejected at once: the check itself waits out 2 s
         crowd.assert_ticking(max_gap=1.0)
+        assert time.monotonic() - start >= 2.0
+        # A window shorter than that is refused, whatever it holds.
+        with pytest.raises(AssertionError, match="less than the 2.0 s"):
+            crowd.assert_ticking(since=start, until=start + 1.5)
         late = crowd.lateness(0.25)
         assert len(late) >= 12 * 4, "each watcher gets about four ticks a second"
         numbers = [n for _, n in crowd.watchers[0].ticks]
@@ -61,3 +65,16 @@ def test_a_quiet_server_passes_the_checks_and_a_stalled_one_fails_them():
             crowd.assert_ticking(max_gap=1.0)
         assert crowd.max_gap() >= 1.4
         assert not crowd.dropped()
+        # A stall that starts after the attack was rejected, and ends before
+        # the 2 s are up: the check waits for it and sees it.
+        crowd.mark()
+        time.sleep(0.1)
+        server.proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)
+        server.proc.send_signal(signal.SIGCONT)
+        with pytest.raises(AssertionError, match="without a TICK"):
+            crowd.assert_ticking(max_gap=1.0)
+    # The crowd's data ends with it: a window past its close is not judged.
+    crowd.mark()
+    with pytest.raises(AssertionError, match="stopped watching"):
+        crowd.assert_ticking(max_gap=1.0, min_window=0.1)

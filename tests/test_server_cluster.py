@@ -9,6 +9,7 @@ backwards.
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -427,3 +428,71 @@ def test_only_the_lease_holder_writes_the_tick_number(world):
                                 stale, "999999999")
     assert reply.startswith(b"-FENCED"), reply
     assert int(world.redis.command("GET", key).split(b"\r\n")[1]) < 999999999
+
+
+def publish(port, channel, data, password=None):
+    """PUBLISH raw bytes on a fresh socket, as anyone who can reach Redis could."""
+    cmds = ([[b"AUTH", password.encode()]] if password else []) + [[b"PUBLISH", channel, data]]
+    out = b"".join(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in c)
+                   for c in cmds)
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as s:
+        s.sendall(out)
+        reply = b""
+        while reply.count(b"\r\n") < len(cmds):
+            reply += s.recv(1024)
+    assert reply.endswith(b":1\r\n") or b":1\r\n" in reply, reply  # a gateway heard it
+
+
+def test_a_forged_epoch_on_the_bus_does_not_silence_the_authority(world):
+    """One PUBLISH of a TICK claiming epoch 0xFFFFFFFF fenced the real authority
+    on every gateway until they restarted; the gateway now asks the lease."""
+    world.game(*FAST)
+    g = world.gateway()
+    wait_for(lambda: http_get(g.admin, "/healthz")[0] == 200)
+    players = crowd([g], 3) + crowd([g], 1, version=st.PROTOCOL_VERSION)
+    pump_all(players, 0.5)
+    data = st.frame(st.TickMsg(4000000000, 0, 0, "ZZZZZZZZZZZZ", 0, (0,) * 12))
+    forged = st.bus_pack(st.BUS_TICK, 0xFFFFFFFF, 1,
+                         st.BUS_TICK_HEAD.pack(4000000000, 1, 0, len(data), time.time()) + data)
+    for _ in range(3):
+        publish(world.redis.port, b"spelltraction:test:down", forged)
+    forged_at = time.monotonic()
+    last = max(p.last_tick() for p in players)
+    pump_all(players, 2.5)
+    for p in players:
+        assert 4000000000 not in p.ticks and not p.closed and not p.errors
+        # The real authority's ticks went on: 50 ms each, about 50 in 2.5 s.
+        after = sorted(n for n in p.ticks if n > last)
+        assert len(after) >= 25, (p.welcome, len(after))
+    snap = cluster_stats(g.admin)["cluster"]
+    assert snap["epoch"] == 1 and snap["bus"]["forged"] == 3 and snap["bus"]["bad"] == 0
+    samples, _ = parse_metrics(http_get(g.admin, "/metrics")[1])
+    assert metric(samples, "spelltraction_bus_forged_total") == 3
+    assert time.monotonic() - forged_at < 10
+
+
+def test_no_log_line_shows_the_redis_password(tmp_path):
+    """The password in --redis (where it works, with a warning) is shown as ***
+    in every line: connected, lost, retrying, the health text."""
+    secret = "pw-Kq81zz"
+    srv = RedisServer(str(tmp_path), password=secret).start()
+    g = None
+    try:
+        g = Spawned([sys.executable, GAME, "gateway", "--redis",
+                     f"redis://:{secret}@127.0.0.1:{srv.port}", "--world", "test",
+                     "--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+        admin = int(re.search(r"http://\S+:(\d+)/", g.proc.stdout.readline())[1])
+        wait_for(lambda: "waiting for Redis" not in http_get(admin, "/healthz")[1])
+        srv.kill()  # lost, then retried with backoff: each says where, with ***
+        status, body = wait_for(lambda: (lambda r: r if "waiting for Redis" in r[1] else None)(
+            http_get(admin, "/healthz")))
+        time.sleep(1.5)
+        assert "***@127.0.0.1" in body and secret not in body
+    finally:
+        if g is not None:
+            g.stop()
+        srv.kill()
+    out = g.proc.stdout.read() + g.proc.stderr.read()
+    g.close_pipes()
+    assert "connection lost" in out and "***@127.0.0.1" in out, out
+    assert secret not in out, [line for line in out.splitlines() if secret in line]

@@ -7,12 +7,13 @@ second, and that the server's RSS and fds came back.
 """
 
 import signal
+import socket
 import time
 
 import pytest
 
 import spelltraction as st
-from hostilekit import Crowd, HostileServer, connect
+from hostilekit import Crowd, HostileServer, connect, http_get
 from helpers import read_until_closed
 
 pytestmark = pytest.mark.slow  # subprocess servers and crowds, a few seconds each
@@ -121,6 +122,33 @@ def test_admin_port_is_loopback_http_only_and_not_the_players_files():
         s.sendall(st.frame(st.Hello()))  # the game's binary protocol: closed, unanswered
         assert read_until_closed(s) == b""
         s.close()
+
+
+def refused(host, port):
+    """True if nothing listens on host:port (the connect is refused)."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_the_admin_port_is_on_admin_host_and_the_game_on_host_not_the_other_way():
+    """--host and --admin-host name different loopback addresses: each listener
+    is on its own and refuses on the other's (binding the admin listener to
+    the game's public host passed every test that read only the banner)."""
+    with HostileServer("--host", "127.0.0.2", "--admin-host", "127.0.0.3",
+                       "--admin-port", "0") as server:
+        game, admin = server.port, server.admin_port()
+        assert f"on http://127.0.0.3:{admin}/" in server.output()
+        status, _, body = http_get("127.0.0.3", admin, "/healthz")
+        assert status == 200 and body.startswith(b"ok: accepting players"), body
+        assert refused("127.0.0.2", admin) and refused("127.0.0.1", admin)
+        s = connect(game, host="127.0.0.2")
+        s.sendall(st.frame(st.Hello()))
+        assert st.decode(st.FrameParser(65535).feed(s.recv(4096))[0]).__class__ is st.Welcome
+        s.close()
+        assert refused("127.0.0.3", game) and refused("127.0.0.1", game)
 
 
 def test_a_flood_of_admin_connections_is_refused_with_503_and_players_tick_on():

@@ -156,9 +156,35 @@ def test_after_the_grace_period_a_token_gets_a_new_player(make_harness, data):
 
 
 def test_unknown_and_malformed_tokens(h):
-    c = h.client_v2(token=os.urandom(16))
-    assert c.welcome.resumed == st.TOKEN_UNKNOWN and c.you.score == 0
-    bad = h.client(hello=False)
+    """An unknown token while other seats exist (playing with a score, parked,
+    a v1 player) is a new player: none of theirs, and theirs stay theirs."""
+    playing, helper = scorer(h.client_v2), h.client_v2()
+    you = score_once(h, [playing, helper])
+    assert you.score == 1
+    v1 = h.client()
+    parked = h.client_v2(name=b"parked")
+    parked.send(st.Move(7, 33, 44))
+    moved = parked.expect(st.You)
+    assert moved.seq == 7
+    parked.sock.close()
+    h.run_until(lambda: st.token_hash(parked.welcome.token) in h.server.parked, what="parked")
+    seats = [playing, helper, v1, parked]
+    ids = {c.welcome.player_id for c in seats}
+    tokens = {c.welcome.token for c in seats}
+    near = bytes([parked.welcome.token[0] ^ 1]) + parked.welcome.token[1:]  # one bit off
+    for token in (os.urandom(16), near, playing.welcome.token[:15] + b"?"):
+        c = h.client_v2(token=token)
+        w = c.welcome
+        assert w.resumed == st.TOKEN_UNKNOWN and w.player_id not in ids, (w, ids)
+        assert w.token not in tokens | {token} and len(w.token) == 16
+        assert c.you.score == 0 and (c.you.x, c.you.y) != (moved.x, moved.y)
+        assert (c.you.letters, c.you.score) != (you.letters, you.score)
+        ids.add(w.player_id)
+    back = h.client_v2(token=parked.welcome.token)  # the parked seat is still its own
+    assert (back.welcome.resumed, back.welcome.player_id) == (st.RESUMED, parked.welcome.player_id)
+    assert back.you.letters == moved.letters
+    c = back
+    bad = h.client(hello=False)  # malformed ones: a clear ERROR, then a close
     bad.send_raw(encode_frame(st.encode(st.Hello(2, token=b"x" * 16))[:20]))  # cut short
     (err,) = [m for m in bad.wait_closed() if isinstance(m, st.Error)]
     assert err.code == st.ErrorCode.BAD_MESSAGE and "at least 25 bytes" in err.text
@@ -166,7 +192,8 @@ def test_unknown_and_malformed_tokens(h):
     bad.send_raw(encode_frame(st.encode(st.Hello(2, name=b"abc"))[:-1]))  # name shorter than said
     (err,) = [m for m in bad.wait_closed() if isinstance(m, st.Error)]
     assert err.code == st.ErrorCode.BAD_MESSAGE and "HELLO v2" in err.text
-    assert c.expect(st.TickMsg).players == 1  # and the others play on
+    tick = c.expect(st.TickMsg)  # and the others play on
+    assert tick.players >= 3 and playing.expect(st.TickMsg)
 
 
 def test_two_connections_one_token_the_newer_wins(h):

@@ -172,6 +172,7 @@ def head_with(*lengths):
     ((b"5", b"5"), 5),  # a duplicate field, identical: merged
     ((b"1, 1",), 1),  # the same, combined into one field by a proxy
     ((b"7,7", b" 7 "), 7),
+    ((b"\t5", b"5 \t"), 5),  # OWS (SP, HTAB) around a value is not part of it (RFC 9110 5.5)
     ((b"0",), 0),
     ((b"0005", b"5"), 5),  # the same decimal value
     ((b"9" * 18,), 10 ** 18 - 1),
@@ -192,7 +193,15 @@ def test_identical_content_lengths_are_merged(lengths, expected):
     ((b"\xb2",), "ASCII digits"),  # latin-1 superscript two
     ((b"1" * 4301,), "4301 digits"),  # past int()'s own digit limit
     ((b"1" * 19,), "19 digits"),
-    ((b"+5",), "ASCII digits"),
+    ((b"+5",), "ASCII digits"),  # int() takes a sign...
+    ((b"-5",), "ASCII digits"),
+    ((b"-0",), "ASCII digits"),
+    ((b"5 5",), "ASCII digits"),  # ...and whitespace: not OWS, which is only SP and HTAB
+    ((b"\x0b5",), "control character"),  # a vertical tab before: refused with the head
+    ((b"5\x0c",), "control character"),  # a form feed after
+    ((b"\xa05",), "ASCII digits"),  # a no-break space (latin-1)
+    ((b"5\xc2\xa0",), "ASCII digits"),  # the same in UTF-8
+    ((b"1_0",), "ASCII digits"),  # int("1_0") == 10
     ((b"5,",), "ASCII digits"),
     ((b"0x10",), "ASCII digits"),
     ((b"",), "ASCII digits"),

@@ -89,6 +89,33 @@ def test_url_errors_say_what_is_wrong(url, fragment):
         RedisAddress.from_url(url)
 
 
+SECRET = "hunter2-Zq9"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://:{SECRET}@h:1",
+        f"redis://:{SECRET}@h:99999",
+        f"redis://u:{SECRET}@h:x",
+        f"redis://:{SECRET}@:1",
+        f"redis://:{SECRET}@h/db1",
+        f"redis://:{SECRET}@h/1?x=2",
+        f"redis://:{SECRET}/x@h",  # a '/' in the password ends the netloc early
+        f"redis://:{SECRET}@h/x@y",
+        f"redis:{SECRET}@h",
+        f"redis://:{SECRET}\uff03@h",  # NFKC: urlsplit's own error quotes the netloc
+        f"redis://:{SECRET}@[::1",
+        f"redis://:{SECRET}@h/\u00b2",
+    ],
+)
+def test_url_errors_never_show_the_password(url):
+    with pytest.raises(ValueError) as exc:
+        RedisAddress.from_url(url)
+    assert SECRET not in str(exc.value) and "Zq9" not in str(exc.value), exc.value
+    assert str(exc.value)  # still says what is wrong
+
+
 def test_password_from_a_file_or_the_environment(tmp_path, monkeypatch):
     secret = tmp_path / "pw"
     secret.write_text("from-file\n")
