@@ -8,7 +8,10 @@ ActionScript process; this is the same game in Python, standard library
 only, server-authoritative, and built so the bytes per player per tick stay
 bounded however many play.
 
-One file, read top-down: protocol -> rules -> server -> bots -> clients -> operations -> CLI.
+One file, read top-down: protocol -> rules -> store -> world -> front -> server roles ->
+cluster -> bots -> clients -> operations -> CLI. A server is a Front (the players'
+connections) and a World (the game) joined by a narrow seam (World: the seam): serve
+wires them in one process, the cluster puts Redis between them.
 Each line of the contents below is a banner in the file (``grep -n '^# ====' -A1``
 lists the sections, ``grep -n '^# ----' -A1`` their sub-sections); after ``->``,
 where to start reading (a class's methods in brackets).
@@ -19,23 +22,31 @@ Protocol (docs/PROTOCOL.md): constants, messages, encode/decode. Sans-IO.
     -> encode, decode, frame
 Rules: the game state and one step per tick. Pure: no I/O, seeded RNG.
     -> Game (join, move, leave, step), Player
-Server: the game on netcore. One shared send per tick for everyone.
-  Server: the store. Players and the hall of fame in sqlite3, written off the loop.
-    -> Store (open, stage_player, flush, close), backup_store, default_data_dir
-  Server: options, web assets and the admin port.
-    -> ServerOptions, read_asset, AdminHandler
-  Server: GameServer. A connection's life, the tick, the store, /metrics.
-    -> GameServer (on_message, on_tick, metrics_text, stats_snapshot)
-  Server: tick encoding, shared by every server of this game (bench/peers too).
+Store: players and the hall of fame in sqlite3, written off the loop.
+    -> Store (open, lookup, stage_player, flush, close), backup_store, default_data_dir
+World: the game of one world. The seam to a Front, the players, the tick.
+  World: the seam. What a World and a Front say to each other, and nothing else.
+    -> WorldSide (hello, move, leave), FrontSide (welcome, drop, tick), parse_hello
+  World: the World. Joins and resumes, seats and tokens, fame, scoring, the tick.
+    -> World (hello, join_v2, leave, on_tick)
+  World: tick encoding, shared by every server of this game (bench/peers too).
     -> step_and_encode, you_frame, describe_unexpected
+Front: the players' connections. Listening, web, limits, HELLO, sending frames.
+  Front: web assets, and what the web and the limits answer.
+    -> read_asset, origin_policy
+  Front: the Front. A connection's life, HELLO, limits, and each tick's sends.
+    -> Front (on_message, on_close, welcome, tick, reject)
+Server: the roles. serve = Front + World; what every server process has.
+    -> ServerOptions, Role (start, shutdown, metrics_text, stats_snapshot), GameServer
   Server: process and signals. Limits, memory, signals, serve().
     -> serve, ServerSignals
-  Server: the cluster bus. One world over Redis: channels, messages, the lease.
-    -> ClusterOptions, BusStats, bus_pack, bus_entries
-  Server: the authority (game). The rules, the tick and the store; no sockets.
-    -> Authority (on_bus, on_tick, health)
-  Server: the gateway. Player sockets as serve holds them; the world is elsewhere.
-    -> Gateway (on_message, on_bus, on_tick), run_role
+Cluster: one world over Redis. Gateways (Fronts) and an authority (the World).
+  Cluster: the bus. One world over Redis: channels, messages, the lease.
+    -> ClusterOptions, BusStats, bus_pack, bus_entries, BusLink
+  Cluster: the authority (game). A World and the bus to its gateways; no sockets.
+    -> Authority (on_tick, health), AuthorityBus (on_up, tick)
+  Cluster: the gateway. A Front and the bus to the World; no rules here.
+    -> Gateway (on_tick), GatewayBus (hello, on_bus, send_up), run_role
 Bots: the load test. N players over as many processes as the fd limit needs.
   Bots: one worker process. A poller and flat arrays, no object per bot.
     -> BotWorker
@@ -169,7 +180,7 @@ if TYPE_CHECKING:  # names for type checkers: a server loads neither typing nor 
     import subprocess  # imported at run time only by the bots' parent
     import tkinter  # the client imports it at run time: servers need no Tk
     from typing import (
-        IO, Any, Callable, Dict, List, Literal, Optional, Sequence, Set, Tuple, Union,
+        IO, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Set, Tuple, Union,
     )
 
     from netcore.web import Route
@@ -191,15 +202,21 @@ __all__ = [
     "cell_of", "cell_centre",
     # Rules
     "Game", "Player", "StepResult", "ScorePlan", "IdsExhausted", "MAX_PLAYER_ID",
-    # Server
+    # Store
     "Store", "StoreError", "backup_store", "check_data_directory", "default_data_dir",
     "new_resume_token", "token_hash",
-    "GameServer", "ServerOptions", "AdminHandler", "read_asset", "origin_policy",
-    "step_and_encode", "you_frame",
-    "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
-    "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
-    "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
-    "bus_gateway", "check_tick_message", "check_private_entries",
+    # World
+    "WorldSide", "FrontSide", "HELLO_SENT", "Refused", "parse_hello", "World",
+    "step_and_encode", "you_frame", "describe_unexpected",
+    # Front
+    "Front", "read_asset", "origin_policy",
+    # Server
+    "ServerOptions", "Role", "GameServer", "AdminHandler", "serve", "ServerSignals", "rss_kb",
+    "release_freed_memory", "raise_nofile",
+    # Cluster
+    "ClusterOptions", "BusStats", "BusLink", "check_world", "bus_pack", "bus_head", "bus_entry",
+    "bus_entries", "bus_gateway", "check_tick_message", "check_private_entries",
+    "AuthorityBus", "Authority", "GatewayBus", "Gateway", "run_role",
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots", "write_private_json",
     # Clients
@@ -657,7 +674,7 @@ class Player:
 
     __slots__ = (
         "id", "shape", "colour", "x", "y", "cell", "letters", "score", "seq",
-        "tokens", "token_tick", "moves", "marks", "conn", "name", "resume_hash",
+        "tokens", "token_tick", "moves", "marks", "peer", "name", "resume_hash",
     )
 
     def __init__(self, pid: int, shape: int, colour: int, letters: str, x: int, y: int) -> None:
@@ -676,9 +693,10 @@ class Player:
         # _MOVED: listed among this tick's movers already; _DIRTY: YOU must be
         # sent at the next tick. One int, not two slots: 8 B less per player.
         self.marks = 0
-        # The server's connection while the player plays. (The asyncio peer in
-        # bench/ keeps its own protocol object here: Rules never look at it.)
-        self.conn: Optional[Connection] = None
+        # Its connection while the player plays, as the Front names it (a
+        # netcore Connection; a gateway's connection, for an authority; the
+        # asyncio peer in bench/ keeps its protocol object): Rules never look at it.
+        self.peer: Any = None
         self.name = ""  # v2: the name the player chose, or ""
         self.resume_hash = b""  # v2: SHA-256 of the player's resume token (not move tokens)
 
@@ -960,12 +978,8 @@ class Game:
 
 
 # =============================================================================
-# Server: the game on netcore. One shared send per tick for everyone.
+# Store: players and the hall of fame in sqlite3, written off the loop.
 # =============================================================================
-
-# -----------------------------------------------------------------------------
-# Server: the store. Players and the hall of fame in sqlite3, written off the loop.
-# -----------------------------------------------------------------------------
 #
 # The loop never waits for the disk. It stages changes (whole player rows,
 # the hall of fame, the id counter) into the current batch; at the end of
@@ -1617,9 +1631,682 @@ def backup_store(directory: str, output: str) -> int:
     return int(pages)
 
 
+# =============================================================================
+# World: the game of one world. The seam to a Front, the players, the tick.
+# =============================================================================
+
 # -----------------------------------------------------------------------------
-# Server: options, web assets and the admin port.
+# World: the seam. What a World and a Front say to each other, and nothing else.
 # -----------------------------------------------------------------------------
+#
+# A World (the rules, the store, who is who) and a Front (the players'
+# sockets) meet at a seam of five calls. Calls in, Front -> World, for one
+# player:  hello -> move* -> leave.  Frames out, World -> Front:  welcome
+# (once), then tick (every tick, for everyone), or drop (the World lets it go).
+#
+#   serve:    Front  <-> World                   in one process
+#   gateway:  Front  <-> GatewayBus  ~~Redis~~   AuthorityBus <-> World :game
+#
+# A *peer* is whatever the Front names a player's connection by (a netcore
+# Connection; for the authority, a gateway's connection id): the World keeps
+# it as an opaque key and never calls it. A *handle* is what the World gives
+# the Front in ``welcome`` to hand back with each ``move`` (a Player; a
+# gateway's seat): the Front never looks inside it. Until the welcome, the
+# Front holds HELLO_SENT instead.
+
+DEFAULT_NEW_PLAYER_BURST = 64
+DEFAULT_NEW_PLAYER_RATE = 1.0  # a second, after the burst
+NEW_PLAYERS_LIMIT = "new-players-per-address"  # the limit's name in /metrics and ERRORs
+
+
+#: What a Front holds for a connection that said HELLO and has no welcome yet.
+HELLO_SENT: Any = "hello-sent"
+
+
+class WorldSide:
+    """The World's half of the seam, as a Front calls it (a World, or the bus to one)."""
+
+    def hello(self, peer: Any, hello: Hello, name: str, address: str) -> None:
+        """A checked HELLO (see :func:`parse_hello`) from the client at ``address``."""
+        raise NotImplementedError
+
+    def move(self, handle: Any, payload: bytes) -> int:
+        """A MOVE of the player ``handle``; returns its MOVEs this tick (the flood check)."""
+        raise NotImplementedError
+
+    def leave(self, peer: Any, handle: Any) -> None:
+        """The connection is gone; ``handle`` is what the Front held (maybe HELLO_SENT)."""
+        raise NotImplementedError
+
+
+class FrontSide:
+    """The Front's half of the seam, as a World calls it (a Front, or the bus to gateways)."""
+
+    def welcome(self, peer: Any, handle: Any, frames: bytes, nframes: int, v2: bool) -> None:
+        """``peer`` plays: hold ``handle`` for its MOVEs; send it ``frames`` (WELCOME...)."""
+        raise NotImplementedError
+
+    def drop(self, peer: Any, code: int, text: str, reason: str) -> None:
+        """The World holds nothing of ``peer`` any more: tell it ERROR(code, text), close."""
+        raise NotImplementedError
+
+    def tick(self, shared: bytes, nframes: int, news: bytes,
+             yous: List[Tuple[Any, bytes]], everyone: List[Any]) -> None:
+        """This tick to ``everyone``: ``shared``, v2 players also ``news`` (FAME), and
+        each of ``yous`` its YOU in the same send."""
+        raise NotImplementedError
+
+
+class Refused(Exception):
+    """A client's message the server answers with ERROR(code, text), then closes."""
+
+    def __init__(self, code: int, text: str, reason: str = "protocol-error") -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.reason = reason
+
+
+def parse_hello(payload: bytes) -> Tuple[Hello, str]:
+    """A client's first message as a HELLO (version 1 or 2) and its name, checked;
+    :class:`Refused` with the ERROR it gets if it is not one."""
+    if payload[0] != HELLO or len(payload) < 3:
+        raise Refused(ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "before HELLO"))
+    version = (payload[1] << 8) | payload[2]
+    if version not in PROTOCOL_VERSIONS:
+        raise Refused(ErrorCode.VERSION,
+                      f"server speaks protocols 1 and 2, client sent {version}", "bad-version")
+    if version == PROTOCOL_VERSION:
+        if len(payload) != HELLO_STRUCT.size:
+            raise Refused(ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "before HELLO"))
+        _, _, shape, colour = HELLO_STRUCT.unpack(payload)
+        return Hello(PROTOCOL_VERSION, shape, colour), ""
+    try:
+        hello = _decode_hello2(payload)
+    except BadMessage as exc:
+        raise Refused(ErrorCode.BAD_MESSAGE, str(exc)) from None
+    try:
+        name = check_name(hello.name)
+    except ValueError as exc:
+        raise Refused(ErrorCode.BAD_NAME, str(exc), "bad-name") from None
+    return hello, name
+
+
+# -----------------------------------------------------------------------------
+# World: the World. Joins and resumes, seats and tokens, fame, scoring, the tick.
+# -----------------------------------------------------------------------------
+
+
+class World(WorldSide):
+    """The game of one world: its rules, its store, who is who, and its tick.
+
+    A player's life in the World: ``hello`` -> a new player (version 1; or
+    version 2, with a token written to the store before its WELCOME) or a
+    resumed one (its token: in memory, or read from the store) -> ``welcome``
+    -> ``move``... -> ``leave`` (a v2 player's seat is parked for ``grace``
+    seconds, for its token to resume). Each ``on_tick`` steps the game and
+    sends its frames out through ``front`` (:class:`FrontSide`), which the
+    role sets: a Front in this process, or the bus to gateways.
+    """
+
+    def __init__(self, loop: EventLoop, options: ServerOptions) -> None:
+        self.loop = loop
+        self.options = opts = options
+        self.game = Game(random.Random(opts.seed))
+        self.front: FrontSide = FrontSide()  # set by the role
+        self.connections: Callable[[], int] = lambda: 0  # the players' connections, for STATS
+        self.ticker: Optional[TickScheduler] = None  # the role's, for STATS' tick p99
+        self.stopping = False  # the server is stopping: players cut off stay "online" on disk
+        # v2 players in memory (playing, or dropped and within their grace
+        # period) by the hash of their resume token; the store has the rest.
+        self.by_token: Dict[bytes, Player] = {}
+        self.parked: "OrderedDict[bytes, float]" = OrderedDict()  # hash -> grace ends (loop time)
+        # Of those, the seats with nothing scored, oldest first: the first to go
+        # when there are more parked seats than the server has room for players
+        # (``_park``), so a flood of joins that drop at once cannot grow memory.
+        self.parked_unscored: "OrderedDict[bytes, None]" = OrderedDict()
+        self.seats_evicted = 0
+        self.players_peak = 0  # the most players in the game at a tick, since the start
+        # v2 newcomers waiting for their row to be on disk: peer -> (batch, player, token, status)
+        self.joining: Dict[Any, Tuple[int, Player, bytes, int]] = {}
+        # Resumes waiting for the store's answer: by token hash, and the reverse.
+        self.asking: Dict[bytes, List[Tuple[Any, Hello, str, str]]] = {}
+        self.waiting: Dict[Any, bytes] = {}
+        # New players (new ids, new rows) per client address: a token bucket.
+        self.new_players: Optional[AddressRates] = None
+        if opts.new_player_burst:
+            self.new_players = AddressRates(opts.new_player_burst, opts.new_player_rate,
+                                            opts.exempt)
+        self.refused: Dict[str, int] = {}  # new players refused, by the limit's name
+        self.ids_exhausted_logged = False
+        self.resumes = self.takeovers = self.grace_expired = 0
+        self.fame: List[FameEntry] = []
+        self.store: Optional[Store] = None
+        self._planned: Optional[ScorePlan] = None  # the pending scoring step, staged
+        self._plan_values: Dict[int, Tuple[str, int]] = {}  # its scorers: id -> (letters, score)
+        self._plan_seq = 0  # the store batch that makes it durable
+        self._plan_fame: Optional[List[FameEntry]] = None  # the hall of fame once it lands
+        self._prune_at = 0.0
+        if opts.data is not None:
+            self.store = Store(opts.data, opts.sync, grace=opts.grace)
+            # Raises StoreError, naming the file or directory.
+            self.store.open(allow_shared=opts.allow_shared_data)
+            self.game.take_id = self.store.take_id
+            self.game.defer_scoring = True
+            self.fame = list(self.store.fame)
+        self.fame_frame = frame(Fame(tuple(self.fame)))
+        self._fame_news = b""  # FAME for v2 clients in this tick's shared frames
+        self.stats_frame = b""
+        self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
+        self.started = time.time()
+        self.start_rss_kb = rss_kb()
+        # The TICK number last stepped and when it was due (on the loop's clock,
+        # time.monotonic: CLOCK_MONOTONIC, one clock for every process on the
+        # machine), so a bench can tell players' arrivals from the schedule.
+        self.last_tick_due: Tuple[int, float] = (0, 0.0)
+
+    def close(self) -> None:
+        """Write what is staged and let the data directory go. The closed store stays
+        in ``self.store`` for its figures (--stats-out)."""
+        if self.store is not None:
+            self.store.close()
+
+    # -- the seam: hello, move, leave ----------------------------------------------
+
+    def hello(self, peer: Any, hello: Hello, name: str, address: str) -> None:
+        if hello.version == PROTOCOL_VERSION:
+            player = self._new_player(peer, address,
+                                      lambda: self.game.join(hello.shape, hello.colour))
+            if player is not None:
+                self._welcome(peer, player, Welcome(player.id, player.shape, player.colour,
+                                                    tick_ms=self.options.tick_ms))
+        else:
+            self.join_v2(peer, hello, name, address)
+
+    def move(self, handle: Any, payload: bytes) -> int:
+        _, seq, x, y = _MOVE_UNPACK(payload)
+        player: Player = handle
+        self.game.move(player, seq, x, y)
+        return player.moves
+
+    def leave(self, peer: Any, handle: Any) -> None:
+        self.waiting.pop(peer, None)
+        newcomer = self.joining.pop(peer, None)
+        if newcomer is not None and self.store is not None:
+            self.store.stage_delete(newcomer[1].id)  # it never heard its token: nobody's row
+        if not isinstance(handle, Player) or handle.peer is not peer:
+            return
+        player = handle
+        self.game.leave(player)
+        player.peer = None
+        if player.resume_hash:  # v2: the seat is kept for the grace period
+            self._park(player)
+            if self.store is not None:
+                # Cut off by the server stopping: still "online", so after the
+                # restart they get a whole grace period (Store._load).
+                self.store.stage_player(self._row(player, online=1 if self.stopping else 0))
+
+    # -- joins -------------------------------------------------------------------
+
+    def join_v2(self, peer: Any, hello: Hello, name: str, address: str) -> None:
+        """A version-2 player: resumed by its token if it can be, else new.
+
+        A token not in memory may be a player of an earlier run (or one whose
+        seat was let go) within its grace period: the store is asked, and the
+        join goes on when it answers (``_store_answers``, at the next tick).
+        """
+        if hello.token:
+            hashed = token_hash(hello.token)
+            player = self.by_token.get(hashed)
+            if player is not None:
+                self._resume(peer, player, hello.token, name)
+                return
+            if self.store is not None:
+                asking = self.asking.get(hashed)
+                if asking is None:
+                    asking = self.asking[hashed] = []
+                    self.store.lookup(hashed)
+                asking.append((peer, hello, name, address))
+                self.waiting[peer] = hashed
+                return
+            self._new_v2(peer, hello, name, address, TOKEN_UNKNOWN)
+            return
+        self._new_v2(peer, hello, name, address, NEW_PLAYER)
+
+    def _new_v2(self, peer: Any, hello: Hello, name: str, address: str, status: int) -> None:
+        """A new identity: its token, its row (written before its WELCOME goes)."""
+        player = self._new_player(peer, address,
+                                  lambda: self.game.new_player(hello.shape, hello.colour))
+        if player is None:
+            return
+        token = new_resume_token()
+        player.name = name
+        player.resume_hash = token_hash(token)
+        if self.store is None:
+            self._enter(peer, player, token, status)
+        else:  # WELCOME once the row is on disk (not online yet): the token survives a crash
+            seq = self.store.stage_player(self._row(player, online=0))
+            self.joining[peer] = (seq, player, token, status)
+
+    def _new_player(self, peer: Any, address: str,
+                    make: Callable[[], Player]) -> Optional[Player]:
+        """``make()``: a player with a new id; or None (``peer`` dropped): over the rate
+        of new players from its address, or no id left in the protocol's range."""
+        rates = self.new_players
+        if rates is not None and address and not rates.take(address, self.loop.time()):
+            self._refuse(peer, NEW_PLAYERS_LIMIT,
+                         f"too many new players from {address} ({NEW_PLAYERS_LIMIT}); try "
+                         "later, or come back as yourself with your token")
+            return None
+        try:
+            return make()
+        except IdsExhausted as exc:
+            if not self.ids_exhausted_logged:
+                self.ids_exhausted_logged = True
+                log.error("%s: new players are refused; returning players still come back", exc)
+            self._refuse(peer, "player-ids", "this server has no player ids left for new "
+                         "players; returning players (with a token) still come back")
+            return None
+
+    def _refuse(self, peer: Any, limit: str, text: str) -> None:
+        self.refused[limit] = self.refused.get(limit, 0) + 1
+        self.front.drop(peer, ErrorCode.SERVER_FULL, text, limit)
+
+    def _store_answers(self, store: Store) -> None:
+        """Joins that waited for the store: resume the player it found, else a new one."""
+        for hashed, row in store.answers():
+            for peer, hello, name, address in self.asking.pop(hashed, ()):
+                if self.waiting.pop(peer, None) is None:
+                    continue  # it left meanwhile
+                player = self.by_token.get(hashed)  # another connection brought it back first
+                if player is None and row is not None:
+                    player = self._from_row(row)
+                if player is not None:
+                    self._resume(peer, player, hello.token, name)
+                else:
+                    self._new_v2(peer, hello, name, address, TOKEN_UNKNOWN)
+
+    def _from_row(self, row: PlayerRow) -> Player:
+        """A player of an earlier run (or let go from memory), from its row."""
+        pid, hashed, letters, score, shape, colour, name, _, _ = row
+        player = self.game.new_player(shape, colour, pid=pid, letters=letters)
+        player.score = score
+        player.name = name or ""
+        player.resume_hash = bytes(hashed)
+        return player
+
+    def _resume(self, peer: Any, player: Player, token: bytes, name: str) -> None:
+        old = player.peer
+        if old is not None:  # the newer connection wins; the older is told why
+            self.takeovers += 1
+            player.peer = None
+            self.front.drop(old, ErrorCode.TAKEN_OVER,
+                            "this player was resumed by a newer connection (playing elsewhere)",
+                            "taken-over")
+        else:
+            self.parked.pop(player.resume_hash, None)
+            self.parked_unscored.pop(player.resume_hash, None)
+            self.game.add(player)
+        self.resumes += 1
+        if name and name != player.name:
+            player.name = name
+            self._rename_in_fame(player)
+        self.by_token[player.resume_hash] = player
+        self._welcome(peer, player, Welcome(player.id, player.shape, player.colour, PROTOCOL_V2,
+                                            self.options.tick_ms, resumed=RESUMED, token=token))
+        if self.store is not None:  # online: after a crash it gets a whole grace period
+            self.store.stage_player(self._row(player, online=1))
+
+    def _enter(self, peer: Any, player: Player, token: bytes, status: int) -> None:
+        """A new v2 player goes on the board and hears its token."""
+        self.game.add(player)
+        self.by_token[player.resume_hash] = player
+        self._welcome(peer, player, Welcome(player.id, player.shape, player.colour, PROTOCOL_V2,
+                                            self.options.tick_ms, resumed=status, token=token))
+        if self.store is not None:  # its row was written not online: it is now
+            self.store.stage_player(self._row(player, online=1))
+
+    def _welcome(self, peer: Any, player: Player, welcome: Welcome) -> None:
+        """WELCOME, YOU and STATS (v2: and FAME) in one send."""
+        player.peer = peer
+        v2 = welcome.version >= PROTOCOL_V2
+        if self._stats_tick != self.game.tick:  # at most one refresh per tick in a join storm
+            self._update_stats_frame()
+        frames = frame(welcome) + you_frame(player) + self.stats_frame
+        self.front.welcome(peer, player, frames + self.fame_frame if v2 else frames,
+                           4 if v2 else 3, v2)
+
+    def _park(self, player: Player) -> None:
+        """Keep a dropped v2 player's seat for the grace period, within the cap.
+
+        At most as many seats are parked as the server has room for players
+        (``--max-clients``), or as it has had players at once, if more (an
+        authority's world spans gateways: a gateway that dies parks all its
+        players). Past that, the oldest seat with nothing scored goes first
+        (there is nothing in it to lose but the place), else the oldest:
+        without a cap, a client that joins and drops 5,000 times a second
+        would have the server keep a million seats for 300 s.
+        """
+        hashed = player.resume_hash
+        self.parked[hashed] = self.loop.time() + self.options.grace
+        self.parked.move_to_end(hashed)
+        if not player.score:
+            self.parked_unscored[hashed] = None
+        cap = max(self.options.max_clients, self.players_peak)
+        while len(self.parked) > cap:
+            if self.parked_unscored:
+                gone, _ = self.parked_unscored.popitem(last=False)
+                del self.parked[gone]
+            else:
+                gone, _ = self.parked.popitem(last=False)
+            self.by_token.pop(gone, None)
+            self.seats_evicted += 1
+
+    def _expire_parked(self) -> None:
+        """Dropped players whose grace period is over are forgotten (the disk keeps them)."""
+        now = self.loop.time()
+        parked = self.parked
+        while parked:
+            hashed, until = next(iter(parked.items()))
+            if until > now:
+                break
+            del parked[hashed]
+            self.parked_unscored.pop(hashed, None)
+            player = self.by_token.pop(hashed, None)
+            if player is not None and player.peer is None:
+                self.grace_expired += 1
+
+    # -- the tick ------------------------------------------------------------------
+
+    def on_tick(self, tick: Tick) -> None:
+        """Step the game and send the tick's frames to everyone through ``front``."""
+        game = self.game
+        if tick.skipped:  # the loop stalled for 8+ periods: the numbers jump
+            log.warning("the tick fell %.1f s behind: skipped %d ticks (TICK numbers jump by "
+                        "as many)", tick.skipped * self.options.tick_ms / 1000 + tick.lateness,
+                        tick.skipped)
+            game.skip(tick.skipped)
+        store = self.store
+        if store is not None:
+            self._store_before_step(store)
+        result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
+        self.last_tick_due = (game.tick, tick.deadline)  # /stats.json: the schedule, for benches
+        news = self._after_step(result)
+        # Lists, not views of game.players: a failed send closes its
+        # connection, and the player leaves, during the broadcast. Every
+        # player in the game has its peer (it is set before it joins the board
+        # and cleared after it leaves it).
+        everyone = [p.peer for p in game.players.values()]
+        yous = [(p.peer, you_frame(p)) for p in result.dirty if p.peer is not None]
+        self.front.tick(data, nframes, news, yous, everyone)
+        if len(game.players) > self.players_peak:
+            self.players_peak = len(game.players)
+        if game.tick % 4 == 0:
+            if self.parked:
+                self._expire_parked()
+            if self.new_players is not None:
+                self.new_players.forget_full(self.loop.time())
+        if store is not None:
+            store.flush()
+
+    def _store_before_step(self, store: Store) -> None:
+        """What reached the disk since the last tick may now be announced."""
+        self._store_answers(store)
+        durable = store.durable
+        if self._planned is not None and durable >= self._plan_seq:
+            self.game.release_score()
+        joining = self.joining
+        while joining:  # in order of their batches: stop at the first not on disk yet
+            peer, (seq, player, token, status) = next(iter(joining.items()))
+            if seq > durable:
+                break
+            del joining[peer]
+            self._enter(peer, player, token, status)
+        now = time.time()
+        if now >= self._prune_at:
+            store.stage_prune(now - self.options.prune_days * 86400)
+            self._prune_at = now + 3600
+
+    def _after_step(self, result: StepResult) -> bytes:
+        """Stage a newly planned scoring step; publish the hall of fame when it lands.
+
+        Returns the FAME frame when the hall of fame changed this tick (sent
+        to version-2 players only), else b"".
+        """
+        game = self.game
+        store = self.store
+        plan = game.pending_score
+        if store is not None and plan is not None and plan is not self._planned:
+            self._planned = plan
+            self._plan_values = {p.id: (letters, score) for p, letters, score in plan.scorers}
+            for p, _, _ in plan.scorers:
+                if p.resume_hash:
+                    store.stage_player(self._row(p, online=1 if p.peer is not None else 0))
+            self._plan_fame = self._fame_after(plan)
+            if self._plan_fame is not None:
+                store.stage_fame(self._plan_fame)
+            self._plan_seq = store.seq
+        news = self._fame_news
+        self._fame_news = b""
+        if result.scored is not None:
+            if store is not None:
+                fame, self._planned, self._plan_fame = self._plan_fame, None, None
+                self._plan_values = {}
+            else:
+                fame = self._fame_after(game.last_plan) if game.last_plan is not None else None
+            if fame is not None:
+                news = self._set_fame(fame)
+        return news
+
+    def _row(self, p: Player, online: int) -> PlayerRow:
+        """The player's row as it must be on disk (a staged score counts already)."""
+        letters, score = self._plan_values.get(p.id, (p.letters, p.score))
+        return (p.id, p.resume_hash, letters, score, p.shape, p.colour, p.name or None,
+                time.time(), online)
+
+    def _fame_after(self, plan: ScorePlan) -> Optional[List[FameEntry]]:
+        """The hall of fame once ``plan``'s scores count, or None if it is unchanged."""
+        fame = self.fame
+        low = fame[-1][1] if len(fame) >= FAME_SIZE else 0
+        best = {pid: (pid, score, name) for pid, score, name in fame}
+        for p, _, score in plan.scorers:
+            if score > low or p.id in best:
+                best[p.id] = (p.id, score, p.name)
+        top = sorted(best.values(), key=lambda e: (-e[1], e[0]))[:FAME_SIZE]
+        return top if top != fame else None
+
+    def _set_fame(self, fame: List[FameEntry]) -> bytes:
+        self.fame = fame
+        self.fame_frame = frame(Fame(tuple(fame)))
+        return self.fame_frame
+
+    def _rename_in_fame(self, player: Player) -> None:
+        fame = [(pid, score, player.name if pid == player.id else name)
+                for pid, score, name in self.fame]
+        if fame != self.fame:
+            self._fame_news = self._set_fame(fame)
+            if self.store is not None:
+                self.store.stage_fame(fame)
+
+    def _fresh_stats_frame(self) -> bytes:
+        self._update_stats_frame()
+        return self.stats_frame
+
+    def _update_stats_frame(self) -> None:
+        self._stats_tick = self.game.tick
+        p99 = 0.0
+        if self.ticker is not None:
+            p99 = self.ticker.recent_lateness.percentile(99)
+        self.stats_frame = frame(Stats(
+            connections=self.connections(),
+            players=len(self.game.players),
+            uptime_s=int(time.time() - self.started),
+            rss_kb=rss_kb(),
+            start_rss_kb=self.start_rss_kb,
+            tick_p99_us=min(int(p99 * 1e6), 0xFFFFFFFF),
+        ))
+
+    def compact(self) -> None:
+        """Rebuild the tables churn has grown (the game's players, tokens)."""
+        if self.game.compact():
+            self.by_token = dict(self.by_token)
+
+    # -- figures -------------------------------------------------------------------
+
+    def leaderboard(self) -> Dict[str, Any]:
+        """The hall of fame, as ``GET /leaderboard.json`` serves it."""
+        return {"top": [{"rank": rank, "id": pid, "name": name or None, "score": score}
+                        for rank, (pid, score, name) in enumerate(self.fame, 1)]}
+
+    def add_metrics(self, exp: Exposition) -> None:
+        game = self.game
+        exp.gauge("spelltraction_players", "Players in the game (connections past HELLO).",
+                  len(game.players))
+        exp.counter("spelltraction_letters_scored_total",
+                    "Letters scored (the attractor held a cell long enough).",
+                    game.letters_scored)
+        exp.counter("spelltraction_moves_accepted_total", "MOVE messages applied.",
+                    game.moves_accepted)
+        exp.counter("spelltraction_moves_rate_limited_total",
+                    "MOVE messages dropped by the per-player move bucket.", game.moves_limited)
+        exp.counter("spelltraction_resumes_total",
+                    "v2 players who came back as themselves with their token.", self.resumes)
+        exp.counter("spelltraction_takeovers_total",
+                    "Resumes that took a player over from an older connection.", self.takeovers)
+        exp.gauge("spelltraction_players_in_grace",
+                  "Dropped v2 players whose seat is kept (the grace period).", len(self.parked))
+        exp.counter("spelltraction_seats_evicted_total",
+                    "Parked seats let go before their grace period ended: more were parked "
+                    "than --max-clients (unscored ones first).", self.seats_evicted)
+        store = self.store
+        if store is None:
+            return
+        times = store.commit_times
+        exp.gauge("spelltraction_store_commit_p50_seconds",
+                  "Store commit time, median of the last 1024 commits.", times.percentile(50))
+        exp.gauge("spelltraction_store_commit_p99_seconds",
+                  "Store commit time, p99 of the last 1024 commits.", times.percentile(99))
+        exp.counter("spelltraction_store_commits_total", "Store batches committed.",
+                    store.commits)
+        exp.counter("spelltraction_store_commit_failures_total",
+                    "Store commits that failed (full disk, read-only file...) and are "
+                    "retried.", store.commit_failures)
+        exp.counter("spelltraction_store_rows_written_total", "Player rows written.",
+                    store.rows_written)
+        exp.gauge("spelltraction_store_backlog_batches",
+                  "Batches of changes not on disk yet (scoring waits for them).",
+                  store.backlog)
+        exp.counter("spelltraction_store_pruned_total",
+                    "Rows of long-unseen players deleted.", store.pruned)
+        exp.counter("spelltraction_store_lookups_total",
+                    "Returning players read from the store (tokens not in memory).",
+                    store.lookups)
+
+    def add_snapshot(self, snap: Dict[str, Any]) -> None:
+        """The World's figures in ``/stats.json``."""
+        snap.update({
+            "players": len(self.game.players),
+            "letters_scored": self.game.letters_scored,
+            "game_tick": self.game.tick,
+            "resumes": self.resumes,
+            "seats_parked": len(self.parked),
+            "seats_evicted": self.seats_evicted,
+            "store": self.store_stats(),
+            "last_tick": {"number": self.last_tick_due[0],
+                          "due_monotonic_s": self.last_tick_due[1]},
+        })
+
+    def store_stats(self) -> Optional[Dict[str, Any]]:
+        store = self.store
+        if store is None:
+            return None
+        return {"path": store.path, "commits": store.commits,
+                "commit_failures": store.commit_failures, "backlog": store.backlog,
+                "commit_p50_s": store.commit_times.percentile(50),
+                "commit_p99_s": store.commit_times.percentile(99),
+                "rows_written": store.rows_written, "last_error": store.last_error}
+
+    def add_final_stats(self, stats: Dict[str, Any]) -> None:
+        game = self.game
+        stats.update({
+            "game": {"tick": game.tick, "players": len(game.players),
+                     "letters_scored": game.letters_scored,
+                     "moves_accepted": game.moves_accepted,
+                     "moves_limited": game.moves_limited},
+            "resumes": self.resumes,
+            "takeovers": self.takeovers,
+            "store": self.store_stats(),
+        })
+
+
+# -----------------------------------------------------------------------------
+# World: tick encoding, shared by every server of this game (bench/peers too).
+# -----------------------------------------------------------------------------
+
+
+def step_and_encode(game: Game, stats_frame: Callable[[], bytes]) -> Tuple[StepResult, bytes, int]:
+    """Advance the game one tick and build that tick's shared frames, once.
+
+    Returns the step's result, the bytes every player gets (TICK, then
+    SCORED if a letter scored, then STATS every STATS_EVERY ticks, made by
+    ``stats_frame``) and how many frames they hold. Any server of this game
+    (netcore's, or the asyncio peer in bench/) sends exactly these bytes.
+    """
+    result = game.step()
+    shared = [_encode_tick(game, result)]
+    if result.scored is not None:
+        shared.append(frame(result.scored))
+    if game.tick % STATS_EVERY == 0:
+        shared.append(stats_frame())
+    return result, b"".join(shared), len(shared)
+
+
+def _encode_tick(game: Game, result: StepResult) -> bytes:
+    parts = [
+        b"",  # frame header, filled in below
+        _TICK_HEAD.pack(TICK, result.tick & 0xFFFFFFFF, game.attractor, game.held,
+                        "".join(game.board).encode("ascii"), len(game.players), *game.counts,
+                        len(result.movers)),
+    ]
+    pack_mover = _MOVER.pack
+    for p in result.movers:
+        c = p.colour
+        parts.append(pack_mover(p.id, p.x, p.y, p.shape, c >> 16, (c >> 8) & 0xFF, c & 0xFF))
+    parts.append(_U8.pack(len(result.gone)))
+    parts.extend(_U32.pack(g) for g in result.gone)
+    size = sum(len(part) for part in parts)
+    parts[0] = size.to_bytes(2, "big")
+    return b"".join(parts)
+
+
+def you_frame(p: Player) -> bytes:
+    return YOU_FRAMED.pack(_YOU_FRAME_LEN, YOU, p.seq, p.x, p.y, p.score,
+                            p.letters.encode("ascii"))
+
+
+def describe_unexpected(payload: bytes, when: str) -> str:
+    kind = payload[0]
+    names = {HELLO: "HELLO", MOVE: "MOVE"}
+    if kind == HELLO and len(payload) >= 3 and payload[1:3] != b"\x00\x01":
+        return f"unexpected HELLO {when}"  # v2 HELLOs vary in length
+    if kind in names:
+        expected = {HELLO: HELLO_STRUCT.size, MOVE: MOVE_STRUCT.size}[kind]
+        if len(payload) != expected:
+            return f"{names[kind]} must be {expected} bytes, got {len(payload)}"
+        return f"unexpected {names[kind]} {when}"
+    return f"unknown message type 0x{kind:02x} ({len(payload)} bytes) {when}"
+
+
+# =============================================================================
+# Front: the players' connections. Listening, web, limits, HELLO, sending frames.
+# =============================================================================
+
+
+# -----------------------------------------------------------------------------
+# Front: web assets, and what the web and the limits answer.
+# -----------------------------------------------------------------------------
+
+
 
 
 def _find_web_root() -> str:
@@ -1679,9 +2366,333 @@ def _bundled_web() -> bool:
     return True
 
 
-DEFAULT_NEW_PLAYER_BURST = 64
-DEFAULT_NEW_PLAYER_RATE = 1.0  # a second, after the burst
-NEW_PLAYERS_LIMIT = "new-players-per-address"  # the limit's name in /metrics and ERRORs
+def origin_policy(spec: str) -> Optional[List[str]]:
+    """``--allowed-origins`` for netcore's WebConfig: None for ``*`` (any page)."""
+    origins = [o.strip() for o in spec.split(",") if o.strip()]
+    if "*" in origins:
+        return None
+    return origins or [SAME_ORIGIN]
+
+
+def _address_limit_message(limit: str, address: str) -> bytes:
+    """What a client over a per-address limit gets before the close."""
+    return error_frame(ErrorCode.SERVER_FULL,
+                       f"too many connections from {address} ({limit}); try later")
+
+
+# Sent with the browser client's files: it loads nothing from elsewhere.
+WEB_HEADERS = (
+    ("Content-Security-Policy",
+     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+     "frame-ancestors 'none'"),
+    ("Referrer-Policy", "no-referrer"),
+)
+#: A connection closed for one of these reasons hit a limit: counted by name in /metrics.
+LIMIT_REASONS = frozenset(("flood", "hello-timeout", NEW_PLAYERS_LIMIT, "player-ids"))
+
+
+# -----------------------------------------------------------------------------
+# Front: the Front. A connection's life, HELLO, limits, and each tick's sends.
+# -----------------------------------------------------------------------------
+
+
+class Front(Handler, FrontSide):
+    """The players' side of a server: every connection, on a netcore :class:`TCPServer`.
+
+    A connection's life: connect -> pending (``on_connect``; HELLO due
+    within ``hello_timeout``) -> HELLO (``on_message``: checked here, then
+    ``world.hello``; the connection leaves the pending count) -> the World's
+    ``welcome`` -> MOVEs to ``world.move`` -> close (``on_close``:
+    ``world.leave``). On the same port the first bytes may say HTTP instead
+    (``on_protocol``: the web front answers its requests) or a WebSocket
+    upgrade (pending again from the upgrade, then HELLO as over TCP).
+    Whatever a client gets wrong ends in ``reject``: an ERROR frame, then
+    close. ``world`` is a :class:`World` (serve) or the bus to one (gateway).
+    """
+
+    def __init__(self, loop: EventLoop, options: ServerOptions, world: WorldSide,
+                 routes: Optional[Mapping[str, "Route"]] = None) -> None:
+        self.loop = loop
+        self.options = opts = options
+        self.world = world
+        # One parser for every binary player: a connection gets its own only
+        # while a frame of it is split between reads (StreamFrames), which
+        # saves an object per player (64 B; bench/player_bytes.py).
+        frames = StreamFrames(MAX_CLIENT_FRAME)
+        self.web: Optional[WebFront] = None
+        if opts.web:
+            root = opts.web_root if opts.web_root and os.path.isdir(opts.web_root) else None
+            reader = None
+            if root is None and opts.web_root == WEB_ROOT and _bundled_web():
+                reader = read_asset  # running from the zipapp: web/ is inside it
+            elif opts.web_root and root is None:
+                log.warning("web root %s is not a directory: serving no files", opts.web_root)
+            self.web = WebFront(WebConfig(
+                static_root=root, static_reader=reader, routes=routes or {},
+                ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
+                max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
+                headers=WEB_HEADERS,
+                # Strict WebSocket limits: a game message is one frame or a few
+                # (the browser sends one); pings are the peer's keepalive, rare.
+                max_fragments=WS_MAX_FRAGMENTS, control_burst=WS_CONTROL_BURST,
+                control_rate=WS_CONTROL_RATE,
+                allowed_origins=origin_policy(opts.allowed_origins),
+            ), binary=lambda: frames)
+        self.net = TCPServer(
+            loop,
+            self,
+            ServerConfig(
+                hosts=[opts.host],
+                port=opts.port,
+                backlog=opts.backlog,
+                max_connections=opts.max_clients,
+                max_frame=MAX_CLIENT_FRAME,
+                max_output=opts.max_output,
+                high_water=opts.max_output // 4,
+                low_water=opts.max_output // 16,
+                full_message=error_frame(
+                    ErrorCode.SERVER_FULL, f"server full ({opts.max_clients} players); try later"
+                ),
+                max_per_address=opts.max_per_address or None,
+                max_pending_per_address=opts.max_pending_per_address or None,
+                max_pending=opts.max_pending or None,
+                exempt=opts.exempt,
+                trusted_proxies=opts.trusted_proxies,
+                limit_message=_address_limit_message,
+                sndbuf=opts.sndbuf or None,
+                send_backlog_limit=opts.send_backlog or None,
+                send_backlog_grace=opts.send_backlog_grace,
+                refuse_rate=opts.refuse_rate or None,
+                # A client's messages are a few bytes: 16 KiB a wake-up is
+                # plenty, and bounds what one flooder makes the loop parse.
+                read_budget=16 << 10,
+                reuse_port=opts.reuse_port,
+            ),
+            # Without the web front: plain frames, no HTTP.
+            codec_factory=self.web if self.web is not None else lambda conn: frames,
+        )
+        self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet: since when
+        # Players who came over WebSocket: the tick sends them the same bytes
+        # behind one WebSocket header, built once. TCP players are the rest.
+        self.ws_players: Dict[Connection, None] = {}
+        self.v2_conns: Dict[Connection, None] = {}  # players who said version 2 (they get FAME)
+        self.errors_sent: Dict[int, int] = {}
+        self.churn = ChurnReporter(self.net.stats, log)
+
+    # -- netcore callbacks --------------------------------------------------------
+
+    def on_connect(self, conn: Connection) -> None:
+        self.pending[conn] = self.loop.time()
+
+    def on_protocol(self, conn: Connection, protocol: str) -> None:
+        if protocol == HTTP:
+            # Not a player (yet): the web front's deadline governs it now.
+            self.pending.pop(conn, None)
+        elif protocol == WEBSOCKET:
+            self.pending[conn] = self.loop.time()  # HELLO due within the timeout from now
+
+    def on_message(self, conn: Connection, payload: bytes) -> None:
+        handle = conn.data
+        if handle is not None:
+            # In the game MOVE is the only message: anything else closes at
+            # once, so counting MOVEs per tick is the whole flood check.
+            if payload[0] == MOVE and len(payload) == _MOVE_SIZE and handle is not HELLO_SENT:
+                if self.world.move(handle, payload) > FLOOD_MESSAGES:
+                    self.reject(conn, ErrorCode.FLOOD,
+                                f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
+                return
+            when = "before WELCOME" if handle is HELLO_SENT else "in game"
+            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, when))
+            return
+        try:
+            hello, name = parse_hello(payload)
+        except Refused as no:
+            self.reject(conn, no.code, no.text, no.reason)
+            return
+        # A HELLO: no longer pending, here (the HELLO timeout) and in netcore's
+        # per-address count, exactly once whichever join follows (new, resumed,
+        # or waiting for the store).
+        self.pending.pop(conn, None)
+        self.net.settle(conn)
+        conn.data = HELLO_SENT  # until the World's welcome, which may come at once
+        self.world.hello(conn, hello, name, self.net.client_address(conn))
+
+    def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
+        self.reject(conn, ErrorCode.BAD_FRAME, str(exc), exc.reason, ws.close_code_for(exc))
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        self.pending.pop(conn, None)
+        self.ws_players.pop(conn, None)
+        self.v2_conns.pop(conn, None)
+        handle = conn.data
+        if handle is not None:
+            conn.data = None
+            self.world.leave(conn, handle)
+
+    # -- the seam: frames from the World --------------------------------------------
+
+    def welcome(self, peer: Any, handle: Any, frames: bytes, nframes: int, v2: bool) -> None:
+        conn: Connection = peer
+        conn.data = handle
+        if isinstance(conn.codec, WebSocketCodec):
+            self.ws_players[conn] = None
+        if v2:
+            self.v2_conns[conn] = None
+        conn.write(conn.codec.wrap(frames), frames=nframes)
+
+    def send(self, conn: Connection, frames: bytes, nframes: int) -> None:
+        """Private frames to one player, outside a tick."""
+        conn.write(conn.codec.wrap(frames), frames=nframes)
+
+    def drop(self, peer: Any, code: int, text: str, reason: str) -> None:
+        conn: Connection = peer
+        conn.data = None  # the World let it go: no leave when it closes
+        self.ws_players.pop(conn, None)
+        self.v2_conns.pop(conn, None)
+        self.reject(conn, code, text, reason)
+
+    def tick(self, shared: bytes, nframes: int, news: bytes,
+             yous: List[Tuple[Any, bytes]], everyone: List[Any]) -> None:
+        """One tick to everyone: the shared frames, and each changed YOU with them."""
+        v2 = self.v2_conns if news else None
+        # A player whose YOU changed gets the shared frames and its YOU in
+        # one send (one WebSocket message), in its usual place in the order.
+        if v2 is None and not self.ws_players:
+            # The common case (no FAME, no WebSocket player): the frames go
+            # as they are, so no per-player wrap (every player's, all moving).
+            private = {conn: shared + you for conn, you in yous}
+        else:
+            private = {}
+            for conn, you in yous:
+                data = shared + news if v2 is not None and conn in v2 else shared
+                private[conn] = conn.codec.wrap(data + you)
+        if v2:  # version-2 players also get this tick's FAME; version 1 never does
+            self.broadcast(shared, nframes, [c for c in everyone if c not in v2], private)
+            self.broadcast(shared + news, nframes + 1, [c for c in everyone if c in v2], private)
+        else:
+            self.broadcast(shared, nframes, everyone, private)
+
+    def broadcast(self, data: bytes, nframes: int, conns: List[Connection],
+                  private: Optional[Dict[Connection, bytes]] = None) -> None:
+        """``data`` to each of ``conns`` (``private[conn]`` instead, for those in it)."""
+        private = private or {}
+        ws_players = self.ws_players
+        if ws_players:
+            tcp: List[Connection] = []
+            web: List[Connection] = []
+            for conn in conns:
+                (web if conn in ws_players else tcp).append(conn)
+            # The same bytes for everyone; WebSocket players get them behind
+            # one header, built once and shared like the data itself.
+            self.net.broadcast(ws.frame_header(len(data)) + data, web,
+                               nframes, private, nframes + 1)
+        else:
+            tcp = conns
+        self.net.broadcast(data, tcp, nframes, private, nframes + 1)
+
+    def reject(self, conn: Connection, code: int, text: str, reason: str = "protocol-error",
+               ws_code: int = 0) -> None:
+        """Tell the client what it did wrong, then close it. Others play on.
+
+        Over WebSocket the ERROR frame goes in a message, followed by a
+        close frame with ``ws_code`` (by default the error's usual code).
+        """
+        log.debug("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
+        self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
+        if reason in LIMIT_REASONS:
+            self.net.stats.limit(reason)  # "flood", "hello-timeout"...: by name in /metrics
+        last_words = conn.codec.closing(error_frame(code, text),
+                                        ws_code or WS_CLOSE_CODES[code], text)
+        if last_words and conn.write(last_words):
+            conn.close_after_flush(reason, text)
+        else:
+            conn.close(reason, text)
+
+    # -- housekeeping --------------------------------------------------------------
+
+    def after_tick(self, number: int) -> None:
+        """Every tick (``number``: the role's tick count): HELLO deadlines, every fourth."""
+        if number % 4 == 0 and self.pending:
+            self._expire_pending()
+
+    def _expire_pending(self) -> None:
+        limit = self.loop.time() - self.options.hello_timeout
+        for conn, since in list(self.pending.items()):
+            # Input waiting unread: the client spoke, we were too busy to listen.
+            if since < limit and not unread_bytes(conn.sock):
+                self.reject(conn, ErrorCode.HELLO_TIMEOUT,
+                            f"no HELLO within {self.options.hello_timeout:g} s", "hello-timeout")
+
+    def compact(self) -> bool:
+        """Rebuild the per-connection tables churn has grown (netcore's, and ours when
+        it did): each would otherwise keep the size it grew to at its busiest."""
+        rebuilt = self.net.compact()
+        if rebuilt:
+            self.v2_conns = dict(self.v2_conns)
+            self.ws_players = dict(self.ws_players)
+            self.pending = dict(self.pending)
+        return rebuilt
+
+    def goodbye(self, grace: float, on_done: Callable[[], None]) -> None:
+        """Stop accepting; ERROR(SHUTDOWN) to everyone (WebSocket: in a message, then
+        close 1001; HTTP: the response under way); ``on_done`` once all have it, or
+        after ``grace`` seconds."""
+        self.net.stop_accepting()
+        text = "server shutting down"
+        self.net.shutdown(grace, error_frame(ErrorCode.SHUTDOWN, text),
+                          ws.CloseCode.GOING_AWAY, text, on_done=on_done)
+
+    # -- figures -------------------------------------------------------------------
+
+    def add_metrics(self, exp: Exposition) -> None:
+        add_net_stats(exp, self.net.stats, "spelltraction", self.net.config.max_connections)
+        exp.gauge("spelltraction_pending_hellos", "Connections that have not sent HELLO yet.",
+                  len(self.pending))
+        exp.labelled("spelltraction_errors_sent_total", "counter",
+                     "ERROR messages sent to clients, by code.", "code",
+                     {ErrorCode.name_of(code): n for code, n in self.errors_sent.items()})
+
+    def add_snapshot(self, snap: Dict[str, Any]) -> None:
+        """The Front's figures in ``/stats.json``."""
+        net = self.net.stats
+        snap.update({
+            "connections": net.connections,
+            "max_clients": self.net.config.max_connections,
+            "accepted": net.accepted,
+            "closed": net.closed,
+            "closed_by_reason": dict(net.closed_by_reason),
+            "bytes_in": net.bytes_in,
+            "bytes_out": net.bytes_out,
+            "frames_in": net.frames_in,
+            "frames_out": net.frames_out,
+            "queued_out_bytes": net.queued_out_bytes,
+            "slow_consumers": net.slow_consumers,
+        })
+
+    def add_final_stats(self, stats: Dict[str, Any]) -> None:
+        stats.update({
+            "net": self.net.stats.snapshot(),
+            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
+            "ws_players": len(self.ws_players),
+            "web": self.web.stats.snapshot() if self.web is not None else {},
+        })
+
+    def status(self, players: int) -> str:
+        net = self.net.stats
+        return (f"{players} players, {net.connections} connections of "
+                f"{self.net.config.max_connections}, {len(self.pending)} before HELLO, "
+                f"{len(self.ws_players)} over WebSocket; {net.accepted} accepted, "
+                f"{net.closed} closed since start")
+
+    def health_text(self, players: int) -> str:
+        used, limit = self.net.stats.connections, self.net.config.max_connections
+        state = "full: new players are refused" if used >= limit else "accepting players"
+        return f"{state}; {players} players, {used} of {limit} connections"
+
+
+# =============================================================================
+# Server: the roles. serve = Front + World; what every server process has.
+# =============================================================================
 
 
 class ServerOptions(NamedTuple):
@@ -1746,29 +2757,6 @@ class ServerOptions(NamedTuple):
     public_stats: bool = False
 
 
-def origin_policy(spec: str) -> Optional[List[str]]:
-    """``--allowed-origins`` for netcore's WebConfig: None for ``*`` (any page)."""
-    origins = [o.strip() for o in spec.split(",") if o.strip()]
-    if "*" in origins:
-        return None
-    return origins or [SAME_ORIGIN]
-
-
-def _address_limit_message(limit: str, address: str) -> bytes:
-    """What a client over a per-address limit gets before the close."""
-    return error_frame(ErrorCode.SERVER_FULL,
-                       f"too many connections from {address} ({limit}); try later")
-
-
-# Sent with the browser client's files: it loads nothing from elsewhere.
-WEB_HEADERS = (
-    ("Content-Security-Policy",
-     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-     "frame-ancestors 'none'"),
-    ("Referrer-Policy", "no-referrer"),
-)
-
-
 ADMIN_MAX_CONNECTIONS = 64  # the admin port's own limit, apart from the players'
 
 
@@ -1780,150 +2768,40 @@ class AdminHandler(Handler):
             conn.close("not-http", "the admin port speaks HTTP only")
 
 
-# -----------------------------------------------------------------------------
-# Server: GameServer. A connection's life, the tick, the store, /metrics.
-# -----------------------------------------------------------------------------
+class Role:
+    """What every server process has, whatever part of the game it holds.
 
-
-class GameServer(Handler):
-    """SpellTraction on a netcore :class:`TCPServer`.
-
-    A connection's life: connect -> pending (``on_connect``; HELLO due within
-    ``hello_timeout``) -> HELLO -> player (``join``: a :class:`Player` in
-    ``conn.data``, then MOVEs; a version-2 HELLO goes through ``join_v2``
-    and may resume a parked player) -> close (``on_close``: the player
-    leaves; a version-2 player's seat stays parked for ``grace`` seconds).
-    On the same port the first bytes may say HTTP instead (``on_protocol``:
-    out of pending, the web front answers its requests) or a WebSocket upgrade
-    (pending again from the upgrade, then HELLO as over TCP). Whatever a
-    client gets wrong ends in ``reject``: an ERROR frame, then close.
+    The tick (``on_tick``, each role's own), the admin port (``/healthz`` and
+    the operator's figures, on a listener of its own), the operator's
+    figures made from the role's parts (``parts``: its Front, World, bus),
+    the periodic reports, and the shutdown. Subclasses: :class:`GameServer`
+    (serve), :class:`Authority` (game), :class:`Gateway`.
     """
 
-    def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None) -> None:
+    role = "serve"
+
+    def __init__(self, loop: EventLoop, options: ServerOptions) -> None:
         self.loop = loop
-        self.options = opts = options if options is not None else ServerOptions()
-        self.game = Game(random.Random(opts.seed))
-        # v2 players in memory (playing, or dropped and within their grace
-        # period) by the hash of their resume token; the store has the rest.
-        self.by_token: Dict[bytes, Player] = {}
-        self.parked: "OrderedDict[bytes, float]" = OrderedDict()  # hash -> grace ends (loop time)
-        # Of those, the seats with nothing scored, oldest first: the first to go
-        # when there are more parked seats than the server has room for players
-        # (``_park``), so a flood of joins that drop at once cannot grow memory.
-        self.parked_unscored: "OrderedDict[bytes, None]" = OrderedDict()
-        self.seats_evicted = 0
-        self.players_peak = 0  # the most players in the game at a tick, since the start
-        self.joining: Dict[Connection, Tuple[int, Player, bytes, int]] = {}  # v2 newcomers
-        # Resumes waiting for the store's answer: by token hash, and the reverse.
-        self.asking: Dict[bytes, List[Tuple[Connection, Hello, str]]] = {}
-        self.waiting: Dict[Connection, bytes] = {}
-        # New players (new ids, new rows) per client address: a token bucket.
-        self.new_players: Optional[AddressRates] = None
-        if opts.new_player_burst:
-            self.new_players = AddressRates(opts.new_player_burst, opts.new_player_rate,
-                                            opts.exempt)
-        self.ids_exhausted_logged = False
-        self.v2_conns: Dict[Connection, None] = {}  # connections that said version 2
-        self.resumes = self.takeovers = self.grace_expired = 0
-        self.fame: List[FameEntry] = []
-        self.store: Optional[Store] = None
-        self._planned: Optional[ScorePlan] = None  # the pending scoring step, staged
-        self._plan_values: Dict[int, Tuple[str, int]] = {}  # its scorers: id -> (letters, score)
-        self._plan_seq = 0  # the store batch that makes it durable
-        self._plan_fame: Optional[List[FameEntry]] = None  # the hall of fame once it lands
-        self._prune_at = 0.0
-        self._closing = False
-        if opts.data is not None:
-            self.store = Store(opts.data, opts.sync, grace=opts.grace)
-            # Raises StoreError, naming the file or directory.
-            self.store.open(allow_shared=opts.allow_shared_data)
-            self.game.take_id = self.store.take_id
-            self.game.defer_scoring = True
-            self.fame = list(self.store.fame)
-        self.fame_frame = frame(Fame(tuple(self.fame)))
-        self._answers: Dict[str, Tuple[int, bytes]] = {}  # HTTP answers of this tick (answer())
-        self._fame_news = b""  # FAME for v2 clients in this tick's shared frames
-        # One parser for every binary player: a connection gets its own only
-        # while a frame of it is split between reads (StreamFrames), which
-        # saves an object per player (64 B; bench/player_bytes.py).
-        frames = StreamFrames(MAX_CLIENT_FRAME)
-        self.web: Optional[WebFront] = None
-        if opts.web:
-            root = opts.web_root if opts.web_root and os.path.isdir(opts.web_root) else None
-            reader = None
-            if root is None and opts.web_root == WEB_ROOT and _bundled_web():
-                reader = read_asset  # running from the zipapp: web/ is inside it
-            elif opts.web_root and root is None:
-                log.warning("web root %s is not a directory: serving no files", opts.web_root)
-            self.web = WebFront(WebConfig(
-                static_root=root, static_reader=reader, routes=self.ops_routes(public=True),
-                ws_path=WS_PATH, handshake_timeout=opts.handshake_timeout,
-                max_message=WS_MAX_MESSAGE, message_codec=WholeFrames(MAX_CLIENT_FRAME),
-                headers=WEB_HEADERS,
-                # Strict WebSocket limits: a game message is one frame or a few
-                # (the browser sends one); pings are the peer's keepalive, rare.
-                max_fragments=WS_MAX_FRAGMENTS, control_burst=WS_CONTROL_BURST,
-                control_rate=WS_CONTROL_RATE,
-                allowed_origins=origin_policy(opts.allowed_origins),
-            ), binary=lambda: frames)
-        self.net = TCPServer(
-            loop,
-            self,
-            ServerConfig(
-                hosts=[opts.host],
-                port=opts.port,
-                backlog=opts.backlog,
-                max_connections=opts.max_clients,
-                max_frame=MAX_CLIENT_FRAME,
-                max_output=opts.max_output,
-                high_water=opts.max_output // 4,
-                low_water=opts.max_output // 16,
-                full_message=error_frame(
-                    ErrorCode.SERVER_FULL, f"server full ({opts.max_clients} players); try later"
-                ),
-                max_per_address=opts.max_per_address or None,
-                max_pending_per_address=opts.max_pending_per_address or None,
-                max_pending=opts.max_pending or None,
-                exempt=opts.exempt,
-                trusted_proxies=opts.trusted_proxies,
-                limit_message=_address_limit_message,
-                sndbuf=opts.sndbuf or None,
-                send_backlog_limit=opts.send_backlog or None,
-                send_backlog_grace=opts.send_backlog_grace,
-                refuse_rate=opts.refuse_rate or None,
-                # A client's messages are a few bytes: 16 KiB a wake-up is
-                # plenty, and bounds what one flooder makes the loop parse.
-                read_budget=16 << 10,
-                reuse_port=opts.reuse_port,
-            ),
-            # Without the web front: plain frames, no HTTP.
-            codec_factory=self.web if self.web is not None else lambda conn: frames,
-        )
-        self.admin: Optional[TCPServer] = None
-        if opts.admin_port is not None:
-            self.admin = self._admin_server()
-        self.pending: Dict[Connection, float] = {}  # connected, no HELLO yet
-        # Players who came over WebSocket: the tick sends them the same bytes
-        # behind one WebSocket header, built once. TCP players are the rest.
-        self.ws_players: Dict[Connection, None] = {}
+        self.options = options
         self.started = time.time()
         self.start_rss_kb = rss_kb()
         self.ticker: Optional[TickScheduler] = None  # set by start()
-        # The TICK number last stepped and when it was due (on the loop's clock,
-        # time.monotonic: CLOCK_MONOTONIC, one clock for every process on the
-        # machine), so a bench can tell players' arrivals from the schedule.
-        self.last_tick_due: Tuple[int, float] = (0, 0.0)
-        self.stats_frame = b""
-        self._stats_tick = -1  # the game tick stats_frame was made at; -1: not yet
-        self.errors_sent: Dict[int, int] = {}
+        self.admin: Optional[TCPServer] = None
         self.shutting_down = False
-        self.churn = ChurnReporter(self.net.stats, log)
-        self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each churn report
+        self.log_limiter: Optional[RateLimitFilter] = None  # flushed with each report
         self._report_timer: Optional[Timer] = None
+        self._answers: Dict[str, Tuple[int, bytes]] = {}  # HTTP answers of this tick (answer())
+        self.front: Optional[Front] = None
+        self.world: Optional[World] = None
 
-    # -- lifecycle ----------------------------------------------------------
+    def parts(self) -> List[Any]:
+        """What the figures are made of: objects with add_metrics, add_snapshot,
+        add_final_stats (the Front, the World, the bus)."""
+        return [part for part in (self.front, self.world) if part is not None]
 
-    def _admin_server(self) -> TCPServer:
+    # -- lifecycle ------------------------------------------------------------------
+
+    def _open_admin(self) -> None:
         """The admin listener: a small HTTP-only server of its own on the same loop.
 
         Its connections don't count against ``max_clients`` and players'
@@ -1931,57 +2809,37 @@ class GameServer(Handler):
         answers (and says so) when the game port is full.
         """
         opts = self.options
+        if opts.admin_port is None:
+            return
         routes: Dict[str, Route] = dict(self.ops_routes(public=False))
         routes["/healthz"] = self.health
         front = WebFront(WebConfig(routes=routes, ws_path=None, health_path=None,
                                    handshake_timeout=opts.handshake_timeout))
         busy = http_response(503, [("Content-Type", "text/plain; charset=utf-8")],
                              b"admin port busy: try again\n", close=True)
-        return TCPServer(self.loop, AdminHandler(), ServerConfig(
+        self.admin = TCPServer(self.loop, AdminHandler(), ServerConfig(
             hosts=[opts.admin_host], port=opts.admin_port or 0, backlog=64,
             max_connections=ADMIN_MAX_CONNECTIONS, full_message=busy,
         ), codec_factory=front)
 
-    def health(self) -> Tuple[str, bytes, int]:
-        """``/healthz`` on the admin port: (content type, body, status)."""
-        return "text/plain; charset=utf-8", self.health_text().encode(), 200
-
-    def health_text(self) -> str:
-        """``/healthz`` on the admin port: alive, and how full (200 either way)."""
-        used, limit = self.net.stats.connections, self.net.config.max_connections
-        state = "full: new players are refused" if used >= limit else "accepting players"
-        if self.shutting_down:
-            state = "shutting down"
-        return f"ok: {state}; {len(self.game.players)} players, {used} of {limit} connections\n"
-
     def start(self) -> List[Tuple[str, int]]:
-        """Listen (the game port, and the admin port if any) and start ticking."""
-        addresses = self.net.listen()
+        """Listen (the game port, if any, and the admin port) and start ticking."""
+        addresses = self.front.net.listen() if self.front is not None else []
         if self.admin is not None:
             self.admin.listen()
         self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
+        if self.world is not None:
+            self.world.ticker = self.ticker
         self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
 
-    def close(self) -> None:
-        """Close every listener and connection, game and admin, at once."""
-        self._closing = True  # players cut off now were still playing: see on_close
-        self.net.close(CloseReason.SHUTDOWN)
-        if self.admin is not None:
-            self.admin.close(CloseReason.SHUTDOWN)
-        self.close_store()
-
-    def close_store(self) -> None:
-        """Write what is staged and let the data directory go (at exit).
-
-        The closed store stays in ``self.store`` for its figures (--stats-out).
-        """
-        if self.store is not None:
-            self.store.close()
+    def on_tick(self, tick: Tick) -> None:
+        raise NotImplementedError
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
-        self.churn.report()
+        if self.front is not None:
+            self.front.churn.report()
         if self.log_limiter is not None:
             self.log_limiter.flush(log)
         if not self.shutting_down:
@@ -1994,525 +2852,53 @@ class GameServer(Handler):
         self.shutting_down = True
         if self._report_timer is not None:
             self._report_timer.cancel()
-        self.net.stop_accepting()
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
-        text = "server shutting down"
-        # TCP: the frame; WebSocket: in a message, then a close (1001);
-        # HTTP: nothing, just finish the response under way. The loop stops
-        # when everyone has it, or after the grace period.
-        self.net.shutdown(self.options.shutdown_grace, error_frame(ErrorCode.SHUTDOWN, text),
-                          ws.CloseCode.GOING_AWAY, text, on_done=self._drained)
+        if self.world is not None:
+            self.world.stopping = True  # players cut off now were still playing
+        if self.front is not None:
+            self.front.goodbye(self.options.shutdown_grace, self._drained)
+        else:
+            self._drained()
 
     def _drained(self) -> None:
         """The game port is empty (or the grace period is over): stop."""
-        self.close()
-        self.loop.stop()
+        if self.loop.running:
+            self.close()
+            self.loop.stop()
 
-    # -- netcore callbacks --------------------------------------------------
+    def close(self) -> None:
+        """Close every listener and connection, and the store, at once."""
+        if self.world is not None:
+            self.world.stopping = True
+        if self.front is not None:
+            self.front.net.close(CloseReason.SHUTDOWN)
+        if self.admin is not None:
+            self.admin.close(CloseReason.SHUTDOWN)
+        self.close_store()
 
-    def on_connect(self, conn: Connection) -> None:
-        self.pending[conn] = self.loop.time()
-
-    def on_protocol(self, conn: Connection, protocol: str) -> None:
-        if protocol == HTTP:
-            # Not a player (yet): the web front's deadline governs it now.
-            self.pending.pop(conn, None)
-        elif protocol == WEBSOCKET:
-            self.pending[conn] = self.loop.time()  # HELLO due within the timeout from now
-
-    def on_message(self, conn: Connection, payload: bytes) -> None:
-        player = conn.data
-        kind = payload[0]
-        if player is not None:
-            # In the game MOVE is the only message: anything else closes at
-            # once, so counting MOVEs per tick is the whole flood check.
-            if kind == MOVE and len(payload) == _MOVE_SIZE:
-                _, seq, x, y = _MOVE_UNPACK(payload)
-                self.game.move(player, seq, x, y)
-                if player.moves > FLOOD_MESSAGES:
-                    self.reject(conn, ErrorCode.FLOOD,
-                                f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
-                return
-            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "in game"))
-            return
-        if conn in self.joining or conn in self.waiting:
-            self.reject(conn, ErrorCode.BAD_MESSAGE,
-                        describe_unexpected(payload, "before WELCOME"))
-            return
-        if kind != HELLO or len(payload) < 3:
-            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "before HELLO"))
-            return
-        version = (payload[1] << 8) | payload[2]
-        if version not in PROTOCOL_VERSIONS:
-            self.reject(conn, ErrorCode.VERSION,
-                        f"server speaks protocols 1 and 2, client sent {version}", "bad-version")
-            return
-        # A HELLO: no longer pending, here (the HELLO timeout) and in netcore's
-        # per-address count, exactly once whichever join follows (new, resumed,
-        # or waiting for the store). A bad HELLO below closes the connection.
-        self._settle(conn)
-        if version == PROTOCOL_VERSION:
-            if len(payload) != HELLO_STRUCT.size:
-                self.reject(conn, ErrorCode.BAD_MESSAGE,
-                            describe_unexpected(payload, "before HELLO"))
-                return
-            _, version, shape, colour = HELLO_STRUCT.unpack(payload)
-            self.join(conn, shape, colour)
-            return
-        try:
-            hello = _decode_hello2(payload)
-        except BadMessage as exc:
-            self.reject(conn, ErrorCode.BAD_MESSAGE, str(exc))
-            return
-        try:
-            name = check_name(hello.name)
-        except ValueError as exc:
-            self.reject(conn, ErrorCode.BAD_NAME, str(exc), "bad-name")
-            return
-        self.join_v2(conn, hello, name)
-
-    def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
-        self.reject(conn, ErrorCode.BAD_FRAME, str(exc), exc.reason, ws.close_code_for(exc))
-
-    def on_close(self, conn: Connection, reason: str) -> None:
-        self.pending.pop(conn, None)
-        self.ws_players.pop(conn, None)
-        self.v2_conns.pop(conn, None)
-        self.waiting.pop(conn, None)
-        newcomer = self.joining.pop(conn, None)
-        if newcomer is not None and self.store is not None:
-            self.store.stage_delete(newcomer[1].id)  # it never heard its token: nobody's row
-        player = conn.data
-        if player is not None:
-            self.game.leave(player)
-            conn.data = None
-            player.conn = None
-            if player.resume_hash:  # v2: the seat is kept for the grace period
-                self._park(player)
-                if self.store is not None:
-                    # Cut off by the server stopping: still "online", so after the
-                    # restart they get a whole grace period (Store._load).
-                    stopping = self.shutting_down or self._closing
-                    self.store.stage_player(self._row(player, online=1 if stopping else 0))
-
-    # -- game plumbing ------------------------------------------------------
-
-    def _settle(self, conn: Connection) -> None:
-        """``conn`` said HELLO: off the pending table and the per-address pending count."""
-        self.pending.pop(conn, None)
-        self.net.settle(conn)
-
-    def join(self, conn: Connection, shape: int, colour: int) -> None:
-        """A version-1 player: new every time, nothing to resume."""
-        player = self._new_player(conn, lambda: self.game.join(shape, colour))
-        if player is None:
-            return
-        self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
-                                            tick_ms=self.options.tick_ms))
-
-    def _park(self, player: Player) -> None:
-        """Keep a dropped v2 player's seat for the grace period, within the cap.
-
-        At most as many seats are parked as the server has room for players
-        (``--max-clients``), or as it has had players at once, if more (an
-        authority's world spans gateways: a gateway that dies parks all its
-        players). Past that, the oldest seat with nothing scored goes first
-        (there is nothing in it to lose but the place), else the oldest:
-        without a cap, a client that joins and drops 5,000 times a second
-        would have the server keep a million seats for 300 s.
-        """
-        hashed = player.resume_hash
-        self.parked[hashed] = self.loop.time() + self.options.grace
-        self.parked.move_to_end(hashed)
-        if not player.score:
-            self.parked_unscored[hashed] = None
-        cap = max(self.net.config.max_connections, self.players_peak)
-        while len(self.parked) > cap:
-            if self.parked_unscored:
-                gone, _ = self.parked_unscored.popitem(last=False)
-                del self.parked[gone]
-            else:
-                gone, _ = self.parked.popitem(last=False)
-            self.by_token.pop(gone, None)
-            self.seats_evicted += 1
-
-    def join_v2(self, conn: Connection, hello: Hello, name: str) -> None:
-        """A version-2 player: resumed by its token if it can be, else new.
-
-        A token not in memory may be a player of an earlier run (or one whose
-        seat was let go) within its grace period: the store is asked, and the
-        join goes on when it answers (``_store_answers``, at the next tick).
-        """
-        if hello.token:
-            hashed = token_hash(hello.token)
-            player = self.by_token.get(hashed)
-            if player is not None:
-                self._resume(conn, player, hello.token, name)
-                return
-            if self.store is not None:
-                asking = self.asking.get(hashed)
-                if asking is None:
-                    asking = self.asking[hashed] = []
-                    self.store.lookup(hashed)
-                asking.append((conn, hello, name))
-                self.waiting[conn] = hashed
-                return
-            self._new_v2(conn, hello, name, TOKEN_UNKNOWN)
-            return
-        self._new_v2(conn, hello, name, NEW_PLAYER)
-
-    def _new_v2(self, conn: Connection, hello: Hello, name: str, status: int) -> None:
-        """A new identity: its token, its row (written before its WELCOME goes)."""
-        player = self._new_player(conn, lambda: self.game.new_player(hello.shape, hello.colour))
-        if player is None:
-            return
-        token = new_resume_token()
-        player.name = name
-        player.resume_hash = token_hash(token)
-        if self.store is None:
-            self._enter(conn, player, token, status)
-        else:  # WELCOME once the row is on disk: the token then works after a crash
-            seq = self.store.stage_player(self._row(player, online=0))
-            self.joining[conn] = (seq, player, token, status)
-
-    def _new_player(self, conn: Connection, make: Callable[[], Player]) -> Optional[Player]:
-        """``make()``: a player with a new id; or None (``conn`` rejected): over the rate
-        of new players from its address, or no id left in the protocol's range."""
-        rates = self.new_players
-        if rates is not None and isinstance(conn, Connection):
-            address = self.net.client_address(conn)
-            if not rates.take(address, self.loop.time()):
-                self.net.stats.limit(NEW_PLAYERS_LIMIT)
-                self.reject(conn, ErrorCode.SERVER_FULL,
-                            f"too many new players from {address} ({NEW_PLAYERS_LIMIT}); try "
-                            "later, or come back as yourself with your token", NEW_PLAYERS_LIMIT)
-                return None
-        try:
-            return make()
-        except IdsExhausted as exc:
-            self.net.stats.limit("player-ids")
-            if not self.ids_exhausted_logged:
-                self.ids_exhausted_logged = True
-                log.error("%s: new players are refused; returning players still come back", exc)
-            self.reject(conn, ErrorCode.SERVER_FULL,
-                        "this server has no player ids left for new players; returning "
-                        "players (with a token) still come back", "player-ids")
-            return None
-
-    def _store_answers(self, store: Store) -> None:
-        """Joins that waited for the store: resume the player it found, else a new one."""
-        for hashed, row in store.answers():
-            for conn, hello, name in self.asking.pop(hashed, ()):
-                if self.waiting.pop(conn, None) is None:
-                    continue  # it left meanwhile
-                player = self.by_token.get(hashed)  # another connection brought it back first
-                if player is None and row is not None:
-                    player = self._from_row(row)
-                if player is not None:
-                    self._resume(conn, player, hello.token, name)
-                else:
-                    self._new_v2(conn, hello, name, TOKEN_UNKNOWN)
-
-    def _from_row(self, row: PlayerRow) -> Player:
-        """A player of an earlier run (or let go from memory), from its row."""
-        pid, hashed, letters, score, shape, colour, name, _, _ = row
-        player = self.game.new_player(shape, colour, pid=pid, letters=letters)
-        player.score = score
-        player.name = name or ""
-        player.resume_hash = bytes(hashed)
-        return player
-
-    def _resume(self, conn: Connection, player: Player, token: bytes, name: str) -> None:
-        old = player.conn
-        if old is not None:  # the newer connection wins; the older is told why
-            self.takeovers += 1
-            self._detach(old)
-            player.conn = None
-            self.reject(old, ErrorCode.TAKEN_OVER,
-                        "this player was resumed by a newer connection (playing elsewhere)",
-                        "taken-over")
-        else:
-            self.parked.pop(player.resume_hash, None)
-            self.parked_unscored.pop(player.resume_hash, None)
-            self.game.add(player)
-        self.resumes += 1
-        if name and name != player.name:
-            player.name = name
-            self._rename_in_fame(player)
-        self.by_token[player.resume_hash] = player
-        self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
-                                            PROTOCOL_V2, self.options.tick_ms, resumed=RESUMED,
-                                            token=token))
-        if self.store is not None:  # online: after a crash it gets a whole grace period
-            self.store.stage_player(self._row(player, online=1))
-
-    def _enter(self, conn: Connection, player: Player, token: bytes, status: int) -> None:
-        """A new v2 player goes on the board and hears its token."""
-        self.game.add(player)
-        self.by_token[player.resume_hash] = player
-        self._welcome(conn, player, Welcome(player.id, player.shape, player.colour,
-                                            PROTOCOL_V2, self.options.tick_ms, resumed=status,
-                                            token=token))
-        if self.store is not None:  # its row was written not online: it is now
-            self.store.stage_player(self._row(player, online=1))
-
-    def _detach(self, conn: Connection) -> None:
-        conn.data = None
-        self.ws_players.pop(conn, None)
-        self.v2_conns.pop(conn, None)
-
-    def _welcome(self, conn: Connection, player: Player, welcome: Welcome) -> None:
-        """WELCOME, YOU and STATS (v2: and FAME) in one send."""
-        player.conn = conn
-        conn.data = player
-        if isinstance(conn.codec, WebSocketCodec):
-            self.ws_players[conn] = None
-        extra, frames = b"", 3
-        if welcome.version >= PROTOCOL_V2:
-            self.v2_conns[conn] = None
-            extra, frames = self.fame_frame, 4
-        if self._stats_tick != self.game.tick:  # at most one refresh per tick in a join storm
-            self._update_stats_frame()
-        conn.write(conn.codec.wrap(frame(welcome) + you_frame(player) + self.stats_frame + extra),
-                   frames=frames)
-
-    def reject(self, conn: Connection, code: int, text: str, reason: str = "protocol-error",
-               ws_code: int = 0) -> None:
-        """Tell the client what it did wrong, then close it. Others play on.
-
-        Over WebSocket the ERROR frame goes in a message, followed by a
-        close frame with ``ws_code`` (by default the error's usual code).
-        """
-        log.debug("fd=%d %s: %s: %s", conn.fd, conn.peername(), reason, text)
-        self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
-        if code in (ErrorCode.FLOOD, ErrorCode.HELLO_TIMEOUT):
-            self.net.stats.limit(reason)  # "flood", "hello-timeout": by name in /metrics
-        last_words = conn.codec.closing(error_frame(code, text),
-                                        ws_code or WS_CLOSE_CODES[code], text)
-        if last_words and conn.write(last_words):
-            conn.close_after_flush(reason, text)
-        else:
-            conn.close(reason, text)
-
-    def on_tick(self, tick: Tick) -> None:
-        game = self.game
-        if tick.skipped:  # the loop stalled for 8+ periods: the numbers jump
-            log.warning("the tick fell %.1f s behind: skipped %d ticks (TICK numbers jump by "
-                        "as many)", tick.skipped * self.options.tick_ms / 1000 + tick.lateness,
-                        tick.skipped)
-            game.skip(tick.skipped)
-        store = self.store
-        if store is not None:
-            self._store_before_step(store)
-        result, data, nframes = step_and_encode(game, self._fresh_stats_frame)
-        self.last_tick_due = (game.tick, tick.deadline)  # /stats.json: the schedule, for benches
-        news = self._after_step(result)
-        # Lists, not views of game.players: a failed send closes its
-        # connection, and the player leaves, during the broadcast. No None in
-        # them: a player is in the game exactly while it has its connection
-        # (join() sets it, on_close() takes the player out before clearing it).
-        everyone = cast("List[Connection]", [p.conn for p in game.players.values()])
-        yous = [(p.conn, you_frame(p)) for p in result.dirty if p.conn is not None]
-        self._send_tick(data, nframes, news, yous, everyone)
-        if len(game.players) > self.players_peak:
-            self.players_peak = len(game.players)
-        if game.tick % 4 == 0:
-            if self.pending:
-                self._expire_pending()
-            if self.parked:
-                self._expire_parked()
-            if self.new_players is not None:
-                self.new_players.forget_full(self.loop.time())
-        if store is not None:
-            store.flush()
-
-    def _send_tick(self, data: bytes, nframes: int, news: bytes,
-                   yous: List[Tuple[Connection, bytes]], everyone: List[Connection]) -> None:
-        """One tick to everyone: the shared frames, and each changed YOU with them."""
-        v2 = self.v2_conns if news else None
-        # A player whose YOU changed gets the shared frames and its YOU in
-        # one send (one WebSocket message), in its usual place in the order.
-        if v2 is None and not self.ws_players:
-            # The common case (no FAME, no WebSocket player): the frames go
-            # as they are, so no per-player wrap (every player's, all moving).
-            private = {conn: data + you for conn, you in yous}
-        else:
-            private = {}
-            for conn, you in yous:
-                shared = data + news if v2 is not None and conn in v2 else data
-                private[conn] = conn.codec.wrap(shared + you)
-        if v2:  # version-2 players also get this tick's FAME; version 1 never does
-            self._broadcast(data, nframes, [c for c in everyone if c not in v2], private)
-            self._broadcast(data + news, nframes + 1, [c for c in everyone if c in v2], private)
-        else:
-            self._broadcast(data, nframes, everyone, private)
-
-    def _broadcast(self, data: bytes, nframes: int, conns: List[Connection],
-                   private: Dict[Connection, bytes]) -> None:
-        ws_players = self.ws_players
-        if ws_players:
-            tcp: List[Connection] = []
-            web: List[Connection] = []
-            for conn in conns:
-                (web if conn in ws_players else tcp).append(conn)
-            # The same bytes for everyone; WebSocket players get them behind
-            # one header, built once and shared like the data itself.
-            self.net.broadcast(ws.frame_header(len(data)) + data, web,
-                               nframes, private, nframes + 1)
-        else:
-            tcp = conns
-        self.net.broadcast(data, tcp, nframes, private, nframes + 1)
-
-    # -- the store's side of a tick -----------------------------------------------
-
-    def _store_before_step(self, store: Store) -> None:
-        """What reached the disk since the last tick may now be announced."""
-        self._store_answers(store)
-        durable = store.durable
-        if self._planned is not None and durable >= self._plan_seq:
-            self.game.release_score()
-        joining = self.joining
-        while joining:  # in order of their batches: stop at the first not on disk yet
-            conn, (seq, player, token, status) = next(iter(joining.items()))
-            if seq > durable:
-                break
-            del joining[conn]
-            self._enter(conn, player, token, status)
-        now = time.time()
-        if now >= self._prune_at:
-            store.stage_prune(now - self.options.prune_days * 86400)
-            self._prune_at = now + 3600
-
-    def _after_step(self, result: StepResult) -> bytes:
-        """Stage a newly planned scoring step; publish the hall of fame when it lands.
-
-        Returns the FAME frame when the hall of fame changed this tick (sent
-        to version-2 players only), else b"".
-        """
-        game = self.game
-        store = self.store
-        plan = game.pending_score
-        if store is not None and plan is not None and plan is not self._planned:
-            self._planned = plan
-            self._plan_values = {p.id: (letters, score) for p, letters, score in plan.scorers}
-            for p, _, _ in plan.scorers:
-                if p.resume_hash:
-                    store.stage_player(self._row(p, online=1 if p.conn is not None else 0))
-            self._plan_fame = self._fame_after(plan)
-            if self._plan_fame is not None:
-                store.stage_fame(self._plan_fame)
-            self._plan_seq = store.seq
-        news = self._fame_news
-        self._fame_news = b""
-        if result.scored is not None:
-            if store is not None:
-                fame, self._planned, self._plan_fame = self._plan_fame, None, None
-                self._plan_values = {}
-            else:
-                fame = self._fame_after(game.last_plan) if game.last_plan is not None else None
-            if fame is not None:
-                news = self._set_fame(fame)
-        return news
-
-    def _row(self, p: Player, online: int) -> PlayerRow:
-        """The player's row as it must be on disk (a staged score counts already)."""
-        letters, score = self._plan_values.get(p.id, (p.letters, p.score))
-        return (p.id, p.resume_hash, letters, score, p.shape, p.colour, p.name or None,
-                time.time(), online)
-
-    def _fame_after(self, plan: ScorePlan) -> Optional[List[FameEntry]]:
-        """The hall of fame once ``plan``'s scores count, or None if it is unchanged."""
-        fame = self.fame
-        low = fame[-1][1] if len(fame) >= FAME_SIZE else 0
-        best = {pid: (pid, score, name) for pid, score, name in fame}
-        for p, _, score in plan.scorers:
-            if score > low or p.id in best:
-                best[p.id] = (p.id, score, p.name)
-        top = sorted(best.values(), key=lambda e: (-e[1], e[0]))[:FAME_SIZE]
-        return top if top != fame else None
-
-    def _set_fame(self, fame: List[FameEntry]) -> bytes:
-        self.fame = fame
-        self.fame_frame = frame(Fame(tuple(fame)))
-        return self.fame_frame
-
-    def _rename_in_fame(self, player: Player) -> None:
-        fame = [(pid, score, player.name if pid == player.id else name)
-                for pid, score, name in self.fame]
-        if fame != self.fame:
-            self._fame_news = self._set_fame(fame)
-            if self.store is not None:
-                self.store.stage_fame(fame)
-
-    def leaderboard(self) -> Dict[str, Any]:
-        """The hall of fame, as ``GET /leaderboard.json`` serves it."""
-        return {"top": [{"rank": rank, "id": pid, "name": name or None, "score": score}
-                        for rank, (pid, score, name) in enumerate(self.fame, 1)]}
+    def close_store(self) -> None:
+        if self.world is not None:
+            self.world.close()
 
     def compact(self) -> bool:
-        """Rebuild the per-connection tables that churn has grown (once a minute).
-
-        netcore's table of connections, the game's players, and with them
-        the tables keyed by the same players or connections (version-2
-        connections, tokens): each would otherwise keep the size it grew to
-        at its busiest churn, 1-2 MB in all at 15,000 players. True if the
-        table of connections was rebuilt (a subclass's own tables follow it).
-        """
-        rebuilt = self.net.compact()
-        if self.game.compact():
-            self.v2_conns = dict(self.v2_conns)
-            self.by_token = dict(self.by_token)
+        """Rebuild the tables churn has grown (once a minute, before the heap trim)."""
+        rebuilt = self.front.compact() if self.front is not None else False
+        if self.world is not None:
+            self.world.compact()
         return rebuilt
 
-    def _expire_parked(self) -> None:
-        """Dropped players whose grace period is over are forgotten (the disk keeps them)."""
-        now = self.loop.time()
-        parked = self.parked
-        while parked:
-            hashed, until = next(iter(parked.items()))
-            if until > now:
-                break
-            del parked[hashed]
-            self.parked_unscored.pop(hashed, None)
-            player = self.by_token.pop(hashed, None)
-            if player is not None and player.conn is None:
-                self.grace_expired += 1
+    # -- the operator's figures ------------------------------------------------------
 
-    def _expire_pending(self) -> None:
-        limit = self.loop.time() - self.options.hello_timeout
-        for conn, since in list(self.pending.items()):
-            # Input waiting unread: the client spoke, we were too busy to listen.
-            if since < limit and not unread_bytes(conn.sock):
-                self.reject(conn, ErrorCode.HELLO_TIMEOUT,
-                            f"no HELLO within {self.options.hello_timeout:g} s", "hello-timeout")
+    def health(self) -> Tuple[str, bytes, int]:
+        """``/healthz`` on the admin port: (content type, body, status)."""
+        return "text/plain; charset=utf-8", self.health_text().encode(), 200
 
-    def final_stats(self) -> Dict[str, Any]:
-        """Figures for benchmarks and the exit summary."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {
-            "ticks": self.ticker.snapshot() if self.ticker is not None else {},
-            "net": self.net.stats.snapshot(),
-            "game": {"tick": self.game.tick, "players": len(self.game.players),
-                     "letters_scored": self.game.letters_scored,
-                     "moves_accepted": self.game.moves_accepted,
-                     "moves_limited": self.game.moves_limited},
-            "errors_sent": {str(int(k)): v for k, v in self.errors_sent.items()},
-            "resumes": self.resumes,
-            "takeovers": self.takeovers,
-            "store": self._store_stats(),
-            "ws_players": len(self.ws_players),
-            "web": self.web.stats.snapshot() if self.web is not None else {},
-            # Polls and the ready sockets they returned (coalescing: events per poll).
-            "loop": {"polls": self.loop.iterations, "events": self.loop.events,
-                     "coalesce_s": self.loop.coalesce},
-            "rss_bytes": rss_bytes(),
-            "start_rss_bytes": self.start_rss_kb * 1024,
-            "cpu_user_s": usage.ru_utime,
-            "cpu_system_s": usage.ru_stime,
-        }
+    def health_text(self) -> str:
+        raise NotImplementedError
 
-    # -- watching it: /metrics, /stats.json ---------------------------------
+    def players_here(self) -> int:
+        return len(self.world.game.players) if self.world is not None else 0
 
     def metrics_text(self) -> str:
         """The Prometheus text exposition served at ``GET /metrics``.
@@ -2523,59 +2909,17 @@ class GameServer(Handler):
         exp = Exposition()
         exp.family("spelltraction_build_info", "gauge", "The running server's version.",
                    [({"version": __version__, "protocol": str(PROTOCOL_VERSION)}, 1)])
-        add_net_stats(exp, self.net.stats, "spelltraction", self.net.config.max_connections)
+        parts = self.parts()
+        if self.front is not None:
+            self.front.add_metrics(exp)
         if self.ticker is not None:
             add_tick_stats(exp, self.ticker, "spelltraction")
         add_loop_stats(exp, self.loop, "spelltraction")
-        game = self.game
-        exp.gauge("spelltraction_players", "Players in the game (connections past HELLO).",
-                  len(game.players))
-        exp.gauge("spelltraction_pending_hellos", "Connections that have not sent HELLO yet.",
-                  len(self.pending))
-        exp.counter("spelltraction_letters_scored_total",
-                    "Letters scored (the attractor held a cell long enough).",
-                    game.letters_scored)
-        exp.counter("spelltraction_moves_accepted_total", "MOVE messages applied.",
-                    game.moves_accepted)
-        exp.counter("spelltraction_moves_rate_limited_total",
-                    "MOVE messages dropped by the per-player move bucket.", game.moves_limited)
-        exp.labelled("spelltraction_errors_sent_total", "counter",
-                     "ERROR messages sent to clients, by code.", "code",
-                     {ErrorCode.name_of(code): n for code, n in self.errors_sent.items()})
-        exp.counter("spelltraction_resumes_total",
-                    "v2 players who came back as themselves with their token.", self.resumes)
-        exp.counter("spelltraction_takeovers_total",
-                    "Resumes that took a player over from an older connection.", self.takeovers)
-        exp.gauge("spelltraction_players_in_grace",
-                  "Dropped v2 players whose seat is kept (the grace period).", len(self.parked))
-        exp.counter("spelltraction_seats_evicted_total",
-                    "Parked seats let go before their grace period ended: more were parked "
-                    "than --max-clients (unscored ones first).", self.seats_evicted)
-        store = self.store
-        if store is not None:
-            times = store.commit_times
-            exp.gauge("spelltraction_store_commit_p50_seconds",
-                      "Store commit time, median of the last 1024 commits.", times.percentile(50))
-            exp.gauge("spelltraction_store_commit_p99_seconds",
-                      "Store commit time, p99 of the last 1024 commits.", times.percentile(99))
-            exp.counter("spelltraction_store_commits_total", "Store batches committed.",
-                        store.commits)
-            exp.counter("spelltraction_store_commit_failures_total",
-                        "Store commits that failed (full disk, read-only file...) and are "
-                        "retried.", store.commit_failures)
-            exp.counter("spelltraction_store_rows_written_total", "Player rows written.",
-                        store.rows_written)
-            exp.gauge("spelltraction_store_backlog_batches",
-                      "Batches of changes not on disk yet (scoring waits for them).",
-                      store.backlog)
-            exp.counter("spelltraction_store_pruned_total",
-                        "Rows of long-unseen players deleted.", store.pruned)
-        self.role_metrics(exp)
+        for part in parts:
+            if part is not self.front:
+                part.add_metrics(exp)
         add_process_stats(exp)
         return exp.text()
-
-    def role_metrics(self, exp: Exposition) -> None:
-        """A cluster role's own figures (the authority's, a gateway's); serve has none."""
 
     def stats_snapshot(self) -> Dict[str, Any]:
         """Figures for the live page (``GET /stats.json``), polled every second.
@@ -2583,65 +2927,18 @@ class GameServer(Handler):
         Totals, not rates: the page divides differences by the time between
         snapshots, so a missed poll costs no accuracy.
         """
-        net = self.net.stats
         proc = process_stats(count_fds=False)  # polled every second: skip the fd listdir
-        tick = self.ticker.snapshot() if self.ticker is not None else {}
-        return {
-            "version": __version__,
-            "time_s": time.time(),
-            "uptime_s": time.time() - self.started,
-            "connections": net.connections,
-            "max_clients": self.net.config.max_connections,
-            "players": len(self.game.players),
-            "accepted": net.accepted,
-            "closed": net.closed,
-            "closed_by_reason": dict(net.closed_by_reason),
-            "bytes_in": net.bytes_in,
-            "bytes_out": net.bytes_out,
-            "frames_in": net.frames_in,
-            "frames_out": net.frames_out,
-            "queued_out_bytes": net.queued_out_bytes,
-            "slow_consumers": net.slow_consumers,
-            "letters_scored": self.game.letters_scored,
-            "game_tick": self.game.tick,
-            "resumes": self.resumes,
-            "seats_parked": len(self.parked),
-            "seats_evicted": self.seats_evicted,
-            "store": self._store_stats(),
+        snap: Dict[str, Any] = {"version": __version__, "time_s": time.time(),
+                                "uptime_s": time.time() - self.started}
+        for part in self.parts():
+            getattr(part, "add_snapshot", lambda snap: None)(snap)
+        snap.update({
             "rss_bytes": proc.rss_bytes,
             "python_blocks": sys.getallocatedblocks(),  # live objects: a leak shows here
             "cpu_s": proc.cpu_seconds,
-            "tick": tick,
-            "last_tick": {"number": self.last_tick_due[0], "due_monotonic_s": self.last_tick_due[1]},
-        }
-
-    def _store_stats(self) -> Optional[Dict[str, Any]]:
-        store = self.store
-        if store is None:
-            return None
-        return {"path": store.path, "commits": store.commits,
-                "commit_failures": store.commit_failures, "backlog": store.backlog,
-                "commit_p50_s": store.commit_times.percentile(50),
-                "commit_p99_s": store.commit_times.percentile(99),
-                "rows_written": store.rows_written, "last_error": store.last_error}
-
-    def status(self) -> str:
-        """One line for the log (SIGUSR1): who is here, how the tick keeps up, memory."""
-        net = self.net.stats
-        proc = process_stats()
-        text = (f"{len(self.game.players)} players, {net.connections} connections of "
-                f"{self.net.config.max_connections}, {len(self.pending)} before HELLO, "
-                f"{len(self.ws_players)} over WebSocket; {net.accepted} accepted, "
-                f"{net.closed} closed since start")
-        if self.ticker is not None:
-            t = self.ticker
-            text += (f"; tick {self.game.tick}: {t.fired} fired, {t.late} late, {t.skipped} "
-                     f"skipped, lateness p99 {t.recent_lateness.percentile(99) * 1000:.1f} ms")
-        text += (f"; RSS {proc.rss_bytes / 1e6:.1f} MB, {proc.open_fds} fds, "
-                 f"queued out {net.queued_out_bytes} B, {net.slow_consumers} slow consumers cut")
-        if self.shutting_down:
-            text += "; shutting down"
-        return text
+            "tick": self.ticker.snapshot() if self.ticker is not None else {},
+        })
+        return snap
 
     def stats_json(self, public: bool = False) -> bytes:
         """``/stats.json``; ``public``: without what names the host's files or errors."""
@@ -2653,6 +2950,40 @@ class GameServer(Handler):
             snap.get("cluster", {}).pop("redis", None)
         return json.dumps(snap, separators=(",", ":")).encode()
 
+    def final_stats(self) -> Dict[str, Any]:
+        """Figures for benchmarks and the exit summary (--stats-out)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        stats: Dict[str, Any] = {
+            "ticks": self.ticker.snapshot() if self.ticker is not None else {},
+            # Polls and the ready sockets they returned (coalescing: events per poll).
+            "loop": {"polls": self.loop.iterations, "events": self.loop.events,
+                     "coalesce_s": self.loop.coalesce},
+        }
+        for part in self.parts():
+            getattr(part, "add_final_stats", lambda stats: None)(stats)
+        stats.update({"rss_bytes": rss_bytes(), "start_rss_bytes": self.start_rss_kb * 1024,
+                      "cpu_user_s": usage.ru_utime, "cpu_system_s": usage.ru_stime})
+        return stats
+
+    def status(self) -> str:
+        """One line for the log (SIGUSR1): who is here, how the tick keeps up, memory."""
+        net = self.front.net.stats if self.front is not None else None
+        proc = process_stats()
+        text = (self.front.status(self.players_here()) if self.front is not None
+                else f"{self.players_here()} players")
+        if self.ticker is not None:
+            t = self.ticker
+            number = self.world.game.tick if self.world is not None else t.fired
+            text += (f"; tick {number}: {t.fired} fired, {t.late} late, {t.skipped} "
+                     f"skipped, lateness p99 {t.recent_lateness.percentile(99) * 1000:.1f} ms")
+        text += f"; RSS {proc.rss_bytes / 1e6:.1f} MB, {proc.open_fds} fds"
+        if net is not None:
+            text += (f", queued out {net.queued_out_bytes} B, {net.slow_consumers} slow "
+                     "consumers cut")
+        if self.shutting_down:
+            text += "; shutting down"
+        return text
+
     def ops_routes(self, public: bool) -> Dict[str, Callable[[], Tuple[str, bytes]]]:
         """``path -> () -> (content type, body)``: the admin port's (``public`` False),
         or the game port's (True: the hall of fame, and the figures only with
@@ -2663,10 +2994,11 @@ class GameServer(Handler):
         players (it lists /proc/self/fd), and a hundred pipelined ones must
         not cost a hundred times that. Nothing is made when nobody asks.
         """
-        routes: Dict[str, Callable[[], Tuple[str, bytes]]] = {
-            "/leaderboard.json": lambda: ("application/json", self.answer(
-                "leaderboard", lambda: json.dumps(self.leaderboard()).encode())),
-        }
+        routes: Dict[str, Callable[[], Tuple[str, bytes]]] = {}
+        world = self.world
+        if world is not None:
+            routes["/leaderboard.json"] = lambda: ("application/json", self.answer(
+                "leaderboard", lambda: json.dumps(world.leaderboard()).encode()))
         if public and not self.options.public_stats:
             return routes
         key = "public" if public else "admin"
@@ -2690,81 +3022,36 @@ class GameServer(Handler):
         self._answers[key] = (now, body)
         return body
 
-    def _fresh_stats_frame(self) -> bytes:
-        self._update_stats_frame()
-        return self.stats_frame
 
-    def _update_stats_frame(self) -> None:
-        self._stats_tick = self.game.tick
-        p99 = 0.0
-        if self.ticker is not None:
-            p99 = self.ticker.recent_lateness.percentile(99)
-        self.stats_frame = frame(Stats(
-            connections=self.net.stats.connections,
-            players=len(self.game.players),
-            uptime_s=int(time.time() - self.started),
-            rss_kb=rss_kb(),
-            start_rss_kb=self.start_rss_kb,
-            tick_p99_us=min(int(p99 * 1e6), 0xFFFFFFFF),
-        ))
+class GameServer(Role):
+    """``spelltraction.py serve``: a :class:`Front` and a :class:`World`, wired directly.
 
-
-# -----------------------------------------------------------------------------
-# Server: tick encoding, shared by every server of this game (bench/peers too).
-# -----------------------------------------------------------------------------
-
-
-def step_and_encode(game: Game, stats_frame: Callable[[], bytes]) -> Tuple[StepResult, bytes, int]:
-    """Advance the game one tick and build that tick's shared frames, once.
-
-    Returns the step's result, the bytes every player gets (TICK, then
-    SCORED if a letter scored, then STATS every STATS_EVERY ticks, made by
-    ``stats_frame``) and how many frames they hold. Any server of this game
-    (netcore's, or the asyncio peer in bench/) sends exactly these bytes.
+    The Front holds the players' connections and the World the game; each
+    tick the World steps and hands its frames to the Front (the seam:
+    :class:`WorldSide`, :class:`FrontSide`). This is a whole game server in
+    one process; the cluster roles put Redis between the two halves.
     """
-    result = game.step()
-    shared = [_encode_tick(game, result)]
-    if result.scored is not None:
-        shared.append(frame(result.scored))
-    if game.tick % STATS_EVERY == 0:
-        shared.append(stats_frame())
-    return result, b"".join(shared), len(shared)
 
+    def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None) -> None:
+        super().__init__(loop, options if options is not None else ServerOptions())
+        self.world = world = World(loop, self.options)  # raises StoreError, naming the file
+        self.front = front = Front(loop, self.options, world, self.ops_routes(public=True))
+        world.front = front
+        world.connections = lambda: front.net.stats.connections
+        self._open_admin()
 
-def _encode_tick(game: Game, result: StepResult) -> bytes:
-    parts = [
-        b"",  # frame header, filled in below
-        _TICK_HEAD.pack(TICK, result.tick & 0xFFFFFFFF, game.attractor, game.held,
-                        "".join(game.board).encode("ascii"), len(game.players), *game.counts,
-                        len(result.movers)),
-    ]
-    pack_mover = _MOVER.pack
-    for p in result.movers:
-        c = p.colour
-        parts.append(pack_mover(p.id, p.x, p.y, p.shape, c >> 16, (c >> 8) & 0xFF, c & 0xFF))
-    parts.append(_U8.pack(len(result.gone)))
-    parts.extend(_U32.pack(g) for g in result.gone)
-    size = sum(len(part) for part in parts)
-    parts[0] = size.to_bytes(2, "big")
-    return b"".join(parts)
+    def on_tick(self, tick: Tick) -> None:
+        world = self.world
+        assert world is not None and self.front is not None
+        world.on_tick(tick)
+        self.front.after_tick(world.game.tick)
 
-
-def you_frame(p: Player) -> bytes:
-    return YOU_FRAMED.pack(_YOU_FRAME_LEN, YOU, p.seq, p.x, p.y, p.score,
-                            p.letters.encode("ascii"))
-
-
-def describe_unexpected(payload: bytes, when: str) -> str:
-    kind = payload[0]
-    names = {HELLO: "HELLO", MOVE: "MOVE"}
-    if kind == HELLO and len(payload) >= 3 and payload[1:3] != b"\x00\x01":
-        return f"unexpected HELLO {when}"  # v2 HELLOs vary in length
-    if kind in names:
-        expected = {HELLO: HELLO_STRUCT.size, MOVE: MOVE_STRUCT.size}[kind]
-        if len(payload) != expected:
-            return f"{names[kind]} must be {expected} bytes, got {len(payload)}"
-        return f"unexpected {names[kind]} {when}"
-    return f"unknown message type 0x{kind:02x} ({len(payload)} bytes) {when}"
+    def health_text(self) -> str:
+        """``/healthz`` on the admin port: alive, and how full (200 either way)."""
+        assert self.front is not None
+        text = "shutting down" if self.shutting_down else \
+            self.front.health_text(self.players_here())
+        return f"ok: {text}\n"
 
 
 # -----------------------------------------------------------------------------
@@ -2777,12 +3064,6 @@ def rss_kb() -> int:
     return rss_bytes() // 1024
 
 
-# The process plumbing is netcore's (netcore.process); these names stay
-# the game's API: release_freed_memory() after start-up, raise_nofile_limit()
-# (soft to hard) before sizing --max-clients.
-raise_nofile_limit = raise_nofile
-
-
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 RELEASE_EVERY_S = 60.0  # the C heap's free pages go back to the OS this often (after bursts)
 
@@ -2790,7 +3071,7 @@ RELEASE_EVERY_S = 60.0  # the C heap's free pages go back to the OS this often (
 class ServerSignals(process.ShutdownSignals):
     """What each signal an operator or systemd may send does. None kills without the drain.
 
-    - SIGTERM, SIGINT, SIGQUIT: drain (``GameServer.shutdown``: stop accepting,
+    - SIGTERM, SIGINT, SIGQUIT: drain (``Role.shutdown``: stop accepting,
       ERROR(SHUTDOWN) to everyone, flush for up to ``shutdown_grace`` seconds,
       exit 0). The first also swaps the Python-level handlers for one that
       restores the default action and re-sends the signal, so a second one
@@ -2799,7 +3080,7 @@ class ServerSignals(process.ShutdownSignals):
     - SIGHUP (``systemctl reload``, a closed terminal): logged and ignored.
       There is nothing to reload: logs go to stderr (the journal), and the
       web files are re-read when they change.
-    - SIGUSR1: one log line with the server's status (:meth:`GameServer.status`).
+    - SIGUSR1: one log line with the server's status (:meth:`Role.status`).
     - SIGUSR2: logged and ignored (reserved).
 
     SIGKILL cannot be caught (systemd sends it only after TimeoutStopSec);
@@ -2812,7 +3093,7 @@ class ServerSignals(process.ShutdownSignals):
                               "when they change): still serving",
                signal.SIGUSR2: "not used: ignored"}
 
-    def __init__(self, loop: EventLoop, server: GameServer) -> None:
+    def __init__(self, loop: EventLoop, server: Role) -> None:
         super().__init__(loop, lambda signum: server.shutdown(), self.SIGNALS)
         self.server = server
 
@@ -2834,7 +3115,7 @@ class ServerSignals(process.ShutdownSignals):
         log.info("SIGUSR1: status: %s", self.server.status())
 
 
-def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerOptions,
+def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions,
                   log_limiter: Optional[RateLimitFilter]) -> Optional[Tuple[Any, List[Tuple[str, int]]]]:
     """Make the server, listen, install the signals: (server, addresses), or None
     (the reason logged) for a data directory or a port that can't be used."""
@@ -2849,7 +3130,6 @@ def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerO
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
         server.close()
-        server.close_store()
         return None
     # Before saying "listening": a SIGTERM right after must find the handlers.
     ServerSignals(loop, server).install()
@@ -2861,21 +3141,22 @@ def _start_server(loop: EventLoop, make: Callable[[], GameServer], opts: ServerO
     # no player yet: taken before the start-up heap was released it read
     # higher than later figures, a leak in reverse.
     server.start_rss_kb = rss_kb()
+    if server.world is not None:
+        server.world.start_rss_kb = server.start_rss_kb
     return server, addresses
 
 
-def _run_server(loop: EventLoop, server: GameServer) -> None:
+def _run_server(loop: EventLoop, server: Role) -> None:
     """Run until stopped; close every listener, the loop and the store, whatever happens."""
     try:
         loop.run()
     finally:
         server.close()
         loop.close()
-        server.close_store()
 
 
 def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
-    soft, hard = raise_nofile_limit()
+    soft, hard = raise_nofile()
     capacity = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else opts.max_clients
     if capacity < opts.max_clients:
         log.warning(
@@ -2905,11 +3186,12 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
              else "no data directory: scores live in memory only (--no-data)")
     print(f"{where}; dropped players are kept {opts.grace:g} s", flush=True)
     _run_server(loop, server)
-    server.churn.report()
+    server.front.churn.report()
     if log_limiter is not None:
         log_limiter.flush(log, force=True)
-    print(f"stopped after {server.game.tick} ticks; {server.net.stats.accepted} connections "
-          f"served, {server.game.letters_scored} letters scored", flush=True)
+    game = server.world.game
+    print(f"stopped after {game.tick} ticks; {server.front.net.stats.accepted} connections "
+          f"served, {game.letters_scored} letters scored", flush=True)
     if opts.stats_out:
         with open(opts.stats_out, "w") as f:
             json.dump(server.final_stats(), f, indent=1)
@@ -2923,8 +3205,12 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     return 0
 
 
+# =============================================================================
+# Cluster: one world over Redis. Gateways (Fronts) and an authority (the World).
+# =============================================================================
+
 # -----------------------------------------------------------------------------
-# Server: the cluster bus. One world over Redis: channels, messages, the lease.
+# Cluster: the bus. One world over Redis: channels, messages, the lease.
 # -----------------------------------------------------------------------------
 #
 # docs/CLUSTER.md has the picture. A world is one authority (``game``: the
@@ -2949,16 +3235,20 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
 # and take a newer epoch only from the lease, never from a publication)
 # and ``tick`` (TICK numbers reserved ahead, written by the holder only).
 
-BUS_VERSION = 1
+BUS_VERSION = 2  # 2: a HELLO entry carries the client's address; a CLOSE, its ERROR code
 BUS_HEAD = struct.Struct(">BBII")  # bus version, kind, authority epoch, number
 BUS_TICK, BUS_PRIVATE, BUS_BATCH, BUS_FULL = 1, 2, 3, 4
 # A TICK: game tick, frames in the shared data, world players, len(data),
 # publish time (unix s); the data follow, then the v2-only news (FAME).
 BUS_TICK_HEAD = struct.Struct(">IHIId")
 BUS_ENTRY = struct.Struct(">IBI")  # connection id on its gateway, op, length of the body
-OP_HELLO, OP_MOVE, OP_LEAVE = 1, 2, 3  # up: the client's HELLO / MOVE payload; nothing
-OP_SEND, OP_YOU, OP_CLOSE, OP_RESYNC = 4, 5, 6, 7  # down: see Authority / Gateway
-_BUS_CLOSE = struct.Struct(">HBH")  # WebSocket close code, len(reason), len(text)
+# Up: HELLO (len(address) u8, the client's address, its HELLO payload), MOVE
+# (the payload), LEAVE (nothing). Down: SEND (a frame count u8, then frames:
+# a WELCOME bundle), YOU (the frame), CLOSE (_BUS_CLOSE, the reason, the
+# text: ERROR(code, text), then close), RESYNC (send me all your players).
+OP_HELLO, OP_MOVE, OP_LEAVE = 1, 2, 3
+OP_SEND, OP_YOU, OP_CLOSE, OP_RESYNC = 4, 5, 6, 7
+_BUS_CLOSE = struct.Struct(">BHBH")  # ERROR code, WebSocket close code, len(reason), len(text)
 LEASE_S = 5.0  # the authority's lease: renewed every LEASE_S / 3
 # A gateway not heard from this long is gone, its players too. Generous: a
 # gateway whose loop is busy (an accept storm of thousands, a shared CPU) is
@@ -3079,7 +3369,7 @@ def check_private_entries(entries: List[Tuple[int, int, bytes]]) -> None:
         elif op == OP_CLOSE:
             if len(body) < _BUS_CLOSE.size:
                 raise BadMessage(f"a bus CLOSE of {len(body)} bytes")
-            _code, nr, nt = _BUS_CLOSE.unpack_from(body)
+            _code, _ws_code, nr, nt = _BUS_CLOSE.unpack_from(body)
             if _BUS_CLOSE.size + nr + nt > len(body):
                 raise BadMessage("a bus CLOSE's reason cut short")
         elif op not in (OP_YOU, OP_RESYNC):
@@ -3158,82 +3448,94 @@ class BusStats:
                       self.broadcast.percentile(q))
 
 
-class _ClusterRole:
-    """What the authority and a gateway share: the two Redis connections and the bus."""
+class BusLink:
+    """A role's two Redis connections and the bus on them (the authority's, a gateway's).
 
-    loop: EventLoop
-    redis: "Redis"
-    sub: "RedisSubscriber"
+    Publications go out on one connection (``publish``); the other is
+    subscribed, and each message read is handed to ``on_message`` through
+    :meth:`judge`: a malformed one (BadMessage) is counted and logged,
+    summarised, never raised. The figures are ``stats`` (:class:`BusStats`).
+    """
 
-    def _bus_init(self, loop: EventLoop, cluster: ClusterOptions, address: "RedisAddress",
-                  name: str) -> None:
+    def __init__(self, loop: EventLoop, cluster: ClusterOptions, address: "RedisAddress",
+                 name: str, on_message: Callable[[bytes, bytes], None],
+                 on_ready: Callable[[], None], on_bus_ready: Callable[[], None]) -> None:
         from netcore.redis import Redis, RedisSubscriber
 
+        self.loop = loop
         self.cluster = cluster
         self.prefix = f"spelltraction:{cluster.world}:"
         self.down_channel = (self.prefix + "down").encode()
         self.up_channel = (self.prefix + "up").encode()
-        self.bus = BusStats()
-        self._said_at: Dict[str, float] = {}  # _bus_warning's last time, per kind
+        self.stats = BusStats()
+        self.on_message = on_message
+        self._said_at: Dict[str, float] = {}  # warn()'s last time, per kind
         # Keepalive PINGs every 10 s: a frozen Redis is noticed within ~20 s, and
         # a loop slowed by load (or a reply behind a big publication) is not.
         self.redis = Redis(loop, address, name=name + "-commands", ping_interval=10.0,
-                           on_ready=self._redis_ready, on_lost=self._redis_lost)
-        self.sub = RedisSubscriber(loop, address, self._on_bus_message, name=name + "-bus",
-                                   ping_interval=10.0, on_ready=self._bus_ready,
-                                   on_lost=self._redis_lost)
+                           on_ready=on_ready, on_lost=self._lost)
+        self.sub = RedisSubscriber(loop, address, self.received, name=name + "-bus",
+                                   ping_interval=10.0, on_ready=on_bus_ready,
+                                   on_lost=self._lost)
+        self.lost_hooks: List[Callable[[str], None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.redis.ready and self.sub.ready
+
+    def start(self, *channels: bytes) -> None:
+        self.sub.subscribe(*channels)
+        self.redis.start()
+        self.sub.start()
+
+    def close(self) -> None:
+        self.redis.close()
+        self.sub.close()
 
     def private_channel(self, gateway: str) -> bytes:
         return (self.prefix + "gw:" + gateway).encode()
 
     def publish(self, channel: bytes, message: bytes) -> None:
-        self.bus.messages_out += 1
-        self.bus.bytes_out += len(message)
+        self.stats.messages_out += 1
+        self.stats.bytes_out += len(message)
         self.redis.execute("PUBLISH", channel, message)
 
-    def _on_bus_message(self, channel: bytes, data: bytes) -> None:
-        self.bus.messages_in += 1
-        self.bus.bytes_in += len(data)
-        self._judge(channel, data)
+    def received(self, channel: bytes, data: bytes) -> None:
+        """A message the subscriber read (tests feed it too): counted, then judged."""
+        self.stats.messages_in += 1
+        self.stats.bytes_in += len(data)
+        self.judge(channel, data)
 
-    def _judge(self, channel: bytes, data: bytes) -> None:
-        """``on_bus``; a malformed message is counted and logged (summarised), not raised."""
+    def judge(self, channel: bytes, data: bytes) -> None:
+        """``on_message``; a malformed message is counted and logged (summarised), not raised."""
         try:
-            self.on_bus(channel, data)
+            self.on_message(channel, data)
         except (BadMessage, struct.error, UnicodeDecodeError) as exc:
-            self.bus.bad += 1
-            self._bus_warning("bad", "a bad bus message on %s (%d bytes): %s",
-                              channel.decode("ascii", "replace"), len(data), exc)
+            self.stats.bad += 1
+            self.warn("bad", "a bad bus message on %s (%d bytes): %s",
+                      channel.decode("ascii", "replace"), len(data), exc)
 
-    def _bus_warning(self, what: str, fmt: str, *args: Any) -> None:
+    def warn(self, what: str, fmt: str, *args: Any) -> None:
         """Log at most once per BAD_LOG_EVERY_S per ``what``, with the count so far:
         whoever can PUBLISH must not be able to fill the log."""
         said = self._said_at
         now = self.loop.time()
         if now - said.get(what, -BAD_LOG_EVERY_S) >= BAD_LOG_EVERY_S:
             said[what] = now
-            log.warning(fmt + " (%d %s so far)", *args, getattr(self.bus, what), what)
+            log.warning(fmt + " (%d %s so far)", *args, getattr(self.stats, what), what)
 
-    def on_bus(self, channel: bytes, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _redis_ready(self) -> None:
-        log.info("redis %s: connected", self.redis.address.url())
-
-    def _bus_ready(self) -> None:
-        pass
-
-    def _redis_lost(self, reason: str) -> None:
+    def _lost(self, reason: str) -> None:
         log.warning("redis %s: connection lost (%s); reconnecting with backoff",
                     self.redis.address.url(), reason)
+        for hook in self.lost_hooks:
+            hook(reason)
 
-    def bus_close(self) -> None:
-        self.redis.close()
-        self.sub.close()
+    def add_metrics(self, exp: Exposition) -> None:
+        self.stats.add_metrics(exp)
 
 
 # -----------------------------------------------------------------------------
-# Server: the authority (game). The rules, the tick and the store; no sockets.
+# Cluster: the authority (game). A World and the bus to its gateways; no sockets.
 # -----------------------------------------------------------------------------
 
 
@@ -3245,93 +3547,211 @@ class _GatewayLink:
     def __init__(self, gateway: str, channel: bytes, now: float) -> None:
         self.gateway = gateway
         self.channel = channel
-        self.conns: Dict[int, _RemoteConn] = {}
+        self.conns: Dict[int, _RemotePeer] = {}
         self.out: List[bytes] = []  # this tick's private entries
         self.number = 0  # the last up message heard; 0: none yet (resync first)
         self.sent = 0  # private messages sent to it
         self.heard = now
 
 
-class _RemoteConn:
-    """A player's connection on a gateway, as the authority's GameServer sees it.
+class _RemotePeer:
+    """A player's connection on a gateway, as the World knows it: a key, and the
+    player the World welcomed on it (what its MOVEs go to)."""
 
-    It quacks like the few parts of a netcore Connection the game uses:
-    writes become private entries for the gateway (sent with the next
-    tick), a close becomes an ERROR-and-close order for it. ``codec`` is the
-    object itself: the gateway wraps for WebSocket, the authority never does.
-    """
-
-    __slots__ = ("link", "cid", "data", "fd", "closed", "_last")
+    __slots__ = ("link", "cid", "player")
 
     def __init__(self, link: _GatewayLink, cid: int) -> None:
         self.link = link
         self.cid = cid
-        self.data: Any = None
-        self.fd = cid
-        self.closed = False
-        self._last: Tuple[bytes, int] = (b"", 0)
-
-    @property
-    def codec(self) -> "_RemoteConn":
-        return self
-
-    def peername(self) -> str:
-        return f"gateway {self.link.gateway} #{self.cid}"
-
-    def wrap(self, stream: bytes) -> bytes:
-        return stream
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        self._last = (stream, code)
-        return b""  # so reject() calls close(): the last words go with it
-
-    def write(self, data: bytes, frames: int = 1) -> bool:
-        self.link.out.append(bus_entry(self.cid, OP_SEND, bytes([min(frames, 255)]) + data))
-        return True
-
-    def close(self, reason: str = "", text: str = "") -> None:
-        if self.closed:
-            return
-        self.closed = True
-        last, code = self._last
-        r, t = reason.encode()[:255], text.encode()[:1000]
-        self.link.out.append(bus_entry(self.cid, OP_CLOSE,
-                                       _BUS_CLOSE.pack(code, len(r), len(t)) + r + t + last))
-        self.link.conns.pop(self.cid, None)
-        authority = _AUTHORITY.get(self.link)
-        if authority is not None:
-            authority.on_close(cast(Connection, self), reason)
-
-    close_after_flush = close
+        self.player: Any = HELLO_SENT
 
 
-# The authority of each link, so a _RemoteConn (slots kept small) finds it.
-_AUTHORITY: Dict[_GatewayLink, "Authority"] = {}
+class AuthorityBus(FrontSide):
+    """The World's frames to the gateways, and the gateways' players to the World.
 
-
-class Authority(_ClusterRole, GameServer):
-    """``spelltraction.py game``: one world's rules, tick and store, players on gateways.
-
-    It is a :class:`GameServer` whose connections are :class:`_RemoteConn`
-    (a gateway's connection id): every rule, the resume tokens, the store and
-    the hall of fame are the same code as ``serve``. Each tick it publishes
-    the shared frames once (``down``) and one message of private entries per
-    gateway that has any; it listens to ``up``. It ticks only while it holds
-    the world's lease (a Redis key with an expiry, fenced with an epoch).
+    The World sees it as its Front (:class:`FrontSide`): a welcome or a drop
+    becomes a private entry for the player's gateway, and each tick goes
+    out as one message per gateway with private entries (YOUs among them)
+    and the shared frames once, on ``down``. From ``up`` it reads the
+    gateways' HELLOs, MOVEs and leaves and calls the World with them.
     """
+
+    def __init__(self, link: BusLink, world: World, epoch: Callable[[], int]) -> None:
+        self.link = link
+        self.world = world
+        self.epoch = epoch
+        self.links: Dict[str, _GatewayLink] = {}
+        self.down_number = 0
+        self.errors_sent: Dict[int, int] = {}
+
+    def connections(self) -> int:
+        """The players' connections on every gateway (STATS describes the world)."""
+        return sum(len(link.conns) for link in self.links.values())
+
+    # -- frames out (FrontSide) --------------------------------------------------------
+
+    def welcome(self, peer: Any, handle: Any, frames: bytes, nframes: int, v2: bool) -> None:
+        rp: _RemotePeer = peer
+        rp.player = handle
+        rp.link.out.append(bus_entry(rp.cid, OP_SEND, bytes([min(nframes, 255)]) + frames))
+
+    def drop(self, peer: Any, code: int, text: str, reason: str) -> None:
+        rp: _RemotePeer = peer
+        self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
+        r, t = reason.encode()[:255], text.encode()[:MAX_ERROR_TEXT]
+        rp.link.out.append(bus_entry(rp.cid, OP_CLOSE, _BUS_CLOSE.pack(
+            code, WS_CLOSE_CODES[code], len(r), len(t)) + r + t))
+        rp.link.conns.pop(rp.cid, None)
+        rp.player = None
+
+    def tick(self, shared: bytes, nframes: int, news: bytes,
+             yous: List[Tuple[Any, bytes]], everyone: List[Any]) -> None:
+        """Private entries first (one message per gateway), then the shared frames once."""
+        for peer, you in yous:
+            rp: _RemotePeer = peer
+            rp.link.out.append(bus_entry(rp.cid, OP_YOU, you))
+        epoch = self.epoch()
+        for link in self.links.values():
+            if link.out:
+                link.sent += 1
+                self.link.publish(link.channel, bus_pack(BUS_PRIVATE, epoch, link.sent,
+                                                         b"".join(link.out)))
+                link.out = []
+        self.down_number += 1
+        game = self.world.game
+        head = BUS_TICK_HEAD.pack(game.tick, nframes, len(game.players), len(shared),
+                                  time.time())
+        self.link.publish(self.link.down_channel, bus_pack(BUS_TICK, epoch, self.down_number,
+                                                           head + shared + news))
+
+    # -- the gateways' players in ------------------------------------------------------
+
+    def on_up(self, data: bytes, now: float) -> None:
+        """One message on ``up``: a gateway's batch (or its whole player set)."""
+        kind, _epoch, number = bus_head(data)
+        if kind not in (BUS_BATCH, BUS_FULL):
+            raise BadMessage(f"bus kind {kind} on the up channel")
+        gateway, offset = bus_gateway(data)
+        entries = bus_entries(data, offset)
+        for _cid, op, body in entries:
+            if op not in (OP_HELLO, OP_MOVE, OP_LEAVE) or (op == OP_MOVE and not body) \
+                    or (op == OP_HELLO and (not body or 1 + body[0] > len(body))):
+                raise BadMessage(f"bus op {op} with {len(body)} bytes on the up channel")
+        link = self.links.get(gateway)
+        if link is None:
+            link = self.links[gateway] = _GatewayLink(gateway, self.link.private_channel(gateway),
+                                                      now)
+            log.info("gateway %s joined world %s", gateway, self.link.cluster.world)
+        link.heard = now
+        if kind == BUS_FULL:
+            self.link.stats.resyncs += 1
+            link.number = number
+            self._reconcile(link, entries)
+            return
+        if link.number == 0 or number != (link.number + 1) & 0xFFFFFFFF:
+            if link.number:
+                self.link.stats.gaps += 1
+            link.out.append(bus_entry(0, OP_RESYNC))  # send me all your players
+        link.number = number
+        world = self.world
+        for cid, op, body in entries:
+            rp = link.conns.get(cid)
+            if op == OP_HELLO:
+                if rp is None:
+                    self._hello(link, cid, body)
+            elif rp is not None:
+                if op == OP_MOVE:
+                    if rp.player is not HELLO_SENT and len(body) == _MOVE_SIZE \
+                            and body[0] == MOVE:
+                        world.move(rp.player, body)  # the gateway sends a player's last only
+                elif op == OP_LEAVE:
+                    del link.conns[cid]
+                    world.leave(rp, rp.player)
+
+    def _hello(self, link: _GatewayLink, cid: int, body: bytes) -> None:
+        """A gateway's HELLO entry: the client's address, then its HELLO as it sent it."""
+        rp = _RemotePeer(link, cid)
+        link.conns[cid] = rp
+        address = body[1:1 + body[0]].decode("ascii", "replace")
+        try:
+            hello, name = parse_hello(body[1 + body[0]:] or b"\x00")
+        except Refused as no:
+            self.drop(rp, no.code, no.text, no.reason)
+            return
+        self.world.hello(rp, hello, name, address)
+
+    def _reconcile(self, link: _GatewayLink, entries: List[Tuple[int, int, bytes]]) -> None:
+        """A gateway's whole player set: make ours match it (idempotent)."""
+        seen = set()
+        for cid, op, body in entries:
+            if op != OP_HELLO:
+                continue
+            seen.add(cid)
+            if cid not in link.conns:
+                self._hello(link, cid, body)
+        for cid in [c for c in link.conns if c not in seen]:
+            rp = link.conns.pop(cid)
+            self.world.leave(rp, rp.player)
+
+    def expire(self, now: float, deaf_since: float) -> None:
+        """A gateway unheard of for HEARTBEAT_LEASE_S: its players leave (v2: park)."""
+        if deaf_since < 0 or now - deaf_since < HEARTBEAT_LEASE_S:
+            return  # we are the deaf one, or have just been: no verdicts
+        for gateway, link in list(self.links.items()):
+            if now - link.heard < HEARTBEAT_LEASE_S:
+                continue
+            log.warning("gateway %s silent for %.1f s: its %d players leave the world",
+                        gateway, now - link.heard, len(link.conns))
+            del self.links[gateway]
+            for rp in list(link.conns.values()):
+                self.world.leave(rp, rp.player)
+            link.conns.clear()
+
+    def resync_all(self) -> None:
+        for link in self.links.values():
+            link.number = 0  # everyone resynchronises
+
+    def add_metrics(self, exp: Exposition) -> None:
+        exp.labelled("spelltraction_gateway_players", "gauge",
+                     "Players on each gateway, as the authority has them.", "gateway",
+                     {g: len(link.conns) for g, link in self.links.items()})
+        exp.labelled("spelltraction_errors_sent_total", "counter",
+                     "ERROR messages sent to clients, by code.", "code",
+                     {ErrorCode.name_of(code): n for code, n in self.errors_sent.items()})
+        exp.labelled("spelltraction_limits_total", "counter",
+                     "New players refused, by the limit's name.", "limit",
+                     dict(self.world.refused))
+
+
+class Authority(Role):
+    """``spelltraction.py game``: one world's :class:`World`, its players on gateways.
+
+    The World is the same code as ``serve``'s; its Front is the bus
+    (:class:`AuthorityBus`): each tick it publishes the shared frames once
+    (``down``) and one message of private entries per gateway that has any,
+    and it listens to ``up``. It ticks only while it holds the world's lease
+    (a Redis key with an expiry, fenced with an epoch).
+    """
+
+    role = "game"
 
     def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
                  address: "RedisAddress") -> None:
-        GameServer.__init__(self, loop, options._replace(web=False, reuse_port=False))
-        self._bus_init(loop, cluster, address, f"spelltraction-{cluster.world}-authority")
-        self.links: Dict[str, _GatewayLink] = {}
+        super().__init__(loop, options._replace(web=False, reuse_port=False))
+        self.cluster = cluster
+        self.world = world = World(loop, self.options)  # raises StoreError, naming the file
+        self.bus = BusLink(loop, cluster, address, f"spelltraction-{cluster.world}-authority",
+                           self._on_bus_message, self._redis_ready, self._bus_ready)
+        self.bus.lost_hooks.append(self._redis_lost)
+        self.gateways = AuthorityBus(self.bus, world, lambda: self.epoch)
+        world.front = self.gateways
+        world.connections = self.gateways.connections
         self.epoch = 0  # the lease's, while held: on every publication (the fence)
         self.refused = ""  # set when another authority holds the world: exit non-zero
         self._waited_for = ""  # the other holder's token whose lease we waited out once
-        self.down_number = 0
         self.bus_ready_at = -1.0  # loop time the subscription was (re)made; -1: not now
         self._acquiring = False
-        store = self.store
+        store = world.store
         data = os.path.realpath(options.data) if options.data is not None else ""
         # Who holds the lease: a restart of this same authority (host and data
         # directory; the store's lock proves the old process gone) may take it
@@ -3340,40 +3760,36 @@ class Authority(_ClusterRole, GameServer):
             f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         from netcore.redis import RedisLease
 
-        self.lease = RedisLease(self.redis, self.prefix + "lease", self.holder, ttl=LEASE_S,
-                                on_lost=self._lease_lost)
+        self.lease = RedisLease(self.bus.redis, self.bus.prefix + "lease", self.holder,
+                                ttl=LEASE_S, on_lost=self._lease_lost)
         # Past any epoch this world had, even if Redis forgot (no persistence).
         self.lease.min_epoch = store.meta.get("epoch", 0) if store is not None else 0
         self._tick_reserved = store.meta.get("tick", 0) if store is not None else 0
-        self.game.tick = self._tick_reserved  # TICK numbers go on where they stopped
+        world.game.tick = self._tick_reserved  # TICK numbers go on where they stopped
         # The same reservation in Redis (the ``tick`` key), so TICK numbers go
         # on after a restart without a data directory too: no tick is sent
         # above what Redis has confirmed (``_tick_held``; 0 until the world
         # is taken, see _take_tick).
-        self.tick_key = self.prefix + "tick"
+        self.tick_key = self.bus.prefix + "tick"
         self._tick_take = self.lease.fenced(_TICK_TAKE)
         self._tick_reserve = self.lease.fenced(_TICK_RESERVE)
         self._tick_held = 0
         self._tick_asking = False
+        self._open_admin()
+
+    def parts(self) -> List[Any]:
+        return [self.world, self.gateways, self.bus]
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> List[Tuple[str, int]]:
         """Connect to Redis (in the background, forever), the admin port, the ticker."""
-        if self.admin is not None:
-            self.admin.listen()
-        self.sub.subscribe(self.up_channel)
-        self.redis.start()
-        self.sub.start()
-        self.ticker = self.loop.start_ticker(self.options.tick_ms / 1000.0, self.on_tick)
-        self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
-        return []
+        self.bus.start(self.bus.up_channel)
+        return super().start()
 
     def close(self) -> None:
-        for link in self.links.values():
-            _AUTHORITY.pop(link, None)
-        self.bus_close()
-        GameServer.close(self)
+        self.bus.close()
+        super().close()
 
     def shutdown(self) -> None:
         if self.shutting_down:
@@ -3381,16 +3797,11 @@ class Authority(_ClusterRole, GameServer):
         self.shutting_down = True
         if self.ticker is not None:
             self.loop.stop_ticker(self.ticker)
-        if self.lease.token is not None and self.redis.ready:  # a successor may start at once
+        if self.lease.token is not None and self.bus.redis.ready:  # a successor may start at once
             self.lease.release()
             self.loop.call_later(0.2, self._drained)
         else:
             self._drained()
-
-    def _drained(self) -> None:
-        if self.loop.running:
-            self.close()
-            self.loop.stop()
 
     def holding(self) -> bool:
         return self.lease.valid()
@@ -3398,19 +3809,20 @@ class Authority(_ClusterRole, GameServer):
     def health(self) -> Tuple[str, bytes, int]:
         if self.refused:
             text, status = f"not ready: the world is held by another authority ({self.refused})", 503
-        elif not self.redis.ready or not self.sub.ready:
-            text, status = f"not ready: waiting for Redis at {self.redis.address.url()}", 503
+        elif not self.bus.ready:
+            text, status = f"not ready: waiting for Redis at {self.bus.redis.address.url()}", 503
         elif not self.holding():
             text, status = "not ready: taking the world's lease", 503
         else:
             text, status = (f"ok: authority of {self.cluster.world}, epoch {self.epoch}; "
-                            f"{len(self.game.players)} players on {len(self.links)} gateways"), 200
+                            f"{self.players_here()} players on {len(self.gateways.links)} "
+                            "gateways"), 200
         return "text/plain; charset=utf-8", (text + "\n").encode(), status
 
     # -- the lease ------------------------------------------------------------
 
     def _redis_ready(self) -> None:
-        _ClusterRole._redis_ready(self)
+        log.info("redis %s: connected", self.bus.redis.address.url())
         self._acquire()
 
     def _acquire(self) -> None:
@@ -3443,14 +3855,15 @@ class Authority(_ClusterRole, GameServer):
                       token, self.lease.remaining)
             self.loop.stop()
             return
+        world = self.world
+        assert world is not None
         self.epoch = self.lease.epoch
         self.lease.min_epoch = self.epoch
-        if self.store is not None:
-            self.store.stage_meta("epoch", self.epoch)
+        if world.store is not None:
+            world.store.stage_meta("epoch", self.epoch)
         log.info("world %s: this authority holds the lease, epoch %d; tick %d",
-                 self.cluster.world, self.epoch, self.game.tick)
-        for link in self.links.values():
-            link.number = 0  # everyone resynchronises with the new epoch
+                 self.cluster.world, self.epoch, world.game.tick)
+        self.gateways.resync_all()  # everyone resynchronises with the new epoch
         self._take_tick()
 
     def _take_tick(self) -> None:
@@ -3459,6 +3872,8 @@ class Authority(_ClusterRole, GameServer):
         self._tick_held = 0
         if token is None:
             return
+        game = self.world.game if self.world is not None else None
+        assert game is not None
 
         def answered(pending: "Pending") -> None:
             reply = pending.reply
@@ -3471,19 +3886,19 @@ class Authority(_ClusterRole, GameServer):
                 self.loop.call_later(0.5, self._take_tick)
                 return
             start, held = cast("List[int]", reply)
-            if start > self.game.tick:
+            if start > game.tick:
                 log.info("world %s: TICK numbers go on from %d (Redis)", self.cluster.world,
                          start)
-                self.game.tick = start
+                game.tick = start
             self._tick_held = held
 
-        self.redis.run(self._tick_take, (self.lease.key, self.tick_key),
-                       (token, self.game.tick, TICK_AHEAD), answered)
+        self.bus.redis.run(self._tick_take, (self.lease.key, self.tick_key),
+                           (token, game.tick, TICK_AHEAD), answered)
 
     def _reserve_ticks(self) -> None:
         """Half the reservation used: reserve TICK_AHEAD ahead again (fenced)."""
         token = self.lease.token
-        if token is None or self._tick_asking:
+        if token is None or self._tick_asking or self.world is None:
             return
         self._tick_asking = True
 
@@ -3495,8 +3910,8 @@ class Authority(_ClusterRole, GameServer):
                 log.warning("world %s: reserving TICK numbers in Redis failed (%s)",
                             self.cluster.world, pending.error or pending.reply)
 
-        self.redis.run(self._tick_reserve, (self.lease.key, self.tick_key),
-                       (token, self.game.tick + TICK_AHEAD), answered)
+        self.bus.redis.run(self._tick_reserve, (self.lease.key, self.tick_key),
+                           (token, self.world.game.tick + TICK_AHEAD), answered)
 
     def _lease_lost(self, reason: str) -> None:
         """Not renewed in time (Redis away), gone (Redis restarted empty) or taken:
@@ -3504,7 +3919,7 @@ class Authority(_ClusterRole, GameServer):
         log.warning("world %s: the lease was lost (%s); the world pauses", self.cluster.world,
                     reason)
         self._tick_held = 0  # what Redis confirmed may be gone with it: ask again
-        if self.redis.ready:
+        if self.bus.redis.ready:
             self._acquire()
 
     # -- the bus ----------------------------------------------------------------
@@ -3512,197 +3927,102 @@ class Authority(_ClusterRole, GameServer):
     def _bus_ready(self) -> None:
         now = self.loop.time()
         self.bus_ready_at = now
-        for link in self.links.values():  # what we missed meanwhile: resynchronise
+        for link in self.gateways.links.values():  # what we missed meanwhile: resynchronise
             link.number = 0
             link.heard = now
 
     def _redis_lost(self, reason: str) -> None:
-        _ClusterRole._redis_lost(self, reason)
-        if not self.sub.ready:
+        if not self.bus.sub.ready:
             self.bus_ready_at = -1.0
 
-    def on_bus(self, channel: bytes, data: bytes) -> None:
-        kind, _epoch, number = bus_head(data)
-        if channel != self.up_channel or kind not in (BUS_BATCH, BUS_FULL):
-            raise BadMessage(f"bus kind {kind} on the up channel")
-        gateway, offset = bus_gateway(data)
-        entries = bus_entries(data, offset)
-        for _cid, op, body in entries:
-            if op not in (OP_HELLO, OP_MOVE, OP_LEAVE) or (op == OP_MOVE and not body):
-                raise BadMessage(f"bus op {op} with {len(body)} bytes on the up channel")
-        link = self.links.get(gateway)
-        now = self.loop.time()
-        if link is None:
-            link = self.links[gateway] = _GatewayLink(gateway, self.private_channel(gateway), now)
-            _AUTHORITY[link] = self
-            log.info("gateway %s joined world %s", gateway, self.cluster.world)
-        link.heard = now
-        if kind == BUS_FULL:
-            self.bus.resyncs += 1
-            link.number = number
-            self._reconcile(link, entries)
-            return
-        if link.number == 0 or number != (link.number + 1) & 0xFFFFFFFF:
-            if link.number:
-                self.bus.gaps += 1
-            link.out.append(bus_entry(0, OP_RESYNC))  # send me all your players
-        link.number = number
-        for cid, op, body in entries:
-            rc = link.conns.get(cid)
-            if op == OP_HELLO:
-                if rc is None:
-                    self._hello(link, cid, body)
-            elif rc is not None:
-                if op == OP_MOVE:
-                    self.on_message(cast(Connection, rc), body)
-                elif op == OP_LEAVE:
-                    del link.conns[cid]
-                    rc.closed = True
-                    self.on_close(cast(Connection, rc), "left")
-
-    def _hello(self, link: _GatewayLink, cid: int, hello: bytes) -> None:
-        rc = _RemoteConn(link, cid)
-        link.conns[cid] = rc
-        conn = cast(Connection, rc)
-        self.pending[conn] = self.loop.time()
-        if hello:
-            self.on_message(conn, hello)
-        else:
-            self.reject(conn, ErrorCode.BAD_MESSAGE, "an empty message before HELLO")
-
-    def _reconcile(self, link: _GatewayLink, entries: List[Tuple[int, int, bytes]]) -> None:
-        """A gateway's whole player set: make ours match it (idempotent)."""
-        seen = set()
-        for cid, op, body in entries:
-            if op != OP_HELLO:
-                continue
-            seen.add(cid)
-            if cid not in link.conns:
-                self._hello(link, cid, body)
-        for cid in [c for c in link.conns if c not in seen]:
-            rc = link.conns.pop(cid)
-            rc.closed = True
-            self.on_close(cast(Connection, rc), "gone-from-gateway")
-
-    def _expire_gateways(self) -> None:
-        """A gateway unheard of for HEARTBEAT_LEASE_S: its players leave (v2: park)."""
-        now = self.loop.time()
-        if self.bus_ready_at < 0 or now - self.bus_ready_at < HEARTBEAT_LEASE_S:
-            return  # we are the deaf one, or have just been: no verdicts
-        for gateway, link in list(self.links.items()):
-            if now - link.heard < HEARTBEAT_LEASE_S:
-                continue
-            log.warning("gateway %s silent for %.1f s: its %d players leave the world",
-                        gateway, now - link.heard, len(link.conns))
-            del self.links[gateway]
-            _AUTHORITY.pop(link, None)
-            for rc in list(link.conns.values()):
-                rc.closed = True
-                self.on_close(cast(Connection, rc), "gateway-lost")
-            link.conns.clear()
+    def _on_bus_message(self, channel: bytes, data: bytes) -> None:
+        if channel != self.bus.up_channel:
+            raise BadMessage(f"a bus message on {channel.decode('ascii', 'replace')}")
+        self.gateways.on_up(data, self.loop.time())
 
     # -- the tick ---------------------------------------------------------------
 
     def on_tick(self, tick: Tick) -> None:
-        if not self.holding() or not self.sub.ready or self.game.tick >= self._tick_held:
+        world = self.world
+        assert world is not None
+        game = world.game
+        if not self.holding() or not self.bus.sub.ready or game.tick >= self._tick_held:
             # No lease (or deaf), or no TICK number confirmed in Redis yet:
             # the world is paused, TICK numbers wait.
-            if self.game.tick >= self._tick_held and self._tick_held and self.holding():
+            if game.tick >= self._tick_held and self._tick_held and self.holding():
                 self._reserve_ticks()
             return
-        self._expire_gateways()
-        GameServer.on_tick(self, tick._replace(skipped=0))
-        if self.game.tick + TICK_AHEAD // 2 >= self._tick_held:
+        self.gateways.expire(self.loop.time(), self.bus_ready_at)
+        world.on_tick(tick._replace(skipped=0))
+        if game.tick + TICK_AHEAD // 2 >= self._tick_held:
             self._reserve_ticks()
-        store = self.store
-        if store is not None and self.game.tick + TICK_AHEAD // 2 >= self._tick_reserved:
-            self._tick_reserved = self.game.tick + TICK_AHEAD
+        store = world.store
+        if store is not None and game.tick + TICK_AHEAD // 2 >= self._tick_reserved:
+            self._tick_reserved = game.tick + TICK_AHEAD
             store.stage_meta("tick", self._tick_reserved)
 
-    def _send_tick(self, data: bytes, nframes: int, news: bytes,
-                   yous: List[Tuple[Connection, bytes]], everyone: List[Connection]) -> None:
-        """Private entries first (one message per gateway), then the shared frames once."""
-        for conn, you in yous:
-            rc = cast(_RemoteConn, conn)
-            rc.link.out.append(bus_entry(rc.cid, OP_YOU, you))
-        for link in self.links.values():
-            if link.out:
-                link.sent += 1
-                self.publish(link.channel, bus_pack(BUS_PRIVATE, self.epoch, link.sent,
-                                                    b"".join(link.out)))
-                link.out = []
-        self.down_number += 1
-        head = BUS_TICK_HEAD.pack(self.game.tick, nframes, len(self.game.players), len(data),
-                                  time.time())
-        self.publish(self.down_channel, bus_pack(BUS_TICK, self.epoch, self.down_number,
-                                                 head + data + news))
+    # -- figures ------------------------------------------------------------------
 
-    def _update_stats_frame(self) -> None:
-        """STATS describes the world: its players, and their connections on every gateway."""
-        GameServer._update_stats_frame(self)
-        conns = sum(len(link.conns) for link in self.links.values())
-        stats = cast(Stats, decode(self.stats_frame[2:]))
-        self.stats_frame = frame(stats._replace(connections=conns))
-
-    def cluster_stats(self) -> Dict[str, Any]:
-        return {"role": "authority", "world": self.cluster.world, "epoch": self.epoch,
-                "holding": self.holding(),
-                "gateways": {g: len(link.conns) for g, link in self.links.items()},
-                "bus": self.bus.snapshot(self.ticker.fired if self.ticker else 0),
-                "redis": self.redis.stats()}
+    def add_snapshot(self, snap: Dict[str, Any]) -> None:
+        snap["connections"] = self.gateways.connections()
+        snap["cluster"] = {
+            "role": "authority", "world": self.cluster.world, "epoch": self.epoch,
+            "holding": self.holding(),
+            "gateways": {g: len(link.conns) for g, link in self.gateways.links.items()},
+            "bus": self.bus.stats.snapshot(self.ticker.fired if self.ticker else 0),
+            "redis": self.bus.redis.stats()}
 
     def stats_snapshot(self) -> Dict[str, Any]:
-        snap = GameServer.stats_snapshot(self)
-        snap["cluster"] = self.cluster_stats()
+        snap = super().stats_snapshot()
+        self.add_snapshot(snap)
         return snap
 
-    def role_metrics(self, exp: Exposition) -> None:
-        exp.labelled("spelltraction_gateway_players", "gauge",
-                     "Players on each gateway, as the authority has them.", "gateway",
-                     {g: len(link.conns) for g, link in self.links.items()})
+    def metrics_text(self) -> str:
+        text = super().metrics_text()
+        exp = Exposition()
         exp.gauge("spelltraction_authority_epoch", "The lease epoch held (0: none).",
                   self.epoch if self.holding() else 0)
-        self.bus.add_metrics(exp)
+        return text + exp.text()
 
 
 # -----------------------------------------------------------------------------
-# Server: the gateway. Player sockets as serve holds them; the world is elsewhere.
+# Cluster: the gateway. A Front and the bus to the World; no rules here.
 # -----------------------------------------------------------------------------
 
 
 class _Seat:
     """A player's connection on a gateway: its id on the bus, and how to re-join."""
 
-    __slots__ = ("cid", "hello", "pid", "welcomed", "moves")
+    __slots__ = ("cid", "hello", "peer", "pid", "welcomed", "moves")
 
-    def __init__(self, cid: int, hello: bytes) -> None:
+    def __init__(self, cid: int, hello: bytes, peer: Connection) -> None:
         self.cid = cid
-        self.hello = hello  # what a resync sends: v2 with the token once it is known
+        self.hello = hello  # what a resync sends (the address, then the HELLO: v2 with its token)
+        self.peer = peer
         self.pid = 0
         self.welcomed = False
         self.moves = 0  # MOVEs this tick (the flood check)
 
 
-class Gateway(_ClusterRole, GameServer):
-    """``spelltraction.py gateway``: one world's players' sockets; the rules are elsewhere.
+class GatewayBus(WorldSide):
+    """The World over the bus, as a gateway's :class:`Front` sees it.
 
-    The player side is :class:`GameServer`'s (binary, HTTP, WebSocket on one
-    port, the same limits, the same ERRORs); a player's HELLO, MOVEs and
-    leaving go to the authority in one message per tick (MOVEs: the last of
-    each player's), and each TICK from the authority goes to every player
-    here with one ``send`` each (plus its YOU, when it has one, in the same
-    send). While no TICK comes (the authority restarting, Redis down), every
-    socket stays open and version-2 players get a STATS whose tick-lateness
-    field is 0xFFFFFFFF every 2 s: the game is paused.
+    A player's HELLO, MOVEs and leaving go to the authority in one message
+    per tick (MOVEs: the last of each player's); the authority's private
+    entries (WELCOME bundles, YOUs, closes) and each TICK come back and go
+    to the Front (``welcome``, ``drop``, ``tick``): one ``send`` per player
+    per tick, its YOU in the same send.
     """
 
-    def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
-                 address: "RedisAddress") -> None:
-        GameServer.__init__(self, loop, options._replace(data=None, reuse_port=True))
-        self.gateway = f"{socket.gethostname()[:40]}-{os.getpid()}-{os.urandom(3).hex()}"
-        self._bus_init(loop, cluster, address, f"spelltraction-{cluster.world}-{self.gateway}")
-        self.private = self.private_channel(self.gateway)
-        self.seats: Dict[int, Connection] = {}  # connection id -> connection
+    def __init__(self, loop: EventLoop, link: BusLink, gateway: str) -> None:
+        self.loop = loop
+        self.link = link
+        self.gateway = gateway
+        self.me = bytes([len(gateway)]) + gateway.encode()
+        self.private = link.private_channel(gateway)
+        self.front: Optional[Front] = None  # set by the role
+        self.seats: Dict[int, _Seat] = {}  # connection id -> seat
+        self.hellos: Dict[Connection, _Seat] = {}  # said HELLO, no WELCOME yet
         self.players: Dict[Connection, None] = {}  # welcomed: the tick's broadcast list
         self._next_cid = 1
         self.up_hellos: List[bytes] = []
@@ -3711,7 +4031,7 @@ class Gateway(_ClusterRole, GameServer):
         self.yous: Dict[int, bytes] = {}  # YOU frames for the next TICK
         self.moved: List[_Seat] = []
         self.number = 0  # our up messages
-        self.epoch = 0  # the authority's, highest seen
+        self.epoch = 0  # the authority's, highest the lease confirmed
         self.down_number = 0
         self.private_number = 0
         self.full_due = True
@@ -3725,148 +4045,81 @@ class Gateway(_ClusterRole, GameServer):
         self._due_yous: Dict[int, bytes] = {}
         self._after_due: Set[Connection] = set()
         self.last_tick_at = loop.time()
-        self.paused = False
-        self._paused_said = 0.0
+        self.paused = False  # no TICK from the authority for PAUSE_AFTER_S
         # Publications from an epoch above ours, waiting for the lease in
         # Redis to confirm it (see on_bus); one check at a time.
-        self.lease_key = self.prefix + "lease"
+        self.lease_key = link.prefix + "lease"
         self._held: List[Tuple[bytes, bytes]] = []
         self._held_bytes = 0
         self._checking = False
         self._checked_at = -LEASE_CHECK_EVERY_S
         self.lease_checks = 0
 
-    def start(self) -> List[Tuple[str, int]]:
-        self.sub.subscribe(self.down_channel, self.private)
-        self.redis.start()
-        self.sub.start()
-        return GameServer.start(self)  # the ticker is ours: the up batch, the pause
+    # -- the seam: players in (WorldSide) -----------------------------------------------
 
-    def close(self) -> None:
-        self.bus_close()
-        GameServer.close(self)
-
-    def health(self) -> Tuple[str, bytes, int]:
-        used, limit = self.net.stats.connections, self.net.config.max_connections
-        if not self.redis.ready or not self.sub.ready:
-            text, status = f"not ready: waiting for Redis at {self.redis.address.url()}", 503
-        elif self.paused or self.world_tick < 0:
-            text, status = "not ready: no tick from the authority (the world is paused)", 503
-        elif self.shutting_down:
-            text, status = "shutting down", 503
-        else:
-            text, status = (f"ok: gateway {self.gateway} of {self.cluster.world}; "
-                            f"{len(self.players)} players here, {self.world_players} in the "
-                            f"world, {used} of {limit} connections"), 200
-        return "text/plain; charset=utf-8", (text + "\n").encode(), status
-
-    # -- players ------------------------------------------------------------
-
-    def on_message(self, conn: Connection, payload: bytes) -> None:
-        seat = conn.data
-        kind = payload[0]
-        if seat is not None:
-            if kind == MOVE and len(payload) == _MOVE_SIZE:
-                seat.moves += 1
-                if seat.moves == 1:
-                    self.moved.append(seat)
-                elif seat.moves > FLOOD_MESSAGES:
-                    self.reject(conn, ErrorCode.FLOOD,
-                                f"more than {FLOOD_MESSAGES} messages in one tick", "flood")
-                    return
-                self.up_moves[seat.cid] = payload
-                return
-            if not seat.welcomed:
-                self.reject(conn, ErrorCode.BAD_MESSAGE,
-                            describe_unexpected(payload, "before WELCOME"))
-                return
-            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "in game"))
-            return
-        if kind != HELLO or len(payload) < 3:
-            self.reject(conn, ErrorCode.BAD_MESSAGE, describe_unexpected(payload, "before HELLO"))
-            return
-        # The authority checks the rest of the HELLO, as serve does, and answers.
-        self._settle(conn)
+    def hello(self, peer: Any, hello: Hello, name: str, address: str) -> None:
         cid = self._next_cid
         self._next_cid = cid % 0xFFFFFFFF + 1
-        seat = conn.data = _Seat(cid, payload)
-        self.seats[cid] = conn
-        self.up_hellos.append(bus_entry(cid, OP_HELLO, payload))
+        a = address.encode("ascii", "replace")[:255]
+        seat = _Seat(cid, bytes([len(a)]) + a + encode(hello), peer)
+        self.seats[cid] = seat
+        self.hellos[peer] = seat
+        self.up_hellos.append(bus_entry(cid, OP_HELLO, seat.hello))
 
-    def compact(self) -> bool:
-        """A gateway's own per-player tables churn as its connections do."""
-        if not GameServer.compact(self):
-            return False
-        self.seats = dict(self.seats)
-        self.players = dict(self.players)
-        return True
+    def move(self, handle: Any, payload: bytes) -> int:
+        seat: _Seat = handle
+        seat.moves += 1
+        if seat.moves == 1:
+            self.moved.append(seat)
+        self.up_moves[seat.cid] = payload
+        return seat.moves
 
-    def on_close(self, conn: Connection, reason: str) -> None:
-        self.pending.pop(conn, None)
-        self.ws_players.pop(conn, None)
-        self.v2_conns.pop(conn, None)
-        seat = conn.data
-        if seat is not None:
-            conn.data = None
-            self.players.pop(conn, None)
-            self.seats.pop(seat.cid, None)
-            self.up_moves.pop(seat.cid, None)
-            self.yous.pop(seat.cid, None)
-            self._due_yous.pop(seat.cid, None)
-            self._after_due.discard(conn)
-            self.up_leaves.append(bus_entry(seat.cid, OP_LEAVE))
+    def leave(self, peer: Any, handle: Any) -> None:
+        seat = self.hellos.pop(peer, None) if handle is HELLO_SENT else handle
+        if seat is None:
+            return
+        self.players.pop(peer, None)
+        if self.seats.pop(seat.cid, None) is None:
+            return  # the authority dropped it already: no LEAVE
+        self.up_moves.pop(seat.cid, None)
+        self.yous.pop(seat.cid, None)
+        self._due_yous.pop(seat.cid, None)
+        self._after_due.discard(peer)
+        self.up_leaves.append(bus_entry(seat.cid, OP_LEAVE))
 
-    # -- our tick: the up batch, the hello timeouts, the pause ---------------
+    # -- up: once per tick --------------------------------------------------------------
 
-    def on_tick(self, tick: Tick) -> None:
+    def send_up(self) -> None:
+        """This tick's HELLOs, the last MOVE of each player, the leaves (the heartbeat)."""
         for seat in self.moved:
             seat.moves = 0
         self.moved = []
-        now = self.loop.time()
-        if self.redis.ready:
-            me = bytes([len(self.gateway)]) + self.gateway.encode()
+        link = self.link
+        if link.redis.ready:
             if self.full_due:
                 self.full_due = False
-                self.bus.resyncs += 1
+                link.stats.resyncs += 1
                 self.up_hellos, self.up_leaves = [], []
                 self.number += 1
-                self.publish(self.up_channel, bus_pack(BUS_FULL, self.epoch, self.number, me + b"".join(
-                    bus_entry(cid, OP_HELLO, c.data.hello) for cid, c in self.seats.items())))
+                link.publish(link.up_channel, bus_pack(BUS_FULL, self.epoch, self.number,
+                                                       self.me + b"".join(
+                    bus_entry(cid, OP_HELLO, seat.hello) for cid, seat in self.seats.items())))
             body = b"".join(self.up_hellos) + b"".join(
                 bus_entry(cid, OP_MOVE, move) for cid, move in self.up_moves.items()) + \
                 b"".join(self.up_leaves)
             self.number += 1
-            self.publish(self.up_channel, bus_pack(BUS_BATCH, self.epoch, self.number, me + body))
+            link.publish(link.up_channel, bus_pack(BUS_BATCH, self.epoch, self.number,
+                                                   self.me + body))
         else:
             self.number += 1  # lost: the authority sees the gap and asks for everything
         self.up_hellos, self.up_leaves = [], []
         self.up_moves = {}
-        if tick.number % 4 == 0 and self.pending:
-            self._expire_pending()
-        if now - self.last_tick_at > PAUSE_AFTER_S:
-            if not self.paused:
-                self.paused = True
-                log.warning("no tick from the authority of %s for %.1f s: the game is paused",
-                            self.cluster.world, now - self.last_tick_at)
-            if now - self._paused_said >= PAUSE_EVERY_S:
-                self._paused_said = now
-                self._say_paused()
 
-    def _say_paused(self) -> None:
-        """Version-2 players hear that the game is paused: STATS with p99 = 0xFFFFFFFF."""
-        v2 = [c for c in self.players if c in self.v2_conns]
-        if not v2:
-            return
-        data = frame(Stats(self.world_connections, self.world_players,
-                           int(time.time() - self.started), rss_kb(), self.start_rss_kb,
-                           PAUSED_P99))
-        self._broadcast(data, 1, v2, {})
-
-    # -- the bus ----------------------------------------------------------------
-
-    def _bus_ready(self) -> None:
+    def bus_ready(self) -> None:
         self.full_due = True  # Redis (re)connected: whatever it lost, send all we hold
         self.down_number = self.private_number = 0
+
+    # -- down: the authority's publications ---------------------------------------------
 
     def on_bus(self, channel: bytes, data: bytes) -> None:
         self._on_bus(channel, data, held=False)
@@ -3876,28 +4129,29 @@ class Gateway(_ClusterRole, GameServer):
         effect (BadMessage), heard only from the epoch the lease confirmed."""
         kind, epoch, number = bus_head(data)
         entries: List[Tuple[int, int, bytes]] = []
-        if kind == BUS_TICK and channel == self.down_channel:
+        if kind == BUS_TICK and channel == self.link.down_channel:
             check_tick_message(data)
         elif kind == BUS_PRIVATE and channel == self.private:
             entries = bus_entries(data, BUS_HEAD.size)
             check_private_entries(entries)
         else:
             raise BadMessage(f"bus kind {kind} on {channel.decode('ascii', 'replace')}")
+        stats = self.link.stats
         if epoch < self.epoch:
-            self.bus.fenced += 1  # an authority that lost the world: not heard
+            stats.fenced += 1  # an authority that lost the world: not heard
             return
         if epoch > self.epoch:
             if held:  # the lease was asked since it came, and said otherwise
-                self.bus.forged += 1
-                self._bus_warning("forged", "a bus message of epoch %d on %s, but the lease in "
-                                  "Redis says epoch %d: dropped", epoch,
-                                  channel.decode("ascii", "replace"), self.epoch)
+                stats.forged += 1
+                self.link.warn("forged", "a bus message of epoch %d on %s, but the lease in "
+                               "Redis says epoch %d: dropped", epoch,
+                               channel.decode("ascii", "replace"), self.epoch)
                 return
             self._hold(channel, data)
             return
-        if kind == BUS_TICK and channel == self.down_channel:
+        if kind == BUS_TICK:
             if self.down_number and number != (self.down_number + 1) & 0xFFFFFFFF:
-                self.bus.gaps += 1  # a tick missed: players see a jump in TICK numbers
+                stats.gaps += 1  # a tick missed: players see a jump in TICK numbers
             self.down_number = number
             # Sent once this loop turn's reading is done, and only the newest:
             # a gateway that fell behind (a join storm, a starved CPU) reads a
@@ -3910,14 +4164,14 @@ class Gateway(_ClusterRole, GameServer):
             if self._tick_due is None:
                 self.loop.call_soon(self._send_due_tick)
             else:
-                self.bus.coalesced += 1
+                stats.coalesced += 1
             self._tick_due = data
             self._due_yous.update(self.yous)
             self.yous = {}
             self._after_due.clear()
-        elif kind == BUS_PRIVATE and channel == self.private:
+        else:
             if self.private_number and number != (self.private_number + 1) & 0xFFFFFFFF:
-                self.bus.gaps += 1  # WELCOMEs or closes lost: resynchronise
+                stats.gaps += 1  # WELCOMEs or closes lost: resynchronise
                 self.full_due = True
             self.private_number = number
             self._on_private(entries)
@@ -3925,9 +4179,9 @@ class Gateway(_ClusterRole, GameServer):
     def _hold(self, channel: bytes, data: bytes) -> None:
         """A publication from a higher epoch: kept until the lease is read."""
         if len(self._held) >= HELD_MAX or self._held_bytes + len(data) > HELD_BYTES:
-            self.bus.forged += 1  # a flood of them while the lease is read: not all kept
-            self._bus_warning("forged", "more than %d bus messages from an unconfirmed epoch "
-                              "on %s: dropped", HELD_MAX, channel.decode("ascii", "replace"))
+            self.link.stats.forged += 1  # a flood of them while the lease is read: not all kept
+            self.link.warn("forged", "more than %d bus messages from an unconfirmed epoch "
+                           "on %s: dropped", HELD_MAX, channel.decode("ascii", "replace"))
             return
         self._held.append((channel, data))
         self._held_bytes += len(data)
@@ -3941,7 +4195,7 @@ class Gateway(_ClusterRole, GameServer):
 
     def _check_lease(self) -> None:
         self.lease_checks += 1
-        self.redis.execute("GET", self.lease_key, callback=self._lease_read)
+        self.link.redis.execute("GET", self.lease_key, callback=self._lease_read)
 
     def _lease_read(self, pending: "Pending") -> None:
         """The lease ("epoch:holder"): raise our epoch to its, then judge what was held."""
@@ -3955,7 +4209,7 @@ class Gateway(_ClusterRole, GameServer):
                 epoch = int(head)
         if epoch > self.epoch:
             if self.epoch:
-                log.info("world %s: a new authority, epoch %d", self.cluster.world, epoch)
+                log.info("world %s: a new authority, epoch %d", self.link.cluster.world, epoch)
             self.epoch = epoch
             self.down_number = self.private_number = 0
         held, self._held, self._held_bytes = self._held, [], 0
@@ -3966,62 +4220,64 @@ class Gateway(_ClusterRole, GameServer):
         try:
             self._on_bus(channel, data, held=True)
         except (BadMessage, struct.error, UnicodeDecodeError) as exc:  # checked once already
-            self.bus.bad += 1
-            self._bus_warning("bad", "a bad bus message on %s (%d bytes): %s",
-                              channel.decode("ascii", "replace"), len(data), exc)
+            self.link.stats.bad += 1
+            self.link.warn("bad", "a bad bus message on %s (%d bytes): %s",
+                           channel.decode("ascii", "replace"), len(data), exc)
 
     def _on_private(self, entries: List[Tuple[int, int, bytes]]) -> None:
+        front = self.front
+        assert front is not None
         seats = self.seats
         for cid, op, body in entries:
             if op == OP_RESYNC:
                 self.full_due = True
                 continue
-            conn = seats.get(cid)
-            if conn is None:
+            seat = seats.get(cid)
+            if seat is None:
                 continue  # gone meanwhile: its LEAVE is on its way
+            conn = seat.peer
             if self._tick_due is not None and op != OP_YOU:
                 self._after_due.add(conn)  # its frames came after that TICK: not sent it
             if op == OP_YOU:
                 self.yous[cid] = body
             elif op == OP_SEND:
-                self._send_now(conn, conn.data, body[1:], body[0])
+                self._send_now(seat, body[1:], body[0])
             elif op == OP_CLOSE:
-                code, nr, nt = _BUS_CLOSE.unpack_from(body)
+                code, _ws_code, nr, nt = _BUS_CLOSE.unpack_from(body)
                 at = _BUS_CLOSE.size
                 reason = body[at:at + nr].decode("utf-8", "replace")
                 text = body[at + nr:at + nr + nt].decode("utf-8", "replace")
-                last = body[at + nr + nt:]
                 self.players.pop(conn, None)
-                del seats[cid]
-                conn.data = None  # the authority has dropped it already: no LEAVE
-                self.errors_sent[last[3] if len(last) > 3 else 0] = \
-                    self.errors_sent.get(last[3] if len(last) > 3 else 0, 0) + 1
-                words = conn.codec.closing(last, code, text) if last else b""
-                if words and conn.write(words):
-                    conn.close_after_flush(reason or "closed", text)
-                else:
-                    conn.close(reason or "closed", text)
+                self.hellos.pop(conn, None)
+                del seats[cid]  # the authority has dropped it already: no LEAVE
+                front.drop(conn, code, text, reason or "closed")
 
-    def _send_now(self, conn: Connection, seat: _Seat, frames: bytes, nframes: int) -> None:
+    def _send_now(self, seat: _Seat, frames: bytes, nframes: int) -> None:
         """A WELCOME bundle (or a rejoin's): learn the player's id and token, pass it on."""
+        front = self.front
+        assert front is not None
+        conn = seat.peer
         if len(frames) > 2 + _WELCOME.size and frames[2] == WELCOME:
             size = int.from_bytes(frames[:2], "big")
             version = int.from_bytes(frames[3:5], "big")
             pid = int.from_bytes(frames[5:9], "big")
-            if version >= PROTOCOL_V2:
+            v2 = version >= PROTOCOL_V2
+            if v2:
                 at = 2 + _WELCOME.size + 1
                 token = frames[at:at + TOKEN_BYTES]
-                _, _, shape, colour = HELLO_STRUCT.unpack_from(seat.hello)
-                seat.hello = _HELLO2.pack(HELLO, PROTOCOL_V2, shape, colour, token, 0)
-                self.v2_conns[conn] = None
+                _, _, shape, colour = HELLO_STRUCT.unpack_from(seat.hello, 1 + seat.hello[0])
+                seat.hello = seat.hello[:1 + seat.hello[0]] + _HELLO2.pack(
+                    HELLO, PROTOCOL_V2, shape, colour, token, 0)
             if seat.welcomed and pid == seat.pid:  # a resync's re-join: the client knows
                 frames, nframes = frames[2 + size:], nframes - 1
-            seat.pid, seat.welcomed = pid, True
-            self.players[conn] = None
-            if isinstance(conn.codec, WebSocketCodec):
-                self.ws_players[conn] = None
+            elif not seat.welcomed:
+                seat.pid, seat.welcomed = pid, True
+                self.hellos.pop(conn, None)
+                self.players[conn] = None
+                front.welcome(conn, seat, frames, max(nframes, 1), v2)
+                return
         if frames:
-            conn.write(conn.codec.wrap(frames), frames=max(nframes, 1))
+            front.send(conn, frames, max(nframes, 1))
 
     def _send_due_tick(self) -> None:
         data, self._tick_due = self._tick_due, None
@@ -4029,6 +4285,8 @@ class Gateway(_ClusterRole, GameServer):
             self._on_tick_message(data)
 
     def _on_tick_message(self, data: bytes) -> None:
+        front = self.front
+        assert front is not None
         at = BUS_HEAD.size
         tick, nframes, players, n, published = BUS_TICK_HEAD.unpack_from(data, at)
         at += BUS_TICK_HEAD.size
@@ -4046,69 +4304,176 @@ class Gateway(_ClusterRole, GameServer):
         self.last_tick_at = self.loop.time()
         if self.paused:
             self.paused = False
-            log.info("world %s: ticking again (tick %d)", self.cluster.world, tick)
+            log.info("world %s: ticking again (tick %d)", self.link.cluster.world, tick)
         seats = self.seats
         after = self._after_due
         yous = []
         for cid, you in self._due_yous.items():
-            conn = seats.get(cid)
-            if conn is not None and conn in self.players:
-                if conn in after:
+            seat = seats.get(cid)
+            if seat is not None and seat.peer in self.players:
+                if seat.peer in after:
                     self.yous.setdefault(cid, you)  # with its next TICK
                 else:
-                    yous.append((conn, you))
+                    yous.append((seat.peer, you))
         self._due_yous = {}
         everyone = [c for c in self.players if c not in after] if after else list(self.players)
         after.clear()
-        bus = self.bus
+        stats = self.link.stats
         first, cpu = time.time(), time.thread_time()
-        self._send_tick(shared, nframes, news, yous, everyone)
+        front.tick(shared, nframes, news, yous, everyone)
         if not everyone:
             return  # sent to nobody: no figure (an empty gateway would make the p50 0)
         last = time.time()
-        bus.broadcast_cpu.add(time.thread_time() - cpu)
-        bus.to_first.add(max(first - published, 0.0))
-        bus.broadcast.add(last - first)
-        bus.latency.add(max(last - published, 0.0))
+        stats.broadcast_cpu.add(time.thread_time() - cpu)
+        stats.to_first.add(max(first - published, 0.0))
+        stats.broadcast.add(last - first)
+        stats.latency.add(max(last - published, 0.0))
+
+    def compact(self) -> None:
+        self.seats = dict(self.seats)
+        self.players = dict(self.players)
+
+
+class Gateway(Role):
+    """``spelltraction.py gateway``: one world's players' sockets; the rules are elsewhere.
+
+    A :class:`Front`, exactly as ``serve`` has it (binary, HTTP, WebSocket
+    on one port, the same limits, the same ERRORs), with the bus to the
+    authority as its World (:class:`GatewayBus`). While no TICK comes (the
+    authority restarting, Redis down), every socket stays open and
+    version-2 players get a STATS whose tick-lateness field is 0xFFFFFFFF
+    every 2 s: the game is paused.
+    """
+
+    role = "gateway"
+
+    def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
+                 address: "RedisAddress") -> None:
+        super().__init__(loop, options._replace(data=None, reuse_port=True))
+        self.cluster = cluster
+        self.gateway = f"{socket.gethostname()[:40]}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.bus = BusLink(loop, cluster, address, f"spelltraction-{cluster.world}-{self.gateway}",
+                           self._on_bus_message, self._redis_ready, self._bus_ready)
+        self.world_bus = GatewayBus(loop, self.bus, self.gateway)
+        self.front = Front(loop, self.options, self.world_bus, self.ops_routes(public=True))
+        self.world_bus.front = self.front
+        self._paused_said = 0.0
+        self._open_admin()
+
+    def parts(self) -> List[Any]:
+        return [self.front, self.bus]
+
+    def players_here(self) -> int:
+        return len(self.world_bus.players)
+
+    def start(self) -> List[Tuple[str, int]]:
+        self.bus.start(self.bus.down_channel, self.world_bus.private)
+        return super().start()  # the ticker is ours: the up batch, the pause
+
+    def close(self) -> None:
+        self.bus.close()
+        super().close()
+
+    def compact(self) -> bool:
+        rebuilt = super().compact()
+        if rebuilt:
+            self.world_bus.compact()
+        return rebuilt
+
+    def _redis_ready(self) -> None:
+        log.info("redis %s: connected", self.bus.redis.address.url())
+
+    def _bus_ready(self) -> None:
+        self.world_bus.bus_ready()
+
+    def _on_bus_message(self, channel: bytes, data: bytes) -> None:
+        self.world_bus.on_bus(channel, data)
+
+    def health(self) -> Tuple[str, bytes, int]:
+        assert self.front is not None
+        wb = self.world_bus
+        if not self.bus.ready:
+            text, status = f"not ready: waiting for Redis at {self.bus.redis.address.url()}", 503
+        elif wb.paused or wb.world_tick < 0:
+            text, status = "not ready: no tick from the authority (the world is paused)", 503
+        elif self.shutting_down:
+            text, status = "shutting down", 503
+        else:
+            net = self.front.net
+            text, status = (f"ok: gateway {self.gateway} of {self.cluster.world}; "
+                            f"{len(wb.players)} players here, {wb.world_players} in the "
+                            f"world, {net.stats.connections} of {net.config.max_connections} "
+                            "connections"), 200
+        return "text/plain; charset=utf-8", (text + "\n").encode(), status
+
+    # -- our tick: the up batch, the hello timeouts, the pause ---------------
+
+    def on_tick(self, tick: Tick) -> None:
+        assert self.front is not None
+        wb = self.world_bus
+        wb.send_up()
+        self.front.after_tick(tick.number)
+        now = self.loop.time()
+        if now - wb.last_tick_at > PAUSE_AFTER_S:
+            if not wb.paused:
+                wb.paused = True
+                log.warning("no tick from the authority of %s for %.1f s: the game is paused",
+                            self.cluster.world, now - wb.last_tick_at)
+            if now - self._paused_said >= PAUSE_EVERY_S:
+                self._paused_said = now
+                self._say_paused()
+
+    def _say_paused(self) -> None:
+        """Version-2 players hear that the game is paused: STATS with p99 = 0xFFFFFFFF."""
+        assert self.front is not None
+        v2 = [c for c in self.world_bus.players if c in self.front.v2_conns]
+        if not v2:
+            return
+        wb = self.world_bus
+        data = frame(Stats(wb.world_connections, wb.world_players,
+                           int(time.time() - self.started), rss_kb(), self.start_rss_kb,
+                           PAUSED_P99))
+        self.front.broadcast(data, 1, v2)
 
     # -- figures ------------------------------------------------------------------
 
-    def cluster_stats(self) -> Dict[str, Any]:
-        return {"role": "gateway", "world": self.cluster.world, "gateway": self.gateway,
-                "epoch": self.epoch, "players_here": len(self.players),
-                "world_players": self.world_players, "world_tick": self.world_tick,
-                "ticks_in": self.ticks_in, "paused": self.paused,
-                "bus": self.bus.snapshot(self.ticker.fired if self.ticker else 0),
-                "redis": self.redis.stats()}
-
     def stats_snapshot(self) -> Dict[str, Any]:
-        snap = GameServer.stats_snapshot(self)
-        snap["players"] = len(self.players)
-        snap["game_tick"] = self.world_tick
-        del snap["last_tick"]  # the schedule is the authority's: its /stats.json has it
-        snap["cluster"] = self.cluster_stats()
+        snap = super().stats_snapshot()
+        wb = self.world_bus
+        snap["players"] = len(wb.players)
+        snap["game_tick"] = wb.world_tick
+        snap["cluster"] = {
+            "role": "gateway", "world": self.cluster.world, "gateway": self.gateway,
+            "epoch": wb.epoch, "players_here": len(wb.players),
+            "world_players": wb.world_players, "world_tick": wb.world_tick,
+            "ticks_in": wb.ticks_in, "paused": wb.paused,
+            "bus": self.bus.stats.snapshot(self.ticker.fired if self.ticker else 0),
+            "redis": self.bus.redis.stats()}
         return snap
 
-    def role_metrics(self, exp: Exposition) -> None:
-        exp.gauge("spelltraction_gateway_players", "Players on this gateway.", len(self.players))
+    def metrics_text(self) -> str:
+        text = super().metrics_text()
+        exp = Exposition()
+        wb = self.world_bus
+        exp.gauge("spelltraction_gateway_players", "Players on this gateway.", len(wb.players))
         exp.gauge("spelltraction_world_players", "Players in the world (the authority's count).",
-                  self.world_players)
+                  wb.world_players)
         exp.gauge("spelltraction_world_paused", "1 while no tick comes from the authority.",
-                  int(self.paused))
-        self.bus.add_metrics(exp)
+                  int(wb.paused))
+        return text + exp.text()
 
 
 def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: RedisAddress,
              log_limiter: Optional[RateLimitFilter] = None) -> int:
     """``game`` or ``gateway``: like :func:`serve`, for one role of a world on Redis."""
-    soft, _hard = raise_nofile_limit()
+    soft, _hard = raise_nofile()
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
     loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
-    role_class = Authority if role == "game" else Gateway
-    started = _start_server(loop, lambda: role_class(loop, opts, cluster, address), opts,
-                            log_limiter)
+    make: Callable[[], Role] = (lambda: Authority(loop, opts, cluster, address)) \
+        if role == "game" else (lambda: Gateway(loop, opts, cluster, address))
+    started = _start_server(loop, make, opts, log_limiter)
     if started is None:
         return 2
     server, addresses = started
@@ -4715,7 +5080,7 @@ class BotWorker:
 def _bot_worker_main(params_json: str) -> None:
     """Entry point of a bot process: runs until stdin closes or its deadline."""
     p = json.loads(params_json)
-    raise_nofile_limit()
+    raise_nofile()
     resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
                        p["seed"], p["batch"], p.get("ws", False), resume,

@@ -46,7 +46,7 @@ def _deep_entry(d: Any) -> float:
 
 def objects_table(srv: Any) -> List[Tuple[str, float]]:
     """sys.getsizeof of one player's objects, and the per-entry share of each index."""
-    conns = [c for c in srv.net.connections.values() if c.data is not None]
+    conns = [c for c in srv.front.net.connections.values() if c.data is not None]
     if not conns:
         return []
     conn = conns[len(conns) // 2]
@@ -85,10 +85,10 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
     else:
         rows.append(("epoll poller's handler list by fd, per player",
                      sys.getsizeof(poller._handlers) / len(conns)))
-    rows.append(("server.connections dict, per entry", _deep_entry(srv.net.connections)))
-    rows.append(("game.players, per entry", _deep_entry(srv.game.players)))
+    rows.append(("server.connections dict, per entry", _deep_entry(srv.front.net.connections)))
+    rows.append(("game.players, per entry", _deep_entry(srv.world.game.players)))
     for name in ("_counted", "proxied", "_over_backlog"):
-        d = getattr(srv.net, name, None)
+        d = getattr(srv.front.net, name, None)
         if d:
             rows.append((f"net.{name}, per entry", _deep_entry(d)))
     return rows
@@ -116,10 +116,10 @@ def run(count: int, trace: bool, hold: float, ws: bool = False) -> Dict[str, Any
         stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while len(srv.game.players) < count and time.monotonic() < deadline:
+        while len(srv.world.game.players) < count and time.monotonic() < deadline:
             loop.run_for(0.25)
         loop.run_for(hold)  # a few ticks with everyone in
-        players = len(srv.game.players)
+        players = len(srv.world.game.players)
         gc.collect()
         rss1 = rss_bytes(os.getpid())
         out: Dict[str, Any] = {"players": players, "rss_before": rss0, "rss_after": rss1,

@@ -233,7 +233,7 @@ def worker_main(params_json: str) -> None:
     """A bot process: plays until stdin closes (or "stop", or its deadline);
     "churn WAVE N" on stdin sends N of its bots away and back."""
     p = json.loads(params_json)
-    st.raise_nofile_limit()
+    st.raise_nofile()
     bots = SoakBots(p)
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # bench/fuzz.py imports this file from outside pytest
@@ -126,34 +126,26 @@ def drive_bus(data: bytes, cuts: Sequence[int] = ()) -> None:
             pass
 
 
-class FakeConn:
-    """A player's connection on a gateway, as far as the bus's paths use one."""
+class FakeFront(st.FrontSide):
+    """A gateway's Front as far as the bus's paths use one: it records what it is told."""
 
-    def __init__(self, cid: int, version: int) -> None:
-        hello = st.frame(st.Hello(version))[2:]
-        self.data = st._Seat(cid, hello)
-        self.fd = cid
-        self.codec = self
-        self.sent: List[bytes] = []
-        self.closed = False
+    def __init__(self) -> None:
+        self.told: List[str] = []
+        self.v2_conns: Dict[object, None] = {}
 
-    def peername(self) -> str:
-        return f"fake #{self.fd}"
+    def welcome(self, peer: object, handle: object, frames: bytes, nframes: int,
+                v2: bool) -> None:
+        self.told.append("welcome")
 
-    def wrap(self, stream: bytes) -> bytes:
-        return stream
+    def send(self, conn: object, frames: bytes, nframes: int) -> None:
+        self.told.append("send")
 
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        return stream
+    def drop(self, peer: object, code: int, text: str, reason: str) -> None:
+        self.told.append("drop")
 
-    def write(self, data: bytes, frames: int = 1) -> bool:
-        self.sent.append(data)
-        return True
-
-    def close(self, reason: str = "", text: str = "") -> None:
-        self.closed = True
-
-    close_after_flush = close
+    def tick(self, shared: bytes, nframes: int, news: bytes, yous: List[Tuple[object, bytes]],
+             everyone: List[object]) -> None:
+        self.told.append("tick")
 
 
 class BusRoles:
@@ -178,8 +170,7 @@ class BusRoles:
             where = RedisAddress("127.0.0.1", 1)
             self.authority = st.Authority(loop, opts, st.ClusterOptions("fuzz"), where)
             self.gateway = st.Gateway(loop, opts, st.ClusterOptions("fuzz"), where)
-            self.gateway.net.broadcast = lambda *args, **kw: None  # type: ignore[method-assign]
-            self.gateway.redis.execute = lambda *args, **kw: None  # type: ignore[method-assign]
+            self.gateway.bus.redis.execute = lambda *args, **kw: None  # type: ignore[method-assign]
         return self
 
 
@@ -190,7 +181,7 @@ def drive_bus_authority(data: bytes, cuts: Sequence[int] = ()) -> None:
     """An up message (a gateway's HELLOs, MOVEs, leaves) into the authority."""
     authority = _ROLES.fresh().authority
     try:
-        authority.on_bus(authority.up_channel, data)
+        authority._on_bus_message(authority.bus.up_channel, data)
     except st.BadMessage:
         pass
 
@@ -199,23 +190,27 @@ def drive_bus_gateway(data: bytes, cuts: Sequence[int] = ()) -> None:
     """A TICK or private message into a gateway holding players 1-3 (2 is v2),
     at the message's own epoch (so it is heard, not held), and the TICK sent."""
     gateway = _ROLES.fresh().gateway
-    conns = {cid: FakeConn(cid, st.PROTOCOL_V2 if cid == 2 else st.PROTOCOL_VERSION)
-             for cid in (1, 2, 3)}
-    for cid, conn in conns.items():
-        conn.data.welcomed = cid != 3
-    gateway.seats = dict(conns)  # type: ignore[arg-type]
-    gateway.players = {c: None for c in conns.values() if c.data.welcomed}  # type: ignore[misc]
-    gateway._tick_due, gateway._held, gateway._checking = None, [], False
+    bus = gateway.world_bus
+    bus.front = FakeFront()  # type: ignore[assignment]
+    seats = {}
+    for cid in (1, 2, 3):
+        hello = st.frame(st.Hello(st.PROTOCOL_V2 if cid == 2 else st.PROTOCOL_VERSION))[2:]
+        seat = seats[cid] = st._Seat(cid, b"\x00" + hello, f"peer-{cid}")  # type: ignore[arg-type]
+        seat.welcomed = cid != 3
+    bus.seats = seats
+    bus.players = {s.peer: None for s in seats.values() if s.welcomed}
+    bus.hellos = {s.peer: s for s in seats.values() if not s.welcomed}
+    bus._tick_due, bus._held, bus._checking = None, [], False
     if len(data) >= st.BUS_HEAD.size:
-        gateway.epoch = st.BUS_HEAD.unpack_from(data)[2]
-    channel = gateway.private if cuts and cuts[0] % 2 else gateway.down_channel
+        bus.epoch = st.BUS_HEAD.unpack_from(data)[2]
+    channel = bus.private if cuts and cuts[0] % 2 else gateway.bus.down_channel
     if len(data) > 1 and data[1] == st.BUS_PRIVATE and not (cuts and cuts[0] % 3 == 0):
-        channel = gateway.private
+        channel = bus.private
     try:
-        gateway.on_bus(channel, data)
+        gateway._on_bus_message(channel, data)
     except st.BadMessage:
         pass
-    gateway._send_due_tick()  # no error at all: what is due was checked whole
+    bus._send_due_tick()  # no error at all: what is due was checked whole
 
 
 DRIVERS: Dict[str, Driver] = {
@@ -305,8 +300,9 @@ CORPUS: Dict[str, List[bytes]] = {
 def _bus_samples() -> Dict[str, List[bytes]]:
     entry, pack = st.bus_entry, st.bus_pack
     me = bytes([4]) + b"gw-1"
-    hello1 = st.frame(st.Hello())[2:]
-    hello2 = st.frame(st.Hello(st.PROTOCOL_V2, token=b"t" * 16, name=b"Ann"))[2:]
+    at = bytes([9]) + b"192.0.2.1"  # a HELLO entry: the client's address, then its HELLO
+    hello1 = at + st.frame(st.Hello())[2:]
+    hello2 = at + st.frame(st.Hello(st.PROTOCOL_V2, token=b"t" * 16, name=b"Ann"))[2:]
     move = st.frame(st.Move(1, 20, 30))[2:]
     up = [pack(st.BUS_BATCH, 1, 2, me + entry(1, st.OP_HELLO, hello1)
                + entry(2, st.OP_HELLO, hello2) + entry(1, st.OP_MOVE, move)
@@ -320,14 +316,14 @@ def _bus_samples() -> Dict[str, List[bytes]]:
     welcome1 = st.frame(st.Welcome(7, 1, 2)) + st.frame(st.You(1, 2, 3, 0, "ABC")) + stats
     welcome2 = st.frame(st.Welcome(8, 1, 2, version=st.PROTOCOL_V2, token=b"k" * 16)) \
         + st.frame(st.You(1, 2, 3, 0, "ABC")) + stats + fame
-    close = st._BUS_CLOSE.pack(1008, 5, 4) + b"floodtext" + st.error_frame(4, "flood")
+    close = st._BUS_CLOSE.pack(5, 1008, 5, 4) + b"floodtext"
     down = [pack(st.BUS_TICK, 1, 5, st.BUS_TICK_HEAD.pack(9, 2, 3, len(shared), 1.5) + shared
                  + fame),
             pack(st.BUS_PRIVATE, 1, 1, entry(1, st.OP_SEND, b"\x03" + welcome1)
                  + entry(2, st.OP_SEND, b"\x04" + welcome2)
                  + entry(3, st.OP_YOU, st.frame(st.You(1, 2, 3, 4, "ABC")))
                  + entry(1, st.OP_CLOSE, close) + entry(0, st.OP_RESYNC)),
-            pack(st.BUS_PRIVATE, 1, 2, entry(2, st.OP_CLOSE, st._BUS_CLOSE.pack(0, 0, 0))
+            pack(st.BUS_PRIVATE, 1, 2, entry(2, st.OP_CLOSE, st._BUS_CLOSE.pack(1, 0, 0, 0))
                  + entry(3, st.OP_SEND, b"\x01" + stats))]
     return {"bus": up + down, "bus-authority": up, "bus-gateway": down}
 

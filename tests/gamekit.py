@@ -23,7 +23,7 @@ class Harness:
         options = st.ServerOptions(host="127.0.0.1", port=0, tick_ms=tick_ms, seed=1, **opts)
         self.server = st.GameServer(self.loop, options)
         self.server.start()
-        self.port = self.server.net.port
+        self.port = self.server.front.net.port
 
     def run(self, seconds):
         self.loop.run_for(seconds)
@@ -32,8 +32,8 @@ class Harness:
         run_until(self.loop, pred, timeout, what, step=STEP)
 
     def ticks(self, n):
-        target = self.server.game.tick + n
-        self.run_until(lambda: self.server.game.tick >= target)
+        target = self.server.world.game.tick + n
+        self.run_until(lambda: self.server.world.game.tick >= target)
 
     def client(self, hello=True):
         c = Client(self)

@@ -37,6 +37,15 @@ class Spawned:
                                f"{self.proc.stderr.read()[-2000:]}")
         self.host, self.port = found[1], int(found[2])
 
+    def admin_port(self) -> int:
+        """The admin port, from the banner line the server prints for it (read up to it)."""
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, f"{self.argv} printed no admin line"
+            found = re.search(r"admin .*:(\d+)/?\s*$", line)
+            if found:
+                return int(found[1])
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Stop it (``sig``, then a kill after ``timeout`` s); its exit status.
 

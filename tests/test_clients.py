@@ -346,7 +346,7 @@ def test_driver_joins_sees_others_move_and_its_click_reaches_the_server(h):
     net = drive(h, brain, h.port)
     h.run_until(lambda: brain.state == st.ClientState.PLAYING and brain.tick >= 0)
     pid = brain.player_id
-    assert pid in h.server.game.players and brain.stats is not None
+    assert pid in h.server.world.game.players and brain.stats is not None
     other = h.client()
     other.send(st.Move(1, 420, 330))
     h.run_until(lambda: other.welcome.player_id in brain.markers
@@ -354,7 +354,7 @@ def test_driver_joins_sees_others_move_and_its_click_reaches_the_server(h):
     assert brain.markers[other.welcome.player_id].ty == 330
     assert brain.click(60, 300)
     net.flush()
-    h.run_until(lambda: (h.server.game.players[pid].x, h.server.game.players[pid].y)
+    h.run_until(lambda: (h.server.world.game.players[pid].x, h.server.world.game.players[pid].y)
                 == (60, 300))
     h.run_until(lambda: brain.pending is None)  # echoed
     assert (brain.me.tx, brain.me.ty) == (60, 300)
@@ -366,12 +366,12 @@ def test_driver_reconnects_when_the_server_drops_it_as_a_new_player(h):
     net = drive(h, brain, h.port)
     h.run_until(lambda: brain.state == st.ClientState.PLAYING)
     first = brain.player_id
-    h.server.game.players[first].conn.close("test")
+    h.server.world.game.players[first].peer.close("test")
     h.run_until(lambda: brain.state == st.ClientState.WAITING)
     assert "Server gone: the server closed the connection" in brain.status_line()
     assert 0.4 < brain.retry_at - h.loop.time() <= 0.5
     h.run_until(lambda: brain.state == st.ClientState.PLAYING, timeout=5)
-    assert brain.player_id != first and brain.player_id in h.server.game.players
+    assert brain.player_id != first and brain.player_id in h.server.world.game.players
     assert net.failures == 0  # a successful join resets the backoff
     net.stop()
 
@@ -383,7 +383,7 @@ def test_driver_shows_a_version_error_and_stops_retrying(h):
     assert brain.error == "server speaks protocols 1 and 2, client sent 3"
     h.run(0.8)
     assert net.sock is None and brain.state == st.ClientState.STOPPED  # no retry
-    assert h.server.net.stats.accepted == 1
+    assert h.server.front.net.stats.accepted == 1
     net.stop()
 
 

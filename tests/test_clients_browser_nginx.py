@@ -27,7 +27,7 @@ def test_the_browser_plays_through_the_shipped_nginx_and_other_sites_cannot_join
     with Spawned([sys.executable, st.__file__, "serve", "--host", "127.0.0.1", "--port", "0",
                   "--admin-port", "0", "--no-data", "--tick-ms", "100"]) as server, \
             sync_playwright() as p:
-        admin = int(re.search(r":(\d+)/", server.proc.stdout.readline())[1])
+        admin = server.admin_port()
         nginx = ShippedNginx(tmp_path, server.port, admin)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

@@ -77,9 +77,9 @@ def test_the_driver_comes_back_as_itself_after_the_server_drops_it(h):
     h.run_until(lambda: brain.state == st.ClientState.PLAYING)
     pid = brain.player_id
     assert saved == [brain.token]
-    player = h.server.game.players[pid]
-    player.conn.close("test")  # the server drops the connection
+    player = h.server.world.game.players[pid]
+    player.peer.close("test")  # the server drops the connection
     h.run_until(lambda: brain.state != st.ClientState.PLAYING)
     h.run_until(lambda: brain.state == st.ClientState.PLAYING, timeout=15)
-    assert brain.player_id == pid and brain.resumed and h.server.resumes == 1
+    assert brain.player_id == pid and brain.resumed and h.server.world.resumes == 1
     net.stop()

@@ -319,7 +319,7 @@ def test_the_unit_server_works_with_only_its_own_proc(tmp_path):
     argv = [unshare, "--mount", "--propagation", "private", "sh", "-c", mount, "sh",
             sys.executable, "-I", str(pyz), *args]
     with Spawned(argv, cwd=tmp_path, env=env) as server:
-        admin = int(re.search(r":(\d+)/", server.proc.stdout.readline())[1])
+        admin = server.admin_port()
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(st.frame(st.Hello()))
             assert sock.recv(4096), "WELCOME"
@@ -496,7 +496,7 @@ def test_behind_the_shipped_nginx_players_are_counted_by_their_own_address(tmp_p
     # as a host sees players who come from outside. Nothing else changes.
     args += ["--exempt", "127.0.0.1", "--no-data"]
     with Spawned([sys.executable, st.__file__, *args], cwd=tmp_path) as server:
-        admin = int(re.search(r":(\d+)/", server.proc.stdout.readline())[1])
+        admin = server.admin_port()
         nginx = ShippedNginx(tmp_path, server.port, admin)
         try:
             check_players_are_limited_per_address(nginx)

@@ -93,7 +93,7 @@ def test_the_units_command_lines_run_a_world_on_a_password_protected_redis(tmp_p
             GAME_UNIT, str(credentials), url, admin_port="0")], env=env)
         gateway = Spawned([sys.executable, st.__file__, *unit_args(
             GATEWAY_UNIT, str(credentials), url, admin_port="0", host="127.0.0.1", port="0")])
-        admin = int(re.search(r":(\d+)/", gateway.proc.stdout.readline())[1])
+        admin = gateway.admin_port()
         wait_for(lambda: http_get(admin, "/healthz")[0] == 200)
         p = Player(gateway.port)
         p.until(lambda: p.welcome is not None and p.last_tick() >= 0)
@@ -130,7 +130,7 @@ def test_behind_the_shipped_nginx_gateway_players_are_counted_by_their_own_addre
         gateway = Spawned([sys.executable, st.__file__, *unit_args(
             GATEWAY_UNIT, str(credentials), url, admin_port="0", host="127.0.0.1", port="0"),
             "--exempt", "127.0.0.1"])
-        admin = int(re.search(r":(\d+)/", gateway.proc.stdout.readline())[1])
+        admin = gateway.admin_port()
         wait_for(lambda: http_get(admin, "/healthz")[0] == 200)
         nginx = ShippedNginx(tmp_path, gateway.port, admin)
         check_players_are_limited_per_address(nginx)

@@ -11,12 +11,12 @@ from netcore import encode_frame
 
 def test_hello_gets_welcome_you_and_stats_in_one_send(h):
     c = h.client(hello=False)
-    sends = h.server.net.stats.sends
+    sends = h.server.front.net.stats.sends
     c.send(st.Hello(1, 2, 0x112233))
     welcome = c.expect(st.Welcome)
     you = c.expect(st.You)
     stats = c.expect(st.Stats)
-    assert h.server.net.stats.sends == sends + 1
+    assert h.server.front.net.stats.sends == sends + 1
     assert welcome.shape == 2 and welcome.colour == 0x112233 and welcome.tick_ms == 20
     assert (welcome.cols, welcome.rows, welcome.cell_px, welcome.hold_ticks) == (4, 3, 117, 20)
     assert len(set(you.letters)) == 3 and you.score == 0 and you.seq == 0
@@ -32,14 +32,14 @@ def test_server_assigns_distinct_ids(h):
 def test_one_send_per_tick_per_player(h):
     clients = [h.client() for _ in range(10)]
     h.ticks(2)
-    before, first = h.server.net.stats.sends, h.server.game.tick
+    before, first = h.server.front.net.stats.sends, h.server.world.game.tick
     clients[0].send(st.Move(5, 10, 10))
     clients[1].send(st.Move(6, 300, 300))
     h.run(0.001)
     h.ticks(3)
     # one send per player per tick, however many ticks fired (a loaded
     # machine may fit one into the short run above)
-    assert h.server.net.stats.sends - before == 10 * (h.server.game.tick - first)
+    assert h.server.front.net.stats.sends - before == 10 * (h.server.world.game.tick - first)
     assert clients[0].expect(st.You).seq == 5
     assert clients[1].expect(st.You).seq == 6
 
@@ -64,18 +64,18 @@ def test_move_is_echoed_clamped_and_shown_to_others(h):
 def test_join_costs_the_same_bytes_however_many_play(h):
     first = h.client(hello=False)
     first.send(st.Hello())
-    h.run_until(lambda: h.server.net.stats.bytes_out > 0)
-    alone = h.server.net.stats.bytes_out
+    h.run_until(lambda: h.server.front.net.stats.bytes_out > 0)
+    alone = h.server.front.net.stats.bytes_out
     crowd = [h.client() for _ in range(200)]
     h.ticks(1)
     sizes = []
     while len(sizes) < 3:
         c = h.client(hello=False)
-        out, tick = h.server.net.stats.bytes_out, h.server.game.tick
+        out, tick = h.server.front.net.stats.bytes_out, h.server.world.game.tick
         c.send(st.Hello())
-        h.run_until(lambda: h.server.net.stats.bytes_out > out)
-        if h.server.game.tick == tick:  # a tick's sends would be counted too: measure again
-            sizes.append(h.server.net.stats.bytes_out - out)
+        h.run_until(lambda: h.server.front.net.stats.bytes_out > out)
+        if h.server.world.game.tick == tick:  # a tick's sends would be counted too: measure again
+            sizes.append(h.server.front.net.stats.bytes_out - out)
     assert sizes == [alone] * 3, "WELCOME + YOU + STATS, never the list of players"
     assert crowd
 
@@ -126,7 +126,7 @@ def test_bad_input_gets_a_reason_then_close_and_others_play_on(h, raw, code, tex
     for c in others:
         c.send(st.Move(77, 5, 5))
         assert c.expect(st.You).seq == 77
-    assert len(h.server.game.players) == 3
+    assert len(h.server.world.game.players) == 3
 
 
 def test_a_second_hello_is_an_error(h):
@@ -158,18 +158,18 @@ def test_a_hello_waiting_unread_is_no_hello_timeout(make_harness):
 
     h = make_harness(hello_timeout=0.05)
     c = h.client(hello=False)
-    h.run_until(lambda: len(h.server.pending) == 1, what="the connection accepted")
-    (conn,) = h.server.pending
+    h.run_until(lambda: len(h.server.front.pending) == 1, what="the connection accepted")
+    (conn,) = h.server.front.pending
     c.send(st.Hello())  # the loop does not run: nobody reads it
     end = time.monotonic() + 5
     while not unread_bytes(conn.sock) and time.monotonic() < end:
         time.sleep(0.001)
     time.sleep(0.1)  # twice the hello timeout
-    h.server._expire_pending()
-    assert conn in h.server.pending and conn.is_open
+    h.server.front._expire_pending()
+    assert conn in h.server.front.pending and conn.is_open
     assert isinstance(c.expect(st.Welcome), st.Welcome)  # read at last: a player
     time.sleep(0.1)
-    h.server._expire_pending()  # a silent one is still timed out
+    h.server.front._expire_pending()  # a silent one is still timed out
     silent = h.client(hello=False)
     errors = [m for m in silent.wait_closed() if isinstance(m, st.Error)]
     assert errors[-1].code == st.ErrorCode.HELLO_TIMEOUT
@@ -181,7 +181,7 @@ def test_server_full_is_an_error_frame(make_harness):
     c = h.client(hello=False)
     errors = [m for m in c.wait_closed() if isinstance(m, st.Error)]
     assert errors[-1].code == st.ErrorCode.SERVER_FULL and "server full" in errors[-1].text
-    assert len(h.server.game.players) == len(players)
+    assert len(h.server.world.game.players) == len(players)
 
 
 def test_leaving_lists_the_player_as_gone(h):
@@ -210,7 +210,7 @@ def test_scoring_reaches_everyone(h):
     assert tick.attractor == 0
     scored = c.expect(st.Scored, timeout=10)
     assert scored.cell == 0 and scored.old == board[0]
-    holders = [x for x in h.server.game.players.values() if x.score == 1]
+    holders = [x for x in h.server.world.game.players.values() if x.score == 1]
     assert scored.scorers == len(holders)
 
 

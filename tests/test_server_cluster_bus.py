@@ -102,7 +102,7 @@ def roles():
     opts = st.ServerOptions(data=None, port=0)
     gw = st.Gateway(loop, opts, st.ClusterOptions("t"), RedisAddress("127.0.0.1", 1))
     auth = st.Authority(loop, opts, st.ClusterOptions("t"), RedisAddress("127.0.0.1", 1))
-    gw.redis.execute = LeaseAsked()
+    gw.bus.redis.execute = LeaseAsked()
     return gw, auth
 
 
@@ -114,56 +114,56 @@ def tick_message(epoch, number, tick=5):
 
 def test_a_gateway_raises_its_epoch_only_to_one_the_lease_confirms():
     gw, auth = roles()
-    lease = gw.redis.execute
-    down = gw.down_channel
+    lease = gw.bus.redis.execute
+    down = gw.bus.down_channel
     # The real authority (epoch 3): held until the lease says 3, then heard.
-    gw._on_bus_message(down, tick_message(3, 1))
-    assert gw.epoch == 0 and gw._tick_due is None and len(lease.asked) == 1
+    gw.bus.received(down, tick_message(3, 1))
+    assert gw.world_bus.epoch == 0 and gw.world_bus._tick_due is None and len(lease.asked) == 1
     assert lease.answer(b"3:host:/var/lib/st") == auth.lease.key  # the authority's lease
-    assert gw.epoch == 3 and gw._tick_due is not None and gw.down_number == 1
-    gw._tick_due = None
+    assert gw.world_bus.epoch == 3 and gw.world_bus._tick_due is not None and gw.world_bus.down_number == 1
+    gw.world_bus._tick_due = None
     # A forgery from the top of the range: asked about, refused, counted.
-    gw._checked_at = -1.0  # (past the pause between two checks)
-    gw._on_bus_message(down, tick_message(0xFFFFFFFF, 1))
+    gw.world_bus._checked_at = -1.0  # (past the pause between two checks)
+    gw.bus.received(down, tick_message(0xFFFFFFFF, 1))
     # Meanwhile the real authority is heard as before.
-    gw._on_bus_message(down, tick_message(3, 2))
-    assert gw.down_number == 2 and gw._tick_due is not None
+    gw.bus.received(down, tick_message(3, 2))
+    assert gw.world_bus.down_number == 2 and gw.world_bus._tick_due is not None
     lease.answer(b"3:host:/var/lib/st")
-    assert gw.epoch == 3 and gw.bus.forged == 1 and gw.down_number == 2
-    gw._on_bus_message(down, tick_message(3, 3))
-    assert gw.down_number == 3 and gw.bus.fenced == 0
+    assert gw.world_bus.epoch == 3 and gw.bus.stats.forged == 1 and gw.world_bus.down_number == 2
+    gw.bus.received(down, tick_message(3, 3))
+    assert gw.world_bus.down_number == 3 and gw.bus.stats.fenced == 0
     # A flood of forgeries while the lease is read: one GET, a bounded queue.
-    gw._checked_at = -1.0
+    gw.world_bus._checked_at = -1.0
     for i in range(1000):
-        gw._on_bus_message(down, tick_message(0xFFFFFFFF, i))
-    assert len(lease.asked) == 1 and len(gw._held) == st.HELD_MAX
+        gw.bus.received(down, tick_message(0xFFFFFFFF, i))
+    assert len(lease.asked) == 1 and len(gw.world_bus._held) == st.HELD_MAX
     lease.answer(None)  # no lease at all (it expired): nothing confirmed
-    assert gw.epoch == 3 and gw.bus.forged == 1001 and not gw._held
+    assert gw.world_bus.epoch == 3 and gw.bus.stats.forged == 1001 and not gw.world_bus._held
     # The next check waits LEASE_CHECK_EVERY_S after the last: no GET per message.
-    gw._on_bus_message(down, tick_message(9, 1))
-    assert not lease.asked and gw._checking
+    gw.bus.received(down, tick_message(9, 1))
+    assert not lease.asked and gw.world_bus._checking
     # A real successor (epoch 4): confirmed, and the old epoch is fenced from then on.
-    gw._checking = False
-    gw._held = []
-    gw._checked_at = -1.0
-    gw._on_bus_message(down, tick_message(4, 1))
+    gw.world_bus._checking = False
+    gw.world_bus._held = []
+    gw.world_bus._checked_at = -1.0
+    gw.bus.received(down, tick_message(4, 1))
     lease.answer(b"4:other:/var/lib/st")
-    assert gw.epoch == 4 and gw.down_number == 1
-    gw._on_bus_message(down, tick_message(3, 4))
-    assert gw.bus.fenced == 1 and gw.down_number == 1
-    assert gw.bus.bad == 0
-    assert gw.bus.snapshot(1)["forged"] == 1001
+    assert gw.world_bus.epoch == 4 and gw.world_bus.down_number == 1
+    gw.bus.received(down, tick_message(3, 4))
+    assert gw.bus.stats.fenced == 1 and gw.world_bus.down_number == 1
+    assert gw.bus.stats.bad == 0
+    assert gw.bus.stats.snapshot(1)["forged"] == 1001
 
 
 def test_a_forged_epoch_s_flood_is_summarised_in_the_log(caplog):
     gw, _ = roles()
-    gw.epoch = 3
+    gw.world_bus.epoch = 3
     with caplog.at_level("WARNING"):
         for i in range(500):
-            gw._held, gw._checking, gw._checked_at = [], False, -1.0
-            gw._on_bus_message(gw.down_channel, tick_message(7, i))
-            gw.redis.execute.answer(b"3:h")
-    assert gw.bus.forged == 500
+            gw.world_bus._held, gw.world_bus._checking, gw.world_bus._checked_at = [], False, -1.0
+            gw.bus.received(gw.bus.down_channel, tick_message(7, i))
+            gw.bus.redis.execute.answer(b"3:h")
+    assert gw.bus.stats.forged == 500
     lines = [r for r in caplog.records if "epoch 7" in r.getMessage()]
     assert len(lines) == 1 and "lease in Redis says epoch 3" in lines[0].getMessage()
 
@@ -174,21 +174,21 @@ def test_malformed_bus_messages_of_every_length_are_counted_not_raised(size, cap
     counted in bus.bad, one warning line, no traceback (the 10-byte message was an
     IndexError in the authority)."""
     gw, auth = roles()
-    gw.epoch = 1
+    gw.world_bus.epoch = 1
     junk = [bytes([1, kind, 0, 0, 0, 1]) + bytes(range(size))[:max(size - 6, 0)]
             for kind in (st.BUS_TICK, st.BUS_PRIVATE, st.BUS_BATCH, st.BUS_FULL)]
     junk = [j[:size] for j in junk] + [b"\xff" * size]
     with caplog.at_level("DEBUG"):
         for data in junk:
-            for role, channel in ((auth, auth.up_channel), (gw, gw.down_channel),
-                                  (gw, gw.private)):
-                before = role.bus.bad
-                role._on_bus_message(channel, data)
-                if role.bus.bad == before:  # then it was whole: heard or held
+            for role, channel in ((auth, auth.bus.up_channel), (gw, gw.bus.down_channel),
+                                  (gw, gw.world_bus.private)):
+                before = role.bus.stats.bad
+                role.bus.received(channel, data)
+                if role.bus.stats.bad == before:  # then it was whole: heard or held
                     assert size >= st.BUS_HEAD.size, (role, data)
-            gw._send_due_tick()
+            gw.world_bus._send_due_tick()
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
-    assert gw.bus.bad + auth.bus.bad > 0
+    assert gw.bus.stats.bad + auth.bus.stats.bad > 0
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) <= 2
 
 
@@ -196,7 +196,7 @@ def test_the_bus_counters_are_in_metrics():
     from netcore.metrics import Exposition
 
     gw, _ = roles()
-    gw.bus.bad, gw.bus.fenced, gw.bus.forged = 2, 3, 4
+    gw.bus.stats.bad, gw.bus.stats.fenced, gw.bus.stats.forged = 2, 3, 4
     exp = Exposition()
     gw.bus.add_metrics(exp)
     text = exp.text()

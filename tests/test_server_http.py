@@ -145,7 +145,7 @@ def test_bad_requests_get_a_short_answer_and_a_close(h, raw, status):
     assert r.headers["connection"] == "close"
     assert len(r.body) < 200 and r.body.startswith(str(status).encode())
     c.wait_closed()
-    assert h.server.web.stats.bad_requests == 1
+    assert h.server.front.web.stats.bad_requests == 1
 
 
 def test_header_flood_is_refused_before_it_ends(h):
@@ -190,8 +190,8 @@ def test_slow_request_is_closed_at_the_deadline(h):
     r = c.responses(1, timeout=5.0)[0]
     assert r.status == 408
     c.wait_closed()
-    assert h.server.web.stats.handshake_timeouts == 1
-    assert h.server.net.stats.closed_by_reason.get("handshake-timeout") == 1
+    assert h.server.front.web.stats.handshake_timeouts == 1
+    assert h.server.front.net.stats.closed_by_reason.get("handshake-timeout") == 1
 
 
 def test_slow_upgrade_is_closed_at_the_deadline(h):
@@ -205,7 +205,7 @@ def test_idle_kept_alive_connection_is_closed_quietly(h):
     c = RawConn(h)
     assert c.request("/").status == 200
     assert c.wait_closed() == b""
-    assert h.server.web.stats.handshake_timeouts == 1
+    assert h.server.front.web.stats.handshake_timeouts == 1
 
 
 def test_trickled_request_cannot_outlive_the_deadline(h):
@@ -226,13 +226,13 @@ def test_http_connections_are_not_players_and_get_no_game_bytes(h):
     web = RawConn(h)
     assert web.request("/").status == 200
     h.ticks(3)
-    assert len(h.server.game.players) == 1
-    http_conns = [c for c in h.server.net.connections.values() if isinstance(c.codec, HttpCodec)]
+    assert len(h.server.world.game.players) == 1
+    http_conns = [c for c in h.server.front.net.connections.values() if isinstance(c.codec, HttpCodec)]
     assert len(http_conns) == 1 and http_conns[0].data is None
-    assert http_conns[0] not in h.server.pending
+    assert http_conns[0] not in h.server.front.pending
     web.pump()
     assert web.buf == b""  # no TICK leaked into the HTTP connection
-    assert all(c.data is None or c.data.conn is c for c in h.server.net.connections.values())
+    assert all(c.data is None or c.data.peer is c for c in h.server.front.net.connections.values())
     assert player.expect(st.TickMsg)
 
 

@@ -20,7 +20,7 @@ def test_a_ramp_of_hundreds_logs_one_summary_not_a_line_each(caplog, make_harnes
         c.send_raw(b"\x00\x01\x07")
     for c in clients[:100]:
         c.sock.close()
-    h.run_until(lambda: h.server.net.stats.connections == 200)
+    h.run_until(lambda: h.server.front.net.stats.connections == 200)
     h.server.report()
     # A loaded machine may also log that the tick fell behind, or why a tick
     # was late: those lines are about the tick, not a connection, and are not

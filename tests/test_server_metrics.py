@@ -25,7 +25,7 @@ def quiesce(h):
     """Stop ticking and let every queued byte reach the kernel."""
     h.loop.stop_ticker(h.server.ticker)
     h.run(0.05)
-    assert h.server.net.stats.queued_out_bytes == 0
+    assert h.server.front.net.stats.queued_out_bytes == 0
 
 
 def drain(clients):
@@ -74,7 +74,7 @@ def test_metrics_count_what_the_clients_did(h):
 
     for c in clients[:n_closed]:
         c.sock.close()
-    h.run_until(lambda: h.server.net.stats.connections == n_clients - n_closed)
+    h.run_until(lambda: h.server.front.net.stats.connections == n_clients - n_closed)
     samples, _ = parse(h.server.metrics_text())
     assert value(samples, "spelltraction_connections") == n_clients - n_closed
     assert value(samples, "spelltraction_players") == n_clients - n_closed
@@ -124,8 +124,8 @@ def test_slow_consumers_and_errors_sent_are_counted(h):
     bad = h.client(hello=False)
     bad.send_raw(b"\x00\x03\x07xx")  # unknown message type
     bad.wait_closed()
-    h.run_until(lambda: h.server.net.stats.connections == 2)
-    conn = [c for c in h.server.net.connections.values() if c.data is not None
+    h.run_until(lambda: h.server.front.net.stats.connections == 2)
+    conn = [c for c in h.server.front.net.connections.values() if c.data is not None
             and c.data.id == slow.welcome.player_id][0]
     # The peer reads nothing; queue past the cap (max_output) as a stalled client would.
     while conn.write(b"\x00" * 8192):
@@ -148,14 +148,14 @@ def test_letters_scored_are_counted(h):
     c.expect(st.Scored, timeout=10)
     samples, _ = parse(h.server.metrics_text())
     assert value(samples, "spelltraction_letters_scored_total") == \
-        h.server.game.letters_scored >= 1
+        h.server.world.game.letters_scored >= 1
 
 
 def test_refused_connections_are_counted(make_harness):
     h = make_harness(max_clients=2)
     players = [h.client(), h.client()]  # kept: a dropped client closes its socket
     extra = socket.create_connection(("127.0.0.1", h.port))
-    h.run_until(lambda: h.server.net.stats.refused_full == 1)
+    h.run_until(lambda: h.server.front.net.stats.refused_full == 1)
     samples, _ = parse(h.server.metrics_text())
     assert value(samples, "spelltraction_connections_refused_total", reason="full") == 1
     assert value(samples, "spelltraction_connections_refused_total", reason="fd-limit") == 0

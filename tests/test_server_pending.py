@@ -66,7 +66,7 @@ def join_ws(h: Any, version: int, prefix: bytes = b"", headers: bytes = b"") -> 
 
 
 def pending_counted(h: Any, address: str = "127.0.0.1") -> int:
-    return h.server.net.address_limits.count(address)[1]
+    return h.server.front.net.address_limits.count(address)[1]
 
 
 JOINS: List[Callable[[Any], Any]] = [
@@ -82,10 +82,10 @@ NAMES = ["v1-tcp", "v2-tcp", "v1-ws", "v2-ws"]
 def test_players_past_the_pending_limit_of_their_address_all_join(make_harness, join):
     h = make_harness(exempt="", max_pending_per_address=LIMIT, max_per_address=64)
     players = [join(h) for _ in range(3 * LIMIT)]
-    assert len(h.server.game.players) == 3 * LIMIT
+    assert len(h.server.world.game.players) == 3 * LIMIT
     assert pending_counted(h) == 0  # every one of them settled, once
-    assert h.server.net.address_limits.count("127.0.0.1")[0] == 3 * LIMIT
-    assert not h.server.pending
+    assert h.server.front.net.address_limits.count("127.0.0.1")[0] == 3 * LIMIT
+    assert not h.server.front.pending
     # ...and the limit still bounds connections that never say HELLO.
     squatters = [Client(h) for _ in range(LIMIT)]
     h.run_until(lambda: pending_counted(h) == LIMIT, what="the squatters counted")
@@ -100,8 +100,8 @@ def test_players_past_the_pending_limit_of_their_address_all_join(make_harness, 
 def test_players_past_the_pending_total_all_join(make_harness, join):
     h = make_harness(exempt="", max_pending=LIMIT, max_pending_per_address=0)
     players = [join(h) for _ in range(3 * LIMIT)]
-    assert len(h.server.game.players) == 3 * LIMIT
-    assert h.server.net.address_limits.pending == 0
+    assert len(h.server.world.game.players) == 3 * LIMIT
+    assert h.server.front.net.address_limits.pending == 0
     for c in players:
         c.sock.close()
 
@@ -115,11 +115,11 @@ def test_a_player_waiting_for_the_stores_commit_is_settled_once(make_harness, tm
     assert pending_counted(h) == 0
     for c in players:
         c.sock.close()
-    h.run_until(lambda: not h.server.game.players, what="everyone left")
+    h.run_until(lambda: not h.server.world.game.players, what="everyone left")
     back = [join_tcp(h, 2, token=t) for t in tokens]
     assert all(c.welcome.resumed == st.RESUMED for c in back)
     assert pending_counted(h) == 0
-    assert h.server.net.address_limits.count("127.0.0.1")[0] == 2 * LIMIT
+    assert h.server.front.net.address_limits.count("127.0.0.1")[0] == 2 * LIMIT
     for c in back:
         c.sock.close()
 
@@ -150,8 +150,8 @@ def test_players_behind_a_trusted_proxy_are_settled_by_their_own_address(make_ha
         else:
             players.append(join_ws(h, version,
                                    headers=f"X-Forwarded-For: {CLIENT_A}\r\n".encode()))
-    assert len(h.server.game.players) == 3 * LIMIT
-    limits = h.server.net.address_limits
+    assert len(h.server.world.game.players) == 3 * LIMIT
+    limits = h.server.front.net.address_limits
     assert limits.count(CLIENT_A) == (3 * LIMIT, 0)
     assert limits.count("127.0.0.1") == (0, 0)  # the proxy itself is not who is counted
     # Another client behind the same proxy has its own allowance.

@@ -134,5 +134,5 @@ def test_after_the_first_signal_a_second_one_no_longer_waits_for_the_loop():
         loop.remove_signal_handlers()
         for sig, old in saved.items():
             signal.signal(sig, old)
-        server.net.close()
+        server.front.net.close()
         loop.close()

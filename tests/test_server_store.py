@@ -133,14 +133,14 @@ def test_resume_within_grace_is_the_same_player_and_leaves_the_board_meanwhile(h
     tick = watcher.expect(st.TickMsg)
     while pid not in tick.gone:
         tick = watcher.expect(st.TickMsg)
-    players = len(h.server.game.players)
+    players = len(h.server.world.game.players)
     assert tick.players == players and sum(tick.counts) == players  # the crowd stays honest
     back = h.client_v2(token=token)
     w = back.welcome
     assert (w.resumed, w.player_id, w.shape, w.colour, w.token) == (
         st.RESUMED, pid, a.welcome.shape, a.welcome.colour, token)
     assert (back.you.score, back.you.letters) == (1, you.letters)
-    assert h.server.resumes == 1 and len(h.server.game.players) == players + 1
+    assert h.server.world.resumes == 1 and len(h.server.world.game.players) == players + 1
 
 
 def test_after_the_grace_period_a_token_gets_a_new_player(make_harness, data):
@@ -152,7 +152,7 @@ def test_after_the_grace_period_a_token_gets_a_new_player(make_harness, data):
     b = h.client_v2(token=a.welcome.token)
     assert b.welcome.resumed == st.TOKEN_UNKNOWN
     assert b.welcome.player_id != a.welcome.player_id and b.welcome.token != a.welcome.token
-    assert h.server.grace_expired == 1
+    assert h.server.world.grace_expired == 1
 
 
 def test_unknown_and_malformed_tokens(h):
@@ -167,7 +167,7 @@ def test_unknown_and_malformed_tokens(h):
     moved = parked.expect(st.You)
     assert moved.seq == 7
     parked.sock.close()
-    h.run_until(lambda: st.token_hash(parked.welcome.token) in h.server.parked, what="parked")
+    h.run_until(lambda: st.token_hash(parked.welcome.token) in h.server.world.parked, what="parked")
     seats = [playing, helper, v1, parked]
     ids = {c.welcome.player_id for c in seats}
     tokens = {c.welcome.token for c in seats}
@@ -208,7 +208,7 @@ def test_two_connections_one_token_the_newer_wins(h):
     assert b.expect(st.TickMsg).players == 1
     b.send(st.Move(10, 200, 200))
     assert b.expect(st.You).seq == 10
-    assert h.server.takeovers == 1
+    assert h.server.world.takeovers == 1
 
 
 @pytest.mark.parametrize("name, why", [
@@ -279,7 +279,7 @@ def test_resume_across_a_restart_and_ids_are_never_reused(data):
         assert (w.resumed, w.player_id, w.shape, w.colour) == (
             st.RESUMED, a.welcome.player_id, a.welcome.shape, a.welcome.colour)
         assert (back.you.score, back.you.letters) == (you.score, you.letters)
-        assert h.server.game.players[w.player_id].name == "bo"
+        assert h.server.world.game.players[w.player_id].name == "bo"
         fresh = h.client_v2()
         assert fresh.welcome.player_id > highest
         assert h.client().welcome.player_id > fresh.welcome.player_id
@@ -319,9 +319,9 @@ def test_pruning_deletes_long_unseen_players_but_not_the_hall_of_fame(data):
     h = Harness(data=data)  # prunes at start: 30 days by default
     try:
         h.ticks(3)
-        h.run_until(lambda: h.server.store.pruned >= 2)
+        h.run_until(lambda: h.server.world.store.pruned >= 2)
         assert h.client_v2(token=a.welcome.token).welcome.resumed == st.TOKEN_UNKNOWN
-        assert a.welcome.player_id in [e[0] for e in h.server.fame]
+        assert a.welcome.player_id in [e[0] for e in h.server.world.fame]
     finally:
         h.close()
 
@@ -421,12 +421,12 @@ def test_a_failing_commit_is_counted_retried_and_scoring_waits(h, data, caplog):
         x, y = st.cell_centre(cell)
         a.send(st.Move(1, x, y))
         b.send(st.Move(1, x, y))
-        h.run_until(lambda: h.server.game.pending_score is not None, timeout=10)
-        h.run_until(lambda: h.server.store.commit_failures >= 2, timeout=10)
-        ticks = h.server.game.tick
+        h.run_until(lambda: h.server.world.game.pending_score is not None, timeout=10)
+        h.run_until(lambda: h.server.world.store.commit_failures >= 2, timeout=10)
+        ticks = h.server.world.game.tick
         h.run(0.5)
-        assert h.server.game.tick > ticks + 10, "the game keeps running"
-        assert h.server.game.letters_scored == 0, "no score announced before it is on disk"
+        assert h.server.world.game.tick > ticks + 10, "the game keeps running"
+        assert h.server.world.game.letters_scored == 0, "no score announced before it is on disk"
         metrics = h.server.metrics_text()
         assert "spelltraction_store_commit_failures_total" in metrics
         assert "database is locked" in caplog.text
@@ -448,7 +448,7 @@ def test_metrics_report_commit_times(h):
     for name in ("spelltraction_store_commit_p50_seconds", "spelltraction_store_commit_p99_seconds",
                  "spelltraction_store_commits_total", "spelltraction_resumes_total"):
         assert f"\n{name} " in text, name
-    assert h.server.store.commits >= 1
+    assert h.server.world.store.commits >= 1
     snap = json.loads(h.server.stats_json())
     assert snap["store"]["commits"] >= 1 and snap["store"]["path"].endswith(st.DATA_FILE)
 
@@ -487,17 +487,17 @@ def test_parked_seats_are_capped_at_max_clients_the_unscored_going_first(make_ha
     a.sock.close()
     b.sock.close()
     gone = (a.welcome.player_id, b.welcome.player_id)
-    h.run_until(lambda: not any(pid in h.server.game.players for pid in gone), what="a, b gone")
-    before = len(h.server.parked)  # a, b, and whoever scorer() sent away
+    h.run_until(lambda: not any(pid in h.server.world.game.players for pid in gone), what="a, b gone")
+    before = len(h.server.world.parked)  # a, b, and whoever scorer() sent away
     tokens = []
     for _ in range(6):  # join and drop, like a flood
         c = h.client_v2()
         tokens.append(c.welcome.token)
         c.sock.close()
-        h.run_until(lambda: c.welcome.player_id not in h.server.game.players, what="gone")
+        h.run_until(lambda: c.welcome.player_id not in h.server.world.game.players, what="gone")
     evicted = before + 6 - 4
-    assert len(h.server.parked) == 4 and h.server.seats_evicted == evicted
-    assert len(h.server.by_token) == 4 + 1  # the parked, and the watcher playing
+    assert len(h.server.world.parked) == 4 and h.server.world.seats_evicted == evicted
+    assert len(h.server.world.by_token) == 4 + 1  # the parked, and the watcher playing
     back = h.client_v2(token=kept)
     assert back.welcome.resumed == st.RESUMED and back.you.score == 1
     late = h.client_v2(token=tokens[-1])  # the newest unscored seat is still kept

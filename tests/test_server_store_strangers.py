@@ -35,7 +35,7 @@ def rows(data):
 
 def committed(h):
     """Run the loop until everything staged is on disk."""
-    store = h.server.store
+    store = h.server.world.store
     h.run_until(lambda: store.backlog == 0, what="the store to catch up")
 
 
@@ -51,9 +51,9 @@ def test_a_client_gone_before_its_welcome_leaves_no_row(make_harness, data):
     for _ in range(20):
         c = Client(h)
         c.send(hello_v2())
-        h.run_until(lambda: h.server.joining, what="the HELLO read")
+        h.run_until(lambda: h.server.world.joining, what="the HELLO read")
         c.sock.close()  # before the row is committed and the WELCOME sent
-        h.run_until(lambda: not h.server.joining, what="the close read")
+        h.run_until(lambda: not h.server.world.joining, what="the close read")
     committed(h)
     h.ticks(2)
     committed(h)
@@ -64,15 +64,15 @@ def test_a_row_is_written_not_online_and_marked_online_once_welcomed(make_harnes
     h = make_harness(data=data, tick_ms=50)
     c = Client(h)
     c.send(hello_v2())
-    h.run_until(lambda: h.server.joining, what="the HELLO read")
-    (conn, (seq, player, token, status)), = h.server.joining.items()
-    h.run_until(lambda: h.server.store.durable >= seq, what="the row on disk")
+    h.run_until(lambda: h.server.world.joining, what="the HELLO read")
+    (conn, (seq, player, token, status)), = h.server.world.joining.items()
+    h.run_until(lambda: h.server.world.store.durable >= seq, what="the row on disk")
     assert rows(data) == [(player.id, 0)]  # on disk, its WELCOME not sent yet
     welcome = c.expect(st.Welcome)
     committed(h)
     assert rows(data) == [(welcome.player_id, 1)]
     c.sock.close()
-    h.run_until(lambda: not h.server.game.players, what="the leave")
+    h.run_until(lambda: not h.server.world.game.players, what="the leave")
     committed(h)
     assert rows(data) == [(welcome.player_id, 0)]
 
@@ -124,14 +124,14 @@ def test_a_player_comes_back_from_the_store_after_a_restart(data):
         c = h.client_v2(name=b"ada")
         pid, token = c.welcome.player_id, c.welcome.token
         c.sock.close()
-        h.run_until(lambda: not h.server.game.players)
+        h.run_until(lambda: not h.server.world.game.players)
     finally:
         h.close()
     h = Harness(data=data)
     try:
         back = h.client_v2(token=token)
         assert back.welcome.resumed == st.RESUMED and back.welcome.player_id == pid
-        assert h.server.store.lookups == 1
+        assert h.server.world.store.lookups == 1
         stranger = h.client_v2(token=os.urandom(16))  # unknown: a new player, not anyone's
         assert stranger.welcome.resumed == st.TOKEN_UNKNOWN
         assert stranger.welcome.player_id not in (0, pid)
@@ -150,16 +150,16 @@ def test_two_connections_waiting_on_the_store_for_one_player(data):
     try:
         first, second = Client(h), Client(h)
         first.send(hello_v2(token))
-        h.run_until(lambda: len(h.server.waiting) == 1, what="the first waiting")
+        h.run_until(lambda: len(h.server.world.waiting) == 1, what="the first waiting")
         second.send(hello_v2(token))
-        h.run_until(lambda: len(h.server.waiting) == 2, what="the second waiting")
-        assert h.server.store.lookups == 1
+        h.run_until(lambda: len(h.server.world.waiting) == 2, what="the second waiting")
+        assert h.server.world.store.lookups == 1
         assert first.expect(st.Welcome).resumed == st.RESUMED
         assert second.expect(st.Welcome).resumed == st.RESUMED
         first_words = first.wait_closed()
         assert any(isinstance(m, st.Error) and m.code == st.ErrorCode.TAKEN_OVER
                    for m in first_words)
-        assert len(h.server.game.players) == 1
+        assert len(h.server.world.game.players) == 1
     finally:
         h.close()
 
@@ -187,20 +187,20 @@ def test_new_players_from_one_address_are_rate_bounded_and_returning_ones_are_no
     errors = [m for m in refused.wait_closed() if isinstance(m, st.Error)]
     assert errors and errors[0].code == st.ErrorCode.SERVER_FULL
     assert "new-players-per-address" in errors[0].text
-    assert h.server.net.stats.limits["new-players-per-address"] == 1
+    assert h.server.front.net.stats.limits["new-players-per-address"] == 1
     # A returning player is not a new one: it comes back past the burst.
     token = players[0].welcome.token
     players[0].sock.close()
-    h.run_until(lambda: len(h.server.game.players) == 3, what="the leave")
+    h.run_until(lambda: len(h.server.world.game.players) == 3, what="the leave")
     back = h.client_v2(token=token)
     assert back.welcome.resumed == st.RESUMED
-    assert h.server.net.stats.limits["new-players-per-address"] == 1
+    assert h.server.front.net.stats.limits["new-players-per-address"] == 1
 
 
 def test_exempt_networks_make_new_players_without_a_bound(make_harness):
     h = make_harness(new_player_burst=2, new_player_rate=0.001)  # loopback is exempt
     players = [h.client_v2() for _ in range(6)]
-    assert len(h.server.game.players) == len(players)
+    assert len(h.server.world.game.players) == len(players)
 
 
 # -- ids -------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_exempt_networks_make_new_players_without_a_bound(make_harness):
 
 def test_ids_stop_at_the_protocols_limit_with_a_clear_error(make_harness):
     h = make_harness()
-    h.server.game._next_id = st.MAX_PLAYER_ID - 1
+    h.server.world.game._next_id = st.MAX_PLAYER_ID - 1
     a, b = h.client(), h.client_v2()
     assert {a.welcome.player_id, b.welcome.player_id} == {st.MAX_PLAYER_ID - 1, st.MAX_PLAYER_ID}
     for hello in (st.Hello(), hello_v2()):

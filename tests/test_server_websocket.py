@@ -9,12 +9,12 @@ from webkit import RawConn, WsClient
 
 def test_hello_over_websocket_gets_welcome_you_and_stats_in_one_message(h):
     c = WsClient(h)
-    sends = h.server.net.stats.sends
+    sends = h.server.front.net.stats.sends
     c.hello()
-    assert h.server.net.stats.sends == sends + 1
+    assert h.server.front.net.stats.sends == sends + 1
     assert len(c.messages) == 1  # WELCOME + YOU + STATS, one binary message
     assert c.welcome.tick_ms == 20 and c.stats.players == 1
-    assert h.server.web.stats.upgrades == 1
+    assert h.server.front.web.stats.upgrades == 1
 
 
 def test_handshake_and_hello_in_one_segment(h):
@@ -46,15 +46,15 @@ def test_ticks_are_the_same_bytes_and_the_header_is_built_once(h):
     tcp = [h.client() for _ in range(3)]
     wss = [WsClient(h).hello() for _ in range(3)]
     calls = []
-    real = h.server.net.broadcast
+    real = h.server.front.net.broadcast
 
     def spy(data, conns, frames=1, *private):  # private: a newcomer's YOU overrides
         calls.append((data, list(conns)))
         return real(data, conns, frames, *private)
 
-    h.server.net.broadcast = spy
+    h.server.front.net.broadcast = spy
     h.ticks(3)
-    ws_conns = set(h.server.ws_players)
+    ws_conns = set(h.server.front.ws_players)
     assert len(ws_conns) == 3
     # Per tick: one broadcast to the TCP players and one to the WebSocket
     # players; the WebSocket one is the WebSocket header + the very same data.
@@ -69,7 +69,7 @@ def test_ticks_are_the_same_bytes_and_the_header_is_built_once(h):
         assert len(tcp_conns) == 3 and len(ws_targets) == 3
         assert ws_data == ws.frame_header(len(tcp_data)) + tcp_data
     # And clients see it: every WebSocket message is exactly a TCP tick's bytes.
-    h.server.net.broadcast = real
+    h.server.front.net.broadcast = real
     h.ticks(1)
     for c in tcp:
         c.pump()
@@ -85,13 +85,13 @@ def test_ticks_are_the_same_bytes_and_the_header_is_built_once(h):
 def test_one_send_per_tick_per_websocket_player(h):
     clients = [WsClient(h).hello() for _ in range(5)]
     h.ticks(2)
-    before, first = h.server.net.stats.sends, h.server.game.tick
+    before, first = h.server.front.net.stats.sends, h.server.world.game.tick
     clients[0].send_msg(st.Move(5, 10, 10))
     h.run(0.001)
     h.ticks(3)
     # one send per player per tick, however many ticks fired (a loaded
     # machine may fit one into the short run above)
-    assert h.server.net.stats.sends - before == 5 * (h.server.game.tick - first)
+    assert h.server.front.net.stats.sends - before == 5 * (h.server.world.game.tick - first)
     you = clients[0].expect(st.You)
     assert you.seq == 5
 
@@ -128,8 +128,8 @@ def test_client_close_is_echoed_then_the_server_closes(h):
     c.send_frame(ws.close_payload(1000, "bye"), ws.CLOSE)
     c.wait_closed()
     assert c.close_event() == ws.Close(1000, "")
-    h.run_until(lambda: not h.server.game.players)
-    h.run_until(lambda: not h.server.ws_players)
+    h.run_until(lambda: not h.server.world.game.players)
+    h.run_until(lambda: not h.server.front.ws_players)
 
 
 def reject(h, c, frames=b"", raw=b""):
@@ -176,7 +176,7 @@ def test_bad_frame_in_game_closes_only_that_player(h):
     c = WsClient(h).hello()
     err, close = reject(h, c, raw=ws.frame(b"x"))  # unmasked
     assert close.code == ws.CloseCode.PROTOCOL_ERROR
-    h.run_until(lambda: len(h.server.game.players) == 1)
+    h.run_until(lambda: len(h.server.world.game.players) == 1)
     assert other.expect(st.TickMsg)
 
 
@@ -219,7 +219,7 @@ def test_bad_handshake_is_an_http_error_not_a_game_error(h):
     r = c.responses(1)[0]
     assert r.status == 400 and b"16 bytes" in r.body
     c.wait_closed()
-    assert not h.server.errors_sent
+    assert not h.server.front.errors_sent
 
 
 @pytest.mark.parametrize("key", [b"\n\n\n\n", b"\r\n\r\n", b"a\nb\r"])
@@ -283,7 +283,7 @@ def test_the_game_allows_few_fragments_per_message(h):
     c.wait_closed()
     close = c.close_event()
     assert close.code == ws.CloseCode.POLICY_VIOLATION and "frames" in close.reason
-    assert h.server.net.stats.limits.get("ws-fragments") == 1
+    assert h.server.front.net.stats.limits.get("ws-fragments") == 1
 
 
 def test_a_hello_and_a_close_in_one_packet_get_a_welcome_then_the_close(h):

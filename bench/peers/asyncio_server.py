@@ -61,7 +61,7 @@ from spelltraction import (  # noqa: E402
     describe_unexpected,
     error_frame,
     frame,
-    raise_nofile_limit,
+    raise_nofile,
     rss_kb,
     step_and_encode,
     you_frame,
@@ -177,7 +177,7 @@ class AsyncioGameServer:
         if player is not None:
             self.game.leave(player)
             proto.player = None
-            player.conn = None
+            player.peer = None
 
     def on_message(self, proto: GameProtocol, payload: bytes) -> None:
         player = proto.player
@@ -207,9 +207,7 @@ class AsyncioGameServer:
     def join(self, proto: GameProtocol, shape: int, colour: int) -> None:
         del self.pending[proto]
         player = self.game.join(shape, colour)
-        # Player.conn is typed for GameServer's netcore Connection; the rules
-        # never look at it, so this peer keeps its GameProtocol there.
-        player.conn = cast(Any, proto)
+        player.peer = proto  # the rules never look at it: this server's GameProtocol
         proto.player = player
         welcome = frame(Welcome(player.id, player.shape, player.colour, tick_ms=self.tick_ms))
         if self._stats_tick != self.game.tick:
@@ -264,10 +262,10 @@ class AsyncioGameServer:
         # As GameServer: a player whose YOU changed gets data + YOU in one
         # write, in its usual place in the order.
         players: Iterable[Any] = game.players.values()  # conn: a GameProtocol (see join)
-        private = {p.conn: data + you_frame(p) for p in result.dirty if p.conn is not None}
-        targets = [p.conn.transport for p in players]
+        private = {p.peer: data + you_frame(p) for p in result.dirty if p.peer is not None}
+        targets = [p.peer.transport for p in players]
         if private:
-            protos = [p.conn for p in players]
+            protos = [p.peer for p in players]
             for proto, transport in zip(protos, targets):
                 transport.write(private.get(proto, data))
         else:
@@ -402,7 +400,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    soft, _hard = raise_nofile_limit()
+    soft, _hard = raise_nofile()
     if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < args.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         args.max_clients = max(0, soft - FD_RESERVE)
