@@ -70,10 +70,12 @@ PR_SET_PDEATHSIG they die even if the driver is killed outright.
     python3 bench/capacity.py --ladder none --active 0 --tick-axis 250,100,50 --hold 8 \
         --budget 1800 --json bench/results/tick-rates.json --report '' --svg ''
 
-Outputs: ``bench/results/capacity.json`` (every sample), ``bench/report.html``
-(inline SVG charts, stdlib only), ``docs/img/capacity.svg`` (the four charts
-as one image for the README) and a Markdown table on stdout (also saved
-beside the JSON as ``capacity.md``).
+Outputs, all under the ignored ``bench/results/`` unless told otherwise:
+``capacity.json`` (every sample), ``capacity.html`` (the report, inline SVG
+charts, stdlib only), ``capacity.svg`` (the four charts as one image) and a
+Markdown table on stdout (also saved beside the JSON as ``capacity.md``).
+The chart in docs/MEASURED.md is a committed copy of one run's; a run
+replaces it only when asked: ``--svg docs/img/capacity.svg``.
 """
 
 from __future__ import annotations
@@ -1051,10 +1053,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "(bench/peers/loadgen.c, built with cc: for every player moving at "
                          "15,000, which the Python bots on one core cannot send)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "capacity.json"))
-    ap.add_argument("--report", default=os.path.join(HERE, "report.html"),
-                    help="the HTML report ('' to skip)")
-    ap.add_argument("--svg", default=os.path.join(ROOT, "docs", "img", "capacity.svg"),
-                    help="the four charts as one SVG ('' to skip)")
+    ap.add_argument("--report", default=os.path.join(HERE, "results", "capacity.html"),
+                    help="the HTML report (default bench/results/capacity.html; '' to skip)")
+    ap.add_argument("--svg", default=os.path.join(HERE, "results", "capacity.svg"),
+                    help="the four charts as one SVG (default bench/results/capacity.svg; "
+                         "'' to skip; docs/img/capacity.svg replaces the docs' chart)")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan and its time estimate, run nothing")
     args = ap.parse_args(argv)
