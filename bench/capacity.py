@@ -38,8 +38,8 @@ the bots' CPU is reported next to the server's, since at 20 Hz the Python
 bots on one core may be what gives out first.
 
 Our server runs as shipped, its store on (sqlite3 in a fresh ``--data``
-directory per step, removed after it): the issue's memory targets are for
-the default configuration. ``--ours-store off`` runs it memory only
+directory per step, removed after it): the memory targets are for the
+default configuration. ``--ours-store off`` runs it memory only
 (``--no-data``), as the peers are.
 
 Why a fresh server per step rather than one server ramped up the ladder:
@@ -651,7 +651,7 @@ def compute_slopes(steps: List[Step], servers: Sequence[str]) -> Dict[str, Any]:
 
 
 def check_targets(steps: List[Step], slopes: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The issue's targets, where this run has the figures to judge them."""
+    """The targets, where this run has the figures to judge them."""
     out: List[Dict[str, Any]] = []
     ours, base = slopes.get("ours"), slopes.get("asyncio")
 
