@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 11's floods against a server with 200 players, and what the players felt.
+"""Floods against a server with 200 players, and what the players felt.
 
 By default each attack gets a fresh server of its own (``spelltraction.py
 serve``, pinned to CPU 0, with ``--exempt ''`` where the server has it, so
@@ -561,7 +561,7 @@ class Target:
         if args.port:
             self.host, self.port, self.pid = args.host, args.port, args.pid
             return
-        # The refuse storm is measured at --max-clients 300, as the issue saw it;
+        # The refuse storm is measured at --max-clients 300, a full server;
         # the other floods at the default, so that their connections get in.
         if attack != "refuse":
             self.max_clients = 15_000

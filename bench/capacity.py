@@ -38,8 +38,8 @@ the bots' CPU is reported next to the server's, since at 20 Hz the Python
 bots on one core may be what gives out first.
 
 Our server runs as shipped, its store on (sqlite3 in a fresh ``--data``
-directory per step, removed after it): the issue's memory targets are for
-the default configuration. ``--ours-store off`` runs it memory only
+directory per step, removed after it): the memory targets are for the
+default configuration. ``--ours-store off`` runs it memory only
 (``--no-data``), as the peers are.
 
 Why a fresh server per step rather than one server ramped up the ladder:
@@ -70,10 +70,12 @@ PR_SET_PDEATHSIG they die even if the driver is killed outright.
     python3 bench/capacity.py --ladder none --active 0 --tick-axis 250,100,50 --hold 8 \
         --budget 1800 --json bench/results/tick-rates.json --report '' --svg ''
 
-Outputs: ``bench/results/capacity.json`` (every sample), ``bench/report.html``
-(inline SVG charts, stdlib only), ``docs/img/capacity.svg`` (the four charts
-as one image for the README) and a Markdown table on stdout (also saved
-beside the JSON as ``capacity.md``).
+Outputs, all under the ignored ``bench/results/`` unless told otherwise:
+``capacity.json`` (every sample), ``capacity.html`` (the report, inline SVG
+charts, stdlib only), ``capacity.svg`` (the four charts as one image) and a
+Markdown table on stdout (also saved beside the JSON as ``capacity.md``).
+The chart in docs/MEASURED.md is a committed copy of one run's; a run
+replaces it only when asked: ``--svg docs/img/capacity.svg``.
 """
 
 from __future__ import annotations
@@ -649,7 +651,7 @@ def compute_slopes(steps: List[Step], servers: Sequence[str]) -> Dict[str, Any]:
 
 
 def check_targets(steps: List[Step], slopes: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The issue's targets, where this run has the figures to judge them."""
+    """The targets, where this run has the figures to judge them."""
     out: List[Dict[str, Any]] = []
     ours, base = slopes.get("ours"), slopes.get("asyncio")
 
@@ -1051,10 +1053,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "(bench/peers/loadgen.c, built with cc: for every player moving at "
                          "15,000, which the Python bots on one core cannot send)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "capacity.json"))
-    ap.add_argument("--report", default=os.path.join(HERE, "report.html"),
-                    help="the HTML report ('' to skip)")
-    ap.add_argument("--svg", default=os.path.join(ROOT, "docs", "img", "capacity.svg"),
-                    help="the four charts as one SVG ('' to skip)")
+    ap.add_argument("--report", default=os.path.join(HERE, "results", "capacity.html"),
+                    help="the HTML report (default bench/results/capacity.html; '' to skip)")
+    ap.add_argument("--svg", default=os.path.join(HERE, "results", "capacity.svg"),
+                    help="the four charts as one SVG (default bench/results/capacity.svg; "
+                         "'' to skip; docs/img/capacity.svg replaces the docs' chart)")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan and its time estimate, run nothing")
     args = ap.parse_args(argv)

@@ -42,7 +42,7 @@ RSS of Redis, the authority, each gateway and the bots; the observers'
 lateness; the ticks each gateway skipped because it was behind (read behind
 a newer one) and the ticks serve's own tick skipped; CPU per player-tick and
 memory per player of both sides; the bus per tick and its publish->send
-latency; and the issue's targets, met or not. ``--json`` gets all of it.
+latency; and the targets, met or not. ``--json`` gets all of it.
 
     python3 bench/cluster.py                          # 30,000 over 2 gateways; serve at 15,000
     python3 bench/cluster.py --count 3000 --serve-count 1500 --duration 10   # a quick look
@@ -646,7 +646,7 @@ LATENESS_SOURCES = {
 
 
 def targets(world: Dict[str, Any]) -> List[List[str]]:
-    """The issue's targets for the world, measured, met or not."""
+    """The targets for the world, measured, met or not."""
     def met(ok: bool) -> str:
         return "met" if ok else "**missed**"
 

@@ -38,13 +38,13 @@ load average is recorded before and after every run, since the machine may
 be shared. Linux only (/proc, epoll); loopback only; every run is bounded
 in time and the whole thing stops by itself.
 
-    python3 bench/floor.py --count 8000,15000 --hold 15 --repeats 3   # the README's table
+    python3 bench/floor.py --count 8000,15000 --hold 15 --repeats 3   # docs/MEASURED.md's table
     python3 bench/floor.py --count 1000 --hold 5 --repeats 1          # a quick look
 
 Prints a Markdown table; writes every run to ``--json``
 (``bench/results/floor.json`` by default); ``--summarize FILE...`` prints the
-table of saved runs again. The README's table and the load it ran under:
-README.md, "At the floor".
+table of saved runs again. The measured table and the load it ran under:
+docs/MEASURED.md, "At the floor".
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@
    trip through ``examples/echo.py`` (medians of ``--large-rounds``).
 
 The server is pinned to CPU 0 and the clients, which drain every byte, to
-the other CPUs, as in ../shared/MEASURED.md.
+the other CPUs, as every bench here does (docs/MEASURED.md, the method).
 
     python3 bench/netcore_bench.py                 # 10,000 connections
     python3 bench/netcore_bench.py --count 2000 --rounds 10   # quick look

@@ -7,7 +7,7 @@ decides which series go on which chart, this module draws them.
 - :func:`fmt_table` and :func:`html_table`: one table, rows of strings;
 - :func:`fmt`: one value with a format, ``-`` where it is missing;
 - :class:`Series`, :func:`line_chart`: one chart as an inline ``<svg>``;
-- :func:`composite_svg`: several charts as one standalone SVG (for a README);
+- :func:`composite_svg`: several charts as one standalone SVG (for the docs);
 - :func:`html_page`: a self-contained page around them.
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The soak: 30 minutes at 15,000 players, with churn and issue 11's attacks, for drift.
+"""The soak: 30 minutes at 15,000 players, with churn and bench/attack.py's floods, for drift.
 
 One ``spelltraction.py serve`` (its own ``--data`` directory in a temporary
 folder, the store on as by default; pinned to CPU 0; ``--max-clients`` =
