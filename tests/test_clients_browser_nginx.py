@@ -8,7 +8,6 @@ another site (here: the game's own plain port, another origin) cannot make
 its visitors join through it.
 """
 
-import re
 import sys
 
 import pytest
@@ -18,6 +17,18 @@ from browserkit import CHROMIUM, CHROMIUM_ARGS, require_browser, wait_for
 from serverproc import Spawned
 
 pytestmark = pytest.mark.slow  # a browser, nginx and a server
+
+OPENS = """(url) => new Promise((done) => {
+  const ws = new WebSocket(url);
+  ws.onopen = () => { done('open'); ws.close(); };
+  ws.onerror = () => done('error');
+  setTimeout(() => done('timeout'), 10000);
+})"""
+
+
+def opens(page, url):
+    """What a WebSocket to ``url`` opened from ``page`` does: open, error or timeout."""
+    return page.evaluate(OPENS, url)
 
 
 def test_the_browser_plays_through_the_shipped_nginx_and_other_sites_cannot_join_it(tmp_path):
@@ -46,22 +57,8 @@ def test_the_browser_plays_through_the_shipped_nginx_and_other_sites_cannot_join
             # wss:// through nginx: refused at the upgrade (403), so the socket fails.
             other = context.new_page()
             other.goto(f"http://127.0.0.1:{server.port}/")
-            outcome = other.evaluate(
-                """(url) => new Promise((done) => {
-                     const ws = new WebSocket(url);
-                     ws.onopen = () => { done('open'); ws.close(); };
-                     ws.onerror = () => done('error');
-                     setTimeout(() => done('timeout'), 10000);
-                   })""", f"wss://127.0.0.1:{nginx.https}/ws")
-            assert outcome == "error"
-            same = page.evaluate(
-                """(url) => new Promise((done) => {
-                     const ws = new WebSocket(url);
-                     ws.onopen = () => { done('open'); ws.close(); };
-                     ws.onerror = () => done('error');
-                     setTimeout(() => done('timeout'), 10000);
-                   })""", f"wss://127.0.0.1:{nginx.https}/ws")
-            assert same == "open"
+            assert opens(other, f"wss://127.0.0.1:{nginx.https}/ws") == "error"
+            assert opens(page, f"wss://127.0.0.1:{nginx.https}/ws") == "open"
         finally:
             browser.close()
             nginx.stop()
