@@ -725,6 +725,16 @@ class StepResult(NamedTuple):
     dirty: List[Player]  # players whose YOU changed (present players only)
 
 
+def _jsonable(value: Any) -> Any:
+    """Tuples (a random generator's state) as lists, for JSON."""
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tupled(value: Any) -> Any:
+    """:func:`_jsonable`, undone."""
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
 class IdsExhausted(Exception):
     """Every player id the protocol can carry (u32) has been handed out."""
 
@@ -962,6 +972,71 @@ class Game:
             self._mark_dirty(p)  # step() sends YOU only to those on the board
         self.letters_scored += 1
         return Scored(plan.cell, plan.old, plan.new, len(plan.scorers))
+
+    # -- the state, for an upgrade that keeps the game going ---------------------------
+
+    #: A player's fields as ``export`` lists them (``cell``: -1 off the board).
+    PLAYER_FIELDS = ("id", "shape", "colour", "x", "y", "cell", "letters", "score", "seq",
+                     "tokens", "token_tick", "moves", "marks", "name")
+
+    def export(self, others: Sequence[Player] = ()) -> Dict[str, Any]:
+        """Everything the game is, as plain data: the board, every player on it (and
+        ``others``, players off the board that must come back the same, such as
+        parked seats), the attractor, the counters, the random generator, the
+        scoring step under way and this tick's movers. :meth:`restore` makes the
+        same game from it; the next ``step`` does what this game's would have."""
+        everyone = list(self.players.values()) + [p for p in others if p.cell < 0]
+        plan = self.pending_score
+        return {
+            "board": list(self.board),
+            "players": [[getattr(p, f) for f in self.PLAYER_FIELDS] for p in everyone],
+            "attractor": self.attractor, "held": self.held, "tick": self.tick,
+            "letters_scored": self.letters_scored, "moves_accepted": self.moves_accepted,
+            "moves_limited": self.moves_limited, "next_id": self._next_id,
+            "defer_scoring": self.defer_scoring,
+            "pending_score": None if plan is None else [
+                plan.cell, plan.old, plan.new, [[p.id, letters, score]
+                                                for p, letters, score in plan.scorers]],
+            "score_released": self._score_released,
+            "rng": _jsonable(self.rng.getstate()),
+            "movers": [p.id for p in self._movers], "gone": list(self._gone),
+            "dirty": [p.id for p in self._dirty],
+        }
+
+    @classmethod
+    def restore(cls, state: Dict[str, Any]) -> Tuple["Game", Dict[int, Player]]:
+        """The game :meth:`export` described, and every player it listed by id
+        (those off the board too)."""
+        game = cls()
+        game.board = list(state["board"])
+        everyone: Dict[int, Player] = {}
+        for values in state["players"]:
+            fields = dict(zip(cls.PLAYER_FIELDS, values))
+            p = Player(fields["id"], fields["shape"], fields["colour"], fields["letters"],
+                       fields["x"], fields["y"])
+            for name in cls.PLAYER_FIELDS[5:]:
+                setattr(p, name, fields[name])
+            everyone[p.id] = p
+            if p.cell >= 0:
+                game.players[p.id] = p
+                game.counts[p.cell] += 1
+        game.attractor, game.held, game.tick = state["attractor"], state["held"], state["tick"]
+        game.letters_scored = state["letters_scored"]
+        game.moves_accepted = state["moves_accepted"]
+        game.moves_limited = state["moves_limited"]
+        game._next_id = state["next_id"]
+        game.defer_scoring = state["defer_scoring"]
+        plan = state["pending_score"]
+        if plan is not None:
+            game.pending_score = ScorePlan(plan[0], plan[1], plan[2], [
+                (everyone[pid], letters, score) for pid, letters, score in plan[3]
+                if pid in everyone])
+        game._score_released = state["score_released"]
+        game.rng.setstate(_tupled(state["rng"]))
+        game._movers = [everyone[pid] for pid in state["movers"] if pid in everyone]
+        game._gone = list(state["gone"])
+        game._dirty = [everyone[pid] for pid in state["dirty"] if pid in everyone]
+        return game, everyone
 
     def check(self) -> None:
         """Assert every invariant (tests call this after each step)."""
@@ -1210,8 +1285,12 @@ class Store:
 
     # -- opening: lock, check, migrate -----------------------------------------
 
-    def open(self, allow_shared: bool = False) -> None:
+    def open(self, allow_shared: bool = False, lock_fd: int = -1) -> None:
         """Lock the directory, check and migrate the database, start the writer.
+
+        ``lock_fd``: the lock a predecessor held, inherited across an upgrade's
+        exec (it must be this directory's lock file): the directory is never
+        unlocked in between.
 
         Raises :class:`StoreError` naming the file for a directory another
         server holds, or a file that is corrupt, foreign, or from a newer
@@ -1226,7 +1305,7 @@ class Store:
             raise StoreError(f"cannot create data directory {self.directory}: "
                              f"{exc.strerror or exc}") from exc
         check_data_directory(self.directory, allow_shared)
-        self._lock()
+        self._lock(lock_fd)
         try:
             _create_private_file(self.path)
             self._check_file()
@@ -1250,14 +1329,20 @@ class Store:
         self._reader = threading.Thread(target=self._read, name="store-reader", daemon=True)
         self._reader.start()
 
-    def _lock(self) -> None:
+    def _lock(self, inherited: int = -1) -> None:
         import fcntl
 
         path = os.path.join(self.directory, LOCK_FILE)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        if inherited >= 0:
+            held, here = os.fstat(inherited), os.stat(path)
+            if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
+                raise StoreError(f"the lock handed over is not {path}")
+            fd = inherited
+        else:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError as exc:
+                raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -1266,6 +1351,11 @@ class Store:
                 f"another server is using the data directory {self.directory} (its lock "
                 f"{path} is held): stop it, or give this one another --data") from exc
         self._lock_fd = fd
+
+    @property
+    def lock_fd(self) -> int:
+        """The locked descriptor of the data directory's lock file (-1: not locked)."""
+        return self._lock_fd
 
     def _unlock(self) -> None:
         if self._lock_fd >= 0:
@@ -1554,8 +1644,21 @@ class Store:
         db.execute("COMMIT")
         self.rows_written += len(rows)
 
-    def close(self, timeout: float = 10.0) -> bool:
-        """Commit what is staged, stop the writer, release the lock. True if all landed."""
+    def sync(self, timeout: float = 10.0) -> bool:
+        """Hand what is staged to the writer and wait until it is on disk; True if it is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.flush()
+            if not self._staged and self.durable >= self.seq - 1:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+
+    def close(self, timeout: float = 10.0, release_lock: bool = True) -> bool:
+        """Commit what is staged, stop the writer, release the lock (``release_lock``
+        False: keep it, for a successor that inherits its descriptor, ``lock_fd``).
+        True if all landed."""
         if self.closed:
             return True
         self.closed = True
@@ -1578,7 +1681,8 @@ class Store:
             self._asks.put(None)
             self._reader.join(1.0)  # a read takes milliseconds; daemon thread past that
             self._reader = None
-        self._unlock()
+        if release_lock:
+            self._unlock()
         done = self.durable >= self.seq - 1 and not self._staged
         if not done:
             log.error("store: %d batch(es) of changes did not reach %s", self.backlog, self.path)
@@ -2150,6 +2254,90 @@ class World(WorldSide):
         """Rebuild the tables churn has grown (the game's players, tokens)."""
         if self.game.compact():
             self.by_token = dict(self.by_token)
+
+    # -- the state, for an upgrade that keeps everyone playing -------------------------
+
+    def settle_for_handover(self, wait: float = 2.0) -> None:
+        """Before :meth:`export`: what waits for the disk is finished. Lookups under
+        way are answered (for up to ``wait`` seconds; a join still waiting then
+        starts as a new player), then the store commits everything and lets go
+        of its writer, so newcomers waiting for their row get their WELCOME."""
+        store = self.store
+        if store is None:
+            return
+        deadline = time.monotonic() + wait
+        while self.asking and time.monotonic() < deadline:
+            time.sleep(0.005)
+            self._store_answers(store)
+        for hashed in list(self.asking):  # unanswered: as if the token were unknown
+            for peer, hello, name, address in self.asking.pop(hashed):
+                if self.waiting.pop(peer, None) is not None:
+                    self._new_v2(peer, hello, name, address, TOKEN_UNKNOWN)
+        store.sync()  # everything staged is on disk now: newcomers' rows too
+        for peer, (_seq, player, token, status) in list(self.joining.items()):
+            del self.joining[peer]
+            self._enter(peer, player, token, status)
+        store.sync()  # and their rows marked online
+
+    def export(self, peer_index: Callable[[Any], int]) -> Dict[str, Any]:
+        """The World as plain data for its successor: the game, every player's token,
+        who plays on which connection (``peer_index(peer)``), the parked seats with
+        the grace each has left, the hall of fame and the counters. Call
+        :meth:`settle_for_handover` first: nothing may wait for the store."""
+        now = self.loop.time()
+        parked = [self.by_token[h] for h in self.parked if h in self.by_token]
+        playing = list(self.game.players.values())
+        return {
+            "game": self.game.export(parked),
+            "peers": [[p.id, peer_index(p.peer)] for p in playing if p.peer is not None],
+            "tokens": [[p.id, p.resume_hash.hex()] for p in playing + parked if p.resume_hash],
+            "parked": [[h.hex(), until - now, h in self.parked_unscored]
+                       for h, until in self.parked.items()],
+            "fame": [list(entry) for entry in self.fame],
+            "counters": {"resumes": self.resumes, "takeovers": self.takeovers,
+                         "grace_expired": self.grace_expired,
+                         "seats_evicted": self.seats_evicted,
+                         "players_peak": self.players_peak},
+            "started": self.started,
+            "last_tick_due": list(self.last_tick_due),
+        }
+
+    def restore(self, state: Dict[str, Any], peers: Sequence[Any]) -> Dict[int, Player]:
+        """Become the World :meth:`export` described; ``peers[i]`` is what peer index
+        ``i`` now is. Returns each playing peer's player, by peer index (the Front
+        holds them again)."""
+        game, everyone = Game.restore(state["game"])
+        if self.store is not None:
+            game.take_id = self.store.take_id
+            game.defer_scoring = True
+        self.game = game
+        for pid, hexed in state["tokens"]:
+            everyone[pid].resume_hash = bytes.fromhex(hexed)
+        handles: Dict[int, Player] = {}
+        for pid, index in state["peers"]:
+            player = everyone[pid]
+            player.peer = peers[index]
+            handles[index] = player
+        self.by_token = {p.resume_hash: p for p in everyone.values()
+                         if p.resume_hash and (p.peer is not None or p.cell < 0)}
+        now = self.loop.time()
+        self.parked = OrderedDict()
+        self.parked_unscored = OrderedDict()
+        for hexed, left, unscored in state["parked"]:
+            hashed = bytes.fromhex(hexed)
+            self.parked[hashed] = now + left
+            if unscored:
+                self.parked_unscored[hashed] = None
+        self.fame = [(pid, score, name) for pid, score, name in state["fame"]]
+        self.fame_frame = frame(Fame(tuple(self.fame)))
+        counters = state["counters"]
+        self.resumes, self.takeovers = counters["resumes"], counters["takeovers"]
+        self.grace_expired = counters["grace_expired"]
+        self.seats_evicted = counters["seats_evicted"]
+        self.players_peak = counters["players_peak"]
+        self.started = state["started"]
+        self.last_tick_due = (state["last_tick_due"][0], state["last_tick_due"][1])
+        return handles
 
     # -- figures -------------------------------------------------------------------
 
