@@ -1644,7 +1644,7 @@ class Store:
         db.execute("COMMIT")
         self.rows_written += len(rows)
 
-    def sync(self, timeout: float = 10.0) -> bool:
+    def wait_durable(self, timeout: float = 10.0) -> bool:
         """Hand what is staged to the writer and wait until it is on disk; True if it is."""
         deadline = time.monotonic() + timeout
         while True:
@@ -2273,11 +2273,11 @@ class World(WorldSide):
             for peer, hello, name, address in self.asking.pop(hashed):
                 if self.waiting.pop(peer, None) is not None:
                     self._new_v2(peer, hello, name, address, TOKEN_UNKNOWN)
-        store.sync()  # everything staged is on disk now: newcomers' rows too
+        store.wait_durable()  # everything staged is on disk now: newcomers' rows too
         for peer, (_seq, player, token, status) in list(self.joining.items()):
             del self.joining[peer]
             self._enter(peer, player, token, status)
-        store.sync()  # and their rows marked online
+        store.wait_durable()  # and their rows marked online
 
     def export(self, peer_index: Callable[[Any], int]) -> Dict[str, Any]:
         """The World as plain data for its successor: the game, every player's token,
