@@ -1667,7 +1667,8 @@ class WorldSide:
     """The World's half of the seam, as a Front calls it (a World, or the bus to one)."""
 
     def hello(self, peer: Any, hello: Hello, name: str, address: str) -> None:
-        """A checked HELLO (see :func:`parse_hello`) from the client at ``address``."""
+        """A checked HELLO (see :func:`parse_hello`) from the client at ``address``
+        ("": an address the Front exempts from per-address limits)."""
         raise NotImplementedError
 
     def move(self, handle: Any, payload: bytes) -> int:
@@ -2515,7 +2516,10 @@ class Front(Handler, FrontSide):
         self.pending.pop(conn, None)
         self.net.settle(conn)
         conn.data = HELLO_SENT  # until the World's welcome, which may come at once
-        self.world.hello(conn, hello, name, self.net.client_address(conn))
+        address = self.net.client_address(conn)
+        if address in self.net.address_limits.exempt:
+            address = ""  # --exempt: no per-address limit here, nor in the World (a cluster's)
+        self.world.hello(conn, hello, name, address)
 
     def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
         self.reject(conn, ErrorCode.BAD_FRAME, str(exc), exc.reason, ws.close_code_for(exc))
@@ -3369,7 +3373,9 @@ def check_private_entries(entries: List[Tuple[int, int, bytes]]) -> None:
         elif op == OP_CLOSE:
             if len(body) < _BUS_CLOSE.size:
                 raise BadMessage(f"a bus CLOSE of {len(body)} bytes")
-            _code, _ws_code, nr, nt = _BUS_CLOSE.unpack_from(body)
+            code, _ws_code, nr, nt = _BUS_CLOSE.unpack_from(body)
+            if code not in WS_CLOSE_CODES:
+                raise BadMessage(f"a bus CLOSE with an unknown ERROR code {code}")
             if _BUS_CLOSE.size + nr + nt > len(body):
                 raise BadMessage("a bus CLOSE's reason cut short")
         elif op not in (OP_YOU, OP_RESYNC):
