@@ -147,6 +147,7 @@ from netcore import websocket as ws
 from netcore.addrlimit import AddressRates, parse_networks
 from netcore.connection import churned
 from netcore.loop import DEFAULT_COALESCE
+from netcore.poller import DEFAULT_POLLER, EVENT_READ, EVENT_WRITE, POLLERS, make_poller
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.server import unread_bytes
 from netcore.web import SAME_ORIGIN
@@ -4237,48 +4238,6 @@ def write_private_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class _Poller:
-    """epoll where there is one (cheapest per event), else ``selectors``."""
-
-    def __init__(self) -> None:
-        self.epoll: Optional[select.epoll] = (select.epoll() if hasattr(select, "epoll")
-                                              else None)
-        if self.epoll is not None:
-            self.IN, self.OUT = select.EPOLLIN, select.EPOLLOUT
-            self.ERR = select.EPOLLERR | select.EPOLLHUP
-        else:
-            import selectors
-
-            self.sel = selectors.DefaultSelector()
-            self.IN, self.OUT, self.ERR = selectors.EVENT_READ, selectors.EVENT_WRITE, 0
-
-    def register(self, fd: int, mask: int) -> None:
-        if self.epoll is not None:
-            self.epoll.register(fd, mask)
-        else:
-            self.sel.register(fd, mask)
-
-    def modify(self, fd: int, mask: int) -> None:
-        if self.epoll is not None:
-            self.epoll.modify(fd, mask)
-        else:
-            self.sel.modify(fd, mask)
-
-    def unregister(self, fd: int) -> None:
-        try:
-            if self.epoll is not None:
-                self.epoll.unregister(fd)
-            else:
-                self.sel.unregister(fd)
-        except (KeyError, OSError, ValueError):
-            pass
-
-    def poll(self, timeout: float) -> List[Tuple[int, int]]:
-        if self.epoll is not None:
-            return list(self.epoll.poll(timeout, 4096))
-        return [(key.fd, mask) for key, mask in self.sel.select(timeout)]
-
-
 class BotWorker:
     """One process's share of the bots, on one poller, state in flat arrays."""
 
@@ -4300,7 +4259,7 @@ class BotWorker:
         self.move_every = max(0.0, move_every)
         self.batch = batch
         self.rng = random.Random(seed)
-        self.poller = _Poller()
+        self.poller = make_poller()  # epoll where there is one: level-triggered, as selectors
         self.socks: List[Optional[socket.socket]] = [None] * count
         self.state = bytearray(count)
         self.index: Dict[int, int] = {}  # fd -> bot
@@ -4347,17 +4306,14 @@ class BotWorker:
         poller = self.poller
         events = poller.poll(timeout)
         now = time.monotonic()
-        IN, OUT = poller.IN, poller.OUT
-        for fd, mask in events:
+        for fd, mask in events:  # an error or a hang-up comes as readable (writable, connecting)
             i = self.index.get(fd)
             if i is None:
                 continue
-            if mask & IN:
+            if mask & EVENT_READ:
                 self._read(fd, i, now)
-            elif mask & OUT:
+            elif mask & EVENT_WRITE:
                 self._connected(fd, i, now)
-            elif mask & poller.ERR:
-                self._lost(i, "connection error")
         if self.moves and self.moves[0][0] <= now:
             self._move_due(now)
         if self.retries and self.retries[0][0] <= now:
@@ -4393,7 +4349,7 @@ class BotWorker:
         self.socks[i] = s
         self.state[i] = self.CONNECTING
         self.index[s.fileno()] = i
-        self.poller.register(s.fileno(), self.poller.OUT)
+        self.poller.register(s.fileno(), EVENT_WRITE, s.fileno())
 
     def _hello(self, i: int) -> bytes:
         if not self.v2:
@@ -4435,7 +4391,7 @@ class BotWorker:
             self._fail(i, exc.strerror or str(exc))
             return
         self.state[i] = state
-        self.poller.modify(fd, self.poller.IN)
+        self.poller.modify(fd, EVENT_READ, fd)
 
     def _send(self, s: socket.socket, stream: bytes) -> None:
         """Send game frames: as they are, or in one masked WebSocket message."""

@@ -12,7 +12,9 @@ modules above it):
 - :mod:`netcore.digest`: SHA-1 without loading OpenSSL (saves ~3.5 MB of RSS).
 - :mod:`netcore.stats`: counters, histograms, percentiles.
 - :mod:`netcore.tick`: ``TickScheduler``, a fixed-rate tick that never drifts.
-- :mod:`netcore.loop`: ``EventLoop`` on ``selectors``, timers, signals.
+- :mod:`netcore.poller`: ``make_poller``: epoll driven directly (Linux,
+  edge-triggered where asked) or any ``selectors`` selector, one interface.
+- :mod:`netcore.loop`: ``EventLoop`` on a poller, timers, ticks, signals.
 - :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames
   (``StreamFrames``: the same, one instance shared by all connections).
 - :mod:`netcore.http`: ``RequestParser``, sans-IO HTTP/1.1 request heads.
@@ -63,6 +65,7 @@ from .framing import (
     encode_frame,
 )
 from .loop import EventLoop, LateTick, Readiness, Timer
+from .poller import Poller, make_poller
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
 from .server import ServerConfig, TCPServer, bind_listeners
@@ -148,6 +151,7 @@ __all__ = [
     "OversizeFrame",
     "Owner",
     "Pending",
+    "Poller",
     "ProtocolError",
     "Readiness",
     "Redis",
@@ -179,6 +183,7 @@ __all__ = [
     "close_code_for",
     "encode_command",
     "encode_frame",
+    "make_poller",
     "percentile",
     "websocket_client",
 ]
