@@ -1737,6 +1737,9 @@ class ServerOptions(NamedTuple):
     # the moves of hundreds of players (applied at the next tick anyway).
     # The most any request, handshake or ping waits for it; 0: off.
     coalesce_ms: float = DEFAULT_COALESCE * 1000
+    # The loop's poller (netcore.poller): "epoll" (Linux: driven directly,
+    # connections edge-triggered) or "selectors" (selectors.DefaultSelector).
+    poller: str = DEFAULT_POLLER
     # New players (each a new id and a new row in the store) per client address:
     # a burst of this many, then new_player_rate a second. A school behind one
     # NAT joins at once; a script making identities is slowed. --exempt is exempt.
@@ -2886,7 +2889,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
             soft, hard, max(capacity, 0), opts.max_clients, max(capacity, 0),
         )
         opts = opts._replace(max_clients=max(capacity, 0))
-    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
+    loop = make_loop(opts)
     started = _start_server(loop, lambda: GameServer(loop, opts), opts, log_limiter)
     if started is None:
         return 2
@@ -4106,7 +4109,7 @@ def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: R
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
-    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
+    loop = make_loop(opts)
     role_class = Authority if role == "game" else Gateway
     started = _start_server(loop, lambda: role_class(loop, opts, cluster, address), opts,
                             log_limiter)
@@ -6646,6 +6649,11 @@ def _setup_logging(level: str, fmt: str = "text") -> RateLimitFilter:
     return limiter
 
 
+def make_loop(opts: ServerOptions) -> EventLoop:
+    """The event loop a server process runs on, as ``opts`` asks (poller, coalescing)."""
+    return EventLoop(coalesce=opts.coalesce_ms / 1000.0, poller=opts.poller)
+
+
 def _parse_colour(text: str) -> int:
     try:
         value = int(text.lstrip("#"), 16)
@@ -6805,6 +6813,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         metavar="MS", help="while busy, read sockets at most once per MS ms, so "
                         "one poll collects many players' moves; the most a request or ping "
                         "waits for it (default %(default)g; 0: read as soon as anything arrives)")
+    common.add_argument("--poller", choices=POLLERS, default=DEFAULT_POLLER,
+                        help="what the event loop waits on: epoll (Linux: driven directly, "
+                        "connections edge-triggered) or selectors (the standard library's "
+                        "selectors.DefaultSelector, level-triggered) (default %(default)s)")
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     common.add_argument("--log-format", default="text", choices=["text", "json"],
                         help="text lines, or one JSON object per line (default text)")
@@ -6973,7 +6985,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
     defaults = ServerOptions()
-    given = {"tick_ms": args.tick_ms, "coalesce_ms": args.coalesce_ms,
+    if args.poller == "epoll" and not hasattr(select, "epoll"):
+        parser.error("--poller epoll needs Linux; use --poller selectors")
+    given = {"tick_ms": args.tick_ms, "coalesce_ms": args.coalesce_ms, "poller": args.poller,
              "stats_out": args.stats_out, "admin_port": args.admin_port,
              "admin_host": args.admin_host}
     if args.command in ("serve", "gateway"):

@@ -79,9 +79,11 @@ class Poller(Protocol):
     ``fileobj``: a socket (anything with ``fileno()``) or an int fd.
     ``events``: ``EVENT_READ``, ``EVENT_WRITE`` or both. ``register`` of a
     registered fd, and ``modify`` or ``unregister`` of one that is not,
-    raise ``KeyError``. ``edge_triggered``: whether ``edge=True`` is honoured.
+    raise ``KeyError``. ``edge_triggered``: whether ``edge=True`` is honoured;
+    ``name``: its name in :data:`POLLERS`.
     """
 
+    name: str
     edge_triggered: bool
 
     def register(self, fileobj: Any, events: int, data: Any, edge: bool = False) -> None: ...
@@ -102,6 +104,7 @@ class SelectorPoller:
 
     __slots__ = ("selector",)
 
+    name = "selectors"
     edge_triggered = False  # level-triggered only
 
     def __init__(self, selector: Optional[selectors.BaseSelector] = None) -> None:
@@ -145,6 +148,7 @@ class EpollPoller:
 
     __slots__ = ("_epoll", "_data", "_count", "_events")
 
+    name = "epoll"
     edge_triggered = True
 
     def __init__(self) -> None:

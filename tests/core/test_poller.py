@@ -96,6 +96,7 @@ class Reader(Readiness):
 def test_the_loop_runs_on_either_poller(kind):
     loop = EventLoop(poller=kind)
     assert isinstance(loop.poller, EpollPoller if kind == "epoll" else SelectorPoller)
+    assert loop.poller.name == kind
     assert loop.edge_triggered == (kind == "epoll")
     a, b = socket.socketpair()
     reader = Reader(a)
