@@ -41,6 +41,8 @@ modules above it):
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
 - :mod:`netcore.process`: process plumbing: open-files limit, ``malloc_trim``,
   the two-signal shutdown.
+- :mod:`netcore.lease`: ``RedisLease``, one holder at a time with a fencing
+  epoch, on any link that runs Lua scripts.
 - :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
   commands, pipelining and pub/sub with AUTH and reconnects on the loop.
 - :mod:`netcore.testing`: helpers for tests (run a loop until a condition,

@@ -35,9 +35,9 @@ is dropped and retried. Leave it off (the default) on a connection that
 runs blocking commands (``BLPOP``) longer than the interval.
 
 Lua scripts (:meth:`Redis.script`, :meth:`Redis.run`) run by SHA-1 and are
-loaded again on every connection; :class:`RedisLease` builds on them a
-lease with a fencing epoch (one holder at a time, e.g. one game authority
-per world).
+loaded again on every connection; :class:`~netcore.lease.RedisLease`
+(imported here too) builds on them a lease with a fencing epoch (one holder
+at a time, e.g. one game authority per world).
 
 Addresses come from :meth:`RedisAddress.from_url`
 (``redis://[user:password@]host:port[/db]``); the password may come from a
@@ -61,10 +61,10 @@ from urllib.parse import unquote, urlsplit
 from .client import ClientConfig, TCPClient
 from .codec import PlainOutput, ProtocolError
 from .connection import CloseReason, Connection
-from .digest import sha1
 from .handler import Handler
 from .loop import EventLoop, Timer
-from .resp import ReplyError, RespParser, RespProtocolError, encode_command
+from .lease import FENCE, RedisLease  # re-exported: they were defined here
+from .resp import ReplyError, RespParser, RespProtocolError, Script, encode_command
 from .typing_shim import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PORT",
+    "FENCE",
     "CommandError",
     "ConnectionLost",
     "HandshakeError",
@@ -725,22 +726,6 @@ class _LinkEvents(Handler):
 # -- commands ------------------------------------------------------------------
 
 
-class Script:
-    """A Lua script that Redis runs by its SHA-1 (``EVALSHA``).
-
-    Make one with :meth:`Redis.script`, run it with :meth:`Redis.run`.
-    """
-
-    __slots__ = ("source", "sha")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = sha1(source.encode("utf-8")).hexdigest()
-
-    def __repr__(self) -> str:
-        return f"<Script {self.sha[:12]}>"
-
-
 class Redis(_Link):
     """A command connection; see the module docstring.
 
@@ -833,173 +818,6 @@ class Redis(_Link):
         for command in commands:
             self._send(command, None)
         return self._send(("EXEC",), callback)
-
-
-# -- a lease with a fencing epoch ------------------------------------------------
-
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and not (ARGV[4] == '1' and string.sub(holder, (string.find(holder, ':') or 0) + 1) == ARGV[1]) then
-  return {0, holder, redis.call('PTTL', KEYS[1])}
-end
-local epoch = redis.call('INCR', KEYS[2])
-if epoch <= tonumber(ARGV[3]) then
-  epoch = tonumber(ARGV[3]) + 1
-  redis.call('SET', KEYS[2], epoch)
-end
-local token = epoch .. ':' .. ARGV[1]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-return {1, token, tonumber(ARGV[2])}
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-FENCE = """if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED the lease ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
-end
-"""
-"""Lua to put first in a holder's write scripts: ``KEYS[1]`` the lease key,
-``ARGV[1]`` the holder's token. A write from a holder whose lease expired
-(a process that was paused, then woke up) fails with a ``FENCED`` error."""
-
-
-class RedisLease:
-    """One holder at a time for ``key``, renewed while held, fenced by an epoch.
-
-    ``acquire(callback)`` tries once: ``callback(True, token)`` if this
-    holder got it, else ``callback(False, holder_token)`` (then
-    ``remaining`` says for how many seconds the other holds it). The token
-    is ``"<epoch>:<owner>"``; the epoch (``INCR`` of ``key:epoch``) grows
-    with every acquisition, so writes can be ordered and an old holder told
-    from a new one. While held, the lease is renewed every ``ttl / 3``.
-
-    ``valid()`` is this side's view: held and renewed less than ``ttl`` ago
-    (counting from when the renewal was *sent*), so a process that was
-    paused longer than ``ttl`` sees it lost before it acts. Writes that must
-    never come from an old holder check the token in Redis itself: put
-    :data:`FENCE` first in their script. ``on_lost(reason)`` is called once
-    when a held lease is lost (taken over, expired, released).
-
-    The epoch counter lives in Redis: a Redis that lost its data (no
-    persistence) would count again from 1. An owner that keeps the last
-    epoch it held elsewhere sets ``min_epoch`` to it, and the next epoch is
-    above it whatever Redis remembers.
-    """
-
-    def __init__(
-        self,
-        redis: Redis,
-        key: str,
-        owner: str,
-        ttl: float = 10.0,
-        on_lost: Optional[Callable[[str], None]] = None,
-    ) -> None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
-        self.redis, self.key, self.owner = redis, key, owner
-        self.ttl = ttl
-        self.token: Optional[str] = None
-        self.on_lost = on_lost
-        self.remaining = 0.0  # seconds another holder keeps it (after a refused acquire)
-        self.min_epoch = 0
-        self._valid_until = 0.0
-        self._generation = 0  # bumps when a holding ends, so old timers stop
-        self._acquire = redis.script(_ACQUIRE)
-        self._renew = redis.script(_RENEW)
-        self._release = redis.script(_RELEASE)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch of the lease this side holds (0 when it holds none)."""
-        return int(self.token.split(":", 1)[0]) if self.token else 0
-
-    def valid(self) -> bool:
-        return self.token is not None and self.redis.loop.time() < self._valid_until
-
-    def acquire(self, callback: Callable[[bool, str], None], reclaim: bool = False) -> None:
-        """Try once; ``callback(got, token)``. ``reclaim``: a lease held under
-        this same ``owner`` is taken over at once (with a new epoch) instead
-        of refused: for an owner that knows its previous incarnation is dead
-        (it holds a lock that one held), restarting without waiting out the ttl.
-        """
-        if self.token is not None:
-            raise RuntimeError("the lease is already held")
-        sent = self.redis.loop.time()
-        ms = max(1, int(self.ttl * 1000))
-
-        def answered(pending: Pending) -> None:
-            reply = pending.reply
-            if not pending.ok or not isinstance(reply, list) or len(reply) != 3:
-                callback(False, str(pending.error or reply))
-                return
-            got, token, pttl = reply
-            token_text = token.decode("utf-8", "replace") if isinstance(token, bytes) else ""
-            if got == 1:
-                self.token = token_text
-                self._valid_until = sent + self.ttl
-                self._generation += 1
-                self._schedule(self._generation)
-                callback(True, token_text)
-            else:
-                self.remaining = max(0.0, pttl / 1000) if isinstance(pttl, int) else 0.0
-                callback(False, token_text)
-
-        self.redis.run(self._acquire, (self.key, self.key + ":epoch"),
-                       (self.owner, ms, self.min_epoch, 1 if reclaim else 0), answered)
-
-    def release(self) -> None:
-        """Give the lease up (deleted in Redis only if still ours)."""
-        token = self.token
-        if token is None:
-            return
-        if self.redis.ready:
-            self.redis.run(self._release, (self.key,), (token,))
-        self._lose("released")
-
-    def fenced(self, source: str) -> Script:
-        """Register ``source`` with :data:`FENCE` in front (KEYS[1] = the key, ARGV[1] = the token)."""
-        return self.redis.script(FENCE + source)
-
-    def _schedule(self, generation: int) -> None:
-        self.redis.loop.call_later(self.ttl / 3, lambda: self._tick(generation))
-
-    def _tick(self, generation: int) -> None:
-        if generation != self._generation or self.token is None:
-            return
-        now = self.redis.loop.time()
-        if now >= self._valid_until:
-            self._lose(f"not renewed for {self.ttl:g}s")
-            return
-        if self.redis.ready:
-            token = self.token
-
-            def renewed(pending: Pending) -> None:
-                if generation != self._generation:
-                    return
-                if pending.ok and pending.reply == 1:
-                    self._valid_until = max(self._valid_until, now + self.ttl)
-                elif pending.ok:
-                    self._lose("taken over")
-                # A lost connection: try again next time; valid() runs out meanwhile.
-
-            self.redis.run(self._renew, (self.key,), (token, max(1, int(self.ttl * 1000))), renewed)
-        self._schedule(generation)
-
-    def _lose(self, reason: str) -> None:
-        self.token = None
-        self._valid_until = 0.0
-        self._generation += 1
-        if self.on_lost is not None:
-            try:
-                self.on_lost(reason)
-            except Exception:  # noqa: BLE001 - the owner's bug must not stop the loop
-                log.exception("redis lease %s: on_lost failed", self.key)
 
 
 # -- pub/sub --------------------------------------------------------------------
