@@ -3181,11 +3181,12 @@ class _ClusterRole:
         self._said_at: Dict[str, float] = {}  # _bus_warning's last time, per kind
         # Keepalive PINGs every 10 s: a frozen Redis is noticed within ~20 s, and
         # a loop slowed by load (or a reply behind a big publication) is not.
-        self.redis = Redis(loop, address, name=name + "-commands", ping_interval=10.0,
+        self.redis = Redis(loop, address,
+                           netcore.RedisConfig(name + "-commands", ping_interval=10.0),
                            on_ready=self._redis_ready, on_lost=self._redis_lost)
-        self.sub = RedisSubscriber(loop, address, self._on_bus_message, name=name + "-bus",
-                                   ping_interval=10.0, on_ready=self._bus_ready,
-                                   on_lost=self._redis_lost)
+        self.sub = RedisSubscriber(loop, address, self._on_bus_message,
+                                   netcore.RedisConfig(name + "-bus", ping_interval=10.0),
+                                   on_ready=self._bus_ready, on_lost=self._redis_lost)
 
     def private_channel(self, gateway: str) -> bytes:
         return (self.prefix + "gw:" + gateway).encode()
@@ -6476,12 +6477,12 @@ class RedisProbe(NamedTuple):
 
 def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
     """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
-    from netcore.redis import Redis
+    from netcore.redis import Redis, RedisConfig
 
     loop = EventLoop()
     errors: List[RedisError] = []
-    link = Redis(loop, address, on_error=errors.append, connect_timeout=timeout,
-                 backoff_max=timeout, name="spelltraction-doctor")
+    link = Redis(loop, address, RedisConfig("spelltraction-doctor", connect_timeout=timeout,
+                                            backoff_max=timeout), on_error=errors.append)
     try:
         link.start()
         deadline = time.monotonic() + timeout

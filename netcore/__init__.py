@@ -92,6 +92,7 @@ if TYPE_CHECKING:  # names for type checkers; at run time, built or imported on 
         Pending,
         Redis,
         RedisAddress,
+        RedisConfig,
         RedisError,
         RedisLease,
         RedisSubscriber,
@@ -104,7 +105,7 @@ if TYPE_CHECKING:  # names for type checkers; at run time, built or imported on 
 _LAZY = {
     **dict.fromkeys(("ClientConfig", "TCPClient"), "client"),  # outbound: a server needs none
     **dict.fromkeys(("CommandError", "ConnectionLost", "HandshakeError", "NotConnected",
-                     "Pending", "Redis", "RedisAddress", "RedisError", "RedisLease",
+                     "Pending", "Redis", "RedisAddress", "RedisConfig", "RedisError", "RedisLease",
                      "RedisSubscriber", "Script"), "redis"),
     **dict.fromkeys(("ReplyError", "RespParser", "RespProtocolError", "encode_command"),
                     "resp"),
@@ -158,6 +159,7 @@ __all__ = [
     "Readiness",
     "Redis",
     "RedisAddress",
+    "RedisConfig",
     "RedisError",
     "RedisLease",
     "RedisSubscriber",

@@ -7,6 +7,9 @@ No thread, no blocking call, no dependency: the RESP codec is
 Two kinds of connection, as Redis itself requires (a subscribed connection
 can do nothing else):
 
+Both take a :class:`RedisConfig` (a name, timeouts, backoff, limits,
+keepalive), as every netcore server and client takes its ``*Config``.
+
 - :class:`Redis` sends commands. ``execute()`` returns a :class:`Pending`
   at once and calls its callback when the reply comes; commands issued in
   one loop iteration leave in one write (pipelining for free), and replies
@@ -18,7 +21,7 @@ Both ride on a :class:`~netcore.client.TCPClient` of their own (one
 :class:`~netcore.connection.Connection` at a time, whose codec parses RESP)
 and connect in the background and never give up: a refused, failed or
 lost connection is retried with exponential backoff (with jitter) up to
-``backoff_max`` seconds, forever, until ``close()``. Each (re)connection
+``RedisConfig.backoff_max`` seconds, forever, until ``close()``. Each (re)connection
 does ``AUTH`` (with the ACL username if there is one), ``SELECT`` and, for a
 subscriber, re-subscribes to everything (at the least a ``PING``: ready
 means the server answered), and only then calls ``on_ready()``:
@@ -29,7 +32,7 @@ or may not have run). A Redis error reply is a :class:`~netcore.resp.ReplyError`
 value in the pending's ``reply``; ``result()`` raises it as :class:`CommandError`.
 
 A server that stops answering without closing (a frozen process, a
-machine gone from the network) is noticed with ``ping_interval``: a PING
+machine gone from the network) is noticed with ``RedisConfig.ping_interval``: a PING
 every so often, and a connection whose previous PING is still unanswered
 is dropped and retried. Leave it off (the default) on a connection that
 runs blocking commands (``BLPOP``) longer than the interval.
@@ -68,7 +71,7 @@ from .resp import ReplyError, RespParser, RespProtocolError, Script, encode_comm
 from .typing_shim import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+    from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
     from .resp import Arg, Reply
     from .ringbuffer import BytesLike
@@ -84,6 +87,7 @@ __all__ = [
     "Redis",
     "RedisAddress",
     "RedisError",
+    "RedisConfig",
     "RedisLease",
     "RedisSubscriber",
     "Script",
@@ -335,6 +339,66 @@ if TYPE_CHECKING:
     Callback = Callable[[Pending], None]
 
 
+# -- settings ------------------------------------------------------------------
+
+
+class RedisConfig:
+    """How a :class:`Redis` or :class:`RedisSubscriber` connects, waits and reconnects.
+
+    ``name``: sent as ``CLIENT SETNAME`` (what ``CLIENT LIST`` shows);
+    ``connect_timeout``: seconds for one connection attempt; a failed or
+    lost connection is retried after ``backoff_min`` seconds, doubling up
+    to ``backoff_max`` (with jitter), forever; ``max_bulk``: the largest
+    bulk reply accepted (None: Redis' own 512 MB); ``max_output``: commands
+    queued unsent past which the connection is dropped; ``ping_interval``:
+    a PING every so many seconds, the link dropped when the previous one is
+    still unanswered (None: off; leave it off for blocking commands).
+    A plain class, as :class:`~netcore.server.ServerConfig`.
+    """
+
+    __slots__ = ("name", "connect_timeout", "backoff_min", "backoff_max", "max_bulk",
+                 "max_output", "ping_interval")
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        connect_timeout: float = 5.0,
+        backoff_min: float = 0.05,
+        backoff_max: float = 5.0,
+        max_bulk: Optional[int] = None,
+        max_output: int = 64 << 20,
+        ping_interval: Optional[float] = None,
+    ) -> None:
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+        if not 0 < backoff_min <= backoff_max:
+            raise ValueError("need 0 < backoff_min <= backoff_max")
+        if ping_interval is not None and ping_interval <= 0:
+            raise ValueError("ping_interval must be positive (None: off)")
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.max_bulk = max_bulk
+        self.max_output = max_output
+        self.ping_interval = ping_interval
+
+
+def _config(cls: str, config: Optional[RedisConfig], deprecated: Dict[str, Any],
+            stacklevel: int = 3) -> RedisConfig:
+    """``config``, or one made of the keywords the links took before RedisConfig (warned)."""
+    if not deprecated:
+        return config if config is not None else RedisConfig()
+    if config is not None:
+        raise TypeError(f"{cls}: give config=RedisConfig(...) or the old keywords, not both")
+    import warnings
+
+    warnings.warn(f"{cls}(..., {', '.join(f'{k}=' for k in deprecated)}) is deprecated and "
+                  f"goes in the next release: pass config=RedisConfig(...)",
+                  DeprecationWarning, stacklevel=stacklevel)
+    return RedisConfig(**deprecated)  # an unknown keyword: TypeError, as before
+
+
 # -- the shared connection machinery -----------------------------------------
 
 IDLE, CONNECTING, HANDSHAKE, READY, WAITING, CLOSED = range(6)
@@ -352,34 +416,26 @@ class _Link:
         self,
         loop: EventLoop,
         address: RedisAddress,
+        config: Optional[RedisConfig] = None,
         *,
-        name: Optional[str] = None,
         on_ready: Optional[Callable[[], None]] = None,
         on_lost: Optional[Callable[[str], None]] = None,
         on_error: Optional[Callable[[RedisError], None]] = None,
-        connect_timeout: float = 5.0,
-        backoff_min: float = 0.05,
-        backoff_max: float = 5.0,
-        max_bulk: Optional[int] = None,
-        max_output: int = 64 << 20,
-        ping_interval: Optional[float] = None,
+        **deprecated: Any,
     ) -> None:
         if not _is_numeric(address.host):
             raise ValueError(
                 f"{address.host!r} is not a numeric address: use address.resolve() "
                 "before the loop runs (name resolution blocks)"
             )
+        config = _config(type(self).__name__, config, deprecated)
         self.loop = loop
         self.address = address
-        self.name = name
+        self.config = config
+        self.name = config.name
         self.on_ready = on_ready
         self.on_lost = on_lost
         self.on_error = on_error
-        self.connect_timeout = connect_timeout
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
-        self.max_bulk = max_bulk
-        self.ping_interval = ping_interval
         self._ping: Optional[Pending] = None
         self._scripts: Dict[str, Script] = {}  # by SHA-1; loaded on every connection
         self.state = IDLE
@@ -387,10 +443,10 @@ class _Link:
             loop,
             _LinkEvents(self),
             ClientConfig(
-                max_output=max_output,
-                high_water=max_output // 2,
-                low_water=max_output // 4,
-                connect_timeout=connect_timeout,
+                max_output=config.max_output,
+                high_water=config.max_output // 2,
+                low_water=config.max_output // 4,
+                connect_timeout=config.connect_timeout,
                 recv_buffer=256 << 10,
             ),
         )
@@ -471,7 +527,8 @@ class _Link:
         self._generation += 1
         generation = self._generation
         self._out = []
-        parser = RespParser(max_bulk=self.max_bulk) if self.max_bulk else RespParser()
+        max_bulk = self.config.max_bulk
+        parser = RespParser(max_bulk=max_bulk) if max_bulk else RespParser()
         self._client.connect(
             self.address.host,
             self.address.port,
@@ -528,16 +585,18 @@ class _Link:
         if self._failures:
             log.info("redis %s: connected again", self.address.url())
         self._failures = 0
-        if self.ping_interval:
+        interval = self.config.ping_interval
+        if interval:
             self._ping = None
             generation = self._generation
-            self.loop.call_later(self.ping_interval, lambda: self._keepalive(generation))
+            self.loop.call_later(interval, lambda: self._keepalive(generation))
         if self.on_ready is not None:
             self._call(self.on_ready)
 
     def _keepalive(self, generation: int, judging: bool = False) -> None:
         """Every ``ping_interval``: PING; the last one still unanswered means a dead link."""
-        if generation != self._generation or self.state != READY or not self.ping_interval:
+        interval = self.config.ping_interval
+        if generation != self._generation or self.state != READY or not interval:
             return
         if self._ping is not None and not self._ping.done:
             if not judging:
@@ -546,12 +605,12 @@ class _Link:
                 # unread in the socket. Judge once this turn's reading is done.
                 self.loop.call_soon(lambda: self._keepalive(generation, True))
                 return
-            error = RedisError(f"no reply to PING within {self.ping_interval:g}s")
+            error = RedisError(f"no reply to PING within {interval:g}s")
             self._report(error)
             self._drop(str(error))
             return
         self._ping = self._send(("PING",), None)
-        self.loop.call_later(self.ping_interval, lambda: self._keepalive(generation))
+        self.loop.call_later(interval, lambda: self._keepalive(generation))
 
     def _bad_reply(self, generation: int, exc: ProtocolError) -> None:
         if generation == self._generation:
@@ -612,7 +671,9 @@ class _Link:
 
     def _next_delay(self) -> float:
         self._failures += 1
-        ceiling = min(self.backoff_max, self.backoff_min * float(1 << min(self._failures - 1, 30)))
+        config = self.config
+        ceiling = min(config.backoff_max,
+                      config.backoff_min * float(1 << min(self._failures - 1, 30)))
         return ceiling * (0.5 + 0.5 * random.random())
 
     def _fail_pending(self, error: RedisError) -> None:
@@ -860,33 +921,16 @@ class RedisSubscriber(_Link):
         loop: EventLoop,
         address: RedisAddress,
         on_message: Callable[[bytes, bytes], None],
+        config: Optional[RedisConfig] = None,
         *,
         on_pmessage: Optional[Callable[[bytes, bytes, bytes], None]] = None,
-        name: Optional[str] = None,
         on_ready: Optional[Callable[[], None]] = None,
         on_lost: Optional[Callable[[str], None]] = None,
         on_error: Optional[Callable[[RedisError], None]] = None,
-        connect_timeout: float = 5.0,
-        backoff_min: float = 0.05,
-        backoff_max: float = 5.0,
-        max_bulk: Optional[int] = None,
-        max_output: int = 64 << 20,
-        ping_interval: Optional[float] = None,
+        **deprecated: Any,
     ) -> None:
-        super().__init__(
-            loop,
-            address,
-            name=name,
-            on_ready=on_ready,
-            on_lost=on_lost,
-            on_error=on_error,
-            connect_timeout=connect_timeout,
-            backoff_min=backoff_min,
-            backoff_max=backoff_max,
-            max_bulk=max_bulk,
-            max_output=max_output,
-            ping_interval=ping_interval,
-        )
+        super().__init__(loop, address, _config("RedisSubscriber", config, deprecated),
+                         on_ready=on_ready, on_lost=on_lost, on_error=on_error)
         self.on_message = on_message
         self.on_pmessage = on_pmessage
         self.channels: Set[bytes] = set()

@@ -22,7 +22,7 @@ PUBLIC = {
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
     # Redis (RESP codec and connections)
     "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",
-    "RedisAddress", "RedisError", "RedisLease", "RedisSubscriber", "Script", "ReplyError",
+    "RedisAddress", "RedisConfig", "RedisError", "RedisLease", "RedisSubscriber", "Script", "ReplyError",
     "RespParser",
     "RespProtocolError",
     # functions

@@ -3,7 +3,7 @@ RedisLease, one holder at a time with a fencing epoch, against a real redis-serv
 
 import pytest
 
-from netcore.redis import FENCE, Pending, Redis, RedisAddress, RedisLease, Script
+from netcore.redis import FENCE, Pending, Redis, RedisAddress, RedisConfig, RedisLease, Script
 from netcore.testing import run_until
 from redisproc import RedisServer
 
@@ -16,7 +16,7 @@ def server(tmp_path):
 
 
 def link(loop, srv, **kw):
-    client = Redis(loop, RedisAddress("127.0.0.1", srv.port), **kw)
+    client = Redis(loop, RedisAddress("127.0.0.1", srv.port), RedisConfig(**kw))
     client.start()
     run_until(loop, lambda: client.ready)
     return client
