@@ -52,11 +52,11 @@ Clients: the desktop client. Brain, network driver, Tk view.
     -> TkView, run_client
 Operations: doctor (can this host hold N clients?) and bundle (one file).
   Operations: doctor, the host's facts. Limits, sysctls, free memory.
-    -> read_host_facts, HostFacts
-  Operations: doctor, the checks. One function per limit, each with its fix.
-    -> doctor_checks, DOCTOR_CHECKS, run_doctor
+    -> doctor_needs, read_host_facts
+  Operations: doctor, the checks and the report (the checks: netcore.hostcheck).
+    -> doctor_checks, run_doctor
   Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
-    -> probe_redis, redis_checks
+    -> redis_checks
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
 CLI: serve (the default), game, gateway, bots, client, doctor, bundle. main().
@@ -208,11 +208,11 @@ __all__ = [
     "ClientTokens", "client_state_path",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
-    "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
-    "print_doctor_report", "run_doctor", "RedisProbe", "probe_redis", "redis_checks",
+    "doctor_needs", "read_host_facts", "doctor_checks", "print_doctor_report", "run_doctor",
+    "redis_checks",
     "build_bundle",
     # CLI
-    "main", "add_redis_options", "redis_address",
+    "main", "make_loop", "add_redis_options", "redis_address",
 ]
 
 log = logging.getLogger("spelltraction")
@@ -226,6 +226,7 @@ PROTOCOL_VERSION = 1  # what a plain Hello() speaks: the original protocol
 PROTOCOL_V2 = 2  # resume tokens, names, the hall of fame
 PROTOCOL_VERSIONS = (PROTOCOL_VERSION, PROTOCOL_V2)  # what this server speaks
 DEFAULT_PORT = 12150
+DEFAULT_TICK_MS = 250  # the original's tick: 4 a second
 WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
 WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
 WS_MAX_FRAGMENTS = 8  # frames in one client message (empty ones count): 1008 past it
@@ -325,7 +326,7 @@ class Welcome(NamedTuple):
     shape: int
     colour: int
     version: int = PROTOCOL_VERSION
-    tick_ms: int = 250
+    tick_ms: int = DEFAULT_TICK_MS
     cols: int = COLS
     rows: int = ROWS
     cell_px: int = CELL_PX
@@ -1680,6 +1681,8 @@ def _bundled_web() -> bool:
     return True
 
 
+DEFAULT_MAX_CLIENTS = 15_000  # connections one server holds; more are told SERVER_FULL
+DEFAULT_BACKLOG = 4096  # the listen backlog: a reconnect storm's worth
 DEFAULT_NEW_PLAYER_BURST = 64
 DEFAULT_NEW_PLAYER_RATE = 1.0  # a second, after the burst
 NEW_PLAYERS_LIMIT = "new-players-per-address"  # the limit's name in /metrics and ERRORs
@@ -1688,9 +1691,9 @@ NEW_PLAYERS_LIMIT = "new-players-per-address"  # the limit's name in /metrics an
 class ServerOptions(NamedTuple):
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    tick_ms: int = 250
-    max_clients: int = 15_000
-    backlog: int = 4096
+    tick_ms: int = DEFAULT_TICK_MS
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    backlog: int = DEFAULT_BACKLOG
     hello_timeout: float = 10.0
     seed: Optional[int] = None
     max_output: int = 64 << 10  # queued bytes past which a client is too slow
@@ -6071,7 +6074,12 @@ def run_client(opts: ClientOptions) -> int:
 # Operations: doctor, the host's facts. Limits, sysctls, free memory.
 # -----------------------------------------------------------------------------
 
-OK, WARN, BLOCK = "ok", "warn", "block"
+# The host's facts are read, and judged, by netcore.hostcheck (imported when
+# doctor runs: a server never carries it); the game gives its figures, where
+# its fixes go, and the sentences that name its own tools.
+if TYPE_CHECKING:
+    from netcore.hostcheck import Check, HostFacts, HostNeeds, RedisProbe
+
 SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
 LIMITS_FILE = "/etc/security/limits.d/spelltraction.conf"
 UNIT_FILE = "/etc/systemd/system/spelltraction.service"
@@ -6087,340 +6095,54 @@ BUFFER_BYTES_PER_SOCKET = 4096
 BASE_BYTES = 64 << 20  # the interpreter, the game, headroom
 
 
-class Fix(NamedTuple):
-    where: str  # the file or place the line goes
-    line: str  # the exact line
+def doctor_needs(clients: int, backlog: int = DEFAULT_BACKLOG) -> HostNeeds:
+    """What one game server holding ``clients`` needs of its host, in doctor's words."""
+    from netcore.hostcheck import HostNeeds
 
-
-class Check(NamedTuple):
-    """One thing doctor looked at: what it is, what is needed, and how to fix it."""
-
-    name: str
-    status: str  # OK, WARN (works, degraded) or BLOCK (N clients will not fit)
-    current: str
-    needed: str
-    why: str = ""
-    fixes: Tuple[Fix, ...] = ()
-
-
-class HostFacts(NamedTuple):
-    """What doctor reads: kernel settings, this process's limits, free memory."""
-
-    nofile_soft: int  # -1: unlimited
-    nofile_hard: int
-    can_raise_hard: bool  # may this process raise its hard RLIMIT_NOFILE?
-    sysctl: Dict[str, Optional[str]]  # "fs.nr_open" -> "1048576" (None: unreadable)
-    mem_available_kb: Optional[int]
-    page_size: int
-
-
-DOCTOR_SYSCTLS = (
-    "fs.file-max", "fs.file-nr", "fs.nr_open", "net.core.somaxconn",
-    "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_syncookies", "net.ipv4.ip_local_port_range",
-    "net.ipv4.tcp_mem", "net.ipv4.tcp_max_tw_buckets", "net.netfilter.nf_conntrack_max",
-    "net.netfilter.nf_conntrack_count",
-)
-
-
-def read_sysctl(key: str, root: str = "/") -> Optional[str]:
-    """``/proc/sys/<key with dots as slashes>`` under ``root``; None if absent."""
-    path = os.path.join(root, "proc", "sys", *key.split("."))
-    try:
-        with open(path) as f:
-            return " ".join(f.read().split())
-    except OSError:
-        return None
-
-
-def _nofile() -> Tuple[int, int]:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def _may_raise_nofile_hard(target: int) -> bool:
-    """Try to raise this process's hard limit to ``target``, then put it back."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard >= target:
-        return True
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, target))
-    except (ValueError, OSError):
-        return False
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # lowering is always allowed
-    return True
+    return HostNeeds(
+        clients, FD_RESERVE, backlog, USER_BYTES_PER_CLIENT, KERNEL_BYTES_PER_SOCKET,
+        BUFFER_BYTES_PER_SOCKET, BASE_BYTES, SYSCTL_FILE, LIMITS_FILE, "spelltraction",
+        UNIT_FILE,
+        spread="spread them over {processes} server processes, each on its own --port with "
+               "--max-clients {per_process} (each is its own game)",
+        port_users="`bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
+                   "port (one upstream connection per client)",
+        file_max_note="bots on the same host need as many again")
 
 
 def read_host_facts(root: str = "/", clients: int = 0,
-                    rlimit: Callable[[], Tuple[int, int]] = _nofile,
-                    may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> HostFacts:
-    """Everything doctor checks, from ``root``/proc (a fake tree in tests)."""
-    soft, hard = rlimit()
-    inf = resource.RLIM_INFINITY
-    mem: Optional[int] = None
-    try:
-        with open(os.path.join(root, "proc", "meminfo")) as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    mem = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return HostFacts(
-        nofile_soft=-1 if soft == inf else soft,
-        nofile_hard=-1 if hard == inf else hard,
-        can_raise_hard=may_raise(clients + FD_RESERVE),
-        sysctl={key: read_sysctl(key, root) for key in DOCTOR_SYSCTLS},
-        mem_available_kb=mem,
-        page_size=os.sysconf("SC_PAGE_SIZE"),
-    )
+                    rlimit: Optional[Callable[[], Tuple[int, int]]] = None,
+                    may_raise: Optional[Callable[[int], bool]] = None) -> HostFacts:
+    """Everything doctor checks, from ``root``/proc (a fake tree in tests); ``rlimit``
+    and ``may_raise`` stand in for this process's open-files limit."""
+    from netcore import hostcheck
+
+    return hostcheck.read_host_facts(root, clients + FD_RESERVE,
+                                     rlimit or hostcheck.nofile_limits,
+                                     may_raise or hostcheck.may_raise_nofile_hard)
 
 
 # -----------------------------------------------------------------------------
-# Operations: doctor, the checks. One function per limit, each with its fix.
+# Operations: doctor, the checks and the report (the checks: netcore.hostcheck).
 # -----------------------------------------------------------------------------
 
 
-def _ints(value: Optional[str]) -> Optional[List[int]]:
-    if value is None:
-        return None
-    try:
-        return [int(x) for x in value.split()]
-    except ValueError:
-        return None
+def doctor_checks(facts: HostFacts, clients: int, backlog: int = DEFAULT_BACKLOG) -> List[Check]:
+    """What will and will not let ``clients`` connect to one server process."""
+    from netcore.hostcheck import host_checks
 
-
-def _nice_limit(needed: int) -> int:
-    """A round limit to recommend: a power of two, at least 65536."""
-    limit = 65536
-    while limit < needed:
-        limit *= 2
-    return limit
-
-
-def _mib(n: float) -> str:
-    return f"{n / (1 << 20):,.0f} MiB"
-
-
-def _unreadable(name: str, key: str) -> Check:
-    return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
-
-
-def _at_least(name: str, have: int, want: int, short: str, why: str, fix: str, *,
-              current: Optional[str] = None, needed: Optional[str] = None,
-              why_ok: str = "") -> Check:
-    """The check of a setting that wants ``have >= want``: ``short`` (WARN or
-    BLOCK) with ``why`` and the sysctl line ``fix`` when it falls short."""
-    ok = have >= want
-    return Check(name, OK if ok else short, str(have) if current is None else current,
-                 f">= {want}" if needed is None else needed, why_ok if ok else why,
-                 () if ok else (Fix(SYSCTL_FILE, fix),))
-
-
-def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
-    """What will and will not let ``clients`` connect to one server process.
-
-    One small function per check, in the report's order (``DOCTOR_CHECKS``);
-    each takes the host's facts, the clients wanted and the listen backlog,
-    and returns None where what it looks at does not exist on this host.
-    """
-    found = (check(facts, clients, backlog) for check in DOCTOR_CHECKS)
-    return [c for c in found if c is not None]
-
-
-def _check_nofile(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    name = "open files per process (RLIMIT_NOFILE)"
-    fds = clients + FD_RESERVE
-    soft, hard = facts.nofile_soft, facts.nofile_hard
-    current = f"soft {'unlimited' if soft < 0 else soft}, hard {'unlimited' if hard < 0 else hard}"
-    needed = f">= {fds} ({clients} clients + {FD_RESERVE} spare)"
-    if hard < 0 or hard >= fds:
-        why = ""
-        if 0 <= soft < fds:
-            why = "the server raises its soft limit to the hard limit when it starts"
-        return Check(name, OK, current, needed, why)
-    limit = _nice_limit(fds)
-    nr_open = _ints(facts.sysctl.get("fs.nr_open"))
-    if nr_open and fds <= nr_open[0] < limit:
-        limit = nr_open[0]  # a limit above fs.nr_open is refused
-    fixes: Tuple[Fix, ...] = (
-        Fix(UNIT_FILE + ", [Service]", f"LimitNOFILE={limit}"),
-        Fix(LIMITS_FILE, f"spelltraction  hard  nofile  {limit}"),
-        Fix(LIMITS_FILE, f"spelltraction  soft  nofile  {limit}"),
-    )
-    per_process = max(hard - FD_RESERVE, 0)
-    processes = -(-clients // per_process) if per_process else 0
-    spread = (f"one process holds at most {per_process} clients here: spread them over "
-              f"{processes} server processes, each on its own --port with --max-clients "
-              f"{per_process} (each is its own game)" if per_process else "")
-    if facts.can_raise_hard:
-        why = (f"The hard limit is {hard}. Raise it where the server is started, with one "
-               "of the lines below.")
-        fixes = (Fix("the shell that starts the server, as root", f"ulimit -n {limit}"),) + fixes
-        return Check(name, BLOCK, current, needed, why, fixes)
-    why = (f"The hard limit is {hard} and cannot be raised from here: this process may not "
-           "raise it (no CAP_SYS_RESOURCE, as in most containers; even root is refused).")
-    if spread:
-        why += f"\nSo {spread}."
-        why += "\nOr run it on another host"
-    else:
-        why += "\nRun it on another host"
-    why += (f", or in a container started with a higher limit (docker run --ulimit "
-            f"nofile={limit}:{limit}), using the lines below.")
-    return Check(name, BLOCK, current, needed, why, fixes)
-
-
-def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    fds = clients + FD_RESERVE
-    nr_open = _ints(facts.sysctl["fs.nr_open"])
-    if nr_open is None:
-        return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
-    return _at_least(
-        "fs.nr_open (ceiling for any process's open-files limit)", nr_open[0], fds, BLOCK,
-        "LimitNOFILE= and limits.d values above this are refused",
-        f"fs.nr_open = {_nice_limit(fds)}")
-
-
-def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    fds = clients + FD_RESERVE
-    file_max, file_nr = _ints(facts.sysctl["fs.file-max"]), _ints(facts.sysctl["fs.file-nr"])
-    if file_max is None:
-        return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
-    in_use = file_nr[0] if file_nr else 0
-    want = fds + in_use
-    return _at_least(
-        "fs.file-max (open files, whole system)", file_max[0], want, BLOCK,
-        "the kernel refuses new sockets system-wide (ENFILE) past this",
-        f"fs.file-max = {_nice_limit(2 * want)}",
-        needed=f">= {want} ({fds} + {in_use} open now)",
-        why_ok="bots on the same host need as many again")
-
-
-def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    storm = min(backlog, clients)  # a reconnect storm: everyone at once, up to the backlog
-    somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
-    if somaxconn is None:
-        return _unreadable("net.core.somaxconn", "net.core.somaxconn")
-    return _at_least(
-        "net.core.somaxconn (accept queue; caps our listen backlog)", somaxconn[0], storm, WARN,
-        f"the server asks for {backlog}; a reconnect storm after a restart "
-        "overflows the queue and clients wait 1-3 s to retry their SYN",
-        f"net.core.somaxconn = {backlog}")
-
-
-def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    storm = min(backlog, clients)
-    syn = _ints(facts.sysctl["net.ipv4.tcp_max_syn_backlog"])
-    cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
-    if syn is None:
-        return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
-    on = bool(cookies and cookies[0])
-    return _at_least(
-        "net.ipv4.tcp_max_syn_backlog (half-open connections)", syn[0], storm, WARN,
-        "past it, SYN cookies answer instead: connections still succeed"
-        if on else "past it, SYNs are dropped and clients retry later",
-        "net.ipv4.tcp_max_syn_backlog = 8192",
-        current=str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"))
-
-
-def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    ports = _ints(facts.sysctl["net.ipv4.ip_local_port_range"])
-    if ports is None or len(ports) != 2:
-        return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
-    span = ports[1] - ports[0] + 1
-    why = ("one source address can open at most this many connections to one server "
-           "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
-           "port (one upstream connection per client)")
-    if clients > 65535 - 10000 + 1:
-        why += ("; the widest useful range still gives one address ~55,000 ports: above "
-                "that use several source addresses (127.0.0.2, ...) or hosts")
-    return _at_least(
-        "net.ipv4.ip_local_port_range (load generators, proxies)", span, clients, WARN, why,
-        "net.ipv4.ip_local_port_range = 10000 65535",
-        current=f"{ports[0]}-{ports[1]} ({span} ports)", needed=f">= {clients} ports")
-
-
-def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    tcp_mem = _ints(facts.sysctl["net.ipv4.tcp_mem"])
-    page = facts.page_size
-    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // page)
-    if tcp_mem is None or len(tcp_mem) != 3:
-        return _unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem")
-    low, pressure, high = tcp_mem
-    status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
-    return Check(
-        "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
-        f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
-        f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
-        f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
-        "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
-        "past max, sends fail and connections are dropped",
-        () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
-                                                  f"{max(pressure, 2 * need_pages)} "
-                                                  f"{max(high, 3 * need_pages)}"),))
-
-
-def _check_memory(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    if facts.mem_available_kb is None:
-        return Check("memory available", WARN, "unreadable", "-",
-                     "could not read MemAvailable from /proc/meminfo")
-    per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
-    need = BASE_BYTES + clients * per_client
-    have = facts.mem_available_kb * 1024
-    ok = have >= need
-    return Check(
-        "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
-        f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
-        "" if ok else "no setting fixes this: a bigger host, or fewer clients per host")
-
-
-def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
-    if tw is None:
-        return None
-    return _at_least(
-        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", tw[0], clients, WARN,
-        "a shutdown closes every connection from our side; past this the "
-        "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-        f"net.ipv4.tcp_max_tw_buckets = {_nice_limit(clients)}")
-
-
-def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    conntrack = _ints(facts.sysctl["net.netfilter.nf_conntrack_max"])
-    if conntrack is None:  # only there when connection tracking (a firewall, NAT) is loaded
-        return None
-    count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
-    in_use = count[0] if count else 0
-    want = clients + in_use
-    return _at_least(
-        "net.netfilter.nf_conntrack_max (firewall connection tracking)", conntrack[0], want,
-        BLOCK, "when the table is full the kernel silently drops new connections "
-        "('nf_conntrack: table full, dropping packet' in dmesg)",
-        f"-net.netfilter.nf_conntrack_max = {_nice_limit(2 * want)}",
-        needed=f">= {want} ({clients} + {in_use} tracked now)")
-
-
-# The checks, in the order doctor reports them.
-DOCTOR_CHECKS: Tuple[Callable[[HostFacts, int, int], Optional[Check]], ...] = (
-    _check_nofile, _check_nr_open, _check_file_max, _check_somaxconn, _check_syn_backlog,
-    _check_port_range, _check_tcp_mem, _check_memory, _check_tw_buckets, _check_conntrack,
-)
+    return host_checks(facts, doctor_needs(clients, backlog))
 
 
 def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
                         out: IO[str]) -> None:
+    from netcore.hostcheck import verdict, write_checks
+
     w = out.write
     w(f"SpellTraction doctor: {clients} clients in one server process on this host?\n")
     w("(read from /proc/sys and the limits of this shell; under systemd the unit's "
       "LimitNOFILE= applies instead)\n\n")
-    import textwrap
-
-    label = {OK: "  ok ", WARN: " WARN", BLOCK: "BLOCK"}
-    for c in checks:
-        w(f"[{label[c.status]}] {c.name}\n{'':8}now {c.current}; needs {c.needed}\n")
-        for para in c.why.splitlines():
-            w(textwrap.fill(para, 96, initial_indent=" " * 8, subsequent_indent=" " * 10) + "\n")
-        for fix in c.fixes:
-            w(f"{'':8}fix: {fix.line}\n{'':13}(in {fix.where})\n")
-    blocks = [c for c in checks if c.status == BLOCK]
-    warns = [c for c in checks if c.status == WARN]
+    write_checks(checks, out)
     w("\n")
     wheres = {f.where for c in checks for f in c.fixes}
     if any(where.startswith(SYSCTL_FILE) for where in wheres):
@@ -6428,29 +6150,23 @@ def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
           "then run: sysctl --system\n")
     if any(where.startswith(UNIT_FILE) for where in wheres):
         w("unit lines: systemctl daemon-reload && systemctl restart spelltraction\n")
-    if blocks:
-        w(f"verdict: BLOCKED: {len(blocks)} check(s) stop {clients} clients "
-          f"({', '.join(c.name.split(' (')[0] for c in blocks)}).\n")
-    elif warns:
-        w(f"verdict: OK for {clients} clients, with {len(warns)} warning(s) above.\n")
-    else:
-        w(f"verdict: OK for {clients} clients.\n")
+    w(verdict(checks, clients) + "\n")
 
 
 def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = False,
-               root: str = "/", rlimit: Callable[[], Tuple[int, int]] = _nofile,
-               may_raise: Callable[[int], bool] = _may_raise_nofile_hard,
+               root: str = "/", rlimit: Optional[Callable[[], Tuple[int, int]]] = None,
+               may_raise: Optional[Callable[[int], bool]] = None,
                redis: Optional[RedisAddress] = None) -> int:
     """Print the report; 1 if anything blocks ``clients`` (or the Redis bus), else 0."""
+    from netcore.hostcheck import BLOCK, checks_json, probe_redis
+
     out = out if out is not None else sys.stdout
     facts = read_host_facts(root, clients, rlimit, may_raise)
     checks = doctor_checks(facts, clients)
     if redis is not None:
-        checks += redis_checks(probe_redis(redis), redis)
+        checks += redis_checks(probe_redis(redis, name="spelltraction-doctor"), redis)
     if as_json:
-        out.write(json.dumps({"clients": clients, "checks": [
-            dict(c._asdict(), fixes=[f._asdict() for f in c.fixes]) for c in checks
-        ], "blocked": any(c.status == BLOCK for c in checks)}, indent=1) + "\n")
+        out.write(checks_json(checks, clients) + "\n")
     else:
         print_doctor_report(checks, clients, facts, out)
     return 1 if any(c.status == BLOCK for c in checks) else 0
@@ -6466,129 +6182,21 @@ REDIS_MEDIAN_MS, REDIS_WORST_MS = 2.0, 20.0
 REDIS_MIN_PUBSUB_HARD = 8 << 20  # a stalled gateway's backlog of ticks
 
 
-class RedisProbe(NamedTuple):
-    """What doctor learnt from one Redis: an error, or round trips and settings."""
-
-    error: str  # "" when the server answered
-    rtts_ms: Tuple[float, ...] = ()
-    version: str = ""
-    config: Tuple[Tuple[str, str], ...] = ()  # CONFIG GET answers; ("!" + key, why) if refused
-
-
-def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
-    """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
-    from netcore.redis import Redis, RedisConfig
-
-    loop = EventLoop()
-    errors: List[RedisError] = []
-    link = Redis(loop, address, RedisConfig("spelltraction-doctor", connect_timeout=timeout,
-                                            backoff_max=timeout), on_error=errors.append)
-    try:
-        link.start()
-        deadline = time.monotonic() + timeout
-
-        def wait(done: Callable[[], bool]) -> bool:
-            while not done():
-                left = deadline - time.monotonic()
-                if left <= 0 or (errors and not link.ready):
-                    return False
-                loop.run_once(min(left, 0.05))
-            return True
-
-        if not wait(lambda: link.ready):
-            return RedisProbe(str(errors[-1]) if errors else f"no answer within {timeout:g} s")
-        deadline = time.monotonic() + timeout * 2
-        rtts: List[float] = []
-        for _ in range(pings):
-            started = time.perf_counter()
-            ping = link.execute("PING")
-            if not wait(lambda: ping.done) or not ping.ok:
-                return RedisProbe(f"PING: {ping.error or ping.reply or 'no answer'!s}")
-            rtts.append((time.perf_counter() - started) * 1000)
-        info = link.execute("INFO", "server")
-        asked = [(key, link.execute("CONFIG", "GET", key))
-                 for key in ("maxmemory-policy", "client-output-buffer-limit")]
-        wait(lambda: info.done and all(p.done for _, p in asked))
-        return RedisProbe("", tuple(rtts), _redis_version(info),
-                          tuple(_config_answer(key, p) for key, p in asked))
-    finally:
-        link.close()
-        loop.close()
-
-
-def _redis_version(info: Pending) -> str:
-    if info.ok and isinstance(info.reply, bytes):
-        for line in info.reply.decode("utf-8", "replace").splitlines():
-            if line.startswith("redis_version:"):
-                return line.split(":", 1)[1].strip()
-    return ""
-
-
-def _config_answer(key: str, pending: Pending) -> Tuple[str, str]:
-    reply = pending.reply
-    if pending.ok and isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], bytes):
-        return key, reply[1].decode("utf-8", "replace")
-    return "!" + key, str(pending.error or reply or "no answer")
-
-
-def _pubsub_hard_limit(value: str) -> Optional[int]:
-    """The pubsub class's hard limit in bytes from ``client-output-buffer-limit``."""
-    words = value.split()
-    for i in range(0, len(words) - 3, 4):
-        if words[i] == "pubsub":
-            try:
-                return int(words[i + 1])
-            except ValueError:
-                return None
-    return None
-
-
 def redis_checks(probe: RedisProbe, address: RedisAddress) -> List[Check]:
     """The bus's checks: it answers (BLOCK if not), quickly, and keeps what it must."""
-    where = address.url()
-    if probe.error:
-        return [Check(f"Redis reachable ({where})", BLOCK, probe.error, "a Redis that answers",
-                      "game and gateway retry with backoff and wait, but no world runs "
-                      "without the bus. Check that redis-server runs, its bind and port, and the "
-                      "password (--redis-password-file or --redis-password-env).",
-                      (Fix(REDIS_CONF, "bind 127.0.0.1 <this host's private address>"),))]
-    checks = [Check(f"Redis reachable ({where})", OK, f"Redis {probe.version or '?'}",
-                    "a Redis that answers")]
-    rtts = sorted(probe.rtts_ms)
-    median = rtts[len(rtts) // 2]
-    slow = median > REDIS_MEDIAN_MS or rtts[-1] > REDIS_WORST_MS
-    checks.append(Check(
-        "Redis latency (PING round trip)", WARN if slow else OK,
-        f"median {median:.2f} ms, worst {rtts[-1]:.2f} ms of {len(rtts)}",
-        f"median <= {REDIS_MEDIAN_MS:g} ms, worst <= {REDIS_WORST_MS:g} ms",
-        "every tick crosses the bus twice (moves in, tick out): its round trip is "
-        "added to what players see as tick lateness." if slow else ""))
-    major = probe.version.split(".")[0]
-    if major.isdigit() and int(major) < 6:
-        checks.append(Check("Redis version", WARN, probe.version, "6 or later (7 tested)",
-                            "ACL usernames in the URL need Redis 6."))
-    config = dict(probe.config)
-    policy = config.get("maxmemory-policy")
-    if policy is None:
-        checks.append(Check("Redis maxmemory-policy", WARN, "unreadable", "noeviction",
-                            f"CONFIG GET was refused ({config.get('!maxmemory-policy', '?')}); "
-                            "check it by hand."))
-    else:
-        checks.append(Check(
-            "Redis maxmemory-policy", OK if policy == "noeviction" else WARN, policy, "noeviction",
-            "" if policy == "noeviction" else "the lease and heartbeat keys expire on their own "
-            "and must never be evicted: a full Redis should refuse writes instead.",
-            () if policy == "noeviction" else (Fix(REDIS_CONF, "maxmemory-policy noeviction"),)))
-    limits = config.get("client-output-buffer-limit")
-    hard = _pubsub_hard_limit(limits) if limits is not None else None
-    if hard is not None and 0 < hard < REDIS_MIN_PUBSUB_HARD:
-        checks.append(Check(
-            "Redis pub/sub output buffer", WARN, f"hard limit {_mib(hard)}",
-            f">= {_mib(REDIS_MIN_PUBSUB_HARD)}",
-            "Redis cuts a gateway whose unread ticks pass this; it then reconnects and "
-            "resynchronises, and its players miss ticks meanwhile.",
-            (Fix(REDIS_CONF, "client-output-buffer-limit pubsub 64mb 16mb 60"),)))
-    return checks
+    from netcore import hostcheck
+
+    return hostcheck.redis_checks(probe, address, hostcheck.RedisNeeds(
+        REDIS_CONF, REDIS_MEDIAN_MS, REDIS_WORST_MS, REDIS_MIN_PUBSUB_HARD,
+        unreachable="game and gateway retry with backoff and wait, but no world runs "
+                    "without the bus. Check that redis-server runs, its bind and port, and the "
+                    "password (--redis-password-file or --redis-password-env).",
+        slow="every tick crosses the bus twice (moves in, tick out): its round trip is "
+             "added to what players see as tick lateness.",
+        eviction="the lease and heartbeat keys expire on their own and must never be "
+                 "evicted: a full Redis should refuse writes instead.",
+        pubsub="Redis cuts a gateway whose unread ticks pass this; it then reconnects and "
+               "resynchronises, and its players miss ticks meanwhile."))
 
 # -----------------------------------------------------------------------------
 # Operations: bundle. The game, netcore and web/ in one .pyz.

@@ -45,6 +45,9 @@ modules above it):
   epoch, on any link that runs Lua scripts.
 - :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
   commands, pipelining and pub/sub with AUTH and reconnects on the loop.
+- :mod:`netcore.hostcheck`: can this host hold N clients? Its limits, sysctls
+  and memory, one check per limit with its fix; a Redis probe (for a
+  command-line tool; a server never imports it).
 - :mod:`netcore.testing`: helpers for tests (run a loop until a condition,
   a bound listening socket); never needed at run time.
 """

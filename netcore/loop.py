@@ -499,6 +499,24 @@ class EventLoop:
         finally:
             self.running = False
 
+    def run_until(self, condition: Callable[[], object], timeout: float,
+                  step: float = 0.05) -> bool:
+        """Run until ``condition()`` is true or ``timeout`` seconds (wall time) pass.
+
+        For a short-lived tool that drives the loop itself (a probe, a test):
+        the condition is checked before each iteration, so it may already
+        hold, and each iteration waits at most ``step`` s for events (short,
+        when the condition depends on sockets the loop does not watch).
+        Returns whether the condition held.
+        """
+        deadline = time.monotonic() + timeout
+        while not condition():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.run_once(min(left, step))
+        return True
+
     def run_once(self, max_wait: Optional[float] = None) -> None:
         clock = self.clock
         spent = self.spent
