@@ -198,11 +198,11 @@ __all__ = [
     "GameServer", "ServerOptions", "AdminHandler", "read_asset", "origin_policy",
     "step_and_encode", "you_frame",
     "describe_unexpected", "serve", "ServerSignals", "rss_kb", "release_freed_memory",
-    "raise_nofile_limit", "ClusterOptions", "BusStats", "check_world",
+    "ClusterOptions", "BusStats", "check_world",
     "bus_pack", "bus_head", "bus_entry", "bus_entries", "Authority", "Gateway", "run_role",
     "bus_gateway", "check_tick_message", "check_private_entries",
     # Bots
-    "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots", "write_private_json",
+    "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "ClientTokens", "client_state_path",
@@ -1021,25 +1021,7 @@ if TYPE_CHECKING:
     FameEntry = Tuple[int, int, str]  # (player id, score, name or "")
 
 
-def _sha256_function() -> Callable[[bytes], bytes]:
-    """SHA-256 from the smallest module that has it.
-
-    ``hashlib`` pulls in OpenSSL (about 3.7 MB of RSS); the builtin
-    ``_sha256`` (3.8-3.11) or ``_sha2`` (3.12+) costs some 60 KB. Falls back
-    to hashlib where neither exists.
-    """
-    for name in ("_sha2", "_sha256"):
-        try:
-            module: Any = __import__(name)
-        except ImportError:
-            continue
-        return lambda data: bytes(module.sha256(data).digest())
-    import hashlib
-
-    return lambda data: hashlib.sha256(data).digest()
-
-
-_sha256 = _sha256_function()
+from netcore.digest import sha256  # noqa: E402 - beside its one use
 
 
 def new_resume_token() -> bytes:
@@ -1048,8 +1030,11 @@ def new_resume_token() -> bytes:
 
 
 def token_hash(token: bytes) -> bytes:
-    """What the store keeps of a token: a copied database impersonates no one."""
-    return _sha256(token)
+    """What the store keeps of a token: a copied database impersonates no one.
+
+    SHA-256 from netcore.digest: the builtin module, not hashlib (OpenSSL, ~3.5 MB of RSS).
+    """
+    return sha256(token).digest()
 
 
 def default_data_dir() -> str:
@@ -2784,12 +2769,6 @@ def rss_kb() -> int:
     return rss_bytes() // 1024
 
 
-# The process plumbing is netcore's (netcore.process); these names stay
-# the game's API: release_freed_memory() after start-up, raise_nofile_limit()
-# (soft to hard) before sizing --max-clients.
-raise_nofile_limit = raise_nofile
-
-
 FD_RESERVE = 32  # descriptors a server needs besides clients: listeners, selector, logs...
 RELEASE_EVERY_S = 60.0  # the C heap's free pages go back to the OS this often (after bursts)
 
@@ -2882,7 +2861,7 @@ def _run_server(loop: EventLoop, server: GameServer) -> None:
 
 
 def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
-    soft, hard = raise_nofile_limit()
+    soft, hard = raise_nofile()
     capacity = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else opts.max_clients
     if capacity < opts.max_clients:
         log.warning(
@@ -4109,7 +4088,7 @@ class Gateway(_ClusterRole, GameServer):
 def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: RedisAddress,
              log_limiter: Optional[RateLimitFilter] = None) -> int:
     """``game`` or ``gateway``: like :func:`serve`, for one role of a world on Redis."""
-    soft, _hard = raise_nofile_limit()
+    soft, _hard = raise_nofile()
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
@@ -4229,20 +4208,9 @@ class BotState:
     def save(self) -> None:
         if not self.dirty:
             return
-        write_private_json(self.path, {"version": 1, "players": [
+        process.write_private_json(self.path, {"version": 1, "players": [
             {"token": t, "id": pid, "score": score} for t, pid, score in self.players]})
         self.dirty = False
-
-
-def write_private_json(path: str, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file, then a rename), mode 0600."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class BotWorker:
@@ -4678,7 +4646,7 @@ class BotWorker:
 def _bot_worker_main(params_json: str) -> None:
     """Entry point of a bot process: runs until stdin closes or its deadline."""
     p = json.loads(params_json)
-    raise_nofile_limit()
+    raise_nofile()
     resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
                        p["seed"], p["batch"], p.get("ws", False), resume,
@@ -5296,6 +5264,10 @@ class ClientBrain:
 # -----------------------------------------------------------------------------
 
 
+if TYPE_CHECKING:
+    from netcore.client import Lookup
+
+
 class NetClient:
     """Drives a :class:`ClientBrain` over one nonblocking socket, never blocking.
 
@@ -5330,8 +5302,8 @@ class NetClient:
         self.retry_at = 0.0
         self.running = False
         self.out = bytearray()
-        self.addresses: List[Any] = []  # getaddrinfo results still to try
-        self.lookup: Optional[_Lookup] = None
+        self.addresses: List[Any] = []  # numeric addresses still to try
+        self.lookup: Optional[Lookup] = None  # the name lookup under way (a thread)
 
     def start(self) -> None:
         self.running = True
@@ -5386,17 +5358,20 @@ class NetClient:
         if not self.addresses:
             if self.lookup is None:
                 self.brain.connecting(self.address)
-                self.lookup = _Lookup(self.host, self.port)
+                from netcore.client import Lookup
+
+                self.lookup = Lookup(self.host, self.port)
             if not self.lookup.done.is_set():
                 return
             lookup, self.lookup = self.lookup, None
-            if not lookup.result:
+            if not lookup.addresses:
                 self._lost(f"cannot find {self.host}: {lookup.error}", connected=False)
                 return
-            self.addresses = list(lookup.result)
+            self.addresses = list(lookup.addresses)
         self.brain.connecting(self.address)
-        family, kind, proto, _, addr = self.addresses.pop(0)
-        sock = socket.socket(family, kind, proto)
+        addr = self.addresses.pop(0)
+        sock = socket.socket(socket.AF_INET6 if len(addr) == 4 else socket.AF_INET,
+                             socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -5480,25 +5455,6 @@ class NetClient:
             self.sock = None
         self.is_connected = False
         self.out.clear()
-
-
-class _Lookup:
-    """getaddrinfo in a thread, so a slow name server never freezes the window."""
-
-    def __init__(self, host: str, port: int) -> None:
-        import threading
-
-        self.result: List[Any] = []
-        self.error = ""
-        self.done = threading.Event()
-        threading.Thread(target=self._run, args=(host, port), daemon=True).start()
-
-    def _run(self, host: str, port: int) -> None:
-        try:
-            self.result = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:
-            self.error = str(exc)
-        self.done.set()
 
 
 # -----------------------------------------------------------------------------
@@ -6021,7 +5977,7 @@ class ClientTokens:
         data.setdefault("servers", {})[self.server] = {"token": token.hex(), "saved": time.time()}
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            write_private_json(self.path, data)
+            process.write_private_json(self.path, data)
         except OSError as exc:
             log.warning("cannot save the resume token to %s: %s", self.path, exc)
 

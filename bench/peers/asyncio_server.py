@@ -44,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from netcore import FrameParser, NetStats, ProtocolError, TickScheduler  # noqa: E402
+from netcore.process import raise_nofile  # noqa: E402
 from spelltraction import (  # noqa: E402
     FLOOD_MESSAGES,
     HELLO,
@@ -61,7 +62,6 @@ from spelltraction import (  # noqa: E402
     describe_unexpected,
     error_frame,
     frame,
-    raise_nofile_limit,
     rss_kb,
     step_and_encode,
     you_frame,
@@ -402,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    soft, _hard = raise_nofile_limit()
+    soft, _hard = raise_nofile()
     if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < args.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         args.max_clients = max(0, soft - FD_RESERVE)
