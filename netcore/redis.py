@@ -68,7 +68,7 @@ from .handler import Handler
 from .loop import EventLoop, Timer
 from .lease import FENCE, RedisLease  # re-exported: they were defined here
 from .resp import ReplyError, RespParser, RespProtocolError, Script, encode_command
-from .typing_shim import TYPE_CHECKING
+from .typing_shim import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -342,7 +342,7 @@ if TYPE_CHECKING:
 # -- settings ------------------------------------------------------------------
 
 
-class RedisConfig:
+class RedisConfig(NamedTuple):
     """How a :class:`Redis` or :class:`RedisSubscriber` connects, waits and reconnects.
 
     ``name``: sent as ``CLIENT SETNAME`` (what ``CLIENT LIST`` shows);
@@ -353,42 +353,33 @@ class RedisConfig:
     queued unsent past which the connection is dropped; ``ping_interval``:
     a PING every so many seconds, the link dropped when the previous one is
     still unanswered (None: off; leave it off for blocking commands).
-    A plain class, as :class:`~netcore.server.ServerConfig`.
+    Checked when a link takes it (ValueError).
     """
 
-    __slots__ = ("name", "connect_timeout", "backoff_min", "backoff_max", "max_bulk",
-                 "max_output", "ping_interval")
+    name: Optional[str] = None
+    connect_timeout: float = 5.0
+    backoff_min: float = 0.05
+    backoff_max: float = 5.0
+    max_bulk: Optional[int] = None
+    max_output: int = 64 << 20
+    ping_interval: Optional[float] = None
 
-    def __init__(
-        self,
-        name: Optional[str] = None,
-        connect_timeout: float = 5.0,
-        backoff_min: float = 0.05,
-        backoff_max: float = 5.0,
-        max_bulk: Optional[int] = None,
-        max_output: int = 64 << 20,
-        ping_interval: Optional[float] = None,
-    ) -> None:
-        if connect_timeout <= 0:
+    def checked(self) -> "RedisConfig":
+        """This config, if its values make sense; else ValueError saying which does not."""
+        if self.connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
-        if not 0 < backoff_min <= backoff_max:
+        if not 0 < self.backoff_min <= self.backoff_max:
             raise ValueError("need 0 < backoff_min <= backoff_max")
-        if ping_interval is not None and ping_interval <= 0:
+        if self.ping_interval is not None and self.ping_interval <= 0:
             raise ValueError("ping_interval must be positive (None: off)")
-        self.name = name
-        self.connect_timeout = connect_timeout
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
-        self.max_bulk = max_bulk
-        self.max_output = max_output
-        self.ping_interval = ping_interval
+        return self
 
 
 def _config(cls: str, config: Optional[RedisConfig], deprecated: Dict[str, Any],
             stacklevel: int = 3) -> RedisConfig:
     """``config``, or one made of the keywords the links took before RedisConfig (warned)."""
     if not deprecated:
-        return config if config is not None else RedisConfig()
+        return (config if config is not None else RedisConfig()).checked()
     if config is not None:
         raise TypeError(f"{cls}: give config=RedisConfig(...) or the old keywords, not both")
     import warnings
@@ -396,7 +387,7 @@ def _config(cls: str, config: Optional[RedisConfig], deprecated: Dict[str, Any],
     warnings.warn(f"{cls}(..., {', '.join(f'{k}=' for k in deprecated)}) is deprecated and "
                   f"goes in the next release: pass config=RedisConfig(...)",
                   DeprecationWarning, stacklevel=stacklevel)
-    return RedisConfig(**deprecated)  # an unknown keyword: TypeError, as before
+    return RedisConfig(**deprecated).checked()  # an unknown keyword: TypeError, as before
 
 
 # -- the shared connection machinery -----------------------------------------

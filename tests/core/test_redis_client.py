@@ -231,11 +231,11 @@ def test_select_database(loop, server):
 
 
 def test_a_config_is_checked_and_the_old_keywords_still_work_with_a_warning(loop):
-    with pytest.raises(ValueError):
-        RedisConfig(backoff_min=2.0, backoff_max=1.0)
-    with pytest.raises(ValueError):
-        RedisConfig(ping_interval=0)
     address = RedisAddress("127.0.0.1", 6379)
+    with pytest.raises(ValueError):
+        Redis(loop, address, RedisConfig(backoff_min=2.0, backoff_max=1.0))
+    with pytest.raises(ValueError):
+        RedisSubscriber(loop, address, print, RedisConfig(ping_interval=0))
     config = RedisConfig(name="a", ping_interval=3.0)
     assert Redis(loop, address, config).config is config
     assert RedisSubscriber(loop, address, print, config).config is config
