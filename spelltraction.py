@@ -212,7 +212,8 @@ __all__ = [
     "redis_checks",
     "build_bundle",
     # CLI
-    "main", "make_loop", "add_redis_options", "redis_address",
+    "main", "make_loop", "Opt", "build_parser", "parsed_options", "add_redis_options",
+    "redis_address",
 ]
 
 log = logging.getLogger("spelltraction")
@@ -5225,7 +5226,7 @@ class ClientBrain:
         return min(1.0, self.held / (self.hold_ticks + 1))
 
     def seconds_to_score(self) -> float:
-        tick_s = (self.welcome.tick_ms if self.welcome is not None else 250) / 1000.0
+        tick_s = (self.welcome.tick_ms if self.welcome is not None else DEFAULT_TICK_MS) / 1000.0
         return max(0, self.hold_ticks + 1 - self.held) * tick_s
 
     def flash(self, since: float) -> float:
@@ -6286,316 +6287,363 @@ def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
     return address.resolve()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "game", "gateway", "bots", "client", "doctor", "bundle", "backup", "-h",
-                "--help", "--version"}
-    if not argv or argv[0] not in commands:
-        argv.insert(0, "serve")
+# -- the options, each written once -----------------------------------------------------------
+
+_FROM_OPTIONS = object()  # Opt.default: the field's default in the options tuple
+_REQUIRED = object()  # Opt.default: the option must be given
+
+
+class Opt(NamedTuple):
+    """One command-line option, written once: its flag, default, help, check and the field it sets.
+
+    ``default``: left out, the default of ``field`` in the command's options
+    tuple (``ServerOptions``, ``BotOptions``, ``ClientOptions``), so the value
+    is written in one place; the help says it with ``%(default)s``. A
+    function is called when the parser is built (a default read from the
+    environment); ``_REQUIRED``: there is none, the option must be given.
+    ``field``: the options field it sets ("" : the flag's name, "-": none).
+    ``to(value, args)``: the field's value from the parsed flag (default:
+    the value as parsed). ``check(value)``: what is wrong with it ("must be
+    at least 1"), or None.
+    """
+
+    flag: str
+    help: str
+    default: Any = _FROM_OPTIONS
+    type: Any = None  # argparse's type=, or "store_true"
+    field: str = ""
+    check: Optional[Callable[[Any], Optional[str]]] = None
+    to: Optional[Callable[[Any, argparse.Namespace], Any]] = None
+    metavar: Optional[str] = None
+    choices: Optional[Sequence[Any]] = None
+    short: str = ""  # "-o"
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def target(self) -> str:
+        return self.field or self.dest
+
+
+def _at_least(low: float) -> Callable[[float], Optional[str]]:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
+
+
+def _positive(v: float) -> Optional[str]:
+    return None if v > 0 else "must be positive"
+
+
+def _networks(v: str) -> Optional[str]:
+    try:
+        parse_networks(v)
+    except ValueError as exc:
+        return f"is not a list of networks: {exc}"
+    return None
+
+
+def _poller_here(kind: str) -> Optional[str]:
+    return "epoll needs Linux: use --poller selectors" if (
+        kind == "epoll" and not hasattr(select, "epoll")) else None
+
+
+def _player_name(name: str) -> Optional[str]:
+    try:
+        check_name(name.encode("utf-8"))
+    except ValueError as exc:
+        return f"is not a name: {exc}"
+    return None
+
+
+def _procs(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto or a number, not {text!r}") from None
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_DATA_HELP = ("directory for the players, scores and hall of fame (sqlite3, one server per "
+              "directory; created if missing). Default: $STATE_DIRECTORY when set (systemd's "
+              "StateDirectory=), else $XDG_STATE_HOME/spelltraction, i.e. "
+              "~/.local/state/spelltraction; here: %(default)s")
+
+# The player side (serve, gateway).
+NET_OPTS = (
+    Opt("--host", "address to listen on (default %(default)s)"),
+    Opt("--port", "port (default %(default)s)", type=int),
+    Opt("--max-clients", "connection limit; more are told 'server full' (default %(default)s)",
+        type=int, check=_at_least(1)),
+    Opt("--web-root", "serve the browser client from DIR (default: web/ beside this file)",
+        metavar="DIR", to=lambda v, a: v or None),
+    Opt("--no-web", "binary protocol only: no HTTP, no WebSocket", False, "store_true",
+        field="web", to=lambda v, a: not v),
+    Opt("--handshake-timeout", "an HTTP request or WebSocket upgrade must finish within this",
+        type=float, metavar="SECONDS", check=_positive),
+    Opt("--max-per-address", "connections from one address (IPv6: one /64); 0: no limit "
+        "(default %(default)s)", type=int, metavar="N", check=_at_least(0)),
+    Opt("--max-pending-per-address", "connections from one address that have not said HELLO "
+        "yet (HTTP ones included); 0: no limit (default %(default)s)", type=int, metavar="N",
+        check=_at_least(0)),
+    Opt("--max-pending", "such pending connections from all addresses together; 0: no limit "
+        "(default %(default)s)", type=int, metavar="N", check=_at_least(0)),
+    Opt("--exempt", "networks the per-address limits never count (default %(default)s: local "
+        "bots); '' to exempt nobody", metavar="CIDR,...", check=_networks),
+    Opt("--trusted-proxies", "proxies whose connections may start with a PROXY protocol header "
+        "(v1/v2; nginx: proxy_protocol on;) and whose HTTP X-Forwarded-For is believed: either "
+        "names the client, whom the per-address limits then count (default: none; the shipped "
+        "nginx files connect from 127.0.0.2). From anyone else a PROXY header is refused and "
+        "X-Forwarded-For ignored, logged and counted", metavar="CIDR,...", check=_networks),
+    Opt("--allowed-origins", "browsers may join from pages of these Origins only, e.g. "
+        "https://play.example.org; same-origin: pages of the host the browser asked for (its "
+        "Host header); '*': any page. Requests with no Origin (bots, native clients) are always "
+        "allowed (default %(default)s)", metavar="ORIGIN,..."),
+    Opt("--new-player-burst", "new players (new ids and saved rows) one address may make at "
+        "once; --exempt networks are not counted; 0: no limit (default %(default)s)", type=int,
+        metavar="N", check=_at_least(0)),
+    Opt("--new-player-rate", "...and a second after that burst; returning players are never "
+        "counted (default %(default)g)", type=float, metavar="PER_SECOND", check=_at_least(0)),
+    Opt("--public-stats", "serve /metrics, /stats and /stats.json on the game port too "
+        "(default: only on --admin-port, which is this host's alone)", False, "store_true"),
+    Opt("--sndbuf", "SO_SNDBUF of each client socket; the kernel doubles it (default "
+        "%(default)s; 0: kernel autotuning, up to ~4 MB each)", type=int, metavar="BYTES",
+        check=_at_least(0)),
+    Opt("--send-backlog", "cut a client whose unsent backlog stays over this for "
+        "--send-backlog-grace seconds (default %(default)s; 0: off)", type=int,
+        metavar="BYTES", check=_at_least(0)),
+    Opt("--send-backlog-grace", "see --send-backlog (default %(default)g)", type=float,
+        metavar="SECONDS", check=_positive),
+    Opt("--refuse-rate", "at --max-clients, refuse at most this many connects a second with "
+        "SERVER_FULL; the rest wait in the kernel's queue, costing the tick nothing (default "
+        "%(default)g; 0: no limit)", type=float, metavar="PER_SECOND", check=_at_least(0)),
+)
+
+# Every server process (serve, game, gateway).
+COMMON_OPTS = (
+    Opt("--tick-ms", "tick period in ms (default %(default)s)", type=int,
+        check=lambda v: None if 10 <= v <= 60_000 else "must be between 10 and 60000"),
+    Opt("--coalesce-ms", "while busy, read sockets at most once per MS ms, so one poll collects "
+        "many players' moves; the most a request or ping waits for it (default %(default)g; 0: "
+        "read as soon as anything arrives)", type=float, metavar="MS", check=_at_least(0)),
+    Opt("--poller", "what the event loop waits on: epoll (Linux: driven directly, connections "
+        "edge-triggered) or selectors (the standard library's selectors.DefaultSelector, "
+        "level-triggered) (default %(default)s)", choices=POLLERS, check=_poller_here),
+    Opt("--log-level", "(default %(default)s)", "info", field="-", choices=_LOG_LEVELS),
+    Opt("--log-format", "text lines, or one JSON object per line (default %(default)s)", "text",
+        field="-", choices=("text", "json")),
+    Opt("--stats-out", "on exit, write the final figures to FILE as JSON", metavar="FILE"),
+    Opt("--admin-port", "serve /healthz, /metrics and /stats on this port too, answered "
+        "whatever the game port's state, even when full (default: none; 0: any free port)",
+        type=int, metavar="PORT",
+        check=lambda v: None if v is None or 0 <= v <= 65535 else "must be 0..65535"),
+    Opt("--admin-host", "the admin port's address (default %(default)s: this host only)",
+        metavar="ADDRESS"),
+)
+
+# The world's rules and store (serve, game).
+RULES_OPTS = (
+    Opt("--seed", "seed the game's RNG (for replays)", type=int),
+    Opt("--data", _DATA_HELP, default_data_dir, metavar="DIR",
+        to=lambda v, a: None if a.no_data else v),
+    Opt("--allow-shared-data", "use a --data directory that is writable by every user or owned "
+        "by another user (refused by default: whoever can write there can replace the store or "
+        "its lock)", False, "store_true"),
+    Opt("--no-data", "keep everything in memory: a restart forgets every player and score",
+        False, "store_true", field="-"),
+    Opt("--grace", "how long a dropped player can come back as itself (default %(default)g s)",
+        type=float, metavar="SECONDS", check=_at_least(0)),
+    Opt("--prune-days", "delete players unseen this long; the hall of fame keeps them (default "
+        "%(default)g)", type=float, metavar="DAYS", check=_positive),
+    Opt("--sync", "normal (default): every commit survives the server being killed, not a power "
+        "cut; full: survives power loss too, an fsync per commit", choices=SYNC_LEVELS),
+)
+
+# A world's processes on Redis (game, gateway); --redis and its password: add_redis_options.
+CLUSTER_OPTS = (
+    Opt("--world", "the world's name: its Redis keys and channels (default %(default)s)",
+        "spelltraction", metavar="NAME", field="-"),
+)
+
+BOT_OPTS = (
+    Opt("--host", "the server (default %(default)s)"),
+    Opt("--port", "its port (default %(default)s)", type=int),
+    Opt("--count", "bot players (default %(default)s)", type=int, field="n_bots",
+        check=_at_least(1)),
+    Opt("--move-every", "seconds between each bot's moves (default %(default)g, as the original; "
+        f"{DEFAULT_TICK_MS / 1000:g} = every tick)", type=float),
+    Opt("--duration", "seconds to hold once all bots are in (default %(default)g)", type=float),
+    Opt("--procs", "processes to spread the bots over (default auto: by the fd limit)", "auto",
+        type=_procs),
+    Opt("--probes", "bots that move every second to measure move->echo latency (default "
+        "%(default)s)", type=int),
+    Opt("--ramp-timeout", "seconds for every bot to get in (default %(default)g)", type=float),
+    Opt("--seed", "seed the bots' RNG", type=int),
+    Opt("--json", "end with one line of JSON figures", type="store_true"),
+    Opt("--ws", "connect over WebSocket (/ws), as browsers do, instead of TCP",
+        type="store_true"),
+    Opt("--state", "protocol 2: keep each bot's resume token and last shown score in FILE "
+        "(mode 0600, rewritten at least every second); a second run with the same FILE resumes "
+        "them, and dropped bots reconnect with backoff", metavar="FILE"),
+    Opt("--source-addresses", "bind each bot to one of these source addresses, in turn (one "
+        "address has ~28,000 ephemeral ports toward one server port); auto (default): "
+        f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots",
+        field="sources", metavar="auto|none|ADDR,..."),
+    Opt("--log-level", "(default %(default)s)", "warning", field="-", choices=_LOG_LEVELS),
+    Opt("--log-format", "(default %(default)s)", "text", field="-", choices=("text", "json")),
+)
+
+CLIENT_OPTS = (
+    Opt("--host", "server to play on (default %(default)s)"),
+    Opt("--port", "its port (default %(default)s)", type=int),
+    Opt("--shape", "your marker's shape (default: the server chooses)", None, choices=SHAPES,
+        to=lambda v, a: ANY_SHAPE if v is None else SHAPES.index(v)),
+    Opt("--colour", "your marker's colour, e.g. ff8800 (default: the server chooses)",
+        type=_parse_colour, metavar="RRGGBB"),
+    Opt("--geometry", "Tk window geometry, e.g. 760x470+0+0"),
+    Opt("--name", "your name in the hall of fame (16 characters)", check=_player_name,
+        to=lambda v, a: v.strip()),
+    Opt("--new-player", "start as a new player instead of resuming the one saved for this "
+        "server (the new one is saved in its place)", type="store_true"),
+    Opt("--state", "where to keep the resume token (default: "
+        "$XDG_STATE_HOME/spelltraction/client.json)", metavar="FILE"),
+    Opt("--log-level", "(default %(default)s)", "info", field="-", choices=_LOG_LEVELS),
+)
+
+DOCTOR_OPTS = (
+    Opt("--clients", "clients one server process should hold (default: the server's default "
+        "--max-clients, %(default)s)", DEFAULT_MAX_CLIENTS, int, check=_at_least(1)),
+    Opt("--json", "the checks as JSON", False, "store_true"),
+    Opt("--root", "read proc/ under this directory instead of / (a fake tree, for tests); the "
+        "open-files limit is still this process's", "/"),
+)
+
+BUNDLE_OPTS = (
+    Opt("--output", "where to write it (default %(default)s)",
+        os.path.join("dist", "spelltraction.pyz"), short="-o"),
+)
+
+BACKUP_OPTS = (
+    Opt("--data", "the server's data directory (default %(default)s)", default_data_dir,
+        metavar="DIR"),
+    Opt("--output", "where to write the copy (a sqlite3 database)", _REQUIRED, metavar="FILE",
+        short="-o"),
+)
+
+#: The subcommands: (help, option groups, the options tuple their fields fill, --redis help).
+COMMANDS: Dict[str, Tuple[str, Tuple[Tuple[Opt, ...], ...], Any, str]] = {
+    "serve": ("run the game server (the default command)",
+              (NET_OPTS, COMMON_OPTS, RULES_OPTS), ServerOptions, ""),
+    "game": ("a world's authority on Redis: the rules, the tick, the store (no player sockets; "
+             "see docs/CLUSTER.md)", (COMMON_OPTS, RULES_OPTS, CLUSTER_OPTS), ServerOptions,
+             "the world's Redis (required)"),
+    "gateway": ("a world's gateway on Redis: player sockets (binary, HTTP, WebSocket); "
+                "gateways on one host share the port", (NET_OPTS, COMMON_OPTS, CLUSTER_OPTS),
+                ServerOptions, "the world's Redis (required)"),
+    "bots": ("load-test a server with bot players", (BOT_OPTS,), BotOptions, ""),
+    "client": ("play in a window (the Tk desktop client)", (CLIENT_OPTS,), ClientOptions, ""),
+    "doctor": ("check this host's kernel and limits for N clients", (DOCTOR_OPTS,), None,
+               "also check this Redis (the bus of game and gateway): reachable, latency, "
+               "maxmemory-policy"),
+    "bundle": ("build a single-file zipapp of the game", (BUNDLE_OPTS,), None, ""),
+    "backup": ("copy a server's data, safely, even while it runs", (BACKUP_OPTS,), None, ""),
+}
+
+
+def _add_opts(parser: argparse.ArgumentParser, opts: Sequence[Opt], options: Any) -> None:
+    """Add each of ``opts`` to ``parser``, its default from ``options`` where it has none."""
+    for o in opts:
+        default = o.default
+        if default is _FROM_OPTIONS:
+            default = options._field_defaults[o.target]
+        elif callable(default):
+            default = default()
+        names = [o.short, o.flag] if o.short else [o.flag]
+        kwargs: Dict[str, Any] = {"help": o.help}
+        if default is _REQUIRED:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        if o.type == "store_true":
+            kwargs["action"] = "store_true"
+        else:
+            if o.type is not None:
+                kwargs["type"] = o.type
+            if o.metavar is not None:
+                kwargs["metavar"] = o.metavar
+            if o.choices is not None:
+                kwargs["choices"] = o.choices
+        parser.add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``COMMANDS``, each with its option groups."""
     parser = _ArgumentParser(
         prog="spelltraction",
         description="SpellTraction: a massively multiplayer letter game on netcore.",
     )
     parser.add_argument("--version", action="version", version=f"spelltraction {__version__}")
     sub = parser.add_subparsers(dest="command")
-
-    # The options, by who takes them: the player side (serve, gateway), every
-    # server process (serve, game, gateway), the world's rules and store
-    # (serve, game).
-    net = _ArgumentParser(add_help=False)
-    common = _ArgumentParser(add_help=False)
-    rules = _ArgumentParser(add_help=False)
-    data_help = ("directory for the players, scores and hall of fame (sqlite3, one server per "
-                 "directory; created if missing). Default: $STATE_DIRECTORY when set (systemd's "
-                 "StateDirectory=), else $XDG_STATE_HOME/spelltraction, i.e. "
-                 "~/.local/state/spelltraction; here: %(default)s")
-    defaults = ServerOptions()
-    net.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    net.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 12150)")
-    net.add_argument("--max-clients", type=int, default=15_000,
-                     help="connection limit; more are told 'server full' (default 15000)")
-    net.add_argument("--web-root", default=WEB_ROOT, metavar="DIR",
-                     help="serve the browser client from DIR (default: web/ beside this file)")
-    net.add_argument("--no-web", action="store_true",
-                     help="binary protocol only: no HTTP, no WebSocket")
-    net.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
-                     help="an HTTP request or WebSocket upgrade must finish within this")
-    net.add_argument("--max-per-address", type=int, default=defaults.max_per_address,
-                     metavar="N", help="connections from one address (IPv6: one /64); "
-                     f"0: no limit (default {defaults.max_per_address})")
-    net.add_argument("--max-pending-per-address", type=int,
-                     default=defaults.max_pending_per_address, metavar="N",
-                     help="connections from one address that have not said HELLO yet "
-                     f"(HTTP ones included); 0: no limit (default "
-                     f"{defaults.max_pending_per_address})")
-    net.add_argument("--max-pending", type=int, default=defaults.max_pending, metavar="N",
-                     help="such pending connections from all addresses together; 0: no "
-                     f"limit (default {defaults.max_pending})")
-    net.add_argument("--exempt", default=defaults.exempt, metavar="CIDR,...",
-                     help="networks the per-address limits never count (default "
-                     f"{defaults.exempt}: local bots); '' to exempt nobody")
-    net.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
-                     help="proxies whose connections may start with a PROXY protocol "
-                     "header (v1/v2; nginx: proxy_protocol on;) and whose HTTP "
-                     "X-Forwarded-For is believed: either names the client, whom the "
-                     "per-address limits then count (default: none; the shipped nginx "
-                     "files connect from 127.0.0.2). From anyone else a PROXY header is "
-                     "refused and X-Forwarded-For ignored, logged and counted")
-    net.add_argument("--allowed-origins", default=SAME_ORIGIN, metavar="ORIGIN,...",
-                     help="browsers may join from pages of these Origins only, e.g. "
-                     "https://play.example.org; same-origin: pages of the host the browser "
-                     "asked for (its Host header); '*': any page. Requests with no Origin "
-                     "(bots, native clients) are always allowed (default %(default)s)")
-    net.add_argument("--new-player-burst", type=int, default=DEFAULT_NEW_PLAYER_BURST,
-                     metavar="N", help="new players (new ids and saved rows) one address may "
-                     "make at once; --exempt networks are not counted; 0: no limit (default "
-                     "%(default)s)")
-    net.add_argument("--new-player-rate", type=float, default=DEFAULT_NEW_PLAYER_RATE,
-                     metavar="PER_SECOND", help="...and a second after that burst; returning "
-                     "players are never counted (default %(default)g)")
-    net.add_argument("--public-stats", action="store_true",
-                     help="serve /metrics, /stats and /stats.json on the game port too "
-                     "(default: only on --admin-port, which is this host's alone)")
-    net.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
-                     help="SO_SNDBUF of each client socket; the kernel doubles it "
-                     f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
-    net.add_argument("--send-backlog", type=int, default=defaults.send_backlog,
-                     metavar="BYTES", help="cut a client whose unsent backlog stays over "
-                     f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
-                     "; 0: off)")
-    net.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
-                     metavar="SECONDS", help="see --send-backlog (default "
-                     f"{defaults.send_backlog_grace:g})")
-    net.add_argument("--refuse-rate", type=float, default=defaults.refuse_rate,
-                     metavar="PER_SECOND", help="at --max-clients, refuse at most this many "
-                     "connects a second with SERVER_FULL; the rest wait in the kernel's "
-                     f"queue, costing the tick nothing (default {defaults.refuse_rate:g}; "
-                     "0: no limit)")
+    for name, (help_text, groups, options, redis_help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        for group in groups:
+            _add_opts(p, group, options)
+        if redis_help:
+            add_redis_options(p, redis_help)
+    return parser
 
 
-    common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
-    common.add_argument("--coalesce-ms", type=float, default=DEFAULT_COALESCE * 1000,
-                        metavar="MS", help="while busy, read sockets at most once per MS ms, so "
-                        "one poll collects many players' moves; the most a request or ping "
-                        "waits for it (default %(default)g; 0: read as soon as anything arrives)")
-    common.add_argument("--poller", choices=POLLERS, default=DEFAULT_POLLER,
-                        help="what the event loop waits on: epoll (Linux: driven directly, "
-                        "connections edge-triggered) or selectors (the standard library's "
-                        "selectors.DefaultSelector, level-triggered) (default %(default)s)")
-    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    common.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="text lines, or one JSON object per line (default text)")
-    common.add_argument("--stats-out", default="", metavar="FILE",
-                        help="on exit, write the final figures to FILE as JSON")
-    common.add_argument("--admin-port", type=int, default=None, metavar="PORT",
-                        help="serve /healthz, /metrics and /stats on this port too, answered "
-                             "whatever the game port's state, even when full (default: none; "
-                             "0: any free port)")
-    common.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
-                        help="the admin port's address (default 127.0.0.1: this host only)")
-    rules.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
-    rules.add_argument("--data", default=default_data_dir(), metavar="DIR", help=data_help)
-    rules.add_argument("--allow-shared-data", action="store_true",
-                       help="use a --data directory that is writable by every user or "
-                            "owned by another user (refused by default: whoever can write "
-                            "there can replace the store or its lock)")
-    rules.add_argument("--no-data", action="store_true",
-                       help="keep everything in memory: a restart forgets every player and score")
-    rules.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
-                       help="how long a dropped player can come back as itself (default "
-                            "%(default)g s)")
-    rules.add_argument("--prune-days", type=float, default=DEFAULT_PRUNE_DAYS, metavar="DAYS",
-                       help="delete players unseen this long; the hall of fame keeps them "
-                            "(default %(default)g)")
-    rules.add_argument("--sync", choices=SYNC_LEVELS, default="normal",
-                       help="normal (default): every commit survives the server being killed, "
-                            "not a power cut; full: survives power loss too, an fsync per commit")
-    sub.add_parser("serve", parents=[net, common, rules],
-                   help="run the game server (the default command)")
-    gp = sub.add_parser("game", parents=[common, rules],
-                        help="a world's authority on Redis: the rules, the tick, the store "
-                             "(no player sockets; see docs/CLUSTER.md)")
-    wp = sub.add_parser("gateway", parents=[net, common],
-                        help="a world's gateway on Redis: player sockets (binary, HTTP, "
-                             "WebSocket); gateways on one host share the port")
-    for p in (gp, wp):
-        add_redis_options(p, "the world's Redis (required)")
-        p.add_argument("--world", default="spelltraction", metavar="NAME",
-                       help="the world's name: its Redis keys and channels (default "
-                            "%(default)s)")
+def parsed_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The command's options tuple from ``args``, every option checked (or ``parser.error``)."""
+    _help, groups, options, _redis = COMMANDS[args.command]
+    fields: Dict[str, Any] = {}
+    for group in groups:
+        for o in group:
+            value = getattr(args, o.dest)
+            problem = o.check(value) if o.check is not None else None
+            if problem:
+                parser.error(f"{o.flag} {problem}")
+            if o.field != "-" and options is not None:
+                fields[o.target] = value if o.to is None else o.to(value, args)
+    return options(**fields) if options is not None else None
 
-    bp = sub.add_parser("bots", help="load-test a server with bot players")
-    bp.add_argument("--host", default="127.0.0.1")
-    bp.add_argument("--port", type=int, default=DEFAULT_PORT)
-    bp.add_argument("--count", type=int, default=100, help="bot players (default 100)")
-    bp.add_argument("--move-every", type=float, default=80.0,
-                    help="seconds between each bot's moves (default 80, as the original; "
-                         "0.25 = every tick)")
-    bp.add_argument("--duration", type=float, default=30.0,
-                    help="seconds to hold once all bots are in (default 30)")
-    bp.add_argument("--procs", default="auto",
-                    help="processes to spread the bots over (default auto: by the fd limit)")
-    bp.add_argument("--probes", type=int, default=20,
-                    help="bots that move every second to measure move->echo latency")
-    bp.add_argument("--ramp-timeout", type=float, default=60.0)
-    bp.add_argument("--seed", type=int, default=None)
-    bp.add_argument("--json", action="store_true", help="end with one line of JSON figures")
-    bp.add_argument("--ws", action="store_true",
-                    help="connect over WebSocket (/ws), as browsers do, instead of TCP")
-    bp.add_argument("--state", default="", metavar="FILE",
-                    help="protocol 2: keep each bot's resume token and last shown score in "
-                         "FILE (mode 0600, rewritten at least every second); a second run with "
-                         "the same FILE resumes them, and dropped bots reconnect with backoff")
-    bp.add_argument("--source-addresses", default="auto", metavar="auto|none|ADDR,...",
-                    help="bind each bot to one of these source addresses, in turn (one address "
-                    "has ~28,000 ephemeral ports toward one server port); auto (default): "
-                    f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots")
-    bp.add_argument("--log-level", default="warning",
-                    choices=["debug", "info", "warning", "error"])
-    bp.add_argument("--log-format", default="text", choices=["text", "json"])
 
-    dp = sub.add_parser("doctor", help="check this host's kernel and limits for N clients")
-    dp.add_argument("--clients", type=int, default=ServerOptions().max_clients,
-                    help="clients one server process should hold (default: the server's "
-                         "default --max-clients, 15000)")
-    dp.add_argument("--json", action="store_true", help="the checks as JSON")
-    dp.add_argument("--root", default="/", help="read proc/ under this directory instead of "
-                    "/ (a fake tree, for tests); the open-files limit is still this process's")
-    add_redis_options(dp, "also check this Redis (the bus of game and gateway): reachable, "
-                          "latency, maxmemory-policy")
-
-    zp = sub.add_parser("bundle", help="build a single-file zipapp of the game")
-    zp.add_argument("-o", "--output", default=os.path.join("dist", "spelltraction.pyz"),
-                    help="where to write it (default dist/spelltraction.pyz)")
-
-    kp = sub.add_parser("backup", help="copy a server's data, safely, even while it runs")
-    kp.add_argument("--data", default=default_data_dir(), metavar="DIR",
-                    help="the server's data directory (default %(default)s)")
-    kp.add_argument("-o", "--output", required=True, metavar="FILE",
-                    help="where to write the copy (a sqlite3 database)")
-
-    cp = sub.add_parser("client", help="play in a window (the Tk desktop client)")
-    cp.add_argument("--host", default="127.0.0.1", help="server to play on (default 127.0.0.1)")
-    cp.add_argument("--port", type=int, default=DEFAULT_PORT, help="its port (default 12150)")
-    cp.add_argument("--shape", choices=SHAPES, default=None,
-                    help="your marker's shape (default: the server chooses)")
-    cp.add_argument("--colour", type=_parse_colour, default=ANY_COLOUR, metavar="RRGGBB",
-                    help="your marker's colour, e.g. ff8800 (default: the server chooses)")
-    cp.add_argument("--geometry", default="", help="Tk window geometry, e.g. 760x470+0+0")
-    cp.add_argument("--name", default="", help="your name in the hall of fame (16 characters)")
-    cp.add_argument("--new-player", action="store_true",
-                    help="start as a new player instead of resuming the one saved for this "
-                         "server (the new one is saved in its place)")
-    cp.add_argument("--state", default="", metavar="FILE",
-                    help="where to keep the resume token (default: "
-                         "$XDG_STATE_HOME/spelltraction/client.json)")
-    cp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv.insert(0, "serve")  # the default command: spelltraction.py --port P serves
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "doctor":
-        if args.clients < 1:
-            parser.error("--clients must be at least 1")
+    command = args.command
+    opts = parsed_options(parser, args)
+    if command == "doctor":
         try:
             redis = redis_address(args)
         except (ValueError, OSError) as exc:
             parser.error(str(exc))
         return run_doctor(args.clients, as_json=args.json, root=args.root, redis=redis)
-    if args.command == "backup":
-        try:
-            pages = backup_store(args.data, args.output)
-        except (StoreError, OSError) as exc:
-            print(f"backup failed: {exc}", file=sys.stderr)
-            return 1
-        except Exception as exc:  # sqlite3.Error, without importing sqlite3 here
-            print(f"backup of {args.data} failed: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.output}: {os.path.getsize(args.output)} bytes ({pages} pages) "
-              f"from {os.path.join(args.data, DATA_FILE)}")
-        return 0
-    if args.command == "bundle":
+    if command == "backup":
+        return _backup(args.data, args.output)
+    if command == "bundle":
         members = build_bundle(args.output)
         size = os.path.getsize(args.output)
         print(f"wrote {args.output}: {size} bytes, {len(members)} files; "
               f"run it with: python3 {args.output} --port {DEFAULT_PORT}")
         return 0
     limiter = _setup_logging(args.log_level, getattr(args, "log_format", "text"))
-    if args.command == "client":
-        shape = SHAPES.index(args.shape) if args.shape is not None else ANY_SHAPE
-        try:
-            check_name(args.name.encode("utf-8"))
-        except ValueError as exc:
-            parser.error(f"--name: {exc}")
-        return run_client(ClientOptions(host=args.host, port=args.port, shape=shape,
-                                        colour=args.colour, geometry=args.geometry,
-                                        name=args.name.strip(), state=args.state,
-                                        new_player=args.new_player))
-    if args.command == "bots":
-        if args.count < 1:
-            parser.error("--count must be at least 1")
-        procs = 0 if args.procs == "auto" else int(args.procs)
-        summary = run_bots(BotOptions(
-            host=args.host, port=args.port, n_bots=args.count, move_every=args.move_every,
-            duration=args.duration, procs=procs, probes=args.probes,
-            ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json, ws=args.ws,
-            sources=args.source_addresses,
-            state=args.state,
-        ))
+    if command == "client":
+        return run_client(opts)
+    if command == "bots":
+        summary = run_bots(opts)
         if args.json:
             print(json.dumps(summary), flush=True)
         return 0 if summary["failed"] == 0 and summary["dropped"] == 0 else 1
-    if args.tick_ms < 10 or args.tick_ms > 60_000:
-        parser.error("--tick-ms must be between 10 and 60000")
-    if args.coalesce_ms < 0:
-        parser.error("--coalesce-ms must be >= 0")
-    if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
-        parser.error("--admin-port must be 0..65535")
-    defaults = ServerOptions()
-    if args.poller == "epoll" and not hasattr(select, "epoll"):
-        parser.error("--poller epoll needs Linux; use --poller selectors")
-    given = {"tick_ms": args.tick_ms, "coalesce_ms": args.coalesce_ms, "poller": args.poller,
-             "stats_out": args.stats_out, "admin_port": args.admin_port,
-             "admin_host": args.admin_host}
-    if args.command in ("serve", "gateway"):
-        if args.max_clients < 1:
-            parser.error("--max-clients must be at least 1")
-        if args.handshake_timeout <= 0:
-            parser.error("--handshake-timeout must be positive")
-        for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
-                     "send_backlog", "refuse_rate", "new_player_burst", "new_player_rate"):
-            if getattr(args, flag) < 0:
-                parser.error(f"--{flag.replace('_', '-')} must be >= 0")
-        if args.send_backlog_grace <= 0:
-            parser.error("--send-backlog-grace must be positive")
-        for flag in ("exempt", "trusted_proxies"):
-            try:
-                parse_networks(getattr(args, flag))
-            except ValueError as exc:
-                parser.error(f"--{flag.replace('_', '-')}: {exc}")
-        given.update(host=args.host, port=args.port, max_clients=args.max_clients,
-                     web=not args.no_web, web_root=args.web_root or None,
-                     handshake_timeout=args.handshake_timeout,
-                     max_per_address=args.max_per_address,
-                     max_pending_per_address=args.max_pending_per_address,
-                     max_pending=args.max_pending, exempt=args.exempt,
-                     trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
-                     send_backlog=args.send_backlog,
-                     send_backlog_grace=args.send_backlog_grace,
-                     refuse_rate=args.refuse_rate,
-                     allowed_origins=args.allowed_origins,
-                     public_stats=args.public_stats,
-                     new_player_burst=args.new_player_burst,
-                     new_player_rate=args.new_player_rate)
-    if args.command in ("serve", "game"):
-        if args.grace < 0 or args.prune_days <= 0:
-            parser.error("--grace must be at least 0 and --prune-days positive")
-        given.update(seed=args.seed, data=None if args.no_data else args.data, grace=args.grace,
-                     prune_days=args.prune_days, sync=args.sync,
-                     allow_shared_data=args.allow_shared_data)
-    opts = defaults._replace(**given)
-    if args.command == "serve":
+    if command == "serve":
         return serve(opts, limiter)
     if args.redis is None:
-        parser.error(f"{args.command} needs --redis URL: the world's Redis")
+        parser.error(f"{command} needs --redis URL: the world's Redis")
     try:
         check_world(args.world)
         address = redis_address(args)
@@ -6606,7 +6654,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                                              or args.redis_password_env):
         log.warning("the Redis password is on the command line, where ps shows it: use "
                     "--redis-password-file or --redis-password-env")
-    return run_role(args.command, opts, ClusterOptions(args.world), address, limiter)
+    return run_role(command, opts, ClusterOptions(args.world), address, limiter)
+
+
+def _backup(data: str, output: str) -> int:
+    try:
+        pages = backup_store(data, output)
+    except (StoreError, OSError) as exc:
+        print(f"backup failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # sqlite3.Error, without importing sqlite3 here
+        print(f"backup of {data} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {output}: {os.path.getsize(output)} bytes ({pages} pages) "
+          f"from {os.path.join(data, DATA_FILE)}")
+    return 0
 
 
 # -----------------------------------------------------------------------------
