@@ -63,11 +63,11 @@ Clients: the desktop client. Brain, network driver, Tk view.
     -> TkView, run_client
 Operations: doctor (can this host hold N clients?) and bundle (one file).
   Operations: doctor, the host's facts. Limits, sysctls, free memory.
-    -> read_host_facts, HostFacts
-  Operations: doctor, the checks. One function per limit, each with its fix.
-    -> doctor_checks, DOCTOR_CHECKS, run_doctor
+    -> doctor_needs, read_host_facts
+  Operations: doctor, the checks and the report (the checks: netcore.hostcheck).
+    -> doctor_checks, run_doctor
   Operations: doctor, the Redis bus (--redis). Reachable, fast, configured.
-    -> probe_redis, redis_checks
+    -> redis_checks
   Operations: bundle. The game, netcore and web/ in one .pyz.
     -> build_bundle
 CLI: serve (the default), game, gateway, bots, client, doctor, bundle. main().
@@ -158,6 +158,7 @@ from netcore import websocket as ws
 from netcore.addrlimit import AddressRates, parse_networks
 from netcore.connection import churned
 from netcore.loop import DEFAULT_COALESCE
+from netcore.poller import DEFAULT_POLLER, EVENT_READ, EVENT_WRITE, POLLERS, make_poller
 from netcore.process import raise_nofile, release_freed_memory
 from netcore.server import unread_bytes
 from netcore.web import SAME_ORIGIN
@@ -212,23 +213,24 @@ __all__ = [
     "Front", "read_asset", "origin_policy",
     # Server
     "ServerOptions", "Role", "GameServer", "AdminHandler", "serve", "ServerSignals", "rss_kb",
-    "release_freed_memory", "raise_nofile",
+    "release_freed_memory",
     # Cluster
     "ClusterOptions", "BusStats", "BusLink", "check_world", "bus_pack", "bus_head", "bus_entry",
     "bus_entries", "bus_gateway", "check_tick_message", "check_private_entries",
     "AuthorityBus", "Authority", "GatewayBus", "Gateway", "run_role",
     # Bots
-    "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots", "write_private_json",
+    "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
     "ClientTokens", "client_state_path",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
-    "Check", "Fix", "HostFacts", "read_sysctl", "read_host_facts", "doctor_checks",
-    "print_doctor_report", "run_doctor", "RedisProbe", "probe_redis", "redis_checks",
+    "doctor_needs", "read_host_facts", "doctor_checks", "print_doctor_report", "run_doctor",
+    "redis_checks",
     "build_bundle",
     # CLI
-    "main", "add_redis_options", "redis_address",
+    "main", "make_loop", "Opt", "build_parser", "parsed_options", "add_redis_options",
+    "redis_address",
 ]
 
 log = logging.getLogger("spelltraction")
@@ -242,6 +244,7 @@ PROTOCOL_VERSION = 1  # what a plain Hello() speaks: the original protocol
 PROTOCOL_V2 = 2  # resume tokens, names, the hall of fame
 PROTOCOL_VERSIONS = (PROTOCOL_VERSION, PROTOCOL_V2)  # what this server speaks
 DEFAULT_PORT = 12150
+DEFAULT_TICK_MS = 250  # the original's tick: 4 a second
 WS_PATH = "/ws"  # WebSocket: binary messages carry the same frames as TCP
 WS_MAX_MESSAGE = 4096  # largest WebSocket message from a client: whole frames only
 WS_MAX_FRAGMENTS = 8  # frames in one client message (empty ones count): 1008 past it
@@ -341,7 +344,7 @@ class Welcome(NamedTuple):
     shape: int
     colour: int
     version: int = PROTOCOL_VERSION
-    tick_ms: int = 250
+    tick_ms: int = DEFAULT_TICK_MS
     cols: int = COLS
     rows: int = ROWS
     cell_px: int = CELL_PX
@@ -1108,25 +1111,7 @@ if TYPE_CHECKING:
     FameEntry = Tuple[int, int, str]  # (player id, score, name or "")
 
 
-def _sha256_function() -> Callable[[bytes], bytes]:
-    """SHA-256 from the smallest module that has it.
-
-    ``hashlib`` pulls in OpenSSL (about 3.7 MB of RSS); the builtin
-    ``_sha256`` (3.8-3.11) or ``_sha2`` (3.12+) costs some 60 KB. Falls back
-    to hashlib where neither exists.
-    """
-    for name in ("_sha2", "_sha256"):
-        try:
-            module: Any = __import__(name)
-        except ImportError:
-            continue
-        return lambda data: bytes(module.sha256(data).digest())
-    import hashlib
-
-    return lambda data: hashlib.sha256(data).digest()
-
-
-_sha256 = _sha256_function()
+from netcore.digest import sha256  # noqa: E402 - beside its one use
 
 
 def new_resume_token() -> bytes:
@@ -1135,8 +1120,11 @@ def new_resume_token() -> bytes:
 
 
 def token_hash(token: bytes) -> bytes:
-    """What the store keeps of a token: a copied database impersonates no one."""
-    return _sha256(token)
+    """What the store keeps of a token: a copied database impersonates no one.
+
+    SHA-256 from netcore.digest: the builtin module, not hashlib (OpenSSL, ~3.5 MB of RSS).
+    """
+    return sha256(token).digest()
 
 
 def default_data_dir() -> str:
@@ -1771,7 +1759,8 @@ class WorldSide:
     """The World's half of the seam, as a Front calls it (a World, or the bus to one)."""
 
     def hello(self, peer: Any, hello: Hello, name: str, address: str) -> None:
-        """A checked HELLO (see :func:`parse_hello`) from the client at ``address``."""
+        """A checked HELLO (see :func:`parse_hello`) from the client at ``address``
+        ("": an address the Front exempts from per-address limits)."""
         raise NotImplementedError
 
     def move(self, handle: Any, payload: bytes) -> int:
@@ -2703,7 +2692,10 @@ class Front(Handler, FrontSide):
         self.pending.pop(conn, None)
         self.net.settle(conn)
         conn.data = HELLO_SENT  # until the World's welcome, which may come at once
-        self.world.hello(conn, hello, name, self.net.client_address(conn))
+        address = self.net.client_address(conn)
+        if address in self.net.address_limits.exempt:
+            address = ""  # --exempt: no per-address limit here, nor in the World (a cluster's)
+        self.world.hello(conn, hello, name, address)
 
     def on_bad_input(self, conn: Connection, exc: ProtocolError) -> None:
         self.reject(conn, ErrorCode.BAD_FRAME, str(exc), exc.reason, ws.close_code_for(exc))
@@ -2883,12 +2875,16 @@ class Front(Handler, FrontSide):
 # =============================================================================
 
 
+DEFAULT_MAX_CLIENTS = 15_000  # connections one server holds; more are told SERVER_FULL
+DEFAULT_BACKLOG = 4096  # the listen backlog: a reconnect storm's worth
+
+
 class ServerOptions(NamedTuple):
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    tick_ms: int = 250
-    max_clients: int = 15_000
-    backlog: int = 4096
+    tick_ms: int = DEFAULT_TICK_MS
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    backlog: int = DEFAULT_BACKLOG
     hello_timeout: float = 10.0
     seed: Optional[int] = None
     max_output: int = 64 << 10  # queued bytes past which a client is too slow
@@ -2935,6 +2931,9 @@ class ServerOptions(NamedTuple):
     # the moves of hundreds of players (applied at the next tick anyway).
     # The most any request, handshake or ping waits for it; 0: off.
     coalesce_ms: float = DEFAULT_COALESCE * 1000
+    # The loop's poller (netcore.poller): "epoll" (Linux: driven directly,
+    # connections edge-triggered) or "selectors" (selectors.DefaultSelector).
+    poller: str = DEFAULT_POLLER
     # New players (each a new id and a new row in the store) per client address:
     # a burst of this many, then new_player_rate a second. A school behind one
     # NAT joins at once; a script making identities is slowed. --exempt is exempt.
@@ -3354,7 +3353,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
             soft, hard, max(capacity, 0), opts.max_clients, max(capacity, 0),
         )
         opts = opts._replace(max_clients=max(capacity, 0))
-    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
+    loop = make_loop(opts)
     started = _start_server(loop, lambda: GameServer(loop, opts), opts, log_limiter)
     if started is None:
         return 2
@@ -3557,7 +3556,9 @@ def check_private_entries(entries: List[Tuple[int, int, bytes]]) -> None:
         elif op == OP_CLOSE:
             if len(body) < _BUS_CLOSE.size:
                 raise BadMessage(f"a bus CLOSE of {len(body)} bytes")
-            _code, _ws_code, nr, nt = _BUS_CLOSE.unpack_from(body)
+            code, _ws_code, nr, nt = _BUS_CLOSE.unpack_from(body)
+            if code not in WS_CLOSE_CODES:
+                raise BadMessage(f"a bus CLOSE with an unknown ERROR code {code}")
             if _BUS_CLOSE.size + nr + nt > len(body):
                 raise BadMessage("a bus CLOSE's reason cut short")
         elif op not in (OP_YOU, OP_RESYNC):
@@ -3648,7 +3649,7 @@ class BusLink:
     def __init__(self, loop: EventLoop, cluster: ClusterOptions, address: "RedisAddress",
                  name: str, on_message: Callable[[bytes, bytes], None],
                  on_ready: Callable[[], None], on_bus_ready: Callable[[], None]) -> None:
-        from netcore.redis import Redis, RedisSubscriber
+        from netcore.redis import Redis, RedisConfig, RedisSubscriber
 
         self.loop = loop
         self.cluster = cluster
@@ -3660,11 +3661,11 @@ class BusLink:
         self._said_at: Dict[str, float] = {}  # warn()'s last time, per kind
         # Keepalive PINGs every 10 s: a frozen Redis is noticed within ~20 s, and
         # a loop slowed by load (or a reply behind a big publication) is not.
-        self.redis = Redis(loop, address, name=name + "-commands", ping_interval=10.0,
+        self.redis = Redis(loop, address, RedisConfig(name + "-commands", ping_interval=10.0),
                            on_ready=on_ready, on_lost=self._lost)
-        self.sub = RedisSubscriber(loop, address, self.received, name=name + "-bus",
-                                   ping_interval=10.0, on_ready=on_bus_ready,
-                                   on_lost=self._lost)
+        self.sub = RedisSubscriber(loop, address, self.received,
+                                   RedisConfig(name + "-bus", ping_interval=10.0),
+                                   on_ready=on_bus_ready, on_lost=self._lost)
         self.lost_hooks: List[Callable[[str], None]] = []
 
     @property
@@ -4658,7 +4659,7 @@ def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: R
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
-    loop = EventLoop(coalesce=opts.coalesce_ms / 1000.0)
+    loop = make_loop(opts)
     make: Callable[[], Role] = (lambda: Authority(loop, opts, cluster, address)) \
         if role == "game" else (lambda: Gateway(loop, opts, cluster, address))
     started = _start_server(loop, make, opts, log_limiter)
@@ -4774,62 +4775,9 @@ class BotState:
     def save(self) -> None:
         if not self.dirty:
             return
-        write_private_json(self.path, {"version": 1, "players": [
+        process.write_private_json(self.path, {"version": 1, "players": [
             {"token": t, "id": pid, "score": score} for t, pid, score in self.players]})
         self.dirty = False
-
-
-def write_private_json(path: str, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file, then a rename), mode 0600."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class _Poller:
-    """epoll where there is one (cheapest per event), else ``selectors``."""
-
-    def __init__(self) -> None:
-        self.epoll: Optional[select.epoll] = (select.epoll() if hasattr(select, "epoll")
-                                              else None)
-        if self.epoll is not None:
-            self.IN, self.OUT = select.EPOLLIN, select.EPOLLOUT
-            self.ERR = select.EPOLLERR | select.EPOLLHUP
-        else:
-            import selectors
-
-            self.sel = selectors.DefaultSelector()
-            self.IN, self.OUT, self.ERR = selectors.EVENT_READ, selectors.EVENT_WRITE, 0
-
-    def register(self, fd: int, mask: int) -> None:
-        if self.epoll is not None:
-            self.epoll.register(fd, mask)
-        else:
-            self.sel.register(fd, mask)
-
-    def modify(self, fd: int, mask: int) -> None:
-        if self.epoll is not None:
-            self.epoll.modify(fd, mask)
-        else:
-            self.sel.modify(fd, mask)
-
-    def unregister(self, fd: int) -> None:
-        try:
-            if self.epoll is not None:
-                self.epoll.unregister(fd)
-            else:
-                self.sel.unregister(fd)
-        except (KeyError, OSError, ValueError):
-            pass
-
-    def poll(self, timeout: float) -> List[Tuple[int, int]]:
-        if self.epoll is not None:
-            return list(self.epoll.poll(timeout, 4096))
-        return [(key.fd, mask) for key, mask in self.sel.select(timeout)]
 
 
 class BotWorker:
@@ -4853,7 +4801,7 @@ class BotWorker:
         self.move_every = max(0.0, move_every)
         self.batch = batch
         self.rng = random.Random(seed)
-        self.poller = _Poller()
+        self.poller = make_poller()  # epoll where there is one: level-triggered, as selectors
         self.socks: List[Optional[socket.socket]] = [None] * count
         self.state = bytearray(count)
         self.index: Dict[int, int] = {}  # fd -> bot
@@ -4900,17 +4848,14 @@ class BotWorker:
         poller = self.poller
         events = poller.poll(timeout)
         now = time.monotonic()
-        IN, OUT = poller.IN, poller.OUT
-        for fd, mask in events:
+        for fd, mask in events:  # an error or a hang-up comes as readable (writable, connecting)
             i = self.index.get(fd)
             if i is None:
                 continue
-            if mask & IN:
+            if mask & EVENT_READ:
                 self._read(fd, i, now)
-            elif mask & OUT:
+            elif mask & EVENT_WRITE:
                 self._connected(fd, i, now)
-            elif mask & poller.ERR:
-                self._lost(i, "connection error")
         if self.moves and self.moves[0][0] <= now:
             self._move_due(now)
         if self.retries and self.retries[0][0] <= now:
@@ -4946,7 +4891,7 @@ class BotWorker:
         self.socks[i] = s
         self.state[i] = self.CONNECTING
         self.index[s.fileno()] = i
-        self.poller.register(s.fileno(), self.poller.OUT)
+        self.poller.register(s.fileno(), EVENT_WRITE, s.fileno())
 
     def _hello(self, i: int) -> bytes:
         if not self.v2:
@@ -4988,7 +4933,7 @@ class BotWorker:
             self._fail(i, exc.strerror or str(exc))
             return
         self.state[i] = state
-        self.poller.modify(fd, self.poller.IN)
+        self.poller.modify(fd, EVENT_READ, fd)
 
     def _send(self, s: socket.socket, stream: bytes) -> None:
         """Send game frames: as they are, or in one masked WebSocket message."""
@@ -5847,7 +5792,7 @@ class ClientBrain:
         return min(1.0, self.held / (self.hold_ticks + 1))
 
     def seconds_to_score(self) -> float:
-        tick_s = (self.welcome.tick_ms if self.welcome is not None else 250) / 1000.0
+        tick_s = (self.welcome.tick_ms if self.welcome is not None else DEFAULT_TICK_MS) / 1000.0
         return max(0, self.hold_ticks + 1 - self.held) * tick_s
 
     def flash(self, since: float) -> float:
@@ -5886,6 +5831,10 @@ class ClientBrain:
 # -----------------------------------------------------------------------------
 
 
+if TYPE_CHECKING:
+    from netcore.client import Lookup
+
+
 class NetClient:
     """Drives a :class:`ClientBrain` over one nonblocking socket, never blocking.
 
@@ -5920,8 +5869,8 @@ class NetClient:
         self.retry_at = 0.0
         self.running = False
         self.out = bytearray()
-        self.addresses: List[Any] = []  # getaddrinfo results still to try
-        self.lookup: Optional[_Lookup] = None
+        self.addresses: List[Any] = []  # numeric addresses still to try
+        self.lookup: Optional[Lookup] = None  # the name lookup under way (a thread)
 
     def start(self) -> None:
         self.running = True
@@ -5976,17 +5925,20 @@ class NetClient:
         if not self.addresses:
             if self.lookup is None:
                 self.brain.connecting(self.address)
-                self.lookup = _Lookup(self.host, self.port)
+                from netcore.client import Lookup
+
+                self.lookup = Lookup(self.host, self.port)
             if not self.lookup.done.is_set():
                 return
             lookup, self.lookup = self.lookup, None
-            if not lookup.result:
+            if not lookup.addresses:
                 self._lost(f"cannot find {self.host}: {lookup.error}", connected=False)
                 return
-            self.addresses = list(lookup.result)
+            self.addresses = list(lookup.addresses)
         self.brain.connecting(self.address)
-        family, kind, proto, _, addr = self.addresses.pop(0)
-        sock = socket.socket(family, kind, proto)
+        addr = self.addresses.pop(0)
+        sock = socket.socket(socket.AF_INET6 if len(addr) == 4 else socket.AF_INET,
+                             socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -6070,25 +6022,6 @@ class NetClient:
             self.sock = None
         self.is_connected = False
         self.out.clear()
-
-
-class _Lookup:
-    """getaddrinfo in a thread, so a slow name server never freezes the window."""
-
-    def __init__(self, host: str, port: int) -> None:
-        import threading
-
-        self.result: List[Any] = []
-        self.error = ""
-        self.done = threading.Event()
-        threading.Thread(target=self._run, args=(host, port), daemon=True).start()
-
-    def _run(self, host: str, port: int) -> None:
-        try:
-            self.result = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:
-            self.error = str(exc)
-        self.done.set()
 
 
 # -----------------------------------------------------------------------------
@@ -6611,7 +6544,7 @@ class ClientTokens:
         data.setdefault("servers", {})[self.server] = {"token": token.hex(), "saved": time.time()}
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            write_private_json(self.path, data)
+            process.write_private_json(self.path, data)
         except OSError as exc:
             log.warning("cannot save the resume token to %s: %s", self.path, exc)
 
@@ -6664,7 +6597,12 @@ def run_client(opts: ClientOptions) -> int:
 # Operations: doctor, the host's facts. Limits, sysctls, free memory.
 # -----------------------------------------------------------------------------
 
-OK, WARN, BLOCK = "ok", "warn", "block"
+# The host's facts are read, and judged, by netcore.hostcheck (imported when
+# doctor runs: a server never carries it); the game gives its figures, where
+# its fixes go, and the sentences that name its own tools.
+if TYPE_CHECKING:
+    from netcore.hostcheck import Check, HostFacts, HostNeeds, RedisProbe
+
 SYSCTL_FILE = "/etc/sysctl.d/60-spelltraction.conf"
 LIMITS_FILE = "/etc/security/limits.d/spelltraction.conf"
 UNIT_FILE = "/etc/systemd/system/spelltraction.service"
@@ -6680,340 +6618,54 @@ BUFFER_BYTES_PER_SOCKET = 4096
 BASE_BYTES = 64 << 20  # the interpreter, the game, headroom
 
 
-class Fix(NamedTuple):
-    where: str  # the file or place the line goes
-    line: str  # the exact line
+def doctor_needs(clients: int, backlog: int = DEFAULT_BACKLOG) -> HostNeeds:
+    """What one game server holding ``clients`` needs of its host, in doctor's words."""
+    from netcore.hostcheck import HostNeeds
 
-
-class Check(NamedTuple):
-    """One thing doctor looked at: what it is, what is needed, and how to fix it."""
-
-    name: str
-    status: str  # OK, WARN (works, degraded) or BLOCK (N clients will not fit)
-    current: str
-    needed: str
-    why: str = ""
-    fixes: Tuple[Fix, ...] = ()
-
-
-class HostFacts(NamedTuple):
-    """What doctor reads: kernel settings, this process's limits, free memory."""
-
-    nofile_soft: int  # -1: unlimited
-    nofile_hard: int
-    can_raise_hard: bool  # may this process raise its hard RLIMIT_NOFILE?
-    sysctl: Dict[str, Optional[str]]  # "fs.nr_open" -> "1048576" (None: unreadable)
-    mem_available_kb: Optional[int]
-    page_size: int
-
-
-DOCTOR_SYSCTLS = (
-    "fs.file-max", "fs.file-nr", "fs.nr_open", "net.core.somaxconn",
-    "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_syncookies", "net.ipv4.ip_local_port_range",
-    "net.ipv4.tcp_mem", "net.ipv4.tcp_max_tw_buckets", "net.netfilter.nf_conntrack_max",
-    "net.netfilter.nf_conntrack_count",
-)
-
-
-def read_sysctl(key: str, root: str = "/") -> Optional[str]:
-    """``/proc/sys/<key with dots as slashes>`` under ``root``; None if absent."""
-    path = os.path.join(root, "proc", "sys", *key.split("."))
-    try:
-        with open(path) as f:
-            return " ".join(f.read().split())
-    except OSError:
-        return None
-
-
-def _nofile() -> Tuple[int, int]:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def _may_raise_nofile_hard(target: int) -> bool:
-    """Try to raise this process's hard limit to ``target``, then put it back."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard >= target:
-        return True
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, target))
-    except (ValueError, OSError):
-        return False
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # lowering is always allowed
-    return True
+    return HostNeeds(
+        clients, FD_RESERVE, backlog, USER_BYTES_PER_CLIENT, KERNEL_BYTES_PER_SOCKET,
+        BUFFER_BYTES_PER_SOCKET, BASE_BYTES, SYSCTL_FILE, LIMITS_FILE, "spelltraction",
+        UNIT_FILE,
+        spread="spread them over {processes} server processes, each on its own --port with "
+               "--max-clients {per_process} (each is its own game)",
+        port_users="`bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
+                   "port (one upstream connection per client)",
+        file_max_note="bots on the same host need as many again")
 
 
 def read_host_facts(root: str = "/", clients: int = 0,
-                    rlimit: Callable[[], Tuple[int, int]] = _nofile,
-                    may_raise: Callable[[int], bool] = _may_raise_nofile_hard) -> HostFacts:
-    """Everything doctor checks, from ``root``/proc (a fake tree in tests)."""
-    soft, hard = rlimit()
-    inf = resource.RLIM_INFINITY
-    mem: Optional[int] = None
-    try:
-        with open(os.path.join(root, "proc", "meminfo")) as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    mem = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return HostFacts(
-        nofile_soft=-1 if soft == inf else soft,
-        nofile_hard=-1 if hard == inf else hard,
-        can_raise_hard=may_raise(clients + FD_RESERVE),
-        sysctl={key: read_sysctl(key, root) for key in DOCTOR_SYSCTLS},
-        mem_available_kb=mem,
-        page_size=os.sysconf("SC_PAGE_SIZE"),
-    )
+                    rlimit: Optional[Callable[[], Tuple[int, int]]] = None,
+                    may_raise: Optional[Callable[[int], bool]] = None) -> HostFacts:
+    """Everything doctor checks, from ``root``/proc (a fake tree in tests); ``rlimit``
+    and ``may_raise`` stand in for this process's open-files limit."""
+    from netcore import hostcheck
+
+    return hostcheck.read_host_facts(root, clients + FD_RESERVE,
+                                     rlimit or hostcheck.nofile_limits,
+                                     may_raise or hostcheck.may_raise_nofile_hard)
 
 
 # -----------------------------------------------------------------------------
-# Operations: doctor, the checks. One function per limit, each with its fix.
+# Operations: doctor, the checks and the report (the checks: netcore.hostcheck).
 # -----------------------------------------------------------------------------
 
 
-def _ints(value: Optional[str]) -> Optional[List[int]]:
-    if value is None:
-        return None
-    try:
-        return [int(x) for x in value.split()]
-    except ValueError:
-        return None
+def doctor_checks(facts: HostFacts, clients: int, backlog: int = DEFAULT_BACKLOG) -> List[Check]:
+    """What will and will not let ``clients`` connect to one server process."""
+    from netcore.hostcheck import host_checks
 
-
-def _nice_limit(needed: int) -> int:
-    """A round limit to recommend: a power of two, at least 65536."""
-    limit = 65536
-    while limit < needed:
-        limit *= 2
-    return limit
-
-
-def _mib(n: float) -> str:
-    return f"{n / (1 << 20):,.0f} MiB"
-
-
-def _unreadable(name: str, key: str) -> Check:
-    return Check(name, WARN, "unreadable", "-", f"could not read /proc/sys/{key.replace('.', '/')}")
-
-
-def _at_least(name: str, have: int, want: int, short: str, why: str, fix: str, *,
-              current: Optional[str] = None, needed: Optional[str] = None,
-              why_ok: str = "") -> Check:
-    """The check of a setting that wants ``have >= want``: ``short`` (WARN or
-    BLOCK) with ``why`` and the sysctl line ``fix`` when it falls short."""
-    ok = have >= want
-    return Check(name, OK if ok else short, str(have) if current is None else current,
-                 f">= {want}" if needed is None else needed, why_ok if ok else why,
-                 () if ok else (Fix(SYSCTL_FILE, fix),))
-
-
-def doctor_checks(facts: HostFacts, clients: int, backlog: int = 4096) -> List[Check]:
-    """What will and will not let ``clients`` connect to one server process.
-
-    One small function per check, in the report's order (``DOCTOR_CHECKS``);
-    each takes the host's facts, the clients wanted and the listen backlog,
-    and returns None where what it looks at does not exist on this host.
-    """
-    found = (check(facts, clients, backlog) for check in DOCTOR_CHECKS)
-    return [c for c in found if c is not None]
-
-
-def _check_nofile(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    name = "open files per process (RLIMIT_NOFILE)"
-    fds = clients + FD_RESERVE
-    soft, hard = facts.nofile_soft, facts.nofile_hard
-    current = f"soft {'unlimited' if soft < 0 else soft}, hard {'unlimited' if hard < 0 else hard}"
-    needed = f">= {fds} ({clients} clients + {FD_RESERVE} spare)"
-    if hard < 0 or hard >= fds:
-        why = ""
-        if 0 <= soft < fds:
-            why = "the server raises its soft limit to the hard limit when it starts"
-        return Check(name, OK, current, needed, why)
-    limit = _nice_limit(fds)
-    nr_open = _ints(facts.sysctl.get("fs.nr_open"))
-    if nr_open and fds <= nr_open[0] < limit:
-        limit = nr_open[0]  # a limit above fs.nr_open is refused
-    fixes: Tuple[Fix, ...] = (
-        Fix(UNIT_FILE + ", [Service]", f"LimitNOFILE={limit}"),
-        Fix(LIMITS_FILE, f"spelltraction  hard  nofile  {limit}"),
-        Fix(LIMITS_FILE, f"spelltraction  soft  nofile  {limit}"),
-    )
-    per_process = max(hard - FD_RESERVE, 0)
-    processes = -(-clients // per_process) if per_process else 0
-    spread = (f"one process holds at most {per_process} clients here: spread them over "
-              f"{processes} server processes, each on its own --port with --max-clients "
-              f"{per_process} (each is its own game)" if per_process else "")
-    if facts.can_raise_hard:
-        why = (f"The hard limit is {hard}. Raise it where the server is started, with one "
-               "of the lines below.")
-        fixes = (Fix("the shell that starts the server, as root", f"ulimit -n {limit}"),) + fixes
-        return Check(name, BLOCK, current, needed, why, fixes)
-    why = (f"The hard limit is {hard} and cannot be raised from here: this process may not "
-           "raise it (no CAP_SYS_RESOURCE, as in most containers; even root is refused).")
-    if spread:
-        why += f"\nSo {spread}."
-        why += "\nOr run it on another host"
-    else:
-        why += "\nRun it on another host"
-    why += (f", or in a container started with a higher limit (docker run --ulimit "
-            f"nofile={limit}:{limit}), using the lines below.")
-    return Check(name, BLOCK, current, needed, why, fixes)
-
-
-def _check_nr_open(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    fds = clients + FD_RESERVE
-    nr_open = _ints(facts.sysctl["fs.nr_open"])
-    if nr_open is None:
-        return _unreadable("fs.nr_open (most open files any process may have)", "fs.nr_open")
-    return _at_least(
-        "fs.nr_open (ceiling for any process's open-files limit)", nr_open[0], fds, BLOCK,
-        "LimitNOFILE= and limits.d values above this are refused",
-        f"fs.nr_open = {_nice_limit(fds)}")
-
-
-def _check_file_max(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    fds = clients + FD_RESERVE
-    file_max, file_nr = _ints(facts.sysctl["fs.file-max"]), _ints(facts.sysctl["fs.file-nr"])
-    if file_max is None:
-        return _unreadable("fs.file-max (open files, whole system)", "fs.file-max")
-    in_use = file_nr[0] if file_nr else 0
-    want = fds + in_use
-    return _at_least(
-        "fs.file-max (open files, whole system)", file_max[0], want, BLOCK,
-        "the kernel refuses new sockets system-wide (ENFILE) past this",
-        f"fs.file-max = {_nice_limit(2 * want)}",
-        needed=f">= {want} ({fds} + {in_use} open now)",
-        why_ok="bots on the same host need as many again")
-
-
-def _check_somaxconn(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    storm = min(backlog, clients)  # a reconnect storm: everyone at once, up to the backlog
-    somaxconn = _ints(facts.sysctl["net.core.somaxconn"])
-    if somaxconn is None:
-        return _unreadable("net.core.somaxconn", "net.core.somaxconn")
-    return _at_least(
-        "net.core.somaxconn (accept queue; caps our listen backlog)", somaxconn[0], storm, WARN,
-        f"the server asks for {backlog}; a reconnect storm after a restart "
-        "overflows the queue and clients wait 1-3 s to retry their SYN",
-        f"net.core.somaxconn = {backlog}")
-
-
-def _check_syn_backlog(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    storm = min(backlog, clients)
-    syn = _ints(facts.sysctl["net.ipv4.tcp_max_syn_backlog"])
-    cookies = _ints(facts.sysctl["net.ipv4.tcp_syncookies"])
-    if syn is None:
-        return _unreadable("net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_max_syn_backlog")
-    on = bool(cookies and cookies[0])
-    return _at_least(
-        "net.ipv4.tcp_max_syn_backlog (half-open connections)", syn[0], storm, WARN,
-        "past it, SYN cookies answer instead: connections still succeed"
-        if on else "past it, SYNs are dropped and clients retry later",
-        "net.ipv4.tcp_max_syn_backlog = 8192",
-        current=str(syn[0]) + (" (syncookies on)" if on else " (syncookies off)"))
-
-
-def _check_port_range(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    ports = _ints(facts.sysctl["net.ipv4.ip_local_port_range"])
-    if ports is None or len(ports) != 2:
-        return _unreadable("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range")
-    span = ports[1] - ports[0] + 1
-    why = ("one source address can open at most this many connections to one server "
-           "port: `bots` from 127.0.0.1 here, or nginx proxying WebSockets to the game "
-           "port (one upstream connection per client)")
-    if clients > 65535 - 10000 + 1:
-        why += ("; the widest useful range still gives one address ~55,000 ports: above "
-                "that use several source addresses (127.0.0.2, ...) or hosts")
-    return _at_least(
-        "net.ipv4.ip_local_port_range (load generators, proxies)", span, clients, WARN, why,
-        "net.ipv4.ip_local_port_range = 10000 65535",
-        current=f"{ports[0]}-{ports[1]} ({span} ports)", needed=f">= {clients} ports")
-
-
-def _check_tcp_mem(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    tcp_mem = _ints(facts.sysctl["net.ipv4.tcp_mem"])
-    page = facts.page_size
-    need_pages = -(-clients * BUFFER_BYTES_PER_SOCKET // page)
-    if tcp_mem is None or len(tcp_mem) != 3:
-        return _unreadable("net.ipv4.tcp_mem", "net.ipv4.tcp_mem")
-    low, pressure, high = tcp_mem
-    status = OK if pressure >= need_pages else WARN if high >= need_pages else BLOCK
-    return Check(
-        "net.ipv4.tcp_mem (TCP buffer memory, pages: low pressure max)", status,
-        f"{low} {pressure} {high} (pressure at {_mib(pressure * page)})",
-        f"pressure >= {need_pages} ({_mib(need_pages * page)}: "
-        f"{BUFFER_BYTES_PER_SOCKET // 1024} KiB in flight per client)",
-        "" if status == OK else "under pressure the kernel shrinks every socket's buffers; "
-        "past max, sends fail and connections are dropped",
-        () if status == OK else (Fix(SYSCTL_FILE, f"net.ipv4.tcp_mem = {low} "
-                                                  f"{max(pressure, 2 * need_pages)} "
-                                                  f"{max(high, 3 * need_pages)}"),))
-
-
-def _check_memory(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    if facts.mem_available_kb is None:
-        return Check("memory available", WARN, "unreadable", "-",
-                     "could not read MemAvailable from /proc/meminfo")
-    per_client = USER_BYTES_PER_CLIENT + KERNEL_BYTES_PER_SOCKET + BUFFER_BYTES_PER_SOCKET
-    need = BASE_BYTES + clients * per_client
-    have = facts.mem_available_kb * 1024
-    ok = have >= need
-    return Check(
-        "memory available (MemAvailable)", OK if ok else BLOCK, _mib(have),
-        f">= {_mib(need)} ({per_client // 1024} KiB per client + {_mib(BASE_BYTES)})",
-        "" if ok else "no setting fixes this: a bigger host, or fewer clients per host")
-
-
-def _check_tw_buckets(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    tw = _ints(facts.sysctl["net.ipv4.tcp_max_tw_buckets"])
-    if tw is None:
-        return None
-    return _at_least(
-        "net.ipv4.tcp_max_tw_buckets (TIME_WAIT after the server closes)", tw[0], clients, WARN,
-        "a shutdown closes every connection from our side; past this the "
-        "kernel drops TIME_WAIT state early and logs 'time wait bucket table overflow'",
-        f"net.ipv4.tcp_max_tw_buckets = {_nice_limit(clients)}")
-
-
-def _check_conntrack(facts: HostFacts, clients: int, backlog: int) -> Optional[Check]:
-    conntrack = _ints(facts.sysctl["net.netfilter.nf_conntrack_max"])
-    if conntrack is None:  # only there when connection tracking (a firewall, NAT) is loaded
-        return None
-    count = _ints(facts.sysctl["net.netfilter.nf_conntrack_count"])
-    in_use = count[0] if count else 0
-    want = clients + in_use
-    return _at_least(
-        "net.netfilter.nf_conntrack_max (firewall connection tracking)", conntrack[0], want,
-        BLOCK, "when the table is full the kernel silently drops new connections "
-        "('nf_conntrack: table full, dropping packet' in dmesg)",
-        f"-net.netfilter.nf_conntrack_max = {_nice_limit(2 * want)}",
-        needed=f">= {want} ({clients} + {in_use} tracked now)")
-
-
-# The checks, in the order doctor reports them.
-DOCTOR_CHECKS: Tuple[Callable[[HostFacts, int, int], Optional[Check]], ...] = (
-    _check_nofile, _check_nr_open, _check_file_max, _check_somaxconn, _check_syn_backlog,
-    _check_port_range, _check_tcp_mem, _check_memory, _check_tw_buckets, _check_conntrack,
-)
+    return host_checks(facts, doctor_needs(clients, backlog))
 
 
 def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
                         out: IO[str]) -> None:
+    from netcore.hostcheck import verdict, write_checks
+
     w = out.write
     w(f"SpellTraction doctor: {clients} clients in one server process on this host?\n")
     w("(read from /proc/sys and the limits of this shell; under systemd the unit's "
       "LimitNOFILE= applies instead)\n\n")
-    import textwrap
-
-    label = {OK: "  ok ", WARN: " WARN", BLOCK: "BLOCK"}
-    for c in checks:
-        w(f"[{label[c.status]}] {c.name}\n{'':8}now {c.current}; needs {c.needed}\n")
-        for para in c.why.splitlines():
-            w(textwrap.fill(para, 96, initial_indent=" " * 8, subsequent_indent=" " * 10) + "\n")
-        for fix in c.fixes:
-            w(f"{'':8}fix: {fix.line}\n{'':13}(in {fix.where})\n")
-    blocks = [c for c in checks if c.status == BLOCK]
-    warns = [c for c in checks if c.status == WARN]
+    write_checks(checks, out)
     w("\n")
     wheres = {f.where for c in checks for f in c.fixes}
     if any(where.startswith(SYSCTL_FILE) for where in wheres):
@@ -7021,29 +6673,23 @@ def print_doctor_report(checks: Sequence[Check], clients: int, facts: HostFacts,
           "then run: sysctl --system\n")
     if any(where.startswith(UNIT_FILE) for where in wheres):
         w("unit lines: systemctl daemon-reload && systemctl restart spelltraction\n")
-    if blocks:
-        w(f"verdict: BLOCKED: {len(blocks)} check(s) stop {clients} clients "
-          f"({', '.join(c.name.split(' (')[0] for c in blocks)}).\n")
-    elif warns:
-        w(f"verdict: OK for {clients} clients, with {len(warns)} warning(s) above.\n")
-    else:
-        w(f"verdict: OK for {clients} clients.\n")
+    w(verdict(checks, clients) + "\n")
 
 
 def run_doctor(clients: int, out: Optional[IO[str]] = None, as_json: bool = False,
-               root: str = "/", rlimit: Callable[[], Tuple[int, int]] = _nofile,
-               may_raise: Callable[[int], bool] = _may_raise_nofile_hard,
+               root: str = "/", rlimit: Optional[Callable[[], Tuple[int, int]]] = None,
+               may_raise: Optional[Callable[[int], bool]] = None,
                redis: Optional[RedisAddress] = None) -> int:
     """Print the report; 1 if anything blocks ``clients`` (or the Redis bus), else 0."""
+    from netcore.hostcheck import BLOCK, checks_json, probe_redis
+
     out = out if out is not None else sys.stdout
     facts = read_host_facts(root, clients, rlimit, may_raise)
     checks = doctor_checks(facts, clients)
     if redis is not None:
-        checks += redis_checks(probe_redis(redis), redis)
+        checks += redis_checks(probe_redis(redis, name="spelltraction-doctor"), redis)
     if as_json:
-        out.write(json.dumps({"clients": clients, "checks": [
-            dict(c._asdict(), fixes=[f._asdict() for f in c.fixes]) for c in checks
-        ], "blocked": any(c.status == BLOCK for c in checks)}, indent=1) + "\n")
+        out.write(checks_json(checks, clients) + "\n")
     else:
         print_doctor_report(checks, clients, facts, out)
     return 1 if any(c.status == BLOCK for c in checks) else 0
@@ -7059,129 +6705,21 @@ REDIS_MEDIAN_MS, REDIS_WORST_MS = 2.0, 20.0
 REDIS_MIN_PUBSUB_HARD = 8 << 20  # a stalled gateway's backlog of ticks
 
 
-class RedisProbe(NamedTuple):
-    """What doctor learnt from one Redis: an error, or round trips and settings."""
-
-    error: str  # "" when the server answered
-    rtts_ms: Tuple[float, ...] = ()
-    version: str = ""
-    config: Tuple[Tuple[str, str], ...] = ()  # CONFIG GET answers; ("!" + key, why) if refused
-
-
-def probe_redis(address: RedisAddress, timeout: float = 3.0, pings: int = 20) -> RedisProbe:
-    """Connect (AUTH, SELECT), time ``pings`` PINGs one at a time, read the settings."""
-    from netcore.redis import Redis
-
-    loop = EventLoop()
-    errors: List[RedisError] = []
-    link = Redis(loop, address, on_error=errors.append, connect_timeout=timeout,
-                 backoff_max=timeout, name="spelltraction-doctor")
-    try:
-        link.start()
-        deadline = time.monotonic() + timeout
-
-        def wait(done: Callable[[], bool]) -> bool:
-            while not done():
-                left = deadline - time.monotonic()
-                if left <= 0 or (errors and not link.ready):
-                    return False
-                loop.run_once(min(left, 0.05))
-            return True
-
-        if not wait(lambda: link.ready):
-            return RedisProbe(str(errors[-1]) if errors else f"no answer within {timeout:g} s")
-        deadline = time.monotonic() + timeout * 2
-        rtts: List[float] = []
-        for _ in range(pings):
-            started = time.perf_counter()
-            ping = link.execute("PING")
-            if not wait(lambda: ping.done) or not ping.ok:
-                return RedisProbe(f"PING: {ping.error or ping.reply or 'no answer'!s}")
-            rtts.append((time.perf_counter() - started) * 1000)
-        info = link.execute("INFO", "server")
-        asked = [(key, link.execute("CONFIG", "GET", key))
-                 for key in ("maxmemory-policy", "client-output-buffer-limit")]
-        wait(lambda: info.done and all(p.done for _, p in asked))
-        return RedisProbe("", tuple(rtts), _redis_version(info),
-                          tuple(_config_answer(key, p) for key, p in asked))
-    finally:
-        link.close()
-        loop.close()
-
-
-def _redis_version(info: Pending) -> str:
-    if info.ok and isinstance(info.reply, bytes):
-        for line in info.reply.decode("utf-8", "replace").splitlines():
-            if line.startswith("redis_version:"):
-                return line.split(":", 1)[1].strip()
-    return ""
-
-
-def _config_answer(key: str, pending: Pending) -> Tuple[str, str]:
-    reply = pending.reply
-    if pending.ok and isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], bytes):
-        return key, reply[1].decode("utf-8", "replace")
-    return "!" + key, str(pending.error or reply or "no answer")
-
-
-def _pubsub_hard_limit(value: str) -> Optional[int]:
-    """The pubsub class's hard limit in bytes from ``client-output-buffer-limit``."""
-    words = value.split()
-    for i in range(0, len(words) - 3, 4):
-        if words[i] == "pubsub":
-            try:
-                return int(words[i + 1])
-            except ValueError:
-                return None
-    return None
-
-
 def redis_checks(probe: RedisProbe, address: RedisAddress) -> List[Check]:
     """The bus's checks: it answers (BLOCK if not), quickly, and keeps what it must."""
-    where = address.url()
-    if probe.error:
-        return [Check(f"Redis reachable ({where})", BLOCK, probe.error, "a Redis that answers",
-                      "game and gateway retry with backoff and wait, but no world runs "
-                      "without the bus. Check that redis-server runs, its bind and port, and the "
-                      "password (--redis-password-file or --redis-password-env).",
-                      (Fix(REDIS_CONF, "bind 127.0.0.1 <this host's private address>"),))]
-    checks = [Check(f"Redis reachable ({where})", OK, f"Redis {probe.version or '?'}",
-                    "a Redis that answers")]
-    rtts = sorted(probe.rtts_ms)
-    median = rtts[len(rtts) // 2]
-    slow = median > REDIS_MEDIAN_MS or rtts[-1] > REDIS_WORST_MS
-    checks.append(Check(
-        "Redis latency (PING round trip)", WARN if slow else OK,
-        f"median {median:.2f} ms, worst {rtts[-1]:.2f} ms of {len(rtts)}",
-        f"median <= {REDIS_MEDIAN_MS:g} ms, worst <= {REDIS_WORST_MS:g} ms",
-        "every tick crosses the bus twice (moves in, tick out): its round trip is "
-        "added to what players see as tick lateness." if slow else ""))
-    major = probe.version.split(".")[0]
-    if major.isdigit() and int(major) < 6:
-        checks.append(Check("Redis version", WARN, probe.version, "6 or later (7 tested)",
-                            "ACL usernames in the URL need Redis 6."))
-    config = dict(probe.config)
-    policy = config.get("maxmemory-policy")
-    if policy is None:
-        checks.append(Check("Redis maxmemory-policy", WARN, "unreadable", "noeviction",
-                            f"CONFIG GET was refused ({config.get('!maxmemory-policy', '?')}); "
-                            "check it by hand."))
-    else:
-        checks.append(Check(
-            "Redis maxmemory-policy", OK if policy == "noeviction" else WARN, policy, "noeviction",
-            "" if policy == "noeviction" else "the lease and heartbeat keys expire on their own "
-            "and must never be evicted: a full Redis should refuse writes instead.",
-            () if policy == "noeviction" else (Fix(REDIS_CONF, "maxmemory-policy noeviction"),)))
-    limits = config.get("client-output-buffer-limit")
-    hard = _pubsub_hard_limit(limits) if limits is not None else None
-    if hard is not None and 0 < hard < REDIS_MIN_PUBSUB_HARD:
-        checks.append(Check(
-            "Redis pub/sub output buffer", WARN, f"hard limit {_mib(hard)}",
-            f">= {_mib(REDIS_MIN_PUBSUB_HARD)}",
-            "Redis cuts a gateway whose unread ticks pass this; it then reconnects and "
-            "resynchronises, and its players miss ticks meanwhile.",
-            (Fix(REDIS_CONF, "client-output-buffer-limit pubsub 64mb 16mb 60"),)))
-    return checks
+    from netcore import hostcheck
+
+    return hostcheck.redis_checks(probe, address, hostcheck.RedisNeeds(
+        REDIS_CONF, REDIS_MEDIAN_MS, REDIS_WORST_MS, REDIS_MIN_PUBSUB_HARD,
+        unreachable="game and gateway retry with backoff and wait, but no world runs "
+                    "without the bus. Check that redis-server runs, its bind and port, and the "
+                    "password (--redis-password-file or --redis-password-env).",
+        slow="every tick crosses the bus twice (moves in, tick out): its round trip is "
+             "added to what players see as tick lateness.",
+        eviction="the lease and heartbeat keys expire on their own and must never be "
+                 "evicted: a full Redis should refuse writes instead.",
+        pubsub="Redis cuts a gateway whose unread ticks pass this; it then reconnects and "
+               "resynchronises, and its players miss ticks meanwhile."))
 
 # -----------------------------------------------------------------------------
 # Operations: bundle. The game, netcore and web/ in one .pyz.
@@ -7241,6 +6779,11 @@ def _setup_logging(level: str, fmt: str = "text") -> RateLimitFilter:
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     return limiter
+
+
+def make_loop(opts: ServerOptions) -> EventLoop:
+    """The event loop a server process runs on, as ``opts`` asks (poller, coalescing)."""
+    return EventLoop(coalesce=opts.coalesce_ms / 1000.0, poller=opts.poller)
 
 
 def _parse_colour(text: str) -> int:
@@ -7310,310 +6853,363 @@ def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
     return address.resolve()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "game", "gateway", "bots", "client", "doctor", "bundle", "backup", "-h",
-                "--help", "--version"}
-    if not argv or argv[0] not in commands:
-        argv.insert(0, "serve")
+# -- the options, each written once -----------------------------------------------------------
+
+_FROM_OPTIONS = object()  # Opt.default: the field's default in the options tuple
+_REQUIRED = object()  # Opt.default: the option must be given
+
+
+class Opt(NamedTuple):
+    """One command-line option, written once: its flag, default, help, check and the field it sets.
+
+    ``default``: left out, the default of ``field`` in the command's options
+    tuple (``ServerOptions``, ``BotOptions``, ``ClientOptions``), so the value
+    is written in one place; the help says it with ``%(default)s``. A
+    function is called when the parser is built (a default read from the
+    environment); ``_REQUIRED``: there is none, the option must be given.
+    ``field``: the options field it sets ("" : the flag's name, "-": none).
+    ``to(value, args)``: the field's value from the parsed flag (default:
+    the value as parsed). ``check(value)``: what is wrong with it ("must be
+    at least 1"), or None.
+    """
+
+    flag: str
+    help: str
+    default: Any = _FROM_OPTIONS
+    type: Any = None  # argparse's type=, or "store_true"
+    field: str = ""
+    check: Optional[Callable[[Any], Optional[str]]] = None
+    to: Optional[Callable[[Any, argparse.Namespace], Any]] = None
+    metavar: Optional[str] = None
+    choices: Optional[Sequence[Any]] = None
+    short: str = ""  # "-o"
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def target(self) -> str:
+        return self.field or self.dest
+
+
+def _at_least(low: float) -> Callable[[float], Optional[str]]:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
+
+
+def _positive(v: float) -> Optional[str]:
+    return None if v > 0 else "must be positive"
+
+
+def _networks(v: str) -> Optional[str]:
+    try:
+        parse_networks(v)
+    except ValueError as exc:
+        return f"is not a list of networks: {exc}"
+    return None
+
+
+def _poller_here(kind: str) -> Optional[str]:
+    return "epoll needs Linux: use --poller selectors" if (
+        kind == "epoll" and not hasattr(select, "epoll")) else None
+
+
+def _player_name(name: str) -> Optional[str]:
+    try:
+        check_name(name.encode("utf-8"))
+    except ValueError as exc:
+        return f"is not a name: {exc}"
+    return None
+
+
+def _procs(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto or a number, not {text!r}") from None
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_DATA_HELP = ("directory for the players, scores and hall of fame (sqlite3, one server per "
+              "directory; created if missing). Default: $STATE_DIRECTORY when set (systemd's "
+              "StateDirectory=), else $XDG_STATE_HOME/spelltraction, i.e. "
+              "~/.local/state/spelltraction; here: %(default)s")
+
+# The player side (serve, gateway).
+NET_OPTS = (
+    Opt("--host", "address to listen on (default %(default)s)"),
+    Opt("--port", "port (default %(default)s)", type=int),
+    Opt("--max-clients", "connection limit; more are told 'server full' (default %(default)s)",
+        type=int, check=_at_least(1)),
+    Opt("--web-root", "serve the browser client from DIR (default: web/ beside this file)",
+        metavar="DIR", to=lambda v, a: v or None),
+    Opt("--no-web", "binary protocol only: no HTTP, no WebSocket", False, "store_true",
+        field="web", to=lambda v, a: not v),
+    Opt("--handshake-timeout", "an HTTP request or WebSocket upgrade must finish within this",
+        type=float, metavar="SECONDS", check=_positive),
+    Opt("--max-per-address", "connections from one address (IPv6: one /64); 0: no limit "
+        "(default %(default)s)", type=int, metavar="N", check=_at_least(0)),
+    Opt("--max-pending-per-address", "connections from one address that have not said HELLO "
+        "yet (HTTP ones included); 0: no limit (default %(default)s)", type=int, metavar="N",
+        check=_at_least(0)),
+    Opt("--max-pending", "such pending connections from all addresses together; 0: no limit "
+        "(default %(default)s)", type=int, metavar="N", check=_at_least(0)),
+    Opt("--exempt", "networks the per-address limits never count (default %(default)s: local "
+        "bots); '' to exempt nobody", metavar="CIDR,...", check=_networks),
+    Opt("--trusted-proxies", "proxies whose connections may start with a PROXY protocol header "
+        "(v1/v2; nginx: proxy_protocol on;) and whose HTTP X-Forwarded-For is believed: either "
+        "names the client, whom the per-address limits then count (default: none; the shipped "
+        "nginx files connect from 127.0.0.2). From anyone else a PROXY header is refused and "
+        "X-Forwarded-For ignored, logged and counted", metavar="CIDR,...", check=_networks),
+    Opt("--allowed-origins", "browsers may join from pages of these Origins only, e.g. "
+        "https://play.example.org; same-origin: pages of the host the browser asked for (its "
+        "Host header); '*': any page. Requests with no Origin (bots, native clients) are always "
+        "allowed (default %(default)s)", metavar="ORIGIN,..."),
+    Opt("--new-player-burst", "new players (new ids and saved rows) one address may make at "
+        "once; --exempt networks are not counted; 0: no limit (default %(default)s)", type=int,
+        metavar="N", check=_at_least(0)),
+    Opt("--new-player-rate", "...and a second after that burst; returning players are never "
+        "counted (default %(default)g)", type=float, metavar="PER_SECOND", check=_at_least(0)),
+    Opt("--public-stats", "serve /metrics, /stats and /stats.json on the game port too "
+        "(default: only on --admin-port, which is this host's alone)", False, "store_true"),
+    Opt("--sndbuf", "SO_SNDBUF of each client socket; the kernel doubles it (default "
+        "%(default)s; 0: kernel autotuning, up to ~4 MB each)", type=int, metavar="BYTES",
+        check=_at_least(0)),
+    Opt("--send-backlog", "cut a client whose unsent backlog stays over this for "
+        "--send-backlog-grace seconds (default %(default)s; 0: off)", type=int,
+        metavar="BYTES", check=_at_least(0)),
+    Opt("--send-backlog-grace", "see --send-backlog (default %(default)g)", type=float,
+        metavar="SECONDS", check=_positive),
+    Opt("--refuse-rate", "at --max-clients, refuse at most this many connects a second with "
+        "SERVER_FULL; the rest wait in the kernel's queue, costing the tick nothing (default "
+        "%(default)g; 0: no limit)", type=float, metavar="PER_SECOND", check=_at_least(0)),
+)
+
+# Every server process (serve, game, gateway).
+COMMON_OPTS = (
+    Opt("--tick-ms", "tick period in ms (default %(default)s)", type=int,
+        check=lambda v: None if 10 <= v <= 60_000 else "must be between 10 and 60000"),
+    Opt("--coalesce-ms", "while busy, read sockets at most once per MS ms, so one poll collects "
+        "many players' moves; the most a request or ping waits for it (default %(default)g; 0: "
+        "read as soon as anything arrives)", type=float, metavar="MS", check=_at_least(0)),
+    Opt("--poller", "what the event loop waits on: epoll (Linux: driven directly, connections "
+        "edge-triggered) or selectors (the standard library's selectors.DefaultSelector, "
+        "level-triggered) (default %(default)s)", choices=POLLERS, check=_poller_here),
+    Opt("--log-level", "(default %(default)s)", "info", field="-", choices=_LOG_LEVELS),
+    Opt("--log-format", "text lines, or one JSON object per line (default %(default)s)", "text",
+        field="-", choices=("text", "json")),
+    Opt("--stats-out", "on exit, write the final figures to FILE as JSON", metavar="FILE"),
+    Opt("--admin-port", "serve /healthz, /metrics and /stats on this port too, answered "
+        "whatever the game port's state, even when full (default: none; 0: any free port)",
+        type=int, metavar="PORT",
+        check=lambda v: None if v is None or 0 <= v <= 65535 else "must be 0..65535"),
+    Opt("--admin-host", "the admin port's address (default %(default)s: this host only)",
+        metavar="ADDRESS"),
+)
+
+# The world's rules and store (serve, game).
+RULES_OPTS = (
+    Opt("--seed", "seed the game's RNG (for replays)", type=int),
+    Opt("--data", _DATA_HELP, default_data_dir, metavar="DIR",
+        to=lambda v, a: None if a.no_data else v),
+    Opt("--allow-shared-data", "use a --data directory that is writable by every user or owned "
+        "by another user (refused by default: whoever can write there can replace the store or "
+        "its lock)", False, "store_true"),
+    Opt("--no-data", "keep everything in memory: a restart forgets every player and score",
+        False, "store_true", field="-"),
+    Opt("--grace", "how long a dropped player can come back as itself (default %(default)g s)",
+        type=float, metavar="SECONDS", check=_at_least(0)),
+    Opt("--prune-days", "delete players unseen this long; the hall of fame keeps them (default "
+        "%(default)g)", type=float, metavar="DAYS", check=_positive),
+    Opt("--sync", "normal (default): every commit survives the server being killed, not a power "
+        "cut; full: survives power loss too, an fsync per commit", choices=SYNC_LEVELS),
+)
+
+# A world's processes on Redis (game, gateway); --redis and its password: add_redis_options.
+CLUSTER_OPTS = (
+    Opt("--world", "the world's name: its Redis keys and channels (default %(default)s)",
+        "spelltraction", metavar="NAME", field="-"),
+)
+
+BOT_OPTS = (
+    Opt("--host", "the server (default %(default)s)"),
+    Opt("--port", "its port (default %(default)s)", type=int),
+    Opt("--count", "bot players (default %(default)s)", type=int, field="n_bots",
+        check=_at_least(1)),
+    Opt("--move-every", "seconds between each bot's moves (default %(default)g, as the original; "
+        f"{DEFAULT_TICK_MS / 1000:g} = every tick)", type=float),
+    Opt("--duration", "seconds to hold once all bots are in (default %(default)g)", type=float),
+    Opt("--procs", "processes to spread the bots over (default auto: by the fd limit)", "auto",
+        type=_procs),
+    Opt("--probes", "bots that move every second to measure move->echo latency (default "
+        "%(default)s)", type=int),
+    Opt("--ramp-timeout", "seconds for every bot to get in (default %(default)g)", type=float),
+    Opt("--seed", "seed the bots' RNG", type=int),
+    Opt("--json", "end with one line of JSON figures", type="store_true"),
+    Opt("--ws", "connect over WebSocket (/ws), as browsers do, instead of TCP",
+        type="store_true"),
+    Opt("--state", "protocol 2: keep each bot's resume token and last shown score in FILE "
+        "(mode 0600, rewritten at least every second); a second run with the same FILE resumes "
+        "them, and dropped bots reconnect with backoff", metavar="FILE"),
+    Opt("--source-addresses", "bind each bot to one of these source addresses, in turn (one "
+        "address has ~28,000 ephemeral ports toward one server port); auto (default): "
+        f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots",
+        field="sources", metavar="auto|none|ADDR,..."),
+    Opt("--log-level", "(default %(default)s)", "warning", field="-", choices=_LOG_LEVELS),
+    Opt("--log-format", "(default %(default)s)", "text", field="-", choices=("text", "json")),
+)
+
+CLIENT_OPTS = (
+    Opt("--host", "server to play on (default %(default)s)"),
+    Opt("--port", "its port (default %(default)s)", type=int),
+    Opt("--shape", "your marker's shape (default: the server chooses)", None, choices=SHAPES,
+        to=lambda v, a: ANY_SHAPE if v is None else SHAPES.index(v)),
+    Opt("--colour", "your marker's colour, e.g. ff8800 (default: the server chooses)",
+        type=_parse_colour, metavar="RRGGBB"),
+    Opt("--geometry", "Tk window geometry, e.g. 760x470+0+0"),
+    Opt("--name", "your name in the hall of fame (16 characters)", check=_player_name,
+        to=lambda v, a: v.strip()),
+    Opt("--new-player", "start as a new player instead of resuming the one saved for this "
+        "server (the new one is saved in its place)", type="store_true"),
+    Opt("--state", "where to keep the resume token (default: "
+        "$XDG_STATE_HOME/spelltraction/client.json)", metavar="FILE"),
+    Opt("--log-level", "(default %(default)s)", "info", field="-", choices=_LOG_LEVELS),
+)
+
+DOCTOR_OPTS = (
+    Opt("--clients", "clients one server process should hold (default: the server's default "
+        "--max-clients, %(default)s)", DEFAULT_MAX_CLIENTS, int, check=_at_least(1)),
+    Opt("--json", "the checks as JSON", False, "store_true"),
+    Opt("--root", "read proc/ under this directory instead of / (a fake tree, for tests); the "
+        "open-files limit is still this process's", "/"),
+)
+
+BUNDLE_OPTS = (
+    Opt("--output", "where to write it (default %(default)s)",
+        os.path.join("dist", "spelltraction.pyz"), short="-o"),
+)
+
+BACKUP_OPTS = (
+    Opt("--data", "the server's data directory (default %(default)s)", default_data_dir,
+        metavar="DIR"),
+    Opt("--output", "where to write the copy (a sqlite3 database)", _REQUIRED, metavar="FILE",
+        short="-o"),
+)
+
+#: The subcommands: (help, option groups, the options tuple their fields fill, --redis help).
+COMMANDS: Dict[str, Tuple[str, Tuple[Tuple[Opt, ...], ...], Any, str]] = {
+    "serve": ("run the game server (the default command)",
+              (NET_OPTS, COMMON_OPTS, RULES_OPTS), ServerOptions, ""),
+    "game": ("a world's authority on Redis: the rules, the tick, the store (no player sockets; "
+             "see docs/CLUSTER.md)", (COMMON_OPTS, RULES_OPTS, CLUSTER_OPTS), ServerOptions,
+             "the world's Redis (required)"),
+    "gateway": ("a world's gateway on Redis: player sockets (binary, HTTP, WebSocket); "
+                "gateways on one host share the port", (NET_OPTS, COMMON_OPTS, CLUSTER_OPTS),
+                ServerOptions, "the world's Redis (required)"),
+    "bots": ("load-test a server with bot players", (BOT_OPTS,), BotOptions, ""),
+    "client": ("play in a window (the Tk desktop client)", (CLIENT_OPTS,), ClientOptions, ""),
+    "doctor": ("check this host's kernel and limits for N clients", (DOCTOR_OPTS,), None,
+               "also check this Redis (the bus of game and gateway): reachable, latency, "
+               "maxmemory-policy"),
+    "bundle": ("build a single-file zipapp of the game", (BUNDLE_OPTS,), None, ""),
+    "backup": ("copy a server's data, safely, even while it runs", (BACKUP_OPTS,), None, ""),
+}
+
+
+def _add_opts(parser: argparse.ArgumentParser, opts: Sequence[Opt], options: Any) -> None:
+    """Add each of ``opts`` to ``parser``, its default from ``options`` where it has none."""
+    for o in opts:
+        default = o.default
+        if default is _FROM_OPTIONS:
+            default = options._field_defaults[o.target]
+        elif callable(default):
+            default = default()
+        names = [o.short, o.flag] if o.short else [o.flag]
+        kwargs: Dict[str, Any] = {"help": o.help}
+        if default is _REQUIRED:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        if o.type == "store_true":
+            kwargs["action"] = "store_true"
+        else:
+            if o.type is not None:
+                kwargs["type"] = o.type
+            if o.metavar is not None:
+                kwargs["metavar"] = o.metavar
+            if o.choices is not None:
+                kwargs["choices"] = o.choices
+        parser.add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``COMMANDS``, each with its option groups."""
     parser = _ArgumentParser(
         prog="spelltraction",
         description="SpellTraction: a massively multiplayer letter game on netcore.",
     )
     parser.add_argument("--version", action="version", version=f"spelltraction {__version__}")
     sub = parser.add_subparsers(dest="command")
-
-    # The options, by who takes them: the player side (serve, gateway), every
-    # server process (serve, game, gateway), the world's rules and store
-    # (serve, game).
-    net = _ArgumentParser(add_help=False)
-    common = _ArgumentParser(add_help=False)
-    rules = _ArgumentParser(add_help=False)
-    data_help = ("directory for the players, scores and hall of fame (sqlite3, one server per "
-                 "directory; created if missing). Default: $STATE_DIRECTORY when set (systemd's "
-                 "StateDirectory=), else $XDG_STATE_HOME/spelltraction, i.e. "
-                 "~/.local/state/spelltraction; here: %(default)s")
-    defaults = ServerOptions()
-    net.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    net.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 12150)")
-    net.add_argument("--max-clients", type=int, default=15_000,
-                     help="connection limit; more are told 'server full' (default 15000)")
-    net.add_argument("--web-root", default=WEB_ROOT, metavar="DIR",
-                     help="serve the browser client from DIR (default: web/ beside this file)")
-    net.add_argument("--no-web", action="store_true",
-                     help="binary protocol only: no HTTP, no WebSocket")
-    net.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
-                     help="an HTTP request or WebSocket upgrade must finish within this")
-    net.add_argument("--max-per-address", type=int, default=defaults.max_per_address,
-                     metavar="N", help="connections from one address (IPv6: one /64); "
-                     f"0: no limit (default {defaults.max_per_address})")
-    net.add_argument("--max-pending-per-address", type=int,
-                     default=defaults.max_pending_per_address, metavar="N",
-                     help="connections from one address that have not said HELLO yet "
-                     f"(HTTP ones included); 0: no limit (default "
-                     f"{defaults.max_pending_per_address})")
-    net.add_argument("--max-pending", type=int, default=defaults.max_pending, metavar="N",
-                     help="such pending connections from all addresses together; 0: no "
-                     f"limit (default {defaults.max_pending})")
-    net.add_argument("--exempt", default=defaults.exempt, metavar="CIDR,...",
-                     help="networks the per-address limits never count (default "
-                     f"{defaults.exempt}: local bots); '' to exempt nobody")
-    net.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
-                     help="proxies whose connections may start with a PROXY protocol "
-                     "header (v1/v2; nginx: proxy_protocol on;) and whose HTTP "
-                     "X-Forwarded-For is believed: either names the client, whom the "
-                     "per-address limits then count (default: none; the shipped nginx "
-                     "files connect from 127.0.0.2). From anyone else a PROXY header is "
-                     "refused and X-Forwarded-For ignored, logged and counted")
-    net.add_argument("--allowed-origins", default=SAME_ORIGIN, metavar="ORIGIN,...",
-                     help="browsers may join from pages of these Origins only, e.g. "
-                     "https://play.example.org; same-origin: pages of the host the browser "
-                     "asked for (its Host header); '*': any page. Requests with no Origin "
-                     "(bots, native clients) are always allowed (default %(default)s)")
-    net.add_argument("--new-player-burst", type=int, default=DEFAULT_NEW_PLAYER_BURST,
-                     metavar="N", help="new players (new ids and saved rows) one address may "
-                     "make at once; --exempt networks are not counted; 0: no limit (default "
-                     "%(default)s)")
-    net.add_argument("--new-player-rate", type=float, default=DEFAULT_NEW_PLAYER_RATE,
-                     metavar="PER_SECOND", help="...and a second after that burst; returning "
-                     "players are never counted (default %(default)g)")
-    net.add_argument("--public-stats", action="store_true",
-                     help="serve /metrics, /stats and /stats.json on the game port too "
-                     "(default: only on --admin-port, which is this host's alone)")
-    net.add_argument("--sndbuf", type=int, default=defaults.sndbuf, metavar="BYTES",
-                     help="SO_SNDBUF of each client socket; the kernel doubles it "
-                     f"(default {defaults.sndbuf}; 0: kernel autotuning, up to ~4 MB each)")
-    net.add_argument("--send-backlog", type=int, default=defaults.send_backlog,
-                     metavar="BYTES", help="cut a client whose unsent backlog stays over "
-                     f"this for --send-backlog-grace seconds (default {defaults.send_backlog}"
-                     "; 0: off)")
-    net.add_argument("--send-backlog-grace", type=float, default=defaults.send_backlog_grace,
-                     metavar="SECONDS", help="see --send-backlog (default "
-                     f"{defaults.send_backlog_grace:g})")
-    net.add_argument("--refuse-rate", type=float, default=defaults.refuse_rate,
-                     metavar="PER_SECOND", help="at --max-clients, refuse at most this many "
-                     "connects a second with SERVER_FULL; the rest wait in the kernel's "
-                     f"queue, costing the tick nothing (default {defaults.refuse_rate:g}; "
-                     "0: no limit)")
+    for name, (help_text, groups, options, redis_help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        for group in groups:
+            _add_opts(p, group, options)
+        if redis_help:
+            add_redis_options(p, redis_help)
+    return parser
 
 
-    common.add_argument("--tick-ms", type=int, default=250, help="tick period in ms (default 250)")
-    common.add_argument("--coalesce-ms", type=float, default=DEFAULT_COALESCE * 1000,
-                        metavar="MS", help="while busy, read sockets at most once per MS ms, so "
-                        "one poll collects many players' moves; the most a request or ping "
-                        "waits for it (default %(default)g; 0: read as soon as anything arrives)")
-    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    common.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="text lines, or one JSON object per line (default text)")
-    common.add_argument("--stats-out", default="", metavar="FILE",
-                        help="on exit, write the final figures to FILE as JSON")
-    common.add_argument("--admin-port", type=int, default=None, metavar="PORT",
-                        help="serve /healthz, /metrics and /stats on this port too, answered "
-                             "whatever the game port's state, even when full (default: none; "
-                             "0: any free port)")
-    common.add_argument("--admin-host", default="127.0.0.1", metavar="ADDRESS",
-                        help="the admin port's address (default 127.0.0.1: this host only)")
-    rules.add_argument("--seed", type=int, default=None, help="seed the game's RNG (for replays)")
-    rules.add_argument("--data", default=default_data_dir(), metavar="DIR", help=data_help)
-    rules.add_argument("--allow-shared-data", action="store_true",
-                       help="use a --data directory that is writable by every user or "
-                            "owned by another user (refused by default: whoever can write "
-                            "there can replace the store or its lock)")
-    rules.add_argument("--no-data", action="store_true",
-                       help="keep everything in memory: a restart forgets every player and score")
-    rules.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
-                       help="how long a dropped player can come back as itself (default "
-                            "%(default)g s)")
-    rules.add_argument("--prune-days", type=float, default=DEFAULT_PRUNE_DAYS, metavar="DAYS",
-                       help="delete players unseen this long; the hall of fame keeps them "
-                            "(default %(default)g)")
-    rules.add_argument("--sync", choices=SYNC_LEVELS, default="normal",
-                       help="normal (default): every commit survives the server being killed, "
-                            "not a power cut; full: survives power loss too, an fsync per commit")
-    sub.add_parser("serve", parents=[net, common, rules],
-                   help="run the game server (the default command)")
-    gp = sub.add_parser("game", parents=[common, rules],
-                        help="a world's authority on Redis: the rules, the tick, the store "
-                             "(no player sockets; see docs/CLUSTER.md)")
-    wp = sub.add_parser("gateway", parents=[net, common],
-                        help="a world's gateway on Redis: player sockets (binary, HTTP, "
-                             "WebSocket); gateways on one host share the port")
-    for p in (gp, wp):
-        add_redis_options(p, "the world's Redis (required)")
-        p.add_argument("--world", default="spelltraction", metavar="NAME",
-                       help="the world's name: its Redis keys and channels (default "
-                            "%(default)s)")
+def parsed_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The command's options tuple from ``args``, every option checked (or ``parser.error``)."""
+    _help, groups, options, _redis = COMMANDS[args.command]
+    fields: Dict[str, Any] = {}
+    for group in groups:
+        for o in group:
+            value = getattr(args, o.dest)
+            problem = o.check(value) if o.check is not None else None
+            if problem:
+                parser.error(f"{o.flag} {problem}")
+            if o.field != "-" and options is not None:
+                fields[o.target] = value if o.to is None else o.to(value, args)
+    return options(**fields) if options is not None else None
 
-    bp = sub.add_parser("bots", help="load-test a server with bot players")
-    bp.add_argument("--host", default="127.0.0.1")
-    bp.add_argument("--port", type=int, default=DEFAULT_PORT)
-    bp.add_argument("--count", type=int, default=100, help="bot players (default 100)")
-    bp.add_argument("--move-every", type=float, default=80.0,
-                    help="seconds between each bot's moves (default 80, as the original; "
-                         "0.25 = every tick)")
-    bp.add_argument("--duration", type=float, default=30.0,
-                    help="seconds to hold once all bots are in (default 30)")
-    bp.add_argument("--procs", default="auto",
-                    help="processes to spread the bots over (default auto: by the fd limit)")
-    bp.add_argument("--probes", type=int, default=20,
-                    help="bots that move every second to measure move->echo latency")
-    bp.add_argument("--ramp-timeout", type=float, default=60.0)
-    bp.add_argument("--seed", type=int, default=None)
-    bp.add_argument("--json", action="store_true", help="end with one line of JSON figures")
-    bp.add_argument("--ws", action="store_true",
-                    help="connect over WebSocket (/ws), as browsers do, instead of TCP")
-    bp.add_argument("--state", default="", metavar="FILE",
-                    help="protocol 2: keep each bot's resume token and last shown score in "
-                         "FILE (mode 0600, rewritten at least every second); a second run with "
-                         "the same FILE resumes them, and dropped bots reconnect with backoff")
-    bp.add_argument("--source-addresses", default="auto", metavar="auto|none|ADDR,...",
-                    help="bind each bot to one of these source addresses, in turn (one address "
-                    "has ~28,000 ephemeral ports toward one server port); auto (default): "
-                    f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots")
-    bp.add_argument("--log-level", default="warning",
-                    choices=["debug", "info", "warning", "error"])
-    bp.add_argument("--log-format", default="text", choices=["text", "json"])
 
-    dp = sub.add_parser("doctor", help="check this host's kernel and limits for N clients")
-    dp.add_argument("--clients", type=int, default=ServerOptions().max_clients,
-                    help="clients one server process should hold (default: the server's "
-                         "default --max-clients, 15000)")
-    dp.add_argument("--json", action="store_true", help="the checks as JSON")
-    dp.add_argument("--root", default="/", help="read proc/ under this directory instead of "
-                    "/ (a fake tree, for tests); the open-files limit is still this process's")
-    add_redis_options(dp, "also check this Redis (the bus of game and gateway): reachable, "
-                          "latency, maxmemory-policy")
-
-    zp = sub.add_parser("bundle", help="build a single-file zipapp of the game")
-    zp.add_argument("-o", "--output", default=os.path.join("dist", "spelltraction.pyz"),
-                    help="where to write it (default dist/spelltraction.pyz)")
-
-    kp = sub.add_parser("backup", help="copy a server's data, safely, even while it runs")
-    kp.add_argument("--data", default=default_data_dir(), metavar="DIR",
-                    help="the server's data directory (default %(default)s)")
-    kp.add_argument("-o", "--output", required=True, metavar="FILE",
-                    help="where to write the copy (a sqlite3 database)")
-
-    cp = sub.add_parser("client", help="play in a window (the Tk desktop client)")
-    cp.add_argument("--host", default="127.0.0.1", help="server to play on (default 127.0.0.1)")
-    cp.add_argument("--port", type=int, default=DEFAULT_PORT, help="its port (default 12150)")
-    cp.add_argument("--shape", choices=SHAPES, default=None,
-                    help="your marker's shape (default: the server chooses)")
-    cp.add_argument("--colour", type=_parse_colour, default=ANY_COLOUR, metavar="RRGGBB",
-                    help="your marker's colour, e.g. ff8800 (default: the server chooses)")
-    cp.add_argument("--geometry", default="", help="Tk window geometry, e.g. 760x470+0+0")
-    cp.add_argument("--name", default="", help="your name in the hall of fame (16 characters)")
-    cp.add_argument("--new-player", action="store_true",
-                    help="start as a new player instead of resuming the one saved for this "
-                         "server (the new one is saved in its place)")
-    cp.add_argument("--state", default="", metavar="FILE",
-                    help="where to keep the resume token (default: "
-                         "$XDG_STATE_HOME/spelltraction/client.json)")
-    cp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv.insert(0, "serve")  # the default command: spelltraction.py --port P serves
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "doctor":
-        if args.clients < 1:
-            parser.error("--clients must be at least 1")
+    command = args.command
+    opts = parsed_options(parser, args)
+    if command == "doctor":
         try:
             redis = redis_address(args)
         except (ValueError, OSError) as exc:
             parser.error(str(exc))
         return run_doctor(args.clients, as_json=args.json, root=args.root, redis=redis)
-    if args.command == "backup":
-        try:
-            pages = backup_store(args.data, args.output)
-        except (StoreError, OSError) as exc:
-            print(f"backup failed: {exc}", file=sys.stderr)
-            return 1
-        except Exception as exc:  # sqlite3.Error, without importing sqlite3 here
-            print(f"backup of {args.data} failed: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.output}: {os.path.getsize(args.output)} bytes ({pages} pages) "
-              f"from {os.path.join(args.data, DATA_FILE)}")
-        return 0
-    if args.command == "bundle":
+    if command == "backup":
+        return _backup(args.data, args.output)
+    if command == "bundle":
         members = build_bundle(args.output)
         size = os.path.getsize(args.output)
         print(f"wrote {args.output}: {size} bytes, {len(members)} files; "
               f"run it with: python3 {args.output} --port {DEFAULT_PORT}")
         return 0
     limiter = _setup_logging(args.log_level, getattr(args, "log_format", "text"))
-    if args.command == "client":
-        shape = SHAPES.index(args.shape) if args.shape is not None else ANY_SHAPE
-        try:
-            check_name(args.name.encode("utf-8"))
-        except ValueError as exc:
-            parser.error(f"--name: {exc}")
-        return run_client(ClientOptions(host=args.host, port=args.port, shape=shape,
-                                        colour=args.colour, geometry=args.geometry,
-                                        name=args.name.strip(), state=args.state,
-                                        new_player=args.new_player))
-    if args.command == "bots":
-        if args.count < 1:
-            parser.error("--count must be at least 1")
-        procs = 0 if args.procs == "auto" else int(args.procs)
-        summary = run_bots(BotOptions(
-            host=args.host, port=args.port, n_bots=args.count, move_every=args.move_every,
-            duration=args.duration, procs=procs, probes=args.probes,
-            ramp_timeout=args.ramp_timeout, seed=args.seed, json=args.json, ws=args.ws,
-            sources=args.source_addresses,
-            state=args.state,
-        ))
+    if command == "client":
+        return run_client(opts)
+    if command == "bots":
+        summary = run_bots(opts)
         if args.json:
             print(json.dumps(summary), flush=True)
         return 0 if summary["failed"] == 0 and summary["dropped"] == 0 else 1
-    if args.tick_ms < 10 or args.tick_ms > 60_000:
-        parser.error("--tick-ms must be between 10 and 60000")
-    if args.coalesce_ms < 0:
-        parser.error("--coalesce-ms must be >= 0")
-    if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
-        parser.error("--admin-port must be 0..65535")
-    defaults = ServerOptions()
-    given = {"tick_ms": args.tick_ms, "coalesce_ms": args.coalesce_ms,
-             "stats_out": args.stats_out, "admin_port": args.admin_port,
-             "admin_host": args.admin_host}
-    if args.command in ("serve", "gateway"):
-        if args.max_clients < 1:
-            parser.error("--max-clients must be at least 1")
-        if args.handshake_timeout <= 0:
-            parser.error("--handshake-timeout must be positive")
-        for flag in ("max_per_address", "max_pending_per_address", "max_pending", "sndbuf",
-                     "send_backlog", "refuse_rate", "new_player_burst", "new_player_rate"):
-            if getattr(args, flag) < 0:
-                parser.error(f"--{flag.replace('_', '-')} must be >= 0")
-        if args.send_backlog_grace <= 0:
-            parser.error("--send-backlog-grace must be positive")
-        for flag in ("exempt", "trusted_proxies"):
-            try:
-                parse_networks(getattr(args, flag))
-            except ValueError as exc:
-                parser.error(f"--{flag.replace('_', '-')}: {exc}")
-        given.update(host=args.host, port=args.port, max_clients=args.max_clients,
-                     web=not args.no_web, web_root=args.web_root or None,
-                     handshake_timeout=args.handshake_timeout,
-                     max_per_address=args.max_per_address,
-                     max_pending_per_address=args.max_pending_per_address,
-                     max_pending=args.max_pending, exempt=args.exempt,
-                     trusted_proxies=args.trusted_proxies, sndbuf=args.sndbuf,
-                     send_backlog=args.send_backlog,
-                     send_backlog_grace=args.send_backlog_grace,
-                     refuse_rate=args.refuse_rate,
-                     allowed_origins=args.allowed_origins,
-                     public_stats=args.public_stats,
-                     new_player_burst=args.new_player_burst,
-                     new_player_rate=args.new_player_rate)
-    if args.command in ("serve", "game"):
-        if args.grace < 0 or args.prune_days <= 0:
-            parser.error("--grace must be at least 0 and --prune-days positive")
-        given.update(seed=args.seed, data=None if args.no_data else args.data, grace=args.grace,
-                     prune_days=args.prune_days, sync=args.sync,
-                     allow_shared_data=args.allow_shared_data)
-    opts = defaults._replace(**given)
-    if args.command == "serve":
+    if command == "serve":
         return serve(opts, limiter)
     if args.redis is None:
-        parser.error(f"{args.command} needs --redis URL: the world's Redis")
+        parser.error(f"{command} needs --redis URL: the world's Redis")
     try:
         check_world(args.world)
         address = redis_address(args)
@@ -7624,7 +7220,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                                              or args.redis_password_env):
         log.warning("the Redis password is on the command line, where ps shows it: use "
                     "--redis-password-file or --redis-password-env")
-    return run_role(args.command, opts, ClusterOptions(args.world), address, limiter)
+    return run_role(command, opts, ClusterOptions(args.world), address, limiter)
+
+
+def _backup(data: str, output: str) -> int:
+    try:
+        pages = backup_store(data, output)
+    except (StoreError, OSError) as exc:
+        print(f"backup failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # sqlite3.Error, without importing sqlite3 here
+        print(f"backup of {data} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {output}: {os.path.getsize(output)} bytes ({pages} pages) "
+          f"from {os.path.join(data, DATA_FILE)}")
+    return 0
 
 
 # -----------------------------------------------------------------------------

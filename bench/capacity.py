@@ -113,11 +113,26 @@ from report import (  # noqa: E402
 )
 
 from netcore import FrameParser  # noqa: E402
+from netcore.poller import DEFAULT_POLLER, POLLERS  # noqa: E402
 from netcore.stats import percentile  # noqa: E402
 
 SERVERS = ("ours", "asyncio", "uvloop")
 LABELS = {"ours": "netcore (ours)", "asyncio": "asyncio", "uvloop": "uvloop"}
 COLOURS = {"ours": "#1b6ac9", "asyncio": "#e8710a", "uvloop": "#2a9d3c"}
+# --pollers: our server once per poller, side by side. "ours" runs as shipped
+# (the default poller, epoll on Linux); "ours-selectors" with --poller selectors.
+for _poller, _colour in zip([p for p in POLLERS if p != DEFAULT_POLLER], ("#7b2cbf", "#c2185b")):
+    LABELS[f"ours-{_poller}"] = f"netcore (ours, {_poller})"
+    COLOURS[f"ours-{_poller}"] = _colour
+
+
+def ours_kind(poller: str) -> str:
+    """Our server's name in the steps when it runs on ``poller``."""
+    return "ours" if poller == DEFAULT_POLLER else f"ours-{poller}"
+
+
+def is_ours(kind: str) -> bool:
+    return kind == "ours" or kind.startswith("ours-")
 DEFAULT_LADDER = (1000, 5000, 10000, 15000, 19000)
 IDLE, ACTIVE, RATE = "idle", "active", "rate"
 SCENARIO_ORDER = {IDLE: 0, ACTIVE: 1, RATE: 2}
@@ -210,6 +225,7 @@ class StepPlan(NamedTuple):
     scenario: str  # IDLE, ACTIVE or RATE (idle-ish, on the tick-rate axis)
     players: int
     tick_ms: int = TICK_MS
+    repeat: int = 0  # which of --repeats runs of this step (servers' order rotating)
 
     @property
     def move_every(self) -> float:
@@ -217,6 +233,7 @@ class StepPlan(NamedTuple):
 
     def label(self) -> str:
         text = f"{self.server} {self.scenario} {self.players}"
+        text += f" #{self.repeat + 1}" if self.repeat else ""
         return text + f" @{self.tick_ms} ms" if self.scenario == RATE else text
 
 
@@ -288,6 +305,7 @@ class Step(_StepStart, total=False):
     then :class:`Derived` figures. Times (``*_s``) count from the server's start."""
 
     store: bool  #: our server ran with its store on (a --data directory), as shipped
+    repeat: int  #: which of --repeats runs of this step
     ports_before: Dict[str, int]  #: loopback ports in use before the step
     logs: List[str]  #: the children's stderr, under capacity-logs/
     pids: List[int]  #: server, bots (each the leader of its process group)
@@ -323,9 +341,10 @@ def server_command(kind: str, port: int, max_clients: int, stats_out: str,
     common = ["--host", HOST, "--port", str(port), "--tick-ms", str(tick_ms),
               "--max-clients", str(max_clients), "--stats-out", stats_out,
               "--log-level", "warning"]
-    if kind == "ours":
+    if is_ours(kind):
         store = ["--data", data] if data else ["--no-data"]
-        return [sys.executable, GAME, "serve", *store, *common, *OURS_EXTRA]
+        poller = ["--poller", kind.split("-", 1)[1]] if kind != "ours" else []
+        return [sys.executable, GAME, "serve", *store, *common, *poller, *OURS_EXTRA]
     if kind == "asyncio":
         return [sys.executable, PEER, *common]
     if kind == "uvloop":
@@ -351,10 +370,11 @@ def run_step(children: Children, plan: StepPlan, hold: float, settle: float, tic
     # Picked again after the wait: on a shared host another process's client
     # may have taken the first pick as its ephemeral port meanwhile.
     step["port"] = port = free_port(HOST)
-    name = f"{plan.server}-{plan.scenario}-{plan.players}"
+    name = f"{plan.server}-{plan.scenario}-{plan.players}" + (
+        f"-{plan.repeat + 1}" if plan.repeat else "")
     step["logs"] = [f"{name}-server.log", f"{name}-bots.log"]
     data = (tempfile.mkdtemp(prefix="capacity-data-")
-            if plan.server == "ours" and OURS_STORE[0] else None)
+            if is_ours(plan.server) and OURS_STORE[0] else None)
     step["store"] = data is not None
     server = children.start(
         server_command(plan.server, port, plan.players + 100, stats_file, tick_ms, data),
@@ -550,17 +570,28 @@ def derive(step: Step) -> Derived:
 
 def estimate_step(players: int, hold: float, server: str) -> float:
     ramp = players / RAMP_PLAYERS_PER_S
-    if server != "ours":
+    if not is_ours(server):
         ramp *= 1.5  # asyncio/uvloop accept between ticks that take most of the period
     return STEP_OVERHEAD_S + ramp + hold + 2.0
 
 
+def rotated(servers: Sequence[str], repeat: int) -> List[str]:
+    """The servers' order for one repeat: each goes first in turn."""
+    k = repeat % len(servers) if servers else 0
+    return list(servers[k:]) + list(servers[:k])
+
+
 def plan_steps(servers: Sequence[str], ladder: Sequence[int], active: int,
                tick_ms: int = TICK_MS, tick_axis: Sequence[int] = (),
-               tick_ladder: Sequence[int] = DEFAULT_TICK_LADDER) -> List[StepPlan]:
-    steps = [StepPlan(s, IDLE, n, tick_ms) for n in ladder for s in servers]
+               tick_ladder: Sequence[int] = DEFAULT_TICK_LADDER,
+               repeats: int = 1) -> List[StepPlan]:
+    """Each ladder step (then the active one) ``repeats`` times, the servers alternating
+    within each and their order rotating between repeats; then the tick-rate axis."""
+    steps = [StepPlan(s, IDLE, n, tick_ms, r) for n in ladder for r in range(repeats)
+             for s in rotated(servers, r)]
     if active > 0:
-        steps += [StepPlan(s, ACTIVE, active, tick_ms) for s in servers]
+        steps += [StepPlan(s, ACTIVE, active, tick_ms, r) for r in range(repeats)
+                  for s in rotated(servers, r)]
     steps += [StepPlan(s, RATE, n, period) for period in tick_axis for n in tick_ladder
               for s in servers]
     return steps
@@ -876,8 +907,63 @@ def markdown(result: Dict[str, Any]) -> str:
                                 _met(t["met"])] for t in result["targets"]])]
     if result.get("skipped"):
         out += ["", f"Skipped to keep to the time budget: {', '.join(result['skipped'])}"]
+    if result.get("medians"):
+        out += ["", f"Medians of the repeats (--repeats {result.get('repeats', 1)}, servers "
+                    "alternating):", "", fmt_table(*median_rows(result["medians"]))]
     out += ["", footer(result)]
     return "\n".join(out)
+
+
+MEDIAN_KEYS = ("cpu_us_per_player_tick", "cpu_user_us_per_player_tick", "bytes_per_player",
+               "rss_mb")
+
+
+def median_figures(steps: List[Step], servers: Sequence[str]) -> List[Dict[str, Any]]:
+    """Per step of the plan (scenario, players, tick) and server: the median over its
+    repeats of CPU per player-tick and RSS per player; beside each of our other pollers,
+    its ratio to ours on the default poller (of the medians)."""
+    out: List[Dict[str, Any]] = []
+    keys = sorted({(s["scenario"], s["tick_ms"], s["players_target"]) for s in steps},
+                  key=lambda k: (SCENARIO_ORDER.get(k[0], 9), -k[1], k[2]))
+    for scenario, tick_ms, players in keys:
+        rows: Dict[str, Dict[str, Any]] = {}
+        for server in servers:
+            ok = [cast(Dict[str, Any], s["derived"]) for s in steps
+                  if (s["scenario"], s["tick_ms"], s["players_target"], s["server"])
+                  == (scenario, tick_ms, players, server) and s["derived"].get("ok")]
+            if not ok:
+                continue
+            row: Dict[str, Any] = {"scenario": scenario, "tick_ms": tick_ms,
+                                   "players": players, "server": server, "runs": len(ok)}
+            for key in MEDIAN_KEYS:
+                values = [d[key] for d in ok if d.get(key) is not None]
+                row[key] = median(values) if values else None
+            rows[server] = row
+        base = rows.get("ours")
+        for server, row in rows.items():
+            if base is not None and is_ours(server) and server != "ours":
+                for key in MEDIAN_KEYS:
+                    a, b = row[key], base[key]
+                    row[key + "_vs_ours"] = a / b if a is not None and b else None
+            out.append(row)
+    return out
+
+
+def median_rows(medians: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    headers = ["scenario", "players", "server", "runs", "CPU us / player-tick (user)",
+               "B / player", "RSS MB", "vs ours (default poller): CPU, RSS per player"]
+    rows = []
+    for m in medians:
+        vs = "-"
+        if "cpu_us_per_player_tick_vs_ours" in m:
+            vs = (f"{fmt(m['cpu_us_per_player_tick_vs_ours'], '.3f')}x, "
+                  f"{fmt(m['bytes_per_player_vs_ours'], '.3f')}x")
+        scenario = m["scenario"] if m["scenario"] != RATE else f"rate {m['tick_ms']} ms"
+        rows.append([scenario, str(m["players"]), LABELS[m["server"]], str(m["runs"]),
+                     f"{fmt(m['cpu_us_per_player_tick'], '.2f')} "
+                     f"({fmt(m['cpu_user_us_per_player_tick'], '.2f')})",
+                     fmt(m["bytes_per_player"], ".0f"), fmt(m["rss_mb"], ".1f"), vs])
+    return headers, rows
 
 
 def footer(result: Dict[str, Any]) -> str:
@@ -986,6 +1072,8 @@ def write_outputs(result: Dict[str, Any], args: argparse.Namespace,
                   log: Callable[[str], None]) -> None:
     servers = result["servers"]
     result["slopes"] = compute_slopes(result["steps"], servers)
+    if result.get("repeats", 1) > 1 or any(s != "ours" and is_ours(s) for s in servers):
+        result["medians"] = median_figures(result["steps"], servers)
     result["targets"] = check_targets(result["steps"], result["slopes"])
     panels = charts(result["steps"], servers)
     for path in (args.json, args.report, args.svg):
@@ -1033,6 +1121,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                     help="seconds the whole run may take (default 840)")
     ap.add_argument("--tick-ms", type=int, default=TICK_MS)
+    ap.add_argument("--pollers", default="", metavar="POLLER,...",
+                    help="run our server once per poller, side by side (e.g. epoll,selectors: "
+                         "--poller of serve; default: as shipped, "
+                         f"{DEFAULT_POLLER}); with --repeats, the medians table compares them")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each ladder and active step, the servers alternating and "
+                         "their order rotating (default 1); the report adds their medians")
     ap.add_argument("--ours-args", default="", metavar="ARGS",
                     help="more arguments for our server, e.g. '--coalesce-ms 0'")
     ap.add_argument("--ours-store", choices=("on", "off"), default="on",
@@ -1068,6 +1163,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(text, flush=True)
 
     servers: List[str] = list(dict.fromkeys(args.server))
+    if args.pollers:
+        pollers = [p.strip() for p in args.pollers.split(",") if p.strip()]
+        unknown = [p for p in pollers if p not in POLLERS]
+        if unknown or "ours" not in servers:
+            ap.error(f"--pollers takes {', '.join(POLLERS)} and needs --server ours"
+                     + (f" (not {', '.join(unknown)})" if unknown else ""))
+        if any(p != DEFAULT_POLLER for p in pollers):
+            LABELS["ours"] = f"netcore (ours, {DEFAULT_POLLER})"
+        at = servers.index("ours")
+        servers[at:at + 1] = [ours_kind(p) for p in dict.fromkeys(pollers)]
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     uv = uvloop_version()
     if "uvloop" in servers and uv is None:
         log("uvloop is not installed: skipping it (pip install uvloop, or '.[bench]')")
@@ -1076,7 +1183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log("no server to measure")
         return 2
     steps_plan = plan_steps(servers, args.ladder, args.active, args.tick_ms, args.tick_axis,
-                            args.tick_ladder)
+                            args.tick_ladder, args.repeats)
     if not steps_plan:
         log("nothing to run: the ladder is empty and --active is 0")
         return 2
@@ -1110,6 +1217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "hold_s": hold, "settle_s": settle, "budget_s": args.budget, "tick_ms": args.tick_ms,
         "estimate_s": round(estimate), "steps": [], "skipped": [], "slopes": {}, "targets": [],
         "tick_axis": args.tick_axis, "tick_ladder": args.tick_ladder, "not_run": [],
+        "repeats": args.repeats,
         "interrupted": None,
     }
     log(f"capacity: {', '.join(servers)}; ladder {args.ladder} idle-ish"
@@ -1159,6 +1267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"{plan.move_every:g} s, hold {step_hold:.1f} s")
             step = run_step(children, plan, step_hold, min(settle, step_hold / 4), plan.tick_ms,
                             ramp_timeout, args.probes, log)
+            step["repeat"] = plan.repeat
             result["steps"].append(step)
             d = step["derived"]
             if plan.scenario == RATE and not held(d):

@@ -83,6 +83,16 @@ HEADER = PAYLOAD.to_bytes(2, "big")
 PERIOD_S = 0.25
 SERVERS = ("c", "netcore", "node")
 LABELS = {"c": "C epoll (the floor)", "netcore": "netcore TCPServer", "node": "Node net"}
+# --pollers: the netcore server once per poller of its loop, side by side:
+# "netcore" on the default (epoll on Linux), "netcore-selectors" on a
+# selectors.DefaultSelector (EventLoop(poller="selectors")).
+POLLERS = ("epoll", "selectors")
+DEFAULT_POLLER = "epoll"
+LABELS["netcore-selectors"] = "netcore TCPServer (selectors)"
+
+
+def netcore_kind(poller: str) -> str:
+    return "netcore" if poller == DEFAULT_POLLER else f"netcore-{poller}"
 RSS_EVERY_S = 0.5
 
 
@@ -91,12 +101,12 @@ RSS_EVERY_S = 0.5
 # =============================================================================
 
 
-def serve_netcore(period: float) -> int:
+def serve_netcore(period: float, poller: Optional[str] = None) -> int:
     """The workload on netcore: ``TCPServer.broadcast`` from a fixed-rate ticker."""
     raise_nofile()
     from netcore import EventLoop, Handler, ServerConfig, TCPServer, Tick, encode_frame
 
-    loop = EventLoop()
+    loop = EventLoop(poller=poller)
     server = TCPServer(loop, Handler(), ServerConfig(hosts=[HOST], max_connections=100_000))
     server.listen()
     frame = encode_frame(b"x" * PAYLOAD)
@@ -220,8 +230,9 @@ def server_commands(servers: Sequence[str], build_dir: str, log: Any) -> Dict[st
             else:
                 cmds[kind] = [node, os.path.join(PEERS, "broadcast.js"), "0", period_ms]
         else:
+            poller = kind.split("-", 1)[1] if "-" in kind else DEFAULT_POLLER
             cmds[kind] = [sys.executable, os.path.abspath(__file__), "serve-netcore",
-                          "--period", str(PERIOD_S)]
+                          "--period", str(PERIOD_S), "--poller", poller]
     return cmds
 
 
@@ -393,6 +404,29 @@ def summarize(runs: List[Dict[str, Any]], servers: Sequence[str]) -> List[Dict[s
     return out
 
 
+def poller_lines(runs: List[Dict[str, Any]], servers: Sequence[str]) -> List[str]:
+    """For each netcore kind on another poller: its CPU per send and RSS per connection
+    against netcore on the default poller, the median of the per-repeat ratios."""
+    lines = []
+    for kind in servers:
+        if not kind.startswith("netcore-") or "netcore" not in servers:
+            continue
+        for count in sorted({r["count"] for r in runs}):
+            pairs: Dict[Any, Dict[str, Dict[str, Any]]] = {}
+            for r in runs:
+                if r["count"] == count and r["derived"]["ok"] and r["server"] in (kind, "netcore"):
+                    pairs.setdefault(r.get("repeat"), {})[r["server"]] = r["derived"]
+            cpu = [p[kind]["cpu_us_per_send"] / p["netcore"]["cpu_us_per_send"]
+                   for p in pairs.values() if len(p) == 2 and p["netcore"]["cpu_us_per_send"]]
+            rss = [p[kind]["rss_per_conn"] / p["netcore"]["rss_per_conn"]
+                   for p in pairs.values() if len(p) == 2 and p["netcore"]["rss_per_conn"]]
+            lines.append(f"{count} connections, {LABELS[kind]} / {LABELS['netcore']}: "
+                         f"CPU per send {ratio(median(cpu) if cpu else None, '.3f')}, "
+                         f"RSS per connection {ratio(median(rss) if rss else None, '.3f')} "
+                         f"(medians of {len(cpu)} per-repeat ratios)")
+    return lines
+
+
 def ratio(v: Optional[float], spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec) + "x"
 
@@ -437,6 +471,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = ap.add_subparsers(dest="role")
     srv = sub.add_parser("serve-netcore", help="(internal) the netcore server")
     srv.add_argument("--period", type=float, default=PERIOD_S)
+    srv.add_argument("--poller", choices=POLLERS, default=None)
     gen = sub.add_parser("load", help="(internal) one load generator process")
     gen.add_argument("--port", type=int, required=True)
     gen.add_argument("--count", type=int, required=True)
@@ -452,12 +487,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="connections per load-generator process (default 5000)")
     ap.add_argument("--servers", type=parse_servers, default=list(SERVERS),
                     help="c, netcore, node, or a comma list of them (default all three)")
+    ap.add_argument("--pollers", default="", metavar="POLLER,...",
+                    help="run the netcore server once per poller of its loop, side by side "
+                         "in the rotation (e.g. epoll,selectors; default: epoll only)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "floor.json"))
     ap.add_argument("--summarize", metavar="JSON", nargs="+",
                     help="run nothing: print the table of earlier runs (one or more --json files)")
     args = ap.parse_args(argv)
     if args.role == "serve-netcore":
-        return serve_netcore(args.period)
+        return serve_netcore(args.period, args.poller)
     if args.role == "load":
         return load(args.port, args.count)
 
@@ -469,10 +507,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(path) as f:
                 saved = json.load(f)
             log(table(summarize(saved["runs"], saved["servers"])))
+            for line in poller_lines(saved["runs"], saved["servers"]):
+                log(line)
             log(f"({path}: {saved['started']} to {saved.get('finished')}; {saved['command']})")
         return 0
     if args.hold <= 0 or args.repeats < 1 or args.per_proc < 1:
         ap.error("--hold, --repeats and --per-proc must be positive")
+    if args.pollers:
+        pollers = [p.strip() for p in args.pollers.split(",") if p.strip()]
+        if any(p not in POLLERS for p in pollers) or "netcore" not in args.servers:
+            ap.error(f"--pollers takes {', '.join(POLLERS)} and needs the netcore server")
+        at = args.servers.index("netcore")
+        args.servers[at:at + 1] = [netcore_kind(p) for p in dict.fromkeys(pollers)]
+        if any(p != DEFAULT_POLLER for p in pollers):
+            LABELS["netcore"] = f"netcore TCPServer ({DEFAULT_POLLER})"
     _server_cpus, load_cpus = cpu_sets()
     if load_cpus:
         os.sched_setaffinity(0, set(load_cpus))  # keep the driver off the server's CPU
@@ -528,6 +576,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     loads = ", ".join(f"{r['loadavg_before']}" for r in result["runs"])
     log("")
     log(table(result["summary"]))
+    for line in poller_lines(result["runs"], servers):
+        log(line)
     log("")
     log(f"Medians of {args.repeats} run(s) per row, {args.hold:g} s holds, servers' order "
         f"rotating; CPU per send = server utime + stime / frames received; RSS per conn = "

@@ -80,11 +80,15 @@ def objects_table(srv: Any) -> List[Tuple[str, float]]:
         key = sel.get_key(conn.fd)
         rows.append(("SelectorKey (selectors)", sys.getsizeof(key)))
         rows.append(("selector's fd->key dict, per entry", _deep_entry(sel._fd_to_key)))
-    elif isinstance(poller._handlers, dict):  # before the list by fd
-        rows.append(("epoll poller's fd->handler dict, per entry", _deep_entry(poller._handlers)))
     else:
-        rows.append(("epoll poller's handler list by fd, per player",
-                     sys.getsizeof(poller._handlers) / len(conns)))
+        by_fd = getattr(poller, "_data", None)  # netcore.poller's EpollPoller
+        if by_fd is None:  # the loop's own poller, before netcore.poller
+            by_fd = poller._handlers
+        if isinstance(by_fd, dict):  # before the list by fd
+            rows.append(("epoll poller's fd->handler dict, per entry", _deep_entry(by_fd)))
+        else:
+            rows.append(("epoll poller's handler list by fd, per player",
+                         sys.getsizeof(by_fd) / len(conns)))
     rows.append(("server.connections dict, per entry", _deep_entry(srv.front.net.connections)))
     rows.append(("game.players, per entry", _deep_entry(srv.world.game.players)))
     for name in ("_counted", "proxied", "_over_backlog"):

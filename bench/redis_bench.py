@@ -36,7 +36,7 @@ from procstat import Children, cpu_runtime, cpu_sets, free_port, machine, median
 from report import fmt_table  # noqa: E402
 
 from netcore.loop import EventLoop  # noqa: E402
-from netcore.redis import Pending, Redis, RedisAddress  # noqa: E402
+from netcore.redis import Pending, Redis, RedisAddress, RedisConfig  # noqa: E402
 from netcore.testing import run_until  # noqa: E402
 
 LOG_DIR = os.path.join(HERE, "results", "redis_bench-logs")
@@ -114,7 +114,7 @@ def main() -> None:
              "--appendonly", "no", "--dir", tmp], server_cpus, "redis-server")
         try:
             loop = EventLoop()
-            probe = Redis(loop, RedisAddress("127.0.0.1", port), backoff_max=0.1)
+            probe = Redis(loop, RedisAddress("127.0.0.1", port), RedisConfig(backoff_max=0.1))
             probe.start()
             run_until(loop, lambda: probe.ready, timeout=10)
             probe.close()

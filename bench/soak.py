@@ -81,6 +81,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import spelltraction as st  # noqa: E402
+from netcore import process  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
 from netcore.stats import percentile  # noqa: E402
 from procstat import (  # noqa: E402
@@ -233,7 +234,7 @@ def worker_main(params_json: str) -> None:
     """A bot process: plays until stdin closes (or "stop", or its deadline);
     "churn WAVE N" on stdin sends N of its bots away and back."""
     p = json.loads(params_json)
-    st.raise_nofile()
+    process.raise_nofile()
     bots = SoakBots(p)
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout

@@ -12,7 +12,9 @@ modules above it):
 - :mod:`netcore.digest`: SHA-1 without loading OpenSSL (saves ~3.5 MB of RSS).
 - :mod:`netcore.stats`: counters, histograms, percentiles.
 - :mod:`netcore.tick`: ``TickScheduler``, a fixed-rate tick that never drifts.
-- :mod:`netcore.loop`: ``EventLoop`` on ``selectors``, timers, signals.
+- :mod:`netcore.poller`: ``make_poller``: epoll driven directly (Linux,
+  edge-triggered where asked) or any ``selectors`` selector, one interface.
+- :mod:`netcore.loop`: ``EventLoop`` on a poller, timers, ticks, signals.
 - :mod:`netcore.framing`: ``FrameParser``, sans-IO u16-length-prefixed frames
   (``StreamFrames``: the same, one instance shared by all connections).
 - :mod:`netcore.http`: ``RequestParser``, sans-IO HTTP/1.1 request heads.
@@ -39,8 +41,13 @@ modules above it):
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
 - :mod:`netcore.process`: process plumbing: open-files limit, ``malloc_trim``,
   the two-signal shutdown.
+- :mod:`netcore.lease`: ``RedisLease``, one holder at a time with a fencing
+  epoch, on any link that runs Lua scripts.
 - :mod:`netcore.redis`: ``Redis`` and ``RedisSubscriber``, nonblocking
   commands, pipelining and pub/sub with AUTH and reconnects on the loop.
+- :mod:`netcore.hostcheck`: can this host hold N clients? Its limits, sysctls
+  and memory, one check per limit with its fix; a Redis probe (for a
+  command-line tool; a server never imports it).
 - :mod:`netcore.testing`: helpers for tests (run a loop until a condition,
   a bound listening socket); never needed at run time.
 """
@@ -63,6 +70,7 @@ from .framing import (
     encode_frame,
 )
 from .loop import EventLoop, LateTick, Readiness, Timer
+from .poller import Poller, make_poller
 from .ringbuffer import BufferFull, RingBuffer
 from .handler import Handler
 from .server import ServerConfig, TCPServer, bind_listeners
@@ -87,6 +95,7 @@ if TYPE_CHECKING:  # names for type checkers; at run time, built or imported on 
         Pending,
         Redis,
         RedisAddress,
+        RedisConfig,
         RedisError,
         RedisLease,
         RedisSubscriber,
@@ -99,7 +108,7 @@ if TYPE_CHECKING:  # names for type checkers; at run time, built or imported on 
 _LAZY = {
     **dict.fromkeys(("ClientConfig", "TCPClient"), "client"),  # outbound: a server needs none
     **dict.fromkeys(("CommandError", "ConnectionLost", "HandshakeError", "NotConnected",
-                     "Pending", "Redis", "RedisAddress", "RedisError", "RedisLease",
+                     "Pending", "Redis", "RedisAddress", "RedisConfig", "RedisError", "RedisLease",
                      "RedisSubscriber", "Script"), "redis"),
     **dict.fromkeys(("ReplyError", "RespParser", "RespProtocolError", "encode_command"),
                     "resp"),
@@ -148,10 +157,12 @@ __all__ = [
     "OversizeFrame",
     "Owner",
     "Pending",
+    "Poller",
     "ProtocolError",
     "Readiness",
     "Redis",
     "RedisAddress",
+    "RedisConfig",
     "RedisError",
     "RedisLease",
     "RedisSubscriber",
@@ -179,6 +190,7 @@ __all__ = [
     "close_code_for",
     "encode_command",
     "encode_frame",
+    "make_poller",
     "percentile",
     "websocket_client",
 ]

@@ -19,8 +19,8 @@ connect that succeeds calls ``handler.on_connect(conn)``; ``data`` given to
 
 Addresses are **numeric only** (``127.0.0.1``, ``::1``; ``localhost`` is
 taken as 127.0.0.1 then ::1): name resolution (``getaddrinfo``) blocks, and
-a loop must not. Resolve names before the loop runs, or in a thread, with
-:func:`resolve`. Where several addresses are given or implied, they are
+a loop must not. Resolve names before the loop runs with :func:`resolve`,
+or in a thread with :class:`Lookup`. Where several addresses are given or implied, they are
 tried in turn within the one timeout. TLS is not offered.
 """
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from .connection import CodecFactory
 
-__all__ = ["ClientConfig", "Connecting", "TCPClient", "resolve"]
+__all__ = ["ClientConfig", "Connecting", "Lookup", "TCPClient", "resolve"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,31 @@ def resolve(host: str, port: int, family: int = socket.AF_UNSPEC) -> List[Addres
         if addr not in seen:
             seen.append(addr)
     return seen
+
+
+class Lookup:
+    """:func:`resolve` in a thread of its own, so a loop (or a window) never waits on it.
+
+    Poll ``done`` (a ``threading.Event``); then ``addresses`` holds the
+    numeric addresses (``connect()`` takes them as its ``host``), or is empty
+    and ``error`` says why.
+    """
+
+    def __init__(self, host: str, port: int, family: int = socket.AF_UNSPEC) -> None:
+        import threading
+
+        self.addresses: List[Address] = []
+        self.error = ""
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(host, port, family), daemon=True,
+                         name=f"netcore-resolve-{host}").start()
+
+    def _run(self, host: str, port: int, family: int) -> None:
+        try:
+            self.addresses = resolve(host, port, family)
+        except (OSError, UnicodeError) as exc:
+            self.error = str(exc)
+        self.done.set()
 
 
 def _candidates(host: Union[str, Sequence[Address]], port: int) -> List[Tuple[int, Address]]:

@@ -2,9 +2,12 @@
 
 Each registered file object carries a handler with ``on_ready(mask)``; the
 loop does nothing per event but call it, so dispatch costs one method call.
-On Linux it polls ``select.epoll`` directly (one dict entry per socket, no
-``SelectorKey``); elsewhere, or when given one, whatever ``selectors``
-selector (kqueue on the BSDs and macOS, ``PollSelector``, ``SelectSelector``).
+The poller is :mod:`netcore.poller`'s: on Linux, by default, ``select.epoll``
+driven directly (a list slot per socket, no ``SelectorKey``; connections
+polled edge-triggered, which ``selectors`` cannot do); with
+``EventLoop(poller="selectors")``, elsewhere, or when given a selector, a
+``selectors`` selector (epoll level-triggered, kqueue on the BSDs and macOS,
+``PollSelector``, ``SelectSelector``).
 
 While busy it polls at most once per ``coalesce`` seconds (default 2 ms), so
 one poll collects what arrived meanwhile instead of waking up for each
@@ -40,26 +43,26 @@ import gc
 import heapq
 import itertools
 import logging
-import math
-import select
-import selectors
 import signal
 import socket
 import time
 from collections import deque
 
+from .poller import EVENT_READ, EVENT_WRITE, make_poller
 from .tick import Tick, TickScheduler
 from .typing_shim import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    import selectors
     from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-__all__ = ["DEFAULT_COALESCE", "EventLoop", "LateTick", "LoopTime", "Readiness", "Timer"]
+    from .poller import Poller
+
+__all__ = ["DEFAULT_COALESCE", "EVENT_READ", "EVENT_WRITE", "EventLoop", "LateTick", "LoopTime",
+           "Readiness", "Timer"]
 
 log = logging.getLogger(__name__)
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
 INF = float("inf")
 _FULL_IO_TIME = 1 << 62  # an io_round no iteration reaches: I/O keeps all of io_time
 # A poll (and coalescing pause) back later than its timeout by more than
@@ -76,21 +79,6 @@ DEFAULT_COALESCE = 0.002
 
 if TYPE_CHECKING:
     Ready = List[Tuple["Readiness", int]]
-
-_EPOLLIN = getattr(select, "EPOLLIN", 1)
-_EPOLLOUT = getattr(select, "EPOLLOUT", 4)
-_EPOLLET = getattr(select, "EPOLLET", 1 << 31)
-_EPOLLRDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
-# The peer hung up (FIN: RDHUP; RST or error: HUP, ERR). No further edge will
-# come for that, so an edge-triggered socket reporting it goes back to level
-# triggering: a read that returned the data before the FIN does not see the
-# EOF, and the next poll must report the socket again until it is closed.
-_HANGUP = _EPOLLRDHUP | getattr(select, "EPOLLHUP", 0x10) | getattr(select, "EPOLLERR", 0x8)
-
-def _epoll_mask(events: int) -> int:
-    """The level-triggered epoll mask for selectors' ``EVENT_READ``/``EVENT_WRITE``."""
-    return (_EPOLLIN if events & EVENT_READ else 0) | (_EPOLLOUT if events & EVENT_WRITE else 0)
-
 
 class Readiness:
     """What the loop calls when a registered file object is ready.
@@ -301,153 +289,6 @@ class _SignalReader(Readiness):
                 self.loop._dispatch_signal(signum)
 
 
-def _fileno(fileobj: Any) -> int:
-    fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-    if fd < 0:
-        raise ValueError(f"invalid file object {fileobj!r}")
-    return int(fd)
-
-
-class _SelectorPoller:
-    """A ``selectors`` selector, as the loop's poller (any platform, any selector)."""
-
-    __slots__ = ("selector",)
-
-    edge_triggered = False  # level-triggered only
-
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self.selector = selector
-
-    def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        self.selector.register(fileobj, events, handler)
-
-    def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        self.selector.modify(fileobj, events, handler)
-
-    def unregister(self, fileobj: Any) -> None:
-        self.selector.unregister(fileobj)
-
-    def poll(self, timeout: Optional[float]) -> Ready:
-        return [(key.data, mask) for key, mask in self.selector.select(timeout)]
-
-    def close(self) -> None:
-        self.selector.close()
-
-
-class _EpollPoller:
-    """``select.epoll`` with the handlers in a list indexed by fd.
-
-    Edge-triggered for handlers that ask for it (``Readiness.edge_triggered``:
-    connections): a level-triggered fd is put back on the kernel's ready
-    list after each event and polled once more at the next ``epoll_wait``,
-    a second ``tcp_poll`` per message read when every player moves.
-
-    What ``selectors.EpollSelector`` does, less what a server with tens of
-    thousands of idle sockets pays for: a ``SelectorKey`` tuple (and the fd
-    as a second int object) per socket, ~110 bytes, and a method call and
-    mask conversion per ready event. File descriptors are small and dense
-    (the kernel hands out the lowest free one), so a list slot per fd (8
-    bytes) holds the handler where a dict entry would cost ~30. Registered
-    events other than read-only (write interest: a backlog, a connect under
-    way) are kept in a side dict that stays small, to filter the
-    error/hangup bits as selectors does.
-    """
-
-    __slots__ = ("_epoll", "_handlers", "_count", "_events")
-
-    edge_triggered = True
-
-    def __init__(self) -> None:
-        self._epoll = select.epoll()
-        self._handlers: List[Optional[Readiness]] = []  # by fd; None: not registered
-        self._count = 0  # registered fds
-        self._events: Dict[int, int] = {}  # fd -> events, where not EVENT_READ
-
-    def register(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        self._set(fileobj, events, handler, new=True)
-
-    def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        self._set(fileobj, events, handler, new=False)
-
-    def _set(self, fileobj: Any, events: int, handler: Readiness, new: bool) -> None:
-        fd = _fileno(fileobj)
-        handlers = self._handlers
-        if (fd < len(handlers) and handlers[fd] is not None) == new:
-            state = "already" if new else "not"
-            raise KeyError(f"{fileobj!r} (fd {fd}) is {state} registered")
-        if not events or events & ~(EVENT_READ | EVENT_WRITE):
-            raise ValueError(f"invalid events: {events!r}")
-        mask = _epoll_mask(events)
-        if handler.edge_triggered:
-            mask |= _EPOLLET | _EPOLLRDHUP
-        if new:
-            self._epoll.register(fd, mask)
-            if fd >= len(handlers):  # grows in steps, as a list does
-                handlers.extend([None] * (fd + 1 - len(handlers)))
-            self._count += 1
-        else:
-            self._epoll.modify(fd, mask)
-        handlers[fd] = handler
-        if events != EVENT_READ:
-            self._events[fd] = events
-        else:
-            self._events.pop(fd, None)
-
-    def unregister(self, fileobj: Any) -> None:
-        fd = _fileno(fileobj)
-        handlers = self._handlers
-        if fd >= len(handlers) or handlers[fd] is None:
-            raise KeyError(f"{fileobj!r} (fd {fd}) is not registered")
-        handlers[fd] = None
-        self._count -= 1
-        self._events.pop(fd, None)
-        try:
-            self._epoll.unregister(fd)
-        except OSError:  # already closed: the kernel dropped it (as selectors does)
-            pass
-
-    def poll(self, timeout: Optional[float]) -> Ready:
-        if timeout is None:
-            wait = -1.0
-        elif timeout <= 0:
-            wait = 0.0
-        else:  # epoll counts in ms: round up, or a short wait would spin
-            wait = math.ceil(timeout * 1e3) * 1e-3
-        handlers = self._handlers
-        ready = self._epoll.poll(wait, max(self._count, 1))
-        out: Ready = []
-        append = out.append
-        for fd, ev in ready:
-            handler = handlers[fd]  # epoll reports registered fds only: in range
-            if handler is None:
-                continue
-            if ev == _EPOLLIN:
-                append((handler, EVENT_READ))
-                continue
-            events = self._events.get(fd, EVENT_READ)
-            if ev & _HANGUP and handler.edge_triggered:
-                self._level_triggered(fd, events)
-            mask = (EVENT_READ if ev & ~_EPOLLOUT else 0) | (
-                EVENT_WRITE if ev & ~_EPOLLIN else 0)
-            mask &= events
-            if mask:
-                append((handler, mask))
-        return out
-
-    def _level_triggered(self, fd: int, events: int) -> None:
-        """Poll ``fd`` level-triggered from now on (until a ``modify``): it hung up."""
-        try:
-            self._epoll.modify(fd, _epoll_mask(events))
-        except OSError:  # closed meanwhile: nothing left to report
-            pass
-
-    def close(self) -> None:
-        self._epoll.close()
-        self._handlers.clear()
-        self._count = 0
-        self._events.clear()
-
-
 class EventLoop:
     """One thread's event loop: I/O readiness, timers, fixed-rate ticks, signals.
 
@@ -465,10 +306,14 @@ class EventLoop:
         selector: Optional[selectors.BaseSelector] = None,
         clock: Callable[[], float] = time.monotonic,
         coalesce: float = DEFAULT_COALESCE,
+        poller: Optional[str] = None,
     ) -> None:
-        """``selector``: a ``selectors`` selector to poll with; by default
-        ``select.epoll`` directly where there is one (Linux), else
-        ``selectors.DefaultSelector()``.
+        """``poller``: ``"epoll"`` drives ``select.epoll`` directly (Linux;
+        connections are polled edge-triggered), ``"selectors"`` a plain
+        ``selectors.DefaultSelector()`` (level-triggered; any platform);
+        None, the default: epoll where there is one (see
+        :mod:`netcore.poller`). ``selector``: poll with this ``selectors``
+        selector instead (a ``"selectors"`` poller).
 
         ``coalesce``: while busy, poll at most once per this many seconds.
         After a poll that found something ready, the next one waits until
@@ -482,12 +327,7 @@ class EventLoop:
         """
         if coalesce < 0:
             raise ValueError("coalesce must be >= 0")
-        if selector is not None:
-            self.poller: Any = _SelectorPoller(selector)
-        elif hasattr(select, "epoll"):
-            self.poller = _EpollPoller()
-        else:  # pragma: no cover - kqueue, poll or select: not Linux
-            self.poller = _SelectorPoller(selectors.DefaultSelector())
+        self.poller: Poller = make_poller(poller, selector)
         self.clock = clock
         self.sleep: Callable[[float], None] = time.sleep  # the coalescing pause (tests swap it)
         self.coalesce = coalesce
@@ -573,10 +413,10 @@ class EventLoop:
         Passing the int fd the caller already holds (as ``Connection.fd``)
         rather than the socket spares the poller an int object per socket.
         """
-        self.poller.register(fileobj, events, handler)
+        self.poller.register(fileobj, events, handler, handler.edge_triggered)
 
     def modify(self, fileobj: Any, events: int, handler: Readiness) -> None:
-        self.poller.modify(fileobj, events, handler)
+        self.poller.modify(fileobj, events, handler, handler.edge_triggered)
 
     def unregister(self, fileobj: Any) -> None:
         self.poller.unregister(fileobj)
@@ -658,6 +498,24 @@ class EventLoop:
                 self.run_once(end - now)
         finally:
             self.running = False
+
+    def run_until(self, condition: Callable[[], object], timeout: float,
+                  step: float = 0.05) -> bool:
+        """Run until ``condition()`` is true or ``timeout`` seconds (wall time) pass.
+
+        For a short-lived tool that drives the loop itself (a probe, a test):
+        the condition is checked before each iteration, so it may already
+        hold, and each iteration waits at most ``step`` s for events (short,
+        when the condition depends on sockets the loop does not watch).
+        Returns whether the condition held.
+        """
+        deadline = time.monotonic() + timeout
+        while not condition():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.run_once(min(left, step))
+        return True
 
     def run_once(self, max_wait: Optional[float] = None) -> None:
         clock = self.clock

@@ -224,6 +224,8 @@ def add_loop_stats(exp: Exposition, loop: EventLoop, prefix: str) -> None:
                  {"waiting": spent.waiting, "io": spent.io, "timers": spent.timers,
                   "ticks": spent.ticks})
     exp.counter(f"{prefix}_loop_events_total", "Ready events the loop handled.", loop.events)
+    exp.gauge(f"{prefix}_loop_poller_info", "The poller the event loop runs on (always 1).", 1,
+              {"poller": loop.poller.name})
 
 
 class ProcessStats:

@@ -9,11 +9,14 @@
   shutdown from the loop (typically ``TCPServer.shutdown``, which drains);
   a second one ends the process at once, by that signal;
 - :func:`run_server`: all of it for a small server: listen, say where,
-  serve until a signal, drain, close.
+  serve until a signal, drain, close;
+- :func:`write_private_json`: a file only this user reads (tokens, keys),
+  replaced whole or not at all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -27,7 +30,8 @@ if TYPE_CHECKING:
     from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["ShutdownSignals", "die_by_signal", "map_large_blocks_apart", "raise_nofile",
-           "release_freed_memory", "release_freed_memory_every", "run_server"]
+           "release_freed_memory", "release_freed_memory_every", "run_server",
+           "write_private_json"]
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +203,23 @@ def run_server(server: TCPServer, grace: float = 2.0) -> None:
     finally:
         server.close()
         loop.close()
+
+
+def write_private_json(path: str, data: Any) -> None:
+    """Write ``data`` as JSON to ``path``, mode 0600, atomically.
+
+    A temporary file beside it (created 0600, never wider), flushed to disk,
+    then renamed over ``path``: a reader sees the old file or the new one,
+    never half of one, even if this process dies in between.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

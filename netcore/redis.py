@@ -7,6 +7,9 @@ No thread, no blocking call, no dependency: the RESP codec is
 Two kinds of connection, as Redis itself requires (a subscribed connection
 can do nothing else):
 
+Both take a :class:`RedisConfig` (a name, timeouts, backoff, limits,
+keepalive), as every netcore server and client takes its ``*Config``.
+
 - :class:`Redis` sends commands. ``execute()`` returns a :class:`Pending`
   at once and calls its callback when the reply comes; commands issued in
   one loop iteration leave in one write (pipelining for free), and replies
@@ -18,7 +21,7 @@ Both ride on a :class:`~netcore.client.TCPClient` of their own (one
 :class:`~netcore.connection.Connection` at a time, whose codec parses RESP)
 and connect in the background and never give up: a refused, failed or
 lost connection is retried with exponential backoff (with jitter) up to
-``backoff_max`` seconds, forever, until ``close()``. Each (re)connection
+``RedisConfig.backoff_max`` seconds, forever, until ``close()``. Each (re)connection
 does ``AUTH`` (with the ACL username if there is one), ``SELECT`` and, for a
 subscriber, re-subscribes to everything (at the least a ``PING``: ready
 means the server answered), and only then calls ``on_ready()``:
@@ -29,15 +32,15 @@ or may not have run). A Redis error reply is a :class:`~netcore.resp.ReplyError`
 value in the pending's ``reply``; ``result()`` raises it as :class:`CommandError`.
 
 A server that stops answering without closing (a frozen process, a
-machine gone from the network) is noticed with ``ping_interval``: a PING
+machine gone from the network) is noticed with ``RedisConfig.ping_interval``: a PING
 every so often, and a connection whose previous PING is still unanswered
 is dropped and retried. Leave it off (the default) on a connection that
 runs blocking commands (``BLPOP``) longer than the interval.
 
 Lua scripts (:meth:`Redis.script`, :meth:`Redis.run`) run by SHA-1 and are
-loaded again on every connection; :class:`RedisLease` builds on them a
-lease with a fencing epoch (one holder at a time, e.g. one game authority
-per world).
+loaded again on every connection; :class:`~netcore.lease.RedisLease`
+(imported here too) builds on them a lease with a fencing epoch (one holder
+at a time, e.g. one game authority per world).
 
 Addresses come from :meth:`RedisAddress.from_url`
 (``redis://[user:password@]host:port[/db]``); the password may come from a
@@ -61,20 +64,21 @@ from urllib.parse import unquote, urlsplit
 from .client import ClientConfig, TCPClient
 from .codec import PlainOutput, ProtocolError
 from .connection import CloseReason, Connection
-from .digest import sha1
 from .handler import Handler
 from .loop import EventLoop, Timer
-from .resp import ReplyError, RespParser, RespProtocolError, encode_command
-from .typing_shim import TYPE_CHECKING
+from .lease import FENCE, RedisLease  # re-exported: they were defined here
+from .resp import ReplyError, RespParser, RespProtocolError, Script, encode_command
+from .typing_shim import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+    from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
     from .resp import Arg, Reply
     from .ringbuffer import BytesLike
 
 __all__ = [
     "DEFAULT_PORT",
+    "FENCE",
     "CommandError",
     "ConnectionLost",
     "HandshakeError",
@@ -83,6 +87,7 @@ __all__ = [
     "Redis",
     "RedisAddress",
     "RedisError",
+    "RedisConfig",
     "RedisLease",
     "RedisSubscriber",
     "Script",
@@ -334,6 +339,57 @@ if TYPE_CHECKING:
     Callback = Callable[[Pending], None]
 
 
+# -- settings ------------------------------------------------------------------
+
+
+class RedisConfig(NamedTuple):
+    """How a :class:`Redis` or :class:`RedisSubscriber` connects, waits and reconnects.
+
+    ``name``: sent as ``CLIENT SETNAME`` (what ``CLIENT LIST`` shows);
+    ``connect_timeout``: seconds for one connection attempt; a failed or
+    lost connection is retried after ``backoff_min`` seconds, doubling up
+    to ``backoff_max`` (with jitter), forever; ``max_bulk``: the largest
+    bulk reply accepted (None: Redis' own 512 MB); ``max_output``: commands
+    queued unsent past which the connection is dropped; ``ping_interval``:
+    a PING every so many seconds, the link dropped when the previous one is
+    still unanswered (None: off; leave it off for blocking commands).
+    Checked when a link takes it (ValueError).
+    """
+
+    name: Optional[str] = None
+    connect_timeout: float = 5.0
+    backoff_min: float = 0.05
+    backoff_max: float = 5.0
+    max_bulk: Optional[int] = None
+    max_output: int = 64 << 20
+    ping_interval: Optional[float] = None
+
+    def checked(self) -> "RedisConfig":
+        """This config, if its values make sense; else ValueError saying which does not."""
+        if self.connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+        if not 0 < self.backoff_min <= self.backoff_max:
+            raise ValueError("need 0 < backoff_min <= backoff_max")
+        if self.ping_interval is not None and self.ping_interval <= 0:
+            raise ValueError("ping_interval must be positive (None: off)")
+        return self
+
+
+def _config(cls: str, config: Optional[RedisConfig], deprecated: Dict[str, Any],
+            stacklevel: int = 3) -> RedisConfig:
+    """``config``, or one made of the keywords the links took before RedisConfig (warned)."""
+    if not deprecated:
+        return (config if config is not None else RedisConfig()).checked()
+    if config is not None:
+        raise TypeError(f"{cls}: give config=RedisConfig(...) or the old keywords, not both")
+    import warnings
+
+    warnings.warn(f"{cls}(..., {', '.join(f'{k}=' for k in deprecated)}) is deprecated and "
+                  f"goes in the next release: pass config=RedisConfig(...)",
+                  DeprecationWarning, stacklevel=stacklevel)
+    return RedisConfig(**deprecated).checked()  # an unknown keyword: TypeError, as before
+
+
 # -- the shared connection machinery -----------------------------------------
 
 IDLE, CONNECTING, HANDSHAKE, READY, WAITING, CLOSED = range(6)
@@ -351,34 +407,26 @@ class _Link:
         self,
         loop: EventLoop,
         address: RedisAddress,
+        config: Optional[RedisConfig] = None,
         *,
-        name: Optional[str] = None,
         on_ready: Optional[Callable[[], None]] = None,
         on_lost: Optional[Callable[[str], None]] = None,
         on_error: Optional[Callable[[RedisError], None]] = None,
-        connect_timeout: float = 5.0,
-        backoff_min: float = 0.05,
-        backoff_max: float = 5.0,
-        max_bulk: Optional[int] = None,
-        max_output: int = 64 << 20,
-        ping_interval: Optional[float] = None,
+        **deprecated: Any,
     ) -> None:
         if not _is_numeric(address.host):
             raise ValueError(
                 f"{address.host!r} is not a numeric address: use address.resolve() "
                 "before the loop runs (name resolution blocks)"
             )
+        config = _config(type(self).__name__, config, deprecated)
         self.loop = loop
         self.address = address
-        self.name = name
+        self.config = config
+        self.name = config.name
         self.on_ready = on_ready
         self.on_lost = on_lost
         self.on_error = on_error
-        self.connect_timeout = connect_timeout
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
-        self.max_bulk = max_bulk
-        self.ping_interval = ping_interval
         self._ping: Optional[Pending] = None
         self._scripts: Dict[str, Script] = {}  # by SHA-1; loaded on every connection
         self.state = IDLE
@@ -386,10 +434,10 @@ class _Link:
             loop,
             _LinkEvents(self),
             ClientConfig(
-                max_output=max_output,
-                high_water=max_output // 2,
-                low_water=max_output // 4,
-                connect_timeout=connect_timeout,
+                max_output=config.max_output,
+                high_water=config.max_output // 2,
+                low_water=config.max_output // 4,
+                connect_timeout=config.connect_timeout,
                 recv_buffer=256 << 10,
             ),
         )
@@ -470,7 +518,8 @@ class _Link:
         self._generation += 1
         generation = self._generation
         self._out = []
-        parser = RespParser(max_bulk=self.max_bulk) if self.max_bulk else RespParser()
+        max_bulk = self.config.max_bulk
+        parser = RespParser(max_bulk=max_bulk) if max_bulk else RespParser()
         self._client.connect(
             self.address.host,
             self.address.port,
@@ -527,16 +576,18 @@ class _Link:
         if self._failures:
             log.info("redis %s: connected again", self.address.url())
         self._failures = 0
-        if self.ping_interval:
+        interval = self.config.ping_interval
+        if interval:
             self._ping = None
             generation = self._generation
-            self.loop.call_later(self.ping_interval, lambda: self._keepalive(generation))
+            self.loop.call_later(interval, lambda: self._keepalive(generation))
         if self.on_ready is not None:
             self._call(self.on_ready)
 
     def _keepalive(self, generation: int, judging: bool = False) -> None:
         """Every ``ping_interval``: PING; the last one still unanswered means a dead link."""
-        if generation != self._generation or self.state != READY or not self.ping_interval:
+        interval = self.config.ping_interval
+        if generation != self._generation or self.state != READY or not interval:
             return
         if self._ping is not None and not self._ping.done:
             if not judging:
@@ -545,12 +596,12 @@ class _Link:
                 # unread in the socket. Judge once this turn's reading is done.
                 self.loop.call_soon(lambda: self._keepalive(generation, True))
                 return
-            error = RedisError(f"no reply to PING within {self.ping_interval:g}s")
+            error = RedisError(f"no reply to PING within {interval:g}s")
             self._report(error)
             self._drop(str(error))
             return
         self._ping = self._send(("PING",), None)
-        self.loop.call_later(self.ping_interval, lambda: self._keepalive(generation))
+        self.loop.call_later(interval, lambda: self._keepalive(generation))
 
     def _bad_reply(self, generation: int, exc: ProtocolError) -> None:
         if generation == self._generation:
@@ -611,7 +662,9 @@ class _Link:
 
     def _next_delay(self) -> float:
         self._failures += 1
-        ceiling = min(self.backoff_max, self.backoff_min * float(1 << min(self._failures - 1, 30)))
+        config = self.config
+        ceiling = min(config.backoff_max,
+                      config.backoff_min * float(1 << min(self._failures - 1, 30)))
         return ceiling * (0.5 + 0.5 * random.random())
 
     def _fail_pending(self, error: RedisError) -> None:
@@ -725,22 +778,6 @@ class _LinkEvents(Handler):
 # -- commands ------------------------------------------------------------------
 
 
-class Script:
-    """A Lua script that Redis runs by its SHA-1 (``EVALSHA``).
-
-    Make one with :meth:`Redis.script`, run it with :meth:`Redis.run`.
-    """
-
-    __slots__ = ("source", "sha")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = sha1(source.encode("utf-8")).hexdigest()
-
-    def __repr__(self) -> str:
-        return f"<Script {self.sha[:12]}>"
-
-
 class Redis(_Link):
     """A command connection; see the module docstring.
 
@@ -835,173 +872,6 @@ class Redis(_Link):
         return self._send(("EXEC",), callback)
 
 
-# -- a lease with a fencing epoch ------------------------------------------------
-
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and not (ARGV[4] == '1' and string.sub(holder, (string.find(holder, ':') or 0) + 1) == ARGV[1]) then
-  return {0, holder, redis.call('PTTL', KEYS[1])}
-end
-local epoch = redis.call('INCR', KEYS[2])
-if epoch <= tonumber(ARGV[3]) then
-  epoch = tonumber(ARGV[3]) + 1
-  redis.call('SET', KEYS[2], epoch)
-end
-local token = epoch .. ':' .. ARGV[1]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-return {1, token, tonumber(ARGV[2])}
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-FENCE = """if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED the lease ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
-end
-"""
-"""Lua to put first in a holder's write scripts: ``KEYS[1]`` the lease key,
-``ARGV[1]`` the holder's token. A write from a holder whose lease expired
-(a process that was paused, then woke up) fails with a ``FENCED`` error."""
-
-
-class RedisLease:
-    """One holder at a time for ``key``, renewed while held, fenced by an epoch.
-
-    ``acquire(callback)`` tries once: ``callback(True, token)`` if this
-    holder got it, else ``callback(False, holder_token)`` (then
-    ``remaining`` says for how many seconds the other holds it). The token
-    is ``"<epoch>:<owner>"``; the epoch (``INCR`` of ``key:epoch``) grows
-    with every acquisition, so writes can be ordered and an old holder told
-    from a new one. While held, the lease is renewed every ``ttl / 3``.
-
-    ``valid()`` is this side's view: held and renewed less than ``ttl`` ago
-    (counting from when the renewal was *sent*), so a process that was
-    paused longer than ``ttl`` sees it lost before it acts. Writes that must
-    never come from an old holder check the token in Redis itself: put
-    :data:`FENCE` first in their script. ``on_lost(reason)`` is called once
-    when a held lease is lost (taken over, expired, released).
-
-    The epoch counter lives in Redis: a Redis that lost its data (no
-    persistence) would count again from 1. An owner that keeps the last
-    epoch it held elsewhere sets ``min_epoch`` to it, and the next epoch is
-    above it whatever Redis remembers.
-    """
-
-    def __init__(
-        self,
-        redis: Redis,
-        key: str,
-        owner: str,
-        ttl: float = 10.0,
-        on_lost: Optional[Callable[[str], None]] = None,
-    ) -> None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
-        self.redis, self.key, self.owner = redis, key, owner
-        self.ttl = ttl
-        self.token: Optional[str] = None
-        self.on_lost = on_lost
-        self.remaining = 0.0  # seconds another holder keeps it (after a refused acquire)
-        self.min_epoch = 0
-        self._valid_until = 0.0
-        self._generation = 0  # bumps when a holding ends, so old timers stop
-        self._acquire = redis.script(_ACQUIRE)
-        self._renew = redis.script(_RENEW)
-        self._release = redis.script(_RELEASE)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch of the lease this side holds (0 when it holds none)."""
-        return int(self.token.split(":", 1)[0]) if self.token else 0
-
-    def valid(self) -> bool:
-        return self.token is not None and self.redis.loop.time() < self._valid_until
-
-    def acquire(self, callback: Callable[[bool, str], None], reclaim: bool = False) -> None:
-        """Try once; ``callback(got, token)``. ``reclaim``: a lease held under
-        this same ``owner`` is taken over at once (with a new epoch) instead
-        of refused: for an owner that knows its previous incarnation is dead
-        (it holds a lock that one held), restarting without waiting out the ttl.
-        """
-        if self.token is not None:
-            raise RuntimeError("the lease is already held")
-        sent = self.redis.loop.time()
-        ms = max(1, int(self.ttl * 1000))
-
-        def answered(pending: Pending) -> None:
-            reply = pending.reply
-            if not pending.ok or not isinstance(reply, list) or len(reply) != 3:
-                callback(False, str(pending.error or reply))
-                return
-            got, token, pttl = reply
-            token_text = token.decode("utf-8", "replace") if isinstance(token, bytes) else ""
-            if got == 1:
-                self.token = token_text
-                self._valid_until = sent + self.ttl
-                self._generation += 1
-                self._schedule(self._generation)
-                callback(True, token_text)
-            else:
-                self.remaining = max(0.0, pttl / 1000) if isinstance(pttl, int) else 0.0
-                callback(False, token_text)
-
-        self.redis.run(self._acquire, (self.key, self.key + ":epoch"),
-                       (self.owner, ms, self.min_epoch, 1 if reclaim else 0), answered)
-
-    def release(self) -> None:
-        """Give the lease up (deleted in Redis only if still ours)."""
-        token = self.token
-        if token is None:
-            return
-        if self.redis.ready:
-            self.redis.run(self._release, (self.key,), (token,))
-        self._lose("released")
-
-    def fenced(self, source: str) -> Script:
-        """Register ``source`` with :data:`FENCE` in front (KEYS[1] = the key, ARGV[1] = the token)."""
-        return self.redis.script(FENCE + source)
-
-    def _schedule(self, generation: int) -> None:
-        self.redis.loop.call_later(self.ttl / 3, lambda: self._tick(generation))
-
-    def _tick(self, generation: int) -> None:
-        if generation != self._generation or self.token is None:
-            return
-        now = self.redis.loop.time()
-        if now >= self._valid_until:
-            self._lose(f"not renewed for {self.ttl:g}s")
-            return
-        if self.redis.ready:
-            token = self.token
-
-            def renewed(pending: Pending) -> None:
-                if generation != self._generation:
-                    return
-                if pending.ok and pending.reply == 1:
-                    self._valid_until = max(self._valid_until, now + self.ttl)
-                elif pending.ok:
-                    self._lose("taken over")
-                # A lost connection: try again next time; valid() runs out meanwhile.
-
-            self.redis.run(self._renew, (self.key,), (token, max(1, int(self.ttl * 1000))), renewed)
-        self._schedule(generation)
-
-    def _lose(self, reason: str) -> None:
-        self.token = None
-        self._valid_until = 0.0
-        self._generation += 1
-        if self.on_lost is not None:
-            try:
-                self.on_lost(reason)
-            except Exception:  # noqa: BLE001 - the owner's bug must not stop the loop
-                log.exception("redis lease %s: on_lost failed", self.key)
-
-
 # -- pub/sub --------------------------------------------------------------------
 
 _PUSH_KINDS = {
@@ -1042,33 +912,16 @@ class RedisSubscriber(_Link):
         loop: EventLoop,
         address: RedisAddress,
         on_message: Callable[[bytes, bytes], None],
+        config: Optional[RedisConfig] = None,
         *,
         on_pmessage: Optional[Callable[[bytes, bytes, bytes], None]] = None,
-        name: Optional[str] = None,
         on_ready: Optional[Callable[[], None]] = None,
         on_lost: Optional[Callable[[str], None]] = None,
         on_error: Optional[Callable[[RedisError], None]] = None,
-        connect_timeout: float = 5.0,
-        backoff_min: float = 0.05,
-        backoff_max: float = 5.0,
-        max_bulk: Optional[int] = None,
-        max_output: int = 64 << 20,
-        ping_interval: Optional[float] = None,
+        **deprecated: Any,
     ) -> None:
-        super().__init__(
-            loop,
-            address,
-            name=name,
-            on_ready=on_ready,
-            on_lost=on_lost,
-            on_error=on_error,
-            connect_timeout=connect_timeout,
-            backoff_min=backoff_min,
-            backoff_max=backoff_max,
-            max_bulk=max_bulk,
-            max_output=max_output,
-            ping_interval=ping_interval,
-        )
+        super().__init__(loop, address, _config("RedisSubscriber", config, deprecated),
+                         on_ready=on_ready, on_lost=on_lost, on_error=on_error)
         self.on_message = on_message
         self.on_pmessage = on_pmessage
         self.channels: Set[bytes] = set()

@@ -27,11 +27,15 @@ byte stream is no longer in step and must be closed.
 
 RESP3 is not spoken (the client never sends ``HELLO 3``); its type bytes
 are reported as an error naming the type.
+
+A :class:`Script` is a Lua script as Redis names it: its source and the
+SHA-1 that ``EVALSHA`` sends.
 """
 
 from __future__ import annotations
 
 from .codec import ProtocolError
+from .digest import sha1
 from .typing_shim import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,6 +50,7 @@ __all__ = [
     "ReplyError",
     "RespParser",
     "RespProtocolError",
+    "Script",
     "encode_command",
     "encode_commands",
     "encode_reply",
@@ -404,3 +409,20 @@ class RespParser:
         if not _INT64_MIN <= number <= _INT64_MAX:
             raise self._fail(f"{what} {number} is out of range", pos)
         return number
+
+
+class Script:
+    """A Lua script that Redis runs by its SHA-1 (``EVALSHA``).
+
+    Make one with :meth:`netcore.redis.Redis.script`, run it with
+    :meth:`netcore.redis.Redis.run`.
+    """
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = sha1(source.encode("utf-8")).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"<Script {self.sha[:12]}>"

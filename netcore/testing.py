@@ -51,13 +51,9 @@ def run_until(loop: EventLoop, condition: Callable[[], object], timeout: float =
     short when the condition depends on sockets the loop does not watch (a
     test's client read in the same thread).
     """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            named = what() if callable(what) else what
-            raise AssertionError(f"not within {timeout:g} s: {named or condition!r}")
-        loop.run_once(min(left, step))
+    if not loop.run_until(condition, timeout, step):
+        named = what() if callable(what) else what
+        raise AssertionError(f"not within {timeout:g} s: {named or condition!r}")
 
 
 def bound_socket(host: str = "127.0.0.1", backlog: int = 128,

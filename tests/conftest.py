@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import shutil
 import socket
 from types import ModuleType
@@ -231,14 +232,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # -- game fixtures (import the game lazily) ---------------------------------------------------
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module marked ``both_pollers`` runs each harness test on each poller the loop has."""
+    if ("poller" in metafunc.fixturenames
+            and metafunc.definition.get_closest_marker("both_pollers") is not None):
+        from netcore.poller import POLLERS
+
+        metafunc.parametrize("poller", [
+            pytest.param(kind, marks=pytest.mark.skipif(
+                kind == "epoll" and not hasattr(select, "epoll"), reason="epoll is Linux-only"))
+            for kind in POLLERS])
+
+
 @pytest.fixture
-def make_harness() -> Iterator[Callable[..., Any]]:
+def poller() -> Optional[str]:
+    """The harness's poller (None: the default); see pytest_generate_tests."""
+    return None
+
+
+@pytest.fixture
+def make_harness(poller: Optional[str]) -> Iterator[Callable[..., Any]]:
     """``make_harness(tick_ms=20, **ServerOptions)``: game servers closed after the test."""
     from gamekit import Harness
 
     made: List[Harness] = []
 
     def make(**opts: Any) -> Harness:
+        if poller is not None:
+            opts.setdefault("poller", poller)
         made.append(Harness(**opts))
         return made[-1]
 

@@ -141,6 +141,7 @@ class FakeFront(st.FrontSide):
         self.told.append("send")
 
     def drop(self, peer: object, code: int, text: str, reason: str) -> None:
+        assert code in st.WS_CLOSE_CODES, code  # the real Front answers every ERROR code
         self.told.append("drop")
 
     def tick(self, shared: bytes, nframes: int, news: bytes, yous: List[Tuple[object, bytes]],

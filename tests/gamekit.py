@@ -6,7 +6,7 @@ from typing import List
 
 import spelltraction as st
 from conftest import LoopClient, run_until
-from netcore import EventLoop, FrameParser
+from netcore import FrameParser
 
 
 #: How long one turn of the loop may wait while a test's own sockets (which the
@@ -16,11 +16,15 @@ STEP = 0.005
 
 class Harness:
     """A ``GameServer`` on 127.0.0.1 (an ephemeral port) and its loop; use the
-    ``h``/``make_harness`` fixtures, which close it after the test."""
+    ``h``/``make_harness`` fixtures, which close it after the test.
+
+    The loop is the one ``serve`` makes (``st.make_loop``): ``poller="selectors"``
+    runs it on a ``selectors`` selector instead of epoll (the ``poller`` fixture
+    runs a test module marked ``both_pollers`` on each)."""
 
     def __init__(self, tick_ms=20, **opts):
-        self.loop = EventLoop()
         options = st.ServerOptions(host="127.0.0.1", port=0, tick_ms=tick_ms, seed=1, **opts)
+        self.loop = st.make_loop(options)
         self.server = st.GameServer(self.loop, options)
         self.server.start()
         self.port = self.server.front.net.port

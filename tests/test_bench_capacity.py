@@ -179,3 +179,29 @@ def test_tick_rate_axis_runs_each_period_and_reports_the_most_players_held(tmp_p
     assert "| 100 ms (10 Hz) | netcore (ours) |" in md and "| 50 ms (20 Hz) | netcore (ours) |" in md
     assert "| rate 100 ms | 100 | netcore (ours) |" in md
     assert "Tick-rate axis" in (tmp_path / "report.html").read_text()
+
+
+def test_pollers_run_our_server_on_each_poller_and_report_their_medians(tmp_path):
+    """--pollers epoll,selectors --repeats 2: our server on each poller, alternating, and
+    a table of the medians with selectors against epoll."""
+    result = subprocess.run(
+        [sys.executable, CAPACITY, "--server", "ours", "--pollers", "epoll,selectors",
+         "--ladder", "none", "--active", "100", "--repeats", "2", "--hold", "2",
+         *outputs(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert data["servers"] == ["ours", "ours-selectors"] and data["repeats"] == 2
+    steps = data["steps"]
+    assert [(s["server"], s["repeat"]) for s in steps] == [
+        ("ours", 0), ("ours-selectors", 0), ("ours-selectors", 1), ("ours", 1)]
+    for s in steps:
+        assert s["errors"] == [] and s["derived"]["ok"], s["errors"]
+    medians = {m["server"]: m for m in data["medians"]}
+    assert medians["ours"]["runs"] == medians["ours-selectors"]["runs"] == 2
+    assert isinstance(medians["ours-selectors"]["cpu_us_per_player_tick_vs_ours"], float)
+    md = (tmp_path / "capacity.md").read_text()
+    assert "Medians of the repeats (--repeats 2" in md
+    assert "| active | 100 | netcore (ours, selectors) | 2 |" in md
+    assert process_groups_alive({pid for s in steps for pid in s["pids"]}) == []

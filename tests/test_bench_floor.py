@@ -77,3 +77,29 @@ def test_smoke_every_server_present_delivers_whole_frames(tmp_path):
     for run in data["runs"]:
         pgids.update(run.get("pids", []))
     assert process_groups_alive(pgids) == []
+
+
+def test_pollers_runs_the_netcore_server_on_each_poller_alternating(tmp_path):
+    """--pollers epoll,selectors: two netcore servers in the rotation, the medians compared."""
+    out = tmp_path / "floor.json"
+    result = subprocess.run(
+        [sys.executable, FLOOR, "--servers", "netcore", "--pollers", "epoll,selectors",
+         "--count", "40", "--hold", "2", "--repeats", "2", "--settle", "0.5",
+         "--per-proc", "40", "--json", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["servers"] == ["netcore", "netcore-selectors"]
+    assert [r["server"] for r in data["runs"]] == [
+        "netcore", "netcore-selectors", "netcore-selectors", "netcore"], "alternating"
+    for run in data["runs"]:
+        assert run["errors"] == [] and run["derived"]["ok"], run["errors"]
+        assert run["derived"]["bad_frames"] == 0 and run["derived"]["per_conn_min"] >= 1
+    assert {s["server"]: s["repeats"] for s in data["summary"]} == {
+        "netcore": 2, "netcore-selectors": 2}
+    # 40 connections for 2 s may cost no 10 ms CPU tick, and then there is no ratio ("-")
+    assert re.search(r"40 connections, netcore TCPServer \(selectors\) / netcore TCPServer "
+                     r"\(epoll\): CPU per send (-|[\d.]+x), RSS per connection (-|-?[\d.]+x) "
+                     r"\(medians of [012] per-repeat ratios\)", result.stdout), result.stdout[-2000:]
+    assert process_groups_alive({pid for r in data["runs"] for pid in r["pids"]}) == []

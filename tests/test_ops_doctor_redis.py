@@ -7,6 +7,7 @@ import os
 import pytest
 
 import spelltraction as st
+from netcore.hostcheck import BLOCK, RedisProbe
 from netcore.redis import RedisAddress
 from redisproc import RedisServer, free_port
 
@@ -23,7 +24,7 @@ def statuses(checks):
 
 
 def test_a_well_configured_fast_redis_is_ok():
-    probe = st.RedisProbe("", (0.1, 0.2, 0.3), "7.0.15", GOOD_CONFIG)
+    probe = RedisProbe("", (0.1, 0.2, 0.3), "7.0.15", GOOD_CONFIG)
     checks = st.redis_checks(probe, ADDRESS)
     assert statuses(checks) == {"Redis reachable": "ok", "Redis latency": "ok",
                                 "Redis maxmemory-policy": "ok"}
@@ -31,20 +32,20 @@ def test_a_well_configured_fast_redis_is_ok():
 
 
 def test_unreachable_blocks_and_says_what_to_look_at():
-    (check,) = st.redis_checks(st.RedisProbe("connect: Connection refused"), ADDRESS)
-    assert check.status == st.BLOCK and "Connection refused" in check.current
+    (check,) = st.redis_checks(RedisProbe("connect: Connection refused"), ADDRESS)
+    assert check.status == BLOCK and "Connection refused" in check.current
     assert "--redis-password-file" in check.why and check.fixes
 
 
 @pytest.mark.parametrize("probe,name,status", [
-    (st.RedisProbe("", (0.1, 3.0, 3.0), "7.0", GOOD_CONFIG), "Redis latency", "warn"),
-    (st.RedisProbe("", (0.1, 0.1, 25.0), "7.0", GOOD_CONFIG), "Redis latency", "warn"),
-    (st.RedisProbe("", (0.1,), "5.0.7", GOOD_CONFIG), "Redis version", "warn"),
-    (st.RedisProbe("", (0.1,), "7.0", (("maxmemory-policy", "allkeys-lru"),)),
+    (RedisProbe("", (0.1, 3.0, 3.0), "7.0", GOOD_CONFIG), "Redis latency", "warn"),
+    (RedisProbe("", (0.1, 0.1, 25.0), "7.0", GOOD_CONFIG), "Redis latency", "warn"),
+    (RedisProbe("", (0.1,), "5.0.7", GOOD_CONFIG), "Redis version", "warn"),
+    (RedisProbe("", (0.1,), "7.0", (("maxmemory-policy", "allkeys-lru"),)),
      "Redis maxmemory-policy", "warn"),
-    (st.RedisProbe("", (0.1,), "7.0", (("!maxmemory-policy", "NOPERM"),)),
+    (RedisProbe("", (0.1,), "7.0", (("!maxmemory-policy", "NOPERM"),)),
      "Redis maxmemory-policy", "warn"),
-    (st.RedisProbe("", (0.1,), "7.0", (("maxmemory-policy", "noeviction"),
+    (RedisProbe("", (0.1,), "7.0", (("maxmemory-policy", "noeviction"),
                                        ("client-output-buffer-limit", "pubsub 1048576 0 0"))),
      "Redis pub/sub output buffer", "warn"),
 ])

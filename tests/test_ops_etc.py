@@ -16,6 +16,7 @@ import pytest
 
 import spelltraction as st
 from conftest import require, require_tool
+from netcore.hostcheck import HOST_SYSCTLS
 from serverproc import ROOT, ServerProcess, Spawned, stop_process
 
 ETC = os.path.join(ROOT, "etc")
@@ -96,7 +97,7 @@ def test_sysctl_file_drops_the_obsolete_and_explains_every_seed_line():
 def test_a_host_with_the_sysctl_file_passes_doctor_for_50000(tmp_path):
     """Apply the file to a fake /proc/sys built from this machine's values."""
     settings = {key: value for key, value, _, _ in parse_sysctl(open(SYSCTL).read())}
-    for key in st.DOCTOR_SYSCTLS:
+    for key in HOST_SYSCTLS:
         value = settings.get(key)
         if value is None:
             if not os.path.exists(proc_sys(key)):

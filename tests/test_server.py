@@ -8,6 +8,15 @@ import pytest
 import spelltraction as st
 from netcore import encode_frame
 
+# Every harness test here runs on both of the loop's pollers (epoll, selectors).
+pytestmark = pytest.mark.both_pollers
+
+
+def test_the_harness_runs_on_the_poller_asked_for(h, poller):
+    """ServerOptions.poller picks the loop's poller (st.make_loop): these tests run on each."""
+    assert h.loop.poller.name == (poller or st.DEFAULT_POLLER)
+    assert h.loop.edge_triggered == (h.loop.poller.name == "epoll")
+
 
 def test_hello_gets_welcome_you_and_stats_in_one_send(h):
     c = h.client(hello=False)

@@ -127,9 +127,10 @@ BODY = hs.one_of(hs.binary(max_size=48), hs.sampled_from(CORPUS["bus-gateway"]))
 @given(hs.lists(hs.tuples(hs.sampled_from([0, 1, 2, 3, 99]),
                           hs.sampled_from([st.OP_SEND, st.OP_YOU, st.OP_CLOSE, st.OP_RESYNC,
                                            st.OP_HELLO, 0, 200]),
-                          hs.one_of(BODY, hs.tuples(hs.integers(0, 0xFFFF), hs.integers(0, 255),
-                                                    hs.integers(0, 0xFFFF), hs.binary(max_size=40))
-                                    .map(lambda t: st._BUS_CLOSE.pack(*t[:3]) + t[3]))),
+                          hs.one_of(BODY, hs.tuples(hs.integers(0, 255), hs.integers(0, 0xFFFF),
+                                                    hs.integers(0, 255), hs.integers(0, 0xFFFF),
+                                                    hs.binary(max_size=40))
+                                    .map(lambda t: st._BUS_CLOSE.pack(*t[:4]) + t[4]))),
                 max_size=5), EPOCH, hs.integers(0, 1))
 def test_a_gateway_s_private_entries_raise_only_bad_message(entries, epoch, cut):
     """OP_CLOSE bodies of any length and lengths inside, SENDs cut anywhere, unknown ops."""

@@ -116,6 +116,7 @@ def test_the_loops_time_by_phase_adds_up_and_counts_the_ticks(h):
         value(samples, "spelltraction_tick_duration_seconds_sum"))
     assert phases["io"] > 0 and phases["waiting"] > 0  # the HELLO and MOVE; idle between ticks
     assert value(samples, "spelltraction_loop_events_total") >= 2
+    assert value(samples, "spelltraction_loop_poller_info", poller=st.DEFAULT_POLLER) == 1
 
 
 def test_slow_consumers_and_errors_sent_are_counted(h):

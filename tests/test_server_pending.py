@@ -18,6 +18,9 @@ from gamekit import Client
 from netcore import websocket as ws
 from webkit import WsClient, ws_key
 
+# Every harness test here runs on both of the loop's pollers (epoll, selectors).
+pytestmark = pytest.mark.both_pollers
+
 LIMIT = 3  # pending connections per address; the tests join more players than this
 
 #: What a trusted proxy says its clients are (TEST-NET-1: only ever a header's text).

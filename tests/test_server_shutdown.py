@@ -1,13 +1,17 @@
 """Graceful shutdown of a real server process: SIGTERM, goodbye to all, exit 0 within 2 s."""
 
 import os
+import select
 import selectors
 import signal
 import socket
 import time
 
+import pytest
+
 import spelltraction as st
 from helpers import raise_nofile
+from hostilekit import http_get
 from netcore import FrameParser
 from serverproc import ServerProcess
 
@@ -54,9 +58,12 @@ def pump(sel, until, timeout, proc=None):
     return exited_at
 
 
-def test_sigterm_with_500_clients_says_goodbye_to_each_and_exits_0_within_2s():
+@pytest.mark.parametrize("poller", st.POLLERS)
+def test_sigterm_with_500_clients_says_goodbye_to_each_and_exits_0_within_2s(poller):
+    if poller == "epoll" and not hasattr(select, "epoll"):
+        pytest.skip("epoll is Linux-only")
     raise_nofile(CLIENTS + 200)
-    server = ServerProcess()
+    server = ServerProcess("--poller", poller)
     sel = selectors.DefaultSelector()
     peers = []
     try:
@@ -136,3 +143,19 @@ def test_after_the_first_signal_a_second_one_no_longer_waits_for_the_loop():
             signal.signal(sig, old)
         server.front.net.close()
         loop.close()
+
+
+def test_a_server_on_the_selectors_poller_serves_and_says_so(tmp_path):
+    """--poller selectors: the loop runs on selectors.DefaultSelector, as /metrics says."""
+    with ServerProcess("--poller", "selectors", "--public-stats", "--tick-ms", "50") as server:
+        peer = Peer(server.port)
+        sel = selectors.DefaultSelector()
+        sel.register(peer.sock, selectors.EVENT_READ, peer)
+        pump(sel, lambda: sum(isinstance(m, st.TickMsg) for m in peer.messages) >= 2, timeout=10)
+        assert isinstance(peer.messages[0], st.Welcome)
+        sel.close()
+        peer.sock.close()
+        status, _headers, metrics = http_get(server.host, server.port, "/metrics")
+        assert status == 200
+        assert b'spelltraction_loop_poller_info{poller="selectors"} 1' in metrics
+        assert server.stop() == 0

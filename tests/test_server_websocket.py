@@ -6,6 +6,9 @@ import spelltraction as st
 from netcore import websocket as ws
 from webkit import RawConn, WsClient
 
+# Every harness test here runs on both of the loop's pollers (epoll, selectors).
+pytestmark = pytest.mark.both_pollers
+
 
 def test_hello_over_websocket_gets_welcome_you_and_stats_in_one_message(h):
     c = WsClient(h)

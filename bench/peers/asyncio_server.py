@@ -44,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from netcore import FrameParser, NetStats, ProtocolError, TickScheduler  # noqa: E402
+from netcore.process import raise_nofile  # noqa: E402
 from spelltraction import (  # noqa: E402
     FLOOD_MESSAGES,
     HELLO,
@@ -61,7 +62,6 @@ from spelltraction import (  # noqa: E402
     describe_unexpected,
     error_frame,
     frame,
-    raise_nofile,
     rss_kb,
     step_and_encode,
     you_frame,

@@ -195,3 +195,14 @@ def test_websocket_client_refuses_a_server_that_does_not_upgrade():
     assert rec.events[-1] == ("close", HandshakeError.reason)
     server.close()
     loop.close()
+
+
+def test_a_lookup_resolves_in_a_thread_and_says_why_it_failed():
+    from netcore.client import Lookup, resolve
+
+    found = Lookup("localhost", 9000)
+    assert found.done.wait(10)
+    assert found.addresses == resolve("localhost", 9000) and not found.error
+    failed = Lookup("no-such-host.invalid", 9000)
+    assert failed.done.wait(30)
+    assert failed.addresses == [] and failed.error

@@ -17,16 +17,17 @@ PUBLIC = {
     "BufferFull", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "CodecHandoff",
     "Connection",
     "EventLoop", "FrameError", "FrameParser", "Handler", "Histogram", "LateTick", "NetStats",
-    "OversizeFrame", "Owner", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
+    "OversizeFrame", "Owner", "Poller", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
     "SplitFrame", "StreamFrames", "TCPClient", "TCPServer", "Text", "Tick", "TickScheduler", "Timer", "WebConfig", "WebFront",
     "WebSocketCodec", "WholeFrames", "Window", "ZeroLengthFrame",
     # Redis (RESP codec and connections)
     "CommandError", "ConnectionLost", "HandshakeError", "NotConnected", "Pending", "Redis",
-    "RedisAddress", "RedisError", "RedisLease", "RedisSubscriber", "Script", "ReplyError",
+    "RedisAddress", "RedisConfig", "RedisError", "RedisLease", "RedisSubscriber", "Script", "ReplyError",
     "RespParser",
     "RespProtocolError",
     # functions
-    "bind_listeners", "close_code_for", "encode_command", "encode_frame", "percentile",
+    "bind_listeners", "close_code_for", "encode_command", "encode_frame", "make_poller",
+    "percentile",
     "websocket_client",
 }
 

@@ -11,7 +11,8 @@ import socket
 import pytest
 
 from netcore import EventLoop, Readiness, ServerConfig, TCPServer, encode_frame
-from netcore.loop import DEFAULT_COALESCE, EVENT_READ, EVENT_WRITE, _EpollPoller
+from netcore.loop import DEFAULT_COALESCE, EVENT_READ, EVENT_WRITE
+from netcore.poller import EpollPoller
 from conftest import Echo, FakeClock, run_until, serve
 from helpers import read_frames
 
@@ -141,7 +142,7 @@ def test_one_poll_collects_what_arrived_during_the_pause():
 def test_epoll_poller_registration_errors_and_masks():
     if not hasattr(__import__("select"), "epoll"):
         pytest.skip("select.epoll is Linux-only")
-    poller = _EpollPoller()
+    poller = EpollPoller()
     a, b = socket.socketpair()
     h = Counter()
     poller.register(a, EVENT_READ, h)
@@ -225,7 +226,7 @@ def test_input_left_in_the_kernel_is_read_without_new_events(edge):
 
 
 def test_connections_are_polled_edge_triggered_and_listeners_not():
-    assert _EpollPoller.edge_triggered
+    assert EpollPoller.edge_triggered
     from netcore.connection import Connection
     from netcore.server import Listener
     assert Connection.edge_triggered
@@ -258,9 +259,9 @@ def test_epoll_poller_reports_a_hung_up_edge_triggered_socket_until_it_is_read_d
     peer = socket.create_connection(listener.getsockname())
     ours, _ = listener.accept()
     ours.setblocking(False)
-    poller = _EpollPoller()
+    poller = EpollPoller()
     h = ShortReader(ours)
-    poller.register(ours, EVENT_READ, h)
+    poller.register(ours, EVENT_READ, h, edge=True)
     peer.send(b"half a frame")
     if hang_up == "rst":
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")

@@ -14,6 +14,7 @@ from netcore.redis import (
     NotConnected,
     Redis,
     RedisAddress,
+    RedisConfig,
     RedisSubscriber,
 )
 from netcore.resp import ReplyError
@@ -46,7 +47,7 @@ class Events:
 
 def connect(loop, address, events=None, **kw):
     events = events or Events()
-    client = Redis(loop, address, **events.kwargs(), **kw)
+    client = Redis(loop, address, RedisConfig(**kw), **events.kwargs())
     client.start()
     run_until(loop, lambda: client.ready)
     return client, events
@@ -229,6 +230,28 @@ def test_select_database(loop, server):
     assert call(loop, db0, "GET", "where").result() is None
 
 
+def test_a_config_is_checked_and_the_old_keywords_still_work_with_a_warning(loop):
+    address = RedisAddress("127.0.0.1", 6379)
+    with pytest.raises(ValueError):
+        Redis(loop, address, RedisConfig(backoff_min=2.0, backoff_max=1.0))
+    with pytest.raises(ValueError):
+        RedisSubscriber(loop, address, print, RedisConfig(ping_interval=0))
+    config = RedisConfig(name="a", ping_interval=3.0)
+    assert Redis(loop, address, config).config is config
+    assert RedisSubscriber(loop, address, print, config).config is config
+    assert Redis(loop, address).config.backoff_max == RedisConfig().backoff_max
+    for make in (lambda **kw: Redis(loop, address, **kw),
+                 lambda **kw: RedisSubscriber(loop, address, print, **kw)):
+        with pytest.warns(DeprecationWarning, match="RedisConfig") as caught:
+            link = make(name="old", backoff_max=0.5, on_ready=print)
+        assert caught[0].filename == __file__  # points at the caller's line
+        assert (link.name, link.config.backoff_max, link.on_ready) == ("old", 0.5, print)
+        with pytest.raises(TypeError):
+            make(config=config, name="both")
+        with pytest.raises(TypeError), pytest.warns(DeprecationWarning):
+            make(nmae="typo")
+
+
 def test_client_name(loop, server):
     client, _ = connect(loop, RedisAddress.from_url(server.url), name="spell-gw1")
     assert call(loop, client, "CLIENT", "GETNAME").result() == b"spell-gw1"
@@ -242,9 +265,9 @@ def subscriber(loop, address, events, **kw):
         loop,
         address,
         on_message=lambda ch, data: events.messages.append((ch, data)),
+        config=RedisConfig(**kw),
         on_pmessage=lambda pat, ch, data: events.messages.append((pat, ch, data)),
         **events.kwargs(),
-        **kw,
     )
     return sub
 
@@ -357,7 +380,8 @@ def test_a_channel_the_acl_refuses(loop, secured):
 def test_auth_failure_is_reported_and_retried_never_ready(loop, secured):
     events = Events()
     client = Redis(
-        loop, RedisAddress.from_url(f"redis://:wrong@127.0.0.1:{secured.port}"), backoff_min=0.01, backoff_max=0.05, **events.kwargs()
+        loop, RedisAddress.from_url(f"redis://:wrong@127.0.0.1:{secured.port}"),
+        RedisConfig(backoff_min=0.01, backoff_max=0.05), **events.kwargs()
     )
     client.start()
     run_until(loop, lambda: len(events.errors) >= 3)
@@ -369,8 +393,8 @@ def test_auth_failure_is_reported_and_retried_never_ready(loop, secured):
 
 def test_no_password_given_is_a_handshake_error_not_a_ready_link(loop, secured):
     events = Events()
-    client = Redis(loop, RedisAddress("127.0.0.1", secured.port), backoff_min=0.01, backoff_max=0.05,
-                   **events.kwargs())
+    client = Redis(loop, RedisAddress("127.0.0.1", secured.port),
+                   RedisConfig(backoff_min=0.01, backoff_max=0.05), **events.kwargs())
     client.start()
     run_until(loop, lambda: len(events.errors) >= 2)
     assert isinstance(events.errors[0], HandshakeError)
@@ -418,7 +442,8 @@ def test_malformed_reply_closes_and_reconnects(loop):
     thread.start()
     events = Events()
     client = Redis(
-        loop, RedisAddress("127.0.0.1", listener.getsockname()[1], password="x"), backoff_min=0.01, **events.kwargs()
+        loop, RedisAddress("127.0.0.1", listener.getsockname()[1], password="x"),
+        RedisConfig(backoff_min=0.01), **events.kwargs()
     )
     client.start()
     run_until(loop, lambda: len(events.errors) >= 2)
@@ -460,7 +485,7 @@ def test_a_busy_loop_does_not_take_an_unread_pong_for_a_dead_server(loop, server
     when the timer fires. The link reads it before judging, and stays up."""
     events = Events()
     address = RedisAddress.from_url(server.url)
-    client = Redis(loop, address, ping_interval=0.2, **events.kwargs())
+    client = Redis(loop, address, RedisConfig(ping_interval=0.2), **events.kwargs())
 
     def stall_after_the_first_ping():  # due with the keepalive, after it: once it is sent
         if events.ready == 1:
@@ -479,7 +504,8 @@ def test_server_down_at_start_backs_off_then_connects(loop, tmp_path):
     require_redis()
     port = free_port()
     events = Events()
-    client = Redis(loop, RedisAddress("127.0.0.1", port), backoff_min=0.05, backoff_max=0.4, **events.kwargs())
+    client = Redis(loop, RedisAddress("127.0.0.1", port), RedisConfig(backoff_min=0.05, backoff_max=0.4),
+                   **events.kwargs())
     client.start()
     loop.run_for(1.5)
     # Backed off, not hammering: 0.05 doubling to 0.4 gives a handful of tries.

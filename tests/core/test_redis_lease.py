@@ -3,7 +3,7 @@ RedisLease, one holder at a time with a fencing epoch, against a real redis-serv
 
 import pytest
 
-from netcore.redis import FENCE, Redis, RedisAddress, RedisLease
+from netcore.redis import FENCE, Pending, Redis, RedisAddress, RedisConfig, RedisLease, Script
 from netcore.testing import run_until
 from redisproc import RedisServer
 
@@ -16,7 +16,7 @@ def server(tmp_path):
 
 
 def link(loop, srv, **kw):
-    client = Redis(loop, RedisAddress("127.0.0.1", srv.port), **kw)
+    client = Redis(loop, RedisAddress("127.0.0.1", srv.port), RedisConfig(**kw))
     client.start()
     run_until(loop, lambda: client.ready)
     return client
@@ -137,3 +137,35 @@ def test_reclaim_takes_back_only_a_lease_held_under_the_same_owner(loop, server)
     other.acquire(lambda ok, token: got.append((ok, token)), reclaim=True)
     run_until(loop, lambda: got)
     assert got[0] == (False, "2:host-a:/data")
+
+
+class FakeLink:
+    """A link that runs scripts by answering from a list: the lease needs no more."""
+
+    def __init__(self, loop, answers):
+        self.loop = loop
+        self.ready = True
+        self.answers = list(answers)
+        self.ran = []
+
+    def script(self, source):
+        return Script(source)
+
+    def run(self, script, keys=(), args=(), callback=None):
+        self.ran.append((script.sha, tuple(keys)))
+        answer = Pending("EVALSHA", callback)
+        answer._finish(self.answers.pop(0), None)
+        return answer
+
+
+def test_the_lease_lives_in_its_own_module_and_runs_on_any_script_link(loop):
+    import netcore.lease
+    import netcore.redis
+
+    assert netcore.redis.RedisLease is netcore.lease.RedisLease is RedisLease
+    assert netcore.redis.FENCE is netcore.lease.FENCE
+    fake = FakeLink(loop, [[1, b"7:me", 5000], 1])
+    lease = netcore.lease.RedisLease(fake, "w", "me", ttl=0.3)
+    assert acquire(loop, lease) == (True, "7:me") and lease.epoch == 7 and lease.valid()
+    lease.release()
+    assert lease.token is None and [keys for _sha, keys in fake.ran] == [("w", "w:epoch"), ("w",)]
