@@ -1,0 +1,128 @@
+"""A server's listeners and connections handed to a successor server, every byte kept.
+
+In this process: one server exports its state and lets go of its sockets
+without closing them (``release_server``), a second one, built anew on
+another loop, takes them (``restore_server``). Each client was caught
+mid-something: a binary frame cut by a read, a pipelined HTTP request, a
+WebSocket message in fragments and a frame half sent, a connection that has
+said nothing yet, one whose output waits unsent; each conversation goes on
+as if nothing happened. The exec itself (a real successor process) is
+tested with the game.
+"""
+
+import json
+import socket
+
+from netcore import (
+    EventLoop, FrameParser, ServerConfig, TCPServer, WebConfig, WebFront, WholeFrames,
+)
+from netcore import websocket as ws
+from netcore.handover import FORMAT, HandoverError, export_server, release_server, restore_server
+from netcore.testing import Echo, run_until
+
+import pytest
+
+
+def make(loop):
+    front = WebFront(WebConfig(routes={"/hello": lambda: ("text/plain", b"hi")},
+                               message_codec=WholeFrames(256)))
+    server = TCPServer(loop, Echo(), ServerConfig(hosts=["127.0.0.1"], exempt="",
+                                                  max_pending_per_address=50, sndbuf=4096),
+                       codec_factory=front)
+    return server
+
+
+def client(port, rcvbuf=0):
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    s.setblocking(False)
+    return s
+
+
+def drain(s):
+    out = b""
+    while True:
+        try:
+            data = s.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not data:
+            return out
+        out += data
+
+
+def frame(payload):
+    return len(payload).to_bytes(2, "big") + payload
+
+
+def test_every_connection_and_its_bytes_go_on_in_the_successor():
+    loop = EventLoop()
+    old = make(loop)
+    old.listen()
+    port = old.port
+    binary = client(port)
+    binary.sendall(frame(b"one"))
+    http = client(port)
+    http.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+    web = client(port)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    web.sendall(ws.client_handshake("t", "/ws", key))
+    silent = client(port)
+    reader = client(port, rcvbuf=4096)
+    reader.sendall(frame(b"x" * 200) * 400)  # echoed: more than it reads
+    run_until(loop, lambda: len(old.connections) == 5 and old.stats.frames_in >= 401, 5,
+              "everyone in")
+    got = {s: drain(s) for s in (binary, http, web)}
+    assert got[binary].endswith(b"echo:one") and b"200 OK" in got[http]
+    assert b"101 Switching" in got[web]
+    # Mid-something, as the exec comes:
+    binary.sendall(frame(b"two")[:3])  # a frame cut by a read
+    http.sendall(b"GET /hello HT")  # a request half sent
+    last = ws.frame(frame(b"more"), ws.CONTINUATION, fin=True, mask_key=b"abcd")
+    web.sendall(ws.frame(frame(b"frag"), ws.BINARY, fin=False, mask_key=b"wxyz")
+                + last[:7])  # a message in fragments, the last one half sent
+    loop.run_for(0.2)
+    assert any(c.out is not None for c in old.connections.values()), "output waiting"
+    state, fds = export_server(old)
+    assert not state["left"] and len(state["connections"]) == 5
+    state = json.loads(json.dumps(state))  # plain data, as it crosses the exec
+    release_server(old)
+    loop.close()
+
+    loop2 = EventLoop()
+    new = make(loop2)
+    restored = restore_server(new, state)
+    assert all(c is not None for c in restored) and len(new.connections) == 5
+    assert new.address_limits.count("127.0.0.1") == old.address_limits.count("127.0.0.1") == (5, 5)
+    binary.sendall(frame(b"two")[3:])
+    http.sendall(b"TP/1.1\r\nHost: t\r\n\r\n")
+    web.sendall(last[7:])
+    silent.sendall(frame(b"late"))
+    run_until(loop2, lambda: new.stats.frames_in == 401 + 4, 5, "the rest")
+    loop2.run_for(0.2)
+    assert drain(binary) == frame(b"echo:two")
+    assert drain(http).startswith(b"HTTP/1.1 200")
+    events = ws.WebSocketParser(client=True).parse(drain(web))
+    assert [e.data for e in events if isinstance(e, ws.Message)] == [
+        frame(b"echo:frag"), frame(b"echo:more")]
+    assert drain(silent) == frame(b"echo:late")
+    expected = frame(b"echo:" + b"x" * 200) * 400
+    seen = b""
+    while len(seen) < len(expected):
+        loop2.run_once(0.01)
+        seen += drain(reader)
+    assert seen == expected  # not a byte lost or doubled across the hand-over
+    assert new.stats.accepted == old.stats.accepted == 5
+    for s in (binary, http, web, silent, reader):
+        s.close()
+    new.close()
+    loop2.close()
+
+
+def test_a_state_of_another_format_is_refused():
+    loop = EventLoop()
+    with pytest.raises(HandoverError, match="format"):
+        restore_server(make(loop), {"format": FORMAT + 1})
+    loop.close()
