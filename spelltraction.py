@@ -153,8 +153,10 @@ from netcore import (
     WholeFrames,
     encode_frame,
 )
-from netcore import process
+from netcore import handover, process
 from netcore import websocket as ws
+from netcore.handover import HandoverError
+from netcore.loop import Readiness
 from netcore.addrlimit import AddressRates, parse_networks
 from netcore.connection import churned
 from netcore.loop import DEFAULT_COALESCE
@@ -1842,7 +1844,8 @@ class World(WorldSide):
     role sets: a Front in this process, or the bus to gateways.
     """
 
-    def __init__(self, loop: EventLoop, options: ServerOptions) -> None:
+    def __init__(self, loop: EventLoop, options: ServerOptions, lock_fd: int = -1) -> None:
+        """``lock_fd``: the store's lock, held by a predecessor (an upgrade)."""
         self.loop = loop
         self.options = opts = options
         self.game = Game(random.Random(opts.seed))
@@ -1883,7 +1886,7 @@ class World(WorldSide):
         if opts.data is not None:
             self.store = Store(opts.data, opts.sync, grace=opts.grace)
             # Raises StoreError, naming the file or directory.
-            self.store.open(allow_shared=opts.allow_shared_data)
+            self.store.open(allow_shared=opts.allow_shared_data, lock_fd=lock_fd)
             self.game.take_id = self.store.take_id
             self.game.defer_scoring = True
             self.fame = list(self.store.fame)
@@ -2813,6 +2816,66 @@ class Front(Handler, FrontSide):
             self.pending = dict(self.pending)
         return rebuilt
 
+    # -- an upgrade ------------------------------------------------------------------
+
+    def handover_state(self) -> Tuple[Dict[str, Any], List[int], Dict[Any, int]]:
+        """The connections as netcore hands them over, with what the Front knows of each
+        (pending since, version 2, said HELLO), the descriptors to keep open, and each
+        connection's index in the hand-over (the World names its players by it)."""
+        state, fds = handover.export_server(self.net)
+        by_fd = {conn.fd: conn for conn in self.net.connections.values()}
+        now = self.loop.time()
+        index: Dict[Any, int] = {}
+        players = []
+        for i, one in enumerate(state["connections"]):
+            conn = by_fd[one["fd"]]
+            index[conn] = i
+            since = self.pending.get(conn)
+            handle = conn.data
+            players.append({"pending": None if since is None else now - since,
+                            "v2": conn in self.v2_conns,
+                            "hello_sent": handle is HELLO_SENT,
+                            "id": getattr(handle, "id", None)})
+        state["players"] = players
+        return state, fds, index
+
+    def goodbye_to(self, fds: Sequence[int]) -> int:
+        """ERROR(SHUTDOWN) to these connections (they cannot be handed over); how many."""
+        told = 0
+        for fd in fds:
+            conn = self.net.connections.get(fd)
+            if conn is not None and conn.is_open:
+                self.reject(conn, ErrorCode.SHUTDOWN, "server upgrading: come back", "upgrade",
+                            ws.CloseCode.GOING_AWAY)
+                told += 1
+        return told
+
+    def resume(self, state: Dict[str, Any]) -> List[Optional[Connection]]:
+        """Serve the listeners and connections a predecessor handed over."""
+        conns = handover.restore_server(self.net, state)
+        now = self.loop.time()
+        for conn, one in zip(conns, state["players"]):
+            if conn is None:
+                continue
+            if one["pending"] is not None:
+                self.pending[conn] = now - one["pending"]
+            if one["hello_sent"]:
+                conn.data = HELLO_SENT
+        return conns
+
+    def hold(self, conns: List[Optional[Connection]], handles: Dict[int, Any],
+             state: Dict[str, Any]) -> None:
+        """After the World's restore: each player's handle on its connection again."""
+        for index, handle in handles.items():
+            conn = conns[index]
+            if conn is None:
+                continue
+            conn.data = handle
+            if state["players"][index]["v2"]:
+                self.v2_conns[conn] = None
+            if isinstance(conn.codec, WebSocketCodec):
+                self.ws_players[conn] = None
+
     def goodbye(self, grace: float, on_done: Callable[[], None]) -> None:
         """Stop accepting; ERROR(SHUTDOWN) to everyone (WebSocket: in a message, then
         close 1001; HTTP: the response under way); ``on_done`` once all have it, or
@@ -2966,6 +3029,7 @@ class Role:
     """
 
     role = "serve"
+    can_hand_over = False  # whether an upgrade can hand this role over (else: a restart)
 
     def __init__(self, loop: EventLoop, options: ServerOptions) -> None:
         self.loop = loop
@@ -2980,6 +3044,9 @@ class Role:
         self._answers: Dict[str, Tuple[int, bytes]] = {}  # HTTP answers of this tick (answer())
         self.front: Optional[Front] = None
         self.world: Optional[World] = None
+        self.upgrades: Optional[Upgrades] = None  # set by _start_server
+        self.last_tick_at = 0.0  # loop time of the last tick (an upgrade measures its gap)
+        self._resumed: Optional[Dict[str, Any]] = None  # the hand-over, until the first tick
 
     def parts(self) -> List[Any]:
         """What the figures are made of: objects with add_metrics, add_snapshot,
@@ -3022,6 +3089,109 @@ class Role:
 
     def on_tick(self, tick: Tick) -> None:
         raise NotImplementedError
+
+    def ticked(self) -> None:
+        """Every role's tick ends here: when it was, and a successor's first one reported."""
+        self.last_tick_at = self.loop.time()
+        if self._resumed is not None:
+            self._report_resumed()
+
+    # -- an upgrade: this process as plain data, and back -------------------------
+
+    def handover_state(self) -> Tuple[Dict[str, Any], List[int]]:
+        """This server as plain data for a successor (see Upgrades), and the
+        descriptors that must stay open for it."""
+        state: Dict[str, Any] = {"format": HANDOVER_FORMAT, "version": HANDOVER_VERSION,
+                                 "role": self.role, "from_version": __version__,
+                                 "started": self.started, "start_rss_kb": self.start_rss_kb}
+        fds: List[int] = []
+        t = self.ticker
+        if t is not None:
+            state["tick"] = {"start": t.start, "next": t.next_number, "fired": t.fired,
+                             "late": t.late, "skipped": t.skipped}
+        peers: Dict[Any, int] = {}
+        if self.front is not None:
+            state["front"], front_fds, peers = self.front.handover_state()
+            fds += front_fds
+        if self.admin is not None:
+            state["admin"], admin_fds = handover.export_server(self.admin)
+            fds += admin_fds
+        if self.world is not None:
+            state["world"] = self.world.export(self.peer_index(peers))
+        self.add_handover_state(state)
+        return state, fds
+
+    def peer_index(self, peers: Dict[Any, int]) -> Callable[[Any], int]:
+        """How the World's peers are numbered in the hand-over (serve: the Front's)."""
+        return peers.__getitem__
+
+    def add_handover_state(self, state: Dict[str, Any]) -> None:
+        """A role's own part of the hand-over (the cluster's bus)."""
+
+    def say_goodbye_to_the_left(self, state: Dict[str, Any]) -> int:
+        """Connections that cannot move (TLS sessions) are told SHUTDOWN now; how many."""
+        if self.front is None:
+            return 0
+        return self.front.goodbye_to(state["front"]["left"])
+
+    def resume(self, state: Dict[str, Any]) -> List[Tuple[str, int]]:
+        """Instead of :meth:`start`, in an upgrade's successor: serve what the
+        predecessor handed over, and tick on its schedule."""
+        conns: List[Optional[Connection]] = []
+        addresses: List[Tuple[str, int]] = []
+        if self.front is not None:
+            conns = self.front.resume(state["front"])
+            addresses = self.front.net.addresses
+        if self.admin is not None and state.get("admin") is not None:
+            handover.restore_server(self.admin, state["admin"])
+        if self.world is not None:
+            handles = self.world.restore(state["world"], self.resumed_peers(conns, state))
+            if self.front is not None:
+                self.front.hold(conns, handles, state["front"])
+        self.resume_role(state)
+        period = self.options.tick_ms / 1000.0
+        self.ticker = t = self.loop.start_ticker(period, self.on_tick)
+        old = state.get("tick")
+        if old is not None:  # the same schedule: CLOCK_MONOTONIC is the machine's
+            t.start, t.next_number = old["start"], old["next"]
+            t.fired, t.late, t.skipped = old["fired"], old["late"], old["skipped"]
+        if self.world is not None:
+            self.world.ticker = t
+        self.started = state["started"]
+        self._resumed = state
+        self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
+        return addresses
+
+    def resumed_peers(self, conns: List[Optional[Connection]],
+                      state: Dict[str, Any]) -> Sequence[Any]:
+        """What each peer index of the World's hand-over is now (serve: the Front's)."""
+        return conns
+
+    def resume_role(self, state: Dict[str, Any]) -> None:
+        """A role's own part of resuming (the cluster's bus)."""
+
+    def _report_resumed(self) -> None:
+        state, self._resumed = self._resumed, None
+        assert state is not None
+        now = self.loop.time()
+        gap = now - state.get("last_tick_at", now)
+        wall = now - state.get("requested_at", now)
+        moved = sum(1 for p in state.get("front", {}).get("players", ()) if p.get("id"))
+        text = (f"ok: upgraded to {__version__}: moved {moved} players "
+                f"({len(state.get('front', {}).get('connections', ()))} connections), "
+                f"{wall * 1000:.0f} ms from the request to this first tick, the largest tick "
+                f"gap {gap * 1000:.0f} ms")
+        log.info("upgrade: %s", text[4:])
+        fd = state.get("reply_fd")
+        if fd is not None:
+            try:
+                reply = socket.socket(fileno=fd)
+                reply.setblocking(True)
+                reply.settimeout(1.0)
+                Upgrades._say(reply, text)
+                reply.close()
+            except OSError:
+                pass
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
@@ -3219,9 +3389,13 @@ class GameServer(Role):
     one process; the cluster roles put Redis between the two halves.
     """
 
-    def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None) -> None:
+    can_hand_over = True
+
+    def __init__(self, loop: EventLoop, options: Optional[ServerOptions] = None,
+                 handover: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(loop, options if options is not None else ServerOptions())
-        self.world = world = World(loop, self.options)  # raises StoreError, naming the file
+        lock = handover["world"].get("lock_fd", -1) if handover is not None else -1
+        self.world = world = World(loop, self.options, lock)  # raises StoreError, naming the file
         self.front = front = Front(loop, self.options, world, self.ops_routes(public=True))
         world.front = front
         world.connections = lambda: front.net.stats.connections
@@ -3232,6 +3406,7 @@ class GameServer(Role):
         assert world is not None and self.front is not None
         world.on_tick(tick)
         self.front.after_tick(world.game.tick)
+        self.ticked()
 
     def health_text(self) -> str:
         """``/healthz`` on the admin port: alive, and how full (200 either way)."""
@@ -3268,7 +3443,8 @@ class ServerSignals(process.ShutdownSignals):
       There is nothing to reload: logs go to stderr (the journal), and the
       web files are re-read when they change.
     - SIGUSR1: one log line with the server's status (:meth:`Role.status`).
-    - SIGUSR2: logged and ignored (reserved).
+    - SIGUSR2: upgrade to the file on disk, keeping every connection
+      (:class:`Upgrades`; the same as ``spelltraction.py upgrade``).
 
     SIGKILL cannot be caught (systemd sends it only after TimeoutStopSec);
     SIGSTOP/SIGCONT pause and resume, and ticks missed meanwhile show as a
@@ -3278,7 +3454,7 @@ class ServerSignals(process.ShutdownSignals):
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)  # these drain
     IGNORED = {signal.SIGHUP: "nothing to reload (logs go to stderr; web files are re-read "
                               "when they change): still serving",
-               signal.SIGUSR2: "not used: ignored"}
+               }
 
     def __init__(self, loop: EventLoop, server: Role) -> None:
         super().__init__(loop, lambda signum: server.shutdown(), self.SIGNALS)
@@ -3289,6 +3465,7 @@ class ServerSignals(process.ShutdownSignals):
         for sig in self.IGNORED:
             self.loop.add_signal_handler(sig, self.on_ignored)
         self.loop.add_signal_handler(signal.SIGUSR1, self.on_status)
+        self.loop.add_signal_handler(signal.SIGUSR2, self.on_upgrade)
         return self
 
     def on_signal(self, signum: int) -> None:
@@ -3301,11 +3478,19 @@ class ServerSignals(process.ShutdownSignals):
     def on_status(self, signum: int) -> None:
         log.info("SIGUSR1: status: %s", self.server.status())
 
+    def on_upgrade(self, signum: int) -> None:
+        log.info("SIGUSR2: upgrading to %s", game_file())
+        if self.server.upgrades is not None:
+            self.server.upgrades.request(None)
+
 
 def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions,
-                  log_limiter: Optional[RateLimitFilter]) -> Optional[Tuple[Any, List[Tuple[str, int]]]]:
-    """Make the server, listen, install the signals: (server, addresses), or None
-    (the reason logged) for a data directory or a port that can't be used."""
+                  log_limiter: Optional[RateLimitFilter], argv: Sequence[str] = (),
+                  handed: Optional[Dict[str, Any]] = None,
+                  ) -> Optional[Tuple[Any, List[Tuple[str, int]]]]:
+    """Make the server, listen (or, an upgrade's successor, take over what ``handed``
+    holds), install the signals and the upgrade control: (server, addresses), or
+    None (the reason logged) for a data directory or a port that can't be used."""
     try:
         server = make()
     except StoreError as exc:
@@ -3313,13 +3498,16 @@ def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions
         return None
     server.log_limiter = log_limiter
     try:
-        addresses = server.start()
+        addresses = server.resume(handed) if handed is not None else server.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", opts.host, opts.port, exc)
         server.close()
         return None
     # Before saying "listening": a SIGTERM right after must find the handlers.
+    server.upgrades = Upgrades(server, argv)
     ServerSignals(loop, server).install()
+    if server.world is not None and server.world.store is not None:
+        _write_pid_file(server.world.store.directory)
     _forget_compiled()
     process.map_large_blocks_apart()
     release_freed_memory()
@@ -3333,16 +3521,34 @@ def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions
     return server, addresses
 
 
+def _write_pid_file(directory: str) -> None:
+    """``<data>/spelltraction.pid``: how ``spelltraction.py upgrade`` finds this server."""
+    path = os.path.join(directory, PID_FILE)
+    try:
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                     | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        log.warning("cannot write %s (%s): upgrade this server with --pid", path, exc)
+
+
 def _run_server(loop: EventLoop, server: Role) -> None:
     """Run until stopped; close every listener, the loop and the store, whatever happens."""
     try:
         loop.run()
     finally:
+        if server.upgrades is not None:
+            server.upgrades.close()
         server.close()
         loop.close()
 
 
-def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) -> int:
+def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None,
+          argv: Sequence[str] = ()) -> int:
+    """``spelltraction.py serve``: a GameServer until a signal stops it; the exit status.
+    ``argv``: its command line, which an upgrade runs again (see Upgrades)."""
     soft, hard = raise_nofile()
     capacity = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else opts.max_clients
     if capacity < opts.max_clients:
@@ -3354,7 +3560,13 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
         )
         opts = opts._replace(max_clients=max(capacity, 0))
     loop = make_loop(opts)
-    started = _start_server(loop, lambda: GameServer(loop, opts), opts, log_limiter)
+    try:
+        handed = handover_from_environment()
+    except HandoverError as exc:
+        log.error("upgrade: %s", exc)
+        return 2
+    started = _start_server(loop, lambda: GameServer(loop, opts, handed), opts, log_limiter,
+                            argv, handed)
     if started is None:
         return 2
     server, addresses = started
@@ -3390,6 +3602,352 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
               f"max {t.max_lateness * 1000:.2f} ms; tick work p99 "
               f"{t.recent_duration.percentile(99) * 1000:.1f} ms", flush=True)
     return 0
+
+
+# -----------------------------------------------------------------------------
+# Server: upgrades. Every connection and the world to the new code, same pid.
+# -----------------------------------------------------------------------------
+#
+# ``spelltraction.py upgrade`` (or SIGUSR2) runs the file the server was
+# started from, read afresh, in place of the running code, and nobody notices:
+#
+#   1. check:  a child process imports the new file and parses a hand-over of
+#              this version's format (check_handover); if it cannot, the server
+#              goes on as it was and the command says why;
+#   2. settle: what waits for the disk lands (newcomers' rows, returning
+#              players' reads); the store commits everything and stops its
+#              threads, keeping its lock;
+#   3. exec:   the listeners, every connection's socket, the store's lock and
+#              the command's own connection stay open across an ``exec`` of the
+#              new file, with the state (netcore's: codecs, unsent bytes, limits;
+#              the game's: every player, seat, token, score, the tick's schedule)
+#              in a memfd named by SPELLTRACTION_HANDOVER;
+#   4. resume: the new code rebuilds the server from it, ticks on the old
+#              schedule, and tells the command how it went.
+#
+# An exec keeps the pid: systemd, and whoever watches the process, see the
+# same server. Connections that cannot move (a TLS session: ``ssl`` cannot
+# export one) are told SHUTDOWN first and come back by themselves (v2) or
+# start over (v1). A successor that cannot read the format (a rollback to a
+# version without it, or an older one) is caught at step 1: that is a restart.
+
+HANDOVER_ENV = "SPELLTRACTION_HANDOVER"
+HANDOVER_FORMAT = "spelltraction-handover"
+HANDOVER_VERSION = 1
+UPGRADE_CHECK_S = 30.0  # the new code must pass its check within this
+UPGRADE_REPLY_S = 60.0  # the upgrade command waits this long for the successor's tick
+PID_FILE = "spelltraction.pid"  # in the data directory: how `upgrade` finds the server
+#: What the check child runs: the new file, imported from its own folder (or .pyz).
+_CHECK_HANDOVER = ("import sys; sys.path[:] = [sys.argv.pop(1)] + [p for p in sys.path if p]; "
+                   "import spelltraction; sys.exit(spelltraction.check_handover(int(sys.argv[1])))")
+
+
+def control_address(pid: int) -> str:
+    """The upgrade control socket of server ``pid`` (Linux's abstract namespace)."""
+    return f"\0spelltraction-control-{pid}"
+
+
+def game_file() -> str:
+    """The file this process runs the game from: a ``.pyz``, or spelltraction.py."""
+    archive = getattr(globals().get("__loader__"), "archive", None)
+    return str(archive) if archive else os.path.join(_HERE, "spelltraction.py")
+
+
+def _interpreter_flags() -> List[str]:
+    """This interpreter's options, to run the next one the same way."""
+    flags = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
+    for flag, on in (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment),
+                     ("-s", sys.flags.no_user_site), ("-B", sys.flags.dont_write_bytecode)):
+        if on:
+            flags.append(flag)
+    return flags + [f"-W{w}" for w in sys.warnoptions]
+
+
+def _memfd(data: bytes, name: str) -> int:
+    """``data`` in an unlinked file (a memfd on Linux), at offset 0; its descriptor."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(name, 0)
+    else:  # pragma: no cover - not Linux
+        import tempfile
+
+        fd, path = tempfile.mkstemp()
+        os.unlink(path)
+    os.write(fd, data)
+    return fd
+
+
+def read_handover(fd: int) -> Dict[str, Any]:
+    """The hand-over in ``fd``; :class:`HandoverError` if it is not one this code reads."""
+    size = os.fstat(fd).st_size
+    try:
+        state = json.loads(os.pread(fd, size, 0))
+    except ValueError as exc:
+        raise HandoverError(f"the hand-over is not JSON: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != HANDOVER_FORMAT:
+        raise HandoverError("that is not a SpellTraction hand-over")
+    if state.get("version") != HANDOVER_VERSION:
+        raise HandoverError(f"a hand-over of version {state.get('version')!r}; this code "
+                            f"({__version__}) reads version {HANDOVER_VERSION}: a restart, "
+                            "not an upgrade, goes between these two")
+    if state.get("role") not in ("serve", "game", "gateway"):
+        raise HandoverError(f"a hand-over from a {state.get('role')!r}")
+    return state
+
+
+def check_handover(fd: int) -> int:
+    """What the new code runs first, in a child: can it read this hand-over? 0 if so."""
+    try:
+        state = read_handover(fd)
+        if "world" in state:
+            Game.restore(state["world"]["game"])
+        for part in ("front", "admin"):
+            if state.get(part) is not None and state[part].get("format") != handover.FORMAT:
+                raise HandoverError(f"netcore's hand-over of format "
+                                    f"{state[part].get('format')!r}, not {handover.FORMAT}")
+    except (HandoverError, KeyError, TypeError, ValueError) as exc:
+        print(f"cannot take this server over: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (-1: unknown)."""
+    cred = getattr(socket, "SO_PEERCRED", None)
+    if cred is None:  # pragma: no cover - not Linux
+        return -1
+    pid_uid_gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, cred,
+                                                      struct.calcsize("3i")))
+    return int(pid_uid_gid[1])
+
+
+class Upgrades(Readiness):
+    """A server's upgrade: its control socket, the check, the hand-over and the exec.
+
+    The control socket is this process's, in Linux's abstract namespace
+    (:func:`control_address`); a client of another user is refused (its
+    peer credentials). One request at a time: a second while one runs is
+    told so. See the section's comment for the steps.
+    """
+
+    def __init__(self, role: Role, argv: Sequence[str]) -> None:
+        self.role = role
+        self.loop = role.loop
+        self.argv = list(argv)  # the server's command-line arguments, for the exec
+        self.busy = False
+        self.reply: Optional[socket.socket] = None
+        self.requested_at = 0.0
+        self._child: Any = None
+        self._probe_fd = -1
+        self._child_deadline = 0.0
+        self.sock: Optional[socket.socket] = None
+        if sys.platform.startswith("linux"):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.bind(control_address(os.getpid()))
+                self.sock.listen(4)
+                self.sock.setblocking(False)
+                self.loop.register(self.sock, EVENT_READ, self)
+            except OSError as exc:
+                log.warning("no upgrade control socket: %s (SIGUSR2 still upgrades)", exc)
+                self.sock.close()
+                self.sock = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.loop.unregister(self.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            self.sock.close()
+            self.sock = None
+
+    # -- the control socket --------------------------------------------------------
+
+    def on_ready(self, mask: int) -> None:
+        assert self.sock is not None
+        try:
+            client, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        client.settimeout(1.0)
+        try:
+            uid = _peer_uid(client)
+            request = client.recv(64)
+        except OSError:
+            client.close()
+            return
+        if uid != os.geteuid():
+            log.warning("upgrade control: a request from uid %d refused (this server is uid "
+                        "%d)", uid, os.geteuid())
+            self._say(client, "error: only the server's own user may upgrade it")
+            client.close()
+            return
+        if request.strip() != b"upgrade":
+            self._say(client, "error: unknown request (this socket takes: upgrade)")
+            client.close()
+            return
+        self.request(client)
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("upgrade control: %s", exc, exc_info=exc)
+
+    @staticmethod
+    def _say(client: Optional[socket.socket], line: str) -> None:
+        if client is not None:
+            try:
+                client.sendall(line.encode() + b"\n")
+            except OSError:
+                pass
+
+    # -- the upgrade ---------------------------------------------------------------
+
+    def request(self, reply: Optional[socket.socket]) -> None:
+        """Upgrade to the file on disk (``reply``: where to say how it goes, if anyone asks)."""
+        if self.busy:
+            self._say(reply, "error: an upgrade is already under way")
+            if reply is not None:
+                reply.close()
+            return
+        if not self.role.can_hand_over or self.role.shutting_down:
+            why = "is shutting down" if self.role.shutting_down else \
+                f"is a {self.role.role}, which cannot hand over yet: restart it instead"
+            self._say(reply, f"error: the server {why}")
+            if reply is not None:
+                reply.close()
+            return
+        self.busy = True
+        self.reply = reply
+        self.requested_at = self.loop.time()
+        path = game_file()
+        log.info("upgrade: checking %s", path)
+        self._say(reply, f"checking the new code: {path}")
+        try:
+            state, _fds = self.role.handover_state()
+            self._probe_fd = _memfd(json.dumps(state).encode(), "spelltraction-probe")
+            import subprocess
+
+            folder = path if path.endswith(".pyz") else os.path.dirname(path)
+            self._child = subprocess.Popen(
+                [sys.executable, *_interpreter_flags(), "-S", "-c", _CHECK_HANDOVER, folder,
+                 str(self._probe_fd)], pass_fds=[self._probe_fd], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except Exception as exc:  # the probe could not be written or the child started
+            self._failed(f"the check could not start: {exc}")
+            return
+        self._child_deadline = self.loop.time() + UPGRADE_CHECK_S
+        self.loop.call_later(0.02, self._checked)
+
+    def _checked(self) -> None:
+        child = self._child
+        if child.poll() is None:
+            if self.loop.time() < self._child_deadline:
+                self.loop.call_later(0.02, self._checked)
+                return
+            child.kill()
+            child.wait()
+            self._failed(f"the new code did not pass its check in {UPGRADE_CHECK_S:g} s")
+            return
+        said = child.stderr.read().decode("utf-8", "replace").strip()
+        child.stderr.close()
+        os.close(self._probe_fd)
+        if child.returncode != 0:
+            self._failed("the new code cannot take this server over: " +
+                         (said.splitlines()[-1] if said else f"exit {child.returncode}"))
+            return
+        self._hand_over()
+
+    def _failed(self, why: str) -> None:
+        log.error("upgrade: %s; still serving with the running code", why)
+        self._say(self.reply, f"error: {why}; the server goes on with the running code")
+        if self.reply is not None:
+            self.reply.close()
+        self.reply = None
+        self.busy = False
+
+    def _hand_over(self) -> None:
+        role = self.role
+        world = role.world
+        if world is not None:
+            world.settle_for_handover()
+        state, fds = role.handover_state()
+        left = role.say_goodbye_to_the_left(state)
+        state["requested_at"] = self.requested_at
+        state["last_tick_at"] = role.last_tick_at
+        if self.reply is not None:
+            state["reply_fd"] = self.reply.fileno()
+            fds.append(self.reply.fileno())
+        moved = sum(1 for p in state.get("front", {}).get("players", ()) if p.get("id"))
+        log.info("upgrade: handing over %d connections (%d players; %d cannot move) to %s",
+                 len(state.get("front", {}).get("connections", ())), moved, left, game_file())
+        self._say(self.reply, f"handing over {moved} players")
+        if world is not None and world.store is not None:
+            world.store.close(release_lock=False)
+            state["world"]["lock_fd"] = world.store.lock_fd
+            fds.append(world.store.lock_fd)
+        blob = _memfd(json.dumps(state).encode(), "spelltraction-handover")
+        handover.keep_open(fds + [blob])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        env = dict(os.environ, **{HANDOVER_ENV: str(blob)})
+        env.pop("SPELLTRACTION_AS_MODULE", None)
+        try:
+            os.execve(sys.executable, [sys.executable, *_interpreter_flags(), game_file(),
+                                       *self.argv], env)
+        except OSError as exc:  # the new code was there a moment ago: the disk changed
+            log.critical("upgrade: the exec failed (%s); stopping", exc)
+            raise SystemExit(1) from exc
+
+
+def handover_from_environment() -> Optional[Dict[str, Any]]:
+    """The hand-over this process was started with (an upgrade's successor), or None."""
+    value = os.environ.pop(HANDOVER_ENV, "")
+    if not value:
+        return None
+    fd = int(value)
+    try:
+        return read_handover(fd)
+    finally:
+        os.close(fd)
+
+
+def run_upgrade(pid: Optional[int], data: str, timeout: float = UPGRADE_REPLY_S) -> int:
+    """``spelltraction.py upgrade``: ask the server (``pid``, or the one whose data
+    directory is ``data``) to upgrade to its file on disk; wait until it ticks."""
+    if pid is None:
+        where = os.path.join(data, PID_FILE)
+        try:
+            with open(where) as f:
+                pid = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError) as exc:
+            print(f"upgrade: no server found through {where} ({exc}); give --pid",
+                  file=sys.stderr)
+            return 2
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(control_address(pid))
+        sock.sendall(b"upgrade\n")
+        said = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            said += chunk
+            for line in said.decode("utf-8", "replace").splitlines():
+                if line.startswith(("ok:", "error:")):
+                    print(line, file=sys.stdout if line.startswith("ok:") else sys.stderr)
+                    return 0 if line.startswith("ok:") else 1
+    except socket.timeout:
+        print(f"upgrade: no answer from server {pid} within {timeout:g} s", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"upgrade: cannot reach server {pid}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
+    print(f"upgrade: server {pid} closed the control connection without saying it ticks: "
+          "see its log", file=sys.stderr)
+    return 1
 
 
 # =============================================================================
@@ -7098,6 +7656,15 @@ BACKUP_OPTS = (
         short="-o"),
 )
 
+UPGRADE_OPTS = (
+    Opt("--pid", "the server's process id (default: the one whose --data directory is "
+        "--data)", None, int, metavar="PID"),
+    Opt("--data", "the server's data directory, where it keeps its pid (default %(default)s)",
+        default_data_dir, metavar="DIR"),
+    Opt("--timeout", "seconds to wait for the upgraded server's first tick (default "
+        "%(default)g)", UPGRADE_REPLY_S, float, check=_positive),
+)
+
 #: The subcommands: (help, option groups, the options tuple their fields fill, --redis help).
 COMMANDS: Dict[str, Tuple[str, Tuple[Tuple[Opt, ...], ...], Any, str]] = {
     "serve": ("run the game server (the default command)",
@@ -7115,6 +7682,8 @@ COMMANDS: Dict[str, Tuple[str, Tuple[Tuple[Opt, ...], ...], Any, str]] = {
                "maxmemory-policy"),
     "bundle": ("build a single-file zipapp of the game", (BUNDLE_OPTS,), None, ""),
     "backup": ("copy a server's data, safely, even while it runs", (BACKUP_OPTS,), None, ""),
+    "upgrade": ("run the server's file on disk in place of its code, keeping every player "
+                "connected (also: SIGUSR2)", (UPGRADE_OPTS,), None, ""),
 }
 
 
@@ -7192,6 +7761,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_doctor(args.clients, as_json=args.json, root=args.root, redis=redis)
     if command == "backup":
         return _backup(args.data, args.output)
+    if command == "upgrade":
+        return run_upgrade(args.pid, args.data, args.timeout)
     if command == "bundle":
         members = build_bundle(args.output)
         size = os.path.getsize(args.output)
@@ -7207,7 +7778,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(json.dumps(summary), flush=True)
         return 0 if summary["failed"] == 0 and summary["dropped"] == 0 else 1
     if command == "serve":
-        return serve(opts, limiter)
+        return serve(opts, limiter, argv)
     if args.redis is None:
         parser.error(f"{command} needs --redis URL: the world's Redis")
     try:
@@ -7285,7 +7856,8 @@ sys.meta_path.insert(0, Compiled)
 import spelltraction
 sys.exit(spelltraction.main())
 """
-_SHORT_LIVED = ("bots", "client", "doctor", "bundle", "backup", "-h", "--help", "--version")
+_SHORT_LIVED = ("bots", "client", "doctor", "bundle", "backup", "upgrade", "-h", "--help",
+                "--version")
 
 
 def _run_as_module(argv: List[str]) -> None:

@@ -1,0 +1,225 @@
+"""An upgrade without a disconnect: the running server execs the file on disk, same pid,
+and every player plays on.
+
+The server runs from a copy of the source tree. The test replaces the copy's
+spelltraction.py (by rename, as a deploy should) with a version that says so,
+then asks: ``spelltraction.py upgrade --data DIR``. Version-1 and version-2
+players over TCP and WebSocket, a connection that has not said HELLO, a
+player caught mid-frame and one whose output waits unsent all come through:
+the same ids and scores, TICK numbers that go on, every byte accounted for.
+A new version that cannot be imported, or refuses the format, leaves the
+running server as it was, and the command says why.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import spelltraction as st
+from netcore import FrameParser
+from netcore import websocket as ws
+from serverproc import GAME, ROOT, Spawned
+
+pytestmark = pytest.mark.slow  # servers that exec themselves, seconds each
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A copy of the game (spelltraction.py, netcore/, web/) to run and to replace."""
+    copy = tmp_path / "game"
+    copy.mkdir()
+    shutil.copy(os.path.join(ROOT, "spelltraction.py"), copy / "spelltraction.py")
+    for folder in ("netcore", "web"):
+        shutil.copytree(os.path.join(ROOT, folder), copy / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def deploy(tree, replace=("", "")):
+    """A new version in place, by rename: its version string says it is new."""
+    with open(GAME, encoding="utf-8") as f:  # this checkout's, changed
+        source = f.read()
+    new = source.replace(f'__version__ = "{st.__version__}"',
+                         f'__version__ = "{st.__version__}+next"', 1)
+    assert new != source
+    if replace[0]:
+        assert replace[0] in new
+        new = new.replace(replace[0], replace[1], 1)
+    staged = tree / "spelltraction.py.new"
+    staged.write_text(new)
+    os.replace(staged, tree / "spelltraction.py")
+
+
+def upgrade(*how, timeout=60):
+    """``spelltraction.py upgrade`` (this checkout's: the deployed file may be broken)."""
+    return subprocess.run([sys.executable, GAME, "upgrade", *how], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class Reader:
+    """A player's socket read in the background of the test: its messages in order."""
+
+    def __init__(self, sock, websocket=False):
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.websocket = websocket
+        self.parser = FrameParser(max_frame=st.MAX_SERVER_FRAME)
+        self.wsparser = ws.WebSocketParser(client=True, max_message=1 << 20)
+        self.messages = []
+        self.closed = False
+
+    def pump(self):
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            if not data:
+                self.closed = True
+                return
+            if self.websocket:
+                for event in self.wsparser.parse(data):
+                    if isinstance(event, ws.Message):
+                        self.messages += [st.decode(f) for f in
+                                          FrameParser(65535).feed(event.data)]
+            else:
+                self.messages += [st.decode(f) for f in self.parser.feed(data)]
+
+    def of(self, kind):
+        return [m for m in self.messages if isinstance(m, kind)]
+
+
+def tcp(port, hello=None):
+    s = socket.create_connection(("127.0.0.1", port))
+    if hello is not None:
+        s.sendall(st.frame(hello))
+    return s
+
+
+def websocket(port, hello):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(ws.client_handshake("127.0.0.1", "/ws", "dGhlIHNhbXBsZSBub25jZQ=="))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    s.sendall(ws.frame(st.frame(hello), mask_key=b"abcd"))
+    return s
+
+
+def pump_for(readers, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for r in readers:
+            r.pump()
+        time.sleep(0.01)
+
+
+def server(tree, data, *extra):
+    return Spawned([sys.executable, str(tree / "spelltraction.py"), "serve", "--host",
+                    "127.0.0.1", "--port", "0", "--tick-ms", "100", "--data", str(data),
+                    "--admin-port", "0", *extra])
+
+
+def version_of(port):
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    line = [l for l in data.decode().splitlines() if l.startswith("spelltraction_build_info")]
+    return line[0].split('version="', 1)[1].split('"', 1)[0]
+
+
+def test_every_player_plays_on_through_an_upgrade(tree, tmp_path):
+    data = tmp_path / "data"
+    with server(tree, data) as srv:
+        admin = srv.admin_port()
+        pid = srv.proc.pid
+        v1 = Reader(tcp(srv.port, st.Hello()))
+        v2 = Reader(tcp(srv.port, st.Hello(st.PROTOCOL_V2, 1, 0x123456, b"", b"ann")))
+        web = Reader(websocket(srv.port, st.Hello(st.PROTOCOL_V2, 2, 0x654321, b"", b"bo")),
+                     websocket=True)
+        silent = tcp(srv.port)  # connected, no HELLO yet
+        readers = [v1, v2, web]
+        pump_for(readers, 1.0)
+        welcomes = [r.of(st.Welcome)[0] for r in readers]
+        assert version_of(admin) == st.__version__
+        v1.sock.sendall(st.frame(st.Move(7, 100, 100))[:3])  # a MOVE cut across the exec
+        deploy(tree)
+        done = upgrade("--data", str(data))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.startswith("ok: upgraded to"), done.stdout
+        assert "moved 3 players" in done.stdout
+        v1.sock.sendall(st.frame(st.Move(7, 100, 100))[3:])
+        silent.sendall(st.frame(st.Hello()))
+        late = Reader(silent)
+        pump_for(readers + [late], 1.5)
+        assert srv.proc.pid == pid and srv.proc.poll() is None  # the same process
+        assert version_of(admin) == f"{st.__version__}+next"
+        for r, welcome in zip(readers, welcomes):
+            assert not r.closed
+            assert len(r.of(st.Welcome)) == 1  # nobody joined again
+            numbers = [t.number for t in r.of(st.TickMsg)]
+            jumps = [b - a for a, b in zip(numbers, numbers[1:])]
+            assert set(jumps) == {1}, jumps  # TICK numbers go on, none missed or repeated
+            assert numbers[-1] > numbers[0] + 15
+        assert any(y.seq == 7 for y in v1.of(st.You))  # the MOVE cut by the exec arrived
+        assert late.of(st.Welcome), "the connection that had not said HELLO joins"
+        assert late.of(st.Welcome)[0].player_id not in {w.player_id for w in welcomes}
+        status = srv.stop()
+        assert status == 0
+
+
+def test_a_new_version_that_cannot_start_leaves_the_server_as_it_was(tree, tmp_path):
+    data = tmp_path / "data"
+    with server(tree, data) as srv:
+        player = Reader(tcp(srv.port, st.Hello()))
+        pump_for([player], 0.5)
+        deploy(tree, ("import argparse\n", "import argparse\nraise SystemExit('broken')\n"))
+        done = upgrade("--data", str(data))
+        assert done.returncode != 0
+        assert "cannot take this server over" in done.stderr or "check" in done.stderr, \
+            done.stderr
+        deploy(tree, (f"HANDOVER_VERSION = {st.HANDOVER_VERSION}",
+                      f"HANDOVER_VERSION = {st.HANDOVER_VERSION + 1}"))
+        done = upgrade("--data", str(data))
+        assert done.returncode != 0 and "version" in done.stderr, done.stderr
+        before = len(player.of(st.TickMsg))
+        pump_for([player], 1.0)
+        assert not player.closed and len(player.of(st.TickMsg)) > before + 5
+        assert srv.stop() == 0
+
+
+def test_upgrade_requests_from_another_user_and_while_one_runs_are_refused(tree, tmp_path):
+    data = tmp_path / "data"
+    # The new code takes 3 s over its check: time for a second request meanwhile.
+    check = '    """What the new code runs first, in a child: can it read this hand-over? 0 if so."""'
+    deploy(tree, (check, check + "\n    time.sleep(3)"))
+    with server(tree, data) as srv:
+        pid = srv.proc.pid
+        first = socket.socket(socket.AF_UNIX)
+        first.connect(st.control_address(pid))
+        first.sendall(b"upgrade\n")
+        time.sleep(0.5)
+        second = upgrade("--pid", str(pid))
+        assert second.returncode != 0 and "already under way" in second.stderr, second.stderr
+        first.settimeout(60)
+        said = b""
+        while b"ok:" not in said and b"error:" not in said:
+            chunk = first.recv(4096)
+            if not chunk:
+                break
+            said += chunk
+        assert b"ok:" in said, said
+        assert srv.stop() == 0
