@@ -3506,6 +3506,7 @@ def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions
     # Before saying "listening": a SIGTERM right after must find the handlers.
     server.upgrades = Upgrades(server, argv)
     ServerSignals(loop, server).install()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # held by a predecessor's exec
     if server.world is not None and server.world.store is not None:
         _write_pid_file(server.world.store.directory)
     _forget_compiled()
@@ -3632,6 +3633,8 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None,
 # version without it, or an older one) is caught at step 1: that is a restart.
 
 HANDOVER_ENV = "SPELLTRACTION_HANDOVER"
+#: Signals held back across the exec (see Upgrades._hand_over); released at start.
+HELD_SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 HANDOVER_FORMAT = "spelltraction-handover"
 HANDOVER_VERSION = 1
 UPGRADE_CHECK_S = 30.0  # the new code must pass its check within this
@@ -3890,6 +3893,9 @@ class Upgrades(Readiness):
         sys.stderr.flush()
         env = dict(os.environ, **{HANDOVER_ENV: str(blob)})
         env.pop("SPELLTRACTION_AS_MODULE", None)
+        # Until the successor has its handlers, these would end it (their default):
+        # held back (the mask survives the exec), they reach it once it listens.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
             os.execve(sys.executable, [sys.executable, *_interpreter_flags(), game_file(),
                                        *self.argv], env)

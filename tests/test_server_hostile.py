@@ -24,10 +24,9 @@ pytestmark = pytest.mark.slow  # subprocess servers and crowds, a few seconds ea
 
 @pytest.mark.parametrize("sig, says", [
     (signal.SIGHUP, "SIGHUP: nothing to reload"),
-    (signal.SIGUSR2, "SIGUSR2: not used: ignored"),
     (signal.SIGUSR1, "SIGUSR1: status: 12 players, 12 connections of 15000"),
 ])
-def test_hup_usr1_usr2_are_logged_and_the_game_goes_on(sig, says):
+def test_hup_usr1_are_logged_and_the_game_goes_on(sig, says):
     with HostileServer() as server, Crowd(server.port) as crowd:
         before = server.resources()
         crowd.mark()
@@ -40,6 +39,25 @@ def test_hup_usr1_usr2_are_logged_and_the_game_goes_on(sig, says):
         crowd.assert_ticking()
         server.assert_recovered(before)
         assert server.stop() == 0  # and SIGTERM still drains
+
+
+def test_sigusr2_upgrades_in_place_and_the_crowd_ticks_on():
+    """SIGUSR2 is an upgrade (to the same file here): the same process serves on, and
+    the watchers tick on through it. Three at once: one upgrade at a time, the others
+    refused or held across the exec; none ends the server."""
+    with HostileServer() as server, Crowd(server.port) as crowd:
+        since = crowd.mark()
+        for _ in range(3):
+            server.proc.send_signal(signal.SIGUSR2)
+            time.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while "upgrade: upgraded to" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(max(0.0, since + 3.0 - time.monotonic()))
+        assert server.alive(), server.log()
+        assert "upgrade: upgraded to" in server.log(), server.log()
+        crowd.assert_ticking(since=since)
+        assert server.stop() == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
