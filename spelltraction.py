@@ -2835,7 +2835,7 @@ class Front(Handler, FrontSide):
             players.append({"pending": None if since is None else now - since,
                             "v2": conn in self.v2_conns,
                             "hello_sent": handle is HELLO_SENT,
-                            "id": getattr(handle, "id", None)})
+                            "id": getattr(handle, "id", None) or getattr(handle, "pid", None)})
         state["players"] = players
         return state, fds, index
 
@@ -3047,6 +3047,8 @@ class Role:
         self.upgrades: Optional[Upgrades] = None  # set by _start_server
         self.last_tick_at = 0.0  # loop time of the last tick (an upgrade measures its gap)
         self._resumed: Optional[Dict[str, Any]] = None  # the hand-over, until the first tick
+        self.handover_index: Dict[Any, int] = {}  # a hand-over's connections, by connection
+        self.resumed_conns: List[Optional[Connection]] = []  # the successor's, in that order
 
     def parts(self) -> List[Any]:
         """What the figures are made of: objects with add_metrics, add_snapshot,
@@ -3116,6 +3118,7 @@ class Role:
         if self.admin is not None:
             state["admin"], admin_fds = handover.export_server(self.admin)
             fds += admin_fds
+        self.handover_index = peers  # each connection's place in state["front"]
         if self.world is not None:
             state["world"] = self.world.export(self.peer_index(peers))
         self.add_handover_state(state)
@@ -3142,12 +3145,12 @@ class Role:
         if self.front is not None:
             conns = self.front.resume(state["front"])
             addresses = self.front.net.addresses
+        self.resumed_conns = conns
         if self.admin is not None and state.get("admin") is not None:
             handover.restore_server(self.admin, state["admin"])
         if self.world is not None:
-            handles = self.world.restore(state["world"], self.resumed_peers(conns, state))
-            if self.front is not None:
-                self.front.hold(conns, handles, state["front"])
+            peers = self.resumed_peers(conns, state)
+            self.hold(peers, self.world.restore(state["world"], peers), state)
         self.resume_role(state)
         period = self.options.tick_ms / 1000.0
         self.ticker = t = self.loop.start_ticker(period, self.on_tick)
@@ -3166,6 +3169,11 @@ class Role:
                       state: Dict[str, Any]) -> Sequence[Any]:
         """What each peer index of the World's hand-over is now (serve: the Front's)."""
         return conns
+
+    def hold(self, peers: Sequence[Any], handles: Dict[int, Any], state: Dict[str, Any]) -> None:
+        """The World's handles (its players) back on their peers (serve: connections)."""
+        if self.front is not None:
+            self.front.hold(self.resumed_conns, handles, state["front"])
 
     def resume_role(self, state: Dict[str, Any]) -> None:
         """A role's own part of resuming (the cluster's bus)."""
@@ -4487,12 +4495,14 @@ class Authority(Role):
     """
 
     role = "game"
+    can_hand_over = True
 
     def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
-                 address: "RedisAddress") -> None:
+                 address: "RedisAddress", handover: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(loop, options._replace(web=False, reuse_port=False))
         self.cluster = cluster
-        self.world = world = World(loop, self.options)  # raises StoreError, naming the file
+        lock = handover["world"].get("lock_fd", -1) if handover is not None else -1
+        self.world = world = World(loop, self.options, lock)  # raises StoreError, naming the file
         self.bus = BusLink(loop, cluster, address, f"spelltraction-{cluster.world}-authority",
                            self._on_bus_message, self._redis_ready, self._bus_ready)
         self.bus.lost_hooks.append(self._redis_lost)
@@ -4511,6 +4521,8 @@ class Authority(Role):
         # back at once; anything else waits for it to expire.
         self.holder = f"{socket.gethostname()}:{data}" if data else \
             f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        if handover is not None:  # an upgrade's successor: the same holder takes it back
+            self.holder = handover["authority"]["holder"]
         from netcore.redis import RedisLease
 
         self.lease = RedisLease(self.bus.redis, self.bus.prefix + "lease", self.holder,
@@ -4528,6 +4540,7 @@ class Authority(Role):
         self._tick_reserve = self.lease.fenced(_TICK_RESERVE)
         self._tick_held = 0
         self._tick_asking = False
+        self._remote_index: Dict[Any, int] = {}  # a hand-over's numbering of remote peers
         self._open_admin()
 
     def parts(self) -> List[Any]:
@@ -4558,6 +4571,47 @@ class Authority(Role):
 
     def holding(self) -> bool:
         return self.lease.valid()
+
+    # -- an upgrade: the world's gateways and their players, and the lease ----------
+
+    def peer_index(self, peers: Dict[Any, int]) -> Callable[[Any], int]:
+        """The World's peers are the gateways' players: numbered across the links."""
+        self._remote_index = {rp: i for i, rp in enumerate(
+            rp for link in self.gateways.links.values() for rp in link.conns.values())}
+        return self._remote_index.__getitem__
+
+    def add_handover_state(self, state: Dict[str, Any]) -> None:
+        index = self._remote_index
+        state["authority"] = {
+            "holder": self.holder, "epoch": self.epoch, "tick_reserved": self._tick_reserved,
+            "down_number": self.gateways.down_number,
+            "links": [[g, link.number, link.sent,
+                       [[cid, index[rp]] for cid, rp in link.conns.items()]]
+                      for g, link in self.gateways.links.items()]}
+
+    def resumed_peers(self, conns: List[Optional[Connection]],
+                      state: Dict[str, Any]) -> Sequence[Any]:
+        """The gateways' players as the predecessor numbered them."""
+        a = state["authority"]
+        now = self.loop.time()
+        peers: Dict[int, _RemotePeer] = {}
+        for gateway, number, sent, players in a["links"]:
+            link = self.gateways.links[gateway] = _GatewayLink(
+                gateway, self.bus.private_channel(gateway), now)
+            link.number, link.sent = number, sent
+            for cid, at in players:
+                peers[at] = link.conns[cid] = _RemotePeer(link, cid)
+        return [peers.get(i) for i in range(max(peers, default=-1) + 1)]
+
+    def hold(self, peers: Sequence[Any], handles: Dict[int, Any], state: Dict[str, Any]) -> None:
+        for at, player in handles.items():
+            peers[at].player = player
+
+    def resume_role(self, state: Dict[str, Any]) -> None:
+        """The bus again; the same holder takes the lease back at once (see _acquired)."""
+        self._tick_reserved = state["authority"]["tick_reserved"]
+        self.gateways.down_number = state["authority"]["down_number"]
+        self.bus.start(self.bus.up_channel)
 
     def health(self) -> Tuple[str, bytes, int]:
         if self.refused:
@@ -4707,6 +4761,7 @@ class Authority(Role):
             return
         self.gateways.expire(self.loop.time(), self.bus_ready_at)
         world.on_tick(tick._replace(skipped=0))
+        self.ticked()
         if game.tick + TICK_AHEAD // 2 >= self._tick_held:
             self._reserve_ticks()
         store = world.store
@@ -4774,6 +4829,7 @@ class GatewayBus(WorldSide):
         self.me = bytes([len(gateway)]) + gateway.encode()
         self.private = link.private_channel(gateway)
         self.front: Optional[Front] = None  # set by the role
+        self.ticked: Callable[[], None] = lambda: None  # the role's, after each TICK sent
         self.seats: Dict[int, _Seat] = {}  # connection id -> seat
         self.hellos: Dict[Connection, _Seat] = {}  # said HELLO, no WELCOME yet
         self.players: Dict[Connection, None] = {}  # welcomed: the tick's broadcast list
@@ -5074,6 +5130,7 @@ class GatewayBus(WorldSide):
         stats = self.link.stats
         first, cpu = time.time(), time.thread_time()
         front.tick(shared, nframes, news, yous, everyone)
+        self.ticked()
         if not everyone:
             return  # sent to nobody: no figure (an empty gateway would make the p50 0)
         last = time.time()
@@ -5099,17 +5156,21 @@ class Gateway(Role):
     """
 
     role = "gateway"
+    can_hand_over = True
 
     def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
-                 address: "RedisAddress") -> None:
+                 address: "RedisAddress", handover: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(loop, options._replace(data=None, reuse_port=True))
         self.cluster = cluster
-        self.gateway = f"{socket.gethostname()[:40]}-{os.getpid()}-{os.urandom(3).hex()}"
+        # The name the authority knows this gateway by: an upgrade keeps it (and its seats).
+        self.gateway = handover["gateway"]["name"] if handover is not None else \
+            f"{socket.gethostname()[:40]}-{os.getpid()}-{os.urandom(3).hex()}"
         self.bus = BusLink(loop, cluster, address, f"spelltraction-{cluster.world}-{self.gateway}",
                            self._on_bus_message, self._redis_ready, self._bus_ready)
         self.world_bus = GatewayBus(loop, self.bus, self.gateway)
         self.front = Front(loop, self.options, self.world_bus, self.ops_routes(public=True))
         self.world_bus.front = self.front
+        self.world_bus.ticked = self.ticked
         self._paused_said = 0.0
         self._open_admin()
 
@@ -5122,6 +5183,53 @@ class Gateway(Role):
     def start(self) -> List[Tuple[str, int]]:
         self.bus.start(self.bus.down_channel, self.world_bus.private)
         return super().start()  # the ticker is ours: the up batch, the pause
+
+    def add_handover_state(self, state: Dict[str, Any]) -> None:
+        """The seats (which connection is which bus id), and what waits to go up."""
+        wb = self.world_bus
+        seats = []
+        for seat in wb.seats.values():
+            at = self.handover_index.get(seat.peer)
+            if at is not None:
+                seats.append([at, seat.cid, seat.hello.hex(), seat.pid, seat.welcomed])
+        state["gateway"] = {
+            "name": self.gateway, "next_cid": wb._next_cid, "epoch": wb.epoch,
+            "seats": seats, "world_players": wb.world_players, "world_tick": wb.world_tick,
+            "up": [e.hex() for e in wb.up_hellos + wb.up_leaves],
+            "moves": [[cid, move.hex()] for cid, move in wb.up_moves.items()],
+            "yous": [[cid, you.hex()] for cid, you in {**wb._due_yous, **wb.yous}.items()]}
+
+    def resume_role(self, state: Dict[str, Any]) -> None:
+        """The seats on the connections handed over; the bus again, which resynchronises."""
+        wb = self.world_bus
+        g = state["gateway"]
+        conns = self.resumed_conns
+        for at, cid, hello, pid, welcomed in g["seats"]:
+            conn = conns[at]
+            if conn is None:
+                wb.up_leaves.append(bus_entry(cid, OP_LEAVE))  # gone during the exec
+                continue
+            seat = _Seat(cid, bytes.fromhex(hello), conn)
+            seat.pid, seat.welcomed = pid, welcomed
+            wb.seats[cid] = seat
+            if welcomed:
+                conn.data = seat
+                wb.players[conn] = None
+                if state["front"]["players"][at]["v2"] and self.front is not None:
+                    self.front.v2_conns[conn] = None
+                if isinstance(conn.codec, WebSocketCodec) and self.front is not None:
+                    self.front.ws_players[conn] = None
+            else:
+                conn.data = HELLO_SENT
+                wb.hellos[conn] = seat
+        wb._next_cid = g["next_cid"]
+        wb.epoch = g["epoch"]
+        wb.world_players, wb.world_tick = g["world_players"], g["world_tick"]
+        wb.up_hellos += [bytes.fromhex(e) for e in g["up"]]
+        wb.up_moves = {cid: bytes.fromhex(m) for cid, m in g["moves"]}
+        wb.yous = {cid: bytes.fromhex(y) for cid, y in g["yous"]}
+        wb.last_tick_at = self.loop.time()
+        self.bus.start(self.bus.down_channel, wb.private)
 
     def close(self) -> None:
         self.bus.close()
@@ -5217,16 +5325,21 @@ class Gateway(Role):
 
 
 def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: RedisAddress,
-             log_limiter: Optional[RateLimitFilter] = None) -> int:
+             log_limiter: Optional[RateLimitFilter] = None, argv: Sequence[str] = ()) -> int:
     """``game`` or ``gateway``: like :func:`serve`, for one role of a world on Redis."""
     soft, _hard = raise_nofile()
     if role == "gateway" and soft != resource.RLIM_INFINITY and soft - FD_RESERVE < opts.max_clients:
         log.warning("open-files limit %d: serving at most %d clients", soft, soft - FD_RESERVE)
         opts = opts._replace(max_clients=max(soft - FD_RESERVE, 0))
     loop = make_loop(opts)
-    make: Callable[[], Role] = (lambda: Authority(loop, opts, cluster, address)) \
-        if role == "game" else (lambda: Gateway(loop, opts, cluster, address))
-    started = _start_server(loop, make, opts, log_limiter)
+    try:
+        handed = handover_from_environment()
+    except HandoverError as exc:
+        log.error("upgrade: %s", exc)
+        return 2
+    make: Callable[[], Role] = (lambda: Authority(loop, opts, cluster, address, handed)) \
+        if role == "game" else (lambda: Gateway(loop, opts, cluster, address, handed))
+    started = _start_server(loop, make, opts, log_limiter, argv, handed)
     if started is None:
         return 2
     server, addresses = started
@@ -7797,7 +7910,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                              or args.redis_password_env):
         log.warning("the Redis password is on the command line, where ps shows it: use "
                     "--redis-password-file or --redis-password-env")
-    return run_role(command, opts, ClusterOptions(args.world), address, limiter)
+    return run_role(command, opts, ClusterOptions(args.world), address, limiter, argv)
 
 
 def _backup(data: str, output: str) -> int:
