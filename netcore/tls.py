@@ -9,7 +9,7 @@ output queue (whose cap, high water and slow-consumer rules then apply to
 the ciphertext). Nothing blocks: no ``wrap_socket``, no blocking handshake;
 the handshake is driven by the loop's reads like everything else.
 
-This module imports :mod:`ssl` (about 3 MB of RSS with OpenSSL): netcore
+This module imports :mod:`ssl` (about 4.5 MB of RSS with OpenSSL): netcore
 imports it only when a server is given a TLS context or a client asks for
 TLS, so a plain server never loads it.
 
