@@ -491,3 +491,20 @@ def test_client_context_trusts_a_ca_file_or_checks_nothing_when_insecure(pki, tm
     assert client_context().minimum_version == ssl.TLSVersion.TLSv1_2
     with pytest.raises(CertificateError, match="nowhere.pem"):
         client_context(str(tmp_path / "nowhere.pem"))
+
+
+def test_a_plain_server_can_begin_to_offer_tls_and_stop_again(pki):
+    loop = EventLoop()
+    server = TCPServer(loop, Echo(), ServerConfig(hosts=["127.0.0.1"]))
+    server.listen()
+    server.set_tls(server_context(pki.cert, pki.key))
+    assert InThread(blocking_echo, server.port, pki.client_context()).wait(loop)[2] == b"echo:hi"
+    server.set_tls(None)
+    with pytest.raises((ssl.SSLError, OSError)):
+        InThread(blocking_echo, server.port, pki.client_context()).wait(loop)
+    plain = LoopClient(server.port)
+    plain.send(encode_frame(b"plain"))
+    got = bytearray()
+    run_until(loop, lambda: got.extend(plain.read_available()) or len(got) >= 12, 5)
+    assert bytes(got) == encode_frame(b"echo:plain")
+    plain.close()
