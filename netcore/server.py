@@ -39,7 +39,7 @@ from .loop import EventLoop, Readiness, Timer
 from .proxyproto import (
     ProxyHeader, ProxyHeaderReader, UntrustedProxyHeader, starts_proxy_header,
 )
-from .sniff import HTTP, MAX_BINARY_FRAME_WITH_TLS, TLS_RECORD, sniff
+from .sniff import HTTP, MAX_BINARY_FRAME_WITH_TLS, is_tls, sniff
 from .stats import NetStats
 from .websocket import CloseCode
 from .typing_shim import TYPE_CHECKING, cast
@@ -1079,7 +1079,7 @@ class _TLSStart:
         server = self.server
         conn.codec = inner = self.inner
         first = data[0]
-        if first == TLS_RECORD and server.config.tls is not None:
+        if is_tls(first) and server.config.tls is not None:
             server._start_tls(conn, data)
             return []
         if server.config.tls_required and not self.trusted:

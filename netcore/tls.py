@@ -62,9 +62,6 @@ __all__ = ["CertificateError", "TLSLayer", "TLSSide", "client_context", "error_n
 
 log = logging.getLogger(__name__)
 
-#: The first byte of a TLS record carrying a handshake (a ClientHello).
-TLS_HANDSHAKE_RECORD = 0x16
-
 DEFAULT_ALPN = ("http/1.1",)
 
 HANDSHAKING, READY, SHUT, FAILED = 0, 1, 2, 3
