@@ -157,6 +157,9 @@ class TLSState(Protocol):
     def closed(self, conn: "Connection") -> None:
         """``conn`` closed."""
 
+    def version(self) -> Optional[str]:
+        """What the handshake agreed on (``"TLSv1.3"``); None before it is done."""
+
 
 # State that few connections have at once, kept here rather than in a slot
 # every connection would carry (8 bytes each, for tens of thousands):
