@@ -27,12 +27,16 @@ modules above it):
   connections per client address (IPv6 by /64), exempt networks.
 - :mod:`netcore.connection`: ``Connection``, nonblocking I/O and backpressure,
   and ``Owner``, what a connection needs from whoever owns it.
+- :mod:`netcore.tls`: TLS under a connection's codec (``ssl.SSLObject`` over
+  memory BIOs, driven by the loop); ``server_context`` from certbot's PEM
+  files, ``client_context``. Imported (with ``ssl``) only when TLS is used.
+- :mod:`netcore.sniff`: one port for several protocols, decided by the first
+  byte (TLS, HTTP, binary).
 - :mod:`netcore.handler`: ``Handler``, the application's callbacks, their
   order and what may re-enter.
 - :mod:`netcore.server`: ``TCPServer``, listeners, limits and ``broadcast``.
 - :mod:`netcore.client`: ``TCPClient``, outbound connections (numeric
   addresses, IPv4/IPv6, a connect timeout, failures reported once).
-- :mod:`netcore.sniff`: one port for two protocols, decided by the first byte.
 - :mod:`netcore.static`: ``StaticFiles``, GET/HEAD of a directory, with ETags.
 - :mod:`netcore.wscodec`: WebSocket codecs for connections, server end
   and client end (``websocket_client``); text and binary messages.
@@ -86,6 +90,7 @@ if TYPE_CHECKING:  # names for type checkers; at run time, built or imported on 
     from typing import Any
 
     from .client import ClientConfig, TCPClient
+    from .tls import CertificateError, client_context, server_context
     from .connection import CodecFactory  # a type alias: typing builds it (below)
     from .redis import (
         CommandError,
@@ -107,6 +112,8 @@ if TYPE_CHECKING:  # names for type checkers; at run time, built or imported on 
 # talks to Redis does not carry its ~1 MB of code (PEP 562).
 _LAZY = {
     **dict.fromkeys(("ClientConfig", "TCPClient"), "client"),  # outbound: a server needs none
+    # TLS imports ssl (~4.5 MB of RSS): only for those who ask.
+    **dict.fromkeys(("CertificateError", "client_context", "server_context"), "tls"),
     **dict.fromkeys(("CommandError", "ConnectionLost", "HandshakeError", "NotConnected",
                      "Pending", "Redis", "RedisAddress", "RedisConfig", "RedisError", "RedisLease",
                      "RedisSubscriber", "Script"), "redis"),
@@ -136,6 +143,7 @@ __all__ = [
     "HTTP",
     "WEBSOCKET",
     "BufferFull",
+    "CertificateError",
     "ClientConfig",
     "CloseCode",
     "CloseReason",
@@ -187,10 +195,12 @@ __all__ = [
     "Window",
     "ZeroLengthFrame",
     "bind_listeners",
+    "client_context",
     "close_code_for",
     "encode_command",
     "encode_frame",
     "make_poller",
     "percentile",
+    "server_context",
     "websocket_client",
 ]

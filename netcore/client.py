@@ -21,7 +21,16 @@ Addresses are **numeric only** (``127.0.0.1``, ``::1``; ``localhost`` is
 taken as 127.0.0.1 then ::1): name resolution (``getaddrinfo``) blocks, and
 a loop must not. Resolve names before the loop runs with :func:`resolve`,
 or in a thread with :class:`Lookup`. Where several addresses are given or implied, they are
-tried in turn within the one timeout. TLS is not offered.
+tried in turn within the one timeout.
+
+TLS: ``connect(..., tls=context, server_hostname="game.example.org")``
+(a context from :func:`netcore.tls.client_context`; the name is sent as SNI
+and checked against the certificate; it defaults to ``host``). The
+handshake runs on the loop within the connect ``timeout``; ``on_connect``
+comes once it is done, and a handshake that fails (a certificate that does
+not verify, a wrong name, a peer that is not TLS) is a connect that fails:
+``on_failed(exc)`` with the ``ssl.SSLError`` (an ``OSError``), no
+``on_connect``, no ``on_close``. :mod:`ssl` is imported only then.
 """
 
 from __future__ import annotations
@@ -39,9 +48,11 @@ from .stats import NetStats
 from .typing_shim import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import ssl
     from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
     from .connection import CodecFactory
+    from .tls import TLSSide
 
 __all__ = ["ClientConfig", "Connecting", "Lookup", "TCPClient", "resolve"]
 
@@ -140,13 +151,18 @@ class Connecting(Readiness):
     """One ``connect()`` under way. ``cancel()`` gives up without a report."""
 
     __slots__ = ("client", "host", "port", "data", "codec_factory", "on_failed",
-                 "sock", "_left", "_timer", "_error", "done")
+                 "sock", "_left", "_timer", "_error", "done", "tls", "server_hostname", "conn")
 
     def __init__(self, client: "TCPClient", host: str, port: int,
                  candidates: List[Tuple[int, Address]], timeout: float, data: Any,
                  codec_factory: CodecFactory,
-                 on_failed: Optional[Callable[[OSError], None]]) -> None:
+                 on_failed: Optional[Callable[[OSError], None]],
+                 tls: Optional[ssl.SSLContext] = None,
+                 server_hostname: Optional[str] = None) -> None:
         self.client = client
+        self.tls = tls
+        self.server_hostname = server_hostname
+        self.conn: Optional[Connection] = None  # connected, TLS handshake under way
         self.host = host
         self.port = port
         self.data = data
@@ -200,6 +216,9 @@ class Connecting(Readiness):
             self._next()
             return
         self.sock = None
+        if self.tls is not None:
+            self.client._handshake(sock, self)  # done (and on_connect) once it is over
+            return
         self._finish(keep_socket=True)
         self.client._connected(sock, self)
 
@@ -230,6 +249,11 @@ class Connecting(Readiness):
             self.client.loop.unregister(sock)
             sock.close()
             self.sock = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if not keep_socket:  # a TLS handshake given up: closed, not reported
+                conn.close(CloseReason.ERROR, "connect attempt ended")
 
 
 class TCPClient(OwnerBase):
@@ -258,6 +282,9 @@ class TCPClient(OwnerBase):
         self.connect_failures = 0
         self.recv_view = memoryview(bytearray(self.config.recv_buffer))
         self._attempts: Set[Connecting] = set()
+        # TLS: connections whose handshake is under way, and their attempt.
+        self._handshaking: Dict[Connection, Connecting] = {}
+        self._tls: Optional[TLSSide] = None
 
     def connect(
         self,
@@ -268,17 +295,33 @@ class TCPClient(OwnerBase):
         data: Any = None,
         codec_factory: Optional[CodecFactory] = None,
         on_failed: Optional[Callable[[OSError], None]] = None,
+        tls: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
     ) -> Connecting:
         """Start connecting to ``host`` (numeric, or :func:`resolve`'s list) at ``port``.
 
-        Raises ValueError at once for a name that is not numeric; every
-        network outcome comes later, from the loop (see the module docstring).
+        ``tls``: speak TLS with this context, checking the certificate against
+        ``server_hostname`` (also sent as SNI; default ``host``). A codec
+        factory may carry both (``websocket_client(..., tls=)``); these win.
+        Raises ValueError at once for a name that is not numeric, or TLS
+        with a hostname check and no name; every network outcome comes
+        later, from the loop (see the module docstring).
         """
         candidates = _candidates(host, port)
         name = host if isinstance(host, str) else "/".join(str(a[0]) for a in host)
+        factory = codec_factory if codec_factory is not None else self.codec_factory
+        if tls is None:
+            tls = getattr(factory, "tls", None)
+            if server_hostname is None:
+                server_hostname = getattr(factory, "server_hostname", None)
+        if tls is not None:
+            if server_hostname is None and isinstance(host, str):
+                server_hostname = host
+            if tls.check_hostname and not server_hostname:
+                raise ValueError("TLS with a hostname check needs server_hostname")
         attempt = Connecting(
             self, name, port, candidates, self.config.connect_timeout if timeout is None else timeout, data,
-            codec_factory if codec_factory is not None else self.codec_factory, on_failed)
+            factory, on_failed, tls, server_hostname)
         self._attempts.add(attempt)
         self.loop.call_soon(lambda: attempt._next() if not attempt.done else None)
         return attempt
@@ -310,7 +353,65 @@ class TCPClient(OwnerBase):
         conn.codec = attempt.codec_factory(conn)
         self.handler.on_connect(conn)
 
+    def _handshake(self, sock: socket.socket, attempt: Connecting) -> None:
+        """Connected: begin TLS; :meth:`_tls_opened` follows, or the attempt fails."""
+        from .tls import TLSLayer, TLSSide  # imports ssl: only clients that speak TLS load it
+
+        assert attempt.tls is not None
+        if self.config.nodelay:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        conn = Connection(sock, self)
+        conn.data = attempt.data
+        self.loop.modify(sock, selectors.EVENT_READ, conn)
+        attempt.conn = conn
+        self._handshaking[conn] = attempt
+        side = self._tls
+        if side is None:  # no budget, no timeout of its own: the connect timeout is it
+            side = self._tls = TLSSide(self.loop, self.stats, opened=self._tls_opened,
+                                       failed=self._tls_failed)
+        try:
+            layer = TLSLayer(attempt.tls, side, server_side=False,
+                             server_hostname=attempt.server_hostname)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            attempt._error = OSError(f"TLS to {attempt.host}:{attempt.port}: {exc}")
+            conn.close(CloseReason.TLS_ERROR, str(exc))
+            return
+        layer.start(conn)
+
+    def _tls_opened(self, conn: Connection) -> None:
+        attempt = self._handshaking.pop(conn, None)
+        if attempt is None:  # pragma: no cover - every handshake has its attempt
+            return
+        attempt.conn = None
+        attempt._finish(keep_socket=True)
+        self.connections[conn.fd] = conn
+        self.stats.accepted += 1
+        self.stats.connections += 1
+        conn.codec = attempt.codec_factory(conn)
+        self.handler.on_connect(conn)
+
+    def _tls_failed(self, conn: Connection, exc: BaseException) -> None:
+        attempt = self._handshaking.get(conn)
+        if attempt is not None:
+            attempt._error = exc if isinstance(exc, OSError) else OSError(str(exc))
+
     def _forget(self, conn: Connection, reason: str, detail: str) -> None:
+        attempt = self._handshaking.pop(conn, None)
         self._release(conn, reason)
+        if attempt is not None:  # the handshake did not finish: no on_connect, no on_close
+            log.debug("fd=%d TLS handshake ended: %s %s", conn.fd, reason, detail)
+            attempt.conn = None
+            if not attempt.done:
+                error = attempt._error
+                if error is None:
+                    error = (ConnectionResetError if reason in (CloseReason.RESET,
+                             CloseReason.PEER_CLOSED) else OSError)(
+                        f"TLS handshake with {attempt.host}:{attempt.port}: {reason}"
+                        + (f": {detail}" if detail else ""))
+                attempt._fail(error)
+            return
         log.debug("fd=%d closed: %s %s", conn.fd, reason, detail)
         self.handler.on_close(conn, reason)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
     from .ringbuffer import BytesLike
 
-__all__ = ["CloseReason", "Connection", "ConnectionEvents", "Limits", "Owner", "OwnerBase"]
+__all__ = ["CloseReason", "Connection", "ConnectionEvents", "Limits", "Owner", "OwnerBase",
+           "TLSState"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class CloseReason:
     SHUTDOWN = "shutdown"
     LINGER_TIMEOUT = "linger-timeout"
     HANDSHAKE_TIMEOUT = "handshake-timeout"  # an HTTP request or upgrade took too long
+    TLS_HANDSHAKE_TIMEOUT = "tls-handshake-timeout"  # the TLS handshake took too long
+    TLS_ERROR = "tls-error"  # a TLS error (counted by name in NetStats.tls_errors)
+    TLS_REQUIRED = "tls-required"  # a plain connection to a server that requires TLS
     DONE = "done"  # an HTTP exchange finished (not kept alive)
 
 
@@ -134,6 +138,29 @@ class Owner(Protocol):
         """``conn`` closed: unregister it, count it, call ``on_close``."""
 
 
+class TLSState(Protocol):
+    """What a :class:`Connection` asks of its TLS layer (``conn.tls``).
+
+    :class:`netcore.tls.TLSLayer` is the one there is; declared here so that
+    this module needs neither it nor :mod:`ssl`.
+    """
+
+    def on_ready(self, conn: "Connection", mask: int) -> None:
+        """The socket is ready: read through TLS into ``conn._feed``, flush."""
+
+    def encrypt(self, conn: "Connection", data: BytesLike) -> bytes:
+        """The wire bytes for ``data`` (empty: held, or ``conn`` was closed)."""
+
+    def goodbye(self, conn: "Connection") -> None:
+        """Queue a ``close_notify``: ``conn`` closes on purpose."""
+
+    def closed(self, conn: "Connection") -> None:
+        """``conn`` closed."""
+
+    def version(self) -> Optional[str]:
+        """What the handshake agreed on (``"TLSv1.3"``); None before it is done."""
+
+
 # State that few connections have at once, kept here rather than in a slot
 # every connection would carry (8 bytes each, for tens of thousands):
 # why each closing connection (close_after_flush, still flushing) will close,
@@ -149,6 +176,12 @@ class Connection(Readiness):
     Polled edge-triggered where the loop can (``Readiness.edge_triggered``):
     a read that fills the owner's whole read buffer may have left input in
     the kernel, so it asks the loop for another turn (``ready_again``).
+
+    ``tls`` is None on a plain connection: the plain path tests it once per
+    read and once per write, and does nothing else for TLS. On a TLS one it
+    is the :class:`~netcore.tls.TLSLayer`: reads go through it before the
+    codec, writes are encrypted before they are sent or queued (``out``
+    then holds ciphertext), and a polite close sends a ``close_notify``.
     """
 
     edge_triggered = True
@@ -161,6 +194,7 @@ class Connection(Readiness):
         "out",
         "state",
         "data",
+        "tls",
     )
 
     def __init__(self, sock: socket.socket, owner: Owner, codec: Codec = CLOSED_CODEC) -> None:
@@ -174,6 +208,7 @@ class Connection(Readiness):
         self.out: Optional[RingBuffer] = None
         self.state = OPEN
         self.data: Any = None  # the application's per-connection object
+        self.tls: Optional[TLSState] = None  # a netcore.tls.TLSLayer; None: plain
 
     def __repr__(self) -> str:
         return f"<Connection fd={self.fd} {('open', 'closing', 'closed')[self.state]}>"
@@ -251,6 +286,10 @@ class Connection(Readiness):
         stats = self.owner.stats
         stats.sends += 1
         stats.frames_out += frames
+        if self.tls is not None:
+            data = self.tls.encrypt(self, data)
+            if not data:  # held until the handshake is done, or refused (and closed)
+                return self.state == OPEN
         if self.out is None:
             try:
                 n = self.sock.send(data)
@@ -262,13 +301,47 @@ class Connection(Readiness):
             stats.bytes_out += n
             if n == len(data):
                 return True
-            self.enqueue(memoryview(data)[n:])
+            self._enqueue(memoryview(data)[n:])
         else:
-            self.enqueue(data)
+            self._enqueue(data)
         return self.state == OPEN
 
+    def _write_raw(self, data: BytesLike) -> None:
+        """Send or queue bytes that are already what goes on the wire (the TLS
+        layer's records): :meth:`write` without the counting or the encryption."""
+        if self.state != OPEN or not data:
+            return
+        if self.out is None:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._send_failed(exc)
+                return
+            self.owner.stats.bytes_out += n
+            if n == len(data):
+                return
+            self._enqueue(memoryview(data)[n:])
+        else:
+            self._enqueue(data)
+
     def enqueue(self, data: BytesLike) -> None:
-        """Queue ``data`` behind what is already waiting (no send attempt)."""
+        """Queue ``data`` behind what is already waiting (no send attempt).
+
+        On a TLS connection ``data`` is encrypted first (the queue holds
+        what goes on the wire).
+        """
+        if self.state != OPEN:
+            return
+        if self.tls is not None:
+            data = self.tls.encrypt(self, data)
+            if not data:
+                return
+        self._enqueue(data)
+
+    def _enqueue(self, data: BytesLike) -> None:
+        """Queue wire bytes behind what is already waiting."""
         if self.state != OPEN:
             return
         owner = self.owner
@@ -347,6 +420,9 @@ class Connection(Readiness):
     def on_ready(self, mask: int) -> None:
         # The read is written out here, not a method of its own: this runs
         # for every message every player sends.
+        if self.tls is not None:
+            self.tls.on_ready(self, mask)  # reads through TLS, then _feed()
+            return
         if mask & EVENT_READ and self.state == OPEN:
             owner = self.owner
             view = owner.recv_view
@@ -390,6 +466,30 @@ class Connection(Readiness):
         if mask & EVENT_WRITE and self.out is not None and self.state != CLOSED:
             self._flush()
 
+    def _feed(self, data: BytesLike) -> None:
+        """What ``on_ready`` does with the bytes it read, for bytes read another
+        way (the plaintext a TLS layer decrypted): the codec, then the handler."""
+        try:
+            messages = self.codec.feed(data)
+        except ProtocolError as exc:
+            if exc.messages:
+                self._deliver(exc.messages)
+            if self.state == OPEN:
+                self.owner._bad_input(self, exc)
+            return
+        except CodecHandoff as handoff:
+            if self.state != CLOSED:
+                self.codec = handoff.codec
+            messages = handoff.messages
+        if messages:
+            self._deliver(messages)
+
+    def _read_failed(self, exc: OSError) -> None:
+        if isinstance(exc, _QUIET_ERRORS):
+            self.close(CloseReason.RESET)
+        else:
+            self.close(CloseReason.ERROR, f"recv: {exc}")
+
     def _deliver(self, messages: Sequence[bytes]) -> None:
         """Hand ``messages`` to the handler until one of them closes us."""
         owner = self.owner
@@ -431,6 +531,10 @@ class Connection(Readiness):
         """
         if self.state != OPEN:
             return
+        if self.tls is not None:
+            self.tls.goodbye(self)  # a close_notify, queued last
+            if self.state != OPEN:
+                return
         if self.out is None:
             self.close(reason, detail)
             return
@@ -459,6 +563,10 @@ class Connection(Readiness):
             self.owner.stats.queued_out_bytes -= len(out)
             self.out = None
         self.owner._forget(self, reason, detail)
+        tls = self.tls
+        if tls is not None:  # after on_close, which may still look at it
+            tls.closed(self)
+            self.tls = None  # frees OpenSSL's state now
         sock = self.sock
         if reason != CloseReason.PEER_CLOSED and reason != CloseReason.RESET:
             # Closing with unread input makes the kernel answer RST, which

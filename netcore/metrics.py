@@ -191,6 +191,10 @@ def add_net_stats(exp: Exposition, stats: NetStats, prefix: str,
                  "that are not trusted proxies, by kind.", "kind",
                  {"x-forwarded-for": stats.untrusted.get("x-forwarded-for", 0),
                   "proxy-header": stats.untrusted.get("proxy-header", 0)})
+    exp.counter(f"{p}_tls_handshakes_total", "TLS handshakes completed.", stats.tls_handshakes)
+    exp.labelled(f"{p}_tls_errors_total", "counter",
+                 "TLS errors (each closed its connection), by OpenSSL's name for them.",
+                 "error", stats.tls_errors)
 
 
 def add_tick_stats(exp: Exposition, sched: TickScheduler, prefix: str) -> None:

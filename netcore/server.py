@@ -11,6 +11,13 @@ accept it cannot complete.
 All connections share one receive buffer (reads are copied out as whole
 frames by each connection's codec), so reading costs no allocation per
 ``recv`` and idle connections hold no buffers.
+
+TLS (``ServerConfig.tls``, a context from :func:`netcore.tls.server_context`)
+shares the port with plain clients: the first byte of a connection says
+which (0x16, a TLS handshake record; see :mod:`netcore.sniff`), after the
+PROXY header of a trusted proxy. ``tls_required`` refuses plain clients
+(except from trusted proxies, which may terminate TLS themselves). The
+:mod:`ssl` module is imported only when a context is given.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from .loop import EventLoop, Readiness, Timer
 from .proxyproto import (
     ProxyHeader, ProxyHeaderReader, UntrustedProxyHeader, starts_proxy_header,
 )
+from .sniff import HTTP, MAX_BINARY_FRAME_WITH_TLS, is_tls, sniff
 from .stats import NetStats
 from .websocket import CloseCode
 from .typing_shim import TYPE_CHECKING, cast
@@ -41,8 +49,11 @@ if TYPE_CHECKING:
         Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union,
     )
 
+    import ssl
+
     from .connection import CodecFactory
     from .ringbuffer import BytesLike
+    from .tls import TLSSide
 
 __all__ = ["Handler", "Listener", "ServerConfig", "TCPServer", "bind_listeners"]
 
@@ -64,6 +75,12 @@ _BACKLOG_SLICE_TIME = 0.005
 # most once per this many seconds per kind; the rest are only counted
 # (NetStats.untrusted, summarised by logs.ChurnReporter).
 UNTRUSTED_LOG_EVERY = 60.0
+
+# What a plain HTTP client gets from a server that requires TLS.
+_TLS_ONLY_BODY = b"This port speaks TLS only: use https:// (or wss://).\n"
+_TLS_ONLY_HTTP = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_TLS_ONLY_BODY)
+                  + _TLS_ONLY_BODY)
 
 try:  # the unsent bytes in a socket's send queue (SIOCOUTQ is TIOCOUTQ on Linux)
     import fcntl
@@ -156,6 +173,7 @@ class ServerConfig:
         "sndbuf", "send_backlog_limit", "send_backlog_grace", "max_per_address",
         "max_pending_per_address", "max_pending", "exempt", "trusted_proxies",
         "limit_message", "read_budget", "reuse_port", "refuse_rate",
+        "tls", "tls_required", "tls_handshake_timeout", "tls_handshake_budget",
     )
 
     def __init__(
@@ -207,6 +225,18 @@ class ServerConfig:
         # nothing: a connect storm at a full server cannot take the tick's
         # CPU. None: every connect is accepted and refused at once.
         refuse_rate: Optional[float] = 1000.0,
+        # TLS on the same port as plain clients (the first byte tells them
+        # apart): a context from netcore.tls.server_context. None: plain only,
+        # and the ssl module is never imported.
+        tls: Optional[ssl.SSLContext] = None,
+        # Refuse plain clients (closed, counted as the limit "tls-required";
+        # an HTTP one is told to use https first). Trusted proxies are exempt.
+        tls_required: bool = False,
+        # Seconds a TLS handshake may take from its first byte; then closed.
+        tls_handshake_timeout: float = 10.0,
+        # TLS handshake steps per loop wake-up (each may cost a signature, ~1 ms
+        # with RSA); past it connections wait for the next turn.
+        tls_handshake_budget: int = 16,
     ) -> None:
         if not 0 <= low_water <= high_water <= max_output:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
@@ -240,6 +270,16 @@ class ServerConfig:
         if refuse_rate is not None and refuse_rate <= 0:
             raise ValueError("refuse_rate must be positive (None: no limit)")
         self.refuse_rate = refuse_rate
+        if tls_required and tls is None:
+            raise ValueError("tls_required needs a tls context")
+        if tls_handshake_timeout <= 0:
+            raise ValueError("tls_handshake_timeout must be positive")
+        if tls_handshake_budget < 1:
+            raise ValueError("tls_handshake_budget must be at least 1")
+        self.tls = tls
+        self.tls_required = tls_required
+        self.tls_handshake_timeout = tls_handshake_timeout
+        self.tls_handshake_budget = tls_handshake_budget
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -339,6 +379,7 @@ class TCPServer(OwnerBase):
         self.codec_factory: CodecFactory = (
             codec_factory if codec_factory is not None else (lambda conn: frames)
         )
+        self._default_codec = codec_factory is None
         self.stats = NetStats()
         self.connections: Dict[int, Connection] = {}
         self.listeners: List[Listener] = []
@@ -366,6 +407,10 @@ class TCPServer(OwnerBase):
         self._over_backlog: Dict[Connection, float] = {}  # over the limit since
         self._backlog_timer: Optional[Timer] = None
         self._untrusted_logged: Dict[str, float] = {}  # kind -> when last logged
+        # The handshake budget and timeouts of TLS connections; None until TLS is configured.
+        self._tls: Optional[TLSSide] = None
+        if cfg.tls is not None:
+            self._setup_tls()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -443,6 +488,69 @@ class TCPServer(OwnerBase):
         for conn in list(self.connections.values()):
             conn.close(reason)
 
+    # -- TLS ------------------------------------------------------------------
+
+    def set_tls(self, context: Optional[ssl.SSLContext]) -> None:
+        """Serve TLS connections accepted from now on with ``context``.
+
+        Open connections keep the context they began with, so a renewed
+        certificate goes in without dropping anyone: build the new context
+        first (:func:`netcore.tls.server_context` raises on a bad file, and
+        this is then never called: the old context stays). None stops
+        offering TLS to new connections (ValueError with ``tls_required``).
+        Sets ``config.tls``.
+        """
+        if context is None:
+            if self.config.tls_required:
+                raise ValueError("tls_required needs a tls context")
+        else:
+            self._setup_tls()
+        self.config.tls = context
+
+    def _setup_tls(self) -> None:
+        if self._tls is not None:
+            return
+        max_frame: int = self.config.max_frame if self._default_codec else 0
+        binary = getattr(self.codec_factory, "binary", None)  # a WebFront's
+        if not self._default_codec and callable(binary):
+            max_frame = getattr(binary(), "max_frame", 0)
+        if max_frame > MAX_BINARY_FRAME_WITH_TLS:
+            raise ValueError(
+                f"max_frame {max_frame} > {MAX_BINARY_FRAME_WITH_TLS}: a binary frame could "
+                "then start like a TLS record (0x16), and one port cannot carry both")
+        from .tls import TLSSide  # imports ssl: only servers that serve TLS load it
+
+        cfg = self.config
+        self._tls = TLSSide(self.loop, self.stats, budget=cfg.tls_handshake_budget,
+                            timeout=cfg.tls_handshake_timeout)
+
+    def _start_tls(self, conn: Connection, first: BytesLike) -> None:
+        """``conn`` began with a TLS record: put TLS under its codec."""
+        from .tls import TLSLayer
+
+        context = self.config.tls
+        side = self._tls
+        assert context is not None and side is not None, "only sniffed while TLS is on"
+        TLSLayer(context, side, server_side=True).start(conn, first)
+
+    def _refuse_plain(self, conn: Connection, first_byte: int) -> None:
+        """A plain client where TLS is required: an HTTP one is told, then closed."""
+        self.stats.limit("tls-required")
+        detail = "plain connection, TLS required"
+        if sniff(first_byte) == HTTP and conn.write(_TLS_ONLY_HTTP):
+            conn.close_after_flush(CloseReason.TLS_REQUIRED, detail)
+        else:
+            conn.close(CloseReason.TLS_REQUIRED, detail)
+
+    def _served_codec(self, conn: Connection, trusted: bool) -> Codec:
+        """The codec a connection starts with once any PROXY header is read:
+        the server's, behind the TLS sniff when TLS is on."""
+        codec = self.codec_factory(conn) if trusted else _UntrustedStart(
+            conn, self, self.codec_factory(conn))
+        if self.config.tls is not None:
+            return _TLSStart(conn, self, codec, trusted)
+        return codec
+
     # -- sending ------------------------------------------------------------
 
     def broadcast(
@@ -479,6 +587,14 @@ class TCPServer(OwnerBase):
                 if own is not None:
                     buf = own
                     special += 1
+            tls = conn.tls
+            if tls is not None:  # encrypted for this connection alone
+                if not conn.is_open:
+                    continue
+                buf = tls.encrypt(conn, buf)
+                if not buf:  # held until its handshake is done (or refused, closed)
+                    count += 1
+                    continue
             if conn.out is None:
                 try:
                     n = conn.sock.send(buf)
@@ -489,9 +605,9 @@ class TCPServer(OwnerBase):
                     continue
                 sent += n
                 if n != (size if buf is data else len(buf)):
-                    conn.enqueue(memoryview(buf)[n:])
+                    conn._enqueue(memoryview(buf)[n:])
             else:
-                conn.enqueue(buf)
+                conn._enqueue(buf)
             count += 1
         stats = self.stats
         stats.bytes_out += sent
@@ -561,7 +677,7 @@ class TCPServer(OwnerBase):
         if key is not None:
             self._counted_pending[conn] = key
         conn.codec = (_ProxyHeaderCodec(conn, self) if from_proxy
-                      else _UntrustedStart(conn, self, self.codec_factory(conn)))
+                      else self._served_codec(conn, trusted=False))
         self.loop.register(conn.fd, EVENT_READ, conn)  # the int conn holds: no copy
         self.connections[conn.fd] = conn
         stats.accepted += 1
@@ -695,7 +811,7 @@ class TCPServer(OwnerBase):
                 conn.write(self._limit_message(limit, header.source[0]))
                 conn.close_after_flush(limit, f"refused: {limit}")
                 return []
-        codec = conn.codec = self.codec_factory(conn)
+        codec = conn.codec = self._served_codec(conn, trusted=True)
         if rest and conn.is_open:
             return codec.feed(rest)
         return []
@@ -887,7 +1003,7 @@ class _ProxyHeaderCodec(SilentCodec):
                 return []
             self.start = None
             if not header:
-                codec = self.conn.codec = self.server.codec_factory(self.conn)
+                codec = self.conn.codec = self.server._served_codec(self.conn, trusted=True)
                 return codec.feed(start)
             data = start
         found = self.reader.feed(data)  # ProxyError: bad input, closed
@@ -929,6 +1045,47 @@ class _UntrustedStart:
             self.server.untrusted_forwarding(conn, "proxy-header")
             raise UntrustedProxyHeader("a PROXY header from a peer that is not a trusted proxy")
         return self.inner.feed(data)
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return self.inner.frame(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        return self.inner.wrap(stream)
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return self.inner.closing(stream, code, reason)
+
+
+class _TLSStart:
+    """The first codec of a connection to a server with TLS: TLS or plain?
+
+    A first byte of 0x16 (a TLS handshake record) puts a
+    :class:`~netcore.tls.TLSLayer` under ``inner``, which then reads the
+    plaintext; anything else goes to ``inner`` as it is, or, with
+    ``tls_required`` and a peer that is not a trusted proxy, is refused.
+    Until the peer speaks, ``inner`` frames what the server says (in plain).
+    """
+
+    __slots__ = ("conn", "server", "inner", "trusted")
+
+    def __init__(self, conn: Connection, server: TCPServer, inner: Codec, trusted: bool) -> None:
+        self.conn = conn
+        self.server = server
+        self.inner = inner
+        self.trusted = trusted
+
+    def feed(self, data: BytesLike) -> List[bytes]:
+        conn = self.conn
+        server = self.server
+        conn.codec = inner = self.inner
+        first = data[0]
+        if is_tls(first) and server.config.tls is not None:
+            server._start_tls(conn, data)
+            return []
+        if server.config.tls_required and not self.trusted:
+            server._refuse_plain(conn, first)
+            return []
+        return inner.feed(data)
 
     def frame(self, payload: BytesLike) -> bytes:
         return self.inner.frame(payload)

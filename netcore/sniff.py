@@ -8,6 +8,13 @@ smaller than that refuses anyway. So the first byte of a connection decides,
 with no ambiguity and no waiting for more: ``A``-``Z`` is HTTP, anything
 else is the binary protocol.
 
+TLS comes before either, on a server given a TLS context: a TLS connection
+starts with a handshake record, whose first byte is 0x16 (:func:`is_tls`).
+A frame of 0x1600-0x16FF bytes would start with it too, so a server that
+takes TLS and plain clients on one port needs a binary codec whose largest
+frame is at most :data:`MAX_BINARY_FRAME_WITH_TLS` (0x15FF, 5,631 bytes);
+the server checks. What is inside the TLS is sniffed again, as above.
+
 :class:`ProtocolSniffer` is the codec a connection starts with; it makes
 the decision on the first bytes, installs the real codec in the connection
 and hands those bytes on to it.
@@ -24,7 +31,8 @@ if TYPE_CHECKING:
 
     from .ringbuffer import BytesLike
 
-__all__ = ["BINARY", "HTTP", "MAX_BINARY_FRAME", "WEBSOCKET", "ProtocolSniffer", "sniff"]
+__all__ = ["BINARY", "HTTP", "MAX_BINARY_FRAME", "MAX_BINARY_FRAME_WITH_TLS", "TLS_RECORD",
+           "WEBSOCKET", "ProtocolSniffer", "is_tls", "sniff"]
 
 BINARY, HTTP, WEBSOCKET = "binary", "http", "websocket"
 
@@ -33,6 +41,18 @@ BINARY, HTTP, WEBSOCKET = "binary", "http", "websocket"
 MAX_BINARY_FRAME = 0x40FF
 
 _HTTP_FIRST = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+#: The first byte of a TLS connection: a handshake record (its ClientHello).
+TLS_RECORD = 0x16
+
+# The largest frame a binary codec may accept on a port that also takes
+# TLS: 0x16 as the first length byte already means 0x1600.
+MAX_BINARY_FRAME_WITH_TLS = 0x15FF
+
+
+def is_tls(first_byte: int) -> bool:
+    """Whether a stream starting with ``first_byte`` is TLS (a handshake record)."""
+    return first_byte == TLS_RECORD
 
 
 def sniff(first_byte: int) -> str:

@@ -110,6 +110,8 @@ class NetStats:
         "slow_consumers",
         "limits",
         "untrusted",
+        "tls_handshakes",
+        "tls_errors",
     )
 
     def __init__(self) -> None:
@@ -134,6 +136,11 @@ class NetStats:
         # kind: "x-forwarded-for" (an HTTP request's header, ignored) and
         # "proxy-header" (a PROXY header: the connection is closed).
         self.untrusted: Dict[str, int] = {}
+        # TLS handshakes completed, and TLS errors by OpenSSL's name for them
+        # ("wrong-version-number", "certificate-verify-failed"...): each
+        # closed its connection (reason "tls-error").
+        self.tls_handshakes = 0
+        self.tls_errors: Dict[str, int] = {}
 
     def limit(self, name: str) -> None:
         """Count one firing of the limit ``name``."""

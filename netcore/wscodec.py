@@ -56,13 +56,14 @@ from .websocket import (
 from .typing_shim import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import ssl
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-    from .connection import CodecFactory
     from .ringbuffer import BytesLike
     from .websocket import Event
 
-__all__ = ["HandshakeError", "WebSocketClientCodec", "WebSocketCodec", "websocket_client"]
+__all__ = ["HandshakeError", "WebSocketClient", "WebSocketClientCodec", "WebSocketCodec",
+           "websocket_client"]
 
 MAX_RESPONSE_HEAD = 16 << 10
 
@@ -275,17 +276,68 @@ class WebSocketClientCodec(_WebSocketEnd):
         self.subprotocol = chosen
 
 
+class WebSocketClient:
+    """A codec factory for WebSocket clients (what :func:`websocket_client` returns).
+
+    Calling it with a connection gives the connection its
+    :class:`WebSocketClientCodec`. ``tls`` and ``server_hostname`` are for
+    :meth:`TCPClient.connect <netcore.client.TCPClient.connect>`, which
+    takes them from here when it is not given its own: ``wss://``.
+    """
+
+    __slots__ = ("host", "path", "inner", "max_message", "headers", "subprotocols", "limits",
+                 "tls", "server_hostname")
+
+    def __init__(self, host: str, path: str = "/", inner: Optional[Codec] = None,
+                 max_message: int = DEFAULT_MAX_MESSAGE,
+                 headers: Sequence[Tuple[str, str]] = (),
+                 subprotocols: Sequence[str] = (),
+                 tls: Optional[ssl.SSLContext] = None,
+                 server_hostname: Optional[str] = None, **limits: Any) -> None:
+        self.host = host
+        self.path = path
+        self.inner = inner
+        self.max_message = max_message
+        self.headers = tuple(headers)
+        self.subprotocols = tuple(subprotocols)
+        self.limits = limits
+        self.tls = tls
+        if tls is not None and server_hostname is None:
+            server_hostname = _host_name(host)
+        self.server_hostname = server_hostname
+
+    def __call__(self, conn: Connection) -> Codec:
+        return WebSocketClientCodec(conn, self.host, self.path, self.inner, self.max_message,
+                                    self.headers, self.subprotocols, **self.limits)
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header: ``example.org:8443`` -> ``example.org``,
+    ``[::1]:8443`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        return name
+    return host
+
+
 def websocket_client(host: str, path: str = "/", inner: Optional[Codec] = None,
                      max_message: int = DEFAULT_MAX_MESSAGE,
                      headers: Sequence[Tuple[str, str]] = (),
-                     subprotocols: Sequence[str] = (), **limits: Any) -> CodecFactory:
+                     subprotocols: Sequence[str] = (),
+                     tls: Optional[ssl.SSLContext] = None,
+                     server_hostname: Optional[str] = None,
+                     **limits: Any) -> WebSocketClient:
     """A codec factory for :meth:`TCPClient.connect <netcore.client.TCPClient.connect>`.
 
     ``host`` is the ``Host`` header (``"example.org:8080"``); ``path`` the
     resource. Wait for ``on_protocol(conn, "websocket")`` before relying on
     the connection being open (sends before it are held back, not lost).
+
+    ``tls``: ``wss://``, with this context (:func:`netcore.tls.client_context`);
+    the certificate is checked against ``server_hostname``, by default the
+    name in ``host``. ``connect`` takes both from the factory.
     """
-    def make(conn: Connection) -> Codec:
-        return WebSocketClientCodec(conn, host, path, inner, max_message, headers, subprotocols,
-                                    **limits)
-    return make
+    return WebSocketClient(host, path, inner, max_message, headers, subprotocols, tls,
+                           server_hostname, **limits)

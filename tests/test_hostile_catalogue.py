@@ -22,7 +22,7 @@ def test_every_row_names_a_test_that_exists_and_rows_are_numbered_in_order():
     assert [int(r[0]) for r in found] == list(range(1, len(found) + 1))
     for number, kind, attack, path, name, gets in found:
         assert kind in ("binary", "connection", "http", "websocket", "signals", "fuzz",
-                        "files", "bus", "store"), kind
+                        "files", "bus", "store", "tls"), kind
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
             tree = ast.parse(f.read())
         names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}

@@ -98,13 +98,14 @@ def test_nothing_is_imported_from_the_directory_the_server_starts_in(tmp_path):
 
 
 def test_a_server_that_served_every_kind_of_client_loaded_no_typing_or_urllib(tmp_path):
-    """``typing`` (0.45 MB of RSS) is for type checkers, and ``urllib.parse``
-    pulls in ``ipaddress`` (0.45 MB more): after serving a player, a browser's
+    """``typing`` (0.45 MB of RSS) is for type checkers, ``urllib.parse``
+    pulls in ``ipaddress`` (0.45 MB more), and ``ssl`` (with OpenSSL, ~4.5 MB)
+    is for servers given a certificate: after serving a player, a browser's
     page, a WebSocket handshake, /metrics and /stats.json, and shutting down,
-    the server has imported none of them."""
+    a plain server has imported none of them."""
     code = ("import atexit, sys; sys.path.insert(0, sys.argv[1])\n"
             "atexit.register(lambda: print(sorted(m for m in ('typing', 'urllib.parse', "
-            "'ipaddress') if m in sys.modules), file=sys.stderr))\n"
+            "'ipaddress', 'ssl', '_ssl', 'netcore.tls') if m in sys.modules), file=sys.stderr))\n"
             "import spelltraction\n"
             "sys.exit(spelltraction.main(['serve', '--host', '127.0.0.1', '--port', '0', "
             "'--data', sys.argv[2], '--public-stats']))\n")

@@ -14,7 +14,7 @@ PUBLIC = {
     # constants
     "CLOSED_CODEC", "DEFAULT_MAX_FRAME", "HTTP", "WEBSOCKET",
     # classes and types
-    "BufferFull", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "CodecHandoff",
+    "BufferFull", "CertificateError", "ClientConfig", "CloseCode", "CloseReason", "Codec", "CodecFactory", "CodecHandoff",
     "Connection",
     "EventLoop", "FrameError", "FrameParser", "Handler", "Histogram", "LateTick", "NetStats",
     "OversizeFrame", "Owner", "Poller", "ProtocolError", "Readiness", "RingBuffer", "ServerConfig",
@@ -29,6 +29,8 @@ PUBLIC = {
     "bind_listeners", "close_code_for", "encode_command", "encode_frame", "make_poller",
     "percentile",
     "websocket_client",
+    # TLS (netcore.tls, imported with ssl on first use)
+    "client_context", "server_context",
 }
 
 HANDLER_CALLBACKS = {
