@@ -96,8 +96,8 @@ def export_server(server: TCPServer) -> Tuple[Dict[str, Any], List[int]]:
 
 
 def _export_connection(server: TCPServer, conn: Connection) -> Optional[Dict[str, Any]]:
-    if conn.state not in (OPEN, CLOSING):
-        return None
+    if conn.state not in (OPEN, CLOSING) or conn.tls is not None:
+        return None  # closed, or a TLS session (ssl cannot export its keys)
     codec = _export_codec(conn.codec)
     if codec is None:
         return None
@@ -129,6 +129,10 @@ def _export_codec(codec: Any) -> Optional[Dict[str, Any]]:
         return {"kind": "frames", "partial": held.hex()}
     if isinstance(codec, ProtocolSniffer):
         return {"kind": "sniff"}
+    if kind == "_TLSStart":  # on a port with TLS, nothing read yet
+        inner = _export_codec(codec.inner)
+        return None if inner is None else {"kind": "tls-start", "trusted": codec.trusted,
+                                           "inner": inner}
     if kind == "_UntrustedStart":
         inner = _export_codec(codec.inner)
         return None if inner is None else {"kind": "untrusted", "start": codec.start.hex(),
@@ -261,6 +265,13 @@ def _restore_codec(server: TCPServer, conn: Connection, state: Dict[str, Any]) -
     if kind == "sniff":
         sniffer: Codec = factory(conn)
         return sniffer
+    if kind == "tls-start":
+        inner_codec = _restore_codec(server, conn, state["inner"])
+        if server.config.tls is None:
+            return inner_codec  # the successor serves no TLS: it is plain, if anything
+        from .server import _TLSStart
+
+        return _TLSStart(conn, server, inner_codec, state["trusted"])
     if kind == "untrusted":
         from .server import _UntrustedStart
 
