@@ -223,3 +223,61 @@ def test_upgrade_requests_from_another_user_and_while_one_runs_are_refused(tree,
             said += chunk
         assert b"ok:" in said, said
         assert srv.stop() == 0
+
+
+# -- the cluster: a gateway, and the authority, on a real redis-server ----------------
+
+
+@pytest.fixture
+def world(tmp_path):
+    from clusterkit import World
+
+    w = World(str(tmp_path))
+    yield w
+    w.close()
+
+
+def test_a_gateway_upgrades_and_its_players_play_on(world):
+    from clusterkit import Player, http_get, wait_for
+
+    world.game("--tick-ms", "100")
+    gw = world.gateway("--tick-ms", "100")
+    wait_for(lambda: http_get(gw.admin, "/healthz")[0] == 200)
+    players = [Player(gw.port) for _ in range(4)] + [Player(gw.port, version=st.PROTOCOL_VERSION)]
+    for p in players:
+        p.until(lambda p=p: p.welcome is not None and p.last_tick() > 0)
+    before = {p.welcome.player_id for p in players}
+    done = upgrade("--pid", str(gw.proc.pid))
+    assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stdout + done.stderr
+    start = max(p.last_tick() for p in players)
+    for p in players:
+        p.until(lambda p=p: p.last_tick() > start + 10)
+    assert gw.proc.poll() is None
+    assert {p.welcome.player_id for p in players} == before
+    assert all(p.welcomes == 1 and not p.closed and not p.errors for p in players)
+    for p in players:  # TICKs go on: at most a few missed while the bus resynchronised
+        numbers = sorted(p.ticks)
+        assert max(b - a for a, b in zip(numbers, numbers[1:])) <= 10, numbers
+    wait_for(lambda: http_get(gw.admin, "/healthz")[0] == 200)
+
+
+def test_the_authority_upgrades_with_its_lease_and_store_and_the_world_plays_on(world):
+    from clusterkit import Player, http_get, wait_for
+
+    a = world.game("--tick-ms", "100")
+    gw = world.gateway("--tick-ms", "100")
+    wait_for(lambda: http_get(gw.admin, "/healthz")[0] == 200)
+    players = [Player(gw.port, name=f"p{i}".encode()) for i in range(4)]
+    for p in players:
+        p.until(lambda p=p: p.welcome is not None and p.last_tick() > 0)
+    epoch = json.loads(http_get(a.admin, "/stats.json")[1])["cluster"]["epoch"]
+    done = upgrade("--data", os.path.join(world.directory, "data"))
+    assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stdout + done.stderr
+    start = max(p.last_tick() for p in players)
+    for p in players:
+        p.until(lambda p=p: p.last_tick() > start + 10)
+    assert a.proc.poll() is None
+    assert all(p.welcomes == 1 and not p.closed and not p.errors for p in players)
+    snap = json.loads(http_get(a.admin, "/stats.json")[1])
+    assert snap["players"] == 4 and snap["cluster"]["holding"]
+    assert snap["cluster"]["epoch"] > epoch  # the same holder took the lease back
