@@ -281,3 +281,46 @@ def test_the_authority_upgrades_with_its_lease_and_store_and_the_world_plays_on(
     snap = json.loads(http_get(a.admin, "/stats.json")[1])
     assert snap["players"] == 4 and snap["cluster"]["holding"]
     assert snap["cluster"]["epoch"] > epoch  # the same holder took the lease back
+
+
+def test_an_upgrade_under_attack_leaves_the_attackers_limited_and_the_crowd_ticking():
+    """Squatters from one address at its pending limit, and WebSocket pingers, while the
+    server upgrades: the crowd ticks on through it, the address is still at its limit
+    afterwards (its 17th connection refused), and a ping flood after it is closed 1008."""
+    from hostilekit import Crowd, HostileServer, connect
+
+    with HostileServer("--exempt", "") as server, \
+            Crowd(server.port) as crowd:
+        since = crowd.mark()
+        squatters = [connect(server.port, source="127.0.13.1") for _ in range(16)]
+        pingers = [websocket(server.port, st.Hello()) for _ in range(5)]
+        time.sleep(0.3)
+        done = upgrade("--pid", str(server.pid))
+        assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stdout + done.stderr
+        refused = connect(server.port, source="127.0.13.1")
+        refused.settimeout(5)
+        said = refused.recv(4096)
+        assert b"pending-per-address" in said, said
+        ping = ws.frame(b"p" * 125, ws.PING, mask_key=b"abcd") * 500
+        closed = 0
+        for sock in pingers:
+            sock.settimeout(5)
+            try:
+                for _ in range(10):
+                    sock.sendall(ping)
+                data = b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                data = b""
+            closed += 1
+        assert closed == len(pingers)
+        time.sleep(max(0.0, since + 3.0 - time.monotonic()))
+        crowd.assert_ticking(since=since)
+        assert "ping" not in server.log() or server.alive()
+        for s in squatters + pingers + [refused]:
+            s.close()
+        assert server.stop() == 0
