@@ -86,7 +86,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from hostilekit import lateness_by_window, loopback_source  # type: ignore[import-not-found]  # noqa: E402
 from netcore.stats import percentile  # noqa: E402
 from procstat import (  # noqa: E402
-    Children, cpu_seconds, free_port, group_cpu_seconds, machine, median, rss_bytes,
+    Children, cpu_seconds, free_port, group_cpu_seconds, load_average, machine, median, rss_bytes,
 )
 from report import fmt, fmt_table  # noqa: E402
 
@@ -830,11 +830,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
                   f, indent=1)
     return 0 if world["failed"] == 0 and world["dropped"] == 0 else 1
-
-
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 if __name__ == "__main__":

@@ -71,8 +71,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from procstat import (  # noqa: E402
-    Children, build_c, cpu_seconds, cpu_sets, machine, median, open_fds, raise_nofile, read_line,
-    rss_bytes, spread, stoppable, wait_for_ports,
+    Children, build_c, cpu_seconds, cpu_sets, load_average, machine, median, open_fds,
+    raise_nofile, read_line, rss_bytes, spread, stoppable, wait_for_ports,
 )
 from report import fmt, fmt_table  # noqa: E402
 
@@ -236,14 +236,6 @@ def server_commands(servers: Sequence[str], build_dir: str, log: Any) -> Dict[st
     return cmds
 
 
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
 def mark(server_pid: int, gens: List["subprocess.Popen[str]"]) -> Dict[str, Any]:
     """Server CPU and the generators' counts at (nearly) one moment."""
     u0, s0 = cpu_seconds(server_pid)
@@ -273,7 +265,8 @@ def run_one(children: Children, kind: str, cmd: List[str], count: int, hold: flo
     """One server, ``count`` connections, one hold: the raw figures and the derived ones."""
     server_cpus, load_cpus = cpu_sets()
     run: Dict[str, Any] = {"server": kind, "count": count, "hold_s": hold, "errors": [],
-                           "loadavg_before": loadavg(), "started_at": time.strftime("%H:%M:%S")}
+                           "loadavg_before": load_average(),
+                           "started_at": time.strftime("%H:%M:%S")}
     run["ports_before"] = wait_for_ports(count + 1, log)
     name = f"{kind}-{count}"
     server = children.start(cmd, server_cpus, f"{name}-server")
@@ -335,7 +328,7 @@ def run_one(children: Children, kind: str, cmd: List[str], count: int, hold: flo
             except subprocess.TimeoutExpired:
                 pass
         run["server_exit"] = children.stop(server, timeout=5.0)
-        run["loadavg_after"] = loadavg()
+        run["loadavg_after"] = load_average()
     run["derived"] = derive(run)
     return run
 
@@ -555,7 +548,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     for kind in order:
                         done += 1
                         log(f"run {done}/{total}: {LABELS[kind]}, {count} connections, "
-                            f"repeat {rep + 1}, hold {args.hold:g} s (load {loadavg()})")
+                            f"repeat {rep + 1}, hold {args.hold:g} s (load {load_average()})")
                         r = run_one(children, kind, cmds[kind], count, args.hold,
                                     args.settle, args.per_proc, log)
                         r["repeat"] = rep

@@ -104,6 +104,15 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(data) if data else 0.0
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg has them ("?" without it)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def machine() -> Dict[str, object]:
     """What the figures were measured on."""
     model = "?"

@@ -45,7 +45,9 @@ GAME = os.path.join(ROOT, "spelltraction.py")
 sys.path.insert(0, HERE)
 
 from game_load import run as game_load  # noqa: E402
-from procstat import Children, cpu_sets, free_port, machine, read_line, rss_bytes  # noqa: E402
+from procstat import (  # noqa: E402
+    Children, cpu_sets, free_port, load_average, machine, read_line, rss_bytes,
+)
 from report import fmt_table  # noqa: E402
 
 LOG_DIR = os.path.join(HERE, "results", "restart-logs")
@@ -197,11 +199,6 @@ def cost(count: int, duration: float, pin: bool) -> List[Dict[str, Any]]:
             "dropped": r["dropped"],
         })
     return rows
-
-
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def main(argv: Optional[List[str]] = None) -> int:

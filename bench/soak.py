@@ -85,8 +85,8 @@ from netcore import process  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
 from netcore.stats import percentile  # noqa: E402
 from procstat import (  # noqa: E402
-    Children, cpu_runtime, cpu_sets, machine, open_fds, rss_bytes, spread, stoppable,
-    wait_for_ports,
+    Children, cpu_runtime, cpu_sets, load_average, machine, open_fds, rss_bytes, spread,
+    stoppable, wait_for_ports,
 )
 
 if TYPE_CHECKING:
@@ -945,11 +945,6 @@ def chart(result: Dict[str, Any]) -> str:
                f"{opts['churn']:g} % every {opts['churn_every']:g} s, attacks every "
                f"{opts['cycle']:g} s; {result['started']}; load {result['load_at_start']}")
     return composite_svg(panels, caption)
-
-
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def main(argv: Optional[List[str]] = None) -> int:

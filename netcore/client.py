@@ -335,7 +335,8 @@ class TCPClient(OwnerBase):
 
     # -- the Owner protocol -------------------------------------------------
 
-    def _connected(self, sock: socket.socket, attempt: Connecting) -> None:
+    def _connection(self, sock: socket.socket, attempt: Connecting) -> Connection:
+        """The connected socket of ``attempt`` as a Connection, read by the loop."""
         if self.config.nodelay:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -345,6 +346,10 @@ class TCPClient(OwnerBase):
         conn.data = attempt.data
         # The socket is registered (for write) by the attempt: hand it over.
         self.loop.modify(sock, selectors.EVENT_READ, conn)
+        return conn
+
+    def _connected(self, sock: socket.socket, attempt: Connecting) -> None:
+        conn = self._connection(sock, attempt)
         self.connections[conn.fd] = conn
         self.stats.accepted += 1
         self.stats.connections += 1
@@ -358,14 +363,7 @@ class TCPClient(OwnerBase):
         from .tls import TLSLayer, TLSSide  # imports ssl: only clients that speak TLS load it
 
         assert attempt.tls is not None
-        if self.config.nodelay:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        conn = Connection(sock, self)
-        conn.data = attempt.data
-        self.loop.modify(sock, selectors.EVENT_READ, conn)
+        conn = self._connection(sock, attempt)
         attempt.conn = conn
         self._handshaking[conn] = attempt
         side = self._tls

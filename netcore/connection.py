@@ -290,25 +290,12 @@ class Connection(Readiness):
             data = self.tls.encrypt(self, data)
             if not data:  # held until the handshake is done, or refused (and closed)
                 return self.state == OPEN
-        if self.out is None:
-            try:
-                n = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                self._send_failed(exc)
-                return False
-            stats.bytes_out += n
-            if n == len(data):
-                return True
-            self._enqueue(memoryview(data)[n:])
-        else:
-            self._enqueue(data)
+        self._write_raw(data)
         return self.state == OPEN
 
     def _write_raw(self, data: BytesLike) -> None:
-        """Send or queue bytes that are already what goes on the wire (the TLS
-        layer's records): :meth:`write` without the counting or the encryption."""
+        """Send now, queueing what the kernel does not take: bytes that are what
+        goes on the wire (after TLS, if any), not counted as a message."""
         if self.state != OPEN or not data:
             return
         if self.out is None:

@@ -168,8 +168,7 @@ def add_net_stats(exp: Exposition, stats: NetStats, prefix: str,
                  {"full": stats.refused_full, "fd-limit": stats.refused_fd_limit})
     exp.counter(f"{p}_accept_errors_total", "accept() failures other than running out of fds.",
                 stats.accept_errors)
-    exp.counter(f"{p}_frames_received_total", "Whole frames read from clients.",
-                stats.frames_in)
+    exp.counter(f"{p}_frames_received_total", "Whole frames read from clients.", stats.frames_in)
     exp.counter(f"{p}_frames_sent_total", "Frames written to clients (sent or queued).",
                 stats.frames_out)
     exp.counter(f"{p}_bytes_received_total", "Bytes read from client sockets.", stats.bytes_in)

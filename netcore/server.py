@@ -1012,7 +1012,24 @@ class _ProxyHeaderCodec(SilentCodec):
         return self.server._proxy_header(self.conn, found[0], found[1])
 
 
-class _UntrustedStart:
+class _FirstCodec:
+    """A codec that looks at a connection's first bytes, then hands it to ``inner``;
+    until then ``inner`` says what the server says (frames, goodbyes)."""
+
+    __slots__ = ()
+    inner: Codec
+
+    def frame(self, payload: BytesLike) -> bytes:
+        return self.inner.frame(payload)
+
+    def wrap(self, stream: bytes) -> bytes:
+        return self.inner.wrap(stream)
+
+    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
+        return self.inner.closing(stream, code, reason)
+
+
+class _UntrustedStart(_FirstCodec):
     """The first codec of a connection from anyone but a trusted proxy.
 
     A stream that starts with a PROXY header is not believed: it is counted
@@ -1046,17 +1063,8 @@ class _UntrustedStart:
             raise UntrustedProxyHeader("a PROXY header from a peer that is not a trusted proxy")
         return self.inner.feed(data)
 
-    def frame(self, payload: BytesLike) -> bytes:
-        return self.inner.frame(payload)
 
-    def wrap(self, stream: bytes) -> bytes:
-        return self.inner.wrap(stream)
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        return self.inner.closing(stream, code, reason)
-
-
-class _TLSStart:
+class _TLSStart(_FirstCodec):
     """The first codec of a connection to a server with TLS: TLS or plain?
 
     A first byte of 0x16 (a TLS handshake record) puts a
@@ -1086,15 +1094,6 @@ class _TLSStart:
             server._refuse_plain(conn, first)
             return []
         return inner.feed(data)
-
-    def frame(self, payload: BytesLike) -> bytes:
-        return self.inner.frame(payload)
-
-    def wrap(self, stream: bytes) -> bytes:
-        return self.inner.wrap(stream)
-
-    def closing(self, stream: bytes, code: int, reason: str) -> bytes:
-        return self.inner.closing(stream, code, reason)
 
 
 def _host(address: object) -> str:

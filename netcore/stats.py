@@ -115,20 +115,11 @@ class NetStats:
     )
 
     def __init__(self) -> None:
-        self.connections = 0
-        self.accepted = 0
-        self.closed = 0
+        self.connections = self.accepted = self.closed = 0
         self.closed_by_reason: Dict[str, int] = {}
-        self.refused_full = 0
-        self.refused_fd_limit = 0
-        self.accept_errors = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.frames_in = 0
-        self.frames_out = 0
-        self.sends = 0
-        self.queued_out_bytes = 0
-        self.slow_consumers = 0
+        self.refused_full = self.refused_fd_limit = self.accept_errors = 0
+        self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = self.sends = 0
+        self.queued_out_bytes = self.slow_consumers = 0
         # Every limit that fired, by its name ("connections-per-address",
         # "send-backlog", "ws-control-rate"...): a refusal or a close.
         self.limits: Dict[str, int] = {}

@@ -65,10 +65,11 @@ def wait_for(what, timeout: float = 20.0, step: float = 0.05):
 
 
 class World:
-    def __init__(self, directory: str, name: str = "test") -> None:
+    def __init__(self, directory: str, name: str = "test",
+                 password: Optional[str] = None) -> None:
         self.directory = directory
         self.name = name
-        self.redis = RedisServer(directory).start()
+        self.redis = RedisServer(directory, password=password).start()
         self.procs: List[object] = []
 
     def game(self, *extra: str, data: Optional[str] = "data") -> Authority:

@@ -18,11 +18,11 @@ import spelltraction as st
 from conftest import require, require_tool
 from netcore.hostcheck import HOST_SYSCTLS
 from serverproc import ROOT, ServerProcess, Spawned, stop_process
+from unitkit import GAME_UNIT, GATEWAY_UNIT, SERVE_UNIT, UNITS, exec_args, service_settings
 
 ETC = os.path.join(ROOT, "etc")
 SYSCTL = os.path.join(ETC, "sysctl.d", "60-spelltraction.conf")
 LIMITS = os.path.join(ETC, "security", "limits.d", "spelltraction.conf")
-UNIT = os.path.join(ETC, "systemd", "spelltraction.service")
 NGINX_HTTP = os.path.join(ETC, "nginx", "spelltraction.conf")
 NGINX_STREAM = os.path.join(ETC, "nginx", "spelltraction-stream.conf")
 
@@ -139,7 +139,7 @@ def test_somaxconn_covers_the_servers_backlog():
 def unit_keys():
     """[(section, key, value)] of the unit file, in order."""
     section, out = None, []
-    for line in open(UNIT).read().splitlines():
+    for line in open(SERVE_UNIT).read().splitlines():
         line = line.strip()
         if not line or line[0] in "#;":
             continue
@@ -211,9 +211,6 @@ def test_unit_signals_agree_with_the_server():
     assert "--admin-port" in argv and "--admin-host" not in argv  # loopback, the default
 
 
-UNITS = sorted(os.path.join(ETC, "systemd", n) for n in os.listdir(os.path.join(ETC, "systemd")))
-
-
 @pytest.mark.parametrize("path", UNITS, ids=os.path.basename)
 def test_every_unit_setting_is_explained(path):
     """In every unit (the single server's and the cluster's), each setting has a comment."""
@@ -259,18 +256,6 @@ HARDENING_22 = {"ProtectProc": "invisible", "ProcSubset": "pid", "ProtectClock":
                 "MemoryDenyWriteExecute": "yes", "CapabilityBoundingSet": "", "UMask": "0077"}
 
 
-def service_settings(path):
-    found, section = {}, ""
-    for line in open(path).read().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line.strip("[]")
-        elif line and line[0] not in "#;" and section == "Service":
-            key, _, value = line.partition("=")
-            found.setdefault(key, value)
-    return found
-
-
 @pytest.mark.parametrize("path", UNITS, ids=os.path.basename)
 def test_every_unit_has_the_same_hardening(path):
     """Issue 22, finding 9: the game and gateway units had little of what the
@@ -309,10 +294,7 @@ def test_the_unit_server_works_with_only_its_own_proc(tmp_path):
     unshare = require_tool("unshare")
     require(os.geteuid() == 0 and sys.platform == "linux",
             "mounting a /proc with subset=pid needs root (CI runs as root)", "sudo")
-    args = exec_args(SERVE_UNIT)
-    args[args.index("--port") + 1] = "0"
-    args[args.index("--host") + 1] = "127.0.0.1"
-    args[args.index("--admin-port") + 1] = "0"
+    args = exec_args(SERVE_UNIT, port="0", host="127.0.0.1", admin_port="0")
     pyz = tmp_path / "spelltraction.pyz"
     st.build_bundle(str(pyz))
     env = dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state"))
@@ -345,9 +327,9 @@ def test_the_unit_server_works_with_only_its_own_proc(tmp_path):
 def test_systemd_analyze_verify_is_clean(tmp_path):
     analyze = require_tool("systemd-analyze")
     unit = tmp_path / "spelltraction.service"
-    shutil.copy(UNIT, unit)
+    shutil.copy(SERVE_UNIT, unit)
     # ... and with its optional doctor line on ("-+": failure ignored, outside the sandbox).
-    text = open(UNIT).read()
+    text = open(SERVE_UNIT).read()
     assert "\n#ExecStartPre=-+/usr/bin/python3 -I" in text
     with_doctor = tmp_path / "with-doctor" / "spelltraction.service"
     with_doctor.parent.mkdir()
@@ -399,18 +381,6 @@ def test_shipped_listeners_never_share_a_port():
     ports = nginx_ports + admin_ports + [st.DEFAULT_PORT]
     assert all(0 < p < 65536 for p in ports), ports
     assert len(ports) == len(set(ports)), sorted(ports)
-
-
-SERVE_UNIT = UNIT
-GATEWAY_UNIT = os.path.join(ETC, "systemd", "spelltraction-gateway@.service")
-GAME_UNIT = os.path.join(ETC, "systemd", "spelltraction-game.service")
-
-
-def exec_args(path):
-    """A unit's ExecStart as a list, from its subcommand on."""
-    start = re.search(r"^ExecStart=(.*)$", open(path).read(), re.M).group(1)
-    argv = shlex.split(start)
-    return argv[argv.index("/opt/spelltraction/spelltraction.pyz") + 1:]
 
 
 def flag(args, name):
@@ -489,10 +459,7 @@ def test_behind_the_shipped_nginx_players_are_counted_by_their_own_address(tmp_p
     and raw TLS (PROXY header), and another address behind the same nginx is not."""
     from nginxkit import ShippedNginx, check_players_are_limited_per_address
 
-    args = exec_args(SERVE_UNIT)
-    args[args.index("--port") + 1] = "0"
-    args[args.index("--host") + 1] = "127.0.0.1"
-    args[args.index("--admin-port") + 1] = "0"
+    args = exec_args(SERVE_UNIT, port="0", host="127.0.0.1", admin_port="0")
     # Loopback players (our 127.0.0.3...) are exempt by default: exempt only 127.0.0.1,
     # as a host sees players who come from outside. Nothing else changes.
     args += ["--exempt", "127.0.0.1", "--no-data"]

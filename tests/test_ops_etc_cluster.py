@@ -1,7 +1,6 @@
 """etc/ for a world on Redis: the game and gateway units, their command lines run for real."""
 
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -11,31 +10,14 @@ import sys
 import pytest
 
 import spelltraction as st
-from clusterkit import Authority, Player, http_get, wait_for
+from clusterkit import Authority, Player, World, http_get, wait_for
 from conftest import require_tool
-from redisproc import RedisServer
-from serverproc import ROOT, Spawned
-
-SYSTEMD = os.path.join(ROOT, "etc", "systemd")
-GAME_UNIT = os.path.join(SYSTEMD, "spelltraction-game.service")
-GATEWAY_UNIT = os.path.join(SYSTEMD, "spelltraction-gateway@.service")
-
-
-def service(path):
-    """The [Service] settings, the last of each key (ExecStart and friends once each)."""
-    found, section = {}, ""
-    for line in open(path).read().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line.strip("[]")
-        elif line and line[0] not in "#;" and section == "Service":
-            key, _, value = line.partition("=")
-            found.setdefault(key, value)
-    return found
+from serverproc import Spawned
+from unitkit import GAME_UNIT, GATEWAY_UNIT, exec_args, service_settings
 
 
 def test_the_authority_has_a_user_of_its_own_and_the_gateways_one_port():
-    game, gateway = service(GAME_UNIT), service(GATEWAY_UNIT)
+    game, gateway = service_settings(GAME_UNIT), service_settings(GATEWAY_UNIT)
     # Issue 22, finding 9: a compromised gateway must not signal the authority or
     # read its store, so not one user for both; the gateways share one (SO_REUSEPORT).
     assert gateway["User"] == gateway["Group"] == "spelltraction"
@@ -68,78 +50,76 @@ def test_systemd_analyze_verifies_the_cluster_units(tmp_path):
     assert complaints == [], complaints
 
 
-def unit_args(path, credentials, redis_url, **replace):
-    """The unit's command line after the .pyz, as systemd would run it here."""
-    argv = shlex.split(service(path)["ExecStart"])
-    args = argv[argv.index("/opt/spelltraction/spelltraction.pyz") + 1:]
-    args = [a.replace("${CREDENTIALS_DIRECTORY}", credentials).replace("%i", "1") for a in args]
-    args[args.index("--redis") + 1] = redis_url
-    for flag, value in replace.items():
-        args[args.index("--" + flag.replace("_", "-")) + 1] = value
-    return args
+class UnitWorld(World):
+    """The cluster units' command lines, as systemd would run them here: on a
+    password-protected Redis, its password in a credentials directory."""
+
+    def __init__(self, directory):
+        super().__init__(directory, password="unit-secret")
+        self.credentials = os.path.join(directory, "credentials")
+        os.mkdir(self.credentials)
+        with open(os.path.join(self.credentials, "redis-password"), "w") as f:
+            f.write("unit-secret\n")
+
+    def unit_args(self, path, **replace):
+        """The unit's command line after the .pyz, on this Redis (its URL without
+        the password, which the unit reads from its credentials)."""
+        args = exec_args(path, redis=f"redis://127.0.0.1:{self.redis.port}", **replace)
+        return [a.replace("${CREDENTIALS_DIRECTORY}", self.credentials).replace("%i", "1")
+                for a in args]
+
+    def game(self, *extra, env=None):
+        """The game unit's authority, on any free admin port."""
+        game = Authority([sys.executable, st.__file__,
+                          *self.unit_args(GAME_UNIT, admin_port="0"), *extra], env=env)
+        self.procs.append(game)
+        return game
+
+    def gateway(self, *extra):
+        """The gateway unit's gateway on 127.0.0.1, any free ports: returned once its
+        /healthz answers, its admin port as ``admin``."""
+        gateway = Spawned([sys.executable, st.__file__, *self.unit_args(
+            GATEWAY_UNIT, admin_port="0", host="127.0.0.1", port="0"), *extra])
+        self.procs.append(gateway)
+        gateway.admin = gateway.admin_port()
+        wait_for(lambda: http_get(gateway.admin, "/healthz")[0] == 200)
+        return gateway
 
 
-@pytest.mark.slow
-def test_the_units_command_lines_run_a_world_on_a_password_protected_redis(tmp_path):
-    redis = RedisServer(str(tmp_path), password="unit-secret").start()
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    (credentials / "redis-password").write_text("unit-secret\n")
-    url = f"redis://127.0.0.1:{redis.port}"
-    env = dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state"))
-    game = gateway = None
+@pytest.fixture
+def units(tmp_path):
+    world = UnitWorld(str(tmp_path))
     try:
-        game = Authority([sys.executable, st.__file__, *unit_args(
-            GAME_UNIT, str(credentials), url, admin_port="0")], env=env)
-        gateway = Spawned([sys.executable, st.__file__, *unit_args(
-            GATEWAY_UNIT, str(credentials), url, admin_port="0", host="127.0.0.1", port="0")])
-        admin = gateway.admin_port()
-        wait_for(lambda: http_get(admin, "/healthz")[0] == 200)
-        p = Player(gateway.port)
-        p.until(lambda: p.welcome is not None and p.last_tick() >= 0)
-        p.close()
-        assert os.path.isfile(tmp_path / "state" / st.DATA_FILE)
-        assert game.stop(signal.SIGTERM) == 0
+        yield world
     finally:
-        if gateway is not None:
-            gateway.stop(signal.SIGKILL)
-            gateway.close_pipes()
-        if game is not None:
-            game.stop(signal.SIGKILL)
-        redis.kill()
+        world.close()
 
 
 @pytest.mark.slow
-def test_behind_the_shipped_nginx_gateway_players_are_counted_by_their_own_address(tmp_path):
+def test_the_units_command_lines_run_a_world_on_a_password_protected_redis(tmp_path, units):
+    game = units.game(env=dict(os.environ, STATE_DIRECTORY=str(tmp_path / "state")))
+    gateway = units.gateway()
+    p = Player(gateway.port)
+    p.until(lambda: p.welcome is not None and p.last_tick() >= 0)
+    p.close()
+    assert os.path.isfile(tmp_path / "state" / st.DATA_FILE)
+    assert game.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.slow
+def test_behind_the_shipped_nginx_gateway_players_are_counted_by_their_own_address(
+        tmp_path, units):
     """Issue 22, finding 4: the gateway unit's command line behind the shipped nginx
     files counts players by their own address (X-Forwarded-For over WebSocket,
     the PROXY header over raw TLS), as serve's does (tests/test_ops_etc.py)."""
     from nginxkit import ShippedNginx, check_players_are_limited_per_address
 
-    redis = RedisServer(str(tmp_path), password="unit-secret").start()
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    (credentials / "redis-password").write_text("unit-secret\n")
-    url = f"redis://127.0.0.1:{redis.port}"
-    game = gateway = nginx = None
+    units.game("--no-data")
+    # Loopback players (127.0.0.3...) are exempt by default: exempt only
+    # 127.0.0.1, as a host sees players who come from outside.
+    gateway = units.gateway("--exempt", "127.0.0.1")
+    nginx = ShippedNginx(tmp_path, gateway.port, gateway.admin)
     try:
-        game = Authority([sys.executable, st.__file__, *unit_args(
-            GAME_UNIT, str(credentials), url, admin_port="0"), "--no-data"])
-        # Loopback players (127.0.0.3...) are exempt by default: exempt only
-        # 127.0.0.1, as a host sees players who come from outside.
-        gateway = Spawned([sys.executable, st.__file__, *unit_args(
-            GATEWAY_UNIT, str(credentials), url, admin_port="0", host="127.0.0.1", port="0"),
-            "--exempt", "127.0.0.1"])
-        admin = gateway.admin_port()
-        wait_for(lambda: http_get(admin, "/healthz")[0] == 200)
-        nginx = ShippedNginx(tmp_path, gateway.port, admin)
         check_players_are_limited_per_address(nginx)
     finally:
-        if nginx is not None:
-            nginx.stop()
-        if gateway is not None:
-            gateway.stop(signal.SIGKILL)
-            gateway.close_pipes()
-        if game is not None:
-            game.stop(signal.SIGKILL)
-        redis.kill()
+        nginx.stop()

@@ -7,27 +7,9 @@ import pytest
 from netcore.http import HttpError, RequestParser
 from netcore.testing import FakeClock
 from netcore.websocket import (
-    BINARY,
-    CLOSE,
-    CONTINUATION,
-    PING,
-    PONG,
-    TEXT,
-    Close,
-    CloseCode,
-    Message,
-    Ping,
-    Pong,
-    WebSocketError,
-    WebSocketParser,
-    accept_key,
-    client_handshake,
-    close_frame,
-    close_payload,
-    frame,
-    frame_header,
-    handshake_response,
-    mask,
+    BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, Close, CloseCode, Message, Ping, Pong,
+    WebSocketError, WebSocketParser, accept_key, client_handshake, close_frame, close_payload,
+    frame, frame_header, handshake_response, mask,
 )
 
 KEY = b"\x01\x02\x03\x04"

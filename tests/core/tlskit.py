@@ -15,8 +15,8 @@ byte themselves: several ClientHellos arriving in the same loop turn.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import socket
 import ssl
 import subprocess
 from typing import List, Optional, Sequence, Tuple
@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import pytest
 
 from conftest import require_tool
+from netcore.testing import LoopClient
 
 
 class TestPKI:
@@ -99,13 +100,11 @@ class TestPKI:
 
 
 def _is_ip(name: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, name)
-            return True
-        except OSError:
-            pass
-    return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class PKIFiles:
@@ -130,18 +129,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKIFiles:
     return PKIFiles(str(tmp_path_factory.mktemp("pki")))
 
 
-class MemoryClient:
+class MemoryClient(LoopClient):
     """A TLS client on a nonblocking socket, driven by hand (``pump``)."""
 
     def __init__(self, port: int, context: ssl.SSLContext,
                  server_hostname: Optional[str] = "localhost", host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port))
-        self.sock.setblocking(False)
+        super().__init__(port, host)
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_hostname=server_hostname)
         self.done = False
-        self.eof = False
         self.error: Optional[BaseException] = None
         self.received = bytearray()
 
@@ -155,18 +152,9 @@ class MemoryClient:
 
     def pump(self) -> None:
         """Read what arrived, advance the handshake, send what that made."""
-        while not self.eof:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                self.eof = True
-                self.incoming.write_eof()
-                break
-            self.incoming.write(data)
+        self.incoming.write(self.read_available())
+        if self.eof:
+            self.incoming.write_eof()
         try:
             if not self.done:
                 self.obj.do_handshake()
