@@ -9,7 +9,7 @@ only, server-authoritative, and built so the bytes per player per tick stay
 bounded however many play.
 
 One file, read top-down: protocol -> rules -> store -> world -> front -> server roles ->
-cluster -> bots -> clients -> operations -> CLI. A server is a Front (the players'
+upgrade -> bus -> cluster -> bots -> clients -> operations -> CLI. A server is a Front (the players'
 connections) and a World (the game) joined by a narrow seam (World: the seam): serve
 wires them in one process, the cluster puts Redis between them.
 Each line of the contents below is a banner in the file (``grep -n '^# ====' -A1``
@@ -40,9 +40,11 @@ Server: the roles. serve = Front + World; what every server process has.
     -> ServerOptions, Role (start, shutdown, metrics_text, stats_snapshot), GameServer
   Server: process and signals. Limits, memory, signals, serve().
     -> serve, ServerSignals
-Cluster: one world over Redis. Gateways (Fronts) and an authority (the World).
-  Cluster: the bus. One world over Redis: channels, messages, the lease.
+Upgrade: every connection and the world to the new code, same pid, nobody dropped.
+    -> Upgrades (request, _hand_over), check_handover, run_upgrade
+Bus: one world over Redis. Channels, messages, the lease; the roles' link.
     -> ClusterOptions, BusStats, bus_pack, bus_entries, BusLink
+Cluster: one world's processes. Gateways (Fronts) and an authority (the World).
   Cluster: the authority (game). A World and the bus to its gateways; no sockets.
     -> Authority (on_tick, health), AuthorityBus (on_up, tick)
   Cluster: the gateway. A Front and the bus to the World; no rules here.
@@ -216,9 +218,13 @@ __all__ = [
     # Server
     "ServerOptions", "Role", "GameServer", "AdminHandler", "serve", "ServerSignals", "rss_kb",
     "release_freed_memory",
-    # Cluster
+    # Upgrade
+    "Upgrades", "check_handover", "run_upgrade", "control_address", "game_file",
+    "read_handover", "handover_from_environment",
+    # Bus
     "ClusterOptions", "BusStats", "BusLink", "check_world", "bus_pack", "bus_head", "bus_entry",
     "bus_entries", "bus_gateway", "check_tick_message", "check_private_entries",
+    # Cluster
     "AuthorityBus", "Authority", "GatewayBus", "Gateway", "run_role",
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots",
@@ -3613,9 +3619,9 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None,
     return 0
 
 
-# -----------------------------------------------------------------------------
-# Server: upgrades. Every connection and the world to the new code, same pid.
-# -----------------------------------------------------------------------------
+# =============================================================================
+# Upgrade: every connection and the world to the new code, same pid, nobody dropped.
+# =============================================================================
 #
 # ``spelltraction.py upgrade`` (or SIGUSR2) runs the file the server was
 # started from, read afresh, in place of the running code, and nobody notices:
@@ -3965,12 +3971,8 @@ def run_upgrade(pid: Optional[int], data: str, timeout: float = UPGRADE_REPLY_S)
 
 
 # =============================================================================
-# Cluster: one world over Redis. Gateways (Fronts) and an authority (the World).
+# Bus: one world over Redis. Channels, messages, the lease; the roles' link.
 # =============================================================================
-
-# -----------------------------------------------------------------------------
-# Cluster: the bus. One world over Redis: channels, messages, the lease.
-# -----------------------------------------------------------------------------
 #
 # docs/CLUSTER.md has the picture. A world is one authority (``game``: the
 # rules, the tick, the store; no player sockets) and any number of gateways
@@ -4294,6 +4296,10 @@ class BusLink:
     def add_metrics(self, exp: Exposition) -> None:
         self.stats.add_metrics(exp)
 
+
+# =============================================================================
+# Cluster: one world's processes. Gateways (Fronts) and an authority (the World).
+# =============================================================================
 
 # -----------------------------------------------------------------------------
 # Cluster: the authority (game). A World and the bus to its gateways; no sockets.
