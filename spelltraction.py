@@ -184,6 +184,8 @@ if TYPE_CHECKING:  # names for type checkers: a server loads neither typing nor 
         IO, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Set, Tuple, Union,
     )
 
+    import ssl  # imported at run time only with --tls-cert (netcore.tls), or by a TLS client
+
     from netcore.web import Route
 
     # Imported at run time where used (doctor --redis, --cluster): a server
@@ -210,7 +212,7 @@ __all__ = [
     "WorldSide", "FrontSide", "HELLO_SENT", "Refused", "parse_hello", "World",
     "step_and_encode", "you_frame", "describe_unexpected",
     # Front
-    "Front", "read_asset", "origin_policy",
+    "Front", "read_asset", "origin_policy", "TLSFilesError", "server_tls_context",
     # Server
     "ServerOptions", "Role", "GameServer", "AdminHandler", "serve", "ServerSignals", "rss_kb",
     "release_freed_memory",
@@ -2380,6 +2382,33 @@ WEB_HEADERS = (
 LIMIT_REASONS = frozenset(("flood", "hello-timeout", NEW_PLAYERS_LIMIT, "player-ids"))
 
 
+class TLSFilesError(Exception):
+    """--tls-cert/--tls-key cannot be used: the message names the file and why."""
+
+
+def server_tls_context(opts: ServerOptions) -> Optional["ssl.SSLContext"]:
+    """The game port's TLS context from ``--tls-cert``/``--tls-key``, or None (plain only).
+
+    Imports :mod:`ssl` (with OpenSSL, ~4.5 MB of RSS) only when a certificate
+    is given: a plain server never loads it. Raises :class:`TLSFilesError`
+    naming the file and what is wrong with it (at start: exit 2; on SIGHUP:
+    logged, and the old context keeps serving).
+    """
+    if opts.tls_cert is None and opts.tls_key is None:
+        if opts.tls_required:
+            raise TLSFilesError("--tls-required needs --tls-cert and --tls-key")
+        return None
+    if opts.tls_cert is None or opts.tls_key is None:
+        raise TLSFilesError("--tls-cert and --tls-key go together: give both "
+                            "(certbot's fullchain.pem and privkey.pem)")
+    from netcore.tls import CertificateError, server_context
+
+    try:
+        return server_context(opts.tls_cert, opts.tls_key)
+    except CertificateError as exc:
+        raise TLSFilesError(str(exc)) from None
+
+
 # -----------------------------------------------------------------------------
 # Front: the Front. A connection's life, HELLO, limits, and each tick's sends.
 # -----------------------------------------------------------------------------
@@ -2427,10 +2456,13 @@ class Front(Handler, FrontSide):
                 control_rate=WS_CONTROL_RATE,
                 allowed_origins=origin_policy(opts.allowed_origins),
             ), binary=lambda: frames)
+        tls = server_tls_context(opts)  # raises TLSFilesError, naming the file
         self.net = TCPServer(
             loop,
             self,
             ServerConfig(
+                tls=tls,
+                tls_required=opts.tls_required,
                 hosts=[opts.host],
                 port=opts.port,
                 backlog=opts.backlog,
@@ -2465,6 +2497,8 @@ class Front(Handler, FrontSide):
         # behind one WebSocket header, built once. TCP players are the rest.
         self.ws_players: Dict[Connection, None] = {}
         self.v2_conns: Dict[Connection, None] = {}  # players who said version 2 (they get FAME)
+        self.tls_players: Dict[Connection, None] = {}  # players over TLS (TCP or wss://)
+        self.tls_reloads = 0  # certificates reloaded (SIGHUP)
         self.errors_sent: Dict[int, int] = {}
         self.churn = ChurnReporter(self.net.stats, log)
 
@@ -2516,6 +2550,7 @@ class Front(Handler, FrontSide):
         self.pending.pop(conn, None)
         self.ws_players.pop(conn, None)
         self.v2_conns.pop(conn, None)
+        self.tls_players.pop(conn, None)
         handle = conn.data
         if handle is not None:
             conn.data = None
@@ -2530,6 +2565,8 @@ class Front(Handler, FrontSide):
             self.ws_players[conn] = None
         if v2:
             self.v2_conns[conn] = None
+        if conn.tls is not None:
+            self.tls_players[conn] = None
         conn.write(conn.codec.wrap(frames), frames=nframes)
 
     def send(self, conn: Connection, frames: bytes, nframes: int) -> None:
@@ -2541,6 +2578,7 @@ class Front(Handler, FrontSide):
         conn.data = None  # the World let it go: no leave when it closes
         self.ws_players.pop(conn, None)
         self.v2_conns.pop(conn, None)
+        self.tls_players.pop(conn, None)
         self.reject(conn, code, text, reason)
 
     def tick(self, shared: bytes, nframes: int, news: bytes,
@@ -2634,12 +2672,44 @@ class Front(Handler, FrontSide):
         self.net.shutdown(grace, error_frame(ErrorCode.SHUTDOWN, text),
                           ws.CloseCode.GOING_AWAY, text, on_done=on_done)
 
+    # -- TLS ------------------------------------------------------------------------
+
+    def reload_tls(self) -> bool:
+        """Read ``--tls-cert``/``--tls-key`` again (SIGHUP: certbot renewed them).
+
+        New connections get the new certificate; open ones keep theirs (no
+        one is dropped). A file that cannot be used is logged and the old
+        context keeps serving. Whether the new one is in place.
+        """
+        opts = self.options
+        if opts.tls_cert is None:
+            log.info("SIGHUP: no TLS certificate to reload (no --tls-cert): still serving")
+            return False
+        try:
+            context = server_tls_context(opts)
+        except TLSFilesError as exc:
+            log.error("SIGHUP: TLS reload failed, still serving the certificate loaded "
+                      "before: %s", exc)
+            return False
+        self.net.set_tls(context)
+        self.tls_reloads += 1
+        log.info("SIGHUP: reloaded the TLS certificate %s and key %s; new connections get "
+                 "them, %d TLS players keep theirs", opts.tls_cert, opts.tls_key,
+                 len(self.tls_players))
+        return True
+
     # -- figures -------------------------------------------------------------------
 
     def add_metrics(self, exp: Exposition) -> None:
         add_net_stats(exp, self.net.stats, "spelltraction", self.net.config.max_connections)
         exp.gauge("spelltraction_pending_hellos", "Connections that have not sent HELLO yet.",
                   len(self.pending))
+        if self.net.config.tls is not None:
+            exp.gauge("spelltraction_tls_players", "Players connected over TLS (TCP or wss://).",
+                      len(self.tls_players))
+            exp.counter("spelltraction_tls_reloads_total",
+                        "Certificates reloaded on SIGHUP (failed reloads are not counted).",
+                        self.tls_reloads)
         exp.labelled("spelltraction_errors_sent_total", "counter",
                      "ERROR messages sent to clients, by code.", "code",
                      {ErrorCode.name_of(code): n for code, n in self.errors_sent.items()})
@@ -2659,6 +2729,10 @@ class Front(Handler, FrontSide):
             "frames_out": net.frames_out,
             "queued_out_bytes": net.queued_out_bytes,
             "slow_consumers": net.slow_consumers,
+            "tls": {"enabled": self.net.config.tls is not None,
+                    "required": self.net.config.tls_required,
+                    "players": len(self.tls_players), "handshakes": net.tls_handshakes,
+                    "errors": dict(net.tls_errors), "reloads": self.tls_reloads},
         })
 
     def add_final_stats(self, stats: Dict[str, Any]) -> None:
@@ -2673,7 +2747,9 @@ class Front(Handler, FrontSide):
         net = self.net.stats
         return (f"{players} players, {net.connections} connections of "
                 f"{self.net.config.max_connections}, {len(self.pending)} before HELLO, "
-                f"{len(self.ws_players)} over WebSocket; {net.accepted} accepted, "
+                f"{len(self.ws_players)} over WebSocket"
+                f"{f', {len(self.tls_players)} over TLS' if self.net.config.tls else ''}; "
+                f"{net.accepted} accepted, "
                 f"{net.closed} closed since start")
 
     def health_text(self, players: int) -> str:
@@ -2754,6 +2830,12 @@ class ServerOptions(NamedTuple):
     # /metrics, /stats and /stats.json on the game port too (always on the
     # admin port): off by default, the public port answers the players.
     public_stats: bool = False
+    # TLS on the game port, beside plain players (the first byte tells them
+    # apart): the certificate chain and its key as certbot writes them
+    # (fullchain.pem, privkey.pem), read at start and again on SIGHUP. None: plain only.
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_required: bool = False  # refuse plain players (and plain HTTP) on the game port
 
 
 ADMIN_MAX_CONNECTIONS = 64  # the admin port's own limit, apart from the players'
@@ -3076,9 +3158,12 @@ class ServerSignals(process.ShutdownSignals):
       restores the default action and re-sends the signal, so a second one
       ends the process by that signal (status 128+N in a shell) even if the
       loop is busy, without waiting for flushes.
-    - SIGHUP (``systemctl reload``, a closed terminal): logged and ignored.
-      There is nothing to reload: logs go to stderr (the journal), and the
-      web files are re-read when they change.
+    - SIGHUP (``systemctl reload``, certbot's deploy hook, a closed
+      terminal): reload the TLS certificate and key (``--tls-cert``,
+      ``--tls-key``; :meth:`Front.reload_tls`): new connections get the new
+      one, nobody is dropped, and a file that cannot be used is logged and
+      the old one kept. Without TLS, logged and nothing else (logs go to
+      stderr, the journal, and the web files are re-read when they change).
     - SIGUSR1: one log line with the server's status (:meth:`Role.status`).
     - SIGUSR2: logged and ignored (reserved).
 
@@ -3088,9 +3173,7 @@ class ServerSignals(process.ShutdownSignals):
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)  # these drain
-    IGNORED = {signal.SIGHUP: "nothing to reload (logs go to stderr; web files are re-read "
-                              "when they change): still serving",
-               signal.SIGUSR2: "not used: ignored"}
+    IGNORED = {signal.SIGUSR2: "not used: ignored"}
 
     def __init__(self, loop: EventLoop, server: Role) -> None:
         super().__init__(loop, lambda signum: server.shutdown(), self.SIGNALS)
@@ -3101,6 +3184,7 @@ class ServerSignals(process.ShutdownSignals):
         for sig in self.IGNORED:
             self.loop.add_signal_handler(sig, self.on_ignored)
         self.loop.add_signal_handler(signal.SIGUSR1, self.on_status)
+        self.loop.add_signal_handler(signal.SIGHUP, self.on_reload)
         return self
 
     def on_signal(self, signum: int) -> None:
@@ -3113,6 +3197,14 @@ class ServerSignals(process.ShutdownSignals):
     def on_status(self, signum: int) -> None:
         log.info("SIGUSR1: status: %s", self.server.status())
 
+    def on_reload(self, signum: int) -> None:
+        """SIGHUP: reload the game port's TLS certificate and key (the only thing it does)."""
+        front = self.server.front
+        if front is None:  # the authority (game): no player port, no certificate
+            log.info("SIGHUP: no TLS certificate to reload (no player port): still serving")
+            return
+        front.reload_tls()
+
 
 def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions,
                   log_limiter: Optional[RateLimitFilter]) -> Optional[Tuple[Any, List[Tuple[str, int]]]]:
@@ -3120,7 +3212,7 @@ def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions
     (the reason logged) for a data directory or a port that can't be used."""
     try:
         server = make()
-    except StoreError as exc:
+    except (StoreError, TLSFilesError) as exc:
         log.error("%s", exc)
         return None
     server.log_limiter = log_limiter
@@ -3175,7 +3267,11 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None) ->
     if opts.web and addresses:
         host, port = addresses[0]
         shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
-        print(f"play in a browser: http://{shown}:{port}/", flush=True)
+        if opts.tls_cert is not None:
+            plain = "" if opts.tls_required else f" (or http://{shown}:{port}/)"
+            print(f"play in a browser: https://{shown}:{port}/{plain}", flush=True)
+        else:
+            print(f"play in a browser: http://{shown}:{port}/", flush=True)
     if server.admin is not None:
         for host, port in server.admin.addresses:
             print(f"admin (/healthz, /metrics, /stats) on http://{host}:{port}/", flush=True)
@@ -6797,6 +6893,13 @@ NET_OPTS = (
     Opt("--refuse-rate", "at --max-clients, refuse at most this many connects a second with "
         "SERVER_FULL; the rest wait in the kernel's queue, costing the tick nothing (default "
         "%(default)g; 0: no limit)", type=float, metavar="PER_SECOND", check=_at_least(0)),
+    Opt("--tls-cert", "serve TLS (https://, wss://, TLS players) on the game port too, with "
+        "this certificate chain (PEM, leaf first: certbot's fullchain.pem); plain players "
+        "still join on the same port. SIGHUP reloads it (default: no TLS)", metavar="FILE"),
+    Opt("--tls-key", "the private key of --tls-cert (PEM: certbot's privkey.pem)",
+        metavar="FILE"),
+    Opt("--tls-required", "refuse plain players on the game port (HTTP ones are told to use "
+        "https://); needs --tls-cert", False, "store_true"),
 )
 
 # Every server process (serve, game, gateway).

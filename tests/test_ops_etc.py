@@ -201,12 +201,15 @@ def test_unit_has_the_limits_restart_user_and_hardening_the_issue_asks_for():
 
 
 def test_unit_signals_agree_with_the_server():
-    """stop sends what drains; reload and SendSIGHUP send only what the server ignores."""
+    """stop sends what drains; reload sends SIGHUP, which reloads the TLS certificate
+    and does nothing else (not a drain, not ignored); no SIGHUP after the stop."""
     service = {k: v for s, k, v in unit_keys() if s == "Service"}
     assert getattr(signal, service["KillSignal"]) in st.ServerSignals.SIGNALS
     assert service["SendSIGHUP"] == "no"
     assert shlex.split(service["ExecReload"])[:2] == ["/bin/kill", "-HUP"]
-    assert signal.SIGHUP in st.ServerSignals.IGNORED
+    assert signal.SIGHUP not in st.ServerSignals.SIGNALS
+    assert signal.SIGHUP not in st.ServerSignals.IGNORED
+    assert "TLS" in (st.ServerSignals.on_reload.__doc__ or "")
     argv = shlex.split(service["ExecStart"])
     assert "--admin-port" in argv and "--admin-host" not in argv  # loopback, the default
 
