@@ -6739,7 +6739,11 @@ def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
     """--redis URL and where its password comes from (never argv)."""
     parser.add_argument("--redis", metavar="URL", default=None,
                         help=help_url + "; redis://[user@]host:port[/db] (a numeric host, or a "
-                        "name resolved once at start)")
+                        "name resolved once at start); rediss://... speaks TLS (Redis' "
+                        "tls-port), checking the server's certificate and name")
+    parser.add_argument("--redis-ca", metavar="FILE", default=None,
+                        help="rediss://: trust the CA certificates in FILE (PEM) for the Redis "
+                        "server's certificate instead of the system's")
     parser.add_argument("--redis-password-file", metavar="FILE", default=None,
                         help="the Redis password: the first line of FILE")
     parser.add_argument("--redis-password-env", metavar="VAR", default=None,
@@ -6749,15 +6753,17 @@ def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
 def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
     """The --redis options as an address (names resolved: this blocks), or None."""
     if args.redis is None:
-        if args.redis_password_file or args.redis_password_env:
-            raise ValueError("--redis-password-file/--redis-password-env need --redis")
+        if args.redis_password_file or args.redis_password_env or args.redis_ca:
+            raise ValueError("--redis-password-file/--redis-password-env/--redis-ca need --redis")
         return None
     if args.redis_password_file and args.redis_password_env:
         raise ValueError("give the password by file or by environment, not both")
     from netcore.redis import RedisAddress
 
     address = RedisAddress.from_url(args.redis, password_file=args.redis_password_file,
-                                    password_env=args.redis_password_env)
+                                    password_env=args.redis_password_env,
+                                    ca_file=args.redis_ca)
+    address.tls_context()  # a CA file that cannot be read: said now (a ValueError)
     return address.resolve()
 
 
