@@ -224,6 +224,7 @@ __all__ = [
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "client_tls",
     "ClientTokens", "client_state_path",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
@@ -5753,6 +5754,12 @@ class NetClient:
     connection is retried with exponential backoff (0.5 s doubling to 8 s,
     back to 0.5 s once a join succeeds). Name lookup runs in a thread, so a
     slow DNS server cannot freeze the window either.
+
+    ``tls``: a client context (:func:`netcore.tls.client_context`): once
+    connected, TLS runs over the same nonblocking socket through an
+    ``ssl.SSLObject`` on two memory BIOs, the handshake advanced by each
+    poll like the rest (within ``CONNECT_TIMEOUT_S`` of the connect), the
+    server's certificate checked against ``host`` (or ``server_hostname``).
     """
 
     POLL_S = 0.015
@@ -5763,9 +5770,17 @@ class NetClient:
 
     def __init__(self, brain: ClientBrain, host: str, port: int,
                  schedule: Callable[[float, Callable[[], None]], object],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 tls: Optional["ssl.SSLContext"] = None,
+                 server_hostname: Optional[str] = None) -> None:
         self.brain = brain
         self.host, self.port = host, port
+        self.tls = tls
+        self.server_hostname = server_hostname or host
+        # This connection's TLS: the SSLObject and its BIOs (None: plain, or not yet).
+        self.tls_obj: Optional["ssl.SSLObject"] = None
+        self.tls_in: Optional["ssl.MemoryBIO"] = None
+        self.tls_out: Optional["ssl.MemoryBIO"] = None
         self.schedule = schedule
         self.clock = clock
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -5803,7 +5818,10 @@ class NetClient:
             if self.brain.state != ClientState.STOPPED and now >= self.retry_at:
                 self._connect(now)
         elif not self.is_connected:
-            self._check_connect(now)
+            if self.tls_obj is None:
+                self._check_connect(now)
+            else:
+                self._handshake(now)
         else:
             self._read(now)
             self.flush()
@@ -5814,9 +5832,19 @@ class NetClient:
         if sock is None or not self.is_connected:
             return
         if brain.outbox:
-            self.out += b"".join(brain.outbox)
+            data = b"".join(brain.outbox)
             brain.outbox.clear()
-        if not self.out:
+            if self.tls_obj is not None:  # encrypted as it is queued: out holds ciphertext
+                assert self.tls_out is not None
+                self.tls_obj.write(data)
+                data = self.tls_out.read()
+            self.out += data
+        self._send()
+
+    def _send(self) -> None:
+        """Send what ``out`` holds, as much as the socket takes now."""
+        sock = self.sock
+        if sock is None or not self.out:
             return
         try:
             sent = sock.send(self.out)
@@ -5868,6 +5896,15 @@ class NetClient:
             if err:
                 self._lost(os.strerror(err).lower(), connected=False)
                 return
+            if self.tls is not None:
+                import ssl
+
+                self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+                self.tls_obj = self.tls.wrap_bio(self.tls_in, self.tls_out,
+                                                 server_hostname=self.server_hostname)
+                self.out.clear()
+                self._handshake(now)
+                return
             self.is_connected = True
             self.last_data = now
             self.out.clear()
@@ -5875,6 +5912,77 @@ class NetClient:
             self.flush()
         elif now - self.connect_started > self.CONNECT_TIMEOUT_S:
             self._lost(f"no answer within {self.CONNECT_TIMEOUT_S:g} s", connected=False)
+
+    def _handshake(self, now: float) -> None:
+        """Advance the TLS handshake with what has arrived; joined as plain once done."""
+        import ssl
+
+        sock, obj, incoming = self.sock, self.tls_obj, self.tls_in
+        assert sock is not None and obj is not None and incoming is not None
+        for _ in range(self.READS_PER_POLL):
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._lost(f"TLS handshake: {(exc.strerror or str(exc)).lower()}",
+                           connected=False)
+                return
+            if not data:
+                self._lost("the server closed the connection during the TLS handshake "
+                           "(does it speak TLS?)", connected=False)
+                return
+            incoming.write(data)
+        try:
+            obj.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            self._tls_flush()  # our alert, if OpenSSL made one
+            why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            self._lost(f"TLS: {why}", connected=False)
+            return
+        self._tls_flush()
+        if done:
+            self.is_connected = True
+            self.last_data = now
+            self.brain.connected()
+            self.flush()
+        elif now - self.connect_started > self.CONNECT_TIMEOUT_S:
+            self._lost(f"no TLS handshake within {self.CONNECT_TIMEOUT_S:g} s",
+                       connected=False)
+
+    def _tls_flush(self) -> None:
+        """Queue and send what OpenSSL wrote (handshake flights, alerts, key updates)."""
+        if self.tls_out is not None and self.tls_out.pending:
+            self.out += self.tls_out.read()
+            self._send()
+
+    def _decrypt(self, data: bytes) -> Optional[bytes]:
+        """The plaintext in ``data`` (None: the connection is over, already said)."""
+        import ssl
+
+        obj, incoming = self.tls_obj, self.tls_in
+        assert obj is not None and incoming is not None
+        incoming.write(data)
+        plain = []
+        while True:
+            try:
+                chunk = obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._lost("the server closed the connection")
+                return None
+            except ssl.SSLError as exc:
+                self._lost(f"TLS: {exc.reason or exc}")
+                return None
+            if not chunk:
+                break
+            plain.append(chunk)
+        self._tls_flush()
+        return b"".join(plain)
 
     # -- playing -----------------------------------------------------------------
 
@@ -5894,6 +6002,11 @@ class NetClient:
                 self._lost("the server closed the connection")
                 return
             self.last_data = now
+            if self.tls_obj is not None:
+                plain = self._decrypt(data)
+                if plain is None:
+                    return
+                data = plain
             try:
                 brain.feed(data)
             except ProtocolError as exc:
@@ -5930,6 +6043,7 @@ class NetClient:
             self.sock = None
         self.is_connected = False
         self.out.clear()
+        self.tls_obj = self.tls_in = self.tls_out = None
 
 
 # -----------------------------------------------------------------------------
@@ -6411,6 +6525,9 @@ class ClientOptions(NamedTuple):
     name: str = ""  # shown in the hall of fame
     state: str = ""  # the resume-token file; "" = client_state_path()
     new_player: bool = False  # ignore the saved token: start as a new player
+    tls: bool = False  # speak TLS to the server (its certificate checked, unless insecure)
+    ca: Optional[str] = None  # trust this CA file (PEM) instead of the system's
+    insecure: bool = False  # TLS without checking the certificate at all
 
 
 def client_state_path() -> str:
@@ -6457,8 +6574,29 @@ class ClientTokens:
             log.warning("cannot save the resume token to %s: %s", self.path, exc)
 
 
+def client_tls(opts: ClientOptions) -> Optional["ssl.SSLContext"]:
+    """The client's TLS context from --tls, --ca, --insecure (None: plain).
+
+    Raises ValueError saying what is wrong (a CA file that cannot be read, by name).
+    """
+    if not opts.tls:
+        if opts.ca or opts.insecure:
+            raise ValueError("--ca and --insecure are for TLS: add --tls")
+        return None
+    if opts.ca and opts.insecure:
+        raise ValueError("--ca or --insecure, not both: --insecure checks nothing")
+    from netcore.tls import client_context
+
+    return client_context(opts.ca, insecure=opts.insecure)
+
+
 def run_client(opts: ClientOptions) -> int:
     """Open the window and play until it is closed (or SIGINT/SIGTERM)."""
+    try:
+        tls = client_tls(opts)
+    except ValueError as exc:
+        print(f"client: {exc}", file=sys.stderr)
+        return 2
     try:
         import tkinter
     except ImportError:
@@ -6478,7 +6616,7 @@ def run_client(opts: ClientOptions) -> int:
     brain = ClientBrain(opts.shape, opts.colour, PROTOCOL_V2, name=opts.name,
                         token=b"" if opts.new_player else tokens.load(), on_token=tokens.save)
     net = NetClient(brain, opts.host, opts.port,
-                    lambda delay, fn: root.after(max(1, int(delay * 1000)), fn))
+                    lambda delay, fn: root.after(max(1, int(delay * 1000)), fn), tls=tls)
     view = TkView(root, brain, net)
 
     def close(*_: object) -> None:
@@ -6996,6 +7134,12 @@ CLIENT_OPTS = (
         "server (the new one is saved in its place)", type="store_true"),
     Opt("--state", "where to keep the resume token (default: "
         "$XDG_STATE_HOME/spelltraction/client.json)", metavar="FILE"),
+    Opt("--tls", "speak TLS to the server (one started with --tls-cert), checking its "
+        "certificate against the system's CAs and --host", type="store_true"),
+    Opt("--ca", "with --tls: trust the CA certificates in FILE (PEM) instead of the system's",
+        metavar="FILE"),
+    Opt("--insecure", "with --tls: check nothing (any certificate, any name): encrypted, but "
+        "anyone in the middle can read it", type="store_true"),
     Opt("--log-level", "(default %(default)s)", "info", field="-", choices=_LOG_LEVELS),
 )
 
