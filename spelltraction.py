@@ -4623,6 +4623,9 @@ class BotOptions(NamedTuple):
     # SOURCE_SPREAD bots toward a 127.x target, 127.0.0.2, 127.0.0.3, ... (one
     # source address has ~28,000 ephemeral ports toward one server port).
     sources: str = "auto"
+    tls: bool = False  # speak TLS (TCP or wss://), the certificate checked unless insecure
+    ca: Optional[str] = None  # trust this CA file (PEM) instead of the system's
+    insecure: bool = False  # TLS without checking the certificate (a load test's own server)
 
 
 SOURCE_SPREAD = 20_000  # bots per loopback source address when spreading
@@ -4690,16 +4693,27 @@ class BotState:
 
 
 class BotWorker:
-    """One process's share of the bots, on one poller, state in flat arrays."""
+    """One process's share of the bots, on one poller, state in flat arrays.
 
-    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING, RETRYING = 1, 2, 3, 4, 5, 6
+    ``tls``: a client context; each bot then speaks TLS through an
+    ``ssl.SSLObject`` on two memory BIOs over its nonblocking socket (the
+    handshake advanced as its answers arrive, ``HANDSHAKING``), so thousands
+    of TLS bots share one poller as the plain ones do.
+    """
+
+    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING, RETRYING, HANDSHAKING = 1, 2, 3, 4, 5, 6, 7
 
     def __init__(self, host: str, port: int, count: int, move_every: float, probes: int,
                  seed: int, batch: int, websocket: bool = False,
                  resume: Optional[List[List[Any]]] = None, sources: Sequence[str] = (),
-                 offset: int = 0) -> None:
+                 offset: int = 0, tls: Optional["ssl.SSLContext"] = None) -> None:
         info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         self.family, self.addr = info[0], info[4]
+        self.tls = tls
+        self.server_hostname = host
+        # fd -> (SSLObject, incoming BIO, outgoing BIO) of each TLS bot's connection.
+        self.tls_conns: Dict[int, Tuple["ssl.SSLObject", "ssl.MemoryBIO", "ssl.MemoryBIO"]] = {}
+        self.tls_handshakes = 0
         self.sources = list(sources)  # bot i binds sources[(offset + i) % n] first
         self.offset = offset
         self.websocket = websocket
@@ -4830,6 +4844,20 @@ class BotWorker:
         if err:
             self._fail(i, os.strerror(err))
             return
+        self.poller.modify(fd, EVENT_READ, fd)
+        if self.tls is not None:
+            import ssl
+
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = self.tls.wrap_bio(incoming, outgoing, server_hostname=self.server_hostname)
+            self.tls_conns[fd] = (obj, incoming, outgoing)
+            self.state[i] = self.HANDSHAKING
+            self._handshake(fd, i, s)
+            return
+        self._begin(fd, i, s)
+
+    def _begin(self, fd: int, i: int, s: socket.socket) -> None:
+        """Connected (and through TLS): the HELLO, or the WebSocket upgrade first."""
         if self.websocket:
             key = base64.b64encode(self.rng.getrandbits(128).to_bytes(16, "big")).decode()
             self.ws_keys[fd] = key
@@ -4837,18 +4865,80 @@ class BotWorker:
         else:
             first, state = self._hello(i), self.HELLO_SENT
         try:
-            s.send(first)
+            self._send_raw(s, first)
         except OSError as exc:
             self._fail(i, exc.strerror or str(exc))
             return
         self.state[i] = state
-        self.poller.modify(fd, EVENT_READ, fd)
+
+    def _handshake(self, fd: int, i: int, s: socket.socket) -> bool:
+        """Advance bot ``i``'s TLS handshake; whether it is done (then it has begun)."""
+        import ssl
+
+        obj, _, outgoing = self.tls_conns[fd]
+        try:
+            obj.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            self._fail(i, f"TLS: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
+            return False
+        try:
+            if outgoing.pending:
+                s.send(outgoing.read())
+        except OSError as exc:
+            self._fail(i, exc.strerror or str(exc))
+            return False
+        if done:
+            self.tls_handshakes += 1
+            self._begin(fd, i, s)
+        return done
+
+    def _decrypt(self, fd: int, i: int, s: socket.socket, data: bytes) -> Optional[bytes]:
+        """The plaintext in ``data`` from bot ``i``'s TLS connection (None: it is over)."""
+        import ssl
+
+        obj, incoming, outgoing = self.tls_conns[fd]
+        incoming.write(data)
+        if self.state[i] == self.HANDSHAKING and not self._handshake(fd, i, s):
+            return None
+        plain = []
+        while True:
+            try:
+                chunk = obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._lost(i, "closed by server")
+                return None
+            except ssl.SSLError as exc:
+                self._lost(i, f"TLS: {exc.reason or exc}")
+                return None
+            if not chunk:
+                break
+            plain.append(chunk)
+        if outgoing.pending:  # a key update answered
+            try:
+                s.send(outgoing.read())
+            except OSError:
+                pass
+        return b"".join(plain)
+
+    def _send_raw(self, s: socket.socket, data: bytes) -> None:
+        """Send bytes of the stream: encrypted first on a TLS bot's connection."""
+        conn = self.tls_conns.get(s.fileno())
+        if conn is not None:
+            obj, _, outgoing = conn
+            obj.write(data)
+            data = outgoing.read()
+        s.send(data)
 
     def _send(self, s: socket.socket, stream: bytes) -> None:
         """Send game frames: as they are, or in one masked WebSocket message."""
         if self.websocket:
             stream = ws.frame(stream, ws.BINARY, mask_key=self._mask_key())
-        s.send(stream)
+        self._send_raw(s, stream)
 
     def _mask_key(self) -> bytes:
         """RFC 6455: every client frame is masked with a fresh random key."""
@@ -4867,6 +4957,11 @@ class BotWorker:
             self._lost(i, "closed by server")
             return
         self.bytes += len(data)
+        if self.tls is not None:
+            plain = self._decrypt(fd, i, s, data)
+            if not plain:
+                return
+            data = plain
         if self.websocket:
             unwrapped = self._unwrap(fd, i, s, data)
             if not unwrapped:
@@ -4999,7 +5094,7 @@ class BotWorker:
 
     def _send_pong(self, s: socket.socket, payload: bytes) -> None:
         try:
-            s.send(ws.frame(payload, ws.PONG, mask_key=self._mask_key()))
+            self._send_raw(s, ws.frame(payload, ws.PONG, mask_key=self._mask_key()))
         except OSError:
             pass
 
@@ -5082,6 +5177,7 @@ class BotWorker:
             self.rest.pop(fd, None)
             self.ws_rest.pop(fd, None)
             self.ws_keys.pop(fd, None)
+            self.tls_conns.pop(fd, None)
             s.close()
             self.socks[i] = None
 
@@ -5116,6 +5212,7 @@ class BotWorker:
             "tick_fraction_mean": sum(fractions) / len(fractions) if fractions else 0.0,
             "below_95": sum(1 for f in fractions if f < 0.95),
             "errors": self.errors,
+            "tls_handshakes": self.tls_handshakes,
         }
 
 
@@ -5124,9 +5221,14 @@ def _bot_worker_main(params_json: str) -> None:
     p = json.loads(params_json)
     raise_nofile()
     resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
+    tls = None
+    if p.get("tls"):
+        from netcore.tls import client_context
+
+        tls = client_context(p.get("ca"), insecure=p.get("insecure", False))
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
                        p["seed"], p["batch"], p.get("ws", False), resume,
-                       p.get("sources", ()), p.get("offset", 0))
+                       p.get("sources", ()), p.get("offset", 0), tls)
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
     stdin_fd = sys.stdin.fileno()  # the parent writes "hold", then closes it to say "stop"
@@ -5212,7 +5314,7 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             "spelltraction._bot_worker_main(sys.argv[2])")
     max_seconds = opts.ramp_timeout + opts.duration + 30
     workers: List["subprocess.Popen[str]"] = []
-    transport = "WebSocket" if opts.ws else "TCP"
+    transport = ("WebSocket" if opts.ws else "TCP") + (" over TLS" if opts.tls else "")
     state = BotState(opts.state) if opts.state else None
     offsets = [sum(shares[:k]) for k in range(procs)]
     sources = bot_sources(opts.host, opts.n_bots, opts.sources)
@@ -5234,7 +5336,8 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             params = {"host": opts.host, "port": opts.port, "count": shares[k],
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
                       "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws,
-                      "state": opts.state, "offset": offsets[k], "sources": sources}
+                      "state": opts.state, "offset": offsets[k], "sources": sources,
+                      "tls": opts.tls, "ca": opts.ca, "insecure": opts.insecure}
             workers.append(subprocess.Popen(
                 [sys.executable, "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -5353,6 +5456,7 @@ def _summarise(finals: List[Dict[str, Any]], opts: BotOptions,
         "resumed": total("resumed"),
         "score_regressions": total("score_regressions"),
         "reconnected": total("reconnected"),
+        "tls_handshakes": total("tls_handshakes"),
         "frames": total("frames"),
         "bytes": total("bytes"),
         "moves_sent": total("moves_sent"),
@@ -6574,8 +6678,8 @@ class ClientTokens:
             log.warning("cannot save the resume token to %s: %s", self.path, exc)
 
 
-def client_tls(opts: ClientOptions) -> Optional["ssl.SSLContext"]:
-    """The client's TLS context from --tls, --ca, --insecure (None: plain).
+def client_tls(opts: Union[ClientOptions, BotOptions]) -> Optional["ssl.SSLContext"]:
+    """The client's (or the bots') TLS context from --tls, --ca, --insecure (None: plain).
 
     Raises ValueError saying what is wrong (a CA file that cannot be read, by name).
     """
@@ -7112,6 +7216,12 @@ BOT_OPTS = (
     Opt("--state", "protocol 2: keep each bot's resume token and last shown score in FILE "
         "(mode 0600, rewritten at least every second); a second run with the same FILE resumes "
         "them, and dropped bots reconnect with backoff", metavar="FILE"),
+    Opt("--tls", "speak TLS (TCP, or wss:// with --ws) to a server started with --tls-cert, "
+        "checking its certificate against the system's CAs and --host", type="store_true"),
+    Opt("--ca", "with --tls: trust the CA certificates in FILE (PEM) instead of the system's",
+        metavar="FILE"),
+    Opt("--insecure", "with --tls: check no certificate (your own server under test)",
+        type="store_true"),
     Opt("--source-addresses", "bind each bot to one of these source addresses, in turn (one "
         "address has ~28,000 ephemeral ports toward one server port); auto (default): "
         f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots",
@@ -7263,6 +7373,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"wrote {args.output}: {size} bytes, {len(members)} files; "
               f"run it with: python3 {args.output} --port {DEFAULT_PORT}")
         return 0
+    if command in ("client", "bots"):
+        try:
+            client_tls(opts)  # --ca/--insecure without --tls, an unreadable CA file
+        except ValueError as exc:
+            parser.error(str(exc))
     limiter = _setup_logging(args.log_level, getattr(args, "log_format", "text"))
     if command == "client":
         return run_client(opts)
