@@ -12,7 +12,7 @@ import pytest
 
 import spelltraction as st
 from clusterkit import Authority, Player, http_get, wait_for
-from conftest import require_tool
+from conftest import require_tool, systemd_words
 from redisproc import RedisServer
 from serverproc import ROOT, Spawned
 
@@ -70,7 +70,7 @@ def test_systemd_analyze_verifies_the_cluster_units(tmp_path):
 
 def unit_args(path, credentials, redis_url, **replace):
     """The unit's command line after the .pyz, as systemd would run it here."""
-    argv = shlex.split(service(path)["ExecStart"])
+    argv = systemd_words(shlex.split(service(path)["ExecStart"]))  # no EnvironmentFile
     args = argv[argv.index("/opt/spelltraction/spelltraction.pyz") + 1:]
     args = [a.replace("${CREDENTIALS_DIRECTORY}", credentials).replace("%i", "1") for a in args]
     args[args.index("--redis") + 1] = redis_url
