@@ -298,3 +298,14 @@ def test_a_copy_made_by_the_backup_units_command_restores(tmp_path):
         assert isinstance(back, st.Welcome) and back.resumed == st.RESUMED, back
         assert back.player_id == welcome.player_id
         assert server.stop() == 0
+
+
+def test_reload_means_the_certificate_on_the_units_with_a_player_port_only():
+    """serve and the gateways reload (SIGHUP: the certificate); the authority has no
+    player port, no certificate, and so no ExecReload= at all."""
+    for unit in ("spelltraction.service", "spelltraction-gateway@.service"):
+        path = os.path.join(SYSTEMD, unit)
+        assert service_value(path, "ExecReload") == "/bin/kill -HUP $MAINPID"
+        assert service_value(path, "SendSIGHUP") == "no"
+    assert "ExecReload=" not in open(os.path.join(SYSTEMD, "spelltraction-game.service")).read()
+    assert signal.SIGHUP not in st.ServerSignals.IGNORED
