@@ -66,6 +66,12 @@ def test_tls_and_plain_players_share_the_game_port_and_tls_players_are_counted(p
             _, _, metrics = server.get("/metrics")
             assert b"spelltraction_tls_players 1\n" in metrics
             assert b"spelltraction_tls_handshakes_total" in metrics
+            server.proc.send_signal(signal.SIGUSR1)  # the status line says it too
+            deadline = time.monotonic() + 5
+            while "SIGUSR1: status" not in server.log():
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.05)
+            assert "2 players" in server.log() and "1 over TLS" in server.log(), server.log()
         secure.close()
         deadline = time.monotonic() + 5
         while json.loads(server.get("/stats.json")[2])["tls"]["players"] and \
