@@ -188,6 +188,8 @@ if TYPE_CHECKING:  # names for type checkers: a server loads neither typing nor 
         IO, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Set, Tuple, Union,
     )
 
+    import ssl  # imported at run time only with --tls-cert (netcore.tls), or by a TLS client
+
     from netcore.web import Route
 
     # Imported at run time where used (doctor --redis, --cluster): a server
@@ -214,7 +216,7 @@ __all__ = [
     "WorldSide", "FrontSide", "HELLO_SENT", "Refused", "parse_hello", "World",
     "step_and_encode", "you_frame", "describe_unexpected",
     # Front
-    "Front", "read_asset", "origin_policy",
+    "Front", "read_asset", "origin_policy", "TLSFilesError", "server_tls_context",
     # Server
     "ServerOptions", "Role", "GameServer", "AdminHandler", "serve", "ServerSignals", "rss_kb",
     "release_freed_memory",
@@ -230,6 +232,7 @@ __all__ = [
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots",
     # Clients
     "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
+    "client_tls",
     "ClientTokens", "client_state_path",
     "view_transform", "crowd_rgb", "crowd_heat",
     # Operations
@@ -2577,6 +2580,33 @@ WEB_HEADERS = (
 LIMIT_REASONS = frozenset(("flood", "hello-timeout", NEW_PLAYERS_LIMIT, "player-ids"))
 
 
+class TLSFilesError(Exception):
+    """--tls-cert/--tls-key cannot be used: the message names the file and why."""
+
+
+def server_tls_context(opts: ServerOptions) -> Optional["ssl.SSLContext"]:
+    """The game port's TLS context from ``--tls-cert``/``--tls-key``, or None (plain only).
+
+    Imports :mod:`ssl` (with OpenSSL, ~4.5 MB of RSS) only when a certificate
+    is given: a plain server never loads it. Raises :class:`TLSFilesError`
+    naming the file and what is wrong with it (at start: exit 2; on SIGHUP:
+    logged, and the old context keeps serving).
+    """
+    if opts.tls_cert is None and opts.tls_key is None:
+        if opts.tls_required:
+            raise TLSFilesError("--tls-required needs --tls-cert and --tls-key")
+        return None
+    if opts.tls_cert is None or opts.tls_key is None:
+        raise TLSFilesError("--tls-cert and --tls-key go together: give both "
+                            "(certbot's fullchain.pem and privkey.pem)")
+    from netcore.tls import CertificateError, server_context
+
+    try:
+        return server_context(opts.tls_cert, opts.tls_key)
+    except CertificateError as exc:
+        raise TLSFilesError(str(exc)) from None
+
+
 # -----------------------------------------------------------------------------
 # Front: the Front. A connection's life, HELLO, limits, and each tick's sends.
 # -----------------------------------------------------------------------------
@@ -2624,10 +2654,13 @@ class Front(Handler, FrontSide):
                 control_rate=WS_CONTROL_RATE,
                 allowed_origins=origin_policy(opts.allowed_origins),
             ), binary=lambda: frames)
+        tls = server_tls_context(opts)  # raises TLSFilesError, naming the file
         self.net = TCPServer(
             loop,
             self,
             ServerConfig(
+                tls=tls,
+                tls_required=opts.tls_required,
                 hosts=[opts.host],
                 port=opts.port,
                 backlog=opts.backlog,
@@ -2662,6 +2695,8 @@ class Front(Handler, FrontSide):
         # behind one WebSocket header, built once. TCP players are the rest.
         self.ws_players: Dict[Connection, None] = {}
         self.v2_conns: Dict[Connection, None] = {}  # players who said version 2 (they get FAME)
+        self.tls_players: Dict[Connection, None] = {}  # players over TLS (TCP or wss://)
+        self.tls_reloads = 0  # certificates reloaded (SIGHUP)
         self.errors_sent: Dict[int, int] = {}
         self.churn = ChurnReporter(self.net.stats, log)
 
@@ -2713,6 +2748,7 @@ class Front(Handler, FrontSide):
         self.pending.pop(conn, None)
         self.ws_players.pop(conn, None)
         self.v2_conns.pop(conn, None)
+        self.tls_players.pop(conn, None)
         handle = conn.data
         if handle is not None:
             conn.data = None
@@ -2727,6 +2763,8 @@ class Front(Handler, FrontSide):
             self.ws_players[conn] = None
         if v2:
             self.v2_conns[conn] = None
+        if conn.tls is not None:
+            self.tls_players[conn] = None
         conn.write(conn.codec.wrap(frames), frames=nframes)
 
     def send(self, conn: Connection, frames: bytes, nframes: int) -> None:
@@ -2738,6 +2776,7 @@ class Front(Handler, FrontSide):
         conn.data = None  # the World let it go: no leave when it closes
         self.ws_players.pop(conn, None)
         self.v2_conns.pop(conn, None)
+        self.tls_players.pop(conn, None)
         self.reject(conn, code, text, reason)
 
     def tick(self, shared: bytes, nframes: int, news: bytes,
@@ -2891,12 +2930,44 @@ class Front(Handler, FrontSide):
         self.net.shutdown(grace, error_frame(ErrorCode.SHUTDOWN, text),
                           ws.CloseCode.GOING_AWAY, text, on_done=on_done)
 
+    # -- TLS ------------------------------------------------------------------------
+
+    def reload_tls(self) -> bool:
+        """Read ``--tls-cert``/``--tls-key`` again (SIGHUP: certbot renewed them).
+
+        New connections get the new certificate; open ones keep theirs (no
+        one is dropped). A file that cannot be used is logged and the old
+        context keeps serving. Whether the new one is in place.
+        """
+        opts = self.options
+        if opts.tls_cert is None:
+            log.info("SIGHUP: no TLS certificate to reload (no --tls-cert): still serving")
+            return False
+        try:
+            context = server_tls_context(opts)
+        except TLSFilesError as exc:
+            log.error("SIGHUP: TLS reload failed, still serving the certificate loaded "
+                      "before: %s", exc)
+            return False
+        self.net.set_tls(context)
+        self.tls_reloads += 1
+        log.info("SIGHUP: reloaded the TLS certificate %s and key %s; new connections get "
+                 "them, %d TLS players keep theirs", opts.tls_cert, opts.tls_key,
+                 len(self.tls_players))
+        return True
+
     # -- figures -------------------------------------------------------------------
 
     def add_metrics(self, exp: Exposition) -> None:
         add_net_stats(exp, self.net.stats, "spelltraction", self.net.config.max_connections)
         exp.gauge("spelltraction_pending_hellos", "Connections that have not sent HELLO yet.",
                   len(self.pending))
+        if self.net.config.tls is not None:
+            exp.gauge("spelltraction_tls_players", "Players connected over TLS (TCP or wss://).",
+                      len(self.tls_players))
+            exp.counter("spelltraction_tls_reloads_total",
+                        "Certificates reloaded on SIGHUP (failed reloads are not counted).",
+                        self.tls_reloads)
         exp.labelled("spelltraction_errors_sent_total", "counter",
                      "ERROR messages sent to clients, by code.", "code",
                      {ErrorCode.name_of(code): n for code, n in self.errors_sent.items()})
@@ -2916,6 +2987,10 @@ class Front(Handler, FrontSide):
             "frames_out": net.frames_out,
             "queued_out_bytes": net.queued_out_bytes,
             "slow_consumers": net.slow_consumers,
+            "tls": {"enabled": self.net.config.tls is not None,
+                    "required": self.net.config.tls_required,
+                    "players": len(self.tls_players), "handshakes": net.tls_handshakes,
+                    "errors": dict(net.tls_errors), "reloads": self.tls_reloads},
         })
 
     def add_final_stats(self, stats: Dict[str, Any]) -> None:
@@ -2930,7 +3005,9 @@ class Front(Handler, FrontSide):
         net = self.net.stats
         return (f"{players} players, {net.connections} connections of "
                 f"{self.net.config.max_connections}, {len(self.pending)} before HELLO, "
-                f"{len(self.ws_players)} over WebSocket; {net.accepted} accepted, "
+                f"{len(self.ws_players)} over WebSocket"
+                f"{f', {len(self.tls_players)} over TLS' if self.net.config.tls else ''}; "
+                f"{net.accepted} accepted, "
                 f"{net.closed} closed since start")
 
     def health_text(self, players: int) -> str:
@@ -3011,6 +3088,12 @@ class ServerOptions(NamedTuple):
     # /metrics, /stats and /stats.json on the game port too (always on the
     # admin port): off by default, the public port answers the players.
     public_stats: bool = False
+    # TLS on the game port, beside plain players (the first byte tells them
+    # apart): the certificate chain and its key as certbot writes them
+    # (fullchain.pem, privkey.pem), read at start and again on SIGHUP. None: plain only.
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_required: bool = False  # refuse plain players (and plain HTTP) on the game port
 
 
 ADMIN_MAX_CONNECTIONS = 64  # the admin port's own limit, apart from the players'
@@ -3453,9 +3536,12 @@ class ServerSignals(process.ShutdownSignals):
       restores the default action and re-sends the signal, so a second one
       ends the process by that signal (status 128+N in a shell) even if the
       loop is busy, without waiting for flushes.
-    - SIGHUP (``systemctl reload``, a closed terminal): logged and ignored.
-      There is nothing to reload: logs go to stderr (the journal), and the
-      web files are re-read when they change.
+    - SIGHUP (``systemctl reload``, certbot's deploy hook, a closed
+      terminal): reload the TLS certificate and key (``--tls-cert``,
+      ``--tls-key``; :meth:`Front.reload_tls`): new connections get the new
+      one, nobody is dropped, and a file that cannot be used is logged and
+      the old one kept. Without TLS, logged and nothing else (logs go to
+      stderr, the journal, and the web files are re-read when they change).
     - SIGUSR1: one log line with the server's status (:meth:`Role.status`).
     - SIGUSR2: upgrade to the file on disk, keeping every connection
       (:class:`Upgrades`; the same as ``spelltraction.py upgrade``).
@@ -3466,9 +3552,6 @@ class ServerSignals(process.ShutdownSignals):
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)  # these drain
-    IGNORED = {signal.SIGHUP: "nothing to reload (logs go to stderr; web files are re-read "
-                              "when they change): still serving",
-               }
 
     def __init__(self, loop: EventLoop, server: Role) -> None:
         super().__init__(loop, lambda signum: server.shutdown(), self.SIGNALS)
@@ -3476,18 +3559,14 @@ class ServerSignals(process.ShutdownSignals):
 
     def install(self) -> "ServerSignals":
         super().install()  # SIGNALS: drain, then a second one exits at once
-        for sig in self.IGNORED:
-            self.loop.add_signal_handler(sig, self.on_ignored)
         self.loop.add_signal_handler(signal.SIGUSR1, self.on_status)
         self.loop.add_signal_handler(signal.SIGUSR2, self.on_upgrade)
+        self.loop.add_signal_handler(signal.SIGHUP, self.on_reload)
         return self
 
     def on_signal(self, signum: int) -> None:
         """What the loop runs for each of SIGNALS."""
         self._on_signal(signum)
-
-    def on_ignored(self, signum: int) -> None:
-        log.info("%s: %s", signal.Signals(signum).name, self.IGNORED[signal.Signals(signum)])
 
     def on_status(self, signum: int) -> None:
         log.info("SIGUSR1: status: %s", self.server.status())
@@ -3496,6 +3575,14 @@ class ServerSignals(process.ShutdownSignals):
         log.info("SIGUSR2: upgrading to %s", game_file())
         if self.server.upgrades is not None:
             self.server.upgrades.request(None)
+
+    def on_reload(self, signum: int) -> None:
+        """SIGHUP: reload the game port's TLS certificate and key (the only thing it does)."""
+        front = self.server.front
+        if front is None:  # the authority (game): no player port, no certificate
+            log.info("SIGHUP: no TLS certificate to reload (no player port): still serving")
+            return
+        front.reload_tls()
 
 
 def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions,
@@ -3507,7 +3594,7 @@ def _start_server(loop: EventLoop, make: Callable[[], Role], opts: ServerOptions
     None (the reason logged) for a data directory or a port that can't be used."""
     try:
         server = make()
-    except StoreError as exc:
+    except (StoreError, TLSFilesError) as exc:
         log.error("%s", exc)
         return None
     server.log_limiter = log_limiter
@@ -3590,7 +3677,11 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None,
     if opts.web and addresses:
         host, port = addresses[0]
         shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
-        print(f"play in a browser: http://{shown}:{port}/", flush=True)
+        if opts.tls_cert is not None:
+            plain = "" if opts.tls_required else f" (or http://{shown}:{port}/)"
+            print(f"play in a browser: https://{shown}:{port}/{plain}", flush=True)
+        else:
+            print(f"play in a browser: http://{shown}:{port}/", flush=True)
     if server.admin is not None:
         for host, port in server.admin.addresses:
             print(f"admin (/healthz, /metrics, /stats) on http://{host}:{port}/", flush=True)
@@ -5397,6 +5488,9 @@ class BotOptions(NamedTuple):
     # SOURCE_SPREAD bots toward a 127.x target, 127.0.0.2, 127.0.0.3, ... (one
     # source address has ~28,000 ephemeral ports toward one server port).
     sources: str = "auto"
+    tls: bool = False  # speak TLS (TCP or wss://), the certificate checked unless insecure
+    ca: Optional[str] = None  # trust this CA file (PEM) instead of the system's
+    insecure: bool = False  # TLS without checking the certificate (a load test's own server)
 
 
 SOURCE_SPREAD = 20_000  # bots per loopback source address when spreading
@@ -5464,16 +5558,27 @@ class BotState:
 
 
 class BotWorker:
-    """One process's share of the bots, on one poller, state in flat arrays."""
+    """One process's share of the bots, on one poller, state in flat arrays.
 
-    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING, RETRYING = 1, 2, 3, 4, 5, 6
+    ``tls``: a client context; each bot then speaks TLS through an
+    ``ssl.SSLObject`` on two memory BIOs over its nonblocking socket (the
+    handshake advanced as its answers arrive, ``HANDSHAKING``), so thousands
+    of TLS bots share one poller as the plain ones do.
+    """
+
+    CONNECTING, HELLO_SENT, PLAYING, DONE, UPGRADING, RETRYING, HANDSHAKING = 1, 2, 3, 4, 5, 6, 7
 
     def __init__(self, host: str, port: int, count: int, move_every: float, probes: int,
                  seed: int, batch: int, websocket: bool = False,
                  resume: Optional[List[List[Any]]] = None, sources: Sequence[str] = (),
-                 offset: int = 0) -> None:
+                 offset: int = 0, tls: Optional["ssl.SSLContext"] = None) -> None:
         info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         self.family, self.addr = info[0], info[4]
+        self.tls = tls
+        self.server_hostname = host
+        # fd -> (SSLObject, incoming BIO, outgoing BIO) of each TLS bot's connection.
+        self.tls_conns: Dict[int, Tuple["ssl.SSLObject", "ssl.MemoryBIO", "ssl.MemoryBIO"]] = {}
+        self.tls_handshakes = 0
         self.sources = list(sources)  # bot i binds sources[(offset + i) % n] first
         self.offset = offset
         self.websocket = websocket
@@ -5604,6 +5709,20 @@ class BotWorker:
         if err:
             self._fail(i, os.strerror(err))
             return
+        self.poller.modify(fd, EVENT_READ, fd)
+        if self.tls is not None:
+            import ssl
+
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = self.tls.wrap_bio(incoming, outgoing, server_hostname=self.server_hostname)
+            self.tls_conns[fd] = (obj, incoming, outgoing)
+            self.state[i] = self.HANDSHAKING
+            self._handshake(fd, i, s)
+            return
+        self._begin(fd, i, s)
+
+    def _begin(self, fd: int, i: int, s: socket.socket) -> None:
+        """Connected (and through TLS): the HELLO, or the WebSocket upgrade first."""
         if self.websocket:
             key = base64.b64encode(self.rng.getrandbits(128).to_bytes(16, "big")).decode()
             self.ws_keys[fd] = key
@@ -5611,18 +5730,80 @@ class BotWorker:
         else:
             first, state = self._hello(i), self.HELLO_SENT
         try:
-            s.send(first)
+            self._send_raw(s, first)
         except OSError as exc:
             self._fail(i, exc.strerror or str(exc))
             return
         self.state[i] = state
-        self.poller.modify(fd, EVENT_READ, fd)
+
+    def _handshake(self, fd: int, i: int, s: socket.socket) -> bool:
+        """Advance bot ``i``'s TLS handshake; whether it is done (then it has begun)."""
+        import ssl
+
+        obj, _, outgoing = self.tls_conns[fd]
+        try:
+            obj.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            self._fail(i, f"TLS: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
+            return False
+        try:
+            if outgoing.pending:
+                s.send(outgoing.read())
+        except OSError as exc:
+            self._fail(i, exc.strerror or str(exc))
+            return False
+        if done:
+            self.tls_handshakes += 1
+            self._begin(fd, i, s)
+        return done
+
+    def _decrypt(self, fd: int, i: int, s: socket.socket, data: bytes) -> Optional[bytes]:
+        """The plaintext in ``data`` from bot ``i``'s TLS connection (None: it is over)."""
+        import ssl
+
+        obj, incoming, outgoing = self.tls_conns[fd]
+        incoming.write(data)
+        if self.state[i] == self.HANDSHAKING and not self._handshake(fd, i, s):
+            return None
+        plain = []
+        while True:
+            try:
+                chunk = obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._lost(i, "closed by server")
+                return None
+            except ssl.SSLError as exc:
+                self._lost(i, f"TLS: {exc.reason or exc}")
+                return None
+            if not chunk:
+                break
+            plain.append(chunk)
+        if outgoing.pending:  # a key update answered
+            try:
+                s.send(outgoing.read())
+            except OSError:
+                pass
+        return b"".join(plain)
+
+    def _send_raw(self, s: socket.socket, data: bytes) -> None:
+        """Send bytes of the stream: encrypted first on a TLS bot's connection."""
+        conn = self.tls_conns.get(s.fileno())
+        if conn is not None:
+            obj, _, outgoing = conn
+            obj.write(data)
+            data = outgoing.read()
+        s.send(data)
 
     def _send(self, s: socket.socket, stream: bytes) -> None:
         """Send game frames: as they are, or in one masked WebSocket message."""
         if self.websocket:
             stream = ws.frame(stream, ws.BINARY, mask_key=self._mask_key())
-        s.send(stream)
+        self._send_raw(s, stream)
 
     def _mask_key(self) -> bytes:
         """RFC 6455: every client frame is masked with a fresh random key."""
@@ -5641,6 +5822,11 @@ class BotWorker:
             self._lost(i, "closed by server")
             return
         self.bytes += len(data)
+        if self.tls is not None:
+            plain = self._decrypt(fd, i, s, data)
+            if not plain:
+                return
+            data = plain
         if self.websocket:
             unwrapped = self._unwrap(fd, i, s, data)
             if not unwrapped:
@@ -5773,7 +5959,7 @@ class BotWorker:
 
     def _send_pong(self, s: socket.socket, payload: bytes) -> None:
         try:
-            s.send(ws.frame(payload, ws.PONG, mask_key=self._mask_key()))
+            self._send_raw(s, ws.frame(payload, ws.PONG, mask_key=self._mask_key()))
         except OSError:
             pass
 
@@ -5856,6 +6042,7 @@ class BotWorker:
             self.rest.pop(fd, None)
             self.ws_rest.pop(fd, None)
             self.ws_keys.pop(fd, None)
+            self.tls_conns.pop(fd, None)
             s.close()
             self.socks[i] = None
 
@@ -5890,6 +6077,7 @@ class BotWorker:
             "tick_fraction_mean": sum(fractions) / len(fractions) if fractions else 0.0,
             "below_95": sum(1 for f in fractions if f < 0.95),
             "errors": self.errors,
+            "tls_handshakes": self.tls_handshakes,
         }
 
 
@@ -5898,9 +6086,14 @@ def _bot_worker_main(params_json: str) -> None:
     p = json.loads(params_json)
     raise_nofile()
     resume = BotState(p["state"]).slice(p["offset"], p["count"]) if p.get("state") else None
+    tls = None
+    if p.get("tls"):
+        from netcore.tls import client_context
+
+        tls = client_context(p.get("ca"), insecure=p.get("insecure", False))
     worker = BotWorker(p["host"], p["port"], p["count"], p["move_every"], p["probes"],
                        p["seed"], p["batch"], p.get("ws", False), resume,
-                       p.get("sources", ()), p.get("offset", 0))
+                       p.get("sources", ()), p.get("offset", 0), tls)
     deadline = time.monotonic() + p["max_seconds"]
     out = sys.stdout
     stdin_fd = sys.stdin.fileno()  # the parent writes "hold", then closes it to say "stop"
@@ -5986,7 +6179,7 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             "spelltraction._bot_worker_main(sys.argv[2])")
     max_seconds = opts.ramp_timeout + opts.duration + 30
     workers: List["subprocess.Popen[str]"] = []
-    transport = "WebSocket" if opts.ws else "TCP"
+    transport = ("WebSocket" if opts.ws else "TCP") + (" over TLS" if opts.tls else "")
     state = BotState(opts.state) if opts.state else None
     offsets = [sum(shares[:k]) for k in range(procs)]
     sources = bot_sources(opts.host, opts.n_bots, opts.sources)
@@ -6008,7 +6201,8 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
             params = {"host": opts.host, "port": opts.port, "count": shares[k],
                       "move_every": opts.move_every, "probes": probes[k], "seed": seed + k,
                       "batch": opts.batch, "max_seconds": max_seconds, "ws": opts.ws,
-                      "state": opts.state, "offset": offsets[k], "sources": sources}
+                      "state": opts.state, "offset": offsets[k], "sources": sources,
+                      "tls": opts.tls, "ca": opts.ca, "insecure": opts.insecure}
             workers.append(subprocess.Popen(
                 [sys.executable, "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -6127,6 +6321,7 @@ def _summarise(finals: List[Dict[str, Any]], opts: BotOptions,
         "resumed": total("resumed"),
         "score_regressions": total("score_regressions"),
         "reconnected": total("reconnected"),
+        "tls_handshakes": total("tls_handshakes"),
         "frames": total("frames"),
         "bytes": total("bytes"),
         "moves_sent": total("moves_sent"),
@@ -6529,6 +6724,12 @@ class NetClient:
     connection is retried with exponential backoff (0.5 s doubling to 8 s,
     back to 0.5 s once a join succeeds). Name lookup runs in a thread, so a
     slow DNS server cannot freeze the window either.
+
+    ``tls``: a client context (:func:`netcore.tls.client_context`): once
+    connected, TLS runs over the same nonblocking socket through an
+    ``ssl.SSLObject`` on two memory BIOs, the handshake advanced by each
+    poll like the rest (within ``CONNECT_TIMEOUT_S`` of the connect), the
+    server's certificate checked against ``host`` (or ``server_hostname``).
     """
 
     POLL_S = 0.015
@@ -6539,9 +6740,17 @@ class NetClient:
 
     def __init__(self, brain: ClientBrain, host: str, port: int,
                  schedule: Callable[[float, Callable[[], None]], object],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 tls: Optional["ssl.SSLContext"] = None,
+                 server_hostname: Optional[str] = None) -> None:
         self.brain = brain
         self.host, self.port = host, port
+        self.tls = tls
+        self.server_hostname = server_hostname or host
+        # This connection's TLS: the SSLObject and its BIOs (None: plain, or not yet).
+        self.tls_obj: Optional["ssl.SSLObject"] = None
+        self.tls_in: Optional["ssl.MemoryBIO"] = None
+        self.tls_out: Optional["ssl.MemoryBIO"] = None
         self.schedule = schedule
         self.clock = clock
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -6579,7 +6788,10 @@ class NetClient:
             if self.brain.state != ClientState.STOPPED and now >= self.retry_at:
                 self._connect(now)
         elif not self.is_connected:
-            self._check_connect(now)
+            if self.tls_obj is None:
+                self._check_connect(now)
+            else:
+                self._handshake(now)
         else:
             self._read(now)
             self.flush()
@@ -6590,9 +6802,19 @@ class NetClient:
         if sock is None or not self.is_connected:
             return
         if brain.outbox:
-            self.out += b"".join(brain.outbox)
+            data = b"".join(brain.outbox)
             brain.outbox.clear()
-        if not self.out:
+            if self.tls_obj is not None:  # encrypted as it is queued: out holds ciphertext
+                assert self.tls_out is not None
+                self.tls_obj.write(data)
+                data = self.tls_out.read()
+            self.out += data
+        self._send()
+
+    def _send(self) -> None:
+        """Send what ``out`` holds, as much as the socket takes now."""
+        sock = self.sock
+        if sock is None or not self.out:
             return
         try:
             sent = sock.send(self.out)
@@ -6644,6 +6866,15 @@ class NetClient:
             if err:
                 self._lost(os.strerror(err).lower(), connected=False)
                 return
+            if self.tls is not None:
+                import ssl
+
+                self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+                self.tls_obj = self.tls.wrap_bio(self.tls_in, self.tls_out,
+                                                 server_hostname=self.server_hostname)
+                self.out.clear()
+                self._handshake(now)
+                return
             self.is_connected = True
             self.last_data = now
             self.out.clear()
@@ -6651,6 +6882,77 @@ class NetClient:
             self.flush()
         elif now - self.connect_started > self.CONNECT_TIMEOUT_S:
             self._lost(f"no answer within {self.CONNECT_TIMEOUT_S:g} s", connected=False)
+
+    def _handshake(self, now: float) -> None:
+        """Advance the TLS handshake with what has arrived; joined as plain once done."""
+        import ssl
+
+        sock, obj, incoming = self.sock, self.tls_obj, self.tls_in
+        assert sock is not None and obj is not None and incoming is not None
+        for _ in range(self.READS_PER_POLL):
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._lost(f"TLS handshake: {(exc.strerror or str(exc)).lower()}",
+                           connected=False)
+                return
+            if not data:
+                self._lost("the server closed the connection during the TLS handshake "
+                           "(does it speak TLS?)", connected=False)
+                return
+            incoming.write(data)
+        try:
+            obj.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            self._tls_flush()  # our alert, if OpenSSL made one
+            why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            self._lost(f"TLS: {why}", connected=False)
+            return
+        self._tls_flush()
+        if done:
+            self.is_connected = True
+            self.last_data = now
+            self.brain.connected()
+            self.flush()
+        elif now - self.connect_started > self.CONNECT_TIMEOUT_S:
+            self._lost(f"no TLS handshake within {self.CONNECT_TIMEOUT_S:g} s",
+                       connected=False)
+
+    def _tls_flush(self) -> None:
+        """Queue and send what OpenSSL wrote (handshake flights, alerts, key updates)."""
+        if self.tls_out is not None and self.tls_out.pending:
+            self.out += self.tls_out.read()
+            self._send()
+
+    def _decrypt(self, data: bytes) -> Optional[bytes]:
+        """The plaintext in ``data`` (None: the connection is over, already said)."""
+        import ssl
+
+        obj, incoming = self.tls_obj, self.tls_in
+        assert obj is not None and incoming is not None
+        incoming.write(data)
+        plain = []
+        while True:
+            try:
+                chunk = obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._lost("the server closed the connection")
+                return None
+            except ssl.SSLError as exc:
+                self._lost(f"TLS: {exc.reason or exc}")
+                return None
+            if not chunk:
+                break
+            plain.append(chunk)
+        self._tls_flush()
+        return b"".join(plain)
 
     # -- playing -----------------------------------------------------------------
 
@@ -6670,6 +6972,11 @@ class NetClient:
                 self._lost("the server closed the connection")
                 return
             self.last_data = now
+            if self.tls_obj is not None:
+                plain = self._decrypt(data)
+                if plain is None:
+                    return
+                data = plain
             try:
                 brain.feed(data)
             except ProtocolError as exc:
@@ -6706,6 +7013,7 @@ class NetClient:
             self.sock = None
         self.is_connected = False
         self.out.clear()
+        self.tls_obj = self.tls_in = self.tls_out = None
 
 
 # -----------------------------------------------------------------------------
@@ -7187,6 +7495,9 @@ class ClientOptions(NamedTuple):
     name: str = ""  # shown in the hall of fame
     state: str = ""  # the resume-token file; "" = client_state_path()
     new_player: bool = False  # ignore the saved token: start as a new player
+    tls: bool = False  # speak TLS to the server (its certificate checked, unless insecure)
+    ca: Optional[str] = None  # trust this CA file (PEM) instead of the system's
+    insecure: bool = False  # TLS without checking the certificate at all
 
 
 def client_state_path() -> str:
@@ -7233,8 +7544,29 @@ class ClientTokens:
             log.warning("cannot save the resume token to %s: %s", self.path, exc)
 
 
+def client_tls(opts: Union[ClientOptions, BotOptions]) -> Optional["ssl.SSLContext"]:
+    """The client's (or the bots') TLS context from --tls, --ca, --insecure (None: plain).
+
+    Raises ValueError saying what is wrong (a CA file that cannot be read, by name).
+    """
+    if not opts.tls:
+        if opts.ca or opts.insecure:
+            raise ValueError("--ca and --insecure are for TLS: add --tls")
+        return None
+    if opts.ca and opts.insecure:
+        raise ValueError("--ca or --insecure, not both: --insecure checks nothing")
+    from netcore.tls import client_context
+
+    return client_context(opts.ca, insecure=opts.insecure)
+
+
 def run_client(opts: ClientOptions) -> int:
     """Open the window and play until it is closed (or SIGINT/SIGTERM)."""
+    try:
+        tls = client_tls(opts)
+    except ValueError as exc:
+        print(f"client: {exc}", file=sys.stderr)
+        return 2
     try:
         import tkinter
     except ImportError:
@@ -7254,7 +7586,7 @@ def run_client(opts: ClientOptions) -> int:
     brain = ClientBrain(opts.shape, opts.colour, PROTOCOL_V2, name=opts.name,
                         token=b"" if opts.new_player else tokens.load(), on_token=tokens.save)
     net = NetClient(brain, opts.host, opts.port,
-                    lambda delay, fn: root.after(max(1, int(delay * 1000)), fn))
+                    lambda delay, fn: root.after(max(1, int(delay * 1000)), fn), tls=tls)
     view = TkView(root, brain, net)
 
     def close(*_: object) -> None:
@@ -7515,7 +7847,11 @@ def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
     """--redis URL and where its password comes from (never argv)."""
     parser.add_argument("--redis", metavar="URL", default=None,
                         help=help_url + "; redis://[user@]host:port[/db] (a numeric host, or a "
-                        "name resolved once at start)")
+                        "name resolved once at start); rediss://... speaks TLS (Redis' "
+                        "tls-port), checking the server's certificate and name")
+    parser.add_argument("--redis-ca", metavar="FILE", default=None,
+                        help="rediss://: trust the CA certificates in FILE (PEM) for the Redis "
+                        "server's certificate instead of the system's")
     parser.add_argument("--redis-password-file", metavar="FILE", default=None,
                         help="the Redis password: the first line of FILE")
     parser.add_argument("--redis-password-env", metavar="VAR", default=None,
@@ -7525,15 +7861,17 @@ def add_redis_options(parser: argparse.ArgumentParser, help_url: str) -> None:
 def redis_address(args: argparse.Namespace) -> Optional[RedisAddress]:
     """The --redis options as an address (names resolved: this blocks), or None."""
     if args.redis is None:
-        if args.redis_password_file or args.redis_password_env:
-            raise ValueError("--redis-password-file/--redis-password-env need --redis")
+        if args.redis_password_file or args.redis_password_env or args.redis_ca:
+            raise ValueError("--redis-password-file/--redis-password-env/--redis-ca need --redis")
         return None
     if args.redis_password_file and args.redis_password_env:
         raise ValueError("give the password by file or by environment, not both")
     from netcore.redis import RedisAddress
 
     address = RedisAddress.from_url(args.redis, password_file=args.redis_password_file,
-                                    password_env=args.redis_password_env)
+                                    password_env=args.redis_password_env,
+                                    ca_file=args.redis_ca)
+    address.tls_context()  # a CA file that cannot be read: said now (a ValueError)
     return address.resolve()
 
 
@@ -7669,6 +8007,13 @@ NET_OPTS = (
     Opt("--refuse-rate", "at --max-clients, refuse at most this many connects a second with "
         "SERVER_FULL; the rest wait in the kernel's queue, costing the tick nothing (default "
         "%(default)g; 0: no limit)", type=float, metavar="PER_SECOND", check=_at_least(0)),
+    Opt("--tls-cert", "serve TLS (https://, wss://, TLS players) on the game port too, with "
+        "this certificate chain (PEM, leaf first: certbot's fullchain.pem); plain players "
+        "still join on the same port. SIGHUP reloads it (default: no TLS)", metavar="FILE"),
+    Opt("--tls-key", "the private key of --tls-cert (PEM: certbot's privkey.pem)",
+        metavar="FILE"),
+    Opt("--tls-required", "refuse plain players on the game port (HTTP ones are told to use "
+        "https://); needs --tls-cert", False, "store_true"),
 )
 
 # Every server process (serve, game, gateway).
@@ -7737,6 +8082,12 @@ BOT_OPTS = (
     Opt("--state", "protocol 2: keep each bot's resume token and last shown score in FILE "
         "(mode 0600, rewritten at least every second); a second run with the same FILE resumes "
         "them, and dropped bots reconnect with backoff", metavar="FILE"),
+    Opt("--tls", "speak TLS (TCP, or wss:// with --ws) to a server started with --tls-cert, "
+        "checking its certificate against the system's CAs and --host", type="store_true"),
+    Opt("--ca", "with --tls: trust the CA certificates in FILE (PEM) instead of the system's",
+        metavar="FILE"),
+    Opt("--insecure", "with --tls: check no certificate (your own server under test)",
+        type="store_true"),
     Opt("--source-addresses", "bind each bot to one of these source addresses, in turn (one "
         "address has ~28,000 ephemeral ports toward one server port); auto (default): "
         f"127.0.0.2, 127.0.0.3, ... for a loopback target past {SOURCE_SPREAD} bots",
@@ -7759,6 +8110,12 @@ CLIENT_OPTS = (
         "server (the new one is saved in its place)", type="store_true"),
     Opt("--state", "where to keep the resume token (default: "
         "$XDG_STATE_HOME/spelltraction/client.json)", metavar="FILE"),
+    Opt("--tls", "speak TLS to the server (one started with --tls-cert), checking its "
+        "certificate against the system's CAs and --host", type="store_true"),
+    Opt("--ca", "with --tls: trust the CA certificates in FILE (PEM) instead of the system's",
+        metavar="FILE"),
+    Opt("--insecure", "with --tls: check nothing (any certificate, any name): encrypted, but "
+        "anyone in the middle can read it", type="store_true"),
     Opt("--log-level", "(default %(default)s)", "info", field="-", choices=_LOG_LEVELS),
 )
 
@@ -7895,6 +8252,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"wrote {args.output}: {size} bytes, {len(members)} files; "
               f"run it with: python3 {args.output} --port {DEFAULT_PORT}")
         return 0
+    if command in ("client", "bots"):
+        try:
+            client_tls(opts)  # --ca/--insecure without --tls, an unreadable CA file
+        except ValueError as exc:
+            parser.error(str(exc))
     limiter = _setup_logging(args.log_level, getattr(args, "log_format", "text"))
     if command == "client":
         return run_client(opts)

@@ -48,8 +48,11 @@ file or an environment variable instead, so it never has to be on a command
 line. The host must be numeric (or ``localhost``), as for every netcore
 outbound connection, because name resolution blocks:
 :meth:`RedisAddress.resolve` looks a name up once, before the loop runs.
-TLS is not spoken: put stunnel (or Redis' own TLS port behind a local
-tunnel) in front.
+TLS: ``rediss://`` (Redis 6+'s ``tls-port``) speaks TLS through
+:class:`~netcore.client.TCPClient` (:mod:`netcore.tls`), the server's
+certificate checked against the system's CAs or ``ca_file`` and against the
+host named in the URL (kept through :meth:`RedisAddress.resolve`).
+:mod:`ssl` is imported only for a ``rediss://`` address.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from .resp import ReplyError, RespParser, RespProtocolError, Script, encode_comm
 from .typing_shim import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    import ssl
     from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
     from .resp import Arg, Reply
@@ -135,9 +139,14 @@ class HandshakeError(RedisError):
 
 
 class RedisAddress:
-    """Where a Redis server is and how to log in. ``repr`` hides the password."""
+    """Where a Redis server is and how to log in. ``repr`` hides the password.
 
-    __slots__ = ("host", "port", "db", "username", "password")
+    ``tls``: speak TLS (``rediss://``), checking the server's certificate
+    against the system's CAs or ``ca_file`` (PEM), and against
+    ``server_name`` (default: ``host``; :meth:`resolve` keeps the name).
+    """
+
+    __slots__ = ("host", "port", "db", "username", "password", "tls", "ca_file", "server_name")
 
     def __init__(
         self,
@@ -146,6 +155,10 @@ class RedisAddress:
         db: int = 0,
         username: Optional[str] = None,
         password: Optional[str] = None,
+        *,
+        tls: bool = False,
+        ca_file: Optional[str] = None,
+        server_name: Optional[str] = None,
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is not 1..65535")
@@ -153,11 +166,28 @@ class RedisAddress:
             raise ValueError(f"database {db} is negative")
         if username is not None and password is None:
             raise ValueError("a username needs a password")
+        if ca_file is not None and not tls:
+            raise ValueError("a CA file is for a TLS connection: use a rediss:// URL")
         self.host = host
         self.port = port
         self.db = db
         self.username = username
         self.password = password
+        self.tls = tls
+        self.ca_file = ca_file
+        self.server_name = server_name if server_name is not None else (host if tls else None)
+
+    def tls_context(self) -> Optional[ssl.SSLContext]:
+        """The client TLS context for this address (None: plain ``redis://``).
+
+        Imports :mod:`ssl`. Raises :class:`~netcore.tls.CertificateError`
+        (a ValueError) naming a CA file that cannot be read.
+        """
+        if not self.tls:
+            return None
+        from .tls import client_context
+
+        return client_context(self.ca_file)
 
     @classmethod
     def from_url(
@@ -165,8 +195,12 @@ class RedisAddress:
         url: str,
         password_file: Optional[str] = None,
         password_env: Optional[str] = None,
+        ca_file: Optional[str] = None,
     ) -> "RedisAddress":
-        """Parse ``redis://[[user]:password@]host[:port][/db]``.
+        """Parse ``redis://[[user]:password@]host[:port][/db]`` (``rediss://``: TLS).
+
+        ``ca_file``: for ``rediss://``, the CA certificates (PEM) that sign
+        the server's certificate, instead of the system's.
 
         ``password_file`` (its first line) or ``password_env`` (the named
         environment variable, which must be set) replace a password in the
@@ -179,10 +213,11 @@ class RedisAddress:
             parts = urlsplit(url)
         except ValueError:  # its message may quote the netloc, password and all
             raise ValueError(f"not a URL: {shown!r}") from None
-        if parts.scheme == "rediss":
-            raise ValueError("rediss:// (TLS) is not spoken; put stunnel in front and use redis://")
-        if parts.scheme != "redis":
-            raise ValueError(f"not a redis:// URL: {shown!r}")
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"not a redis:// or rediss:// URL: {shown!r}")
+        tls = parts.scheme == "rediss"
+        if ca_file is not None and not tls:
+            raise ValueError("a CA file is for TLS: use a rediss:// URL")
         if parts.query or parts.fragment:
             raise ValueError("a redis:// URL takes no query or fragment here")
         try:
@@ -208,7 +243,8 @@ class RedisAddress:
             password = None
         if username is not None and password is None:
             raise ValueError("a username in the URL needs a password (URL, file or environment)")
-        return cls(host, DEFAULT_PORT if port is None else port, int(path or 0), username, password)
+        return cls(host, DEFAULT_PORT if port is None else port, int(path or 0), username, password,
+                   tls=tls, ca_file=ca_file)
 
     def resolve(self) -> "RedisAddress":
         """This address with ``host`` looked up (BLOCKS: call before the loop runs).
@@ -220,7 +256,8 @@ class RedisAddress:
         family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
             self.host, self.port, type=socket.SOCK_STREAM
         )[0]
-        return RedisAddress(str(sockaddr[0]), self.port, self.db, self.username, self.password)
+        return RedisAddress(str(sockaddr[0]), self.port, self.db, self.username, self.password,
+                            tls=self.tls, ca_file=self.ca_file, server_name=self.server_name)
 
     def url(self) -> str:
         """The URL again, with the password shown as ``***``."""
@@ -229,7 +266,8 @@ class RedisAddress:
         if self.password is not None:
             auth = f"{self.username or ''}:***@"
         db = f"/{self.db}" if self.db else ""
-        return f"redis://{auth}{host}:{self.port}{db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}{host}:{self.port}{db}"
 
     def __repr__(self) -> str:
         return f"RedisAddress({self.url()!r})"
@@ -240,7 +278,7 @@ class RedisAddress:
         )
 
     def __hash__(self) -> int:
-        return hash((self.host, self.port, self.db, self.username))
+        return hash((self.host, self.port, self.db, self.username, self.tls))
 
 
 def _redacted(url: str) -> str:
@@ -441,6 +479,8 @@ class _Link:
                 recv_buffer=256 << 10,
             ),
         )
+        # rediss://: one context for every (re)connection (ssl imported only then).
+        self._tls = address.tls_context()
         self._transport: Optional[Connection] = None
         self._pending: Deque[Pending] = deque()
         self._out: List[bytes] = []
@@ -526,6 +566,8 @@ class _Link:
             data=generation,
             codec_factory=lambda conn: _RespCodec(self, generation, parser),
             on_failed=lambda exc: self._disconnected(generation, str(exc)),
+            tls=self._tls,
+            server_hostname=self.address.server_name,
         )
 
     def _connected(self, generation: int, transport: Connection) -> None:

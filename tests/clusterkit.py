@@ -65,24 +65,31 @@ def wait_for(what, timeout: float = 20.0, step: float = 0.05):
 
 
 class World:
-    def __init__(self, directory: str, name: str = "test",
-                 password: Optional[str] = None) -> None:
+    """``password``: Redis asks for one, and every role gives it. ``tls=(cert, key,
+    ca)``: Redis on a TLS port too, and every role reaches it by ``rediss://``
+    with ``--redis-ca ca``."""
+
+    def __init__(self, directory: str, name: str = "test", password: Optional[str] = None,
+                 tls: Optional[Tuple[str, str, str]] = None) -> None:
         self.directory = directory
         self.name = name
-        self.redis = RedisServer(directory, password=password).start()
+        self.redis = RedisServer(directory, password=password,
+                                 tls=tls[:2] if tls else None).start()
+        self.redis_args = ["--redis", self.redis.url] if tls is None else \
+            ["--redis", self.redis.tls_url, "--redis-ca", tls[2]]
         self.procs: List[object] = []
 
     def game(self, *extra: str, data: Optional[str] = "data") -> Authority:
         """An authority; ``data=None``: without a data directory (``--no-data``)."""
         store = ["--data", os.path.join(self.directory, data)] if data is not None \
             else ["--no-data"]
-        a = Authority([sys.executable, GAME, "game", "--redis", self.redis.url, "--world",
+        a = Authority([sys.executable, GAME, "game", *self.redis_args, "--world",
                        self.name, "--admin-port", "0", *store, *extra])
         self.procs.append(a)
         return a
 
     def gateway(self, *extra: str, port: int = 0) -> Spawned:
-        g = Spawned([sys.executable, GAME, "gateway", "--redis", self.redis.url, "--world",
+        g = Spawned([sys.executable, GAME, "gateway", *self.redis_args, "--world",
                      self.name, "--host", "127.0.0.1", "--port", str(port), "--admin-port", "0",
                      *extra])
         line = g.proc.stdout.readline()  # the admin line

@@ -137,6 +137,24 @@ def require_module(name: str) -> ModuleType:
         raise  # not reached: skip() raises
 
 
+def systemd_words(words: List[str], env: Optional[Dict[str, str]] = None) -> List[str]:
+    """A unit's command line (split as shlex does) with its environment variables
+    expanded as systemd does: a word that is ``$VAR`` alone becomes the value's
+    words (none when unset), ``${VAR}`` is replaced in place (empty when unset)."""
+    import re
+
+    env = env or {}
+    out: List[str] = []
+    for word in words:
+        alone = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", word)
+        if alone:
+            out += env.get(alone[1], "").split()
+        else:
+            out.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}",
+                              lambda m: env.get(m[1], m[0]), word))
+    return out
+
+
 def parse_metrics(text: str) -> Tuple[Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float],
                                      Dict[str, str]]:
     """Prometheus text through prometheus_client's own parser (skips if it is missing).

@@ -4,6 +4,10 @@
 never on a command line), starts ``redis-server`` on it, and waits until
 it answers PING. ``stop()``/``kill()`` end that one process by its pid;
 ``start()`` again brings it back on the same port (a restart).
+
+``tls=(cert, key)``: also a TLS port (``tls-port``, Debian's redis-server
+is built with TLS), ``tls_url`` its ``rediss://`` URL; clients are not asked
+for certificates. The plain port stays (the readiness check uses it).
 """
 
 import os
@@ -11,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from conftest import require_tool
 
@@ -31,19 +35,26 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, directory: str, password: Optional[str] = None, extra: str = "",
-                 include: Optional[str] = None) -> None:
+                 include: Optional[str] = None, tls: Optional[Tuple[str, str]] = None) -> None:
         self.binary = require_redis()
         self.directory = directory
         self.password = password
         self.extra = extra
         self.include = include  # a config file read first: the lines below override it
+        self.tls = tls  # (certificate chain, key): a TLS port too
         self.port = 0
+        self.tls_port = 0
         self.proc: Optional["subprocess.Popen[bytes]"] = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"rediss://{auth}127.0.0.1:{self.tls_port}"
 
     def _config(self) -> str:
         lines = [f"include {self.include}"] if self.include else []
@@ -59,6 +70,9 @@ class RedisServer:
         ]
         if self.password:
             lines.append(f'requirepass "{self.password}"')
+        if self.tls is not None:
+            lines += [f"tls-port {self.tls_port}", f"tls-cert-file {self.tls[0]}",
+                      f"tls-key-file {self.tls[1]}", "tls-auth-clients no"]
         path = os.path.join(self.directory, "redis.conf")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n" + self.extra)
@@ -68,6 +82,7 @@ class RedisServer:
         for attempt in range(3):
             if not self.port or attempt:
                 self.port = free_port()
+                self.tls_port = free_port() if self.tls is not None else 0
             with open(os.path.join(self.directory, "redis.out"), "ab") as out:
                 self.proc = subprocess.Popen([self.binary, self._config()], stdout=out, stderr=out)
             if self._wait_ready(timeout):

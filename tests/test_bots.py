@@ -58,3 +58,40 @@ def test_websocket_bots_report_a_refused_upgrade():
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert result.returncode == 1
         assert summary["failed"] == 3 and summary["connected"] == 0
+
+
+@pytest.mark.parametrize("ws", [False, True], ids=["tcp", "wss"])
+def test_tls_bots_play_every_tick(tmp_path, ws):
+    """bots --tls (--ws: wss://) against serve --tls-required: every bot is in over
+    TLS (a plain one would be refused), plays every tick, its moves echoed."""
+    from tlsgamekit import PKIFiles
+
+    pki = PKIFiles(str(tmp_path / "pki"))
+    with ServerProcess("--tick-ms", "100", "--tls-cert", pki.cert, "--tls-key", pki.key,
+                       "--tls-required") as server:
+        result = run_game("bots", "--tls", "--ca", pki.root, *(["--ws"] if ws else []),
+                          "--port", str(server.port), "--count", "300", "--duration", "4",
+                          "--move-every", "1", "--procs", "2", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "over TLS" in result.stdout
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["connected"] == 300 and summary["tls_handshakes"] == 300
+        assert summary["failed"] == 0 and summary["dropped"] == 0
+        assert summary["bots_below_95pct_ticks"] == 0
+        assert summary["latency_samples"] > 0
+        assert summary["errors"] == {}
+
+
+def test_tls_bots_refuse_a_certificate_they_cannot_check(tmp_path):
+    from tlsgamekit import PKIFiles
+
+    pki = PKIFiles(str(tmp_path / "pki"))
+    with ServerProcess("--tls-cert", pki.stranger_cert, "--tls-key", pki.stranger_key) as server:
+        result = run_game("bots", "--tls", "--ca", pki.root, "--port", str(server.port),
+                          "--count", "3", "--duration", "1", "--ramp-timeout", "5", "--json")
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert result.returncode == 1
+        assert summary["failed"] == 3 and summary["connected"] == 0
+        assert any("certificate" in e for e in summary["errors"]), summary["errors"]
+    bad = run_game("bots", "--insecure", "--count", "1")
+    assert bad.returncode == 2 and "--tls" in bad.stderr

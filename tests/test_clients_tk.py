@@ -159,3 +159,36 @@ def test_the_window_comes_back_as_the_same_player_from_its_state_file(display, t
         assert fresh != first and not resumed
         back, resumed = session()
         assert (back, resumed) == (fresh, True)
+
+
+def test_the_window_plays_over_tls_on_a_server_that_requires_it(display, tmp_path):
+    """``client --tls --ca ROOT`` against ``serve --tls-required``: the window joins
+    (a plain connection would be refused) and shows the player; a stranger's CA
+    is refused with the reason in the log."""
+    import sys as _sys
+
+    _sys.path.insert(0, os.path.join(os.path.dirname(__file__), "core"))
+    from tlskit import PKIFiles
+
+    pki = PKIFiles(str(tmp_path / "pki"))
+    with ServerProcess("--tls-cert", pki.cert, "--tls-key", pki.key, "--tls-required") as server:
+        client = subprocess.Popen(
+            [sys.executable, GAME, "client", "--host", "localhost", "--port", str(server.port),
+             "--tls", "--ca", pki.root, "--geometry", f"{st.VIEW_W}x{st.VIEW_H}+0+0",
+             "--state", state_file(tmp_path)],
+            env=display.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            joined = read_line_matching(client, r"as player (\d+) at")
+            display.find_window(f"SpellTraction: player #{int(joined[1])}")
+            assert client.poll() is None, "the client exited"
+        finally:
+            stop_process(client)
+        assert client.returncode == 0, client.stderr.read()
+        stranger = subprocess.Popen(
+            [sys.executable, GAME, "client", "--host", "localhost", "--port", str(server.port),
+             "--tls", "--ca", pki.stranger.root, "--state", state_file(tmp_path)],
+            env=display.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            read_line_matching(stranger, r"TLS: certificate verify failed|TLS: .*certificate")
+        finally:
+            stop_process(stranger)

@@ -93,7 +93,7 @@ def test_cli_unreachable_redis_exits_non_zero(capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--redis-password-env", "X"], "need --redis"),
-    (["--redis", "http://x"], "not a redis:// URL"),
+    (["--redis", "http://x"], "not a redis:// or rediss:// URL"),
     (["--redis", "redis://h", "--redis-password-env", "ST_SURELY_UNSET"], "ST_SURELY_UNSET is not set"),
 ])
 def test_cli_redis_option_errors(argv, message, capsys):

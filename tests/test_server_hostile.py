@@ -23,10 +23,13 @@ pytestmark = pytest.mark.slow  # subprocess servers and crowds, a few seconds ea
 
 
 @pytest.mark.parametrize("sig, says", [
-    (signal.SIGHUP, "SIGHUP: nothing to reload"),
+    (signal.SIGHUP, "SIGHUP: no TLS certificate to reload (no --tls-cert): still serving"),
     (signal.SIGUSR1, "SIGUSR1: status: 12 players, 12 connections of 15000"),
 ])
 def test_hup_usr1_are_logged_and_the_game_goes_on(sig, says):
+    """Without TLS, SIGHUP has nothing to reload (with TLS it reloads the
+    certificate: tests/test_server_tls.py); SIGUSR1 reports. (SIGUSR2 upgrades:
+    the next test.)"""
     with HostileServer() as server, Crowd(server.port) as crowd:
         before = server.resources()
         crowd.mark()

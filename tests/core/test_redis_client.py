@@ -75,8 +75,8 @@ def test_url_parsing():
 @pytest.mark.parametrize(
     "url,fragment",
     [
-        ("http://h:1", "not a redis:// URL"),
-        ("rediss://h:1", "TLS"),
+        ("http://h:1", "not a redis:// or rediss:// URL"),
+        ("https://h:1", "not a redis:// or rediss:// URL"),
         ("redis://h:99999", "bad port"),
         ("redis://h:x", "bad port"),
         ("redis://:1", "no host"),
