@@ -41,6 +41,8 @@ modules above it):
 - :mod:`netcore.wscodec`: WebSocket codecs for connections, server end
   and client end (``websocket_client``); text and binary messages.
 - :mod:`netcore.web`: ``WebFront``, HTTP and WebSocket on a server's port.
+- :mod:`netcore.handover`: a server's listeners and connections handed to
+  its successor across an ``exec`` (an upgrade with nobody disconnected).
 - :mod:`netcore.logs`: JSON/text log formatters, rate limits, churn summaries.
 - :mod:`netcore.metrics`: Prometheus text exposition, process figures.
 - :mod:`netcore.process`: process plumbing: open-files limit, ``malloc_trim``,

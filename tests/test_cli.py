@@ -62,7 +62,7 @@ def test_every_server_command_documents_the_poller(command, capsys):
 
 def test_no_subcommand_serves(monkeypatch):
     seen = []
-    monkeypatch.setattr(st, "serve", lambda opts, limiter: seen.append(opts) or 0)
+    monkeypatch.setattr(st, "serve", lambda opts, limiter, argv=(): seen.append(opts) or 0)
     monkeypatch.setattr(st, "_setup_logging", lambda *a: None)
     assert st.main(["--host", "127.0.0.9", "--port", "1"]) == 0
     assert (seen[0].host, seen[0].port) == ("127.0.0.9", 1)
