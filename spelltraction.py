@@ -2280,17 +2280,19 @@ class World(WorldSide):
             self._enter(peer, player, token, status)
         store.wait_durable()  # and their rows marked online
 
-    def export(self, peer_index: Callable[[Any], int]) -> Dict[str, Any]:
+    def export(self, peer_index: Callable[[Any], Optional[int]]) -> Dict[str, Any]:
         """The World as plain data for its successor: the game, every player's token,
-        who plays on which connection (``peer_index(peer)``), the parked seats with
-        the grace each has left, the hall of fame and the counters. Call
-        :meth:`settle_for_handover` first: nothing may wait for the store."""
+        who plays on which connection (``peer_index(peer)``; None for one that does
+        not move, which the Front closes first), the parked seats with the grace each
+        has left, the hall of fame and the counters. Call :meth:`settle_for_handover`
+        first: nothing may wait for the store."""
         now = self.loop.time()
         parked = [self.by_token[h] for h in self.parked if h in self.by_token]
         playing = list(self.game.players.values())
+        peers = [[p.id, peer_index(p.peer)] for p in playing if p.peer is not None]
         return {
             "game": self.game.export(parked),
-            "peers": [[p.id, peer_index(p.peer)] for p in playing if p.peer is not None],
+            "peers": [pair for pair in peers if pair[1] is not None],
             "tokens": [[p.id, p.resume_hash.hex()] for p in playing + parked if p.resume_hash],
             "parked": [[h.hex(), until - now, h in self.parked_unscored]
                        for h, until in self.parked.items()],
@@ -2884,15 +2886,20 @@ class Front(Handler, FrontSide):
         state["players"] = players
         return state, fds, index
 
-    def goodbye_to(self, fds: Sequence[int]) -> int:
-        """ERROR(SHUTDOWN) to these connections (they cannot be handed over); how many."""
+    def goodbye_to_the_unmovable(self) -> int:
+        """Before a hand-over: ERROR(SHUTDOWN) to the connections that cannot move
+        (TLS sessions: ``ssl`` cannot export one), sent if the kernel takes it now,
+        and each closed at once, so the World sees its player leave (a version 2
+        seat waits for its token) before anything is exported. How many."""
+        text = "server upgrading: come back"
         told = 0
-        for fd in fds:
-            conn = self.net.connections.get(fd)
-            if conn is not None and conn.is_open:
-                self.reject(conn, ErrorCode.SHUTDOWN, "server upgrading: come back", "upgrade",
-                            ws.CloseCode.GOING_AWAY)
-                told += 1
+        for conn in handover.unmovable(self.net):
+            last_words = conn.codec.closing(error_frame(ErrorCode.SHUTDOWN, text),
+                                            ws.CloseCode.GOING_AWAY, text)
+            if last_words:
+                conn.write(last_words)
+            conn.close("upgrade", text)
+            told += 1
         return told
 
     def resume(self, state: Dict[str, Any]) -> List[Optional[Connection]]:
@@ -3213,18 +3220,18 @@ class Role:
         self.add_handover_state(state)
         return state, fds
 
-    def peer_index(self, peers: Dict[Any, int]) -> Callable[[Any], int]:
-        """How the World's peers are numbered in the hand-over (serve: the Front's)."""
-        return peers.__getitem__
+    def peer_index(self, peers: Dict[Any, int]) -> Callable[[Any], Optional[int]]:
+        """How the World's peers are numbered in the hand-over (serve: the Front's;
+        None for a connection that cannot move)."""
+        return peers.get
 
     def add_handover_state(self, state: Dict[str, Any]) -> None:
         """A role's own part of the hand-over (the cluster's bus)."""
 
-    def say_goodbye_to_the_left(self, state: Dict[str, Any]) -> int:
-        """Connections that cannot move (TLS sessions) are told SHUTDOWN now; how many."""
-        if self.front is None:
-            return 0
-        return self.front.goodbye_to(state["front"]["left"])
+    def goodbye_to_the_unmovable(self) -> int:
+        """Connections that cannot move (TLS sessions) are told SHUTDOWN and closed
+        now, before the hand-over is exported; how many."""
+        return 0 if self.front is None else self.front.goodbye_to_the_unmovable()
 
     def resume(self, state: Dict[str, Any]) -> List[Tuple[str, int]]:
         """Instead of :meth:`start`, in an upgrade's successor: serve what the
@@ -3274,8 +3281,10 @@ class Role:
         gap = now - state.get("last_tick_at", now)
         wall = now - state.get("requested_at", now)
         moved = sum(1 for p in state.get("front", {}).get("players", ()) if p.get("id"))
+        back = state.get("told_to_come_back", 0)
         text = (f"ok: upgraded to {__version__}: moved {moved} players "
                 f"({len(state.get('front', {}).get('connections', ()))} connections), "
+                + (f"{back} over TLS told to come back, " if back else "") +
                 f"{wall * 1000:.0f} ms from the request to this first tick, the largest tick "
                 f"gap {gap * 1000:.0f} ms")
         log.info("upgrade: %s", text[4:])
@@ -3975,12 +3984,13 @@ class Upgrades(Readiness):
     def _hand_over(self) -> None:
         role = self.role
         world = role.world
+        left = role.goodbye_to_the_unmovable()  # first: the World sees them leave
         if world is not None:
             world.settle_for_handover()
         state, fds = role.handover_state()
-        left = role.say_goodbye_to_the_left(state)
         state["requested_at"] = self.requested_at
         state["last_tick_at"] = role.last_tick_at
+        state["told_to_come_back"] = left
         if self.reply is not None:
             state["reply_fd"] = self.reply.fileno()
             fds.append(self.reply.fileno())
@@ -4671,11 +4681,11 @@ class Authority(Role):
 
     # -- an upgrade: the world's gateways and their players, and the lease ----------
 
-    def peer_index(self, peers: Dict[Any, int]) -> Callable[[Any], int]:
+    def peer_index(self, peers: Dict[Any, int]) -> Callable[[Any], Optional[int]]:
         """The World's peers are the gateways' players: numbered across the links."""
         self._remote_index = {rp: i for i, rp in enumerate(
             rp for link in self.gateways.links.values() for rp in link.conns.values())}
-        return self._remote_index.__getitem__
+        return self._remote_index.get
 
     def add_handover_state(self, state: Dict[str, Any]) -> None:
         index = self._remote_index

@@ -8,7 +8,9 @@ made into messages yet (a frame cut by a read, a pipelined request, a
 WebSocket frame or message under way), the bytes queued for it and not yet
 sent, and how the per-address limits count it.
 
-    state, fds = export_server(server)      # the predecessor, about to exec
+    for conn in unmovable(server):           # the predecessor, about to exec:
+        conn.close("upgrade")                #   (after a goodbye) what cannot move
+    state, fds = export_server(server)
     keep_open(fds)                           # (its application adds its own)
     ...exec...
     conns = restore_server(server, state)    # the successor, its server built anew
@@ -16,9 +18,9 @@ sent, and how the per-address limits count it.
 ``restore_server`` returns the connections in ``state``'s order (None for one
 that is gone), so the application can give each its own state back (a
 player's seat). A connection whose codec cannot be described here (a TLS
-session: ``ssl`` cannot export one) is not exported: ``export_server`` lists
-it in ``state["left"]`` and the application says goodbye to it before the
-exec. The format is versioned (``FORMAT``): a successor refuses a state it
+session: ``ssl`` cannot export one) is not exported: ``unmovable`` lists
+them, so the application can say goodbye to them first, and ``export_server``
+names any still open in ``state["left"]`` (the exec closes them). The format is versioned (``FORMAT``): a successor refuses a state it
 does not know rather than guess.
 
 Everything here reads and writes the internals of netcore's own classes
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from .server import TCPServer
 
 __all__ = ["FORMAT", "HandoverError", "export_server", "keep_open", "release_server",
-           "restore_server"]
+           "restore_server", "unmovable"]
 
 #: The state's format: a successor refuses any other.
 FORMAT = 1
@@ -68,6 +70,14 @@ def keep_open(fds: Sequence[int]) -> None:
 
 
 # -- exporting ------------------------------------------------------------------------
+
+
+def unmovable(server: TCPServer) -> List[Connection]:
+    """The connections :func:`export_server` would leave behind (a TLS session, a
+    codec it cannot describe). The application says goodbye to them and closes
+    them before it exports anything, so that its own state no longer names them."""
+    return [conn for conn in list(server.connections.values())
+            if _export_connection(server, conn) is None]
 
 
 def export_server(server: TCPServer) -> Tuple[Dict[str, Any], List[int]]:

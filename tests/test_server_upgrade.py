@@ -25,7 +25,9 @@ import pytest
 import spelltraction as st
 from netcore import FrameParser
 from netcore import websocket as ws
+from helpers import read_frames, read_until_closed
 from serverproc import GAME, ROOT, Spawned
+from tlsgamekit import pki, tls_connect  # noqa: F401 - pki is a fixture
 
 pytestmark = pytest.mark.slow  # servers that exec themselves, seconds each
 
@@ -324,3 +326,36 @@ def test_an_upgrade_under_attack_leaves_the_attackers_limited_and_the_crowd_tick
         for s in squatters + pingers + [refused]:
             s.close()
         assert server.stop() == 0
+
+
+def test_tls_players_are_told_to_come_back_and_find_their_seat(tree, tmp_path, pki):
+    """``ssl`` cannot hand a session over: a TLS player gets ERROR(SHUTDOWN) "server
+    upgrading", its seat waits for its token, and it resumes as itself on the new
+    code (which read the certificate again). Plain players on the same port play on."""
+    data = tmp_path / "data"
+    with server(tree, data, "--tls-cert", pki.cert, "--tls-key", pki.key) as srv:
+        ctx = pki.client_context()
+        secure = tls_connect(srv.port, ctx)
+        secure.sendall(st.frame(st.Hello(st.PROTOCOL_V2, name=b"secure")))
+        welcome = st.decode(read_frames(secure, 1)[0])
+        assert isinstance(welcome, st.Welcome) and welcome.token
+        plain = Reader(tcp(srv.port, st.Hello(st.PROTOCOL_V2, name=b"plain")))
+        pump_for([plain], 0.5)
+        deploy(tree)
+        done = upgrade("--data", str(data))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "moved 1 players" in done.stdout and "1 over TLS told to come back" in \
+            done.stdout, done.stdout
+        said = [st.decode(f) for f in FrameParser(65535).feed(read_until_closed(secure))]
+        assert said[-1] == st.Error(st.ErrorCode.SHUTDOWN, "server upgrading: come back"), said
+        again = tls_connect(srv.port, ctx)
+        again.sendall(st.frame(st.Hello(st.PROTOCOL_V2, token=welcome.token, name=b"secure")))
+        back = st.decode(read_frames(again, 1)[0])
+        assert isinstance(back, st.Welcome), back
+        assert (back.player_id, back.resumed) == (welcome.player_id, st.RESUMED)
+        again.close()
+        pump_for([plain], 1.0)
+        assert not plain.closed and len(plain.of(st.Welcome)) == 1
+        numbers = [t.number for t in plain.of(st.TickMsg)]
+        assert set(b - a for a, b in zip(numbers, numbers[1:])) == {1}, numbers
+        assert srv.stop() == 0

@@ -17,8 +17,12 @@ from netcore import (
     EventLoop, FrameParser, ServerConfig, TCPServer, WebConfig, WebFront, WholeFrames,
 )
 from netcore import websocket as ws
-from netcore.handover import FORMAT, HandoverError, export_server, release_server, restore_server
+from netcore.handover import (
+    FORMAT, HandoverError, export_server, release_server, restore_server, unmovable,
+)
 from netcore.testing import Echo, run_until
+from netcore.tls import server_context
+from tlskit import MemoryClient, pki  # noqa: F401 - pki is a fixture
 
 import pytest
 
@@ -125,4 +129,37 @@ def test_a_state_of_another_format_is_refused():
     loop = EventLoop()
     with pytest.raises(HandoverError, match="format"):
         restore_server(make(loop), {"format": FORMAT + 1})
+    loop.close()
+
+
+def test_a_tls_session_cannot_move_and_is_named_before_the_export(pki):
+    """``ssl`` cannot export a session's keys: ``unmovable`` names the TLS connection
+    (the application says goodbye and closes it first), the plain one moves."""
+    loop = EventLoop()
+    server = TCPServer(loop, Echo(), ServerConfig(hosts=["127.0.0.1"], exempt="",
+                                                  tls=server_context(pki.cert, pki.key)))
+    server.listen()
+    plain = client(server.port)
+    plain.sendall(frame(b"plain"))
+    secure = MemoryClient(server.port, pki.client_context())
+    secure.send(secure.hello())
+
+    def both_echoed():
+        secure.pump()
+        if secure.done and not secure.received:
+            secure.write(frame(b"secure"))
+        return secure.received.endswith(b"echo:secure") and server.stats.frames_in == 2
+
+    run_until(loop, both_echoed, 10, "both echoed")
+    (tls_conn,) = unmovable(server)
+    assert tls_conn.tls is not None
+    state, fds = export_server(server)
+    assert state["left"] == [tls_conn.fd] and len(state["connections"]) == 1
+    tls_conn.close("upgrade")
+    assert unmovable(server) == []
+    state, fds = export_server(server)
+    assert state["left"] == [] and len(state["connections"]) == 1
+    plain.close()
+    secure.close()
+    server.close()
     loop.close()
