@@ -359,3 +359,33 @@ def test_tls_players_are_told_to_come_back_and_find_their_seat(tree, tmp_path, p
         numbers = [t.number for t in plain.of(st.TickMsg)]
         assert set(b - a for a, b in zip(numbers, numbers[1:])) == {1}, numbers
         assert srv.stop() == 0
+
+
+def test_the_bundle_the_units_run_upgrades_in_place(tree, tmp_path):
+    """The units run ``python3 -I spelltraction.pyz``: a new .pyz moved over the old
+    one, then SIGUSR2 (``systemctl kill -s USR2``), and the same process runs it."""
+    pyz = tmp_path / "spelltraction.pyz"
+    subprocess.run([sys.executable, str(tree / "spelltraction.py"), "bundle", "-o", str(pyz)],
+                   check=True, capture_output=True, timeout=60)
+    data = tmp_path / "data"
+    with Spawned([sys.executable, "-I", str(pyz), "serve", "--host", "127.0.0.1", "--port", "0",
+                  "--tick-ms", "100", "--data", str(data), "--admin-port", "0"]) as srv:
+        admin = srv.admin_port()
+        player = Reader(tcp(srv.port, st.Hello(st.PROTOCOL_V2, name=b"unit")))
+        pump_for([player], 0.5)
+        deploy(tree)
+        staged = tmp_path / "spelltraction.pyz.new"
+        subprocess.run([sys.executable, str(tree / "spelltraction.py"), "bundle", "-o",
+                        str(staged)], check=True, capture_output=True, timeout=60)
+        os.replace(staged, pyz)
+        os.kill(srv.proc.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while version_of(admin) == st.__version__ and time.monotonic() < deadline:
+            pump_for([player], 0.2)
+        assert version_of(admin) == f"{st.__version__}+next"
+        assert srv.proc.poll() is None
+        pump_for([player], 1.0)
+        assert not player.closed and len(player.of(st.Welcome)) == 1
+        numbers = [t.number for t in player.of(st.TickMsg)]
+        assert set(b - a for a, b in zip(numbers, numbers[1:])) == {1}, numbers
+        assert srv.stop() == 0
