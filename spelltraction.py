@@ -8,10 +8,11 @@ ActionScript process; this is the same game in Python, standard library
 only, server-authoritative, and built so the bytes per player per tick stay
 bounded however many play.
 
-One file, read top-down: protocol -> rules -> store -> world -> front -> server roles ->
-upgrade -> bus -> cluster -> bots -> clients -> operations -> CLI. A server is a Front (the players'
-connections) and a World (the game) joined by a narrow seam (World: the seam): serve
-wires them in one process, the cluster puts Redis between them.
+One file, read top-down: protocol -> rules -> store -> world -> front -> server
+roles -> upgrade -> bus -> cluster -> bots -> clients -> view -> operations -> CLI.
+A server is a Front (the players' connections) and a World (the game) joined by
+a narrow seam (World: the seam): serve wires them in one process, the cluster
+puts Redis between them.
 Each line of the contents below is a banner in the file (``grep -n '^# ====' -A1``
 lists the sections, ``grep -n '^# ----' -A1`` their sub-sections); after ``->``,
 where to start reading (a class's methods in brackets).
@@ -54,14 +55,15 @@ Bots: the load test. N players over as many processes as the fd limit needs.
     -> BotWorker
   Bots: the parent. Spread the bots, tell them to hold, sum up.
     -> run_bots
-Clients: the desktop client. Brain, network driver, Tk view.
+Clients: the desktop client's logic. Its brain and its network driver; no Tk.
   Clients: the brain. Sans-IO: server bytes in, state and MOVEs out.
     -> ClientBrain
   Clients: the network driver. One nonblocking socket, run from a loop.
     -> NetClient
-  Clients: the Tk view's looks. Layout, colours, shapes; no Tk needed.
+View: the desktop client's window. Its looks, then Tk.
+  View: the looks. Layout, colours, shapes; no Tk needed.
     -> view_transform, crowd_heat, crowd_rgb
-  Clients: the Tk view (Tk is imported only here). TkView, run_client().
+  View: the Tk window (Tk is imported only here). TkView, run_client().
     -> TkView, run_client
 Operations: doctor (can this host hold N clients?) and bundle (one file).
   Operations: doctor, the host's facts. Limits, sysctls, free memory.
@@ -231,10 +233,10 @@ __all__ = [
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots",
     # Clients
-    "ClientBrain", "ClientState", "Marker", "NetClient", "TkView", "ClientOptions", "run_client",
-    "client_tls",
+    "ClientBrain", "ClientState", "Marker", "NetClient", "ClientOptions", "client_tls",
     "ClientTokens", "client_state_path",
-    "view_transform", "crowd_rgb", "crowd_heat",
+    # View
+    "view_transform", "crowd_rgb", "crowd_heat", "TkView", "run_client",
     # Operations
     "doctor_needs", "read_host_facts", "doctor_checks", "print_doctor_report", "run_doctor",
     "redis_checks",
@@ -6372,7 +6374,7 @@ def _print_summary(s: Dict[str, Any], out: IO[str]) -> None:
 
 
 # =============================================================================
-# Clients: the desktop client. Brain, network driver, Tk view.
+# Clients: the desktop client's logic. Its brain and its network driver; no Tk.
 # =============================================================================
 
 # -----------------------------------------------------------------------------
@@ -7026,8 +7028,12 @@ class NetClient:
         self.tls_obj = self.tls_in = self.tls_out = None
 
 
+# =============================================================================
+# View: the desktop client's window. Its looks, then Tk.
+# =============================================================================
+
 # -----------------------------------------------------------------------------
-# Clients: the Tk view's looks. Layout, colours, shapes; no Tk needed.
+# View: the looks. Layout, colours, shapes; no Tk needed.
 # -----------------------------------------------------------------------------
 
 # The window's layout, in logical pixels; the whole picture scales to fit.
@@ -7118,7 +7124,7 @@ def _shape_points(shape: int, x: float, y: float, r: float) -> List[float]:
 
 
 # -----------------------------------------------------------------------------
-# Clients: the Tk view (Tk is imported only here). TkView, run_client().
+# View: the Tk window (Tk is imported only here). TkView, run_client().
 # -----------------------------------------------------------------------------
 
 

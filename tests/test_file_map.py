@@ -48,7 +48,7 @@ def test_the_docstring_contents_are_the_banners_in_order() -> None:
 def test_sections_follow_the_design_order() -> None:
     sections = [title.split(" ")[0].rstrip(":") for depth, title in _banners() if depth == 0]
     assert sections == ["Protocol", "Rules", "Store", "World", "Front", "Server", "Upgrade", "Bus",
-                        "Cluster", "Bots", "Clients", "Operations", "CLI"]
+                        "Cluster", "Bots", "Clients", "View", "Operations", "CLI"]
 
 
 def test_every_sub_section_belongs_to_its_section() -> None:
