@@ -14,6 +14,10 @@ with a version that says so, and then either:
 - ``restart``: SIGTERM and a new server on the same port and directory (the
   version-2 bots reconnect with backoff and resume; version 1 ones are gone).
 
+With ``--via nginx`` the players connect over TLS to nginx (the shipped
+stream config, as bench/tls.py runs it), which ends TLS and passes plain
+connections with a PROXY header to the server: what moves is nginx's side.
+
 Then they play the other half and the bots report. For each path: players
 disconnected and reconnected, score regressions (a score lower than the one
 last shown), the longest gap between two TICKs any player saw, the least
@@ -53,6 +57,7 @@ from procstat import Children, cpu_sets, free_port, machine, read_line, rss_byte
 from report import fmt_table  # noqa: E402
 
 LOG_DIR = os.path.join(HERE, "results", "upgrade-logs")
+PROXY_SOURCE = "127.0.0.2"  # nginx's proxy_bind in the shipped stream config
 TARGETS = {"disconnected": 0, "reconnected": 0, "score_regressions": 0, "tick_gap_ms": 1000,
            "rss_vs_fresh_pct": 10}
 
@@ -108,7 +113,8 @@ def start_server(children: Children, tree: str, port: int, data: str, count: int
     server = children.start(
         [sys.executable, os.path.join(tree, "spelltraction.py"), "serve", "--host", "127.0.0.1",
          "--port", str(port), "--data", data, "--max-clients", str(count + 500),
-         "--tick-ms", str(tick_ms), "--log-level", "warning", "--public-stats"], cpus, name)
+         "--tick-ms", str(tick_ms), "--log-level", "warning", "--public-stats",
+         "--trusted-proxies", PROXY_SOURCE], cpus, name)
     line = read_line(server, 30)
     if "listening" not in line:
         raise RuntimeError(f"server did not start: {line!r} {children.log_tail(name)}")
@@ -126,7 +132,7 @@ def bot_groups(count: int, v1_share: float, ws_share: float) -> List[Tuple[str, 
 
 
 def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
-             ws_share: float, fresh: bool, pin: bool) -> Dict[str, Any]:
+             ws_share: float, fresh: bool, pin: bool, via: str = "direct") -> Dict[str, Any]:
     server_cpus, bot_cpus = cpu_sets() if pin else ([], [])
     work = tempfile.mkdtemp(prefix="upgrade-bench-")
     port = free_port()
@@ -135,11 +141,19 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
     try:
         tree = copy_tree(work)
         server = start_server(children, tree, port, data, count, server_cpus, "server", tick_ms)
+        player_port, tls = port, []
+        if via == "nginx":  # TLS ends at nginx; the server sees nginx's plain connections
+            import tls as tls_bench  # bench/tls.py: the shipped stream config, as it runs it
+
+            cert, key = tls_bench.make_certificate(work)
+            _nginx, player_port = tls_bench.start_nginx(children, work, cert, key, port, count,
+                                                        server_cpus)
+            tls = ["--tls", "--insecure"]
         bots = []
         for name, n, flags in bot_groups(count, v1_share, ws_share):
             flags = [os.path.join(work, name + ".json") if f == "STATE" else f for f in flags]
             bots.append(children.start(
-                [sys.executable, GAME, "bots", "--port", str(port), "--count", str(n),
+                [sys.executable, GAME, "bots", "--port", str(player_port), *tls, "--count", str(n),
                  "--move-every", "1", "--duration", str(hold + 30), "--ramp-timeout", "120",
                  "--probes", "0", "--json", *flags], bot_cpus, name))
         for proc in bots:
@@ -190,7 +204,7 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
         children.kill_all()
         shutil.rmtree(work, ignore_errors=True)
     row: Dict[str, Any] = {
-        "path": path, "players": count,
+        "path": path, "via": via, "players": count,
         "switch_s": round(switched, 2), "said": said,
         "disconnected": sum(s["dropped"] for s in summaries),
         "reconnected": sum(s["reconnected"] for s in summaries),
@@ -258,6 +272,9 @@ def main() -> int:
                     help="share of players on version 1 over TCP (default 0.5)")
     ap.add_argument("--ws-share", type=float, default=0.2,
                     help="share on version 2 over WebSocket (default 0.2; the rest: v2 TCP)")
+    ap.add_argument("--via", default="direct",
+                    help="direct, nginx (TLS ended by the shipped stream config in front), "
+                         "or both (default direct)")
     ap.add_argument("--tick-ms", type=int, default=250)
     ap.add_argument("--fresh", action="store_true",
                     help="also start the new version fresh with the same players, for its RSS")
@@ -265,24 +282,25 @@ def main() -> int:
     ap.add_argument("--json", default="", metavar="FILE")
     args = ap.parse_args()
     rows = []
-    for path in [p for p in args.paths.split(",") if p]:
-        row = one_path(path, args.count, args.hold, args.tick_ms, args.v1_share, args.ws_share,
-                       args.fresh and path == "upgrade", args.pin)
-        row["meets_targets"] = meets(row) if path == "upgrade" else None
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    headers = ["path", "players", "switch s", "disconnected", "reconnected", "score regressions",
+    for via in [v for v in args.via.split(",") if v]:
+        for path in [p for p in args.paths.split(",") if p]:
+            row = one_path(path, args.count, args.hold, args.tick_ms, args.v1_share,
+                           args.ws_share, args.fresh and path == "upgrade", args.pin, via)
+            row["meets_targets"] = meets(row) if path == "upgrade" else None
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    headers = ["path", "via", "players", "switch s", "disconnected", "reconnected", "score regressions",
                "largest tick gap ms", "least share of ticks", "listen overflows",
                "RSS MB before / after / fresh", "targets"]
     print(fmt_table(headers, [[
-        r["path"], r["players"], r["switch_s"], r["disconnected"], r["reconnected"],
+        r["path"], r["via"], r["players"], r["switch_s"], r["disconnected"], r["reconnected"],
         r["score_regressions"], r["tick_gap_ms"], r["tick_share_min"], r["listen_overflows"],
         f"{r['rss_before_mb']} / {r['rss_after_mb']} / {r['rss_fresh_mb'] or '-'}",
         "-" if r["meets_targets"] is None else ("met" if r["meets_targets"] else "**missed**")]
         for r in rows]))
     for r in rows:
         if r["said"]:
-            print(f"{r['path']}: {r['said']}")
+            print(f"{r['path']} ({r['via']}): {r['said']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "targets": TARGETS, "machine": machine(),
