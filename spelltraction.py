@@ -3259,7 +3259,16 @@ class Role:
         if self.world is not None:
             self.world.ticker = t
         self.started = state["started"]
-        self._resumed = state
+        self.resumed_conns = []
+        front = state.get("front", {})
+        self._resumed = {  # what the first tick reports; the rest of the state goes
+            "moved": sum(1 for p in front.get("players", ()) if p.get("id")),
+            "connections": len(front.get("connections", ())),
+            "told_to_come_back": state.get("told_to_come_back", 0),
+            "reply_fd": state.get("reply_fd"), "requested_at": state.get("requested_at"),
+            "last_tick_at": state.get("last_tick_at"), "exec_at": state.get("exec_at"),
+            "read_at": state.get("read_at"), "resumed_at": self.loop.time(),
+            "rss_kb": [state.get("read_rss_kb", 0), rss_kb()]}
         self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
 
@@ -3277,20 +3286,29 @@ class Role:
         """A role's own part of resuming (the cluster's bus)."""
 
     def _report_resumed(self) -> None:
-        state, self._resumed = self._resumed, None
-        assert state is not None
-        now = self.loop.time()
-        gap = now - state.get("last_tick_at", now)
-        wall = now - state.get("requested_at", now)
-        moved = sum(1 for p in state.get("front", {}).get("players", ()) if p.get("id"))
-        back = state.get("told_to_come_back", 0)
-        text = (f"ok: upgraded to {__version__}: moved {moved} players "
-                f"({len(state.get('front', {}).get('connections', ()))} connections), "
+        """The successor's first tick: one line to the log and to the command that
+        asked, with where the time went; then what the hand-over left is freed."""
+        said, self._resumed = self._resumed, None
+        assert said is not None
+        now = time.monotonic()
+        gap = now - (said["last_tick_at"] or now)
+        wall = now - (said["requested_at"] or now)
+        back = said["told_to_come_back"]
+        text = (f"ok: upgraded to {__version__}: moved {said['moved']} players "
+                f"({said['connections']} connections), "
                 + (f"{back} over TLS told to come back, " if back else "") +
                 f"{wall * 1000:.0f} ms from the request to this first tick, the largest tick "
                 f"gap {gap * 1000:.0f} ms")
-        log.info("upgrade: %s", text[4:])
-        fd = state.get("reply_fd")
+        marks = [said[k] for k in ("last_tick_at", "exec_at", "read_at", "resumed_at")]
+        if all(m is not None for m in marks):
+            parts = zip(("the old code's last tick, settle and export",
+                         "write, exec, start and read", "restore", "wait for the tick"),
+                        marks, marks[1:] + [now])
+            log.info("upgrade: %s; %s", text[4:], ", ".join(
+                f"{what} {(end - start) * 1000:.0f} ms" for what, start, end in parts))
+        else:
+            log.info("upgrade: %s", text[4:])
+        fd = said["reply_fd"]
         if fd is not None:
             try:
                 reply = socket.socket(fileno=fd)
@@ -3300,6 +3318,14 @@ class Role:
                 reply.close()
             except OSError:
                 pass
+        import gc  # the hand-over's plain data is garbage now: give its pages back
+
+        gc.collect()
+        process.release_freed_memory()
+        read, restored = said["rss_kb"]
+        log.info("upgrade: RSS %.1f MiB with the hand-over read, %.1f MiB restored, %.1f MiB "
+                 "after the first tick, the hand-over freed", read / 1024, restored / 1024,
+                 rss_kb() / 1024)
 
     def report(self) -> None:
         """Every few seconds: one log line of connection churn, and suppressed warnings."""
@@ -3680,6 +3706,7 @@ def serve(opts: ServerOptions, log_limiter: Optional[RateLimitFilter] = None,
         return 2
     started = _start_server(loop, lambda: GameServer(loop, opts, handed), opts, log_limiter,
                             argv, handed)
+    handed = None  # taken over: its megabytes of plain data go (the lambda's too)
     if started is None:
         return 2
     server, addresses = started
@@ -3756,6 +3783,8 @@ HANDOVER_VERSION = 1
 UPGRADE_CHECK_S = 30.0  # the new code must pass its check within this
 UPGRADE_REPLY_S = 60.0  # the upgrade command waits this long for the successor's tick
 PID_FILE = "spelltraction.pid"  # in the data directory: how `upgrade` finds the server
+COMPILE_TO_ENV = "SPELLTRACTION_COMPILE_TO"  # the check's "FD:FORMAT": compile yourself there
+COMPILED_FORMAT = 1  # what _write_compiled writes and _AS_MODULE reads
 #: What the check child runs: the new file, imported from its own folder (or .pyz).
 _CHECK_HANDOVER = ("import sys; sys.path[:] = [sys.argv.pop(1)] + [p for p in sys.path if p]; "
                    "import spelltraction; sys.exit(spelltraction.check_handover(int(sys.argv[1])))")
@@ -3814,7 +3843,11 @@ def read_handover(fd: int) -> Dict[str, Any]:
 
 
 def check_handover(fd: int) -> int:
-    """What the new code runs first, in a child: can it read this hand-over? 0 if so."""
+    """What the new code runs first, in a child: can it read this hand-over? 0 if so.
+
+    Asked to (``SPELLTRACTION_COMPILE_TO=FD:FORMAT``, a format of
+    :func:`_write_compiled` it writes), it also compiles itself into FD, so that
+    its successor starts without compiling while the players wait."""
     try:
         state = read_handover(fd)
         if "world" in state:
@@ -3826,6 +3859,13 @@ def check_handover(fd: int) -> int:
     except (HandoverError, KeyError, TypeError, ValueError) as exc:
         print(f"cannot take this server over: {exc}", file=sys.stderr)
         return 1
+    target, _, form = os.environ.get(COMPILE_TO_ENV, "").partition(":")
+    if target and form == str(COMPILED_FORMAT) \
+            and os.path.isfile(os.path.join(_HERE, "spelltraction.py")):
+        try:
+            _write_compiled(int(target))
+        except (OSError, SyntaxError, ValueError):
+            os.ftruncate(int(target), 0)  # then it starts as a script, compiling
     return 0
 
 
@@ -3857,6 +3897,7 @@ class Upgrades(Readiness):
         self.requested_at = 0.0
         self._child: Any = None
         self._probe_fd = -1
+        self._code_fd = -1  # the new code, compiled by its check (see check_handover)
         self._child_deadline = 0.0
         self.sock: Optional[socket.socket] = None
         if sys.platform.startswith("linux"):
@@ -3943,13 +3984,15 @@ class Upgrades(Readiness):
         try:
             state, _fds = self.role.handover_state()
             self._probe_fd = _memfd(json.dumps(state).encode(), "spelltraction-probe")
+            self._code_fd = _memfd(b"", "spelltraction-code")
             import subprocess
 
             folder = path if path.endswith(".pyz") else os.path.dirname(path)
+            env = dict(os.environ, **{COMPILE_TO_ENV: f"{self._code_fd}:{COMPILED_FORMAT}"})
             self._child = subprocess.Popen(
                 [sys.executable, *_interpreter_flags(), "-S", "-c", _CHECK_HANDOVER, folder,
-                 str(self._probe_fd)], pass_fds=[self._probe_fd], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 str(self._probe_fd)], pass_fds=[self._probe_fd, self._code_fd], env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except Exception as exc:  # the probe could not be written or the child started
             self._failed(f"the check could not start: {exc}")
             return
@@ -3976,6 +4019,9 @@ class Upgrades(Readiness):
         self._hand_over()
 
     def _failed(self, why: str) -> None:
+        if self._code_fd >= 0:
+            os.close(self._code_fd)
+            self._code_fd = -1
         log.error("upgrade: %s; still serving with the running code", why)
         self._say(self.reply, f"error: {why}; the server goes on with the running code")
         if self.reply is not None:
@@ -3993,6 +4039,7 @@ class Upgrades(Readiness):
         state["requested_at"] = self.requested_at
         state["last_tick_at"] = role.last_tick_at
         state["told_to_come_back"] = left
+        state["exec_at"] = time.monotonic()  # CLOCK_MONOTONIC: the successor's clock too
         if self.reply is not None:
             state["reply_fd"] = self.reply.fileno()
             fds.append(self.reply.fileno())
@@ -4010,11 +4057,21 @@ class Upgrades(Readiness):
         sys.stderr.flush()
         env = dict(os.environ, **{HANDOVER_ENV: str(blob)})
         env.pop("SPELLTRACTION_AS_MODULE", None)
+        # The new code as its check compiled it, if it did (a folder install): the
+        # successor starts as a module at once, nothing compiled in the gap.
+        path = game_file()
+        start = [path]
+        if os.fstat(self._code_fd).st_size > 0:
+            os.set_inheritable(self._code_fd, True)
+            start = ["-S", "-c", _AS_MODULE, os.path.dirname(path), str(self._code_fd)]
+            log.info("upgrade: exec, the new code as its check compiled it")
+        else:
+            log.info("upgrade: exec %s (it compiles itself)", path)
         # Until the successor has its handlers, these would end it (their default):
         # held back (the mask survives the exec), they reach it once it listens.
         signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
-            os.execve(sys.executable, [sys.executable, *_interpreter_flags(), game_file(),
+            os.execve(sys.executable, [sys.executable, *_interpreter_flags(), *start,
                                        *self.argv], env)
         except OSError as exc:  # the new code was there a moment ago: the disk changed
             log.critical("upgrade: the exec failed (%s); stopping", exc)
@@ -4028,9 +4085,12 @@ def handover_from_environment() -> Optional[Dict[str, Any]]:
         return None
     fd = int(value)
     try:
-        return read_handover(fd)
+        state = read_handover(fd)
     finally:
         os.close(fd)
+    state["read_at"] = time.monotonic()
+    state["read_rss_kb"] = rss_kb()
+    return state
 
 
 def run_upgrade(pid: Optional[int], data: str, timeout: float = UPGRADE_REPLY_S) -> int:
@@ -5449,6 +5509,7 @@ def run_role(role: str, opts: ServerOptions, cluster: ClusterOptions, address: R
     make: Callable[[], Role] = (lambda: Authority(loop, opts, cluster, address, handed)) \
         if role == "game" else (lambda: Gateway(loop, opts, cluster, address, handed))
     started = _start_server(loop, make, opts, log_limiter, argv, handed)
+    handed = None  # taken over: its megabytes of plain data go (the lambdas' too)
     if started is None:
         return 2
     server, addresses = started
@@ -5569,6 +5630,9 @@ class BotState:
         self.dirty = False
 
 
+BOT_TLS_OPENING = 256  # TLS bots on their way in (connect, handshake, HELLO) at once, per process
+
+
 class BotWorker:
     """One process's share of the bots, on one poller, state in flat arrays.
 
@@ -5643,8 +5707,10 @@ class BotWorker:
 
     def step(self, timeout: float) -> None:
         if self.started < self.count:
-            self._start_connects()
-            timeout = 0.0 if self.started < self.count else timeout
+            if self._start_connects():
+                timeout = 0.0 if self.started < self.count else timeout
+            else:  # TLS: as many handshakes under way as it may have
+                timeout = min(timeout, 0.005)
         poller = self.poller
         events = poller.poll(timeout)
         now = time.monotonic()
@@ -5661,11 +5727,20 @@ class BotWorker:
         if self.retries and self.retries[0][0] <= now:
             self._retry_due(now)
 
-    def _start_connects(self) -> None:
+    def _start_connects(self) -> bool:
+        """Open the next batch of connections; False if none could start (TLS: as
+        many are still on their way in as :data:`BOT_TLS_OPENING` allows)."""
         end = min(self.count, self.started + self.batch)
+        if self.tls is not None:
+            # A handshake costs both ends about a millisecond of CPU: thousands at
+            # once would wait past the server's handshake timeout. A few hundred
+            # on their way in at a time, as players arriving over a minute do.
+            opening = self.started - self.connected - self.failed - self.dropped
+            end = min(end, self.started + max(0, BOT_TLS_OPENING - opening))
         for i in range(self.started, end):
             self._open(i)
-        self.started = end
+        started, self.started = self.started, end
+        return end > started
 
     _LINGER = struct.pack("ii", 1, 0)  # RST on close: no TIME_WAIT left on loopback
 
@@ -8406,9 +8481,10 @@ def _run_as_module(argv: List[str]) -> None:
         os.close(fd)  # run as a script after all
 
 
-def _write_compiled() -> int:
-    """The game and netcore compiled, in an inheritable descriptor: 8 bytes of the
-    index's size, the index ({module: (file, package, offset, size)}), the code."""
+def _write_compiled(fd: int = -1) -> int:
+    """The game and netcore compiled, in an inheritable descriptor (``fd``, or a new
+    one): 8 bytes of the index's size, the index ({module: (file, package, offset,
+    size)}), the code (:data:`COMPILED_FORMAT`)."""
     import marshal
     from importlib.machinery import SourceFileLoader
 
@@ -8425,9 +8501,9 @@ def _write_compiled() -> int:
         index[name] = (path, package, at, len(code[-1]))
         at += len(code[-1])
     head = marshal.dumps(index)
-    if hasattr(os, "memfd_create"):  # Linux: in memory, no writable /tmp needed
+    if fd < 0 and hasattr(os, "memfd_create"):  # Linux: in memory, no writable /tmp needed
         fd = os.memfd_create("spelltraction-code", 0)
-    else:
+    elif fd < 0:
         import tempfile
 
         fd, path = tempfile.mkstemp()

@@ -113,7 +113,7 @@ def start_server(children: Children, tree: str, port: int, data: str, count: int
     server = children.start(
         [sys.executable, os.path.join(tree, "spelltraction.py"), "serve", "--host", "127.0.0.1",
          "--port", str(port), "--data", data, "--max-clients", str(count + 500),
-         "--tick-ms", str(tick_ms), "--log-level", "warning", "--public-stats",
+         "--tick-ms", str(tick_ms), "--log-level", "info", "--public-stats",
          "--trusted-proxies", PROXY_SOURCE], cpus, name)
     line = read_line(server, 30)
     if "listening" not in line:
@@ -193,6 +193,10 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
             switched = time.monotonic() - t0
         time.sleep(3.0)
         rss_after = rss_bytes(server.pid)
+        timeline = [line.split("upgrade: ", 1)[1].strip() for line in
+                    open(os.path.join(LOG_DIR, "server.log"), errors="replace")
+                    if "upgrade: " in line and (" ms" in line or "MiB" in line)] \
+            if path == "upgrade" else []
         after_overflows = listen_overflows()
         summaries = []
         for proc in bots:
@@ -205,7 +209,7 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
         shutil.rmtree(work, ignore_errors=True)
     row: Dict[str, Any] = {
         "path": path, "via": via, "players": count,
-        "switch_s": round(switched, 2), "said": said,
+        "switch_s": round(switched, 2), "said": said, "timeline": timeline,
         "disconnected": sum(s["dropped"] for s in summaries),
         "reconnected": sum(s["reconnected"] for s in summaries),
         "failed": sum(s["failed"] for s in summaries),
@@ -301,6 +305,8 @@ def main() -> int:
     for r in rows:
         if r["said"]:
             print(f"{r['path']} ({r['via']}): {r['said']}")
+        for line in r["timeline"]:
+            print(f"  the server's log: {line}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "targets": TARGETS, "machine": machine(),

@@ -181,6 +181,8 @@ def test_every_player_plays_on_through_an_upgrade(tree, tmp_path):
         assert late.of(st.Welcome)[0].player_id not in {w.player_id for w in welcomes}
         status = srv.stop()
         assert status == 0
+        # It started as a module from what its check compiled: nothing compiled in the gap.
+        assert "upgrade: exec, the new code as its check compiled it" in srv.proc.stderr.read()
 
 
 def test_a_new_version_that_cannot_start_leaves_the_server_as_it_was(tree, tmp_path):
@@ -206,8 +208,8 @@ def test_a_new_version_that_cannot_start_leaves_the_server_as_it_was(tree, tmp_p
 def test_upgrade_requests_from_another_user_and_while_one_runs_are_refused(tree, tmp_path):
     data = tmp_path / "data"
     # The new code takes 3 s over its check: time for a second request meanwhile.
-    check = '    """What the new code runs first, in a child: can it read this hand-over? 0 if so."""'
-    deploy(tree, (check, check + "\n    time.sleep(3)"))
+    check = "def check_handover(fd: int) -> int:\n"
+    deploy(tree, (check, check + "    time.sleep(3)\n"))
     with server(tree, data) as srv:
         pid = srv.proc.pid
         first = socket.socket(socket.AF_UNIX)
