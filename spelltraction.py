@@ -99,6 +99,7 @@ import heapq
 import json
 import logging
 import math
+import operator
 import os
 import random
 import resource
@@ -994,6 +995,7 @@ class Game:
     #: A player's fields as ``export`` lists them (``cell``: -1 off the board).
     PLAYER_FIELDS = ("id", "shape", "colour", "x", "y", "cell", "letters", "score", "seq",
                      "tokens", "token_tick", "moves", "marks", "name")
+    player_row = operator.attrgetter(*PLAYER_FIELDS)  # a player as a row of PLAYER_FIELDS
 
     def export(self, others: Sequence[Player] = ()) -> Dict[str, Any]:
         """Everything the game is, as plain data: the board, every player on it (and
@@ -1005,7 +1007,7 @@ class Game:
         plan = self.pending_score
         return {
             "board": list(self.board),
-            "players": [[getattr(p, f) for f in self.PLAYER_FIELDS] for p in everyone],
+            "players": handover.pack_rows(list(map(self.player_row, everyone))),
             "attractor": self.attractor, "held": self.held, "tick": self.tick,
             "letters_scored": self.letters_scored, "moves_accepted": self.moves_accepted,
             "moves_limited": self.moves_limited, "next_id": self._next_id,
@@ -1026,16 +1028,18 @@ class Game:
         game = cls()
         game.board = list(state["board"])
         everyone: Dict[int, Player] = {}
-        for values in state["players"]:
-            fields = dict(zip(cls.PLAYER_FIELDS, values))
-            p = Player(fields["id"], fields["shape"], fields["colour"], fields["letters"],
-                       fields["x"], fields["y"])
-            for name in cls.PLAYER_FIELDS[5:]:
-                setattr(p, name, fields[name])
-            everyone[p.id] = p
+        rest = cls.PLAYER_FIELDS[5:]
+        playing, counts = game.players, game.counts
+        for values in handover.unpack_rows(state["players"]):
+            # PLAYER_FIELDS: id, shape, colour, x, y, then the rest (letters among them)
+            pid, shape, colour, x, y = values[:5]
+            p = Player(pid, shape, colour, values[6], x, y)
+            for name, value in zip(rest, values[5:]):
+                setattr(p, name, value)
+            everyone[pid] = p
             if p.cell >= 0:
-                game.players[p.id] = p
-                game.counts[p.cell] += 1
+                playing[pid] = p
+                counts[p.cell] += 1
         game.attractor, game.held, game.tick = state["attractor"], state["held"], state["tick"]
         game.letters_scored = state["letters_scored"]
         game.moves_accepted = state["moves_accepted"]
@@ -2291,11 +2295,12 @@ class World(WorldSide):
         now = self.loop.time()
         parked = [self.by_token[h] for h in self.parked if h in self.by_token]
         playing = list(self.game.players.values())
-        peers = [[p.id, peer_index(p.peer)] for p in playing if p.peer is not None]
+        peers = [(p.id, peer_index(p.peer)) for p in playing if p.peer is not None]
         return {
             "game": self.game.export(parked),
-            "peers": [pair for pair in peers if pair[1] is not None],
-            "tokens": [[p.id, p.resume_hash.hex()] for p in playing + parked if p.resume_hash],
+            "peers": handover.pack_rows([pair for pair in peers if pair[1] is not None]),
+            "tokens": handover.pack_rows([(p.id, p.resume_hash) for p in playing + parked
+                                          if p.resume_hash]),
             "parked": [[h.hex(), until - now, h in self.parked_unscored]
                        for h, until in self.parked.items()],
             "fame": [list(entry) for entry in self.fame],
@@ -2316,10 +2321,10 @@ class World(WorldSide):
             game.take_id = self.store.take_id
             game.defer_scoring = True
         self.game = game
-        for pid, hexed in state["tokens"]:
-            everyone[pid].resume_hash = bytes.fromhex(hexed)
+        for pid, hashed in handover.unpack_rows(state["tokens"]):
+            everyone[pid].resume_hash = hashed
         handles: Dict[int, Player] = {}
-        for pid, index in state["peers"]:
+        for pid, index in handover.unpack_rows(state["peers"]):
             player = everyone[pid]
             player.peer = peers[index]
             handles[index] = player
@@ -2872,20 +2877,20 @@ class Front(Handler, FrontSide):
         (pending since, version 2, said HELLO), the descriptors to keep open, and each
         connection's index in the hand-over (the World names its players by it)."""
         state, fds = handover.export_server(self.net)
-        by_fd = {conn.fd: conn for conn in self.net.connections.values()}
+        by_fd = self.net.connections
         now = self.loop.time()
         index: Dict[Any, int] = {}
-        players = []
-        for i, one in enumerate(state["connections"]):
-            conn = by_fd[one["fd"]]
+        players = []  # (pending for, or -1.0; version 2; said HELLO; player id, or 0)
+        for i, fd in enumerate(fds[len(self.net.listeners):]):
+            conn = by_fd[fd]
             index[conn] = i
             since = self.pending.get(conn)
             handle = conn.data
-            players.append({"pending": None if since is None else now - since,
-                            "v2": conn in self.v2_conns,
-                            "hello_sent": handle is HELLO_SENT,
-                            "id": getattr(handle, "id", None) or getattr(handle, "pid", None)})
-        state["players"] = players
+            players.append((-1.0 if since is None else now - since, conn in self.v2_conns,
+                            handle is HELLO_SENT,
+                            getattr(handle, "id", None) or getattr(handle, "pid", None) or 0))
+        state["players"] = handover.pack_rows(players)
+        state["moved"] = sum(1 for p in players if p[3])
         return state, fds, index
 
     def goodbye_to_the_unmovable(self) -> int:
@@ -2908,12 +2913,14 @@ class Front(Handler, FrontSide):
         """Serve the listeners and connections a predecessor handed over."""
         conns = handover.restore_server(self.net, state)
         now = self.loop.time()
-        for conn, one in zip(conns, state["players"]):
+        pending, v2, hello_sent, _ids = handover.unpack_columns(state["players"], 4)
+        state["v2"] = v2  # for hold() (and a gateway's seats): which are version 2
+        for conn, since, said in zip(conns, pending, hello_sent):
             if conn is None:
                 continue
-            if one["pending"] is not None:
-                self.pending[conn] = now - one["pending"]
-            if one["hello_sent"]:
+            if since >= 0.0:
+                self.pending[conn] = now - since
+            if said:
                 conn.data = HELLO_SENT
         return conns
 
@@ -2925,7 +2932,7 @@ class Front(Handler, FrontSide):
             if conn is None:
                 continue
             conn.data = handle
-            if state["players"][index]["v2"]:
+            if state["v2"][index]:
                 self.v2_conns[conn] = None
             if isinstance(conn.codec, WebSocketCodec):
                 self.ws_players[conn] = None
@@ -3262,8 +3269,8 @@ class Role:
         self.resumed_conns = []
         front = state.get("front", {})
         self._resumed = {  # what the first tick reports; the rest of the state goes
-            "moved": sum(1 for p in front.get("players", ()) if p.get("id")),
-            "connections": len(front.get("connections", ())),
+            "moved": front.get("moved", 0),
+            "connections": front["connections"]["rows"] if front else 0,
             "told_to_come_back": state.get("told_to_come_back", 0),
             "reply_fd": state.get("reply_fd"), "requested_at": state.get("requested_at"),
             "last_tick_at": state.get("last_tick_at"), "exec_at": state.get("exec_at"),
@@ -3779,7 +3786,7 @@ HANDOVER_ENV = "SPELLTRACTION_HANDOVER"
 #: Signals held back across the exec (see Upgrades._hand_over); released at start.
 HELD_SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 HANDOVER_FORMAT = "spelltraction-handover"
-HANDOVER_VERSION = 1
+HANDOVER_VERSION = 2  # 2: rows as columns (netcore.handover.pack_rows)
 UPGRADE_CHECK_S = 30.0  # the new code must pass its check within this
 UPGRADE_REPLY_S = 60.0  # the upgrade command waits this long for the successor's tick
 PID_FILE = "spelltraction.pid"  # in the data directory: how `upgrade` finds the server
@@ -4043,9 +4050,10 @@ class Upgrades(Readiness):
         if self.reply is not None:
             state["reply_fd"] = self.reply.fileno()
             fds.append(self.reply.fileno())
-        moved = sum(1 for p in state.get("front", {}).get("players", ()) if p.get("id"))
+        front = state.get("front")
+        moved = front["moved"] if front else 0
         log.info("upgrade: handing over %d connections (%d players; %d cannot move) to %s",
-                 len(state.get("front", {}).get("connections", ())), moved, left, game_file())
+                 front["connections"]["rows"] if front else 0, moved, left, game_file())
         self._say(self.reply, f"handing over {moved} players")
         if world is not None and world.store is not None:
             world.store.close(release_lock=False)
@@ -4754,9 +4762,9 @@ class Authority(Role):
         state["authority"] = {
             "holder": self.holder, "epoch": self.epoch, "tick_reserved": self._tick_reserved,
             "down_number": self.gateways.down_number,
-            "links": [[g, link.number, link.sent,
-                       [[cid, index[rp]] for cid, rp in link.conns.items()]]
-                      for g, link in self.gateways.links.items()]}
+            "links": [[g, link.number, link.sent, handover.pack_rows(
+                [(cid, index[rp]) for cid, rp in link.conns.items()])]
+                for g, link in self.gateways.links.items()]}
 
     def resumed_peers(self, conns: List[Optional[Connection]],
                       state: Dict[str, Any]) -> Sequence[Any]:
@@ -4768,7 +4776,7 @@ class Authority(Role):
             link = self.gateways.links[gateway] = _GatewayLink(
                 gateway, self.bus.private_channel(gateway), now)
             link.number, link.sent = number, sent
-            for cid, at in players:
+            for cid, at in handover.unpack_rows(players):
                 peers[at] = link.conns[cid] = _RemotePeer(link, cid)
         return [peers.get(i) for i in range(max(peers, default=-1) + 1)]
 
@@ -5360,10 +5368,10 @@ class Gateway(Role):
         for seat in wb.seats.values():
             at = self.handover_index.get(seat.peer)
             if at is not None:
-                seats.append([at, seat.cid, seat.hello.hex(), seat.pid, seat.welcomed])
+                seats.append((at, seat.cid, seat.hello.hex(), seat.pid or 0, seat.welcomed))
         state["gateway"] = {
             "name": self.gateway, "next_cid": wb._next_cid, "epoch": wb.epoch,
-            "seats": seats, "world_players": wb.world_players, "world_tick": wb.world_tick,
+            "seats": handover.pack_rows(seats), "world_players": wb.world_players, "world_tick": wb.world_tick,
             "up": [e.hex() for e in wb.up_hellos + wb.up_leaves],
             "moves": [[cid, move.hex()] for cid, move in wb.up_moves.items()],
             "yous": [[cid, you.hex()] for cid, you in {**wb._due_yous, **wb.yous}.items()]}
@@ -5373,7 +5381,7 @@ class Gateway(Role):
         wb = self.world_bus
         g = state["gateway"]
         conns = self.resumed_conns
-        for at, cid, hello, pid, welcomed in g["seats"]:
+        for at, cid, hello, pid, welcomed in handover.unpack_rows(g["seats"]):
             conn = conns[at]
             if conn is None:
                 wb.up_leaves.append(bus_entry(cid, OP_LEAVE))  # gone during the exec
@@ -5384,7 +5392,7 @@ class Gateway(Role):
             if welcomed:
                 conn.data = seat
                 wb.players[conn] = None
-                if state["front"]["players"][at]["v2"] and self.front is not None:
+                if state["front"]["v2"][at] and self.front is not None:
                     self.front.v2_conns[conn] = None
                 if isinstance(conn.codec, WebSocketCodec) and self.front is not None:
                     self.front.ws_players[conn] = None

@@ -18,7 +18,8 @@ from netcore import (
 )
 from netcore import websocket as ws
 from netcore.handover import (
-    FORMAT, HandoverError, export_server, release_server, restore_server, unmovable,
+    FORMAT, HandoverError, export_server, pack_rows, release_server, restore_server, unmovable,
+    unpack_columns, unpack_rows,
 )
 from netcore.testing import Echo, run_until
 from netcore.tls import server_context
@@ -90,7 +91,7 @@ def test_every_connection_and_its_bytes_go_on_in_the_successor():
     loop.run_for(0.2)
     assert any(c.out is not None for c in old.connections.values()), "output waiting"
     state, fds = export_server(old)
-    assert not state["left"] and len(state["connections"]) == 5
+    assert not state["left"] and state["connections"]["rows"] == 5
     state = json.loads(json.dumps(state))  # plain data, as it crosses the exec
     release_server(old)
     loop.close()
@@ -154,12 +155,39 @@ def test_a_tls_session_cannot_move_and_is_named_before_the_export(pki):
     (tls_conn,) = unmovable(server)
     assert tls_conn.tls is not None
     state, fds = export_server(server)
-    assert state["left"] == [tls_conn.fd] and len(state["connections"]) == 1
+    assert state["left"] == [tls_conn.fd] and state["connections"]["rows"] == 1
     tls_conn.close("upgrade")
     assert unmovable(server) == []
     state, fds = export_server(server)
-    assert state["left"] == [] and len(state["connections"]) == 1
+    assert state["left"] == [] and state["connections"]["rows"] == 1
     plain.close()
     secure.close()
     server.close()
     loop.close()
+
+
+def nodes(value):
+    """How many JSON values ``value`` is (what parsing it allocates, roughly)."""
+    if isinstance(value, dict):
+        return 1 + sum(nodes(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(nodes(v) for v in value)
+    return 1
+
+
+def test_rows_go_as_columns_and_come_back_as_they_were():
+    rows = [(fd, {"kind": "frames"}, "", None, f"7f00000{fd % 3}", fd % 2 == 0, 0.5 * fd,
+             bytes([fd % 256]) * 32, [1, "x"] if fd == 7 else None) for fd in range(5, 1005)]
+    packed = json.loads(json.dumps(pack_rows(rows)))  # plain data, as it crosses the exec
+    assert [tuple(r) for r in unpack_rows(packed)] == rows
+    columns = unpack_columns(packed)
+    assert columns[0][999] == 1004 and columns[4][2] == "7f000001" and columns[7][0] == b"\5" * 32
+    # A column of one repeated dict is one dict, shared: not a thousand.
+    assert columns[1][0] is columns[1][500]
+    # What the successor parses does not grow with the rows (a table of distinct
+    # values aside): a thousand rows are as many JSON values as ten.
+    small = pack_rows(rows[:10])
+    assert nodes(packed) == nodes(json.loads(json.dumps(small)))
+    assert list(unpack_rows(pack_rows([]))) == []
+    assert list(unpack_rows(pack_rows([(), ()]))) == [(), ()]
+    assert unpack_columns(pack_rows([]), 3) == [(), (), ()]  # nobody: empty columns
