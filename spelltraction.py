@@ -200,6 +200,7 @@ if TYPE_CHECKING:  # names for type checkers: a server loads neither typing nor 
     from netcore.redis import Pending, Redis, RedisAddress, RedisError, RedisSubscriber
 
 __version__ = "0.1.0"
+_STARTED_AT = time.monotonic()  # when this code began to run (an upgrade's log says)
 
 # The index: the public names, section by section (the banners below). Type aliases
 # (Message, PlayerRow, FameEntry) are for type checkers only, as typing itself is.
@@ -3273,8 +3274,7 @@ class Role:
             "connections": front["connections"]["rows"] if front else 0,
             "told_to_come_back": state.get("told_to_come_back", 0),
             "reply_fd": state.get("reply_fd"), "requested_at": state.get("requested_at"),
-            "last_tick_at": state.get("last_tick_at"), "exec_at": state.get("exec_at"),
-            "read_at": state.get("read_at"), "resumed_at": self.loop.time(),
+            "marks": state.get("marks", []) + [self.loop.time()],
             "rss_kb": [state.get("read_rss_kb", 0), rss_kb()]}
         self._report_timer = self.loop.call_later(self.options.churn_every, self.report)
         return addresses
@@ -3298,21 +3298,19 @@ class Role:
         said, self._resumed = self._resumed, None
         assert said is not None
         now = time.monotonic()
-        gap = now - (said["last_tick_at"] or now)
+        marks = said["marks"] + [now]
+        gap = now - marks[0] if len(marks) == len(UPGRADE_STEPS) + 1 else 0.0
         wall = now - (said["requested_at"] or now)
         back = said["told_to_come_back"]
         text = (f"ok: upgraded to {__version__}: moved {said['moved']} players "
                 f"({said['connections']} connections), "
-                + (f"{back} over TLS told to come back, " if back else "") +
+                + (f"{back} that cannot move (TLS) told to come back, " if back else "") +
                 f"{wall * 1000:.0f} ms from the request to this first tick, the largest tick "
                 f"gap {gap * 1000:.0f} ms")
-        marks = [said[k] for k in ("last_tick_at", "exec_at", "read_at", "resumed_at")]
-        if all(m is not None for m in marks):
-            parts = zip(("the old code's last tick, settle and export",
-                         "write, exec, start and read", "restore", "wait for the tick"),
-                        marks, marks[1:] + [now])
+        if gap:
             log.info("upgrade: %s; %s", text[4:], ", ".join(
-                f"{what} {(end - start) * 1000:.0f} ms" for what, start, end in parts))
+                f"{what} {(end - start) * 1000:.0f}" for what, start, end
+                in zip(UPGRADE_STEPS, marks, marks[1:])) + " ms")
         else:
             log.info("upgrade: %s", text[4:])
         fd = said["reply_fd"]
@@ -3788,6 +3786,9 @@ HELD_SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 HANDOVER_FORMAT = "spelltraction-handover"
 HANDOVER_VERSION = 2  # 2: rows as columns (netcore.handover.pack_rows)
 UPGRADE_CHECK_S = 30.0  # the new code must pass its check within this
+#: Where the largest tick gap goes, in the log line of an upgrade's first tick.
+UPGRADE_STEPS = ("the last tick to the hand-over", "goodbyes and the store", "export",
+                 "write and exec", "imports and read", "restore", "the first tick")
 UPGRADE_REPLY_S = 60.0  # the upgrade command waits this long for the successor's tick
 PID_FILE = "spelltraction.pid"  # in the data directory: how `upgrade` finds the server
 COMPILE_TO_ENV = "SPELLTRACTION_COMPILE_TO"  # the check's "FD:FORMAT": compile yourself there
@@ -4039,14 +4040,15 @@ class Upgrades(Readiness):
     def _hand_over(self) -> None:
         role = self.role
         world = role.world
+        began = time.monotonic()  # CLOCK_MONOTONIC: the successor's clock too
         left = role.goodbye_to_the_unmovable()  # first: the World sees them leave
         if world is not None:
             world.settle_for_handover()
+        settled = time.monotonic()
         state, fds = role.handover_state()
         state["requested_at"] = self.requested_at
-        state["last_tick_at"] = role.last_tick_at
         state["told_to_come_back"] = left
-        state["exec_at"] = time.monotonic()  # CLOCK_MONOTONIC: the successor's clock too
+        state["marks"] = [role.last_tick_at, began, settled, time.monotonic()]
         if self.reply is not None:
             state["reply_fd"] = self.reply.fileno()
             fds.append(self.reply.fileno())
@@ -4096,7 +4098,7 @@ def handover_from_environment() -> Optional[Dict[str, Any]]:
         state = read_handover(fd)
     finally:
         os.close(fd)
-    state["read_at"] = time.monotonic()
+    state["marks"] = state.get("marks", []) + [_STARTED_AT, time.monotonic()]
     state["read_rss_kb"] = rss_kb()
     return state
 

@@ -197,7 +197,8 @@ class Target:
 def start_nginx(children: Children, workdir: str, cert: str, key: str, game_port: int,
                 players: int, cpus: Sequence[int]) -> Tuple["subprocess.Popen[str]", int]:
     """etc/nginx/spelltraction-stream.conf as shipped, on a free loopback port in front
-    of ``game_port``, with this run's certificate; one worker (one core)."""
+    of ``game_port``, with this run's certificate; on one core (one worker per
+    9,000 players, for the open-files limit)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(nginx) or not os.path.exists(STREAM_MODULE):
         raise RuntimeError("nginx mode needs nginx and its stream module: "
@@ -215,12 +216,16 @@ def start_nginx(children: Children, workdir: str, cert: str, key: str, game_port
     os.makedirs(directory)
     with open(os.path.join(directory, "stream.conf"), "w") as f:
         f.write(text)
-    fds = 2 * players + 1000  # a client and an upstream socket per player
+    # A client and an upstream socket per player: past ~9,000 players one worker
+    # would pass this machine's hard limit of open files (20,000), so more
+    # workers, all on the same core as before.
+    workers = max(1, math.ceil(players / 9_000))
+    fds = min(2 * math.ceil(players / workers) + 1000, 19_500)
     with open(os.path.join(directory, "nginx.conf"), "w") as f:
         f.write(f"load_module {STREAM_MODULE};\npid {directory}/nginx.pid;\n"
-                f"error_log {directory}/error.log;\ndaemon off;\nworker_processes 1;\n"
-                f"worker_rlimit_nofile {fds};\nevents {{ worker_connections {fds}; }}\n"
-                f"include {directory}/stream.conf;\n")
+                f"error_log {directory}/error.log;\ndaemon off;\n"
+                f"worker_processes {workers};\nworker_rlimit_nofile {fds};\n"
+                f"events {{ worker_connections {fds}; }}\ninclude {directory}/stream.conf;\n")
     proc = children.start([nginx, "-c", os.path.join(directory, "nginx.conf"), "-p", directory,
                            "-e", os.path.join(directory, "error.log")], cpus, f"nginx-{port}")
     deadline = time.monotonic() + 15

@@ -20,8 +20,10 @@ that is gone), so the application can give each its own state back (a
 player's seat). A connection whose codec cannot be described here (a TLS
 session: ``ssl`` cannot export one) is not exported: ``unmovable`` lists
 them, so the application can say goodbye to them first, and ``export_server``
-names any still open in ``state["left"]`` (the exec closes them). The format is versioned (``FORMAT``): a successor refuses a state it
-does not know rather than guess.
+names any still open in ``state["left"]`` (the exec closes them). The
+format is versioned (``FORMAT``): a successor refuses a state it does not
+know rather than guess. Rows go as columns (``pack_rows``), so that the
+successor parses a few large strings rather than thousands of small objects.
 
 Everything here reads and writes the internals of netcore's own classes
 (codecs, parsers, the server's tables): it lives in netcore so that they can
