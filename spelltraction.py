@@ -3810,12 +3810,16 @@ def game_file() -> str:
 
 
 def _interpreter_flags() -> List[str]:
-    """This interpreter's options, to run the next one the same way."""
+    """This interpreter's options, to run the next one the same way, plus ``-P``
+    where it exists (3.11+): with ``-c``, Python 3.13 imports ``linecache`` before
+    the command runs, and without ``-P`` the current directory comes first."""
     flags = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
     for flag, on in (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment),
                      ("-s", sys.flags.no_user_site), ("-B", sys.flags.dont_write_bytecode)):
         if on:
             flags.append(flag)
+    if sys.version_info >= (3, 11):
+        flags.append("-P")
     return flags + [f"-W{w}" for w in sys.warnoptions]
 
 
@@ -6301,7 +6305,7 @@ def run_bots(opts: BotOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
                       "state": opts.state, "offset": offsets[k], "sources": sources,
                       "tls": opts.tls, "ca": opts.ca, "insecure": opts.insecure}
             workers.append(subprocess.Popen(
-                [sys.executable, "-c", boot, _HERE, json.dumps(params)],
+                [sys.executable, *_interpreter_flags(), "-c", boot, _HERE, json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             ))
         readers = {w.stdout.fileno(): k for k, w in enumerate(workers) if w.stdout is not None}
@@ -8476,12 +8480,7 @@ def _run_as_module(argv: List[str]) -> None:
         fd = _write_compiled()
     except (OSError, SyntaxError, ValueError):
         return  # run as a script after all
-    flags = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
-    for flag, on in (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment),
-                     ("-s", sys.flags.no_user_site), ("-B", sys.flags.dont_write_bytecode)):
-        if on:
-            flags.append(flag)
-    flags += [f"-W{w}" for w in sys.warnoptions]
+    flags = _interpreter_flags()
     sys.stdout.flush()
     sys.stderr.flush()
     try:
