@@ -4667,7 +4667,42 @@ class AuthorityBus(FrontSide):
                      dict(self.world.refused))
 
 
-class Authority(Role):
+class BusRole(Role):
+    """A role of a world on Redis (the authority, a gateway): its :class:`BusLink`,
+    named ``spelltraction-WORLD-NAME`` in Redis's client list, and its figures."""
+
+    def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
+                 address: "RedisAddress", name: str) -> None:
+        super().__init__(loop, options)
+        self.cluster = cluster
+        self.bus = BusLink(loop, cluster, address, f"spelltraction-{cluster.world}-{name}",
+                           self._on_bus_message, self._redis_ready, self._bus_ready)
+
+    def close(self) -> None:
+        self.bus.close()
+        super().close()
+
+    def _redis_ready(self) -> None:
+        log.info("redis %s: connected", self.bus.redis.address.url())
+
+    def _bus_ready(self) -> None:
+        """Subscribed (again): what was missed meanwhile must be caught up."""
+
+    def _on_bus_message(self, channel: bytes, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _waiting_for_redis(self) -> str:
+        """/healthz's text while Redis is away ("" once the bus is up)."""
+        return "" if self.bus.ready else \
+            f"not ready: waiting for Redis at {self.bus.redis.address.url()}"
+
+    def bus_figures(self) -> Dict[str, Any]:
+        """/stats.json's ``bus`` and ``redis`` entries, for the role's ``cluster``."""
+        return {"bus": self.bus.stats.snapshot(self.ticker.fired if self.ticker else 0),
+                "redis": self.bus.redis.stats()}
+
+
+class Authority(BusRole):
     """``spelltraction.py game``: one world's :class:`World`, its players on gateways.
 
     The World is the same code as ``serve``'s; its Front is the bus
@@ -4682,12 +4717,10 @@ class Authority(Role):
 
     def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
                  address: "RedisAddress", handover: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__(loop, options._replace(web=False, reuse_port=False))
-        self.cluster = cluster
+        super().__init__(loop, options._replace(web=False, reuse_port=False), cluster, address,
+                         "authority")
         lock = handover["world"].get("lock_fd", -1) if handover is not None else -1
         self.world = world = World(loop, self.options, lock)  # raises StoreError, naming the file
-        self.bus = BusLink(loop, cluster, address, f"spelltraction-{cluster.world}-authority",
-                           self._on_bus_message, self._redis_ready, self._bus_ready)
         self.bus.lost_hooks.append(self._redis_lost)
         self.gateways = AuthorityBus(self.bus, world, lambda: self.epoch)
         world.front = self.gateways
@@ -4735,10 +4768,6 @@ class Authority(Role):
         """Connect to Redis (in the background, forever), the admin port, the ticker."""
         self.bus.start(self.bus.up_channel)
         return super().start()
-
-    def close(self) -> None:
-        self.bus.close()
-        super().close()
 
     def shutdown(self) -> None:
         if self.shutting_down:
@@ -4799,8 +4828,8 @@ class Authority(Role):
     def health(self) -> Tuple[str, bytes, int]:
         if self.refused:
             text, status = f"not ready: the world is held by another authority ({self.refused})", 503
-        elif not self.bus.ready:
-            text, status = f"not ready: waiting for Redis at {self.bus.redis.address.url()}", 503
+        elif self._waiting_for_redis():
+            text, status = self._waiting_for_redis(), 503
         elif not self.holding():
             text, status = "not ready: taking the world's lease", 503
         else:
@@ -4812,7 +4841,7 @@ class Authority(Role):
     # -- the lease ------------------------------------------------------------
 
     def _redis_ready(self) -> None:
-        log.info("redis %s: connected", self.bus.redis.address.url())
+        super()._redis_ready()
         self._acquire()
 
     def _acquire(self) -> None:
@@ -4960,8 +4989,7 @@ class Authority(Role):
             "role": "authority", "world": self.cluster.world, "epoch": self.epoch,
             "holding": self.holding(),
             "gateways": {g: len(link.conns) for g, link in self.gateways.links.items()},
-            "bus": self.bus.stats.snapshot(self.ticker.fired if self.ticker else 0),
-            "redis": self.bus.redis.stats()}
+            **self.bus_figures()}
 
     def stats_snapshot(self) -> Dict[str, Any]:
         snap = super().stats_snapshot()
@@ -5327,7 +5355,7 @@ class GatewayBus(WorldSide):
         self.players = dict(self.players)
 
 
-class Gateway(Role):
+class Gateway(BusRole):
     """``spelltraction.py gateway``: one world's players' sockets; the rules are elsewhere.
 
     A :class:`Front`, exactly as ``serve`` has it (binary, HTTP, WebSocket
@@ -5343,13 +5371,11 @@ class Gateway(Role):
 
     def __init__(self, loop: EventLoop, options: ServerOptions, cluster: ClusterOptions,
                  address: "RedisAddress", handover: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__(loop, options._replace(data=None, reuse_port=True))
-        self.cluster = cluster
         # The name the authority knows this gateway by: an upgrade keeps it (and its seats).
         self.gateway = handover["gateway"]["name"] if handover is not None else \
             f"{socket.gethostname()[:40]}-{os.getpid()}-{os.urandom(3).hex()}"
-        self.bus = BusLink(loop, cluster, address, f"spelltraction-{cluster.world}-{self.gateway}",
-                           self._on_bus_message, self._redis_ready, self._bus_ready)
+        super().__init__(loop, options._replace(data=None, reuse_port=True), cluster, address,
+                         self.gateway)
         self.world_bus = GatewayBus(loop, self.bus, self.gateway)
         self.front = Front(loop, self.options, self.world_bus, self.ops_routes(public=True))
         self.world_bus.front = self.front
@@ -5414,18 +5440,11 @@ class Gateway(Role):
         wb.last_tick_at = self.loop.time()
         self.bus.start(self.bus.down_channel, wb.private)
 
-    def close(self) -> None:
-        self.bus.close()
-        super().close()
-
     def compact(self) -> bool:
         rebuilt = super().compact()
         if rebuilt:
             self.world_bus.compact()
         return rebuilt
-
-    def _redis_ready(self) -> None:
-        log.info("redis %s: connected", self.bus.redis.address.url())
 
     def _bus_ready(self) -> None:
         self.world_bus.bus_ready()
@@ -5436,8 +5455,8 @@ class Gateway(Role):
     def health(self) -> Tuple[str, bytes, int]:
         assert self.front is not None
         wb = self.world_bus
-        if not self.bus.ready:
-            text, status = f"not ready: waiting for Redis at {self.bus.redis.address.url()}", 503
+        if self._waiting_for_redis():
+            text, status = self._waiting_for_redis(), 503
         elif wb.paused or wb.world_tick < 0:
             text, status = "not ready: no tick from the authority (the world is paused)", 503
         elif self.shutting_down:
@@ -5490,9 +5509,7 @@ class Gateway(Role):
             "role": "gateway", "world": self.cluster.world, "gateway": self.gateway,
             "epoch": wb.epoch, "players_here": len(wb.players),
             "world_players": wb.world_players, "world_tick": wb.world_tick,
-            "ticks_in": wb.ticks_in, "paused": wb.paused,
-            "bus": self.bus.stats.snapshot(self.ticker.fired if self.ticker else 0),
-            "redis": self.bus.redis.stats()}
+            "ticks_in": wb.ticks_in, "paused": wb.paused, **self.bus_figures()}
         return snap
 
     def metrics_text(self) -> str:
@@ -5863,33 +5880,22 @@ class BotWorker:
 
     def _decrypt(self, fd: int, i: int, s: socket.socket, data: bytes) -> Optional[bytes]:
         """The plaintext in ``data`` from bot ``i``'s TLS connection (None: it is over)."""
-        import ssl
+        from netcore.tls import read_plaintext
 
         obj, incoming, outgoing = self.tls_conns[fd]
         incoming.write(data)
         if self.state[i] == self.HANDSHAKING and not self._handshake(fd, i, s):
             return None
-        plain = []
-        while True:
-            try:
-                chunk = obj.read(65536)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._lost(i, "closed by server")
-                return None
-            except ssl.SSLError as exc:
-                self._lost(i, f"TLS: {exc.reason or exc}")
-                return None
-            if not chunk:
-                break
-            plain.append(chunk)
+        plain, ended = read_plaintext(obj)
+        if ended is not None:
+            self._lost(i, "closed by server" if ended == "closed" else ended)
+            return None
         if outgoing.pending:  # a key update answered
             try:
                 s.send(outgoing.read())
             except OSError:
                 pass
-        return b"".join(plain)
+        return plain
 
     def _send_raw(self, s: socket.socket, data: bytes) -> None:
         """Send bytes of the stream: encrypted first on a TLS bot's connection."""
@@ -7032,28 +7038,17 @@ class NetClient:
 
     def _decrypt(self, data: bytes) -> Optional[bytes]:
         """The plaintext in ``data`` (None: the connection is over, already said)."""
-        import ssl
+        from netcore.tls import read_plaintext
 
         obj, incoming = self.tls_obj, self.tls_in
         assert obj is not None and incoming is not None
         incoming.write(data)
-        plain = []
-        while True:
-            try:
-                chunk = obj.read(65536)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._lost("the server closed the connection")
-                return None
-            except ssl.SSLError as exc:
-                self._lost(f"TLS: {exc.reason or exc}")
-                return None
-            if not chunk:
-                break
-            plain.append(chunk)
+        plain, ended = read_plaintext(obj)
+        if ended is not None:
+            self._lost("the server closed the connection" if ended == "closed" else ended)
+            return None
         self._tls_flush()
-        return b"".join(plain)
+        return plain
 
     # -- playing -----------------------------------------------------------------
 

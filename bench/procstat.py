@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import resource
 import select
@@ -23,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import time
+import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 TCP_TIME_WAIT = "06"  # the state column of /proc/net/tcp
@@ -144,6 +146,15 @@ def machine() -> Dict[str, object]:
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def server_stats(port: int, host: str = "127.0.0.1") -> Optional[Dict[str, Any]]:
+    """A game server's /stats.json, or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/stats.json", timeout=10) as r:
+            return dict(json.loads(r.read()))
+    except OSError:
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -46,20 +46,11 @@ sys.path.insert(0, HERE)
 
 from game_load import run as game_load  # noqa: E402
 from procstat import (  # noqa: E402
-    Children, cpu_sets, free_port, load_average, machine, read_line, rss_bytes,
+    Children, cpu_sets, free_port, load_average, machine, read_line, rss_bytes, server_stats,
 )
 from report import fmt_table  # noqa: E402
 
 LOG_DIR = os.path.join(HERE, "results", "restart-logs")
-
-
-def stats(port: int) -> Optional[Dict[str, Any]]:
-    """The server's /stats.json, or None while it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=10) as r:
-            return dict(json.loads(r.read()))
-    except OSError:
-        return None
 
 
 def metric(port: int, name: str) -> Optional[float]:
@@ -114,7 +105,7 @@ def restart(count: int, hold: float, tick_ms: int, sync: str, pin: bool) -> Dict
         time.sleep(hold)
         before: Optional[Dict[str, Any]] = None
         for _ in range(5):  # a loaded server may take a while to answer
-            before = stats(port)
+            before = server_stats(port)
             if before is not None:
                 break
         if before is None:
@@ -131,7 +122,7 @@ def restart(count: int, hold: float, tick_ms: int, sync: str, pin: bool) -> Dict
         resumed = players = 0
         t_all = None
         while time.monotonic() - t_kill < 80:
-            now = stats(port)
+            now = server_stats(port)
             if now is not None:
                 resumed, players = now.get("resumes", 0), now["players"]
                 if resumed >= in_game:

@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,7 +52,9 @@ ROOT = os.path.dirname(HERE)
 GAME = os.path.join(ROOT, "spelltraction.py")
 sys.path.insert(0, HERE)
 
-from procstat import Children, cpu_sets, free_port, machine, read_line, rss_bytes  # noqa: E402
+from procstat import (  # noqa: E402
+    Children, cpu_sets, free_port, machine, read_line, rss_bytes, server_stats,
+)
 from report import fmt_table  # noqa: E402
 
 LOG_DIR = os.path.join(HERE, "results", "upgrade-logs")
@@ -84,14 +85,6 @@ def deploy(tree: str, tag: str) -> None:
     with open(staged, "w", encoding="utf-8") as f:
         f.write(source[:end] + "+" + tag + source[end:])
     os.replace(staged, os.path.join(tree, "spelltraction.py"))
-
-
-def stats(port: int) -> Optional[Dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=10) as r:
-            return dict(json.loads(r.read()))
-    except OSError:
-        return None
 
 
 def listen_overflows() -> Optional[int]:
@@ -165,7 +158,7 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
                     break
         time.sleep(hold / 2)
         rss_before = rss_bytes(server.pid)
-        before = stats(port) or {}
+        before = server_stats(port) or {}
         overflows = listen_overflows()
         deploy(tree, "next")
         t0 = time.monotonic()
@@ -186,7 +179,7 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
             v2 = sum(n for name, n, _ in bot_groups(count, v1_share, ws_share)
                      if name.startswith("v2"))
             while time.monotonic() - t0 < 120:
-                now = stats(port)
+                now = server_stats(port)
                 if now is not None and now.get("resumes", 0) >= v2:
                     break
                 time.sleep(0.2)
@@ -202,7 +195,7 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
         for proc in bots:
             assert proc.stdout is not None
             summaries.append(json.loads(proc.stdout.read().strip().splitlines()[-1]))
-        after = stats(port) or {}
+        after = server_stats(port) or {}
         rss_fresh = fresh_rss(tree, count, tick_ms, v1_share, ws_share, pin) if fresh else None
     finally:
         children.kill_all()

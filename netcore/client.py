@@ -83,9 +83,7 @@ class ClientConfig:
             raise ValueError("need 0 <= low_water <= high_water <= max_output")
         if connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
-        self.max_output = max_output
-        self.high_water = high_water
-        self.low_water = low_water
+        self.max_output, self.high_water, self.low_water = max_output, high_water, low_water
         self.close_linger = close_linger
         self.nodelay = nodelay
         self.connect_timeout = connect_timeout

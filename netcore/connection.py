@@ -298,20 +298,25 @@ class Connection(Readiness):
         goes on the wire (after TLS, if any), not counted as a message."""
         if self.state != OPEN or not data:
             return
-        if self.out is None:
-            try:
-                n = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                self._send_failed(exc)
-                return
-            self.owner.stats.bytes_out += n
-            if n == len(data):
-                return
-            self._enqueue(memoryview(data)[n:])
-        else:
+        if self.out is not None:  # behind what waits, in order
             self._enqueue(data)
+            return
+        n = self._send_now(data)
+        if 0 <= n < len(data):
+            self._enqueue(memoryview(data)[n:])
+
+    def _send_now(self, data: BytesLike) -> int:
+        """One ``send``: the bytes the kernel took (0: none now), -1 if it failed
+        (the connection is then closed). ``Server.broadcast`` has it inline."""
+        try:
+            n: int = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._send_failed(exc)
+            return -1
+        self.owner.stats.bytes_out += n
+        return n
 
     def enqueue(self, data: BytesLike) -> None:
         """Queue ``data`` behind what is already waiting (no send attempt).
@@ -405,44 +410,24 @@ class Connection(Readiness):
     # -- reading ------------------------------------------------------------
 
     def on_ready(self, mask: int) -> None:
-        # The read is written out here, not a method of its own: this runs
-        # for every message every player sends.
+        # The codec and the handler are called from here, not through
+        # _feed(): this runs for every message every player sends.
         if self.tls is not None:
             self.tls.on_ready(self, mask)  # reads through TLS, then _feed()
             return
         if mask & EVENT_READ and self.state == OPEN:
             owner = self.owner
             view = owner.recv_view
-            try:
-                n = self.sock.recv_into(view)
-            except (BlockingIOError, InterruptedError):
-                n = -1
-            except OSError as exc:
-                if isinstance(exc, _QUIET_ERRORS):
-                    self.close(CloseReason.RESET)
-                else:
-                    self.close(CloseReason.ERROR, f"recv: {exc}")
-                return
+            n = self._recv(view)
             if n == 0:
-                self.close(CloseReason.PEER_CLOSED)
                 return
             if n > 0:
-                if n == len(view) and owner.loop.edge_triggered:
-                    owner.loop.ready_again(self)  # more may wait, and no event will say so
                 stats = owner.stats
                 stats.bytes_in += n
                 try:
-                    messages = self.codec.feed(view[:n])
-                except ProtocolError as exc:
-                    if exc.messages:
-                        self._deliver(exc.messages)
-                    if self.state == OPEN:
-                        owner._bad_input(self, exc)
-                    return
-                except CodecHandoff as handoff:  # a shared codec left this one part of a message
-                    if self.state != CLOSED:
-                        self.codec = handoff.codec
-                    messages = handoff.messages
+                    messages: Sequence[bytes] = self.codec.feed(view[:n])
+                except (ProtocolError, CodecHandoff) as exc:
+                    messages = self._codec_raised(exc)
                 if messages:  # _deliver(), inline
                     stats.frames_in += len(messages)
                     on_message = owner.handler.on_message
@@ -453,23 +438,45 @@ class Connection(Readiness):
         if mask & EVENT_WRITE and self.out is not None and self.state != CLOSED:
             self._flush()
 
+    def _recv(self, view: memoryview) -> int:
+        """``recv_into(view)``: how many bytes came, -1 if none yet, 0 if the
+        connection ended (closed here: by the peer, or by an error)."""
+        try:
+            n: int = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError as exc:
+            self._read_failed(exc)
+            return 0
+        if n == 0:
+            self.close(CloseReason.PEER_CLOSED)
+        elif n == len(view) and self.owner.loop.edge_triggered:
+            self.owner.loop.ready_again(self)  # more may wait, and no event will say so
+        return n
+
     def _feed(self, data: BytesLike) -> None:
         """What ``on_ready`` does with the bytes it read, for bytes read another
         way (the plaintext a TLS layer decrypted): the codec, then the handler."""
         try:
-            messages = self.codec.feed(data)
-        except ProtocolError as exc:
-            if exc.messages:
-                self._deliver(exc.messages)
-            if self.state == OPEN:
-                self.owner._bad_input(self, exc)
-            return
-        except CodecHandoff as handoff:
-            if self.state != CLOSED:
-                self.codec = handoff.codec
-            messages = handoff.messages
+            messages: Sequence[bytes] = self.codec.feed(data)
+        except (ProtocolError, CodecHandoff) as exc:
+            messages = self._codec_raised(exc)
         if messages:
             self._deliver(messages)
+
+    def _codec_raised(self, exc: Exception) -> Sequence[bytes]:
+        """The codec raised: bad input (deliver what came before it, then let the
+        owner answer), or a hand-off to another codec. The messages to deliver."""
+        if isinstance(exc, CodecHandoff):
+            if self.state != CLOSED:
+                self.codec = exc.codec
+            return exc.messages
+        assert isinstance(exc, ProtocolError)
+        if exc.messages:
+            self._deliver(exc.messages)
+        if self.state == OPEN:
+            self.owner._bad_input(self, exc)
+        return ()
 
     def _read_failed(self, exc: OSError) -> None:
         if isinstance(exc, _QUIET_ERRORS):

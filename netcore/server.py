@@ -247,9 +247,7 @@ class ServerConfig:
         self.backlog = backlog
         self.max_connections = max_connections
         self.max_frame = max_frame
-        self.max_output = max_output
-        self.high_water = high_water
-        self.low_water = low_water
+        self.max_output, self.high_water, self.low_water = max_output, high_water, low_water
         self.accept_batch = accept_batch
         self.close_linger = close_linger
         self.nodelay = nodelay

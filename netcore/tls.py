@@ -51,14 +51,14 @@ from .connection import CLOSED, EVENT_READ, EVENT_WRITE, OPEN, CloseReason, Conn
 from .typing_shim import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Optional, Sequence
+    from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
     from .loop import EventLoop, Timer
     from .ringbuffer import BytesLike
     from .stats import NetStats
 
 __all__ = ["CertificateError", "TLSLayer", "TLSSide", "client_context", "error_name",
-           "server_context"]
+           "read_plaintext", "server_context"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,27 @@ def client_context(cafile: Optional[str] = None, *, insecure: bool = False,
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
+
+
+def read_plaintext(obj: ssl.SSLObject) -> Tuple[bytes, Optional[str]]:
+    """All ``obj`` can decrypt from what its incoming BIO holds now, and why the
+    session is over (None: it is not): ``"closed"`` for the peer's
+    ``close_notify``, else ``"TLS: "`` and the error. For clients that drive an
+    ``SSLObject`` themselves (a load generator's thousands, say)."""
+    plain: List[bytes] = []
+    while True:
+        try:
+            chunk = obj.read(65536)
+        except ssl.SSLWantReadError:
+            break
+        except ssl.SSLZeroReturnError:
+            return b"".join(plain), "closed"
+        except ssl.SSLError as exc:
+            return b"".join(plain), f"TLS: {exc.reason or exc}"
+        if not chunk:
+            break
+        plain.append(chunk)
+    return b"".join(plain), None
 
 
 def error_name(exc: BaseException) -> str:
@@ -310,19 +331,10 @@ class TLSLayer:
             owner.loop.ready_again(conn)
             return
         view = owner.recv_view
-        try:
-            n = conn.sock.recv_into(view)
-        except (BlockingIOError, InterruptedError):
-            n = -1
-        except OSError as exc:
-            conn._read_failed(exc)
-            return
+        n = conn._recv(view)
         if n == 0:
-            conn.close(CloseReason.PEER_CLOSED)
             return
         if n > 0:
-            if n == len(view) and owner.loop.edge_triggered:
-                owner.loop.ready_again(conn)  # more may wait, and no event will say so
             owner.stats.bytes_in += n
             self.incoming.write(view[:n])
         elif not self.incoming.pending:

@@ -18,7 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
 
 import spelltraction as st
 from netcore import FrameParser
@@ -105,6 +107,14 @@ class World:
             if isinstance(p, Spawned):
                 p.close_pipes()
         self.redis.kill()
+
+
+@pytest.fixture
+def world(tmp_path: "os.PathLike[str]") -> Iterator[World]:
+    """A world on its own redis-server, closed after the test (import it as a fixture)."""
+    w = World(str(tmp_path))
+    yield w
+    w.close()
 
 
 class Player:

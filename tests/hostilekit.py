@@ -59,6 +59,7 @@ if ROOT not in sys.path:  # bench/attack.py imports this file from outside pytes
 
 import spelltraction as st  # noqa: E402
 from netcore import FrameParser  # noqa: E402
+from helpers import read_until_closed  # noqa: E402
 from serverproc import LISTENING  # noqa: E402
 from netcore import websocket as ws  # noqa: E402
 
@@ -104,12 +105,7 @@ def http_get(host: str, port: int, path: str,
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
                   .encode("ascii"))
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_closed(s, timeout)
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     if not lines[0].startswith("HTTP/1."):
@@ -228,9 +224,12 @@ def loopback_source(i: int) -> str:
 
 
 def connect(port: int, host: str = "127.0.0.1", source: Optional[str] = None,
-            timeout: float = 5.0) -> socket.socket:
-    """A blocking TCP connection, from ``source`` if this OS lets us bind it."""
+            timeout: float = 5.0, rcvbuf: int = 0) -> socket.socket:
+    """A blocking TCP connection, from ``source`` if this OS lets us bind it;
+    ``rcvbuf``: a receive buffer that small (a never-reader's fills in seconds)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     if source is not None:
         try:
             sock.bind((source, 0))

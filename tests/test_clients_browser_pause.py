@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from browserkit import wait_for
-from clusterkit import World, http_get
+from clusterkit import http_get, world  # noqa: F401 - a fixture
 from clusterkit import wait_for as wait_until
 
 pytestmark = pytest.mark.slow
@@ -18,13 +18,6 @@ pytestmark = pytest.mark.slow
 FAST = ("--tick-ms", "50")
 STATE = ("() => { const s = window.spelltraction.state; return {id: s.id, status: s.status,"
          " paused: s.paused, tick: s.tick, text: s.statusText}; }")
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(str(tmp_path))
-    yield w
-    w.close()
 
 
 def test_the_page_shows_the_pause_while_the_authority_restarts(world, browser):

@@ -22,20 +22,13 @@ import pytest
 
 import spelltraction as st
 from conftest import metric, parse_metrics
-from clusterkit import Player, World, http_get, wait_for
+from clusterkit import Player, World, http_get, wait_for, world  # noqa: F401 - a fixture
 from redisproc import RedisServer, free_port
 from serverproc import GAME, Spawned
 
 pytestmark = pytest.mark.slow
 
 FAST = ("--tick-ms", "50")  # 20 ticks to score: a second
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(str(tmp_path))
-    yield w
-    w.close()
 
 
 def cluster_stats(port):

@@ -19,7 +19,7 @@ import pytest
 
 import spelltraction as st
 from conftest import require_tool
-from hostilekit import Crowd, HostileServer, lateness_by_window, snapshot
+from hostilekit import Crowd, HostileServer, connect, lateness_by_window, snapshot
 from tlsgamekit import MemoryClient, pki, tls_connect, tls_player  # noqa: F401 - pki: a fixture
 
 pytestmark = pytest.mark.slow  # a server process and a crowd, seconds each
@@ -189,10 +189,7 @@ def test_a_tls_player_that_never_reads_is_cut_and_its_memory_freed(pki):
         ctx = pki.client_context()
         never = []
         for i in range(10):
-            raw = socket.socket()
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # fills in seconds
-            raw.bind((f"127.0.12.{i + 1}", 0))
-            raw.connect(("127.0.0.1", server.port))
+            raw = connect(server.port, source=f"127.0.12.{i + 1}", rcvbuf=2048)
             s = ctx.wrap_socket(raw, server_hostname="localhost")
             s.sendall(st.frame(st.Hello(st.PROTOCOL_V2)))
             never.append(s)

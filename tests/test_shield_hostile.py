@@ -117,10 +117,7 @@ def test_never_readers_are_cut_and_free_their_memory():
     with under_attack("--send-backlog-grace", "2") as server:
         never = []
         for i in range(40):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # fills in seconds
-            s.bind((f"127.0.10.{i + 1}", 0))
-            s.connect(("127.0.0.1", server.port))
+            s = connect(server.port, source=f"127.0.10.{i + 1}", rcvbuf=2048)
             s.sendall(st.frame(st.Hello()))
             never.append(s)
         deadline = time.monotonic() + 60
