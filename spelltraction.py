@@ -231,7 +231,7 @@ __all__ = [
     "ClusterOptions", "BusStats", "BusLink", "check_world", "bus_pack", "bus_head", "bus_entry",
     "bus_entries", "bus_gateway", "check_tick_message", "check_private_entries",
     # Cluster
-    "AuthorityBus", "Authority", "GatewayBus", "Gateway", "run_role",
+    "AuthorityBus", "BusRole", "Authority", "GatewayBus", "Gateway", "run_role",
     # Bots
     "BotOptions", "BotState", "BotWorker", "bot_procs", "bot_sources", "run_bots",
     # Clients
