@@ -17,6 +17,10 @@ with a version that says so, and then either:
 With ``--via nginx`` the players connect over TLS to nginx (the shipped
 stream config, as bench/tls.py runs it), which ends TLS and passes plain
 connections with a PROXY header to the server: what moves is nginx's side.
+With ``--via gateway`` the players are on a gateway of a world (a
+redis-server and the authority, ``game``, beside it on the server's CPU),
+and the gateway is what upgrades (``upgrade --pid``); the restart path and
+``--fresh`` are for a lone server only.
 
 Then they play the other half and the bots report. For each path: players
 disconnected and reconnected, score regressions (a score lower than the one
@@ -114,6 +118,36 @@ def start_server(children: Children, tree: str, port: int, data: str, count: int
     return server
 
 
+def start_gateway(children: Children, tree: str, port: int, work: str, count: int,
+                  cpus: List[int], tick_ms: int) -> "subprocess.Popen[str]":
+    """A world on our own redis-server: its authority, and one gateway on ``port``
+    (the one that upgrades, logging as "server")."""
+    from cluster import redis_config  # bench/cluster.py: etc/redis's settings, our port
+
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise RuntimeError("--via gateway needs redis-server (Debian: apt-get install redis-server)")
+    redis_port = free_port()
+    children.start([redis, redis_config(work, "127.0.0.1", redis_port)], cpus, "redis")
+    url = f"redis://127.0.0.1:{redis_port}"
+    game = os.path.join(tree, "spelltraction.py")
+    authority = children.start(
+        [sys.executable, game, "game", "--redis", url, "--world", "bench", "--data",
+         os.path.join(work, "data"), "--admin-port", "0", "--tick-ms", str(tick_ms),
+         "--log-level", "warning"], cpus, "authority")
+    line = read_line(authority, 30)
+    if "listening" not in line:
+        raise RuntimeError(f"the authority did not start: {line!r} {children.log_tail('authority')}")
+    gateway = children.start(
+        [sys.executable, game, "gateway", "--redis", url, "--world", "bench", "--host",
+         "127.0.0.1", "--port", str(port), "--max-clients", str(count + 500),
+         "--tick-ms", str(tick_ms), "--log-level", "info", "--public-stats"], cpus, "server")
+    line = read_line(gateway, 30)
+    if "listening" not in line:
+        raise RuntimeError(f"the gateway did not start: {line!r} {children.log_tail('server')}")
+    return gateway
+
+
 def bot_groups(count: int, v1_share: float, ws_share: float) -> List[Tuple[str, int, List[str]]]:
     """(name, bots, extra flags): version 1 over TCP, version 2 over TCP and WebSocket."""
     v1 = int(count * v1_share)
@@ -133,7 +167,13 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
     children = Children(LOG_DIR)
     try:
         tree = copy_tree(work)
-        server = start_server(children, tree, port, data, count, server_cpus, "server", tick_ms)
+        if via == "gateway":
+            if path != "upgrade" or fresh:
+                raise ValueError("--via gateway measures the upgrade alone (no restart, no --fresh)")
+            server = start_gateway(children, tree, port, work, count, server_cpus, tick_ms)
+        else:
+            server = start_server(children, tree, port, data, count, server_cpus, "server",
+                                  tick_ms)
         player_port, tls = port, []
         if via == "nginx":  # TLS ends at nginx; the server sees nginx's plain connections
             import tls as tls_bench  # bench/tls.py: the shipped stream config, as it runs it
@@ -164,7 +204,8 @@ def one_path(path: str, count: int, hold: float, tick_ms: int, v1_share: float,
         t0 = time.monotonic()
         said = ""
         if path == "upgrade":
-            done = subprocess.run([sys.executable, GAME, "upgrade", "--data", data],
+            which = ["--pid", str(server.pid)] if via == "gateway" else ["--data", data]
+            done = subprocess.run([sys.executable, GAME, "upgrade", *which],
                                   capture_output=True, text=True, timeout=120)
             said = (done.stdout or done.stderr).strip()
             if done.returncode != 0:
@@ -271,7 +312,8 @@ def main() -> int:
                     help="share on version 2 over WebSocket (default 0.2; the rest: v2 TCP)")
     ap.add_argument("--via", default="direct",
                     help="direct, nginx (TLS ended by the shipped stream config in front), "
-                         "or both (default direct)")
+                         "gateway (the players on a world's gateway, which upgrades), or a "
+                         "comma list (default direct)")
     ap.add_argument("--tick-ms", type=int, default=250)
     ap.add_argument("--fresh", action="store_true",
                     help="also start the new version fresh with the same players, for its RSS")

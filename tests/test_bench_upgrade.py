@@ -1,4 +1,4 @@
-"""bench/upgrade.py, run small: 60 players, both paths, directly and behind nginx.
+"""bench/upgrade.py, run small: 60 players, both paths, directly, behind nginx and on a gateway.
 
 This checks the harness (the copy of the tree, the deploy by rename, the
 upgrade command or the restart, the bots' summaries, the JSON and the table)
@@ -47,3 +47,19 @@ def test_smoke_upgrade_against_restart_directly_and_behind_nginx(tmp_path):
         else:  # a restart: every connection goes; version 1's 30 come back as new players
             assert row["disconnected"] + row["reconnected"] >= 30, row
     assert "| upgrade |" in result.stdout and "| restart |" in result.stdout
+
+
+def test_smoke_a_gateway_upgrades_with_its_players(tmp_path):
+    """``--via gateway``: a world on a real redis-server, its gateway upgraded by pid."""
+    require_tool("redis-server")
+    out = tmp_path / "upgrade.json"
+    result = subprocess.run(
+        [sys.executable, UPGRADE_BENCH, "--count", "60", "--hold", "6", "--via", "gateway",
+         "--paths", "upgrade", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert (row["via"], row["path"], row["failed"]) == ("gateway", "upgrade", 0), row
+    assert (row["disconnected"], row["reconnected"], row["score_regressions"]) == (0, 0, 0)
+    assert row["said"].startswith("ok: upgraded to") and "moved 60 players" in row["said"]
+    assert row["meets_targets"], row
