@@ -3264,6 +3264,12 @@ class Role:
         if old is not None:  # the same schedule: CLOCK_MONOTONIC is the machine's
             t.start, t.next_number = old["start"], old["next"]
             t.fired, t.late, t.skipped = old["fired"], old["late"], old["skipped"]
+            # The hand-over took the time it took: the next TICK goes now with the
+            # next number, on the old phase, not a burst to catch up nor (past
+            # max_catchup periods) a jump in the numbers players see.
+            behind = self.loop.time() - t.deadline
+            if behind > period:
+                t.start += math.floor(behind / period) * period
         if self.world is not None:
             self.world.ticker = t
         self.started = state["started"]

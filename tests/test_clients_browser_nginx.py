@@ -47,9 +47,14 @@ def test_the_browser_plays_through_the_shipped_nginx_and_other_sites_cannot_join
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"https://127.0.0.1:{nginx.https}/")
-            wait_for(page, "() => { const s = window.spelltraction.state;"
-                           " return s.id > 0 && s.board.length === 12 && s.ticksSeen > 3; }",
-                     timeout=20)
+            try:  # app.js (deferred) defines window.spelltraction: wait for it too
+                wait_for(page, "() => { const g = window.spelltraction; if (!g) return false;"
+                               " const s = g.state;"
+                               " return s.id > 0 && s.board.length === 12 && s.ticksSeen > 3; }",
+                         timeout=20)
+            except AssertionError:  # say what the browser got through nginx
+                raise AssertionError(f"{page.url}: errors {errors}; "
+                                     f"the page: {page.content()[:1500]}") from None
             assert page.evaluate("() => location.protocol") == "https:"
             assert not errors, errors
 

@@ -13,6 +13,7 @@ running server as it was, and the command says why.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -179,6 +180,26 @@ def test_every_player_plays_on_through_an_upgrade(tree, tmp_path):
         assert status == 0
         # It started as a module from what its check compiled: nothing compiled in the gap.
         assert "upgrade: exec, the new code as its check compiled it" in srv.proc.stderr.read()
+
+
+def test_a_hand_over_longer_than_the_catch_up_window_keeps_the_numbers(tree, tmp_path):
+    """At 10 ms a tick, any hand-over outlasts the loop's catch-up window (8 periods),
+    where a stalled loop skips numbers: after an upgrade the next TICK still has the
+    next number, and the ticks after it come at the usual pace, not in a burst."""
+    data = tmp_path / "data"
+    with Spawned([sys.executable, str(tree / "spelltraction.py"), "serve", "--host",
+                  "127.0.0.1", "--port", "0", "--tick-ms", "10", "--data", str(data)]) as srv:
+        player = Reader(tcp(srv.port, st.Hello(st.PROTOCOL_V2, name=b"fast")))
+        pump_for([player], 0.5)
+        deploy(tree)
+        done = upgrade("--data", str(data))
+        assert done.returncode == 0, done.stdout + done.stderr
+        pump_for([player], 1.0)
+        numbers = [t.number for t in player.of(st.TickMsg)]
+        assert set(b - a for a, b in zip(numbers, numbers[1:])) == {1}, numbers
+        gap = re.search(r"the largest tick gap (\d+) ms", done.stdout)
+        assert gap and int(gap[1]) > 8 * 10, done.stdout  # past the window, as intended
+        assert srv.stop() == 0
 
 
 def test_a_new_version_that_cannot_start_leaves_the_server_as_it_was(tree, tmp_path):
