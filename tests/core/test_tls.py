@@ -206,7 +206,18 @@ def test_websockets_library_over_wss(pki):
     require_module("websockets")
     from websockets.sync.client import connect
 
-    loop, server, handler = tls_server(pki, web=True, handler=Echo(prefix=b""))
+    import websockets
+
+    context = server_context(pki.cert, pki.key)
+    if int(websockets.__version__.split(".")[0]) < 14:
+        # websockets 13 (the last for Python 3.8) reads the socket in a thread
+        # while the handshake writes its request from another: OpenSSL's
+        # objects are not thread-safe, and when the read thread takes the
+        # server's TLS 1.3 session tickets at the same moment, the request is
+        # silently lost (the server saw 597 bytes, the ClientHello and the
+        # Finished, in 1 run of ~12; 0 of 1,500 without tickets; 14+ does not).
+        context.num_tickets = 0
+    loop, server, handler = tls_server(pki, web=True, handler=Echo(prefix=b""), tls=context)
 
     def talk():
         kw = {"open_timeout": 5, "close_timeout": 5, "ssl": pki.client_context()}
