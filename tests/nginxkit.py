@@ -20,6 +20,8 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import spelltraction as st
 from conftest import require, require_tool
@@ -104,6 +106,26 @@ class ShippedNginx:
                 time.sleep(0.05)
         self.ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         self.ctx.check_hostname = False
+
+    def diagnosis(self, server) -> str:
+        """What answers on each port, nginx's error log and the server's output (stopped)."""
+        said = []
+        for name, port, scheme in (("game", server.port, "http"), ("nginx", self.https, "https")):
+            try:
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/", timeout=5,
+                                            context=self.ctx if scheme == "https" else None) as r:
+                    said.append(f"GET / on {name} {port}: {r.status} {r.read(80)!r}")
+            except (OSError, urllib.error.URLError) as exc:
+                said.append(f"GET / on {name} {port}: {exc!r}")
+        listeners = subprocess.run(["ss", "-tlnp"], capture_output=True, text=True).stdout
+        said.append("listening: " + " | ".join(
+            line for line in listeners.splitlines() if str(self.https) in line
+            or str(server.port) in line))
+        said.append(f"nginx {'exited ' + str(self.proc.poll()) if self.proc.poll() is not None else 'running'}; "
+                    f"error.log: {(self.dir / 'error.log').read_text()[-1500:]}")
+        server.stop()
+        said.append(f"server stderr: {server.proc.stderr.read()[-1500:]}")
+        return "; ".join(said)
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGQUIT)

@@ -52,9 +52,10 @@ def test_the_browser_plays_through_the_shipped_nginx_and_other_sites_cannot_join
                                " const s = g.state;"
                                " return s.id > 0 && s.board.length === 12 && s.ticksSeen > 3; }",
                          timeout=20)
-            except AssertionError:  # say what the browser got through nginx
+            except AssertionError:  # say what the browser got through nginx, and why
                 raise AssertionError(f"{page.url}: errors {errors}; "
-                                     f"the page: {page.content()[:1500]}") from None
+                                     f"the page: {page.content()[:1500]}; "
+                                     f"{nginx.diagnosis(server)}") from None
             assert page.evaluate("() => location.protocol") == "https:"
             assert not errors, errors
 
