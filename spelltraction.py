@@ -2519,10 +2519,30 @@ def _find_web_root() -> str:
     beside = os.path.join(_HERE, "web")
     if getattr(globals().get("__loader__"), "archive", None) is not None:
         return beside  # a zipapp serves the files it carries
-    for where in (beside, os.path.join(sys.prefix, "share", "spelltraction", "web")):
+    if os.path.isdir(beside):
+        return beside
+    for prefix in _install_prefixes():
+        where = os.path.join(prefix, "share", "spelltraction", "web")
         if os.path.isdir(where):
             return where
     return beside
+
+
+def _install_prefixes() -> List[str]:
+    """Where pip may have put the data files: the virtual environment, sys.prefix,
+    the user's base (``pip install --user``).
+
+    The server re-executes itself with -S (:func:`_run_as_module`), and without
+    site.py a virtual environment's ``sys.prefix`` is the base interpreter's:
+    the environment is found the way site.py finds it, by the ``pyvenv.cfg``
+    beside the interpreter or one folder up.
+    """
+    import site
+
+    exe_dir = os.path.dirname(os.path.abspath(sys.executable))
+    venv = [os.path.dirname(exe_dir) for folder in (exe_dir, os.path.dirname(exe_dir))
+            if os.path.isfile(os.path.join(folder, "pyvenv.cfg"))][:1]
+    return venv + [sys.prefix, site.getuserbase()]
 
 
 WEB_ROOT = _find_web_root()
