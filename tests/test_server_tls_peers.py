@@ -96,24 +96,34 @@ def test_openssl_s_client_refuses_the_game_s_certificate_it_cannot_verify(tls_se
 
 
 def test_the_websockets_library_plays_over_wss(tls_server):
+    """Its asyncio client: the sync one reads in a thread while it writes from
+    another, which OpenSSL does not allow (see core/test_tls.py)."""
     require_module("websockets")
+    import asyncio
+    import inspect
     import ssl
 
-    from websockets.sync.client import connect
+    import websockets
 
-    ctx = ssl.create_default_context(cafile=tls_server.pki.root)
-    with connect(f"wss://localhost:{tls_server.port}/ws", ssl=ctx,
-                 origin=f"https://localhost:{tls_server.port}") as socket_:
-        socket_.send(st.frame(st.Hello(st.PROTOCOL_V2, name=b"websockets")))
-        kinds = []
-        deadline = time.monotonic() + 10
-        while st.TickMsg not in kinds and time.monotonic() < deadline:
-            message = socket_.recv(timeout=5)
-            assert isinstance(message, bytes)
-            kinds += [type(st.decode(f)) for f in FrameParser(65535).feed(message)]
-        assert kinds[0] is st.Welcome and st.TickMsg in kinds
-        stats = json.loads(tls_server.get("/stats.json")[2])
-        assert stats["tls"]["players"] >= 1
+    async def play():
+        kw = {"ssl": ssl.create_default_context(cafile=tls_server.pki.root),
+              "origin": f"https://localhost:{tls_server.port}", "open_timeout": 10}
+        if "proxy" in inspect.signature(websockets.connect).parameters:
+            kw["proxy"] = None  # not the environment's proxy: loopback
+        async with websockets.connect(f"wss://localhost:{tls_server.port}/ws", **kw) as ws:
+            await ws.send(st.frame(st.Hello(st.PROTOCOL_V2, name=b"websockets")))
+            kinds = []
+            deadline = time.monotonic() + 10
+            while st.TickMsg not in kinds and time.monotonic() < deadline:
+                message = await asyncio.wait_for(ws.recv(), 5)
+                assert isinstance(message, bytes)
+                kinds += [type(st.decode(f)) for f in FrameParser(65535).feed(message)]
+            stats = json.loads(tls_server.get("/stats.json")[2])
+            return kinds, stats
+
+    kinds, stats = asyncio.run(play())
+    assert kinds[0] is st.Welcome and st.TickMsg in kinds
+    assert stats["tls"]["players"] >= 1
 
 
 def test_chromium_loads_the_page_over_https_and_plays(tls_server):
