@@ -3235,8 +3235,7 @@ class Role:
         fds: List[int] = []
         t = self.ticker
         if t is not None:
-            state["tick"] = {"start": t.start, "next": t.next_number, "fired": t.fired,
-                             "late": t.late, "skipped": t.skipped}
+            state["tick"] = t.state()
         peers: Dict[Any, int] = {}
         if self.front is not None:
             state["front"], front_fds, peers = self.front.handover_state()
@@ -3280,16 +3279,8 @@ class Role:
         self.resume_role(state)
         period = self.options.tick_ms / 1000.0
         self.ticker = t = self.loop.start_ticker(period, self.on_tick)
-        old = state.get("tick")
-        if old is not None:  # the same schedule: CLOCK_MONOTONIC is the machine's
-            t.start, t.next_number = old["start"], old["next"]
-            t.fired, t.late, t.skipped = old["fired"], old["late"], old["skipped"]
-            # The hand-over took the time it took: the next TICK goes now with the
-            # next number, on the old phase, not a burst to catch up nor (past
-            # max_catchup periods) a jump in the numbers players see.
-            behind = self.loop.time() - t.deadline
-            if behind > period:
-                t.start += math.floor(behind / period) * period
+        if state.get("tick") is not None:  # the same schedule, the next number now
+            t.resume(state["tick"], self.loop.time())
         if self.world is not None:
             self.world.ticker = t
         self.started = state["started"]
@@ -4852,10 +4843,11 @@ class Authority(BusRole):
         self.bus.start(self.bus.up_channel)
 
     def health(self) -> Tuple[str, bytes, int]:
+        waiting = self._waiting_for_redis()
         if self.refused:
             text, status = f"not ready: the world is held by another authority ({self.refused})", 503
-        elif self._waiting_for_redis():
-            text, status = self._waiting_for_redis(), 503
+        elif waiting:
+            text, status = waiting, 503
         elif not self.holding():
             text, status = "not ready: taking the world's lease", 503
         else:
@@ -5481,8 +5473,9 @@ class Gateway(BusRole):
     def health(self) -> Tuple[str, bytes, int]:
         assert self.front is not None
         wb = self.world_bus
-        if self._waiting_for_redis():
-            text, status = self._waiting_for_redis(), 503
+        waiting = self._waiting_for_redis()
+        if waiting:
+            text, status = waiting, 503
         elif wb.paused or wb.world_tick < 0:
             text, status = "not ready: no tick from the authority (the world is paused)", 503
         elif self.shutting_down:

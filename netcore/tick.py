@@ -18,7 +18,7 @@ from .stats import Histogram, Window
 from .typing_shim import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from typing import Dict, Optional
+    from typing import Dict, Mapping, Optional
 
 __all__ = ["LATENESS_BUCKETS", "Tick", "TickScheduler"]
 
@@ -113,6 +113,26 @@ class TickScheduler:
         self.recent_lateness.add(lateness)
         self.lateness_hist.observe(lateness)
         return Tick(number, deadline, lateness, jumped)
+
+    def state(self) -> Dict[str, float]:
+        """The schedule and its counts, for a successor's :meth:`resume` (JSON-ready)."""
+        return {"start": self.start, "next": self.next_number, "fired": self.fired,
+                "late": self.late, "skipped": self.skipped}
+
+    def resume(self, state: Mapping[str, float], now: float) -> None:
+        """Continue a predecessor's schedule (its :meth:`state`), at ``now``.
+
+        The same clock (CLOCK_MONOTONIC is the machine's) and the same phase;
+        the next tick keeps the next number and is due at once however long
+        the hand-over took: neither a burst of ticks to catch up nor, past
+        ``max_catchup`` periods, a jump in the numbers (players see them).
+        """
+        self.start, self.next_number = float(state["start"]), int(state["next"])
+        self.fired, self.late, self.skipped = (int(state["fired"]), int(state["late"]),
+                                               int(state["skipped"]))
+        behind = now - self.deadline
+        if behind > self.period:
+            self.start += (behind // self.period) * self.period
 
     def record_duration(self, seconds: float) -> None:
         """How long the tick's work took (for stats; does not move deadlines)."""

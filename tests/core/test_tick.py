@@ -105,3 +105,25 @@ def test_event_loop_ticks_do_not_drift_with_a_fake_clock():
         assert 0 <= at - deadline < 0.0031
     assert sched.late == 0
     assert len(sched.recent_duration) == 1000
+
+
+def test_a_successor_resumes_the_schedule_with_the_next_number_and_the_same_phase():
+    old = TickScheduler(period=0.25, start=100.0)
+    now = 100.0
+    for _ in range(40):
+        now = old.deadline + 0.001
+        old.poll(now)
+    state = old.state()
+    assert state == {"start": 100.0, "next": 40, "fired": 40, "late": 0, "skipped": 0}
+    for gap in (0.1, 0.6, 1.9, 5.3):  # shorter and longer than max_catchup periods (2 s)
+        new = TickScheduler(period=0.25, start=0.0)
+        new.resume(state, now + gap)
+        at = max(now + gap, new.deadline)  # a short hand-over waits for the due time
+        first = new.poll(at)
+        assert first is not None and first.number == 40 and first.skipped == 0, gap
+        assert round((first.deadline - 100.0) / 0.25, 6).is_integer(), first  # the old phase
+        assert 0 <= first.lateness <= 0.25, (gap, first)
+        assert new.poll(at) is None  # no burst to catch up
+        second = new.poll(first.deadline + 0.25)
+        assert second.number == 41 and second.skipped == 0
+        assert (new.fired, new.skipped) == (42, 0)
