@@ -2540,9 +2540,9 @@ def _install_prefixes() -> List[str]:
     import site
 
     exe_dir = os.path.dirname(os.path.abspath(sys.executable))
-    venv = [os.path.dirname(exe_dir) for folder in (exe_dir, os.path.dirname(exe_dir))
-            if os.path.isfile(os.path.join(folder, "pyvenv.cfg"))][:1]
-    return venv + [sys.prefix, site.getuserbase()]
+    venv = os.path.dirname(exe_dir)
+    found = any(os.path.isfile(os.path.join(folder, "pyvenv.cfg")) for folder in (exe_dir, venv))
+    return ([venv] if found else []) + [sys.prefix, site.getuserbase()]
 
 
 WEB_ROOT = _find_web_root()
@@ -3279,8 +3279,9 @@ class Role:
         self.resume_role(state)
         period = self.options.tick_ms / 1000.0
         self.ticker = t = self.loop.start_ticker(period, self.on_tick)
-        if state.get("tick") is not None:  # the same schedule, the next number now
-            t.resume(state["tick"], self.loop.time())
+        old = state.get("tick")
+        if old is not None:  # the same schedule, the next number now
+            t.resume(old, self.loop.time())
         if self.world is not None:
             self.world.ticker = t
         self.started = state["started"]
