@@ -25,6 +25,7 @@ the slow ones on the newest; CI runs both.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import select
 import shutil
@@ -114,6 +115,13 @@ def require_ipv6_loopback() -> None:
         except OSError as exc:
             why = f"no IPv6 loopback here ({exc})"
     require(not why, why, "sysctl -w net.ipv6.conf.lo.disable_ipv6=0")
+
+
+def loopback_only(connect: Callable[..., Any]) -> Dict[str, Any]:
+    """``proxy=None`` for the ``websockets`` library's ``connect`` where it takes
+    one (it would follow the environment's proxy settings): tests talk to
+    loopback only. Empty for versions without the parameter."""
+    return {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
 
 
 _missing_in_ci: List[str] = []

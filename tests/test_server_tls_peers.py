@@ -14,7 +14,7 @@ import pytest
 
 import spelltraction as st
 from browserkit import CHROMIUM, CHROMIUM_ARGS, require_browser, wait_for
-from conftest import require_module, require_tool
+from conftest import loopback_only, require_module, require_tool
 from gamekit import Player
 from hostilekit import HostileServer
 from netcore import FrameParser
@@ -100,17 +100,16 @@ def test_the_websockets_library_plays_over_wss(tls_server):
     another, which OpenSSL does not allow (see core/test_tls.py)."""
     require_module("websockets")
     import asyncio
-    import inspect
     import ssl
 
     import websockets
 
     async def play():
-        kw = {"ssl": ssl.create_default_context(cafile=tls_server.pki.root),
-              "origin": f"https://localhost:{tls_server.port}", "open_timeout": 10}
-        if "proxy" in inspect.signature(websockets.connect).parameters:
-            kw["proxy"] = None  # not the environment's proxy: loopback
-        async with websockets.connect(f"wss://localhost:{tls_server.port}/ws", **kw) as ws:
+        async with websockets.connect(
+                f"wss://localhost:{tls_server.port}/ws", open_timeout=10,
+                ssl=ssl.create_default_context(cafile=tls_server.pki.root),
+                origin=f"https://localhost:{tls_server.port}",
+                **loopback_only(websockets.connect)) as ws:
             await ws.send(st.frame(st.Hello(st.PROTOCOL_V2, name=b"websockets")))
             kinds = []
             deadline = time.monotonic() + 10

@@ -1,12 +1,11 @@
 """Interop: the `websockets` library (PyPI) as the client, our server as a process."""
 
-import inspect
 import signal
 
 import pytest
 
 import spelltraction as st
-from conftest import require_module
+from conftest import loopback_only, require_module
 from netcore import FrameParser
 from serverproc import ServerProcess
 
@@ -22,10 +21,8 @@ def server():
 
 
 def client(port):
-    kw = {"open_timeout": 5, "close_timeout": 5}
-    if "proxy" in inspect.signature(connect).parameters:
-        kw["proxy"] = None  # loopback only, whatever the environment says
-    return connect(f"ws://127.0.0.1:{port}/ws", **kw)
+    return connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, close_timeout=5,
+                   **loopback_only(connect))
 
 
 def messages(raw):

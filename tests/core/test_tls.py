@@ -5,7 +5,6 @@ Every server here runs on a loop in the test's thread; the blocking peers
 ``openssl s_client`` in a process.
 """
 
-import inspect
 import os
 import socket
 import ssl
@@ -16,7 +15,7 @@ import warnings
 
 import pytest
 
-from conftest import require_module, require_tool
+from conftest import loopback_only, require_module, require_tool
 from netcore import (
     EventLoop, FrameParser, Handler, ServerConfig, TCPServer, WebConfig, WebFront, encode_frame,
 )
@@ -221,10 +220,9 @@ def test_websockets_library_over_wss(pki):
     loop, server, handler = tls_server(pki, web=True, handler=Echo(prefix=b""))
 
     async def exchange():
-        kw = {"open_timeout": 5, "close_timeout": 5, "ssl": pki.client_context()}
-        if "proxy" in inspect.signature(websockets.connect).parameters:
-            kw["proxy"] = None  # not the environment's proxy: loopback
-        async with websockets.connect(f"wss://localhost:{server.port}/chat", **kw) as ws:
+        async with websockets.connect(f"wss://localhost:{server.port}/chat", open_timeout=5,
+                                      close_timeout=5, ssl=pki.client_context(),
+                                      **loopback_only(websockets.connect)) as ws:
             await ws.send("hello over TLS")
             text = await asyncio.wait_for(ws.recv(), 5)
             await ws.send(b"\x00\x01binary")
